@@ -1,0 +1,16 @@
+//! shoal-core: the content model shared by every role.
+//!
+//! Objects are byte strings cut into fixed-size pieces; a [`Manifest`] names
+//! each piece's BLAKE3 hash so that any byte can be verified wherever it came
+//! from. This crate knows nothing about files, sockets or tokio: it is pure
+//! computation, so tests, benchmarks and simulators drive the same code.
+
+pub mod manifest;
+pub mod piece;
+pub mod span;
+pub mod units;
+
+pub use manifest::{Manifest, ManifestError, ObjectId, PieceHash, Validators};
+pub use piece::{PieceIndex, PieceLayout, PieceSize, PieceSizeError};
+pub use span::ByteSpan;
+pub use units::{ByteSize, ByteSizeError};
