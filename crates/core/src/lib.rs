@@ -9,8 +9,10 @@ pub mod manifest;
 pub mod piece;
 pub mod span;
 pub mod units;
+pub mod verified;
 
-pub use manifest::{Manifest, ManifestError, ObjectId, PieceHash, Validators};
+pub use manifest::{Manifest, ManifestError, ObjectId, PieceHash, Validators, VerifyError};
 pub use piece::{PieceIndex, PieceLayout, PieceSize, PieceSizeError};
 pub use span::ByteSpan;
 pub use units::{ByteSize, ByteSizeError};
+pub use verified::{PieceLengthError, VerifiedPiece};

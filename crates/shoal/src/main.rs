@@ -1,2 +1,117 @@
-//! The shoal binary.
-fn main() {}
+//! The `shoal` binary: one executable, one subcommand per role.
+//!
+//! A role is a thin `main`: parse the command line, merge it over the config
+//! file and the environment, wire the crates together, run.
+
+mod config;
+mod demo;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use shoal_core::ByteSize;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "shoal", version, about = "A hybrid peer-to-peer CDN for large assets")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve files (and their manifests) under a directory: a static origin.
+    Origin(config::OriginArgs),
+    /// Write manifests (piece hashes) for every file under ROOT.
+    Publish {
+        /// The origin's root directory.
+        root: PathBuf,
+        /// Re-hash files even if their manifest looks current.
+        #[arg(long)]
+        force: bool,
+        /// Piece size (a power of two, 256KiB..4MiB); chosen from each file's
+        /// size when omitted.
+        #[arg(long)]
+        piece_size: Option<ByteSize>,
+    },
+    /// Run an edge cache in front of an origin.
+    Cache(config::CacheArgs),
+    /// Start an origin and a cache on loopback with sample content, download
+    /// through the cache, print a summary and keep serving until Ctrl-C.
+    Demo {
+        /// Size of the sample video file.
+        #[arg(long, default_value = "256MiB")]
+        size: ByteSize,
+        /// Exit after printing the summary instead of serving until Ctrl-C.
+        #[arg(long)]
+        once: bool,
+        /// Port for the cache (0 picks a free one).
+        #[arg(long, default_value_t = 0)]
+        cache_port: u16,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    init_tracing();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Origin(args) => run_origin(args).await,
+            Command::Publish { root, force, piece_size } => run_publish(root, force, piece_size),
+            Command::Cache(args) => run_cache(args).await,
+            Command::Demo { size, once, cache_port } => demo::run(size, once, cache_port).await,
+        }
+    })
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,hyper=warn,reqwest=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+async fn run_origin(args: config::OriginArgs) -> anyhow::Result<()> {
+    let config = config::origin_config(args)?;
+    let server = shoal_origin::OriginServer::bind(config).await.context("starting the origin")?;
+    // Tests and scripts read this line to learn the port.
+    println!("shoal origin listening on http://{}", server.local_addr());
+    server.run(shutdown_signal()).await;
+    Ok(())
+}
+
+async fn run_cache(args: config::CacheArgs) -> anyhow::Result<()> {
+    let config = config::cache_config(args)?;
+    let origin = config.origin.clone();
+    let cache = shoal_cache::BoundCache::bind(config).await.context("starting the cache")?;
+    println!("shoal cache listening on http://{} (origin {origin})", cache.local_addr);
+    cache.run(shutdown_signal()).await;
+    Ok(())
+}
+
+fn run_publish(root: PathBuf, force: bool, piece_size: Option<ByteSize>) -> anyhow::Result<()> {
+    let piece_size = piece_size
+        .map(|s| shoal_core::PieceSize::from_bytes(s.0))
+        .transpose()
+        .context("--piece-size")?;
+    let options = shoal_origin::PublishOptions { force, piece_size };
+    let report = shoal_origin::publish(&root, &options).with_context(|| format!("publishing {}", root.display()))?;
+    println!("{report}");
+    Ok(())
+}

@@ -1,0 +1,161 @@
+//! What the cache knows about the current version of an object at a path.
+//!
+//! A [`ObjectRecord`] is the persisted form (JSON in the store's record table,
+//! so fields can be added); an [`ObjectEntry`] is the live form, with the
+//! piece layout, the published manifest if any, and the hashes learnt while
+//! ingesting an object that has no manifest.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use shoal_core::{Manifest, ObjectId, PieceHash, PieceIndex, PieceLayout, PieceSize, VerifiedPiece, VerifyError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+pub const RECORD_FORMAT: u32 = 1;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ObjectRecord {
+    pub format: u32,
+    /// Manifest id for published objects; a digest of path and validators
+    /// otherwise.
+    pub id: String,
+    pub size: u64,
+    pub piece_size_log2: u8,
+    pub published: bool,
+    /// The origin's validators, as it sent them.
+    pub origin_etag: Option<String>,
+    pub origin_last_modified: Option<String>,
+    pub content_type: Option<String>,
+    /// The origin's Cache-Control, passed on to clients.
+    pub cache_control: Option<String>,
+    /// Until when the cache may serve without asking the origin.
+    pub fresh_until_unix_s: u64,
+}
+
+/// The ETag the cache itself sends for this object: strong and stable.
+pub fn served_etag(record: &ObjectRecord) -> String {
+    match &record.origin_etag {
+        Some(etag) if !record.published && !etag.starts_with("W/") => etag.clone(),
+        _ => format!("\"{}\"", &record.id[..32.min(record.id.len())]),
+    }
+}
+
+/// The id of an object without a manifest: stable for the same validators.
+pub fn unpublished_id(path: &str, size: u64, etag: Option<&str>, last_modified: Option<&str>) -> ObjectId {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"shoal unpublished object v1\0");
+    hasher.update(path.as_bytes());
+    hasher.update(&[0]);
+    hasher.update(&size.to_be_bytes());
+    hasher.update(etag.unwrap_or("").as_bytes());
+    hasher.update(&[0]);
+    hasher.update(last_modified.unwrap_or("").as_bytes());
+    ObjectId(*hasher.finalize().as_bytes())
+}
+
+/// Why a piece from the origin was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PieceRejected {
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    #[error(transparent)]
+    Length(#[from] shoal_core::verified::PieceLengthError),
+}
+
+pub struct ObjectEntry {
+    /// The decoded path (the cache key).
+    pub path: String,
+    /// The same path, percent-encoded for the origin URL.
+    pub uri_path: String,
+    pub record: ObjectRecord,
+    pub id: ObjectId,
+    pub layout: PieceLayout,
+    pub etag: String,
+    /// The published manifest, for objects that have one.
+    pub manifest: Option<Manifest>,
+    /// For objects without a manifest: the hash of each piece as first
+    /// ingested; later copies must match it.
+    learnt_hashes: Mutex<Vec<Option<PieceHash>>>,
+    /// Set when the origin showed that this version is gone.
+    invalidated: AtomicBool,
+}
+
+impl ObjectEntry {
+    pub fn new(path: String, uri_path: String, record: ObjectRecord, manifest: Option<Manifest>) -> Result<Self, String> {
+        let id = ObjectId::from_hex(&record.id).ok_or("bad object id in record")?;
+        let piece_size = PieceSize::from_log2(record.piece_size_log2).map_err(|e| e.to_string())?;
+        let layout = PieceLayout::new(record.size, piece_size).map_err(|e| e.to_string())?;
+        if let Some(m) = &manifest {
+            if m.layout() != layout {
+                return Err("manifest does not match the object's layout".into());
+            }
+        }
+        let etag = served_etag(&record);
+        let learnt_hashes = Mutex::new(vec![None; layout.piece_count() as usize]);
+        Ok(Self { path, uri_path, record, id, layout, etag, manifest, learnt_hashes, invalidated: AtomicBool::new(false) })
+    }
+
+    /// Records hashes already known (pieces on disk, after a restart).
+    pub fn learn_hash(&self, index: PieceIndex, hash: PieceHash) {
+        if let Some(slot) = lock(&self.learnt_hashes).get_mut(index.0 as usize) {
+            slot.get_or_insert(hash);
+        }
+    }
+
+    /// Turns bytes from the origin into a verified piece, or refuses them.
+    pub fn accept_piece(&self, index: PieceIndex, data: Bytes) -> Result<VerifiedPiece, PieceRejected> {
+        if let Some(manifest) = &self.manifest {
+            return Ok(VerifiedPiece::verify(manifest, index, data)?);
+        }
+        let known = lock(&self.learnt_hashes).get(index.0 as usize).copied().flatten();
+        match known {
+            Some(hash) => Ok(VerifiedPiece::verify_against(index, hash, data)?),
+            None => {
+                let piece = VerifiedPiece::ingest(&self.layout, index, data)?;
+                self.learn_hash(index, piece.hash());
+                Ok(piece)
+            }
+        }
+    }
+
+    /// The manifest built while ingesting, once every piece has been seen.
+    pub fn built_manifest(&self) -> Option<Manifest> {
+        if self.manifest.is_some() {
+            return None;
+        }
+        let hashes: Option<Vec<PieceHash>> = lock(&self.learnt_hashes).iter().copied().collect();
+        Manifest::new(self.layout.object_size(), self.layout.piece_size(), hashes?, Default::default()).ok()
+    }
+
+    pub fn invalidate(&self) {
+        self.invalidated.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_invalidated(&self) -> bool {
+        self.invalidated.load(Ordering::Relaxed)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl ObjectEntry {
+    /// Whether a response's validators still name this version.
+    pub fn matches_validators(&self, headers: &http::HeaderMap) -> bool {
+        let header = |name| headers.get(name).and_then(|v: &http::HeaderValue| v.to_str().ok());
+        if let (Some(ours), Some(theirs)) = (&self.record.origin_etag, header(http::header::ETAG)) {
+            return ours == theirs;
+        }
+        if let (Some(ours), Some(theirs)) = (&self.record.origin_last_modified, header(http::header::LAST_MODIFIED)) {
+            return ours == theirs;
+        }
+        true
+    }
+}
+
+impl ObjectEntry {
+    pub fn learnt_hash(&self, index: PieceIndex) -> Option<PieceHash> {
+        lock(&self.learnt_hashes).get(index.0 as usize).copied().flatten()
+    }
+}

@@ -1,0 +1,228 @@
+//! Talking to the origin: HEAD, manifests, piece-aligned range fetches.
+//!
+//! Every response is parsed into typed values here, at the edge; the rest of
+//! the cache never looks at raw origin headers. Failures are classified so the
+//! server can answer 502 (the origin misbehaved or is unreachable) or 504 (it
+//! was too slow), and so nothing from a failed exchange is ever stored.
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use shoal_core::ByteSpan;
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct OriginClientConfig {
+    /// Base URL, e.g. `http://127.0.0.1:8080` or `http://host/prefix`.
+    pub base_url: String,
+    pub connect_timeout_ms: u64,
+    /// Longest wait for response headers, and for each body chunk.
+    pub read_timeout_ms: u64,
+    /// Manifests larger than this are refused.
+    pub manifest_bytes_max: u64,
+}
+
+/// Why talking to the origin failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OriginError {
+    #[error("origin unreachable: {0}")]
+    Unreachable(String),
+    #[error("origin timed out after {0} ms")]
+    Timeout(u64),
+    #[error("origin answered {0}")]
+    Status(StatusCode),
+    #[error("origin response is unusable: {0}")]
+    Protocol(String),
+}
+
+impl OriginError {
+    /// The status a client should get for this failure.
+    pub fn client_status(&self) -> StatusCode {
+        match self {
+            OriginError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            OriginError::Status(s) if *s == StatusCode::NOT_FOUND || *s == StatusCode::GONE => *s,
+            OriginError::Status(s) if *s == StatusCode::FORBIDDEN => StatusCode::FORBIDDEN,
+            _ => StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+/// What a HEAD (or conditional HEAD) told us about the object.
+#[derive(Clone, Debug)]
+pub struct OriginHead {
+    pub status: StatusCode,
+    pub size: Option<u64>,
+    pub headers: HeaderMap,
+}
+
+pub struct OriginClient {
+    client: reqwest::Client,
+    config: OriginClientConfig,
+}
+
+/// A streaming range response whose status and Content-Range were checked.
+pub struct RangeBody {
+    response: reqwest::Response,
+    read_timeout: Duration,
+    pub headers: HeaderMap,
+}
+
+impl RangeBody {
+    /// The next chunk of the body; `Ok(None)` at the end.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, OriginError> {
+        match tokio::time::timeout(self.read_timeout, self.response.chunk()).await {
+            Ok(Ok(chunk)) => Ok(chunk),
+            Ok(Err(error)) => Err(OriginError::Unreachable(format!("body read failed: {error}"))),
+            Err(_) => Err(OriginError::Timeout(self.read_timeout.as_millis() as u64)),
+        }
+    }
+}
+
+impl OriginClient {
+    pub fn new(config: OriginClientConfig) -> Result<Self, OriginError> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(64)
+            // Ranges must arrive as the origin sent them: no transparent
+            // decompression (not compiled in anyway) and no redirects.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| OriginError::Unreachable(e.to_string()))?;
+        Ok(Self { client, config })
+    }
+
+    pub fn config(&self) -> &OriginClientConfig {
+        &self.config
+    }
+
+    pub fn url_for(&self, uri_path: &str) -> String {
+        format!("{}{}", self.config.base_url.trim_end_matches('/'), uri_path)
+    }
+
+    fn read_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.read_timeout_ms)
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, OriginError> {
+        match tokio::time::timeout(self.read_timeout(), request.send()).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) if error.is_timeout() => Err(OriginError::Timeout(self.config.read_timeout_ms)),
+            Ok(Err(error)) => Err(OriginError::Unreachable(error.to_string())),
+            Err(_) => Err(OriginError::Timeout(self.config.read_timeout_ms)),
+        }
+    }
+
+    /// HEAD the object, optionally conditional on validators we hold.
+    pub async fn head(&self, uri_path: &str, conditional: &HeaderMap) -> Result<OriginHead, OriginError> {
+        let mut request = self.client.head(self.url_for(uri_path));
+        for (name, value) in conditional {
+            request = request.header(name, value);
+        }
+        let response = self.send(request).await?;
+        let status = response.status();
+        if !(status.is_success() || status == StatusCode::NOT_MODIFIED) {
+            return Err(OriginError::Status(status));
+        }
+        let headers = response.headers().clone();
+        let size = if status == StatusCode::NOT_MODIFIED {
+            None
+        } else {
+            Some(content_length(&headers)?)
+        };
+        Ok(OriginHead { status, size, headers })
+    }
+
+    /// Fetches a small document (a manifest) in full. `Ok(None)` on 404/410.
+    pub async fn get_small(&self, uri_path: &str) -> Result<Option<(Bytes, HeaderMap)>, OriginError> {
+        let response = self.send(self.client.get(self.url_for(uri_path))).await?;
+        let status = response.status();
+        if status == StatusCode::NOT_FOUND || status == StatusCode::GONE || status == StatusCode::FORBIDDEN {
+            return Ok(None);
+        }
+        if status != StatusCode::OK {
+            return Err(OriginError::Status(status));
+        }
+        let headers = response.headers().clone();
+        let limit = self.config.manifest_bytes_max;
+        if let Ok(length) = content_length(&headers) {
+            if length > limit {
+                return Err(OriginError::Protocol(format!("manifest is {length} bytes, limit is {limit}")));
+            }
+        }
+        let mut body = RangeBody { response, read_timeout: self.read_timeout(), headers: headers.clone() };
+        let mut out = Vec::new();
+        while let Some(chunk) = body.chunk().await? {
+            if out.len() as u64 + chunk.len() as u64 > limit {
+                return Err(OriginError::Protocol(format!("manifest exceeds {limit} bytes")));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(Some((Bytes::from(out), headers)))
+    }
+
+    /// Starts a range fetch of `span` of an object of `object_size` bytes
+    /// and checks the response really is that range.
+    pub async fn get_range(&self, uri_path: &str, span: ByteSpan, object_size: u64) -> Result<RangeBody, OriginError> {
+        let Some(last) = span.last() else {
+            return Err(OriginError::Protocol("empty range requested".into()));
+        };
+        let request = self
+            .client
+            .get(self.url_for(uri_path))
+            .header(http::header::RANGE, format!("bytes={}-{}", span.start(), last))
+            // Identity only: a range of a compressed representation is not
+            // a range of the object.
+            .header(http::header::ACCEPT_ENCODING, "identity");
+        let response = self.send(request).await?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        match status {
+            StatusCode::PARTIAL_CONTENT => {
+                let value = headers
+                    .get(http::header::CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .ok_or_else(|| OriginError::Protocol("206 without Content-Range".into()))?;
+                let range = shoal_http::content_range::parse_content_range(value)
+                    .map_err(|e| OriginError::Protocol(format!("bad Content-Range `{value}`: {e}")))?;
+                if range.span != span || range.complete_length != object_size {
+                    return Err(OriginError::Protocol(format!(
+                        "asked for bytes {}-{}/{object_size}, got `{value}` (object changed?)",
+                        span.start(),
+                        last
+                    )));
+                }
+            }
+            // An origin without range support sends everything: usable only
+            // when we wanted the whole object anyway.
+            StatusCode::OK if span.start() == 0 && span.end() == object_size => {
+                if content_length(&headers)? != object_size {
+                    return Err(OriginError::Protocol("object size changed".into()));
+                }
+            }
+            StatusCode::OK => return Err(OriginError::Protocol("origin ignored the Range header".into())),
+            other => return Err(OriginError::Status(other)),
+        }
+        Ok(RangeBody { response, read_timeout: self.read_timeout(), headers })
+    }
+
+    /// Passes a request straight through (for responses that may not be
+    /// stored). Only the Range header of the client is forwarded.
+    pub async fn pass_through(&self, uri_path: &str, head_only: bool, range: Option<&http::HeaderValue>) -> Result<(StatusCode, HeaderMap, RangeBody), OriginError> {
+        let mut request = if head_only { self.client.head(self.url_for(uri_path)) } else { self.client.get(self.url_for(uri_path)) };
+        if let Some(range) = range {
+            request = request.header(http::header::RANGE, range);
+        }
+        let response = self.send(request).await?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        Ok((status, headers.clone(), RangeBody { response, read_timeout: self.read_timeout(), headers }))
+    }
+}
+
+fn content_length(headers: &HeaderMap) -> Result<u64, OriginError> {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .ok_or_else(|| OriginError::Protocol("origin did not report Content-Length".into()))
+}

@@ -1,0 +1,353 @@
+//! Resolving a path to the object version to serve: memory, the store's
+//! records, or the origin (HEAD + manifest), with freshness and revalidation.
+//!
+//! Concurrent requests for one path share one resolution (a per-path lock), so
+//! a burst of cold clients sends the origin one HEAD and one manifest request.
+
+use crate::object::{unpublished_id, ObjectEntry, ObjectRecord, RECORD_FORMAT};
+use crate::origin_client::{OriginClient, OriginError, OriginHead};
+use crate::stats::CacheStats;
+use http::{header, HeaderMap, HeaderValue, StatusCode};
+use shoal_core::{Manifest, PieceIndex, PieceSize};
+use shoal_http::cache_control::CacheControl;
+use shoal_http::path::RequestPath;
+use shoal_store::{PieceKey, Store};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// What to do with a request for a path.
+pub enum Resolved {
+    /// Serve from pieces of this object version.
+    Cached(Arc<ObjectEntry>),
+    /// The origin forbids storing this response: proxy it.
+    PassThrough,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error(transparent)]
+    Origin(#[from] OriginError),
+    #[error("the origin's manifest for this object is invalid: {0}")]
+    BadManifest(String),
+    #[error("store: {0}")]
+    Store(String),
+}
+
+impl ResolveError {
+    pub fn client_status(&self) -> StatusCode {
+        match self {
+            ResolveError::Origin(e) => e.client_status(),
+            ResolveError::BadManifest(_) => StatusCode::BAD_GATEWAY,
+            ResolveError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+pub struct Resolver {
+    store: Arc<Store>,
+    origin: Arc<OriginClient>,
+    stats: Arc<CacheStats>,
+    objects: Mutex<HashMap<String, Arc<ObjectEntry>>>,
+    path_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Upper bound on entries kept in memory (records stay in the store).
+    entries_max: usize,
+}
+
+pub fn now_unix_s() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl Resolver {
+    pub fn new(store: Arc<Store>, origin: Arc<OriginClient>, stats: Arc<CacheStats>) -> Self {
+        Self {
+            store,
+            origin,
+            stats,
+            objects: Mutex::new(HashMap::new()),
+            path_locks: Mutex::new(HashMap::new()),
+            entries_max: 100_000,
+        }
+    }
+
+    fn fresh_entry(&self, path: &str, now: u64) -> Option<Arc<ObjectEntry>> {
+        let objects = lock(&self.objects);
+        let entry = objects.get(path)?;
+        (!entry.is_invalidated() && now < entry.record.fresh_until_unix_s).then(|| entry.clone())
+    }
+
+    pub async fn resolve(&self, path: &RequestPath) -> Result<Resolved, ResolveError> {
+        let key = path.as_str().to_string();
+        let now = now_unix_s();
+        if let Some(entry) = self.fresh_entry(&key, now) {
+            return Ok(Resolved::Cached(entry));
+        }
+        let path_lock = lock(&self.path_locks).entry(key.clone()).or_default().clone();
+        let result = {
+            let _guard = path_lock.lock().await;
+            match self.fresh_entry(&key, now_unix_s()) {
+                Some(entry) => Ok(Resolved::Cached(entry)),
+                None => self.resolve_locked(path).await,
+            }
+        };
+        {
+            let mut locks = lock(&self.path_locks);
+            if locks.get(&key).is_some_and(|l| Arc::strong_count(l) <= 2) {
+                locks.remove(&key);
+            }
+        }
+        result
+    }
+
+    async fn resolve_locked(&self, path: &RequestPath) -> Result<Resolved, ResolveError> {
+        let key = path.as_str().to_string();
+        let known = match lock(&self.objects).get(&key).cloned() {
+            Some(entry) => Some(entry),
+            None => self.load_entry(path)?,
+        };
+        if let Some(old) = known.filter(|e| !e.is_invalidated()) {
+            self.stats.revalidations.fetch_add(1, Ordering::Relaxed);
+            let conditional = conditional_headers(&old.record);
+            let head = self.origin.head(&path.to_uri_path(), &conditional).await?;
+            if head.status == StatusCode::NOT_MODIFIED {
+                return Ok(self.refresh(old, &head.headers));
+            }
+            let fresh = self.probe(path, head).await?;
+            return match fresh {
+                Probe::Storable(record, _) if record.id == old.record.id => {
+                    let mut updated = old.record.clone();
+                    updated.fresh_until_unix_s = record.fresh_until_unix_s;
+                    updated.cache_control = record.cache_control;
+                    Ok(self.replace_record(old, updated))
+                }
+                Probe::Storable(record, manifest) => {
+                    self.forget(&old);
+                    self.install(path, record, manifest)
+                }
+                Probe::NotStorable => {
+                    self.forget(&old);
+                    Ok(Resolved::PassThrough)
+                }
+            };
+        }
+        if let Some(stale) = lock(&self.objects).get(&key).cloned() {
+            self.forget(&stale);
+        }
+        let head = self.origin.head(&path.to_uri_path(), &HeaderMap::new()).await?;
+        match self.probe(path, head).await? {
+            Probe::Storable(record, manifest) => self.install(path, record, manifest),
+            Probe::NotStorable => Ok(Resolved::PassThrough),
+        }
+    }
+
+    /// Reads a record left by an earlier run of the cache.
+    fn load_entry(&self, path: &RequestPath) -> Result<Option<Arc<ObjectEntry>>, ResolveError> {
+        let Some(bytes) = self.store.get_record(path.as_str()).map_err(|e| ResolveError::Store(e.to_string()))? else {
+            return Ok(None);
+        };
+        let Ok(record) = serde_json::from_slice::<ObjectRecord>(&bytes) else {
+            tracing::warn!(path = %path.as_str(), "unreadable object record; ignoring it");
+            return Ok(None);
+        };
+        if record.format != RECORD_FORMAT {
+            return Ok(None);
+        }
+        let manifest = if record.published {
+            let id = shoal_core::ObjectId::from_hex(&record.id);
+            let bytes = id.and_then(|id| self.store.get_manifest(&id).ok().flatten());
+            match bytes.and_then(|b| Manifest::decode(&b).ok()) {
+                Some(m) if Some(m.id()) == id => Some(m),
+                _ => return Ok(None),
+            }
+        } else {
+            None
+        };
+        let entry = match ObjectEntry::new(path.as_str().to_string(), path.to_uri_path(), record, manifest) {
+            Ok(entry) => Arc::new(entry),
+            Err(error) => {
+                tracing::warn!(path = %path.as_str(), %error, "inconsistent object record; ignoring it");
+                return Ok(None);
+            }
+        };
+        if entry.manifest.is_none() {
+            for index in self.store.pieces_of(&entry.id) {
+                if let Some(hash) = self.store.piece_hash(&PieceKey { object: entry.id, index }) {
+                    entry.learn_hash(index, hash);
+                }
+            }
+        }
+        self.remember(entry.clone());
+        Ok(Some(entry))
+    }
+
+    /// Builds the record of the version the origin serves now.
+    async fn probe(&self, path: &RequestPath, head: OriginHead) -> Result<Probe, ResolveError> {
+        let headers = &head.headers;
+        let cache_control = CacheControl::from_headers(headers);
+        if !shoal_http::cache_control::is_storable(StatusCode::OK, &cache_control) {
+            return Ok(Probe::NotStorable);
+        }
+        let size = head.size.ok_or_else(|| OriginError::Protocol("no size on HEAD".into()))?;
+        let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let origin_etag = text(header::ETAG);
+        let origin_last_modified = text(header::LAST_MODIFIED);
+        let now = now_unix_s();
+        let lifetime_s = shoal_http::cache_control::freshness_lifetime_for_headers(headers, now);
+        let explicit = cache_control.max_age_s.is_some() || cache_control.s_maxage_s.is_some() || headers.contains_key(header::EXPIRES);
+
+        let manifest = self.fetch_manifest(path).await?;
+        let manifest = manifest.filter(|m| {
+            let last_modified_s = origin_last_modified.as_deref().and_then(|t| httpdate::parse_http_date(t).ok()).and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs());
+            let size_ok = m.object_size() == size;
+            let time_ok = match (m.validators().last_modified_unix_s, last_modified_s) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            };
+            if !(size_ok && time_ok) {
+                tracing::warn!(path = %path.as_str(), "published manifest is stale (size or mtime differ): republish; treating the object as unpublished");
+            }
+            size_ok && time_ok
+        });
+        let (id, piece_size, published) = match &manifest {
+            Some(m) => (m.id(), m.piece_size(), true),
+            None => (
+                unpublished_id(path.as_str(), size, origin_etag.as_deref(), origin_last_modified.as_deref()),
+                PieceSize::for_object_size(size),
+                false,
+            ),
+        };
+        // Published objects are content-addressed: without explicit
+        // freshness from the origin they never need revalidation.
+        let fresh_until_unix_s = if published && !explicit { u64::MAX } else { now.saturating_add(lifetime_s) };
+        let record = ObjectRecord {
+            format: RECORD_FORMAT,
+            id: id.to_hex(),
+            size,
+            piece_size_log2: piece_size.log2(),
+            published,
+            origin_etag,
+            origin_last_modified,
+            content_type: text(header::CONTENT_TYPE),
+            cache_control: text(header::CACHE_CONTROL),
+            fresh_until_unix_s,
+        };
+        Ok(Probe::Storable(record, manifest))
+    }
+
+    async fn fetch_manifest(&self, path: &RequestPath) -> Result<Option<Manifest>, ResolveError> {
+        let manifest_path = shoal_origin_manifest_path(path);
+        match self.origin.get_small(&manifest_path).await? {
+            None => Ok(None),
+            Some((bytes, _)) => Manifest::decode(&bytes).map(Some).map_err(|e| ResolveError::BadManifest(e.to_string())),
+        }
+    }
+
+    fn install(&self, path: &RequestPath, record: ObjectRecord, manifest: Option<Manifest>) -> Result<Resolved, ResolveError> {
+        if let Some(m) = &manifest {
+            self.store.put_manifest(m.id(), m.encode()).map_err(|e| ResolveError::Store(e.to_string()))?;
+        }
+        let bytes = serde_json::to_vec(&record).map_err(|e| ResolveError::Store(e.to_string()))?;
+        self.store.put_record(path.as_str(), bytes).map_err(|e| ResolveError::Store(e.to_string()))?;
+        let entry = ObjectEntry::new(path.as_str().to_string(), path.to_uri_path(), record, manifest)
+            .map_err(ResolveError::BadManifest)?;
+        let entry = Arc::new(entry);
+        self.remember(entry.clone());
+        Ok(Resolved::Cached(entry))
+    }
+
+    /// Keeps an entry in memory, bounded.
+    fn remember(&self, entry: Arc<ObjectEntry>) {
+        let mut objects = lock(&self.objects);
+        if objects.len() >= self.entries_max {
+            // Entries are cheap to reload from the store; drop an arbitrary half.
+            let drop_keys: Vec<String> = objects.keys().step_by(2).cloned().collect();
+            for k in drop_keys {
+                objects.remove(&k);
+            }
+        }
+        objects.insert(entry.path.clone(), entry);
+    }
+
+    /// Drops a version that the origin no longer serves, with its pieces.
+    fn forget(&self, entry: &Arc<ObjectEntry>) {
+        lock(&self.objects).remove(&entry.path);
+        if let Err(error) = self.store.remove_object(&entry.id) {
+            tracing::warn!(%error, "could not remove an old object version");
+        }
+        let _ = self.store.remove_record(&entry.path);
+    }
+
+    /// The version is still current: extend its freshness.
+    fn refresh(&self, old: Arc<ObjectEntry>, not_modified_headers: &HeaderMap) -> Resolved {
+        let now = now_unix_s();
+        let mut record = old.record.clone();
+        let mut headers = HeaderMap::new();
+        if let Some(cc) = &record.cache_control {
+            if let Ok(v) = HeaderValue::from_str(cc) {
+                headers.insert(header::CACHE_CONTROL, v);
+            }
+        }
+        if let Some(lm) = &record.origin_last_modified {
+            if let Ok(v) = HeaderValue::from_str(lm) {
+                headers.insert(header::LAST_MODIFIED, v);
+            }
+        }
+        for (name, value) in not_modified_headers {
+            headers.insert(name.clone(), value.clone());
+        }
+        if let Some(cc) = not_modified_headers.get(header::CACHE_CONTROL).and_then(|v| v.to_str().ok()) {
+            record.cache_control = Some(cc.to_string());
+        }
+        let lifetime_s = shoal_http::cache_control::freshness_lifetime_for_headers(&headers, now);
+        record.fresh_until_unix_s = now.saturating_add(lifetime_s);
+        self.replace_record(old, record)
+    }
+
+    fn replace_record(&self, old: Arc<ObjectEntry>, record: ObjectRecord) -> Resolved {
+        let manifest = old.manifest.clone();
+        match ObjectEntry::new(old.path.clone(), old.uri_path.clone(), record.clone(), manifest) {
+            Ok(entry) => {
+                let entry = Arc::new(entry);
+                if entry.manifest.is_none() {
+                    for index in 0..entry.layout.piece_count() {
+                        if let Some(hash) = old.learnt_hash(PieceIndex(index)) {
+                            entry.learn_hash(PieceIndex(index), hash);
+                        }
+                    }
+                }
+                if let Ok(bytes) = serde_json::to_vec(&record) {
+                    let _ = self.store.put_record(&entry.path, bytes);
+                }
+                self.remember(entry.clone());
+                Resolved::Cached(entry)
+            }
+            Err(_) => Resolved::Cached(old),
+        }
+    }
+}
+
+enum Probe {
+    Storable(ObjectRecord, Option<Manifest>),
+    NotStorable,
+}
+
+fn conditional_headers(record: &ObjectRecord) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Some(etag) = record.origin_etag.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+        headers.insert(header::IF_NONE_MATCH, etag);
+    } else if let Some(lm) = record.origin_last_modified.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+        headers.insert(header::IF_MODIFIED_SINCE, lm);
+    }
+    headers
+}
+
+/// Where a publisher's manifest for `path` lives on the origin (see
+/// `shoal publish`): `/.shoal/manifests/<path>.shoalmf`.
+pub fn shoal_origin_manifest_path(path: &RequestPath) -> String {
+    format!("/.shoal/manifests{}.shoalmf", path.to_uri_path())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}

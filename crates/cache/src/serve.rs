@@ -1,0 +1,342 @@
+//! The client-facing HTTP handler of the edge cache.
+//!
+//! Order of work for `GET /<path>`: parse the path (bad → 400), resolve the
+//! object version (origin failure → 502/504), evaluate preconditions (304 /
+//! 412), resolve ranges (416), fetch the first piece the response needs
+//! *before* sending headers (so an origin failure can still be a clean 502),
+//! then stream the rest piece by piece, prefetching ahead of the reader. A
+//! failure after the headers are out aborts the body: the client sees a
+//! truncated response, never wrong bytes.
+
+use crate::fill::{FillError, Filler};
+use crate::object::ObjectEntry;
+use crate::origin_client::OriginClient;
+use crate::resolve::{Resolved, Resolver};
+use crate::stats::CacheStats;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use shoal_core::{ByteSpan, PieceIndex, VerifiedPiece};
+use shoal_http::conditional::{evaluate_preconditions, ConditionalHeaders, EntityValidators, Precondition};
+use shoal_http::multipart::{MultipartPlan, Segment};
+use shoal_http::path::RequestPath;
+use shoal_http::range::{parse_range, resolve_ranges, RangeHeader, RangeResolution};
+use shoal_server::Body;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// Prefix of the cache's own endpoints; objects under it are not served.
+pub const INTERNAL_PREFIX: &str = "/_shoal/";
+
+pub struct CacheService {
+    pub(crate) resolver: Resolver,
+    pub(crate) filler: Arc<Filler>,
+    pub(crate) origin: Arc<OriginClient>,
+    pub(crate) stats: Arc<CacheStats>,
+    /// How far ahead of a reader pieces are fetched.
+    pub(crate) readahead_bytes: u64,
+}
+
+/// Where the bytes of a piece came from, for hit accounting.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Store,
+    Fill,
+}
+
+impl CacheService {
+    pub async fn handle<B>(self: Arc<Self>, request: Request<B>) -> Response<Body> {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let response = self.route(request).await;
+        if response.status().is_client_error() {
+            self.stats.client_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        response
+    }
+
+    async fn route<B>(self: &Arc<Self>, request: Request<B>) -> Response<Body> {
+        let head_only = match *request.method() {
+            Method::GET => false,
+            Method::HEAD => true,
+            _ => {
+                let mut response = text_response(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are supported\n");
+                response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+                return response;
+            }
+        };
+        let raw_path = request.uri().path();
+        if let Some(endpoint) = raw_path.strip_prefix(INTERNAL_PREFIX) {
+            return self.internal(endpoint);
+        }
+        let path = match RequestPath::parse(raw_path) {
+            Ok(path) => path,
+            Err(error) => return text_response(StatusCode::BAD_REQUEST, &format!("bad path: {error}\n")),
+        };
+        let entry = match self.resolver.resolve(&path).await {
+            Ok(Resolved::Cached(entry)) => entry,
+            Ok(Resolved::PassThrough) => return self.pass_through(&path, head_only, &request).await,
+            Err(error) => {
+                let status = error.client_status();
+                if status.is_server_error() {
+                    tracing::warn!(path = %path.as_str(), %error, "could not resolve object");
+                }
+                return text_response(status, &format!("{error}\n"));
+            }
+        };
+        self.serve_entry(entry, head_only, &request).await
+    }
+
+    async fn serve_entry<B>(self: &Arc<Self>, entry: Arc<ObjectEntry>, head_only: bool, request: &Request<B>) -> Response<Body> {
+        let size = entry.layout.object_size();
+        let validators = EntityValidators {
+            etag: shoal_http::conditional::EntityTag::parse(entry.etag.as_bytes()).ok(),
+            last_modified: entry.record.origin_last_modified.as_deref().and_then(|t| httpdate::parse_http_date(t).ok()),
+        };
+        let conditional = ConditionalHeaders::from_headers(request.headers());
+        let mut honour_range = true;
+        match evaluate_preconditions(true, &conditional, &validators) {
+            Precondition::NotModified => {
+                let mut response = Response::builder().status(StatusCode::NOT_MODIFIED);
+                for (name, value) in self.entity_headers(&entry) {
+                    if name != header::CONTENT_TYPE {
+                        response = response.header(name, value);
+                    }
+                }
+                return response.body(shoal_server::empty()).unwrap_or_else(|_| internal_error());
+            }
+            Precondition::Failed => return text_response(StatusCode::PRECONDITION_FAILED, "precondition failed\n"),
+            Precondition::Proceed { range_allowed } => honour_range = range_allowed,
+        }
+
+        let resolution = match request.headers().get(header::RANGE) {
+            Some(value) if honour_range => match parse_range(value.as_bytes()) {
+                Ok(RangeHeader::Bytes(specs)) => resolve_ranges(&specs, size),
+                Ok(RangeHeader::OtherUnit) => RangeResolution::Full,
+                Err(_) => RangeResolution::Unsatisfiable,
+            },
+            _ => RangeResolution::Full,
+        };
+
+        let mut builder = Response::builder();
+        for (name, value) in self.entity_headers(&entry) {
+            builder = builder.header(name, value);
+        }
+        builder = builder.header(header::ACCEPT_RANGES, "bytes");
+        let (status, segments, content_length) = match resolution {
+            RangeResolution::Full => (StatusCode::OK, data_segments(ByteSpan::new(0, size)), size),
+            RangeResolution::Single(span) => {
+                builder = builder.header(header::CONTENT_RANGE, shoal_http::content_range::format_content_range(span, size));
+                (StatusCode::PARTIAL_CONTENT, vec![Segment::Data(span)], span.len())
+            }
+            RangeResolution::Multi(spans) => {
+                let boundary = shoal_http::multipart::boundary_from_seed(entry.id.0[0] as u64 ^ size);
+                let plan = MultipartPlan::new(&spans, size, entry.record.content_type.as_deref(), &boundary);
+                builder = builder.header(header::CONTENT_TYPE, plan.content_type_header.clone());
+                (StatusCode::PARTIAL_CONTENT, plan.parts, plan.content_length)
+            }
+            RangeResolution::Unsatisfiable => {
+                let mut response = text_response(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable\n");
+                if let Ok(v) = HeaderValue::from_str(&shoal_http::content_range::format_unsatisfied(size)) {
+                    response.headers_mut().insert(header::CONTENT_RANGE, v);
+                }
+                return response;
+            }
+        };
+        builder = builder.status(status).header(header::CONTENT_LENGTH, content_length);
+        if head_only || content_length == 0 {
+            return builder.body(shoal_server::empty()).unwrap_or_else(|_| internal_error());
+        }
+
+        // Fetch the first piece before committing to a status, so that an
+        // origin failure is reported as such.
+        let first_piece = segments.iter().find_map(|s| match s {
+            Segment::Data(span) => entry.layout.piece_of(span.start()),
+            Segment::Literal(_) => None,
+        });
+        let first = match first_piece {
+            Some(index) => match self.piece(&entry, index).await {
+                Ok(piece) => Some(piece),
+                Err(error) => {
+                    let status = error.client_status();
+                    return text_response(status, &format!("{error}\n"));
+                }
+            },
+            None => None,
+        };
+        let (sender, receiver) = tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, std::io::Error>>(4);
+        let service = self.clone();
+        tokio::spawn(async move { service.stream_body(entry, segments, first, sender).await });
+        let body = http_body_util::StreamBody::new(ReceiverStream(receiver));
+        builder.body(body.boxed()).unwrap_or_else(|_| internal_error())
+    }
+
+    async fn piece(&self, entry: &Arc<ObjectEntry>, index: PieceIndex) -> Result<(VerifiedPiece, Source), FillError> {
+        let key = shoal_store::PieceKey { object: entry.id, index };
+        if let Ok(Some(piece)) = self.filler.store().get(key).await {
+            return Ok((piece, Source::Store));
+        }
+        self.filler.piece(entry, index).await.map(|p| (p, Source::Fill))
+    }
+
+    async fn stream_body(
+        self: Arc<Self>,
+        entry: Arc<ObjectEntry>,
+        segments: Vec<Segment>,
+        mut first: Option<(VerifiedPiece, Source)>,
+        sender: tokio::sync::mpsc::Sender<Result<http_body::Frame<Bytes>, std::io::Error>>,
+    ) {
+        let piece_bytes = entry.layout.piece_size().bytes();
+        let readahead_pieces = (self.readahead_bytes / piece_bytes).max(1) as u32;
+        for segment in segments {
+            let span = match segment {
+                Segment::Literal(bytes) => {
+                    if sender.send(Ok(http_body::Frame::data(bytes))).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                Segment::Data(span) => span,
+            };
+            let Some(pieces) = entry.layout.pieces_covering(span) else { continue };
+            let last_needed = *pieces.end();
+            for index in pieces {
+                for ahead in index + 1..=(index + readahead_pieces).min(last_needed) {
+                    self.filler.prefetch(&entry, PieceIndex(ahead));
+                }
+                let got = match first.take() {
+                    Some((piece, source)) if piece.index() == PieceIndex(index) => Ok((piece, source)),
+                    _ => self.piece(&entry, PieceIndex(index)).await,
+                };
+                let (piece, source) = match got {
+                    Ok(got) => got,
+                    Err(error) => {
+                        tracing::warn!(path = %entry.path, %error, "aborting response body");
+                        let _ = sender.send(Err(std::io::Error::other(error.to_string()))).await;
+                        return;
+                    }
+                };
+                let Some(piece_span) = entry.layout.piece_span(PieceIndex(index)) else { return };
+                let Some(wanted) = piece_span.intersect(&span) else { continue };
+                let from = (wanted.start() - piece_span.start()) as usize;
+                let to = (wanted.end() - piece_span.start()) as usize;
+                let bytes = piece.data().slice(from..to);
+                let len = bytes.len() as u64;
+                if sender.send(Ok(http_body::Frame::data(bytes))).await.is_err() {
+                    return;
+                }
+                self.stats.bytes_served.fetch_add(len, Ordering::Relaxed);
+                if source == Source::Store {
+                    self.stats.bytes_served_from_store.fetch_add(len, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn entity_headers(&self, entry: &ObjectEntry) -> Vec<(header::HeaderName, HeaderValue)> {
+        let mut headers = Vec::new();
+        if let Ok(v) = HeaderValue::from_str(&entry.etag) {
+            headers.push((header::ETAG, v));
+        }
+        let optional = [
+            (header::LAST_MODIFIED, &entry.record.origin_last_modified),
+            (header::CONTENT_TYPE, &entry.record.content_type),
+            (header::CACHE_CONTROL, &entry.record.cache_control),
+        ];
+        for (name, value) in optional {
+            if let Some(v) = value.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+                headers.push((name, v));
+            }
+        }
+        headers
+    }
+
+    /// Proxies a response the origin forbids us to store.
+    async fn pass_through<B>(&self, path: &RequestPath, head_only: bool, request: &Request<B>) -> Response<Body> {
+        self.stats.pass_through_requests.fetch_add(1, Ordering::Relaxed);
+        let (status, headers, mut body) =
+            match self.origin.pass_through(&path.to_uri_path(), head_only, request.headers().get(header::RANGE)).await {
+                Ok(parts) => parts,
+                Err(error) => return text_response(error.client_status(), &format!("{error}\n")),
+            };
+        let mut builder = Response::builder().status(status);
+        for name in [
+            header::CONTENT_TYPE,
+            header::CONTENT_LENGTH,
+            header::CONTENT_RANGE,
+            header::ETAG,
+            header::LAST_MODIFIED,
+            header::CACHE_CONTROL,
+            header::ACCEPT_RANGES,
+        ] {
+            if let Some(value) = headers.get(&name) {
+                builder = builder.header(name, value);
+            }
+        }
+        if head_only {
+            return builder.body(shoal_server::empty()).unwrap_or_else(|_| internal_error());
+        }
+        let (sender, receiver) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            loop {
+                match body.chunk().await {
+                    Ok(Some(chunk)) => {
+                        if sender.send(Ok(http_body::Frame::data(chunk))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(error) => {
+                        let _ = sender.send(Err(std::io::Error::other(error.to_string()))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        builder.body(http_body_util::StreamBody::new(ReceiverStream(receiver)).boxed()).unwrap_or_else(|_| internal_error())
+    }
+
+    fn internal(&self, endpoint: &str) -> Response<Body> {
+        match endpoint {
+            "stats" => {
+                let snapshot = self.stats.snapshot(self.filler.store());
+                let json = serde_json::to_string_pretty(&snapshot).unwrap_or_default();
+                Response::builder()
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .header(header::CACHE_CONTROL, "no-store")
+                    .body(shoal_server::full(Bytes::from(json)))
+                    .unwrap_or_else(|_| internal_error())
+            }
+            "health" => text_response(StatusCode::OK, "ok\n"),
+            _ => text_response(StatusCode::NOT_FOUND, "unknown internal endpoint\n"),
+        }
+    }
+}
+
+fn data_segments(span: Option<ByteSpan>) -> Vec<Segment> {
+    span.map(Segment::Data).into_iter().collect()
+}
+
+fn text_response(status: StatusCode, text: &str) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(shoal_server::full(Bytes::from(text.to_string())))
+        .unwrap_or_else(|_| internal_error())
+}
+
+fn internal_error() -> Response<Body> {
+    let mut response = Response::new(shoal_server::empty());
+    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    response
+}
+
+/// A `Stream` over an mpsc receiver (what tokio-stream's wrapper does).
+struct ReceiverStream<T>(tokio::sync::mpsc::Receiver<T>);
+
+impl<T> futures_util::Stream for ReceiverStream<T> {
+    type Item = T;
+    fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<T>> {
+        self.0.poll_recv(cx)
+    }
+}

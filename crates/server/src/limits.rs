@@ -1,0 +1,109 @@
+//! Configured bounds of a server. Every field carries its unit in its name.
+
+use std::time::Duration;
+
+/// The smallest read buffer hyper's HTTP/1 connection accepts (it panics
+/// below this); [`ServerLimits::header_bytes_max`] is raised to it for
+/// HTTP/1.
+pub const H1_BUF_BYTES_MIN: usize = 8192;
+
+/// Limits applied to every connection of a server.
+///
+/// Deserializes from a config table; missing fields take their defaults.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerLimits {
+    /// HTTP/1: the whole request head must arrive within this time, counted
+    /// from the first read of the head. On a keep-alive connection the clock
+    /// also runs while waiting for the next request, so it bounds keep-alive
+    /// idleness too. 0 disables it (not recommended).
+    pub header_read_timeout_ms: u64,
+    /// A connection that has neither read nor written a byte for this long
+    /// is closed, whatever its state: a half-sent request head, a client
+    /// that stopped reading a response, an idle keep-alive or h2
+    /// connection. A handler that needs longer than this to produce its
+    /// first byte loses its connection too. 0 disables it.
+    pub idle_timeout_ms: u64,
+    /// Open connections at most. Beyond it a new connection is closed right
+    /// after `accept`, counted in [`crate::ServerStats`] and logged (rate
+    /// limited).
+    pub connections_max: u64,
+    /// Largest request head accepted. HTTP/1: this is hyper's read buffer
+    /// size (`max_buf_size`), which cannot go below
+    /// [`H1_BUF_BYTES_MIN`] (8192), so smaller values act as 8192; a larger
+    /// head gets 431 (or 400) from hyper. HTTP/2: advertised as
+    /// `SETTINGS_MAX_HEADER_LIST_SIZE` (RFC 9113 size accounting: names +
+    /// values + 32 bytes per field).
+    pub header_bytes_max: u64,
+    /// HTTP/2: concurrent streams per connection.
+    pub h2_max_concurrent_streams: u32,
+    /// On shutdown, in-flight connections get this long to finish before
+    /// they are dropped.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            connections_max: 10_000,
+            header_bytes_max: 16 * 1024,
+            h2_max_concurrent_streams: 256,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+impl ServerLimits {
+    pub(crate) fn header_read_timeout(&self) -> Option<Duration> {
+        (self.header_read_timeout_ms > 0).then(|| Duration::from_millis(self.header_read_timeout_ms))
+    }
+
+    pub(crate) fn idle_timeout(&self) -> Option<Duration> {
+        (self.idle_timeout_ms > 0).then(|| Duration::from_millis(self.idle_timeout_ms))
+    }
+
+    pub(crate) fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    /// hyper's HTTP/1 read buffer size for these limits.
+    pub(crate) fn h1_buf_bytes(&self) -> usize {
+        usize::try_from(self.header_bytes_max).unwrap_or(usize::MAX).max(H1_BUF_BYTES_MIN)
+    }
+
+    /// The HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE` for these limits.
+    pub(crate) fn h2_header_list_bytes(&self) -> u32 {
+        u32::try_from(self.header_bytes_max).unwrap_or(u32::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let limits = ServerLimits::default();
+        assert_eq!(limits.header_read_timeout_ms, 10_000);
+        assert_eq!(limits.idle_timeout_ms, 60_000);
+        assert_eq!(limits.connections_max, 10_000);
+        assert_eq!(limits.header_bytes_max, 16 * 1024);
+        assert_eq!(limits.h2_max_concurrent_streams, 256);
+    }
+
+    #[test]
+    fn small_header_limit_is_raised_for_h1() {
+        let limits = ServerLimits { header_bytes_max: 100, ..ServerLimits::default() };
+        assert_eq!(limits.h1_buf_bytes(), H1_BUF_BYTES_MIN);
+        assert_eq!(limits.h2_header_list_bytes(), 100);
+    }
+
+    #[test]
+    fn zero_disables_timeouts() {
+        let limits = ServerLimits { header_read_timeout_ms: 0, idle_timeout_ms: 0, ..ServerLimits::default() };
+        assert_eq!(limits.header_read_timeout(), None);
+        assert_eq!(limits.idle_timeout(), None);
+    }
+}

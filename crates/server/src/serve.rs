@@ -1,0 +1,387 @@
+//! The accept loop and the per-connection task.
+//!
+//! # Connection lifecycle
+//!
+//! ```text
+//! accept ──over connections_max──▶ closed at once (counted, warned)
+//!    │
+//!    ▼
+//! serving ──idle_timeout──────────▶ dropped (counted)
+//!    │  ──shutdown signal─────────▶ draining ──done / grace over──▶ closed
+//!    ▼
+//! done (client closed, hyper error such as a header timeout or a bad head)
+//! ```
+//!
+//! The accept loop never ends on an accept error: connection-level errors
+//! (reset, aborted) are skipped, resource errors (EMFILE, ENFILE, ENOBUFS)
+//! are logged at a rate-limited warn and retried after a short back-off.
+
+use crate::body::{full, Body};
+use crate::io::{Activity, ActivityIo};
+use crate::limits::ServerLimits;
+use crate::stats::{ActiveGuard, Counters, ServerStats};
+use futures_util::FutureExt;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+/// Back-off after an accept error that is not about one connection.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// At most one warning of each kind per this period.
+const WARN_PERIOD: Duration = Duration::from_secs(1);
+
+/// Errors from setting a server up. Serving itself does not fail: errors on
+/// one connection end that connection only.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: io::Error },
+    #[error("cannot read the listener's local address: {0}")]
+    LocalAddr(io::Error),
+}
+
+/// Binds a TCP listener on `addr` (for example `127.0.0.1:0`) and returns it
+/// with the address it really got (the port the OS picked for `:0`).
+pub async fn bind<A>(addr: A) -> Result<(TcpListener, SocketAddr), ServerError>
+where
+    A: ToSocketAddrs + fmt::Display,
+{
+    let listener =
+        TcpListener::bind(&addr).await.map_err(|source| ServerError::Bind { addr: addr.to_string(), source })?;
+    let local = listener.local_addr().map_err(ServerError::LocalAddr)?;
+    Ok((listener, local))
+}
+
+/// What a handler knows about the connection a request came on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// Sequence number of the connection within its server, for logs.
+    pub id: u64,
+    pub peer_addr: SocketAddr,
+    pub local_addr: SocketAddr,
+}
+
+/// A listener with its limits and counters, ready to serve.
+pub struct Server {
+    listener: TcpListener,
+    limits: ServerLimits,
+    stats: ServerStats,
+}
+
+impl Server {
+    pub fn new(listener: TcpListener, limits: ServerLimits) -> Self {
+        Self { listener, limits, stats: ServerStats::default() }
+    }
+
+    /// The counters of this server; the handle stays valid after `serve`
+    /// returns.
+    pub fn stats(&self) -> ServerStats {
+        self.stats.clone()
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn limits(&self) -> &ServerLimits {
+        &self.limits
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, asks every
+    /// connection to finish (HTTP/1 closes after the response in flight,
+    /// HTTP/2 sends GOAWAY) and waits at most
+    /// [`ServerLimits::shutdown_grace_ms`] before dropping the rest.
+    ///
+    /// The handler is any `Fn(Request<Incoming>, ConnInfo) -> impl Future`
+    /// that is `Clone + Send + Sync + 'static`; it is cloned once per
+    /// request, so capture shared state in an `Arc`.
+    pub async fn serve<H, Fut>(self, handler: H, shutdown: impl Future<Output = ()>)
+    where
+        H: Fn(Request<Incoming>, ConnInfo) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
+    {
+        let Server { listener, limits, stats } = self;
+        let counters = stats.counters;
+        let builder = Arc::new(connection_builder(&limits));
+        let limits = Arc::new(limits);
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        let mut refused_warn = RateLimitedWarn::default();
+        let mut accept_warn = RateLimitedWarn::default();
+        let mut next_id: u64 = 0;
+        tokio::pin!(shutdown);
+
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                Some(joined) = tasks.join_next() => {
+                    if let Err(error) = joined {
+                        if error.is_panic() {
+                            tracing::error!("connection task panicked: {error}");
+                        }
+                    }
+                }
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer_addr)) => {
+                        if counters.active.load(Ordering::Relaxed) >= limits.connections_max {
+                            counters.refused_over_limit.fetch_add(1, Ordering::Relaxed);
+                            drop(stream);
+                            refused_warn.warn(|suppressed| {
+                                tracing::warn!(
+                                    connections_max = limits.connections_max,
+                                    refused_since_last_warning = suppressed,
+                                    "refusing connection from {peer_addr}: connections_max reached"
+                                );
+                            });
+                            continue;
+                        }
+                        let local_addr = match stream.local_addr() {
+                            Ok(addr) => addr,
+                            Err(error) => {
+                                tracing::debug!("dropping connection from {peer_addr}: {error}");
+                                continue;
+                            }
+                        };
+                        if let Err(error) = stream.set_nodelay(true) {
+                            tracing::debug!("TCP_NODELAY on connection from {peer_addr}: {error}");
+                        }
+                        counters.accepted.fetch_add(1, Ordering::Relaxed);
+                        next_id += 1;
+                        let info = ConnInfo { id: next_id, peer_addr, local_addr };
+                        let guard = ActiveGuard::new(counters.clone());
+                        tasks.spawn(serve_connection(
+                            builder.clone(),
+                            stream,
+                            info,
+                            handler.clone(),
+                            limits.clone(),
+                            counters.clone(),
+                            shutdown_rx.clone(),
+                            guard,
+                        ));
+                    }
+                    Err(error) => {
+                        if is_per_connection_error(&error) {
+                            tracing::debug!("accept: {error}");
+                            continue;
+                        }
+                        counters.accept_errors.fetch_add(1, Ordering::Relaxed);
+                        accept_warn.warn(|suppressed| {
+                            tracing::warn!(
+                                errors_since_last_warning = suppressed,
+                                "accept failed: {error}; backing off {} ms",
+                                ACCEPT_BACKOFF.as_millis()
+                            );
+                        });
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    }
+                },
+            }
+        }
+
+        drop(listener);
+        // Receivers are held by the connection tasks; none left is fine.
+        let _ = shutdown_tx.send(true);
+        let open = tasks.len();
+        if open > 0 {
+            tracing::info!("shutting down: draining {open} connections");
+        }
+        let grace = tokio::time::sleep(limits.shutdown_grace());
+        tokio::pin!(grace);
+        loop {
+            tokio::select! {
+                joined = tasks.join_next() => if joined.is_none() { break },
+                () = &mut grace => {
+                    tracing::warn!("shutdown grace period over: dropping {} connections", tasks.len());
+                    tasks.shutdown().await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Serves `listener` with `handler` until `shutdown` resolves. See
+/// [`Server::serve`]; use [`Server`] directly to read its [`ServerStats`].
+pub async fn serve<H, Fut>(listener: TcpListener, limits: ServerLimits, handler: H, shutdown: impl Future<Output = ()>)
+where
+    H: Fn(Request<Incoming>, ConnInfo) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    Server::new(listener, limits).serve(handler, shutdown).await
+}
+
+fn connection_builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout())
+        .max_buf_size(limits.h1_buf_bytes())
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(limits.h2_header_list_bytes());
+    builder
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_connection<H, Fut>(
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    stream: TcpStream,
+    info: ConnInfo,
+    handler: H,
+    limits: Arc<ServerLimits>,
+    counters: Arc<Counters>,
+    mut shutdown: watch::Receiver<bool>,
+    _active: ActiveGuard,
+) where
+    H: Fn(Request<Incoming>, ConnInfo) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(ActivityIo::new(stream, activity.clone()));
+    let service_counters = counters.clone();
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let handler = handler.clone();
+        let counters = service_counters.clone();
+        let method = request.method().clone();
+        let uri = request.uri().clone();
+        async move {
+            let response = AssertUnwindSafe(async move { handler(request, info).await }).catch_unwind().await;
+            Ok::<_, Infallible>(match response {
+                Ok(response) => response,
+                Err(panic) => {
+                    counters.handler_panics.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(conn = info.id, "handler panicked on {method} {uri}: {}", panic_message(&panic));
+                    internal_error()
+                }
+            })
+        }
+    });
+    let connection = builder.serve_connection(io, service);
+    tokio::pin!(connection);
+    let idle = async {
+        match limits.idle_timeout() {
+            Some(limit) => activity.idle_for(limit).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(idle);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(error) = result {
+                    log_connection_error(&info, error.as_ref());
+                }
+                return;
+            }
+            () = &mut idle => {
+                counters.idle_closed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(conn = info.id, peer = %info.peer_addr, "closing idle connection");
+                return;
+            }
+            _ = shutdown.changed(), if !draining => {
+                draining = true;
+                connection.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+fn log_connection_error(info: &ConnInfo, error: &(dyn std::error::Error + 'static)) {
+    let timeout = error.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout);
+    if timeout {
+        tracing::debug!(conn = info.id, peer = %info.peer_addr, "request head not received in time");
+    } else {
+        tracing::debug!(conn = info.id, peer = %info.peer_addr, "connection ended: {error}");
+    }
+}
+
+fn internal_error() -> Response<Body> {
+    let mut response = Response::new(full("internal server error\n"));
+    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    response
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        text
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text
+    } else {
+        "(non-text panic payload)"
+    }
+}
+
+/// Errors about one incoming connection, not the listener.
+fn is_per_connection_error(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// Lets one warning through per [`WARN_PERIOD`] and counts the ones it
+/// swallowed in between.
+#[derive(Default)]
+struct RateLimitedWarn {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimitedWarn {
+    fn warn(&mut self, emit: impl FnOnce(u64)) {
+        let now = Instant::now();
+        if self.last.is_some_and(|last| now.duration_since(last) < WARN_PERIOD) {
+            self.suppressed += 1;
+            return;
+        }
+        emit(self.suppressed);
+        self.last = Some(now);
+        self.suppressed = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn warnings_are_rate_limited() {
+        let mut limiter = RateLimitedWarn::default();
+        let mut emitted = Vec::new();
+        for _ in 0..5 {
+            limiter.warn(|suppressed| emitted.push(suppressed));
+        }
+        tokio::time::advance(WARN_PERIOD).await;
+        limiter.warn(|suppressed| emitted.push(suppressed));
+        assert_eq!(emitted, vec![0, 4]);
+    }
+
+    #[test]
+    fn panic_messages() {
+        let payload: Box<dyn std::any::Any + Send> = Box::new("boom");
+        assert_eq!(panic_message(payload.as_ref()), "boom");
+        let payload: Box<dyn std::any::Any + Send> = Box::new(String::from("bang"));
+        assert_eq!(panic_message(payload.as_ref()), "bang");
+    }
+}

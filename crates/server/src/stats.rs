@@ -1,0 +1,94 @@
+//! Connection counters of one server, readable from anywhere.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) accepted: AtomicU64,
+    pub(crate) refused_over_limit: AtomicU64,
+    pub(crate) idle_closed: AtomicU64,
+    pub(crate) accept_errors: AtomicU64,
+    pub(crate) handler_panics: AtomicU64,
+    pub(crate) active: AtomicU64,
+}
+
+/// A cheap, cloneable handle on a server's counters. Counters only grow,
+/// except `active`, the connections open right now.
+#[derive(Clone, Debug, Default)]
+pub struct ServerStats {
+    pub(crate) counters: Arc<Counters>,
+}
+
+/// The counters at one instant.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerStatsSnapshot {
+    /// Connections accepted and served (refused ones excluded).
+    pub connections_accepted: u64,
+    /// Connections closed right after accept because `connections_max`
+    /// were already open.
+    pub connections_refused_over_limit: u64,
+    /// Connections closed by the idle watchdog.
+    pub connections_idle_closed: u64,
+    /// Errors from `accept` itself (EMFILE, ENFILE, ...).
+    pub accept_errors: u64,
+    /// Handler invocations that panicked (each answered 500).
+    pub handler_panics: u64,
+    /// Connections open now.
+    pub connections_active: u64,
+}
+
+impl ServerStats {
+    pub fn connections_accepted(&self) -> u64 {
+        self.counters.accepted.load(Ordering::Relaxed)
+    }
+
+    pub fn connections_refused_over_limit(&self) -> u64 {
+        self.counters.refused_over_limit.load(Ordering::Relaxed)
+    }
+
+    pub fn connections_idle_closed(&self) -> u64 {
+        self.counters.idle_closed.load(Ordering::Relaxed)
+    }
+
+    pub fn accept_errors(&self) -> u64 {
+        self.counters.accept_errors.load(Ordering::Relaxed)
+    }
+
+    pub fn handler_panics(&self) -> u64 {
+        self.counters.handler_panics.load(Ordering::Relaxed)
+    }
+
+    pub fn connections_active(&self) -> u64 {
+        self.counters.active.load(Ordering::Relaxed)
+    }
+
+    pub fn snapshot(&self) -> ServerStatsSnapshot {
+        ServerStatsSnapshot {
+            connections_accepted: self.connections_accepted(),
+            connections_refused_over_limit: self.connections_refused_over_limit(),
+            connections_idle_closed: self.connections_idle_closed(),
+            accept_errors: self.accept_errors(),
+            handler_panics: self.handler_panics(),
+            connections_active: self.connections_active(),
+        }
+    }
+}
+
+/// Counts one open connection for as long as it lives.
+pub(crate) struct ActiveGuard {
+    counters: Arc<Counters>,
+}
+
+impl ActiveGuard {
+    pub(crate) fn new(counters: Arc<Counters>) -> Self {
+        counters.active.fetch_add(1, Ordering::Relaxed);
+        Self { counters }
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.counters.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,82 @@
+//! Configuration: defaults < TOML file (`--config`) < environment < flags.
+//!
+//! Environment variables are `SHOAL_CACHE_<KEY>` / `SHOAL_ORIGIN_<KEY>`, with
+//! `__` for nesting (`SHOAL_CACHE_LIMITS__IDLE_TIMEOUT_MS=30000`).
+
+use anyhow::Context;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::Serialize;
+use shoal_core::ByteSize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Serialize)]
+pub struct CacheArgs {
+    /// TOML file with any of the settings below (and more: see docs/config.md).
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Address to serve clients on, e.g. 127.0.0.1:8081.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// Origin base URL, e.g. http://127.0.0.1:8080.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    /// Directory for pieces and the index.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// Disk budget, e.g. 2GiB.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<ByteSize>,
+    /// Memory budget for hot pieces, e.g. 512MiB.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_capacity: Option<ByteSize>,
+    /// Eviction policy: s3fifo (default) or lru.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eviction: Option<String>,
+}
+
+#[derive(clap::Args, Serialize)]
+pub struct OriginArgs {
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Directory to serve.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root: Option<PathBuf>,
+    /// Address to listen on, e.g. 127.0.0.1:8080.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+}
+
+fn layered<T: Serialize + Default, A: Serialize>(defaults: T, file: Option<&PathBuf>, env_prefix: &str, args: &A) -> anyhow::Result<Figment> {
+    let mut figment = Figment::from(Serialized::defaults(defaults));
+    if let Some(path) = file {
+        anyhow::ensure!(path.is_file(), "config file {} does not exist", path.display());
+        figment = figment.merge(Toml::file(path));
+    }
+    Ok(figment.merge(Env::prefixed(env_prefix).split("__")).merge(Serialized::defaults(args)))
+}
+
+pub fn cache_config(args: CacheArgs) -> anyhow::Result<shoal_cache::CacheConfig> {
+    let config: shoal_cache::CacheConfig = layered(shoal_cache::CacheConfig::default(), args.config.as_ref(), "SHOAL_CACHE_", &args)?
+        .extract()
+        .context("cache configuration")?;
+    config.validate()?;
+    Ok(config)
+}
+
+pub fn origin_config(args: OriginArgs) -> anyhow::Result<shoal_origin::OriginConfig> {
+    layered(shoal_origin::OriginConfig::default(), args.config.as_ref(), "SHOAL_ORIGIN_", &args)?
+        .extract()
+        .context("origin configuration")
+}

@@ -1,0 +1,245 @@
+//! Test harness: real processes on 127.0.0.1 ephemeral ports.
+//!
+//! `shoal` roles are started from the binary Cargo built for this test run;
+//! nginx, curl and aria2c are the Debian programs that `scripts/test`
+//! installs. Every process is killed when its handle drops.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const PIECE: u64 = 256 * 1024;
+
+pub fn shoal_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_shoal")
+}
+
+/// A child process killed (SIGKILL) on drop.
+pub struct Proc {
+    pub child: Child,
+    pub url: String,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Starts `shoal ARGS...` and waits for its "listening on http://..." line.
+pub fn start_shoal(args: &[&str], env: &[(&str, &str)]) -> Proc {
+    let mut command = Command::new(shoal_bin());
+    command.args(args).stdout(Stdio::piped()).stderr(Stdio::inherit()).stdin(Stdio::null());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().expect("spawn shoal");
+    let stdout = child.stdout.take().expect("stdout");
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = reader.read_line(&mut line);
+        let _ = sender.send(line);
+        // Keep draining so the child never blocks on a full pipe.
+        let mut sink = Vec::new();
+        let _ = reader.read_to_end(&mut sink);
+    });
+    let line = receiver.recv_timeout(Duration::from_secs(30)).expect("shoal did not report its address");
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in `{line}`"))
+        .to_string();
+    Proc { child, url, name: args.first().copied().unwrap_or("shoal").to_string() }
+}
+
+pub fn start_origin(root: &Path) -> Proc {
+    start_shoal(&["origin", "--root", root.to_str().unwrap(), "--listen", "127.0.0.1:0"], &[])
+}
+
+pub fn start_cache(origin_url: &str, data_dir: &Path, capacity: &str, env: &[(&str, &str)]) -> Proc {
+    start_shoal(
+        &[
+            "cache",
+            "--listen",
+            "127.0.0.1:0",
+            "--origin",
+            origin_url,
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--capacity",
+            capacity,
+        ],
+        env,
+    )
+}
+
+pub fn publish(root: &Path) {
+    let status = Command::new(shoal_bin()).args(["publish", root.to_str().unwrap()]).stdout(Stdio::null()).status().unwrap();
+    assert!(status.success(), "shoal publish failed");
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn wait_for_port(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if TcpStream::connect(addr).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{addr} never accepted connections");
+}
+
+fn find_tool(name: &str) -> PathBuf {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/sbin", "/sbin"]) {
+        let candidate = Path::new(dir).join(name);
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!("{name} is not installed: run scripts/install-test-deps (the test script does)");
+}
+
+/// nginx serving `root` on an ephemeral port, with `extra` inside `server {}`.
+pub fn start_nginx(root: &Path, extra: &str) -> (Proc, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let conf = format!(
+        r#"daemon off;
+master_process off;
+worker_processes 1;
+error_log {dir}/error.log warn;
+pid {dir}/nginx.pid;
+events {{ worker_connections 1024; }}
+http {{
+    access_log {dir}/access.log;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    sendfile on;
+    tcp_nopush on;
+    types {{ video/mp4 mp4; text/plain txt; }}
+    default_type application/octet-stream;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+        {extra}
+    }}
+}}
+"#,
+        dir = dir.path().display(),
+        root = root.display(),
+    );
+    let conf_path = dir.path().join("nginx.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let child = Command::new(find_tool("nginx"))
+        .args(["-p", dir.path().to_str().unwrap(), "-c", conf_path.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn nginx");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_for_port(addr);
+    (Proc { child, url: format!("http://{addr}"), name: "nginx".into() }, dir)
+}
+
+/// Deterministic pseudo-random content.
+pub fn content(size: u64, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(size as usize);
+    while (out.len() as u64) < size {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(size as usize);
+    out
+}
+
+pub fn write_file(root: &Path, rel: &str, data: &[u8]) -> PathBuf {
+    let path = root.join(rel);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, data).unwrap();
+    path
+}
+
+/// Result of one curl run.
+pub struct CurlResult {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub exit_code: i32,
+}
+
+impl CurlResult {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().rev().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Runs curl with extra arguments; returns status, headers and body.
+pub fn curl(url: &str, args: &[&str]) -> CurlResult {
+    let dir = tempfile::tempdir().unwrap();
+    let body_path = dir.path().join("body");
+    let headers_path = dir.path().join("headers");
+    let output = Command::new(find_tool("curl"))
+        .args(["-sS", "--max-time", "120", "-o", body_path.to_str().unwrap(), "-D", headers_path.to_str().unwrap()])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("run curl");
+    let raw_headers = std::fs::read_to_string(&headers_path).unwrap_or_default();
+    let mut status = 0;
+    let mut headers = Vec::new();
+    for line in raw_headers.lines() {
+        if line.starts_with("HTTP/") {
+            status = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+            headers.clear();
+        } else if let Some((k, v)) = line.split_once(':') {
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    CurlResult { status, headers, body: std::fs::read(&body_path).unwrap_or_default(), exit_code: output.status.code().unwrap_or(-1) }
+}
+
+/// Downloads with aria2c `-x4 -s4 -k1M` and returns the file's bytes.
+pub fn aria2c(url: &str) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let status = Command::new(find_tool("aria2c"))
+        .args(["-x4", "-s4", "-k1M", "-q", "--allow-overwrite=true", "--auto-file-renaming=false", "--file-allocation=none"])
+        .args(["-d", dir.path().to_str().unwrap(), "-o", "out", url])
+        .status()
+        .expect("run aria2c");
+    assert!(status.success(), "aria2c failed for {url}");
+    std::fs::read(dir.path().join("out")).unwrap_or_default()
+}
+
+/// The cache's counters.
+pub fn stats(cache_url: &str) -> serde_json::Value {
+    let result = curl(&format!("{cache_url}/_shoal/stats"), &[]);
+    assert_eq!(result.status, 200);
+    serde_json::from_slice(&result.body).expect("stats JSON")
+}
+
+pub fn stat(cache_url: &str, name: &str) -> u64 {
+    stats(cache_url)[name].as_u64().unwrap_or_else(|| panic!("no stat {name}"))
+}

@@ -1,0 +1,185 @@
+//! The redb index and its single writer thread (group commit).
+//!
+//! All writes go through one thread that drains its queue and applies
+//! everything waiting in one transaction: under load, many piece rows share
+//! one fsync, so durability costs little per piece.
+
+use crate::store::{PieceKey, PieceMeta};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use shoal_core::{ObjectId, PieceHash, PieceIndex};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use tokio::sync::oneshot;
+
+/// piece key (object id ++ index, big-endian) → len u32 ++ hash[32] ++ seq u64
+pub(crate) const PIECES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pieces");
+/// object path → record bytes (owned by the cache crate)
+pub(crate) const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
+/// object id → encoded manifest
+pub(crate) const MANIFESTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("manifests");
+
+/// At most this many queued operations are applied in one transaction.
+const BATCH_OPS_MAX: usize = 4096;
+
+pub(crate) enum WriteOp {
+    PutPiece { key: PieceKey, meta: PieceMeta },
+    /// Removes rows, then deletes the files (in that order, for crash safety).
+    RemovePieces { keys: Vec<PieceKey> },
+    PutRecord { path: String, bytes: Vec<u8> },
+    RemoveRecord { path: String },
+    PutManifest { id: ObjectId, bytes: Vec<u8> },
+    RemoveManifest { id: ObjectId },
+    /// Resolves once everything queued before it is committed.
+    Flush { done: oneshot::Sender<()> },
+}
+
+pub(crate) fn piece_key_bytes(key: &PieceKey) -> [u8; 36] {
+    let mut out = [0u8; 36];
+    out[..32].copy_from_slice(&key.object.0);
+    out[32..].copy_from_slice(&key.index.0.to_be_bytes());
+    out
+}
+
+pub(crate) fn piece_key_from_bytes(bytes: &[u8]) -> Option<PieceKey> {
+    let id: [u8; 32] = bytes.get(..32)?.try_into().ok()?;
+    let index: [u8; 4] = bytes.get(32..36)?.try_into().ok()?;
+    (bytes.len() == 36).then_some(PieceKey { object: ObjectId(id), index: PieceIndex(u32::from_be_bytes(index)) })
+}
+
+pub(crate) fn meta_bytes(meta: &PieceMeta) -> [u8; 44] {
+    let mut out = [0u8; 44];
+    out[..4].copy_from_slice(&meta.len.to_be_bytes());
+    out[4..36].copy_from_slice(&meta.hash.0);
+    out[36..].copy_from_slice(&meta.seq.to_be_bytes());
+    out
+}
+
+pub(crate) fn meta_from_bytes(bytes: &[u8]) -> Option<PieceMeta> {
+    if bytes.len() != 44 {
+        return None;
+    }
+    Some(PieceMeta {
+        len: u32::from_be_bytes(bytes[..4].try_into().ok()?),
+        hash: PieceHash(bytes[4..36].try_into().ok()?),
+        seq: u64::from_be_bytes(bytes[36..].try_into().ok()?),
+    })
+}
+
+pub(crate) fn open(path: &Path) -> Result<Database, redb::Error> {
+    let db = Database::create(path)?;
+    let txn = db.begin_write()?;
+    {
+        txn.open_table(PIECES)?;
+        txn.open_table(RECORDS)?;
+        txn.open_table(MANIFESTS)?;
+    }
+    txn.commit()?;
+    Ok(db)
+}
+
+/// Every piece row, for start-up recovery. Malformed rows are returned as
+/// raw keys to delete.
+pub(crate) fn load_pieces(db: &Database) -> Result<(Vec<(PieceKey, PieceMeta)>, Vec<Vec<u8>>), redb::Error> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(PIECES)?;
+    let mut good = Vec::new();
+    let mut bad = Vec::new();
+    for row in table.iter()? {
+        let (k, v) = row?;
+        match (piece_key_from_bytes(k.value()), meta_from_bytes(v.value())) {
+            (Some(key), Some(meta)) => good.push((key, meta)),
+            _ => bad.push(k.value().to_vec()),
+        }
+    }
+    Ok((good, bad))
+}
+
+pub(crate) fn remove_raw_piece_rows(db: &Database, keys: &[Vec<u8>]) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    {
+        let mut table = txn.open_table(PIECES)?;
+        for k in keys {
+            table.remove(k.as_slice())?;
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+pub(crate) fn get_record(db: &Database, path: &str) -> Result<Option<Vec<u8>>, redb::Error> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(RECORDS)?;
+    Ok(table.get(path)?.map(|v| v.value().to_vec()))
+}
+
+pub(crate) fn get_manifest(db: &Database, id: &ObjectId) -> Result<Option<Vec<u8>>, redb::Error> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(MANIFESTS)?;
+    Ok(table.get(id.0.as_slice())?.map(|v| v.value().to_vec()))
+}
+
+/// Runs the writer loop until every sender is gone.
+pub(crate) fn writer_loop(db: std::sync::Arc<Database>, pieces_dir: PathBuf, ops: mpsc::Receiver<WriteOp>) {
+    while let Ok(first) = ops.recv() {
+        let mut batch = vec![first];
+        while batch.len() < BATCH_OPS_MAX {
+            match ops.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let mut files_to_delete = Vec::new();
+        let mut flushes = Vec::new();
+        let result = (|| -> Result<(), redb::Error> {
+            let txn = db.begin_write()?;
+            {
+                let mut pieces = txn.open_table(PIECES)?;
+                let mut records = txn.open_table(RECORDS)?;
+                let mut manifests = txn.open_table(MANIFESTS)?;
+                for op in batch {
+                    match op {
+                        WriteOp::PutPiece { key, meta } => {
+                            pieces.insert(piece_key_bytes(&key).as_slice(), meta_bytes(&meta).as_slice())?;
+                        }
+                        WriteOp::RemovePieces { keys } => {
+                            for key in keys {
+                                pieces.remove(piece_key_bytes(&key).as_slice())?;
+                                files_to_delete.push(crate::store::piece_file_path(&pieces_dir, &key));
+                            }
+                        }
+                        WriteOp::PutRecord { path, bytes } => {
+                            records.insert(path.as_str(), bytes.as_slice())?;
+                        }
+                        WriteOp::RemoveRecord { path } => {
+                            records.remove(path.as_str())?;
+                        }
+                        WriteOp::PutManifest { id, bytes } => {
+                            manifests.insert(id.0.as_slice(), bytes.as_slice())?;
+                        }
+                        WriteOp::RemoveManifest { id } => {
+                            manifests.remove(id.0.as_slice())?;
+                        }
+                        WriteOp::Flush { done } => flushes.push(done),
+                    }
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        })();
+        if let Err(error) = result {
+            // The in-memory view stays authoritative for this run; the next
+            // start-up reconciles files and rows again.
+            tracing::error!(%error, "index write failed");
+        }
+        for path in files_to_delete {
+            if let Err(error) = std::fs::remove_file(&path) {
+                if error.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(%error, path = %path.display(), "could not delete evicted piece");
+                }
+            }
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+    }
+}
