@@ -19,7 +19,6 @@
 mod arena;
 mod lru;
 mod s3fifo;
-mod tinylfu;
 pub mod sim;
 
 #[cfg(test)]
@@ -27,7 +26,6 @@ mod tests;
 
 pub use lru::Lru;
 pub use s3fifo::{S3Fifo, S3FifoConfig};
-pub use tinylfu::WTinyLfu;
 
 use std::fmt;
 use std::hash::Hash;
