@@ -57,24 +57,19 @@ pub fn parse_http_date_unix_s(value: &[u8]) -> Result<u64, DateError> {
 /// Times before 1970 format as the epoch and times after 9999 as the last
 /// second of 9999, instead of panicking.
 pub fn format_http_date(time: SystemTime) -> String {
-    let unix_s = time
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let unix_s = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     format_http_date_unix_s(unix_s)
 }
 
 /// Formats seconds since the Unix epoch as an IMF-fixdate, clamping to
 /// [`HTTP_DATE_UNIX_S_MAX`].
 pub fn format_http_date_unix_s(unix_s: u64) -> String {
-    httpdate::fmt_http_date(system_time_from_unix_s(
-        unix_s.min(HTTP_DATE_UNIX_S_MAX),
-    ))
+    httpdate::fmt_http_date(system_time_from_unix_s(unix_s.min(HTTP_DATE_UNIX_S_MAX)))
 }
 
 /// Whole seconds since the Unix epoch; `0` for times before it.
 pub fn unix_s_from_system_time(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// The `SystemTime` `unix_s` seconds after the epoch, saturating at the
@@ -153,7 +148,10 @@ mod tests {
         let before_epoch = UNIX_EPOCH
             .checked_sub(Duration::from_secs(10))
             .expect("platform represents 1969");
-        assert_eq!(format_http_date(before_epoch), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(
+            format_http_date(before_epoch),
+            "Thu, 01 Jan 1970 00:00:00 GMT"
+        );
         assert_eq!(unix_s_from_system_time(before_epoch), 0);
         assert_eq!(
             format_http_date(UNIX_EPOCH + Duration::from_millis(1_999)),

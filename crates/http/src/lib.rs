@@ -36,8 +36,8 @@ pub use conditional::{
     EntityValidators, EtagList, IfRange, Precondition,
 };
 pub use content_range::{
-    format_content_range, format_unsatisfied, parse_content_range, ContentRange,
-    ContentRangeError, ContentRangeHeader,
+    format_content_range, format_unsatisfied, parse_content_range, ContentRange, ContentRangeError,
+    ContentRangeHeader,
 };
 pub use date::DateError;
 pub use multipart::{boundary_from_seed, MultipartError, MultipartPlan, Segment};

@@ -107,9 +107,7 @@ impl RangeSet {
             return Err(RangeError::NoRanges);
         }
         if specs.len() > RANGE_COUNT_MAX {
-            return Err(RangeError::TooManyRanges {
-                count: specs.len(),
-            });
+            return Err(RangeError::TooManyRanges { count: specs.len() });
         }
         for (index, spec) in specs.iter().enumerate() {
             if let RangeSpec::FromTo { first, last } = *spec {
@@ -324,7 +322,10 @@ mod tests {
 
     #[test]
     fn unit_is_case_insensitive_and_other_units_are_ignored() {
-        assert_eq!(specs("BYTES=1-2"), [RangeSpec::FromTo { first: 1, last: 2 }]);
+        assert_eq!(
+            specs("BYTES=1-2"),
+            [RangeSpec::FromTo { first: 1, last: 2 }]
+        );
         assert_eq!(specs("Bytes=1-"), [RangeSpec::From { first: 1 }]);
         assert_eq!(parse_range(b"items=0-5"), Ok(RangeHeader::OtherUnit));
         assert_eq!(parse_range(b"none=whatever"), Ok(RangeHeader::OtherUnit));
@@ -341,9 +342,15 @@ mod tests {
                 RangeSpec::Suffix { len: 5 },
             ]
         );
-        assert_eq!(specs("bytes=,0-1,"), [RangeSpec::FromTo { first: 0, last: 1 }]);
+        assert_eq!(
+            specs("bytes=,0-1,"),
+            [RangeSpec::FromTo { first: 0, last: 1 }]
+        );
         // The list rule's OWS is also tolerated right after `=`.
-        assert_eq!(specs("bytes= 0-1"), [RangeSpec::FromTo { first: 0, last: 1 }]);
+        assert_eq!(
+            specs("bytes= 0-1"),
+            [RangeSpec::FromTo { first: 0, last: 1 }]
+        );
     }
 
     #[test]
@@ -406,7 +413,10 @@ mod tests {
                 last: u64::MAX
             }]
         );
-        assert_eq!(specs("bytes=0007-0008"), [RangeSpec::FromTo { first: 7, last: 8 }]);
+        assert_eq!(
+            specs("bytes=0007-0008"),
+            [RangeSpec::FromTo { first: 7, last: 8 }]
+        );
     }
 
     #[test]
@@ -454,11 +464,26 @@ mod tests {
         // RFC 9110 §14.1.2, a 10000-byte representation.
         let size = 10_000;
         let resolve = |v: &str| resolve_ranges(&specs(v), size);
-        assert_eq!(resolve("bytes=0-499"), RangeResolution::Single(span(0, 500)));
-        assert_eq!(resolve("bytes=500-999"), RangeResolution::Single(span(500, 1000)));
-        assert_eq!(resolve("bytes=-500"), RangeResolution::Single(span(9500, 10_000)));
-        assert_eq!(resolve("bytes=9500-"), RangeResolution::Single(span(9500, 10_000)));
-        assert_eq!(resolve("bytes=0-0,-1"), RangeResolution::Multi(vec![span(0, 1), span(9999, 10_000)]));
+        assert_eq!(
+            resolve("bytes=0-499"),
+            RangeResolution::Single(span(0, 500))
+        );
+        assert_eq!(
+            resolve("bytes=500-999"),
+            RangeResolution::Single(span(500, 1000))
+        );
+        assert_eq!(
+            resolve("bytes=-500"),
+            RangeResolution::Single(span(9500, 10_000))
+        );
+        assert_eq!(
+            resolve("bytes=9500-"),
+            RangeResolution::Single(span(9500, 10_000))
+        );
+        assert_eq!(
+            resolve("bytes=0-0,-1"),
+            RangeResolution::Multi(vec![span(0, 1), span(9999, 10_000)])
+        );
         assert_eq!(
             resolve("bytes=500-600,601-999"),
             RangeResolution::Single(span(500, 1000))
@@ -503,7 +528,13 @@ mod tests {
 
     #[test]
     fn empty_object_is_always_unsatisfiable() {
-        for value in ["bytes=0-", "bytes=0-0", "bytes=-1", "bytes=-0", "bytes=0-5,-3"] {
+        for value in [
+            "bytes=0-",
+            "bytes=0-0",
+            "bytes=-1",
+            "bytes=-0",
+            "bytes=0-5,-3",
+        ] {
             assert_eq!(
                 resolve_ranges(&specs(value), 0),
                 RangeResolution::Unsatisfiable,

@@ -36,7 +36,10 @@ pub(crate) fn is_token(bytes: &[u8]) -> bool {
 
 /// `bytes` without leading and trailing `OWS`.
 pub(crate) fn trim_ows(bytes: &[u8]) -> &[u8] {
-    let start = bytes.iter().position(|&b| !is_ows(b)).unwrap_or(bytes.len());
+    let start = bytes
+        .iter()
+        .position(|&b| !is_ows(b))
+        .unwrap_or(bytes.len());
     let end = bytes
         .iter()
         .rposition(|&b| !is_ows(b))
@@ -108,10 +111,7 @@ mod tests {
             parse_u64_digits(b"18446744073709551616"),
             Err(DigitsError::Overflow)
         );
-        assert_eq!(
-            parse_u64_digits(b"000000000000000000000000000001"),
-            Ok(1)
-        );
+        assert_eq!(parse_u64_digits(b"000000000000000000000000000001"), Ok(1));
         assert_eq!(parse_u64_digits(b""), Err(DigitsError::NotDigits));
         assert_eq!(parse_u64_digits(b"+1"), Err(DigitsError::NotDigits));
         assert_eq!(parse_u64_digits(b"1 "), Err(DigitsError::NotDigits));

@@ -79,7 +79,10 @@ impl<K> Arena<K> {
         self.free_head = slot;
         match old {
             Slot::Occupied(entry) => {
-                debug_assert!(entry.prev == NIL && entry.next == NIL, "freed a linked slot");
+                debug_assert!(
+                    entry.prev == NIL && entry.next == NIL,
+                    "freed a linked slot"
+                );
                 entry
             }
             Slot::Vacant { .. } => unreachable!("double free of slot {slot}"),
@@ -142,7 +145,10 @@ impl Queue {
     pub fn push_front<K>(&mut self, arena: &mut Arena<K>, slot: usize) {
         let old_front = self.front;
         let entry = arena.get_mut(slot);
-        debug_assert!(entry.prev == NIL && entry.next == NIL, "slot already linked");
+        debug_assert!(
+            entry.prev == NIL && entry.next == NIL,
+            "slot already linked"
+        );
         entry.next = old_front;
         self.bytes += entry.size_bytes;
         if old_front == NIL {

@@ -12,8 +12,8 @@
 //!
 //! A read only bumps a 2-bit counter (`freq`, capped at 3): no list moves on
 //! the hot path. When space is needed, small's oldest piece is promoted to
-//! main if it was read at least `promote_hits_min` times, else it is dropped
-//! and its key remembered in ghost; main's oldest piece is given another lap
+//! main if it was read at least `promote_hits_min` times (its count then
+//! starts over), else it is dropped and its key remembered in ghost; main's oldest piece is given another lap
 //! with `freq - 1` if `freq > 0`, else dropped. A piece whose key is in ghost
 //! when it is stored again skips probation and enters main.
 //!
@@ -212,7 +212,8 @@ impl<K: Clone + Eq + Hash> S3Fifo<K> {
     }
 
     fn trim_ghost(&mut self) {
-        while self.ghost.bytes() > self.ghost_bytes_max || self.ghost.len() > self.ghost_entries_max {
+        while self.ghost.bytes() > self.ghost_bytes_max || self.ghost.len() > self.ghost_entries_max
+        {
             let Some(slot) = self.ghost.back() else {
                 return;
             };

@@ -10,6 +10,8 @@
 //! pieces are the hottest. A fixed number of sessions play at once; each
 //! step advances one of them chosen at random, which interleaves their reads
 //! like concurrent viewers. When a session ends a new one takes its place.
+//! Optionally popularity churns: now and then a "new release" jumps to the
+//! top of the ranking and the titles it passes slide down one rank.
 //!
 //! Everything is drawn from `StdRng::seed_from_u64`, so a [`TraceConfig`]
 //! names one trace exactly and tests, benchmarks and experiments replay the
@@ -21,8 +23,8 @@ use rand::{Rng, SeedableRng};
 use shoal_core::{PieceIndex, PieceLayout, PieceSize};
 use std::fmt;
 
-/// One piece of one catalog object (objects are numbered by popularity rank,
-/// 0 the most popular).
+/// One piece of one catalog object (objects are numbered by their initial
+/// popularity rank, 0 the most popular).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SimPiece {
     pub object: u32,
@@ -107,7 +109,15 @@ impl fmt::Display for TraceConfig {
             self.concurrent_sessions,
             self.requests,
             self.warmup_requests,
-        )
+        )?;
+        if self.release_every_sessions > 0 {
+            write!(
+                f,
+                ", a new release every {} sessions",
+                self.release_every_sessions
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -150,7 +160,11 @@ impl Trace {
         let checks = [
             ("zipf_exponent", config.zipf_exponent, 0.0..=10.0),
             ("seek_probability", config.seek_probability, 0.0..=1.0),
-            ("watch_mean_fraction", config.watch_mean_fraction, 1e-6..=1e6),
+            (
+                "watch_mean_fraction",
+                config.watch_mean_fraction,
+                1e-6..=1e6,
+            ),
         ];
         for (name, value, range) in checks {
             if !range.contains(&value) {
@@ -196,7 +210,7 @@ impl Trace {
         &self.config
     }
 
-    /// Object layouts by popularity rank.
+    /// Object layouts by initial popularity rank.
     pub fn catalog(&self) -> &[PieceLayout] {
         &self.catalog
     }
@@ -213,6 +227,7 @@ impl Trace {
             rng: StdRng::seed_from_u64(self.config.seed ^ SESSION_STREAM),
             ranking: (0..self.config.objects).collect(),
             sessions_started: 0,
+            next_release_at_session: self.config.release_every_sessions,
             active: Vec::with_capacity(self.config.concurrent_sessions as usize),
             remaining: self.config.requests,
         };
@@ -241,6 +256,7 @@ pub struct Requests<'a> {
     /// Object at each popularity rank (changes with releases).
     ranking: Vec<u32>,
     sessions_started: u64,
+    next_release_at_session: u64,
     active: Vec<Session>,
     remaining: u64,
 }
@@ -250,8 +266,9 @@ impl Requests<'_> {
         let config = &self.trace.config;
         self.sessions_started += 1;
         if config.release_every_sessions > 0
-            && self.sessions_started % config.release_every_sessions == 0
+            && self.sessions_started >= self.next_release_at_session
         {
+            self.next_release_at_session += config.release_every_sessions;
             // O(objects), once per `release_every_sessions` sessions.
             let old_rank = self.rng.gen_range(0..self.ranking.len());
             self.ranking[..=old_rank].rotate_right(1);
@@ -271,9 +288,7 @@ impl Requests<'_> {
         };
         // Exponential length: most viewers leave early, a few stay long.
         let mean = config.watch_mean_fraction * pieces as f64;
-        let length = (-(1.0 - self.rng.gen::<f64>()).ln() * mean)
-            .ceil()
-            .max(1.0);
+        let length = (-(1.0 - self.rng.gen::<f64>()).ln() * mean).ceil().max(1.0);
         let end = (start as f64 + length).min(pieces as f64) as u32;
         Session {
             object,
@@ -449,6 +464,22 @@ mod tests {
         assert!((0.7..0.9).contains(&share), "{share}");
         // Rank 0 of 50 under Zipf 0.9 draws about 18% of sessions.
         assert!(reads_of_most_popular > 1_000, "{reads_of_most_popular}");
+    }
+
+    #[test]
+    fn releases_change_popularity_but_not_the_catalog() {
+        let fixed = Trace::new(small_config()).unwrap();
+        let churning = Trace::new(TraceConfig {
+            release_every_sessions: 1,
+            ..small_config()
+        })
+        .unwrap();
+        assert_eq!(fixed.catalog(), churning.catalog());
+        let reads_of_rank_0 =
+            |trace: &Trace| trace.requests().filter(|r| r.piece.object == 0).count();
+        // With a release every session, rank 0 keeps its place only briefly.
+        assert!(reads_of_rank_0(&churning) < reads_of_rank_0(&fixed) / 2);
+        assert!(churning.requests().eq(churning.requests()));
     }
 
     #[test]

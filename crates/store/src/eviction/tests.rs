@@ -262,14 +262,20 @@ fn s3fifo_beats_lru_on_byte_hit_ratio_on_a_zipf_trace() {
         ..TraceConfig::default()
     })
     .unwrap();
-    for percent in [2, 10] {
+    let churning = Trace::new(TraceConfig {
+        release_every_sessions: 50,
+        ..trace.config().clone()
+    })
+    .unwrap();
+    for (trace, percent) in [(&trace, 2), (&trace, 10), (&churning, 5)] {
         let capacity = trace.catalog_bytes() * percent / 100;
-        let lru = simulate(&mut Lru::new(capacity), &trace);
-        let s3 = simulate(&mut S3Fifo::new(capacity), &trace);
+        let lru = simulate(&mut Lru::new(capacity), trace);
+        let s3 = simulate(&mut S3Fifo::new(capacity), trace);
         assert_eq!(lru.bytes_requested, s3.bytes_requested);
         assert!(
             s3.byte_hit_ratio() > lru.byte_hit_ratio() * 1.05,
-            "cache {percent}%: s3fifo {:.4} vs lru {:.4}",
+            "{}, cache {percent}%: s3fifo {:.4} vs lru {:.4}",
+            trace.config(),
             s3.byte_hit_ratio(),
             lru.byte_hit_ratio()
         );
