@@ -182,9 +182,12 @@ impl OriginClient {
                     .get(http::header::CONTENT_RANGE)
                     .and_then(|v| v.to_str().ok())
                     .ok_or_else(|| OriginError::Protocol("206 without Content-Range".into()))?;
-                let range = shoal_http::content_range::parse_content_range(value)
+                let parsed = shoal_http::content_range::parse_content_range(value.as_bytes())
                     .map_err(|e| OriginError::Protocol(format!("bad Content-Range `{value}`: {e}")))?;
-                if range.span != span || range.complete_length != object_size {
+                let shoal_http::content_range::ContentRangeHeader::Range(range) = parsed else {
+                    return Err(OriginError::Protocol(format!("206 with unsatisfied Content-Range `{value}`")));
+                };
+                if range.span() != span || range.complete_length() != object_size {
                     return Err(OriginError::Protocol(format!(
                         "asked for bytes {}-{}/{object_size}, got `{value}` (object changed?)",
                         span.start(),

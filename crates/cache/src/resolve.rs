@@ -193,12 +193,12 @@ impl Resolver {
         let origin_etag = text(header::ETAG);
         let origin_last_modified = text(header::LAST_MODIFIED);
         let now = now_unix_s();
-        let lifetime_s = shoal_http::cache_control::freshness_lifetime_for_headers(headers, now);
+        let lifetime_s = freshness_lifetime_s(headers, now);
         let explicit = cache_control.max_age_s.is_some() || cache_control.s_maxage_s.is_some() || headers.contains_key(header::EXPIRES);
 
         let manifest = self.fetch_manifest(path).await?;
         let manifest = manifest.filter(|m| {
-            let last_modified_s = origin_last_modified.as_deref().and_then(|t| httpdate::parse_http_date(t).ok()).and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs());
+            let last_modified_s = header_unix_s(headers, header::LAST_MODIFIED);
             let size_ok = m.object_size() == size;
             let time_ok = match (m.validators().last_modified_unix_s, last_modified_s) {
                 (Some(a), Some(b)) => a == b,
@@ -299,7 +299,7 @@ impl Resolver {
         if let Some(cc) = not_modified_headers.get(header::CACHE_CONTROL).and_then(|v| v.to_str().ok()) {
             record.cache_control = Some(cc.to_string());
         }
-        let lifetime_s = shoal_http::cache_control::freshness_lifetime_for_headers(&headers, now);
+        let lifetime_s = freshness_lifetime_s(&headers, now);
         record.fresh_until_unix_s = now.saturating_add(lifetime_s);
         self.replace_record(old, record)
     }
@@ -346,6 +346,21 @@ fn conditional_headers(record: &ObjectRecord) -> HeaderMap {
 /// `shoal publish`): `/.shoal/manifests/<path>.shoalmf`.
 pub fn shoal_origin_manifest_path(path: &RequestPath) -> String {
     format!("/.shoal/manifests{}.shoalmf", path.to_uri_path())
+}
+
+/// How long a response with these headers stays fresh in a shared cache.
+fn freshness_lifetime_s(headers: &HeaderMap, now_unix_s: u64) -> u64 {
+    let cache_control = CacheControl::from_headers(headers);
+    let expires = shoal_http::cache_control::Expires::from_headers(headers);
+    let date = header_unix_s(headers, header::DATE);
+    let last_modified = header_unix_s(headers, header::LAST_MODIFIED);
+    shoal_http::cache_control::freshness_lifetime_s(&cache_control, expires, date, last_modified, now_unix_s)
+}
+
+fn header_unix_s(headers: &HeaderMap, name: header::HeaderName) -> Option<u64> {
+    let text = headers.get(name)?.to_str().ok()?;
+    let time = httpdate::parse_http_date(text).ok()?;
+    time.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs())
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -20,7 +20,7 @@ use shoal_core::{ByteSpan, PieceIndex, VerifiedPiece};
 use shoal_http::conditional::{evaluate_preconditions, ConditionalHeaders, EntityValidators, Precondition};
 use shoal_http::multipart::{MultipartPlan, Segment};
 use shoal_http::path::RequestPath;
-use shoal_http::range::{parse_range, resolve_ranges, RangeHeader, RangeResolution};
+use shoal_http::range::{select_ranges, RangeResolution};
 use shoal_server::Body;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -45,6 +45,11 @@ enum Source {
 }
 
 impl CacheService {
+    /// The cache's counters, as `/_shoal/stats` shows them.
+    pub fn stats_snapshot(&self) -> crate::stats::StatsSnapshot {
+        self.stats.snapshot(self.filler.store())
+    }
+
     pub async fn handle<B>(self: Arc<Self>, request: Request<B>) -> Response<Body> {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let response = self.route(request).await;
@@ -90,11 +95,16 @@ impl CacheService {
         let size = entry.layout.object_size();
         let validators = EntityValidators {
             etag: shoal_http::conditional::EntityTag::parse(entry.etag.as_bytes()).ok(),
-            last_modified: entry.record.origin_last_modified.as_deref().and_then(|t| httpdate::parse_http_date(t).ok()),
+            last_modified_unix_s: entry
+                .record
+                .origin_last_modified
+                .as_deref()
+                .and_then(|t| httpdate::parse_http_date(t).ok())
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs()),
         };
         let conditional = ConditionalHeaders::from_headers(request.headers());
-        let mut honour_range = true;
-        match evaluate_preconditions(true, &conditional, &validators) {
+        let range_allowed = match evaluate_preconditions(true, &conditional, &validators) {
             Precondition::NotModified => {
                 let mut response = Response::builder().status(StatusCode::NOT_MODIFIED);
                 for (name, value) in self.entity_headers(&entry) {
@@ -105,17 +115,10 @@ impl CacheService {
                 return response.body(shoal_server::empty()).unwrap_or_else(|_| internal_error());
             }
             Precondition::Failed => return text_response(StatusCode::PRECONDITION_FAILED, "precondition failed\n"),
-            Precondition::Proceed { range_allowed } => honour_range = range_allowed,
-        }
-
-        let resolution = match request.headers().get(header::RANGE) {
-            Some(value) if honour_range => match parse_range(value.as_bytes()) {
-                Ok(RangeHeader::Bytes(specs)) => resolve_ranges(&specs, size),
-                Ok(RangeHeader::OtherUnit) => RangeResolution::Full,
-                Err(_) => RangeResolution::Unsatisfiable,
-            },
-            _ => RangeResolution::Full,
+            Precondition::Proceed { range_allowed } => range_allowed,
         };
+        let range_header = request.headers().get(header::RANGE).map(|v| v.as_bytes());
+        let resolution = select_ranges(range_header, range_allowed, size);
 
         let mut builder = Response::builder();
         for (name, value) in self.entity_headers(&entry) {
@@ -125,12 +128,19 @@ impl CacheService {
         let (status, segments, content_length) = match resolution {
             RangeResolution::Full => (StatusCode::OK, data_segments(ByteSpan::new(0, size)), size),
             RangeResolution::Single(span) => {
-                builder = builder.header(header::CONTENT_RANGE, shoal_http::content_range::format_content_range(span, size));
+                let Ok(content_range) = shoal_http::content_range::format_content_range(span, size) else {
+                    return internal_error();
+                };
+                builder = builder.header(header::CONTENT_RANGE, content_range);
                 (StatusCode::PARTIAL_CONTENT, vec![Segment::Data(span)], span.len())
             }
             RangeResolution::Multi(spans) => {
-                let boundary = shoal_http::multipart::boundary_from_seed(entry.id.0[0] as u64 ^ size);
-                let plan = MultipartPlan::new(&spans, size, entry.record.content_type.as_deref(), &boundary);
+                let seed = u64::from_be_bytes(entry.id.0[..8].try_into().unwrap_or_default()) ^ size;
+                let boundary = shoal_http::multipart::boundary_from_seed(seed);
+                let Ok(plan) = MultipartPlan::new(&spans, size, entry.record.content_type.as_deref(), &boundary) else {
+                    return internal_error();
+                };
+                // The parts carry the object's type; the response is multipart.
                 builder = builder.header(header::CONTENT_TYPE, plan.content_type_header.clone());
                 (StatusCode::PARTIAL_CONTENT, plan.parts, plan.content_length)
             }

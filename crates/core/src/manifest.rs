@@ -14,7 +14,8 @@
 //! extensions       extension_count × { tag u16, len u32, value[len] }
 //! ```
 //!
-//! Known extension tags: 1 = entity tag (the origin's ETag, ASCII, ≤ 256
+//! Extensions appear in strictly increasing tag order, so every manifest has
+//! exactly one encoding (and so one id). Known extension tags: 1 = entity tag (the origin's ETag, ASCII, ≤ 256
 //! bytes), 2 = last-modified (u64 seconds since the Unix epoch). An unknown
 //! tag with the high bit clear is skipped, so later versions can add fields
 //! (a SHA-1 per piece for a BitTorrent face, for instance); an unknown tag
@@ -152,8 +153,8 @@ pub enum ManifestError {
     UnknownRequiredExtension(u16),
     #[error("manifest extension {0} is malformed")]
     MalformedExtension(u16),
-    #[error("manifest extension {0} appears twice")]
-    DuplicateExtension(u16),
+    #[error("manifest extension {0} is out of order or repeated (tags must strictly increase)")]
+    ExtensionOrder(u16),
     #[error("manifest has {hashes} hashes for {pieces} pieces")]
     HashCountMismatch { hashes: usize, pieces: u32 },
 }
@@ -257,6 +258,9 @@ impl Manifest {
             extensions.push((TAG_LAST_MODIFIED, lm.to_be_bytes().to_vec()));
         }
         extensions.extend(self.unknown_extensions.iter().cloned());
+        // Canonical order (decode insists on it), so one manifest has one
+        // encoding and one id.
+        extensions.sort_by_key(|(tag, _)| *tag);
         out.extend_from_slice(&(extensions.len() as u16).to_be_bytes());
         for (tag, value) in extensions {
             out.extend_from_slice(&tag.to_be_bytes());
@@ -303,7 +307,7 @@ impl Manifest {
         }
         let mut validators = Validators::default();
         let mut unknown_extensions = Vec::new();
-        let mut seen = Vec::with_capacity(extension_count as usize);
+        let mut previous_tag: Option<u16> = None;
         for _ in 0..extension_count {
             let tag = reader.u16()?;
             let len = reader.u32()?;
@@ -311,10 +315,10 @@ impl Manifest {
                 return Err(ManifestError::ExtensionTooLong { tag, len });
             }
             let value = reader.take(len as usize)?;
-            if seen.contains(&tag) {
-                return Err(ManifestError::DuplicateExtension(tag));
+            if previous_tag.is_some_and(|previous| tag <= previous) {
+                return Err(ManifestError::ExtensionOrder(tag));
             }
-            seen.push(tag);
+            previous_tag = Some(tag);
             match tag {
                 TAG_ETAG => {
                     if !valid_etag_text(value) {

@@ -24,8 +24,8 @@
 //!   understood, and a response the cache does not understand is not stored:
 //!   it parses as `no-store`.
 
-use http::header::{CACHE_CONTROL, EXPIRES};
-use http::{HeaderMap, StatusCode};
+use http::header::{CACHE_CONTROL, DATE, EXPIRES, LAST_MODIFIED};
+use http::{HeaderMap, HeaderName, StatusCode};
 
 use crate::date::parse_http_date_unix_s;
 use crate::syntax::{eq_ignore_case, is_ows, is_tchar, parse_u64_digits, DigitsError};
@@ -114,8 +114,8 @@ impl CacheControl {
     }
 
     /// Parses one `Cache-Control` field value.
-    pub fn parse(value: &[u8]) -> Self {
-        Self::parse_lines([value])
+    pub fn parse(value: impl AsRef<[u8]>) -> Self {
+        Self::parse_lines([value.as_ref()])
     }
 
     /// Parses a `Cache-Control` field sent on several lines.
@@ -306,7 +306,7 @@ pub enum Expires {
 
 impl Expires {
     /// Parses an `Expires` value; invalid dates mean "in the past".
-    pub fn parse(value: &[u8]) -> Expires {
+    pub fn parse(value: impl AsRef<[u8]>) -> Expires {
         parse_http_date_unix_s(value).map_or(Expires::Invalid, Expires::AtUnixS)
     }
 
@@ -363,6 +363,27 @@ pub fn freshness_lifetime_s(
                 .min(HEURISTIC_FRESHNESS_MAX_S)
         }),
     }
+}
+
+/// [`freshness_lifetime_s`] with its inputs read from a response's
+/// headers: every `Cache-Control` line, `Expires`, `Date` and
+/// `Last-Modified`. A `Date` or `Last-Modified` that is invalid or sent on
+/// more than one line counts as absent.
+pub fn freshness_lifetime_for_headers(headers: &HeaderMap, now_unix_s: u64) -> u64 {
+    let date = |name: HeaderName| {
+        let mut lines = headers.get_all(name).iter();
+        match (lines.next(), lines.next()) {
+            (Some(value), None) => parse_http_date_unix_s(value).ok(),
+            _ => None,
+        }
+    };
+    freshness_lifetime_s(
+        &CacheControl::from_headers(headers),
+        Expires::from_headers(headers),
+        date(DATE),
+        date(LAST_MODIFIED),
+        now_unix_s,
+    )
 }
 
 /// Status codes a cache may give a heuristic lifetime (RFC 9110 §15.1).
@@ -591,6 +612,40 @@ mod tests {
         assert_eq!(lifetime("", None, Some(now), Some(now + 50)), 0);
         assert_eq!(lifetime("", None, Some(now), None), 0);
         assert_eq!(lifetime("public", None, Some(now), None), 0);
+    }
+
+    #[test]
+    fn freshness_from_headers() {
+        let now = 1_000_000;
+        let mut headers = HeaderMap::new();
+        assert_eq!(freshness_lifetime_for_headers(&headers, now), 0);
+        // Date 1970-01-12T13:46:40Z = 1_000_000; Last-Modified 1000 s earlier.
+        headers.insert(
+            DATE,
+            HeaderValue::from_static("Mon, 12 Jan 1970 13:46:40 GMT"),
+        );
+        headers.insert(
+            LAST_MODIFIED,
+            HeaderValue::from_static("Mon, 12 Jan 1970 13:30:00 GMT"),
+        );
+        assert_eq!(freshness_lifetime_for_headers(&headers, now), 100);
+        headers.insert(
+            EXPIRES,
+            HeaderValue::from_static("Mon, 12 Jan 1970 13:47:40 GMT"),
+        );
+        assert_eq!(freshness_lifetime_for_headers(&headers, now), 60);
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("max-age=5"));
+        assert_eq!(freshness_lifetime_for_headers(&headers, now), 5);
+        headers.append(CACHE_CONTROL, HeaderValue::from_static("s-maxage=7"));
+        assert_eq!(freshness_lifetime_for_headers(&headers, now), 7);
+        // A repeated Date is ignored: `now` stands in for it.
+        headers.remove(CACHE_CONTROL);
+        headers.append(
+            DATE,
+            HeaderValue::from_static("Mon, 12 Jan 1970 13:46:00 GMT"),
+        );
+        assert_eq!(freshness_lifetime_for_headers(&headers, now), 60);
+        assert_eq!(freshness_lifetime_for_headers(&headers, now + 30), 30);
     }
 
     #[test]

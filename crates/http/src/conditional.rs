@@ -100,8 +100,8 @@ impl EntityTag {
 
     /// Parses one entity tag, `"xyz"` or `W/"xyz"`, ignoring surrounding
     /// whitespace. The `W/` prefix is case-sensitive.
-    pub fn parse(value: &[u8]) -> Result<Self, EntityTagError> {
-        let value = trim_ows(value);
+    pub fn parse(value: impl AsRef<[u8]>) -> Result<Self, EntityTagError> {
+        let value = trim_ows(value.as_ref());
         if value.len() > ENTITY_TAG_LEN_MAX_BYTES {
             return Err(EntityTagError::TooLong { len: value.len() });
         }
@@ -179,7 +179,7 @@ impl FromStr for EntityTag {
     type Err = EntityTagError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::parse(s.as_bytes())
+        Self::parse(s)
     }
 }
 
@@ -220,8 +220,8 @@ impl EtagList {
 /// Parses one `If-Match` / `If-None-Match` field value:
 /// `"*" / #entity-tag`, with optional whitespace and empty elements around
 /// commas. Commas inside quotes belong to the tag.
-pub fn parse_etag_list(value: &[u8]) -> Result<EtagList, EntityTagError> {
-    parse_etag_lines([value])
+pub fn parse_etag_list(value: impl AsRef<[u8]>) -> Result<EtagList, EntityTagError> {
+    parse_etag_lines([value.as_ref()])
 }
 
 /// Parses a field sent on several lines, as if they were joined with commas
@@ -290,8 +290,8 @@ pub enum IfRange {
 
 impl IfRange {
     /// Parses an `If-Range` value; anything unreadable is [`IfRange::Invalid`].
-    pub fn parse(value: &[u8]) -> IfRange {
-        let value = trim_ows(value);
+    pub fn parse(value: impl AsRef<[u8]>) -> IfRange {
+        let value = trim_ows(value.as_ref());
         if value.starts_with(b"\"") || value.starts_with(b"W/") {
             return EntityTag::parse(value).map_or(IfRange::Invalid, IfRange::Tag);
         }
@@ -353,7 +353,7 @@ impl ConditionalHeaders {
         }
     }
 
-    /// Whether any precondition header is present.
+    /// True when the request has none of the five conditional headers.
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
     }
@@ -395,12 +395,13 @@ pub enum Precondition {
     Failed,
     /// Answer `304 Not Modified` (only for GET and HEAD).
     NotModified,
-    /// Perform the method. `honor_range` is false when an `If-Range` did
+    /// Perform the method. `range_allowed` is false when an `If-Range` did
     /// not match: a `Range` must then be ignored and the whole
-    /// representation sent with `200`. It is true when there is no
-    /// `If-Range` or it matched. (Only GET has range semantics; a caller
-    /// ignores `If-Range` when the request has no `Range`.)
-    Proceed { honor_range: bool },
+    /// representation sent with `200` (pass it to
+    /// [`select_ranges`](crate::range::select_ranges)). It is true when
+    /// there is no `If-Range` or it matched. (Only GET has range semantics;
+    /// `If-Range` without `Range` has no effect.)
+    Proceed { range_allowed: bool },
 }
 
 /// Evaluates preconditions in the order of RFC 9110 §13.2.2 against an
@@ -459,11 +460,11 @@ pub fn evaluate_preconditions(
     }
 
     // Step 5.
-    let honor_range = request
+    let range_allowed = request
         .if_range
         .as_ref()
         .is_none_or(|if_range| if_range.matches(current));
-    Precondition::Proceed { honor_range }
+    Precondition::Proceed { range_allowed }
 }
 
 #[cfg(test)]
@@ -655,8 +656,12 @@ mod tests {
         evaluate_preconditions(get, &headers(pairs), &current())
     }
 
-    const PROCEED: Precondition = Precondition::Proceed { honor_range: true };
-    const NO_RANGE: Precondition = Precondition::Proceed { honor_range: false };
+    const PROCEED: Precondition = Precondition::Proceed {
+        range_allowed: true,
+    };
+    const NO_RANGE: Precondition = Precondition::Proceed {
+        range_allowed: false,
+    };
 
     #[test]
     fn from_headers() {

@@ -1,9 +1,11 @@
 //! The `Content-Range` header (RFC 9110 §14.4): parsed when a cache reads a
 //! `206` or `416` from upstream, formatted when a server answers one.
 //!
-//! shoal always knows an object's size, and a cache needs it to build a
-//! manifest, so an unknown complete length (`bytes 0-99/*`) is a typed error
-//! here rather than a value.
+//! [`parse_content_range`] reads both forms with a known length: the
+//! satisfied range a `206` carries and the `bytes */LEN` of a `416`. Since
+//! shoal always needs an object's size (a cache builds a manifest from it),
+//! an unknown complete length (`bytes 0-99/*`) is the typed error
+//! [`ContentRangeError::UnknownCompleteLength`] rather than a value.
 
 use std::fmt;
 
@@ -107,7 +109,13 @@ impl fmt::Display for ContentRange {
 /// Parses a `Content-Range` value: `bytes FIRST-LAST/LENGTH` or
 /// `bytes */LENGTH`. The unit is case-insensitive; one or more spaces may
 /// follow it.
-pub fn parse_content_range(value: &[u8]) -> Result<ContentRangeHeader, ContentRangeError> {
+pub fn parse_content_range(
+    value: impl AsRef<[u8]>,
+) -> Result<ContentRangeHeader, ContentRangeError> {
+    parse_content_range_bytes(value.as_ref())
+}
+
+fn parse_content_range_bytes(value: &[u8]) -> Result<ContentRangeHeader, ContentRangeError> {
     if value.len() > CONTENT_RANGE_LEN_MAX_BYTES {
         return Err(ContentRangeError::TooLong { len: value.len() });
     }

@@ -29,12 +29,13 @@ pub enum DateError {
 
 /// Parses an HTTP-date in any of the three formats a recipient must accept
 /// (IMF-fixdate, RFC 850, asctime), ignoring surrounding whitespace.
-pub fn parse_http_date(value: &[u8]) -> Result<SystemTime, DateError> {
+pub fn parse_http_date(value: impl AsRef<[u8]>) -> Result<SystemTime, DateError> {
     parse_http_date_unix_s(value).map(system_time_from_unix_s)
 }
 
 /// Like [`parse_http_date`], in seconds since the Unix epoch.
-pub fn parse_http_date_unix_s(value: &[u8]) -> Result<u64, DateError> {
+pub fn parse_http_date_unix_s(value: impl AsRef<[u8]>) -> Result<u64, DateError> {
+    let value = value.as_ref();
     if value.len() > HTTP_DATE_LEN_MAX_BYTES {
         return Err(DateError::TooLong { len: value.len() });
     }
@@ -127,7 +128,7 @@ mod tests {
             );
         }
         assert_eq!(
-            parse_http_date_unix_s(&[b' '; HTTP_DATE_LEN_MAX_BYTES + 1]),
+            parse_http_date_unix_s([b' '; HTTP_DATE_LEN_MAX_BYTES + 1]),
             Err(DateError::TooLong {
                 len: HTTP_DATE_LEN_MAX_BYTES + 1
             })

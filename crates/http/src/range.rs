@@ -10,6 +10,9 @@
 //!    object of known size: one span, several sorted disjoint spans, or
 //!    "unsatisfiable".
 //!
+//! [`select_ranges`] does both and applies the policy below, so a server
+//! only has to act on the [`RangeResolution`].
+//!
 //! # Policy
 //!
 //! - **Unknown range unit → ignore the header** and answer `200` with the
@@ -31,6 +34,8 @@
 //!   collapse into one, the answer is a single-part `206`.
 //! - **Empty list elements** (`bytes=0-1,,5-6`) are skipped, as RFC 9110
 //!   §5.6.1.2 requires of recipients; a set with no spec at all is malformed.
+
+use std::ops::Deref;
 
 use shoal_core::ByteSpan;
 
@@ -130,6 +135,14 @@ impl RangeSet {
     }
 }
 
+impl Deref for RangeSet {
+    type Target = [RangeSpec];
+
+    fn deref(&self) -> &[RangeSpec] {
+        &self.specs
+    }
+}
+
 /// A parsed `Range` header.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum RangeHeader {
@@ -154,6 +167,7 @@ pub enum RangeError {
     NoRanges,
     #[error("Range header has more than {RANGE_COUNT_MAX} range specs (at least {count})")]
     TooManyRanges { count: usize },
+    /// `index` counts list elements from 0, empty ones included.
     #[error("range spec #{index} is malformed")]
     MalformedSpec { index: usize },
     #[error("range spec #{index} has a number that does not fit in 64 bits")]
@@ -166,9 +180,13 @@ pub enum RangeError {
 /// `range-unit "=" range-set`, where the `bytes` unit is understood.
 ///
 /// The unit is case-insensitive. Optional whitespace is accepted around
-/// commas and around the whole value, not inside a spec nor around `=`, as
-/// the grammar says.
-pub fn parse_range(value: &[u8]) -> Result<RangeHeader, RangeError> {
+/// commas, after `=` and around the whole value, as the list rule allows;
+/// not inside a spec nor before `=`.
+pub fn parse_range(value: impl AsRef<[u8]>) -> Result<RangeHeader, RangeError> {
+    parse_range_bytes(value.as_ref())
+}
+
+fn parse_range_bytes(value: &[u8]) -> Result<RangeHeader, RangeError> {
     if value.len() > RANGE_HEADER_LEN_MAX_BYTES {
         return Err(RangeError::TooLong { len: value.len() });
     }
@@ -233,9 +251,13 @@ fn parse_spec(element: &[u8], index: usize) -> Result<RangeSpec, RangeError> {
     Ok(RangeSpec::FromTo { first, last })
 }
 
-/// The outcome of resolving range specs against an object.
+/// What to send for a GET: the whole object, some ranges of it, or `416`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum RangeResolution {
+    /// Send the whole representation with `200`: there is no `Range`, it is
+    /// in another unit, or an `If-Range` did not match. Only
+    /// [`select_ranges`] returns this; [`resolve_ranges`] never does.
+    Full,
     /// One span: answer `206` with a single `Content-Range`. It may cover the
     /// whole object (`bytes=0-`); that is still a `206`.
     Single(ByteSpan),
@@ -244,6 +266,29 @@ pub enum RangeResolution {
     Multi(Vec<ByteSpan>),
     /// No spec is satisfiable: answer `416` with `Content-Range: bytes */LEN`.
     Unsatisfiable,
+}
+
+/// Decides how to answer a GET for an object of `object_size` bytes, given
+/// its `Range` header value (if any) and whether ranges are allowed (false
+/// when an `If-Range` did not match, see
+/// [`Precondition::Proceed`](crate::conditional::Precondition::Proceed)).
+///
+/// Applies the [module policy](self): no header, not allowed, or another
+/// unit → [`RangeResolution::Full`]; a malformed header →
+/// [`RangeResolution::Unsatisfiable`]; otherwise [`resolve_ranges`].
+pub fn select_ranges(
+    range_header: Option<&[u8]>,
+    range_allowed: bool,
+    object_size: u64,
+) -> RangeResolution {
+    match range_header {
+        Some(value) if range_allowed => match parse_range(value) {
+            Ok(RangeHeader::Bytes(set)) => set.resolve(object_size),
+            Ok(RangeHeader::OtherUnit) => RangeResolution::Full,
+            Err(_) => RangeResolution::Unsatisfiable,
+        },
+        _ => RangeResolution::Full,
+    }
 }
 
 /// Resolves range specs against an object of `object_size` bytes
@@ -562,6 +607,56 @@ mod tests {
     }
 
     #[test]
+    fn select_applies_the_policy() {
+        let size = 100;
+        assert_eq!(select_ranges(None, true, size), RangeResolution::Full);
+        assert_eq!(
+            select_ranges(Some(b"bytes=0-9"), false, size),
+            RangeResolution::Full
+        );
+        assert_eq!(
+            select_ranges(Some(b"items=0-9"), true, size),
+            RangeResolution::Full
+        );
+        assert_eq!(
+            select_ranges(Some(b"bytes=9-0"), true, size),
+            RangeResolution::Unsatisfiable
+        );
+        assert_eq!(
+            select_ranges(Some(b"bytes=100-"), true, size),
+            RangeResolution::Unsatisfiable
+        );
+        assert_eq!(
+            select_ranges(Some(b"bytes=0-9"), true, size),
+            RangeResolution::Single(span(0, 10))
+        );
+        assert_eq!(
+            select_ranges(Some(b"bytes=0-9"), true, 0),
+            RangeResolution::Unsatisfiable
+        );
+    }
+
+    #[test]
+    fn accepts_str_bytes_and_header_values() {
+        let expected = Ok(RangeHeader::Bytes(
+            RangeSet::new(vec![RangeSpec::From { first: 1 }]).expect("valid"),
+        ));
+        assert_eq!(parse_range("bytes=1-"), expected);
+        assert_eq!(parse_range(b"bytes=1-"), expected);
+        assert_eq!(
+            parse_range(http::HeaderValue::from_static("bytes=1-")),
+            expected
+        );
+        // A RangeSet is a slice of specs.
+        if let Ok(RangeHeader::Bytes(set)) = expected {
+            assert_eq!(
+                resolve_ranges(&set, 10),
+                RangeResolution::Single(span(1, 10))
+            );
+        }
+    }
+
+    #[test]
     fn resolve_tolerates_foreign_input() {
         assert_eq!(resolve_ranges(&[], 10), RangeResolution::Unsatisfiable);
         assert_eq!(
@@ -622,6 +717,10 @@ mod tests {
                 list.iter().filter_map(|s| s.resolve(size)).collect();
             let covered = |offset: u64| expected.iter().any(|s| s.start() <= offset && offset < s.end());
             let spans = match resolve_ranges(&list, size) {
+                RangeResolution::Full => {
+                    prop_assert!(false, "resolve_ranges never answers Full");
+                    return Ok(());
+                }
                 RangeResolution::Unsatisfiable => {
                     prop_assert!(expected.is_empty());
                     return Ok(());

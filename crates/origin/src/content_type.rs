@@ -54,7 +54,10 @@ mod tests {
         assert_eq!(content_type_for("movie.mp4"), "video/mp4");
         assert_eq!(content_type_for("MOVIE.MP4"), "video/mp4");
         assert_eq!(content_type_for("seg-1.m4s"), "video/iso.segment");
-        assert_eq!(content_type_for("master.m3u8"), "application/vnd.apple.mpegurl");
+        assert_eq!(
+            content_type_for("master.m3u8"),
+            "application/vnd.apple.mpegurl"
+        );
         assert_eq!(content_type_for("archive.tar.gz"), "application/gzip");
         assert_eq!(content_type_for("notes.txt"), "text/plain; charset=utf-8");
         assert_eq!(content_type_for("README"), DEFAULT_CONTENT_TYPE);

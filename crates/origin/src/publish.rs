@@ -35,8 +35,8 @@
 //! A manifest is up to date, and its file is not hashed again (unless
 //! [`PublishOptions::force`]), when it decodes, states the file's size, its
 //! mtime second and the piece size that would be chosen now, and the
-//! manifest file itself is newer than the object (which catches a change
-//! of content within the same second).
+//! manifest file itself is not older than the object (which catches most
+//! same-size rewrites within the same second).
 //!
 //! # Speed
 //!
@@ -90,7 +90,10 @@ const EXISTING_MANIFEST_BYTES_MAX: u64 = (1 << 29) + (1 << 20);
 /// );
 /// ```
 pub fn manifest_path_for(object_path: &RequestPath) -> String {
-    format!("{MANIFEST_URL_PREFIX}{}{MANIFEST_SUFFIX}", object_path.to_uri_path())
+    format!(
+        "{MANIFEST_URL_PREFIX}{}{MANIFEST_SUFFIX}",
+        object_path.to_uri_path()
+    )
 }
 
 /// The file a manifest for `object_path` is written to under `root`.
@@ -208,7 +211,12 @@ impl fmt::Display for PublishReport {
             self.hash_bytes_per_s() / 1e6,
         )?;
         for skipped in &self.skipped {
-            write!(f, "\n  skipped {}: {}", skipped.path.display(), skipped.reason)?;
+            write!(
+                f,
+                "\n  skipped {}: {}",
+                skipped.path.display(),
+                skipped.reason
+            )?;
         }
         for failed in &self.failed {
             write!(f, "\n  failed {}: {}", failed.path.display(), failed.error)?;
@@ -231,7 +239,10 @@ pub enum PublishError {
     #[error("{path} changed while it was being hashed")]
     ChangedWhileHashing { path: PathBuf },
     #[error("cannot build the manifest of {path}: {source}")]
-    Manifest { path: PathBuf, source: ManifestError },
+    Manifest {
+        path: PathBuf,
+        source: ManifestError,
+    },
     #[error("cannot write manifest {path}: {source}")]
     Write { path: PathBuf, source: io::Error },
 }
@@ -243,7 +254,10 @@ pub enum PublishError {
 /// published.
 pub fn publish(root: &Path, options: &PublishOptions) -> Result<PublishReport, PublishError> {
     let started = Instant::now();
-    let root_meta = fs::metadata(root).map_err(|source| PublishError::Root { path: root.to_path_buf(), source })?;
+    let root_meta = fs::metadata(root).map_err(|source| PublishError::Root {
+        path: root.to_path_buf(),
+        source,
+    })?;
     if !root_meta.is_dir() {
         return Err(PublishError::RootNotDirectory(root.to_path_buf()));
     }
@@ -286,7 +300,11 @@ enum Outcome {
 }
 
 /// Bytes left unencoded when turning file names into a raw request path.
-const NAME_ENCODE_SET: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+const NAME_ENCODE_SET: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// Lists the files to publish, recording skipped entries and unreadable
 /// directories in `report`. Symlinks are never followed, so the walk ends.
@@ -299,7 +317,10 @@ fn walk(root: &Path, options: &PublishOptions, report: &mut PublishReport) -> Ve
             Err(source) => {
                 report.failed.push(FailedFile {
                     path: relative_directory.clone(),
-                    error: PublishError::ListDirectory { path: directory, source },
+                    error: PublishError::ListDirectory {
+                        path: directory,
+                        source,
+                    },
                 });
                 continue;
             }
@@ -310,7 +331,10 @@ fn walk(root: &Path, options: &PublishOptions, report: &mut PublishReport) -> Ve
                 Err(source) => {
                     report.failed.push(FailedFile {
                         path: relative_directory.clone(),
-                        error: PublishError::ListDirectory { path: directory.clone(), source },
+                        error: PublishError::ListDirectory {
+                            path: directory.clone(),
+                            source,
+                        },
                     });
                     continue;
                 }
@@ -321,14 +345,20 @@ fn walk(root: &Path, options: &PublishOptions, report: &mut PublishReport) -> Ve
                 continue;
             }
             let skip = |report: &mut PublishReport, reason| {
-                report.skipped.push(SkippedFile { path: relative.clone(), reason });
+                report.skipped.push(SkippedFile {
+                    path: relative.clone(),
+                    reason,
+                });
             };
             let file_type = match entry.file_type() {
                 Ok(file_type) => file_type,
                 Err(source) => {
                     report.failed.push(FailedFile {
                         path: relative.clone(),
-                        error: PublishError::Read { path: entry.path(), source },
+                        error: PublishError::Read {
+                            path: entry.path(),
+                            source,
+                        },
                     });
                     continue;
                 }
@@ -344,9 +374,11 @@ fn walk(root: &Path, options: &PublishOptions, report: &mut PublishReport) -> Ve
                 skip(report, SkipReason::NotRegular);
             } else {
                 match object_path_of(&relative) {
-                    Ok(object_path) => {
-                        candidates.push(Candidate { absolute: entry.path(), relative, object_path })
-                    }
+                    Ok(object_path) => candidates.push(Candidate {
+                        absolute: entry.path(),
+                        relative,
+                        object_path,
+                    }),
                     Err(why) => skip(report, SkipReason::UnservableName(why)),
                 }
             }
@@ -359,16 +391,26 @@ fn walk(root: &Path, options: &PublishOptions, report: &mut PublishReport) -> Ve
 fn object_path_of(relative: &Path) -> Result<RequestPath, String> {
     let mut raw = String::new();
     for component in relative.components() {
-        let name = component.as_os_str().to_str().ok_or_else(|| "not UTF-8".to_string())?;
+        let name = component
+            .as_os_str()
+            .to_str()
+            .ok_or_else(|| "not UTF-8".to_string())?;
         raw.push('/');
         raw.extend(utf8_percent_encode(name, NAME_ENCODE_SET));
     }
     RequestPath::parse(&raw).map_err(|e| e.to_string())
 }
 
-fn publish_one(root: &Path, candidate: &Candidate, options: &PublishOptions) -> Result<Outcome, PublishError> {
+fn publish_one(
+    root: &Path,
+    candidate: &Candidate,
+    options: &PublishOptions,
+) -> Result<Outcome, PublishError> {
     let path = &candidate.absolute;
-    let read_error = |source| PublishError::Read { path: path.clone(), source };
+    let read_error = |source| PublishError::Read {
+        path: path.clone(),
+        source,
+    };
     let mut file = File::open(path).map_err(read_error)?;
     let before = file.metadata().map_err(read_error)?;
     if !before.is_file() {
@@ -377,7 +419,9 @@ fn publish_one(root: &Path, candidate: &Candidate, options: &PublishOptions) -> 
     let size = before.len();
     let mtime = before.modified().ok();
     let mtime_s = mtime.and_then(unix_s);
-    let piece_size = options.piece_size.unwrap_or_else(|| PieceSize::for_object_size(size));
+    let piece_size = options
+        .piece_size
+        .unwrap_or_else(|| PieceSize::for_object_size(size));
     let manifest_file = manifest_file_for(root, &candidate.object_path);
 
     if !options.force && manifest_is_current(&manifest_file, size, mtime, mtime_s, piece_size) {
@@ -389,7 +433,10 @@ fn publish_one(root: &Path, candidate: &Candidate, options: &PublishOptions) -> 
     } else if size < MMAP_THRESHOLD_BYTES {
         let mut data = Vec::with_capacity(size as usize);
         // Read one byte more than expected, to notice a file that grew.
-        (&mut file).take(size + 1).read_to_end(&mut data).map_err(read_error)?;
+        (&mut file)
+            .take(size + 1)
+            .read_to_end(&mut data)
+            .map_err(read_error)?;
         if data.len() as u64 != size {
             return Err(PublishError::ChangedWhileHashing { path: path.clone() });
         }
@@ -411,11 +458,20 @@ fn publish_one(root: &Path, candidate: &Candidate, options: &PublishOptions) -> 
     if after.len() != size || after.modified().ok() != mtime {
         return Err(PublishError::ChangedWhileHashing { path: path.clone() });
     }
-    let validators = Validators { etag: None, last_modified_unix_s: mtime_s };
-    let manifest = Manifest::new(size, piece_size, hashes, validators)
-        .map_err(|source| PublishError::Manifest { path: path.clone(), source })?;
-    write_atomically(&manifest_file, &manifest.encode())
-        .map_err(|source| PublishError::Write { path: manifest_file.clone(), source })?;
+    let validators = Validators {
+        etag: None,
+        last_modified_unix_s: mtime_s,
+    };
+    let manifest = Manifest::new(size, piece_size, hashes, validators).map_err(|source| {
+        PublishError::Manifest {
+            path: path.clone(),
+            source,
+        }
+    })?;
+    write_atomically(&manifest_file, &manifest.encode()).map_err(|source| PublishError::Write {
+        path: manifest_file.clone(),
+        source,
+    })?;
     Ok(Outcome::Published { bytes: size })
 }
 
@@ -433,10 +489,13 @@ fn manifest_is_current(
     if !meta.is_file() || meta.len() > EXISTING_MANIFEST_BYTES_MAX {
         return false;
     }
-    // Written after the object was last changed (strictly, so that a write
-    // in the same clock tick as the manifest counts as a change).
+    // Written after the object last changed. File times come from the
+    // kernel's coarse clock (a tick, a few ms), so a manifest written right
+    // after its object often has the very same mtime: equal counts as
+    // newer. What is missed is a same-size rewrite of the object in the
+    // tick after its manifest was written.
     let newer = match (meta.modified().ok(), mtime) {
-        (Some(manifest_mtime), Some(object_mtime)) => manifest_mtime > object_mtime,
+        (Some(manifest_mtime), Some(object_mtime)) => manifest_mtime >= object_mtime,
         _ => false,
     };
     if !newer {
@@ -455,16 +514,21 @@ fn manifest_is_current(
 }
 
 fn unix_s(time: SystemTime) -> Option<u64> {
-    time.duration_since(SystemTime::UNIX_EPOCH).ok().map(|d| d.as_secs())
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs())
 }
 
 /// Writes `bytes` to `path` through a synced temporary file in the same
 /// directory and a rename, so readers never see a partial file. The file
 /// is world-readable (0644): other web servers serve it too.
 fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let directory = path
-        .parent()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "manifest path has no parent directory"))?;
+    let directory = path.parent().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "manifest path has no parent directory",
+        )
+    })?;
     fs::create_dir_all(directory)?;
     let mut temporary = tempfile::Builder::new()
         .prefix(".tmp-")
@@ -484,18 +548,27 @@ mod tests {
     #[test]
     fn manifest_url_and_file_paths() {
         let object = RequestPath::parse("/a/b%20c/d.mp4").expect("path");
-        assert_eq!(manifest_path_for(&object), "/.shoal/manifests/a/b%20c/d.mp4.shoalmf");
+        assert_eq!(
+            manifest_path_for(&object),
+            "/.shoal/manifests/a/b%20c/d.mp4.shoalmf"
+        );
         assert_eq!(
             manifest_file_for(Path::new("/srv"), &object),
             PathBuf::from("/srv/.shoal/manifests/a/b c/d.mp4.shoalmf")
         );
-        let reparsed = RequestPath::parse(&manifest_path_for(&object)).expect("manifest path parses");
+        let reparsed =
+            RequestPath::parse(&manifest_path_for(&object)).expect("manifest path parses");
         assert_eq!(reparsed.as_str(), "/.shoal/manifests/a/b c/d.mp4.shoalmf");
     }
 
     #[test]
     fn object_paths_of_file_names() {
-        assert_eq!(object_path_of(Path::new("a/b c%d?.mp4")).expect("ok").as_str(), "/a/b c%d?.mp4");
+        assert_eq!(
+            object_path_of(Path::new("a/b c%d?.mp4"))
+                .expect("ok")
+                .as_str(),
+            "/a/b c%d?.mp4"
+        );
         assert!(object_path_of(Path::new("a/back\\slash")).is_err());
         assert!(object_path_of(Path::new("a/new\nline")).is_err());
     }

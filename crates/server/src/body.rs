@@ -18,12 +18,16 @@ pub type Body = http_body_util::combinators::BoxBody<Bytes, io::Error>;
 /// A body made of one buffer (its length is exact, so hyper sends
 /// `Content-Length`).
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// An empty body.
 pub fn empty() -> Body {
-    Empty::<Bytes>::new().map_err(|never| match never {}).boxed()
+    Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// The sending half of a [`channel_body`].
@@ -51,7 +55,10 @@ impl http_body::Body for ChannelBody {
     type Data = Bytes;
     type Error = io::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         match self.rx.poll_recv(cx) {
             Poll::Ready(Some(Ok(bytes))) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
             Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error))),
@@ -74,7 +81,10 @@ mod tests {
         let (tx, body) = channel_body(1);
         let producer = tokio::spawn(async move {
             for chunk in ["a", "bc", "def"] {
-                tx.send(Ok(Bytes::from(chunk))).await.map_err(|_| ()).expect("receiver alive");
+                tx.send(Ok(Bytes::from(chunk)))
+                    .await
+                    .map_err(|_| ())
+                    .expect("receiver alive");
             }
         });
         let collected = body.collect().await.expect("no error").to_bytes();
@@ -85,15 +95,24 @@ mod tests {
     #[tokio::test]
     async fn channel_body_error_surfaces() {
         let (tx, body) = channel_body(4);
-        tx.send(Ok(Bytes::from_static(b"x"))).await.map_err(|_| ()).expect("send");
-        tx.send(Err(io::Error::other("disk"))).await.map_err(|_| ()).expect("send");
+        tx.send(Ok(Bytes::from_static(b"x")))
+            .await
+            .map_err(|_| ())
+            .expect("send");
+        tx.send(Err(io::Error::other("disk")))
+            .await
+            .map_err(|_| ())
+            .expect("send");
         drop(tx);
         assert!(body.collect().await.is_err());
     }
 
     #[tokio::test]
     async fn full_and_empty() {
-        assert_eq!(&full("xyz").collect().await.expect("ok").to_bytes()[..], b"xyz");
+        assert_eq!(
+            &full("xyz").collect().await.expect("ok").to_bytes()[..],
+            b"xyz"
+        );
         assert!(empty().collect().await.expect("ok").to_bytes().is_empty());
         assert_eq!(http_body::Body::size_hint(&full("xyz")).exact(), Some(3));
     }

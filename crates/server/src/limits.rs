@@ -57,7 +57,8 @@ impl Default for ServerLimits {
 
 impl ServerLimits {
     pub(crate) fn header_read_timeout(&self) -> Option<Duration> {
-        (self.header_read_timeout_ms > 0).then(|| Duration::from_millis(self.header_read_timeout_ms))
+        (self.header_read_timeout_ms > 0)
+            .then(|| Duration::from_millis(self.header_read_timeout_ms))
     }
 
     pub(crate) fn idle_timeout(&self) -> Option<Duration> {
@@ -70,7 +71,9 @@ impl ServerLimits {
 
     /// hyper's HTTP/1 read buffer size for these limits.
     pub(crate) fn h1_buf_bytes(&self) -> usize {
-        usize::try_from(self.header_bytes_max).unwrap_or(usize::MAX).max(H1_BUF_BYTES_MIN)
+        usize::try_from(self.header_bytes_max)
+            .unwrap_or(usize::MAX)
+            .max(H1_BUF_BYTES_MIN)
     }
 
     /// The HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE` for these limits.
@@ -95,14 +98,21 @@ mod tests {
 
     #[test]
     fn small_header_limit_is_raised_for_h1() {
-        let limits = ServerLimits { header_bytes_max: 100, ..ServerLimits::default() };
+        let limits = ServerLimits {
+            header_bytes_max: 100,
+            ..ServerLimits::default()
+        };
         assert_eq!(limits.h1_buf_bytes(), H1_BUF_BYTES_MIN);
         assert_eq!(limits.h2_header_list_bytes(), 100);
     }
 
     #[test]
     fn zero_disables_timeouts() {
-        let limits = ServerLimits { header_read_timeout_ms: 0, idle_timeout_ms: 0, ..ServerLimits::default() };
+        let limits = ServerLimits {
+            header_read_timeout_ms: 0,
+            idle_timeout_ms: 0,
+            ..ServerLimits::default()
+        };
         assert_eq!(limits.header_read_timeout(), None);
         assert_eq!(limits.idle_timeout(), None);
     }

@@ -60,8 +60,12 @@ pub async fn bind<A>(addr: A) -> Result<(TcpListener, SocketAddr), ServerError>
 where
     A: ToSocketAddrs + fmt::Display,
 {
-    let listener =
-        TcpListener::bind(&addr).await.map_err(|source| ServerError::Bind { addr: addr.to_string(), source })?;
+    let listener = TcpListener::bind(&addr)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: addr.to_string(),
+            source,
+        })?;
     let local = listener.local_addr().map_err(ServerError::LocalAddr)?;
     Ok((listener, local))
 }
@@ -84,7 +88,11 @@ pub struct Server {
 
 impl Server {
     pub fn new(listener: TcpListener, limits: ServerLimits) -> Self {
-        Self { listener, limits, stats: ServerStats::default() }
+        Self {
+            listener,
+            limits,
+            stats: ServerStats::default(),
+        }
     }
 
     /// The counters of this server; the handle stays valid after `serve`
@@ -114,7 +122,11 @@ impl Server {
         H: Fn(Request<Incoming>, ConnInfo) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Response<Body>> + Send + 'static,
     {
-        let Server { listener, limits, stats } = self;
+        let Server {
+            listener,
+            limits,
+            stats,
+        } = self;
         let counters = stats.counters;
         let builder = Arc::new(connection_builder(&limits));
         let limits = Arc::new(limits);
@@ -218,8 +230,12 @@ impl Server {
 
 /// Serves `listener` with `handler` until `shutdown` resolves. See
 /// [`Server::serve`]; use [`Server`] directly to read its [`ServerStats`].
-pub async fn serve<H, Fut>(listener: TcpListener, limits: ServerLimits, handler: H, shutdown: impl Future<Output = ()>)
-where
+pub async fn serve<H, Fut>(
+    listener: TcpListener,
+    limits: ServerLimits,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+) where
     H: Fn(Request<Incoming>, ConnInfo) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
@@ -265,12 +281,18 @@ async fn serve_connection<H, Fut>(
         let method = request.method().clone();
         let uri = request.uri().clone();
         async move {
-            let response = AssertUnwindSafe(async move { handler(request, info).await }).catch_unwind().await;
+            let response = AssertUnwindSafe(async move { handler(request, info).await })
+                .catch_unwind()
+                .await;
             Ok::<_, Infallible>(match response {
                 Ok(response) => response,
                 Err(panic) => {
                     counters.handler_panics.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(conn = info.id, "handler panicked on {method} {uri}: {}", panic_message(&panic));
+                    tracing::error!(
+                        conn = info.id,
+                        "handler panicked on {method} {uri}: {}",
+                        panic_message(&panic)
+                    );
                     internal_error()
                 }
             })
@@ -308,7 +330,9 @@ async fn serve_connection<H, Fut>(
 }
 
 fn log_connection_error(info: &ConnInfo, error: &(dyn std::error::Error + 'static)) {
-    let timeout = error.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout);
+    let timeout = error
+        .downcast_ref::<hyper::Error>()
+        .is_some_and(hyper::Error::is_timeout);
     if timeout {
         tracing::debug!(conn = info.id, peer = %info.peer_addr, "request head not received in time");
     } else {
@@ -336,7 +360,9 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
 fn is_per_connection_error(error: &io::Error) -> bool {
     matches!(
         error.kind(),
-        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
     )
 }
 
@@ -351,7 +377,10 @@ struct RateLimitedWarn {
 impl RateLimitedWarn {
     fn warn(&mut self, emit: impl FnOnce(u64)) {
         let now = Instant::now();
-        if self.last.is_some_and(|last| now.duration_since(last) < WARN_PERIOD) {
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < WARN_PERIOD)
+        {
             self.suppressed += 1;
             return;
         }

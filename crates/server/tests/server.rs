@@ -31,7 +31,10 @@ impl Running {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        tokio::time::timeout(GENEROUS, self.task).await.expect("server stops").expect("server task");
+        tokio::time::timeout(GENEROUS, self.task)
+            .await
+            .expect("server stops")
+            .expect("server task");
     }
 }
 
@@ -47,21 +50,42 @@ where
     let task = tokio::spawn(server.serve(handler, async move {
         let _ = stopped.await;
     }));
-    Running { addr, stats, stop: Some(stop), task }
+    Running {
+        addr,
+        stats,
+        stop: Some(stop),
+        task,
+    }
 }
 
 async fn echo(request: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
-    let text = format!("{} {} {:?} from {}", request.method(), request.uri().path(), request.version(), conn.peer_addr);
+    let text = format!(
+        "{} {} {:?} from {}",
+        request.method(),
+        request.uri().path(),
+        request.version(),
+        conn.peer_addr
+    );
     Response::new(full(text))
 }
 
 fn get(path: &str) -> Request<Empty<Bytes>> {
-    Request::get(path).header("host", "test").body(Empty::new()).expect("request")
+    Request::get(path)
+        .header("host", "test")
+        .body(Empty::new())
+        .expect("request")
 }
 
-async fn h1_client(addr: SocketAddr) -> (hyper::client::conn::http1::SendRequest<Empty<Bytes>>, JoinHandle<()>) {
+async fn h1_client(
+    addr: SocketAddr,
+) -> (
+    hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    JoinHandle<()>,
+) {
     let stream = TcpStream::connect(addr).await.expect("connect");
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
     let task = tokio::spawn(async move {
         let _ = connection.await;
     });
@@ -97,9 +121,17 @@ async fn http1_request_works() {
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.version(), Version::HTTP_11);
         assert!(response.headers().contains_key("date"));
-        let body = response.into_body().collect().await.expect("body").to_bytes();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
         let text = String::from_utf8(body.to_vec()).expect("utf8");
-        assert!(text.starts_with(&format!("GET {path} HTTP/1.1 from 127.0.0.1:")), "{text}");
+        assert!(
+            text.starts_with(&format!("GET {path} HTTP/1.1 from 127.0.0.1:")),
+            "{text}"
+        );
     }
     assert_eq!(server.stats.connections_accepted(), 1);
     server.shutdown().await;
@@ -110,38 +142,65 @@ async fn http2_prior_knowledge_works() {
     let server = start(ServerLimits::default(), echo).await;
     let stream = TcpStream::connect(server.addr).await.expect("connect");
     let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.expect("h2 handshake");
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
     tokio::spawn(async move {
         let _ = connection.await;
     });
     // Several concurrent streams on one connection.
     let mut pending = Vec::new();
     for i in 0..4 {
-        let request = Request::get(format!("http://test/s{i}")).body(Empty::<Bytes>::new()).expect("request");
+        let request = Request::get(format!("http://test/s{i}"))
+            .body(Empty::<Bytes>::new())
+            .expect("request");
         pending.push(sender.send_request(request));
     }
     for (i, response) in pending.into_iter().enumerate() {
         let response = response.await.expect("response");
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.version(), Version::HTTP_2);
-        let body = response.into_body().collect().await.expect("body").to_bytes();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
         let text = String::from_utf8(body.to_vec()).expect("utf8");
-        assert!(text.starts_with(&format!("GET /s{i} HTTP/2.0 from ")), "{text}");
+        assert!(
+            text.starts_with(&format!("GET /s{i} HTTP/2.0 from ")),
+            "{text}"
+        );
     }
     server.shutdown().await;
 }
 
 #[tokio::test]
 async fn half_sent_head_is_cut_off_by_header_timeout() {
-    let limits = ServerLimits { header_read_timeout_ms: 300, idle_timeout_ms: 60_000, ..ServerLimits::default() };
+    let limits = ServerLimits {
+        header_read_timeout_ms: 300,
+        idle_timeout_ms: 60_000,
+        ..ServerLimits::default()
+    };
     let server = start(limits, echo).await;
     let mut stream = TcpStream::connect(server.addr).await.expect("connect");
-    stream.write_all(b"GET / HTTP/1.1\r\nHost: te").await.expect("write");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: te")
+        .await
+        .expect("write");
     let started = Instant::now();
-    let received = tokio::time::timeout(GENEROUS, read_until_closed(&mut stream)).await.expect("server disconnects");
+    let received = tokio::time::timeout(GENEROUS, read_until_closed(&mut stream))
+        .await
+        .expect("server disconnects");
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(200), "closed too early: {waited:?}");
-    assert!(!received.starts_with(b"HTTP/1.1 200"), "no response to a half head");
+    assert!(
+        waited >= Duration::from_millis(200),
+        "closed too early: {waited:?}"
+    );
+    assert!(
+        !received.starts_with(b"HTTP/1.1 200"),
+        "no response to a half head"
+    );
     // The idle watchdog did not do it: hyper's header timeout did.
     assert_eq!(server.stats.connections_idle_closed(), 0);
     server.shutdown().await;
@@ -151,34 +210,59 @@ async fn half_sent_head_is_cut_off_by_header_timeout() {
 async fn silent_connection_is_closed_by_idle_watchdog() {
     // Nothing at all is sent: hyper is still sniffing the protocol, where
     // its header timeout does not run. The watchdog must close it.
-    let limits = ServerLimits { header_read_timeout_ms: 0, idle_timeout_ms: 300, ..ServerLimits::default() };
+    let limits = ServerLimits {
+        header_read_timeout_ms: 0,
+        idle_timeout_ms: 300,
+        ..ServerLimits::default()
+    };
     let server = start(limits, echo).await;
     let mut stream = TcpStream::connect(server.addr).await.expect("connect");
     stream.write_all(b"GE").await.expect("write");
-    tokio::time::timeout(GENEROUS, read_until_closed(&mut stream)).await.expect("server disconnects");
-    wait_for("idle counter", || server.stats.connections_idle_closed() == 1).await;
+    tokio::time::timeout(GENEROUS, read_until_closed(&mut stream))
+        .await
+        .expect("server disconnects");
+    wait_for("idle counter", || {
+        server.stats.connections_idle_closed() == 1
+    })
+    .await;
     server.shutdown().await;
 }
 
 #[tokio::test]
 async fn idle_keep_alive_connection_is_closed() {
-    let limits = ServerLimits { header_read_timeout_ms: 0, idle_timeout_ms: 300, ..ServerLimits::default() };
+    let limits = ServerLimits {
+        header_read_timeout_ms: 0,
+        idle_timeout_ms: 300,
+        ..ServerLimits::default()
+    };
     let server = start(limits, echo).await;
     let (mut sender, conn) = h1_client(server.addr).await;
     let response = sender.send_request(get("/x")).await.expect("response");
     assert_eq!(response.status(), StatusCode::OK);
     response.into_body().collect().await.expect("body");
     let started = Instant::now();
-    tokio::time::timeout(GENEROUS, conn).await.expect("server closes idle connection").expect("client task");
-    assert!(started.elapsed() >= Duration::from_millis(200), "closed too early");
+    tokio::time::timeout(GENEROUS, conn)
+        .await
+        .expect("server closes idle connection")
+        .expect("client task");
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "closed too early"
+    );
     assert_eq!(server.stats.connections_idle_closed(), 1);
-    wait_for("no active connection", || server.stats.connections_active() == 0).await;
+    wait_for("no active connection", || {
+        server.stats.connections_active() == 0
+    })
+    .await;
     server.shutdown().await;
 }
 
 #[tokio::test]
 async fn client_that_stops_reading_is_closed() {
-    let limits = ServerLimits { idle_timeout_ms: 300, ..ServerLimits::default() };
+    let limits = ServerLimits {
+        idle_timeout_ms: 300,
+        ..ServerLimits::default()
+    };
     let server = start(limits, |_request, _conn| async {
         let (tx, body) = channel_body(2);
         tokio::spawn(async move {
@@ -189,24 +273,42 @@ async fn client_that_stops_reading_is_closed() {
     })
     .await;
     let mut stream = TcpStream::connect(server.addr).await.expect("connect");
-    stream.write_all(b"GET /endless HTTP/1.1\r\nHost: test\r\n\r\n").await.expect("write");
+    stream
+        .write_all(b"GET /endless HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .expect("write");
     // Never read: socket buffers fill, writes stall, the watchdog fires.
-    wait_for("idle close of a stalled writer", || server.stats.connections_idle_closed() == 1).await;
+    wait_for("idle close of a stalled writer", || {
+        server.stats.connections_idle_closed() == 1
+    })
+    .await;
     drop(stream);
     server.shutdown().await;
 }
 
 #[tokio::test]
 async fn connections_beyond_the_limit_are_refused() {
-    let limits = ServerLimits { connections_max: 2, ..ServerLimits::default() };
+    let limits = ServerLimits {
+        connections_max: 2,
+        ..ServerLimits::default()
+    };
     let server = start(limits, echo).await;
     let first = TcpStream::connect(server.addr).await.expect("connect");
     let _second = TcpStream::connect(server.addr).await.expect("connect");
-    wait_for("two active connections", || server.stats.connections_active() == 2).await;
+    wait_for("two active connections", || {
+        server.stats.connections_active() == 2
+    })
+    .await;
 
-    let mut third = TcpStream::connect(server.addr).await.expect("kernel accepts");
-    let _ = third.write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n").await;
-    let received = tokio::time::timeout(GENEROUS, read_until_closed(&mut third)).await.expect("closed");
+    let mut third = TcpStream::connect(server.addr)
+        .await
+        .expect("kernel accepts");
+    let _ = third
+        .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await;
+    let received = tokio::time::timeout(GENEROUS, read_until_closed(&mut third))
+        .await
+        .expect("closed");
     assert!(received.is_empty(), "a refused connection gets no response");
     assert_eq!(server.stats.connections_refused_over_limit(), 1);
     assert_eq!(server.stats.connections_accepted(), 2);
@@ -241,12 +343,20 @@ async fn oversized_head_gets_431_and_server_keeps_serving() {
             }
         }
     };
-    let ((), received) = tokio::time::timeout(GENEROUS, async { tokio::join!(write, read) }).await.expect("answered");
+    let ((), received) = tokio::time::timeout(GENEROUS, async { tokio::join!(write, read) })
+        .await
+        .expect("answered");
     let head = String::from_utf8_lossy(&received);
-    assert!(head.starts_with("HTTP/1.1 431") || head.starts_with("HTTP/1.1 400"), "got {head:?}");
+    assert!(
+        head.starts_with("HTTP/1.1 431") || head.starts_with("HTTP/1.1 400"),
+        "got {head:?}"
+    );
 
     let (mut sender, _conn) = h1_client(server.addr).await;
-    let response = sender.send_request(get("/after")).await.expect("still serving");
+    let response = sender
+        .send_request(get("/after"))
+        .await
+        .expect("still serving");
     assert_eq!(response.status(), StatusCode::OK);
     server.shutdown().await;
 }
@@ -255,8 +365,13 @@ async fn oversized_head_gets_431_and_server_keeps_serving() {
 async fn malformed_request_gets_400() {
     let server = start(ServerLimits::default(), echo).await;
     let mut stream = TcpStream::connect(server.addr).await.expect("connect");
-    stream.write_all(b"THIS IS NOT HTTP\r\n\r\n").await.expect("write");
-    let received = tokio::time::timeout(GENEROUS, read_until_closed(&mut stream)).await.expect("closed");
+    stream
+        .write_all(b"THIS IS NOT HTTP\r\n\r\n")
+        .await
+        .expect("write");
+    let received = tokio::time::timeout(GENEROUS, read_until_closed(&mut stream))
+        .await
+        .expect("closed");
     let head = String::from_utf8_lossy(&received);
     assert!(head.starts_with("HTTP/1.1 400"), "got {head:?}");
     server.shutdown().await;
@@ -264,18 +379,24 @@ async fn malformed_request_gets_400() {
 
 #[tokio::test]
 async fn panicking_handler_gets_500_and_server_survives() {
-    let server = start(ServerLimits::default(), |request: Request<Incoming>, _conn| async move {
-        if request.uri().path() == "/panic" {
-            panic!("handler bug");
-        }
-        Response::new(full("fine"))
-    })
+    let server = start(
+        ServerLimits::default(),
+        |request: Request<Incoming>, _conn| async move {
+            if request.uri().path() == "/panic" {
+                panic!("handler bug");
+            }
+            Response::new(full("fine"))
+        },
+    )
     .await;
     let (mut sender, _conn) = h1_client(server.addr).await;
     let response = sender.send_request(get("/panic")).await.expect("response");
     assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
     response.into_body().collect().await.expect("body");
-    let response = sender.send_request(get("/ok")).await.expect("same connection still works");
+    let response = sender
+        .send_request(get("/ok"))
+        .await
+        .expect("same connection still works");
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(server.stats.handler_panics(), 1);
     server.shutdown().await;
@@ -292,19 +413,36 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     let (mut sender, _conn) = h1_client(addr).await;
     let in_flight = tokio::spawn(async move {
         let response = sender.send_request(get("/slow")).await.expect("response");
-        response.into_body().collect().await.expect("body").to_bytes()
+        response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes()
     });
-    wait_for("request in flight", || server.stats.connections_active() == 1).await;
+    wait_for("request in flight", || {
+        server.stats.connections_active() == 1
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     server.shutdown().await;
-    let body = tokio::time::timeout(GENEROUS, in_flight).await.expect("finishes").expect("task");
+    let body = tokio::time::timeout(GENEROUS, in_flight)
+        .await
+        .expect("finishes")
+        .expect("task");
     assert_eq!(&body[..], b"slow but complete");
-    assert!(TcpStream::connect(addr).await.is_err(), "listener is closed after shutdown");
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "listener is closed after shutdown"
+    );
 }
 
 #[tokio::test]
 async fn shutdown_grace_is_bounded() {
-    let limits = ServerLimits { shutdown_grace_ms: 200, ..ServerLimits::default() };
+    let limits = ServerLimits {
+        shutdown_grace_ms: 200,
+        ..ServerLimits::default()
+    };
     let server = start(limits, |_request, _conn| async {
         tokio::time::sleep(Duration::from_secs(3600)).await;
         Response::new(full("never"))
@@ -312,11 +450,17 @@ async fn shutdown_grace_is_bounded() {
     .await;
     let (mut sender, _conn) = h1_client(server.addr).await;
     let in_flight = tokio::spawn(async move { sender.send_request(get("/stuck")).await });
-    wait_for("request in flight", || server.stats.connections_active() == 1).await;
+    wait_for("request in flight", || {
+        server.stats.connections_active() == 1
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let started = Instant::now();
     server.shutdown().await;
     assert!(started.elapsed() < GENEROUS);
-    let outcome = tokio::time::timeout(GENEROUS, in_flight).await.expect("client sees the end").expect("task");
+    let outcome = tokio::time::timeout(GENEROUS, in_flight)
+        .await
+        .expect("client sees the end")
+        .expect("task");
     assert!(outcome.is_err(), "the stuck request was cut off");
 }

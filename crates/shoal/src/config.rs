@@ -7,6 +7,7 @@ use anyhow::Context;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::Serialize;
+
 use shoal_core::ByteSize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -58,7 +59,7 @@ pub struct OriginArgs {
     pub listen: Option<SocketAddr>,
 }
 
-fn layered<T: Serialize + Default, A: Serialize>(defaults: T, file: Option<&PathBuf>, env_prefix: &str, args: &A) -> anyhow::Result<Figment> {
+fn layered<T: Serialize, A: Serialize>(defaults: T, file: Option<&PathBuf>, env_prefix: &str, args: &A) -> anyhow::Result<Figment> {
     let mut figment = Figment::from(Serialized::defaults(defaults));
     if let Some(path) = file {
         anyhow::ensure!(path.is_file(), "config file {} does not exist", path.display());
@@ -76,7 +77,9 @@ pub fn cache_config(args: CacheArgs) -> anyhow::Result<shoal_cache::CacheConfig>
 }
 
 pub fn origin_config(args: OriginArgs) -> anyhow::Result<shoal_origin::OriginConfig> {
-    layered(shoal_origin::OriginConfig::default(), args.config.as_ref(), "SHOAL_ORIGIN_", &args)?
-        .extract()
-        .context("origin configuration")
+    let defaults = shoal_origin::OriginConfig::new("", SocketAddr::from(([127, 0, 0, 1], 8080)));
+    let config: shoal_origin::OriginConfig =
+        layered(defaults, args.config.as_ref(), "SHOAL_ORIGIN_", &args)?.extract().context("origin configuration")?;
+    anyhow::ensure!(!config.root.as_os_str().is_empty(), "an origin needs a root directory (--root DIR)");
+    Ok(config)
 }

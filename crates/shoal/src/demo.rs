@@ -37,19 +37,15 @@ pub async fn run(video_size: ByteSize, once: bool, cache_port: u16) -> anyhow::R
         write_sample(&root, sample)?;
     }
 
-    let origin = shoal_origin::OriginServer::bind(shoal_origin::OriginConfig {
-        root: root.clone(),
-        listen: "127.0.0.1:0".parse()?,
-        ..Default::default()
-    })
-    .await
-    .context("starting the origin")?;
+    let origin = shoal_origin::OriginServer::bind(shoal_origin::OriginConfig::new(root.clone(), "127.0.0.1:0".parse()?))
+        .await
+        .context("starting the origin")?;
     let origin_url = format!("http://{}", origin.local_addr());
     let (stop_sender, stop) = tokio::sync::watch::channel(false);
     let wait_stop = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stop.wait_for(|s| *s).await;
     };
-    let origin_task = tokio::spawn(origin.run(wait_stop(stop.clone())));
+    let origin_task = tokio::spawn(origin.serve(wait_stop(stop.clone())));
 
     let cache = shoal_cache::BoundCache::bind(shoal_cache::CacheConfig {
         listen: ([127, 0, 0, 1], cache_port).into(),
@@ -90,7 +86,7 @@ pub async fn run(video_size: ByteSize, once: bool, cache_port: u16) -> anyhow::R
     let response = client.get(format!("{cache_url}/videos/feature.mp4")).header("range", &range).send().await?;
     println!("\nrange {range} of /videos/feature.mp4 → {}", response.status());
 
-    let stats = service.stats.snapshot(service.filler.store());
+    let stats = service.stats_snapshot();
     println!("\nsummary");
     println!("  bytes served to clients   {:>14}  ({})", stats.bytes_served, ByteSize(stats.bytes_served));
     println!("  bytes fetched from origin {:>14}  ({})", stats.origin_bytes, ByteSize(stats.origin_bytes));

@@ -92,7 +92,7 @@ async fn run_origin(args: config::OriginArgs) -> anyhow::Result<()> {
     let server = shoal_origin::OriginServer::bind(config).await.context("starting the origin")?;
     // Tests and scripts read this line to learn the port.
     println!("shoal origin listening on http://{}", server.local_addr());
-    server.run(shutdown_signal()).await;
+    server.serve(shutdown_signal()).await;
     Ok(())
 }
 
@@ -110,8 +110,9 @@ fn run_publish(root: PathBuf, force: bool, piece_size: Option<ByteSize>) -> anyh
         .map(|s| shoal_core::PieceSize::from_bytes(s.0))
         .transpose()
         .context("--piece-size")?;
-    let options = shoal_origin::PublishOptions { force, piece_size };
+    let options = shoal_origin::PublishOptions { force, piece_size, ..Default::default() };
     let report = shoal_origin::publish(&root, &options).with_context(|| format!("publishing {}", root.display()))?;
     println!("{report}");
+    anyhow::ensure!(report.failed.is_empty(), "{} file(s) could not be published", report.failed.len());
     Ok(())
 }
