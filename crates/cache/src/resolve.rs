@@ -102,7 +102,9 @@ impl Resolver {
 
     async fn resolve_locked(&self, path: &RequestPath) -> Result<Resolved, ResolveError> {
         let key = path.as_str().to_string();
-        let known = match lock(&self.objects).get(&key).cloned() {
+        // (The lock guard must end before load_entry, which takes it again.)
+        let in_memory = lock(&self.objects).get(&key).cloned();
+        let known = match in_memory {
             Some(entry) => Some(entry),
             None => self.load_entry(path)?,
         };
@@ -131,7 +133,8 @@ impl Resolver {
                 }
             };
         }
-        if let Some(stale) = lock(&self.objects).get(&key).cloned() {
+        let stale = lock(&self.objects).get(&key).cloned();
+        if let Some(stale) = stale {
             self.forget(&stale);
         }
         let head = self.origin.head(&path.to_uri_path(), &HeaderMap::new()).await?;
