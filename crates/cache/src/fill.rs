@@ -58,7 +58,9 @@ impl From<OriginError> for FillError {
     }
 }
 
-type Slot = watch::Receiver<Option<Result<VerifiedPiece, FillError>>>;
+/// What a waiter sees: nothing yet, then the piece or the error.
+type SlotValue = Option<Result<VerifiedPiece, FillError>>;
+type Slot = watch::Receiver<SlotValue>;
 
 #[derive(Clone, Debug)]
 pub struct FillConfig {
@@ -79,7 +81,7 @@ pub struct Filler {
 struct Claim {
     filler: Arc<Filler>,
     object: shoal_core::ObjectId,
-    senders: Vec<(PieceIndex, watch::Sender<Option<Result<VerifiedPiece, FillError>>>)>,
+    senders: Vec<(PieceIndex, watch::Sender<SlotValue>)>,
 }
 
 impl Drop for Claim {
@@ -89,7 +91,10 @@ impl Drop for Claim {
             if sender.borrow().is_none() {
                 sender.send_replace(Some(Err(FillError::Abandoned)));
             }
-            inflight.remove(&PieceKey { object: self.object, index });
+            inflight.remove(&PieceKey {
+                object: self.object,
+                index,
+            });
         }
     }
 }
@@ -101,8 +106,19 @@ enum Lookup {
 }
 
 impl Filler {
-    pub fn new(store: Arc<Store>, origin: Arc<OriginClient>, stats: Arc<CacheStats>, config: FillConfig) -> Arc<Self> {
-        Arc::new(Self { store, origin, stats, config, inflight: Mutex::new(HashMap::new()) })
+    pub fn new(
+        store: Arc<Store>,
+        origin: Arc<OriginClient>,
+        stats: Arc<CacheStats>,
+        config: FillConfig,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            origin,
+            stats,
+            config,
+            inflight: Mutex::new(HashMap::new()),
+        })
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -110,12 +126,24 @@ impl Filler {
     }
 
     /// Returns piece `index` of `entry`, from the store or the origin.
-    pub async fn piece(self: &Arc<Self>, entry: &Arc<ObjectEntry>, index: PieceIndex) -> Result<VerifiedPiece, FillError> {
-        let key = PieceKey { object: entry.id, index };
+    pub async fn piece(
+        self: &Arc<Self>,
+        entry: &Arc<ObjectEntry>,
+        index: PieceIndex,
+    ) -> Result<VerifiedPiece, FillError> {
+        let key = PieceKey {
+            object: entry.id,
+            index,
+        };
         // A stored piece may vanish (evicted, or dropped as damaged) between
         // the check and the read; then we fetch it, a bounded number of times.
         for _ in 0..3 {
-            if let Some(piece) = self.store.get(key).await.map_err(|e| FillError::Store(e.to_string()))? {
+            if let Some(piece) = self
+                .store
+                .get(key)
+                .await
+                .map_err(|e| FillError::Store(e.to_string()))?
+            {
                 return Ok(piece);
             }
             let mut slot = match self.lookup_or_claim(entry, index) {
@@ -144,7 +172,10 @@ impl Filler {
     }
 
     fn lookup_or_claim(self: &Arc<Self>, entry: &Arc<ObjectEntry>, index: PieceIndex) -> Lookup {
-        let key = PieceKey { object: entry.id, index };
+        let key = PieceKey {
+            object: entry.id,
+            index,
+        };
         let mut inflight = lock(&self.inflight);
         if let Some(slot) = inflight.get(&key) {
             return Lookup::Waiting(slot.clone());
@@ -160,7 +191,10 @@ impl Filler {
         let mut own = None;
         let mut next = index.0;
         while next < entry.layout.piece_count() && (next - index.0) < run_pieces_max {
-            let k = PieceKey { object: entry.id, index: PieceIndex(next) };
+            let k = PieceKey {
+                object: entry.id,
+                index: PieceIndex(next),
+            };
             if next != index.0 && (inflight.contains_key(&k) || self.store.contains(&k)) {
                 break;
             }
@@ -174,7 +208,11 @@ impl Filler {
         }
         drop(inflight);
         let own = own.expect("the first piece of a run is always claimed");
-        let claim = Claim { filler: self.clone(), object: entry.id, senders };
+        let claim = Claim {
+            filler: self.clone(),
+            object: entry.id,
+            senders,
+        };
         let filler = self.clone();
         let entry = entry.clone();
         tokio::spawn(async move { filler.fill_run(entry, claim).await });
@@ -182,17 +220,27 @@ impl Filler {
     }
 
     async fn fill_run(self: Arc<Self>, entry: Arc<ObjectEntry>, mut claim: Claim) {
-        let (Some(first), Some(last)) = (claim.senders.first().map(|s| s.0), claim.senders.last().map(|s| s.0)) else {
+        let (Some(first), Some(last)) = (
+            claim.senders.first().map(|s| s.0),
+            claim.senders.last().map(|s| s.0),
+        ) else {
             return;
         };
-        let span = match (entry.layout.piece_span(first), entry.layout.piece_span(last)) {
+        let span = match (
+            entry.layout.piece_span(first),
+            entry.layout.piece_span(last),
+        ) {
             (Some(a), Some(b)) => ByteSpan::new(a.start(), b.end()),
             _ => None,
         };
         let Some(span) = span else { return };
         self.stats.origin_requests.fetch_add(1, Ordering::Relaxed);
         let uri = entry.uri_path.clone();
-        let mut body = match self.origin.get_range(&uri, span, entry.layout.object_size()).await {
+        let mut body = match self
+            .origin
+            .get_range(&uri, span, entry.layout.object_size())
+            .await
+        {
             Ok(body) => body,
             Err(error) => {
                 tracing::warn!(path = %entry.path, %error, "origin range fetch failed");
@@ -212,19 +260,25 @@ impl Filler {
         }
         let mut buffer = BytesMut::new();
         // Delivered pieces leave `claim.senders`, so the next one is always first.
-        loop {
-            let Some((index, _)) = claim.senders.first() else { break };
-            let index = *index;
+        while let Some(&(index, _)) = claim.senders.first() {
             let want = entry.layout.piece_len(index) as usize;
             while buffer.len() < want {
                 match body.chunk().await {
                     Ok(Some(chunk)) => {
-                        self.stats.origin_bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                        self.stats
+                            .origin_bytes
+                            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
                         buffer.extend_from_slice(&chunk);
                     }
                     Ok(None) => {
                         self.stats.origin_errors.fetch_add(1, Ordering::Relaxed);
-                        fail_all(&mut claim, FillError::Origin("origin closed the body early".into(), http::StatusCode::BAD_GATEWAY));
+                        fail_all(
+                            &mut claim,
+                            FillError::Origin(
+                                "origin closed the body early".into(),
+                                http::StatusCode::BAD_GATEWAY,
+                            ),
+                        );
                         return;
                     }
                     Err(error) => {
@@ -244,7 +298,10 @@ impl Filler {
                     }
                     // Stored (or failed to store): the slot may go now.
                     let (index, _sender) = claim.senders.remove(0);
-                    lock(&self.inflight).remove(&PieceKey { object: entry.id, index });
+                    lock(&self.inflight).remove(&PieceKey {
+                        object: entry.id,
+                        index,
+                    });
                 }
                 Err(error) => {
                     self.stats.corrupt_pieces.fetch_add(1, Ordering::Relaxed);

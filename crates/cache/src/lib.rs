@@ -75,7 +75,10 @@ pub enum CacheError {
     #[error(transparent)]
     Store(#[from] shoal_store::StoreError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 impl CacheConfig {
@@ -83,19 +86,31 @@ impl CacheConfig {
     pub fn validate(&self) -> Result<(), CacheError> {
         let origin = self.origin.trim();
         if origin.is_empty() {
-            return Err(CacheError::Config("an origin URL is required (--origin http://HOST:PORT)".into()));
+            return Err(CacheError::Config(
+                "an origin URL is required (--origin http://HOST:PORT)".into(),
+            ));
         }
         if !origin.starts_with("http://") {
-            return Err(CacheError::Config(format!("origin `{origin}` must be an http:// URL")));
+            return Err(CacheError::Config(format!(
+                "origin `{origin}` must be an http:// URL"
+            )));
         }
         if reqwest::Url::parse(origin).is_err() {
-            return Err(CacheError::Config(format!("origin `{origin}` is not a valid URL")));
+            return Err(CacheError::Config(format!(
+                "origin `{origin}` is not a valid URL"
+            )));
         }
         if self.capacity.0 < 4 << 20 {
-            return Err(CacheError::Config(format!("capacity {} is below the 4 MiB minimum (one piece)", self.capacity)));
+            return Err(CacheError::Config(format!(
+                "capacity {} is below the 4 MiB minimum (one piece)",
+                self.capacity
+            )));
         }
         if self.eviction.parse::<PolicyKind>().is_err() {
-            return Err(CacheError::Config(format!("unknown eviction policy `{}` (s3fifo or lru)", self.eviction)));
+            return Err(CacheError::Config(format!(
+                "unknown eviction policy `{}` (s3fifo or lru)",
+                self.eviction
+            )));
         }
         for (name, value) in [
             ("origin_connect_timeout_ms", self.origin_connect_timeout_ms),
@@ -122,7 +137,10 @@ pub struct BoundCache {
 impl BoundCache {
     pub async fn bind(config: CacheConfig) -> Result<Self, CacheError> {
         config.validate()?;
-        let policy: PolicyKind = config.eviction.parse().map_err(|_| CacheError::Config("eviction".into()))?;
+        let policy: PolicyKind = config
+            .eviction
+            .parse()
+            .map_err(|_| CacheError::Config("eviction".into()))?;
         let store = {
             let store_config = StoreConfig {
                 data_dir: config.data_dir.clone(),
@@ -148,7 +166,9 @@ impl BoundCache {
             store.clone(),
             origin.clone(),
             stats.clone(),
-            fill::FillConfig { run_bytes_max: config.fill_run_bytes_max },
+            fill::FillConfig {
+                run_bytes_max: config.fill_run_bytes_max,
+            },
         );
         let service = Arc::new(CacheService {
             resolver: resolve::Resolver::new(store, origin.clone(), stats.clone()),
@@ -159,9 +179,20 @@ impl BoundCache {
         });
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
-            .map_err(|source| CacheError::Listen { addr: config.listen, source })?;
-        let local_addr = listener.local_addr().map_err(|source| CacheError::Listen { addr: config.listen, source })?;
-        Ok(Self { local_addr, service, listener, limits: config.limits })
+            .map_err(|source| CacheError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| CacheError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+        Ok(Self {
+            local_addr,
+            service,
+            listener,
+            limits: config.limits,
+        })
     }
 
     /// Serves until `shutdown` resolves, then flushes the index.

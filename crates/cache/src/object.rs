@@ -7,7 +7,9 @@
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use shoal_core::{Manifest, ObjectId, PieceHash, PieceIndex, PieceLayout, PieceSize, VerifiedPiece, VerifyError};
+use shoal_core::{
+    Manifest, ObjectId, PieceHash, PieceIndex, PieceLayout, PieceSize, VerifiedPiece, VerifyError,
+};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
@@ -41,7 +43,12 @@ pub fn served_etag(record: &ObjectRecord) -> String {
 }
 
 /// The id of an object without a manifest: stable for the same validators.
-pub fn unpublished_id(path: &str, size: u64, etag: Option<&str>, last_modified: Option<&str>) -> ObjectId {
+pub fn unpublished_id(
+    path: &str,
+    size: u64,
+    etag: Option<&str>,
+    last_modified: Option<&str>,
+) -> ObjectId {
     let mut hasher = blake3::Hasher::new();
     hasher.update(b"shoal unpublished object v1\0");
     hasher.update(path.as_bytes());
@@ -81,7 +88,12 @@ pub struct ObjectEntry {
 }
 
 impl ObjectEntry {
-    pub fn new(path: String, uri_path: String, record: ObjectRecord, manifest: Option<Manifest>) -> Result<Self, String> {
+    pub fn new(
+        path: String,
+        uri_path: String,
+        record: ObjectRecord,
+        manifest: Option<Manifest>,
+    ) -> Result<Self, String> {
         let id = ObjectId::from_hex(&record.id).ok_or("bad object id in record")?;
         let piece_size = PieceSize::from_log2(record.piece_size_log2).map_err(|e| e.to_string())?;
         let layout = PieceLayout::new(record.size, piece_size).map_err(|e| e.to_string())?;
@@ -92,7 +104,17 @@ impl ObjectEntry {
         }
         let etag = served_etag(&record);
         let learnt_hashes = Mutex::new(vec![None; layout.piece_count() as usize]);
-        Ok(Self { path, uri_path, record, id, layout, etag, manifest, learnt_hashes, invalidated: AtomicBool::new(false) })
+        Ok(Self {
+            path,
+            uri_path,
+            record,
+            id,
+            layout,
+            etag,
+            manifest,
+            learnt_hashes,
+            invalidated: AtomicBool::new(false),
+        })
     }
 
     /// Records hashes already known (pieces on disk, after a restart).
@@ -103,11 +125,18 @@ impl ObjectEntry {
     }
 
     /// Turns bytes from the origin into a verified piece, or refuses them.
-    pub fn accept_piece(&self, index: PieceIndex, data: Bytes) -> Result<VerifiedPiece, PieceRejected> {
+    pub fn accept_piece(
+        &self,
+        index: PieceIndex,
+        data: Bytes,
+    ) -> Result<VerifiedPiece, PieceRejected> {
         if let Some(manifest) = &self.manifest {
             return Ok(VerifiedPiece::verify(manifest, index, data)?);
         }
-        let known = lock(&self.learnt_hashes).get(index.0 as usize).copied().flatten();
+        let known = lock(&self.learnt_hashes)
+            .get(index.0 as usize)
+            .copied()
+            .flatten();
         match known {
             Some(hash) => Ok(VerifiedPiece::verify_against(index, hash, data)?),
             None => {
@@ -124,7 +153,13 @@ impl ObjectEntry {
             return None;
         }
         let hashes: Option<Vec<PieceHash>> = lock(&self.learnt_hashes).iter().copied().collect();
-        Manifest::new(self.layout.object_size(), self.layout.piece_size(), hashes?, Default::default()).ok()
+        Manifest::new(
+            self.layout.object_size(),
+            self.layout.piece_size(),
+            hashes?,
+            Default::default(),
+        )
+        .ok()
     }
 
     pub fn invalidate(&self) {
@@ -143,11 +178,18 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl ObjectEntry {
     /// Whether a response's validators still name this version.
     pub fn matches_validators(&self, headers: &http::HeaderMap) -> bool {
-        let header = |name| headers.get(name).and_then(|v: &http::HeaderValue| v.to_str().ok());
+        let header = |name| {
+            headers
+                .get(name)
+                .and_then(|v: &http::HeaderValue| v.to_str().ok())
+        };
         if let (Some(ours), Some(theirs)) = (&self.record.origin_etag, header(http::header::ETAG)) {
             return ours == theirs;
         }
-        if let (Some(ours), Some(theirs)) = (&self.record.origin_last_modified, header(http::header::LAST_MODIFIED)) {
+        if let (Some(ours), Some(theirs)) = (
+            &self.record.origin_last_modified,
+            header(http::header::LAST_MODIFIED),
+        ) {
             return ours == theirs;
         }
         true
@@ -156,6 +198,9 @@ impl ObjectEntry {
 
 impl ObjectEntry {
     pub fn learnt_hash(&self, index: PieceIndex) -> Option<PieceHash> {
-        lock(&self.learnt_hashes).get(index.0 as usize).copied().flatten()
+        lock(&self.learnt_hashes)
+            .get(index.0 as usize)
+            .copied()
+            .flatten()
     }
 }

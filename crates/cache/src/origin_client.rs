@@ -71,7 +71,9 @@ impl RangeBody {
     pub async fn chunk(&mut self) -> Result<Option<Bytes>, OriginError> {
         match tokio::time::timeout(self.read_timeout, self.response.chunk()).await {
             Ok(Ok(chunk)) => Ok(chunk),
-            Ok(Err(error)) => Err(OriginError::Unreachable(format!("body read failed: {error}"))),
+            Ok(Err(error)) => Err(OriginError::Unreachable(format!(
+                "body read failed: {error}"
+            ))),
             Err(_) => Err(OriginError::Timeout(self.read_timeout.as_millis() as u64)),
         }
     }
@@ -103,17 +105,26 @@ impl OriginClient {
         Duration::from_millis(self.config.read_timeout_ms)
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, OriginError> {
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, OriginError> {
         match tokio::time::timeout(self.read_timeout(), request.send()).await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) if error.is_timeout() => Err(OriginError::Timeout(self.config.read_timeout_ms)),
+            Ok(Err(error)) if error.is_timeout() => {
+                Err(OriginError::Timeout(self.config.read_timeout_ms))
+            }
             Ok(Err(error)) => Err(OriginError::Unreachable(error.to_string())),
             Err(_) => Err(OriginError::Timeout(self.config.read_timeout_ms)),
         }
     }
 
     /// HEAD the object, optionally conditional on validators we hold.
-    pub async fn head(&self, uri_path: &str, conditional: &HeaderMap) -> Result<OriginHead, OriginError> {
+    pub async fn head(
+        &self,
+        uri_path: &str,
+        conditional: &HeaderMap,
+    ) -> Result<OriginHead, OriginError> {
         let mut request = self.client.head(self.url_for(uri_path));
         for (name, value) in conditional {
             request = request.header(name, value);
@@ -129,14 +140,24 @@ impl OriginClient {
         } else {
             Some(content_length(&headers)?)
         };
-        Ok(OriginHead { status, size, headers })
+        Ok(OriginHead {
+            status,
+            size,
+            headers,
+        })
     }
 
     /// Fetches a small document (a manifest) in full. `Ok(None)` on 404/410.
-    pub async fn get_small(&self, uri_path: &str) -> Result<Option<(Bytes, HeaderMap)>, OriginError> {
+    pub async fn get_small(
+        &self,
+        uri_path: &str,
+    ) -> Result<Option<(Bytes, HeaderMap)>, OriginError> {
         let response = self.send(self.client.get(self.url_for(uri_path))).await?;
         let status = response.status();
-        if status == StatusCode::NOT_FOUND || status == StatusCode::GONE || status == StatusCode::FORBIDDEN {
+        if status == StatusCode::NOT_FOUND
+            || status == StatusCode::GONE
+            || status == StatusCode::FORBIDDEN
+        {
             return Ok(None);
         }
         if status != StatusCode::OK {
@@ -146,14 +167,22 @@ impl OriginClient {
         let limit = self.config.manifest_bytes_max;
         if let Ok(length) = content_length(&headers) {
             if length > limit {
-                return Err(OriginError::Protocol(format!("manifest is {length} bytes, limit is {limit}")));
+                return Err(OriginError::Protocol(format!(
+                    "manifest is {length} bytes, limit is {limit}"
+                )));
             }
         }
-        let mut body = RangeBody { response, read_timeout: self.read_timeout(), headers: headers.clone() };
+        let mut body = RangeBody {
+            response,
+            read_timeout: self.read_timeout(),
+            headers: headers.clone(),
+        };
         let mut out = Vec::new();
         while let Some(chunk) = body.chunk().await? {
             if out.len() as u64 + chunk.len() as u64 > limit {
-                return Err(OriginError::Protocol(format!("manifest exceeds {limit} bytes")));
+                return Err(OriginError::Protocol(format!(
+                    "manifest exceeds {limit} bytes"
+                )));
             }
             out.extend_from_slice(&chunk);
         }
@@ -162,14 +191,22 @@ impl OriginClient {
 
     /// Starts a range fetch of `span` of an object of `object_size` bytes
     /// and checks the response really is that range.
-    pub async fn get_range(&self, uri_path: &str, span: ByteSpan, object_size: u64) -> Result<RangeBody, OriginError> {
+    pub async fn get_range(
+        &self,
+        uri_path: &str,
+        span: ByteSpan,
+        object_size: u64,
+    ) -> Result<RangeBody, OriginError> {
         let Some(last) = span.last() else {
             return Err(OriginError::Protocol("empty range requested".into()));
         };
         let request = self
             .client
             .get(self.url_for(uri_path))
-            .header(http::header::RANGE, format!("bytes={}-{}", span.start(), last))
+            .header(
+                http::header::RANGE,
+                format!("bytes={}-{}", span.start(), last),
+            )
             // Identity only: a range of a compressed representation is not
             // a range of the object.
             .header(http::header::ACCEPT_ENCODING, "identity");
@@ -183,9 +220,13 @@ impl OriginClient {
                     .and_then(|v| v.to_str().ok())
                     .ok_or_else(|| OriginError::Protocol("206 without Content-Range".into()))?;
                 let parsed = shoal_http::content_range::parse_content_range(value.as_bytes())
-                    .map_err(|e| OriginError::Protocol(format!("bad Content-Range `{value}`: {e}")))?;
+                    .map_err(|e| {
+                        OriginError::Protocol(format!("bad Content-Range `{value}`: {e}"))
+                    })?;
                 let shoal_http::content_range::ContentRangeHeader::Range(range) = parsed else {
-                    return Err(OriginError::Protocol(format!("206 with unsatisfied Content-Range `{value}`")));
+                    return Err(OriginError::Protocol(format!(
+                        "206 with unsatisfied Content-Range `{value}`"
+                    )));
                 };
                 if range.span() != span || range.complete_length() != object_size {
                     return Err(OriginError::Protocol(format!(
@@ -202,23 +243,48 @@ impl OriginClient {
                     return Err(OriginError::Protocol("object size changed".into()));
                 }
             }
-            StatusCode::OK => return Err(OriginError::Protocol("origin ignored the Range header".into())),
+            StatusCode::OK => {
+                return Err(OriginError::Protocol(
+                    "origin ignored the Range header".into(),
+                ))
+            }
             other => return Err(OriginError::Status(other)),
         }
-        Ok(RangeBody { response, read_timeout: self.read_timeout(), headers })
+        Ok(RangeBody {
+            response,
+            read_timeout: self.read_timeout(),
+            headers,
+        })
     }
 
     /// Passes a request straight through (for responses that may not be
     /// stored). Only the Range header of the client is forwarded.
-    pub async fn pass_through(&self, uri_path: &str, head_only: bool, range: Option<&http::HeaderValue>) -> Result<(StatusCode, HeaderMap, RangeBody), OriginError> {
-        let mut request = if head_only { self.client.head(self.url_for(uri_path)) } else { self.client.get(self.url_for(uri_path)) };
+    pub async fn pass_through(
+        &self,
+        uri_path: &str,
+        head_only: bool,
+        range: Option<&http::HeaderValue>,
+    ) -> Result<(StatusCode, HeaderMap, RangeBody), OriginError> {
+        let mut request = if head_only {
+            self.client.head(self.url_for(uri_path))
+        } else {
+            self.client.get(self.url_for(uri_path))
+        };
         if let Some(range) = range {
             request = request.header(http::header::RANGE, range);
         }
         let response = self.send(request).await?;
         let status = response.status();
         let headers = response.headers().clone();
-        Ok((status, headers.clone(), RangeBody { response, read_timeout: self.read_timeout(), headers }))
+        Ok((
+            status,
+            headers.clone(),
+            RangeBody {
+                response,
+                read_timeout: self.read_timeout(),
+                headers,
+            },
+        ))
     }
 }
 

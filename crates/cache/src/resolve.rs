@@ -56,7 +56,10 @@ pub struct Resolver {
 }
 
 pub fn now_unix_s() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl Resolver {
@@ -83,7 +86,10 @@ impl Resolver {
         if let Some(entry) = self.fresh_entry(&key, now) {
             return Ok(Resolved::Cached(entry));
         }
-        let path_lock = lock(&self.path_locks).entry(key.clone()).or_default().clone();
+        let path_lock = lock(&self.path_locks)
+            .entry(key.clone())
+            .or_default()
+            .clone();
         let result = {
             let _guard = path_lock.lock().await;
             match self.fresh_entry(&key, now_unix_s()) {
@@ -125,7 +131,7 @@ impl Resolver {
                 }
                 Probe::Storable(record, manifest) => {
                     self.forget(&old);
-                    self.install(path, record, manifest)
+                    self.install(path, record, manifest.map(|m| *m))
                 }
                 Probe::NotStorable => {
                     self.forget(&old);
@@ -137,16 +143,23 @@ impl Resolver {
         if let Some(stale) = stale {
             self.forget(&stale);
         }
-        let head = self.origin.head(&path.to_uri_path(), &HeaderMap::new()).await?;
+        let head = self
+            .origin
+            .head(&path.to_uri_path(), &HeaderMap::new())
+            .await?;
         match self.probe(path, head).await? {
-            Probe::Storable(record, manifest) => self.install(path, record, manifest),
+            Probe::Storable(record, manifest) => self.install(path, record, manifest.map(|m| *m)),
             Probe::NotStorable => Ok(Resolved::PassThrough),
         }
     }
 
     /// Reads a record left by an earlier run of the cache.
     fn load_entry(&self, path: &RequestPath) -> Result<Option<Arc<ObjectEntry>>, ResolveError> {
-        let Some(bytes) = self.store.get_record(path.as_str()).map_err(|e| ResolveError::Store(e.to_string()))? else {
+        let Some(bytes) = self
+            .store
+            .get_record(path.as_str())
+            .map_err(|e| ResolveError::Store(e.to_string()))?
+        else {
             return Ok(None);
         };
         let Ok(record) = serde_json::from_slice::<ObjectRecord>(&bytes) else {
@@ -166,7 +179,12 @@ impl Resolver {
         } else {
             None
         };
-        let entry = match ObjectEntry::new(path.as_str().to_string(), path.to_uri_path(), record, manifest) {
+        let entry = match ObjectEntry::new(
+            path.as_str().to_string(),
+            path.to_uri_path(),
+            record,
+            manifest,
+        ) {
             Ok(entry) => Arc::new(entry),
             Err(error) => {
                 tracing::warn!(path = %path.as_str(), %error, "inconsistent object record; ignoring it");
@@ -175,7 +193,10 @@ impl Resolver {
         };
         if entry.manifest.is_none() {
             for index in self.store.pieces_of(&entry.id) {
-                if let Some(hash) = self.store.piece_hash(&PieceKey { object: entry.id, index }) {
+                if let Some(hash) = self.store.piece_hash(&PieceKey {
+                    object: entry.id,
+                    index,
+                }) {
                     entry.learn_hash(index, hash);
                 }
             }
@@ -191,13 +212,22 @@ impl Resolver {
         if !shoal_http::cache_control::is_storable(StatusCode::OK, &cache_control) {
             return Ok(Probe::NotStorable);
         }
-        let size = head.size.ok_or_else(|| OriginError::Protocol("no size on HEAD".into()))?;
-        let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let size = head
+            .size
+            .ok_or_else(|| OriginError::Protocol("no size on HEAD".into()))?;
+        let text = |name: header::HeaderName| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
         let origin_etag = text(header::ETAG);
         let origin_last_modified = text(header::LAST_MODIFIED);
         let now = now_unix_s();
         let lifetime_s = freshness_lifetime_s(headers, now);
-        let explicit = cache_control.max_age_s.is_some() || cache_control.s_maxage_s.is_some() || headers.contains_key(header::EXPIRES);
+        let explicit = cache_control.max_age_s.is_some()
+            || cache_control.s_maxage_s.is_some()
+            || headers.contains_key(header::EXPIRES);
 
         let manifest = self.fetch_manifest(path).await?;
         let manifest = manifest.filter(|m| {
@@ -215,14 +245,23 @@ impl Resolver {
         let (id, piece_size, published) = match &manifest {
             Some(m) => (m.id(), m.piece_size(), true),
             None => (
-                unpublished_id(path.as_str(), size, origin_etag.as_deref(), origin_last_modified.as_deref()),
+                unpublished_id(
+                    path.as_str(),
+                    size,
+                    origin_etag.as_deref(),
+                    origin_last_modified.as_deref(),
+                ),
                 PieceSize::for_object_size(size),
                 false,
             ),
         };
         // Published objects are content-addressed: without explicit
         // freshness from the origin they never need revalidation.
-        let fresh_until_unix_s = if published && !explicit { u64::MAX } else { now.saturating_add(lifetime_s) };
+        let fresh_until_unix_s = if published && !explicit {
+            u64::MAX
+        } else {
+            now.saturating_add(lifetime_s)
+        };
         let record = ObjectRecord {
             format: RECORD_FORMAT,
             id: id.to_hex(),
@@ -235,25 +274,41 @@ impl Resolver {
             cache_control: text(header::CACHE_CONTROL),
             fresh_until_unix_s,
         };
-        Ok(Probe::Storable(record, manifest))
+        Ok(Probe::Storable(record, manifest.map(Box::new)))
     }
 
     async fn fetch_manifest(&self, path: &RequestPath) -> Result<Option<Manifest>, ResolveError> {
         let manifest_path = shoal_origin_manifest_path(path);
         match self.origin.get_small(&manifest_path).await? {
             None => Ok(None),
-            Some((bytes, _)) => Manifest::decode(&bytes).map(Some).map_err(|e| ResolveError::BadManifest(e.to_string())),
+            Some((bytes, _)) => Manifest::decode(&bytes)
+                .map(Some)
+                .map_err(|e| ResolveError::BadManifest(e.to_string())),
         }
     }
 
-    fn install(&self, path: &RequestPath, record: ObjectRecord, manifest: Option<Manifest>) -> Result<Resolved, ResolveError> {
+    fn install(
+        &self,
+        path: &RequestPath,
+        record: ObjectRecord,
+        manifest: Option<Manifest>,
+    ) -> Result<Resolved, ResolveError> {
         if let Some(m) = &manifest {
-            self.store.put_manifest(m.id(), m.encode()).map_err(|e| ResolveError::Store(e.to_string()))?;
+            self.store
+                .put_manifest(m.id(), m.encode())
+                .map_err(|e| ResolveError::Store(e.to_string()))?;
         }
         let bytes = serde_json::to_vec(&record).map_err(|e| ResolveError::Store(e.to_string()))?;
-        self.store.put_record(path.as_str(), bytes).map_err(|e| ResolveError::Store(e.to_string()))?;
-        let entry = ObjectEntry::new(path.as_str().to_string(), path.to_uri_path(), record, manifest)
-            .map_err(ResolveError::BadManifest)?;
+        self.store
+            .put_record(path.as_str(), bytes)
+            .map_err(|e| ResolveError::Store(e.to_string()))?;
+        let entry = ObjectEntry::new(
+            path.as_str().to_string(),
+            path.to_uri_path(),
+            record,
+            manifest,
+        )
+        .map_err(ResolveError::BadManifest)?;
         let entry = Arc::new(entry);
         self.remember(entry.clone());
         Ok(Resolved::Cached(entry))
@@ -299,7 +354,10 @@ impl Resolver {
         for (name, value) in not_modified_headers {
             headers.insert(name.clone(), value.clone());
         }
-        if let Some(cc) = not_modified_headers.get(header::CACHE_CONTROL).and_then(|v| v.to_str().ok()) {
+        if let Some(cc) = not_modified_headers
+            .get(header::CACHE_CONTROL)
+            .and_then(|v| v.to_str().ok())
+        {
             record.cache_control = Some(cc.to_string());
         }
         let lifetime_s = freshness_lifetime_s(&headers, now);
@@ -309,7 +367,12 @@ impl Resolver {
 
     fn replace_record(&self, old: Arc<ObjectEntry>, record: ObjectRecord) -> Resolved {
         let manifest = old.manifest.clone();
-        match ObjectEntry::new(old.path.clone(), old.uri_path.clone(), record.clone(), manifest) {
+        match ObjectEntry::new(
+            old.path.clone(),
+            old.uri_path.clone(),
+            record.clone(),
+            manifest,
+        ) {
             Ok(entry) => {
                 let entry = Arc::new(entry);
                 if entry.manifest.is_none() {
@@ -331,15 +394,23 @@ impl Resolver {
 }
 
 enum Probe {
-    Storable(ObjectRecord, Option<Manifest>),
+    Storable(ObjectRecord, Option<Box<Manifest>>),
     NotStorable,
 }
 
 fn conditional_headers(record: &ObjectRecord) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    if let Some(etag) = record.origin_etag.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+    if let Some(etag) = record
+        .origin_etag
+        .as_deref()
+        .and_then(|v| HeaderValue::from_str(v).ok())
+    {
         headers.insert(header::IF_NONE_MATCH, etag);
-    } else if let Some(lm) = record.origin_last_modified.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+    } else if let Some(lm) = record
+        .origin_last_modified
+        .as_deref()
+        .and_then(|v| HeaderValue::from_str(v).ok())
+    {
         headers.insert(header::IF_MODIFIED_SINCE, lm);
     }
     headers
@@ -357,7 +428,13 @@ fn freshness_lifetime_s(headers: &HeaderMap, now_unix_s: u64) -> u64 {
     let expires = shoal_http::cache_control::Expires::from_headers(headers);
     let date = header_unix_s(headers, header::DATE);
     let last_modified = header_unix_s(headers, header::LAST_MODIFIED);
-    shoal_http::cache_control::freshness_lifetime_s(&cache_control, expires, date, last_modified, now_unix_s)
+    shoal_http::cache_control::freshness_lifetime_s(
+        &cache_control,
+        expires,
+        date,
+        last_modified,
+        now_unix_s,
+    )
 }
 
 fn header_unix_s(headers: &HeaderMap, name: header::HeaderName) -> Option<u64> {

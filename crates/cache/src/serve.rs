@@ -17,7 +17,9 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use shoal_core::{ByteSpan, PieceIndex, VerifiedPiece};
-use shoal_http::conditional::{evaluate_preconditions, ConditionalHeaders, EntityValidators, Precondition};
+use shoal_http::conditional::{
+    evaluate_preconditions, ConditionalHeaders, EntityValidators, Precondition,
+};
 use shoal_http::multipart::{MultipartPlan, Segment};
 use shoal_http::path::RequestPath;
 use shoal_http::range::{select_ranges, RangeResolution};
@@ -64,8 +66,13 @@ impl CacheService {
             Method::GET => false,
             Method::HEAD => true,
             _ => {
-                let mut response = text_response(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are supported\n");
-                response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+                let mut response = text_response(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "only GET and HEAD are supported\n",
+                );
+                response
+                    .headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
                 return response;
             }
         };
@@ -75,11 +82,15 @@ impl CacheService {
         }
         let path = match RequestPath::parse(raw_path) {
             Ok(path) => path,
-            Err(error) => return text_response(StatusCode::BAD_REQUEST, &format!("bad path: {error}\n")),
+            Err(error) => {
+                return text_response(StatusCode::BAD_REQUEST, &format!("bad path: {error}\n"))
+            }
         };
         let entry = match self.resolver.resolve(&path).await {
             Ok(Resolved::Cached(entry)) => entry,
-            Ok(Resolved::PassThrough) => return self.pass_through(&path, head_only, &request).await,
+            Ok(Resolved::PassThrough) => {
+                return self.pass_through(&path, head_only, &request).await
+            }
             Err(error) => {
                 let status = error.client_status();
                 if status.is_server_error() {
@@ -91,7 +102,12 @@ impl CacheService {
         self.serve_entry(entry, head_only, &request).await
     }
 
-    async fn serve_entry<B>(self: &Arc<Self>, entry: Arc<ObjectEntry>, head_only: bool, request: &Request<B>) -> Response<Body> {
+    async fn serve_entry<B>(
+        self: &Arc<Self>,
+        entry: Arc<ObjectEntry>,
+        head_only: bool,
+        request: &Request<B>,
+    ) -> Response<Body> {
         let size = entry.layout.object_size();
         let validators = EntityValidators {
             etag: shoal_http::conditional::EntityTag::parse(entry.etag.as_bytes()).ok(),
@@ -112,9 +128,13 @@ impl CacheService {
                         response = response.header(name, value);
                     }
                 }
-                return response.body(shoal_server::empty()).unwrap_or_else(|_| internal_error());
+                return response
+                    .body(shoal_server::empty())
+                    .unwrap_or_else(|_| internal_error());
             }
-            Precondition::Failed => return text_response(StatusCode::PRECONDITION_FAILED, "precondition failed\n"),
+            Precondition::Failed => {
+                return text_response(StatusCode::PRECONDITION_FAILED, "precondition failed\n")
+            }
             Precondition::Proceed { range_allowed } => range_allowed,
         };
         let range_header = request.headers().get(header::RANGE).map(|v| v.as_bytes());
@@ -128,16 +148,27 @@ impl CacheService {
         let (status, segments, content_length) = match resolution {
             RangeResolution::Full => (StatusCode::OK, data_segments(ByteSpan::new(0, size)), size),
             RangeResolution::Single(span) => {
-                let Ok(content_range) = shoal_http::content_range::format_content_range(span, size) else {
+                let Ok(content_range) = shoal_http::content_range::format_content_range(span, size)
+                else {
                     return internal_error();
                 };
                 builder = builder.header(header::CONTENT_RANGE, content_range);
-                (StatusCode::PARTIAL_CONTENT, vec![Segment::Data(span)], span.len())
+                (
+                    StatusCode::PARTIAL_CONTENT,
+                    vec![Segment::Data(span)],
+                    span.len(),
+                )
             }
             RangeResolution::Multi(spans) => {
-                let seed = u64::from_be_bytes(entry.id.0[..8].try_into().unwrap_or_default()) ^ size;
+                let seed =
+                    u64::from_be_bytes(entry.id.0[..8].try_into().unwrap_or_default()) ^ size;
                 let boundary = shoal_http::multipart::boundary_from_seed(seed);
-                let Ok(plan) = MultipartPlan::new(&spans, size, entry.record.content_type.as_deref(), &boundary) else {
+                let Ok(plan) = MultipartPlan::new(
+                    &spans,
+                    size,
+                    entry.record.content_type.as_deref(),
+                    &boundary,
+                ) else {
                     return internal_error();
                 };
                 // The parts carry the object's type; the response is multipart.
@@ -145,16 +176,23 @@ impl CacheService {
                 (StatusCode::PARTIAL_CONTENT, plan.parts, plan.content_length)
             }
             RangeResolution::Unsatisfiable => {
-                let mut response = text_response(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable\n");
-                if let Ok(v) = HeaderValue::from_str(&shoal_http::content_range::format_unsatisfied(size)) {
+                let mut response =
+                    text_response(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable\n");
+                if let Ok(v) =
+                    HeaderValue::from_str(&shoal_http::content_range::format_unsatisfied(size))
+                {
                     response.headers_mut().insert(header::CONTENT_RANGE, v);
                 }
                 return response;
             }
         };
-        builder = builder.status(status).header(header::CONTENT_LENGTH, content_length);
+        builder = builder
+            .status(status)
+            .header(header::CONTENT_LENGTH, content_length);
         if head_only || content_length == 0 {
-            return builder.body(shoal_server::empty()).unwrap_or_else(|_| internal_error());
+            return builder
+                .body(shoal_server::empty())
+                .unwrap_or_else(|_| internal_error());
         }
 
         // Fetch the first piece before committing to a status, so that an
@@ -173,19 +211,32 @@ impl CacheService {
             },
             None => None,
         };
-        let (sender, receiver) = tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, std::io::Error>>(4);
+        let (sender, receiver) =
+            tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, std::io::Error>>(4);
         let service = self.clone();
         tokio::spawn(async move { service.stream_body(entry, segments, first, sender).await });
         let body = http_body_util::StreamBody::new(ReceiverStream(receiver));
-        builder.body(body.boxed()).unwrap_or_else(|_| internal_error())
+        builder
+            .body(body.boxed())
+            .unwrap_or_else(|_| internal_error())
     }
 
-    async fn piece(&self, entry: &Arc<ObjectEntry>, index: PieceIndex) -> Result<(VerifiedPiece, Source), FillError> {
-        let key = shoal_store::PieceKey { object: entry.id, index };
+    async fn piece(
+        &self,
+        entry: &Arc<ObjectEntry>,
+        index: PieceIndex,
+    ) -> Result<(VerifiedPiece, Source), FillError> {
+        let key = shoal_store::PieceKey {
+            object: entry.id,
+            index,
+        };
         if let Ok(Some(piece)) = self.filler.store().get(key).await {
             return Ok((piece, Source::Store));
         }
-        self.filler.piece(entry, index).await.map(|p| (p, Source::Fill))
+        self.filler
+            .piece(entry, index)
+            .await
+            .map(|p| (p, Source::Fill))
     }
 
     async fn stream_body(
@@ -200,43 +251,63 @@ impl CacheService {
         for segment in segments {
             let span = match segment {
                 Segment::Literal(bytes) => {
-                    if sender.send(Ok(http_body::Frame::data(bytes))).await.is_err() {
+                    if sender
+                        .send(Ok(http_body::Frame::data(bytes)))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                     continue;
                 }
                 Segment::Data(span) => span,
             };
-            let Some(pieces) = entry.layout.pieces_covering(span) else { continue };
+            let Some(pieces) = entry.layout.pieces_covering(span) else {
+                continue;
+            };
             let last_needed = *pieces.end();
             for index in pieces {
                 for ahead in index + 1..=(index + readahead_pieces).min(last_needed) {
                     self.filler.prefetch(&entry, PieceIndex(ahead));
                 }
                 let got = match first.take() {
-                    Some((piece, source)) if piece.index() == PieceIndex(index) => Ok((piece, source)),
+                    Some((piece, source)) if piece.index() == PieceIndex(index) => {
+                        Ok((piece, source))
+                    }
                     _ => self.piece(&entry, PieceIndex(index)).await,
                 };
                 let (piece, source) = match got {
                     Ok(got) => got,
                     Err(error) => {
                         tracing::warn!(path = %entry.path, %error, "aborting response body");
-                        let _ = sender.send(Err(std::io::Error::other(error.to_string()))).await;
+                        let _ = sender
+                            .send(Err(std::io::Error::other(error.to_string())))
+                            .await;
                         return;
                     }
                 };
-                let Some(piece_span) = entry.layout.piece_span(PieceIndex(index)) else { return };
-                let Some(wanted) = piece_span.intersect(&span) else { continue };
+                let Some(piece_span) = entry.layout.piece_span(PieceIndex(index)) else {
+                    return;
+                };
+                let Some(wanted) = piece_span.intersect(&span) else {
+                    continue;
+                };
                 let from = (wanted.start() - piece_span.start()) as usize;
                 let to = (wanted.end() - piece_span.start()) as usize;
                 let bytes = piece.data().slice(from..to);
                 let len = bytes.len() as u64;
-                if sender.send(Ok(http_body::Frame::data(bytes))).await.is_err() {
+                if sender
+                    .send(Ok(http_body::Frame::data(bytes)))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 self.stats.bytes_served.fetch_add(len, Ordering::Relaxed);
                 if source == Source::Store {
-                    self.stats.bytes_served_from_store.fetch_add(len, Ordering::Relaxed);
+                    self.stats
+                        .bytes_served_from_store
+                        .fetch_add(len, Ordering::Relaxed);
                 }
             }
         }
@@ -261,13 +332,27 @@ impl CacheService {
     }
 
     /// Proxies a response the origin forbids us to store.
-    async fn pass_through<B>(&self, path: &RequestPath, head_only: bool, request: &Request<B>) -> Response<Body> {
-        self.stats.pass_through_requests.fetch_add(1, Ordering::Relaxed);
-        let (status, headers, mut body) =
-            match self.origin.pass_through(&path.to_uri_path(), head_only, request.headers().get(header::RANGE)).await {
-                Ok(parts) => parts,
-                Err(error) => return text_response(error.client_status(), &format!("{error}\n")),
-            };
+    async fn pass_through<B>(
+        &self,
+        path: &RequestPath,
+        head_only: bool,
+        request: &Request<B>,
+    ) -> Response<Body> {
+        self.stats
+            .pass_through_requests
+            .fetch_add(1, Ordering::Relaxed);
+        let (status, headers, mut body) = match self
+            .origin
+            .pass_through(
+                &path.to_uri_path(),
+                head_only,
+                request.headers().get(header::RANGE),
+            )
+            .await
+        {
+            Ok(parts) => parts,
+            Err(error) => return text_response(error.client_status(), &format!("{error}\n")),
+        };
         let mut builder = Response::builder().status(status);
         for name in [
             header::CONTENT_TYPE,
@@ -283,26 +368,36 @@ impl CacheService {
             }
         }
         if head_only {
-            return builder.body(shoal_server::empty()).unwrap_or_else(|_| internal_error());
+            return builder
+                .body(shoal_server::empty())
+                .unwrap_or_else(|_| internal_error());
         }
         let (sender, receiver) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
             loop {
                 match body.chunk().await {
                     Ok(Some(chunk)) => {
-                        if sender.send(Ok(http_body::Frame::data(chunk))).await.is_err() {
+                        if sender
+                            .send(Ok(http_body::Frame::data(chunk)))
+                            .await
+                            .is_err()
+                        {
                             return;
                         }
                     }
                     Ok(None) => return,
                     Err(error) => {
-                        let _ = sender.send(Err(std::io::Error::other(error.to_string()))).await;
+                        let _ = sender
+                            .send(Err(std::io::Error::other(error.to_string())))
+                            .await;
                         return;
                     }
                 }
             }
         });
-        builder.body(http_body_util::StreamBody::new(ReceiverStream(receiver)).boxed()).unwrap_or_else(|_| internal_error())
+        builder
+            .body(http_body_util::StreamBody::new(ReceiverStream(receiver)).boxed())
+            .unwrap_or_else(|_| internal_error())
     }
 
     fn internal(&self, endpoint: &str) -> Response<Body> {
@@ -346,7 +441,10 @@ struct ReceiverStream<T>(tokio::sync::mpsc::Receiver<T>);
 
 impl<T> futures_util::Stream for ReceiverStream<T> {
     type Item = T;
-    fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<T>> {
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<T>> {
         self.0.poll_recv(cx)
     }
 }

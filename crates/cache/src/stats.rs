@@ -61,7 +61,11 @@ impl CacheStats {
             coalesced_waits: get(&self.coalesced_waits),
             bytes_served: served,
             bytes_served_from_store: from_store,
-            byte_hit_ratio: if served == 0 { 0.0 } else { from_store as f64 / served as f64 },
+            byte_hit_ratio: if served == 0 {
+                0.0
+            } else {
+                from_store as f64 / served as f64
+            },
             revalidations: get(&self.revalidations),
             pass_through_requests: get(&self.pass_through_requests),
             store_resident_bytes: store.resident_bytes(),

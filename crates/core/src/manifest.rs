@@ -133,7 +133,9 @@ pub struct Manifest {
 pub enum ManifestError {
     #[error("not a shoal manifest (bad magic)")]
     BadMagic,
-    #[error("manifest format version {0} is not supported (this build reads version {FORMAT_VERSION})")]
+    #[error(
+        "manifest format version {0} is not supported (this build reads version {FORMAT_VERSION})"
+    )]
     UnsupportedVersion(u16),
     #[error("manifest is truncated: needed {needed} more bytes at offset {offset}")]
     Truncated { offset: usize, needed: usize },
@@ -179,18 +181,30 @@ impl Manifest {
     ) -> Result<Self, ManifestError> {
         let layout = PieceLayout::new(object_size, piece_size)?;
         if hashes.len() != layout.piece_count() as usize {
-            return Err(ManifestError::HashCountMismatch { hashes: hashes.len(), pieces: layout.piece_count() });
+            return Err(ManifestError::HashCountMismatch {
+                hashes: hashes.len(),
+                pieces: layout.piece_count(),
+            });
         }
         if let Some(etag) = &validators.etag {
             if !valid_etag_text(etag.as_bytes()) {
                 return Err(ManifestError::MalformedExtension(TAG_ETAG));
             }
         }
-        Ok(Self { layout, hashes, validators, unknown_extensions: Vec::new() })
+        Ok(Self {
+            layout,
+            hashes,
+            validators,
+            unknown_extensions: Vec::new(),
+        })
     }
 
     /// Hashes `data` piece by piece on every core.
-    pub fn from_data(data: &[u8], piece_size: PieceSize, validators: Validators) -> Result<Self, ManifestError> {
+    pub fn from_data(
+        data: &[u8],
+        piece_size: PieceSize,
+        validators: Validators,
+    ) -> Result<Self, ManifestError> {
         let hashes = hash_pieces(data, piece_size);
         Self::new(data.len() as u64, piece_size, hashes, validators)
     }
@@ -227,10 +241,18 @@ impl Manifest {
     pub fn verify_piece(&self, index: PieceIndex, data: &[u8]) -> Result<(), VerifyError> {
         let expected = self.piece_hash(index).unwrap_or(PieceHash([0; 32]));
         let actual = PieceHash::of(data);
-        if self.layout.piece_len(index) == data.len() as u64 && actual == expected && self.piece_hash(index).is_some() {
+        if self.layout.piece_len(index) == data.len() as u64
+            && actual == expected
+            && self.piece_hash(index).is_some()
+        {
             Ok(())
         } else {
-            Err(VerifyError { index, expected, actual, len: data.len() })
+            Err(VerifyError {
+                index,
+                expected,
+                actual,
+                len: data.len(),
+            })
         }
     }
 
@@ -290,7 +312,10 @@ impl Manifest {
         let layout = PieceLayout::new(object_size, piece_size)?;
         let stated = reader.u32()?;
         if stated != layout.piece_count() {
-            return Err(ManifestError::PieceCountMismatch { stated, implied: layout.piece_count() });
+            return Err(ManifestError::PieceCountMismatch {
+                stated,
+                implied: layout.piece_count(),
+            });
         }
         let hash_bytes = reader.take(stated as usize * 32)?;
         let hashes = hash_bytes
@@ -328,28 +353,41 @@ impl Manifest {
                     validators.etag = Some(String::from_utf8_lossy(value).into_owned());
                 }
                 TAG_LAST_MODIFIED => {
-                    let array: [u8; 8] = value.try_into().map_err(|_| ManifestError::MalformedExtension(tag))?;
+                    let array: [u8; 8] = value
+                        .try_into()
+                        .map_err(|_| ManifestError::MalformedExtension(tag))?;
                     validators.last_modified_unix_s = Some(u64::from_be_bytes(array));
                 }
-                t if t & TAG_MUST_UNDERSTAND != 0 => return Err(ManifestError::UnknownRequiredExtension(t)),
+                t if t & TAG_MUST_UNDERSTAND != 0 => {
+                    return Err(ManifestError::UnknownRequiredExtension(t))
+                }
                 t => unknown_extensions.push((t, value.to_vec())),
             }
         }
         if reader.offset != bytes.len() {
             return Err(ManifestError::TrailingBytes(bytes.len() - reader.offset));
         }
-        Ok(Self { layout, hashes, validators, unknown_extensions })
+        Ok(Self {
+            layout,
+            hashes,
+            validators,
+            unknown_extensions,
+        })
     }
 }
 
 /// An entity tag as it appears in a header: visible ASCII, bounded length.
 fn valid_etag_text(value: &[u8]) -> bool {
-    !value.is_empty() && value.len() <= ETAG_LEN_MAX_BYTES && value.iter().all(|b| (0x21..=0x7e).contains(b))
+    !value.is_empty()
+        && value.len() <= ETAG_LEN_MAX_BYTES
+        && value.iter().all(|b| (0x21..=0x7e).contains(b))
 }
 
 /// BLAKE3 of every piece of `data`, computed in parallel across pieces.
 pub fn hash_pieces(data: &[u8], piece_size: PieceSize) -> Vec<PieceHash> {
-    data.par_chunks(piece_size.bytes() as usize).map(PieceHash::of).collect()
+    data.par_chunks(piece_size.bytes() as usize)
+        .map(PieceHash::of)
+        .collect()
 }
 
 struct Reader<'a> {
@@ -361,7 +399,10 @@ impl<'a> Reader<'a> {
     fn take(&mut self, len: usize) -> Result<&'a [u8], ManifestError> {
         let available = self.bytes.len() - self.offset;
         if len > available {
-            return Err(ManifestError::Truncated { offset: self.offset, needed: len - available });
+            return Err(ManifestError::Truncated {
+                offset: self.offset,
+                needed: len - available,
+            });
         }
         let slice = &self.bytes[self.offset..self.offset + len];
         self.offset += len;
@@ -397,7 +438,10 @@ mod tests {
 
     fn sample(size: usize) -> Manifest {
         let data: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
-        let validators = Validators { etag: Some("\"abc\"".into()), last_modified_unix_s: Some(1_700_000_000) };
+        let validators = Validators {
+            etag: Some("\"abc\"".into()),
+            last_modified_unix_s: Some(1_700_000_000),
+        };
         Manifest::from_data(&data, PieceSize::MIN, validators).unwrap()
     }
 
@@ -439,16 +483,28 @@ mod tests {
         assert_eq!(decoded.encode(), bytes);
         let len = bytes.len();
         bytes[len - 9] |= 0x80;
-        assert_eq!(Manifest::decode(&bytes), Err(ManifestError::UnknownRequiredExtension(0x8007)));
+        assert_eq!(
+            Manifest::decode(&bytes),
+            Err(ManifestError::UnknownRequiredExtension(0x8007))
+        );
     }
 
     #[test]
     fn rejects_garbage() {
-        assert_eq!(Manifest::decode(b""), Err(ManifestError::Truncated { offset: 0, needed: 8 }));
+        assert_eq!(
+            Manifest::decode(b""),
+            Err(ManifestError::Truncated {
+                offset: 0,
+                needed: 8
+            })
+        );
         assert_eq!(Manifest::decode(b"NOTSHOAL"), Err(ManifestError::BadMagic));
         let mut bytes = sample(1000).encode();
         bytes.push(0);
-        assert_eq!(Manifest::decode(&bytes), Err(ManifestError::TrailingBytes(1)));
+        assert_eq!(
+            Manifest::decode(&bytes),
+            Err(ManifestError::TrailingBytes(1))
+        );
         // A huge stated piece count with a tiny body must not allocate.
         let mut huge = Vec::new();
         huge.extend_from_slice(MAGIC);
@@ -457,7 +513,10 @@ mod tests {
         huge.push(22);
         huge.push(0);
         huge.extend_from_slice(&(1u32 << 18).to_be_bytes());
-        assert!(matches!(Manifest::decode(&huge), Err(ManifestError::Truncated { .. })));
+        assert!(matches!(
+            Manifest::decode(&huge),
+            Err(ManifestError::Truncated { .. })
+        ));
     }
 
     #[test]

@@ -34,8 +34,12 @@ pub enum PieceSizeError {
 impl PieceSize {
     pub const MIN_LOG2: u8 = 18;
     pub const MAX_LOG2: u8 = 22;
-    pub const MIN: PieceSize = PieceSize { log2: Self::MIN_LOG2 };
-    pub const MAX: PieceSize = PieceSize { log2: Self::MAX_LOG2 };
+    pub const MIN: PieceSize = PieceSize {
+        log2: Self::MIN_LOG2,
+    };
+    pub const MAX: PieceSize = PieceSize {
+        log2: Self::MAX_LOG2,
+    };
     /// The piece count an automatically chosen size aims to stay under.
     pub const TARGET_PIECES_MAX: u64 = 4000;
     /// Objects may not have more pieces than this (bounds manifest size:
@@ -46,7 +50,9 @@ impl PieceSize {
         if (Self::MIN_LOG2..=Self::MAX_LOG2).contains(&log2) {
             Ok(Self { log2 })
         } else {
-            Err(PieceSizeError::OutOfRange(1u64.checked_shl(log2 as u32).unwrap_or(0)))
+            Err(PieceSizeError::OutOfRange(
+                1u64.checked_shl(log2 as u32).unwrap_or(0),
+            ))
         }
     }
 
@@ -62,7 +68,8 @@ impl PieceSize {
     /// [`Self::TARGET_PIECES_MAX`] pieces, clamped to 256 KiB..=4 MiB.
     pub fn for_object_size(object_size: u64) -> Self {
         let mut log2 = Self::MIN_LOG2;
-        while log2 < Self::MAX_LOG2 && object_size.div_ceil(1u64 << log2) > Self::TARGET_PIECES_MAX {
+        while log2 < Self::MAX_LOG2 && object_size.div_ceil(1u64 << log2) > Self::TARGET_PIECES_MAX
+        {
             log2 += 1;
         }
         Self { log2 }
@@ -94,7 +101,10 @@ impl PieceLayout {
                 max: PieceSize::PIECE_COUNT_MAX,
             });
         }
-        Ok(Self { object_size, piece_size })
+        Ok(Self {
+            object_size,
+            piece_size,
+        })
     }
 
     pub fn object_size(&self) -> u64 {
@@ -174,11 +184,21 @@ mod tests {
     fn edge_sizes() {
         let ps = PieceSize::MIN;
         let p = ps.bytes();
-        for (size, count, last_len) in [(0, 0, 0), (1, 1, 1), (p - 1, 1, p - 1), (p, 1, p), (p + 1, 2, 1)] {
+        for (size, count, last_len) in [
+            (0, 0, 0),
+            (1, 1, 1),
+            (p - 1, 1, p - 1),
+            (p, 1, p),
+            (p + 1, 2, 1),
+        ] {
             let layout = PieceLayout::new(size, ps).unwrap();
             assert_eq!(layout.piece_count(), count, "size {size}");
             if count > 0 {
-                assert_eq!(layout.piece_len(PieceIndex(count - 1)), last_len, "size {size}");
+                assert_eq!(
+                    layout.piece_len(PieceIndex(count - 1)),
+                    last_len,
+                    "size {size}"
+                );
             }
             assert_eq!(layout.piece_span(PieceIndex(count)), None);
         }
@@ -208,7 +228,7 @@ mod tests {
             let first = layout.piece_span(PieceIndex(*pieces.start())).unwrap();
             let last = layout.piece_span(PieceIndex(*pieces.end())).unwrap();
             prop_assert!(first.start() <= span.start() && span.start() < first.end());
-            prop_assert!(last.start() <= span.end() - 1 && span.end() <= last.end());
+            prop_assert!(last.start() < span.end() && span.end() <= last.end());
         }
     }
 }

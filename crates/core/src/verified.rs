@@ -28,30 +28,61 @@ pub struct PieceLengthError {
 
 impl VerifiedPiece {
     /// Verifies `data` as piece `index` of `manifest`.
-    pub fn verify(manifest: &Manifest, index: PieceIndex, data: Bytes) -> Result<Self, VerifyError> {
+    pub fn verify(
+        manifest: &Manifest,
+        index: PieceIndex,
+        data: Bytes,
+    ) -> Result<Self, VerifyError> {
         manifest.verify_piece(index, &data)?;
-        let hash = manifest.piece_hash(index).expect("verify_piece checked the index");
+        let hash = manifest
+            .piece_hash(index)
+            .expect("verify_piece checked the index");
         Ok(Self { index, hash, data })
     }
 
     /// Verifies `data` against a hash recorded earlier for this piece.
-    pub fn verify_against(index: PieceIndex, expected: PieceHash, data: Bytes) -> Result<Self, VerifyError> {
+    pub fn verify_against(
+        index: PieceIndex,
+        expected: PieceHash,
+        data: Bytes,
+    ) -> Result<Self, VerifyError> {
         let actual = PieceHash::of(&data);
         if actual == expected {
-            Ok(Self { index, hash: expected, data })
+            Ok(Self {
+                index,
+                hash: expected,
+                data,
+            })
         } else {
-            Err(VerifyError { index, expected, actual, len: data.len() })
+            Err(VerifyError {
+                index,
+                expected,
+                actual,
+                len: data.len(),
+            })
         }
     }
 
     /// Accepts bytes first ingested from the origin for an object without a
     /// published manifest: their hash becomes the reference from now on.
-    pub fn ingest(layout: &PieceLayout, index: PieceIndex, data: Bytes) -> Result<Self, PieceLengthError> {
+    pub fn ingest(
+        layout: &PieceLayout,
+        index: PieceIndex,
+        data: Bytes,
+    ) -> Result<Self, PieceLengthError> {
         let expected = layout.piece_len(index);
         if expected != data.len() as u64 || layout.piece_span(index).is_none() {
-            return Err(PieceLengthError { index, expected, actual: data.len() as u64 });
+            return Err(PieceLengthError {
+                index,
+                expected,
+                actual: data.len() as u64,
+            });
         }
-        Ok(Self { index, hash: PieceHash::of(&data), data })
+        Ok(Self {
+            index,
+            hash: PieceHash::of(&data),
+            data,
+        })
     }
 
     pub fn index(&self) -> PieceIndex {
@@ -93,7 +124,9 @@ mod tests {
         let piece = VerifiedPiece::verify(&m, PieceIndex(0), first.clone()).unwrap();
         assert_eq!(piece.data(), &first);
         assert!(VerifiedPiece::verify(&m, PieceIndex(1), first.clone()).is_err());
-        assert!(VerifiedPiece::verify_against(PieceIndex(0), piece.hash(), first.slice(1..)).is_err());
+        assert!(
+            VerifiedPiece::verify_against(PieceIndex(0), piece.hash(), first.slice(1..)).is_err()
+        );
         let layout = m.layout();
         assert!(VerifiedPiece::ingest(&layout, PieceIndex(1), data.slice(262_144..)).is_ok());
         assert!(VerifiedPiece::ingest(&layout, PieceIndex(1), data.slice(262_143..)).is_err());

@@ -59,19 +59,35 @@ pub struct OriginArgs {
     pub listen: Option<SocketAddr>,
 }
 
-fn layered<T: Serialize, A: Serialize>(defaults: T, file: Option<&PathBuf>, env_prefix: &str, args: &A) -> anyhow::Result<Figment> {
+fn layered<T: Serialize, A: Serialize>(
+    defaults: T,
+    file: Option<&PathBuf>,
+    env_prefix: &str,
+    args: &A,
+) -> anyhow::Result<Figment> {
     let mut figment = Figment::from(Serialized::defaults(defaults));
     if let Some(path) = file {
-        anyhow::ensure!(path.is_file(), "config file {} does not exist", path.display());
+        anyhow::ensure!(
+            path.is_file(),
+            "config file {} does not exist",
+            path.display()
+        );
         figment = figment.merge(Toml::file(path));
     }
-    Ok(figment.merge(Env::prefixed(env_prefix).split("__")).merge(Serialized::defaults(args)))
+    Ok(figment
+        .merge(Env::prefixed(env_prefix).split("__"))
+        .merge(Serialized::defaults(args)))
 }
 
 pub fn cache_config(args: CacheArgs) -> anyhow::Result<shoal_cache::CacheConfig> {
-    let config: shoal_cache::CacheConfig = layered(shoal_cache::CacheConfig::default(), args.config.as_ref(), "SHOAL_CACHE_", &args)?
-        .extract()
-        .context("cache configuration")?;
+    let config: shoal_cache::CacheConfig = layered(
+        shoal_cache::CacheConfig::default(),
+        args.config.as_ref(),
+        "SHOAL_CACHE_",
+        &args,
+    )?
+    .extract()
+    .context("cache configuration")?;
     config.validate()?;
     Ok(config)
 }
@@ -79,7 +95,12 @@ pub fn cache_config(args: CacheArgs) -> anyhow::Result<shoal_cache::CacheConfig>
 pub fn origin_config(args: OriginArgs) -> anyhow::Result<shoal_origin::OriginConfig> {
     let defaults = shoal_origin::OriginConfig::new("", SocketAddr::from(([127, 0, 0, 1], 8080)));
     let config: shoal_origin::OriginConfig =
-        layered(defaults, args.config.as_ref(), "SHOAL_ORIGIN_", &args)?.extract().context("origin configuration")?;
-    anyhow::ensure!(!config.root.as_os_str().is_empty(), "an origin needs a root directory (--root DIR)");
+        layered(defaults, args.config.as_ref(), "SHOAL_ORIGIN_", &args)?
+            .extract()
+            .context("origin configuration")?;
+    anyhow::ensure!(
+        !config.root.as_os_str().is_empty(),
+        "an origin needs a root directory (--root DIR)"
+    );
     Ok(config)
 }

@@ -18,28 +18,58 @@ struct Sample {
 }
 
 pub async fn run(video_size: ByteSize, once: bool, cache_port: u16) -> anyhow::Result<()> {
-    let workdir = tempfile::Builder::new().prefix("shoal-demo-").tempdir().context("creating a work directory")?;
+    let workdir = tempfile::Builder::new()
+        .prefix("shoal-demo-")
+        .tempdir()
+        .context("creating a work directory")?;
     let root = workdir.path().join("origin");
     let samples = [
-        Sample { path: "videos/feature.mp4", size: video_size.0, publish: true },
-        Sample { path: "downloads/installer.bin", size: 24 << 20, publish: false },
-        Sample { path: "hello.txt", size: 0, publish: true },
-        Sample { path: "edge/one-byte.bin", size: 1, publish: true },
-        Sample { path: "edge/piece-plus-one.bin", size: (256 << 10) + 1, publish: true },
+        Sample {
+            path: "videos/feature.mp4",
+            size: video_size.0,
+            publish: true,
+        },
+        Sample {
+            path: "downloads/installer.bin",
+            size: 24 << 20,
+            publish: false,
+        },
+        Sample {
+            path: "hello.txt",
+            size: 0,
+            publish: true,
+        },
+        Sample {
+            path: "edge/one-byte.bin",
+            size: 1,
+            publish: true,
+        },
+        Sample {
+            path: "edge/piece-plus-one.bin",
+            size: (256 << 10) + 1,
+            publish: true,
+        },
     ];
-    println!("shoal demo: generating sample content in {}", root.display());
+    println!(
+        "shoal demo: generating sample content in {}",
+        root.display()
+    );
     for sample in samples.iter().filter(|s| s.publish) {
         write_sample(&root, sample)?;
     }
-    let report = shoal_origin::publish(&root, &shoal_origin::PublishOptions::default()).context("publishing samples")?;
+    let report = shoal_origin::publish(&root, &shoal_origin::PublishOptions::default())
+        .context("publishing samples")?;
     println!("  published: {report}");
     for sample in samples.iter().filter(|s| !s.publish) {
         write_sample(&root, sample)?;
     }
 
-    let origin = shoal_origin::OriginServer::bind(shoal_origin::OriginConfig::new(root.clone(), "127.0.0.1:0".parse()?))
-        .await
-        .context("starting the origin")?;
+    let origin = shoal_origin::OriginServer::bind(shoal_origin::OriginConfig::new(
+        root.clone(),
+        "127.0.0.1:0".parse()?,
+    ))
+    .await
+    .context("starting the origin")?;
     let origin_url = format!("http://{}", origin.local_addr());
     let (stop_sender, stop) = tokio::sync::watch::channel(false);
     let wait_stop = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
@@ -62,15 +92,27 @@ pub async fn run(video_size: ByteSize, once: bool, cache_port: u16) -> anyhow::R
     println!("  origin: {origin_url}\n  cache:  {cache_url}\n");
 
     let client = reqwest::Client::builder().build()?;
-    println!("{:<28} {:>10} {:>8} {:>12}  {}", "download through the cache", "bytes", "seconds", "MiB/s", "verified");
+    println!(
+        "{:<28} {:>10} {:>8} {:>12}  verified",
+        "download through the cache", "bytes", "seconds", "MiB/s"
+    );
     for round in ["cold", "warm"] {
         for sample in &samples {
             let url = format!("{cache_url}/{}", sample.path);
             let started = Instant::now();
-            let body = client.get(&url).send().await?.error_for_status()?.bytes().await?;
+            let body = client
+                .get(&url)
+                .send()
+                .await?
+                .error_for_status()?
+                .bytes()
+                .await?;
             let seconds = started.elapsed().as_secs_f64();
             let expected = std::fs::read(root.join(sample.path))?;
-            ensure!(body.as_ref() == expected.as_slice(), "{url}: bytes differ from the origin's file");
+            ensure!(
+                body.as_ref() == expected.as_slice(),
+                "{url}: bytes differ from the origin's file"
+            );
             println!(
                 "{:<28} {:>10} {:>8.3} {:>12.1}  yes",
                 format!("{round} /{}", sample.path),
@@ -83,14 +125,32 @@ pub async fn run(video_size: ByteSize, once: bool, cache_port: u16) -> anyhow::R
     // One ranged read: the middle MiB of the video.
     let middle = video_size.0 / 2;
     let range = format!("bytes={}-{}", middle, middle + (1 << 20) - 1);
-    let response = client.get(format!("{cache_url}/videos/feature.mp4")).header("range", &range).send().await?;
-    println!("\nrange {range} of /videos/feature.mp4 → {}", response.status());
+    let response = client
+        .get(format!("{cache_url}/videos/feature.mp4"))
+        .header("range", &range)
+        .send()
+        .await?;
+    println!(
+        "\nrange {range} of /videos/feature.mp4 → {}",
+        response.status()
+    );
 
     let stats = service.stats_snapshot();
     println!("\nsummary");
-    println!("  bytes served to clients   {:>14}  ({})", stats.bytes_served, ByteSize(stats.bytes_served));
-    println!("  bytes fetched from origin {:>14}  ({})", stats.origin_bytes, ByteSize(stats.origin_bytes));
-    println!("  bytes served from cache   {:>14}", stats.bytes_served_from_store);
+    println!(
+        "  bytes served to clients   {:>14}  ({})",
+        stats.bytes_served,
+        ByteSize(stats.bytes_served)
+    );
+    println!(
+        "  bytes fetched from origin {:>14}  ({})",
+        stats.origin_bytes,
+        ByteSize(stats.origin_bytes)
+    );
+    println!(
+        "  bytes served from cache   {:>14}",
+        stats.bytes_served_from_store
+    );
     println!("  byte hit ratio            {:>14.3}", stats.byte_hit_ratio);
     println!("  origin requests           {:>14}", stats.origin_requests);
     println!("  pieces stored             {:>14}", stats.store_pieces);

@@ -12,7 +12,11 @@ use shoal_core::ByteSize;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "shoal", version, about = "A hybrid peer-to-peer CDN for large assets")]
+#[command(
+    name = "shoal",
+    version,
+    about = "A hybrid peer-to-peer CDN for large assets"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -54,13 +58,24 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     init_tracing();
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     runtime.block_on(async move {
         match cli.command {
             Command::Origin(args) => run_origin(args).await,
-            Command::Publish { root, force, piece_size } => run_publish(root, force, piece_size),
+            Command::Publish {
+                root,
+                force,
+                piece_size,
+            } => run_publish(root, force, piece_size),
             Command::Cache(args) => run_cache(args).await,
-            Command::Demo { size, once, cache_port } => demo::run(size, once, cache_port).await,
+            Command::Demo {
+                size,
+                once,
+                cache_port,
+            } => demo::run(size, once, cache_port).await,
         }
     })
 }
@@ -68,7 +83,10 @@ fn main() -> anyhow::Result<()> {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,hyper=warn,reqwest=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -89,7 +107,9 @@ pub async fn shutdown_signal() {
 
 async fn run_origin(args: config::OriginArgs) -> anyhow::Result<()> {
     let config = config::origin_config(args)?;
-    let server = shoal_origin::OriginServer::bind(config).await.context("starting the origin")?;
+    let server = shoal_origin::OriginServer::bind(config)
+        .await
+        .context("starting the origin")?;
     // Tests and scripts read this line to learn the port.
     println!("shoal origin listening on http://{}", server.local_addr());
     server.serve(shutdown_signal()).await;
@@ -99,8 +119,13 @@ async fn run_origin(args: config::OriginArgs) -> anyhow::Result<()> {
 async fn run_cache(args: config::CacheArgs) -> anyhow::Result<()> {
     let config = config::cache_config(args)?;
     let origin = config.origin.clone();
-    let cache = shoal_cache::BoundCache::bind(config).await.context("starting the cache")?;
-    println!("shoal cache listening on http://{} (origin {origin})", cache.local_addr);
+    let cache = shoal_cache::BoundCache::bind(config)
+        .await
+        .context("starting the cache")?;
+    println!(
+        "shoal cache listening on http://{} (origin {origin})",
+        cache.local_addr
+    );
     cache.run(shutdown_signal()).await;
     Ok(())
 }
@@ -110,9 +135,18 @@ fn run_publish(root: PathBuf, force: bool, piece_size: Option<ByteSize>) -> anyh
         .map(|s| shoal_core::PieceSize::from_bytes(s.0))
         .transpose()
         .context("--piece-size")?;
-    let options = shoal_origin::PublishOptions { force, piece_size, ..Default::default() };
-    let report = shoal_origin::publish(&root, &options).with_context(|| format!("publishing {}", root.display()))?;
+    let options = shoal_origin::PublishOptions {
+        force,
+        piece_size,
+        ..Default::default()
+    };
+    let report = shoal_origin::publish(&root, &options)
+        .with_context(|| format!("publishing {}", root.display()))?;
     println!("{report}");
-    anyhow::ensure!(report.failed.is_empty(), "{} file(s) could not be published", report.failed.len());
+    anyhow::ensure!(
+        report.failed.is_empty(),
+        "{} file(s) could not be published",
+        report.failed.len()
+    );
     Ok(())
 }

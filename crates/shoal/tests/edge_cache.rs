@@ -5,7 +5,15 @@ mod support;
 
 use support::*;
 
-const SIZES: [u64; 7] = [0, 1, PIECE - 1, PIECE, PIECE + 1, 3 * PIECE + 17, 5 * 1024 * 1024 + 3];
+const SIZES: [u64; 7] = [
+    0,
+    1,
+    PIECE - 1,
+    PIECE,
+    PIECE + 1,
+    3 * PIECE + 17,
+    5 * 1024 * 1024 + 3,
+];
 
 fn sample_root(publish_them: bool) -> (tempfile::TempDir, Vec<(String, Vec<u8>)>) {
     let root = tempfile::tempdir().unwrap();
@@ -27,7 +35,11 @@ fn check_all_clients(cache_url: &str, files: &[(String, Vec<u8>)]) {
         let url = format!("{cache_url}/{name}");
         let got = curl(&url, &[]);
         assert_eq!(got.status, 200, "{url}");
-        assert_eq!(got.header("content-length"), Some(data.len().to_string().as_str()), "{url}");
+        assert_eq!(
+            got.header("content-length"),
+            Some(data.len().to_string().as_str()),
+            "{url}"
+        );
         assert!(got.body == *data, "curl bytes differ for {url}");
         if !data.is_empty() {
             assert!(aria2c(&url) == *data, "aria2c bytes differ for {url}");
@@ -45,7 +57,10 @@ fn published_objects_through_cache_match_source_with_shoal_origin() {
     // Second round is served from the store: the origin sees no new bytes.
     let origin_bytes = stat(&cache.url, "origin_bytes");
     let total: u64 = files.iter().map(|(_, d)| d.len() as u64).sum();
-    assert_eq!(origin_bytes, total, "each byte fetched from the origin exactly once");
+    assert_eq!(
+        origin_bytes, total,
+        "each byte fetched from the origin exactly once"
+    );
     check_all_clients(&cache.url, &files);
     assert_eq!(stat(&cache.url, "origin_bytes"), origin_bytes);
     assert_eq!(stat(&cache.url, "corrupt_pieces"), 0);
@@ -77,14 +92,20 @@ fn range_semantics() {
     let origin = start_origin(root.path());
     let data = tempfile::tempdir().unwrap();
     let cache = start_cache(&origin.url, data.path(), "1GiB", &[]);
-    let (name, body) = files.iter().find(|(_, d)| d.len() as u64 == 3 * PIECE + 17).unwrap();
+    let (name, body) = files
+        .iter()
+        .find(|(_, d)| d.len() as u64 == 3 * PIECE + 17)
+        .unwrap();
     let url = format!("{}/{name}", cache.url);
     let len = body.len();
 
     let single = curl(&url, &["-r", "100-299999"]);
     assert_eq!(single.status, 206);
     assert_eq!(single.body, body[100..300_000]);
-    assert_eq!(single.header("content-range"), Some(format!("bytes 100-299999/{len}").as_str()));
+    assert_eq!(
+        single.header("content-range"),
+        Some(format!("bytes 100-299999/{len}").as_str())
+    );
 
     let open = curl(&url, &["-H", "Range: bytes=500000-"]);
     assert_eq!(open.status, 206);
@@ -97,23 +118,53 @@ fn range_semantics() {
     let multi = curl(&url, &["-H", "Range: bytes=0-9,262140-262150,-5"]);
     assert_eq!(multi.status, 206);
     let content_type = multi.header("content-type").unwrap().to_string();
-    assert!(content_type.starts_with("multipart/byteranges; boundary="), "{content_type}");
-    assert_eq!(multi.header("content-length"), Some(multi.body.len().to_string().as_str()));
-    let boundary = content_type.split("boundary=").nth(1).unwrap().trim_matches('"');
+    assert!(
+        content_type.starts_with("multipart/byteranges; boundary="),
+        "{content_type}"
+    );
+    assert_eq!(
+        multi.header("content-length"),
+        Some(multi.body.len().to_string().as_str())
+    );
+    let boundary = content_type
+        .split("boundary=")
+        .nth(1)
+        .unwrap()
+        .trim_matches('"');
     let parts = split_multipart(&multi.body, boundary);
     assert_eq!(parts.len(), 3);
     assert_eq!(parts[0], (format!("bytes 0-9/{len}"), body[0..10].to_vec()));
-    assert_eq!(parts[1], (format!("bytes 262140-262150/{len}"), body[262_140..262_151].to_vec()));
-    assert_eq!(parts[2], (format!("bytes {}-{}/{len}", len - 5, len - 1), body[len - 5..].to_vec()));
+    assert_eq!(
+        parts[1],
+        (
+            format!("bytes 262140-262150/{len}"),
+            body[262_140..262_151].to_vec()
+        )
+    );
+    assert_eq!(
+        parts[2],
+        (
+            format!("bytes {}-{}/{len}", len - 5, len - 1),
+            body[len - 5..].to_vec()
+        )
+    );
 
     let unsatisfiable = curl(&url, &["-H", &format!("Range: bytes={len}-")]);
     assert_eq!(unsatisfiable.status, 416);
-    assert_eq!(unsatisfiable.header("content-range"), Some(format!("bytes */{len}").as_str()));
+    assert_eq!(
+        unsatisfiable.header("content-range"),
+        Some(format!("bytes */{len}").as_str())
+    );
 
     let absurd = curl(&url, &["-H", "Range: bytes=99999999999999999999999-"]);
     assert_eq!(absurd.status, 416);
-    let too_many: Vec<String> = (0..17).map(|i| format!("{}-{}", i * 10, i * 10 + 1)).collect();
-    let too_many = curl(&url, &["-H", &format!("Range: bytes={}", too_many.join(","))]);
+    let too_many: Vec<String> = (0..17)
+        .map(|i| format!("{}-{}", i * 10, i * 10 + 1))
+        .collect();
+    let too_many = curl(
+        &url,
+        &["-H", &format!("Range: bytes={}", too_many.join(","))],
+    );
     assert_eq!(too_many.status, 416);
 
     let full = curl(&url, &[]);
@@ -134,11 +185,19 @@ fn range_semantics() {
     // (curl -I writes the headers where the body would go.)
     let head = curl(&url, &["-I"]);
     assert_eq!(head.status, 200);
-    assert_eq!(head.header("content-length"), Some(len.to_string().as_str()));
+    assert_eq!(
+        head.header("content-length"),
+        Some(len.to_string().as_str())
+    );
     assert!(head.body.len() < 1024, "HEAD carried a body");
 
     // Ranges at piece edges and on the empty object.
-    for (start, end) in [(0, PIECE - 1), (PIECE - 1, PIECE), (PIECE, PIECE), (len as u64 - 1, len as u64 - 1)] {
+    for (start, end) in [
+        (0, PIECE - 1),
+        (PIECE - 1, PIECE),
+        (PIECE, PIECE),
+        (len as u64 - 1, len as u64 - 1),
+    ] {
         let r = curl(&url, &["-r", &format!("{start}-{end}")]);
         assert_eq!(r.status, 206);
         assert_eq!(r.body, body[start as usize..=end as usize]);
@@ -158,8 +217,7 @@ fn split_multipart(body: &[u8], boundary: &str) -> Vec<(String, Vec<u8>)> {
     let delimiter = format!("--{boundary}");
     let mut parts = Vec::new();
     let mut rest = body;
-    loop {
-        let Some(at) = find(rest, delimiter.as_bytes()) else { break };
+    while let Some(at) = find(rest, delimiter.as_bytes()) {
         rest = &rest[at + delimiter.len()..];
         if rest.starts_with(b"--") {
             break;
@@ -168,12 +226,16 @@ fn split_multipart(body: &[u8], boundary: &str) -> Vec<(String, Vec<u8>)> {
         let headers = String::from_utf8_lossy(&rest[..header_end]).to_string();
         let content_range = headers
             .lines()
-            .find_map(|l| l.strip_prefix("Content-Range: ").or_else(|| l.strip_prefix("content-range: ")))
+            .find_map(|l| {
+                l.strip_prefix("Content-Range: ")
+                    .or_else(|| l.strip_prefix("content-range: "))
+            })
             .expect("part Content-Range")
             .trim()
             .to_string();
         let data_start = header_end + 4;
-        let next = find(&rest[data_start..], format!("\r\n{delimiter}").as_bytes()).expect("part end");
+        let next =
+            find(&rest[data_start..], format!("\r\n{delimiter}").as_bytes()).expect("part end");
         parts.push((content_range, rest[data_start..data_start + next].to_vec()));
         rest = &rest[data_start + next + 2..];
     }
@@ -196,13 +258,23 @@ fn concurrent_cold_clients_share_one_origin_fetch() {
     let handles: Vec<_> = (0..8)
         .map(|i| {
             let url = url.clone();
-            std::thread::spawn(move || if i % 2 == 0 { curl(&url, &[]).body } else { aria2c(&url) })
+            std::thread::spawn(move || {
+                if i % 2 == 0 {
+                    curl(&url, &[]).body
+                } else {
+                    aria2c(&url)
+                }
+            })
         })
         .collect();
     for handle in handles {
         assert!(handle.join().unwrap() == data);
     }
-    assert_eq!(stat(&cache.url, "origin_bytes"), data.len() as u64, "origin saw each byte once");
+    assert_eq!(
+        stat(&cache.url, "origin_bytes"),
+        data.len() as u64,
+        "origin saw each byte once"
+    );
 }
 
 #[test]
@@ -212,18 +284,39 @@ fn bad_requests_get_clear_4xx() {
     let origin = start_origin(root.path());
     let store = tempfile::tempdir().unwrap();
     let cache = start_cache(&origin.url, store.path(), "1GiB", &[]);
-    for path in ["/../etc/passwd", "/%2e%2e/etc/passwd", "/files/%2E%2E/%2e%2e/x", "/files//size-1.bin", "/files/./size-1.bin", "/a%00b", "/a\\b"] {
+    for path in [
+        "/../etc/passwd",
+        "/%2e%2e/etc/passwd",
+        "/files/%2E%2E/%2e%2e/x",
+        "/files//size-1.bin",
+        "/files/./size-1.bin",
+        "/a%00b",
+        "/a\\b",
+    ] {
         let result = curl(&format!("{}{}", cache.url, path), &["--path-as-is"]);
         assert_eq!(result.status, 400, "{path} → {}", result.status);
     }
-    assert_eq!(curl(&format!("{}/no/such/file.bin", cache.url), &[]).status, 404);
+    assert_eq!(
+        curl(&format!("{}/no/such/file.bin", cache.url), &[]).status,
+        404
+    );
     let huge = format!("X-Huge: {}", "a".repeat(100_000));
     let result = curl(&format!("{}/files/size-1.bin", cache.url), &["-H", &huge]);
-    assert!(result.status == 431 || result.status == 400, "huge header → {}", result.status);
-    let post = curl(&format!("{}/files/size-1.bin", cache.url), &["-X", "POST", "-d", "x"]);
+    assert!(
+        result.status == 431 || result.status == 400,
+        "huge header → {}",
+        result.status
+    );
+    let post = curl(
+        &format!("{}/files/size-1.bin", cache.url),
+        &["-X", "POST", "-d", "x"],
+    );
     assert_eq!(post.status, 405);
     // Still healthy after all that.
-    assert_eq!(curl(&format!("{}/files/size-1.bin", cache.url), &[]).status, 200);
+    assert_eq!(
+        curl(&format!("{}/files/size-1.bin", cache.url), &[]).status,
+        200
+    );
 }
 
 #[test]
@@ -245,7 +338,12 @@ fn origin_failures_become_502_or_504_and_cache_nothing() {
         std::thread::sleep(std::time::Duration::from_secs(30));
     });
     let store2 = tempfile::tempdir().unwrap();
-    let cache2 = start_cache(&silent_url, store2.path(), "1GiB", &[("SHOAL_CACHE_ORIGIN_READ_TIMEOUT_MS", "500")]);
+    let cache2 = start_cache(
+        &silent_url,
+        store2.path(),
+        "1GiB",
+        &[("SHOAL_CACHE_ORIGIN_READ_TIMEOUT_MS", "500")],
+    );
     assert_eq!(curl(&format!("{}/x.bin", cache2.url), &[]).status, 504);
     assert_eq!(stat(&cache2.url, "store_pieces"), 0);
 }
@@ -262,7 +360,12 @@ fn corrupted_origin_bytes_are_never_served() {
     let mut damaged = data.clone();
     damaged[2 * PIECE as usize + 10] ^= 0xff;
     std::fs::write(&path, &damaged).unwrap();
-    std::fs::File::options().write(true).open(&path).unwrap().set_modified(mtime).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
 
     let origin = start_origin(root.path());
     let store = tempfile::tempdir().unwrap();
@@ -271,8 +374,14 @@ fn corrupted_origin_bytes_are_never_served() {
     let whole = curl(&url, &[]);
     // Headers may be out before the bad piece arrives: then the body is cut
     // short. Either way the client never receives the damaged piece.
-    assert!(whole.exit_code != 0 || whole.status >= 500, "a damaged object must not download cleanly");
-    assert!(whole.body.len() <= 2 * PIECE as usize, "nothing past the damaged piece was sent");
+    assert!(
+        whole.exit_code != 0 || whole.status >= 500,
+        "a damaged object must not download cleanly"
+    );
+    assert!(
+        whole.body.len() <= 2 * PIECE as usize,
+        "nothing past the damaged piece was sent"
+    );
     assert!(data.starts_with(&whole.body), "every byte sent was correct");
     let bad_piece = curl(&url, &["-r", &format!("{}-{}", 2 * PIECE, 2 * PIECE + 100)]);
     assert_eq!(bad_piece.status, 502);
@@ -300,7 +409,11 @@ fn restart_after_kill9_is_warm_and_correct() {
     let cache = start_cache(&origin.url, store.path(), "1GiB", &[]);
     let url = format!("{}/a.bin", cache.url);
     assert!(curl(&url, &[]).body == data);
-    assert_eq!(stat(&cache.url, "origin_bytes"), 0, "restarted cache is warm");
+    assert_eq!(
+        stat(&cache.url, "origin_bytes"),
+        0,
+        "restarted cache is warm"
+    );
 }
 
 #[test]
@@ -317,7 +430,10 @@ fn kill9_mid_transfer_never_serves_torn_bytes() {
         std::thread::sleep(std::time::Duration::from_millis(400 + 300 * round));
         cache.kill9();
         let partial = downloader.join().unwrap();
-        assert!(data.starts_with(&partial.body), "bytes before the kill were correct");
+        assert!(
+            data.starts_with(&partial.body),
+            "bytes before the kill were correct"
+        );
     }
     let cache = start_cache(&nginx.url, store.path(), "1GiB", &[]);
     let url = format!("{}/b.bin", cache.url);
@@ -337,14 +453,22 @@ fn capacity_is_enforced_and_bytes_stay_correct() {
     publish(root.path());
     let origin = start_origin(root.path());
     let store = tempfile::tempdir().unwrap();
-    let cache = start_cache(&origin.url, store.path(), "8MiB", &[("SHOAL_CACHE_MEMORY_CAPACITY", "4MiB")]);
+    let cache = start_cache(
+        &origin.url,
+        store.path(),
+        "8MiB",
+        &[("SHOAL_CACHE_MEMORY_CAPACITY", "4MiB")],
+    );
     for _ in 0..2 {
         for (i, data) in files.iter().enumerate() {
             assert!(curl(&format!("{}/v{i}.bin", cache.url), &[]).body == *data);
         }
     }
     let resident = stat(&cache.url, "store_resident_bytes");
-    assert!(resident <= 8 * 1024 * 1024, "resident {resident} over the 8 MiB budget");
+    assert!(
+        resident <= 8 * 1024 * 1024,
+        "resident {resident} over the 8 MiB budget"
+    );
     assert!(stat(&cache.url, "store_pieces_evicted") > 0);
 }
 

@@ -22,15 +22,32 @@ pub(crate) const MANIFESTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new
 const BATCH_OPS_MAX: usize = 4096;
 
 pub(crate) enum WriteOp {
-    PutPiece { key: PieceKey, meta: PieceMeta },
+    PutPiece {
+        key: PieceKey,
+        meta: PieceMeta,
+    },
     /// Removes rows, then deletes the files (in that order, for crash safety).
-    RemovePieces { keys: Vec<PieceKey> },
-    PutRecord { path: String, bytes: Vec<u8> },
-    RemoveRecord { path: String },
-    PutManifest { id: ObjectId, bytes: Vec<u8> },
-    RemoveManifest { id: ObjectId },
+    RemovePieces {
+        keys: Vec<PieceKey>,
+    },
+    PutRecord {
+        path: String,
+        bytes: Vec<u8>,
+    },
+    RemoveRecord {
+        path: String,
+    },
+    PutManifest {
+        id: ObjectId,
+        bytes: Vec<u8>,
+    },
+    RemoveManifest {
+        id: ObjectId,
+    },
     /// Resolves once everything queued before it is committed.
-    Flush { done: oneshot::Sender<()> },
+    Flush {
+        done: oneshot::Sender<()>,
+    },
 }
 
 pub(crate) fn piece_key_bytes(key: &PieceKey) -> [u8; 36] {
@@ -43,7 +60,10 @@ pub(crate) fn piece_key_bytes(key: &PieceKey) -> [u8; 36] {
 pub(crate) fn piece_key_from_bytes(bytes: &[u8]) -> Option<PieceKey> {
     let id: [u8; 32] = bytes.get(..32)?.try_into().ok()?;
     let index: [u8; 4] = bytes.get(32..36)?.try_into().ok()?;
-    (bytes.len() == 36).then_some(PieceKey { object: ObjectId(id), index: PieceIndex(u32::from_be_bytes(index)) })
+    (bytes.len() == 36).then_some(PieceKey {
+        object: ObjectId(id),
+        index: PieceIndex(u32::from_be_bytes(index)),
+    })
 }
 
 pub(crate) fn meta_bytes(meta: &PieceMeta) -> [u8; 44] {
@@ -79,7 +99,13 @@ pub(crate) fn open(path: &Path) -> Result<Database, redb::Error> {
 
 /// Every piece row, for start-up recovery. Malformed rows are returned as
 /// raw keys to delete.
-pub(crate) fn load_pieces(db: &Database) -> Result<(Vec<(PieceKey, PieceMeta)>, Vec<Vec<u8>>), redb::Error> {
+/// Good rows, and the raw keys of rows that do not decode.
+pub(crate) struct LoadedPieces {
+    pub good: Vec<(PieceKey, PieceMeta)>,
+    pub malformed_keys: Vec<Vec<u8>>,
+}
+
+pub(crate) fn load_pieces(db: &Database) -> Result<LoadedPieces, redb::Error> {
     let txn = db.begin_read()?;
     let table = txn.open_table(PIECES)?;
     let mut good = Vec::new();
@@ -91,7 +117,10 @@ pub(crate) fn load_pieces(db: &Database) -> Result<(Vec<(PieceKey, PieceMeta)>, 
             _ => bad.push(k.value().to_vec()),
         }
     }
-    Ok((good, bad))
+    Ok(LoadedPieces {
+        good,
+        malformed_keys: bad,
+    })
 }
 
 pub(crate) fn remove_raw_piece_rows(db: &Database, keys: &[Vec<u8>]) -> Result<(), redb::Error> {
@@ -119,7 +148,11 @@ pub(crate) fn get_manifest(db: &Database, id: &ObjectId) -> Result<Option<Vec<u8
 }
 
 /// Runs the writer loop until every sender is gone.
-pub(crate) fn writer_loop(db: std::sync::Arc<Database>, pieces_dir: PathBuf, ops: mpsc::Receiver<WriteOp>) {
+pub(crate) fn writer_loop(
+    db: std::sync::Arc<Database>,
+    pieces_dir: PathBuf,
+    ops: mpsc::Receiver<WriteOp>,
+) {
     while let Ok(first) = ops.recv() {
         let mut batch = vec![first];
         while batch.len() < BATCH_OPS_MAX {
@@ -139,12 +172,16 @@ pub(crate) fn writer_loop(db: std::sync::Arc<Database>, pieces_dir: PathBuf, ops
                 for op in batch {
                     match op {
                         WriteOp::PutPiece { key, meta } => {
-                            pieces.insert(piece_key_bytes(&key).as_slice(), meta_bytes(&meta).as_slice())?;
+                            pieces.insert(
+                                piece_key_bytes(&key).as_slice(),
+                                meta_bytes(&meta).as_slice(),
+                            )?;
                         }
                         WriteOp::RemovePieces { keys } => {
                             for key in keys {
                                 pieces.remove(piece_key_bytes(&key).as_slice())?;
-                                files_to_delete.push(crate::store::piece_file_path(&pieces_dir, &key));
+                                files_to_delete
+                                    .push(crate::store::piece_file_path(&pieces_dir, &key));
                             }
                         }
                         WriteOp::PutRecord { path, bytes } => {

@@ -40,7 +40,10 @@ pub struct StoreConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store I/O error at {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("store index error: {0}")]
     Index(#[from] redb::Error),
     #[error("the store's writer thread has stopped")]
@@ -49,7 +52,10 @@ pub enum StoreError {
 
 impl StoreError {
     fn io(path: &Path, source: std::io::Error) -> Self {
-        StoreError::Io { path: path.to_path_buf(), source }
+        StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 
@@ -96,7 +102,10 @@ pub struct Store {
 
 pub(crate) fn piece_file_path(pieces_dir: &Path, key: &PieceKey) -> PathBuf {
     let hex = key.object.to_hex();
-    pieces_dir.join(&hex[..2]).join(&hex).join(key.index.0.to_string())
+    pieces_dir
+        .join(&hex[..2])
+        .join(&hex)
+        .join(key.index.0.to_string())
 }
 
 impl Store {
@@ -116,8 +125,9 @@ impl Store {
         let db = Arc::new(index::open(&data_dir.join("index.redb"))?);
         let stats = StoreStats::default();
 
-        let (rows, bad_rows) = index::load_pieces(&db)?;
-        let mut stale_rows: Vec<Vec<u8>> = bad_rows;
+        let loaded = index::load_pieces(&db)?;
+        let rows = loaded.good;
+        let mut stale_rows: Vec<Vec<u8>> = loaded.malformed_keys;
         let mut pieces = BTreeMap::new();
         for (key, meta) in rows {
             let path = piece_file_path(&pieces_dir, &key);
@@ -129,11 +139,16 @@ impl Store {
             }
         }
         if !stale_rows.is_empty() {
-            tracing::warn!(count = stale_rows.len(), "dropping index rows whose piece file is missing or torn");
+            tracing::warn!(
+                count = stale_rows.len(),
+                "dropping index rows whose piece file is missing or torn"
+            );
             index::remove_raw_piece_rows(&db, &stale_rows)?;
         }
         let removed = remove_orphan_files(&pieces_dir, &pieces);
-        stats.recovered_files_removed.store(removed, Ordering::Relaxed);
+        stats
+            .recovered_files_removed
+            .store(removed, Ordering::Relaxed);
 
         // Rebuild eviction state in insertion order; over budget (the budget
         // may have shrunk) evict right away.
@@ -166,8 +181,15 @@ impl Store {
             pieces_dir,
             tmp_dir,
             db,
-            disk: Mutex::new(Tier { pieces, policy, next_seq }),
-            memory: Mutex::new(MemoryTier { pieces: Default::default(), policy: memory_policy }),
+            disk: Mutex::new(Tier {
+                pieces,
+                policy,
+                next_seq,
+            }),
+            memory: Mutex::new(MemoryTier {
+                pieces: Default::default(),
+                policy: memory_policy,
+            }),
             writer: Mutex::new(Some(sender)),
             writer_thread: Mutex::new(Some(writer_thread)),
             tmp_counter: AtomicU64::new(0),
@@ -200,9 +222,18 @@ impl Store {
     /// The indices of the pieces of `object` held on disk.
     pub fn pieces_of(&self, object: &ObjectId) -> Vec<PieceIndex> {
         let tier = lock(&self.disk);
-        let start = PieceKey { object: *object, index: PieceIndex(0) };
-        let end = PieceKey { object: *object, index: PieceIndex(u32::MAX) };
-        tier.pieces.range(start..=end).map(|(k, _)| k.index).collect()
+        let start = PieceKey {
+            object: *object,
+            index: PieceIndex(0),
+        };
+        let end = PieceKey {
+            object: *object,
+            index: PieceIndex(u32::MAX),
+        };
+        tier.pieces
+            .range(start..=end)
+            .map(|(k, _)| k.index)
+            .collect()
     }
 
     /// The recorded hash of a stored piece.
@@ -246,13 +277,20 @@ impl Store {
                 self.drop_damaged(key);
                 return Ok(None);
             }
-            Err(join) => return Err(StoreError::io(&self.pieces_dir, std::io::Error::other(join))),
+            Err(join) => {
+                return Err(StoreError::io(
+                    &self.pieces_dir,
+                    std::io::Error::other(join),
+                ))
+            }
         };
         let verified = {
             let hash = meta.hash;
-            tokio::task::spawn_blocking(move || VerifiedPiece::verify_against(key.index, hash, data))
-                .await
-                .map_err(|e| StoreError::io(&self.pieces_dir, std::io::Error::other(e)))?
+            tokio::task::spawn_blocking(move || {
+                VerifiedPiece::verify_against(key.index, hash, data)
+            })
+            .await
+            .map_err(|e| StoreError::io(&self.pieces_dir, std::io::Error::other(e)))?
         };
         match verified {
             Ok(piece) => {
@@ -290,14 +328,24 @@ impl Store {
 
     /// Stores a verified piece (memory and disk) and evicts what the budget
     /// requires. Storing a piece that is already present does nothing.
-    pub async fn put(self: &Arc<Self>, object: ObjectId, piece: VerifiedPiece) -> Result<(), StoreError> {
-        let key = PieceKey { object, index: piece.index() };
+    pub async fn put(
+        self: &Arc<Self>,
+        object: ObjectId,
+        piece: VerifiedPiece,
+    ) -> Result<(), StoreError> {
+        let key = PieceKey {
+            object,
+            index: piece.index(),
+        };
         self.put_in_memory(key, piece.clone());
         if lock(&self.disk).pieces.contains_key(&key) {
             return Ok(());
         }
         let final_path = piece_file_path(&self.pieces_dir, &key);
-        let tmp_path = self.tmp_dir.join(format!("{}.tmp", self.tmp_counter.fetch_add(1, Ordering::Relaxed)));
+        let tmp_path = self.tmp_dir.join(format!(
+            "{}.tmp",
+            self.tmp_counter.fetch_add(1, Ordering::Relaxed)
+        ));
         let data = piece.data().clone();
         let write = {
             let (tmp, target) = (tmp_path.clone(), final_path.clone());
@@ -314,7 +362,11 @@ impl Store {
                 // Another writer won the race; same verified bytes.
                 return Ok(());
             }
-            let meta = PieceMeta { len: piece.len() as u32, hash: piece.hash(), seq: tier.next_seq };
+            let meta = PieceMeta {
+                len: piece.len() as u32,
+                hash: piece.hash(),
+                seq: tier.next_seq,
+            };
             tier.next_seq += 1;
             tier.pieces.insert(key, meta);
             let victims = tier.policy.insert(key, len);
@@ -324,8 +376,12 @@ impl Store {
                     evicted_bytes += m.len as u64;
                 }
             }
-            self.stats.pieces_evicted.fetch_add(victims.len() as u64, Ordering::Relaxed);
-            self.stats.bytes_evicted.fetch_add(evicted_bytes, Ordering::Relaxed);
+            self.stats
+                .pieces_evicted
+                .fetch_add(victims.len() as u64, Ordering::Relaxed);
+            self.stats
+                .bytes_evicted
+                .fetch_add(evicted_bytes, Ordering::Relaxed);
             (meta, victims)
         };
         self.stats.pieces_written.fetch_add(1, Ordering::Relaxed);
@@ -351,8 +407,14 @@ impl Store {
     pub fn remove_object(&self, object: &ObjectId) -> Result<(), StoreError> {
         let keys: Vec<PieceKey> = {
             let mut tier = lock(&self.disk);
-            let start = PieceKey { object: *object, index: PieceIndex(0) };
-            let end = PieceKey { object: *object, index: PieceIndex(u32::MAX) };
+            let start = PieceKey {
+                object: *object,
+                index: PieceIndex(0),
+            };
+            let end = PieceKey {
+                object: *object,
+                index: PieceIndex(u32::MAX),
+            };
             let keys: Vec<PieceKey> = tier.pieces.range(start..=end).map(|(k, _)| *k).collect();
             for key in &keys {
                 tier.pieces.remove(key);
@@ -362,7 +424,12 @@ impl Store {
         };
         {
             let mut memory = lock(&self.memory);
-            let in_memory: Vec<PieceKey> = memory.pieces.keys().filter(|k| k.object == *object).copied().collect();
+            let in_memory: Vec<PieceKey> = memory
+                .pieces
+                .keys()
+                .filter(|k| k.object == *object)
+                .copied()
+                .collect();
             for key in in_memory {
                 memory.pieces.remove(&key);
                 memory.policy.remove(&key);
@@ -391,11 +458,16 @@ impl Store {
     }
 
     pub fn put_record(&self, path: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
-        self.send(WriteOp::PutRecord { path: path.to_string(), bytes })
+        self.send(WriteOp::PutRecord {
+            path: path.to_string(),
+            bytes,
+        })
     }
 
     pub fn remove_record(&self, path: &str) -> Result<(), StoreError> {
-        self.send(WriteOp::RemoveRecord { path: path.to_string() })
+        self.send(WriteOp::RemoveRecord {
+            path: path.to_string(),
+        })
     }
 
     pub fn get_manifest(&self, id: &ObjectId) -> Result<Option<Vec<u8>>, StoreError> {
@@ -435,7 +507,9 @@ impl Drop for Store {
 /// Poisoning only means another thread panicked mid-update of plain data
 /// that stays structurally valid; keep serving.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn write_piece_file(tmp_path: &Path, final_path: &Path, data: &[u8]) -> std::io::Result<()> {
@@ -452,17 +526,29 @@ fn write_piece_file(tmp_path: &Path, final_path: &Path, data: &[u8]) -> std::io:
 /// Deletes piece files that no index row names; returns how many.
 fn remove_orphan_files(pieces_dir: &Path, pieces: &BTreeMap<PieceKey, PieceMeta>) -> u64 {
     let mut removed = 0;
-    let Ok(prefixes) = std::fs::read_dir(pieces_dir) else { return 0 };
+    let Ok(prefixes) = std::fs::read_dir(pieces_dir) else {
+        return 0;
+    };
     for prefix in prefixes.flatten() {
-        let Ok(objects) = std::fs::read_dir(prefix.path()) else { continue };
+        let Ok(objects) = std::fs::read_dir(prefix.path()) else {
+            continue;
+        };
         for object_dir in objects.flatten() {
             let id = object_dir.file_name().to_str().and_then(ObjectId::from_hex);
-            let Ok(files) = std::fs::read_dir(object_dir.path()) else { continue };
+            let Ok(files) = std::fs::read_dir(object_dir.path()) else {
+                continue;
+            };
             let mut kept = 0;
             for file in files.flatten() {
-                let index = file.file_name().to_str().and_then(|n| n.parse::<u32>().ok());
+                let index = file
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<u32>().ok());
                 let known = match (id, index) {
-                    (Some(object), Some(index)) => pieces.contains_key(&PieceKey { object, index: PieceIndex(index) }),
+                    (Some(object), Some(index)) => pieces.contains_key(&PieceKey {
+                        object,
+                        index: PieceIndex(index),
+                    }),
                     _ => false,
                 };
                 if known {

@@ -18,7 +18,9 @@ fn config(dir: &Path, capacity_bytes: u64) -> StoreConfig {
 
 fn object(pieces: usize, seed: u8) -> (Manifest, Vec<Bytes>) {
     let piece = PieceSize::MIN.bytes() as usize;
-    let data: Vec<u8> = (0..pieces * piece).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect();
+    let data: Vec<u8> = (0..pieces * piece)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect();
     let manifest = Manifest::from_data(&data, PieceSize::MIN, Validators::default()).unwrap();
     let chunks = data.chunks(piece).map(Bytes::copy_from_slice).collect();
     (manifest, chunks)
@@ -26,7 +28,10 @@ fn object(pieces: usize, seed: u8) -> (Manifest, Vec<Bytes>) {
 
 fn piece_file(dir: &Path, key: &PieceKey) -> std::path::PathBuf {
     let hex = key.object.to_hex();
-    dir.join("pieces").join(&hex[..2]).join(&hex).join(key.index.0.to_string())
+    dir.join("pieces")
+        .join(&hex[..2])
+        .join(&hex)
+        .join(key.index.0.to_string())
 }
 
 #[tokio::test]
@@ -37,7 +42,8 @@ async fn round_trip_and_restart_is_warm() {
     {
         let store = Store::open(config(dir.path(), 1 << 30)).unwrap();
         for (i, chunk) in chunks.iter().enumerate() {
-            let piece = VerifiedPiece::verify(&manifest, PieceIndex(i as u32), chunk.clone()).unwrap();
+            let piece =
+                VerifiedPiece::verify(&manifest, PieceIndex(i as u32), chunk.clone()).unwrap();
             store.put(id, piece).await.unwrap();
         }
         store.flush().await.unwrap();
@@ -46,10 +52,23 @@ async fn round_trip_and_restart_is_warm() {
     let store = Store::open(config(dir.path(), 1 << 30)).unwrap();
     assert_eq!(store.pieces_of(&id).len(), 4);
     for (i, chunk) in chunks.iter().enumerate() {
-        let got = store.get(PieceKey { object: id, index: PieceIndex(i as u32) }).await.unwrap().unwrap();
+        let got = store
+            .get(PieceKey {
+                object: id,
+                index: PieceIndex(i as u32),
+            })
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(got.data(), chunk);
     }
-    assert_eq!(store.stats().disk_hits.load(std::sync::atomic::Ordering::Relaxed), 4);
+    assert_eq!(
+        store
+            .stats()
+            .disk_hits
+            .load(std::sync::atomic::Ordering::Relaxed),
+        4
+    );
 }
 
 #[tokio::test]
@@ -57,7 +76,10 @@ async fn damaged_file_is_dropped_not_served() {
     let dir = tempfile::tempdir().unwrap();
     let (manifest, chunks) = object(2, 2);
     let id = manifest.id();
-    let key = PieceKey { object: id, index: PieceIndex(1) };
+    let key = PieceKey {
+        object: id,
+        index: PieceIndex(1),
+    };
     {
         let store = Store::open(config(dir.path(), 1 << 30)).unwrap();
         let piece = VerifiedPiece::verify(&manifest, PieceIndex(1), chunks[1].clone()).unwrap();
@@ -71,7 +93,13 @@ async fn damaged_file_is_dropped_not_served() {
     std::fs::write(&path, bytes).unwrap();
     let store = Store::open(config(dir.path(), 1 << 30)).unwrap();
     assert!(store.get(key).await.unwrap().is_none());
-    assert_eq!(store.stats().corrupt_pieces.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        store
+            .stats()
+            .corrupt_pieces
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
     assert!(!store.contains(&key));
 }
 
@@ -88,16 +116,31 @@ async fn crash_leftovers_are_cleaned_at_start() {
     }
     // A file renamed into place whose row never committed, a torn file
     // under a committed row, and a half-written temp file.
-    let orphan = piece_file(dir.path(), &PieceKey { object: id, index: PieceIndex(2) });
+    let orphan = piece_file(
+        dir.path(),
+        &PieceKey {
+            object: id,
+            index: PieceIndex(2),
+        },
+    );
     std::fs::write(&orphan, &chunks[2]).unwrap();
     std::fs::write(dir.path().join("tmp").join("7.tmp"), b"half").unwrap();
-    let torn = piece_file(dir.path(), &PieceKey { object: id, index: PieceIndex(0) });
+    let torn = piece_file(
+        dir.path(),
+        &PieceKey {
+            object: id,
+            index: PieceIndex(0),
+        },
+    );
     std::fs::write(&torn, &chunks[0][..100]).unwrap();
 
     let store = Store::open(config(dir.path(), 1 << 30)).unwrap();
     assert_eq!(store.piece_count(), 0, "the torn piece's row is dropped");
     assert!(!orphan.exists(), "the orphan file is removed");
-    assert!(std::fs::read_dir(dir.path().join("tmp")).unwrap().next().is_none());
+    assert!(std::fs::read_dir(dir.path().join("tmp"))
+        .unwrap()
+        .next()
+        .is_none());
 }
 
 #[tokio::test]
@@ -113,9 +156,22 @@ async fn budget_is_enforced_at_piece_granularity() {
         assert!(store.resident_bytes() <= 5 * PieceSize::MIN.bytes());
     }
     store.flush().await.unwrap();
-    let files = std::fs::read_dir(piece_file(dir.path(), &PieceKey { object: id, index: PieceIndex(0) }).parent().unwrap())
-        .unwrap()
-        .count();
-    assert!(files <= 5, "{files} piece files on disk for a 5-piece budget");
+    let files = std::fs::read_dir(
+        piece_file(
+            dir.path(),
+            &PieceKey {
+                object: id,
+                index: PieceIndex(0),
+            },
+        )
+        .parent()
+        .unwrap(),
+    )
+    .unwrap()
+    .count();
+    assert!(
+        files <= 5,
+        "{files} piece files on disk for a 5-piece budget"
+    );
     assert_eq!(store.piece_count(), files);
 }

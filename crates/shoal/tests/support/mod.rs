@@ -40,7 +40,11 @@ impl Drop for Proc {
 /// Starts `shoal ARGS...` and waits for its "listening on http://..." line.
 pub fn start_shoal(args: &[&str], env: &[(&str, &str)]) -> Proc {
     let mut command = Command::new(shoal_bin());
-    command.args(args).stdout(Stdio::piped()).stderr(Stdio::inherit()).stdin(Stdio::null());
+    command
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .stdin(Stdio::null());
     for (k, v) in env {
         command.env(k, v);
     }
@@ -56,20 +60,40 @@ pub fn start_shoal(args: &[&str], env: &[(&str, &str)]) -> Proc {
         let mut sink = Vec::new();
         let _ = reader.read_to_end(&mut sink);
     });
-    let line = receiver.recv_timeout(Duration::from_secs(30)).expect("shoal did not report its address");
+    let line = receiver
+        .recv_timeout(Duration::from_secs(30))
+        .expect("shoal did not report its address");
     let url = line
         .split_whitespace()
         .find(|w| w.starts_with("http://"))
         .unwrap_or_else(|| panic!("no URL in `{line}`"))
         .to_string();
-    Proc { child, url, name: args.first().copied().unwrap_or("shoal").to_string() }
+    Proc {
+        child,
+        url,
+        name: args.first().copied().unwrap_or("shoal").to_string(),
+    }
 }
 
 pub fn start_origin(root: &Path) -> Proc {
-    start_shoal(&["origin", "--root", root.to_str().unwrap(), "--listen", "127.0.0.1:0"], &[])
+    start_shoal(
+        &[
+            "origin",
+            "--root",
+            root.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    )
 }
 
-pub fn start_cache(origin_url: &str, data_dir: &Path, capacity: &str, env: &[(&str, &str)]) -> Proc {
+pub fn start_cache(
+    origin_url: &str,
+    data_dir: &Path,
+    capacity: &str,
+    env: &[(&str, &str)],
+) -> Proc {
     start_shoal(
         &[
             "cache",
@@ -87,12 +111,20 @@ pub fn start_cache(origin_url: &str, data_dir: &Path, capacity: &str, env: &[(&s
 }
 
 pub fn publish(root: &Path) {
-    let status = Command::new(shoal_bin()).args(["publish", root.to_str().unwrap()]).stdout(Stdio::null()).status().unwrap();
+    let status = Command::new(shoal_bin())
+        .args(["publish", root.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
     assert!(status.success(), "shoal publish failed");
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn wait_for_port(addr: SocketAddr) {
@@ -107,7 +139,11 @@ pub fn wait_for_port(addr: SocketAddr) {
 }
 
 fn find_tool(name: &str) -> PathBuf {
-    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/sbin", "/sbin"]) {
+    for dir in std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/sbin", "/sbin"])
+    {
         let candidate = Path::new(dir).join(name);
         if candidate.is_file() {
             return candidate;
@@ -151,14 +187,26 @@ http {{
     let conf_path = dir.path().join("nginx.conf");
     std::fs::write(&conf_path, conf).unwrap();
     let child = Command::new(find_tool("nginx"))
-        .args(["-p", dir.path().to_str().unwrap(), "-c", conf_path.to_str().unwrap()])
+        .args([
+            "-p",
+            dir.path().to_str().unwrap(),
+            "-c",
+            conf_path.to_str().unwrap(),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn nginx");
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     wait_for_port(addr);
-    (Proc { child, url: format!("http://{addr}"), name: "nginx".into() }, dir)
+    (
+        Proc {
+            child,
+            url: format!("http://{addr}"),
+            name: "nginx".into(),
+        },
+        dir,
+    )
 }
 
 /// Deterministic pseudo-random content.
@@ -192,7 +240,11 @@ pub struct CurlResult {
 
 impl CurlResult {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().rev().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .rev()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -202,7 +254,15 @@ pub fn curl(url: &str, args: &[&str]) -> CurlResult {
     let body_path = dir.path().join("body");
     let headers_path = dir.path().join("headers");
     let output = Command::new(find_tool("curl"))
-        .args(["-sS", "--max-time", "120", "-o", body_path.to_str().unwrap(), "-D", headers_path.to_str().unwrap()])
+        .args([
+            "-sS",
+            "--max-time",
+            "120",
+            "-o",
+            body_path.to_str().unwrap(),
+            "-D",
+            headers_path.to_str().unwrap(),
+        ])
         .args(args)
         .arg(url)
         .output()
@@ -212,20 +272,37 @@ pub fn curl(url: &str, args: &[&str]) -> CurlResult {
     let mut headers = Vec::new();
     for line in raw_headers.lines() {
         if line.starts_with("HTTP/") {
-            status = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+            status = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
             headers.clear();
         } else if let Some((k, v)) = line.split_once(':') {
             headers.push((k.trim().to_string(), v.trim().to_string()));
         }
     }
-    CurlResult { status, headers, body: std::fs::read(&body_path).unwrap_or_default(), exit_code: output.status.code().unwrap_or(-1) }
+    CurlResult {
+        status,
+        headers,
+        body: std::fs::read(&body_path).unwrap_or_default(),
+        exit_code: output.status.code().unwrap_or(-1),
+    }
 }
 
 /// Downloads with aria2c `-x4 -s4 -k1M` and returns the file's bytes.
 pub fn aria2c(url: &str) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let status = Command::new(find_tool("aria2c"))
-        .args(["-x4", "-s4", "-k1M", "-q", "--allow-overwrite=true", "--auto-file-renaming=false", "--file-allocation=none"])
+        .args([
+            "-x4",
+            "-s4",
+            "-k1M",
+            "-q",
+            "--allow-overwrite=true",
+            "--auto-file-renaming=false",
+            "--file-allocation=none",
+        ])
         .args(["-d", dir.path().to_str().unwrap(), "-o", "out", url])
         .status()
         .expect("run aria2c");
@@ -241,5 +318,7 @@ pub fn stats(cache_url: &str) -> serde_json::Value {
 }
 
 pub fn stat(cache_url: &str, name: &str) -> u64 {
-    stats(cache_url)[name].as_u64().unwrap_or_else(|| panic!("no stat {name}"))
+    stats(cache_url)[name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no stat {name}"))
 }
