@@ -292,15 +292,20 @@ impl Filler {
             let data = buffer.split_to(want).freeze();
             match entry.accept_piece(index, data) {
                 Ok(piece) => {
-                    claim.senders[0].1.send_replace(Some(Ok(piece.clone())));
-                    if let Err(error) = self.store.put(entry.id, piece).await {
-                        tracing::error!(%error, "could not store a verified piece");
-                    }
-                    // Stored (or failed to store): the slot may go now.
-                    let (index, _sender) = claim.senders.remove(0);
-                    lock(&self.inflight).remove(&PieceKey {
-                        object: entry.id,
-                        index,
+                    let (index, sender) = claim.senders.remove(0);
+                    sender.send_replace(Some(Ok(piece.clone())));
+                    // Writing to disk must not hold up reading the origin:
+                    // the slot stays in flight (waiters already have the
+                    // piece) until the store has it, then is released.
+                    let filler = self.clone();
+                    let object = entry.id;
+                    let piece_size = entry.layout.piece_size();
+                    tokio::spawn(async move {
+                        if let Err(error) = filler.store.put(object, piece_size, piece).await {
+                            tracing::error!(%error, "could not store a verified piece");
+                        }
+                        lock(&filler.inflight).remove(&PieceKey { object, index });
+                        drop(sender);
                     });
                 }
                 Err(error) => {

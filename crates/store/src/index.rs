@@ -7,11 +7,11 @@
 use crate::store::{PieceKey, PieceMeta};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use shoal_core::{ObjectId, PieceHash, PieceIndex};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc;
 use tokio::sync::oneshot;
 
-/// piece key (object id ++ index, big-endian) → len u32 ++ hash[32] ++ seq u64
+/// piece key (object id ++ index, big-endian) → len u32 ++ hash[32] ++ seq u64 ++ piece_size_log2 u8
 pub(crate) const PIECES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pieces");
 /// object path → record bytes (owned by the cache crate)
 pub(crate) const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
@@ -26,9 +26,9 @@ pub(crate) enum WriteOp {
         key: PieceKey,
         meta: PieceMeta,
     },
-    /// Removes rows, then deletes the files (in that order, for crash safety).
+    /// Removes rows, then frees the space (in that order, for crash safety).
     RemovePieces {
-        keys: Vec<PieceKey>,
+        pieces: Vec<(PieceKey, PieceMeta)>,
     },
     PutRecord {
         path: String,
@@ -66,23 +66,28 @@ pub(crate) fn piece_key_from_bytes(bytes: &[u8]) -> Option<PieceKey> {
     })
 }
 
-pub(crate) fn meta_bytes(meta: &PieceMeta) -> [u8; 44] {
-    let mut out = [0u8; 44];
+pub(crate) fn meta_bytes(meta: &PieceMeta) -> [u8; 45] {
+    let mut out = [0u8; 45];
     out[..4].copy_from_slice(&meta.len.to_be_bytes());
     out[4..36].copy_from_slice(&meta.hash.0);
-    out[36..].copy_from_slice(&meta.seq.to_be_bytes());
+    out[36..44].copy_from_slice(&meta.seq.to_be_bytes());
+    out[44] = meta.piece_size_log2;
     out
 }
 
 pub(crate) fn meta_from_bytes(bytes: &[u8]) -> Option<PieceMeta> {
-    if bytes.len() != 44 {
+    if bytes.len() != 45 {
         return None;
     }
-    Some(PieceMeta {
+    let meta = PieceMeta {
         len: u32::from_be_bytes(bytes[..4].try_into().ok()?),
         hash: PieceHash(bytes[4..36].try_into().ok()?),
-        seq: u64::from_be_bytes(bytes[36..].try_into().ok()?),
-    })
+        seq: u64::from_be_bytes(bytes[36..44].try_into().ok()?),
+        piece_size_log2: bytes[44],
+    };
+    // A row that could not describe a real piece is treated as malformed.
+    shoal_core::PieceSize::from_log2(meta.piece_size_log2).ok()?;
+    (meta.len as u64 <= 1 << meta.piece_size_log2).then_some(meta)
 }
 
 pub(crate) fn open(path: &Path) -> Result<Database, redb::Error> {
@@ -148,10 +153,12 @@ pub(crate) fn get_manifest(db: &Database, id: &ObjectId) -> Result<Option<Vec<u8
 }
 
 /// Runs the writer loop until every sender is gone.
+/// `reclaim` frees the disk space of removed pieces once their rows are
+/// committed away.
 pub(crate) fn writer_loop(
     db: std::sync::Arc<Database>,
-    pieces_dir: PathBuf,
     ops: mpsc::Receiver<WriteOp>,
+    reclaim: impl Fn(&[(PieceKey, PieceMeta)]),
 ) {
     while let Ok(first) = ops.recv() {
         let mut batch = vec![first];
@@ -161,7 +168,7 @@ pub(crate) fn writer_loop(
                 Err(_) => break,
             }
         }
-        let mut files_to_delete = Vec::new();
+        let mut removed = Vec::new();
         let mut flushes = Vec::new();
         let result = (|| -> Result<(), redb::Error> {
             let txn = db.begin_write()?;
@@ -177,12 +184,11 @@ pub(crate) fn writer_loop(
                                 meta_bytes(&meta).as_slice(),
                             )?;
                         }
-                        WriteOp::RemovePieces { keys } => {
-                            for key in keys {
-                                pieces.remove(piece_key_bytes(&key).as_slice())?;
-                                files_to_delete
-                                    .push(crate::store::piece_file_path(&pieces_dir, &key));
+                        WriteOp::RemovePieces { pieces: gone } => {
+                            for (key, _) in &gone {
+                                pieces.remove(piece_key_bytes(key).as_slice())?;
                             }
+                            removed.extend(gone);
                         }
                         WriteOp::PutRecord { path, bytes } => {
                             records.insert(path.as_str(), bytes.as_slice())?;
@@ -208,12 +214,8 @@ pub(crate) fn writer_loop(
             // start-up reconciles files and rows again.
             tracing::error!(%error, "index write failed");
         }
-        for path in files_to_delete {
-            if let Err(error) = std::fs::remove_file(&path) {
-                if error.kind() != std::io::ErrorKind::NotFound {
-                    tracing::warn!(%error, path = %path.display(), "could not delete evicted piece");
-                }
-            }
+        if !removed.is_empty() {
+            reclaim(&removed);
         }
         for done in flushes {
             let _ = done.send(());

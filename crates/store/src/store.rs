@@ -1,12 +1,18 @@
 //! [`Store`]: the two-tier piece store (memory, then disk) with eviction.
+//!
+//! On disk each object version has one sparse data file; piece `i` lives at
+//! offset `i × piece size`. Writing a piece is a `pwrite` into an existing
+//! file (no inode per piece: creating one file per piece made the kernel's
+//! inode allocator the bottleneck of a cold fill), and evicting one punches a
+//! hole, so space is freed at piece granularity.
 
 use crate::eviction::{EvictionPolicy, PolicyKind};
 use crate::index::{self, WriteOp};
 use bytes::Bytes;
 use redb::Database;
-use shoal_core::{ObjectId, PieceHash, PieceIndex, VerifiedPiece};
+use shoal_core::{ObjectId, PieceHash, PieceIndex, PieceSize, VerifiedPiece};
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -25,6 +31,14 @@ pub(crate) struct PieceMeta {
     pub hash: PieceHash,
     /// Insertion order, to rebuild the eviction queues after a restart.
     pub seq: u64,
+    /// Piece size of the object, which places the piece in its file.
+    pub piece_size_log2: u8,
+}
+
+impl PieceMeta {
+    fn offset(&self, index: PieceIndex) -> u64 {
+        (index.0 as u64) << self.piece_size_log2
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -69,9 +83,9 @@ pub struct StoreStats {
     pub bytes_written: AtomicU64,
     pub pieces_evicted: AtomicU64,
     pub bytes_evicted: AtomicU64,
-    /// Pieces whose file did not match its recorded hash (dropped).
+    /// Pieces whose bytes on disk did not match their recorded hash (dropped).
     pub corrupt_pieces: AtomicU64,
-    /// Orphan or damaged files removed at start-up.
+    /// Data files without any index row, deleted at start-up.
     pub recovered_files_removed: AtomicU64,
 }
 
@@ -81,6 +95,12 @@ struct Tier {
     next_seq: u64,
 }
 
+impl Tier {
+    fn has_object(&self, object: &ObjectId) -> bool {
+        self.pieces.range(object_range(object)).next().is_some()
+    }
+}
+
 struct MemoryTier {
     pieces: std::collections::HashMap<PieceKey, VerifiedPiece>,
     policy: Box<dyn EvictionPolicy<PieceKey> + Send>,
@@ -88,51 +108,57 @@ struct MemoryTier {
 
 pub struct Store {
     config: StoreConfig,
-    pieces_dir: PathBuf,
-    tmp_dir: PathBuf,
+    objects_dir: PathBuf,
     db: Arc<Database>,
-    disk: Mutex<Tier>,
+    disk: Arc<Mutex<Tier>>,
     memory: Mutex<MemoryTier>,
     /// `None` only while dropping.
     writer: Mutex<Option<mpsc::Sender<WriteOp>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-    tmp_counter: AtomicU64,
     stats: StoreStats,
 }
 
-pub(crate) fn piece_file_path(pieces_dir: &Path, key: &PieceKey) -> PathBuf {
-    let hex = key.object.to_hex();
-    pieces_dir
-        .join(&hex[..2])
-        .join(&hex)
-        .join(key.index.0.to_string())
+fn object_range(object: &ObjectId) -> std::ops::RangeInclusive<PieceKey> {
+    PieceKey {
+        object: *object,
+        index: PieceIndex(0),
+    }..=PieceKey {
+        object: *object,
+        index: PieceIndex(u32::MAX),
+    }
+}
+
+fn data_file_path(objects_dir: &Path, object: &ObjectId) -> PathBuf {
+    let hex = object.to_hex();
+    objects_dir.join(&hex[..2]).join(format!("{hex}.data"))
 }
 
 impl Store {
     /// Opens (or creates) the store and reconciles the index with the files.
     pub fn open(config: StoreConfig) -> Result<Arc<Self>, StoreError> {
         let data_dir = config.data_dir.clone();
-        let pieces_dir = data_dir.join("pieces");
-        let tmp_dir = data_dir.join("tmp");
-        for dir in [&data_dir, &pieces_dir] {
+        let objects_dir = data_dir.join("objects");
+        for dir in [&data_dir, &objects_dir] {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
         }
-        // Half-written pieces from a previous run are never adopted.
-        if tmp_dir.exists() {
-            std::fs::remove_dir_all(&tmp_dir).map_err(|e| StoreError::io(&tmp_dir, e))?;
-        }
-        std::fs::create_dir_all(&tmp_dir).map_err(|e| StoreError::io(&tmp_dir, e))?;
         let db = Arc::new(index::open(&data_dir.join("index.redb"))?);
         let stats = StoreStats::default();
 
         let loaded = index::load_pieces(&db)?;
-        let rows = loaded.good;
         let mut stale_rows: Vec<Vec<u8>> = loaded.malformed_keys;
         let mut pieces = BTreeMap::new();
-        for (key, meta) in rows {
-            let path = piece_file_path(&pieces_dir, &key);
-            match std::fs::metadata(&path) {
-                Ok(m) if m.is_file() && m.len() == meta.len as u64 => {
+        let mut file_sizes: std::collections::HashMap<ObjectId, Option<u64>> = Default::default();
+        for (key, meta) in loaded.good {
+            let size = *file_sizes.entry(key.object).or_insert_with(|| {
+                std::fs::metadata(data_file_path(&objects_dir, &key.object))
+                    .ok()
+                    .filter(|m| m.is_file())
+                    .map(|m| m.len())
+            });
+            // A row whose bytes cannot be in the file is dropped; bytes that
+            // are there but damaged are caught by verify-on-read.
+            match size {
+                Some(len) if meta.offset(key.index) + meta.len as u64 <= len => {
                     pieces.insert(key, meta);
                 }
                 _ => stale_rows.push(index::piece_key_bytes(&key).to_vec()),
@@ -141,11 +167,11 @@ impl Store {
         if !stale_rows.is_empty() {
             tracing::warn!(
                 count = stale_rows.len(),
-                "dropping index rows whose piece file is missing or torn"
+                "dropping index rows whose piece data is missing"
             );
             index::remove_raw_piece_rows(&db, &stale_rows)?;
         }
-        let removed = remove_orphan_files(&pieces_dir, &pieces);
+        let removed = reconcile_files(&objects_dir, &pieces);
         stats
             .recovered_files_removed
             .store(removed, Ordering::Relaxed);
@@ -160,39 +186,44 @@ impl Store {
             over_budget.extend(policy.insert_resident(*key, meta.len as u64));
         }
         let next_seq = pieces.values().map(|m| m.seq + 1).max().unwrap_or(0);
-        for key in &over_budget {
-            pieces.remove(key);
-        }
+        let over_budget: Vec<(PieceKey, PieceMeta)> = over_budget
+            .into_iter()
+            .filter_map(|key| pieces.remove(&key).map(|meta| (key, meta)))
+            .collect();
 
+        let disk = Arc::new(Mutex::new(Tier {
+            pieces,
+            policy,
+            next_seq,
+        }));
         let (sender, receiver) = mpsc::channel();
         let writer_thread = {
             let db = db.clone();
-            let pieces_dir = pieces_dir.clone();
+            let disk = disk.clone();
+            let objects_dir = objects_dir.clone();
             std::thread::Builder::new()
                 .name("shoal-index-writer".into())
-                .spawn(move || index::writer_loop(db, pieces_dir, receiver))
+                .spawn(move || {
+                    index::writer_loop(db, receiver, |gone| free_space(&objects_dir, &disk, gone))
+                })
                 .map_err(|e| StoreError::io(&data_dir, e))?
         };
         if !over_budget.is_empty() {
-            let _ = sender.send(WriteOp::RemovePieces { keys: over_budget });
+            let _ = sender.send(WriteOp::RemovePieces {
+                pieces: over_budget,
+            });
         }
         let memory_policy = PolicyKind::Lru.build(config.memory_capacity_bytes);
         Ok(Arc::new(Self {
-            pieces_dir,
-            tmp_dir,
+            objects_dir,
             db,
-            disk: Mutex::new(Tier {
-                pieces,
-                policy,
-                next_seq,
-            }),
+            disk,
             memory: Mutex::new(MemoryTier {
                 pieces: Default::default(),
                 policy: memory_policy,
             }),
             writer: Mutex::new(Some(sender)),
             writer_thread: Mutex::new(Some(writer_thread)),
-            tmp_counter: AtomicU64::new(0),
             stats,
             config,
         }))
@@ -216,22 +247,17 @@ impl Store {
     }
 
     pub fn contains(&self, key: &PieceKey) -> bool {
-        lock(&self.disk).pieces.contains_key(key) || lock(&self.memory).pieces.contains_key(key)
+        if lock(&self.disk).pieces.contains_key(key) {
+            return true;
+        }
+        lock(&self.memory).pieces.contains_key(key)
     }
 
     /// The indices of the pieces of `object` held on disk.
     pub fn pieces_of(&self, object: &ObjectId) -> Vec<PieceIndex> {
         let tier = lock(&self.disk);
-        let start = PieceKey {
-            object: *object,
-            index: PieceIndex(0),
-        };
-        let end = PieceKey {
-            object: *object,
-            index: PieceIndex(u32::MAX),
-        };
         tier.pieces
-            .range(start..=end)
+            .range(object_range(object))
             .map(|(k, _)| k.index)
             .collect()
     }
@@ -242,8 +268,8 @@ impl Store {
     }
 
     /// Reads a piece: from memory, else from disk (verified against its
-    /// recorded hash). `Ok(None)` means "not here" — including a damaged
-    /// file, which is dropped and counted.
+    /// recorded hash). `Ok(None)` means "not here" — including damaged or
+    /// vanished data, which is dropped from the index and counted.
     pub async fn get(self: &Arc<Self>, key: PieceKey) -> Result<Option<VerifiedPiece>, StoreError> {
         if let Some(piece) = self.get_from_memory(&key) {
             self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
@@ -263,45 +289,42 @@ impl Store {
                 }
             }
         };
-        let path = piece_file_path(&self.pieces_dir, &key);
-        let read = tokio::task::spawn_blocking(move || std::fs::read(&path)).await;
-        let data = match read {
-            Ok(Ok(data)) => Bytes::from(data),
-            Ok(Err(error)) if error.kind() == std::io::ErrorKind::NotFound => {
-                // Evicted between the lookup and the read.
-                self.stats.misses.fetch_add(1, Ordering::Relaxed);
-                return Ok(None);
-            }
-            Ok(Err(error)) => {
-                tracing::warn!(%error, piece = %key.index, object = %key.object, "piece read failed; dropping it");
-                self.drop_damaged(key);
-                return Ok(None);
-            }
-            Err(join) => {
-                return Err(StoreError::io(
-                    &self.pieces_dir,
-                    std::io::Error::other(join),
+        let path = data_file_path(&self.objects_dir, &key.object);
+        let read = {
+            let file_path = path.clone();
+            tokio::task::spawn_blocking(move || -> std::io::Result<Result<VerifiedPiece, _>> {
+                let file = std::fs::File::open(&file_path)?;
+                let mut data = vec![0u8; meta.len as usize];
+                file.read_exact_at(&mut data, meta.offset(key.index))?;
+                Ok(VerifiedPiece::verify_against(
+                    key.index,
+                    meta.hash,
+                    Bytes::from(data),
                 ))
-            }
-        };
-        let verified = {
-            let hash = meta.hash;
-            tokio::task::spawn_blocking(move || {
-                VerifiedPiece::verify_against(key.index, hash, data)
             })
             .await
-            .map_err(|e| StoreError::io(&self.pieces_dir, std::io::Error::other(e)))?
+            .map_err(|e| StoreError::io(&path, std::io::Error::other(e)))?
         };
-        match verified {
-            Ok(piece) => {
+        match read {
+            Ok(Ok(piece)) => {
                 self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
                 self.put_in_memory(key, piece.clone());
                 Ok(Some(piece))
             }
-            Err(error) => {
+            Ok(Err(error)) => {
                 tracing::error!(%error, object = %key.object, "stored piece failed verification; dropped, will refetch");
                 self.stats.corrupt_pieces.fetch_add(1, Ordering::Relaxed);
-                self.drop_damaged(key);
+                self.drop_piece(key);
+                Ok(None)
+            }
+            Err(error) => {
+                // Evicted between lookup and read, or the file is gone or
+                // short: either way the index must stop naming it.
+                if error.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(%error, piece = %key.index, object = %key.object, "piece read failed; dropping it");
+                }
+                self.stats.misses.fetch_add(1, Ordering::Relaxed);
+                self.drop_piece(key);
                 Ok(None)
             }
         }
@@ -326,11 +349,13 @@ impl Store {
         }
     }
 
-    /// Stores a verified piece (memory and disk) and evicts what the budget
-    /// requires. Storing a piece that is already present does nothing.
+    /// Stores a verified piece of an object with pieces of `piece_size`
+    /// (memory and disk) and evicts what the budget requires. Storing a
+    /// piece that is already present does nothing.
     pub async fn put(
         self: &Arc<Self>,
         object: ObjectId,
+        piece_size: PieceSize,
         piece: VerifiedPiece,
     ) -> Result<(), StoreError> {
         let key = PieceKey {
@@ -341,86 +366,80 @@ impl Store {
         if lock(&self.disk).pieces.contains_key(&key) {
             return Ok(());
         }
-        let final_path = piece_file_path(&self.pieces_dir, &key);
-        let tmp_path = self.tmp_dir.join(format!(
-            "{}.tmp",
-            self.tmp_counter.fetch_add(1, Ordering::Relaxed)
-        ));
+        let path = data_file_path(&self.objects_dir, &object);
+        let offset = (piece.index().0 as u64) << piece_size.log2();
         let data = piece.data().clone();
         let write = {
-            let (tmp, target) = (tmp_path.clone(), final_path.clone());
-            tokio::task::spawn_blocking(move || write_piece_file(&tmp, &target, &data))
+            let file_path = path.clone();
+            tokio::task::spawn_blocking(move || write_at(&file_path, offset, &data))
                 .await
-                .map_err(|e| StoreError::io(&tmp_path, std::io::Error::other(e)))?
+                .map_err(|e| StoreError::io(&path, std::io::Error::other(e)))?
         };
-        write.map_err(|e| StoreError::io(&final_path, e))?;
+        write.map_err(|e| StoreError::io(&path, e))?;
 
         let len = piece.len() as u64;
-        let (meta, victims) = {
+        let victims = {
             let mut tier = lock(&self.disk);
             if tier.pieces.contains_key(&key) {
-                // Another writer won the race; same verified bytes.
+                // Another writer won the race with the same verified bytes.
                 return Ok(());
             }
             let meta = PieceMeta {
                 len: piece.len() as u32,
                 hash: piece.hash(),
                 seq: tier.next_seq,
+                piece_size_log2: piece_size.log2(),
             };
             tier.next_seq += 1;
             tier.pieces.insert(key, meta);
-            let victims = tier.policy.insert(key, len);
-            let mut evicted_bytes = 0;
-            for victim in &victims {
-                if let Some(m) = tier.pieces.remove(victim) {
-                    evicted_bytes += m.len as u64;
-                }
+            let victims: Vec<(PieceKey, PieceMeta)> = tier
+                .policy
+                .insert(key, len)
+                .into_iter()
+                .filter_map(|victim| tier.pieces.remove(&victim).map(|m| (victim, m)))
+                .collect();
+            if !victims.iter().any(|(k, _)| *k == key) {
+                self.send(WriteOp::PutPiece { key, meta })?;
             }
+            victims
+        };
+        self.stats.pieces_written.fetch_add(1, Ordering::Relaxed);
+        self.stats.bytes_written.fetch_add(len, Ordering::Relaxed);
+        if !victims.is_empty() {
+            let evicted_bytes: u64 = victims.iter().map(|(_, m)| m.len as u64).sum();
             self.stats
                 .pieces_evicted
                 .fetch_add(victims.len() as u64, Ordering::Relaxed);
             self.stats
                 .bytes_evicted
                 .fetch_add(evicted_bytes, Ordering::Relaxed);
-            (meta, victims)
-        };
-        self.stats.pieces_written.fetch_add(1, Ordering::Relaxed);
-        self.stats.bytes_written.fetch_add(len, Ordering::Relaxed);
-        let not_admitted = victims.contains(&key);
-        if !not_admitted {
-            self.send(WriteOp::PutPiece { key, meta })?;
-        }
-        if !victims.is_empty() {
             let mut memory = lock(&self.memory);
-            for victim in victims.iter().filter(|v| **v != key) {
+            for (victim, _) in victims.iter().filter(|(v, _)| *v != key) {
                 if memory.pieces.remove(victim).is_some() {
                     memory.policy.remove(victim);
                 }
             }
             drop(memory);
-            self.send(WriteOp::RemovePieces { keys: victims })?;
+            self.send(WriteOp::RemovePieces { pieces: victims })?;
         }
         Ok(())
     }
 
     /// Removes every piece of an object version (new version, purge).
     pub fn remove_object(&self, object: &ObjectId) -> Result<(), StoreError> {
-        let keys: Vec<PieceKey> = {
+        let gone: Vec<(PieceKey, PieceMeta)> = {
             let mut tier = lock(&self.disk);
-            let start = PieceKey {
-                object: *object,
-                index: PieceIndex(0),
-            };
-            let end = PieceKey {
-                object: *object,
-                index: PieceIndex(u32::MAX),
-            };
-            let keys: Vec<PieceKey> = tier.pieces.range(start..=end).map(|(k, _)| *k).collect();
-            for key in &keys {
-                tier.pieces.remove(key);
-                tier.policy.remove(key);
-            }
-            keys
+            let keys: Vec<PieceKey> = tier
+                .pieces
+                .range(object_range(object))
+                .map(|(k, _)| *k)
+                .collect();
+            keys.into_iter()
+                .filter_map(|key| {
+                    tier.policy.remove(&key);
+                    tier.pieces.remove(&key).map(|m| (key, m))
+                })
+                .collect()
         };
         {
             let mut memory = lock(&self.memory);
@@ -436,20 +455,23 @@ impl Store {
             }
         }
         self.send(WriteOp::RemoveManifest { id: *object })?;
-        if keys.is_empty() {
+        if gone.is_empty() {
             return Ok(());
         }
-        self.send(WriteOp::RemovePieces { keys })
+        self.send(WriteOp::RemovePieces { pieces: gone })
     }
 
-    fn drop_damaged(&self, key: PieceKey) {
-        {
+    fn drop_piece(&self, key: PieceKey) {
+        let removed = {
             let mut tier = lock(&self.disk);
-            if tier.pieces.remove(&key).is_some() {
-                tier.policy.remove(&key);
-            }
+            tier.policy.remove(&key);
+            tier.pieces.remove(&key)
+        };
+        if let Some(meta) = removed {
+            let _ = self.send(WriteOp::RemovePieces {
+                pieces: vec![(key, meta)],
+            });
         }
-        let _ = self.send(WriteOp::RemovePieces { keys: vec![key] });
     }
 
     /// Small per-object records owned by the caller (the cache), by path.
@@ -512,54 +534,119 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn write_piece_file(tmp_path: &Path, final_path: &Path, data: &[u8]) -> std::io::Result<()> {
-    {
-        let mut file = std::fs::File::create(tmp_path)?;
-        file.write_all(data)?;
-    }
-    if let Some(parent) = final_path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    std::fs::rename(tmp_path, final_path)
+fn write_at(path: &Path, offset: u64, data: &[u8]) -> std::io::Result<()> {
+    let open = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+    };
+    let file = match open() {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            open()?
+        }
+        Err(error) => return Err(error),
+    };
+    file.write_all_at(data, offset)
 }
 
-/// Deletes piece files that no index row names; returns how many.
-fn remove_orphan_files(pieces_dir: &Path, pieces: &BTreeMap<PieceKey, PieceMeta>) -> u64 {
+/// Frees the space of pieces whose rows are gone: punches a hole for each,
+/// unless it was stored again meanwhile, and deletes an object's file once
+/// none of its pieces is left. (A piece re-stored in the instant between
+/// the check and the punch loses its bytes; verify-on-read then drops it.)
+fn free_space(objects_dir: &Path, disk: &Mutex<Tier>, gone: &[(PieceKey, PieceMeta)]) {
+    let tier = lock(disk);
+    let mut objects: Vec<ObjectId> = gone.iter().map(|(k, _)| k.object).collect();
+    objects.dedup();
+    for object in objects {
+        let path = data_file_path(objects_dir, &object);
+        if !tier.has_object(&object) {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => {
+                    tracing::warn!(%error, path = %path.display(), "could not delete a data file")
+                }
+            }
+            continue;
+        }
+        let Ok(file) = std::fs::OpenOptions::new().write(true).open(&path) else {
+            continue;
+        };
+        for (key, meta) in gone.iter().filter(|(k, _)| k.object == object) {
+            if !tier.pieces.contains_key(key) {
+                punch_hole(&file, meta.offset(key.index), meta.len as u64);
+            }
+        }
+    }
+}
+
+fn punch_hole(file: &std::fs::File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    if len == 0 {
+        return;
+    }
+    // SAFETY: fallocate on a file descriptor we own, with plain integers.
+    let result = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if result != 0 {
+        // Filesystems without hole punching keep the bytes; the budget
+        // counts indexed pieces, so correctness does not depend on it.
+        tracing::debug!(error = %std::io::Error::last_os_error(), "punching a hole failed");
+    }
+}
+
+/// At start-up: deletes data files no row names, and frees the space of
+/// pieces written before a crash whose rows never committed. Returns the
+/// number of files deleted.
+fn reconcile_files(objects_dir: &Path, pieces: &BTreeMap<PieceKey, PieceMeta>) -> u64 {
     let mut removed = 0;
-    let Ok(prefixes) = std::fs::read_dir(pieces_dir) else {
+    let Ok(prefixes) = std::fs::read_dir(objects_dir) else {
         return 0;
     };
     for prefix in prefixes.flatten() {
-        let Ok(objects) = std::fs::read_dir(prefix.path()) else {
+        let Ok(files) = std::fs::read_dir(prefix.path()) else {
             continue;
         };
-        for object_dir in objects.flatten() {
-            let id = object_dir.file_name().to_str().and_then(ObjectId::from_hex);
-            let Ok(files) = std::fs::read_dir(object_dir.path()) else {
-                continue;
+        for file in files.flatten() {
+            let id = file
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".data"))
+                .and_then(ObjectId::from_hex);
+            let rows: Vec<(&PieceKey, &PieceMeta)> = match id {
+                Some(id) => pieces.range(object_range(&id)).collect(),
+                None => Vec::new(),
             };
-            let mut kept = 0;
-            for file in files.flatten() {
-                let index = file
-                    .file_name()
-                    .to_str()
-                    .and_then(|n| n.parse::<u32>().ok());
-                let known = match (id, index) {
-                    (Some(object), Some(index)) => pieces.contains_key(&PieceKey {
-                        object,
-                        index: PieceIndex(index),
-                    }),
-                    _ => false,
-                };
-                if known {
-                    kept += 1;
-                } else if std::fs::remove_file(file.path()).is_ok() {
+            if rows.is_empty() {
+                if std::fs::remove_file(file.path()).is_ok() {
                     removed += 1;
                 }
+                continue;
             }
-            if kept == 0 {
-                let _ = std::fs::remove_dir(object_dir.path());
+            let Ok(handle) = std::fs::OpenOptions::new().write(true).open(file.path()) else {
+                continue;
+            };
+            let mut next_free = 0;
+            for (key, meta) in rows {
+                let start = meta.offset(key.index);
+                if start > next_free {
+                    punch_hole(&handle, next_free, start - next_free);
+                }
+                next_free = start + meta.len as u64;
             }
+            let _ = handle.set_len(next_free);
         }
     }
     removed

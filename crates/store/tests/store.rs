@@ -26,12 +26,11 @@ fn object(pieces: usize, seed: u8) -> (Manifest, Vec<Bytes>) {
     (manifest, chunks)
 }
 
-fn piece_file(dir: &Path, key: &PieceKey) -> std::path::PathBuf {
-    let hex = key.object.to_hex();
-    dir.join("pieces")
+fn data_file(dir: &Path, object: &shoal_core::ObjectId) -> std::path::PathBuf {
+    let hex = object.to_hex();
+    dir.join("objects")
         .join(&hex[..2])
-        .join(&hex)
-        .join(key.index.0.to_string())
+        .join(format!("{hex}.data"))
 }
 
 #[tokio::test]
@@ -44,7 +43,7 @@ async fn round_trip_and_restart_is_warm() {
         for (i, chunk) in chunks.iter().enumerate() {
             let piece =
                 VerifiedPiece::verify(&manifest, PieceIndex(i as u32), chunk.clone()).unwrap();
-            store.put(id, piece).await.unwrap();
+            store.put(id, PieceSize::MIN, piece).await.unwrap();
         }
         store.flush().await.unwrap();
         assert_eq!(store.piece_count(), 4);
@@ -83,13 +82,13 @@ async fn damaged_file_is_dropped_not_served() {
     {
         let store = Store::open(config(dir.path(), 1 << 30)).unwrap();
         let piece = VerifiedPiece::verify(&manifest, PieceIndex(1), chunks[1].clone()).unwrap();
-        store.put(id, piece).await.unwrap();
+        store.put(id, PieceSize::MIN, piece).await.unwrap();
         store.flush().await.unwrap();
     }
     // Same length, one bit flipped: only the hash can tell.
-    let path = piece_file(dir.path(), &key);
+    let path = data_file(dir.path(), &id);
     let mut bytes = std::fs::read(&path).unwrap();
-    bytes[1000] ^= 1;
+    bytes[PieceSize::MIN.bytes() as usize + 1000] ^= 1;
     std::fs::write(&path, bytes).unwrap();
     let store = Store::open(config(dir.path(), 1 << 30)).unwrap();
     assert!(store.get(key).await.unwrap().is_none());
@@ -108,39 +107,50 @@ async fn crash_leftovers_are_cleaned_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let (manifest, chunks) = object(3, 3);
     let id = manifest.id();
+    let (other, _) = object(1, 9);
     {
         let store = Store::open(config(dir.path(), 1 << 30)).unwrap();
-        let piece = VerifiedPiece::verify(&manifest, PieceIndex(0), chunks[0].clone()).unwrap();
-        store.put(id, piece).await.unwrap();
+        for index in [0, 1] {
+            let piece =
+                VerifiedPiece::verify(&manifest, PieceIndex(index), chunks[index as usize].clone())
+                    .unwrap();
+            store.put(id, PieceSize::MIN, piece).await.unwrap();
+        }
         store.flush().await.unwrap();
     }
-    // A file renamed into place whose row never committed, a torn file
-    // under a committed row, and a half-written temp file.
-    let orphan = piece_file(
-        dir.path(),
-        &PieceKey {
-            object: id,
-            index: PieceIndex(2),
-        },
-    );
-    std::fs::write(&orphan, &chunks[2]).unwrap();
-    std::fs::write(dir.path().join("tmp").join("7.tmp"), b"half").unwrap();
-    let torn = piece_file(
-        dir.path(),
-        &PieceKey {
-            object: id,
-            index: PieceIndex(0),
-        },
-    );
-    std::fs::write(&torn, &chunks[0][..100]).unwrap();
+    let piece = PieceSize::MIN.bytes();
+    // Piece 2 written but its row never committed (a crash in between); an
+    // object file no row names; and piece 1 cut short (torn).
+    let path = data_file(dir.path(), &id);
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &chunks[2], 2 * piece).unwrap();
+    file.set_len(piece + 100).unwrap();
+    drop(file);
+    let orphan = data_file(dir.path(), &other.id());
+    std::fs::create_dir_all(orphan.parent().unwrap()).unwrap();
+    std::fs::write(&orphan, b"orphan").unwrap();
 
     let store = Store::open(config(dir.path(), 1 << 30)).unwrap();
-    assert_eq!(store.piece_count(), 0, "the torn piece's row is dropped");
+    assert_eq!(
+        store.pieces_of(&id),
+        vec![PieceIndex(0)],
+        "the torn piece's row is dropped"
+    );
     assert!(!orphan.exists(), "the orphan file is removed");
-    assert!(std::fs::read_dir(dir.path().join("tmp"))
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        piece,
+        "space past the last indexed piece is freed"
+    );
+    let got = store
+        .get(PieceKey {
+            object: id,
+            index: PieceIndex(0),
+        })
+        .await
         .unwrap()
-        .next()
-        .is_none());
+        .unwrap();
+    assert_eq!(got.data(), &chunks[0]);
 }
 
 #[tokio::test]
@@ -152,26 +162,19 @@ async fn budget_is_enforced_at_piece_granularity() {
     let id = manifest.id();
     for (i, chunk) in chunks.iter().enumerate() {
         let piece = VerifiedPiece::verify(&manifest, PieceIndex(i as u32), chunk.clone()).unwrap();
-        store.put(id, piece).await.unwrap();
+        store.put(id, PieceSize::MIN, piece).await.unwrap();
         assert!(store.resident_bytes() <= 5 * PieceSize::MIN.bytes());
     }
     store.flush().await.unwrap();
-    let files = std::fs::read_dir(
-        piece_file(
-            dir.path(),
-            &PieceKey {
-                object: id,
-                index: PieceIndex(0),
-            },
-        )
-        .parent()
-        .unwrap(),
-    )
-    .unwrap()
-    .count();
+    assert!(store.piece_count() <= 5);
+    // Evicted pieces' space is really freed (holes punched).
+    use std::os::unix::fs::MetadataExt;
+    let allocated = std::fs::metadata(data_file(dir.path(), &id))
+        .unwrap()
+        .blocks()
+        * 512;
     assert!(
-        files <= 5,
-        "{files} piece files on disk for a 5-piece budget"
+        allocated <= 6 * PieceSize::MIN.bytes(),
+        "{allocated} bytes allocated for a 5-piece budget"
     );
-    assert_eq!(store.piece_count(), files);
 }

@@ -1,0 +1,86 @@
+//! `shoal cache` configuration from a TOML file, the environment and flags,
+//! and clear errors for bad settings.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use support::*;
+
+#[test]
+fn toml_file_with_environment_override_configures_the_cache() {
+    let root = tempfile::tempdir().unwrap();
+    let data = content(300_000, 1);
+    write_file(root.path(), "x.bin", &data);
+    let origin = start_origin(root.path());
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cache.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\norigin = \"{}\"\ndata_dir = \"{}\"\ncapacity = \"64MiB\"\n[limits]\nidle_timeout_ms = 5000\n",
+            origin.url,
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    // The environment wins over the file.
+    let cache = start_shoal(
+        &["cache", "--config", config.to_str().unwrap()],
+        &[("SHOAL_CACHE_CAPACITY", "32MiB")],
+    );
+    assert!(curl(&format!("{}/x.bin", cache.url), &[]).body == data);
+    assert!(dir.path().join("data").join("index.redb").exists());
+}
+
+fn cache_fails_with(args: &[&str], env: &[(&str, &str)], expected: &str) {
+    let mut command = Command::new(shoal_bin());
+    command.arg("cache").args(args).stdin(Stdio::null());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let output = command.output().unwrap();
+    assert!(!output.status.success(), "{args:?} should fail");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(expected),
+        "{args:?}: expected `{expected}` in:\n{stderr}"
+    );
+}
+
+#[test]
+fn bad_settings_are_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    cache_fails_with(
+        &["--data-dir", data, "--capacity", "1GiB"],
+        &[],
+        "origin URL is required",
+    );
+    cache_fails_with(
+        &[
+            "--origin",
+            "http://127.0.0.1:1",
+            "--data-dir",
+            data,
+            "--capacity",
+            "12 parsecs",
+        ],
+        &[],
+        "not a number of bytes",
+    );
+    cache_fails_with(
+        &["--origin", "ftp://example", "--data-dir", data],
+        &[],
+        "must be an http:// URL",
+    );
+    cache_fails_with(
+        &["--origin", "http://127.0.0.1:1", "--data-dir", data],
+        &[("SHOAL_CACHE_EVICTION", "random")],
+        "unknown eviction policy",
+    );
+    cache_fails_with(
+        &["--config", "/nonexistent/shoal.toml"],
+        &[],
+        "does not exist",
+    );
+}
