@@ -7,11 +7,13 @@
 
 pub mod manifest;
 pub mod piece;
+pub mod rate;
 pub mod span;
 pub mod units;
 pub mod verified;
 
 pub use manifest::{Manifest, ManifestError, ObjectId, PieceHash, Validators, VerifyError};
+pub use rate::TokenBucket;
 pub use piece::{PieceIndex, PieceLayout, PieceSize, PieceSizeError};
 pub use span::ByteSpan;
 pub use units::{ByteSize, ByteSizeError};

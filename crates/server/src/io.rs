@@ -54,11 +54,83 @@ impl Activity {
 pub(crate) struct ActivityIo<T> {
     inner: T,
     activity: Arc<Activity>,
+    egress: Option<Arc<Egress>>,
+    /// Pending wait for egress tokens.
+    egress_wait: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<T> ActivityIo<T> {
-    pub(crate) fn new(inner: T, activity: Arc<Activity>) -> Self {
-        Self { inner, activity }
+    pub(crate) fn new(inner: T, activity: Arc<Activity>, egress: Option<Arc<Egress>>) -> Self {
+        Self {
+            inner,
+            activity,
+            egress,
+            egress_wait: None,
+        }
+    }
+}
+
+/// The server-wide egress token bucket.
+#[derive(Debug)]
+pub(crate) struct Egress {
+    bucket: std::sync::Mutex<shoal_core::TokenBucket>,
+    base: Instant,
+}
+
+impl Egress {
+    /// `None` for no cap. The burst is 1/20 s of traffic (at least 64 KiB),
+    /// so the cap holds over short windows too.
+    pub(crate) fn new(bytes_per_s: u64) -> Option<Arc<Self>> {
+        (bytes_per_s > 0).then(|| {
+            Arc::new(Self {
+                bucket: std::sync::Mutex::new(shoal_core::TokenBucket::new(
+                    bytes_per_s,
+                    (bytes_per_s / 20).max(64 * 1024),
+                )),
+                base: Instant::now(),
+            })
+        })
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.base.elapsed().as_nanos() as u64
+    }
+
+    fn bucket(&self) -> std::sync::MutexGuard<'_, shoal_core::TokenBucket> {
+        self.bucket.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl<T> ActivityIo<T> {
+    /// How many of `want` bytes may be written now; `Pending` (with a timer
+    /// armed) when the bucket is empty.
+    fn poll_egress(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<usize> {
+        let Some(egress) = self.egress.clone() else {
+            return Poll::Ready(want);
+        };
+        loop {
+            if let Some(wait) = self.egress_wait.as_mut() {
+                if std::future::Future::poll(wait.as_mut(), cx).is_pending() {
+                    return Poll::Pending;
+                }
+                self.egress_wait = None;
+            }
+            let now = egress.now_ns();
+            let mut bucket = egress.bucket();
+            let granted = bucket.take(now, want as u64) as usize;
+            if granted > 0 || want == 0 {
+                return Poll::Ready(granted);
+            }
+            let wait_ns = bucket.wait_ns(now, want as u64).max(1_000_000);
+            drop(bucket);
+            self.egress_wait = Some(Box::pin(tokio::time::sleep(Duration::from_nanos(wait_ns))));
+        }
+    }
+
+    fn refund_egress(&self, unused: usize) {
+        if let (Some(egress), true) = (&self.egress, unused > 0) {
+            egress.bucket().refund(unused as u64);
+        }
     }
 }
 
@@ -83,9 +155,19 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+        let allowed = match self.poll_egress(cx, buf.len()) {
+            Poll::Ready(allowed) => allowed,
+            Poll::Pending => return Poll::Pending,
+        };
+        let result = Pin::new(&mut self.inner).poll_write(cx, &buf[..allowed]);
+        match &result {
+            Poll::Ready(Ok(n)) => {
+                if *n > 0 {
+                    self.activity.touch();
+                }
+                self.refund_egress(allowed - n);
+            }
+            _ => self.refund_egress(allowed),
         }
         result
     }
@@ -95,15 +177,20 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+        if self.egress.is_none() {
+            let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+            if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+                self.activity.touch();
+            }
+            return result;
         }
-        result
+        // Through poll_write, so every byte passes the egress cap.
+        let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &**b);
+        self.poll_write(cx, first)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.egress.is_none() && self.inner.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -124,7 +211,7 @@ mod tests {
     async fn idle_resolves_only_after_quiet_period() {
         let activity = Arc::new(Activity::new());
         let (a, mut b) = tokio::io::duplex(64);
-        let mut io = ActivityIo::new(a, activity.clone());
+        let mut io = ActivityIo::new(a, activity.clone(), None);
         let start = Instant::now();
         tokio::time::sleep(Duration::from_millis(400)).await;
         io.write_all(b"x").await.expect("write");

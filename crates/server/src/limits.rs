@@ -40,6 +40,10 @@ pub struct ServerLimits {
     /// On shutdown, in-flight connections get this long to finish before
     /// they are dropped.
     pub shutdown_grace_ms: u64,
+    /// Egress cap of the whole server (all connections together), in bytes
+    /// per second, enforced by a token bucket; 0 means no cap. Lets tests
+    /// and benchmarks model servers of different sizes on one machine.
+    pub egress_bytes_per_s: u64,
 }
 
 impl Default for ServerLimits {
@@ -51,6 +55,7 @@ impl Default for ServerLimits {
             header_bytes_max: 16 * 1024,
             h2_max_concurrent_streams: 256,
             shutdown_grace_ms: 10_000,
+            egress_bytes_per_s: 0,
         }
     }
 }

@@ -129,6 +129,7 @@ impl Server {
         } = self;
         let counters = stats.counters;
         let builder = Arc::new(connection_builder(&limits));
+        let egress = crate::io::Egress::new(limits.egress_bytes_per_s);
         let limits = Arc::new(limits);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
@@ -183,6 +184,7 @@ impl Server {
                             handler.clone(),
                             limits.clone(),
                             counters.clone(),
+                            egress.clone(),
                             shutdown_rx.clone(),
                             guard,
                         ));
@@ -266,6 +268,7 @@ async fn serve_connection<H, Fut>(
     handler: H,
     limits: Arc<ServerLimits>,
     counters: Arc<Counters>,
+    egress: Option<Arc<crate::io::Egress>>,
     mut shutdown: watch::Receiver<bool>,
     _active: ActiveGuard,
 ) where
@@ -273,7 +276,7 @@ async fn serve_connection<H, Fut>(
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     let activity = Arc::new(Activity::new());
-    let io = TokioIo::new(ActivityIo::new(stream, activity.clone()));
+    let io = TokioIo::new(ActivityIo::new(stream, activity.clone(), egress));
     let service_counters = counters.clone();
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let handler = handler.clone();

@@ -464,3 +464,41 @@ async fn shutdown_grace_is_bounded() {
         .expect("task");
     assert!(outcome.is_err(), "the stuck request was cut off");
 }
+
+/// The egress cap holds across connections: two clients together cannot
+/// get more than burst + rate × time. (A lower bound on time only: a slow
+/// machine makes it pass more easily, never fail.)
+#[tokio::test]
+async fn egress_cap_limits_all_connections_together() {
+    const RATE: u64 = 4 * 1024 * 1024;
+    const BODY: usize = 2 * 1024 * 1024;
+    let limits = ServerLimits {
+        egress_bytes_per_s: RATE,
+        ..ServerLimits::default()
+    };
+    let running = start(limits, |_request, _conn| async {
+        Response::new(full(Bytes::from(vec![7u8; BODY])))
+    })
+    .await;
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let addr = running.addr;
+        clients.push(tokio::spawn(async move {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            stream
+                .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            read_until_closed(&mut stream).await.len()
+        }));
+    }
+    for client in clients {
+        assert!(client.await.unwrap() > BODY);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // 4 MiB in total at 4 MiB/s with a 205 KiB burst: at least ~0.9 s.
+    let floor = (2 * BODY) as f64 / RATE as f64 * 0.85;
+    assert!(elapsed >= floor, "4 MiB went out in {elapsed:.2} s, faster than the cap allows");
+    running.shutdown().await;
+}
