@@ -13,8 +13,8 @@ pub mod units;
 pub mod verified;
 
 pub use manifest::{Manifest, ManifestError, ObjectId, PieceHash, Validators, VerifyError};
-pub use rate::TokenBucket;
 pub use piece::{PieceIndex, PieceLayout, PieceSize, PieceSizeError};
+pub use rate::TokenBucket;
 pub use span::ByteSpan;
 pub use units::{ByteSize, ByteSizeError};
 pub use verified::{PieceLengthError, VerifiedPiece};

@@ -15,7 +15,12 @@ impl TokenBucket {
     /// zero burst to 1 byte, so the bucket always makes progress.
     pub fn new(rate_bytes_per_s: u64, burst_bytes: u64) -> Self {
         let burst_bytes = burst_bytes.max(1);
-        Self { rate_bytes_per_s: rate_bytes_per_s.max(1), burst_bytes, tokens: burst_bytes, last_ns: 0 }
+        Self {
+            rate_bytes_per_s: rate_bytes_per_s.max(1),
+            burst_bytes,
+            tokens: burst_bytes,
+            last_ns: 0,
+        }
     }
 
     pub fn rate_bytes_per_s(&self) -> u64 {
@@ -69,7 +74,11 @@ mod tests {
         assert_eq!(bucket.take(0, 1), 0);
         assert_eq!(bucket.wait_ns(0, 50), 50_000_000);
         assert_eq!(bucket.take(50_000_000, 100), 50);
-        assert_eq!(bucket.take(10_000_000_000, 1000), 100, "never more than the burst");
+        assert_eq!(
+            bucket.take(10_000_000_000, 1000),
+            100,
+            "never more than the burst"
+        );
     }
 
     proptest! {

@@ -185,7 +185,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
             return result;
         }
         // Through poll_write, so every byte passes the egress cap.
-        let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &**b);
+        let first = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .map_or(&[][..], |b| &**b);
         self.poll_write(cx, first)
     }
 

@@ -499,6 +499,9 @@ async fn egress_cap_limits_all_connections_together() {
     let elapsed = started.elapsed().as_secs_f64();
     // 4 MiB in total at 4 MiB/s with a 205 KiB burst: at least ~0.9 s.
     let floor = (2 * BODY) as f64 / RATE as f64 * 0.85;
-    assert!(elapsed >= floor, "4 MiB went out in {elapsed:.2} s, faster than the cap allows");
+    assert!(
+        elapsed >= floor,
+        "4 MiB went out in {elapsed:.2} s, faster than the cap allows"
+    );
     running.shutdown().await;
 }
