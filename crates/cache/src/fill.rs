@@ -186,7 +186,8 @@ impl Filler {
         // Claim a run of consecutive pieces that are neither stored nor in
         // flight, starting at `index`.
         let piece_bytes = entry.layout.piece_size().bytes();
-        let run_pieces_max = (self.config.run_bytes_max / piece_bytes).max(1) as u32;
+        let run_pieces_max =
+            (self.config.run_bytes_max / piece_bytes).clamp(1, u32::MAX as u64) as u32;
         let mut senders = Vec::new();
         let mut own = None;
         let mut next = index.0;
@@ -244,7 +245,9 @@ impl Filler {
             Ok(body) => body,
             Err(error) => {
                 tracing::warn!(path = %entry.path, %error, "origin range fetch failed");
-                if matches!(error, OriginError::Protocol(_)) {
+                // The version we hold may be gone: re-probe on the next request.
+                let gone = matches!(&error, OriginError::Status(s) if *s == http::StatusCode::NOT_FOUND || *s == http::StatusCode::GONE);
+                if gone || matches!(error, OriginError::Protocol(_)) {
                     entry.invalidate();
                 }
                 self.stats.origin_errors.fetch_add(1, Ordering::Relaxed);
@@ -311,10 +314,14 @@ impl Filler {
                 Err(error) => {
                     self.stats.corrupt_pieces.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(path = %entry.path, %error, "piece from origin failed verification; not stored, not served");
+                    entry.invalidate();
                     fail_all(&mut claim, FillError::Corrupt(index));
                     return;
                 }
             }
+        }
+        if entry.is_invalidated() {
+            return;
         }
         if let Some(manifest) = entry.built_manifest() {
             if self.store.get_manifest(&entry.id).ok().flatten().is_none() {

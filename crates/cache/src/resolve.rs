@@ -114,9 +114,15 @@ impl Resolver {
             Some(entry) => Some(entry),
             None => self.load_entry(path)?,
         };
-        if let Some(old) = known.filter(|e| !e.is_invalidated()) {
+        if let Some(old) = known {
             self.stats.revalidations.fetch_add(1, Ordering::Relaxed);
-            let conditional = conditional_headers(&old.record);
+            // An invalidated version is probed afresh (a 304 would prove
+            // nothing); its pieces are dropped only if the id changed.
+            let conditional = if old.is_invalidated() {
+                HeaderMap::new()
+            } else {
+                conditional_headers(&old.record)
+            };
             let head = self.origin.head(&path.to_uri_path(), &conditional).await?;
             if head.status == StatusCode::NOT_MODIFIED {
                 return Ok(self.refresh(old, &head.headers));
@@ -138,10 +144,6 @@ impl Resolver {
                     Ok(Resolved::PassThrough)
                 }
             };
-        }
-        let stale = lock(&self.objects).get(&key).cloned();
-        if let Some(stale) = stale {
-            self.forget(&stale);
         }
         let head = self
             .origin
@@ -192,6 +194,16 @@ impl Resolver {
             }
         };
         if entry.manifest.is_none() {
+            // The manifest built while ingesting, once complete, keeps every
+            // reference hash across restarts, evicted pieces included.
+            let built = self.store.get_manifest(&entry.id).ok().flatten();
+            if let Some(built) = built.and_then(|b| Manifest::decode(&b).ok()) {
+                if built.layout() == entry.layout {
+                    for (index, hash) in built.piece_hashes().iter().enumerate() {
+                        entry.learn_hash(PieceIndex(index as u32), *hash);
+                    }
+                }
+            }
             for index in self.store.pieces_of(&entry.id) {
                 if let Some(hash) = self.store.piece_hash(&PieceKey {
                     object: entry.id,
@@ -293,15 +305,8 @@ impl Resolver {
         record: ObjectRecord,
         manifest: Option<Manifest>,
     ) -> Result<Resolved, ResolveError> {
-        if let Some(m) = &manifest {
-            self.store
-                .put_manifest(m.id(), m.encode())
-                .map_err(|e| ResolveError::Store(e.to_string()))?;
-        }
+        // Validate before anything is persisted.
         let bytes = serde_json::to_vec(&record).map_err(|e| ResolveError::Store(e.to_string()))?;
-        self.store
-            .put_record(path.as_str(), bytes)
-            .map_err(|e| ResolveError::Store(e.to_string()))?;
         let entry = ObjectEntry::new(
             path.as_str().to_string(),
             path.to_uri_path(),
@@ -309,6 +314,14 @@ impl Resolver {
             manifest,
         )
         .map_err(ResolveError::BadManifest)?;
+        if let Some(m) = &entry.manifest {
+            self.store
+                .put_manifest(m.id(), m.encode())
+                .map_err(|e| ResolveError::Store(e.to_string()))?;
+        }
+        self.store
+            .put_record(path.as_str(), bytes)
+            .map_err(|e| ResolveError::Store(e.to_string()))?;
         let entry = Arc::new(entry);
         self.remember(entry.clone());
         Ok(Resolved::Cached(entry))

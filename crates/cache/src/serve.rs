@@ -140,9 +140,13 @@ impl CacheService {
         let range_header = request.headers().get(header::RANGE).map(|v| v.as_bytes());
         let resolution = select_ranges(range_header, range_allowed, size);
 
+        let multipart = matches!(resolution, RangeResolution::Multi(_));
         let mut builder = Response::builder();
         for (name, value) in self.entity_headers(&entry) {
-            builder = builder.header(name, value);
+            // A multipart response's own type replaces the object's.
+            if !(multipart && name == header::CONTENT_TYPE) {
+                builder = builder.header(name, value);
+            }
         }
         builder = builder.header(header::ACCEPT_RANGES, "bytes");
         let (status, segments, content_length) = match resolution {
@@ -267,7 +271,9 @@ impl CacheService {
             };
             let last_needed = *pieces.end();
             for index in pieces {
-                for ahead in index + 1..=(index + readahead_pieces).min(last_needed) {
+                for ahead in index.saturating_add(1)
+                    ..=index.saturating_add(readahead_pieces).min(last_needed)
+                {
                     self.filler.prefetch(&entry, PieceIndex(ahead));
                 }
                 let got = match first.take() {

@@ -117,6 +117,15 @@ fn range_semantics() {
 
     let multi = curl(&url, &["-H", "Range: bytes=0-9,262140-262150,-5"]);
     assert_eq!(multi.status, 206);
+    let content_types = multi
+        .headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        .count();
+    assert_eq!(
+        content_types, 1,
+        "exactly one Content-Type on a multipart response"
+    );
     let content_type = multi.header("content-type").unwrap().to_string();
     assert!(
         content_type.starts_with("multipart/byteranges; boundary="),
@@ -498,4 +507,37 @@ fn freshness_and_revalidation_follow_the_origin() {
     let private = curl(&format!("{}/private.txt", cache.url), &[]);
     assert_eq!(private.body, b"not for caches");
     assert!(stat(&cache.url, "pass_through_requests") >= 1);
+}
+
+#[test]
+fn an_object_removed_at_the_origin_is_reprobed_not_stuck() {
+    let root = tempfile::tempdir().unwrap();
+    let data = content(40 * 1024 * 1024, 11);
+    let path = write_file(root.path(), "gone.bin", &data);
+    publish(root.path());
+    let origin = start_origin(root.path());
+    let store = tempfile::tempdir().unwrap();
+    let cache = start_cache(&origin.url, store.path(), "1GiB", &[]);
+    let url = format!("{}/gone.bin", cache.url);
+    assert_eq!(curl(&url, &["-r", "0-99"]).body, data[..100]);
+
+    std::fs::rename(&path, root.path().join("moved-away")).unwrap();
+    let tail = curl(&url, &["-r", "35000000-35000099"]);
+    assert_eq!(tail.status, 404, "an uncached piece of a removed object");
+    assert_eq!(
+        curl(&url, &["-r", "0-99"]).status,
+        404,
+        "re-probed, not stuck"
+    );
+
+    // Back with the same bytes (and mtime): the cached pieces are kept.
+    std::fs::rename(root.path().join("moved-away"), &path).unwrap();
+    let before = stat(&cache.url, "origin_bytes");
+    assert_eq!(curl(&url, &["-r", "0-99"]).body, data[..100]);
+    assert_eq!(
+        stat(&cache.url, "origin_bytes"),
+        before,
+        "same id: pieces reused"
+    );
+    assert!(curl(&url, &[]).body == data);
 }

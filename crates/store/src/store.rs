@@ -91,6 +91,9 @@ pub struct StoreStats {
 
 struct Tier {
     pieces: BTreeMap<PieceKey, PieceMeta>,
+    /// Pieces being written right now: their space must not be freed
+    /// under them (see `free_space`).
+    writing: std::collections::HashSet<PieceKey>,
     policy: Box<dyn EvictionPolicy<PieceKey> + Send>,
     next_seq: u64,
 }
@@ -98,6 +101,7 @@ struct Tier {
 impl Tier {
     fn has_object(&self, object: &ObjectId) -> bool {
         self.pieces.range(object_range(object)).next().is_some()
+            || self.writing.iter().any(|k| k.object == *object)
     }
 }
 
@@ -193,6 +197,7 @@ impl Store {
 
         let disk = Arc::new(Mutex::new(Tier {
             pieces,
+            writing: Default::default(),
             policy,
             next_seq,
         }));
@@ -363,8 +368,11 @@ impl Store {
             index: piece.index(),
         };
         self.put_in_memory(key, piece.clone());
-        if lock(&self.disk).pieces.contains_key(&key) {
-            return Ok(());
+        {
+            let mut tier = lock(&self.disk);
+            if tier.pieces.contains_key(&key) || !tier.writing.insert(key) {
+                return Ok(()); // stored, or being stored by another task
+            }
         }
         let path = data_file_path(&self.objects_dir, &object);
         let offset = (piece.index().0 as u64) << piece_size.log2();
@@ -375,15 +383,15 @@ impl Store {
                 .await
                 .map_err(|e| StoreError::io(&path, std::io::Error::other(e)))?
         };
-        write.map_err(|e| StoreError::io(&path, e))?;
+        if let Err(error) = write {
+            lock(&self.disk).writing.remove(&key);
+            return Err(StoreError::io(&path, error));
+        }
 
         let len = piece.len() as u64;
         let victims = {
             let mut tier = lock(&self.disk);
-            if tier.pieces.contains_key(&key) {
-                // Another writer won the race with the same verified bytes.
-                return Ok(());
-            }
+            tier.writing.remove(&key);
             let meta = PieceMeta {
                 len: piece.len() as u32,
                 hash: piece.hash(),
@@ -556,9 +564,9 @@ fn write_at(path: &Path, offset: u64, data: &[u8]) -> std::io::Result<()> {
 }
 
 /// Frees the space of pieces whose rows are gone: punches a hole for each,
-/// unless it was stored again meanwhile, and deletes an object's file once
-/// none of its pieces is left. (A piece re-stored in the instant between
-/// the check and the punch loses its bytes; verify-on-read then drops it.)
+/// unless it was stored again or is being written, and deletes an object's
+/// file once none of its pieces is stored or being written. Runs under the
+/// disk lock, so no write can start in between.
 fn free_space(objects_dir: &Path, disk: &Mutex<Tier>, gone: &[(PieceKey, PieceMeta)]) {
     let tier = lock(disk);
     let mut objects: Vec<ObjectId> = gone.iter().map(|(k, _)| k.object).collect();
@@ -579,7 +587,7 @@ fn free_space(objects_dir: &Path, disk: &Mutex<Tier>, gone: &[(PieceKey, PieceMe
             continue;
         };
         for (key, meta) in gone.iter().filter(|(k, _)| k.object == object) {
-            if !tier.pieces.contains_key(key) {
+            if !tier.pieces.contains_key(key) && !tier.writing.contains(key) {
                 punch_hole(&file, meta.offset(key.index), meta.len as u64);
             }
         }
