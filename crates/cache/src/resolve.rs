@@ -90,20 +90,16 @@ impl Resolver {
             .entry(key.clone())
             .or_default()
             .clone();
-        let result = {
-            let _guard = path_lock.lock().await;
-            match self.fresh_entry(&key, now_unix_s()) {
-                Some(entry) => Ok(Resolved::Cached(entry)),
-                None => self.resolve_locked(path).await,
-            }
+        // Runs even if the client goes away mid-resolve.
+        let _cleanup = PathLockCleanup {
+            locks: &self.path_locks,
+            key: &key,
         };
-        {
-            let mut locks = lock(&self.path_locks);
-            if locks.get(&key).is_some_and(|l| Arc::strong_count(l) <= 2) {
-                locks.remove(&key);
-            }
+        let _guard = path_lock.lock().await;
+        match self.fresh_entry(&key, now_unix_s()) {
+            Some(entry) => Ok(Resolved::Cached(entry)),
+            None => self.resolve_locked(path).await,
         }
-        result
     }
 
     async fn resolve_locked(&self, path: &RequestPath) -> Result<Resolved, ResolveError> {
@@ -402,6 +398,25 @@ impl Resolver {
                 Resolved::Cached(entry)
             }
             Err(_) => Resolved::Cached(old),
+        }
+    }
+}
+
+/// Removes a path's lock from the map when its last user is done (the map
+/// and the dropping user hold the only two references).
+struct PathLockCleanup<'a> {
+    locks: &'a Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    key: &'a str,
+}
+
+impl Drop for PathLockCleanup<'_> {
+    fn drop(&mut self) {
+        let mut locks = lock(self.locks);
+        if locks
+            .get(self.key)
+            .is_some_and(|l| Arc::strong_count(l) <= 2)
+        {
+            locks.remove(self.key);
         }
     }
 }

@@ -319,7 +319,7 @@ impl Store {
             Ok(Err(error)) => {
                 tracing::error!(%error, object = %key.object, "stored piece failed verification; dropped, will refetch");
                 self.stats.corrupt_pieces.fetch_add(1, Ordering::Relaxed);
-                self.drop_piece(key);
+                self.drop_piece(key, meta.seq);
                 Ok(None)
             }
             Err(error) => {
@@ -329,7 +329,7 @@ impl Store {
                     tracing::warn!(%error, piece = %key.index, object = %key.object, "piece read failed; dropping it");
                 }
                 self.stats.misses.fetch_add(1, Ordering::Relaxed);
-                self.drop_piece(key);
+                self.drop_piece(key, meta.seq);
                 Ok(None)
             }
         }
@@ -469,9 +469,15 @@ impl Store {
         self.send(WriteOp::RemovePieces { pieces: gone })
     }
 
-    fn drop_piece(&self, key: PieceKey) {
+    /// Drops a piece whose bytes failed to read or verify — only if the row
+    /// is still the one that was read (`seq`): a read racing an eviction and
+    /// a re-store must not drop the newer, good copy.
+    fn drop_piece(&self, key: PieceKey, seq: u64) {
         let removed = {
             let mut tier = lock(&self.disk);
+            if tier.pieces.get(&key).map(|m| m.seq) != Some(seq) {
+                return;
+            }
             tier.policy.remove(&key);
             tier.pieces.remove(&key)
         };
