@@ -46,6 +46,9 @@ pub struct CacheConfig {
     pub fill_run_bytes_max: u64,
     /// How far ahead of a reader pieces are fetched.
     pub readahead_bytes: u64,
+    /// Larger objects are passed through from the origin, not stored (bounds
+    /// the per-object bookkeeping a HEAD response can make us allocate).
+    pub object_bytes_max: u64,
     pub limits: ServerLimits,
 }
 
@@ -63,6 +66,7 @@ impl Default for CacheConfig {
             manifest_bytes_max: 16 << 20,
             fill_run_bytes_max: 16 << 20,
             readahead_bytes: 32 << 20,
+            object_bytes_max: 1 << 40,
             limits: ServerLimits::default(),
         }
     }
@@ -171,7 +175,12 @@ impl BoundCache {
             },
         );
         let service = Arc::new(CacheService {
-            resolver: resolve::Resolver::new(store, origin.clone(), stats.clone()),
+            resolver: resolve::Resolver::new(
+                store,
+                origin.clone(),
+                stats.clone(),
+                config.object_bytes_max,
+            ),
             filler,
             origin,
             stats,

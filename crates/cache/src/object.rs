@@ -11,7 +11,7 @@ use shoal_core::{
     Manifest, ObjectId, PieceHash, PieceIndex, PieceLayout, PieceSize, VerifiedPiece, VerifyError,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 pub const RECORD_FORMAT: u32 = 1;
 
@@ -69,6 +69,12 @@ pub enum PieceRejected {
     Length(#[from] shoal_core::verified::PieceLengthError),
 }
 
+/// Reference hashes learnt while ingesting, with a count of the known ones.
+struct LearntHashes {
+    hashes: Vec<Option<PieceHash>>,
+    known: usize,
+}
+
 pub struct ObjectEntry {
     /// The decoded path (the cache key).
     pub path: String,
@@ -81,8 +87,10 @@ pub struct ObjectEntry {
     /// The published manifest, for objects that have one.
     pub manifest: Option<Manifest>,
     /// For objects without a manifest: the hash of each piece as first
-    /// ingested; later copies must match it.
-    learnt_hashes: Mutex<Vec<Option<PieceHash>>>,
+    /// ingested; later copies must match it. Shared by every entry of the
+    /// same version (a revalidation makes a new entry; fills still running
+    /// on the old one keep teaching the new one).
+    learnt_hashes: Arc<Mutex<LearntHashes>>,
     /// Set when the origin showed that this version is gone.
     invalidated: AtomicBool,
 }
@@ -103,7 +111,10 @@ impl ObjectEntry {
             }
         }
         let etag = served_etag(&record);
-        let learnt_hashes = Mutex::new(vec![None; layout.piece_count() as usize]);
+        let learnt_hashes = Arc::new(Mutex::new(LearntHashes {
+            hashes: vec![None; layout.piece_count() as usize],
+            known: 0,
+        }));
         Ok(Self {
             path,
             uri_path,
@@ -117,10 +128,28 @@ impl ObjectEntry {
         })
     }
 
+    /// The same version with a new record (fresher): shares what was learnt.
+    pub fn with_record(&self, record: ObjectRecord) -> Result<Self, String> {
+        let mut entry = Self::new(
+            self.path.clone(),
+            self.uri_path.clone(),
+            record,
+            self.manifest.clone(),
+        )?;
+        if entry.layout == self.layout {
+            entry.learnt_hashes = self.learnt_hashes.clone();
+        }
+        Ok(entry)
+    }
+
     /// Records hashes already known (pieces on disk, after a restart).
     pub fn learn_hash(&self, index: PieceIndex, hash: PieceHash) {
-        if let Some(slot) = lock(&self.learnt_hashes).get_mut(index.0 as usize) {
-            slot.get_or_insert(hash);
+        let mut learnt = lock(&self.learnt_hashes);
+        if let Some(slot) = learnt.hashes.get_mut(index.0 as usize) {
+            if slot.is_none() {
+                *slot = Some(hash);
+                learnt.known += 1;
+            }
         }
     }
 
@@ -134,6 +163,7 @@ impl ObjectEntry {
             return Ok(VerifiedPiece::verify(manifest, index, data)?);
         }
         let known = lock(&self.learnt_hashes)
+            .hashes
             .get(index.0 as usize)
             .copied()
             .flatten();
@@ -152,7 +182,12 @@ impl ObjectEntry {
         if self.manifest.is_some() {
             return None;
         }
-        let hashes: Option<Vec<PieceHash>> = lock(&self.learnt_hashes).iter().copied().collect();
+        let learnt = lock(&self.learnt_hashes);
+        // Cheap test first: this runs after every fill run.
+        if learnt.known != learnt.hashes.len() {
+            return None;
+        }
+        let hashes: Option<Vec<PieceHash>> = learnt.hashes.iter().copied().collect();
         Manifest::new(
             self.layout.object_size(),
             self.layout.piece_size(),
@@ -199,6 +234,7 @@ impl ObjectEntry {
 impl ObjectEntry {
     pub fn learnt_hash(&self, index: PieceIndex) -> Option<PieceHash> {
         lock(&self.learnt_hashes)
+            .hashes
             .get(index.0 as usize)
             .copied()
             .flatten()

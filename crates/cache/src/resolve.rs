@@ -8,7 +8,7 @@ use crate::object::{unpublished_id, ObjectEntry, ObjectRecord, RECORD_FORMAT};
 use crate::origin_client::{OriginClient, OriginError, OriginHead};
 use crate::stats::CacheStats;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
-use shoal_core::{Manifest, PieceIndex, PieceSize};
+use shoal_core::{Manifest, ObjectId, PieceIndex, PieceSize};
 use shoal_http::cache_control::CacheControl;
 use shoal_http::path::RequestPath;
 use shoal_store::{PieceKey, Store};
@@ -53,6 +53,10 @@ pub struct Resolver {
     path_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Upper bound on entries kept in memory (records stay in the store).
     entries_max: usize,
+    /// Larger objects are passed through, not stored.
+    object_bytes_max: u64,
+    /// How many paths' records name each object id.
+    id_users: Mutex<HashMap<ObjectId, usize>>,
 }
 
 pub fn now_unix_s() -> u64 {
@@ -63,8 +67,26 @@ pub fn now_unix_s() -> u64 {
 }
 
 impl Resolver {
-    pub fn new(store: Arc<Store>, origin: Arc<OriginClient>, stats: Arc<CacheStats>) -> Self {
+    pub fn new(
+        store: Arc<Store>,
+        origin: Arc<OriginClient>,
+        stats: Arc<CacheStats>,
+        object_bytes_max: u64,
+    ) -> Self {
+        // Several paths can name one published object (same content): its
+        // pieces go only when the last path lets go of it.
+        let mut id_users: HashMap<ObjectId, usize> = HashMap::new();
+        for (_, bytes) in store.all_records().unwrap_or_default() {
+            let id = serde_json::from_slice::<ObjectRecord>(&bytes)
+                .ok()
+                .and_then(|r| ObjectId::from_hex(&r.id));
+            if let Some(id) = id {
+                *id_users.entry(id).or_default() += 1;
+            }
+        }
         Self {
+            id_users: Mutex::new(id_users),
+            object_bytes_max,
             store,
             origin,
             stats,
@@ -223,6 +245,10 @@ impl Resolver {
         let size = head
             .size
             .ok_or_else(|| OriginError::Protocol("no size on HEAD".into()))?;
+        if size > self.object_bytes_max {
+            tracing::warn!(path = %path.as_str(), size, limit = self.object_bytes_max, "object larger than object_bytes_max: passed through, not stored");
+            return Ok(Probe::NotStorable);
+        }
         let text = |name: header::HeaderName| {
             headers
                 .get(name)
@@ -319,6 +345,7 @@ impl Resolver {
             .put_record(path.as_str(), bytes)
             .map_err(|e| ResolveError::Store(e.to_string()))?;
         let entry = Arc::new(entry);
+        *lock(&self.id_users).entry(entry.id).or_default() += 1;
         self.remember(entry.clone());
         Ok(Resolved::Cached(entry))
     }
@@ -339,8 +366,20 @@ impl Resolver {
     /// Drops a version that the origin no longer serves, with its pieces.
     fn forget(&self, entry: &Arc<ObjectEntry>) {
         lock(&self.objects).remove(&entry.path);
-        if let Err(error) = self.store.remove_object(&entry.id) {
-            tracing::warn!(%error, "could not remove an old object version");
+        let last_user = {
+            let mut users = lock(&self.id_users);
+            let count = users.entry(entry.id).or_insert(1);
+            *count = count.saturating_sub(1);
+            let last = *count == 0;
+            if last {
+                users.remove(&entry.id);
+            }
+            last
+        };
+        if last_user {
+            if let Err(error) = self.store.remove_object(&entry.id) {
+                tracing::warn!(%error, "could not remove an old object version");
+            }
         }
         let _ = self.store.remove_record(&entry.path);
     }
@@ -375,22 +414,9 @@ impl Resolver {
     }
 
     fn replace_record(&self, old: Arc<ObjectEntry>, record: ObjectRecord) -> Resolved {
-        let manifest = old.manifest.clone();
-        match ObjectEntry::new(
-            old.path.clone(),
-            old.uri_path.clone(),
-            record.clone(),
-            manifest,
-        ) {
+        match old.with_record(record.clone()) {
             Ok(entry) => {
                 let entry = Arc::new(entry);
-                if entry.manifest.is_none() {
-                    for index in 0..entry.layout.piece_count() {
-                        if let Some(hash) = old.learnt_hash(PieceIndex(index)) {
-                            entry.learn_hash(PieceIndex(index), hash);
-                        }
-                    }
-                }
                 if let Ok(bytes) = serde_json::to_vec(&record) {
                     let _ = self.store.put_record(&entry.path, bytes);
                 }

@@ -541,3 +541,37 @@ fn an_object_removed_at_the_origin_is_reprobed_not_stuck() {
     );
     assert!(curl(&url, &[]).body == data);
 }
+
+#[test]
+fn a_new_version_at_one_path_keeps_pieces_another_path_shares() {
+    let root = tempfile::tempdir().unwrap();
+    let data = content(3 * 1024 * 1024, 12);
+    write_file(root.path(), "a.bin", &data);
+    write_file(root.path(), "b.bin", &data);
+    publish(root.path());
+    let (nginx, _dir) = start_nginx(root.path(), r#"add_header Cache-Control "max-age=1";"#);
+    let store = tempfile::tempdir().unwrap();
+    let cache = start_cache(&nginx.url, store.path(), "1GiB", &[]);
+    assert!(curl(&format!("{}/a.bin", cache.url), &[]).body == data);
+    assert!(curl(&format!("{}/b.bin", cache.url), &[]).body == data);
+    let fetched = stat(&cache.url, "origin_bytes");
+    assert_eq!(
+        fetched,
+        data.len() as u64,
+        "same content, same object: fetched once"
+    );
+
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let changed = content(1024 * 1024, 13);
+    write_file(root.path(), "a.bin", &changed);
+    publish(root.path());
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert!(curl(&format!("{}/a.bin", cache.url), &[]).body == changed);
+    let after_a = stat(&cache.url, "origin_bytes");
+    assert!(curl(&format!("{}/b.bin", cache.url), &[]).body == data);
+    assert_eq!(
+        stat(&cache.url, "origin_bytes"),
+        after_a,
+        "b's pieces survived a's new version"
+    );
+}

@@ -146,6 +146,17 @@ pub(crate) fn get_record(db: &Database, path: &str) -> Result<Option<Vec<u8>>, r
     Ok(table.get(path)?.map(|v| v.value().to_vec()))
 }
 
+pub(crate) fn all_records(db: &Database) -> Result<Vec<(String, Vec<u8>)>, redb::Error> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(RECORDS)?;
+    let mut out = Vec::new();
+    for row in table.iter()? {
+        let (k, v) = row?;
+        out.push((k.value().to_string(), v.value().to_vec()));
+    }
+    Ok(out)
+}
+
 pub(crate) fn get_manifest(db: &Database, id: &ObjectId) -> Result<Option<Vec<u8>>, redb::Error> {
     let txn = db.begin_read()?;
     let table = txn.open_table(MANIFESTS)?;
@@ -168,57 +179,80 @@ pub(crate) fn writer_loop(
                 Err(_) => break,
             }
         }
-        let mut removed = Vec::new();
+        // Flush acks leave the batch first, so a failed write cannot lose them.
         let mut flushes = Vec::new();
-        let result = (|| -> Result<(), redb::Error> {
-            let txn = db.begin_write()?;
-            {
-                let mut pieces = txn.open_table(PIECES)?;
-                let mut records = txn.open_table(RECORDS)?;
-                let mut manifests = txn.open_table(MANIFESTS)?;
-                for op in batch {
-                    match op {
-                        WriteOp::PutPiece { key, meta } => {
-                            pieces.insert(
-                                piece_key_bytes(&key).as_slice(),
-                                meta_bytes(&meta).as_slice(),
-                            )?;
-                        }
-                        WriteOp::RemovePieces { pieces: gone } => {
-                            for (key, _) in &gone {
-                                pieces.remove(piece_key_bytes(key).as_slice())?;
-                            }
-                            removed.extend(gone);
-                        }
-                        WriteOp::PutRecord { path, bytes } => {
-                            records.insert(path.as_str(), bytes.as_slice())?;
-                        }
-                        WriteOp::RemoveRecord { path } => {
-                            records.remove(path.as_str())?;
-                        }
-                        WriteOp::PutManifest { id, bytes } => {
-                            manifests.insert(id.0.as_slice(), bytes.as_slice())?;
-                        }
-                        WriteOp::RemoveManifest { id } => {
-                            manifests.remove(id.0.as_slice())?;
-                        }
-                        WriteOp::Flush { done } => flushes.push(done),
-                    }
+        batch.retain_mut(|op| match op {
+            WriteOp::Flush { done } => {
+                let (placeholder, _) = oneshot::channel();
+                flushes.push(std::mem::replace(done, placeholder));
+                false
+            }
+            _ => true,
+        });
+        // One retry: a transient failure (a full disk freeing up, say)
+        // should not cost a whole batch.
+        let mut result = apply(&db, &batch);
+        if let Err(error) = &result {
+            tracing::warn!(%error, "index write failed; retrying once");
+            result = apply(&db, &batch);
+        }
+        match result {
+            Ok(()) => {
+                let removed: Vec<(PieceKey, PieceMeta)> = batch
+                    .into_iter()
+                    .filter_map(|op| match op {
+                        WriteOp::RemovePieces { pieces } => Some(pieces),
+                        _ => None,
+                    })
+                    .flatten()
+                    .collect();
+                if !removed.is_empty() {
+                    reclaim(&removed);
                 }
             }
-            txn.commit()?;
-            Ok(())
-        })();
-        if let Err(error) = result {
-            // The in-memory view stays authoritative for this run; the next
-            // start-up reconciles files and rows again.
-            tracing::error!(%error, "index write failed");
-        }
-        if !removed.is_empty() {
-            reclaim(&removed);
+            // The in-memory view stays authoritative for this run; space of
+            // rows that could not be removed is reclaimed at the next start.
+            Err(error) => tracing::error!(%error, "index write failed twice; batch dropped"),
         }
         for done in flushes {
             let _ = done.send(());
         }
     }
+}
+
+/// Applies a batch in one transaction.
+fn apply(db: &Database, batch: &[WriteOp]) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    {
+        let mut pieces = txn.open_table(PIECES)?;
+        let mut records = txn.open_table(RECORDS)?;
+        let mut manifests = txn.open_table(MANIFESTS)?;
+        for op in batch {
+            match op {
+                WriteOp::PutPiece { key, meta } => {
+                    pieces.insert(piece_key_bytes(key).as_slice(), meta_bytes(meta).as_slice())?;
+                }
+                WriteOp::RemovePieces { pieces: gone } => {
+                    for (key, _) in gone {
+                        pieces.remove(piece_key_bytes(key).as_slice())?;
+                    }
+                }
+                WriteOp::PutRecord { path, bytes } => {
+                    records.insert(path.as_str(), bytes.as_slice())?;
+                }
+                WriteOp::RemoveRecord { path } => {
+                    records.remove(path.as_str())?;
+                }
+                WriteOp::PutManifest { id, bytes } => {
+                    manifests.insert(id.0.as_slice(), bytes.as_slice())?;
+                }
+                WriteOp::RemoveManifest { id } => {
+                    manifests.remove(id.0.as_slice())?;
+                }
+                WriteOp::Flush { .. } => {}
+            }
+        }
+    }
+    txn.commit()?;
+    Ok(())
 }

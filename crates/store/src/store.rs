@@ -493,6 +493,11 @@ impl Store {
         Ok(index::get_record(&self.db, path)?)
     }
 
+    /// Every record (for start-up bookkeeping).
+    pub fn all_records(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        Ok(index::all_records(&self.db)?)
+    }
+
     pub fn put_record(&self, path: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
         self.send(WriteOp::PutRecord {
             path: path.to_string(),
