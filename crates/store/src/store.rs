@@ -119,6 +119,8 @@ pub struct Store {
     /// `None` only while dropping.
     writer: Mutex<Option<mpsc::Sender<WriteOp>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Serialises piece-data writes (see `put`).
+    data_write_lock: Mutex<()>,
     stats: StoreStats,
 }
 
@@ -229,6 +231,7 @@ impl Store {
             }),
             writer: Mutex::new(Some(sender)),
             writer_thread: Mutex::new(Some(writer_thread)),
+            data_write_lock: Mutex::new(()),
             stats,
             config,
         }))
@@ -379,7 +382,13 @@ impl Store {
         let data = piece.data().clone();
         let write = {
             let file_path = path.clone();
-            tokio::task::spawn_blocking(move || write_at(&file_path, offset, &data))
+            let store = self.clone();
+            tokio::task::spawn_blocking(move || {
+                // One writer at a time: concurrent buffered writes to one
+                // file contend on its inode lock and burn a core spinning.
+                let _writing = lock(&store.data_write_lock);
+                write_at(&file_path, offset, &data)
+            })
                 .await
                 .map_err(|e| StoreError::io(&path, std::io::Error::other(e)))?
         };
