@@ -29,6 +29,12 @@ use std::sync::Arc;
 
 /// Prefix of the cache's own endpoints; objects under it are not served.
 pub const INTERNAL_PREFIX: &str = "/_shoal/";
+/// `GET /_shoal/manifest/<path>`: the manifest of the object at `<path>`:
+/// the published one, or the one the cache built while ingesting (404
+/// until every piece has been seen). The id is in `X-Shoal-Object-Id`.
+pub const MANIFEST_PREFIX: &str = "/_shoal/manifest/";
+/// Response header naming the object version a response came from.
+pub const OBJECT_ID_HEADER: &str = "x-shoal-object-id";
 
 pub struct CacheService {
     pub(crate) resolver: Resolver,
@@ -77,6 +83,9 @@ impl CacheService {
             }
         };
         let raw_path = request.uri().path();
+        if let Some(object_path) = raw_path.strip_prefix(MANIFEST_PREFIX) {
+            return self.manifest(&format!("/{object_path}")).await;
+        }
         if let Some(endpoint) = raw_path.strip_prefix(INTERNAL_PREFIX) {
             return self.internal(endpoint);
         }
@@ -148,7 +157,9 @@ impl CacheService {
                 builder = builder.header(name, value);
             }
         }
-        builder = builder.header(header::ACCEPT_RANGES, "bytes");
+        builder = builder
+            .header(header::ACCEPT_RANGES, "bytes")
+            .header(OBJECT_ID_HEADER, entry.id.to_hex());
         let (status, segments, content_length) = match resolution {
             RangeResolution::Full => (StatusCode::OK, data_segments(ByteSpan::new(0, size)), size),
             RangeResolution::Single(span) => {
@@ -403,6 +414,38 @@ impl CacheService {
         });
         builder
             .body(http_body_util::StreamBody::new(ReceiverStream(receiver)).boxed())
+            .unwrap_or_else(|_| internal_error())
+    }
+
+    async fn manifest(&self, raw_path: &str) -> Response<Body> {
+        let path = match RequestPath::parse(raw_path) {
+            Ok(path) => path,
+            Err(error) => {
+                return text_response(StatusCode::BAD_REQUEST, &format!("bad path: {error}\n"))
+            }
+        };
+        let entry = match self.resolver.resolve(&path).await {
+            Ok(Resolved::Cached(entry)) => entry,
+            Ok(Resolved::PassThrough) => {
+                return text_response(
+                    StatusCode::NOT_FOUND,
+                    "this object is not cached (the origin forbids it)\n",
+                )
+            }
+            Err(error) => return text_response(error.client_status(), &format!("{error}\n")),
+        };
+        let manifest = entry.manifest.clone().or_else(|| entry.built_manifest());
+        let Some(manifest) = manifest else {
+            return text_response(
+                StatusCode::NOT_FOUND,
+                "no manifest yet: this object was not published and has not been fully ingested\n",
+            );
+        };
+        Response::builder()
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .header(OBJECT_ID_HEADER, entry.id.to_hex())
+            .header(header::CACHE_CONTROL, "no-cache")
+            .body(shoal_server::full(Bytes::from(manifest.encode())))
             .unwrap_or_else(|_| internal_error())
     }
 

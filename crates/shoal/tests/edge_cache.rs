@@ -575,3 +575,51 @@ fn a_new_version_at_one_path_keeps_pieces_another_path_shares() {
         "b's pieces survived a's new version"
     );
 }
+
+#[test]
+fn manifests_are_served_published_or_built() {
+    let root = tempfile::tempdir().unwrap();
+    let data = content(3 * PIECE + 5, 14);
+    write_file(root.path(), "pub.bin", &data);
+    publish(root.path());
+    write_file(root.path(), "raw.bin", &data);
+    let (nginx, _dir) = start_nginx(root.path(), "");
+    let store = tempfile::tempdir().unwrap();
+    let cache = start_cache(&nginx.url, store.path(), "1GiB", &[]);
+
+    let published = curl(&format!("{}/_shoal/manifest/pub.bin", cache.url), &[]);
+    assert_eq!(published.status, 200);
+    let id = published.header("x-shoal-object-id").unwrap().to_string();
+    assert_eq!(
+        id,
+        blake3::hash(&published.body).to_hex().to_string(),
+        "the id is the manifest's hash"
+    );
+    let object = curl(&format!("{}/pub.bin", cache.url), &["-r", "0-0"]);
+    assert_eq!(object.header("x-shoal-object-id"), Some(id.as_str()));
+
+    // Not published: no manifest until every piece has been ingested.
+    assert_eq!(
+        curl(&format!("{}/_shoal/manifest/raw.bin", cache.url), &[]).status,
+        404
+    );
+    assert!(curl(&format!("{}/raw.bin", cache.url), &[]).body == data);
+    let built = curl(&format!("{}/_shoal/manifest/raw.bin", cache.url), &[]);
+    assert_eq!(built.status, 200);
+    // Same bytes, same piece size: the built manifest lists the same hashes.
+    assert_eq!(
+        built.body.len(),
+        published.body.len() - (2 + 4 + 8),
+        "same hashes, no last-modified extension"
+    );
+    // The 24-byte fixed header, then one 32-byte hash per piece.
+    assert_eq!(built.body[24..24 + 4 * 32], published.body[24..24 + 4 * 32]);
+    assert_eq!(
+        curl(
+            &format!("{}/_shoal/manifest/%2e%2e/x", cache.url),
+            &["--path-as-is"]
+        )
+        .status,
+        400
+    );
+}

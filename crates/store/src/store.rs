@@ -389,8 +389,8 @@ impl Store {
                 let _writing = lock(&store.data_write_lock);
                 write_at(&file_path, offset, &data)
             })
-                .await
-                .map_err(|e| StoreError::io(&path, std::io::Error::other(e)))?
+            .await
+            .map_err(|e| StoreError::io(&path, std::io::Error::other(e)))?
         };
         if let Err(error) = write {
             lock(&self.disk).writing.remove(&key);
