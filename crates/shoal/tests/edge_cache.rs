@@ -623,3 +623,83 @@ fn manifests_are_served_published_or_built() {
         400
     );
 }
+
+/// A cold miss streams: the first bytes reach the client long before the
+/// origin has sent the whole object (origin capped at 4 MiB/s, 8 MiB object:
+/// the whole takes about 2 s; the first byte needs only the first piece).
+#[test]
+fn a_cold_miss_starts_the_response_before_the_object_is_fetched() {
+    let root = tempfile::tempdir().unwrap();
+    let data = content(8 * 1024 * 1024, 15);
+    write_file(root.path(), "slow.bin", &data);
+    publish(root.path());
+    let origin = start_shoal(
+        &[
+            "origin",
+            "--root",
+            root.path().to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[("SHOAL_ORIGIN_LIMITS__EGRESS_BYTES_PER_S", "4194304")],
+    );
+    let store = tempfile::tempdir().unwrap();
+    let cache = start_cache(&origin.url, store.path(), "1GiB", &[]);
+    let output = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{size_download} %{time_starttransfer} %{time_total}",
+        ])
+        .arg(format!("{}/slow.bin", cache.url))
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    assert_eq!(fields[..2], ["200", &data.len().to_string()], "{text}");
+    let first_byte_s: f64 = fields[2].parse().unwrap();
+    let total_s: f64 = fields[3].parse().unwrap();
+    assert!(total_s > 1.0, "the origin cap held ({total_s} s)");
+    assert!(
+        first_byte_s < total_s / 3.0,
+        "first byte after {first_byte_s} s of {total_s} s: the response waited for the object"
+    );
+}
+
+/// Slow-loris and idle clients are cut off by the cache's limits.
+#[test]
+fn slow_and_idle_connections_are_timed_out() {
+    use std::io::{Read, Write};
+    let root = tempfile::tempdir().unwrap();
+    write_file(root.path(), "x.bin", b"x");
+    let origin = start_origin(root.path());
+    let store = tempfile::tempdir().unwrap();
+    let cache = start_cache(
+        &origin.url,
+        store.path(),
+        "1GiB",
+        &[
+            ("SHOAL_CACHE_LIMITS__HEADER_READ_TIMEOUT_MS", "500"),
+            ("SHOAL_CACHE_LIMITS__IDLE_TIMEOUT_MS", "800"),
+        ],
+    );
+    let addr = cache.url.trim_start_matches("http://").to_string();
+    for partial in [&b"GET /x.bin HTTP/1.1\r\nHost: a\r\n"[..], &b""[..]] {
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        stream.write_all(partial).unwrap();
+        let started = std::time::Instant::now();
+        let mut sink = Vec::new();
+        let _ = stream.read_to_end(&mut sink);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(8),
+            "connection was not closed"
+        );
+    }
+    // A complete request still works.
+    assert_eq!(curl(&format!("{}/x.bin", cache.url), &[]).body, b"x");
+}
