@@ -15,7 +15,6 @@ use crate::resolve::{Resolved, Resolver};
 use crate::stats::CacheStats;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use shoal_core::{ByteSpan, PieceIndex, VerifiedPiece};
 use shoal_http::conditional::{
     evaluate_preconditions, ConditionalHeaders, EntityValidators, Precondition,
@@ -33,6 +32,9 @@ pub const INTERNAL_PREFIX: &str = "/_shoal/";
 /// the published one, or the one the cache built while ingesting (404
 /// until every piece has been seen). The id is in `X-Shoal-Object-Id`.
 pub const MANIFEST_PREFIX: &str = "/_shoal/manifest/";
+/// Chunks (pieces or parts of them) buffered between the piece reader and
+/// the socket, per response: enough to keep the socket busy, little memory.
+const BODY_CHUNKS_MAX: usize = 4;
 /// Response header naming the object version a response came from.
 pub const OBJECT_ID_HEADER: &str = "x-shoal-object-id";
 
@@ -89,26 +91,36 @@ impl CacheService {
         if let Some(endpoint) = raw_path.strip_prefix(INTERNAL_PREFIX) {
             return self.internal(endpoint);
         }
-        let path = match RequestPath::parse(raw_path) {
-            Ok(path) => path,
-            Err(error) => {
-                return text_response(StatusCode::BAD_REQUEST, &format!("bad path: {error}\n"))
-            }
+        let (path, resolved) = match self.parse_and_resolve(raw_path).await {
+            Ok(found) => found,
+            Err(response) => return response,
         };
-        let entry = match self.resolver.resolve(&path).await {
-            Ok(Resolved::Cached(entry)) => entry,
-            Ok(Resolved::PassThrough) => {
-                return self.pass_through(&path, head_only, &request).await
-            }
+        let entry = match resolved {
+            Resolved::Cached(entry) => entry,
+            Resolved::PassThrough => return self.pass_through(&path, head_only, &request).await,
+        };
+        self.serve_entry(entry, head_only, &request).await
+    }
+
+    /// The path (400 if malformed) and what to do with it (the origin's
+    /// failure as 502/504/404).
+    async fn parse_and_resolve(
+        &self,
+        raw_path: &str,
+    ) -> Result<(RequestPath, Resolved), Response<Body>> {
+        let path = RequestPath::parse(raw_path).map_err(|error| {
+            text_response(StatusCode::BAD_REQUEST, &format!("bad path: {error}\n"))
+        })?;
+        match self.resolver.resolve(&path).await {
+            Ok(resolved) => Ok((path, resolved)),
             Err(error) => {
                 let status = error.client_status();
                 if status.is_server_error() {
                     tracing::warn!(path = %path.as_str(), %error, "could not resolve object");
                 }
-                return text_response(status, &format!("{error}\n"));
+                Err(text_response(status, &format!("{error}\n")))
             }
-        };
-        self.serve_entry(entry, head_only, &request).await
+        }
     }
 
     async fn serve_entry<B>(
@@ -226,14 +238,10 @@ impl CacheService {
             },
             None => None,
         };
-        let (sender, receiver) =
-            tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, std::io::Error>>(4);
+        let (sender, body) = shoal_server::channel_body(BODY_CHUNKS_MAX);
         let service = self.clone();
         tokio::spawn(async move { service.stream_body(entry, segments, first, sender).await });
-        let body = http_body_util::StreamBody::new(ReceiverStream(receiver));
-        builder
-            .body(body.boxed())
-            .unwrap_or_else(|_| internal_error())
+        builder.body(body).unwrap_or_else(|_| internal_error())
     }
 
     async fn piece(
@@ -259,18 +267,14 @@ impl CacheService {
         entry: Arc<ObjectEntry>,
         segments: Vec<Segment>,
         mut first: Option<(VerifiedPiece, Source)>,
-        sender: tokio::sync::mpsc::Sender<Result<http_body::Frame<Bytes>, std::io::Error>>,
+        sender: shoal_server::BodySender,
     ) {
         let piece_bytes = entry.layout.piece_size().bytes();
         let readahead_pieces = (self.readahead_bytes / piece_bytes).max(1) as u32;
         for segment in segments {
             let span = match segment {
                 Segment::Literal(bytes) => {
-                    if sender
-                        .send(Ok(http_body::Frame::data(bytes)))
-                        .await
-                        .is_err()
-                    {
+                    if sender.send(Ok(bytes)).await.is_err() {
                         return;
                     }
                     continue;
@@ -313,11 +317,7 @@ impl CacheService {
                 let to = (wanted.end() - piece_span.start()) as usize;
                 let bytes = piece.data().slice(from..to);
                 let len = bytes.len() as u64;
-                if sender
-                    .send(Ok(http_body::Frame::data(bytes)))
-                    .await
-                    .is_err()
-                {
+                if sender.send(Ok(bytes)).await.is_err() {
                     return;
                 }
                 self.stats.bytes_served.fetch_add(len, Ordering::Relaxed);
@@ -389,16 +389,12 @@ impl CacheService {
                 .body(shoal_server::empty())
                 .unwrap_or_else(|_| internal_error());
         }
-        let (sender, receiver) = tokio::sync::mpsc::channel(4);
+        let (sender, response_body) = shoal_server::channel_body(BODY_CHUNKS_MAX);
         tokio::spawn(async move {
             loop {
                 match body.chunk().await {
                     Ok(Some(chunk)) => {
-                        if sender
-                            .send(Ok(http_body::Frame::data(chunk)))
-                            .await
-                            .is_err()
-                        {
+                        if sender.send(Ok(chunk)).await.is_err() {
                             return;
                         }
                     }
@@ -413,26 +409,20 @@ impl CacheService {
             }
         });
         builder
-            .body(http_body_util::StreamBody::new(ReceiverStream(receiver)).boxed())
+            .body(response_body)
             .unwrap_or_else(|_| internal_error())
     }
 
     async fn manifest(&self, raw_path: &str) -> Response<Body> {
-        let path = match RequestPath::parse(raw_path) {
-            Ok(path) => path,
-            Err(error) => {
-                return text_response(StatusCode::BAD_REQUEST, &format!("bad path: {error}\n"))
-            }
-        };
-        let entry = match self.resolver.resolve(&path).await {
-            Ok(Resolved::Cached(entry)) => entry,
-            Ok(Resolved::PassThrough) => {
+        let entry = match self.parse_and_resolve(raw_path).await {
+            Ok((_, Resolved::Cached(entry))) => entry,
+            Ok((_, Resolved::PassThrough)) => {
                 return text_response(
                     StatusCode::NOT_FOUND,
                     "this object is not cached (the origin forbids it)\n",
                 )
             }
-            Err(error) => return text_response(error.client_status(), &format!("{error}\n")),
+            Err(response) => return response,
         };
         let manifest = entry.manifest.clone().or_else(|| entry.built_manifest());
         let Some(manifest) = manifest else {
@@ -483,17 +473,4 @@ fn internal_error() -> Response<Body> {
     let mut response = Response::new(shoal_server::empty());
     *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
     response
-}
-
-/// A `Stream` over an mpsc receiver (what tokio-stream's wrapper does).
-struct ReceiverStream<T>(tokio::sync::mpsc::Receiver<T>);
-
-impl<T> futures_util::Stream for ReceiverStream<T> {
-    type Item = T;
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<T>> {
-        self.0.poll_recv(cx)
-    }
 }
