@@ -53,9 +53,10 @@ pub struct StoreConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("store I/O error at {path}: {source}")]
+    #[error("store I/O error at {path}")]
     Io {
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
     #[error("store index error: {0}")]
