@@ -5,9 +5,11 @@
 //! from. This crate knows nothing about files, sockets or tokio: it is pure
 //! computation, so tests, benchmarks and simulators drive the same code.
 
+pub mod auth;
 pub mod manifest;
 pub mod piece;
 pub mod rate;
+pub mod rendezvous;
 pub mod span;
 pub mod units;
 pub mod verified;

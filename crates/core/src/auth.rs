@@ -1,0 +1,300 @@
+//! Authentication of requests between members of one mesh.
+//!
+//! Every member knows the cluster secret. A request from one cache to
+//! another carries a header
+//!
+//! ```text
+//! x-shoal-auth: v1.<node>.<expires_unix_s>.<mac, 64 hex digits>
+//! ```
+//!
+//! where the MAC is BLAKE3 in keyed mode (a PRF, so a sound MAC) over the
+//! version, node name, expiry, method and path-and-query, keyed by a key
+//! derived from the secret. The receiver recomputes it and compares in
+//! constant time, refuses expired tokens and tokens that claim to live longer
+//! than it allows (so a leaked token is short-lived). Anyone without the
+//! secret cannot forge one; a token is bound to one method and one path.
+//! Pure functions: the caller passes the time.
+
+use std::fmt;
+
+/// Name of the header that carries the token.
+pub const AUTH_HEADER: &str = "x-shoal-auth";
+/// Longest header value accepted (the parser looks at nothing longer).
+pub const AUTH_HEADER_LEN_MAX_BYTES: usize = 256;
+/// Longest node name.
+pub const NODE_NAME_LEN_MAX_BYTES: usize = 64;
+/// Shortest cluster secret accepted.
+pub const CLUSTER_SECRET_LEN_MIN_BYTES: usize = 16;
+
+/// The MAC key shared by a mesh, derived from its secret.
+#[derive(Clone)]
+pub struct ClusterKey([u8; 32]);
+
+impl fmt::Debug for ClusterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClusterKey(…)")
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("the cluster secret is shorter than {CLUSTER_SECRET_LEN_MIN_BYTES} bytes")]
+    SecretTooShort,
+    #[error("node name must be 1-{NODE_NAME_LEN_MAX_BYTES} characters of A-Z a-z 0-9 - _")]
+    BadNodeName,
+    #[error("no {AUTH_HEADER} header")]
+    Missing,
+    #[error("{AUTH_HEADER} is malformed")]
+    Malformed,
+    #[error("{AUTH_HEADER} version is not supported")]
+    UnsupportedVersion,
+    #[error("token expired {0} s ago")]
+    Expired(u64),
+    #[error("token lives {0} s, longer than allowed")]
+    TooLongLived(u64),
+    #[error("token signature does not match")]
+    BadSignature,
+}
+
+impl ClusterKey {
+    pub fn from_secret(secret: &str) -> Result<Self, AuthError> {
+        if secret.len() < CLUSTER_SECRET_LEN_MIN_BYTES {
+            return Err(AuthError::SecretTooShort);
+        }
+        Ok(Self(blake3::derive_key(
+            "shoal cluster request key v1",
+            secret.as_bytes(),
+        )))
+    }
+
+    fn mac(
+        &self,
+        node: &str,
+        expires_unix_s: u64,
+        method: &str,
+        path_and_query: &str,
+    ) -> blake3::Hash {
+        let mut hasher = blake3::Hasher::new_keyed(&self.0);
+        for field in [
+            b"v1".as_slice(),
+            node.as_bytes(),
+            expires_unix_s.to_string().as_bytes(),
+            method.as_bytes(),
+        ] {
+            // Length-prefixed, so fields cannot be shifted into each other.
+            hasher.update(&(field.len() as u64).to_be_bytes());
+            hasher.update(field);
+        }
+        hasher.update(&(path_and_query.len() as u64).to_be_bytes());
+        hasher.update(path_and_query.as_bytes());
+        hasher.finalize()
+    }
+
+    /// The header value authorising `method path_and_query` from `node`
+    /// until `expires_unix_s`.
+    pub fn sign(
+        &self,
+        node: &str,
+        expires_unix_s: u64,
+        method: &str,
+        path_and_query: &str,
+    ) -> Result<String, AuthError> {
+        if !valid_node_name(node) {
+            return Err(AuthError::BadNodeName);
+        }
+        let mac = self.mac(node, expires_unix_s, method, path_and_query);
+        Ok(format!("v1.{node}.{expires_unix_s}.{}", mac.to_hex()))
+    }
+
+    /// Checks a header value; returns the authenticated node name.
+    pub fn verify<'a>(
+        &self,
+        header: Option<&'a [u8]>,
+        method: &str,
+        path_and_query: &str,
+        now_unix_s: u64,
+        ttl_max_s: u64,
+    ) -> Result<&'a str, AuthError> {
+        let token = parse(header.ok_or(AuthError::Missing)?)?;
+        if token.expires_unix_s < now_unix_s {
+            return Err(AuthError::Expired(now_unix_s - token.expires_unix_s));
+        }
+        let lifetime_s = token.expires_unix_s - now_unix_s;
+        if lifetime_s > ttl_max_s {
+            return Err(AuthError::TooLongLived(lifetime_s));
+        }
+        let expected = self.mac(token.node, token.expires_unix_s, method, path_and_query);
+        // blake3::Hash compares in constant time.
+        if expected == blake3::Hash::from(token.mac) {
+            Ok(token.node)
+        } else {
+            Err(AuthError::BadSignature)
+        }
+    }
+}
+
+/// A parsed (not yet verified) token.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Token<'a> {
+    pub node: &'a str,
+    pub expires_unix_s: u64,
+    pub mac: [u8; 32],
+}
+
+/// Parses `v1.<node>.<expires>.<hex mac>`, strictly.
+pub fn parse(value: &[u8]) -> Result<Token<'_>, AuthError> {
+    if value.len() > AUTH_HEADER_LEN_MAX_BYTES {
+        return Err(AuthError::Malformed);
+    }
+    let text = std::str::from_utf8(value).map_err(|_| AuthError::Malformed)?;
+    let mut fields = text.split('.');
+    let (Some(version), Some(node), Some(expires), Some(mac), None) = (
+        fields.next(),
+        fields.next(),
+        fields.next(),
+        fields.next(),
+        fields.next(),
+    ) else {
+        return Err(AuthError::Malformed);
+    };
+    if version != "v1" {
+        return Err(AuthError::UnsupportedVersion);
+    }
+    if !valid_node_name(node) {
+        return Err(AuthError::BadNodeName);
+    }
+    if expires.is_empty() || expires.len() > 20 || !expires.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(AuthError::Malformed);
+    }
+    let expires_unix_s = expires.parse().map_err(|_| AuthError::Malformed)?;
+    if mac.len() != 64 {
+        return Err(AuthError::Malformed);
+    }
+    let mut bytes = [0u8; 32];
+    for (i, pair) in mac.as_bytes().chunks_exact(2).enumerate() {
+        let hi = (pair[0] as char).to_digit(16).ok_or(AuthError::Malformed)?;
+        let lo = (pair[1] as char).to_digit(16).ok_or(AuthError::Malformed)?;
+        bytes[i] = (hi * 16 + lo) as u8;
+    }
+    Ok(Token {
+        node,
+        expires_unix_s,
+        mac: bytes,
+    })
+}
+
+/// Node names appear in tokens, logs and gossip keys: keep them plain.
+pub fn valid_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= NODE_NAME_LEN_MAX_BYTES
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key() -> ClusterKey {
+        ClusterKey::from_secret("correct horse battery staple").unwrap()
+    }
+
+    #[test]
+    fn round_trip_and_binding() {
+        let token = key()
+            .sign("cache-1", 1_000, "GET", "/_shoal/piece/abc/3")
+            .unwrap();
+        fn verify(t: &str, method: &str, path: &str, now: u64) -> Result<String, AuthError> {
+            key()
+                .verify(Some(t.as_bytes()), method, path, now, 60)
+                .map(str::to_string)
+        }
+        assert_eq!(
+            verify(&token, "GET", "/_shoal/piece/abc/3", 990),
+            Ok("cache-1".to_string())
+        );
+        assert_eq!(
+            verify(&token, "GET", "/_shoal/piece/abc/4", 990),
+            Err(AuthError::BadSignature)
+        );
+        assert_eq!(
+            verify(&token, "HEAD", "/_shoal/piece/abc/3", 990),
+            Err(AuthError::BadSignature)
+        );
+        assert_eq!(
+            verify(&token, "GET", "/_shoal/piece/abc/3", 1_001),
+            Err(AuthError::Expired(1))
+        );
+        assert_eq!(
+            verify(&token, "GET", "/_shoal/piece/abc/3", 100),
+            Err(AuthError::TooLongLived(900))
+        );
+        let other = ClusterKey::from_secret("another secret of some length").unwrap();
+        assert_eq!(
+            other.verify(
+                Some(token.as_bytes()),
+                "GET",
+                "/_shoal/piece/abc/3",
+                990,
+                60
+            ),
+            Err(AuthError::BadSignature)
+        );
+        // Claiming to be another node breaks the MAC.
+        let forged = token.replacen("cache-1", "cache-2", 1);
+        assert_eq!(
+            verify(&forged, "GET", "/_shoal/piece/abc/3", 990),
+            Err(AuthError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn refuses_bad_input() {
+        assert_eq!(
+            ClusterKey::from_secret("short").unwrap_err(),
+            AuthError::SecretTooShort
+        );
+        assert_eq!(
+            key().sign("bad.name", 1, "GET", "/").unwrap_err(),
+            AuthError::BadNodeName
+        );
+        assert_eq!(
+            key().verify(None, "GET", "/", 0, 60),
+            Err(AuthError::Missing)
+        );
+        for bad in [
+            "",
+            "v1",
+            "v1.a.1",
+            "v2.a.1.00",
+            "v1.a.x.00",
+            "v1.a.1.zz",
+            "v1..1.00",
+            "v1.a.1.00.extra",
+        ] {
+            assert!(parse(bad.as_bytes()).is_err(), "{bad}");
+        }
+        assert!(parse(&[b'v'; 300]).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = parse(&bytes);
+            let _ = key().verify(Some(&bytes), "GET", "/", 0, 60);
+        }
+
+        #[test]
+        fn any_flipped_character_fails(at in 0usize..90, replacement in "[0-9a-z]") {
+            let token = key().sign("node-7", 500, "GET", "/p").unwrap();
+            let at = at % token.len();
+            let mut changed = token.clone().into_bytes();
+            changed[at] = replacement.as_bytes()[0];
+            if changed != token.as_bytes() {
+                prop_assert!(key().verify(Some(&changed), "GET", "/p", 400, 3600).is_err());
+            }
+        }
+    }
+}
