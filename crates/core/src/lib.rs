@@ -6,6 +6,7 @@
 //! computation, so tests, benchmarks and simulators drive the same code.
 
 pub mod auth;
+pub mod bitfield;
 pub mod manifest;
 pub mod piece;
 pub mod rate;
