@@ -42,6 +42,11 @@ pub struct CacheArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eviction: Option<String>,
+    /// Egress cap of this cache in megabits per second (all clients
+    /// together); sets limits.egress_bytes_per_s.
+    #[arg(long)]
+    #[serde(skip)]
+    pub egress_mbps: Option<u64>,
 }
 
 #[derive(clap::Args, Serialize)]
@@ -57,6 +62,11 @@ pub struct OriginArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
+    /// Egress cap of this origin in megabits per second (all clients
+    /// together); sets limits.egress_bytes_per_s.
+    #[arg(long)]
+    #[serde(skip)]
+    pub egress_mbps: Option<u64>,
 }
 
 fn layered<T: Serialize, A: Serialize>(
@@ -88,16 +98,32 @@ pub fn cache_config(args: CacheArgs) -> anyhow::Result<shoal_cache::CacheConfig>
     )?
     .extract()
     .context("cache configuration")?;
+    let mut config = config;
+    if let Some(mbps) = args.egress_mbps {
+        config.limits.egress_bytes_per_s = mbps_to_bytes_per_s(mbps)?;
+    }
     config.validate()?;
     Ok(config)
 }
 
+fn mbps_to_bytes_per_s(mbps: u64) -> anyhow::Result<u64> {
+    anyhow::ensure!(
+        mbps > 0,
+        "--egress-mbps must be positive (omit it for no cap)"
+    );
+    mbps.checked_mul(125_000)
+        .context("--egress-mbps is too large")
+}
+
 pub fn origin_config(args: OriginArgs) -> anyhow::Result<shoal_origin::OriginConfig> {
     let defaults = shoal_origin::OriginConfig::new("", SocketAddr::from(([127, 0, 0, 1], 8080)));
-    let config: shoal_origin::OriginConfig =
+    let mut config: shoal_origin::OriginConfig =
         layered(defaults, args.config.as_ref(), "SHOAL_ORIGIN_", &args)?
             .extract()
             .context("origin configuration")?;
+    if let Some(mbps) = args.egress_mbps {
+        config.limits.egress_bytes_per_s = mbps_to_bytes_per_s(mbps)?;
+    }
     anyhow::ensure!(
         !config.root.as_os_str().is_empty(),
         "an origin needs a root directory (--root DIR)"

@@ -625,7 +625,7 @@ fn manifests_are_served_published_or_built() {
 }
 
 /// A cold miss streams: the first bytes reach the client long before the
-/// origin has sent the whole object (origin capped at 4 MiB/s, 8 MiB object:
+/// origin has sent the whole object (origin capped at 4 MB/s, 8 MiB object:
 /// the whole takes about 2 s; the first byte needs only the first piece).
 #[test]
 fn a_cold_miss_starts_the_response_before_the_object_is_fetched() {
