@@ -167,19 +167,11 @@ pub fn parse(value: &[u8]) -> Result<Token<'_>, AuthError> {
         return Err(AuthError::Malformed);
     }
     let expires_unix_s = expires.parse().map_err(|_| AuthError::Malformed)?;
-    if mac.len() != 64 {
-        return Err(AuthError::Malformed);
-    }
-    let mut bytes = [0u8; 32];
-    for (i, pair) in mac.as_bytes().chunks_exact(2).enumerate() {
-        let hi = (pair[0] as char).to_digit(16).ok_or(AuthError::Malformed)?;
-        let lo = (pair[1] as char).to_digit(16).ok_or(AuthError::Malformed)?;
-        bytes[i] = (hi * 16 + lo) as u8;
-    }
+    let mac = crate::manifest::hex32(mac).ok_or(AuthError::Malformed)?;
     Ok(Token {
         node,
         expires_unix_s,
-        mac: bytes,
+        mac,
     })
 }
 
