@@ -35,6 +35,9 @@ pub const MANIFEST_PREFIX: &str = "/_shoal/manifest/";
 /// Chunks (pieces or parts of them) buffered between the piece reader and
 /// the socket, per response: enough to keep the socket busy, little memory.
 const BODY_CHUNKS_MAX: usize = 4;
+/// Response header: `HIT` when the response began from stored pieces,
+/// `MISS` when its first piece had to be fetched.
+pub const CACHE_STATUS_HEADER: &str = "x-shoal-cache";
 /// Response header naming the object version a response came from.
 pub const OBJECT_ID_HEADER: &str = "x-shoal-object-id";
 
@@ -238,6 +241,13 @@ impl CacheService {
             },
             None => None,
         };
+        // Whether the response began from the store: what an operator's
+        // logs and a client's debugging want to see.
+        let cache_status = match &first {
+            Some((_, Source::Fill)) => "MISS",
+            _ => "HIT",
+        };
+        builder = builder.header(CACHE_STATUS_HEADER, cache_status);
         let (sender, body) = shoal_server::channel_body(BODY_CHUNKS_MAX);
         let service = self.clone();
         tokio::spawn(async move { service.stream_body(entry, segments, first, sender).await });

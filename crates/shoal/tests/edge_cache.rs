@@ -597,6 +597,9 @@ fn manifests_are_served_published_or_built() {
     );
     let object = curl(&format!("{}/pub.bin", cache.url), &["-r", "0-0"]);
     assert_eq!(object.header("x-shoal-object-id"), Some(id.as_str()));
+    assert_eq!(object.header("x-shoal-cache"), Some("MISS"));
+    let again = curl(&format!("{}/pub.bin", cache.url), &["-r", "0-0"]);
+    assert_eq!(again.header("x-shoal-cache"), Some("HIT"));
 
     // Not published: no manifest until every piece has been ingested.
     assert_eq!(
