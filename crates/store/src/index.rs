@@ -20,6 +20,8 @@ pub(crate) const MANIFESTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new
 
 /// At most this many queued operations are applied in one transaction.
 const BATCH_OPS_MAX: usize = 4096;
+/// How long the writer waits for more operations before committing.
+const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(5);
 
 pub(crate) enum WriteOp {
     PutPiece {
@@ -172,9 +174,13 @@ pub(crate) fn writer_loop(
     reclaim: impl Fn(&[(PieceKey, PieceMeta)]),
 ) {
     while let Ok(first) = ops.recv() {
+        // Gather what arrives within a short window: one commit (and one
+        // fsync) then covers a burst of pieces instead of each one.
+        let deadline = std::time::Instant::now() + BATCH_WINDOW;
         let mut batch = vec![first];
         while batch.len() < BATCH_OPS_MAX {
-            match ops.try_recv() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match ops.recv_timeout(left) {
                 Ok(op) => batch.push(op),
                 Err(_) => break,
             }
