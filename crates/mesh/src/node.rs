@@ -1,0 +1,384 @@
+//! A running mesh member: chitchat with the MAC transport, a task that
+//! publishes this cache's state, and a task that turns gossip into a
+//! [`MeshView`] snapshot readers can take at any time without locks held
+//! across awaits.
+
+use crate::summary::{ObjectSummary, SUMMARY_OBJECTS_MAX};
+use crate::transport::{gossip_key, MacTransport};
+use crate::view::{keys, Health, Member, MeshView, SCHEMA_VERSION};
+use chitchat::{
+    spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig,
+    ProtocolVersion,
+};
+use shoal_core::ObjectId;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Cluster id sent in clear in every SYN (not a secret: the MAC is).
+const CLUSTER_ID: &str = "shoal";
+/// How often the object summary is recomputed.
+const SUMMARY_INTERVAL_MS: u64 = 2_000;
+/// How often load and health are published.
+const STATE_INTERVAL_MS: u64 = 1_000;
+
+#[derive(Clone, Debug)]
+pub struct MeshConfig {
+    /// Unique, stable name of this cache (A-Z a-z 0-9 - _, ≤ 64).
+    pub node_id: String,
+    /// UDP address gossip binds.
+    pub gossip_listen: SocketAddr,
+    /// UDP address peers reach us at (default: the bound address; required
+    /// when listening on an unspecified address).
+    pub gossip_advertise: Option<SocketAddr>,
+    /// `host:port` of members to contact first.
+    pub seeds: Vec<String>,
+    pub cluster_secret: String,
+    pub region: String,
+    /// Where peers reach our HTTP service.
+    pub http_advertise: SocketAddr,
+    /// 0 means uncapped.
+    pub egress_cap_bps: u64,
+    pub cost_per_gb_microusd: u64,
+    pub gossip_interval_ms: u64,
+    /// Failure detector threshold (chitchat's phi: dead after about
+    /// threshold × the mean heartbeat interval).
+    pub phi_threshold: f64,
+}
+
+impl MeshConfig {
+    /// Checks what the types cannot; messages name the setting.
+    pub fn validate(&self) -> Result<(), MeshError> {
+        let bad = |what: String| Err(MeshError::Config(what));
+        if !shoal_core::auth::valid_node_name(&self.node_id) {
+            return bad(format!(
+                "node id `{}` must be 1-64 characters of A-Z a-z 0-9 - _",
+                self.node_id
+            ));
+        }
+        if self.cluster_secret.len() < shoal_core::auth::CLUSTER_SECRET_LEN_MIN_BYTES {
+            return bad(format!(
+                "the cluster secret must be at least {} bytes",
+                shoal_core::auth::CLUSTER_SECRET_LEN_MIN_BYTES
+            ));
+        }
+        if self.region.is_empty() || self.region.len() > crate::view::REGION_LEN_MAX_BYTES {
+            return bad("region must be 1-64 characters".into());
+        }
+        if self.gossip_listen.ip().is_unspecified() && self.gossip_advertise.is_none() {
+            return bad(format!(
+                "gossip listens on {}: set gossip_advertise to the address peers should use",
+                self.gossip_listen
+            ));
+        }
+        if self.http_advertise.ip().is_unspecified() || self.http_advertise.port() == 0 {
+            return bad(format!(
+                "the advertised HTTP address {} is not reachable by peers",
+                self.http_advertise
+            ));
+        }
+        if !(50..=60_000).contains(&self.gossip_interval_ms) {
+            return bad("gossip_interval_ms must be within 50..=60000".into());
+        }
+        if !(self.phi_threshold >= 2.0 && self.phi_threshold <= 50.0) {
+            return bad("phi_threshold must be within 2..=50".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    #[error("invalid mesh configuration: {0}")]
+    Config(String),
+    #[error("cannot bind gossip to {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("gossip failed to start: {0}")]
+    Start(String),
+}
+
+/// What the cache tells the mesh about itself, read periodically.
+pub trait LocalState: Send + Sync + 'static {
+    /// Recent egress, bits per second.
+    fn egress_bps(&self) -> u64;
+    /// Ids of objects held, most bytes first, at most `max`.
+    fn held_objects(&self, max: usize) -> Vec<ObjectId>;
+    fn health(&self) -> Health;
+}
+
+pub struct MeshNode {
+    handle: tokio::sync::Mutex<Option<ChitchatHandle>>,
+    view: watch::Receiver<Arc<MeshView>>,
+    gossip_addr: SocketAddr,
+    dropped_datagrams: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    gossip_interval: Duration,
+    draining: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl MeshNode {
+    pub async fn start(
+        config: MeshConfig,
+        local: Arc<dyn LocalState>,
+    ) -> Result<Arc<Self>, MeshError> {
+        config.validate()?;
+        let socket = tokio::net::UdpSocket::bind(config.gossip_listen)
+            .await
+            .map_err(|source| MeshError::Bind {
+                addr: config.gossip_listen,
+                source,
+            })?;
+        let bound = socket.local_addr().map_err(|source| MeshError::Bind {
+            addr: config.gossip_listen,
+            source,
+        })?;
+        let advertise = config.gossip_advertise.unwrap_or(bound);
+        // A restart is a new generation: peers replace our old state.
+        let generation = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let interval = Duration::from_millis(config.gossip_interval_ms);
+        let chitchat_config = ChitchatConfig {
+            chitchat_id: ChitchatId::new(config.node_id.clone(), generation, advertise),
+            cluster_id: CLUSTER_ID.to_string(),
+            gossip_interval: interval,
+            listen_addr: bound,
+            seed_nodes: config.seeds.clone(),
+            failure_detector_config: FailureDetectorConfig {
+                phi_threshold: config.phi_threshold,
+                // Must match the gossip interval: the default (5 s) prior
+                // makes detection take ~10 s instead of ~2.5 s.
+                initial_interval: interval,
+                dead_node_grace_period: Duration::from_secs(600),
+                ..Default::default()
+            },
+            marked_for_deletion_grace_period: Duration::from_secs(600),
+            catchup_callback: None,
+            extra_liveness_predicate: Some(Box::new(|state| {
+                state.get(keys::VERSION) == Some(SCHEMA_VERSION)
+            })),
+            protocol_version: ProtocolVersion::V0,
+        };
+        let initial = vec![
+            (keys::VERSION.to_string(), SCHEMA_VERSION.to_string()),
+            (
+                keys::HTTP.to_string(),
+                format!("http://{}", config.http_advertise),
+            ),
+            (keys::REGION.to_string(), config.region.clone()),
+            (
+                keys::EGRESS_CAP_BPS.to_string(),
+                config.egress_cap_bps.to_string(),
+            ),
+            (keys::EGRESS_BPS.to_string(), "0".to_string()),
+            (
+                keys::COST_PER_GB_MICROUSD.to_string(),
+                config.cost_per_gb_microusd.to_string(),
+            ),
+            (keys::HEALTH.to_string(), Health::Ok.as_str().to_string()),
+        ];
+        let transport = MacTransport::new(gossip_key(&config.cluster_secret), Some(socket));
+        let dropped_datagrams = transport.dropped_counter();
+        let handle = spawn_chitchat(chitchat_config, initial, &transport)
+            .await
+            .map_err(|e| MeshError::Start(format!("{e:#}")))?;
+
+        let self_member = Member {
+            node_id: config.node_id.clone(),
+            http_addr: config.http_advertise,
+            region: config.region.clone(),
+            egress_cap_bps: config.egress_cap_bps,
+            egress_bps: 0,
+            cost_per_gb_microusd: config.cost_per_gb_microusd,
+            health: Health::Ok,
+            summary: None,
+        };
+        let (view_sender, view) = watch::channel(Arc::new(MeshView::new(
+            config.node_id.clone(),
+            vec![self_member],
+            0,
+        )));
+        let chitchat = handle.chitchat();
+        let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let publisher = tokio::spawn(publish_state(
+            chitchat.clone(),
+            local,
+            config.egress_cap_bps,
+            draining.clone(),
+        ));
+        let watcher = {
+            let mut watcher = chitchat.lock().await.live_nodes_watcher();
+            let self_id = config.node_id.clone();
+            tokio::spawn(async move {
+                let mut summaries: HashMap<String, (u64, Option<Arc<ObjectSummary>>)> =
+                    HashMap::new();
+                loop {
+                    let next = {
+                        let live = watcher.borrow_and_update();
+                        build_view(&self_id, &live, &mut summaries)
+                    };
+                    if view_sender.send(Arc::new(next)).is_err() {
+                        return;
+                    }
+                    if watcher.changed().await.is_err() {
+                        return;
+                    }
+                }
+            })
+        };
+        Ok(Arc::new(Self {
+            handle: tokio::sync::Mutex::new(Some(handle)),
+            view,
+            gossip_addr: advertise,
+            dropped_datagrams,
+            tasks: vec![publisher, watcher],
+            gossip_interval: interval,
+            draining,
+        }))
+    }
+
+    /// The latest snapshot of the mesh.
+    pub fn view(&self) -> Arc<MeshView> {
+        self.view.borrow().clone()
+    }
+
+    /// A receiver that sees every new snapshot.
+    pub fn watch(&self) -> watch::Receiver<Arc<MeshView>> {
+        self.view.clone()
+    }
+
+    pub fn gossip_addr(&self) -> SocketAddr {
+        self.gossip_addr
+    }
+
+    /// Gossip datagrams dropped as unauthentic or malformed.
+    pub fn dropped_datagrams(&self) -> u64 {
+        self.dropped_datagrams.load(Ordering::Relaxed)
+    }
+
+    /// Says we are draining, gives peers two rounds to stop choosing us,
+    /// then leaves (chitchat has no leave message: peers' failure
+    /// detectors notice).
+    pub async fn leave(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        let handle = self.handle.lock().await.take();
+        if let Some(handle) = handle {
+            handle
+                .with_chitchat(|c| {
+                    c.self_node_state()
+                        .set(keys::HEALTH, Health::Draining.as_str())
+                })
+                .await;
+            tokio::time::sleep(self.gossip_interval * 2).await;
+            if let Err(error) = handle.shutdown().await {
+                tracing::warn!(%error, "gossip shutdown");
+            }
+        }
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for MeshNode {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+fn build_view(
+    self_id: &str,
+    live: &std::collections::BTreeMap<ChitchatId, chitchat::NodeState>,
+    summaries: &mut HashMap<String, (u64, Option<Arc<ObjectSummary>>)>,
+) -> MeshView {
+    // A restarted node may briefly appear under two generations: keep the
+    // newest.
+    let mut newest: HashMap<&str, (&ChitchatId, &chitchat::NodeState)> = HashMap::new();
+    for (id, state) in live {
+        let entry = newest.entry(&*id.node_id).or_insert((id, state));
+        if id.generation_id > entry.0.generation_id {
+            *entry = (id, state);
+        }
+    }
+    let mut members = Vec::with_capacity(newest.len());
+    let mut malformed = 0;
+    for (node_id, (_, state)) in &newest {
+        let summary = match state.get_versioned(keys::OBJECTS) {
+            Some(value) if !value.is_deleted() => {
+                let cached = summaries.get(*node_id).filter(|(v, _)| *v == value.version);
+                match cached {
+                    Some((_, summary)) => summary.clone(),
+                    None => {
+                        let decoded = ObjectSummary::decode(&value.value).ok().map(Arc::new);
+                        summaries.insert(node_id.to_string(), (value.version, decoded.clone()));
+                        decoded
+                    }
+                }
+            }
+            _ => None,
+        };
+        match Member::from_key_values(node_id, |k| state.get(k), summary) {
+            Some(member) => members.push(member),
+            None => malformed += 1,
+        }
+    }
+    summaries.retain(|id, _| newest.contains_key(id.as_str()));
+    MeshView::new(self_id.to_string(), members, malformed)
+}
+
+/// Publishes load and health every second and the object summary every
+/// few seconds (chitchat ignores a `set` that does not change the value,
+/// so an idle cache sends nothing new).
+async fn publish_state(
+    chitchat: Arc<tokio::sync::Mutex<chitchat::Chitchat>>,
+    local: Arc<dyn LocalState>,
+    egress_cap_bps: u64,
+    draining: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(STATE_INTERVAL_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let summary_every = (SUMMARY_INTERVAL_MS / STATE_INTERVAL_MS).max(1);
+    let mut round: u64 = 0;
+    loop {
+        tick.tick().await;
+        // Round to 1 % of capacity (or 1 Mbit/s uncapped) so small
+        // wobbles do not bump our version every second.
+        let quantum = (egress_cap_bps / 100).max(1_000_000);
+        let egress = local.egress_bps() / quantum * quantum;
+        let health = if draining.load(Ordering::Relaxed) {
+            Health::Draining
+        } else {
+            local.health()
+        };
+        let summary = if round % summary_every == 0 {
+            let local = local.clone();
+            tokio::task::spawn_blocking(move || {
+                let ids = local.held_objects(SUMMARY_OBJECTS_MAX);
+                (!ids.is_empty()).then(|| ObjectSummary::build(&ids).encode())
+            })
+            .await
+            .ok()
+        } else {
+            None
+        };
+        round += 1;
+        let mut chitchat = chitchat.lock().await;
+        let me = chitchat.self_node_state();
+        me.set(keys::EGRESS_BPS, egress);
+        me.set(keys::HEALTH, health.as_str());
+        match summary {
+            Some(Some(text)) => me.set(keys::OBJECTS, text),
+            Some(None) if me.get(keys::OBJECTS).is_some() => me.delete(keys::OBJECTS),
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,360 @@
+//! The mesh as one cache sees it: a pure snapshot of live members parsed
+//! from gossip key-values, and the choices made from it (shield order,
+//! holders of an object).
+//!
+//! Everything a peer gossips is untrusted text: a member whose keys are
+//! missing or malformed is left out of the view (and counted), never a
+//! panic. Choices are deterministic functions of the view.
+
+use crate::summary::ObjectSummary;
+use shoal_core::{rendezvous, ObjectId};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Gossip keys (short: they travel in every delta).
+pub mod keys {
+    /// Schema version; members without `v = 1` are not in the view.
+    pub const VERSION: &str = "v";
+    pub const HTTP: &str = "http";
+    pub const REGION: &str = "region";
+    pub const EGRESS_CAP_BPS: &str = "egress_cap_bps";
+    pub const EGRESS_BPS: &str = "egress_bps";
+    pub const COST_PER_GB_MICROUSD: &str = "cost_per_gb_microusd";
+    pub const HEALTH: &str = "health";
+    pub const OBJECTS: &str = "objs";
+}
+
+pub const SCHEMA_VERSION: &str = "1";
+/// Longest region name.
+pub const REGION_LEN_MAX_BYTES: usize = 64;
+
+/// How a member says it is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// Serving normally.
+    Ok,
+    /// Serving, but should be chosen last (e.g. disk errors, overload).
+    Degraded,
+    /// Shutting down: choose it for nothing new.
+    Draining,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Ok => "ok",
+            Health::Degraded => "degraded",
+            Health::Draining => "draining",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "ok" => Some(Health::Ok),
+            "degraded" => Some(Health::Degraded),
+            "draining" => Some(Health::Draining),
+            _ => None,
+        }
+    }
+}
+
+/// One live cache, as it describes itself.
+#[derive(Clone, Debug)]
+pub struct Member {
+    pub node_id: String,
+    /// Where its HTTP service listens (an address, never a URL a peer could
+    /// point anywhere).
+    pub http_addr: SocketAddr,
+    pub region: String,
+    pub egress_cap_bps: u64,
+    pub egress_bps: u64,
+    pub cost_per_gb_microusd: u64,
+    pub health: Health,
+    pub summary: Option<Arc<ObjectSummary>>,
+}
+
+impl Member {
+    /// `http://ADDR`, the base of its URLs.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.http_addr)
+    }
+
+    /// Fraction of its egress capacity not in use, 0..=1 (1 when uncapped).
+    pub fn spare_fraction(&self) -> f64 {
+        if self.egress_cap_bps == 0 {
+            return 1.0;
+        }
+        let used = self.egress_bps.min(self.egress_cap_bps) as f64;
+        1.0 - used / self.egress_cap_bps as f64
+    }
+
+    /// Parses a member from its key-values; `None` if anything required is
+    /// missing or malformed. `summary` is decoded by the caller (it caches).
+    pub fn from_key_values<'a>(
+        node_id: &str,
+        get: impl Fn(&str) -> Option<&'a str>,
+        summary: Option<Arc<ObjectSummary>>,
+    ) -> Option<Member> {
+        if get(keys::VERSION)? != SCHEMA_VERSION || !shoal_core::auth::valid_node_name(node_id) {
+            return None;
+        }
+        let http_addr: SocketAddr = get(keys::HTTP)?.strip_prefix("http://")?.parse().ok()?;
+        let region = get(keys::REGION)?;
+        if region.is_empty() || region.len() > REGION_LEN_MAX_BYTES {
+            return None;
+        }
+        let number = |key: &str| get(key).and_then(|v| v.parse::<u64>().ok());
+        Some(Member {
+            node_id: node_id.to_string(),
+            http_addr,
+            region: region.to_string(),
+            egress_cap_bps: number(keys::EGRESS_CAP_BPS)?,
+            egress_bps: number(keys::EGRESS_BPS).unwrap_or(0),
+            cost_per_gb_microusd: number(keys::COST_PER_GB_MICROUSD)?,
+            health: Health::parse(get(keys::HEALTH)?)?,
+            summary,
+        })
+    }
+}
+
+/// The rendezvous key of a request path: every cache computes the same
+/// shield for a path without knowing the object version behind it.
+pub fn shield_key(path: &str) -> ObjectId {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"shoal shield key v1\0");
+    hasher.update(path.as_bytes());
+    ObjectId(*hasher.finalize().as_bytes())
+}
+
+/// A consistent snapshot of the live mesh.
+#[derive(Clone, Debug, Default)]
+pub struct MeshView {
+    pub self_id: String,
+    /// Live members that parsed, self included, sorted by node id.
+    pub members: Vec<Member>,
+    /// Live nodes left out because their state did not parse.
+    pub malformed_members: usize,
+}
+
+impl MeshView {
+    pub fn new(self_id: String, mut members: Vec<Member>, malformed_members: usize) -> Self {
+        members.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        members.dedup_by(|a, b| a.node_id == b.node_id);
+        Self {
+            self_id,
+            members,
+            malformed_members,
+        }
+    }
+
+    pub fn member(&self, node_id: &str) -> Option<&Member> {
+        self.members
+            .binary_search_by(|m| m.node_id.as_str().cmp(node_id))
+            .ok()
+            .map(|i| &self.members[i])
+    }
+
+    /// Members that should take new work.
+    fn serving(&self) -> impl Iterator<Item = &Member> {
+        self.members.iter().filter(|m| m.health != Health::Draining)
+    }
+
+    /// The members that rank above this cache for `key`, best first: the
+    /// first is the shield; the rest are the fallbacks in order. Empty when
+    /// this cache is the shield.
+    ///
+    /// Only members with a higher rendezvous score than ours are returned,
+    /// and scores are the same in every cache's view, so a request that each
+    /// cache forwards "up" can never come back round, however much views
+    /// disagree while membership changes.
+    pub fn shields_above_self(&self, key: &ObjectId) -> Vec<&Member> {
+        let own = (rendezvous::score(key, &self.self_id), self.self_id.as_str());
+        let mut above: Vec<(u64, &Member)> = self
+            .serving()
+            .filter(|m| m.node_id != self.self_id)
+            .map(|m| (rendezvous::score(key, &m.node_id), m))
+            .filter(|(score, m)| (*score, m.node_id.as_str()) > own)
+            .collect();
+        above.sort_by(|a, b| {
+            // Degraded members go after healthy ones of any score above us.
+            let a_ok = a.1.health == Health::Ok;
+            let b_ok = b.1.health == Health::Ok;
+            b_ok.cmp(&a_ok)
+                .then(b.0.cmp(&a.0))
+                .then_with(|| b.1.node_id.cmp(&a.1.node_id))
+        });
+        above.into_iter().map(|(_, m)| m).collect()
+    }
+
+    /// The shield of `key` among the serving members (may be self).
+    pub fn shield(&self, key: &ObjectId) -> Option<&Member> {
+        let names: Vec<&str> = self
+            .serving()
+            .filter(|m| m.health == Health::Ok)
+            .map(|m| m.node_id.as_str())
+            .collect();
+        let first = rendezvous::first(key, &names)?;
+        self.member(first)
+    }
+
+    /// Other members whose summary says they (probably) hold `object`, in
+    /// order of preference: same region as us first, then most spare
+    /// egress, then cheapest.
+    pub fn holders(&self, object: &ObjectId) -> Vec<&Member> {
+        let own_region = self.member(&self.self_id).map(|m| m.region.as_str());
+        let mut holders: Vec<&Member> = self
+            .members
+            .iter()
+            .filter(|m| m.node_id != self.self_id && m.health == Health::Ok)
+            .filter(|m| m.summary.as_ref().is_some_and(|s| s.contains(object)))
+            .collect();
+        holders.sort_by(|a, b| {
+            let a_near = Some(a.region.as_str()) == own_region;
+            let b_near = Some(b.region.as_str()) == own_region;
+            b_near
+                .cmp(&a_near)
+                .then(b.spare_fraction().total_cmp(&a.spare_fraction()))
+                .then(a.cost_per_gb_microusd.cmp(&b.cost_per_gb_microusd))
+                .then_with(|| a.node_id.cmp(&b.node_id))
+        });
+        holders
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn member(id: &str, region: &str, health: Health) -> Member {
+        Member {
+            node_id: id.into(),
+            http_addr: "127.0.0.1:1".parse().unwrap(),
+            region: region.into(),
+            egress_cap_bps: 1000,
+            egress_bps: 0,
+            cost_per_gb_microusd: 10,
+            health,
+            summary: None,
+        }
+    }
+
+    #[test]
+    fn members_parse_only_when_complete_and_sane() {
+        let mut kv: HashMap<&str, &str> = [
+            ("v", "1"),
+            ("http", "http://127.0.0.1:8081"),
+            ("region", "eu"),
+            ("egress_cap_bps", "800000000"),
+            ("egress_bps", "5"),
+            ("cost_per_gb_microusd", "20000"),
+            ("health", "ok"),
+        ]
+        .into_iter()
+        .collect();
+        let parse = |kv: &HashMap<&str, &'static str>| {
+            Member::from_key_values("a", |k| kv.get(k).copied(), None)
+        };
+        let m = parse(&kv).unwrap();
+        assert_eq!(m.http_addr.port(), 8081);
+        assert_eq!(m.base_url(), "http://127.0.0.1:8081");
+        for (key, bad) in [
+            ("v", "2"),
+            ("http", "http://example.com/x"),
+            ("http", "ftp://127.0.0.1:1"),
+            ("egress_cap_bps", "-1"),
+            ("health", "great"),
+            ("region", ""),
+        ] {
+            let old = kv.insert(key, bad).unwrap();
+            assert!(parse(&kv).is_none(), "{key}={bad}");
+            kv.insert(key, old);
+        }
+        kv.remove("region");
+        assert!(parse(&kv).is_none());
+        assert!(Member::from_key_values("bad name!", |_| Some("1"), None).is_none());
+    }
+
+    #[test]
+    fn forwarding_up_the_ranking_terminates_in_every_view() {
+        let names: Vec<String> = (0..8).map(|i| format!("c{i}")).collect();
+        for path in ["/a", "/b", "/video/1.mp4"] {
+            let key = shield_key(path);
+            // Each node sees a different subset of the others (views
+            // disagree), yet following "the first above me" never cycles.
+            for start in &names {
+                let mut current = start.clone();
+                let mut hops = 0;
+                loop {
+                    let members = names
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, n)| **n == current || (i + current.len() + hops) % 3 != 0)
+                        .map(|(_, n)| member(n, "r", Health::Ok))
+                        .collect();
+                    let view = MeshView::new(current.clone(), members, 0);
+                    match view.shields_above_self(&key).first() {
+                        Some(next) => current = next.node_id.clone(),
+                        None => break,
+                    }
+                    hops += 1;
+                    assert!(hops < names.len(), "cycle");
+                }
+            }
+            // With a full view everyone reaches the shield in one hop.
+            let all: Vec<Member> = names.iter().map(|n| member(n, "r", Health::Ok)).collect();
+            let shield = MeshView::new("c0".into(), all.clone(), 0)
+                .shield(&key)
+                .unwrap()
+                .node_id
+                .clone();
+            for n in &names {
+                let view = MeshView::new(n.clone(), all.clone(), 0);
+                let above = view.shields_above_self(&key);
+                if *n == shield {
+                    assert!(above.is_empty());
+                } else {
+                    assert_eq!(above[0].node_id, shield);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn draining_members_are_never_shields_and_holders_prefer_the_region() {
+        let key = shield_key("/x");
+        let mut all: Vec<Member> = (0..5)
+            .map(|i| member(&format!("c{i}"), if i < 2 { "eu" } else { "us" }, Health::Ok))
+            .collect();
+        let view = MeshView::new("c0".into(), all.clone(), 0);
+        let shield = view.shield(&key).unwrap().node_id.clone();
+        for m in &mut all {
+            if m.node_id == shield {
+                m.health = Health::Draining;
+            }
+        }
+        let view = MeshView::new("c0".into(), all.clone(), 0);
+        assert_ne!(view.shield(&key).unwrap().node_id, shield);
+        assert!(view
+            .shields_above_self(&key)
+            .iter()
+            .all(|m| m.node_id != shield));
+
+        let object = ObjectId([9; 32]);
+        let summary = Arc::new(ObjectSummary::build([&object]));
+        for m in &mut all {
+            m.health = Health::Ok;
+            if m.node_id != "c2" {
+                m.summary = Some(summary.clone());
+            }
+        }
+        all[3].egress_bps = 900; // c3 busy
+        let view = MeshView::new("c0".into(), all, 0);
+        let order: Vec<&str> = view
+            .holders(&object)
+            .iter()
+            .map(|m| m.node_id.as_str())
+            .collect();
+        assert_eq!(order, ["c1", "c4", "c3"]);
+    }
+}
