@@ -12,17 +12,26 @@
 //!   verification is counted, logged and reported as an error to every
 //!   waiter; nothing of it is stored.
 //!
+//! Sources, in order: a sibling cache that holds the pieces (its piece set
+//! says so, and we know the pieces' hashes), the shield of the path (a
+//! higher-ranked cache that fills them itself), the origin. Only a cache
+//! with no usable shield above it goes to the origin.
+//!
 //! A fill task fetches a run of consecutive missing pieces with one range
 //! request, so a cold sequential read streams from the origin at the speed of
 //! one plain download, with one piece of latency for verification.
 
 use crate::object::ObjectEntry;
 use crate::origin_client::{OriginClient, OriginError};
+use crate::peer::{MeshLink, PeerError, PeerMode, PeerObject};
 use crate::stats::CacheStats;
 use bytes::BytesMut;
 use shoal_core::{ByteSpan, PieceIndex, VerifiedPiece};
+use shoal_mesh::Member;
 use shoal_store::{PieceKey, Store};
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
@@ -74,7 +83,19 @@ pub struct Filler {
     stats: Arc<CacheStats>,
     config: FillConfig,
     inflight: Mutex<HashMap<PieceKey, Slot>>,
+    /// The mesh, when this cache is part of one.
+    mesh: Option<Arc<MeshLink>>,
+    /// Runs in flight from each peer (to spread work across holders).
+    peer_load: Mutex<HashMap<String, u32>>,
 }
+
+/// Siblings asked for their piece set per run, at most.
+const HOLDERS_ASKED_MAX: usize = 3;
+/// Longest run fetched from one sibling that holds it (shorter than origin
+/// runs, so a large read spreads over several siblings at once).
+const HAVE_RUN_BYTES_MAX: u64 = 4 << 20;
+/// Sources tried for one run before its waiters get the error.
+const PEER_ATTEMPTS_MAX: usize = 4;
 
 /// Pieces claimed by one fill task; whatever it has not delivered when it
 /// ends (error, panic, cancellation) is released and its waiters woken.
@@ -111,6 +132,7 @@ impl Filler {
         origin: Arc<OriginClient>,
         stats: Arc<CacheStats>,
         config: FillConfig,
+        mesh: Option<Arc<MeshLink>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
@@ -118,6 +140,8 @@ impl Filler {
             stats,
             config,
             inflight: Mutex::new(HashMap::new()),
+            mesh,
+            peer_load: Mutex::default(),
         })
     }
 
@@ -214,18 +238,182 @@ impl Filler {
             object: entry.id,
             senders,
         };
-        let filler = self.clone();
-        let entry = entry.clone();
-        tokio::spawn(async move { filler.fill_run(entry, claim).await });
+        self.spawn_run(entry.clone(), claim);
         Lookup::Claimed(own)
     }
+    /// Runs a claim to completion on its own task.
+    fn spawn_run(self: &Arc<Self>, entry: Arc<ObjectEntry>, claim: Claim) {
+        let run: Pin<Box<dyn Future<Output = ()> + Send>> =
+            Box::pin(self.clone().fill_run(entry, claim));
+        tokio::spawn(run);
+    }
 
+    /// Delivers every piece of `claim`: from siblings that hold them, else
+    /// the shield, else (when this cache is the shield, or no shield
+    /// answers) the origin. A sibling that fails or sends wrong bytes is
+    /// left out and the rest of the run is fetched elsewhere.
     async fn fill_run(self: Arc<Self>, entry: Arc<ObjectEntry>, mut claim: Claim) {
+        let mut excluded: Vec<String> = Vec::new();
+        while !claim.senders.is_empty() {
+            let source = self.choose_source(&entry, &mut claim, &excluded).await;
+            match self.stream_run(&entry, &mut claim, &source).await {
+                Ok(()) => {}
+                Err(RunFailure::Retry(error)) => {
+                    self.stats.peer_errors.fetch_add(1, Ordering::Relaxed);
+                    if let RunSource::Peer { member, .. } = &source {
+                        tracing::warn!(peer = %member.node_id, path = %entry.path, %error, "peer fetch failed; trying elsewhere");
+                        excluded.push(member.node_id.clone());
+                    }
+                    if excluded.len() > PEER_ATTEMPTS_MAX {
+                        fail_all(&mut claim, error);
+                        return;
+                    }
+                }
+                Err(RunFailure::Fatal(error)) => {
+                    fail_all(&mut claim, error);
+                    return;
+                }
+            }
+        }
+        if entry.is_invalidated() {
+            return;
+        }
+        if let Some(manifest) = entry.built_manifest() {
+            if self.store.get_manifest(&entry.id).ok().flatten().is_none() {
+                let _ = self.store.put_manifest(entry.id, manifest.encode());
+            }
+        }
+    }
+
+    /// Picks where the first pieces of `claim` come from; may shorten the
+    /// claim to what that source can give (the rest runs on its own task,
+    /// so a large read spreads over several siblings).
+    async fn choose_source(
+        self: &Arc<Self>,
+        entry: &Arc<ObjectEntry>,
+        claim: &mut Claim,
+        excluded: &[String],
+    ) -> RunSource {
+        let Some(mesh) = &self.mesh else {
+            return RunSource::Origin;
+        };
+        let Some(&(first, _)) = claim.senders.first() else {
+            return RunSource::Origin;
+        };
+        let view = mesh.node.view();
+        let usable = |m: &&Member| !excluded.contains(&m.node_id) && mesh.usable(&m.node_id);
+        // Bytes from a sibling are checked against a hash we got from the
+        // manifest or the shield, never one the sibling could choose.
+        let hash_known =
+            |index: PieceIndex| entry.manifest.is_some() || entry.learnt_hash(index).is_some();
+        if !hash_known(first) {
+            self.learn_hashes_from_holders(mesh, entry, &view).await;
+        }
+        if hash_known(first) {
+            let mut holders: Vec<&Member> =
+                view.holders(&entry.id).into_iter().filter(usable).collect();
+            // Spread concurrent runs: least busy (from our side) first.
+            holders.sort_by_key(|m| self.peer_load(&m.node_id));
+            for member in holders.into_iter().take(HOLDERS_ASKED_MAX) {
+                let Some(set) = mesh.piece_set(member, &entry.id).await else {
+                    continue;
+                };
+                if !set.contains(first) {
+                    continue;
+                }
+                let piece_bytes = entry.layout.piece_size().bytes();
+                let pieces_max = (HAVE_RUN_BYTES_MAX / piece_bytes).max(1) as usize;
+                let keep = claim
+                    .senders
+                    .iter()
+                    .take(pieces_max)
+                    .take_while(|(i, _)| set.contains(*i) && hash_known(*i))
+                    .count();
+                self.split_claim(entry, claim, keep);
+                return RunSource::Peer {
+                    member: member.clone(),
+                    mode: PeerMode::Have,
+                };
+            }
+        }
+        let key = shoal_mesh::shield_key(&entry.path);
+        match view.shields_above_self(&key).into_iter().find(usable) {
+            Some(shield) => RunSource::Peer {
+                member: shield.clone(),
+                mode: PeerMode::Fill,
+            },
+            None => RunSource::Origin,
+        }
+    }
+
+    /// An object without a published manifest whose hashes we lack (we
+    /// became its shield, or restarted): ask a sibling that holds it, once
+    /// per entry, so its pieces can come from siblings, not the origin.
+    async fn learn_hashes_from_holders(
+        &self,
+        mesh: &MeshLink,
+        entry: &Arc<ObjectEntry>,
+        view: &shoal_mesh::MeshView,
+    ) {
+        if entry.manifest.is_some() || !entry.mark_peer_hashes_asked() {
+            return;
+        }
+        for holder in view
+            .holders(&entry.id)
+            .into_iter()
+            .filter(|m| mesh.usable(&m.node_id))
+            .take(HOLDERS_ASKED_MAX)
+        {
+            match mesh.object(holder, &entry.uri_path, PeerMode::Have).await {
+                Ok(PeerObject::Cached {
+                    record,
+                    manifest_b64,
+                    hashes_hex,
+                }) if record.id == entry.record.id => {
+                    let built = crate::peer::decode_manifest(manifest_b64.as_deref())
+                        .ok()
+                        .flatten();
+                    crate::peer::learn_hashes(entry, built.as_ref(), &hashes_hex);
+                    return;
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::debug!(peer = %holder.node_id, %error, "no hashes from holder");
+                }
+            }
+        }
+    }
+
+    fn split_claim(self: &Arc<Self>, entry: &Arc<ObjectEntry>, claim: &mut Claim, keep: usize) {
+        if keep == 0 || keep >= claim.senders.len() {
+            return;
+        }
+        let rest = Claim {
+            filler: self.clone(),
+            object: claim.object,
+            senders: claim.senders.split_off(keep),
+        };
+        self.spawn_run(entry.clone(), rest);
+    }
+
+    fn peer_load(&self, node_id: &str) -> u32 {
+        lock(&self.peer_load).get(node_id).copied().unwrap_or(0)
+    }
+
+    /// Streams the claim's pieces from one source, delivering each as it
+    /// verifies. Delivered pieces leave the claim, so after a `Retry` the
+    /// rest can be fetched elsewhere.
+    async fn stream_run(
+        self: &Arc<Self>,
+        entry: &Arc<ObjectEntry>,
+        claim: &mut Claim,
+        source: &RunSource,
+    ) -> Result<(), RunFailure> {
         let (Some(first), Some(last)) = (
             claim.senders.first().map(|s| s.0),
             claim.senders.last().map(|s| s.0),
         ) else {
-            return;
+            return Ok(());
         };
         let span = match (
             entry.layout.piece_span(first),
@@ -234,12 +422,109 @@ impl Filler {
             (Some(a), Some(b)) => ByteSpan::new(a.start(), b.end()),
             _ => None,
         };
-        let Some(span) = span else { return };
+        let Some(span) = span else {
+            return Err(RunFailure::Fatal(FillError::Abandoned));
+        };
+        let _load = match source {
+            RunSource::Peer { member, .. } => {
+                Some(PeerLoadGuard::new(self.clone(), &member.node_id))
+            }
+            RunSource::Origin => None,
+        };
+        let mut body = match source {
+            RunSource::Origin => self.open_origin(entry, span).await?,
+            RunSource::Peer { member, mode } => {
+                let mesh = self
+                    .mesh
+                    .as_ref()
+                    .ok_or(RunFailure::Fatal(FillError::Abandoned))?;
+                let counter = match mode {
+                    PeerMode::Have => &self.stats.peer_fetches_have,
+                    PeerMode::Fill => &self.stats.peer_fetches_shield,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                let opened = mesh
+                    .data(
+                        member,
+                        &entry.id,
+                        &entry.uri_path,
+                        span,
+                        entry.layout.object_size(),
+                        *mode,
+                    )
+                    .await;
+                match opened {
+                    Ok(body) => body,
+                    Err(error) => {
+                        mesh.forget_piece_set(&member.node_id, &entry.id);
+                        return Err(peer_failure(entry, *mode, error));
+                    }
+                }
+            }
+        };
+        let from_origin = matches!(source, RunSource::Origin);
+        let mut buffer = BytesMut::new();
+        // Delivered pieces leave `claim.senders`, so the next one is always first.
+        while let Some(&(index, _)) = claim.senders.first() {
+            let want = entry.layout.piece_len(index) as usize;
+            while buffer.len() < want {
+                let chunk = match body.chunk().await {
+                    Ok(Some(chunk)) => chunk,
+                    Ok(None) => {
+                        let error = FillError::Origin(
+                            "the body ended early".into(),
+                            http::StatusCode::BAD_GATEWAY,
+                        );
+                        return Err(self.body_failure(from_origin, error));
+                    }
+                    Err(error) => {
+                        tracing::warn!(path = %entry.path, %error, "body read failed");
+                        return Err(self.body_failure(from_origin, FillError::from(error)));
+                    }
+                };
+                let counter = if from_origin {
+                    &self.stats.origin_bytes
+                } else {
+                    &self.stats.peer_bytes_received
+                };
+                counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                buffer.extend_from_slice(&chunk);
+            }
+            let data = buffer.split_to(want).freeze();
+            match entry.accept_piece(index, data) {
+                Ok(piece) => self.deliver(entry, claim, piece),
+                Err(error) => {
+                    self.stats.corrupt_pieces.fetch_add(1, Ordering::Relaxed);
+                    return Err(match source {
+                        RunSource::Origin => {
+                            tracing::error!(path = %entry.path, %error, "piece from origin failed verification; not stored, not served");
+                            entry.invalidate();
+                            RunFailure::Fatal(FillError::Corrupt(index))
+                        }
+                        RunSource::Peer { member, .. } => {
+                            tracing::error!(peer = %member.node_id, path = %entry.path, %error, "piece from a peer failed verification; not stored, not served");
+                            if let Some(mesh) = &self.mesh {
+                                mesh.report_corrupt(&member.node_id);
+                                mesh.forget_piece_set(&member.node_id, &entry.id);
+                            }
+                            RunFailure::Retry(FillError::Corrupt(index))
+                        }
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn open_origin(
+        &self,
+        entry: &Arc<ObjectEntry>,
+        span: ByteSpan,
+    ) -> Result<crate::origin_client::RangeBody, RunFailure> {
         self.stats.origin_requests.fetch_add(1, Ordering::Relaxed);
-        let uri = entry.uri_path.clone();
-        let mut body = match self
+        let body = match self
             .origin
-            .get_range(&uri, span, entry.layout.object_size())
+            .get_range(&entry.uri_path, span, entry.layout.object_size())
             .await
         {
             Ok(body) => body,
@@ -251,81 +536,110 @@ impl Filler {
                     entry.invalidate();
                 }
                 self.stats.origin_errors.fetch_add(1, Ordering::Relaxed);
-                fail_all(&mut claim, FillError::from(error));
-                return;
+                return Err(RunFailure::Fatal(FillError::from(error)));
             }
         };
         if !entry.matches_validators(&body.headers) {
             tracing::warn!(path = %entry.path, "origin validators changed during fill; invalidating");
             entry.invalidate();
-            fail_all(&mut claim, FillError::VersionChanged);
-            return;
+            return Err(RunFailure::Fatal(FillError::VersionChanged));
         }
-        let mut buffer = BytesMut::new();
-        // Delivered pieces leave `claim.senders`, so the next one is always first.
-        while let Some(&(index, _)) = claim.senders.first() {
-            let want = entry.layout.piece_len(index) as usize;
-            while buffer.len() < want {
-                match body.chunk().await {
-                    Ok(Some(chunk)) => {
-                        self.stats
-                            .origin_bytes
-                            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                        buffer.extend_from_slice(&chunk);
-                    }
-                    Ok(None) => {
-                        self.stats.origin_errors.fetch_add(1, Ordering::Relaxed);
-                        fail_all(
-                            &mut claim,
-                            FillError::Origin(
-                                "origin closed the body early".into(),
-                                http::StatusCode::BAD_GATEWAY,
-                            ),
-                        );
-                        return;
-                    }
-                    Err(error) => {
-                        tracing::warn!(path = %entry.path, %error, "origin body failed");
-                        self.stats.origin_errors.fetch_add(1, Ordering::Relaxed);
-                        fail_all(&mut claim, FillError::from(error));
-                        return;
-                    }
-                }
+        Ok(body)
+    }
+
+    fn body_failure(&self, from_origin: bool, error: FillError) -> RunFailure {
+        if from_origin {
+            self.stats.origin_errors.fetch_add(1, Ordering::Relaxed);
+            RunFailure::Fatal(error)
+        } else {
+            RunFailure::Retry(error)
+        }
+    }
+
+    /// Hands a verified piece to its waiters and stores it.
+    fn deliver(
+        self: &Arc<Self>,
+        entry: &Arc<ObjectEntry>,
+        claim: &mut Claim,
+        piece: VerifiedPiece,
+    ) {
+        let (index, sender) = claim.senders.remove(0);
+        sender.send_replace(Some(Ok(piece.clone())));
+        // Writing to disk must not hold up reading the source: the slot
+        // stays in flight (waiters already have the piece) until the store
+        // has it, then is released.
+        let filler = self.clone();
+        let object = entry.id;
+        let piece_size = entry.layout.piece_size();
+        tokio::spawn(async move {
+            if let Err(error) = filler.store.put(object, piece_size, piece).await {
+                tracing::error!(%error, "could not store a verified piece");
             }
-            let data = buffer.split_to(want).freeze();
-            match entry.accept_piece(index, data) {
-                Ok(piece) => {
-                    let (index, sender) = claim.senders.remove(0);
-                    sender.send_replace(Some(Ok(piece.clone())));
-                    // Writing to disk must not hold up reading the origin:
-                    // the slot stays in flight (waiters already have the
-                    // piece) until the store has it, then is released.
-                    let filler = self.clone();
-                    let object = entry.id;
-                    let piece_size = entry.layout.piece_size();
-                    tokio::spawn(async move {
-                        if let Err(error) = filler.store.put(object, piece_size, piece).await {
-                            tracing::error!(%error, "could not store a verified piece");
-                        }
-                        lock(&filler.inflight).remove(&PieceKey { object, index });
-                        drop(sender);
-                    });
-                }
-                Err(error) => {
-                    self.stats.corrupt_pieces.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(path = %entry.path, %error, "piece from origin failed verification; not stored, not served");
-                    entry.invalidate();
-                    fail_all(&mut claim, FillError::Corrupt(index));
-                    return;
-                }
-            }
+            lock(&filler.inflight).remove(&PieceKey { object, index });
+            drop(sender);
+        });
+    }
+}
+
+/// Where a run of pieces is fetched from.
+enum RunSource {
+    Origin,
+    Peer { member: Member, mode: PeerMode },
+}
+
+/// Why a run stopped before delivering everything.
+enum RunFailure {
+    /// The source failed; the rest may come from elsewhere.
+    Retry(FillError),
+    /// Every source would fail the same way (the object changed, the origin
+    /// sent wrong bytes, the object is gone).
+    Fatal(FillError),
+}
+
+/// Classifies a failed peer request.
+fn peer_failure(entry: &ObjectEntry, mode: PeerMode, error: PeerError) -> RunFailure {
+    match (mode, error.status()) {
+        // The shield says the object is gone, or holds another version.
+        (PeerMode::Fill, Some(status)) if error.is_definitive() => {
+            entry.invalidate();
+            RunFailure::Fatal(FillError::Origin(error.to_string(), status))
         }
-        if entry.is_invalidated() {
-            return;
+        (PeerMode::Fill, Some(http::StatusCode::CONFLICT)) => {
+            entry.invalidate();
+            RunFailure::Fatal(FillError::VersionChanged)
         }
-        if let Some(manifest) = entry.built_manifest() {
-            if self.store.get_manifest(&entry.id).ok().flatten().is_none() {
-                let _ = self.store.put_manifest(entry.id, manifest.encode());
+        _ => RunFailure::Retry(FillError::Origin(
+            error.to_string(),
+            http::StatusCode::BAD_GATEWAY,
+        )),
+    }
+}
+
+/// Counts runs in flight from one peer while alive.
+struct PeerLoadGuard {
+    filler: Arc<Filler>,
+    node_id: String,
+}
+
+impl PeerLoadGuard {
+    fn new(filler: Arc<Filler>, node_id: &str) -> Self {
+        *lock(&filler.peer_load)
+            .entry(node_id.to_string())
+            .or_default() += 1;
+        Self {
+            filler,
+            node_id: node_id.to_string(),
+        }
+    }
+}
+
+impl Drop for PeerLoadGuard {
+    fn drop(&mut self) {
+        let mut load = lock(&self.filler.peer_load);
+        if let Some(count) = load.get_mut(&self.node_id) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                load.remove(&self.node_id);
             }
         }
     }

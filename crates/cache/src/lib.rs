@@ -6,8 +6,10 @@
 //! comes from memory or disk. See ARCHITECTURE.md for the invariants.
 
 pub mod fill;
+pub mod local_state;
 pub mod object;
 pub mod origin_client;
+pub mod peer;
 pub mod resolve;
 pub mod serve;
 pub mod stats;
@@ -50,6 +52,78 @@ pub struct CacheConfig {
     /// the per-object bookkeeping a HEAD response can make us allocate).
     pub object_bytes_max: u64,
     pub limits: ServerLimits,
+    /// Joining a mesh of caches (off unless `mesh.gossip` is set).
+    pub mesh: MeshSettings,
+}
+
+/// How this cache joins a mesh (`[mesh]` in TOML, `SHOAL_CACHE_MESH__*`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MeshSettings {
+    /// UDP address for gossip; the mesh is off when unset.
+    pub gossip: Option<SocketAddr>,
+    /// Gossip address peers should use (when `gossip` is 0.0.0.0).
+    pub gossip_advertise: Option<SocketAddr>,
+    /// Gossip addresses (`host:port`) of members to contact first.
+    pub seeds: Vec<String>,
+    /// Shared by every member; requests and datagrams are authenticated
+    /// with it. At least 16 bytes.
+    pub cluster_secret: String,
+    /// Unique name of this cache (default: derived from its HTTP address).
+    pub node_id: Option<String>,
+    pub region: String,
+    /// What a GB sent from this cache costs, in US dollars.
+    pub cost_per_gb: f64,
+    /// HTTP address peers should use (default: the listen address).
+    pub http_advertise: Option<SocketAddr>,
+    pub gossip_interval_ms: u64,
+    pub phi_threshold: f64,
+    pub peer_connect_timeout_ms: u64,
+    pub peer_read_timeout_ms: u64,
+    /// Wrong pieces a sibling may send before it is quarantined.
+    pub peer_corrupt_pieces_max: u32,
+    pub peer_quarantine_ms: u64,
+    /// Longest lifetime an inter-cache request token may claim.
+    pub auth_ttl_max_s: u64,
+}
+
+impl Default for MeshSettings {
+    fn default() -> Self {
+        Self {
+            gossip: None,
+            gossip_advertise: None,
+            seeds: Vec::new(),
+            cluster_secret: String::new(),
+            node_id: None,
+            region: "default".into(),
+            cost_per_gb: 0.0,
+            http_advertise: None,
+            gossip_interval_ms: 500,
+            phi_threshold: 8.0,
+            peer_connect_timeout_ms: 1_000,
+            peer_read_timeout_ms: 5_000,
+            peer_corrupt_pieces_max: 3,
+            peer_quarantine_ms: 600_000,
+            auth_ttl_max_s: 300,
+        }
+    }
+}
+
+/// The name a cache goes by when none is configured: from its address.
+pub fn default_node_id(http: SocketAddr) -> String {
+    let text: String = format!("cache-{}-{}", http.ip(), http.port())
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    text.chars()
+        .take(shoal_core::auth::NODE_NAME_LEN_MAX_BYTES)
+        .collect()
 }
 
 impl Default for CacheConfig {
@@ -68,6 +142,7 @@ impl Default for CacheConfig {
             readahead_bytes: 32 << 20,
             object_bytes_max: 1 << 40,
             limits: ServerLimits::default(),
+            mesh: MeshSettings::default(),
         }
     }
 }
@@ -78,6 +153,8 @@ pub enum CacheError {
     Config(String),
     #[error(transparent)]
     Store(#[from] shoal_store::StoreError),
+    #[error(transparent)]
+    Mesh(#[from] shoal_mesh::MeshError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -126,6 +203,38 @@ impl CacheConfig {
                 return Err(CacheError::Config(format!("{name} must be positive")));
             }
         }
+        let mesh = &self.mesh;
+        if mesh.gossip.is_some() {
+            if mesh.cluster_secret.len() < shoal_core::auth::CLUSTER_SECRET_LEN_MIN_BYTES {
+                return Err(CacheError::Config(format!(
+                    "a mesh needs a cluster secret of at least {} bytes (--cluster-secret)",
+                    shoal_core::auth::CLUSTER_SECRET_LEN_MIN_BYTES
+                )));
+            }
+            if !(mesh.cost_per_gb.is_finite() && (0.0..=1_000.0).contains(&mesh.cost_per_gb)) {
+                return Err(CacheError::Config(format!(
+                    "cost_per_gb {} must be between 0 and 1000 (US dollars per GB)",
+                    mesh.cost_per_gb
+                )));
+            }
+            for (name, value) in [
+                ("mesh.peer_connect_timeout_ms", mesh.peer_connect_timeout_ms),
+                ("mesh.peer_read_timeout_ms", mesh.peer_read_timeout_ms),
+                ("mesh.auth_ttl_max_s", mesh.auth_ttl_max_s),
+                (
+                    "mesh.peer_corrupt_pieces_max",
+                    mesh.peer_corrupt_pieces_max as u64,
+                ),
+            ] {
+                if value == 0 {
+                    return Err(CacheError::Config(format!("{name} must be positive")));
+                }
+            }
+        } else if !mesh.seeds.is_empty() {
+            return Err(CacheError::Config(
+                "seeds are set but gossip is not (--gossip ADDR)".into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -166,26 +275,6 @@ impl BoundCache {
             .map_err(|e| CacheError::Config(e.to_string()))?,
         );
         let stats = Arc::new(stats::CacheStats::default());
-        let filler = fill::Filler::new(
-            store.clone(),
-            origin.clone(),
-            stats.clone(),
-            fill::FillConfig {
-                run_bytes_max: config.fill_run_bytes_max,
-            },
-        );
-        let service = Arc::new(CacheService {
-            resolver: resolve::Resolver::new(
-                store,
-                origin.clone(),
-                stats.clone(),
-                config.object_bytes_max,
-            ),
-            filler,
-            origin,
-            stats,
-            readahead_bytes: config.readahead_bytes,
-        });
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| CacheError::Listen {
@@ -196,6 +285,35 @@ impl BoundCache {
             addr: config.listen,
             source,
         })?;
+        let mesh = match config.mesh.gossip {
+            Some(gossip) => {
+                Some(join_mesh(&config, gossip, local_addr, store.clone(), stats.clone()).await?)
+            }
+            None => None,
+        };
+        let filler = fill::Filler::new(
+            store.clone(),
+            origin.clone(),
+            stats.clone(),
+            fill::FillConfig {
+                run_bytes_max: config.fill_run_bytes_max,
+            },
+            mesh.clone(),
+        );
+        let service = Arc::new(CacheService {
+            resolver: resolve::Resolver::new(
+                store,
+                origin.clone(),
+                stats.clone(),
+                config.object_bytes_max,
+                mesh.clone(),
+            ),
+            filler,
+            origin,
+            stats,
+            readahead_bytes: config.readahead_bytes,
+            mesh,
+        });
         Ok(Self {
             local_addr,
             service,
@@ -214,8 +332,66 @@ impl BoundCache {
             shutdown,
         )
         .await;
+        if let Some(mesh) = &self.service.mesh {
+            mesh.node.leave().await;
+        }
         if let Err(error) = self.service.filler.store().flush().await {
             tracing::warn!(%error, "could not flush the index at shutdown");
         }
     }
+}
+
+async fn join_mesh(
+    config: &CacheConfig,
+    gossip: SocketAddr,
+    listen: SocketAddr,
+    store: Arc<Store>,
+    stats: Arc<stats::CacheStats>,
+) -> Result<Arc<peer::MeshLink>, CacheError> {
+    let settings = &config.mesh;
+    let http_advertise = settings.http_advertise.unwrap_or(listen);
+    if http_advertise.ip().is_unspecified() {
+        return Err(CacheError::Config(format!(
+            "the cache listens on {listen}: set mesh.http_advertise to the address peers should use"
+        )));
+    }
+    let node_id = settings
+        .node_id
+        .clone()
+        .unwrap_or_else(|| default_node_id(http_advertise));
+    let key = shoal_core::auth::ClusterKey::from_secret(&settings.cluster_secret)
+        .map_err(|e| CacheError::Config(e.to_string()))?;
+    let local = Arc::new(local_state::CacheLocalState::new(store, stats.clone()));
+    let node = shoal_mesh::MeshNode::start(
+        shoal_mesh::MeshConfig {
+            node_id: node_id.clone(),
+            gossip_listen: gossip,
+            gossip_advertise: settings.gossip_advertise,
+            seeds: settings.seeds.clone(),
+            cluster_secret: settings.cluster_secret.clone(),
+            region: settings.region.clone(),
+            http_advertise,
+            egress_cap_bps: config.limits.egress_bytes_per_s.saturating_mul(8),
+            cost_per_gb_microusd: (settings.cost_per_gb * 1e6).round() as u64,
+            gossip_interval_ms: settings.gossip_interval_ms,
+            phi_threshold: settings.phi_threshold,
+        },
+        local,
+    )
+    .await?;
+    let link = peer::MeshLink::new(
+        node,
+        key,
+        node_id,
+        peer::PeerSettings {
+            connect_timeout_ms: settings.peer_connect_timeout_ms,
+            read_timeout_ms: settings.peer_read_timeout_ms,
+            corrupt_pieces_max: settings.peer_corrupt_pieces_max,
+            quarantine_ms: settings.peer_quarantine_ms,
+            auth_ttl_max_s: settings.auth_ttl_max_s,
+        },
+        stats,
+    )
+    .map_err(CacheError::Config)?;
+    Ok(Arc::new(link))
 }

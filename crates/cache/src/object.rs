@@ -93,6 +93,8 @@ pub struct ObjectEntry {
     learnt_hashes: Arc<Mutex<LearntHashes>>,
     /// Set when the origin showed that this version is gone.
     invalidated: AtomicBool,
+    /// Set once siblings were asked for the hashes of this version.
+    peer_hashes_asked: AtomicBool,
 }
 
 impl ObjectEntry {
@@ -125,6 +127,7 @@ impl ObjectEntry {
             manifest,
             learnt_hashes,
             invalidated: AtomicBool::new(false),
+            peer_hashes_asked: AtomicBool::new(false),
         })
     }
 
@@ -195,6 +198,11 @@ impl ObjectEntry {
             Default::default(),
         )
         .ok()
+    }
+
+    /// True the first time only.
+    pub fn mark_peer_hashes_asked(&self) -> bool {
+        !self.peer_hashes_asked.swap(true, Ordering::Relaxed)
     }
 
     pub fn invalidate(&self) {

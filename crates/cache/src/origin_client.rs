@@ -67,6 +67,15 @@ pub struct RangeBody {
 }
 
 impl RangeBody {
+    pub fn new(response: reqwest::Response, read_timeout: Duration) -> Self {
+        let headers = response.headers().clone();
+        Self {
+            response,
+            read_timeout,
+            headers,
+        }
+    }
+
     /// The next chunk of the body; `Ok(None)` at the end.
     pub async fn chunk(&mut self) -> Result<Option<Bytes>, OriginError> {
         match tokio::time::timeout(self.read_timeout, self.response.chunk()).await {
@@ -211,50 +220,7 @@ impl OriginClient {
             // a range of the object.
             .header(http::header::ACCEPT_ENCODING, "identity");
         let response = self.send(request).await?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        match status {
-            StatusCode::PARTIAL_CONTENT => {
-                let value = headers
-                    .get(http::header::CONTENT_RANGE)
-                    .and_then(|v| v.to_str().ok())
-                    .ok_or_else(|| OriginError::Protocol("206 without Content-Range".into()))?;
-                let parsed = shoal_http::content_range::parse_content_range(value.as_bytes())
-                    .map_err(|e| {
-                        OriginError::Protocol(format!("bad Content-Range `{value}`: {e}"))
-                    })?;
-                let shoal_http::content_range::ContentRangeHeader::Range(range) = parsed else {
-                    return Err(OriginError::Protocol(format!(
-                        "206 with unsatisfied Content-Range `{value}`"
-                    )));
-                };
-                if range.span() != span || range.complete_length() != object_size {
-                    return Err(OriginError::Protocol(format!(
-                        "asked for bytes {}-{}/{object_size}, got `{value}` (object changed?)",
-                        span.start(),
-                        last
-                    )));
-                }
-            }
-            // An origin without range support sends everything: usable only
-            // when we wanted the whole object anyway.
-            StatusCode::OK if span.start() == 0 && span.end() == object_size => {
-                if content_length(&headers)? != object_size {
-                    return Err(OriginError::Protocol("object size changed".into()));
-                }
-            }
-            StatusCode::OK => {
-                return Err(OriginError::Protocol(
-                    "origin ignored the Range header".into(),
-                ))
-            }
-            other => return Err(OriginError::Status(other)),
-        }
-        Ok(RangeBody {
-            response,
-            read_timeout: self.read_timeout(),
-            headers,
-        })
+        check_range_response(response, span, object_size, self.read_timeout())
     }
 
     /// Passes a request straight through (for responses that may not be
@@ -286,6 +252,62 @@ impl OriginClient {
             },
         ))
     }
+}
+
+/// Checks that a response really is `span` of an object of `object_size`
+/// bytes (206 with the matching Content-Range, or 200 with everything when
+/// everything was asked for) and wraps its body.
+pub fn check_range_response(
+    response: reqwest::Response,
+    span: ByteSpan,
+    object_size: u64,
+    read_timeout: Duration,
+) -> Result<RangeBody, OriginError> {
+    let Some(last) = span.last() else {
+        return Err(OriginError::Protocol("empty range requested".into()));
+    };
+    let status = response.status();
+    let headers = response.headers().clone();
+    match status {
+        StatusCode::PARTIAL_CONTENT => {
+            let value = headers
+                .get(http::header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| OriginError::Protocol("206 without Content-Range".into()))?;
+            let parsed = shoal_http::content_range::parse_content_range(value.as_bytes())
+                .map_err(|e| OriginError::Protocol(format!("bad Content-Range `{value}`: {e}")))?;
+            let shoal_http::content_range::ContentRangeHeader::Range(range) = parsed else {
+                return Err(OriginError::Protocol(format!(
+                    "206 with unsatisfied Content-Range `{value}`"
+                )));
+            };
+            if range.span() != span || range.complete_length() != object_size {
+                return Err(OriginError::Protocol(format!(
+                    "asked for bytes {}-{}/{object_size}, got `{value}` (object changed?)",
+                    span.start(),
+                    last
+                )));
+            }
+        }
+        // An origin without range support sends everything: usable only
+        // when we wanted the whole object anyway.
+        StatusCode::OK if span.start() == 0 && span.end() == object_size => {
+            if content_length(&headers)? != object_size {
+                return Err(OriginError::Protocol("object size changed".into()));
+            }
+        }
+        StatusCode::OK => {
+            return Err(OriginError::Protocol(
+                "origin ignored the Range header".into(),
+            ))
+        }
+        other => return Err(OriginError::Status(other)),
+    }
+    Ok(RangeBody {
+        response,
+        read_timeout,
+        headers,
+    })
 }
 
 fn content_length(headers: &HeaderMap) -> Result<u64, OriginError> {

@@ -6,6 +6,7 @@
 
 use crate::object::{unpublished_id, ObjectEntry, ObjectRecord, RECORD_FORMAT};
 use crate::origin_client::{OriginClient, OriginError, OriginHead};
+use crate::peer::{MeshLink, PeerMode, PeerObject};
 use crate::stats::CacheStats;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use shoal_core::{Manifest, ObjectId, PieceIndex, PieceSize};
@@ -33,6 +34,8 @@ pub enum ResolveError {
     BadManifest(String),
     #[error("store: {0}")]
     Store(String),
+    #[error("{0}")]
+    Peer(String, StatusCode),
 }
 
 impl ResolveError {
@@ -41,6 +44,7 @@ impl ResolveError {
             ResolveError::Origin(e) => e.client_status(),
             ResolveError::BadManifest(_) => StatusCode::BAD_GATEWAY,
             ResolveError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ResolveError::Peer(_, status) => *status,
         }
     }
 }
@@ -57,7 +61,12 @@ pub struct Resolver {
     object_bytes_max: u64,
     /// How many paths' records name each object id.
     id_users: Mutex<HashMap<ObjectId, usize>>,
+    /// The mesh, when this cache is part of one: non-shields ask the shield.
+    mesh: Option<Arc<MeshLink>>,
 }
+
+/// Shields asked about a path before this cache asks the origin itself.
+const SHIELDS_ASKED_MAX: usize = 2;
 
 pub fn now_unix_s() -> u64 {
     SystemTime::now()
@@ -72,6 +81,7 @@ impl Resolver {
         origin: Arc<OriginClient>,
         stats: Arc<CacheStats>,
         object_bytes_max: u64,
+        mesh: Option<Arc<MeshLink>>,
     ) -> Self {
         // Several paths can name one published object (same content): its
         // pieces go only when the last path lets go of it.
@@ -93,6 +103,7 @@ impl Resolver {
             objects: Mutex::new(HashMap::new()),
             path_locks: Mutex::new(HashMap::new()),
             entries_max: 100_000,
+            mesh,
         }
     }
 
@@ -132,6 +143,12 @@ impl Resolver {
             Some(entry) => Some(entry),
             None => self.load_entry(path)?,
         };
+        if let Some(mesh) = &self.mesh {
+            if let Some(answer) = self.resolve_via_shield(mesh, path, known.clone()).await {
+                return answer;
+            }
+            // We are the shield, or no shield answered: ask the origin.
+        }
         if let Some(old) = known {
             self.stats.revalidations.fetch_add(1, Ordering::Relaxed);
             // An invalidated version is probed afresh (a 304 would prove
@@ -171,6 +188,146 @@ impl Resolver {
             Probe::Storable(record, manifest) => self.install(path, record, manifest.map(|m| *m)),
             Probe::NotStorable => Ok(Resolved::PassThrough),
         }
+    }
+
+    /// Asks the shields above this cache what `path` is, best first.
+    /// `None` when there is none (we are the shield) or none answered.
+    async fn resolve_via_shield(
+        &self,
+        mesh: &MeshLink,
+        path: &RequestPath,
+        known: Option<Arc<ObjectEntry>>,
+    ) -> Option<Result<Resolved, ResolveError>> {
+        let view = mesh.node.view();
+        let key = shoal_mesh::shield_key(path.as_str());
+        let shields = view
+            .shields_above_self(&key)
+            .into_iter()
+            .filter(|m| mesh.usable(&m.node_id))
+            .take(SHIELDS_ASKED_MAX);
+        for shield in shields {
+            match mesh
+                .object(shield, &path.to_uri_path(), PeerMode::Fill)
+                .await
+            {
+                Ok(PeerObject::PassThrough) => {
+                    if let Some(old) = &known {
+                        self.forget(old);
+                    }
+                    return Some(Ok(Resolved::PassThrough));
+                }
+                Ok(PeerObject::Cached {
+                    record,
+                    manifest_b64,
+                    hashes_hex,
+                }) => {
+                    if known.is_some() {
+                        self.stats.revalidations.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Some(self.adopt(path, known, record, manifest_b64, hashes_hex));
+                }
+                Err(error) if error.is_definitive() => {
+                    let status = error.status().unwrap_or(StatusCode::BAD_GATEWAY);
+                    if let Some(old) = &known {
+                        if status == StatusCode::NOT_FOUND || status == StatusCode::GONE {
+                            self.forget(old);
+                        }
+                    }
+                    return Some(Err(ResolveError::Peer(
+                        format!("the shield cache answered {status}"),
+                        status,
+                    )));
+                }
+                Err(error) => {
+                    tracing::warn!(path = %path.as_str(), %error, "shield did not answer; trying the next");
+                    self.stats.peer_errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        None
+    }
+
+    /// Takes on the version a shield described.
+    fn adopt(
+        &self,
+        path: &RequestPath,
+        known: Option<Arc<ObjectEntry>>,
+        record: ObjectRecord,
+        manifest_b64: Option<String>,
+        hashes_hex: Vec<String>,
+    ) -> Result<Resolved, ResolveError> {
+        let bad = |what: String| {
+            ResolveError::Peer(format!("the shield sent {what}"), StatusCode::BAD_GATEWAY)
+        };
+        let id = ObjectId::from_hex(&record.id).ok_or_else(|| bad("a bad object id".into()))?;
+        let manifest = crate::peer::decode_manifest(manifest_b64.as_deref()).map_err(bad)?;
+        let (published_manifest, built_manifest) = match manifest {
+            Some(m) if record.published => {
+                if m.id() != id {
+                    return Err(bad("a manifest that does not match the object id".into()));
+                }
+                (Some(m), None)
+            }
+            Some(m) => (None, Some(m)),
+            None if record.published => {
+                return Err(bad("a published object without its manifest".into()))
+            }
+            None => (None, None),
+        };
+        let resolved = match known {
+            Some(old) if old.id == id => self.replace_record(old, record),
+            Some(old) => {
+                self.forget(&old);
+                self.install(path, record, published_manifest)?
+            }
+            None => self.install(path, record, published_manifest)?,
+        };
+        if let Resolved::Cached(entry) = &resolved {
+            crate::peer::learn_hashes(entry, built_manifest.as_ref(), &hashes_hex);
+        }
+        Ok(resolved)
+    }
+
+    /// The version of `path` this cache knows, without asking anyone.
+    pub fn local_entry(&self, path: &RequestPath) -> Option<Arc<ObjectEntry>> {
+        let in_memory = lock(&self.objects).get(path.as_str()).cloned();
+        in_memory.or_else(|| self.load_entry(path).ok().flatten())
+    }
+
+    /// What this cache tells a sibling about `path` (as its shield).
+    /// With `local_only`, nothing is fetched: 404 unless it is known here.
+    pub async fn describe_for_peer(
+        &self,
+        path: &RequestPath,
+        local_only: bool,
+    ) -> Result<PeerObject, ResolveError> {
+        let entry = if local_only {
+            self.local_entry(path)
+                .ok_or_else(|| ResolveError::Peer("not known here".into(), StatusCode::NOT_FOUND))?
+        } else {
+            match self.resolve(path).await? {
+                Resolved::PassThrough => return Ok(PeerObject::PassThrough),
+                Resolved::Cached(entry) => entry,
+            }
+        };
+        let manifest = entry.manifest.clone().or_else(|| entry.built_manifest());
+        let hashes_hex = if manifest.is_some() {
+            Vec::new()
+        } else {
+            (0..entry.layout.piece_count())
+                .map(|i| {
+                    entry
+                        .learnt_hash(PieceIndex(i))
+                        .map(|h| h.to_hex())
+                        .unwrap_or_default()
+                })
+                .collect()
+        };
+        Ok(PeerObject::Cached {
+            record: entry.record.clone(),
+            manifest_b64: manifest.map(|m| crate::peer::encode_manifest(&m)),
+            hashes_hex,
+        })
     }
 
     /// Reads a record left by an earlier run of the cache.

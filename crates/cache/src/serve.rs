@@ -11,11 +11,16 @@
 use crate::fill::{FillError, Filler};
 use crate::object::ObjectEntry;
 use crate::origin_client::OriginClient;
+use crate::peer::{
+    MeshLink, PeerMode, MODE_HEADER, PEER_DATA_PREFIX, PEER_OBJECT_PREFIX, PEER_PIECES_PREFIX,
+    PEER_PREFIX,
+};
 use crate::resolve::{Resolved, Resolver};
 use crate::stats::CacheStats;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use shoal_core::{ByteSpan, PieceIndex, VerifiedPiece};
+use shoal_core::bitfield::PieceSet;
+use shoal_core::{ByteSpan, ObjectId, PieceIndex, VerifiedPiece};
 use shoal_http::conditional::{
     evaluate_preconditions, ConditionalHeaders, EntityValidators, Precondition,
 };
@@ -48,6 +53,16 @@ pub struct CacheService {
     pub(crate) stats: Arc<CacheStats>,
     /// How far ahead of a reader pieces are fetched.
     pub(crate) readahead_bytes: u64,
+    /// The mesh, when this cache is part of one.
+    pub(crate) mesh: Option<Arc<MeshLink>>,
+}
+
+/// Who a response is for, for accounting.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Audience {
+    Client,
+    /// A sibling cache.
+    Peer,
 }
 
 /// Where the bytes of a piece came from, for hit accounting.
@@ -60,7 +75,16 @@ enum Source {
 impl CacheService {
     /// The cache's counters, as `/_shoal/stats` shows them.
     pub fn stats_snapshot(&self) -> crate::stats::StatsSnapshot {
-        self.stats.snapshot(self.filler.store())
+        let mut snapshot = self.stats.snapshot(self.filler.store());
+        if let Some(mesh) = &self.mesh {
+            snapshot.gossip_dropped_datagrams = mesh.node.dropped_datagrams();
+            snapshot.mesh_members = mesh.node.view().members.len() as u64;
+        }
+        snapshot
+    }
+
+    pub fn mesh(&self) -> Option<&Arc<MeshLink>> {
+        self.mesh.as_ref()
     }
 
     pub async fn handle<B>(self: Arc<Self>, request: Request<B>) -> Response<Body> {
@@ -88,6 +112,9 @@ impl CacheService {
             }
         };
         let raw_path = request.uri().path();
+        if raw_path.starts_with(PEER_PREFIX) {
+            return self.peer(&request).await;
+        }
         if let Some(object_path) = raw_path.strip_prefix(MANIFEST_PREFIX) {
             return self.manifest(&format!("/{object_path}")).await;
         }
@@ -102,7 +129,204 @@ impl CacheService {
             Resolved::Cached(entry) => entry,
             Resolved::PassThrough => return self.pass_through(&path, head_only, &request).await,
         };
-        self.serve_entry(entry, head_only, &request).await
+        self.serve_entry(entry, head_only, &request, Audience::Client)
+            .await
+    }
+
+    /// The inter-cache endpoints (see [`crate::peer`]): 403 without a
+    /// valid token, whatever the path.
+    async fn peer<B>(self: &Arc<Self>, request: &Request<B>) -> Response<Body> {
+        let Some(mesh) = &self.mesh else {
+            return text_response(StatusCode::NOT_FOUND, "this cache is not part of a mesh\n");
+        };
+        let path_and_query = request
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        if let Err(error) = mesh.authenticate(
+            request.headers().get(shoal_core::auth::AUTH_HEADER),
+            request.method().as_str(),
+            path_and_query,
+        ) {
+            self.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
+            return text_response(StatusCode::FORBIDDEN, &format!("forbidden: {error}\n"));
+        }
+        self.stats
+            .peer_requests_served
+            .fetch_add(1, Ordering::Relaxed);
+        let raw_path = request.uri().path();
+        if let Some(rest) = raw_path.strip_prefix(PEER_OBJECT_PREFIX) {
+            let path = match RequestPath::parse(&format!("/{rest}")) {
+                Ok(path) => path,
+                Err(error) => {
+                    return text_response(StatusCode::BAD_REQUEST, &format!("bad path: {error}\n"))
+                }
+            };
+            // `have`: only what is known here (a sibling after our hashes);
+            // otherwise we act as the path's shield.
+            let local_only = request
+                .headers()
+                .get(MODE_HEADER)
+                .and_then(|v| PeerMode::parse(v.as_bytes()))
+                == Some(PeerMode::Have);
+            return match self.resolver.describe_for_peer(&path, local_only).await {
+                Ok(answer) => json_response(&answer),
+                Err(error) => text_response(error.client_status(), &format!("{error}\n")),
+            };
+        }
+        if let Some(hex) = raw_path.strip_prefix(PEER_PIECES_PREFIX) {
+            let Some(id) = ObjectId::from_hex(hex) else {
+                return text_response(StatusCode::BAD_REQUEST, "bad object id\n");
+            };
+            let held = self.filler.store().pieces_of(&id);
+            let Some(last) = held.iter().map(|i| i.0).max() else {
+                return text_response(StatusCode::NOT_FOUND, "no pieces of this object here\n");
+            };
+            let mut set = PieceSet::new(last + 1);
+            for index in held {
+                set.insert(index);
+            }
+            return Response::builder()
+                .header(header::CONTENT_TYPE, "application/octet-stream")
+                .header(header::CACHE_CONTROL, "no-store")
+                .body(shoal_server::full(Bytes::from(set.encode())))
+                .unwrap_or_else(|_| internal_error());
+        }
+        if let Some(rest) = raw_path.strip_prefix(PEER_DATA_PREFIX) {
+            let (Some(hex), Some(object_path)) = (rest.get(..64), rest.get(64..)) else {
+                return text_response(StatusCode::BAD_REQUEST, "expected <id hex>/<path>\n");
+            };
+            let Some(id) = ObjectId::from_hex(hex) else {
+                return text_response(StatusCode::BAD_REQUEST, "bad object id\n");
+            };
+            let mode = request
+                .headers()
+                .get(MODE_HEADER)
+                .and_then(|v| PeerMode::parse(v.as_bytes()));
+            return match mode {
+                Some(PeerMode::Fill) => self.peer_fill(id, object_path, request).await,
+                Some(PeerMode::Have) => self.peer_have(id, object_path, request).await,
+                None => text_response(
+                    StatusCode::BAD_REQUEST,
+                    "x-shoal-mode must be `have` or `fill`\n",
+                ),
+            };
+        }
+        text_response(StatusCode::NOT_FOUND, "unknown peer endpoint\n")
+    }
+
+    /// Serves a range of `id` as its shield: what is missing is fetched.
+    async fn peer_fill<B>(
+        self: &Arc<Self>,
+        id: ObjectId,
+        object_path: &str,
+        request: &Request<B>,
+    ) -> Response<Body> {
+        let entry = match self.parse_and_resolve(object_path).await {
+            Ok((_, Resolved::Cached(entry))) if entry.id == id => entry,
+            Ok(_) => {
+                return text_response(
+                    StatusCode::CONFLICT,
+                    "this cache serves another version of that path\n",
+                )
+            }
+            Err(response) => return response,
+        };
+        self.serve_entry(entry, false, request, Audience::Peer)
+            .await
+    }
+
+    /// Serves a range of `id` only from pieces held here.
+    async fn peer_have<B>(
+        self: &Arc<Self>,
+        id: ObjectId,
+        object_path: &str,
+        request: &Request<B>,
+    ) -> Response<Body> {
+        let entry = match RequestPath::parse(object_path) {
+            Ok(path) => self.resolver.local_entry(&path),
+            Err(error) => {
+                return text_response(StatusCode::BAD_REQUEST, &format!("bad path: {error}\n"))
+            }
+        };
+        let Some(entry) = entry.filter(|e| e.id == id) else {
+            return text_response(StatusCode::NOT_FOUND, "this object is not held here\n");
+        };
+        let size = entry.layout.object_size();
+        let range_header = request.headers().get(header::RANGE).map(|v| v.as_bytes());
+        let RangeResolution::Single(span) = select_ranges(range_header, true, size) else {
+            return text_response(
+                StatusCode::BAD_REQUEST,
+                "one satisfiable range is required\n",
+            );
+        };
+        let Some(pieces) = entry.layout.pieces_covering(span) else {
+            return text_response(StatusCode::BAD_REQUEST, "empty range\n");
+        };
+        let store = self.filler.store();
+        let first_key = shoal_store::PieceKey {
+            object: id,
+            index: PieceIndex(*pieces.start()),
+        };
+        let first = match store.get(first_key).await {
+            Ok(Some(piece)) => piece,
+            _ => return text_response(StatusCode::NOT_FOUND, "piece not held here\n"),
+        };
+        let Ok(content_range) = shoal_http::content_range::format_content_range(span, size) else {
+            return internal_error();
+        };
+        let (sender, body) = shoal_server::channel_body(BODY_CHUNKS_MAX);
+        let service = self.clone();
+        tokio::spawn(async move {
+            let mut first = Some(first);
+            for index in pieces {
+                let piece = match first.take() {
+                    Some(piece) => piece,
+                    None => {
+                        let key = shoal_store::PieceKey {
+                            object: id,
+                            index: PieceIndex(index),
+                        };
+                        match service.filler.store().get(key).await {
+                            Ok(Some(piece)) => piece,
+                            // Evicted meanwhile: cut the body; the peer
+                            // fetches the rest elsewhere.
+                            _ => {
+                                let _ = sender
+                                    .send(Err(std::io::Error::other("piece no longer held")))
+                                    .await;
+                                return;
+                            }
+                        }
+                    }
+                };
+                let Some(piece_span) = entry.layout.piece_span(PieceIndex(index)) else {
+                    return;
+                };
+                let Some(wanted) = piece_span.intersect(&span) else {
+                    continue;
+                };
+                let from = (wanted.start() - piece_span.start()) as usize;
+                let to = (wanted.end() - piece_span.start()) as usize;
+                let bytes = piece.data().slice(from..to);
+                let len = bytes.len() as u64;
+                if sender.send(Ok(bytes)).await.is_err() {
+                    return;
+                }
+                service
+                    .stats
+                    .peer_bytes_served
+                    .fetch_add(len, Ordering::Relaxed);
+            }
+        });
+        Response::builder()
+            .status(StatusCode::PARTIAL_CONTENT)
+            .header(header::CONTENT_RANGE, content_range)
+            .header(header::CONTENT_LENGTH, span.len())
+            .header(OBJECT_ID_HEADER, id.to_hex())
+            .body(body)
+            .unwrap_or_else(|_| internal_error())
     }
 
     /// The path (400 if malformed) and what to do with it (the origin's
@@ -131,6 +355,7 @@ impl CacheService {
         entry: Arc<ObjectEntry>,
         head_only: bool,
         request: &Request<B>,
+        audience: Audience,
     ) -> Response<Body> {
         let size = entry.layout.object_size();
         let validators = EntityValidators {
@@ -250,7 +475,11 @@ impl CacheService {
         builder = builder.header(CACHE_STATUS_HEADER, cache_status);
         let (sender, body) = shoal_server::channel_body(BODY_CHUNKS_MAX);
         let service = self.clone();
-        tokio::spawn(async move { service.stream_body(entry, segments, first, sender).await });
+        tokio::spawn(async move {
+            service
+                .stream_body(entry, segments, first, sender, audience)
+                .await
+        });
         builder.body(body).unwrap_or_else(|_| internal_error())
     }
 
@@ -278,6 +507,7 @@ impl CacheService {
         segments: Vec<Segment>,
         mut first: Option<(VerifiedPiece, Source)>,
         sender: shoal_server::BodySender,
+        audience: Audience,
     ) {
         let piece_bytes = entry.layout.piece_size().bytes();
         let readahead_pieces = (self.readahead_bytes / piece_bytes).max(1) as u32;
@@ -329,6 +559,12 @@ impl CacheService {
                 let len = bytes.len() as u64;
                 if sender.send(Ok(bytes)).await.is_err() {
                     return;
+                }
+                if audience == Audience::Peer {
+                    self.stats
+                        .peer_bytes_served
+                        .fetch_add(len, Ordering::Relaxed);
+                    continue;
                 }
                 self.stats.bytes_served.fetch_add(len, Ordering::Relaxed);
                 if source == Source::Store {
@@ -451,15 +687,11 @@ impl CacheService {
 
     fn internal(&self, endpoint: &str) -> Response<Body> {
         match endpoint {
-            "stats" => {
-                let snapshot = self.stats.snapshot(self.filler.store());
-                let json = serde_json::to_string_pretty(&snapshot).unwrap_or_default();
-                Response::builder()
-                    .header(header::CONTENT_TYPE, "application/json")
-                    .header(header::CACHE_CONTROL, "no-store")
-                    .body(shoal_server::full(Bytes::from(json)))
-                    .unwrap_or_else(|_| internal_error())
-            }
+            "stats" => json_response(&self.stats_snapshot()),
+            "mesh" => match &self.mesh {
+                Some(mesh) => json_response(&crate::peer::MeshReport::new(mesh)),
+                None => text_response(StatusCode::NOT_FOUND, "this cache is not part of a mesh\n"),
+            },
             "health" => text_response(StatusCode::OK, "ok\n"),
             _ => text_response(StatusCode::NOT_FOUND, "unknown internal endpoint\n"),
         }
@@ -468,6 +700,15 @@ impl CacheService {
 
 fn data_segments(span: Option<ByteSpan>) -> Vec<Segment> {
     span.map(Segment::Data).into_iter().collect()
+}
+
+fn json_response<T: serde::Serialize>(value: &T) -> Response<Body> {
+    let json = serde_json::to_string_pretty(value).unwrap_or_default();
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(shoal_server::full(Bytes::from(json)))
+        .unwrap_or_else(|_| internal_error())
 }
 
 fn text_response(status: StatusCode, text: &str) -> Response<Body> {

@@ -20,6 +20,23 @@ pub struct CacheStats {
     pub bytes_served_from_store: AtomicU64,
     pub revalidations: AtomicU64,
     pub pass_through_requests: AtomicU64,
+    /// Requests from sibling caches served (`/_shoal/peer/...`).
+    pub peer_requests_served: AtomicU64,
+    /// Bytes of piece data sent to sibling caches.
+    pub peer_bytes_served: AtomicU64,
+    /// Bytes of piece data received from sibling caches.
+    pub peer_bytes_received: AtomicU64,
+    /// Piece runs fetched from a sibling that held them.
+    pub peer_fetches_have: AtomicU64,
+    /// Piece runs fetched from the shield (which fills them).
+    pub peer_fetches_shield: AtomicU64,
+    /// Failed exchanges with siblings (each retried elsewhere).
+    pub peer_errors: AtomicU64,
+    /// Pieces from siblings that failed verification (never stored).
+    pub peer_corrupt_pieces: AtomicU64,
+    pub peers_quarantined: AtomicU64,
+    /// Inter-cache requests refused for a missing or bad token.
+    pub auth_failures: AtomicU64,
 }
 
 /// A point-in-time copy, serialisable.
@@ -37,6 +54,19 @@ pub struct StatsSnapshot {
     pub byte_hit_ratio: f64,
     pub revalidations: u64,
     pub pass_through_requests: u64,
+    pub peer_requests_served: u64,
+    pub peer_bytes_served: u64,
+    pub peer_bytes_received: u64,
+    pub peer_fetches_have: u64,
+    pub peer_fetches_shield: u64,
+    pub peer_errors: u64,
+    pub peer_corrupt_pieces: u64,
+    pub peers_quarantined: u64,
+    pub auth_failures: u64,
+    /// Gossip datagrams dropped as unauthentic or malformed.
+    pub gossip_dropped_datagrams: u64,
+    /// Live mesh members in this cache's view (self included; 0 without a mesh).
+    pub mesh_members: u64,
     pub store_resident_bytes: u64,
     pub store_pieces: u64,
     pub store_corrupt_pieces: u64,
@@ -68,6 +98,17 @@ impl CacheStats {
             },
             revalidations: get(&self.revalidations),
             pass_through_requests: get(&self.pass_through_requests),
+            peer_requests_served: get(&self.peer_requests_served),
+            peer_bytes_served: get(&self.peer_bytes_served),
+            peer_bytes_received: get(&self.peer_bytes_received),
+            peer_fetches_have: get(&self.peer_fetches_have),
+            peer_fetches_shield: get(&self.peer_fetches_shield),
+            peer_errors: get(&self.peer_errors),
+            peer_corrupt_pieces: get(&self.peer_corrupt_pieces),
+            peers_quarantined: get(&self.peers_quarantined),
+            auth_failures: get(&self.auth_failures),
+            gossip_dropped_datagrams: 0,
+            mesh_members: 0,
             store_resident_bytes: store.resident_bytes(),
             store_pieces: store.piece_count() as u64,
             store_corrupt_pieces: get(&store_stats.corrupt_pieces),

@@ -49,6 +49,15 @@ impl PieceHash {
     pub fn of(data: &[u8]) -> Self {
         PieceHash(*blake3::hash(data).as_bytes())
     }
+
+    pub fn to_hex(&self) -> String {
+        hex(&self.0)
+    }
+
+    /// Parses 64 hex digits.
+    pub fn from_hex(text: &str) -> Option<Self> {
+        ObjectId::from_hex(text).map(|id| PieceHash(id.0))
+    }
 }
 
 impl fmt::Debug for PieceHash {

@@ -359,7 +359,7 @@ async fn publish_state(
         } else {
             local.health()
         };
-        let summary = if round % summary_every == 0 {
+        let summary = if round.is_multiple_of(summary_every) {
             let local = local.clone();
             tokio::task::spawn_blocking(move || {
                 let ids = local.held_objects(SUMMARY_OBJECTS_MAX);

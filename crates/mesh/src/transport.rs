@@ -218,8 +218,7 @@ impl Socket for MacSocket {
                 Err(error)
                     if matches!(
                         error.kind(),
-                        std::io::ErrorKind::ConnectionRefused
-                            | std::io::ErrorKind::ConnectionReset
+                        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset
                     ) =>
                 {
                     continue
@@ -248,8 +247,14 @@ mod tests {
     fn sealed_datagrams_open_and_tampered_ones_do_not() {
         let sealed = seal(&KEY, b"hello", 1000);
         assert_eq!(open_sealed(&KEY, &sealed, 1000), Some(&b"hello"[..]));
-        assert_eq!(open_sealed(&KEY, &sealed, 1000 + CLOCK_SKEW_MAX_S), Some(&b"hello"[..]));
-        assert_eq!(open_sealed(&KEY, &sealed, 1000 + CLOCK_SKEW_MAX_S + 1), None);
+        assert_eq!(
+            open_sealed(&KEY, &sealed, 1000 + CLOCK_SKEW_MAX_S),
+            Some(&b"hello"[..])
+        );
+        assert_eq!(
+            open_sealed(&KEY, &sealed, 1000 + CLOCK_SKEW_MAX_S + 1),
+            None
+        );
         assert_eq!(open_sealed(&[8; 32], &sealed, 1000), None);
         for i in 0..sealed.len() {
             let mut bad = sealed.clone();
@@ -257,7 +262,10 @@ mod tests {
             assert_eq!(open_sealed(&KEY, &bad, 1000), None, "flip at {i}");
         }
         assert_eq!(open_sealed(&KEY, &sealed[..sealed.len() - 1], 1000), None);
-        assert_eq!(open_sealed(&KEY, &[0; DATAGRAM_LEN_MAX_BYTES + 1], 1000), None);
+        assert_eq!(
+            open_sealed(&KEY, &[0; DATAGRAM_LEN_MAX_BYTES + 1], 1000),
+            None
+        );
     }
 
     proptest! {

@@ -324,7 +324,13 @@ mod tests {
     fn draining_members_are_never_shields_and_holders_prefer_the_region() {
         let key = shield_key("/x");
         let mut all: Vec<Member> = (0..5)
-            .map(|i| member(&format!("c{i}"), if i < 2 { "eu" } else { "us" }, Health::Ok))
+            .map(|i| {
+                member(
+                    &format!("c{i}"),
+                    if i < 2 { "eu" } else { "us" },
+                    Health::Ok,
+                )
+            })
             .collect();
         let view = MeshView::new("c0".into(), all.clone(), 0);
         let shield = view.shield(&key).unwrap().node_id.clone();

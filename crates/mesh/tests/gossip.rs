@@ -80,17 +80,24 @@ async fn members_see_each_other_and_notice_a_dead_one() {
         nodes.iter().all(|n| {
             let view = n.view();
             let n0 = view.member("n0");
-            n0.is_some_and(|m| m.egress_bps == 40_000_000 /* rounded to 1 % of the cap */ && m.region == "eu")
-                && view.holders(&object).iter().any(|m| m.node_id == "n0")
-                    == (view.self_id != "n0")
+            n0.is_some_and(
+                |m| m.egress_bps == 40_000_000 /* rounded to 1 % of the cap */ && m.region == "eu",
+            ) && view.holders(&object).iter().any(|m| m.node_id == "n0") == (view.self_id != "n0")
         })
     })
     .await;
     for node in &nodes {
         assert!(node.view().member("evil").is_none());
     }
-    assert_eq!(intruder.view().members.len(), 1, "the intruder learnt nothing");
-    assert!(nodes[0].dropped_datagrams() > 0, "the intruder's datagrams were dropped");
+    assert_eq!(
+        intruder.view().members.len(),
+        1,
+        "the intruder learnt nothing"
+    );
+    assert!(
+        nodes[0].dropped_datagrams() > 0,
+        "the intruder's datagrams were dropped"
+    );
 
     // Kill one member without a goodbye (abort: no draining state sent).
     let victim = nodes.pop().unwrap();
@@ -105,9 +112,11 @@ async fn members_see_each_other_and_notice_a_dead_one() {
     let leaving = nodes.pop().unwrap();
     let leave = tokio::spawn(async move { leaving.leave().await });
     wait_until("draining state", Duration::from_secs(5), || {
-        nodes
-            .iter()
-            .all(|n| n.view().member("n2").is_none_or(|m| m.health == Health::Draining))
+        nodes.iter().all(|n| {
+            n.view()
+                .member("n2")
+                .is_none_or(|m| m.health == Health::Draining)
+        })
     })
     .await;
     leave.await.unwrap();

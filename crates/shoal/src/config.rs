@@ -47,6 +47,46 @@ pub struct CacheArgs {
     #[arg(long)]
     #[serde(skip)]
     pub egress_mbps: Option<u64>,
+    #[command(flatten)]
+    pub mesh: MeshArgs,
+}
+
+/// Joining a mesh of caches (`[mesh]` in TOML).
+#[derive(clap::Args, Serialize)]
+pub struct MeshArgs {
+    /// UDP address to gossip on, e.g. 127.0.0.1:7946; joins a mesh.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gossip: Option<SocketAddr>,
+    /// Gossip address of a member to contact first (repeat for several).
+    #[arg(long = "seed")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub seeds: Vec<String>,
+    /// Secret shared by every member of the mesh (at least 16 bytes);
+    /// prefer SHOAL_CACHE_MESH__CLUSTER_SECRET or the config file.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_secret: Option<String>,
+    /// Unique name of this cache in the mesh.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    /// Region this cache is in, e.g. eu-west.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Cost of one GB sent from this cache, in US dollars, e.g. 0.02.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_per_gb: Option<f64>,
+    /// HTTP address peers should use (when listening on 0.0.0.0).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_advertise: Option<SocketAddr>,
+    /// Gossip address peers should use (when gossiping on 0.0.0.0).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gossip_advertise: Option<SocketAddr>,
 }
 
 #[derive(clap::Args, Serialize)]

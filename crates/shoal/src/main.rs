@@ -39,7 +39,7 @@ enum Command {
         piece_size: Option<ByteSize>,
     },
     /// Run an edge cache in front of an origin.
-    Cache(config::CacheArgs),
+    Cache(Box<config::CacheArgs>),
     /// Start an origin and a cache on loopback with sample content, download
     /// through the cache, print a summary and keep serving until Ctrl-C.
     Demo {
@@ -99,7 +99,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 force,
                 piece_size,
             } => run_publish(root, force, piece_size),
-            Command::Cache(args) => run_cache(args).await,
+            Command::Cache(args) => run_cache(*args).await,
             Command::Demo {
                 size,
                 once,
@@ -151,10 +151,19 @@ async fn run_cache(args: config::CacheArgs) -> anyhow::Result<()> {
     let cache = shoal_cache::BoundCache::bind(config)
         .await
         .context("starting the cache")?;
-    println!(
-        "shoal cache listening on http://{} (origin {origin})",
-        cache.local_addr
-    );
+    // Tests and scripts read this line to learn the ports.
+    match cache.service.mesh() {
+        Some(mesh) => println!(
+            "shoal cache listening on http://{} (origin {origin}) node={} gossip={}",
+            cache.local_addr,
+            mesh.self_id(),
+            mesh.node.gossip_addr()
+        ),
+        None => println!(
+            "shoal cache listening on http://{} (origin {origin})",
+            cache.local_addr
+        ),
+    }
     cache.run(shutdown_signal()).await;
     Ok(())
 }

@@ -271,6 +271,24 @@ impl Store {
             .collect()
     }
 
+    /// Objects with pieces on disk, most bytes first, at most `max`.
+    pub fn objects_by_bytes(&self, max: usize) -> Vec<(ObjectId, u64)> {
+        let mut totals: Vec<(ObjectId, u64)> = Vec::new();
+        {
+            let tier = lock(&self.disk);
+            // Keys are sorted by object, so each object's pieces are adjacent.
+            for (key, meta) in tier.pieces.iter() {
+                match totals.last_mut() {
+                    Some((object, bytes)) if *object == key.object => *bytes += meta.len as u64,
+                    _ => totals.push((key.object, meta.len as u64)),
+                }
+            }
+        }
+        totals.sort_by(|a, b| b.1.cmp(&a.1).then(a.0 .0.cmp(&b.0 .0)));
+        totals.truncate(max);
+        totals
+    }
+
     /// The recorded hash of a stored piece.
     pub fn piece_hash(&self, key: &PieceKey) -> Option<PieceHash> {
         lock(&self.disk).pieces.get(key).map(|m| m.hash)

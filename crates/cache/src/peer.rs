@@ -1,0 +1,544 @@
+//! Talking to sibling caches: signed requests, piece sets, piece data,
+//! object metadata from the shield, and the bookkeeping of peers that
+//! misbehave (quarantine) or do not answer (suspects).
+//!
+//! Inter-cache endpoints (all under `/_shoal/peer/`, all requiring an
+//! `x-shoal-auth` token signed with the cluster key):
+//!
+//! - `GET /_shoal/peer/object/<path>`: the receiver resolves `<path>` (as
+//!   shield: from its store or from the origin) and answers a
+//!   [`PeerObject`] as JSON: the record, and the manifest or the piece
+//!   hashes it knows.
+//! - `GET /_shoal/peer/pieces/<id hex>`: the [`PieceSet`] of pieces held.
+//! - `GET /_shoal/peer/data/<id hex><path>` with a piece-aligned `Range`
+//!   and `x-shoal-mode: have` (only from the store; 404 if the first
+//!   piece is not held) or `fill` (the receiver fetches what it lacks, as
+//!   shield). 409 if the receiver's version of `<path>` is not `<id>`.
+//!
+//! Whatever a peer sends is checked like origin bytes: piece data against
+//! the manifest or the hashes learnt from the shield, never trusted.
+
+use crate::object::{ObjectEntry, ObjectRecord};
+use crate::origin_client::{check_range_response, OriginError, RangeBody};
+use crate::stats::CacheStats;
+use base64::Engine;
+use http::{HeaderValue, StatusCode};
+use serde::{Deserialize, Serialize};
+use shoal_core::auth::{AuthError, ClusterKey, AUTH_HEADER};
+use shoal_core::bitfield::PieceSet;
+use shoal_core::{ByteSpan, ObjectId};
+use shoal_core::{Manifest, PieceHash, PieceIndex};
+use shoal_mesh::{Member, MeshNode};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const PEER_PREFIX: &str = "/_shoal/peer/";
+pub const PEER_OBJECT_PREFIX: &str = "/_shoal/peer/object/";
+pub const PEER_PIECES_PREFIX: &str = "/_shoal/peer/pieces/";
+pub const PEER_DATA_PREFIX: &str = "/_shoal/peer/data/";
+/// Request header: `have` or `fill`.
+pub const MODE_HEADER: &str = "x-shoal-mode";
+/// Largest object-metadata answer accepted (4,000 hashes as hex ≈ 270 KB).
+pub const PEER_OBJECT_BYTES_MAX: u64 = 1 << 20;
+/// Largest piece-set answer accepted.
+pub const PIECE_SET_BYTES_MAX: u64 = 1 << 17;
+/// How long a peer's piece set is reused before asking again.
+const PIECE_SET_TTL_MS: u64 = 1_000;
+/// Piece-set cache entries kept (oldest dropped beyond).
+const PIECE_SET_CACHE_ENTRIES_MAX: usize = 4_096;
+/// How long a peer that failed to answer is skipped.
+const SUSPECT_MS: u64 = 5_000;
+
+/// How a data request may be served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerMode {
+    /// Only from pieces already held.
+    Have,
+    /// Fetch what is missing (the receiver acts as shield).
+    Fill,
+}
+
+impl PeerMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerMode::Have => "have",
+            PeerMode::Fill => "fill",
+        }
+    }
+
+    pub fn parse(text: &[u8]) -> Option<Self> {
+        match text {
+            b"have" => Some(PeerMode::Have),
+            b"fill" => Some(PeerMode::Fill),
+            _ => None,
+        }
+    }
+}
+
+/// What the shield tells a sibling about a path.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PeerObject {
+    /// A cacheable version.
+    Cached {
+        record: ObjectRecord,
+        /// The manifest (published, or built once ingested), base64.
+        manifest_b64: Option<String>,
+        /// Without a manifest: the hash of each piece the shield has seen
+        /// from the origin, hex, `""` where unknown.
+        hashes_hex: Vec<String>,
+    },
+    /// The origin forbids storing it: fetch it straight from the origin.
+    PassThrough,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("peer {0} unreachable: {1}")]
+    Unreachable(String, String),
+    #[error("peer {0} timed out")]
+    Timeout(String),
+    #[error("peer {0} answered {1}")]
+    Status(String, StatusCode),
+    #[error("peer {0} sent an unusable answer: {1}")]
+    Protocol(String, String),
+}
+
+impl PeerError {
+    /// An answer about the object itself (not about the peer's health):
+    /// asking another peer would get the same.
+    pub fn is_definitive(&self) -> bool {
+        matches!(self, PeerError::Status(_, s) if *s == StatusCode::NOT_FOUND || *s == StatusCode::GONE || *s == StatusCode::FORBIDDEN)
+    }
+
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            PeerError::Status(_, s) => Some(*s),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct PeerSettings {
+    pub connect_timeout_ms: u64,
+    pub read_timeout_ms: u64,
+    /// Wrong pieces a peer may send before it is quarantined.
+    pub corrupt_pieces_max: u32,
+    pub quarantine_ms: u64,
+    /// Longest lifetime a received token may claim.
+    pub auth_ttl_max_s: u64,
+}
+
+#[derive(Default)]
+struct PeerRecord {
+    corrupt_pieces: u32,
+    quarantined_until: Option<Instant>,
+    suspect_until: Option<Instant>,
+}
+
+/// Piece sets of (peer, object), with when they were fetched.
+type PieceSetCache = HashMap<(String, ObjectId), (Instant, Option<Arc<PieceSet>>)>;
+
+/// This cache's side of the mesh: gossip view plus peer HTTP.
+pub struct MeshLink {
+    pub node: Arc<MeshNode>,
+    key: ClusterKey,
+    self_id: String,
+    client: reqwest::Client,
+    settings: PeerSettings,
+    stats: Arc<CacheStats>,
+    piece_sets: Mutex<PieceSetCache>,
+    peers: Mutex<HashMap<String, PeerRecord>>,
+}
+
+fn now_unix_s() -> u64 {
+    crate::resolve::now_unix_s()
+}
+
+impl MeshLink {
+    pub fn new(
+        node: Arc<MeshNode>,
+        key: ClusterKey,
+        self_id: String,
+        settings: PeerSettings,
+        stats: Arc<CacheStats>,
+    ) -> Result<Self, String> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(32)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
+            node,
+            key,
+            self_id,
+            client,
+            settings,
+            stats,
+            piece_sets: Mutex::default(),
+            peers: Mutex::default(),
+        })
+    }
+
+    pub fn self_id(&self) -> &str {
+        &self.self_id
+    }
+
+    /// Checks the token of an inter-cache request; the caller answers 403
+    /// on error.
+    pub fn authenticate(
+        &self,
+        header: Option<&HeaderValue>,
+        method: &str,
+        path_and_query: &str,
+    ) -> Result<String, AuthError> {
+        self.key
+            .verify(
+                header.map(|h| h.as_bytes()),
+                method,
+                path_and_query,
+                now_unix_s(),
+                self.settings.auth_ttl_max_s,
+            )
+            .map(str::to_string)
+    }
+
+    /// Whether a peer may be asked now (not quarantined, not suspect).
+    pub fn usable(&self, node_id: &str) -> bool {
+        let peers = lock(&self.peers);
+        let Some(record) = peers.get(node_id) else {
+            return true;
+        };
+        let now = Instant::now();
+        record.quarantined_until.is_none_or(|t| t <= now)
+            && record.suspect_until.is_none_or(|t| t <= now)
+    }
+
+    /// A peer did not answer usefully: skip it for a while (until gossip
+    /// tells everyone).
+    pub fn suspect(&self, node_id: &str) {
+        lock(&self.peers)
+            .entry(node_id.to_string())
+            .or_default()
+            .suspect_until = Some(Instant::now() + Duration::from_millis(SUSPECT_MS));
+    }
+
+    /// A peer sent a piece that did not verify; quarantines it after
+    /// `corrupt_pieces_max`. Returns true if it is now quarantined.
+    pub fn report_corrupt(&self, node_id: &str) -> bool {
+        self.stats
+            .peer_corrupt_pieces
+            .fetch_add(1, Ordering::Relaxed);
+        let mut peers = lock(&self.peers);
+        let record = peers.entry(node_id.to_string()).or_default();
+        record.corrupt_pieces += 1;
+        if record.corrupt_pieces >= self.settings.corrupt_pieces_max {
+            record.corrupt_pieces = 0;
+            record.quarantined_until =
+                Some(Instant::now() + Duration::from_millis(self.settings.quarantine_ms));
+            self.stats.peers_quarantined.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                peer = node_id,
+                "peer quarantined: it sent pieces that failed verification"
+            );
+            return true;
+        }
+        false
+    }
+
+    /// Peers currently quarantined.
+    pub fn quarantined(&self) -> Vec<String> {
+        let now = Instant::now();
+        lock(&self.peers)
+            .iter()
+            .filter(|(_, r)| r.quarantined_until.is_some_and(|t| t > now))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    fn signed(
+        &self,
+        member: &Member,
+        path_and_query: &str,
+    ) -> Result<reqwest::RequestBuilder, PeerError> {
+        let token = self
+            .key
+            .sign(&self.self_id, now_unix_s() + 60, "GET", path_and_query)
+            .map_err(|e| PeerError::Protocol(member.node_id.clone(), e.to_string()))?;
+        Ok(self
+            .client
+            .get(format!("{}{}", member.base_url(), path_and_query))
+            .header(AUTH_HEADER, token))
+    }
+
+    async fn send(
+        &self,
+        member: &Member,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, PeerError> {
+        let timeout = Duration::from_millis(self.settings.read_timeout_ms);
+        match tokio::time::timeout(timeout, request.send()).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) => {
+                self.suspect(&member.node_id);
+                Err(PeerError::Unreachable(
+                    member.node_id.clone(),
+                    error.to_string(),
+                ))
+            }
+            Err(_) => {
+                self.suspect(&member.node_id);
+                Err(PeerError::Timeout(member.node_id.clone()))
+            }
+        }
+    }
+
+    async fn small_body(
+        &self,
+        member: &Member,
+        response: reqwest::Response,
+        limit: u64,
+    ) -> Result<Vec<u8>, PeerError> {
+        let peer = member.node_id.clone();
+        let mut body = RangeBody::new(
+            response,
+            Duration::from_millis(self.settings.read_timeout_ms),
+        );
+        let mut out = Vec::new();
+        loop {
+            match body.chunk().await {
+                Ok(Some(chunk)) => {
+                    if out.len() as u64 + chunk.len() as u64 > limit {
+                        return Err(PeerError::Protocol(
+                            peer,
+                            format!("answer exceeds {limit} bytes"),
+                        ));
+                    }
+                    out.extend_from_slice(&chunk);
+                }
+                Ok(None) => return Ok(out),
+                Err(error) => {
+                    self.suspect(&member.node_id);
+                    return Err(PeerError::Unreachable(peer, error.to_string()));
+                }
+            }
+        }
+    }
+
+    /// Asks `member` what `path` is: as its shield (`Fill`: it resolves the
+    /// path, from the origin if need be) or from what it knows (`Have`).
+    pub async fn object(
+        &self,
+        member: &Member,
+        uri_path: &str,
+        mode: PeerMode,
+    ) -> Result<PeerObject, PeerError> {
+        let path_and_query = format!("{}{}", PEER_OBJECT_PREFIX.trim_end_matches('/'), uri_path);
+        let request = self
+            .signed(member, &path_and_query)?
+            .header(MODE_HEADER, mode.as_str());
+        let response = self.send(member, request).await?;
+        let status = response.status();
+        if status != StatusCode::OK {
+            if status.is_server_error() {
+                self.suspect(&member.node_id);
+            }
+            return Err(PeerError::Status(member.node_id.clone(), status));
+        }
+        let bytes = self
+            .small_body(member, response, PEER_OBJECT_BYTES_MAX)
+            .await?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            PeerError::Protocol(member.node_id.clone(), format!("object metadata: {e}"))
+        })
+    }
+
+    /// Which pieces of `object` `member` holds (cached for a second;
+    /// `None` when it holds none or did not answer).
+    pub async fn piece_set(&self, member: &Member, object: &ObjectId) -> Option<Arc<PieceSet>> {
+        let key = (member.node_id.clone(), *object);
+        if let Some((at, set)) = lock(&self.piece_sets).get(&key) {
+            if at.elapsed() < Duration::from_millis(PIECE_SET_TTL_MS) {
+                return set.clone();
+            }
+        }
+        let set = self.fetch_piece_set(member, object).await;
+        let mut sets = lock(&self.piece_sets);
+        if sets.len() >= PIECE_SET_CACHE_ENTRIES_MAX {
+            let ttl = Duration::from_millis(PIECE_SET_TTL_MS);
+            sets.retain(|_, (at, _)| at.elapsed() < ttl);
+            if sets.len() >= PIECE_SET_CACHE_ENTRIES_MAX {
+                sets.clear();
+            }
+        }
+        sets.insert(key, (Instant::now(), set.clone()));
+        set
+    }
+
+    /// Forgets a cached piece set (after the peer failed to deliver).
+    pub fn forget_piece_set(&self, node_id: &str, object: &ObjectId) {
+        lock(&self.piece_sets).remove(&(node_id.to_string(), *object));
+    }
+
+    async fn fetch_piece_set(&self, member: &Member, object: &ObjectId) -> Option<Arc<PieceSet>> {
+        let path = format!("{PEER_PIECES_PREFIX}{}", object.to_hex());
+        let response = self
+            .send(member, self.signed(member, &path).ok()?)
+            .await
+            .ok()?;
+        if response.status() != StatusCode::OK {
+            return None;
+        }
+        let bytes = self
+            .small_body(member, response, PIECE_SET_BYTES_MAX)
+            .await
+            .ok()?;
+        match PieceSet::decode(&bytes) {
+            Ok(set) => Some(Arc::new(set)),
+            Err(error) => {
+                tracing::warn!(peer = %member.node_id, %error, "bad piece set from peer");
+                None
+            }
+        }
+    }
+
+    /// Starts fetching `span` (piece-aligned) of `object` at `uri_path`
+    /// from `member`.
+    pub async fn data(
+        &self,
+        member: &Member,
+        object: &ObjectId,
+        uri_path: &str,
+        span: ByteSpan,
+        object_size: u64,
+        mode: PeerMode,
+    ) -> Result<RangeBody, PeerError> {
+        let peer = member.node_id.clone();
+        let last = span
+            .last()
+            .ok_or_else(|| PeerError::Protocol(peer.clone(), "empty range".into()))?;
+        let path = format!("{PEER_DATA_PREFIX}{}{}", object.to_hex(), uri_path);
+        let request = self
+            .signed(member, &path)?
+            .header(
+                http::header::RANGE,
+                format!("bytes={}-{}", span.start(), last),
+            )
+            .header(MODE_HEADER, mode.as_str());
+        let response = self.send(member, request).await?;
+        let status = response.status();
+        if status != StatusCode::PARTIAL_CONTENT && status != StatusCode::OK {
+            if status.is_server_error() {
+                self.suspect(&member.node_id);
+            }
+            return Err(PeerError::Status(peer, status));
+        }
+        check_range_response(
+            response,
+            span,
+            object_size,
+            Duration::from_millis(self.settings.read_timeout_ms),
+        )
+        .map_err(|e| match e {
+            OriginError::Status(s) => PeerError::Status(peer, s),
+            other => PeerError::Protocol(peer, other.to_string()),
+        })
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `GET /_shoal/mesh`: this cache's view of the mesh, for operators.
+#[derive(Debug, Serialize)]
+pub struct MeshReport {
+    pub self_id: String,
+    pub members: Vec<MemberReport>,
+    /// Live nodes whose gossiped state did not parse.
+    pub malformed_members: usize,
+    pub quarantined: Vec<String>,
+    pub gossip_dropped_datagrams: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MemberReport {
+    pub node_id: String,
+    pub http: String,
+    pub region: String,
+    pub health: &'static str,
+    pub egress_cap_bps: u64,
+    pub egress_bps: u64,
+    pub cost_per_gb_microusd: u64,
+    pub has_summary: bool,
+}
+
+impl MeshReport {
+    pub fn new(link: &MeshLink) -> Self {
+        let view = link.node.view();
+        Self {
+            self_id: view.self_id.clone(),
+            members: view
+                .members
+                .iter()
+                .map(|m| MemberReport {
+                    node_id: m.node_id.clone(),
+                    http: m.base_url(),
+                    region: m.region.clone(),
+                    health: m.health.as_str(),
+                    egress_cap_bps: m.egress_cap_bps,
+                    egress_bps: m.egress_bps,
+                    cost_per_gb_microusd: m.cost_per_gb_microusd,
+                    has_summary: m.summary.is_some(),
+                })
+                .collect(),
+            malformed_members: view.malformed_members,
+            quarantined: link.quarantined(),
+            gossip_dropped_datagrams: link.node.dropped_datagrams(),
+        }
+    }
+}
+
+/// Learns piece hashes a cluster member vouches for (a built manifest or a
+/// list of hex hashes): used only for objects without a published manifest,
+/// whose hashes no publisher signed. Members are authenticated by the
+/// cluster secret; bytes are still always checked against these hashes.
+pub fn learn_hashes(entry: &ObjectEntry, built: Option<&Manifest>, hashes_hex: &[String]) {
+    if entry.manifest.is_some() {
+        return;
+    }
+    if let Some(built) = built.filter(|m| m.layout() == entry.layout) {
+        for (index, hash) in built.piece_hashes().iter().enumerate() {
+            entry.learn_hash(PieceIndex(index as u32), *hash);
+        }
+    }
+    let count = entry.layout.piece_count() as usize;
+    for (index, text) in hashes_hex.iter().enumerate().take(count) {
+        if let Some(hash) = PieceHash::from_hex(text) {
+            entry.learn_hash(PieceIndex(index as u32), hash);
+        }
+    }
+}
+
+/// Decodes the manifest in a [`PeerObject`].
+pub fn decode_manifest(manifest_b64: Option<&str>) -> Result<Option<Manifest>, String> {
+    let Some(text) = manifest_b64 else {
+        return Ok(None);
+    };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|_| "a manifest that is not base64".to_string())?;
+    Manifest::decode(&bytes)
+        .map(Some)
+        .map_err(|e| format!("a bad manifest: {e}"))
+}
+
+/// The manifest as a [`PeerObject`] carries it.
+pub fn encode_manifest(manifest: &Manifest) -> String {
+    base64::engine::general_purpose::STANDARD.encode(manifest.encode())
+}
