@@ -22,6 +22,8 @@ pub struct Proc {
     pub child: Child,
     pub url: String,
     pub name: String,
+    /// The first line the process printed.
+    pub banner: String,
 }
 
 impl Proc {
@@ -72,6 +74,7 @@ pub fn start_shoal(args: &[&str], env: &[(&str, &str)]) -> Proc {
         child,
         url,
         name: args.first().copied().unwrap_or("shoal").to_string(),
+        banner: line,
     }
 }
 
@@ -204,6 +207,7 @@ http {{
             child,
             url: format!("http://{addr}"),
             name: "nginx".into(),
+            banner: String::new(),
         },
         dir,
     )
@@ -321,4 +325,105 @@ pub fn stat(cache_url: &str, name: &str) -> u64 {
     stats(cache_url)[name]
         .as_u64()
         .unwrap_or_else(|| panic!("no stat {name}"))
+}
+
+/// The shared secret of test meshes.
+pub const CLUSTER_SECRET: &str = "test cluster secret, long enough";
+
+/// Starts a cache that joins a mesh (gossip on an ephemeral port unless
+/// `gossip` is given) as `node_id` in `region`.
+pub fn start_mesh_cache(
+    origin_url: &str,
+    data_dir: &Path,
+    node_id: &str,
+    region: &str,
+    seeds: &[String],
+    gossip: Option<&str>,
+    extra: &[&str],
+) -> Proc {
+    let mut args: Vec<String> = [
+        "cache",
+        "--listen",
+        "127.0.0.1:0",
+        "--origin",
+        origin_url,
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--capacity",
+        "1GiB",
+        "--gossip",
+        gossip.unwrap_or("127.0.0.1:0"),
+        "--node-id",
+        node_id,
+        "--region",
+        region,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for seed in seeds {
+        args.push("--seed".into());
+        args.push(seed.clone());
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut proc = start_shoal(
+        &args,
+        &[
+            ("SHOAL_CACHE_MESH__CLUSTER_SECRET", CLUSTER_SECRET),
+            // Fast failure detection for tests: dead within ~1-2 s.
+            ("SHOAL_CACHE_MESH__GOSSIP_INTERVAL_MS", "200"),
+        ],
+    );
+    proc.name = node_id.to_string();
+    proc
+}
+
+/// The gossip address a mesh cache printed.
+pub fn gossip_addr(proc: &Proc) -> String {
+    proc.banner
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("gossip="))
+        .unwrap_or_else(|| panic!("no gossip address in `{}`", proc.banner))
+        .to_string()
+}
+
+/// Waits until every cache sees exactly `members` live members.
+pub fn wait_for_mesh(urls: &[&str], members: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let seen: Vec<u64> = urls.iter().map(|u| stat(u, "mesh_members")).collect();
+        if seen.iter().all(|n| *n == members) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "mesh did not converge to {members} members: {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Polls until `check` holds (or panics naming `what`).
+pub fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The cache's view of the mesh (`/_shoal/mesh`).
+pub fn mesh_report(cache_url: &str) -> serde_json::Value {
+    let result = curl(&format!("{cache_url}/_shoal/mesh"), &[]);
+    assert_eq!(result.status, 200);
+    serde_json::from_slice(&result.body).expect("mesh JSON")
+}
+
+/// Which of `names` is the shield of `path` (the same computation the
+/// caches make).
+pub fn shield_of(path: &str, names: &[&str]) -> String {
+    shoal_core::rendezvous::first(&shoal_mesh::shield_key(path), names)
+        .unwrap()
+        .to_string()
 }

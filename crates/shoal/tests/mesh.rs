@@ -1,0 +1,486 @@
+//! The cache mesh on loopback: real `shoal cache` processes gossiping on
+//! 127.0.0.1, nginx or `shoal origin` behind them, curl and aria2c in front.
+
+mod support;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use support::*;
+
+const MIB: u64 = 1 << 20;
+
+/// Starts `names.len()` mesh caches (the first is everyone's seed).
+fn start_mesh(origin_url: &str, dir: &Path, names: &[(&str, &str)], extra: &[&str]) -> Vec<Proc> {
+    let mut caches: Vec<Proc> = Vec::new();
+    for (name, region) in names {
+        let seeds: Vec<String> = caches.first().map(gossip_addr).into_iter().collect();
+        caches.push(start_mesh_cache(
+            origin_url,
+            &dir.join(name),
+            name,
+            region,
+            &seeds,
+            None,
+            extra,
+        ));
+    }
+    let urls: Vec<&str> = caches.iter().map(|c| c.url.as_str()).collect();
+    wait_for_mesh(&urls, names.len() as u64);
+    caches
+}
+
+fn total_stat(caches: &[Proc], name: &str) -> u64 {
+    caches.iter().map(|c| stat(&c.url, name)).sum()
+}
+
+#[test]
+fn a_cold_burst_across_the_mesh_reaches_the_origin_once() {
+    let root = tempfile::tempdir().unwrap();
+    let size = 24 * MIB + 12_345;
+    let data = content(size, 31);
+    write_file(root.path(), "video/launch.mp4", &data);
+    // nginx: no published manifest, so the shield builds the hashes and
+    // hands them to siblings.
+    let (nginx, _nginx_dir) = start_nginx(root.path(), "");
+    let dir = tempfile::tempdir().unwrap();
+    let names = [("c1", "eu"), ("c2", "eu"), ("c3", "us"), ("c4", "us")];
+    let caches = start_mesh(&nginx.url, dir.path(), &names, &[]);
+
+    // 12 clients at once, spread over the 4 caches, curl and aria2c.
+    let handles: Vec<_> = (0..12)
+        .map(|i| {
+            let url = format!("{}/video/launch.mp4", caches[i % caches.len()].url);
+            std::thread::spawn(move || {
+                if i % 3 == 0 {
+                    aria2c(&url)
+                } else {
+                    let result = curl(&url, &[]);
+                    assert_eq!(result.status, 200, "{url}");
+                    result.body
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        let body = handle.join().unwrap();
+        assert!(body == data, "a client got wrong bytes");
+    }
+    let origin_bytes: Vec<u64> = caches
+        .iter()
+        .map(|c| stat(&c.url, "origin_bytes"))
+        .collect();
+    assert_eq!(
+        origin_bytes.iter().sum::<u64>(),
+        size,
+        "origin bytes per cache: {origin_bytes:?}"
+    );
+    let names_only: Vec<&str> = names.iter().map(|n| n.0).collect();
+    let shield = shield_of("/video/launch.mp4", &names_only);
+    for (cache, bytes) in caches.iter().zip(&origin_bytes) {
+        if cache.name != shield {
+            assert_eq!(
+                *bytes, 0,
+                "{} is not the shield but went to the origin",
+                cache.name
+            );
+            assert!(stat(&cache.url, "peer_bytes_received") >= size);
+        }
+    }
+    assert_eq!(total_stat(&caches, "peer_corrupt_pieces"), 0);
+}
+
+#[test]
+fn a_new_member_fills_from_siblings_not_the_origin() {
+    let root = tempfile::tempdir().unwrap();
+    let size = 20 * MIB;
+    let data = content(size, 32);
+    write_file(root.path(), "game.pak", &data);
+    publish(root.path());
+    let origin = start_origin(root.path());
+    let dir = tempfile::tempdir().unwrap();
+    let mut caches = start_mesh(&origin.url, dir.path(), &[("a", "eu"), ("b", "eu")], &[]);
+    for cache in &caches {
+        assert!(curl(&format!("{}/game.pak", cache.url), &[]).body == data);
+    }
+    assert_eq!(total_stat(&caches, "origin_bytes"), size);
+    // The newcomer may even become the path's shield: either way its
+    // pieces come from the siblings that hold them.
+    let seeds = vec![gossip_addr(&caches[0])];
+    caches.push(start_mesh_cache(
+        &origin.url,
+        &dir.path().join("c"),
+        "c",
+        "eu",
+        &seeds,
+        None,
+        &[],
+    ));
+    let urls: Vec<&str> = caches.iter().map(|c| c.url.as_str()).collect();
+    wait_for_mesh(&urls, 3);
+    // Summaries are republished every 2 s.
+    wait_until("summaries of a and b at c", Duration::from_secs(10), || {
+        let report = mesh_report(&caches[2].url);
+        report["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["has_summary"] == true)
+            .count()
+            >= 2
+    });
+    let result = curl(&format!("{}/game.pak", caches[2].url), &[]);
+    assert!(result.body == data);
+    assert_eq!(
+        total_stat(&caches, "origin_bytes"),
+        size,
+        "the origin saw the object once"
+    );
+    assert!(stat(&caches[2].url, "peer_fetches_have") > 0);
+}
+
+/// Signs `GET path` as the test's own node, like a cache would.
+fn token(secret: &str, path: &str, expires_in_s: i64) -> String {
+    let key = shoal_core::auth::ClusterKey::from_secret(secret).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    key.sign("tester", (now + expires_in_s) as u64, "GET", path)
+        .unwrap()
+}
+
+#[test]
+fn inter_cache_endpoints_and_gossip_refuse_strangers() {
+    let root = tempfile::tempdir().unwrap();
+    let data = content(3 * MIB, 33);
+    write_file(root.path(), "f.bin", &data);
+    let origin = start_origin(root.path());
+    let dir = tempfile::tempdir().unwrap();
+    let caches = start_mesh(&origin.url, dir.path(), &[("a", "eu"), ("b", "eu")], &[]);
+    let cache = &caches[0].url;
+    let response = curl(&format!("{cache}/f.bin"), &[]);
+    let id = response.header("x-shoal-object-id").unwrap().to_string();
+
+    let paths = [
+        "/_shoal/peer/object/f.bin".to_string(),
+        format!("/_shoal/peer/pieces/{id}"),
+        format!("/_shoal/peer/data/{id}/f.bin"),
+    ];
+    for path in &paths {
+        let url = format!("{cache}{path}");
+        let mode = ["-H", "x-shoal-mode: have", "-H", "range: bytes=0-1023"];
+        let none = curl(&url, &mode);
+        assert_eq!(none.status, 403, "{path} without a token");
+        let other_secret = token("another secret that is long", path, 60);
+        let header = format!("x-shoal-auth: {other_secret}");
+        let forged = curl(&url, &[&mode[..], &["-H", &header]].concat());
+        assert_eq!(forged.status, 403, "{path} with another cluster's token");
+        let expired = format!("x-shoal-auth: {}", token(CLUSTER_SECRET, path, -5));
+        assert_eq!(
+            curl(&url, &[&mode[..], &["-H", &expired]].concat()).status,
+            403
+        );
+        let other_path = format!(
+            "x-shoal-auth: {}",
+            token(CLUSTER_SECRET, "/_shoal/peer/x", 60)
+        );
+        assert_eq!(
+            curl(&url, &[&mode[..], &["-H", &other_path]].concat()).status,
+            403
+        );
+        let good = format!("x-shoal-auth: {}", token(CLUSTER_SECRET, path, 60));
+        let ok = curl(&url, &[&mode[..], &["-H", &good]].concat());
+        assert!(
+            ok.status == 200 || ok.status == 206,
+            "{path}: {}",
+            ok.status
+        );
+    }
+    assert!(stat(cache, "auth_failures") >= 12);
+
+    // Garbage, oversized and replayed-looking datagrams at the gossip port.
+    let gossip = gossip_addr(&caches[0]);
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let before = stat(cache, "gossip_dropped_datagrams");
+    for size in [0usize, 1, 24, 25, 1000, 65_507] {
+        let junk: Vec<u8> = content(size as u64, size as u64);
+        let _ = socket.send_to(&junk, &gossip);
+    }
+    wait_until("junk datagrams counted", Duration::from_secs(5), || {
+        stat(cache, "gossip_dropped_datagrams") >= before + 5
+    });
+    // The node is unharmed: still meshed, still serving.
+    std::thread::sleep(Duration::from_secs(1));
+    wait_for_mesh(&[cache, &caches[1].url], 2);
+    assert!(curl(&format!("{}/f.bin", caches[1].url), &[]).body == data);
+}
+
+/// A mesh member that claims to hold an object and sends wrong bytes.
+struct EvilPeer {
+    _runtime: tokio::runtime::Runtime,
+    _node: Arc<shoal_mesh::MeshNode>,
+}
+
+struct Holds(Vec<shoal_core::ObjectId>);
+
+impl shoal_mesh::LocalState for Holds {
+    fn egress_bps(&self) -> u64 {
+        0
+    }
+    fn held_objects(&self, _max: usize) -> Vec<shoal_core::ObjectId> {
+        self.0.clone()
+    }
+    fn health(&self) -> shoal_mesh::Health {
+        shoal_mesh::Health::Ok
+    }
+}
+
+/// `objects` must all be `object_size` bytes long.
+fn start_evil_peer(seed: &str, objects: Vec<shoal_core::ObjectId>, object_size: u64) -> EvilPeer {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let node = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = listener.local_addr().unwrap();
+        let layout = shoal_core::PieceLayout::new(
+            object_size,
+            shoal_core::PieceSize::for_object_size(object_size),
+        )
+        .unwrap();
+        tokio::spawn(shoal_server::serve(
+            listener,
+            shoal_server::ServerLimits::default(),
+            move |request: http::Request<_>, _conn| async move {
+                evil_answer(request.uri().path(), request.headers(), layout)
+            },
+            std::future::pending::<()>(),
+        ));
+        shoal_mesh::MeshNode::start(
+            shoal_mesh::MeshConfig {
+                node_id: "evil".into(),
+                gossip_listen: "127.0.0.1:0".parse().unwrap(),
+                gossip_advertise: None,
+                seeds: vec![seed.to_string()],
+                cluster_secret: CLUSTER_SECRET.into(),
+                region: "near".into(),
+                http_advertise: http,
+                egress_cap_bps: 0,
+                cost_per_gb_microusd: 0,
+                gossip_interval_ms: 200,
+                phi_threshold: 8.0,
+            },
+            Arc::new(Holds(objects)),
+        )
+        .await
+        .unwrap()
+    });
+    EvilPeer {
+        _runtime: runtime,
+        _node: node,
+    }
+}
+
+fn evil_answer(
+    path: &str,
+    headers: &http::HeaderMap,
+    layout: shoal_core::PieceLayout,
+) -> http::Response<shoal_server::Body> {
+    let builder = http::Response::builder();
+    if path.starts_with("/_shoal/peer/pieces/") {
+        let mut set = shoal_core::bitfield::PieceSet::new(layout.piece_count());
+        for i in 0..layout.piece_count() {
+            set.insert(shoal_core::PieceIndex(i));
+        }
+        return builder
+            .body(shoal_server::full(bytes::Bytes::from(set.encode())))
+            .unwrap();
+    }
+    if path.starts_with("/_shoal/peer/data/") {
+        let range = headers.get("range").and_then(|v| v.to_str().ok()).unwrap();
+        let (a, b) = range.trim_start_matches("bytes=").split_once('-').unwrap();
+        let (a, b): (u64, u64) = (a.parse().unwrap(), b.parse().unwrap());
+        let junk = vec![0x5a; (b - a + 1) as usize];
+        return builder
+            .status(206)
+            .header(
+                "content-range",
+                format!("bytes {a}-{b}/{}", layout.object_size()),
+            )
+            .body(shoal_server::full(bytes::Bytes::from(junk)))
+            .unwrap();
+    }
+    builder.status(404).body(shoal_server::empty()).unwrap()
+}
+
+#[test]
+fn a_sibling_sending_wrong_bytes_is_refused_and_quarantined() {
+    let root = tempfile::tempdir().unwrap();
+    let names = ["far", "near", "evil"];
+    // Paths whose shield is `far`, so the requester `near` goes to its
+    // region-mate `evil` first for pieces `evil` claims to hold.
+    let paths: Vec<String> = (0..200)
+        .map(|i| format!("/obj{i}.bin"))
+        .filter(|p| shield_of(p, &names) == "far")
+        .take(3)
+        .collect();
+    let size = 8 * MIB;
+    let files: Vec<Vec<u8>> = (0..3).map(|i| content(size, 40 + i)).collect();
+    for (path, data) in paths.iter().zip(&files) {
+        write_file(root.path(), &path[1..], data);
+    }
+    let (nginx, _nginx_dir) = start_nginx(root.path(), "");
+    let dir = tempfile::tempdir().unwrap();
+    let caches = start_mesh(
+        &nginx.url,
+        dir.path(),
+        &[("far", "far-away"), ("near", "near")],
+        &[],
+    );
+    let (far, near) = (&caches[0].url, &caches[1].url);
+    let mut ids = Vec::new();
+    for (path, data) in paths.iter().zip(&files) {
+        let first = curl(&format!("{far}{path}"), &[]);
+        assert!(first.body == *data);
+        let hex = first.header("x-shoal-object-id").unwrap();
+        ids.push(shoal_core::ObjectId::from_hex(hex).unwrap());
+    }
+
+    let _evil = start_evil_peer(&gossip_addr(&caches[0]), ids, size);
+    for holder in ["evil", "far"] {
+        wait_until(
+            &format!("{holder}'s summary at near"),
+            Duration::from_secs(15),
+            || {
+                mesh_report(near)["members"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|m| m["node_id"] == holder && m["has_summary"] == true)
+            },
+        );
+    }
+
+    // Each download tries `evil` first (same region), gets wrong bytes,
+    // refuses them and takes the pieces from `far` instead.
+    for (path, data) in paths.iter().zip(&files) {
+        let result = curl(&format!("{near}{path}"), &[]);
+        assert_eq!(result.status, 200);
+        assert!(result.body == *data, "wrong bytes reached the client");
+    }
+    assert!(stat(near, "peer_corrupt_pieces") >= 3);
+    assert_eq!(stat(near, "peers_quarantined"), 1);
+    let quarantined: HashSet<String> = mesh_report(near)["quarantined"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(quarantined, HashSet::from(["evil".to_string()]));
+    // Nothing wrong was stored: a second read (from near's store) is exact.
+    for (path, data) in paths.iter().zip(&files) {
+        let again = curl(&format!("{near}{path}"), &[]);
+        assert!(again.body == *data);
+        assert_eq!(again.header("x-shoal-cache"), Some("HIT"));
+    }
+}
+
+#[test]
+fn killing_the_shield_mid_transfer_fails_no_download_and_the_role_moves() {
+    let root = tempfile::tempdir().unwrap();
+    let names = ["k1", "k2", "k3"];
+    let size = 48 * MIB;
+    let data = content(size, 35);
+    write_file(root.path(), "big.bin", &data);
+    let data2 = content(8 * MIB, 36);
+    write_file(root.path(), "after.bin", &data2);
+    publish(root.path());
+    // A slow origin (200 Mbit/s) so the transfer is still running when the
+    // shield dies.
+    let origin = start_shoal(
+        &[
+            "origin",
+            "--root",
+            root.path().to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--egress-mbps",
+            "200",
+        ],
+        &[],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut caches = start_mesh(
+        &origin.url,
+        dir.path(),
+        &[("k1", "eu"), ("k2", "eu"), ("k3", "eu")],
+        &[],
+    );
+    let shield = shield_of("/big.bin", &names);
+    let shield_index = caches.iter().position(|c| c.name == shield).unwrap();
+    let clients: Vec<_> = caches
+        .iter()
+        .filter(|c| c.name != shield)
+        .flat_map(|c| [c.url.clone(), c.url.clone()])
+        .map(|cache| std::thread::spawn(move || curl(&format!("{cache}/big.bin"), &[])))
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    caches[shield_index].kill9();
+    for client in clients {
+        let result = client.join().unwrap();
+        assert_eq!(result.status, 200);
+        assert_eq!(result.exit_code, 0, "a download was cut");
+        assert!(result.body == data, "a download got wrong bytes");
+    }
+    let survivors: Vec<Proc> = caches.drain(..).filter(|c| c.name != shield).collect();
+    let urls: Vec<&str> = survivors.iter().map(|c| c.url.as_str()).collect();
+    wait_for_mesh(&urls, 2);
+    // The shield role of a new path is taken by the survivors: the origin
+    // sees that object once.
+    let before = total_stat(&survivors, "origin_bytes");
+    let handles: Vec<_> = survivors
+        .iter()
+        .map(|c| {
+            let url = format!("{}/after.bin", c.url);
+            std::thread::spawn(move || curl(&url, &[]).body)
+        })
+        .collect();
+    for handle in handles {
+        assert!(handle.join().unwrap() == data2);
+    }
+    assert_eq!(total_stat(&survivors, "origin_bytes") - before, 8 * MIB);
+}
+
+#[test]
+fn a_restarted_cache_rejoins_with_its_store() {
+    let root = tempfile::tempdir().unwrap();
+    let size = 12 * MIB;
+    let data = content(size, 37);
+    write_file(root.path(), "keep.bin", &data);
+    publish(root.path());
+    let origin = start_origin(root.path());
+    let dir = tempfile::tempdir().unwrap();
+    let mut caches = start_mesh(&origin.url, dir.path(), &[("r1", "eu"), ("r2", "us")], &[]);
+    for cache in &caches {
+        assert!(curl(&format!("{}/keep.bin", cache.url), &[]).body == data);
+    }
+    let gossip = gossip_addr(&caches[1]);
+    caches[1].kill9();
+    wait_for_mesh(&[&caches[0].url], 1);
+    let seeds = vec![gossip_addr(&caches[0])];
+    caches[1] = start_mesh_cache(
+        &origin.url,
+        &dir.path().join("r2"),
+        "r2",
+        "us",
+        &seeds,
+        Some(&gossip),
+        &[],
+    );
+    wait_for_mesh(&[&caches[0].url, &caches[1].url], 2);
+    let result = curl(&format!("{}/keep.bin", caches[1].url), &[]);
+    assert!(result.body == data);
+    assert_eq!(result.header("x-shoal-cache"), Some("HIT"));
+    assert_eq!(stat(&caches[1].url, "origin_bytes"), 0);
+    assert_eq!(stat(&caches[1].url, "peer_bytes_received"), 0);
+}
