@@ -243,19 +243,133 @@ impl Filler {
     }
     /// Runs a claim to completion on its own task.
     fn spawn_run(self: &Arc<Self>, entry: Arc<ObjectEntry>, claim: Claim) {
+        self.spawn_run_from(entry, claim, None);
+    }
+
+    fn spawn_run_from(
+        self: &Arc<Self>,
+        entry: Arc<ObjectEntry>,
+        claim: Claim,
+        first_source: Option<RunSource>,
+    ) {
         let run: Pin<Box<dyn Future<Output = ()> + Send>> =
-            Box::pin(self.clone().fill_run(entry, claim));
+            Box::pin(self.clone().fill_run(entry, claim, first_source));
         tokio::spawn(run);
+    }
+
+    /// Fetches pieces `first..first + count` (those not stored or already
+    /// in flight), trying `preferred` first, and waits until all of them
+    /// are delivered. The swarm scheduler's way in.
+    pub async fn fill_range(
+        self: &Arc<Self>,
+        entry: &Arc<ObjectEntry>,
+        first: PieceIndex,
+        count: u32,
+        preferred: Preferred,
+    ) -> Result<(), FillError> {
+        let end = first
+            .0
+            .saturating_add(count)
+            .min(entry.layout.piece_count());
+        let mut waits = Vec::new();
+        let mut senders = Vec::new();
+        {
+            let mut inflight = lock(&self.inflight);
+            for index in first.0..end {
+                let key = PieceKey {
+                    object: entry.id,
+                    index: PieceIndex(index),
+                };
+                if let Some(slot) = inflight.get(&key) {
+                    waits.push(slot.clone());
+                    continue;
+                }
+                if self.store.contains(&key) {
+                    continue;
+                }
+                let (sender, receiver) = watch::channel(None);
+                inflight.insert(key, receiver.clone());
+                waits.push(receiver);
+                senders.push((PieceIndex(index), sender));
+            }
+        }
+        if !senders.is_empty() {
+            // Only a contiguous prefix of our own claims is one run; the
+            // rest (after a piece someone else is fetching) is its own.
+            let mut runs: Vec<Vec<(PieceIndex, watch::Sender<SlotValue>)>> = Vec::new();
+            for (index, sender) in senders {
+                match runs.last_mut() {
+                    Some(run) if run.last().is_some_and(|(i, _)| i.0 + 1 == index.0) => {
+                        run.push((index, sender))
+                    }
+                    _ => runs.push(vec![(index, sender)]),
+                }
+            }
+            for run in runs {
+                let claim = Claim {
+                    filler: self.clone(),
+                    object: entry.id,
+                    senders: run,
+                };
+                let source = match &preferred {
+                    Preferred::Holder(member) => Some(RunSource::Peer {
+                        member: member.clone(),
+                        mode: PeerMode::Have,
+                    }),
+                    Preferred::Shield => self.shield_source(entry, &[]),
+                };
+                self.spawn_run_from(entry.clone(), claim, source);
+            }
+        }
+        for mut slot in waits {
+            match slot.wait_for(|v| v.is_some()).await {
+                Ok(value) => {
+                    if let Some(Err(error)) = value.clone() {
+                        return Err(error);
+                    }
+                }
+                Err(_) => return Err(FillError::Abandoned),
+            }
+        }
+        Ok(())
+    }
+
+    /// The path's shield above us (fill mode), or the origin when we are
+    /// the shield.
+    fn shield_source(&self, entry: &ObjectEntry, excluded: &[String]) -> Option<RunSource> {
+        let mesh = self.mesh.as_ref()?;
+        let view = mesh.node.view();
+        let key = shoal_mesh::shield_key(&entry.path);
+        let source = match view
+            .shields_above_self(&key)
+            .into_iter()
+            .find(|m| !excluded.contains(&m.node_id) && mesh.usable(&m.node_id))
+        {
+            Some(shield) => RunSource::Peer {
+                member: shield.clone(),
+                mode: PeerMode::Fill,
+            },
+            None => RunSource::Origin,
+        };
+        Some(source)
     }
 
     /// Delivers every piece of `claim`: from siblings that hold them, else
     /// the shield, else (when this cache is the shield, or no shield
     /// answers) the origin. A sibling that fails or sends wrong bytes is
     /// left out and the rest of the run is fetched elsewhere.
-    async fn fill_run(self: Arc<Self>, entry: Arc<ObjectEntry>, mut claim: Claim) {
+    async fn fill_run(
+        self: Arc<Self>,
+        entry: Arc<ObjectEntry>,
+        mut claim: Claim,
+        mut first_source: Option<RunSource>,
+    ) {
         let mut excluded: Vec<String> = Vec::new();
         while !claim.senders.is_empty() {
-            let source = self.choose_source(&entry, &mut claim, &excluded).await;
+            let source = match first_source.take() {
+                Some(source) => source,
+                None => self.choose_source(&entry, &mut claim, &excluded).await,
+            };
             match self.stream_run(&entry, &mut claim, &source).await {
                 Ok(()) => {}
                 Err(RunFailure::Retry(error)) => {
@@ -336,14 +450,8 @@ impl Filler {
                 };
             }
         }
-        let key = shoal_mesh::shield_key(&entry.path);
-        match view.shields_above_self(&key).into_iter().find(usable) {
-            Some(shield) => RunSource::Peer {
-                member: shield.clone(),
-                mode: PeerMode::Fill,
-            },
-            None => RunSource::Origin,
-        }
+        self.shield_source(entry, excluded)
+            .unwrap_or(RunSource::Origin)
     }
 
     /// An object without a published manifest whose hashes we lack (we
@@ -579,6 +687,15 @@ impl Filler {
             drop(sender);
         });
     }
+}
+
+/// Where [`Filler::fill_range`] should try first.
+#[derive(Clone, Debug)]
+pub enum Preferred {
+    /// A sibling that holds the pieces (`have` mode).
+    Holder(Member),
+    /// The path's shield (or the origin, when we are the shield).
+    Shield,
 }
 
 /// Where a run of pieces is fetched from.

@@ -13,6 +13,8 @@ pub mod peer;
 pub mod resolve;
 pub mod serve;
 pub mod stats;
+pub mod swarm;
+pub mod warm;
 
 use serde::{Deserialize, Serialize};
 use shoal_core::ByteSize;

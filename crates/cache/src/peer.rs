@@ -361,9 +361,20 @@ impl MeshLink {
     /// Which pieces of `object` `member` holds (cached for a second;
     /// `None` when it holds none or did not answer).
     pub async fn piece_set(&self, member: &Member, object: &ObjectId) -> Option<Arc<PieceSet>> {
+        self.piece_set_within(member, object, Duration::from_millis(PIECE_SET_TTL_MS))
+            .await
+    }
+
+    /// Like [`Self::piece_set`], reusing an answer at most `max_age` old.
+    pub async fn piece_set_within(
+        &self,
+        member: &Member,
+        object: &ObjectId,
+        max_age: Duration,
+    ) -> Option<Arc<PieceSet>> {
         let key = (member.node_id.clone(), *object);
         if let Some((at, set)) = lock(&self.piece_sets).get(&key) {
-            if at.elapsed() < Duration::from_millis(PIECE_SET_TTL_MS) {
+            if at.elapsed() < max_age {
                 return set.clone();
             }
         }

@@ -31,6 +31,10 @@ use shoal_server::Body;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+/// `POST /_shoal/warm/<path>`: fill a whole object ahead of demand.
+pub const WARM_PREFIX: &str = "/_shoal/warm/";
+/// Most partner caches a warm-up request may name.
+const WARM_PARTNERS_MAX: usize = 1024;
 /// Prefix of the cache's own endpoints; objects under it are not served.
 pub const INTERNAL_PREFIX: &str = "/_shoal/";
 /// `GET /_shoal/manifest/<path>`: the manifest of the object at `<path>`:
@@ -97,6 +101,10 @@ impl CacheService {
     }
 
     async fn route<B>(self: &Arc<Self>, request: Request<B>) -> Response<Body> {
+        if let Some(rest) = request.uri().path().strip_prefix(WARM_PREFIX) {
+            let rest = format!("/{rest}");
+            return self.warm(&request, &rest).await;
+        }
         let head_only = match *request.method() {
             Method::GET => false,
             Method::HEAD => true,
@@ -133,24 +141,79 @@ impl CacheService {
             .await
     }
 
-    /// The inter-cache endpoints (see [`crate::peer`]): 403 without a
-    /// valid token, whatever the path.
-    async fn peer<B>(self: &Arc<Self>, request: &Request<B>) -> Response<Body> {
+    /// `POST /_shoal/warm/<path>`: fills the whole object here (swarming
+    /// with other caches warming it) and answers a JSON report when done.
+    async fn warm<B>(self: &Arc<Self>, request: &Request<B>, raw_path: &str) -> Response<Body> {
+        if request.method() != Method::POST {
+            let mut response = text_response(StatusCode::METHOD_NOT_ALLOWED, "warm-up is a POST\n");
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+            return response;
+        }
+        if let Err(response) = self.authorize(request) {
+            return response;
+        }
+        let entry = match self.parse_and_resolve(raw_path).await {
+            Ok((_, Resolved::Cached(entry))) => entry,
+            Ok((_, Resolved::PassThrough)) => {
+                return text_response(
+                    StatusCode::CONFLICT,
+                    "the origin forbids storing this object: nothing to warm\n",
+                )
+            }
+            Err(response) => return response,
+        };
+        // `?with=ADDR,ADDR`: the HTTP addresses of caches warming it too.
+        let partners: Vec<std::net::SocketAddr> = request
+            .uri()
+            .query()
+            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("with=")))
+            .map(|list| {
+                list.split(',')
+                    .take(WARM_PARTNERS_MAX)
+                    .filter_map(|a| a.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        match crate::warm::warm(self, entry, &partners).await {
+            Ok(report) => json_response(&report),
+            Err(error) => {
+                text_response(error.client_status(), &format!("warm-up failed: {error}\n"))
+            }
+        }
+    }
+
+    /// Checks an inter-cache (or operator) request's token.
+    #[allow(clippy::result_large_err)]
+    fn authorize<B>(&self, request: &Request<B>) -> Result<String, Response<Body>> {
         let Some(mesh) = &self.mesh else {
-            return text_response(StatusCode::NOT_FOUND, "this cache is not part of a mesh\n");
+            return Err(text_response(
+                StatusCode::NOT_FOUND,
+                "this cache is not part of a mesh (no cluster secret)\n",
+            ));
         };
         let path_and_query = request
             .uri()
             .path_and_query()
             .map(|p| p.as_str())
             .unwrap_or("/");
-        if let Err(error) = mesh.authenticate(
+        mesh.authenticate(
             request.headers().get(shoal_core::auth::AUTH_HEADER),
             request.method().as_str(),
             path_and_query,
-        ) {
+        )
+        .map_err(|error| {
             self.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
-            return text_response(StatusCode::FORBIDDEN, &format!("forbidden: {error}\n"));
+            text_response(StatusCode::FORBIDDEN, &format!("forbidden: {error}\n"))
+        })
+    }
+
+    /// The inter-cache endpoints (see [`crate::peer`]): 403 without a
+    /// valid token, whatever the path.
+    async fn peer<B>(self: &Arc<Self>, request: &Request<B>) -> Response<Body> {
+        if let Err(response) = self.authorize(request) {
+            return response;
         }
         self.stats
             .peer_requests_served

@@ -5,6 +5,7 @@
 
 mod config;
 mod demo;
+mod warm;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -40,6 +41,9 @@ enum Command {
     },
     /// Run an edge cache in front of an origin.
     Cache(Box<config::CacheArgs>),
+    /// Fill objects into caches ahead of demand (all caches at once: they
+    /// swarm, and the origin sends each object about once).
+    Warm(warm::WarmArgs),
     /// Start an origin and a cache on loopback with sample content, download
     /// through the cache, print a summary and keep serving until Ctrl-C.
     Demo {
@@ -100,6 +104,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 piece_size,
             } => run_publish(root, force, piece_size),
             Command::Cache(args) => run_cache(*args).await,
+            Command::Warm(args) => warm::run(args).await,
             Command::Demo {
                 size,
                 once,

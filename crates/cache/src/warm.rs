@@ -1,0 +1,264 @@
+//! Warming: fill a whole object into this cache ahead of demand
+//! (`POST /_shoal/warm/<path>`, signed like inter-cache requests; `shoal
+//! warm` sends it). A publisher pre-positions a release on every cache;
+//! when several caches warm the same object together they swarm: the
+//! [`crate::swarm`] schedule takes pieces from whichever peer holds them
+//! and only pieces nobody holds from the shield, so the origin sends the
+//! object about once and every cache uploads at the same time.
+
+use crate::fill::{FillError, Preferred};
+use crate::object::ObjectEntry;
+use crate::serve::CacheService;
+use crate::swarm::{self, PeerPieces, Step, SwarmLimits};
+use serde::Serialize;
+use shoal_core::bitfield::PieceSet;
+use shoal_core::PieceIndex;
+use shoal_mesh::Health;
+use shoal_store::PieceKey;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Runs in flight at once for one warm-up.
+const WARM_RUNS_MAX: usize = 8;
+/// How stale a peer's piece set may be when planning.
+const PIECE_SET_MAX_AGE_MS: u64 = 200;
+/// Without progress for this long, pieces assigned to others are fetched
+/// from the shield too (their cache may be slow or gone).
+const IMPATIENT_AFTER_MS: u64 = 1_500;
+/// Peers whose piece sets are followed, at most.
+const PEERS_FOLLOWED_MAX: usize = 16;
+const LIMITS: SwarmLimits = SwarmLimits {
+    run_pieces_max: 8,
+    runs_per_peer_max: 2,
+    shield_runs_max: 3,
+};
+
+/// What a warm-up did.
+#[derive(Debug, Serialize)]
+pub struct WarmReport {
+    pub path: String,
+    pub object_id: String,
+    pub object_bytes: u64,
+    /// Bytes that were already here.
+    pub bytes_present: u64,
+    pub bytes_from_peers: u64,
+    /// Bytes from the shield, or from the origin when this cache is the
+    /// shield.
+    pub bytes_from_shield: u64,
+    pub seconds: f64,
+}
+
+/// Fills `entry` here. `partners` are the HTTP addresses of other caches
+/// warming it at the same time (the blocks fetched from the shield are
+/// dealt among them); without them this cache takes every block nobody
+/// else holds.
+pub async fn warm(
+    service: &Arc<CacheService>,
+    entry: Arc<ObjectEntry>,
+    partners: &[std::net::SocketAddr],
+) -> Result<WarmReport, FillError> {
+    let started = Instant::now();
+    let filler = &service.filler;
+    let store = filler.store().clone();
+    let count = entry.layout.piece_count();
+    let held = |i: u32| {
+        store.contains(&PieceKey {
+            object: entry.id,
+            index: PieceIndex(i),
+        })
+    };
+    let piece_bytes = |first: u32, n: u32| -> u64 {
+        (first..first + n)
+            .map(|i| entry.layout.piece_len(PieceIndex(i)) as u64)
+            .sum()
+    };
+    let bytes_present: u64 = (0..count)
+        .filter(|i| held(*i))
+        .map(|i| entry.layout.piece_len(PieceIndex(i)) as u64)
+        .sum();
+    let start = match &service.mesh {
+        Some(mesh) => swarm::start_offset(mesh.self_id(), &entry.id, count),
+        None => 0,
+    };
+    let mut in_flight: HashSet<u32> = HashSet::new();
+    // Pieces delivered by our runs (they may still be on their way to disk).
+    let mut done: HashSet<u32> = HashSet::new();
+    let mut last_progress = Instant::now();
+    let mut peer_runs: HashMap<String, u32> = HashMap::new();
+    let mut shield_runs = 0u32;
+    let mut runs = tokio::task::JoinSet::new();
+    let mut report = WarmReport {
+        path: entry.path.clone(),
+        object_id: entry.id.to_hex(),
+        object_bytes: entry.layout.object_size(),
+        bytes_present,
+        bytes_from_peers: 0,
+        bytes_from_shield: 0,
+        seconds: 0.0,
+    };
+    let empty = PieceSet::new(count);
+    loop {
+        let (shield_id, warmers) = warm_partners(service, &entry, partners);
+        let self_id = service
+            .mesh
+            .as_ref()
+            .map(|m| m.self_id().to_string())
+            .unwrap_or_default();
+        let warmer_names: Vec<&str> = warmers.iter().map(String::as_str).collect();
+        let assigned = |i: u32| {
+            shield_id.is_none()
+                || swarm::assigned_to(i, LIMITS.run_pieces_max, &warmer_names, &self_id)
+        };
+        let impatient = last_progress.elapsed() > Duration::from_millis(IMPATIENT_AFTER_MS);
+        let mut peer_sets = peer_piece_sets(service, &entry).await;
+        // The shield serves only what is ours (rule 2), not as a relay.
+        peer_sets.retain(|(m, _)| Some(&m.node_id) != shield_id.as_ref());
+        loop {
+            if runs.len() >= WARM_RUNS_MAX {
+                break;
+            }
+            let peers: Vec<PeerPieces> = peer_sets
+                .iter()
+                .map(|(member, set)| PeerPieces {
+                    node_id: &member.node_id,
+                    pieces: set.as_deref().unwrap_or(&empty),
+                    runs_in_flight: peer_runs.get(&member.node_id).copied().unwrap_or(0),
+                })
+                .collect();
+            let needed = |i: u32| !in_flight.contains(&i) && !done.contains(&i) && !held(i);
+            let step = swarm::next_step(
+                count,
+                &needed,
+                &assigned,
+                in_flight.len() as u32,
+                &peers,
+                shield_runs,
+                impatient,
+                start,
+                LIMITS,
+            );
+            let (first, n, preferred, peer) = match step {
+                Step::Done => {
+                    report.seconds = started.elapsed().as_secs_f64();
+                    return Ok(report);
+                }
+                Step::Wait => break,
+                Step::FromPeer {
+                    node_id,
+                    first,
+                    count,
+                } => {
+                    let Some(member) = peer_sets
+                        .iter()
+                        .find(|(m, _)| m.node_id == node_id)
+                        .map(|(m, _)| m.clone())
+                    else {
+                        break;
+                    };
+                    *peer_runs.entry(node_id.clone()).or_default() += 1;
+                    (first, count, Preferred::Holder(member), Some(node_id))
+                }
+                Step::FromShield { first, count } => {
+                    shield_runs += 1;
+                    (first, count, Preferred::Shield, None)
+                }
+            };
+            for i in first.0..first.0 + n {
+                in_flight.insert(i);
+            }
+            let filler = filler.clone();
+            let entry = entry.clone();
+            runs.spawn(async move {
+                let result = filler.fill_range(&entry, first, n, preferred).await;
+                (first.0, n, peer, result)
+            });
+        }
+        if runs.is_empty() {
+            // Nothing can start and nothing runs: every needed piece is
+            // held only by saturated peers, which cannot be with no runs.
+            tokio::time::sleep(Duration::from_millis(PIECE_SET_MAX_AGE_MS)).await;
+            continue;
+        }
+        // Wake on the next finished run, or to re-plan with fresher news.
+        let finished = tokio::select! {
+            done = runs.join_next() => done,
+            _ = tokio::time::sleep(Duration::from_millis(PIECE_SET_MAX_AGE_MS)) => None,
+        };
+        let Some(finished) = finished else { continue };
+        let (first, n, peer, result) = finished.map_err(|_| FillError::Abandoned)?;
+        for i in first..first + n {
+            in_flight.remove(&i);
+        }
+        if result.is_ok() {
+            done.extend(first..first + n);
+            last_progress = Instant::now();
+        }
+        match &peer {
+            Some(node) => {
+                if let Some(c) = peer_runs.get_mut(node) {
+                    *c = c.saturating_sub(1);
+                }
+                report.bytes_from_peers += piece_bytes(first, n);
+            }
+            None => {
+                shield_runs = shield_runs.saturating_sub(1);
+                report.bytes_from_shield += piece_bytes(first, n);
+            }
+        }
+        result?;
+    }
+}
+
+/// The shield above us (None when we are the shield) and the caches
+/// warming with us (self included, shield excluded), sorted.
+fn warm_partners(
+    service: &Arc<CacheService>,
+    entry: &ObjectEntry,
+    partners: &[std::net::SocketAddr],
+) -> (Option<String>, Vec<String>) {
+    let Some(mesh) = &service.mesh else {
+        return (None, Vec::new());
+    };
+    let view = mesh.node.view();
+    let shield = view
+        .shields_above_self(&shoal_mesh::shield_key(&entry.path))
+        .first()
+        .map(|m| m.node_id.clone());
+    let mut warmers: Vec<String> = view
+        .members
+        .iter()
+        .filter(|m| m.node_id == view.self_id || partners.contains(&m.http_addr))
+        .filter(|m| Some(&m.node_id) != shield.as_ref())
+        .map(|m| m.node_id.clone())
+        .collect();
+    warmers.sort();
+    (shield, warmers)
+}
+
+/// Fresh piece sets of the live peers worth following: same region first.
+async fn peer_piece_sets(
+    service: &Arc<CacheService>,
+    entry: &ObjectEntry,
+) -> Vec<(shoal_mesh::Member, Option<Arc<PieceSet>>)> {
+    let Some(mesh) = &service.mesh else {
+        return Vec::new();
+    };
+    let view = mesh.node.view();
+    let own_region = view.member(&view.self_id).map(|m| m.region.clone());
+    let mut members: Vec<shoal_mesh::Member> = view
+        .members
+        .iter()
+        .filter(|m| m.node_id != view.self_id && m.health == Health::Ok)
+        .filter(|m| mesh.usable(&m.node_id))
+        .cloned()
+        .collect();
+    members.sort_by_key(|m| Some(&m.region) != own_region.as_ref());
+    members.truncate(PEERS_FOLLOWED_MAX);
+    let max_age = Duration::from_millis(PIECE_SET_MAX_AGE_MS);
+    let fetches = members.into_iter().map(|member| async move {
+        let set = mesh.piece_set_within(&member, &entry.id, max_age).await;
+        (member, set)
+    });
+    futures_util::future::join_all(fetches).await
+}
