@@ -388,6 +388,9 @@ async fn join_mesh(
         peer::PeerSettings {
             connect_timeout_ms: settings.peer_connect_timeout_ms,
             read_timeout_ms: settings.peer_read_timeout_ms,
+            shield_read_timeout_ms: settings
+                .peer_read_timeout_ms
+                .saturating_add(config.origin_read_timeout_ms),
             corrupt_pieces_max: settings.peer_corrupt_pieces_max,
             quarantine_ms: settings.peer_quarantine_ms,
             auth_ttl_max_s: settings.auth_ttl_max_s,

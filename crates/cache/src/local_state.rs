@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// Time constant of the egress average.
-const EGRESS_EWMA_TAU_S: f64 = 3.0;
+const EGRESS_EWMA_TAU_S: f64 = 1.0;
 
 pub struct CacheLocalState {
     store: Arc<Store>,

@@ -125,6 +125,8 @@ impl PeerError {
 pub struct PeerSettings {
     pub connect_timeout_ms: u64,
     pub read_timeout_ms: u64,
+    /// For requests the shield fills (it may wait on the origin first).
+    pub shield_read_timeout_ms: u64,
     /// Wrong pieces a peer may send before it is quarantined.
     pub corrupt_pieces_max: u32,
     pub quarantine_ms: u64,
@@ -281,7 +283,17 @@ impl MeshLink {
         member: &Member,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, PeerError> {
-        let timeout = Duration::from_millis(self.settings.read_timeout_ms);
+        self.send_within(member, request, self.settings.read_timeout_ms)
+            .await
+    }
+
+    async fn send_within(
+        &self,
+        member: &Member,
+        request: reqwest::RequestBuilder,
+        timeout_ms: u64,
+    ) -> Result<reqwest::Response, PeerError> {
+        let timeout = Duration::from_millis(timeout_ms);
         match tokio::time::timeout(timeout, request.send()).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(error)) => {
@@ -342,7 +354,11 @@ impl MeshLink {
         let request = self
             .signed(member, &path_and_query)?
             .header(MODE_HEADER, mode.as_str());
-        let response = self.send(member, request).await?;
+        let timeout_ms = match mode {
+            PeerMode::Have => self.settings.read_timeout_ms,
+            PeerMode::Fill => self.settings.shield_read_timeout_ms,
+        };
+        let response = self.send_within(member, request, timeout_ms).await?;
         let status = response.status();
         if status != StatusCode::OK {
             if status.is_server_error() {
@@ -441,7 +457,11 @@ impl MeshLink {
                 format!("bytes={}-{}", span.start(), last),
             )
             .header(MODE_HEADER, mode.as_str());
-        let response = self.send(member, request).await?;
+        let timeout_ms = match mode {
+            PeerMode::Have => self.settings.read_timeout_ms,
+            PeerMode::Fill => self.settings.shield_read_timeout_ms,
+        };
+        let response = self.send_within(member, request, timeout_ms).await?;
         let status = response.status();
         if status != StatusCode::PARTIAL_CONTENT && status != StatusCode::OK {
             if status.is_server_error() {
@@ -453,7 +473,7 @@ impl MeshLink {
             response,
             span,
             object_size,
-            Duration::from_millis(self.settings.read_timeout_ms),
+            Duration::from_millis(timeout_ms),
         )
         .map_err(|e| match e {
             OriginError::Status(s) => PeerError::Status(peer, s),
@@ -475,6 +495,9 @@ pub struct MeshReport {
     pub malformed_members: usize,
     pub quarantined: Vec<String>,
     pub gossip_dropped_datagrams: u64,
+    /// With `?path=`: the shield of that path in this cache's view.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shield: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -490,9 +513,14 @@ pub struct MemberReport {
 }
 
 impl MeshReport {
-    pub fn new(link: &MeshLink) -> Self {
+    pub fn new(link: &MeshLink, path: Option<&shoal_http::path::RequestPath>) -> Self {
         let view = link.node.view();
+        let shield = path.and_then(|p| {
+            view.shield(&shoal_mesh::shield_key(p.as_str()))
+                .map(|m| m.node_id.clone())
+        });
         Self {
+            shield,
             self_id: view.self_id.clone(),
             members: view
                 .members

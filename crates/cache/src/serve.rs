@@ -127,7 +127,7 @@ impl CacheService {
             return self.manifest(&format!("/{object_path}")).await;
         }
         if let Some(endpoint) = raw_path.strip_prefix(INTERNAL_PREFIX) {
-            return self.internal(endpoint);
+            return self.internal(endpoint, request.uri().query());
         }
         let (path, resolved) = match self.parse_and_resolve(raw_path).await {
             Ok(found) => found,
@@ -748,11 +748,17 @@ impl CacheService {
             .unwrap_or_else(|_| internal_error())
     }
 
-    fn internal(&self, endpoint: &str) -> Response<Body> {
+    fn internal(&self, endpoint: &str, query: Option<&str>) -> Response<Body> {
         match endpoint {
             "stats" => json_response(&self.stats_snapshot()),
             "mesh" => match &self.mesh {
-                Some(mesh) => json_response(&crate::peer::MeshReport::new(mesh)),
+                Some(mesh) => {
+                    // `?path=/p`: also say which cache is that path's shield.
+                    let path = query
+                        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("path=")))
+                        .and_then(|p| RequestPath::parse(p).ok());
+                    json_response(&crate::peer::MeshReport::new(mesh, path.as_ref()))
+                }
                 None => text_response(StatusCode::NOT_FOUND, "this cache is not part of a mesh\n"),
             },
             "health" => text_response(StatusCode::OK, "ok\n"),

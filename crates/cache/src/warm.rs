@@ -26,6 +26,9 @@ const PIECE_SET_MAX_AGE_MS: u64 = 200;
 /// Without progress for this long, pieces assigned to others are fetched
 /// from the shield too (their cache may be slow or gone).
 const IMPATIENT_AFTER_MS: u64 = 1_500;
+/// The shield also relays while at least this fraction of its egress is
+/// spare (gossiped load).
+const SHIELD_RELAY_SPARE_MIN: f64 = 0.3;
 /// Peers whose piece sets are followed, at most.
 const PEERS_FOLLOWED_MAX: usize = 16;
 const LIMITS: SwarmLimits = SwarmLimits {
@@ -70,12 +73,12 @@ pub async fn warm(
     };
     let piece_bytes = |first: u32, n: u32| -> u64 {
         (first..first + n)
-            .map(|i| entry.layout.piece_len(PieceIndex(i)) as u64)
+            .map(|i| entry.layout.piece_len(PieceIndex(i)))
             .sum()
     };
     let bytes_present: u64 = (0..count)
         .filter(|i| held(*i))
-        .map(|i| entry.layout.piece_len(PieceIndex(i)) as u64)
+        .map(|i| entry.layout.piece_len(PieceIndex(i)))
         .sum();
     let start = match &service.mesh {
         Some(mesh) => swarm::start_offset(mesh.self_id(), &entry.id, count),
@@ -112,8 +115,12 @@ pub async fn warm(
         };
         let impatient = last_progress.elapsed() > Duration::from_millis(IMPATIENT_AFTER_MS);
         let mut peer_sets = peer_piece_sets(service, &entry).await;
-        // The shield serves only what is ours (rule 2), not as a relay.
-        peer_sets.retain(|(m, _)| Some(&m.node_id) != shield_id.as_ref());
+        // The shield serves what is ours (rule 2); as a relay only while
+        // gossip shows it with spare egress (a shield with a fat uplink
+        // then sends more than one copy).
+        peer_sets.retain(|(m, _)| {
+            Some(&m.node_id) != shield_id.as_ref() || m.spare_fraction() > SHIELD_RELAY_SPARE_MIN
+        });
         loop {
             if runs.len() >= WARM_RUNS_MAX {
                 break;
@@ -123,7 +130,13 @@ pub async fn warm(
                 .map(|(member, set)| PeerPieces {
                     node_id: &member.node_id,
                     pieces: set.as_deref().unwrap_or(&empty),
-                    runs_in_flight: peer_runs.get(&member.node_id).copied().unwrap_or(0),
+                    // The shield as a relay: one run at a time from us.
+                    runs_in_flight: peer_runs.get(&member.node_id).copied().unwrap_or(0)
+                        + if Some(&member.node_id) == shield_id.as_ref() {
+                            LIMITS.runs_per_peer_max - 1
+                        } else {
+                            0
+                        },
                 })
                 .collect();
             let needed = |i: u32| !in_flight.contains(&i) && !done.contains(&i) && !held(i);

@@ -1,10 +1,14 @@
-//! `shoal demo`: an origin and an edge cache on loopback with sample content.
+//! `shoal demo`: an origin and a mesh of four caches in two regions on
+//! loopback, with sample content.
 //!
 //! It generates a few files (a large "video", small and edge-sized files, one
 //! left unpublished so both integrity modes show), publishes manifests,
-//! starts both servers in this process, downloads through the cache cold and
-//! then warm, checks every byte against the source, prints what happened and
-//! keeps serving so a person can try the URLs with curl.
+//! starts the origin and four caches (different uplinks and prices, found
+//! by gossip) in this process, downloads through them — one viewer, then
+//! viewers everywhere at once, then a release warmed on every cache —
+//! checks every byte against the source, shows how many bytes moved
+//! between caches and how few came from the origin, and keeps serving so a
+//! person can try the URLs with curl.
 
 use anyhow::{ensure, Context};
 use shoal_core::ByteSize;
@@ -77,102 +81,285 @@ pub async fn run(video_size: ByteSize, once: bool, cache_port: u16) -> anyhow::R
     };
     let origin_task = tokio::spawn(origin.serve(wait_stop(stop.clone())));
 
-    let cache = shoal_cache::BoundCache::bind(shoal_cache::CacheConfig {
-        listen: ([127, 0, 0, 1], cache_port).into(),
-        origin: origin_url.clone(),
-        data_dir: workdir.path().join("cache"),
-        capacity: ByteSize(4 << 30),
-        ..Default::default()
-    })
-    .await
-    .context("starting the cache")?;
-    let cache_url = format!("http://{}", cache.local_addr);
-    let service = cache.service.clone();
-    let cache_task = tokio::spawn(cache.run(wait_stop(stop.clone())));
-    println!("  origin: {origin_url}\n  cache:  {cache_url}\n");
+    // A mesh of four caches in two regions, with different uplinks and
+    // prices: the first is the one a person can try with curl.
+    let secret = format!("demo secret {:032x}", rand_u128());
+    let specs = [
+        ("eu-1", "eu-west", 1600u64, 0.010f64),
+        ("eu-2", "eu-west", 800, 0.010),
+        ("us-1", "us-east", 800, 0.004),
+        ("us-2", "us-east", 400, 0.004),
+    ];
+    let mut caches = Vec::new();
+    let mut seed: Option<String> = None;
+    for (i, (name, region, mbps, cost)) in specs.iter().enumerate() {
+        let mut config = shoal_cache::CacheConfig {
+            listen: ([127, 0, 0, 1], if i == 0 { cache_port } else { 0 }).into(),
+            origin: origin_url.clone(),
+            data_dir: workdir.path().join(name),
+            capacity: ByteSize(4 << 30),
+            ..Default::default()
+        };
+        config.limits.egress_bytes_per_s = mbps * 125_000;
+        config.mesh = shoal_cache::MeshSettings {
+            gossip: Some("127.0.0.1:0".parse()?),
+            seeds: seed.iter().cloned().collect(),
+            cluster_secret: secret.clone(),
+            node_id: Some(name.to_string()),
+            region: region.to_string(),
+            cost_per_gb: *cost,
+            gossip_interval_ms: 250,
+            ..Default::default()
+        };
+        let cache = shoal_cache::BoundCache::bind(config)
+            .await
+            .with_context(|| format!("starting cache {name}"))?;
+        let mesh = cache.service.mesh().context("mesh")?.clone();
+        seed.get_or_insert_with(|| mesh.node.gossip_addr().to_string());
+        let url = format!("http://{}", cache.local_addr);
+        let service = cache.service.clone();
+        let task = tokio::spawn(cache.run(wait_stop(stop.clone())));
+        caches.push(DemoCache {
+            name,
+            region,
+            mbps: *mbps,
+            cost: *cost,
+            url,
+            service,
+            task,
+        });
+    }
+    println!("  origin: {origin_url}");
+    let started = Instant::now();
+    while caches
+        .iter()
+        .any(|c| c.service.stats_snapshot().mesh_members < caches.len() as u64)
+    {
+        ensure!(
+            started.elapsed().as_secs() < 20,
+            "the demo mesh did not form within 20 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    println!(
+        "  mesh:   {} caches found each other by gossip in {:.1} s\n",
+        caches.len(),
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "  {:<6} {:<8} {:>10} {:>7}  url",
+        "cache", "region", "uplink", "$/GB"
+    );
+    for c in &caches {
+        println!(
+            "  {:<6} {:<8} {:>5} Mb/s {:>7.3}  {}",
+            c.name, c.region, c.mbps, c.cost, c.url
+        );
+    }
+    let video = format!("/{}", samples[0].path);
+    let shield = caches[0]
+        .service
+        .mesh()
+        .and_then(|m| {
+            m.node
+                .view()
+                .shield(&shoal_mesh::shield_key(&video))
+                .map(|s| s.node_id.clone())
+        })
+        .unwrap_or_default();
+    println!("\n  {video}: its shield (the one cache that goes to the origin) is {shield}");
 
     let client = reqwest::Client::builder().build()?;
     println!(
-        "{:<28} {:>10} {:>8} {:>12}  verified",
-        "download through the cache", "bytes", "seconds", "MiB/s"
+        "\n{:<36} {:>10} {:>8} {:>9}  verified",
+        "download", "bytes", "seconds", "MiB/s"
     );
-    for round in ["cold", "warm"] {
-        for sample in &samples {
-            let url = format!("{cache_url}/{}", sample.path);
-            let started = Instant::now();
-            // Streamed and hashed as it arrives, like a real client; the
-            // whole body is never held in memory.
-            let mut response = client.get(&url).send().await?.error_for_status()?;
-            let mut hasher = blake3::Hasher::new();
-            let mut received = 0u64;
-            while let Some(chunk) = response.chunk().await? {
-                received += chunk.len() as u64;
-                hasher.update(&chunk);
-            }
-            let seconds = started.elapsed().as_secs_f64();
-            let expected = blake3::Hasher::new()
-                .update_mmap(root.join(sample.path))?
-                .finalize();
-            ensure!(
-                hasher.finalize() == expected && received == sample.size,
-                "{url}: bytes differ from the origin's file"
-            );
-            println!(
-                "{:<28} {:>10} {:>8.3} {:>12.1}  yes",
-                format!("{round} /{}", sample.path),
-                received,
-                seconds,
-                received as f64 / (1 << 20) as f64 / seconds.max(1e-9)
-            );
+    // 1. One viewer in Europe: the miss goes to the shield, which goes to
+    //    the origin once.
+    download(&client, &caches[0].url, &samples[0], &root, "cold, eu-1").await?;
+    // 2. Viewers everywhere at once: pieces move between caches, the
+    //    origin is not asked again.
+    let mut all = Vec::new();
+    for c in &caches[1..] {
+        let (client, url, root) = (client.clone(), c.url.clone(), root.clone());
+        let label = format!("cold, {}", c.name);
+        let sample = &samples[0];
+        let (path, size) = (sample.path, sample.size);
+        all.push(tokio::spawn(async move {
+            let sample = Sample {
+                path,
+                size,
+                publish: true,
+            };
+            download(&client, &url, &sample, &root, &label).await
+        }));
+    }
+    for task in all {
+        task.await??;
+    }
+    // 3. The rest of the catalogue, through every cache.
+    for sample in &samples[1..] {
+        for c in &caches {
+            download(&client, &c.url, sample, &root, c.name).await?;
         }
     }
-    // One ranged read: the middle MiB of the video.
-    let middle = video_size.0 / 2;
-    let range = format!("bytes={}-{}", middle, middle + (1 << 20) - 1);
-    let response = client
-        .get(format!("{cache_url}/videos/feature.mp4"))
-        .header("range", &range)
-        .send()
-        .await?;
+    // 4. Pre-positioning: a release warmed on every cache at once; they
+    //    swarm, so the origin sends it once.
+    let release = Sample {
+        path: "downloads/release-2.0.bin",
+        size: 64 << 20,
+        publish: false,
+    };
+    write_sample(&root, &release)?;
+    let warm_started = Instant::now();
+    let key = shoal_core::auth::ClusterKey::from_secret(&secret)?;
+    let with: Vec<String> = caches
+        .iter()
+        .map(|c| c.url.trim_start_matches("http://").to_string())
+        .collect();
+    let target = format!("/_shoal/warm/{}?with={}", release.path, with.join(","));
+    let warms = caches.iter().map(|c| {
+        let token = key.sign(
+            "demo",
+            shoal_cache::resolve::now_unix_s() + 60,
+            "POST",
+            &target,
+        );
+        let request = client.post(format!("{}{target}", c.url));
+        async move {
+            let response = request
+                .header(shoal_core::auth::AUTH_HEADER, token?)
+                .send()
+                .await?;
+            anyhow::Ok(response.error_for_status()?.text().await?)
+        }
+    });
+    for result in futures_util::future::join_all(warms).await {
+        result.context("warm-up")?;
+    }
     println!(
-        "\nrange {range} of /videos/feature.mp4 → {}",
-        response.status()
+        "{:<36} {:>10} {:>8.3}            warmed on all {} caches",
+        format!("warm /{}", release.path),
+        release.size,
+        warm_started.elapsed().as_secs_f64(),
+        caches.len()
     );
 
-    let stats = service.stats_snapshot();
-    println!("\nsummary");
+    println!("\npieces moving between caches (MiB)");
     println!(
-        "  bytes served to clients   {:>14}  ({})",
-        stats.bytes_served,
-        ByteSize(stats.bytes_served)
+        "  {:<6} {:>11} {:>11} {:>11} {:>11} {:>9}",
+        "cache", "from origin", "from peers", "to peers", "to clients", "hit ratio"
     );
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    let mut origin_total = 0;
+    let mut clients_total = 0;
+    for c in &caches {
+        let s = c.service.stats_snapshot();
+        origin_total += s.origin_bytes;
+        clients_total += s.bytes_served;
+        println!(
+            "  {:<6} {:>11.1} {:>11.1} {:>11.1} {:>11.1} {:>9.3}",
+            c.name,
+            mib(s.origin_bytes),
+            mib(s.peer_bytes_received),
+            mib(s.peer_bytes_served),
+            mib(s.bytes_served),
+            s.byte_hit_ratio
+        );
+    }
+    let catalogue: u64 = samples.iter().map(|s| s.size).sum::<u64>() + release.size;
     println!(
-        "  bytes fetched from origin {:>14}  ({})",
-        stats.origin_bytes,
-        ByteSize(stats.origin_bytes)
+        "\n  the origin sent {:.1} MiB for a catalogue of {:.1} MiB; viewers received {:.1} MiB",
+        mib(origin_total),
+        mib(catalogue),
+        mib(clients_total)
     );
-    println!(
-        "  bytes served from cache   {:>14}",
-        stats.bytes_served_from_store
+    ensure!(
+        origin_total <= catalogue,
+        "the origin sent more than the catalogue: {origin_total} > {catalogue}"
     );
-    println!("  byte hit ratio            {:>14.3}", stats.byte_hit_ratio);
-    println!("  origin requests           {:>14}", stats.origin_requests);
-    println!("  pieces stored             {:>14}", stats.store_pieces);
-    println!("  corrupt pieces refused    {:>14}", stats.corrupt_pieces);
+    let corrupt: u64 = caches
+        .iter()
+        .map(|c| c.service.stats_snapshot().peer_corrupt_pieces)
+        .sum();
+    println!("  pieces refused as corrupt: {corrupt}");
+
+    let first = &caches[0].url;
     println!("\ntry:");
-    println!("  curl -o /dev/null {cache_url}/videos/feature.mp4");
-    println!("  curl -r 0-99 {cache_url}/videos/feature.mp4 | xxd | head");
-    println!("  curl -I {cache_url}/downloads/installer.bin");
-    println!("  curl {cache_url}/_shoal/stats");
-    println!("  aria2c -x4 -s4 -k1M -d /tmp {cache_url}/videos/feature.mp4");
+    println!("  curl -o /dev/null {first}/videos/feature.mp4");
+    println!("  curl -r 0-99 {first}/videos/feature.mp4 | xxd | head");
+    println!("  curl {first}/_shoal/mesh");
+    println!("  curl {first}/_shoal/stats");
+    println!("  aria2c -x4 -s4 -k1M -d /tmp {first}/videos/feature.mp4");
 
     if !once {
         println!("\nserving until Ctrl-C");
         crate::shutdown_signal().await;
     }
     let _ = stop_sender.send(true);
-    let _ = cache_task.await;
+    for c in caches {
+        let _ = c.task.await;
+    }
     let _ = origin_task.await;
+    Ok(())
+}
+
+struct DemoCache {
+    name: &'static str,
+    region: &'static str,
+    mbps: u64,
+    cost: f64,
+    url: String,
+    service: std::sync::Arc<shoal_cache::CacheService>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn rand_u128() -> u128 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    u128::from_le_bytes(
+        *blake3::hash(&nanos.to_le_bytes())
+            .as_bytes()
+            .first_chunk()
+            .unwrap_or(&[0; 16]),
+    )
+}
+
+/// Downloads `sample` through `cache_url`, hashing as it streams, and
+/// checks it against the origin's file.
+async fn download(
+    client: &reqwest::Client,
+    cache_url: &str,
+    sample: &Sample,
+    root: &Path,
+    label: &str,
+) -> anyhow::Result<()> {
+    let url = format!("{cache_url}/{}", sample.path);
+    let started = Instant::now();
+    let mut response = client.get(&url).send().await?.error_for_status()?;
+    let mut hasher = blake3::Hasher::new();
+    let mut received = 0u64;
+    while let Some(chunk) = response.chunk().await? {
+        received += chunk.len() as u64;
+        hasher.update(&chunk);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let expected = blake3::Hasher::new()
+        .update_mmap(root.join(sample.path))?
+        .finalize();
+    ensure!(
+        hasher.finalize() == expected && received == sample.size,
+        "{url}: bytes differ from the origin's file"
+    );
+    println!(
+        "{:<36} {:>10} {:>8.3} {:>9.1}  yes",
+        format!("{label} /{}", sample.path),
+        received,
+        seconds,
+        received as f64 / (1 << 20) as f64 / seconds.max(1e-9)
+    );
     Ok(())
 }
 

@@ -55,7 +55,7 @@ pub async fn run(args: WarmArgs) -> anyhow::Result<()> {
                     .header(shoal_core::auth::AUTH_HEADER, token)
                     .send()
                     .await
-                    .with_context(|| format!("{url}"))?;
+                    .with_context(|| url.clone())?;
                 let status = response.status();
                 let body = response.text().await.unwrap_or_default();
                 anyhow::ensure!(status.is_success(), "{url}: {status}: {}", body.trim());
