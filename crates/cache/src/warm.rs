@@ -130,13 +130,7 @@ pub async fn warm(
                 .map(|(member, set)| PeerPieces {
                     node_id: &member.node_id,
                     pieces: set.as_deref().unwrap_or(&empty),
-                    // The shield as a relay: one run at a time from us.
-                    runs_in_flight: peer_runs.get(&member.node_id).copied().unwrap_or(0)
-                        + if Some(&member.node_id) == shield_id.as_ref() {
-                            LIMITS.runs_per_peer_max - 1
-                        } else {
-                            0
-                        },
+                    runs_in_flight: peer_runs.get(&member.node_id).copied().unwrap_or(0),
                 })
                 .collect();
             let needed = |i: u32| !in_flight.contains(&i) && !done.contains(&i) && !held(i);
