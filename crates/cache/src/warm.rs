@@ -27,8 +27,10 @@ const PIECE_SET_MAX_AGE_MS: u64 = 200;
 /// from the shield too (their cache may be slow or gone).
 const IMPATIENT_AFTER_MS: u64 = 1_500;
 /// The shield also relays while at least this fraction of its egress is
-/// spare (gossiped load).
+/// spare (gossiped load)...
 const SHIELD_RELAY_SPARE_MIN: f64 = 0.3;
+/// ...and its egress cap is at least this many times ours.
+const SHIELD_RELAY_CAP_RATIO_MIN: u64 = 2;
 /// Peers whose piece sets are followed, at most.
 const PEERS_FOLLOWED_MAX: usize = 16;
 const LIMITS: SwarmLimits = SwarmLimits {
@@ -115,11 +117,17 @@ pub async fn warm(
         };
         let impatient = last_progress.elapsed() > Duration::from_millis(IMPATIENT_AFTER_MS);
         let mut peer_sets = peer_piece_sets(service, &entry).await;
-        // The shield serves what is ours (rule 2); as a relay only while
-        // gossip shows it with spare egress (a shield with a fat uplink
-        // then sends more than one copy).
+        // The shield serves what is ours (rule 2). As a relay too only if
+        // its uplink is much fatter than ours and gossip shows it spare:
+        // otherwise every extra copy it sends delays a first copy, and
+        // first copies are what everyone waits for.
+        let own_cap = service
+            .mesh
+            .as_ref()
+            .and_then(|m| m.node.view().member(m.self_id()).map(|s| s.egress_cap_bps))
+            .unwrap_or(0);
         peer_sets.retain(|(m, _)| {
-            Some(&m.node_id) != shield_id.as_ref() || m.spare_fraction() > SHIELD_RELAY_SPARE_MIN
+            Some(&m.node_id) != shield_id.as_ref() || shield_may_relay(m, own_cap)
         });
         loop {
             if runs.len() >= WARM_RUNS_MAX {
@@ -215,6 +223,16 @@ pub async fn warm(
         }
         result?;
     }
+}
+
+/// Whether the shield should also relay pieces to us (see the caller).
+fn shield_may_relay(shield: &shoal_mesh::Member, own_cap_bps: u64) -> bool {
+    let fatter = match (shield.egress_cap_bps, own_cap_bps) {
+        (0, _) => true,
+        (_, 0) => false,
+        (theirs, ours) => theirs >= ours.saturating_mul(SHIELD_RELAY_CAP_RATIO_MIN),
+    };
+    fatter && shield.spare_fraction() > SHIELD_RELAY_SPARE_MIN
 }
 
 /// The shield above us (None when we are the shield) and the caches

@@ -76,7 +76,7 @@ pub struct MeshArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
     /// Cost of one GB sent from this cache, in US dollars, e.g. 0.02.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cost_per_gb: Option<f64>,
     /// HTTP address peers should use (when listening on 0.0.0.0).

@@ -84,3 +84,56 @@ fn bad_settings_are_refused_with_a_clear_message() {
         "does not exist",
     );
 }
+
+#[test]
+fn bad_mesh_settings_are_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let base = [
+        "--origin",
+        "http://127.0.0.1:1",
+        "--data-dir",
+        data,
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    let with = |extra: &[&str]| -> Vec<String> {
+        base.iter().chain(extra).map(|s| s.to_string()).collect()
+    };
+    let run = |extra: &[&str], env: &[(&str, &str)], expected: &str| {
+        let args = with(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cache_fails_with(&args, env, expected);
+    };
+    run(
+        &["--gossip", "127.0.0.1:0"],
+        &[],
+        "cluster secret of at least 16 bytes",
+    );
+    run(
+        &["--gossip", "127.0.0.1:0", "--cluster-secret", "short"],
+        &[],
+        "cluster secret of at least 16 bytes",
+    );
+    run(
+        &["--seed", "127.0.0.1:7946"],
+        &[],
+        "seeds are set but gossip is not",
+    );
+    let secret = [("SHOAL_CACHE_MESH__CLUSTER_SECRET", "a secret long enough")];
+    run(
+        &["--gossip", "127.0.0.1:0", "--cost-per-gb", "-1"],
+        &secret,
+        "cost_per_gb -1 must be between 0 and 1000",
+    );
+    run(
+        &["--gossip", "127.0.0.1:0", "--node-id", "no spaces please"],
+        &secret,
+        "node id `no spaces please` must be 1-64 characters",
+    );
+    run(
+        &["--gossip", "not-an-address"],
+        &secret,
+        "invalid socket address",
+    );
+}

@@ -484,3 +484,132 @@ fn a_restarted_cache_rejoins_with_its_store() {
     assert_eq!(stat(&caches[1].url, "origin_bytes"), 0);
     assert_eq!(stat(&caches[1].url, "peer_bytes_received"), 0);
 }
+
+#[test]
+fn rolling_cache_failures_lose_no_download_and_corrupt_no_byte() {
+    let root = tempfile::tempdir().unwrap();
+    let size = 16 * MIB;
+    let data = content(size, 38);
+    write_file(root.path(), "rolling.bin", &data);
+    publish(root.path());
+    let origin = start_origin(root.path());
+    let dir = tempfile::tempdir().unwrap();
+    let names = [
+        ("f1", "eu"),
+        ("f2", "eu"),
+        ("f3", "us"),
+        ("f4", "us"),
+        ("f5", "us"),
+    ];
+    // Capped caches, so the downloads are still running while caches die.
+    let mut caches = start_mesh(&origin.url, dir.path(), &names, &["--egress-mbps", "200"]);
+    let urls: Vec<String> = caches
+        .iter()
+        .map(|c| format!("{}/rolling.bin", c.url))
+        .collect();
+    let gossips: Vec<String> = caches.iter().map(gossip_addr).collect();
+    let downloads: Vec<_> = (0..20)
+        .map(|k| {
+            // Every client knows all five caches, in its own order.
+            let mirrors: Vec<String> = (0..5).map(|j| urls[(k + j) % 5].clone()).collect();
+            std::thread::spawn(move || aria2c_mirrors(&mirrors))
+        })
+        .collect();
+    // Kill one cache every 1.5 s; bring the previous victim back.
+    let mut victim: Option<usize> = None;
+    for round in 0..3 {
+        std::thread::sleep(Duration::from_millis(1500));
+        if let Some(i) = victim {
+            let (name, region) = names[i];
+            let port = caches[i].url.rsplit(':').next().unwrap().to_string();
+            let listen = format!("127.0.0.1:{port}");
+            let seeds = vec![gossips[(i + 1) % 5].clone()];
+            caches[i] = start_mesh_cache(
+                &origin.url,
+                &dir.path().join(name),
+                name,
+                region,
+                &seeds,
+                Some(&gossips[i]),
+                &["--egress-mbps", "200", "--listen", &listen],
+            );
+        }
+        let i = (round * 2 + 1) % 5;
+        caches[i].kill9();
+        victim = Some(i);
+    }
+    let mut completed = 0;
+    for download in downloads {
+        if let Some(body) = download.join().unwrap() {
+            assert!(body == data, "a completed download has wrong bytes");
+            completed += 1;
+        }
+    }
+    assert_eq!(completed, 20, "completed/started");
+}
+
+#[test]
+fn warming_several_caches_together_fetches_the_object_once() {
+    let root = tempfile::tempdir().unwrap();
+    let size = 24 * MIB + 5;
+    let data = content(size, 39);
+    write_file(root.path(), "release.bin", &data);
+    // Unpublished: the siblings need the hashes the shield learnt.
+    let (nginx, _nginx_dir) = start_nginx(root.path(), "");
+    let dir = tempfile::tempdir().unwrap();
+    let caches = start_mesh(
+        &nginx.url,
+        dir.path(),
+        &[("w1", "eu"), ("w2", "eu"), ("w3", "us"), ("w4", "us")],
+        &["--egress-mbps", "400"],
+    );
+    // Not without the secret, not with GET.
+    let target = "/_shoal/warm/release.bin";
+    assert_eq!(
+        curl(&format!("{}{target}", caches[0].url), &["-X", "POST"]).status,
+        403
+    );
+    assert_eq!(curl(&format!("{}{target}", caches[0].url), &[]).status, 405);
+
+    let mut command = std::process::Command::new(shoal_bin());
+    command.arg("warm").arg("--json");
+    for cache in &caches {
+        command.args(["--cache", &cache.url]);
+    }
+    let output = command
+        .arg("/release.bin")
+        .env("SHOAL_CACHE_MESH__CLUSTER_SECRET", CLUSTER_SECRET)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "shoal warm: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let reports: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(reports.len(), 4);
+    let from_peers: u64 = reports
+        .iter()
+        .map(|r| r["report"]["bytes_from_peers"].as_u64().unwrap())
+        .sum();
+    assert!(from_peers > 0, "the caches relayed pieces to each other");
+    assert_eq!(
+        total_stat(&caches, "origin_bytes"),
+        size,
+        "the origin sent it once"
+    );
+    for cache in &caches {
+        let result = curl(&format!("{}/release.bin", cache.url), &[]);
+        assert!(result.body == data);
+        assert_eq!(
+            result.header("x-shoal-cache"),
+            Some("HIT"),
+            "{}",
+            cache.name
+        );
+    }
+    assert_eq!(total_stat(&caches, "peer_corrupt_pieces"), 0);
+}

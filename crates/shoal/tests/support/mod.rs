@@ -314,6 +314,33 @@ pub fn aria2c(url: &str) -> Vec<u8> {
     std::fs::read(dir.path().join("out")).unwrap_or_default()
 }
 
+/// Downloads one file from several mirrors with aria2c (`-x2 -s2`, a few
+/// tries per mirror); `None` if aria2c gave up.
+pub fn aria2c_mirrors(urls: &[String]) -> Option<Vec<u8>> {
+    let dir = tempfile::tempdir().unwrap();
+    let status = Command::new(find_tool("aria2c"))
+        .args([
+            "-x2",
+            "-s2",
+            "-k1M",
+            "-q",
+            "--max-tries=3",
+            "--retry-wait=1",
+            "--connect-timeout=2",
+            "--timeout=10",
+            "--allow-overwrite=true",
+            "--auto-file-renaming=false",
+            "--file-allocation=none",
+        ])
+        .args(["-d", dir.path().to_str().unwrap(), "-o", "out"])
+        .args(urls)
+        .status()
+        .expect("run aria2c");
+    status
+        .success()
+        .then(|| std::fs::read(dir.path().join("out")).unwrap_or_default())
+}
+
 /// The cache's counters.
 pub fn stats(cache_url: &str) -> serde_json::Value {
     let result = curl(&format!("{cache_url}/_shoal/stats"), &[]);
@@ -341,10 +368,23 @@ pub fn start_mesh_cache(
     gossip: Option<&str>,
     extra: &[&str],
 ) -> Proc {
+    // `extra` may name the listen address (a restart on the same port).
+    let listen = extra
+        .iter()
+        .position(|a| *a == "--listen")
+        .and_then(|i| extra.get(i + 1))
+        .copied()
+        .unwrap_or("127.0.0.1:0");
+    let extra: Vec<&str> = extra
+        .iter()
+        .enumerate()
+        .filter(|(i, a)| **a != "--listen" && (*i == 0 || extra[i - 1] != "--listen"))
+        .map(|(_, a)| *a)
+        .collect();
     let mut args: Vec<String> = [
         "cache",
         "--listen",
-        "127.0.0.1:0",
+        listen,
         "--origin",
         origin_url,
         "--data-dir",
