@@ -94,6 +94,8 @@ const HOLDERS_ASKED_MAX: usize = 3;
 /// Longest run fetched from one sibling that holds it (shorter than origin
 /// runs, so a large read spreads over several siblings at once).
 const HAVE_RUN_BYTES_MAX: u64 = 4 << 20;
+/// How often the hashes of an unpublished object are asked of its shield.
+const HASH_REFRESH_MS: u64 = 300;
 /// Sources tried for one run before its waiters get the error.
 const PEER_ATTEMPTS_MAX: usize = 4;
 
@@ -306,17 +308,21 @@ impl Filler {
                 }
             }
             for run in runs {
+                let verifiable = entry.manifest.is_some()
+                    || run
+                        .first()
+                        .is_some_and(|(i, _)| entry.learnt_hash(*i).is_some());
                 let claim = Claim {
                     filler: self.clone(),
                     object: entry.id,
                     senders: run,
                 };
                 let source = match &preferred {
-                    Preferred::Holder(member) => Some(RunSource::Peer {
+                    Preferred::Holder(member) if verifiable => Some(RunSource::Peer {
                         member: member.clone(),
                         mode: PeerMode::Have,
                     }),
-                    Preferred::Shield => self.shield_source(entry, &[]),
+                    _ => self.shield_source(entry, &[]),
                 };
                 self.spawn_run_from(entry.clone(), claim, source);
             }
@@ -421,7 +427,7 @@ impl Filler {
         let hash_known =
             |index: PieceIndex| entry.manifest.is_some() || entry.learnt_hash(index).is_some();
         if !hash_known(first) {
-            self.learn_hashes_from_holders(mesh, entry, &view).await;
+            self.refresh_hashes_from_shield(entry).await;
         }
         if hash_known(first) {
             let mut holders: Vec<&Member> =
@@ -454,40 +460,39 @@ impl Filler {
             .unwrap_or(RunSource::Origin)
     }
 
-    /// An object without a published manifest whose hashes we lack (we
-    /// became its shield, or restarted): ask a sibling that holds it, once
-    /// per entry, so its pieces can come from siblings, not the origin.
-    async fn learn_hashes_from_holders(
-        &self,
-        mesh: &MeshLink,
-        entry: &Arc<ObjectEntry>,
-        view: &shoal_mesh::MeshView,
-    ) {
-        if entry.manifest.is_some() || !entry.mark_peer_hashes_asked() {
+    /// An object without a published manifest whose hashes we lack: ask
+    /// the shield (and only the shield: it learnt them from the origin)
+    /// what it knows so far, at most every [`HASH_REFRESH_MS`] per entry.
+    /// Without a shield above us, the origin is the reference.
+    pub async fn refresh_hashes_from_shield(&self, entry: &Arc<ObjectEntry>) {
+        let Some(mesh) = &self.mesh else { return };
+        if entry.manifest.is_some() || !entry.may_refresh_hashes(HASH_REFRESH_MS) {
             return;
         }
-        for holder in view
-            .holders(&entry.id)
+        let view = mesh.node.view();
+        let key = shoal_mesh::shield_key(&entry.path);
+        let Some(shield) = view
+            .shields_above_self(&key)
             .into_iter()
-            .filter(|m| mesh.usable(&m.node_id))
-            .take(HOLDERS_ASKED_MAX)
-        {
-            match mesh.object(holder, &entry.uri_path, PeerMode::Have).await {
-                Ok(PeerObject::Cached {
-                    record,
-                    manifest_b64,
-                    hashes_hex,
-                }) if record.id == entry.record.id => {
-                    let built = crate::peer::decode_manifest(manifest_b64.as_deref())
-                        .ok()
-                        .flatten();
-                    crate::peer::learn_hashes(entry, built.as_ref(), &hashes_hex);
-                    return;
-                }
-                Ok(_) => {}
-                Err(error) => {
-                    tracing::debug!(peer = %holder.node_id, %error, "no hashes from holder");
-                }
+            .find(|m| mesh.usable(&m.node_id))
+            .cloned()
+        else {
+            return;
+        };
+        match mesh.object(&shield, &entry.uri_path, PeerMode::Have).await {
+            Ok(PeerObject::Cached {
+                record,
+                manifest_b64,
+                hashes_hex,
+            }) if record.id == entry.record.id => {
+                let built = crate::peer::decode_manifest(manifest_b64.as_deref())
+                    .ok()
+                    .flatten();
+                crate::peer::learn_hashes(entry, built.as_ref(), &hashes_hex);
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::debug!(peer = %shield.node_id, %error, "no hashes from the shield");
             }
         }
     }
@@ -596,16 +601,51 @@ impl Filler {
                     &self.stats.peer_bytes_received
                 };
                 counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                if matches!(
+                    source,
+                    RunSource::Peer {
+                        mode: PeerMode::Have,
+                        ..
+                    }
+                ) {
+                    self.stats
+                        .peer_bytes_received_from_holders
+                        .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                }
                 buffer.extend_from_slice(&chunk);
             }
             let data = buffer.split_to(want).freeze();
+            // A sibling's bytes are checked against a hash that came from
+            // the manifest, the origin or the shield; never learnt from
+            // the sibling itself.
+            if matches!(
+                source,
+                RunSource::Peer {
+                    mode: PeerMode::Have,
+                    ..
+                }
+            ) && entry.manifest.is_none()
+                && entry.learnt_hash(index).is_none()
+            {
+                return Err(RunFailure::Retry(FillError::Origin(
+                    format!("no reference hash yet for piece {} from a sibling", index.0),
+                    http::StatusCode::BAD_GATEWAY,
+                )));
+            }
             match entry.accept_piece(index, data) {
                 Ok(piece) => self.deliver(entry, claim, piece),
                 Err(error) => {
-                    self.stats.corrupt_pieces.fetch_add(1, Ordering::Relaxed);
+                    if from_origin {
+                        self.stats.corrupt_pieces.fetch_add(1, Ordering::Relaxed);
+                    }
                     return Err(match source {
                         RunSource::Origin => {
                             tracing::error!(path = %entry.path, %error, "piece from origin failed verification; not stored, not served");
+                            if entry.manifest.is_none() {
+                                // The reference hashes of this unpublished
+                                // version are in doubt: start it afresh.
+                                entry.mark_hash_conflict();
+                            }
                             entry.invalidate();
                             RunFailure::Fatal(FillError::Corrupt(index))
                         }

@@ -219,6 +219,13 @@ impl CacheConfig {
                     mesh.cost_per_gb
                 )));
             }
+            if mesh.auth_ttl_max_s < peer::AUTH_TTL_MIN_S {
+                return Err(CacheError::Config(format!(
+                    "mesh.auth_ttl_max_s must be at least {} (caches sign tokens for {} s, plus clock skew)",
+                    peer::AUTH_TTL_MIN_S,
+                    peer::TOKEN_LIFETIME_S
+                )));
+            }
             for (name, value) in [
                 ("mesh.peer_connect_timeout_ms", mesh.peer_connect_timeout_ms),
                 ("mesh.peer_read_timeout_ms", mesh.peer_read_timeout_ms),
@@ -327,6 +334,14 @@ impl BoundCache {
     /// Serves until `shutdown` resolves, then flushes the index.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
         let service = self.service.clone();
+        let mesh = self.service.mesh.clone();
+        // Peers hear we are draining while we still serve, then we stop.
+        let shutdown = async move {
+            shutdown.await;
+            if let Some(mesh) = mesh {
+                mesh.node.drain().await;
+            }
+        };
         shoal_server::serve(
             self.listener,
             self.limits,

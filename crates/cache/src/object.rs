@@ -93,8 +93,13 @@ pub struct ObjectEntry {
     learnt_hashes: Arc<Mutex<LearntHashes>>,
     /// Set when the origin showed that this version is gone.
     invalidated: AtomicBool,
-    /// Set once siblings were asked for the hashes of this version.
-    peer_hashes_asked: AtomicBool,
+    /// When the shield was last asked for this version's hashes (ms since
+    /// the entry was made), plus one; 0: never.
+    hashes_asked_at_ms: std::sync::atomic::AtomicU64,
+    /// Origin bytes disagreed with a learnt hash: the version's reference
+    /// hashes (and pieces) are not to be trusted.
+    hash_conflict: AtomicBool,
+    created: std::time::Instant,
 }
 
 impl ObjectEntry {
@@ -127,7 +132,9 @@ impl ObjectEntry {
             manifest,
             learnt_hashes,
             invalidated: AtomicBool::new(false),
-            peer_hashes_asked: AtomicBool::new(false),
+            hashes_asked_at_ms: Default::default(),
+            hash_conflict: AtomicBool::new(false),
+            created: std::time::Instant::now(),
         })
     }
 
@@ -200,9 +207,25 @@ impl ObjectEntry {
         .ok()
     }
 
-    /// True the first time only.
-    pub fn mark_peer_hashes_asked(&self) -> bool {
-        !self.peer_hashes_asked.swap(true, Ordering::Relaxed)
+    /// True if the shield may be asked for hashes now (at most every
+    /// `interval_ms`); records the time when it returns true.
+    pub fn may_refresh_hashes(&self, interval_ms: u64) -> bool {
+        let now = self.created.elapsed().as_millis() as u64 + 1;
+        let last = self.hashes_asked_at_ms.load(Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < interval_ms {
+            return false;
+        }
+        self.hashes_asked_at_ms
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    pub fn mark_hash_conflict(&self) {
+        self.hash_conflict.store(true, Ordering::Relaxed);
+    }
+
+    pub fn has_hash_conflict(&self) -> bool {
+        self.hash_conflict.load(Ordering::Relaxed)
     }
 
     pub fn invalidate(&self) {

@@ -40,16 +40,23 @@ pub const PEER_PIECES_PREFIX: &str = "/_shoal/peer/pieces/";
 pub const PEER_DATA_PREFIX: &str = "/_shoal/peer/data/";
 /// Request header: `have` or `fill`.
 pub const MODE_HEADER: &str = "x-shoal-mode";
-/// Largest object-metadata answer accepted (4,000 hashes as hex ≈ 270 KB).
-pub const PEER_OBJECT_BYTES_MAX: u64 = 1 << 20;
+/// Largest object-metadata answer accepted: compact JSON is ~67 bytes per
+/// piece hash, so this covers 1 TiB objects in 4 MiB pieces (262,144).
+pub const PEER_OBJECT_BYTES_MAX: u64 = 24 << 20;
 /// Largest piece-set answer accepted.
 pub const PIECE_SET_BYTES_MAX: u64 = 1 << 17;
 /// How long a peer's piece set is reused before asking again.
 const PIECE_SET_TTL_MS: u64 = 1_000;
 /// Piece-set cache entries kept (oldest dropped beyond).
 const PIECE_SET_CACHE_ENTRIES_MAX: usize = 4_096;
-/// How long a peer that failed to answer is skipped.
-const SUSPECT_MS: u64 = 5_000;
+/// How long a peer that failed to answer is skipped (gossip usually
+/// declares a dead one within this).
+const SUSPECT_MS: u64 = 10_000;
+/// Lifetime of the tokens this cache signs (receivers allow at least
+/// [`AUTH_TTL_MIN_S`]).
+pub const TOKEN_LIFETIME_S: u64 = 60;
+/// Smallest `auth_ttl_max_s` that accepts our own tokens with clock skew.
+pub const AUTH_TTL_MIN_S: u64 = TOKEN_LIFETIME_S + 30;
 
 /// How a data request may be served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,8 +116,9 @@ pub enum PeerError {
 impl PeerError {
     /// An answer about the object itself (not about the peer's health):
     /// asking another peer would get the same.
+    /// (403 is not: it may be our token that was refused.)
     pub fn is_definitive(&self) -> bool {
-        matches!(self, PeerError::Status(_, s) if *s == StatusCode::NOT_FOUND || *s == StatusCode::GONE || *s == StatusCode::FORBIDDEN)
+        matches!(self, PeerError::Status(_, s) if *s == StatusCode::NOT_FOUND || *s == StatusCode::GONE)
     }
 
     pub fn status(&self) -> Option<StatusCode> {
@@ -210,6 +218,16 @@ impl MeshLink {
             .map(str::to_string)
     }
 
+    /// Whether a signed request was meant for another node (`to=` in its
+    /// query names someone else).
+    pub fn misdirected(&self, query: Option<&str>) -> bool {
+        query
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .filter_map(|kv| kv.strip_prefix("to="))
+            .any(|to| to != self.self_id)
+    }
+
     /// Whether a peer may be asked now (not quarantined, not suspect).
     pub fn usable(&self, node_id: &str) -> bool {
         let peers = lock(&self.peers);
@@ -268,9 +286,23 @@ impl MeshLink {
         member: &Member,
         path_and_query: &str,
     ) -> Result<reqwest::RequestBuilder, PeerError> {
+        // The target is signed too: a cache that now sits at a dead
+        // member's address answers 421 instead of acting on it (forwarding
+        // must only go up the ranking, to the member we scored).
+        let separator = if path_and_query.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        let path_and_query = format!("{path_and_query}{separator}to={}", member.node_id);
         let token = self
             .key
-            .sign(&self.self_id, now_unix_s() + 60, "GET", path_and_query)
+            .sign(
+                &self.self_id,
+                now_unix_s() + TOKEN_LIFETIME_S,
+                "GET",
+                &path_and_query,
+            )
             .map_err(|e| PeerError::Protocol(member.node_id.clone(), e.to_string()))?;
         Ok(self
             .client

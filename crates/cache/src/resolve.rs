@@ -164,7 +164,9 @@ impl Resolver {
             }
             let fresh = self.probe(path, head).await?;
             return match fresh {
-                Probe::Storable(record, _) if record.id == old.record.id => {
+                Probe::Storable(record, _)
+                    if record.id == old.record.id && !old.has_hash_conflict() =>
+                {
                     let mut updated = old.record.clone();
                     updated.fresh_until_unix_s = record.fresh_until_unix_s;
                     updated.cache_control = record.cache_control;
@@ -256,6 +258,13 @@ impl Resolver {
         manifest_b64: Option<String>,
         hashes_hex: Vec<String>,
     ) -> Result<Resolved, ResolveError> {
+        if record.size > self.object_bytes_max {
+            // Our own limit applies whatever the shield stores.
+            if let Some(old) = &known {
+                self.forget(old);
+            }
+            return Ok(Resolved::PassThrough);
+        }
         let bad = |what: String| {
             ResolveError::Peer(format!("the shield sent {what}"), StatusCode::BAD_GATEWAY)
         };
@@ -275,7 +284,9 @@ impl Resolver {
             None => (None, None),
         };
         let resolved = match known {
-            Some(old) if old.id == id => self.replace_record(old, record),
+            Some(old) if old.id == id && !old.has_hash_conflict() => {
+                self.replace_record(old, record)
+            }
             Some(old) => {
                 self.forget(&old);
                 self.install(path, record, published_manifest)?

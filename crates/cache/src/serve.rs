@@ -92,9 +92,14 @@ impl CacheService {
     }
 
     pub async fn handle<B>(self: Arc<Self>, request: Request<B>) -> Response<Body> {
-        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        // Client counters leave out what siblings and operators ask.
+        let path = request.uri().path();
+        let from_client = !(path.starts_with(PEER_PREFIX) || path.starts_with(WARM_PREFIX));
+        if from_client {
+            self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        }
         let response = self.route(request).await;
-        if response.status().is_client_error() {
+        if from_client && response.status().is_client_error() {
             self.stats.client_errors.fetch_add(1, Ordering::Relaxed);
         }
         response
@@ -198,15 +203,23 @@ impl CacheService {
             .path_and_query()
             .map(|p| p.as_str())
             .unwrap_or("/");
-        mesh.authenticate(
-            request.headers().get(shoal_core::auth::AUTH_HEADER),
-            request.method().as_str(),
-            path_and_query,
-        )
-        .map_err(|error| {
-            self.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
-            text_response(StatusCode::FORBIDDEN, &format!("forbidden: {error}\n"))
-        })
+        let node = mesh
+            .authenticate(
+                request.headers().get(shoal_core::auth::AUTH_HEADER),
+                request.method().as_str(),
+                path_and_query,
+            )
+            .map_err(|error| {
+                self.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
+                text_response(StatusCode::FORBIDDEN, &format!("forbidden: {error}\n"))
+            })?;
+        if mesh.misdirected(request.uri().query()) {
+            return Err(text_response(
+                StatusCode::MISDIRECTED_REQUEST,
+                "this request was signed for another cache\n",
+            ));
+        }
+        Ok(node)
     }
 
     /// The inter-cache endpoints (see [`crate::peer`]): 403 without a
@@ -234,7 +247,7 @@ impl CacheService {
                 .and_then(|v| PeerMode::parse(v.as_bytes()))
                 == Some(PeerMode::Have);
             return match self.resolver.describe_for_peer(&path, local_only).await {
-                Ok(answer) => json_response(&answer),
+                Ok(answer) => compact_json_response(&answer),
                 Err(error) => text_response(error.client_status(), &format!("{error}\n")),
             };
         }
@@ -242,7 +255,7 @@ impl CacheService {
             let Some(id) = ObjectId::from_hex(hex) else {
                 return text_response(StatusCode::BAD_REQUEST, "bad object id\n");
             };
-            let held = self.filler.store().pieces_of(&id);
+            let held = self.filler.store().held_pieces(&id);
             let Some(last) = held.iter().map(|i| i.0).max() else {
                 return text_response(StatusCode::NOT_FOUND, "no pieces of this object here\n");
             };
@@ -769,6 +782,16 @@ impl CacheService {
 
 fn data_segments(span: Option<ByteSpan>) -> Vec<Segment> {
     span.map(Segment::Data).into_iter().collect()
+}
+
+/// JSON without whitespace (answers to machines, some large).
+fn compact_json_response<T: serde::Serialize>(value: &T) -> Response<Body> {
+    let json = serde_json::to_vec(value).unwrap_or_default();
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(shoal_server::full(Bytes::from(json)))
+        .unwrap_or_else(|_| internal_error())
 }
 
 fn json_response<T: serde::Serialize>(value: &T) -> Response<Body> {

@@ -26,6 +26,8 @@ pub struct CacheStats {
     pub peer_bytes_served: AtomicU64,
     /// Bytes of piece data received from sibling caches.
     pub peer_bytes_received: AtomicU64,
+    /// Of those, bytes from siblings that held the pieces (not the shield).
+    pub peer_bytes_received_from_holders: AtomicU64,
     /// Piece runs fetched from a sibling that held them.
     pub peer_fetches_have: AtomicU64,
     /// Piece runs fetched from the shield (which fills them).
@@ -57,6 +59,7 @@ pub struct StatsSnapshot {
     pub peer_requests_served: u64,
     pub peer_bytes_served: u64,
     pub peer_bytes_received: u64,
+    pub peer_bytes_received_from_holders: u64,
     pub peer_fetches_have: u64,
     pub peer_fetches_shield: u64,
     pub peer_errors: u64,
@@ -101,6 +104,7 @@ impl CacheStats {
             peer_requests_served: get(&self.peer_requests_served),
             peer_bytes_served: get(&self.peer_bytes_served),
             peer_bytes_received: get(&self.peer_bytes_received),
+            peer_bytes_received_from_holders: get(&self.peer_bytes_received_from_holders),
             peer_fetches_have: get(&self.peer_fetches_have),
             peer_fetches_shield: get(&self.peer_fetches_shield),
             peer_errors: get(&self.peer_errors),

@@ -27,10 +27,8 @@ const PIECE_SET_MAX_AGE_MS: u64 = 200;
 /// from the shield too (their cache may be slow or gone).
 const IMPATIENT_AFTER_MS: u64 = 1_500;
 /// The shield also relays while at least this fraction of its egress is
-/// spare (gossiped load)...
+/// spare (gossiped load).
 const SHIELD_RELAY_SPARE_MIN: f64 = 0.3;
-/// ...and its egress cap is at least this many times ours.
-const SHIELD_RELAY_CAP_RATIO_MIN: u64 = 2;
 /// Peers whose piece sets are followed, at most.
 const PEERS_FOLLOWED_MAX: usize = 16;
 const LIMITS: SwarmLimits = SwarmLimits {
@@ -47,9 +45,11 @@ pub struct WarmReport {
     pub object_bytes: u64,
     /// Bytes that were already here.
     pub bytes_present: u64,
+    /// Bytes this cache received from siblings that held them, during the
+    /// warm-up (all of this cache's traffic, not only the warm-up's).
     pub bytes_from_peers: u64,
-    /// Bytes from the shield, or from the origin when this cache is the
-    /// shield.
+    /// Bytes it received from the shield or, being the shield, the origin,
+    /// during the warm-up.
     pub bytes_from_shield: u64,
     pub seconds: f64,
 }
@@ -73,11 +73,6 @@ pub async fn warm(
             index: PieceIndex(i),
         })
     };
-    let piece_bytes = |first: u32, n: u32| -> u64 {
-        (first..first + n)
-            .map(|i| entry.layout.piece_len(PieceIndex(i)))
-            .sum()
-    };
     let bytes_present: u64 = (0..count)
         .filter(|i| held(*i))
         .map(|i| entry.layout.piece_len(PieceIndex(i)))
@@ -90,9 +85,15 @@ pub async fn warm(
     // Pieces delivered by our runs (they may still be on their way to disk).
     let mut done: HashSet<u32> = HashSet::new();
     let mut last_progress = Instant::now();
+    let mut last_remaining = usize::MAX;
     let mut peer_runs: HashMap<String, u32> = HashMap::new();
     let mut shield_runs = 0u32;
     let mut runs = tokio::task::JoinSet::new();
+    let stats = &service.stats;
+    let counter = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let holders_before = counter(&stats.peer_bytes_received_from_holders);
+    let peers_before = counter(&stats.peer_bytes_received);
+    let origin_before = counter(&stats.origin_bytes);
     let mut report = WarmReport {
         path: entry.path.clone(),
         object_id: entry.id.to_hex(),
@@ -115,19 +116,40 @@ pub async fn warm(
             shield_id.is_none()
                 || swarm::assigned_to(i, LIMITS.run_pieces_max, &warmer_names, &self_id)
         };
+        // Progress is any piece arriving, by our runs or anyone's.
+        let remaining = (0..count)
+            .filter(|i| !done.contains(i) && !held(*i))
+            .count();
+        if remaining < last_remaining {
+            last_remaining = remaining;
+            last_progress = Instant::now();
+        }
         let impatient = last_progress.elapsed() > Duration::from_millis(IMPATIENT_AFTER_MS);
+        if entry.manifest.is_none() {
+            filler.refresh_hashes_from_shield(&entry).await;
+        }
         let mut peer_sets = peer_piece_sets(service, &entry).await;
-        // The shield serves what is ours (rule 2). As a relay too only if
-        // its uplink is much fatter than ours and gossip shows it spare:
-        // otherwise every extra copy it sends delays a first copy, and
-        // first copies are what everyone waits for.
-        let own_cap = service
-            .mesh
-            .as_ref()
-            .and_then(|m| m.node.view().member(m.self_id()).map(|s| s.egress_cap_bps))
-            .unwrap_or(0);
+        // Pieces are taken from siblings only where we can check them: a
+        // hash from the manifest, or one the shield learnt from the origin.
+        if entry.manifest.is_none() {
+            for (_, set) in peer_sets.iter_mut() {
+                if let Some(pieces) = set {
+                    let mut verifiable = PieceSet::new(pieces.piece_count());
+                    for index in pieces.iter() {
+                        if entry.learnt_hash(index).is_some() {
+                            verifiable.insert(index);
+                        }
+                    }
+                    *set = Some(Arc::new(verifiable));
+                }
+            }
+        }
+        // The shield serves what is ours (rule 2), and relays like any
+        // holder while gossip shows spare egress: measured, extra copies
+        // from an idle shield (waiting on the origin, or with a fatter
+        // uplink) shorten warm-ups; a busy one is left to first copies.
         peer_sets.retain(|(m, _)| {
-            Some(&m.node_id) != shield_id.as_ref() || shield_may_relay(m, own_cap)
+            Some(&m.node_id) != shield_id.as_ref() || m.spare_fraction() > SHIELD_RELAY_SPARE_MIN
         });
         loop {
             if runs.len() >= WARM_RUNS_MAX {
@@ -156,6 +178,11 @@ pub async fn warm(
             let (first, n, preferred, peer) = match step {
                 Step::Done => {
                     report.seconds = started.elapsed().as_secs_f64();
+                    let holders = counter(&stats.peer_bytes_received_from_holders) - holders_before;
+                    let peers = counter(&stats.peer_bytes_received) - peers_before;
+                    let origin = counter(&stats.origin_bytes) - origin_before;
+                    report.bytes_from_peers = holders;
+                    report.bytes_from_shield = peers.saturating_sub(holders) + origin;
                     return Ok(report);
                 }
                 Step::Wait => break,
@@ -214,25 +241,11 @@ pub async fn warm(
                 if let Some(c) = peer_runs.get_mut(node) {
                     *c = c.saturating_sub(1);
                 }
-                report.bytes_from_peers += piece_bytes(first, n);
             }
-            None => {
-                shield_runs = shield_runs.saturating_sub(1);
-                report.bytes_from_shield += piece_bytes(first, n);
-            }
+            None => shield_runs = shield_runs.saturating_sub(1),
         }
         result?;
     }
-}
-
-/// Whether the shield should also relay pieces to us (see the caller).
-fn shield_may_relay(shield: &shoal_mesh::Member, own_cap_bps: u64) -> bool {
-    let fatter = match (shield.egress_cap_bps, own_cap_bps) {
-        (0, _) => true,
-        (_, 0) => false,
-        (theirs, ours) => theirs >= ours.saturating_mul(SHIELD_RELAY_CAP_RATIO_MIN),
-    };
-    fatter && shield.spare_fraction() > SHIELD_RELAY_SPARE_MIN
 }
 
 /// The shield above us (None when we are the shield) and the caches

@@ -263,20 +263,31 @@ impl MeshNode {
         self.dropped_datagrams.load(Ordering::Relaxed)
     }
 
-    /// Says we are draining, gives peers two rounds to stop choosing us,
-    /// then leaves (chitchat has no leave message: peers' failure
-    /// detectors notice).
-    pub async fn leave(&self) {
-        self.draining.store(true, Ordering::Relaxed);
-        let handle = self.handle.lock().await.take();
-        if let Some(handle) = handle {
+    /// Says we are draining and gives peers two gossip rounds to stop
+    /// choosing us. Call while still serving.
+    pub async fn drain(&self) {
+        if self.draining.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let handle = self.handle.lock().await;
+        if let Some(handle) = handle.as_ref() {
             handle
                 .with_chitchat(|c| {
                     c.self_node_state()
                         .set(keys::HEALTH, Health::Draining.as_str())
                 })
                 .await;
-            tokio::time::sleep(self.gossip_interval * 2).await;
+        }
+        drop(handle);
+        tokio::time::sleep(self.gossip_interval * 2).await;
+    }
+
+    /// Drains (if not done yet), then leaves: chitchat has no leave
+    /// message, peers' failure detectors notice.
+    pub async fn leave(&self) {
+        self.drain().await;
+        let handle = self.handle.lock().await.take();
+        if let Some(handle) = handle {
             if let Err(error) = handle.shutdown().await {
                 tracing::warn!(%error, "gossip shutdown");
             }

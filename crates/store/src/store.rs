@@ -271,6 +271,25 @@ impl Store {
             .collect()
     }
 
+    /// The indices of the pieces of `object` held in memory or on disk
+    /// (what a sibling may ask for), sorted.
+    pub fn held_pieces(&self, object: &ObjectId) -> Vec<PieceIndex> {
+        let mut held = self.pieces_of(object);
+        {
+            let memory = lock(&self.memory);
+            held.extend(
+                memory
+                    .pieces
+                    .keys()
+                    .filter(|k| k.object == *object)
+                    .map(|k| k.index),
+            );
+        }
+        held.sort_unstable();
+        held.dedup();
+        held
+    }
+
     /// Objects with pieces on disk, most bytes first, at most `max`.
     pub fn objects_by_bytes(&self, max: usize) -> Vec<(ObjectId, u64)> {
         let mut totals: Vec<(ObjectId, u64)> = Vec::new();
