@@ -112,6 +112,19 @@ pub async fn warm(
             .map(|m| m.self_id().to_string())
             .unwrap_or_default();
         let warmer_names: Vec<&str> = warmers.iter().map(String::as_str).collect();
+        // The shield gets every piece anyway while it serves the others'
+        // blocks, so when others warm with it, it pulls on its own with one
+        // run only: more would compete with them for the origin's uplink;
+        // one keeps a fast origin busy when they are slow to ask.
+        let shield_with_partners = shield_id.is_none() && warmers.len() > 1;
+        let limits = if shield_with_partners {
+            SwarmLimits {
+                shield_runs_max: 1,
+                ..LIMITS
+            }
+        } else {
+            LIMITS
+        };
         let assigned = |i: u32| {
             shield_id.is_none()
                 || swarm::assigned_to(i, LIMITS.run_pieces_max, &warmer_names, &self_id)
@@ -173,7 +186,7 @@ pub async fn warm(
                 shield_runs,
                 impatient,
                 start,
-                LIMITS,
+                limits,
             );
             let (first, n, preferred, peer) = match step {
                 Step::Done => {
