@@ -29,6 +29,9 @@ pub struct PeerPieces<'a> {
     pub pieces: &'a PieceSet,
     /// Runs we have in flight from it.
     pub runs_in_flight: u32,
+    /// Its uplink relative to the thinnest peer's (≥ 1): a peer twice as
+    /// fat may carry twice the runs.
+    pub capacity_weight: u32,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -85,10 +88,18 @@ pub fn next_step(
         }
         any_needed = true;
         let piece = PieceIndex(index);
+        // Least loaded for its uplink: runs / weight, compared exactly.
         let best_peer = peers
             .iter()
-            .filter(|p| p.runs_in_flight < limits.runs_per_peer_max && p.pieces.contains(piece))
-            .min_by_key(|p| p.runs_in_flight);
+            .filter(|p| {
+                p.runs_in_flight < limits.runs_per_peer_max * p.capacity_weight.max(1)
+                    && p.pieces.contains(piece)
+            })
+            .min_by(|a, b| {
+                let left = u64::from(a.runs_in_flight) * u64::from(b.capacity_weight.max(1));
+                let right = u64::from(b.runs_in_flight) * u64::from(a.capacity_weight.max(1));
+                left.cmp(&right)
+            });
         if let Some(peer) = best_peer {
             let mut count = 1;
             while count < run_max
@@ -189,11 +200,13 @@ mod tests {
                 node_id: "a",
                 pieces: &a,
                 runs_in_flight: 1,
+                capacity_weight: 1,
             },
             PeerPieces {
                 node_id: "b",
                 pieces: &b,
                 runs_in_flight: 0,
+                capacity_weight: 1,
             },
         ];
         let step = next_step(10, &|i| i >= 3, &|_| true, 0, &peers, 0, false, 0, LIMITS);
@@ -214,6 +227,7 @@ mod tests {
             node_id: "a",
             pieces: &a,
             runs_in_flight: 2, // saturated
+            capacity_weight: 1,
         }];
         let all = |_| true;
         // Start at 4: piece 4 nobody holds; 5 and 6 a holds (saturated).
@@ -260,6 +274,31 @@ mod tests {
             next_step(10, &none, &all, 0, &peers, 0, false, 0, LIMITS),
             Step::Done
         );
+    }
+
+    #[test]
+    fn a_fatter_peer_carries_more_runs() {
+        let all = set(10, 0..10);
+        let peers = [
+            PeerPieces {
+                node_id: "thin",
+                pieces: &all,
+                runs_in_flight: 1,
+                capacity_weight: 1,
+            },
+            PeerPieces {
+                node_id: "fat",
+                pieces: &all,
+                runs_in_flight: 3,
+                capacity_weight: 4,
+            },
+        ];
+        // 3/4 < 1/1: the fat one is less loaded for its uplink.
+        let every = |_| true;
+        match next_step(10, &every, &every, 0, &peers, 0, false, 0, LIMITS) {
+            Step::FromPeer { node_id, .. } => assert_eq!(node_id, "fat"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -314,6 +353,7 @@ mod tests {
                             runs_in_flight: u32::from(
                                 served.get(&p).copied().unwrap_or(0) >= upload,
                             ),
+                            capacity_weight: 1,
                         })
                         .collect();
                     let needed = |i: u32| !held[c].contains(&i) && !taken.contains(&i);

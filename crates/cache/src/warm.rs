@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 
 /// Runs in flight at once for one warm-up.
 const WARM_RUNS_MAX: usize = 8;
+/// Most runs a fat peer carries relative to the thinnest.
+const CAPACITY_WEIGHT_MAX: u32 = 8;
 /// How stale a peer's piece set may be when planning.
 const PIECE_SET_MAX_AGE_MS: u64 = 200;
 /// Without progress for this long, pieces assigned to others are fetched
@@ -164,6 +166,12 @@ pub async fn warm(
         peer_sets.retain(|(m, _)| {
             Some(&m.node_id) != shield_id.as_ref() || m.spare_fraction() > SHIELD_RELAY_SPARE_MIN
         });
+        let thinnest_cap = peer_sets
+            .iter()
+            .map(|(m, _)| m.egress_cap_bps)
+            .filter(|c| *c > 0)
+            .min()
+            .unwrap_or(0);
         loop {
             if runs.len() >= WARM_RUNS_MAX {
                 break;
@@ -174,6 +182,7 @@ pub async fn warm(
                     node_id: &member.node_id,
                     pieces: set.as_deref().unwrap_or(&empty),
                     runs_in_flight: peer_runs.get(&member.node_id).copied().unwrap_or(0),
+                    capacity_weight: capacity_weight(member.egress_cap_bps, thinnest_cap),
                 })
                 .collect();
             let needed = |i: u32| !in_flight.contains(&i) && !done.contains(&i) && !held(i);
@@ -259,6 +268,15 @@ pub async fn warm(
         }
         result?;
     }
+}
+
+/// A peer's uplink relative to the thinnest followed peer's, 1..=8 (an
+/// uncapped peer counts as the fattest).
+fn capacity_weight(cap_bps: u64, thinnest_bps: u64) -> u32 {
+    if cap_bps == 0 || thinnest_bps == 0 {
+        return if cap_bps == 0 { CAPACITY_WEIGHT_MAX } else { 1 };
+    }
+    (cap_bps / thinnest_bps).clamp(1, CAPACITY_WEIGHT_MAX as u64) as u32
 }
 
 /// The shield above us (None when we are the shield) and the caches
