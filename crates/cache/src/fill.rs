@@ -89,6 +89,8 @@ pub struct Filler {
     peer_load: Mutex<HashMap<String, u32>>,
 }
 
+/// Round-trip times within this many milliseconds count as equal.
+const RTT_BUCKET_MS: f64 = 2.0;
 /// Siblings asked for their piece set per run, at most.
 const HOLDERS_ASKED_MAX: usize = 3;
 /// Longest run fetched from one sibling that holds it (shorter than origin
@@ -432,8 +434,24 @@ impl Filler {
         if hash_known(first) {
             let mut holders: Vec<&Member> =
                 view.holders(&entry.id).into_iter().filter(usable).collect();
-            // Spread concurrent runs: least busy (from our side) first.
-            holders.sort_by_key(|m| self.peer_load(&m.node_id));
+            // Least busy from our side first (spreads a large read over
+            // several siblings), then same region, then nearest by measured
+            // round-trip time, then most spare egress, then cheapest.
+            let own_region = view.member(&view.self_id).map(|m| m.region.as_str());
+            let rtt_bucket = |m: &Member| {
+                mesh.rtt_ms(&m.node_id)
+                    .map(|ms| (ms / RTT_BUCKET_MS) as u64)
+                    .unwrap_or(0)
+            };
+            holders.sort_by(|a, b| {
+                let near = |m: &Member| Some(m.region.as_str()) == own_region;
+                self.peer_load(&a.node_id)
+                    .cmp(&self.peer_load(&b.node_id))
+                    .then(near(b).cmp(&near(a)))
+                    .then(rtt_bucket(a).cmp(&rtt_bucket(b)))
+                    .then(b.spare_fraction().total_cmp(&a.spare_fraction()))
+                    .then(a.cost_per_gb_microusd.cmp(&b.cost_per_gb_microusd))
+            });
             for member in holders.into_iter().take(HOLDERS_ASKED_MAX) {
                 let Some(set) = mesh.piece_set(member, &entry.id).await else {
                     continue;

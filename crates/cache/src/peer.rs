@@ -49,6 +49,10 @@ pub const PIECE_SET_BYTES_MAX: u64 = 1 << 17;
 const PIECE_SET_TTL_MS: u64 = 1_000;
 /// Piece-set cache entries kept (oldest dropped beyond).
 const PIECE_SET_CACHE_ENTRIES_MAX: usize = 4_096;
+/// Weight of a new round-trip sample in the average.
+const RTT_EWMA_WEIGHT: f64 = 0.3;
+/// Peers whose round-trip time is remembered (all of them, in any sane mesh).
+const RTT_ENTRIES_MAX: usize = 4096;
 /// How long a peer that failed to answer is skipped (gossip usually
 /// declares a dead one within this).
 const SUSPECT_MS: u64 = 10_000;
@@ -162,6 +166,9 @@ pub struct MeshLink {
     stats: Arc<CacheStats>,
     piece_sets: Mutex<PieceSetCache>,
     peers: Mutex<HashMap<String, PeerRecord>>,
+    /// Round-trip time to each peer (EWMA of piece-set request latency,
+    /// small requests that never wait on an origin), milliseconds.
+    rtt_ms: Mutex<HashMap<String, f64>>,
 }
 
 fn now_unix_s() -> u64 {
@@ -192,6 +199,7 @@ impl MeshLink {
             stats,
             piece_sets: Mutex::default(),
             peers: Mutex::default(),
+            rtt_ms: Mutex::default(),
         })
     }
 
@@ -269,6 +277,21 @@ impl MeshLink {
             return true;
         }
         false
+    }
+
+    fn record_rtt(&self, node_id: &str, elapsed: Duration) {
+        let sample = elapsed.as_secs_f64() * 1000.0;
+        let mut rtts = lock(&self.rtt_ms);
+        if rtts.len() >= RTT_ENTRIES_MAX && !rtts.contains_key(node_id) {
+            rtts.clear();
+        }
+        let rtt = rtts.entry(node_id.to_string()).or_insert(sample);
+        *rtt += RTT_EWMA_WEIGHT * (sample - *rtt);
+    }
+
+    /// Measured round-trip time to a peer, if any request went there yet.
+    pub fn rtt_ms(&self, node_id: &str) -> Option<f64> {
+        lock(&self.rtt_ms).get(node_id).copied()
     }
 
     /// Peers currently quarantined.
@@ -446,10 +469,12 @@ impl MeshLink {
 
     async fn fetch_piece_set(&self, member: &Member, object: &ObjectId) -> Option<Arc<PieceSet>> {
         let path = format!("{PEER_PIECES_PREFIX}{}", object.to_hex());
+        let sent = Instant::now();
         let response = self
             .send(member, self.signed(member, &path).ok()?)
             .await
             .ok()?;
+        self.record_rtt(&member.node_id, sent.elapsed());
         if response.status() != StatusCode::OK {
             return None;
         }
@@ -542,6 +567,8 @@ pub struct MemberReport {
     pub egress_bps: u64,
     pub cost_per_gb_microusd: u64,
     pub has_summary: bool,
+    /// Measured from this cache; absent until a request went there.
+    pub rtt_ms: Option<f64>,
 }
 
 impl MeshReport {
@@ -566,6 +593,7 @@ impl MeshReport {
                     egress_bps: m.egress_bps,
                     cost_per_gb_microusd: m.cost_per_gb_microusd,
                     has_summary: m.summary.is_some(),
+                    rtt_ms: link.rtt_ms(&m.node_id),
                 })
                 .collect(),
             malformed_members: view.malformed_members,
