@@ -131,6 +131,27 @@ fn usable(c: &Candidate) -> bool {
         && c.held_fraction.is_finite()
 }
 
+/// The largest share one source may carry (Mbit/s), and whether that cap
+/// lets the plan survive losing any one source. With `min_sources ≥ 2`:
+/// at most target − bitrate (the rest still carry the bitrate) and at most
+/// target / min_sources. The first needs target / (target − bitrate)
+/// sources; when that is more than [`SOURCES_MAX`] (headroom too close to
+/// 1), only the second applies.
+pub fn share_cap_mbps(request: &Request) -> (f64, bool) {
+    let target = request.bitrate_mbps * request.headroom;
+    let min_sources = request.min_sources.max(1);
+    if min_sources < 2 {
+        return (target, false);
+    }
+    let even = target / f64::from(min_sources);
+    let one_loss = target - request.bitrate_mbps;
+    if one_loss > 0.0 && target / one_loss <= f64::from(SOURCES_MAX) + 1e-9 {
+        (one_loss.min(even), true)
+    } else {
+        (even, false)
+    }
+}
+
 /// Chooses the sources for `request` among `candidates`.
 pub fn plan(request: &Request, candidates: &[Candidate]) -> Result<Plan, SelectError> {
     let bitrate = request.bitrate_mbps;
@@ -181,26 +202,14 @@ pub fn plan(request: &Request, candidates: &[Candidate]) -> Result<Plan, SelectE
     });
     let ordered = affinity_order(ranked, request.affinity_band);
 
-    // Per-source cap: at most target − bitrate (lose any one source, the
-    // rest still carry the bitrate) and at most target / min_sources. The
-    // first needs target / (target − bitrate) sources: when that is more
-    // than SOURCES_MAX (headroom too close to 1), only the second applies.
     let min_sources = request.min_sources.max(1);
-    let cap = if min_sources >= 2 {
-        let even = target / f64::from(min_sources);
-        let one_loss = target - bitrate;
-        if one_loss > 0.0 && target / one_loss <= f64::from(SOURCES_MAX) + 1e-9 {
-            one_loss.min(even)
-        } else {
-            notes.push(format!(
-                "headroom {:.2} is too small to survive losing a source with at most {SOURCES_MAX} sources; shares capped at target/{min_sources}",
-                request.headroom
-            ));
-            even
-        }
-    } else {
-        target
-    };
+    let (cap, one_loss_possible) = share_cap_mbps(request);
+    if min_sources >= 2 && !one_loss_possible {
+        notes.push(format!(
+            "headroom {:.2} is too small to survive losing a source with at most {SOURCES_MAX} sources; shares capped at target/{min_sources}",
+            request.headroom
+        ));
+    }
 
     let mut shares: Vec<(usize, f64)> = Vec::new();
     let mut planned = 0.0;
