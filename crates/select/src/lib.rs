@@ -23,6 +23,8 @@
 //! When the target cannot be met, the plan uses what there is and reports
 //! the shortfall. See docs/selector-design.md.
 
+pub mod zones;
+
 use shoal_core::{rendezvous, ObjectId};
 
 /// One cache that could serve the request.
