@@ -97,6 +97,10 @@ struct Outcome {
     gb: f64,
     met: usize,
     hit_gb: f64,
+    egress_usd: f64,
+    distance_usd: f64,
+    fill_usd: f64,
+    sources: usize,
 }
 
 fn run(policy: Policy) -> Outcome {
@@ -127,6 +131,10 @@ fn run(policy: Policy) -> Outcome {
         gb: 0.0,
         met: 0,
         hit_gb: 0.0,
+        egress_usd: 0.0,
+        distance_usd: 0.0,
+        fill_usd: 0.0,
+        sources: 0,
     };
     for _ in 0..SESSIONS {
         now += -rng.unit().max(1e-12).ln() / rate_per_s;
@@ -217,6 +225,11 @@ fn run(policy: Policy) -> Outcome {
             let part = delivered_gb * mbps / planned;
             let c = candidate(&caches[*i]);
             out.cost_usd += part * unit_cost_usd_per_gb(&c, &request);
+            out.egress_usd += part * c.egress_usd_per_gb;
+            out.distance_usd +=
+                part * (c.transit_usd_per_gb + request.latency_usd_per_gb_per_ms * c.rtt_ms);
+            out.fill_usd += part * (1.0 - c.held_fraction) * c.fill_usd_per_gb;
+            out.sources += 1;
             out.gb += part;
             if c.held_fraction >= 1.0 {
                 out.hit_gb += part;
@@ -247,8 +260,8 @@ fn blake3_like(object: usize) -> &'static [u8; 32] {
 fn main() {
     println!("selection policies, {SESSIONS} sessions at {BITRATE} Mbit/s x{HEADROOM} over {} caches, load ~70 %", REGIONS * CACHES_PER_REGION);
     println!(
-        "{:<10} {:>12} {:>14} {:>15}",
-        "policy", "$ per GB", "bitrate met", "byte hit ratio"
+        "{:<10} {:>9} {:>12} {:>14} {:>7} {:>7} {:>7} {:>8}",
+        "policy", "$ per GB", "bitrate met", "byte hit ratio", "egress", "dist.", "fill", "sources"
     );
     let mut shoal_cost = 0.0;
     for (name, policy) in [
@@ -262,10 +275,15 @@ fn main() {
         if policy == Policy::Shoal {
             shoal_cost = cost;
         }
+        let per_gb = |usd: f64| usd / o.gb.max(1e-9);
         println!(
-            "{name:<10} {cost:>12.5} {:>13.2}% {:>15.3}   (cost {:.2}x shoal's)",
+            "{name:<10} {cost:>9.5} {:>11.2}% {:>14.3} {:>7.4} {:>7.4} {:>7.4} {:>8.2}   (cost {:.2}x shoal's)",
             100.0 * o.met as f64 / SESSIONS as f64,
             o.hit_gb / o.gb.max(1e-9),
+            per_gb(o.egress_usd),
+            per_gb(o.distance_usd),
+            per_gb(o.fill_usd),
+            o.sources as f64 / SESSIONS as f64,
             cost / shoal_cost.max(1e-12)
         );
     }
