@@ -209,7 +209,7 @@ impl CacheConfig {
         if mesh.gossip.is_some() {
             if mesh.cluster_secret.len() < shoal_core::auth::CLUSTER_SECRET_LEN_MIN_BYTES {
                 return Err(CacheError::Config(format!(
-                    "a mesh needs a cluster secret of at least {} bytes (--cluster-secret)",
+                    "a mesh needs a cluster secret of at least {} bytes (--cluster-secret, mesh.cluster_secret or SHOAL_CACHE_MESH__CLUSTER_SECRET)",
                     shoal_core::auth::CLUSTER_SECRET_LEN_MIN_BYTES
                 )));
             }
