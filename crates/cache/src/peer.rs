@@ -333,6 +333,14 @@ impl MeshLink {
             .header(AUTH_HEADER, token))
     }
 
+    /// A shield may wait on the origin before it answers.
+    fn read_timeout_ms(&self, mode: PeerMode) -> u64 {
+        match mode {
+            PeerMode::Have => self.settings.read_timeout_ms,
+            PeerMode::Fill => self.settings.shield_read_timeout_ms,
+        }
+    }
+
     async fn send(
         &self,
         member: &Member,
@@ -409,10 +417,7 @@ impl MeshLink {
         let request = self
             .signed(member, &path_and_query)?
             .header(MODE_HEADER, mode.as_str());
-        let timeout_ms = match mode {
-            PeerMode::Have => self.settings.read_timeout_ms,
-            PeerMode::Fill => self.settings.shield_read_timeout_ms,
-        };
+        let timeout_ms = self.read_timeout_ms(mode);
         let response = self.send_within(member, request, timeout_ms).await?;
         let status = response.status();
         if status != StatusCode::OK {
@@ -514,10 +519,7 @@ impl MeshLink {
                 format!("bytes={}-{}", span.start(), last),
             )
             .header(MODE_HEADER, mode.as_str());
-        let timeout_ms = match mode {
-            PeerMode::Have => self.settings.read_timeout_ms,
-            PeerMode::Fill => self.settings.shield_read_timeout_ms,
-        };
+        let timeout_ms = self.read_timeout_ms(mode);
         let response = self.send_within(member, request, timeout_ms).await?;
         let status = response.status();
         if status != StatusCode::PARTIAL_CONTENT && status != StatusCode::OK {

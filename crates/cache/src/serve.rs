@@ -377,15 +377,9 @@ impl CacheService {
                         }
                     }
                 };
-                let Some(piece_span) = entry.layout.piece_span(PieceIndex(index)) else {
-                    return;
-                };
-                let Some(wanted) = piece_span.intersect(&span) else {
+                let Some(bytes) = part_in_span(&entry, &piece, span) else {
                     continue;
                 };
-                let from = (wanted.start() - piece_span.start()) as usize;
-                let to = (wanted.end() - piece_span.start()) as usize;
-                let bytes = piece.data().slice(from..to);
                 let len = bytes.len() as u64;
                 if sender.send(Ok(bytes)).await.is_err() {
                     return;
@@ -623,15 +617,9 @@ impl CacheService {
                         return;
                     }
                 };
-                let Some(piece_span) = entry.layout.piece_span(PieceIndex(index)) else {
-                    return;
-                };
-                let Some(wanted) = piece_span.intersect(&span) else {
+                let Some(bytes) = part_in_span(&entry, &piece, span) else {
                     continue;
                 };
-                let from = (wanted.start() - piece_span.start()) as usize;
-                let to = (wanted.end() - piece_span.start()) as usize;
-                let bytes = piece.data().slice(from..to);
                 let len = bytes.len() as u64;
                 if sender.send(Ok(bytes)).await.is_err() {
                     return;
@@ -778,6 +766,15 @@ impl CacheService {
             _ => text_response(StatusCode::NOT_FOUND, "unknown internal endpoint\n"),
         }
     }
+}
+
+/// The bytes of `piece` that fall in `span` (None if none do).
+fn part_in_span(entry: &ObjectEntry, piece: &VerifiedPiece, span: ByteSpan) -> Option<Bytes> {
+    let piece_span = entry.layout.piece_span(piece.index())?;
+    let wanted = piece_span.intersect(&span)?;
+    let from = (wanted.start() - piece_span.start()) as usize;
+    let to = (wanted.end() - piece_span.start()) as usize;
+    Some(piece.data().slice(from..to))
 }
 
 fn data_segments(span: Option<ByteSpan>) -> Vec<Segment> {
