@@ -467,3 +467,18 @@ pub fn shield_of(path: &str, names: &[&str]) -> String {
         .unwrap()
         .to_string()
 }
+
+/// A counter once it has stopped moving (same value 500 ms apart), for
+/// assertions that must not race background work the test started.
+pub fn stable_stat(cache_url: &str, name: &str) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = stat(cache_url, name);
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = stat(cache_url, name);
+        if now == last || Instant::now() > deadline {
+            return now;
+        }
+        last = now;
+    }
+}
