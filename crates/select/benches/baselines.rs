@@ -16,6 +16,8 @@
 //! carries the committed bitrate, and byte hit ratio (bytes from caches
 //! that already held the object).
 
+mod common;
+
 use shoal_core::{rendezvous, ObjectId};
 use shoal_select::{plan, unit_cost_usd_per_gb, Candidate, Request};
 use std::collections::VecDeque;
@@ -31,21 +33,7 @@ const HEADROOM: f64 = 1.25;
 const SESSIONS: usize = 40_000;
 const FILL_USD_PER_GB: f64 = 0.02;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
+use common::Rng;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Policy {

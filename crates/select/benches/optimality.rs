@@ -9,29 +9,14 @@
 //! spare capacity. Then `plan()` is timed at 1,000 caches, side by side
 //! with one LP solve.
 
+mod common;
+
 use good_lp::{constraint, microlp, variable, Expression, ProblemVariables, Solution, SolverModel};
 use shoal_core::ObjectId;
 use shoal_select::{plan, share_cap_mbps, unit_cost_usd_per_gb, Candidate, Request};
 use std::time::Instant;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn range(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * self.unit()
-    }
-}
+use common::Rng;
 
 fn instance(rng: &mut Rng, n: usize) -> (Request, Vec<Candidate>) {
     let candidates: Vec<Candidate> = (0..n)
