@@ -381,6 +381,7 @@ async fn join_mesh(
     let local = Arc::new(local_state::CacheLocalState::new(store, stats.clone()));
     let node = shoal_mesh::MeshNode::start(
         shoal_mesh::MeshConfig {
+            role: shoal_mesh::MeshRole::Cache,
             node_id: node_id.clone(),
             gossip_listen: gossip,
             gossip_advertise: settings.gossip_advertise,

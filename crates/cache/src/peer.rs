@@ -38,11 +38,17 @@ pub const PEER_PREFIX: &str = "/_shoal/peer/";
 pub const PEER_OBJECT_PREFIX: &str = "/_shoal/peer/object/";
 pub const PEER_PIECES_PREFIX: &str = "/_shoal/peer/pieces/";
 pub const PEER_DATA_PREFIX: &str = "/_shoal/peer/data/";
-/// Request header: `have` or `fill`.
+/// Request header: `have` or `fill` (or, for object metadata only,
+/// [`RECORD_MODE`]).
 pub const MODE_HEADER: &str = "x-shoal-mode";
+/// `x-shoal-mode` of a selector asking a shield what a path is: resolved
+/// as in `fill` mode, answered without the manifest or piece hashes.
+pub const RECORD_MODE: &str = "record";
 /// Largest object-metadata answer accepted: compact JSON is ~67 bytes per
 /// piece hash, so this covers 1 TiB objects in 4 MiB pieces (262,144).
 pub const PEER_OBJECT_BYTES_MAX: u64 = 24 << 20;
+/// Largest record-only answer accepted (a record is a few hundred bytes).
+pub const PEER_RECORD_BYTES_MAX: u64 = 64 << 10;
 /// Largest piece-set answer accepted.
 pub const PIECE_SET_BYTES_MAX: u64 = 1 << 17;
 /// How long a peer's piece set is reused before asking again.
@@ -432,6 +438,41 @@ impl MeshLink {
         serde_json::from_slice(&bytes).map_err(|e| {
             PeerError::Protocol(member.node_id.clone(), format!("object metadata: {e}"))
         })
+    }
+
+    /// Asks `member`, as the shield of `uri_path`, for the object's record
+    /// only (a selector's question: its id and size, not its hashes).
+    /// `None`: the origin forbids storing it (caches pass it through).
+    pub async fn object_record(
+        &self,
+        member: &Member,
+        uri_path: &str,
+    ) -> Result<Option<ObjectRecord>, PeerError> {
+        let path_and_query = format!("{}{}", PEER_OBJECT_PREFIX.trim_end_matches('/'), uri_path);
+        let request = self
+            .signed(member, &path_and_query)?
+            .header(MODE_HEADER, RECORD_MODE);
+        let response = self
+            .send_within(member, request, self.settings.shield_read_timeout_ms)
+            .await?;
+        let status = response.status();
+        if status != StatusCode::OK {
+            if status.is_server_error() {
+                self.suspect(&member.node_id);
+            }
+            return Err(PeerError::Status(member.node_id.clone(), status));
+        }
+        let bytes = self
+            .small_body(member, response, PEER_RECORD_BYTES_MAX)
+            .await?;
+        match serde_json::from_slice(&bytes) {
+            Ok(PeerObject::Cached { record, .. }) => Ok(Some(record)),
+            Ok(PeerObject::PassThrough) => Ok(None),
+            Err(e) => Err(PeerError::Protocol(
+                member.node_id.clone(),
+                format!("object record: {e}"),
+            )),
+        }
     }
 
     /// Which pieces of `object` `member` holds (cached for a second;

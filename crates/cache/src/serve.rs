@@ -12,7 +12,7 @@ use crate::fill::{FillError, Filler};
 use crate::object::ObjectEntry;
 use crate::origin_client::OriginClient;
 use crate::peer::{
-    MeshLink, PeerMode, MODE_HEADER, PEER_DATA_PREFIX, PEER_OBJECT_PREFIX, PEER_PIECES_PREFIX,
+    MeshLink, PeerMode, PeerObject, MODE_HEADER, RECORD_MODE, PEER_DATA_PREFIX, PEER_OBJECT_PREFIX, PEER_PIECES_PREFIX,
     PEER_PREFIX,
 };
 use crate::resolve::{Resolved, Resolver};
@@ -241,12 +241,19 @@ impl CacheService {
             };
             // `have`: only what is known here (a sibling after our hashes);
             // otherwise we act as the path's shield.
-            let local_only = request
-                .headers()
-                .get(MODE_HEADER)
-                .and_then(|v| PeerMode::parse(v.as_bytes()))
-                == Some(PeerMode::Have);
+            // `record` (a selector): as shield, but only the record, not
+            // the piece hashes.
+            let mode = request.headers().get(MODE_HEADER).map(|v| v.as_bytes());
+            let local_only = mode.and_then(PeerMode::parse) == Some(PeerMode::Have);
+            let record_only = mode == Some(RECORD_MODE.as_bytes());
             return match self.resolver.describe_for_peer(&path, local_only).await {
+                Ok(PeerObject::Cached { record, .. }) if record_only => {
+                    compact_json_response(&PeerObject::Cached {
+                        record,
+                        manifest_b64: None,
+                        hashes_hex: Vec::new(),
+                    })
+                }
                 Ok(answer) => compact_json_response(&answer),
                 Err(error) => text_response(error.client_status(), &format!("{error}\n")),
             };

@@ -17,6 +17,6 @@ pub mod summary;
 pub mod transport;
 pub mod view;
 
-pub use node::{LocalState, MeshConfig, MeshError, MeshNode};
+pub use node::{LocalState, MeshConfig, MeshError, MeshNode, MeshRole, ObserverState};
 pub use summary::ObjectSummary;
 pub use view::{shield_key, Health, Member, MeshView};

@@ -5,7 +5,7 @@
 
 use crate::summary::{ObjectSummary, SUMMARY_OBJECTS_MAX};
 use crate::transport::{gossip_key, MacTransport};
-use crate::view::{keys, Health, Member, MeshView, SCHEMA_VERSION};
+use crate::view::{keys, Health, Member, MeshView, ROLE_CACHE, ROLE_SELECTOR, SCHEMA_VERSION};
 use chitchat::{
     spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig,
     ProtocolVersion,
@@ -25,8 +25,19 @@ const SUMMARY_INTERVAL_MS: u64 = 2_000;
 /// How often load and health are published.
 const STATE_INTERVAL_MS: u64 = 1_000;
 
+/// What a node is in the mesh.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MeshRole {
+    /// A cache: serves, holds objects, may be chosen.
+    Cache,
+    /// A control-plane observer (`shoal selector`): listens to the gossip
+    /// and publishes only who it is; never a shield, holder or source.
+    Selector,
+}
+
 #[derive(Clone, Debug)]
 pub struct MeshConfig {
+    pub role: MeshRole,
     /// Unique, stable name of this cache (A-Z a-z 0-9 - _, ≤ 64).
     pub node_id: String,
     /// UDP address gossip binds.
@@ -65,7 +76,9 @@ impl MeshConfig {
                 shoal_core::auth::CLUSTER_SECRET_LEN_MIN_BYTES
             ));
         }
-        if self.region.is_empty() || self.region.len() > crate::view::REGION_LEN_MAX_BYTES {
+        if self.role == MeshRole::Cache
+            && (self.region.is_empty() || self.region.len() > crate::view::REGION_LEN_MAX_BYTES)
+        {
             return bad("region must be 1-64 characters".into());
         }
         if self.gossip_listen.ip().is_unspecified() && self.gossip_advertise.is_none() {
@@ -110,6 +123,21 @@ pub trait LocalState: Send + Sync + 'static {
     /// Ids of objects held, most bytes first, at most `max`.
     fn held_objects(&self, max: usize) -> Vec<ObjectId>;
     fn health(&self) -> Health;
+}
+
+/// The [`LocalState`] of an observer: it holds nothing and sends nothing.
+pub struct ObserverState;
+
+impl LocalState for ObserverState {
+    fn egress_bps(&self) -> u64 {
+        0
+    }
+    fn held_objects(&self, _max: usize) -> Vec<ObjectId> {
+        Vec::new()
+    }
+    fn health(&self) -> Health {
+        Health::Ok
+    }
 }
 
 pub struct MeshNode {
@@ -166,12 +194,19 @@ impl MeshNode {
             })),
             protocol_version: ProtocolVersion::V0,
         };
-        let initial = vec![
+        let observer = config.role == MeshRole::Selector;
+        let mut initial = vec![
             (keys::VERSION.to_string(), SCHEMA_VERSION.to_string()),
+            (
+                keys::ROLE.to_string(),
+                if observer { ROLE_SELECTOR } else { ROLE_CACHE }.to_string(),
+            ),
             (
                 keys::HTTP.to_string(),
                 format!("http://{}", config.http_advertise),
             ),
+        ];
+        let cache_keys = [
             (keys::REGION.to_string(), config.region.clone()),
             (
                 keys::EGRESS_CAP_BPS.to_string(),
@@ -184,6 +219,9 @@ impl MeshNode {
             ),
             (keys::HEALTH.to_string(), Health::Ok.as_str().to_string()),
         ];
+        if !observer {
+            initial.extend(cache_keys);
+        }
         let transport = MacTransport::new(gossip_key(&config.cluster_secret), Some(socket));
         let dropped_datagrams = transport.dropped_counter();
         let handle = spawn_chitchat(chitchat_config, initial, &transport)
@@ -200,19 +238,23 @@ impl MeshNode {
             health: Health::Ok,
             summary: None,
         };
+        let own_members = if observer { vec![] } else { vec![self_member] };
         let (view_sender, view) = watch::channel(Arc::new(MeshView::new(
             config.node_id.clone(),
-            vec![self_member],
+            own_members,
             0,
         )));
         let chitchat = handle.chitchat();
         let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let publisher = tokio::spawn(publish_state(
-            chitchat.clone(),
-            local,
-            config.egress_cap_bps,
-            draining.clone(),
-        ));
+        let mut tasks = Vec::new();
+        if !observer {
+            tasks.push(tokio::spawn(publish_state(
+                chitchat.clone(),
+                local,
+                config.egress_cap_bps,
+                draining.clone(),
+            )));
+        }
         let watcher = {
             let mut watcher = chitchat.lock().await.live_nodes_watcher();
             let self_id = config.node_id.clone();
@@ -238,7 +280,10 @@ impl MeshNode {
             view,
             gossip_addr: advertise,
             dropped_datagrams,
-            tasks: vec![publisher, watcher],
+            tasks: {
+                tasks.push(watcher);
+                tasks
+            },
             gossip_interval: interval,
             draining,
         }))
@@ -322,7 +367,12 @@ fn build_view(
     }
     let mut members = Vec::with_capacity(newest.len());
     let mut malformed = 0;
+    let mut observers = 0;
     for (node_id, (_, state)) in &newest {
+        if state.get(keys::ROLE) == Some(ROLE_SELECTOR) {
+            observers += 1;
+            continue;
+        }
         let summary = match state.get_versioned(keys::OBJECTS) {
             Some(value) if !value.is_deleted() => {
                 let cached = summaries.get(*node_id).filter(|(v, _)| *v == value.version);
@@ -343,7 +393,9 @@ fn build_view(
         }
     }
     summaries.retain(|id, _| newest.contains_key(id.as_str()));
-    MeshView::new(self_id.to_string(), members, malformed)
+    let mut view = MeshView::new(self_id.to_string(), members, malformed);
+    view.observers = observers;
+    view
 }
 
 /// Publishes load and health every second and the object summary every

@@ -22,7 +22,14 @@ pub mod keys {
     pub const COST_PER_GB_MICROUSD: &str = "cost_per_gb_microusd";
     pub const HEALTH: &str = "health";
     pub const OBJECTS: &str = "objs";
+    /// `cache` (or absent) for a cache; `selector` for a control-plane
+    /// observer, which is never a member of the view.
+    pub const ROLE: &str = "role";
 }
+
+/// Values of [`keys::ROLE`].
+pub const ROLE_CACHE: &str = "cache";
+pub const ROLE_SELECTOR: &str = "selector";
 
 pub const SCHEMA_VERSION: &str = "1";
 /// Longest region name.
@@ -98,6 +105,9 @@ impl Member {
         if get(keys::VERSION)? != SCHEMA_VERSION || !shoal_core::auth::valid_node_name(node_id) {
             return None;
         }
+        if get(keys::ROLE).is_some_and(|role| role != ROLE_CACHE) {
+            return None;
+        }
         let http_addr: SocketAddr = get(keys::HTTP)?.strip_prefix("http://")?.parse().ok()?;
         let region = get(keys::REGION)?;
         if region.is_empty() || region.len() > REGION_LEN_MAX_BYTES {
@@ -134,6 +144,9 @@ pub struct MeshView {
     pub members: Vec<Member>,
     /// Live nodes left out because their state did not parse.
     pub malformed_members: usize,
+    /// Live control-plane observers (selectors): in the gossip, never
+    /// chosen for anything.
+    pub observers: usize,
 }
 
 impl MeshView {
@@ -144,6 +157,7 @@ impl MeshView {
             self_id,
             members,
             malformed_members,
+            observers: 0,
         }
     }
 

@@ -2,7 +2,7 @@
 //! detection, and intruders without the secret.
 
 use shoal_core::ObjectId;
-use shoal_mesh::{Health, LocalState, MeshConfig, MeshNode};
+use shoal_mesh::{Health, LocalState, MeshConfig, MeshNode, MeshRole, ObserverState};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,7 @@ impl LocalState for Fixed {
 
 fn config(name: &str, secret: &str, seeds: Vec<String>) -> MeshConfig {
     MeshConfig {
+        role: shoal_mesh::MeshRole::Cache,
         node_id: name.into(),
         gossip_listen: "127.0.0.1:0".parse().unwrap(),
         gossip_advertise: None,
@@ -72,10 +73,25 @@ async fn members_see_each_other_and_notice_a_dead_one() {
     .await
     .unwrap();
 
+    // A selector: it listens and is seen as an observer, never a member.
+    let mut observer_config = config("sel", SECRET, vec![seed.clone()]);
+    observer_config.role = MeshRole::Selector;
+    observer_config.region = String::new();
+    let observer = MeshNode::start(observer_config, Arc::new(ObserverState))
+        .await
+        .unwrap();
+
     wait_until("full membership", Duration::from_secs(10), || {
-        nodes.iter().all(|n| n.view().members.len() == 4)
+        nodes.iter().all(|n| n.view().members.len() == 4 && n.view().observers == 1)
+            && observer.view().members.len() == 4
     })
     .await;
+    assert!(observer.view().member("sel").is_none());
+    for node in &nodes {
+        let view = node.view();
+        assert!(view.member("sel").is_none(), "an observer is never a member");
+        assert_eq!(view.malformed_members, 0);
+    }
     wait_until("state and summaries", Duration::from_secs(10), || {
         nodes.iter().all(|n| {
             let view = n.view();

@@ -258,6 +258,7 @@ fn start_evil_peer(seed: &str, objects: Vec<shoal_core::ObjectId>, object_size: 
         ));
         shoal_mesh::MeshNode::start(
             shoal_mesh::MeshConfig {
+                role: shoal_mesh::MeshRole::Cache,
                 node_id: "evil".into(),
                 gossip_listen: "127.0.0.1:0".parse().unwrap(),
                 gossip_advertise: None,
