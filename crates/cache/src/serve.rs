@@ -12,8 +12,8 @@ use crate::fill::{FillError, Filler};
 use crate::object::ObjectEntry;
 use crate::origin_client::OriginClient;
 use crate::peer::{
-    MeshLink, PeerMode, PeerObject, MODE_HEADER, RECORD_MODE, PEER_DATA_PREFIX, PEER_OBJECT_PREFIX, PEER_PIECES_PREFIX,
-    PEER_PREFIX,
+    MeshLink, PeerMode, PeerObject, MODE_HEADER, PEER_DATA_PREFIX, PEER_OBJECT_PREFIX,
+    PEER_PIECES_PREFIX, PEER_PREFIX, RECORD_MODE,
 };
 use crate::resolve::{Resolved, Resolver};
 use crate::stats::CacheStats;

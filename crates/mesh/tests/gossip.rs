@@ -82,14 +82,19 @@ async fn members_see_each_other_and_notice_a_dead_one() {
         .unwrap();
 
     wait_until("full membership", Duration::from_secs(10), || {
-        nodes.iter().all(|n| n.view().members.len() == 4 && n.view().observers == 1)
+        nodes
+            .iter()
+            .all(|n| n.view().members.len() == 4 && n.view().observers == 1)
             && observer.view().members.len() == 4
     })
     .await;
     assert!(observer.view().member("sel").is_none());
     for node in &nodes {
         let view = node.view();
-        assert!(view.member("sel").is_none(), "an observer is never a member");
+        assert!(
+            view.member("sel").is_none(),
+            "an observer is never a member"
+        );
         assert_eq!(view.malformed_members, 0);
     }
     wait_until("state and summaries", Duration::from_secs(10), || {

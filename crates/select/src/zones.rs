@@ -32,7 +32,7 @@ pub const ZONE_FILE_BYTES_MAX: usize = 16 << 20;
 pub const CIDRS_MAX: usize = 1_000_000;
 
 /// How far one zone is from one region.
-#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Reach {
     pub rtt_ms: f64,

@@ -1,0 +1,617 @@
+//! The selector's HTTP endpoints.
+//!
+//! - `GET /plan?path=P[&client=IP][&host=H][&exclude=NODE,…]`: the plan as
+//!   JSON (a [`Decision`]): `sources` best first, each with the object's
+//!   full `url` on that cache and its `share`; expected cost per GB,
+//!   predicted bitrate, reasons, and what was left out and why.
+//!   `exclude` (alias `degraded`) is how a client reports sources that
+//!   went bad: the answer is a replacement plan without them.
+//! - `GET /explain?…`: the same decision in sentences.
+//! - `GET|HEAD /<path>`: a plain client is redirected (302) to the best
+//!   cache; the other chosen caches follow as `Link: <url>; rel=duplicate;
+//!   pri=N` (Metalink/HTTP, RFC 6249), which aria2c and other multi-source
+//!   clients use as mirrors.
+//! - `GET /_shoal/health`, `GET /_shoal/mesh`: liveness and the mesh as the
+//!   selector sees it.
+//!
+//! Every parameter is parsed into a typed value first; anything malformed
+//! is a 400 that says which parameter, an unknown service or object a 404.
+
+use crate::config::{ConfigError, SelectorConfig};
+use crate::decide::{decide, explain, Decision, Inputs, ObjectFacts, PlanSettings, EXCLUDE_MAX};
+use crate::lookup::{Directory, Known, LookupError, LookupSettings};
+use crate::services::ServiceTable;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use serde::Serialize;
+use shoal_cache::peer::{MeshLink, PeerSettings};
+use shoal_http::path::RequestPath;
+use shoal_mesh::{shield_key, MeshConfig, MeshNode, MeshRole, ObserverState};
+use shoal_select::zones::{Reach, Zones};
+use shoal_server::{Body, ConnInfo, ServerLimits};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Longest query string accepted.
+pub const QUERY_LEN_MAX_BYTES: usize = 8_192;
+/// Name of the zone every client is in without a coverage-zone file.
+pub const DEFAULT_ZONE: &str = "everywhere";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SelectorError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("coverage-zone file {path}: {error}")]
+    Zones { path: String, error: String },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Mesh(#[from] shoal_mesh::MeshError),
+}
+
+/// Counters shown by `/_shoal/health`.
+#[derive(Default, Debug)]
+pub struct SelectorStats {
+    pub plans: AtomicU64,
+    pub redirects: AtomicU64,
+    pub bad_requests: AtomicU64,
+    pub shortfalls: AtomicU64,
+}
+
+pub struct Selector {
+    services: ServiceTable,
+    zones: Option<Zones>,
+    node: Arc<MeshNode>,
+    directory: Directory,
+    settings: PlanSettings,
+    pub stats: SelectorStats,
+}
+
+/// A selector with its port bound and the gossip joined, ready to serve.
+pub struct BoundSelector {
+    pub local_addr: SocketAddr,
+    pub selector: Arc<Selector>,
+    listener: tokio::net::TcpListener,
+    limits: ServerLimits,
+}
+
+impl BoundSelector {
+    pub async fn bind(config: SelectorConfig) -> Result<Self, SelectorError> {
+        config.validate()?;
+        let zones = match &config.zones_file {
+            None => None,
+            Some(path) => {
+                let shown = path.display().to_string();
+                let text = read_bounded(path).map_err(|error| SelectorError::Zones {
+                    path: shown.clone(),
+                    error,
+                })?;
+                Some(Zones::parse(&text).map_err(|e| SelectorError::Zones {
+                    path: shown,
+                    error: e.to_string(),
+                })?)
+            }
+        };
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| SelectorError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| SelectorError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let mesh = &config.mesh;
+        let node_id = mesh
+            .node_id
+            .clone()
+            .unwrap_or_else(|| format!("selector-{}", local_addr.port()));
+        let key = shoal_core::auth::ClusterKey::from_secret(&mesh.cluster_secret)
+            .map_err(|e| ConfigError(format!("mesh.cluster_secret: {e}")))?;
+        let gossip = mesh
+            .gossip
+            .ok_or_else(|| ConfigError("mesh.gossip is required".into()))?;
+        let node = MeshNode::start(
+            MeshConfig {
+                role: MeshRole::Selector,
+                node_id: node_id.clone(),
+                gossip_listen: gossip,
+                gossip_advertise: mesh.gossip_advertise,
+                seeds: mesh.seeds.clone(),
+                cluster_secret: mesh.cluster_secret.clone(),
+                region: String::new(),
+                http_advertise: mesh.http_advertise.unwrap_or(local_addr),
+                egress_cap_bps: 0,
+                cost_per_gb_microusd: 0,
+                gossip_interval_ms: mesh.gossip_interval_ms,
+                phi_threshold: mesh.phi_threshold,
+            },
+            Arc::new(ObserverState),
+        )
+        .await?;
+        let link = MeshLink::new(
+            node.clone(),
+            key,
+            node_id,
+            PeerSettings {
+                connect_timeout_ms: mesh.peer_connect_timeout_ms,
+                read_timeout_ms: config.piece_probe_timeout_ms.max(1_000),
+                shield_read_timeout_ms: config.lookup_timeout_ms,
+                corrupt_pieces_max: 3,
+                quarantine_ms: 60_000,
+                auth_ttl_max_s: shoal_cache::peer::AUTH_TTL_MIN_S,
+            },
+            Arc::default(),
+        )
+        .map_err(ConfigError)?;
+        let directory = Directory::new(
+            Arc::new(link),
+            LookupSettings {
+                object_ttl_ms: config.object_ttl_ms,
+                missing_ttl_ms: config.missing_ttl_ms,
+                entries_max: config.object_entries_max,
+                piece_probe_timeout_ms: config.piece_probe_timeout_ms,
+            },
+        );
+        let selector = Arc::new(Selector {
+            services: ServiceTable::new(config.effective_services()),
+            zones,
+            node,
+            directory,
+            settings: PlanSettings {
+                latency_usd_per_gb_per_ms: config.latency_usd_per_gb_per_ms,
+                affinity_band: config.affinity_band,
+                uncapped_cache_mbps: config.uncapped_cache_mbps,
+            },
+            stats: SelectorStats::default(),
+        });
+        Ok(Self {
+            local_addr,
+            selector,
+            listener,
+            limits: config.limits,
+        })
+    }
+
+    pub fn gossip_addr(&self) -> SocketAddr {
+        self.selector.node.gossip_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then leaves the gossip.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
+        let selector = self.selector.clone();
+        shoal_server::serve(
+            self.listener,
+            self.limits,
+            move |request, conn| {
+                let selector = selector.clone();
+                async move { selector.handle(request, conn).await }
+            },
+            shutdown,
+        )
+        .await;
+        self.selector.node.leave().await;
+    }
+}
+
+fn read_bounded(path: &std::path::Path) -> Result<String, String> {
+    let metadata = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if metadata.len() > shoal_select::zones::ZONE_FILE_BYTES_MAX as u64 {
+        return Err(format!(
+            "larger than {} bytes",
+            shoal_select::zones::ZONE_FILE_BYTES_MAX
+        ));
+    }
+    std::fs::read_to_string(path).map_err(|e| e.to_string())
+}
+
+/// A request's parameters, parsed.
+struct Ask {
+    path: RequestPath,
+    /// Appended to the cache URLs (`?…`), empty if none.
+    query_suffix: String,
+    host: Option<String>,
+    client: IpAddr,
+    exclude: Vec<String>,
+}
+
+/// A refusal: status and one line for the person who sent it.
+struct Refusal(StatusCode, String);
+
+fn bad(text: impl Into<String>) -> Refusal {
+    Refusal(StatusCode::BAD_REQUEST, text.into())
+}
+
+/// Parses `/plan` and `/explain` parameters.
+fn parse_query(query: &str, conn_client: IpAddr, host: Option<&str>) -> Result<Ask, Refusal> {
+    if query.len() > QUERY_LEN_MAX_BYTES {
+        return Err(bad(format!(
+            "query is longer than {QUERY_LEN_MAX_BYTES} bytes"
+        )));
+    }
+    let mut path = None;
+    let mut client = conn_client;
+    let mut host = host.map(str::to_string);
+    let mut exclude = Vec::new();
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        match &*name {
+            "path" => path = Some(value.into_owned()),
+            "client" => {
+                client = value
+                    .parse()
+                    .map_err(|_| bad(format!("client `{value}` is not an IPv4 or IPv6 address")))?
+            }
+            "host" => host = Some(value.into_owned()),
+            "exclude" | "degraded" => {
+                for node in value.split(',').filter(|n| !n.is_empty()) {
+                    if !shoal_core::auth::valid_node_name(node) {
+                        return Err(bad(format!("{name}: `{node}` is not a cache name")));
+                    }
+                    exclude.push(node.to_string());
+                }
+                if exclude.len() > EXCLUDE_MAX {
+                    return Err(bad(format!("{name}: more than {EXCLUDE_MAX} caches")));
+                }
+            }
+            other => return Err(bad(format!("unknown parameter `{other}`"))),
+        }
+    }
+    let path = path.ok_or_else(|| bad("missing parameter `path` (e.g. ?path=/video/a.mp4)"))?;
+    let (raw_path, raw_query) = match path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path.as_str(), None),
+    };
+    let path = RequestPath::parse(raw_path).map_err(|e| bad(format!("path: {e}")))?;
+    Ok(Ask {
+        path,
+        query_suffix: raw_query.map(|q| format!("?{q}")).unwrap_or_default(),
+        host,
+        client,
+        exclude,
+    })
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(shoal_server::full(Bytes::from(format!("{body}\n"))))
+        .unwrap_or_else(|_| internal_error())
+}
+
+fn json<T: Serialize>(value: &T) -> Response<Body> {
+    let body = serde_json::to_string_pretty(value).unwrap_or_default();
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(shoal_server::full(Bytes::from(body)))
+        .unwrap_or_else(|_| internal_error())
+}
+
+fn internal_error() -> Response<Body> {
+    let mut response = Response::new(shoal_server::empty());
+    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    response
+}
+
+#[derive(Serialize)]
+struct PlanAnswer<'a> {
+    path: &'a str,
+    #[serde(flatten)]
+    decision: &'a Decision,
+}
+
+#[derive(Serialize)]
+struct MeshMember {
+    node: String,
+    url: String,
+    region: String,
+    health: &'static str,
+    spare_mbps: Option<f64>,
+    usd_per_gb: f64,
+}
+
+impl Selector {
+    async fn handle(
+        self: Arc<Self>,
+        request: Request<hyper::body::Incoming>,
+        conn: ConnInfo,
+    ) -> Response<Body> {
+        let method = request.method().clone();
+        if method != Method::GET && method != Method::HEAD {
+            let mut response = text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "the selector answers GET and HEAD only",
+            );
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return response;
+        }
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| request.uri().host())
+            .map(str::to_string);
+        let query = request.uri().query().unwrap_or("");
+        let path = request.uri().path();
+        let response = match path {
+            "/plan" | "/explain" => {
+                match parse_query(query, conn.peer_addr.ip(), host.as_deref()) {
+                    Ok(ask) => match self.decide(&ask).await {
+                        Ok(decision) if path == "/plan" => json(&PlanAnswer {
+                            path: ask.path.as_str(),
+                            decision: &decision,
+                        }),
+                        Ok(decision) => {
+                            text(StatusCode::OK, &explain(&decision, ask.path.as_str()))
+                        }
+                        Err(refusal) => self.refuse(refusal),
+                    },
+                    Err(refusal) => self.refuse(refusal),
+                }
+            }
+            "/_shoal/health" => {
+                let view = self.node.view();
+                text(
+                    StatusCode::OK,
+                    &format!(
+                        "ok: {} cache(s) in view, {} plan(s), {} redirect(s)",
+                        view.members.len(),
+                        self.stats.plans.load(Ordering::Relaxed),
+                        self.stats.redirects.load(Ordering::Relaxed)
+                    ),
+                )
+            }
+            "/_shoal/mesh" => {
+                let view = self.node.view();
+                let members: Vec<MeshMember> = view
+                    .members
+                    .iter()
+                    .map(|m| MeshMember {
+                        node: m.node_id.clone(),
+                        url: m.base_url(),
+                        region: m.region.clone(),
+                        health: m.health.as_str(),
+                        spare_mbps: (m.egress_cap_bps > 0).then(|| {
+                            (m.egress_cap_bps - m.egress_bps.min(m.egress_cap_bps)) as f64 / 1e6
+                        }),
+                        usd_per_gb: m.cost_per_gb_microusd as f64 / 1e6,
+                    })
+                    .collect();
+                json(&serde_json::json!({
+                    "self": view.self_id,
+                    "caches": members,
+                    "observers": view.observers,
+                    "malformed_members": view.malformed_members,
+                }))
+            }
+            p if p.starts_with("/_shoal/") => text(StatusCode::NOT_FOUND, "unknown endpoint"),
+            _ => {
+                self.redirect(path, query, host.as_deref(), conn.peer_addr.ip())
+                    .await
+            }
+        };
+        if method == Method::HEAD {
+            let (parts, _) = response.into_parts();
+            return Response::from_parts(parts, shoal_server::empty());
+        }
+        response
+    }
+
+    fn refuse(&self, Refusal(status, reason): Refusal) -> Response<Body> {
+        if status.is_client_error() {
+            self.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut response = text(status, &reason);
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+        }
+        response
+    }
+
+    async fn redirect(
+        &self,
+        raw_path: &str,
+        query: &str,
+        host: Option<&str>,
+        client: IpAddr,
+    ) -> Response<Body> {
+        let path = match RequestPath::parse(raw_path) {
+            Ok(path) => path,
+            Err(error) => return self.refuse(bad(format!("bad path: {error}"))),
+        };
+        if query.len() > QUERY_LEN_MAX_BYTES {
+            return self.refuse(bad(format!(
+                "query is longer than {QUERY_LEN_MAX_BYTES} bytes"
+            )));
+        }
+        let ask = Ask {
+            path,
+            query_suffix: if query.is_empty() {
+                String::new()
+            } else {
+                format!("?{query}")
+            },
+            host: host.map(str::to_string),
+            client,
+            exclude: Vec::new(),
+        };
+        let decision = match self.decide(&ask).await {
+            Ok(decision) => decision,
+            Err(refusal) => return self.refuse(refusal),
+        };
+        let urls = decision.urls();
+        let Some(first) = urls.first() else {
+            return self.refuse(Refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no cache can serve this now".into(),
+            ));
+        };
+        let mut builder = Response::builder()
+            .status(StatusCode::FOUND)
+            .header(header::LOCATION, *first)
+            .header(header::CACHE_CONTROL, "no-store");
+        for (rank, url) in urls.iter().enumerate().skip(1) {
+            builder = builder.header(
+                header::LINK,
+                format!("<{url}>; rel=duplicate; pri={}", rank + 1),
+            );
+        }
+        self.stats.redirects.fetch_add(1, Ordering::Relaxed);
+        builder
+            .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+            .body(shoal_server::full(Bytes::from(format!("see {first}\n"))))
+            .unwrap_or_else(|_| internal_error())
+    }
+
+    /// The decision for one parsed request.
+    async fn decide(&self, ask: &Ask) -> Result<Decision, Refusal> {
+        let path = ask.path.as_str();
+        let service = self
+            .services
+            .find(ask.host.as_deref(), path)
+            .ok_or_else(|| {
+                Refusal(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "no delivery service for {}{path}",
+                        ask.host.as_deref().unwrap_or("")
+                    ),
+                )
+            })?;
+        let view = self.node.view();
+        let uri_path = ask.path.to_uri_path();
+        let mut lookup_note = None;
+        let (facts, affinity_key, held) = match self.directory.object(&view, path, &uri_path).await
+        {
+            Ok(Known::Object {
+                id,
+                size_bytes,
+                piece_count,
+            }) => {
+                let held = self.directory.held(&view, &id, piece_count).await;
+                let facts = ObjectFacts {
+                    id: Some(id.to_hex()),
+                    size_bytes: Some(size_bytes),
+                    cacheable: true,
+                };
+                (facts, id, held)
+            }
+            Ok(Known::PassThrough) => (
+                ObjectFacts {
+                    cacheable: false,
+                    ..ObjectFacts::default()
+                },
+                shield_key(path),
+                Default::default(),
+            ),
+            Ok(Known::Missing(status)) => {
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::NOT_FOUND);
+                return Err(Refusal(
+                    status,
+                    format!("{path}: the mesh answered {status} for this object"),
+                ));
+            }
+            Err(error @ LookupError::NoCache) | Err(error @ LookupError::Unavailable(_)) => {
+                lookup_note = Some(format!("planned without knowing the object: {error}"));
+                (
+                    ObjectFacts {
+                        cacheable: true,
+                        ..ObjectFacts::default()
+                    },
+                    shield_key(path),
+                    Default::default(),
+                )
+            }
+        };
+        let zone = match &self.zones {
+            Some(zones) => zones.zone_of(ask.client).to_string(),
+            None => DEFAULT_ZONE.to_string(),
+        };
+        let reach = |region: &str| -> Option<Reach> {
+            match &self.zones {
+                Some(zones) => zones.reach(&zone, region),
+                None => Some(Reach::default()),
+            }
+        };
+        let path_and_query = format!("{uri_path}{}", ask.query_suffix);
+        let mut decision = decide(&Inputs {
+            service,
+            uri_path_and_query: &path_and_query,
+            affinity_key,
+            object: &facts,
+            members: &view.members,
+            held: &held,
+            zone: &zone,
+            reach: &reach,
+            exclude: &ask.exclude,
+            settings: &self.settings,
+        })
+        .map_err(|e| Refusal(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        if let Some(note) = lookup_note {
+            decision.reasons.push(note);
+        }
+        self.stats.plans.fetch_add(1, Ordering::Relaxed);
+        if decision.shortfall_mbps > 0.0 {
+            self.stats.shortfalls.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(decision)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HERE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[test]
+    fn parameters_are_parsed_or_named_in_the_error() {
+        let ask = parse_query(
+            "path=/video/a%20b.mp4&client=10.1.2.3&exclude=c1,c2",
+            HERE,
+            None,
+        )
+        .ok()
+        .unwrap();
+        assert_eq!(ask.path.as_str(), "/video/a b.mp4");
+        assert_eq!(ask.client, "10.1.2.3".parse::<IpAddr>().unwrap());
+        assert_eq!(ask.exclude, ["c1", "c2"]);
+        let ask = parse_query("path=/a?x=1", HERE, Some("h")).ok().unwrap();
+        assert_eq!(ask.query_suffix, "?x=1");
+        for (query, needle) in [
+            ("", "missing parameter `path`"),
+            ("path=relative", "path"),
+            ("path=/a/../b", "path"),
+            ("path=/a&client=999.1.1.1", "client"),
+            ("path=/a&exclude=not%20a%20name", "exclude"),
+            ("path=/a&colour=blue", "unknown parameter"),
+        ] {
+            let Err(Refusal(status, text)) = parse_query(query, HERE, None) else {
+                panic!("{query} accepted");
+            };
+            assert_eq!(status, StatusCode::BAD_REQUEST);
+            assert!(text.contains(needle), "{query}: {text}");
+        }
+        let many = format!(
+            "path=/a&exclude={}",
+            (0..=EXCLUDE_MAX)
+                .map(|i| format!("c{i}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        assert!(parse_query(&many, HERE, None).is_err());
+    }
+}

@@ -1,0 +1,428 @@
+//! The decision for one request, as a pure function: from a snapshot of
+//! the mesh, the client's zone, the delivery service and what is known of
+//! the object, to a [`Decision`] with source URLs, shares, expected cost
+//! and the reasons, in words, for every cache chosen or left out.
+//!
+//! The optimisation itself is `shoal_select::plan` (cheapest caches that
+//! carry bitrate × headroom within their spare egress, survive the loss of
+//! a source, rendezvous affinity within a cost band). This module turns
+//! gossip into its candidates:
+//!
+//! - left out: caches the client asked to exclude (it reported them
+//!   degraded), draining caches, caches in regions the client's zone does
+//!   not reach, caches with no spare egress;
+//! - degraded caches (they say so in gossip) are used only when the healthy
+//!   ones cannot carry the target;
+//! - a cache's fill price is what it would pay for the bytes it lacks: the
+//!   cheapest sibling that holds the object, else the origin.
+
+use crate::config::DeliveryService;
+use serde::Serialize;
+use shoal_core::ObjectId;
+use shoal_mesh::{Health, Member};
+use shoal_select::zones::Reach;
+use shoal_select::{plan, Candidate, Plan, Request, SelectError};
+use std::collections::HashMap;
+
+/// Most caches a client may exclude in one request.
+pub const EXCLUDE_MAX: usize = 64;
+
+/// What is known of the object behind the path.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ObjectFacts {
+    /// Hex id (manifest id or the shield's id of an unpublished object).
+    pub id: Option<String>,
+    pub size_bytes: Option<u64>,
+    /// False when the origin forbids caching (caches pass it through).
+    pub cacheable: bool,
+}
+
+/// Knobs of the decision that come from the selector's configuration.
+#[derive(Clone, Debug)]
+pub struct PlanSettings {
+    pub latency_usd_per_gb_per_ms: f64,
+    pub affinity_band: f64,
+    pub uncapped_cache_mbps: f64,
+}
+
+/// Everything the decision depends on.
+pub struct Inputs<'a> {
+    pub service: &'a DeliveryService,
+    /// The request path as it goes on the wire (percent-encoded), with the
+    /// query string if any: appended to each cache's base URL.
+    pub uri_path_and_query: &'a str,
+    /// Rendezvous key for affinity: the object id when known, else a digest
+    /// of the path.
+    pub affinity_key: ObjectId,
+    pub object: &'a ObjectFacts,
+    pub members: &'a [Member],
+    /// Share of the object each cache holds, 0..=1 (absent: none).
+    pub held: &'a HashMap<String, f64>,
+    pub zone: &'a str,
+    /// How far the client's zone is from a region (`None`: unreachable).
+    pub reach: &'a dyn Fn(&str) -> Option<Reach>,
+    /// Node ids the client reported degraded.
+    pub exclude: &'a [String],
+    pub settings: &'a PlanSettings,
+}
+
+/// One chosen cache.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Source {
+    pub node: String,
+    /// The full URL of the object on that cache.
+    pub url: String,
+    /// Fraction of the planned rate this source carries.
+    pub share: f64,
+    pub mbps: f64,
+    pub region: String,
+    /// Its price per GB for this request (egress + fill + transit +
+    /// latency penalty).
+    pub usd_per_gb: f64,
+    /// Share of the object it already holds.
+    pub held: f64,
+    pub why: String,
+}
+
+/// A cache that was not considered, and why.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct LeftOut {
+    pub node: String,
+    pub why: String,
+}
+
+/// The answer to "where should this client get this object?".
+#[derive(Clone, Debug, Serialize)]
+pub struct Decision {
+    pub service: String,
+    pub zone: String,
+    pub object: ObjectFacts,
+    pub committed_mbps: f64,
+    pub target_mbps: f64,
+    /// What the chosen sources can carry together.
+    pub predicted_mbps: f64,
+    pub shortfall_mbps: f64,
+    pub bitrate_met: bool,
+    pub survives_one_loss: bool,
+    /// Expected price per GB delivered.
+    pub usd_per_gb: f64,
+    /// Expected price of the whole object (when its size is known).
+    pub expected_usd: Option<f64>,
+    /// In order of preference.
+    pub sources: Vec<Source>,
+    /// The origin, when no cache can serve and the service allows it.
+    pub origin_fallback: Option<String>,
+    pub left_out: Vec<LeftOut>,
+    pub reasons: Vec<String>,
+}
+
+impl Decision {
+    /// The URLs to give a client, best first: the sources, else the origin.
+    pub fn urls(&self) -> Vec<&str> {
+        if self.sources.is_empty() {
+            self.origin_fallback.iter().map(String::as_str).collect()
+        } else {
+            self.sources.iter().map(|s| s.url.as_str()).collect()
+        }
+    }
+}
+
+const BYTES_PER_GB: f64 = 1e9;
+
+fn spare_mbps(member: &Member, uncapped_mbps: f64) -> f64 {
+    if member.egress_cap_bps == 0 {
+        return uncapped_mbps;
+    }
+    let used = member.egress_bps.min(member.egress_cap_bps);
+    (member.egress_cap_bps - used) as f64 / 1e6
+}
+
+fn usd(microusd: u64) -> f64 {
+    microusd as f64 / 1e6
+}
+
+/// Plans one request. Errors only for requests the planner refuses
+/// (e.g. an absurd bitrate, which validated configuration never has).
+pub fn decide(inputs: &Inputs) -> Result<Decision, SelectError> {
+    let service = inputs.service;
+    let mut left_out = Vec::new();
+    let mut reasons = Vec::new();
+    let held_of = |node: &str| {
+        inputs
+            .held
+            .get(node)
+            .copied()
+            .unwrap_or(0.0)
+            .clamp(0.0, 1.0)
+    };
+
+    // What a byte costs a cache that lacks it: the cheapest healthy
+    // sibling holding the object, else the origin.
+    let cheapest_holder = |except: &str| {
+        inputs
+            .members
+            .iter()
+            .filter(|m| m.node_id != except && m.health == Health::Ok && held_of(&m.node_id) > 0.0)
+            .map(|m| usd(m.cost_per_gb_microusd))
+            .min_by(f64::total_cmp)
+    };
+
+    let mut healthy = Vec::new();
+    let mut degraded = Vec::new();
+    let mut regions: HashMap<String, (String, Reach)> = HashMap::new();
+    for member in inputs.members {
+        let node = &member.node_id;
+        let leave = |why: String| LeftOut {
+            node: node.clone(),
+            why,
+        };
+        if inputs.exclude.iter().any(|e| e == node) {
+            left_out.push(leave("reported degraded by the client".into()));
+            continue;
+        }
+        if member.health == Health::Draining {
+            left_out.push(leave("draining".into()));
+            continue;
+        }
+        let Some(reach) = (inputs.reach)(&member.region) else {
+            left_out.push(leave(format!(
+                "region {} is not reachable from zone {}",
+                member.region, inputs.zone
+            )));
+            continue;
+        };
+        let spare = spare_mbps(member, inputs.settings.uncapped_cache_mbps);
+        if spare <= 0.0 {
+            left_out.push(leave("no spare egress".into()));
+            continue;
+        }
+        let held = held_of(node);
+        let fill = cheapest_holder(node).unwrap_or(service.origin_usd_per_gb);
+        let candidate = Candidate {
+            node_id: node.clone(),
+            spare_mbps: spare,
+            egress_usd_per_gb: usd(member.cost_per_gb_microusd),
+            fill_usd_per_gb: fill,
+            held_fraction: held,
+            transit_usd_per_gb: reach.transit_usd_per_gb,
+            rtt_ms: reach.rtt_ms,
+        };
+        regions.insert(node.clone(), (member.region.clone(), reach));
+        if member.health == Health::Degraded {
+            degraded.push(candidate);
+        } else {
+            healthy.push(candidate);
+        }
+    }
+
+    let request = Request {
+        object: inputs.affinity_key,
+        bitrate_mbps: service.bitrate_mbps,
+        headroom: service.headroom,
+        min_sources: service.min_sources,
+        latency_usd_per_gb_per_ms: inputs.settings.latency_usd_per_gb_per_ms,
+        affinity_band: inputs.settings.affinity_band,
+    };
+    let mut chosen: Plan = plan(&request, &healthy)?;
+    if chosen.shortfall_mbps > 0.0 && !degraded.is_empty() {
+        let with_degraded: Vec<Candidate> = healthy.iter().chain(&degraded).cloned().collect();
+        let wider = plan(&request, &with_degraded)?;
+        if wider.planned_mbps > chosen.planned_mbps {
+            reasons.push(format!(
+                "healthy caches fall short; {} degraded cache(s) considered too",
+                degraded.len()
+            ));
+            chosen = wider;
+        }
+    } else if !degraded.is_empty() {
+        for candidate in &degraded {
+            left_out.push(LeftOut {
+                node: candidate.node_id.clone(),
+                why: "degraded (used only when healthy caches fall short)".into(),
+            });
+        }
+    }
+
+    let candidates: HashMap<&str, &Candidate> = healthy
+        .iter()
+        .chain(&degraded)
+        .map(|c| (c.node_id.as_str(), c))
+        .collect();
+    let mut sources = Vec::with_capacity(chosen.sources.len());
+    for share in &chosen.sources {
+        let Some(member) = inputs.members.iter().find(|m| m.node_id == share.node_id) else {
+            continue;
+        };
+        let (region, reach) = regions
+            .get(&share.node_id)
+            .cloned()
+            .unwrap_or_else(|| (member.region.clone(), Reach::default()));
+        let held = held_of(&share.node_id);
+        let spare = candidates
+            .get(share.node_id.as_str())
+            .map_or(0.0, |c| c.spare_mbps);
+        let fill_note = if held >= 1.0 {
+            "holds the whole object".to_string()
+        } else {
+            let fill = candidates
+                .get(share.node_id.as_str())
+                .map_or(0.0, |c| c.fill_usd_per_gb);
+            format!(
+                "holds {:.0} % of the object, fills the rest at ${fill:.4}/GB",
+                held * 100.0
+            )
+        };
+        sources.push(Source {
+            node: share.node_id.clone(),
+            url: format!("{}{}", member.base_url(), inputs.uri_path_and_query),
+            share: if chosen.planned_mbps > 0.0 {
+                share.mbps / chosen.planned_mbps
+            } else {
+                0.0
+            },
+            mbps: share.mbps,
+            region: region.clone(),
+            usd_per_gb: share.usd_per_gb,
+            held,
+            why: format!(
+                "{fill_note}; egress ${:.4}/GB; region {region} at {:.0} ms, transit ${:.4}/GB; {spare:.0} Mbit/s spare; ${:.4}/GB in all",
+                usd(member.cost_per_gb_microusd),
+                reach.rtt_ms,
+                reach.transit_usd_per_gb,
+                share.usd_per_gb
+            ),
+        });
+    }
+    // Caches considered but not needed.
+    for candidate in healthy.iter().chain(&degraded) {
+        let used = sources.iter().any(|s| s.node == candidate.node_id);
+        let already = left_out.iter().any(|l| l.node == candidate.node_id);
+        if !used && !already {
+            left_out.push(LeftOut {
+                node: candidate.node_id.clone(),
+                why: format!(
+                    "not needed: ${:.4}/GB, cheaper caches carry the target",
+                    shoal_select::unit_cost_usd_per_gb(candidate, &request)
+                ),
+            });
+        }
+    }
+
+    reasons.push(format!(
+        "delivery service {}: {:.1} Mbit/s committed x {:.2} headroom = {:.1} Mbit/s target, at least {} source(s)",
+        service.name, service.bitrate_mbps, service.headroom, chosen.target_mbps, service.min_sources
+    ));
+    reasons.push(format!("client zone {}", inputs.zone));
+    if !inputs.object.cacheable {
+        reasons.push("the origin forbids caching this object: caches pass it through".into());
+    }
+    reasons.extend(chosen.notes.iter().cloned());
+    let origin_fallback = if sources.is_empty() {
+        let url = service.origin_url(inputs.uri_path_and_query);
+        reasons.push(match &url {
+            Some(_) => "no cache can serve: sending the client to the origin".into(),
+            None => "no cache can serve and the origin fallback is off".into(),
+        });
+        url
+    } else {
+        None
+    };
+    if chosen.survives_one_loss {
+        reasons.push("losing any one source still leaves the committed bitrate".into());
+    }
+    let expected_usd = inputs
+        .object
+        .size_bytes
+        .map(|size| chosen.usd_per_gb * size as f64 / BYTES_PER_GB);
+    Ok(Decision {
+        service: service.name.clone(),
+        zone: inputs.zone.to_string(),
+        object: inputs.object.clone(),
+        committed_mbps: service.bitrate_mbps,
+        target_mbps: chosen.target_mbps,
+        predicted_mbps: chosen.planned_mbps,
+        shortfall_mbps: chosen.shortfall_mbps,
+        bitrate_met: chosen.planned_mbps + 1e-9 >= service.bitrate_mbps,
+        survives_one_loss: chosen.survives_one_loss,
+        usd_per_gb: chosen.usd_per_gb,
+        expected_usd,
+        sources,
+        origin_fallback,
+        left_out,
+        reasons,
+    })
+}
+
+/// The decision in words, for `/explain`.
+pub fn explain(decision: &Decision, path: &str) -> String {
+    use std::fmt::Write;
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "{path} (delivery service {}, client zone {})",
+        decision.service, decision.zone
+    );
+    match (&decision.object.id, decision.object.size_bytes) {
+        (Some(id), Some(size)) => {
+            let _ = writeln!(
+                text,
+                "object {}… of {} bytes",
+                &id[..16.min(id.len())],
+                size
+            );
+        }
+        _ => {
+            let _ = writeln!(text, "object not known to the mesh yet");
+        }
+    }
+    let _ = writeln!(
+        text,
+        "target {:.1} Mbit/s ({:.1} committed); planned {:.1} Mbit/s{}; expected ${:.4}/GB{}",
+        decision.target_mbps,
+        decision.committed_mbps,
+        decision.predicted_mbps,
+        if decision.shortfall_mbps > 0.0 {
+            format!(", {:.1} Mbit/s short", decision.shortfall_mbps)
+        } else {
+            String::new()
+        },
+        decision.usd_per_gb,
+        decision
+            .expected_usd
+            .map(|usd| format!(" (${usd:.4} for the whole object)"))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(text, "\nchosen, best first:");
+    if decision.sources.is_empty() {
+        let _ = writeln!(text, "  (none)");
+    }
+    for (rank, source) in decision.sources.iter().enumerate() {
+        let _ = writeln!(
+            text,
+            "  {}. {} ({:.0} %, {:.1} Mbit/s) {}\n     because it {}",
+            rank + 1,
+            source.node,
+            source.share * 100.0,
+            source.mbps,
+            source.url,
+            source.why
+        );
+    }
+    if let Some(origin) = &decision.origin_fallback {
+        let _ = writeln!(text, "  origin: {origin}");
+    }
+    if !decision.left_out.is_empty() {
+        let _ = writeln!(text, "\nnot chosen:");
+        for left in &decision.left_out {
+            let _ = writeln!(text, "  {}: {}", left.node, left.why);
+        }
+    }
+    let _ = writeln!(text, "\nreasons:");
+    for reason in &decision.reasons {
+        let _ = writeln!(text, "  - {reason}");
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,223 @@
+//! The decision on hand-made meshes: who is left out and why, degraded
+//! caches only as a last resort, holders preferred, origin fallback.
+
+use super::*;
+use shoal_mesh::{MeshView, ObjectSummary};
+
+fn member(id: &str, port: u16, region: &str, cost_microusd: u64) -> Member {
+    Member {
+        node_id: id.into(),
+        http_addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        region: region.into(),
+        egress_cap_bps: 1_000_000_000,
+        egress_bps: 0,
+        cost_per_gb_microusd: cost_microusd,
+        health: Health::Ok,
+        summary: None::<std::sync::Arc<ObjectSummary>>,
+    }
+}
+
+fn service() -> DeliveryService {
+    DeliveryService {
+        name: "video".into(),
+        bitrate_mbps: 100.0,
+        headroom: 1.5,
+        min_sources: 2,
+        origin: Some("http://127.0.0.1:9999".into()),
+        ..DeliveryService::default()
+    }
+}
+
+fn settings() -> PlanSettings {
+    PlanSettings {
+        latency_usd_per_gb_per_ms: 0.0001,
+        affinity_band: 0.02,
+        uncapped_cache_mbps: 10_000.0,
+    }
+}
+
+fn near_and_far(region: &str) -> Option<Reach> {
+    match region {
+        "eu" => Some(Reach {
+            rtt_ms: 10.0,
+            transit_usd_per_gb: 0.0,
+        }),
+        "us" => Some(Reach {
+            rtt_ms: 90.0,
+            transit_usd_per_gb: 0.01,
+        }),
+        _ => None,
+    }
+}
+
+fn run(
+    members: &[Member],
+    held: &HashMap<String, f64>,
+    exclude: &[String],
+    service: &DeliveryService,
+) -> Decision {
+    let object = ObjectFacts {
+        id: Some("ab".repeat(32)),
+        size_bytes: Some(2_000_000_000),
+        cacheable: true,
+    };
+    let settings = settings();
+    decide(&Inputs {
+        service,
+        uri_path_and_query: "/video/a.mp4",
+        affinity_key: ObjectId([7; 32]),
+        object: &object,
+        members,
+        held,
+        zone: "eu-clients",
+        reach: &near_and_far,
+        exclude,
+        settings: &settings,
+    })
+    .unwrap()
+}
+
+#[test]
+fn near_cheap_holders_are_chosen_with_urls_and_shares() {
+    let members = vec![
+        member("eu1", 1001, "eu", 10_000),
+        member("eu2", 1002, "eu", 10_000),
+        member("eu3", 1003, "eu", 10_000),
+        member("us1", 2001, "us", 5_000),
+        member("ap1", 3001, "ap", 1_000),
+    ];
+    let held: HashMap<String, f64> = [("eu2".to_string(), 1.0), ("eu3".to_string(), 1.0)].into();
+    let decision = run(&members, &held, &[], &service());
+    let nodes: Vec<&str> = decision.sources.iter().map(|s| s.node.as_str()).collect();
+    // 150 Mbit/s target, at most 50 per source (survive one loss): the
+    // two eu holders first, then the cheapest of the rest.
+    assert_eq!(nodes.len(), 3, "{decision:?}");
+    assert!(nodes[..2].contains(&"eu2") && nodes[..2].contains(&"eu3"));
+    assert!(decision.bitrate_met && decision.survives_one_loss);
+    assert!((decision.predicted_mbps - 150.0).abs() < 1e-6);
+    let total: f64 = decision.sources.iter().map(|s| s.share).sum();
+    assert!((total - 1.0).abs() < 1e-9);
+    assert_eq!(decision.sources[0].url.split(':').count(), 3);
+    assert!(decision
+        .sources
+        .iter()
+        .all(|s| s.url.ends_with("/video/a.mp4")));
+    // ap is not reachable from the zone: never planned, and said why.
+    assert!(decision
+        .left_out
+        .iter()
+        .any(|l| l.node == "ap1" && l.why.contains("not reachable")));
+    assert!(decision.expected_usd.unwrap() > 0.0);
+    let text = explain(&decision, "/video/a.mp4");
+    assert!(text.contains("eu2") && text.contains("not chosen") && text.contains("ap1"));
+}
+
+#[test]
+fn excluded_draining_and_full_caches_are_left_out_with_a_reason() {
+    let mut members = vec![
+        member("a", 1, "eu", 10_000),
+        member("b", 2, "eu", 10_000),
+        member("c", 3, "eu", 10_000),
+        member("d", 4, "eu", 10_000),
+        member("e", 5, "eu", 10_000),
+    ];
+    members[1].health = Health::Draining;
+    members[2].egress_bps = members[2].egress_cap_bps;
+    let decision = run(&members, &HashMap::new(), &["a".to_string()], &service());
+    let why = |node: &str| {
+        decision
+            .left_out
+            .iter()
+            .find(|l| l.node == node)
+            .map(|l| l.why.clone())
+            .unwrap_or_default()
+    };
+    assert!(why("a").contains("reported degraded"));
+    assert_eq!(why("b"), "draining");
+    assert!(why("c").contains("no spare"));
+    let nodes: Vec<&str> = decision.sources.iter().map(|s| s.node.as_str()).collect();
+    assert_eq!(nodes.len(), 2);
+    assert!(nodes.contains(&"d") && nodes.contains(&"e"));
+    // Two sources at 75 each carry the target but cannot survive a loss at
+    // a cap of 50: the plan says so instead of pretending.
+    assert!(decision.bitrate_met);
+}
+
+#[test]
+fn degraded_caches_only_when_the_healthy_ones_fall_short() {
+    let mut members = vec![
+        member("ok1", 1, "eu", 10_000),
+        member("ok2", 2, "eu", 10_000),
+        member("ok3", 3, "eu", 10_000),
+        member("sick", 4, "eu", 1_000),
+    ];
+    members[3].health = Health::Degraded;
+    let decision = run(&members, &HashMap::new(), &[], &service());
+    assert!(decision.sources.iter().all(|s| s.node != "sick"));
+    assert!(decision
+        .left_out
+        .iter()
+        .any(|l| l.node == "sick" && l.why.contains("degraded")));
+    // Now the healthy ones are nearly full.
+    for m in &mut members[..3] {
+        m.egress_bps = m.egress_cap_bps - 20_000_000;
+    }
+    let decision = run(&members, &HashMap::new(), &[], &service());
+    assert!(decision.sources.iter().any(|s| s.node == "sick"));
+    assert!(decision.reasons.iter().any(|r| r.contains("degraded")));
+}
+
+#[test]
+fn no_cache_sends_the_client_to_the_origin_or_says_it_cannot() {
+    let decision = run(&[], &HashMap::new(), &[], &service());
+    assert!(decision.sources.is_empty());
+    assert_eq!(
+        decision.origin_fallback.as_deref(),
+        Some("http://127.0.0.1:9999/video/a.mp4")
+    );
+    assert_eq!(decision.urls(), ["http://127.0.0.1:9999/video/a.mp4"]);
+    assert!(!decision.bitrate_met);
+    let strict = DeliveryService {
+        origin_fallback: false,
+        ..service()
+    };
+    let decision = run(&[], &HashMap::new(), &[], &strict);
+    assert!(decision.urls().is_empty());
+    assert!(decision
+        .reasons
+        .iter()
+        .any(|r| r.contains("fallback is off")));
+}
+
+#[test]
+fn a_far_cheap_holder_loses_to_near_caches_when_transit_and_latency_cost_more() {
+    let members = vec![
+        member("eu1", 1, "eu", 10_000),
+        member("eu2", 2, "eu", 10_000),
+        member("eu3", 3, "eu", 10_000),
+        member("us1", 4, "us", 9_000),
+    ];
+    // Everyone holds it: us1 is cheaper at egress but pays 0.01 transit
+    // and 90 ms x 0.0001.
+    let held: HashMap<String, f64> = members.iter().map(|m| (m.node_id.clone(), 1.0)).collect();
+    let decision = run(&members, &held, &[], &service());
+    assert!(
+        decision.sources.iter().all(|s| s.region == "eu"),
+        "{decision:?}"
+    );
+}
+
+#[test]
+fn members_of_a_view_are_the_only_candidates() {
+    // A cache that left the gossip is not in the view, so never planned.
+    let view = MeshView::new(
+        "sel".into(),
+        vec![member("x", 1, "eu", 1), member("y", 2, "eu", 1)],
+        0,
+    );
+    let decision = run(&view.members, &HashMap::new(), &[], &service());
+    assert!(decision
+        .sources
+        .iter()
+        .all(|s| s.node == "x" || s.node == "y"));
+}
