@@ -89,6 +89,65 @@ pub struct MeshArgs {
     pub gossip_advertise: Option<SocketAddr>,
 }
 
+/// `shoal selector` (delivery services and most knobs live in the TOML
+/// file: see docs/config.md).
+#[derive(clap::Args, Serialize)]
+pub struct SelectorArgs {
+    /// TOML file: delivery services (`[[service]]`), zones, mesh, limits.
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Address to answer clients on, e.g. 127.0.0.1:8070.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// Coverage-zone file (client CIDR -> zone -> RTT and transit per region).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zones_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub mesh: SelectorMeshArgs,
+}
+
+/// The selector's place in the gossip (`[mesh]` in TOML).
+#[derive(clap::Args, Serialize)]
+pub struct SelectorMeshArgs {
+    /// UDP address to gossip on, e.g. 127.0.0.1:7950.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gossip: Option<SocketAddr>,
+    /// Gossip address of a cache to contact first (repeat for several).
+    #[arg(long = "seed")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub seeds: Vec<String>,
+    /// The mesh's shared secret; prefer SHOAL_SELECTOR_MESH__CLUSTER_SECRET
+    /// or the config file.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_secret: Option<String>,
+    /// Name of this selector in the gossip (default: selector-<port>).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    /// Gossip address peers should use (when gossiping on 0.0.0.0).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gossip_advertise: Option<SocketAddr>,
+}
+
+pub fn selector_config(args: SelectorArgs) -> anyhow::Result<shoal_selector::SelectorConfig> {
+    let config: shoal_selector::SelectorConfig = layered(
+        shoal_selector::SelectorConfig::default(),
+        args.config.as_ref(),
+        "SHOAL_SELECTOR_",
+        &args,
+    )?
+    .extract()
+    .context("selector configuration")?;
+    config.validate()?;
+    Ok(config)
+}
+
 #[derive(clap::Args, Serialize)]
 pub struct OriginArgs {
     #[arg(long)]

@@ -41,6 +41,10 @@ enum Command {
     },
     /// Run an edge cache in front of an origin.
     Cache(Box<config::CacheArgs>),
+    /// Choose, per request, the caches that together hold a delivery's
+    /// committed bitrate at the lowest cost (joins the mesh's gossip as an
+    /// observer; answers /plan, /explain and redirects).
+    Selector(Box<config::SelectorArgs>),
     /// Fill objects into caches ahead of demand (all caches at once: they
     /// swarm, and the origin sends each object about once).
     Warm(warm::WarmArgs),
@@ -104,6 +108,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 piece_size,
             } => run_publish(root, force, piece_size),
             Command::Cache(args) => run_cache(*args).await,
+            Command::Selector(args) => run_selector(*args).await,
             Command::Warm(args) => warm::run(args).await,
             Command::Demo {
                 size,
@@ -170,6 +175,34 @@ async fn run_cache(args: config::CacheArgs) -> anyhow::Result<()> {
         ),
     }
     cache.run(shutdown_signal()).await;
+    Ok(())
+}
+
+async fn run_selector(args: config::SelectorArgs) -> anyhow::Result<()> {
+    let config = config::selector_config(args)?;
+    let services = config.effective_services();
+    let selector = shoal_selector::BoundSelector::bind(config)
+        .await
+        .context("starting the selector")?;
+    // Tests and scripts read this line to learn the ports.
+    println!(
+        "shoal selector listening on http://{} gossip={} services={}",
+        selector.local_addr,
+        selector.gossip_addr(),
+        services
+            .iter()
+            .map(|s| format!(
+                "{}({}{} @ {} Mbit/s x{})",
+                s.name,
+                s.hosts.join("|"),
+                s.path_prefix,
+                s.bitrate_mbps,
+                s.headroom
+            ))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    selector.run(shutdown_signal()).await;
     Ok(())
 }
 

@@ -1,0 +1,443 @@
+//! The selector against a real mesh on loopback: `shoal cache` processes
+//! gossiping on 127.0.0.1 in two regions, nginx as the origin, a `shoal
+//! selector` observing the gossip, curl and aria2c as clients.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use support::*;
+
+const MIB: u64 = 1 << 20;
+
+/// Clients in 10.1/16 are near eu, in 10.2/16 near us; loopback clients
+/// (the tests themselves) are equally near both.
+const ZONES: &str = r#"
+fallback = "local"
+
+[[zone]]
+name = "eu-clients"
+cidrs = ["10.1.0.0/16"]
+regions = { eu = { rtt_ms = 10, transit_usd_per_gb = 0.0 }, us = { rtt_ms = 90, transit_usd_per_gb = 0.01 } }
+
+[[zone]]
+name = "us-clients"
+cidrs = ["10.2.0.0/16"]
+regions = { us = { rtt_ms = 10, transit_usd_per_gb = 0.0 }, eu = { rtt_ms = 90, transit_usd_per_gb = 0.01 } }
+
+[[zone]]
+name = "local"
+cidrs = ["127.0.0.0/8"]
+regions = { eu = { rtt_ms = 1, transit_usd_per_gb = 0.0 }, us = { rtt_ms = 1, transit_usd_per_gb = 0.0 } }
+"#;
+
+fn selector_toml(dir: &Path, origin_url: &str, seed: &str) -> std::path::PathBuf {
+    let zones = dir.join("zones.toml");
+    std::fs::write(&zones, ZONES).unwrap();
+    let config = dir.join("selector.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"listen = "127.0.0.1:0"
+zones_file = "{zones}"
+
+[mesh]
+gossip = "127.0.0.1:0"
+seeds = ["{seed}"]
+gossip_interval_ms = 200
+
+[[service]]
+name = "video"
+path_prefix = "/video/"
+origin = "{origin_url}"
+bitrate_mbps = 100
+headroom = 1.5
+"#,
+            zones = zones.display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+fn start_selector(config: &Path) -> Proc {
+    let mut proc = start_shoal(
+        &["selector", "--config", config.to_str().unwrap()],
+        &[("SHOAL_SELECTOR_MESH__CLUSTER_SECRET", CLUSTER_SECRET)],
+    );
+    proc.name = "selector".into();
+    proc
+}
+
+fn get_json(url: &str) -> (u16, serde_json::Value) {
+    let result = curl(url, &[]);
+    let value = serde_json::from_slice(&result.body).unwrap_or(serde_json::Value::Null);
+    (result.status, value)
+}
+
+fn source_nodes(plan: &serde_json::Value) -> Vec<String> {
+    plan["sources"]
+        .as_array()
+        .map(|sources| {
+            sources
+                .iter()
+                .map(|s| s["node"].as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Bytes a cache sent to clients (`bytes_served` leaves out what went
+/// to sibling caches).
+fn client_bytes(cache: &Proc) -> u64 {
+    stat(&cache.url, "bytes_served")
+}
+
+/// Four caches: c1, c2 in eu at $0.010/GB, c3, c4 in us at $0.005/GB,
+/// 400 Mbit/s each.
+fn start_two_region_mesh(origin_url: &str, dir: &Path) -> Vec<Proc> {
+    let mut caches: Vec<Proc> = Vec::new();
+    for (name, region, cost) in [
+        ("c1", "eu", "0.010"),
+        ("c2", "eu", "0.010"),
+        ("c3", "us", "0.005"),
+        ("c4", "us", "0.005"),
+    ] {
+        let seeds: Vec<String> = caches.first().map(gossip_addr).into_iter().collect();
+        caches.push(start_mesh_cache(
+            origin_url,
+            &dir.join(name),
+            name,
+            region,
+            &seeds,
+            None,
+            &["--cost-per-gb", cost, "--egress-mbps", "400"],
+        ));
+    }
+    let urls: Vec<&str> = caches.iter().map(|c| c.url.as_str()).collect();
+    wait_for_mesh(&urls, 4);
+    caches
+}
+
+/// aria2c as a multi-source client (`-x4 -s4`), with its debug log: the
+/// file's bytes and the log's lines.
+fn aria2c_logged(url: &str) -> (Vec<u8>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("aria2c.log");
+    let status = Command::new("aria2c")
+        .args([
+            "-x4",
+            "-s4",
+            "-k1M",
+            "-q",
+            "--allow-overwrite=true",
+            "--auto-file-renaming=false",
+            "--file-allocation=none",
+            "--log-level=debug",
+        ])
+        .arg(format!("--log={}", log.display()))
+        .args(["-d", dir.path().to_str().unwrap(), "-o", "out", url])
+        .status()
+        .expect("run aria2c");
+    assert!(status.success(), "aria2c failed for {url}");
+    (
+        std::fs::read(dir.path().join("out")).unwrap_or_default(),
+        std::fs::read_to_string(&log).unwrap_or_default(),
+    )
+}
+
+fn wait_for_selector_view(selector: &Proc, caches: usize) {
+    wait_until(
+        "the selector sees the mesh",
+        Duration::from_secs(20),
+        || {
+            let (_, mesh) = get_json(&format!("{}/_shoal/mesh", selector.url));
+            mesh["caches"].as_array().map_or(0, Vec::len) == caches
+        },
+    );
+}
+
+#[test]
+fn plans_explain_and_redirects_follow_cost_zone_and_holdings() {
+    let root = tempfile::tempdir().unwrap();
+    let size = 24 * MIB + 777;
+    let data = content(size, 41);
+    write_file(root.path(), "video/film.mp4", &data);
+    let (nginx, _nginx_dir) = start_nginx(root.path(), "");
+    let dir = tempfile::tempdir().unwrap();
+    let caches = start_two_region_mesh(&nginx.url, dir.path());
+    let config = selector_toml(dir.path(), &nginx.url, &gossip_addr(&caches[0]));
+    let selector = start_selector(&config);
+    wait_for_selector_view(&selector, 4);
+    let url_of = |node: &str| {
+        caches
+            .iter()
+            .find(|c| c.name == node)
+            .map(|c| c.url.clone())
+            .unwrap()
+    };
+
+    // A client near eu: target 150 Mbit/s, at most 50 per source (lose
+    // one, keep 100): both eu caches, then the cheaper far region.
+    let (status, plan) = get_json(&format!(
+        "{}/plan?path=/video/film.mp4&client=10.1.0.5",
+        selector.url
+    ));
+    assert_eq!(status, 200, "{plan}");
+    let nodes = source_nodes(&plan);
+    assert_eq!(nodes.len(), 3, "{plan}");
+    let mut near: Vec<&str> = nodes[..2].iter().map(String::as_str).collect();
+    near.sort();
+    assert_eq!(near, ["c1", "c2"], "{plan}");
+    assert_eq!(plan["zone"], "eu-clients");
+    assert_eq!(plan["object"]["size_bytes"], size);
+    assert!(plan["predicted_mbps"].as_f64().unwrap() >= 150.0 - 1e-6);
+    assert_eq!(plan["bitrate_met"], true);
+    assert_eq!(plan["survives_one_loss"], true);
+    assert!(plan["usd_per_gb"].as_f64().unwrap() > 0.0);
+    let shares: f64 = plan["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["share"].as_f64().unwrap())
+        .sum();
+    assert!((shares - 1.0).abs() < 1e-6);
+    for source in plan["sources"].as_array().unwrap() {
+        let node = source["node"].as_str().unwrap();
+        assert_eq!(
+            source["url"].as_str().unwrap(),
+            format!("{}/video/film.mp4", url_of(node))
+        );
+    }
+    // A client near us gets the us caches first.
+    let (_, plan_us) = get_json(&format!(
+        "{}/plan?path=/video/film.mp4&client=10.2.0.9",
+        selector.url
+    ));
+    let mut near: Vec<String> = source_nodes(&plan_us)[..2].to_vec();
+    near.sort();
+    assert_eq!(near, ["c3", "c4"], "{plan_us}");
+
+    // Once c2 holds the object, it costs less (no fill) and leads.
+    assert!(curl(&format!("{}/video/film.mp4", url_of("c2")), &[]).body == data);
+    wait_until(
+        "the selector sees c2 hold the film",
+        Duration::from_secs(15),
+        || {
+            let (_, plan) = get_json(&format!(
+                "{}/plan?path=/video/film.mp4&client=10.1.0.5",
+                selector.url
+            ));
+            plan["sources"][0]["node"] == "c2" && plan["sources"][0]["held"].as_f64() == Some(1.0)
+        },
+    );
+
+    // A client reports c2 degraded: the replacement plan leaves it out.
+    let (status, replan) = get_json(&format!(
+        "{}/plan?path=/video/film.mp4&client=10.1.0.5&exclude=c2",
+        selector.url
+    ));
+    assert_eq!(status, 200);
+    let nodes = source_nodes(&replan);
+    assert!(!nodes.contains(&"c2".to_string()), "{replan}");
+    assert_eq!(nodes.len(), 3);
+    assert!(replan["left_out"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l["node"] == "c2" && l["why"].as_str().unwrap().contains("degraded")));
+
+    // The same reasoning in words.
+    let explained = curl(
+        &format!(
+            "{}/explain?path=/video/film.mp4&client=10.1.0.5",
+            selector.url
+        ),
+        &[],
+    );
+    assert_eq!(explained.status, 200);
+    let text = String::from_utf8_lossy(&explained.body);
+    assert!(
+        text.contains("chosen, best first")
+            && text.contains("1. c2")
+            && text.contains("delivery service video")
+            && text.contains("eu-clients"),
+        "{text}"
+    );
+
+    // A plain client is redirected to the best cache, with the others as
+    // RFC 6249 duplicates; curl -L gets the exact bytes.
+    let redirect = curl(&format!("{}/video/film.mp4", selector.url), &[]);
+    assert_eq!(redirect.status, 302);
+    let location = redirect.header("location").unwrap().to_string();
+    let links: Vec<&str> = redirect
+        .headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("link"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(links.len(), 2, "{:?}", redirect.headers);
+    for link in &links {
+        assert!(link.contains("rel=duplicate") && link.contains("/video/film.mp4"));
+        assert!(!link.contains(&location), "the Location is not repeated");
+    }
+    let followed = curl(&format!("{}/video/film.mp4", selector.url), &["-L"]);
+    assert_eq!(followed.status, 200);
+    assert!(followed.body == data);
+
+    // aria2c follows the redirect and takes the duplicates as mirrors
+    // (Metalink/HTTP): the file arrives exact. (aria2c spreads connections
+    // over distinct host names; on one loopback address it may keep to one
+    // cache, so scripts/netns-mesh shows the blend across hosts.)
+    let before: u64 = caches.iter().map(client_bytes).sum();
+    let (got, log) = aria2c_logged(&format!("{}/video/film.mp4", selector.url));
+    assert!(got == data, "aria2c got wrong bytes");
+    for link in &links {
+        let url = link.trim_start_matches('<').split('>').next().unwrap();
+        assert!(
+            log.contains(&format!("Adding URI={url}")),
+            "aria2c did not take the duplicate {url}"
+        );
+    }
+    let after: u64 = caches.iter().map(client_bytes).sum();
+    assert!(after - before >= size, "the bytes came from the caches");
+
+    // Bad requests: a clear 4xx each, never a panic.
+    for (query, status) in [
+        ("/plan", 400),
+        ("/plan?path=/video/film.mp4&client=not-an-ip", 400),
+        ("/plan?path=/video/film.mp4&exclude=bad%20name", 400),
+        ("/plan?path=/video/film.mp4&bitrate=9e99", 400),
+        ("/plan?path=/music/song.mp3", 404),
+        ("/plan?path=/video/no-such-film.mp4", 404),
+        ("/video/a%00b.mp4", 400),
+        ("/music/song.mp3", 404),
+        ("/_shoal/nothing", 404),
+    ] {
+        let result = curl(&format!("{}{query}", selector.url), &[]);
+        assert_eq!(
+            result.status,
+            status,
+            "{query}: {:?}",
+            String::from_utf8_lossy(&result.body)
+        );
+        assert!(!result.body.is_empty(), "{query}: an error says why");
+    }
+    let post = curl(&format!("{}/video/film.mp4", selector.url), &["-X", "POST"]);
+    assert_eq!(post.status, 405);
+    assert!(curl(&format!("{}/_shoal/health", selector.url), &[]).status == 200);
+}
+
+#[test]
+fn a_cache_that_leaves_the_gossip_is_never_planned_and_no_cache_means_the_origin() {
+    let root = tempfile::tempdir().unwrap();
+    let data = content(3 * MIB, 42);
+    write_file(root.path(), "video/clip.mp4", &data);
+    let (nginx, _nginx_dir) = start_nginx(root.path(), "");
+    let dir = tempfile::tempdir().unwrap();
+    let mut caches = start_two_region_mesh(&nginx.url, dir.path());
+    let config = selector_toml(dir.path(), &nginx.url, &gossip_addr(&caches[0]));
+    let selector = start_selector(&config);
+    wait_for_selector_view(&selector, 4);
+    let plan_url = format!("{}/plan?path=/video/clip.mp4&client=10.1.0.5", selector.url);
+    let (_, plan) = get_json(&plan_url);
+    assert!(source_nodes(&plan).contains(&"c1".to_string()), "{plan}");
+
+    // c1 dies without a word: once gossip notices, it is never planned.
+    caches[0].kill9();
+    wait_until("c1 out of every plan", Duration::from_secs(15), || {
+        let (status, plan) = get_json(&plan_url);
+        status == 200
+            && !source_nodes(&plan).contains(&"c1".to_string())
+            && source_nodes(&plan).len() >= 2
+    });
+    for _ in 0..5 {
+        let (_, plan) = get_json(&plan_url);
+        assert!(!source_nodes(&plan).contains(&"c1".to_string()));
+    }
+    // The others still serve through the selector's redirect.
+    assert!(curl(&format!("{}/video/clip.mp4", selector.url), &["-L"]).body == data);
+
+    // With no cache left, clients are sent to the origin rather than
+    // left without an answer (the service allows it).
+    for cache in &mut caches {
+        cache.kill9();
+    }
+    wait_for_selector_view(&selector, 0);
+    let redirect = curl(&format!("{}/video/clip.mp4", selector.url), &[]);
+    assert_eq!(redirect.status, 302);
+    assert_eq!(
+        redirect.header("location").unwrap(),
+        format!("{}/video/clip.mp4", nginx.url)
+    );
+    let (_, plan) = get_json(&plan_url);
+    assert_eq!(plan["bitrate_met"], false);
+    assert!(plan["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r.as_str().unwrap().contains("origin")));
+}
+
+fn selector_fails_with(config: &str, zones: Option<&str>, expected: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = config.to_string();
+    if let Some(zones) = zones {
+        let path = dir.path().join("zones.toml");
+        std::fs::write(&path, zones).unwrap();
+        text = format!("zones_file = \"{}\"\n{text}", path.display());
+    }
+    let path = dir.path().join("selector.toml");
+    std::fs::write(&path, text).unwrap();
+    let output = Command::new(shoal_bin())
+        .args(["selector", "--config", path.to_str().unwrap()])
+        .env("SHOAL_SELECTOR_MESH__CLUSTER_SECRET", CLUSTER_SECRET)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "should fail: {config}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(expected),
+        "expected `{expected}` in:\n{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn bad_selector_configuration_is_refused_at_start_up() {
+    let mesh =
+        "listen = \"127.0.0.1:0\"\n[mesh]\ngossip = \"127.0.0.1:0\"\nseeds = [\"127.0.0.1:9\"]\n";
+    selector_fails_with(
+        &format!("{mesh}[[service]]\nname = \"v\"\nbitrate_mbps = 1e12\n"),
+        None,
+        "bitrate_mbps",
+    );
+    selector_fails_with(
+        &format!("{mesh}[[service]]\nname = \"v\"\nheadroom = 0.2\n"),
+        None,
+        "headroom",
+    );
+    selector_fails_with(
+        &format!("{mesh}[[service]]\nname = \"v\"\npath_prefix = \"video\"\n"),
+        None,
+        "path_prefix",
+    );
+    selector_fails_with(
+        &format!("{mesh}[[service]]\nname = \"v\"\ncolour = \"blue\"\n"),
+        None,
+        "colour",
+    );
+    selector_fails_with(
+        mesh,
+        Some("fallback = \"x\"\n[[zone]]\nname = \"x\"\ncidrs = [\"10.0.0.0/33\"]\nregions = { eu = { rtt_ms = 1, transit_usd_per_gb = 0 } }\n"),
+        "10.0.0.0/33",
+    );
+    selector_fails_with(
+        mesh,
+        Some("fallback = \"nowhere\"\n[[zone]]\nname = \"x\"\nregions = { eu = { rtt_ms = 1, transit_usd_per_gb = 0 } }\n"),
+        "nowhere",
+    );
+    selector_fails_with("listen = \"127.0.0.1:0\"\n", None, "mesh.gossip");
+}
