@@ -213,24 +213,27 @@ fn read_bounded(path: &std::path::Path) -> Result<String, String> {
 }
 
 /// A request's parameters, parsed.
-struct Ask {
-    path: RequestPath,
+#[derive(Debug)]
+pub struct Ask {
+    pub path: RequestPath,
     /// Appended to the cache URLs (`?…`), empty if none.
-    query_suffix: String,
-    host: Option<String>,
-    client: IpAddr,
-    exclude: Vec<String>,
+    pub query_suffix: String,
+    pub host: Option<String>,
+    pub client: IpAddr,
+    pub exclude: Vec<String>,
 }
 
 /// A refusal: status and one line for the person who sent it.
-struct Refusal(StatusCode, String);
+#[derive(Debug)]
+pub struct Refusal(pub StatusCode, pub String);
 
 fn bad(text: impl Into<String>) -> Refusal {
     Refusal(StatusCode::BAD_REQUEST, text.into())
 }
 
-/// Parses `/plan` and `/explain` parameters.
-fn parse_query(query: &str, conn_client: IpAddr, host: Option<&str>) -> Result<Ask, Refusal> {
+/// Parses `/plan` and `/explain` parameters (`conn_client` and `host`
+/// are the defaults the query may override).
+pub fn parse_query(query: &str, conn_client: IpAddr, host: Option<&str>) -> Result<Ask, Refusal> {
     if query.len() > QUERY_LEN_MAX_BYTES {
         return Err(bad(format!(
             "query is longer than {QUERY_LEN_MAX_BYTES} bytes"

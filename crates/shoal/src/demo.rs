@@ -245,6 +245,20 @@ pub async fn run(video_size: ByteSize, once: bool, cache_port: u16) -> anyhow::R
         caches.len()
     );
 
+    // 5. The selector: which caches each viewer is sent to, and why.
+    let selector_url = start_selector(workdir.path(), &origin_url, seed.as_deref(), &secret, &stop)
+        .await
+        .context("starting the selector")?;
+    show_selector_choices(
+        &client,
+        &selector_url,
+        &video,
+        &root,
+        &samples[0],
+        caches.len(),
+    )
+    .await?;
+
     println!("\npieces moving between caches (MiB)");
     println!(
         "  {:<6} {:>11} {:>11} {:>11} {:>11} {:>9}",
@@ -291,6 +305,9 @@ pub async fn run(video_size: ByteSize, once: bool, cache_port: u16) -> anyhow::R
     println!("  curl {first}/_shoal/mesh");
     println!("  curl {first}/_shoal/stats");
     println!("  aria2c -x4 -s4 -k1M -d /tmp {first}/videos/feature.mp4");
+    println!("  curl '{selector_url}/plan?path=/videos/feature.mp4&client=10.2.0.9'");
+    println!("  curl '{selector_url}/explain?path=/videos/feature.mp4&client=10.1.0.7'");
+    println!("  curl -sI {selector_url}/videos/feature.mp4   # 302 + Link: rel=duplicate");
 
     if !once {
         println!("\nserving until Ctrl-C");
@@ -301,6 +318,189 @@ pub async fn run(video_size: ByteSize, once: bool, cache_port: u16) -> anyhow::R
         let _ = c.task.await;
     }
     let _ = origin_task.await;
+    Ok(())
+}
+
+/// Coverage zones of the demo: viewers in 10.1/16 are near eu-west, in
+/// 10.2/16 near us-east; loopback (a person trying curl) is near both.
+const DEMO_ZONES: &str = r#"
+fallback = "loopback"
+
+[[zone]]
+name = "eu-viewers"
+cidrs = ["10.1.0.0/16"]
+regions = { eu-west = { rtt_ms = 12, transit_usd_per_gb = 0.0 }, us-east = { rtt_ms = 85, transit_usd_per_gb = 0.01 } }
+
+[[zone]]
+name = "us-viewers"
+cidrs = ["10.2.0.0/16"]
+regions = { us-east = { rtt_ms = 10, transit_usd_per_gb = 0.0 }, eu-west = { rtt_ms = 85, transit_usd_per_gb = 0.01 } }
+
+[[zone]]
+name = "loopback"
+cidrs = ["127.0.0.0/8"]
+regions = { eu-west = { rtt_ms = 1, transit_usd_per_gb = 0.0 }, us-east = { rtt_ms = 1, transit_usd_per_gb = 0.0 } }
+"#;
+
+/// Starts a selector in this process, observing the demo mesh.
+async fn start_selector(
+    workdir: &Path,
+    origin_url: &str,
+    seed: Option<&str>,
+    secret: &str,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<String> {
+    let zones = workdir.join("zones.toml");
+    std::fs::write(&zones, DEMO_ZONES)?;
+    let service =
+        |name: &str, prefix: &str, mbps: f64, headroom: f64| shoal_selector::DeliveryService {
+            name: name.into(),
+            path_prefix: prefix.into(),
+            origin: Some(origin_url.to_string()),
+            bitrate_mbps: mbps,
+            headroom,
+            ..Default::default()
+        };
+    let config = shoal_selector::SelectorConfig {
+        listen: "127.0.0.1:0".parse()?,
+        zones_file: Some(zones),
+        mesh: shoal_selector::SelectorMesh {
+            gossip: Some("127.0.0.1:0".parse()?),
+            seeds: seed.iter().map(|s| s.to_string()).collect(),
+            cluster_secret: secret.to_string(),
+            node_id: Some("selector".into()),
+            gossip_interval_ms: 250,
+            ..Default::default()
+        },
+        services: vec![
+            service("videos", "/videos/", 40.0, 1.5),
+            service("downloads", "/downloads/", 400.0, 1.25),
+        ],
+        ..Default::default()
+    };
+    let selector = shoal_selector::BoundSelector::bind(config).await?;
+    let url = format!("http://{}", selector.local_addr);
+    let mut stop = stop.clone();
+    tokio::spawn(selector.run(async move {
+        let _ = stop.wait_for(|s| *s).await;
+    }));
+    Ok(url)
+}
+
+/// Asks the selector about a few viewers and prints what it chose and why.
+async fn show_selector_choices(
+    client: &reqwest::Client,
+    selector_url: &str,
+    video: &str,
+    root: &Path,
+    video_sample: &Sample,
+    caches: usize,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        let mesh: serde_json::Value = serde_json::from_slice(
+            &client
+                .get(format!("{selector_url}/_shoal/mesh"))
+                .send()
+                .await?
+                .bytes()
+                .await?,
+        )?;
+        if mesh["caches"].as_array().map_or(0, Vec::len) == caches {
+            break;
+        }
+        ensure!(
+            started.elapsed().as_secs() < 20,
+            "the selector did not see the mesh within 20 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    println!("\nselector {selector_url}: videos 40 Mbit/s x1.5, downloads 400 Mbit/s x1.25, at least 2 sources");
+    let asks = [
+        ("viewer in eu", video, "10.1.0.7", ""),
+        ("viewer in us", video, "10.2.0.9", ""),
+        ("eu viewer, eu-1 degraded", video, "10.1.0.7", "eu-1"),
+        (
+            "eu download of a release",
+            "/downloads/release-2.0.bin",
+            "10.1.0.7",
+            "",
+        ),
+    ];
+    for (who, path, ip, exclude) in asks {
+        let plan: serde_json::Value = serde_json::from_slice(
+            &client
+                .get(format!(
+                    "{selector_url}/plan?path={path}&client={ip}&exclude={exclude}"
+                ))
+                .send()
+                .await?
+                .error_for_status()?
+                .bytes()
+                .await?,
+        )?;
+        println!(
+            "  {who} ({}) {path}: {:.0} of {:.0} Mbit/s planned, ${:.4}/GB{}",
+            plan["zone"].as_str().unwrap_or("?"),
+            plan["predicted_mbps"].as_f64().unwrap_or(0.0),
+            plan["target_mbps"].as_f64().unwrap_or(0.0),
+            plan["usd_per_gb"].as_f64().unwrap_or(0.0),
+            if plan["survives_one_loss"] == true {
+                ", survives losing a source"
+            } else {
+                ""
+            }
+        );
+        for source in plan["sources"].as_array().into_iter().flatten() {
+            println!(
+                "    {:<5} {:>3.0} % {:>6.1} Mbit/s  {}",
+                source["node"].as_str().unwrap_or("?"),
+                source["share"].as_f64().unwrap_or(0.0) * 100.0,
+                source["mbps"].as_f64().unwrap_or(0.0),
+                source["why"].as_str().unwrap_or("")
+            );
+        }
+        // The planner's own remarks (shortfalls, caps), past the standard
+        // lines on the service and the zone.
+        for reason in plan["reasons"].as_array().into_iter().flatten().skip(2) {
+            let reason = reason.as_str().unwrap_or("");
+            if !reason.starts_with("losing any one source") {
+                println!("    note: {reason}");
+            }
+        }
+        for left in plan["left_out"].as_array().into_iter().flatten() {
+            let why = left["why"].as_str().unwrap_or("");
+            if !why.starts_with("not needed") {
+                println!(
+                    "    {:<5} left out: {why}",
+                    left["node"].as_str().unwrap_or("?")
+                );
+            }
+        }
+    }
+    // A plain client asks the selector itself and is redirected.
+    let redirect = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?
+        .get(format!("{selector_url}{video}"))
+        .send()
+        .await?;
+    let location = redirect
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let duplicates = redirect
+        .headers()
+        .get_all(reqwest::header::LINK)
+        .iter()
+        .count();
+    println!(
+        "  GET {selector_url}{video} -> {} to {location} with {duplicates} Link: rel=duplicate mirror(s)",
+        redirect.status().as_u16()
+    );
+    download(client, selector_url, video_sample, root, "via selector").await?;
     Ok(())
 }
 
