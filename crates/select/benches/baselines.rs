@@ -6,10 +6,17 @@
 //! 8 client zones (2 per region, near their region, far from the others),
 //! 400 objects of 1-8 GB with Zipf(0.9) popularity, sessions at 8 Mbit/s
 //! (headroom 1.25) arriving so that the mesh runs at ~70 % of capacity.
-//! Each cache keeps the 30 objects it used most recently (LRU); a cache
-//! that lacks an object pays to fill it (sibling/origin price).
+//! Caches store pieces, not whole objects: each keeps 135 GB (about 30
+//! average objects) of the objects it served most recently (LRU), and of
+//! each object only the part it served. A source of a multi-source plan
+//! serves its stripe of the pieces (clients stripe pieces over a plan's
+//! sources by a stable rule, so the same caches get the same pieces), and
+//! stores that stripe; bytes it lacks are filled at the sibling/origin
+//! price when served.
 //!
-//! Policies: shoal (`plan()`, two sources, one-loss resilient); nearest
+//! Policies: shoal (`plan()`, one-loss resilient, a fill charged over 4
+//! sessions, the selector's default; `r=1` charges each fill to the
+//! session that causes it); nearest
 //! (the least loaded cache of the zone's nearest region); hashing (the
 //! object's rendezvous-first cache within the nearest region); random (any
 //! cache). Reported: cost per GB delivered, share of sessions whose plan
@@ -19,7 +26,7 @@
 mod common;
 
 use shoal_core::{rendezvous, ObjectId};
-use shoal_select::{plan, unit_cost_usd_per_gb, Candidate, Request};
+use shoal_select::{plan, Candidate, Request};
 use std::collections::VecDeque;
 
 const REGIONS: usize = 4;
@@ -27,7 +34,7 @@ const CACHES_PER_REGION: usize = 6;
 const CACHE_MBPS: f64 = 1000.0;
 const ZONES: usize = 8;
 const OBJECTS: usize = 400;
-const HELD_MAX: usize = 30;
+const HELD_GB: f64 = 135.0;
 const BITRATE: f64 = 8.0;
 const HEADROOM: f64 = 1.25;
 const SESSIONS: usize = 40_000;
@@ -49,7 +56,32 @@ struct Cache {
     egress_usd_per_gb: f64,
     /// Sessions in progress: (end time, Mbit/s).
     active: Vec<(f64, f64)>,
-    held: VecDeque<usize>,
+    /// (object, fraction of it stored), most recently used first.
+    held: VecDeque<(usize, f64)>,
+}
+
+impl Cache {
+    fn held_fraction(&self, object: usize) -> f64 {
+        self.held
+            .iter()
+            .find(|(o, _)| *o == object)
+            .map_or(0.0, |(_, f)| *f)
+    }
+
+    /// Serving `fraction` of `object` leaves at least that much stored;
+    /// the least recently used go when the disk is full.
+    fn store(&mut self, object: usize, fraction: f64, sizes_gb: &[f64]) {
+        let now_held = self.held_fraction(object).max(fraction).min(1.0);
+        self.held.retain(|(o, _)| *o != object);
+        self.held.push_front((object, now_held));
+        let mut used: f64 = self.held.iter().map(|(o, f)| f * sizes_gb[*o]).sum();
+        while used > HELD_GB {
+            let Some((o, f)) = self.held.pop_back() else {
+                break;
+            };
+            used -= f * sizes_gb[o];
+        }
+    }
 }
 
 impl Cache {
@@ -91,7 +123,7 @@ struct Outcome {
     sources: usize,
 }
 
-fn run(policy: Policy) -> Outcome {
+fn run(policy: Policy, fill_reuse: f64) -> Outcome {
     let mut rng = Rng(0xba5e11e5);
     let prices = [0.008, 0.010, 0.006, 0.020];
     let mut caches: Vec<Cache> = (0..REGIONS * CACHES_PER_REGION)
@@ -146,6 +178,7 @@ fn run(policy: Policy) -> Outcome {
             min_sources: 2,
             latency_usd_per_gb_per_ms: 0.00005,
             affinity_band: 0.02,
+            fill_reuse_sessions: fill_reuse,
         };
         let candidate = |c: &Cache| {
             let (rtt, transit) = reach(zone, c.region);
@@ -154,7 +187,7 @@ fn run(policy: Policy) -> Outcome {
                 spare_mbps: c.spare(now),
                 egress_usd_per_gb: c.egress_usd_per_gb,
                 fill_usd_per_gb: FILL_USD_PER_GB,
-                held_fraction: if c.held.contains(&object) { 1.0 } else { 0.0 },
+                held_fraction: c.held_fraction(object),
                 transit_usd_per_gb: transit,
                 rtt_ms: rtt,
             }
@@ -210,23 +243,27 @@ fn run(policy: Policy) -> Outcome {
             if *mbps <= 0.0 || planned <= 0.0 {
                 continue;
             }
-            let part = delivered_gb * mbps / planned;
+            // This source's stripe: its share of the object's bytes.
+            let stripe = mbps / planned;
+            let part = delivered_gb * stripe;
             let c = candidate(&caches[*i]);
-            out.cost_usd += part * unit_cost_usd_per_gb(&c, &request);
-            out.egress_usd += part * c.egress_usd_per_gb;
-            out.distance_usd +=
+            // Of its stripe, what it already stores is a hit; the rest is
+            // filled (sibling/origin price) as it is served.
+            let hit_share = (c.held_fraction / stripe).min(1.0);
+            let egress = part * c.egress_usd_per_gb;
+            let distance =
                 part * (c.transit_usd_per_gb + request.latency_usd_per_gb_per_ms * c.rtt_ms);
-            out.fill_usd += part * (1.0 - c.held_fraction) * c.fill_usd_per_gb;
+            let fill = part * (1.0 - hit_share) * c.fill_usd_per_gb;
+            out.cost_usd += egress + distance + fill;
+            out.egress_usd += egress;
+            out.distance_usd += distance;
+            out.fill_usd += fill;
             out.sources += 1;
             out.gb += part;
-            if c.held_fraction >= 1.0 {
-                out.hit_gb += part;
-            }
+            out.hit_gb += part * hit_share;
             let cache = &mut caches[*i];
             cache.active.push((now + duration, *mbps));
-            cache.held.retain(|o| *o != object);
-            cache.held.push_front(object);
-            cache.held.truncate(HELD_MAX);
+            cache.store(object, stripe, &sizes_gb);
         }
     }
     out
@@ -252,15 +289,16 @@ fn main() {
         "policy", "$ per GB", "bitrate met", "byte hit ratio", "egress", "dist.", "fill", "sources"
     );
     let mut shoal_cost = 0.0;
-    for (name, policy) in [
-        ("shoal", Policy::Shoal),
-        ("nearest", Policy::Nearest),
-        ("hashing", Policy::Hashing),
-        ("random", Policy::Random),
+    for (name, policy, fill_reuse) in [
+        ("shoal", Policy::Shoal, 4.0),
+        ("shoal r=1", Policy::Shoal, 1.0),
+        ("nearest", Policy::Nearest, 1.0),
+        ("hashing", Policy::Hashing, 1.0),
+        ("random", Policy::Random, 1.0),
     ] {
-        let o = run(policy);
+        let o = run(policy, fill_reuse);
         let cost = o.cost_usd / o.gb.max(1e-9);
-        if policy == Policy::Shoal {
+        if name == "shoal" {
             shoal_cost = cost;
         }
         let per_gb = |usd: f64| usd / o.gb.max(1e-9);

@@ -43,6 +43,7 @@ fn instance(rng: &mut Rng, n: usize) -> (Request, Vec<Candidate>) {
         min_sources: 2,
         latency_usd_per_gb_per_ms: 0.0001,
         affinity_band: 0.02,
+        fill_reuse_sessions: 4.0,
     };
     (request, candidates)
 }

@@ -61,6 +61,11 @@ pub struct Request {
     pub latency_usd_per_gb_per_ms: f64,
     /// Relative cost band within which affinity orders candidates (0.02).
     pub affinity_band: f64,
+    /// How many sessions a fill is expected to serve (≥ 1): bytes a cache
+    /// fetches now are served again from its disk later, so each session
+    /// is charged this fraction of the fill price. 1 charges the whole
+    /// fill to the session that causes it.
+    pub fill_reuse_sessions: f64,
 }
 
 /// One source of a plan.
@@ -107,17 +112,33 @@ impl std::error::Error for SelectError {}
 
 /// Largest bitrate a plan is made for (anything above is a mistake).
 pub const BITRATE_MBPS_MAX: f64 = 1_000_000.0;
+/// Largest `fill_reuse_sessions`.
+pub const FILL_REUSE_SESSIONS_MAX: f64 = 1_000_000.0;
 /// Largest headroom.
 pub const HEADROOM_MAX: f64 = 10.0;
 /// Most sources a plan asks a client to blend.
 pub const SOURCES_MAX: u32 = 8;
 
-/// The price per GB of serving from `c`: egress + filling what it lacks +
-/// transit + latency penalty.
+/// The part of an object one source of a plan serves, and so needs to
+/// hold: clients stripe pieces over a plan's sources by a stable rule
+/// (rendezvous of object and piece), so a source carries at most
+/// `share cap / target` of the pieces — a cache holding that stripe needs
+/// no fill. 1 for single-source plans.
+pub fn stripe_fraction(request: &Request) -> f64 {
+    let target = request.bitrate_mbps * request.headroom;
+    if target.is_nan() || target <= 0.0 {
+        return 1.0;
+    }
+    (share_cap_mbps(request).0 / target).clamp(0.0, 1.0)
+}
+
+/// The price per GB of serving from `c`: egress + filling what it lacks of
+/// its stripe + transit + latency penalty.
 pub fn unit_cost_usd_per_gb(c: &Candidate, request: &Request) -> f64 {
-    let held = c.held_fraction.clamp(0.0, 1.0);
+    let stripe = stripe_fraction(request).max(f64::EPSILON);
+    let held = (c.held_fraction.clamp(0.0, 1.0) / stripe).min(1.0);
     c.egress_usd_per_gb
-        + (1.0 - held) * c.fill_usd_per_gb
+        + (1.0 - held) * c.fill_usd_per_gb / request.fill_reuse_sessions.max(1.0)
         + c.transit_usd_per_gb
         + request.latency_usd_per_gb_per_ms * c.rtt_ms
 }
@@ -169,6 +190,13 @@ pub fn plan(request: &Request, candidates: &[Candidate]) -> Result<Plan, SelectE
     {
         return Err(SelectError::BadRequest(
             "latency penalty must be a non-negative number",
+        ));
+    }
+    if !(request.fill_reuse_sessions.is_finite()
+        && (1.0..=FILL_REUSE_SESSIONS_MAX).contains(&request.fill_reuse_sessions))
+    {
+        return Err(SelectError::BadRequest(
+            "fill reuse must be within [1, 1e6] sessions",
         ));
     }
     if !(request.affinity_band.is_finite() && (0.0..=1.0).contains(&request.affinity_band)) {

@@ -24,6 +24,7 @@ fn request(bitrate: f64, headroom: f64, min_sources: u32) -> Request {
         min_sources,
         latency_usd_per_gb_per_ms: 0.0,
         affinity_band: 0.02,
+        fill_reuse_sessions: 1.0,
     }
 }
 

@@ -168,6 +168,7 @@ impl BoundSelector {
             settings: PlanSettings {
                 latency_usd_per_gb_per_ms: config.latency_usd_per_gb_per_ms,
                 affinity_band: config.affinity_band,
+                fill_reuse_sessions: config.fill_reuse_sessions,
                 uncapped_cache_mbps: config.uncapped_cache_mbps,
             },
             stats: SelectorStats::default(),

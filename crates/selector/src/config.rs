@@ -48,6 +48,11 @@ pub struct SelectorConfig {
     pub affinity_band: f64,
     /// Spare egress assumed for a cache that announces no cap, Mbit/s.
     pub uncapped_cache_mbps: f64,
+    /// How many sessions a cache's fill is expected to serve: each plan is
+    /// charged 1/N of the fill price of bytes a cache lacks (1: the whole
+    /// fill, which sends viewers to far caches that happen to hold the
+    /// object; see docs/selector-design.md for how 4 was chosen).
+    pub fill_reuse_sessions: f64,
     /// How long what a shield said about a path is reused, ms.
     pub object_ttl_ms: u64,
     /// How long "no such object" is remembered, ms.
@@ -76,6 +81,7 @@ impl Default for SelectorConfig {
             latency_usd_per_gb_per_ms: 0.000_1,
             affinity_band: 0.02,
             uncapped_cache_mbps: 10_000.0,
+            fill_reuse_sessions: 4.0,
             object_ttl_ms: 10_000,
             missing_ttl_ms: 2_000,
             object_entries_max: 100_000,
@@ -205,6 +211,16 @@ impl SelectorConfig {
         if !finite_in(self.uncapped_cache_mbps, 1.0, BITRATE_MBPS_MAX) {
             return bad(format!(
                 "uncapped_cache_mbps must be within 1..={BITRATE_MBPS_MAX}"
+            ));
+        }
+        if !finite_in(
+            self.fill_reuse_sessions,
+            1.0,
+            shoal_select::FILL_REUSE_SESSIONS_MAX,
+        ) {
+            return bad(format!(
+                "fill_reuse_sessions must be within 1..={}",
+                shoal_select::FILL_REUSE_SESSIONS_MAX
             ));
         }
         for (name, value, low, high) in [

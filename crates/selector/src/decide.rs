@@ -43,6 +43,7 @@ pub struct PlanSettings {
     pub latency_usd_per_gb_per_ms: f64,
     pub affinity_band: f64,
     pub uncapped_cache_mbps: f64,
+    pub fill_reuse_sessions: f64,
 }
 
 /// Everything the decision depends on.
@@ -128,6 +129,46 @@ impl Decision {
 }
 
 const BYTES_PER_GB: f64 = 1e9;
+/// Caches listed per reason for leaving them out (the rest are counted):
+/// at 1,000 caches a plan must stay small and quick to write.
+pub const LEFT_OUT_LISTED_PER_REASON: usize = 8;
+/// Unused caches listed as runners-up, cheapest first.
+pub const RUNNERS_UP_LISTED: usize = 3;
+
+/// Caches left out, listed up to [`LEFT_OUT_LISTED_PER_REASON`] per reason
+/// (excluded caches always), counted in full.
+#[derive(Default)]
+struct LeftOutList {
+    listed: Vec<LeftOut>,
+    counts: Vec<(&'static str, usize, usize)>,
+}
+
+impl LeftOutList {
+    fn add(&mut self, kind: &'static str, node: &str, why: impl FnOnce() -> String) {
+        let index = match self.counts.iter().position(|(k, _, _)| *k == kind) {
+            Some(index) => index,
+            None => {
+                self.counts.push((kind, 0, 0));
+                self.counts.len() - 1
+            }
+        };
+        let entry = &mut self.counts[index];
+        entry.1 += 1;
+        let always = kind.starts_with("reported");
+        if always || entry.2 < LEFT_OUT_LISTED_PER_REASON {
+            entry.2 += 1;
+            self.listed.push(LeftOut {
+                node: node.to_string(),
+                why: why(),
+            });
+        }
+    }
+
+    /// The listed caches and (reason, count, listed) per reason.
+    fn finish(self) -> (Vec<LeftOut>, Vec<(&'static str, usize, usize)>) {
+        (self.listed, self.counts)
+    }
+}
 
 fn spare_mbps(member: &Member, uncapped_mbps: f64) -> f64 {
     if member.egress_cap_bps == 0 {
@@ -145,7 +186,6 @@ fn usd(microusd: u64) -> f64 {
 /// (e.g. an absurd bitrate, which validated configuration never has).
 pub fn decide(inputs: &Inputs) -> Result<Decision, SelectError> {
     let service = inputs.service;
-    let mut left_out = Vec::new();
     let mut reasons = Vec::new();
     let held_of = |node: &str| {
         inputs
@@ -157,57 +197,68 @@ pub fn decide(inputs: &Inputs) -> Result<Decision, SelectError> {
     };
 
     // What a byte costs a cache that lacks it: the cheapest healthy
-    // sibling holding the object, else the origin.
+    // sibling holding the object, else the origin. The two cheapest
+    // holders, found once, answer for every cache (a holder's own sibling
+    // price is the other one's).
+    let mut cheapest: [Option<(f64, &str)>; 2] = [None, None];
+    for m in inputs.members {
+        if m.health != Health::Ok || held_of(&m.node_id) <= 0.0 {
+            continue;
+        }
+        let price = usd(m.cost_per_gb_microusd);
+        if cheapest[0].is_none_or(|(p, _)| price < p) {
+            cheapest[1] = cheapest[0];
+            cheapest[0] = Some((price, m.node_id.as_str()));
+        } else if cheapest[1].is_none_or(|(p, _)| price < p) {
+            cheapest[1] = Some((price, m.node_id.as_str()));
+        }
+    }
     let cheapest_holder = |except: &str| {
-        inputs
-            .members
+        cheapest
             .iter()
-            .filter(|m| m.node_id != except && m.health == Health::Ok && held_of(&m.node_id) > 0.0)
-            .map(|m| usd(m.cost_per_gb_microusd))
-            .min_by(f64::total_cmp)
+            .flatten()
+            .find(|(_, node)| *node != except)
+            .map(|(price, _)| *price)
     };
 
+    let mut left_out = LeftOutList::default();
     let mut healthy = Vec::new();
     let mut degraded = Vec::new();
-    let mut regions: HashMap<String, (String, Reach)> = HashMap::new();
     for member in inputs.members {
         let node = &member.node_id;
-        let leave = |why: String| LeftOut {
-            node: node.clone(),
-            why,
-        };
         if inputs.exclude.iter().any(|e| e == node) {
-            left_out.push(leave("reported degraded by the client".into()));
+            left_out.add("reported degraded by the client", node, || {
+                "reported degraded by the client".into()
+            });
             continue;
         }
         if member.health == Health::Draining {
-            left_out.push(leave("draining".into()));
+            left_out.add("draining", node, || "draining".into());
             continue;
         }
         let Some(reach) = (inputs.reach)(&member.region) else {
-            left_out.push(leave(format!(
-                "region {} is not reachable from zone {}",
-                member.region, inputs.zone
-            )));
+            left_out.add("unreachable from the client's zone", node, || {
+                format!(
+                    "region {} is not reachable from zone {}",
+                    member.region, inputs.zone
+                )
+            });
             continue;
         };
         let spare = spare_mbps(member, inputs.settings.uncapped_cache_mbps);
         if spare <= 0.0 {
-            left_out.push(leave("no spare egress".into()));
+            left_out.add("no spare egress", node, || "no spare egress".into());
             continue;
         }
-        let held = held_of(node);
-        let fill = cheapest_holder(node).unwrap_or(service.origin_usd_per_gb);
         let candidate = Candidate {
             node_id: node.clone(),
             spare_mbps: spare,
             egress_usd_per_gb: usd(member.cost_per_gb_microusd),
-            fill_usd_per_gb: fill,
-            held_fraction: held,
+            fill_usd_per_gb: cheapest_holder(node).unwrap_or(service.origin_usd_per_gb),
+            held_fraction: held_of(node),
             transit_usd_per_gb: reach.transit_usd_per_gb,
             rtt_ms: reach.rtt_ms,
         };
-        regions.insert(node.clone(), (member.region.clone(), reach));
         if member.health == Health::Degraded {
             degraded.push(candidate);
         } else {
@@ -222,6 +273,7 @@ pub fn decide(inputs: &Inputs) -> Result<Decision, SelectError> {
         min_sources: service.min_sources,
         latency_usd_per_gb_per_ms: inputs.settings.latency_usd_per_gb_per_ms,
         affinity_band: inputs.settings.affinity_band,
+        fill_reuse_sessions: inputs.settings.fill_reuse_sessions,
     };
     let mut chosen: Plan = plan(&request, &healthy)?;
     if chosen.shortfall_mbps > 0.0 && !degraded.is_empty() {
@@ -234,42 +286,25 @@ pub fn decide(inputs: &Inputs) -> Result<Decision, SelectError> {
             ));
             chosen = wider;
         }
-    } else if !degraded.is_empty() {
-        for candidate in &degraded {
-            left_out.push(LeftOut {
-                node: candidate.node_id.clone(),
-                why: "degraded (used only when healthy caches fall short)".into(),
-            });
-        }
     }
 
-    let candidates: HashMap<&str, &Candidate> = healthy
-        .iter()
-        .chain(&degraded)
-        .map(|c| (c.node_id.as_str(), c))
-        .collect();
+    let find_candidate = |node: &str| healthy.iter().chain(&degraded).find(|c| c.node_id == node);
     let mut sources = Vec::with_capacity(chosen.sources.len());
     for share in &chosen.sources {
-        let Some(member) = inputs.members.iter().find(|m| m.node_id == share.node_id) else {
+        let (Some(member), Some(candidate)) = (
+            inputs.members.iter().find(|m| m.node_id == share.node_id),
+            find_candidate(&share.node_id),
+        ) else {
             continue;
         };
-        let (region, reach) = regions
-            .get(&share.node_id)
-            .cloned()
-            .unwrap_or_else(|| (member.region.clone(), Reach::default()));
-        let held = held_of(&share.node_id);
-        let spare = candidates
-            .get(share.node_id.as_str())
-            .map_or(0.0, |c| c.spare_mbps);
+        let held = candidate.held_fraction;
         let fill_note = if held >= 1.0 {
             "holds the whole object".to_string()
         } else {
-            let fill = candidates
-                .get(share.node_id.as_str())
-                .map_or(0.0, |c| c.fill_usd_per_gb);
             format!(
-                "holds {:.0} % of the object, fills the rest at ${fill:.4}/GB",
-                held * 100.0
+                "holds {:.0} % of the object, fills the rest at ${:.4}/GB",
+                held * 100.0,
+                candidate.fill_usd_per_gb
             )
         };
         sources.push(Source {
@@ -281,30 +316,53 @@ pub fn decide(inputs: &Inputs) -> Result<Decision, SelectError> {
                 0.0
             },
             mbps: share.mbps,
-            region: region.clone(),
+            region: member.region.clone(),
             usd_per_gb: share.usd_per_gb,
             held,
             why: format!(
-                "{fill_note}; egress ${:.4}/GB; region {region} at {:.0} ms, transit ${:.4}/GB; {spare:.0} Mbit/s spare; ${:.4}/GB in all",
-                usd(member.cost_per_gb_microusd),
-                reach.rtt_ms,
-                reach.transit_usd_per_gb,
+                "{fill_note}; egress ${:.4}/GB; region {} at {:.0} ms, transit ${:.4}/GB; {:.0} Mbit/s spare; ${:.4}/GB in all",
+                candidate.egress_usd_per_gb,
+                member.region,
+                candidate.rtt_ms,
+                candidate.transit_usd_per_gb,
+                candidate.spare_mbps,
                 share.usd_per_gb
             ),
         });
     }
-    // Caches considered but not needed.
-    for candidate in healthy.iter().chain(&degraded) {
-        let used = sources.iter().any(|s| s.node == candidate.node_id);
-        let already = left_out.iter().any(|l| l.node == candidate.node_id);
-        if !used && !already {
-            left_out.push(LeftOut {
-                node: candidate.node_id.clone(),
-                why: format!(
-                    "not needed: ${:.4}/GB, cheaper caches carry the target",
-                    shoal_select::unit_cost_usd_per_gb(candidate, &request)
-                ),
+    // Usable caches the plan did not need: degraded ones, then the
+    // cheapest of the rest (the runners-up a replacement plan would use).
+    let chosen_nodes: std::collections::HashSet<&str> =
+        sources.iter().map(|s| s.node.as_str()).collect();
+    for candidate in &degraded {
+        if !chosen_nodes.contains(candidate.node_id.as_str()) {
+            left_out.add("degraded", &candidate.node_id, || {
+                "degraded (used only when healthy caches fall short)".into()
             });
+        }
+    }
+    let mut spare_ones: Vec<(f64, &Candidate)> = healthy
+        .iter()
+        .filter(|c| !chosen_nodes.contains(c.node_id.as_str()))
+        .map(|c| (shoal_select::unit_cost_usd_per_gb(c, &request), c))
+        .collect();
+    let cut = RUNNERS_UP_LISTED.min(spare_ones.len());
+    if cut > 0 {
+        spare_ones.select_nth_unstable_by(cut - 1, |a, b| a.0.total_cmp(&b.0));
+        spare_ones[..cut].sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    for (rank, (cost, candidate)) in spare_ones.iter().enumerate() {
+        left_out.add("not needed", &candidate.node_id, || {
+            format!(
+                "not needed (runner-up {}): ${cost:.4}/GB, cheaper caches carry the target",
+                rank + 1
+            )
+        });
+    }
+    let (left_out, left_out_counts) = left_out.finish();
+    for (kind, count, listed) in left_out_counts {
+        if count > listed {
+            reasons.push(format!("{count} caches left out: {kind} ({listed} listed)"));
         }
     }
 

@@ -32,6 +32,7 @@ fn settings() -> PlanSettings {
     PlanSettings {
         latency_usd_per_gb_per_ms: 0.0001,
         affinity_band: 0.02,
+        fill_reuse_sessions: 4.0,
         uncapped_cache_mbps: 10_000.0,
     }
 }
