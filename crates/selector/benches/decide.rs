@@ -86,6 +86,7 @@ fn main() {
             zone: "z",
             reach: &reach,
             exclude: &[],
+            reserved_mbps: &HashMap::new(),
             settings: &settings,
         })
         .expect("valid");

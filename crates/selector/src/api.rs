@@ -62,7 +62,59 @@ pub struct SelectorStats {
     pub shortfalls: AtomicU64,
 }
 
+/// What this selector planned on each cache recently, decaying as the
+/// caches' own gossiped load catches up (egress is averaged over ~1 s and
+/// published every second, so a new session shows in gossip ~2 s later).
+/// Soft state: lost on restart, not shared between selectors; it only
+/// keeps one selector's burst of requests from piling onto the same caches.
+pub struct Reservations {
+    decay_ms: f64,
+    entries: std::sync::Mutex<std::collections::HashMap<String, (f64, std::time::Instant)>>,
+}
+
+/// Caches tracked at most (more than any mesh has).
+const RESERVATIONS_MAX: usize = 100_000;
+
+impl Reservations {
+    pub fn new(decay_ms: u64) -> Self {
+        Self {
+            decay_ms: decay_ms.max(1) as f64,
+            entries: std::sync::Mutex::default(),
+        }
+    }
+
+    fn decayed(&self, mbps: f64, at: std::time::Instant, now: std::time::Instant) -> f64 {
+        let age_ms = now.saturating_duration_since(at).as_secs_f64() * 1e3;
+        mbps * (-age_ms / self.decay_ms).exp()
+    }
+
+    /// Planned Mbit/s per cache still in effect.
+    pub fn current(&self, now: std::time::Instant) -> std::collections::HashMap<String, f64> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .iter()
+            .map(|(node, (mbps, at))| (node.clone(), self.decayed(*mbps, *at, now)))
+            .filter(|(_, mbps)| *mbps > 0.01)
+            .collect()
+    }
+
+    pub fn add<'a>(&self, now: std::time::Instant, shares: impl Iterator<Item = (&'a str, f64)>) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        for (node, mbps) in shares {
+            if entries.len() >= RESERVATIONS_MAX && !entries.contains_key(node) {
+                entries.retain(|_, (m, at)| self.decayed(*m, *at, now) > 0.01);
+                if entries.len() >= RESERVATIONS_MAX {
+                    continue;
+                }
+            }
+            let entry = entries.entry(node.to_string()).or_insert((0.0, now));
+            *entry = (self.decayed(entry.0, entry.1, now) + mbps, now);
+        }
+    }
+}
+
 pub struct Selector {
+    reservations: Reservations,
     services: ServiceTable,
     zones: Option<Zones>,
     node: Arc<MeshNode>,
@@ -161,6 +213,7 @@ impl BoundSelector {
             },
         );
         let selector = Arc::new(Selector {
+            reservations: Reservations::new(config.reservation_decay_ms),
             services: ServiceTable::new(config.effective_services()),
             zones,
             node,
@@ -351,7 +404,7 @@ impl Selector {
         let response = match path {
             "/plan" | "/explain" => {
                 match parse_query(query, conn.peer_addr.ip(), host.as_deref()) {
-                    Ok(ask) => match self.decide(&ask).await {
+                    Ok(ask) => match self.decide(&ask, path == "/plan").await {
                         Ok(decision) if path == "/plan" => json(&PlanAnswer {
                             path: ask.path.as_str(),
                             decision: &decision,
@@ -452,7 +505,7 @@ impl Selector {
             client,
             exclude: Vec::new(),
         };
-        let decision = match self.decide(&ask).await {
+        let decision = match self.decide(&ask, true).await {
             Ok(decision) => decision,
             Err(refusal) => return self.refuse(refusal),
         };
@@ -480,8 +533,10 @@ impl Selector {
             .unwrap_or_else(|_| internal_error())
     }
 
-    /// The decision for one parsed request.
-    async fn decide(&self, ask: &Ask) -> Result<Decision, Refusal> {
+    /// The decision for one parsed request; `reserve`: a client will use
+    /// it (a plan or a redirect, not an explanation), so its shares count
+    /// against the caches until gossip shows them.
+    async fn decide(&self, ask: &Ask, reserve: bool) -> Result<Decision, Refusal> {
         let path = ask.path.as_str();
         let service = self
             .services
@@ -551,6 +606,8 @@ impl Selector {
             }
         };
         let path_and_query = format!("{uri_path}{}", ask.query_suffix);
+        let now = std::time::Instant::now();
+        let reserved = self.reservations.current(now);
         let mut decision = decide(&Inputs {
             service,
             uri_path_and_query: &path_and_query,
@@ -561,11 +618,18 @@ impl Selector {
             zone: &zone,
             reach: &reach,
             exclude: &ask.exclude,
+            reserved_mbps: &reserved,
             settings: &self.settings,
         })
         .map_err(|e| Refusal(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
         if let Some(note) = lookup_note {
             decision.reasons.push(note);
+        }
+        if reserve {
+            self.reservations.add(
+                now,
+                decision.sources.iter().map(|s| (s.node.as_str(), s.mbps)),
+            );
         }
         self.stats.plans.fetch_add(1, Ordering::Relaxed);
         if decision.shortfall_mbps > 0.0 {
@@ -580,6 +644,21 @@ mod tests {
     use super::*;
 
     const HERE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[test]
+    fn reservations_add_up_and_decay() {
+        let ledger = Reservations::new(2_000);
+        let t0 = std::time::Instant::now();
+        ledger.add(t0, [("a", 50.0), ("b", 25.0)].into_iter());
+        ledger.add(t0, [("a", 50.0)].into_iter());
+        let now = ledger.current(t0);
+        assert!((now["a"] - 100.0).abs() < 1e-9 && (now["b"] - 25.0).abs() < 1e-9);
+        // One time constant later: e^-1 of it.
+        let later = ledger.current(t0 + std::time::Duration::from_secs(2));
+        assert!((later["a"] - 100.0 / std::f64::consts::E).abs() < 1e-6);
+        let gone = ledger.current(t0 + std::time::Duration::from_secs(60));
+        assert!(gone.is_empty());
+    }
 
     #[test]
     fn parameters_are_parsed_or_named_in_the_error() {

@@ -53,6 +53,9 @@ pub struct SelectorConfig {
     /// fill, which sends viewers to far caches that happen to hold the
     /// object; see docs/selector-design.md for how 4 was chosen).
     pub fill_reuse_sessions: f64,
+    /// Rate planned on a cache counts against its spare egress until its
+    /// gossiped load shows it: decays with this time constant, ms (0: off).
+    pub reservation_decay_ms: u64,
     /// How long what a shield said about a path is reused, ms.
     pub object_ttl_ms: u64,
     /// How long "no such object" is remembered, ms.
@@ -82,6 +85,7 @@ impl Default for SelectorConfig {
             affinity_band: 0.02,
             uncapped_cache_mbps: 10_000.0,
             fill_reuse_sessions: 4.0,
+            reservation_decay_ms: 2_000,
             object_ttl_ms: 10_000,
             missing_ttl_ms: 2_000,
             object_entries_max: 100_000,
@@ -226,6 +230,7 @@ impl SelectorConfig {
         for (name, value, low, high) in [
             ("object_ttl_ms", self.object_ttl_ms, 0, 3_600_000),
             ("missing_ttl_ms", self.missing_ttl_ms, 0, 3_600_000),
+            ("reservation_decay_ms", self.reservation_decay_ms, 0, 60_000),
             ("lookup_timeout_ms", self.lookup_timeout_ms, 100, 600_000),
             (
                 "piece_probe_timeout_ms",

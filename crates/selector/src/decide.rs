@@ -14,7 +14,10 @@
 //! - degraded caches (they say so in gossip) are used only when the healthy
 //!   ones cannot carry the target;
 //! - a cache's fill price is what it would pay for the bytes it lacks: the
-//!   cheapest sibling that holds the object, else the origin.
+//!   cheapest sibling that holds the object, else the origin;
+//! - a cache's spare egress is what it gossips, less what this selector
+//!   planned on it in the last seconds (gossip shows new load ~2 s late, so
+//!   a burst of requests would otherwise all land on the cheapest caches).
 
 use crate::config::DeliveryService;
 use serde::Serialize;
@@ -64,6 +67,9 @@ pub struct Inputs<'a> {
     pub reach: &'a dyn Fn(&str) -> Option<Reach>,
     /// Node ids the client reported degraded.
     pub exclude: &'a [String],
+    /// Rate this selector planned on each cache recently, Mbit/s, that the
+    /// cache's gossiped load may not show yet (see `api::Reservations`).
+    pub reserved_mbps: &'a HashMap<String, f64>,
     pub settings: &'a PlanSettings,
 }
 
@@ -245,7 +251,8 @@ pub fn decide(inputs: &Inputs) -> Result<Decision, SelectError> {
             });
             continue;
         };
-        let spare = spare_mbps(member, inputs.settings.uncapped_cache_mbps);
+        let spare = spare_mbps(member, inputs.settings.uncapped_cache_mbps)
+            - inputs.reserved_mbps.get(node).copied().unwrap_or(0.0);
         if spare <= 0.0 {
             left_out.add("no spare egress", node, || "no spare egress".into());
             continue;

@@ -277,7 +277,9 @@ fn plans_explain_and_redirects_follow_cost_zone_and_holdings() {
         .filter(|(k, _)| k.eq_ignore_ascii_case("link"))
         .map(|(_, v)| v.as_str())
         .collect();
-    assert_eq!(links.len(), 2, "{:?}", redirect.headers);
+    // At least the three-source plan (earlier plans still count against
+    // the caches' spare egress, which may call for a fourth).
+    assert!(links.len() >= 2, "{:?}", redirect.headers);
     for link in &links {
         assert!(link.contains("rel=duplicate") && link.contains("/video/film.mp4"));
         assert!(!link.contains(&location), "the Location is not repeated");
@@ -293,11 +295,20 @@ fn plans_explain_and_redirects_follow_cost_zone_and_holdings() {
     let before: u64 = caches.iter().map(client_bytes).sum();
     let (got, log) = aria2c_logged(&format!("{}/video/film.mp4", selector.url));
     assert!(got == data, "aria2c got wrong bytes");
-    for link in &links {
-        let url = link.trim_start_matches('<').split('>').next().unwrap();
+    // (Each redirect is planned afresh, so compare with the caches, not
+    // with the links curl saw.)
+    let added: Vec<&str> = log
+        .lines()
+        .filter_map(|line| line.split("Adding URI=").nth(1))
+        .map(str::trim)
+        .collect();
+    assert!(added.len() >= 2, "aria2c took {} duplicate(s)", added.len());
+    for url in &added {
         assert!(
-            log.contains(&format!("Adding URI={url}")),
-            "aria2c did not take the duplicate {url}"
+            caches
+                .iter()
+                .any(|c| *url == format!("{}/video/film.mp4", c.url)),
+            "aria2c took {url}, not a cache's URL"
         );
     }
     let after: u64 = caches.iter().map(client_bytes).sum();
@@ -340,9 +351,23 @@ fn a_cache_that_leaves_the_gossip_is_never_planned_and_no_cache_means_the_origin
     let config = selector_toml(dir.path(), &nginx.url, &gossip_addr(&caches[0]));
     let selector = start_selector(&config);
     wait_for_selector_view(&selector, 4);
+    // A second selector side by side (as behind DNS): no shared state, the
+    // same gossip, the same answer.
+    let twin = start_selector(&config);
+    wait_for_selector_view(&twin, 4);
     let plan_url = format!("{}/plan?path=/video/clip.mp4&client=10.1.0.5", selector.url);
     let (_, plan) = get_json(&plan_url);
     assert!(source_nodes(&plan).contains(&"c1".to_string()), "{plan}");
+    let (_, twin_plan) = get_json(&format!(
+        "{}/plan?path=/video/clip.mp4&client=10.1.0.5",
+        twin.url
+    ));
+    assert_eq!(source_nodes(&plan), source_nodes(&twin_plan));
+    assert_eq!(
+        plan["sources"][0]["share"],
+        twin_plan["sources"][0]["share"]
+    );
+    drop(twin);
 
     // c1 dies without a word: once gossip notices, it is never planned.
     caches[0].kill9();

@@ -57,6 +57,16 @@ fn run(
     exclude: &[String],
     service: &DeliveryService,
 ) -> Decision {
+    run_reserved(members, held, exclude, service, &HashMap::new())
+}
+
+fn run_reserved(
+    members: &[Member],
+    held: &HashMap<String, f64>,
+    exclude: &[String],
+    service: &DeliveryService,
+    reserved: &HashMap<String, f64>,
+) -> Decision {
     let object = ObjectFacts {
         id: Some("ab".repeat(32)),
         size_bytes: Some(2_000_000_000),
@@ -73,6 +83,7 @@ fn run(
         zone: "eu-clients",
         reach: &near_and_far,
         exclude,
+        reserved_mbps: reserved,
         settings: &settings,
     })
     .unwrap()
@@ -221,4 +232,29 @@ fn members_of_a_view_are_the_only_candidates() {
         .sources
         .iter()
         .all(|s| s.node == "x" || s.node == "y"));
+}
+
+#[test]
+fn rate_planned_recently_counts_against_a_cache_until_gossip_shows_it() {
+    let members = vec![
+        member("cheap1", 1, "eu", 1_000),
+        member("cheap2", 2, "eu", 1_000),
+        member("cheap3", 3, "eu", 1_000),
+        member("dear1", 4, "eu", 9_000),
+        member("dear2", 5, "eu", 9_000),
+        member("dear3", 6, "eu", 9_000),
+    ];
+    let first = run(&members, &HashMap::new(), &[], &service());
+    assert!(first.sources.iter().all(|s| s.node.starts_with("cheap")));
+    // A burst already filled the cheap caches (1 Gbit/s each) this second.
+    let reserved: HashMap<String, f64> = ["cheap1", "cheap2", "cheap3"]
+        .iter()
+        .map(|n| (n.to_string(), 1_000.0))
+        .collect();
+    let next = run_reserved(&members, &HashMap::new(), &[], &service(), &reserved);
+    assert!(
+        next.sources.iter().all(|s| s.node.starts_with("dear")),
+        "{next:?}"
+    );
+    assert!(next.bitrate_met);
 }
