@@ -305,6 +305,18 @@ impl Resolver {
         in_memory.or_else(|| self.load_entry(path).ok().flatten())
     }
 
+    /// What this cache, as shield, tells a selector about `path`: the
+    /// record only (`None`: pass-through), without building hash lists.
+    pub async fn record_for_selector(
+        &self,
+        path: &RequestPath,
+    ) -> Result<Option<crate::object::ObjectRecord>, ResolveError> {
+        Ok(match self.resolve(path).await? {
+            Resolved::PassThrough => None,
+            Resolved::Cached(entry) => Some(entry.record.clone()),
+        })
+    }
+
     /// What this cache tells a sibling about `path` (as its shield).
     /// With `local_only`, nothing is fetched: 404 unless it is known here.
     pub async fn describe_for_peer(

@@ -244,16 +244,19 @@ impl CacheService {
             // `record` (a selector): as shield, but only the record, not
             // the piece hashes.
             let mode = request.headers().get(MODE_HEADER).map(|v| v.as_bytes());
-            let local_only = mode.and_then(PeerMode::parse) == Some(PeerMode::Have);
-            let record_only = mode == Some(RECORD_MODE.as_bytes());
-            return match self.resolver.describe_for_peer(&path, local_only).await {
-                Ok(PeerObject::Cached { record, .. }) if record_only => {
-                    compact_json_response(&PeerObject::Cached {
+            if mode == Some(RECORD_MODE.as_bytes()) {
+                return match self.resolver.record_for_selector(&path).await {
+                    Ok(Some(record)) => compact_json_response(&PeerObject::Cached {
                         record,
                         manifest_b64: None,
                         hashes_hex: Vec::new(),
-                    })
-                }
+                    }),
+                    Ok(None) => compact_json_response(&PeerObject::PassThrough),
+                    Err(error) => text_response(error.client_status(), &format!("{error}\n")),
+                };
+            }
+            let local_only = mode.and_then(PeerMode::parse) == Some(PeerMode::Have);
+            return match self.resolver.describe_for_peer(&path, local_only).await {
                 Ok(answer) => compact_json_response(&answer),
                 Err(error) => text_response(error.client_status(), &format!("{error}\n")),
             };

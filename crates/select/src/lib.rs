@@ -118,6 +118,9 @@ pub const FILL_REUSE_SESSIONS_MAX: f64 = 1_000_000.0;
 pub const HEADROOM_MAX: f64 = 10.0;
 /// Most sources a plan asks a client to blend.
 pub const SOURCES_MAX: u32 = 8;
+/// Smallest share worth a connection, as a fraction of the target (a
+/// smaller one is used only to complete the target).
+pub const SHARE_MIN_FRACTION: f64 = 0.02;
 
 /// The part of an object one source of a plan serves, and so needs to
 /// hold: clients stripe pieces over a plan's sources by a stable rule
@@ -241,39 +244,47 @@ pub fn plan(request: &Request, candidates: &[Candidate]) -> Result<Plan, SelectE
         ));
     }
 
+    // A share too small to be worth a connection is skipped unless it
+    // completes the target.
+    let share_min = target * SHARE_MIN_FRACTION;
+    let sources_max = SOURCES_MAX as usize;
     let mut shares: Vec<(usize, f64)> = Vec::new();
     let mut planned = 0.0;
     for (i, (_, c)) in ordered.iter().enumerate() {
-        if planned >= target {
+        if planned >= target || shares.len() == sources_max {
             break;
         }
-        let take = c.spare_mbps.min(cap).min(target - planned);
-        if take > 0.0 {
+        let remaining = target - planned;
+        let take = c.spare_mbps.min(cap).min(remaining);
+        if take > 0.0 && (take >= share_min || take >= remaining) {
             shares.push((i, take));
             planned += take;
         }
     }
     if planned < target {
-        // Not enough under the resilience cap: use the rest of everyone's
-        // capacity, cheapest first, and say so.
+        // Not enough under the resilience cap: use the rest of the chosen
+        // sources' capacity, then of further ones, cheapest first, and say
+        // so.
         let before = planned;
         for (i, (_, c)) in ordered.iter().enumerate() {
             if planned >= target {
                 break;
             }
-            let already = shares
-                .iter()
-                .find(|(j, _)| *j == i)
-                .map(|(_, m)| *m)
-                .unwrap_or(0.0);
-            let more = (c.spare_mbps - already).min(target - planned);
-            if more > 0.0 {
-                match shares.iter_mut().find(|(j, _)| *j == i) {
-                    Some(share) => share.1 += more,
-                    None => shares.push((i, more)),
-                }
-                planned += more;
+            let position = shares.iter().position(|(j, _)| *j == i);
+            if position.is_none() && shares.len() == sources_max {
+                continue;
             }
+            let already = position.map_or(0.0, |p| shares[p].1);
+            let remaining = target - planned;
+            let more = (c.spare_mbps - already).min(remaining);
+            if more <= 0.0 || (position.is_none() && more < share_min && more < remaining) {
+                continue;
+            }
+            match position {
+                Some(p) => shares[p].1 += more,
+                None => shares.push((i, more)),
+            }
+            planned += more;
         }
         if planned > before && min_sources >= 2 {
             notes.push("capacity is short: shares exceed the one-loss cap".into());

@@ -155,8 +155,13 @@ proptest! {
             let c = caches.iter().find(|c| c.node_id == s.node_id).unwrap();
             prop_assert!(s.mbps > 0.0 && s.mbps <= c.spare_mbps + 1e-9, "over capacity");
         }
+        prop_assert!(p.sources.len() <= SOURCES_MAX as usize, "{} sources", p.sources.len());
+        let share_min = target * SHARE_MIN_FRACTION;
+        let small = p.sources.iter().filter(|s| s.mbps < share_min - 1e-9).count();
+        prop_assert!(small <= 1, "{small} slivers below the minimum share");
         let total_spare: f64 = caches.iter().filter(|c| c.spare_mbps > 0.0).map(|c| c.spare_mbps).sum();
-        if total_spare >= target {
+        let no_slivers = caches.iter().all(|c| c.spare_mbps <= 0.0 || c.spare_mbps >= share_min);
+        if total_spare >= target && no_slivers && p.sources.len() < SOURCES_MAX as usize {
             prop_assert!(p.shortfall_mbps < 1e-6, "target not covered although capacity exists");
         }
         prop_assert!((p.planned_mbps + p.shortfall_mbps - target).abs() < 1e-6);
@@ -176,4 +181,17 @@ proptest! {
             prop_assert!(p.survives_one_loss);
         }
     }
+}
+
+#[test]
+fn many_thin_caches_make_at_most_eight_sources_and_no_slivers() {
+    let mut caches: Vec<Candidate> = (0..40)
+        .map(|i| candidate(&format!("thin{i}"), 5.0, 0.001 + i as f64 * 1e-5))
+        .collect();
+    caches.push(candidate("sliver", 1e-6, 0.0));
+    let plan = plan(&request(100.0, 1.5, 2), &caches).unwrap();
+    assert_eq!(plan.sources.len(), SOURCES_MAX as usize);
+    assert!(plan.sources.iter().all(|s| s.node_id != "sliver"));
+    assert!((plan.planned_mbps - 40.0).abs() < 1e-9);
+    assert!(plan.shortfall_mbps > 100.0);
 }

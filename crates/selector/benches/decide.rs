@@ -87,6 +87,7 @@ fn main() {
             reach: &reach,
             exclude: &[],
             reserved_mbps: &HashMap::new(),
+            unresponsive: &[],
             settings: &settings,
         })
         .expect("valid");

@@ -29,6 +29,7 @@ use shoal_http::path::RequestPath;
 use shoal_mesh::{shield_key, MeshConfig, MeshNode, MeshRole, ObserverState};
 use shoal_select::zones::{Reach, Zones};
 use shoal_server::{Body, ConnInfo, ServerLimits};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -76,16 +77,17 @@ pub struct Reservations {
 const RESERVATIONS_MAX: usize = 100_000;
 
 impl Reservations {
+    /// `decay_ms` 0: off (nothing is reserved).
     pub fn new(decay_ms: u64) -> Self {
         Self {
-            decay_ms: decay_ms.max(1) as f64,
+            decay_ms: decay_ms as f64,
             entries: std::sync::Mutex::default(),
         }
     }
 
     fn decayed(&self, mbps: f64, at: std::time::Instant, now: std::time::Instant) -> f64 {
         let age_ms = now.saturating_duration_since(at).as_secs_f64() * 1e3;
-        mbps * (-age_ms / self.decay_ms).exp()
+        mbps * (-age_ms / self.decay_ms.max(1.0)).exp()
     }
 
     /// Planned Mbit/s per cache still in effect.
@@ -99,6 +101,9 @@ impl Reservations {
     }
 
     pub fn add<'a>(&self, now: std::time::Instant, shares: impl Iterator<Item = (&'a str, f64)>) {
+        if self.decay_ms <= 0.0 {
+            return;
+        }
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         for (node, mbps) in shares {
             if entries.len() >= RESERVATIONS_MAX && !entries.contains_key(node) {
@@ -114,6 +119,7 @@ impl Reservations {
 }
 
 pub struct Selector {
+    lookup_timeout: std::time::Duration,
     reservations: Reservations,
     services: ServiceTable,
     zones: Option<Zones>,
@@ -213,6 +219,7 @@ impl BoundSelector {
             },
         );
         let selector = Arc::new(Selector {
+            lookup_timeout: std::time::Duration::from_millis(config.lookup_timeout_ms),
             reservations: Reservations::new(config.reservation_decay_ms),
             services: ServiceTable::new(config.effective_services()),
             zones,
@@ -297,7 +304,16 @@ pub fn parse_query(query: &str, conn_client: IpAddr, host: Option<&str>) -> Resu
     let mut client = conn_client;
     let mut host = host.map(str::to_string);
     let mut exclude = Vec::new();
-    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        // `path` is taken as it would appear in a URL and decoded once,
+        // by `RequestPath::parse`; the other values are form-decoded.
+        if let Some(raw) = pair.strip_prefix("path=") {
+            path = Some(raw.to_string());
+            continue;
+        }
+        let Some((name, value)) = form_urlencoded::parse(pair.as_bytes()).next() else {
+            continue;
+        };
         match &*name {
             "path" => path = Some(value.into_owned()),
             "client" => {
@@ -326,6 +342,15 @@ pub fn parse_query(query: &str, conn_client: IpAddr, host: Option<&str>) -> Resu
         None => (path.as_str(), None),
     };
     let path = RequestPath::parse(raw_path).map_err(|e| bad(format!("path: {e}")))?;
+    // The query travels into URLs and headers as it came: it must be
+    // plain URI characters.
+    if let Some(q) = raw_query {
+        if !q.bytes().all(|b| b.is_ascii_graphic() && b != b'#') {
+            return Err(bad(
+                "path: the query part has characters a URL cannot carry",
+            ));
+        }
+    }
     Ok(Ask {
         path,
         query_suffix: raw_query.map(|q| format!("?{q}")).unwrap_or_default(),
@@ -452,9 +477,17 @@ impl Selector {
                     "malformed_members": view.malformed_members,
                 }))
             }
+            "/" => text(
+                StatusCode::OK,
+                "shoal selector: GET /plan?path=/x (JSON), GET /explain?path=/x (text), \
+                 GET /x (302 to the best cache, Link: rel=duplicate for the others); \
+                 parameters: client=IP, host=H, exclude=NODE,...",
+            ),
             p if p.starts_with("/_shoal/") => text(StatusCode::NOT_FOUND, "unknown endpoint"),
             _ => {
-                self.redirect(path, query, host.as_deref(), conn.peer_addr.ip())
+                let reserve = method == Method::GET;
+                let client = conn.peer_addr.ip();
+                self.redirect(path, query, host.as_deref(), client, reserve)
                     .await
             }
         };
@@ -484,6 +517,7 @@ impl Selector {
         query: &str,
         host: Option<&str>,
         client: IpAddr,
+        reserve: bool,
     ) -> Response<Body> {
         let path = match RequestPath::parse(raw_path) {
             Ok(path) => path,
@@ -505,7 +539,7 @@ impl Selector {
             client,
             exclude: Vec::new(),
         };
-        let decision = match self.decide(&ask, true).await {
+        let decision = match self.decide(&ask, reserve).await {
             Ok(decision) => decision,
             Err(refusal) => return self.refuse(refusal),
         };
@@ -552,9 +586,30 @@ impl Selector {
             })?;
         let view = self.node.view();
         let uri_path = ask.path.to_uri_path();
-        let mut lookup_note = None;
-        let (facts, affinity_key, held) = match self.directory.object(&view, path, &uri_path).await
-        {
+        // One deadline for the whole lookup, however many shields it asks.
+        let lookup = tokio::time::timeout(
+            self.lookup_timeout,
+            self.directory.object(&view, path, &uri_path),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(LookupError::Unavailable(format!(
+                "no answer within {} ms",
+                self.lookup_timeout.as_millis()
+            )))
+        });
+        let unknown = |note: String| {
+            (
+                ObjectFacts {
+                    cacheable: true,
+                    ..ObjectFacts::default()
+                },
+                shield_key(path),
+                HashMap::new(),
+                Some(format!("planned without knowing the object: {note}")),
+            )
+        };
+        let (facts, affinity_key, held, lookup_note) = match lookup {
             Ok(Known::Object {
                 id,
                 size_bytes,
@@ -566,7 +621,7 @@ impl Selector {
                     size_bytes: Some(size_bytes),
                     cacheable: true,
                 };
-                (facts, id, held)
+                (facts, id, held, None)
             }
             Ok(Known::PassThrough) => (
                 ObjectFacts {
@@ -574,26 +629,26 @@ impl Selector {
                     ..ObjectFacts::default()
                 },
                 shield_key(path),
-                Default::default(),
+                HashMap::new(),
+                None,
             ),
             Ok(Known::Missing(status)) => {
-                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::NOT_FOUND);
+                let status = StatusCode::from_u16(status)
+                    .ok()
+                    .filter(StatusCode::is_client_error)
+                    .unwrap_or(StatusCode::NOT_FOUND);
+                let hint = if status == StatusCode::FORBIDDEN {
+                    " (the origin refused it, or the caches refused this selector's token: is the cluster secret the caches'?)"
+                } else {
+                    ""
+                };
                 return Err(Refusal(
                     status,
-                    format!("{path}: the mesh answered {status} for this object"),
+                    format!("{path}: the mesh answered {status} for this object{hint}"),
                 ));
             }
-            Err(error @ LookupError::NoCache) | Err(error @ LookupError::Unavailable(_)) => {
-                lookup_note = Some(format!("planned without knowing the object: {error}"));
-                (
-                    ObjectFacts {
-                        cacheable: true,
-                        ..ObjectFacts::default()
-                    },
-                    shield_key(path),
-                    Default::default(),
-                )
-            }
+            Ok(Known::Unknown(why)) => unknown(why),
+            Err(error) => unknown(error.to_string()),
         };
         let zone = match &self.zones {
             Some(zones) => zones.zone_of(ask.client).to_string(),
@@ -608,6 +663,14 @@ impl Selector {
         let path_and_query = format!("{uri_path}{}", ask.query_suffix);
         let now = std::time::Instant::now();
         let reserved = self.reservations.current(now);
+        // Caches gossip says are alive but that failed this selector's
+        // own requests lately.
+        let unresponsive: Vec<String> = view
+            .members
+            .iter()
+            .filter(|m| !self.directory.answering(&m.node_id))
+            .map(|m| m.node_id.clone())
+            .collect();
         let mut decision = decide(&Inputs {
             service,
             uri_path_and_query: &path_and_query,
@@ -619,6 +682,7 @@ impl Selector {
             reach: &reach,
             exclude: &ask.exclude,
             reserved_mbps: &reserved,
+            unresponsive: &unresponsive,
             settings: &self.settings,
         })
         .map_err(|e| Refusal(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
@@ -674,6 +738,11 @@ mod tests {
         assert_eq!(ask.exclude, ["c1", "c2"]);
         let ask = parse_query("path=/a?x=1", HERE, Some("h")).ok().unwrap();
         assert_eq!(ask.query_suffix, "?x=1");
+        // The path is decoded once: `%25` is a literal `%`, `+` a plus.
+        let ask = parse_query("path=/50%25+off.mp4", HERE, None).ok().unwrap();
+        assert_eq!(ask.path.as_str(), "/50%+off.mp4");
+        assert!(parse_query("path=/a?x=%0D%0A", HERE, None).is_ok());
+        assert!(parse_query("path=/a?x y", HERE, None).is_err());
         for (query, needle) in [
             ("", "missing parameter `path`"),
             ("path=relative", "path"),

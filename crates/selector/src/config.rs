@@ -53,8 +53,9 @@ pub struct SelectorConfig {
     /// fill, which sends viewers to far caches that happen to hold the
     /// object; see docs/selector-design.md for how 4 was chosen).
     pub fill_reuse_sessions: f64,
-    /// Rate planned on a cache counts against its spare egress until its
-    /// gossiped load shows it: decays with this time constant, ms (0: off).
+    /// Rate planned on a cache counts against its spare egress (at most
+    /// 3/4 of it) until its gossiped load shows it: decays with this time
+    /// constant, ms (0: off).
     pub reservation_decay_ms: u64,
     /// How long what a shield said about a path is reused, ms.
     pub object_ttl_ms: u64,
@@ -89,7 +90,7 @@ impl Default for SelectorConfig {
             object_ttl_ms: 10_000,
             missing_ttl_ms: 2_000,
             object_entries_max: 100_000,
-            lookup_timeout_ms: 10_000,
+            lookup_timeout_ms: 5_000,
             piece_probe_timeout_ms: 250,
             limits: ServerLimits::default(),
             mesh: SelectorMesh::default(),
@@ -231,7 +232,13 @@ impl SelectorConfig {
             ("object_ttl_ms", self.object_ttl_ms, 0, 3_600_000),
             ("missing_ttl_ms", self.missing_ttl_ms, 0, 3_600_000),
             ("reservation_decay_ms", self.reservation_decay_ms, 0, 60_000),
-            ("lookup_timeout_ms", self.lookup_timeout_ms, 100, 600_000),
+            ("lookup_timeout_ms", self.lookup_timeout_ms, 100, 60_000),
+            (
+                "mesh.peer_connect_timeout_ms",
+                self.mesh.peer_connect_timeout_ms,
+                50,
+                60_000,
+            ),
             (
                 "piece_probe_timeout_ms",
                 self.piece_probe_timeout_ms,
@@ -243,8 +250,14 @@ impl SelectorConfig {
                 return bad(format!("{name} must be within {low}..={high}"));
             }
         }
-        if !(1..=10_000_000).contains(&self.object_entries_max) {
-            return bad("object_entries_max must be within 1..=10000000".into());
+        if !(1..=1_000_000).contains(&self.object_entries_max) {
+            return bad("object_entries_max must be within 1..=1000000".into());
+        }
+        if self.lookup_timeout_ms >= self.limits.idle_timeout_ms {
+            return bad(format!(
+                "lookup_timeout_ms ({}) must be below limits.idle_timeout_ms ({}), or clients are cut off before their plan",
+                self.lookup_timeout_ms, self.limits.idle_timeout_ms
+            ));
         }
         if self.services.len() > SERVICES_MAX {
             return bad(format!("more than {SERVICES_MAX} delivery services"));
@@ -254,17 +267,29 @@ impl SelectorConfig {
         }
         // Two services answering the same host and prefix are a mistake
         // the operator should hear about now, not a coin toss later.
-        for (i, a) in self.services.iter().enumerate() {
-            for b in &self.services[i + 1..] {
-                if a.name == b.name {
-                    return bad(format!("delivery service `{}` is defined twice", a.name));
-                }
-                let same_hosts = a.hosts.is_empty() && b.hosts.is_empty()
-                    || a.hosts.iter().any(|h| b.hosts.contains(h));
-                if same_hosts && a.path_prefix == b.path_prefix {
+        let mut names = std::collections::HashSet::new();
+        let mut claims: std::collections::HashMap<(&str, &str), &str> =
+            std::collections::HashMap::new();
+        for service in &self.services {
+            if !names.insert(service.name.as_str()) {
+                return bad(format!(
+                    "delivery service `{}` is defined twice",
+                    service.name
+                ));
+            }
+            // "" stands for "any host".
+            let hosts: Vec<&str> = if service.hosts.is_empty() {
+                vec![""]
+            } else {
+                service.hosts.iter().map(String::as_str).collect()
+            };
+            for host in hosts {
+                if let Some(other) =
+                    claims.insert((host, service.path_prefix.as_str()), &service.name)
+                {
                     return bad(format!(
-                        "delivery services `{}` and `{}` both claim path prefix `{}` on the same host",
-                        a.name, b.name, a.path_prefix
+                        "delivery services `{other}` and `{}` both claim path prefix `{}` on the same host",
+                        service.name, service.path_prefix
                     ));
                 }
             }

@@ -70,6 +70,9 @@ pub struct Inputs<'a> {
     /// Rate this selector planned on each cache recently, Mbit/s, that the
     /// cache's gossiped load may not show yet (see `api::Reservations`).
     pub reserved_mbps: &'a HashMap<String, f64>,
+    /// Caches alive in gossip that failed the selector's own requests
+    /// lately (HTTP down, gossip up): left out.
+    pub unresponsive: &'a [String],
     pub settings: &'a PlanSettings,
 }
 
@@ -140,6 +143,9 @@ const BYTES_PER_GB: f64 = 1e9;
 pub const LEFT_OUT_LISTED_PER_REASON: usize = 8;
 /// Unused caches listed as runners-up, cheapest first.
 pub const RUNNERS_UP_LISTED: usize = 3;
+/// Most of a cache's gossiped spare egress that recent reservations may
+/// take away.
+pub const RESERVED_SHARE_OF_SPARE_MAX: f64 = 0.75;
 
 /// Caches left out, listed up to [`LEFT_OUT_LISTED_PER_REASON`] per reason
 /// (excluded caches always), counted in full.
@@ -167,6 +173,17 @@ impl LeftOutList {
                 node: node.to_string(),
                 why: why(),
             });
+        }
+    }
+
+    /// Counts `n` more caches left out for `kind` without listing them.
+    fn count_only(&mut self, kind: &'static str, n: usize) {
+        if n == 0 {
+            return;
+        }
+        match self.counts.iter_mut().find(|(k, _, _)| *k == kind) {
+            Some(entry) => entry.1 += n,
+            None => self.counts.push((kind, n, 0)),
         }
     }
 
@@ -242,6 +259,12 @@ pub fn decide(inputs: &Inputs) -> Result<Decision, SelectError> {
             left_out.add("draining", node, || "draining".into());
             continue;
         }
+        if inputs.unresponsive.iter().any(|u| u == node) {
+            left_out.add("not answering", node, || {
+                "alive in gossip but not answering the selector's requests".into()
+            });
+            continue;
+        }
         let Some(reach) = (inputs.reach)(&member.region) else {
             left_out.add("unreachable from the client's zone", node, || {
                 format!(
@@ -251,8 +274,12 @@ pub fn decide(inputs: &Inputs) -> Result<Decision, SelectError> {
             });
             continue;
         };
-        let spare = spare_mbps(member, inputs.settings.uncapped_cache_mbps)
-            - inputs.reserved_mbps.get(node).copied().unwrap_or(0.0);
+        // Recent reservations count, but never for more than most of the
+        // gossiped spare: a client hammering `/plan` cannot make every
+        // cache look full.
+        let gossiped = spare_mbps(member, inputs.settings.uncapped_cache_mbps);
+        let reserved = inputs.reserved_mbps.get(node).copied().unwrap_or(0.0);
+        let spare = gossiped - reserved.min(gossiped.max(0.0) * RESERVED_SHARE_OF_SPARE_MAX);
         if spare <= 0.0 {
             left_out.add("no spare egress", node, || "no spare egress".into());
             continue;
@@ -358,7 +385,8 @@ pub fn decide(inputs: &Inputs) -> Result<Decision, SelectError> {
         spare_ones.select_nth_unstable_by(cut - 1, |a, b| a.0.total_cmp(&b.0));
         spare_ones[..cut].sort_by(|a, b| a.0.total_cmp(&b.0));
     }
-    for (rank, (cost, candidate)) in spare_ones.iter().enumerate() {
+    left_out.count_only("not needed", spare_ones.len() - cut);
+    for (rank, (cost, candidate)) in spare_ones[..cut].iter().enumerate() {
         left_out.add("not needed", &candidate.node_id, || {
             format!(
                 "not needed (runner-up {}): ${cost:.4}/GB, cheaper caches carry the target",

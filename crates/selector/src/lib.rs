@@ -5,7 +5,9 @@
 //! member: never a shield, holder or source), reads each cache's region,
 //! spare egress, health, price and object summary, and plans each request
 //! with the pure planner of `shoal-select`. It keeps no state of its own
-//! beyond short-lived lookups, so several can run side by side behind DNS.
+//! beyond soft, short-lived caches (object lookups, and the rate it planned
+//! on each cache in the last seconds), so several can run side by side
+//! behind DNS.
 //!
 //! - [`config`]: the selector's settings and the delivery services
 //!   (host or path prefix → committed bitrate, headroom, origin), validated

@@ -4,13 +4,18 @@
 //! - The object: its shield (rendezvous first for the path, as every cache
 //!   computes it) answers a record-only lookup (id, size, piece size),
 //!   resolving it from the origin if it must (that first fill is coming
-//!   anyway). If the shield does not answer, the next in the ranking is
-//!   asked (at most [`SHIELDS_TRIED_MAX`]). Answers are remembered for
-//!   `object_ttl_ms` (misses for `missing_ttl_ms`) in a bounded map.
-//! - Held fractions: caches whose gossiped summary says they hold the
-//!   object are asked for their piece set, all at once, each within
-//!   `piece_probe_timeout_ms`; a slow one counts as holding it all (its
-//!   summary says so), one that holds none counts as none.
+//!   anyway). If the shield does not answer, or answers with a status about
+//!   itself (408, 409, 421, 425, 429, 5xx), the next in the ranking is
+//!   asked (at most [`SHIELDS_TRIED_MAX`]); any other 4xx is about the
+//!   object and is passed on. One lookup per path at a time (others wait
+//!   for it); answers are remembered for `object_ttl_ms`, misses and
+//!   "nobody could say" for `missing_ttl_ms`, in a bounded map.
+//! - Held fractions: of the caches whose gossiped summary lists the
+//!   object, [`HOLDERS_PROBED_MAX`] (in the object's rendezvous order) are
+//!   asked for their piece set, all at once, each within
+//!   `piece_probe_timeout_ms`. A slow one, or one beyond the limit, counts
+//!   as holding it all (its summary says so); one that holds none or
+//!   refuses counts as none.
 
 use shoal_cache::peer::{MeshLink, PeerError};
 use shoal_core::ObjectId;
@@ -34,8 +39,12 @@ pub enum Known {
     },
     /// The origin forbids caching it.
     PassThrough,
-    /// The origin says there is no such object (status to pass on).
+    /// The mesh says there is no such object, or may not serve it (the
+    /// status to pass on: 404, 410, 403…).
     Missing(u16),
+    /// Nobody could say (remembered briefly so a dead shield is not asked
+    /// by every request).
+    Unknown(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +67,13 @@ pub struct Directory {
     link: Arc<MeshLink>,
     settings: LookupSettings,
     entries: Mutex<HashMap<String, (Instant, Known)>>,
+    /// One lookup per path at a time.
+    in_flight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Shield answers about the shield itself, not the object: ask the next.
+fn about_the_shield(status: u16) -> bool {
+    matches!(status, 408 | 409 | 421 | 425 | 429) || status >= 500
 }
 
 /// Serving caches in the path's rendezvous order (healthy first): the
@@ -90,14 +106,21 @@ impl Directory {
             link,
             settings,
             entries: Mutex::default(),
+            in_flight: Mutex::default(),
         }
+    }
+
+    /// Whether the selector's peer link still counts `node` as answering
+    /// (not suspect after a failure, not quarantined).
+    pub fn answering(&self, node: &str) -> bool {
+        self.link.usable(node)
     }
 
     fn remembered(&self, path: &str) -> Option<Known> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let (at, known) = entries.get(path)?;
         let ttl_ms = match known {
-            Known::Missing(_) => self.settings.missing_ttl_ms,
+            Known::Missing(_) | Known::Unknown(_) => self.settings.missing_ttl_ms,
             _ => self.settings.object_ttl_ms,
         };
         (at.elapsed() < Duration::from_millis(ttl_ms)).then(|| known.clone())
@@ -130,6 +153,35 @@ impl Directory {
         if let Some(known) = self.remembered(path) {
             return Ok(known);
         }
+        let gate = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(path.to_string())
+            .or_default()
+            .clone();
+        let _turn = gate.lock().await;
+        // Whoever held the gate may have just answered.
+        if let Some(known) = self.remembered(path) {
+            return Ok(known);
+        }
+        let answer = self.ask_shields(view, path, uri_path).await;
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(path);
+        if let Err(LookupError::Unavailable(why)) = &answer {
+            self.remember(path, &Known::Unknown(why.clone()));
+        }
+        answer
+    }
+
+    async fn ask_shields(
+        &self,
+        view: &MeshView,
+        path: &str,
+        uri_path: &str,
+    ) -> Result<Known, LookupError> {
         let order = shield_order(view, path);
         if order.is_empty() {
             return Err(LookupError::NoCache);
@@ -159,21 +211,13 @@ impl Directory {
                     self.remember(path, &Known::PassThrough);
                     return Ok(Known::PassThrough);
                 }
-                Err(error) if error.is_definitive() => {
-                    let status = error.status().map_or(404, |s| s.as_u16());
-                    let known = Known::Missing(status);
-                    self.remember(path, &known);
-                    return Ok(known);
-                }
-                Err(PeerError::Status(node, status)) if status.as_u16() == 403 => {
-                    failures.push(format!(
-                        "{node} refused our token (is the cluster secret the same as the caches'?)"
-                    ));
-                }
-                Err(PeerError::Status(node, status)) if status.is_client_error() => {
-                    // The shield rejects the path itself (e.g. 400): say so.
+                Err(PeerError::Status(node, status))
+                    if status.is_client_error() && !about_the_shield(status.as_u16()) =>
+                {
+                    // About the object (404, 410, an origin's 403…).
+                    tracing::debug!(%node, %status, path, "the shield answered for the object");
                     let known = Known::Missing(status.as_u16());
-                    tracing::debug!(%node, %status, path, "shield rejected the path");
+                    self.remember(path, &known);
                     return Ok(known);
                 }
                 Err(error) => failures.push(error.to_string()),
@@ -189,12 +233,23 @@ impl Directory {
         id: &ObjectId,
         piece_count: u64,
     ) -> HashMap<String, f64> {
-        let holders: Vec<Member> = view
+        let mut holders: Vec<(u64, &Member)> = view
             .members
             .iter()
+            .filter(|m| m.health != Health::Draining)
             .filter(|m| m.summary.as_ref().is_some_and(|s| s.contains(id)))
+            .map(|m| (shoal_core::rendezvous::score(id, &m.node_id), m))
+            .collect();
+        holders.sort_by_key(|h| std::cmp::Reverse(h.0));
+        let mut held = HashMap::new();
+        // Beyond the probe limit, the summary's word.
+        for (_, member) in holders.iter().skip(HOLDERS_PROBED_MAX) {
+            held.insert(member.node_id.clone(), 1.0);
+        }
+        let holders: Vec<Member> = holders
+            .into_iter()
             .take(HOLDERS_PROBED_MAX)
-            .cloned()
+            .map(|(_, m)| m.clone())
             .collect();
         let timeout = Duration::from_millis(self.settings.piece_probe_timeout_ms);
         let mut probes = tokio::task::JoinSet::new();
@@ -212,7 +267,6 @@ impl Directory {
                 (member.node_id, fraction)
             });
         }
-        let mut held = HashMap::new();
         while let Some(result) = probes.join_next().await {
             if let Ok((node, fraction)) = result {
                 held.insert(node, fraction);
