@@ -1,0 +1,309 @@
+//! The scheduler driven by a fluid simulator: sources with rates that
+//! change over time, requests sharing their source's rate, 10 ms steps.
+//! The same code the tokio driver runs; completion times are compared
+//! with the fluid bound (all capacity used all the time).
+
+use super::*;
+
+const MIB: u64 = 1 << 20;
+const STEP_MS: u64 = 10;
+
+/// A source's rate in bytes per ms at time t (ms), and whether it answers.
+type RateFn = Box<dyn Fn(u64, f64) -> f64>;
+
+struct SimSource {
+    name: String,
+    /// (time ms, progress 0..1) → bytes per ms.
+    rate: RateFn,
+}
+
+struct Outcome {
+    done_ms: u64,
+    replaced: Vec<String>,
+    bytes_by_source: Vec<u64>,
+    preferred_hits: u32,
+    verified_order: Vec<u32>,
+}
+
+/// Runs a download of `pieces` pieces of `piece_bytes` over `sources`.
+/// `bad`: (source index, piece) that arrives corrupt.
+fn simulate(
+    pieces: u32,
+    piece_bytes: u64,
+    sources: Vec<SimSource>,
+    in_order: bool,
+    have: &PieceSet,
+    bad: Option<(usize, u32)>,
+) -> Outcome {
+    let mut config = ScheduleConfig::new(pieces, piece_bytes, 42);
+    config.in_order = in_order;
+    let mut scheduler = Scheduler::new(config, have);
+    let ids: Vec<SourceId> = sources
+        .iter()
+        .map(|s| scheduler.add_source(&s.name, 1.0, 0))
+        .collect();
+    let preferred: Vec<Option<SourceId>> = scheduler.preferred.clone();
+    // In-flight requests: (source index, piece, bytes received).
+    let mut requests: Vec<(usize, u32, u64)> = Vec::new();
+    let mut replaced = Vec::new();
+    let mut preferred_hits = 0;
+    let mut verified_order = Vec::new();
+    let mut now = 0;
+    while !scheduler.is_complete() {
+        assert!(now < 10_000_000, "the download never finished");
+        for (i, id) in ids.iter().enumerate() {
+            while let Some(piece) = scheduler.next_piece(*id, now) {
+                requests.push((i, piece.0, 0));
+            }
+        }
+        let progress = f64::from(scheduler.done_count()) / f64::from(pieces);
+        let mut finished = Vec::new();
+        for (i, source) in sources.iter().enumerate() {
+            let mine: Vec<usize> = (0..requests.len()).filter(|r| requests[*r].0 == i).collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let budget = (source.rate)(now, progress) * STEP_MS as f64;
+            let each = (budget / mine.len() as f64) as u64;
+            for r in mine {
+                let (_, piece, got) = &mut requests[r];
+                let add = each.min(piece_bytes - *got);
+                if add > 0 {
+                    *got += add;
+                    scheduler.on_bytes(ids[i], PieceIndex(*piece), add, now);
+                }
+                if *got >= piece_bytes {
+                    finished.push(r);
+                }
+            }
+        }
+        finished.sort_unstable();
+        let completed: Vec<(usize, u32)> = finished
+            .into_iter()
+            .rev()
+            .map(|r| {
+                let (i, piece, _) = requests.swap_remove(r);
+                (i, piece)
+            })
+            .collect();
+        for (i, piece) in completed {
+            // An earlier completion this step may have cancelled this copy.
+            if scheduler.slot_of(ids[i], PieceIndex(piece)).is_none() {
+                continue;
+            }
+            let ok = bad != Some((i, piece));
+            if ok && !scheduler.is_done(PieceIndex(piece)) {
+                verified_order.push(piece);
+                if preferred[piece as usize] == Some(ids[i]) {
+                    preferred_hits += 1;
+                }
+            }
+            for action in scheduler.on_piece(ids[i], PieceIndex(piece), ok, now) {
+                apply(&mut requests, &ids, &mut replaced, &scheduler, action);
+            }
+        }
+        now += STEP_MS;
+        if now % 100 == 0 {
+            for action in scheduler.tick(now) {
+                apply(&mut requests, &ids, &mut replaced, &scheduler, action);
+            }
+        }
+    }
+    Outcome {
+        done_ms: now,
+        replaced,
+        bytes_by_source: scheduler.report().iter().map(|r| r.bytes).collect(),
+        preferred_hits,
+        verified_order,
+    }
+}
+
+fn apply(
+    requests: &mut Vec<(usize, u32, u64)>,
+    ids: &[SourceId],
+    replaced: &mut Vec<String>,
+    scheduler: &Scheduler,
+    action: Action,
+) {
+    match action {
+        Action::Cancel { source, piece } => {
+            let i = ids.iter().position(|id| *id == source).unwrap();
+            requests.retain(|(s, p, _)| !(*s == i && *p == piece.0));
+        }
+        Action::Replace { source, reason } => {
+            replaced.push(format!("{}: {reason}", scheduler.source_name(source)));
+        }
+    }
+}
+
+fn steady(name: &str, bytes_per_ms: f64) -> SimSource {
+    SimSource {
+        name: name.into(),
+        rate: Box::new(move |_, _| bytes_per_ms),
+    }
+}
+
+#[test]
+fn equal_sources_reach_the_fluid_bound() {
+    // 4 caches at 12.5 MB/s (100 Mbit/s) each, 256 MiB in 1 MiB pieces.
+    let rate = 12_500.0;
+    let pieces = 256;
+    let sources = (0..4).map(|i| steady(&format!("c{i}"), rate)).collect();
+    let out = simulate(pieces, MIB, sources, false, &PieceSet::new(pieces), None);
+    let bound = (pieces as u64 * MIB) as f64 / (4.0 * rate);
+    let ratio = out.done_ms as f64 / bound;
+    eprintln!("4 equal sources: {ratio:.3}x the fluid bound");
+    assert!(ratio <= 1.05, "{} ms vs bound {bound:.0} ms: {ratio:.3}x", out.done_ms);
+    assert!(out.replaced.is_empty(), "{:?}", out.replaced);
+    // Sticky stripes: most pieces came from their preferred source.
+    assert!(
+        out.preferred_hits as f64 >= 0.85 * pieces as f64,
+        "{} of {pieces} from their preferred source",
+        out.preferred_hits
+    );
+}
+
+#[test]
+fn unequal_sources_share_by_speed() {
+    let pieces = 200;
+    let sources = vec![steady("fast", 30_000.0), steady("slow", 10_000.0)];
+    let out = simulate(pieces, MIB, sources, false, &PieceSet::new(pieces), None);
+    let bound = (pieces as u64 * MIB) as f64 / 40_000.0;
+    assert!(out.done_ms as f64 <= 1.05 * bound, "{} vs {bound}", out.done_ms);
+    let (fast, slow) = (out.bytes_by_source[0] as f64, out.bytes_by_source[1] as f64);
+    assert!(fast > 2.3 * slow, "fast {fast} slow {slow}");
+}
+
+#[test]
+fn a_source_dropping_to_a_tenth_is_routed_around() {
+    // 3 caches at 12.5 MB/s; the third drops to 1/10 at 30 % progress.
+    let rate = 12_500.0;
+    let pieces = 300;
+    let dropped_at = std::rc::Rc::new(std::cell::Cell::new(None::<u64>));
+    let mark = dropped_at.clone();
+    let sources = vec![
+        steady("a", rate),
+        steady("b", rate),
+        SimSource {
+            name: "c".into(),
+            rate: Box::new(move |now, progress| {
+                if progress >= 0.3 {
+                    if mark.get().is_none() {
+                        mark.set(Some(now));
+                    }
+                    rate / 10.0
+                } else {
+                    rate
+                }
+            }),
+        },
+    ];
+    let out = simulate(pieces, MIB, sources, false, &PieceSet::new(pieces), None);
+    let total = (pieces as u64 * MIB) as f64;
+    // Fluid bound: 30 % at 3r, the rest at 2.1r.
+    let bound = 0.3 * total / (3.0 * rate) + 0.7 * total / (2.1 * rate);
+    let ratio = out.done_ms as f64 / bound;
+    eprintln!("one of 3 drops to 1/10 at 30 %: {ratio:.3}x the fluid bound");
+    assert!(ratio <= 1.1, "{} ms vs bound {bound:.0}: {ratio:.3}x", out.done_ms);
+    assert!(
+        out.replaced.iter().any(|r| r.starts_with("c: degraded")),
+        "{:?}",
+        out.replaced
+    );
+}
+
+#[test]
+fn a_killed_source_is_dropped_and_the_download_completes() {
+    let rate = 12_500.0;
+    let pieces = 200;
+    let sources = vec![
+        steady("a", rate),
+        steady("b", rate),
+        SimSource {
+            name: "dies".into(),
+            rate: Box::new(move |_, progress| if progress >= 0.5 { 0.0 } else { rate }),
+        },
+    ];
+    let out = simulate(pieces, MIB, sources, false, &PieceSet::new(pieces), None);
+    let total = (pieces as u64 * MIB) as f64;
+    let bound = 0.5 * total / (3.0 * rate) + 0.5 * total / (2.0 * rate);
+    // The stall takes a second to notice.
+    eprintln!("one of 3 killed at 50 %: {} ms vs bound {bound:.0} ms", out.done_ms);
+    assert!(
+        (out.done_ms as f64) <= bound * 1.05 + 1_000.0,
+        "{} ms vs bound {bound:.0}",
+        out.done_ms
+    );
+    assert!(out.replaced.iter().any(|r| r.starts_with("dies: stalled")), "{:?}", out.replaced);
+}
+
+#[test]
+fn a_source_sending_a_bad_piece_is_dropped_and_the_piece_fetched_elsewhere() {
+    let pieces = 50;
+    let sources = vec![steady("honest", 10_000.0), steady("liar", 10_000.0)];
+    // Find a piece the liar will be asked for: its first stripe piece.
+    let mut probe = Scheduler::new(ScheduleConfig::new(pieces, MIB, 42), &PieceSet::new(pieces));
+    probe.add_source("honest", 1.0, 0);
+    let liar = probe.add_source("liar", 1.0, 0);
+    let first = probe.next_piece(liar, 0).unwrap().0;
+    let out = simulate(pieces, MIB, sources, false, &PieceSet::new(pieces), Some((1, first)));
+    assert!(out.replaced.iter().any(|r| r.contains("failed verification")));
+    assert!(out.verified_order.contains(&first), "the bad piece was fetched again");
+    assert_eq!(out.verified_order.len(), pieces as usize);
+}
+
+#[test]
+fn a_resumed_download_asks_only_for_what_is_missing() {
+    let pieces = 64;
+    let mut have = PieceSet::new(pieces);
+    for i in (0..pieces).filter(|i| i % 3 != 0) {
+        have.insert(PieceIndex(i));
+    }
+    let out = simulate(pieces, MIB, vec![steady("a", 10_000.0)], false, &have, None);
+    assert_eq!(out.verified_order.len(), (0..pieces).filter(|i| i % 3 == 0).count());
+    assert!(out.verified_order.iter().all(|p| p % 3 == 0));
+}
+
+#[test]
+fn streaming_fetches_in_order() {
+    let pieces = 100;
+    let sources = vec![steady("a", 20_000.0), steady("b", 10_000.0)];
+    let out = simulate(pieces, MIB, sources, true, &PieceSet::new(pieces), None);
+    // Pieces complete nearly in order: none more than a few ahead of the
+    // lowest missing one.
+    let mut done = PieceSet::new(pieces);
+    for piece in &out.verified_order {
+        let lowest_missing = (0..pieces).find(|p| !done.contains(PieceIndex(*p))).unwrap();
+        assert!(piece - lowest_missing <= 8, "piece {piece} while {lowest_missing} missing");
+        done.insert(PieceIndex(*piece));
+    }
+}
+
+#[test]
+fn slots_cover_the_bandwidth_delay_product() {
+    let mut config = ScheduleConfig::new(1000, MIB, 1);
+    config.in_flight_max = 64;
+    let mut s = Scheduler::new(config, &PieceSet::new(1000));
+    let id = s.add_source("far", 1.0, 0);
+    // 125 MB/s with 200 ms to first byte: 25 MB in flight = 24 pieces.
+    let mut now = 0;
+    let mut out = Vec::new();
+    while let Some(p) = s.next_piece(id, now) {
+        out.push(p);
+    }
+    assert_eq!(out.len(), 2, "before any measurement: the minimum");
+    now += 200;
+    for p in &out {
+        s.on_bytes(id, *p, 1, now);
+    }
+    s.tick(0);
+    for step in 1..=20 {
+        now = 200 + step * 100;
+        for p in &out {
+            s.on_bytes(id, *p, 6_250_000, now);
+        }
+        s.tick(now);
+    }
+    let limit = s.in_flight_limit(&s.sources[0]);
+    assert!((20..=30).contains(&limit), "limit {limit}");
+}
