@@ -201,8 +201,9 @@ fn mix(mut x: u64) -> u64 {
 }
 
 fn name_seed(name: &str) -> u64 {
-    name.bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 impl Scheduler {
@@ -319,7 +320,8 @@ impl Scheduler {
                 self.preferred[piece as usize] = None;
                 continue;
             }
-            let base = mix(self.config.object_seed ^ u64::from(piece).wrapping_mul(0x2545_F491_4F6C_DD1D));
+            let base =
+                mix(self.config.object_seed ^ u64::from(piece).wrapping_mul(0x2545_F491_4F6C_DD1D));
             let best = usable
                 .iter()
                 .map(|(id, seed, weight)| {
@@ -396,9 +398,7 @@ impl Scheduler {
     }
 
     fn pick_lowest(&mut self) -> Option<u32> {
-        while self.cursor < self.config.piece_count
-            && self.done.contains(PieceIndex(self.cursor))
-        {
+        while self.cursor < self.config.piece_count && self.done.contains(PieceIndex(self.cursor)) {
             self.cursor += 1;
         }
         (self.cursor..self.config.piece_count).find(|p| self.assignable(*p))
@@ -417,7 +417,10 @@ impl Scheduler {
             .map(|(i, s)| (s.rate(), SourceId(i as u32)))
             .collect();
         ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
-        let rank = ranked.iter().position(|(_, id)| *id == source).unwrap_or(ranked.len());
+        let rank = ranked
+            .iter()
+            .position(|(_, id)| *id == source)
+            .unwrap_or(ranked.len());
         let mut found = 0;
         let mut candidate = None;
         for piece in first..self.config.piece_count {
@@ -444,7 +447,11 @@ impl Scheduler {
     fn pick_duplicate(&self, source: SourceId, now_ms: u64) -> Option<u32> {
         let me = &self.sources[source.0 as usize];
         let endgame = self.pick_lowest_readonly().is_none();
-        let my_rate = if me.fast.primed { me.rate() } else { f64::INFINITY };
+        let my_rate = if me.fast.primed {
+            me.rate()
+        } else {
+            f64::INFINITY
+        };
         let my_done = now_ms as f64 + self.config.piece_bytes as f64 / my_rate.max(1.0) * 1000.0;
         let mut best: Option<(f64, u32)> = None;
         for (index, holder) in self.sources.iter().enumerate() {
@@ -529,10 +536,7 @@ impl Scheduler {
         self.release(source, piece);
         let mut actions = Vec::new();
         if !verified {
-            actions.extend(self.drop_source(
-                source,
-                "sent bytes that failed verification".into(),
-            ));
+            actions.extend(self.drop_source(source, "sent bytes that failed verification".into()));
             return actions;
         }
         let Some(s) = self.sources.get_mut(source.0 as usize) else {

@@ -5,6 +5,7 @@
 
 mod config;
 mod demo;
+mod get;
 mod warm;
 
 use anyhow::Context;
@@ -45,6 +46,9 @@ enum Command {
     /// committed bitrate at the lowest cost (joins the mesh's gossip as an
     /// observer; answers /plan, /explain and redirects).
     Selector(Box<config::SelectorArgs>),
+    /// Download an object from several caches at once (a selector's plan),
+    /// verifying every piece; resumes an interrupted download.
+    Get(Box<get::GetArgs>),
     /// Fill objects into caches ahead of demand (all caches at once: they
     /// swarm, and the origin sends each object about once).
     Warm(warm::WarmArgs),
@@ -110,6 +114,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Cache(args) => run_cache(*args).await,
             Command::Selector(args) => run_selector(*args).await,
             Command::Warm(args) => warm::run(args).await,
+            Command::Get(args) => get::run(*args).await,
             Command::Demo {
                 size,
                 once,

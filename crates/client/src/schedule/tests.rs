@@ -59,7 +59,9 @@ fn simulate(
         let progress = f64::from(scheduler.done_count()) / f64::from(pieces);
         let mut finished = Vec::new();
         for (i, source) in sources.iter().enumerate() {
-            let mine: Vec<usize> = (0..requests.len()).filter(|r| requests[*r].0 == i).collect();
+            let mine: Vec<usize> = (0..requests.len())
+                .filter(|r| requests[*r].0 == i)
+                .collect();
             if mine.is_empty() {
                 continue;
             }
@@ -153,7 +155,11 @@ fn equal_sources_reach_the_fluid_bound() {
     let bound = (pieces as u64 * MIB) as f64 / (4.0 * rate);
     let ratio = out.done_ms as f64 / bound;
     eprintln!("4 equal sources: {ratio:.3}x the fluid bound");
-    assert!(ratio <= 1.05, "{} ms vs bound {bound:.0} ms: {ratio:.3}x", out.done_ms);
+    assert!(
+        ratio <= 1.05,
+        "{} ms vs bound {bound:.0} ms: {ratio:.3}x",
+        out.done_ms
+    );
     assert!(out.replaced.is_empty(), "{:?}", out.replaced);
     // Sticky stripes: most pieces came from their preferred source.
     assert!(
@@ -169,7 +175,11 @@ fn unequal_sources_share_by_speed() {
     let sources = vec![steady("fast", 30_000.0), steady("slow", 10_000.0)];
     let out = simulate(pieces, MIB, sources, false, &PieceSet::new(pieces), None);
     let bound = (pieces as u64 * MIB) as f64 / 40_000.0;
-    assert!(out.done_ms as f64 <= 1.05 * bound, "{} vs {bound}", out.done_ms);
+    assert!(
+        out.done_ms as f64 <= 1.05 * bound,
+        "{} vs {bound}",
+        out.done_ms
+    );
     let (fast, slow) = (out.bytes_by_source[0] as f64, out.bytes_by_source[1] as f64);
     assert!(fast > 2.3 * slow, "fast {fast} slow {slow}");
 }
@@ -204,7 +214,11 @@ fn a_source_dropping_to_a_tenth_is_routed_around() {
     let bound = 0.3 * total / (3.0 * rate) + 0.7 * total / (2.1 * rate);
     let ratio = out.done_ms as f64 / bound;
     eprintln!("one of 3 drops to 1/10 at 30 %: {ratio:.3}x the fluid bound");
-    assert!(ratio <= 1.1, "{} ms vs bound {bound:.0}: {ratio:.3}x", out.done_ms);
+    assert!(
+        ratio <= 1.1,
+        "{} ms vs bound {bound:.0}: {ratio:.3}x",
+        out.done_ms
+    );
     assert!(
         out.replaced.iter().any(|r| r.starts_with("c: degraded")),
         "{:?}",
@@ -228,13 +242,20 @@ fn a_killed_source_is_dropped_and_the_download_completes() {
     let total = (pieces as u64 * MIB) as f64;
     let bound = 0.5 * total / (3.0 * rate) + 0.5 * total / (2.0 * rate);
     // The stall takes a second to notice.
-    eprintln!("one of 3 killed at 50 %: {} ms vs bound {bound:.0} ms", out.done_ms);
+    eprintln!(
+        "one of 3 killed at 50 %: {} ms vs bound {bound:.0} ms",
+        out.done_ms
+    );
     assert!(
         (out.done_ms as f64) <= bound * 1.05 + 1_000.0,
         "{} ms vs bound {bound:.0}",
         out.done_ms
     );
-    assert!(out.replaced.iter().any(|r| r.starts_with("dies: stalled")), "{:?}", out.replaced);
+    assert!(
+        out.replaced.iter().any(|r| r.starts_with("dies: stalled")),
+        "{:?}",
+        out.replaced
+    );
 }
 
 #[test]
@@ -246,9 +267,22 @@ fn a_source_sending_a_bad_piece_is_dropped_and_the_piece_fetched_elsewhere() {
     probe.add_source("honest", 1.0, 0);
     let liar = probe.add_source("liar", 1.0, 0);
     let first = probe.next_piece(liar, 0).unwrap().0;
-    let out = simulate(pieces, MIB, sources, false, &PieceSet::new(pieces), Some((1, first)));
-    assert!(out.replaced.iter().any(|r| r.contains("failed verification")));
-    assert!(out.verified_order.contains(&first), "the bad piece was fetched again");
+    let out = simulate(
+        pieces,
+        MIB,
+        sources,
+        false,
+        &PieceSet::new(pieces),
+        Some((1, first)),
+    );
+    assert!(out
+        .replaced
+        .iter()
+        .any(|r| r.contains("failed verification")));
+    assert!(
+        out.verified_order.contains(&first),
+        "the bad piece was fetched again"
+    );
     assert_eq!(out.verified_order.len(), pieces as usize);
 }
 
@@ -260,7 +294,10 @@ fn a_resumed_download_asks_only_for_what_is_missing() {
         have.insert(PieceIndex(i));
     }
     let out = simulate(pieces, MIB, vec![steady("a", 10_000.0)], false, &have, None);
-    assert_eq!(out.verified_order.len(), (0..pieces).filter(|i| i % 3 == 0).count());
+    assert_eq!(
+        out.verified_order.len(),
+        (0..pieces).filter(|i| i % 3 == 0).count()
+    );
     assert!(out.verified_order.iter().all(|p| p % 3 == 0));
 }
 
@@ -273,8 +310,13 @@ fn streaming_fetches_in_order() {
     // lowest missing one.
     let mut done = PieceSet::new(pieces);
     for piece in &out.verified_order {
-        let lowest_missing = (0..pieces).find(|p| !done.contains(PieceIndex(*p))).unwrap();
-        assert!(piece - lowest_missing <= 8, "piece {piece} while {lowest_missing} missing");
+        let lowest_missing = (0..pieces)
+            .find(|p| !done.contains(PieceIndex(*p)))
+            .unwrap();
+        assert!(
+            piece - lowest_missing <= 8,
+            "piece {piece} while {lowest_missing} missing"
+        );
         done.insert(PieceIndex(*piece));
     }
 }

@@ -1,0 +1,482 @@
+//! Where to get an object: the URL given, parsed; the sources a selector
+//! plans (or, for a plain URL, the server itself and any mirrors); the
+//! manifest, checked against the object id.
+//!
+//! Everything a server sends here is a stranger's input: plans are parsed
+//! into typed values with bounded sizes, URLs must be `http://` with a
+//! host, and a manifest is accepted only if its hash is the id the server
+//! (and the plan) named.
+
+use crate::GetError;
+use serde::Deserialize;
+use shoal_core::{Manifest, ObjectId};
+use shoal_http::path::RequestPath;
+use std::time::Duration;
+
+/// Largest plan accepted from a selector.
+pub const PLAN_BYTES_MAX: usize = 1 << 20;
+/// Largest manifest accepted (1 TiB in 256 KiB pieces is 128 MiB of hashes;
+/// objects that large use larger pieces).
+pub const MANIFEST_BYTES_MAX: usize = 64 << 20;
+/// Most sources taken from one plan.
+pub const PLAN_SOURCES_MAX: usize = 16;
+/// Response header naming the object version (as the cache sends it).
+pub const OBJECT_ID_HEADER: &str = "x-shoal-object-id";
+
+/// `http://host[:port]/path`, split.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObjectUrl {
+    /// `http://host:port`
+    pub base: String,
+    pub path: RequestPath,
+}
+
+impl ObjectUrl {
+    pub fn parse(url: &str) -> Result<Self, GetError> {
+        let bad = |why: &str| GetError::BadUrl(format!("`{url}`: {why}"));
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| bad("only http:// URLs are supported"))?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => return Err(bad("no object path after the host")),
+        };
+        if authority.is_empty()
+            || authority.contains('@')
+            || !authority
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+        {
+            return Err(bad("the host is not a host[:port]"));
+        }
+        if path.contains(['?', '#']) {
+            return Err(bad("query strings and fragments are not supported"));
+        }
+        let path = RequestPath::parse(path).map_err(|e| bad(&e.to_string()))?;
+        Ok(Self {
+            base: format!("http://{authority}"),
+            path,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("{}{}", self.base, self.path.to_uri_path())
+    }
+}
+
+/// One source to pull from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlannedSource {
+    /// The cache's name (node id) when a selector named it, else the URL.
+    pub name: String,
+    /// Full URL of the object on that source.
+    pub url: String,
+    /// Planned share (relative).
+    pub share: f64,
+}
+
+/// What the selector (if any) said.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    pub sources: Vec<PlannedSource>,
+    pub committed_mbps: Option<f64>,
+    pub object_id: Option<ObjectId>,
+    pub object_size: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct PlanJson {
+    #[serde(default)]
+    sources: Vec<SourceJson>,
+    committed_mbps: Option<f64>,
+    #[serde(default)]
+    object: ObjectJson,
+}
+
+#[derive(Deserialize)]
+struct SourceJson {
+    node: String,
+    url: String,
+    share: f64,
+}
+
+#[derive(Deserialize, Default)]
+struct ObjectJson {
+    id: Option<String>,
+    size_bytes: Option<u64>,
+}
+
+/// Parses a selector's `/plan` answer (see `shoal-selector`).
+pub fn parse_plan(body: &[u8], path: &RequestPath) -> Result<Plan, String> {
+    if body.len() > PLAN_BYTES_MAX {
+        return Err(format!("plan larger than {PLAN_BYTES_MAX} bytes"));
+    }
+    let json: PlanJson = serde_json::from_slice(body).map_err(|e| format!("plan: {e}"))?;
+    let mut sources = Vec::new();
+    for source in json.sources.into_iter().take(PLAN_SOURCES_MAX) {
+        let url = ObjectUrl::parse(&source.url).map_err(|e| format!("plan: {e}"))?;
+        if url.path != *path {
+            return Err(format!("plan: source {} is for another path", source.url));
+        }
+        if !shoal_core::auth::valid_node_name(&source.node) {
+            return Err(format!("plan: `{}` is not a cache name", source.node));
+        }
+        let share = if source.share.is_finite() && source.share > 0.0 {
+            source.share
+        } else {
+            0.01
+        };
+        sources.push(PlannedSource {
+            name: source.node,
+            url: url.url(),
+            share,
+        });
+    }
+    let object_id = match json.object.id {
+        Some(hex) => Some(ObjectId::from_hex(&hex).ok_or("plan: bad object id")?),
+        None => None,
+    };
+    Ok(Plan {
+        sources,
+        committed_mbps: json
+            .committed_mbps
+            .filter(|m| m.is_finite() && *m > 0.0 && *m <= 1e6),
+        object_id,
+        object_size: json.object.size_bytes,
+    })
+}
+
+/// The `<url>` of each `Link: <url>; rel=duplicate` header value.
+pub fn duplicate_links<'a>(values: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut out = Vec::new();
+    for value in values {
+        for link in value.split(',') {
+            let link = link.trim();
+            let Some(rest) = link.strip_prefix('<') else {
+                continue;
+            };
+            let Some((url, params)) = rest.split_once('>') else {
+                continue;
+            };
+            let duplicate = params
+                .split(';')
+                .any(|p| p.trim().eq_ignore_ascii_case("rel=duplicate"));
+            if duplicate && out.len() < PLAN_SOURCES_MAX {
+                out.push(url.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Where the object's plan comes from.
+#[derive(Clone, Debug)]
+pub enum Origin {
+    /// A selector at this base URL: ask it for replacements.
+    Selector(String),
+    /// A cache or plain server: no one to ask.
+    Direct,
+}
+
+/// Finds the sources for `url`: a selector's plan, a redirect's Location
+/// and duplicates, or the URL itself.
+pub async fn discover(
+    client: &reqwest::Client,
+    url: &ObjectUrl,
+    timeout: Duration,
+) -> Result<(Origin, Plan), GetError> {
+    let target = url.url();
+    let response = tokio::time::timeout(timeout, client.head(&target).send())
+        .await
+        .map_err(|_| GetError::Unreachable {
+            url: target.clone(),
+            why: format!("no answer within {} ms", timeout.as_millis()),
+        })?
+        .map_err(|e| GetError::Unreachable {
+            url: target.clone(),
+            why: error_chain(&e),
+        })?;
+    let status = response.status();
+    if status.is_redirection() {
+        // A selector: its plan has the shares; its redirect the same URLs.
+        if let Ok(plan) = fetch_plan(client, &url.base, &url.path, &[], timeout).await {
+            if !plan.sources.is_empty() {
+                return Ok((Origin::Selector(url.base.clone()), plan));
+            }
+        }
+        let location = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| GetError::Failed(format!("{target}: a redirect without Location")))?;
+        let links = duplicate_links(
+            response
+                .headers()
+                .get_all(reqwest::header::LINK)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        );
+        let mut sources = Vec::new();
+        for link in std::iter::once(location.to_string()).chain(links) {
+            let parsed = ObjectUrl::parse(&link)?;
+            sources.push(PlannedSource {
+                name: parsed.base.trim_start_matches("http://").to_string(),
+                url: parsed.url(),
+                share: 1.0,
+            });
+        }
+        return Ok((
+            Origin::Direct,
+            Plan {
+                sources,
+                ..Plan::default()
+            },
+        ));
+    }
+    if status == reqwest::StatusCode::NOT_FOUND || status == reqwest::StatusCode::GONE {
+        return Err(GetError::NotFound(target));
+    }
+    if !status.is_success() {
+        return Err(GetError::Failed(format!(
+            "{target}: the server answered {status}"
+        )));
+    }
+    Ok((
+        Origin::Direct,
+        Plan {
+            sources: vec![PlannedSource {
+                name: url.base.trim_start_matches("http://").to_string(),
+                url: target,
+                share: 1.0,
+            }],
+            object_size: response.content_length(),
+            ..Plan::default()
+        },
+    ))
+}
+
+/// Asks a selector for a plan, leaving out `exclude` (caches reported
+/// degraded).
+pub async fn fetch_plan(
+    client: &reqwest::Client,
+    selector: &str,
+    path: &RequestPath,
+    exclude: &[String],
+    timeout: Duration,
+) -> Result<Plan, GetError> {
+    let mut url = format!("{selector}/plan?path={}", path.to_uri_path());
+    if !exclude.is_empty() {
+        url.push_str("&exclude=");
+        url.push_str(&exclude.join(","));
+    }
+    let body = get_small(client, &url, PLAN_BYTES_MAX, timeout).await?;
+    parse_plan(&body, path).map_err(GetError::Failed)
+}
+
+/// GETs a small body (at most `limit` bytes) within `timeout`.
+async fn get_small(
+    client: &reqwest::Client,
+    url: &str,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, GetError> {
+    let fetch = async {
+        let mut response = client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| GetError::Unreachable {
+                url: url.to_string(),
+                why: error_chain(&e),
+            })?;
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Err(GetError::NotFound(url.to_string()));
+        }
+        if !status.is_success() {
+            let text = response.text().await.unwrap_or_default();
+            return Err(GetError::Failed(format!(
+                "{url}: {status}: {}",
+                text.trim().chars().take(300).collect::<String>()
+            )));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| GetError::Unreachable {
+            url: url.to_string(),
+            why: error_chain(&e),
+        })? {
+            if body.len() + chunk.len() > limit {
+                return Err(GetError::Failed(format!(
+                    "{url}: answer larger than {limit} bytes"
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    };
+    tokio::time::timeout(timeout, fetch)
+        .await
+        .map_err(|_| GetError::Unreachable {
+            url: url.to_string(),
+            why: format!("no answer within {} ms", timeout.as_millis()),
+        })?
+}
+
+/// The object's manifest from the first source that has one, checked
+/// against the id that source names and the id the plan named.
+pub async fn fetch_manifest(
+    client: &reqwest::Client,
+    sources: &[PlannedSource],
+    path: &RequestPath,
+    plan_id: Option<ObjectId>,
+    timeout: Duration,
+) -> Result<Manifest, GetError> {
+    let mut why = Vec::new();
+    // A cache names the manifest at `/_shoal/manifest/<path>` (with the id
+    // in a header); a publisher's web server at
+    // `/.shoal/manifests/<path>.shoalmf` (`shoal publish`).
+    let places: Vec<(String, &PlannedSource)> = sources
+        .iter()
+        .filter_map(|source| {
+            let parsed = ObjectUrl::parse(&source.url).ok()?;
+            Some((parsed.base, source))
+        })
+        .flat_map(|(base, source)| {
+            [
+                (
+                    format!("{base}/_shoal/manifest{}", path.to_uri_path()),
+                    source,
+                ),
+                (
+                    format!("{base}/.shoal/manifests{}.shoalmf", path.to_uri_path()),
+                    source,
+                ),
+            ]
+        })
+        .collect();
+    for (url, source) in places {
+        let answer = async {
+            let response = client.get(&url).send().await.map_err(|e| error_chain(&e))?;
+            if !response.status().is_success() {
+                return Err(format!("{}", response.status()));
+            }
+            let named = response
+                .headers()
+                .get(OBJECT_ID_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(ObjectId::from_hex);
+            let mut response = response;
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await.map_err(|e| error_chain(&e))? {
+                if body.len() + chunk.len() > MANIFEST_BYTES_MAX {
+                    return Err(format!("manifest larger than {MANIFEST_BYTES_MAX} bytes"));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok((named, body))
+        };
+        let (named, body) = match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(found)) => found,
+            Ok(Err(error)) => {
+                why.push(format!("{url}: {error}"));
+                continue;
+            }
+            Err(_) => {
+                why.push(format!("{url}: no answer"));
+                continue;
+            }
+        };
+        let manifest = Manifest::decode(&body)
+            .map_err(|e| GetError::Manifest(format!("{}: {e}", source.name)))?;
+        let id = manifest.id();
+        for (who, expected) in [("the source", named), ("the selector's plan", plan_id)] {
+            if let Some(expected) = expected {
+                if expected != id {
+                    return Err(GetError::Manifest(format!(
+                        "the manifest from {} hashes to {} but {who} named {}: refused",
+                        source.name,
+                        &id.to_hex()[..16],
+                        &expected.to_hex()[..16]
+                    )));
+                }
+            }
+        }
+        return Ok(manifest);
+    }
+    Err(GetError::Manifest(format!(
+        "no source has a manifest for {} ({}); publish the object (`shoal publish`) or let a cache ingest it once",
+        path.as_str(),
+        why.join("; ")
+    )))
+}
+
+/// An error and its causes on one line.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_http_with_a_host_and_a_path() {
+        let url = ObjectUrl::parse("http://127.0.0.1:8070/video/a%20b.mp4").unwrap();
+        assert_eq!(url.base, "http://127.0.0.1:8070");
+        assert_eq!(url.path.as_str(), "/video/a b.mp4");
+        assert_eq!(url.url(), "http://127.0.0.1:8070/video/a%20b.mp4");
+        for bad in [
+            "https://x/a",
+            "http://x",
+            "http:///a",
+            "http://user@x/a",
+            "http://x/a?b=1",
+            "http://x/../a",
+            "ftp://x/a",
+            "x/a",
+        ] {
+            assert!(ObjectUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn plans_are_parsed_into_typed_sources() {
+        let path = RequestPath::parse("/v/a.mp4").unwrap();
+        let body = br#"{"sources":[{"node":"c1","url":"http://127.0.0.1:1/v/a.mp4","share":0.6},
+            {"node":"c2","url":"http://127.0.0.1:2/v/a.mp4","share":0.4}],
+            "committed_mbps":8.0,"object":{"id":null,"size_bytes":10}}"#;
+        let plan = parse_plan(body, &path).unwrap();
+        assert_eq!(plan.sources.len(), 2);
+        assert_eq!(plan.sources[0].name, "c1");
+        assert_eq!(plan.committed_mbps, Some(8.0));
+        assert_eq!(plan.object_size, Some(10));
+        let other = br#"{"sources":[{"node":"c1","url":"http://127.0.0.1:1/other","share":1}]}"#;
+        assert!(parse_plan(other, &path).is_err());
+        let evil = br#"{"sources":[{"node":"c 1","url":"http://127.0.0.1:1/v/a.mp4","share":1}]}"#;
+        assert!(parse_plan(evil, &path).is_err());
+        assert!(parse_plan(b"not json", &path).is_err());
+    }
+
+    #[test]
+    fn duplicate_links_are_read_from_link_headers() {
+        let links = duplicate_links(
+            [
+                "<http://a/x>; rel=duplicate; pri=2",
+                "<http://b/x>; rel=describedby, <http://c/x>; rel=duplicate",
+                "garbage",
+            ]
+            .into_iter(),
+        );
+        assert_eq!(links, ["http://a/x", "http://c/x"]);
+    }
+}

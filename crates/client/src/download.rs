@@ -1,0 +1,670 @@
+//! The tokio driver of the [`Scheduler`]: one task per piece request,
+//! verification before anything touches the disk, a resumable part file,
+//! replacements from the selector.
+//!
+//! Files: the object is written to `FILE.part` (pieces at their offsets,
+//! each verified against the manifest first) with `FILE.part.shoal` beside
+//! it naming the object id and the pieces written. A later run with the
+//! same object resumes from there, re-hashing those pieces first. When
+//! every piece is in, the part file is read back and every piece hashed
+//! again, then it is renamed to `FILE`: `FILE` only ever holds a whole,
+//! verified object.
+
+use crate::discover::{self, error_chain, ObjectUrl, Origin, PlannedSource};
+use crate::schedule::{Action, ScheduleConfig, Scheduler, SourceId, SourceReport};
+use crate::GetError;
+use bytes::Bytes;
+use shoal_core::bitfield::PieceSet;
+use shoal_core::{Manifest, PieceIndex};
+use std::collections::HashMap;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Most sources one download uses over its life (replacements included).
+pub const SOURCES_MAX: usize = 16;
+/// How often the scheduler's clock ticks.
+const TICK_MS: u64 = 100;
+/// Progress is reported to the scheduler in chunks of at least this.
+const PROGRESS_BYTES: u64 = 64 << 10;
+/// The resume state is saved at most this often.
+const SAVE_EVERY_MS: u64 = 1_000;
+/// Replacement plans are asked for at most this often.
+const REPLAN_EVERY_MS: u64 = 500;
+/// With no usable source left, how long to keep asking for new ones.
+const NO_SOURCE_GRACE_MS: u64 = 10_000;
+
+/// What `shoal get` (or an embedding program) asks for.
+#[derive(Clone, Debug)]
+pub struct GetOptions {
+    pub url: String,
+    /// Where the object goes (`FILE.part` while it downloads).
+    pub output: PathBuf,
+    /// More URLs of the same object (used as extra sources).
+    pub mirrors: Vec<String>,
+    /// Committed bitrate to hold, Mbit/s (default: the selector's).
+    pub bitrate_mbps: Option<f64>,
+    pub connect_timeout_ms: u64,
+    /// Longest wait for a response head or for the next body chunk.
+    pub read_timeout_ms: u64,
+    /// Scheduler stall threshold, ms.
+    pub stall_ms: u64,
+}
+
+impl GetOptions {
+    pub fn new(url: impl Into<String>, output: impl Into<PathBuf>) -> Self {
+        Self {
+            url: url.into(),
+            output: output.into(),
+            mirrors: Vec::new(),
+            bitrate_mbps: None,
+            connect_timeout_ms: 3_000,
+            read_timeout_ms: 10_000,
+            stall_ms: 1_000,
+        }
+    }
+}
+
+/// A snapshot for progress displays.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+    pub elapsed: Duration,
+    /// Recent aggregate rate, bytes per second.
+    pub rate_bps: f64,
+    pub sources: Vec<SourceReport>,
+}
+
+/// The report at the end.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Summary {
+    pub path: String,
+    pub output: String,
+    pub object_id: String,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub mbps: f64,
+    /// Pieces already on disk from an earlier, interrupted run.
+    pub resumed_pieces: u32,
+    pub committed_mbps: Option<f64>,
+    /// Whether the average rate held the committed bitrate.
+    pub bitrate_held: Option<bool>,
+    /// Sources dropped mid-download (stalled, failing or lying).
+    pub failovers: u32,
+    pub stalls: u32,
+    pub degradations: u32,
+    /// Sources a selector added after the first plan.
+    pub replacements: u32,
+    pub sources: Vec<SourceSummary>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SourceSummary {
+    pub name: String,
+    pub url: String,
+    pub bytes: u64,
+    pub pieces: u32,
+    pub state: String,
+}
+
+/// What request tasks tell the driver.
+enum Event {
+    Bytes(SourceId, PieceIndex, u64),
+    /// Verified and written (`true`), or refused (`false`).
+    Piece(SourceId, PieceIndex, bool),
+    Failed(SourceId, PieceIndex, String),
+    Disk(std::io::Error),
+    Plan(Result<discover::Plan, GetError>),
+}
+
+fn now_ms(start: Instant) -> u64 {
+    start.elapsed().as_millis() as u64
+}
+
+/// The resume sidecar: object id and the pieces written.
+fn state_path(part: &Path) -> PathBuf {
+    let mut name = part.as_os_str().to_owned();
+    name.push(".shoal");
+    PathBuf::from(name)
+}
+
+fn part_path(output: &Path) -> PathBuf {
+    let mut name = output.as_os_str().to_owned();
+    name.push(".part");
+    PathBuf::from(name)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+fn save_state(path: &Path, manifest: &Manifest, done: &PieceSet) -> std::io::Result<()> {
+    let text = format!("{}\n{}\n", manifest.id().to_hex(), hex(&done.encode()));
+    let tmp = path.with_extension("shoal.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Pieces of a previous run that still verify.
+fn load_resume(part: &Path, manifest: &Manifest) -> PieceSet {
+    let layout = manifest.layout();
+    let mut have = PieceSet::new(manifest.piece_count());
+    let Ok(text) = std::fs::read_to_string(state_path(part)) else {
+        return have;
+    };
+    let mut lines = text.lines();
+    if lines.next() != Some(manifest.id().to_hex().as_str()) {
+        return have;
+    }
+    let Some(saved) = lines
+        .next()
+        .and_then(unhex)
+        .and_then(|b| PieceSet::decode(&b).ok())
+    else {
+        return have;
+    };
+    let Ok(file) = std::fs::File::open(part) else {
+        return have;
+    };
+    let mut buffer = Vec::new();
+    for index in saved.iter().filter(|i| i.0 < manifest.piece_count()) {
+        let Some(span) = layout.piece_span(index) else {
+            continue;
+        };
+        buffer.resize(span.len() as usize, 0);
+        if file.read_exact_at(&mut buffer, span.start()).is_ok()
+            && manifest.verify_piece(index, &buffer).is_ok()
+        {
+            have.insert(index);
+        }
+    }
+    have
+}
+
+struct SourceEntry {
+    id: SourceId,
+    planned: PlannedSource,
+}
+
+/// Downloads `options.url`, calling `progress` about every 200 ms.
+pub async fn get(
+    options: GetOptions,
+    mut progress: impl FnMut(&Progress),
+) -> Result<Summary, GetError> {
+    let started = Instant::now();
+    let url = ObjectUrl::parse(&options.url)?;
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_millis(options.connect_timeout_ms))
+        .tcp_nodelay(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(32)
+        .build()
+        .map_err(|e| GetError::Failed(error_chain(&e)))?;
+    let timeout = Duration::from_millis(options.read_timeout_ms);
+    let (origin, mut plan) = discover::discover(&client, &url, timeout).await?;
+    for mirror in &options.mirrors {
+        let parsed = ObjectUrl::parse(mirror)?;
+        if parsed.path != url.path {
+            return Err(GetError::BadUrl(format!(
+                "mirror {mirror} names another path than {}",
+                url.path.as_str()
+            )));
+        }
+        plan.sources.push(PlannedSource {
+            name: parsed.base.trim_start_matches("http://").to_string(),
+            url: parsed.url(),
+            share: 1.0,
+        });
+    }
+    let manifest = Arc::new(
+        discover::fetch_manifest(&client, &plan.sources, &url.path, plan.object_id, timeout)
+            .await?,
+    );
+    let layout = manifest.layout();
+    let committed_mbps = options.bitrate_mbps.or(plan.committed_mbps);
+
+    // The part file, resumed if it holds pieces of this very object.
+    let part = part_path(&options.output);
+    let state = state_path(&part);
+    let disk = |error: std::io::Error| GetError::Disk {
+        path: part.display().to_string(),
+        why: error.to_string(),
+    };
+    let have = load_resume(&part, &manifest);
+    let resumed_pieces = have.len();
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&part)
+        .map_err(disk)?;
+    if resumed_pieces == 0 {
+        file.set_len(0).map_err(disk)?;
+    }
+    file.set_len(layout.object_size()).map_err(disk)?;
+    let file = Arc::new(file);
+
+    let mut seed = [0u8; 8];
+    seed.copy_from_slice(&manifest.id().0[..8]);
+    let mut config = ScheduleConfig::new(
+        manifest.piece_count(),
+        manifest.piece_size().bytes(),
+        u64::from_le_bytes(seed),
+    );
+    config.stall_ms = options.stall_ms;
+    let mut scheduler = Scheduler::new(config, &have);
+    let start_ms = now_ms(started);
+    let mut sources: Vec<SourceEntry> = Vec::new();
+    for planned in plan.sources.iter().take(SOURCES_MAX) {
+        if sources.iter().any(|s| s.planned.url == planned.url) {
+            continue;
+        }
+        let id = scheduler.add_source(&planned.name, planned.share, start_ms);
+        sources.push(SourceEntry {
+            id,
+            planned: planned.clone(),
+        });
+    }
+    let first_sources = sources.len();
+
+    let (events, mut inbox) = mpsc::channel::<Event>(1024);
+    let mut tasks: HashMap<(SourceId, u32), tokio::task::AbortHandle> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_save = 0;
+    let mut last_progress = 0;
+    let mut last_replan: Option<u64> = None;
+    let mut replan_pending = false;
+    let mut reported: Vec<String> = Vec::new();
+    let mut no_source_since: Option<u64> = None;
+    let mut below_bitrate_since: Option<u64> = None;
+
+    while !scheduler.is_complete() {
+        let now = now_ms(started);
+        // Give every free slot a piece.
+        for entry in &sources {
+            while let Some(piece) = scheduler.next_piece(entry.id, now) {
+                let Some(span) = layout.piece_span(piece) else {
+                    break;
+                };
+                let handle = tokio::spawn(fetch_piece(
+                    client.clone(),
+                    entry.planned.url.clone(),
+                    entry.id,
+                    piece,
+                    span.start(),
+                    span.end(),
+                    manifest.clone(),
+                    file.clone(),
+                    events.clone(),
+                    timeout,
+                ));
+                tasks.insert((entry.id, piece.0), handle.abort_handle());
+            }
+        }
+        // Ask for more sources when there are none left, or when the
+        // committed bitrate is not held.
+        let usable = scheduler.usable_sources().len();
+        let mut want_plan = false;
+        if usable == 0 {
+            let since = *no_source_since.get_or_insert(now);
+            if now - since > NO_SOURCE_GRACE_MS || matches!(origin, Origin::Direct) {
+                let why = scheduler
+                    .report()
+                    .iter()
+                    .map(|r| format!("{}: {}", r.name, r.health))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                save_state(&state, &manifest, scheduler.done_set()).map_err(disk)?;
+                return Err(GetError::Failed(format!(
+                    "every source failed ({why}); {} of {} pieces are saved in {}: run again to resume",
+                    scheduler.done_count(),
+                    manifest.piece_count(),
+                    part.display()
+                )));
+            }
+            want_plan = true;
+        } else {
+            no_source_since = None;
+        }
+        if let Some(mbps) = committed_mbps {
+            let rate_mbps = scheduler.aggregate_rate_bps() * 8.0 / 1e6;
+            if now > 2_000 && rate_mbps < mbps {
+                let since = *below_bitrate_since.get_or_insert(now);
+                if now - since > 2_000 {
+                    want_plan = true;
+                }
+            } else {
+                below_bitrate_since = None;
+            }
+        }
+        if want_plan {
+            if let Origin::Selector(selector) = &origin {
+                let due = last_replan.is_none_or(|t| now - t >= REPLAN_EVERY_MS);
+                if !replan_pending && due && sources.len() < SOURCES_MAX {
+                    replan_pending = true;
+                    last_replan = Some(now);
+                    let (client, selector, path, exclude, events) = (
+                        client.clone(),
+                        selector.clone(),
+                        url.path.clone(),
+                        reported.clone(),
+                        events.clone(),
+                    );
+                    tokio::spawn(async move {
+                        let plan =
+                            discover::fetch_plan(&client, &selector, &path, &exclude, timeout)
+                                .await;
+                        let _ = events.send(Event::Plan(plan)).await;
+                    });
+                }
+            }
+        }
+
+        let mut actions = Vec::new();
+        tokio::select! {
+            event = inbox.recv() => {
+                let Some(event) = event else { break };
+                let now = now_ms(started);
+                match event {
+                    Event::Bytes(source, piece, bytes) => scheduler.on_bytes(source, piece, bytes, now),
+                    Event::Piece(source, piece, ok) => {
+                        tasks.remove(&(source, piece.0));
+                        actions = scheduler.on_piece(source, piece, ok, now);
+                    }
+                    Event::Failed(source, piece, why) => {
+                        tasks.remove(&(source, piece.0));
+                        tracing::debug!(source = scheduler.source_name(source), piece = piece.0, %why, "request failed");
+                        actions = scheduler.on_error(source, piece, &why);
+                    }
+                    Event::Disk(error) => {
+                        for handle in tasks.values() {
+                            handle.abort();
+                        }
+                        let _ = save_state(&state, &manifest, scheduler.done_set());
+                        return Err(disk(error));
+                    }
+                    Event::Plan(answer) => {
+                        replan_pending = false;
+                        match answer {
+                            Ok(new_plan) => {
+                                for planned in new_plan.sources {
+                                    if sources.len() >= SOURCES_MAX {
+                                        break;
+                                    }
+                                    let known = sources.iter().any(|s| s.planned.url == planned.url);
+                                    if known || reported.contains(&planned.name) {
+                                        continue;
+                                    }
+                                    let id = scheduler.add_source(&planned.name, planned.share, now);
+                                    tracing::info!(source = %planned.name, "source added from the selector");
+                                    sources.push(SourceEntry { id, planned });
+                                }
+                            }
+                            Err(error) => tracing::warn!(%error, "asking the selector for a replacement"),
+                        }
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                actions = scheduler.tick(now_ms(started));
+            }
+        }
+        for action in actions {
+            match action {
+                Action::Cancel { source, piece } => {
+                    if let Some(handle) = tasks.remove(&(source, piece.0)) {
+                        handle.abort();
+                    }
+                }
+                Action::Replace { source, reason } => {
+                    let name = scheduler.source_name(source).to_string();
+                    tracing::info!(source = %name, %reason, "replacing a source");
+                    if !reported.contains(&name) {
+                        reported.push(name);
+                    }
+                    if let Origin::Selector(selector) = &origin {
+                        if !replan_pending && sources.len() < SOURCES_MAX {
+                            replan_pending = true;
+                            last_replan = Some(now_ms(started));
+                            let (client, selector, path, exclude, events) = (
+                                client.clone(),
+                                selector.clone(),
+                                url.path.clone(),
+                                reported.clone(),
+                                events.clone(),
+                            );
+                            tokio::spawn(async move {
+                                let plan = discover::fetch_plan(
+                                    &client, &selector, &path, &exclude, timeout,
+                                )
+                                .await;
+                                let _ = events.send(Event::Plan(plan)).await;
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        let now = now_ms(started);
+        if now - last_save >= SAVE_EVERY_MS {
+            last_save = now;
+            save_state(&state, &manifest, scheduler.done_set()).map_err(disk)?;
+        }
+        if now - last_progress >= 200 {
+            last_progress = now;
+            progress(&snapshot(&scheduler, &manifest, started));
+        }
+    }
+    for handle in tasks.values() {
+        handle.abort();
+    }
+    progress(&snapshot(&scheduler, &manifest, started));
+
+    // Read it all back and hash every piece once more before the file
+    // takes its name.
+    let check_file = file.clone();
+    let check_manifest = manifest.clone();
+    let checked = tokio::task::spawn_blocking(move || verify_file(&check_file, &check_manifest))
+        .await
+        .map_err(|e| GetError::Failed(e.to_string()))?;
+    if let Err(why) = checked {
+        let _ = std::fs::remove_file(&state);
+        return Err(GetError::Failed(format!(
+            "{} failed its final check ({why}); it was removed, run again",
+            part.display()
+        )));
+    }
+    file.sync_all().map_err(disk)?;
+    std::fs::rename(&part, &options.output).map_err(|e| GetError::Disk {
+        path: options.output.display().to_string(),
+        why: e.to_string(),
+    })?;
+    let _ = std::fs::remove_file(&state);
+
+    let seconds = started.elapsed().as_secs_f64();
+    let reports = scheduler.report();
+    let mbps = layout.object_size() as f64 * 8.0 / 1e6 / seconds.max(1e-9);
+    let sources_summary: Vec<SourceSummary> = sources
+        .iter()
+        .zip(&reports)
+        .map(|(entry, report)| SourceSummary {
+            name: report.name.clone(),
+            url: entry.planned.url.clone(),
+            bytes: report.bytes,
+            pieces: report.pieces,
+            state: report.health.clone(),
+        })
+        .collect();
+    Ok(Summary {
+        path: url.path.as_str().to_string(),
+        output: options.output.display().to_string(),
+        object_id: manifest.id().to_hex(),
+        bytes: layout.object_size(),
+        seconds,
+        mbps,
+        resumed_pieces,
+        committed_mbps,
+        bitrate_held: committed_mbps.map(|c| mbps >= c),
+        failovers: reports
+            .iter()
+            .filter(|r| r.health.starts_with("dropped"))
+            .count() as u32,
+        stalls: reports.iter().map(|r| r.stalls).sum(),
+        degradations: reports.iter().map(|r| r.degradations).sum(),
+        replacements: (sources.len() - first_sources) as u32,
+        sources: sources_summary,
+    })
+}
+
+fn snapshot(scheduler: &Scheduler, manifest: &Manifest, started: Instant) -> Progress {
+    let layout = manifest.layout();
+    let done_bytes = scheduler
+        .done_set()
+        .iter()
+        .map(|i| layout.piece_len(i))
+        .sum();
+    Progress {
+        done_bytes,
+        total_bytes: layout.object_size(),
+        elapsed: started.elapsed(),
+        rate_bps: scheduler.aggregate_rate_bps(),
+        sources: scheduler.report(),
+    }
+}
+
+/// Every piece of the file, hashed against the manifest.
+fn verify_file(file: &std::fs::File, manifest: &Manifest) -> Result<(), String> {
+    let layout = manifest.layout();
+    let mut buffer = Vec::new();
+    for index in 0..manifest.piece_count() {
+        let index = PieceIndex(index);
+        let Some(span) = layout.piece_span(index) else {
+            continue;
+        };
+        buffer.resize(span.len() as usize, 0);
+        file.read_exact_at(&mut buffer, span.start())
+            .map_err(|e| format!("reading piece {}: {e}", index.0))?;
+        manifest
+            .verify_piece(index, &buffer)
+            .map_err(|_| format!("piece {} does not match the manifest", index.0))?;
+    }
+    Ok(())
+}
+
+/// Fetches one piece, verifies it, writes it at its offset.
+#[allow(clippy::too_many_arguments)]
+async fn fetch_piece(
+    client: reqwest::Client,
+    url: String,
+    source: SourceId,
+    piece: PieceIndex,
+    start: u64,
+    end: u64,
+    manifest: Arc<Manifest>,
+    file: Arc<std::fs::File>,
+    events: mpsc::Sender<Event>,
+    timeout: Duration,
+) {
+    let event = match receive(&client, &url, source, piece, start, end, &events, timeout).await {
+        Err(why) => Event::Failed(source, piece, why),
+        Ok(data) => {
+            if manifest.verify_piece(piece, &data).is_err() {
+                Event::Piece(source, piece, false)
+            } else {
+                // Only verified bytes reach the disk.
+                let written =
+                    tokio::task::spawn_blocking(move || file.write_all_at(&data, start)).await;
+                match written {
+                    Ok(Ok(())) => Event::Piece(source, piece, true),
+                    Ok(Err(error)) => Event::Disk(error),
+                    Err(join) => Event::Disk(std::io::Error::other(join.to_string())),
+                }
+            }
+        }
+    };
+    let _ = events.send(event).await;
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn receive(
+    client: &reqwest::Client,
+    url: &str,
+    source: SourceId,
+    piece: PieceIndex,
+    start: u64,
+    end: u64,
+    events: &mpsc::Sender<Event>,
+    timeout: Duration,
+) -> Result<Bytes, String> {
+    let expected = end - start;
+    let request = client
+        .get(url)
+        .header(reqwest::header::RANGE, format!("bytes={start}-{}", end - 1));
+    let mut response = tokio::time::timeout(timeout, request.send())
+        .await
+        .map_err(|_| "no response".to_string())?
+        .map_err(|e| error_chain(&e))?;
+    let status = response.status();
+    let whole = status == reqwest::StatusCode::OK
+        && start == 0
+        && response.content_length() == Some(expected);
+    if status != reqwest::StatusCode::PARTIAL_CONTENT && !whole {
+        return Err(format!("answered {status} to a range request"));
+    }
+    if status == reqwest::StatusCode::PARTIAL_CONTENT {
+        let range = response
+            .headers()
+            .get(reqwest::header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let wanted = format!("bytes {start}-{}/", end - 1);
+        if !range.starts_with(&wanted) {
+            return Err(format!("Content-Range `{range}`, expected `{wanted}…`"));
+        }
+    }
+    let mut data = bytes::BytesMut::with_capacity(expected as usize);
+    let mut unreported = 0u64;
+    loop {
+        let chunk = tokio::time::timeout(timeout, response.chunk())
+            .await
+            .map_err(|_| "body stalled".to_string())?
+            .map_err(|e| error_chain(&e))?;
+        let Some(chunk) = chunk else { break };
+        if data.len() as u64 + chunk.len() as u64 > expected {
+            return Err("more bytes than the range".into());
+        }
+        data.extend_from_slice(&chunk);
+        unreported += chunk.len() as u64;
+        if unreported >= PROGRESS_BYTES {
+            let _ = events.send(Event::Bytes(source, piece, unreported)).await;
+            unreported = 0;
+        }
+    }
+    if unreported > 0 {
+        let _ = events.send(Event::Bytes(source, piece, unreported)).await;
+    }
+    if data.len() as u64 != expected {
+        return Err(format!("{} of {expected} bytes", data.len()));
+    }
+    Ok(data.freeze())
+}
+
+/// Whether a source's state is "dropped" (for displays).
+pub fn is_dropped(report: &SourceReport) -> bool {
+    report.health.starts_with("dropped")
+}

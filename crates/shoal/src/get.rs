@@ -1,0 +1,158 @@
+//! `shoal get URL`: download one object from several caches at once (the
+//! plan of the selector at URL, or URL itself and `--mirror`s), with a
+//! progress line, and a summary at the end.
+
+use anyhow::Context;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct GetArgs {
+    /// The object's URL on a selector (or on a cache, or any HTTP server
+    /// with shoal manifests), e.g. http://selector:8070/video/film.mp4.
+    pub url: String,
+    /// Where to write it (default: the last path segment, here).
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Another URL of the same object to pull from (repeat for several).
+    #[arg(long = "mirror")]
+    pub mirrors: Vec<String>,
+    /// Committed bitrate to hold, Mbit/s (default: the delivery service's);
+    /// below it, the selector is asked for more sources.
+    #[arg(long)]
+    pub bitrate: Option<f64>,
+    /// No progress line.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Longest wait for a response head or the next body chunk, ms.
+    #[arg(long, default_value_t = 10_000)]
+    pub read_timeout_ms: u64,
+}
+
+fn mib(bytes: f64) -> f64 {
+    bytes / (1u64 << 20) as f64
+}
+
+pub async fn run(args: GetArgs) -> anyhow::Result<()> {
+    if let Some(bitrate) = args.bitrate {
+        anyhow::ensure!(
+            bitrate.is_finite() && bitrate > 0.0 && bitrate <= 1e6,
+            "--bitrate must be within (0, 1000000] Mbit/s"
+        );
+    }
+    anyhow::ensure!(
+        (100..=600_000).contains(&args.read_timeout_ms),
+        "--read-timeout-ms must be within 100..=600000"
+    );
+    let output = match &args.output {
+        Some(path) => path.clone(),
+        None => {
+            let url = shoal_client::discover::ObjectUrl::parse(&args.url)?;
+            PathBuf::from(url.path.file_name())
+        }
+    };
+    let mut options = shoal_client::GetOptions::new(args.url.clone(), output.clone());
+    options.mirrors = args.mirrors.clone();
+    options.bitrate_mbps = args.bitrate;
+    options.read_timeout_ms = args.read_timeout_ms;
+    let terminal = std::io::stderr().is_terminal();
+    let quiet = args.quiet;
+    let mut last_line = std::time::Instant::now();
+    let name = output.display().to_string();
+    let summary = shoal_client::get(options, |p| {
+        if quiet {
+            return;
+        }
+        // Not a terminal: a line every 2 s instead of a redrawn one.
+        if !terminal && last_line.elapsed().as_secs() < 2 {
+            return;
+        }
+        last_line = std::time::Instant::now();
+        let fraction = p.done_bytes as f64 / (p.total_bytes.max(1)) as f64;
+        let eta = if p.rate_bps > 0.0 {
+            (p.total_bytes - p.done_bytes) as f64 / p.rate_bps
+        } else {
+            f64::NAN
+        };
+        let per_source: Vec<String> = p
+            .sources
+            .iter()
+            .filter(|s| s.bytes > 0 || !shoal_client::download::is_dropped(s))
+            .map(|s| {
+                let mark = if shoal_client::download::is_dropped(s) {
+                    "✗"
+                } else if s.health == "degraded" {
+                    "↓"
+                } else {
+                    ""
+                };
+                format!("{}{mark} {:.0} MiB", s.name, mib(s.bytes as f64))
+            })
+            .collect();
+        let line = format!(
+            "{name} {:5.1}% {:7.1} MiB/s ETA {:>5}  {}",
+            fraction * 100.0,
+            mib(p.rate_bps),
+            if eta.is_finite() {
+                format!("{:.0}s", eta)
+            } else {
+                "?".into()
+            },
+            per_source.join(" | ")
+        );
+        let mut stderr = std::io::stderr().lock();
+        if terminal {
+            let _ = write!(stderr, "\r\x1b[2K{line}");
+        } else {
+            let _ = writeln!(stderr, "{line}");
+        }
+        let _ = stderr.flush();
+    })
+    .await
+    .with_context(|| format!("getting {}", args.url))?;
+    if terminal && !quiet {
+        eprintln!();
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+        return Ok(());
+    }
+    if quiet {
+        return Ok(());
+    }
+    eprintln!(
+        "{}: {:.1} MiB in {:.2} s, {:.1} Mbit/s{}{}, verified ({}…)",
+        summary.output,
+        mib(summary.bytes as f64),
+        summary.seconds,
+        summary.mbps,
+        match (summary.committed_mbps, summary.bitrate_held) {
+            (Some(c), Some(true)) => format!(", held {c:.1} Mbit/s"),
+            (Some(c), _) => format!(", below the committed {c:.1} Mbit/s"),
+            _ => String::new(),
+        },
+        if summary.resumed_pieces > 0 {
+            format!(", resumed with {} pieces on disk", summary.resumed_pieces)
+        } else {
+            String::new()
+        },
+        &summary.object_id[..16]
+    );
+    for source in &summary.sources {
+        eprintln!(
+            "  {:<12} {:>9.1} MiB {:>5} pieces  {}",
+            source.name,
+            mib(source.bytes as f64),
+            source.pieces,
+            source.state
+        );
+    }
+    eprintln!(
+        "  failovers {}, stalls {}, degradations {}, sources added by the selector {}",
+        summary.failovers, summary.stalls, summary.degradations, summary.replacements
+    );
+    Ok(())
+}

@@ -1,0 +1,326 @@
+//! `shoal get` against real caches on loopback: a selector's plan blended
+//! over several caches, a cache killed mid-download, a mirror that sends
+//! wrong bytes, an interrupted download resumed, a manifest that does not
+//! match its id, and the errors a person sees.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+use support::*;
+
+const MIB: u64 = 1 << 20;
+
+fn start_caches(origin_url: &str, dir: &Path, names: &[&str], mbps: &str) -> Vec<Proc> {
+    let mut caches: Vec<Proc> = Vec::new();
+    for name in names {
+        let seeds: Vec<String> = caches.first().map(gossip_addr).into_iter().collect();
+        caches.push(start_mesh_cache(
+            origin_url,
+            &dir.join(name),
+            name,
+            "eu",
+            &seeds,
+            None,
+            &["--egress-mbps", mbps],
+        ));
+    }
+    let urls: Vec<&str> = caches.iter().map(|c| c.url.as_str()).collect();
+    wait_for_mesh(&urls, names.len() as u64);
+    caches
+}
+
+fn start_selector(dir: &Path, seed: &str, bitrate_mbps: u32) -> Proc {
+    let config = dir.join("selector.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\n[mesh]\ngossip = \"127.0.0.1:0\"\nseeds = [\"{seed}\"]\ngossip_interval_ms = 200\n[[service]]\nname = \"all\"\npath_prefix = \"/\"\nbitrate_mbps = {bitrate_mbps}\nheadroom = 1.5\n"
+        ),
+    )
+    .unwrap();
+    let selector = start_shoal(
+        &["selector", "--config", config.to_str().unwrap()],
+        &[("SHOAL_SELECTOR_MESH__CLUSTER_SECRET", CLUSTER_SECRET)],
+    );
+    wait_until(
+        "the selector sees the caches",
+        Duration::from_secs(20),
+        || {
+            let mesh = curl(&format!("{}/_shoal/mesh", selector.url), &[]);
+            serde_json::from_slice::<serde_json::Value>(&mesh.body)
+                .ok()
+                .and_then(|v| v["caches"].as_array().map(Vec::len))
+                .unwrap_or(0)
+                > 0
+        },
+    );
+    selector
+}
+
+fn get_command(url: &str, out: &Path, extra: &[&str]) -> Command {
+    let mut command = Command::new(shoal_bin());
+    command
+        .args(["get", url, "-o", out.to_str().unwrap(), "--json", "--quiet"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+fn summary_of(output: &Output) -> serde_json::Value {
+    assert!(
+        output.status.success(),
+        "shoal get failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("summary JSON")
+}
+
+fn source_bytes(summary: &serde_json::Value) -> Vec<(String, u64, String)> {
+    summary["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s["bytes"].as_u64().unwrap(),
+                s["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_selector_plan_is_blended_over_several_caches_and_verified() {
+    let root = tempfile::tempdir().unwrap();
+    let size = 24 * MIB + 4_321;
+    let data = content(size, 51);
+    write_file(root.path(), "video/film.mp4", &data);
+    publish(root.path());
+    let origin = start_origin(root.path());
+    let dir = tempfile::tempdir().unwrap();
+    let caches = start_caches(&origin.url, dir.path(), &["c1", "c2", "c3"], "400");
+    let selector = start_selector(dir.path(), &gossip_addr(&caches[0]), 100);
+    wait_until(
+        "the selector sees 3 caches",
+        Duration::from_secs(20),
+        || {
+            let mesh = curl(&format!("{}/_shoal/mesh", selector.url), &[]);
+            serde_json::from_slice::<serde_json::Value>(&mesh.body).unwrap()["caches"]
+                .as_array()
+                .map_or(0, Vec::len)
+                == 3
+        },
+    );
+    let out = dir.path().join("film.mp4");
+    let output = get_command(&format!("{}/video/film.mp4", selector.url), &out, &[])
+        .output()
+        .unwrap();
+    let summary = summary_of(&output);
+    assert!(std::fs::read(&out).unwrap() == data, "the file differs");
+    assert!(!dir.path().join("film.mp4.part").exists());
+    assert!(!dir.path().join("film.mp4.part.shoal").exists());
+    let sources = source_bytes(&summary);
+    // 100 Mbit/s x1.5 at most 50 per source: three caches planned, all used.
+    assert_eq!(sources.len(), 3, "{summary}");
+    assert!(sources.iter().all(|(_, bytes, _)| *bytes > 0), "{summary}");
+    assert_eq!(summary["bytes"], size);
+    assert_eq!(summary["failovers"], 0);
+    assert_eq!(summary["committed_mbps"], 100.0);
+}
+
+#[test]
+fn a_cache_killed_mid_download_does_not_stop_it() {
+    let root = tempfile::tempdir().unwrap();
+    let size = 48 * MIB;
+    let data = content(size, 52);
+    write_file(root.path(), "big.bin", &data);
+    publish(root.path());
+    let origin = start_origin(root.path());
+    let dir = tempfile::tempdir().unwrap();
+    // 3 caches at 100 Mbit/s each: ~1.3 s at full speed, plenty to kill in.
+    let mut caches = start_caches(&origin.url, dir.path(), &["k1", "k2", "k3"], "100");
+    let selector = start_selector(dir.path(), &gossip_addr(&caches[0]), 100);
+    wait_until(
+        "the selector sees 3 caches",
+        Duration::from_secs(20),
+        || {
+            let mesh = curl(&format!("{}/_shoal/mesh", selector.url), &[]);
+            serde_json::from_slice::<serde_json::Value>(&mesh.body).unwrap()["caches"]
+                .as_array()
+                .map_or(0, Vec::len)
+                == 3
+        },
+    );
+    let out = dir.path().join("big.bin");
+    let child = get_command(&format!("{}/big.bin", selector.url), &out, &[])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1_500));
+    caches[1].kill9();
+    let output = child.wait_with_output().unwrap();
+    let summary = summary_of(&output);
+    assert!(std::fs::read(&out).unwrap() == data, "the file differs");
+    let sources = source_bytes(&summary);
+    assert!(
+        sources
+            .iter()
+            .any(|(name, _, state)| name == "k2" && state.starts_with("dropped")),
+        "{summary}"
+    );
+    assert!(summary["failovers"].as_u64().unwrap() >= 1);
+}
+
+#[test]
+fn a_mirror_sending_wrong_bytes_is_dropped_and_nothing_unverified_is_written() {
+    let root = tempfile::tempdir().unwrap();
+    let size = 8 * MIB;
+    let data = content(size, 53);
+    write_file(root.path(), "pkg.tar", &data);
+    publish(root.path());
+    let origin = start_origin(root.path());
+    // A "mirror" serving a different file at the same path.
+    let evil_root = tempfile::tempdir().unwrap();
+    write_file(evil_root.path(), "pkg.tar", &content(size, 54));
+    let (evil, _evil_dir) = start_nginx(evil_root.path(), "");
+    let dir = tempfile::tempdir().unwrap();
+    let cache = start_cache(&origin.url, &dir.path().join("c"), "1GiB", &[]);
+    let out = dir.path().join("pkg.tar");
+    let output = get_command(
+        &format!("{}/pkg.tar", cache.url),
+        &out,
+        &["--mirror", &format!("{}/pkg.tar", evil.url)],
+    )
+    .output()
+    .unwrap();
+    let summary = summary_of(&output);
+    assert!(std::fs::read(&out).unwrap() == data, "the file differs");
+    let sources = source_bytes(&summary);
+    let evil_name = evil.url.trim_start_matches("http://");
+    assert!(
+        sources
+            .iter()
+            .any(|(name, _, state)| name == evil_name && state.contains("failed verification")),
+        "{summary}"
+    );
+}
+
+#[test]
+fn an_interrupted_download_resumes_from_its_verified_pieces() {
+    let root = tempfile::tempdir().unwrap();
+    let size = 40 * MIB;
+    let data = content(size, 55);
+    write_file(root.path(), "iso.img", &data);
+    publish(root.path());
+    let origin = start_origin(root.path());
+    let dir = tempfile::tempdir().unwrap();
+    // One slow cache (64 Mbit/s: 5 s for the whole file).
+    let cache = start_cache(
+        &origin.url,
+        &dir.path().join("c"),
+        "1GiB",
+        &[("SHOAL_CACHE_LIMITS__EGRESS_BYTES_PER_S", "8000000")],
+    );
+    let out = dir.path().join("iso.img");
+    let url = format!("{}/iso.img", cache.url);
+    let mut first = get_command(&url, &out, &[]).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(2_500));
+    let _ = first.kill();
+    let _ = first.wait();
+    assert!(
+        !out.exists(),
+        "an interrupted download never takes the final name"
+    );
+    assert!(dir.path().join("iso.img.part").exists());
+    let served_before = stat(&cache.url, "bytes_served");
+    let output = get_command(&url, &out, &[]).output().unwrap();
+    let summary = summary_of(&output);
+    assert!(std::fs::read(&out).unwrap() == data, "the file differs");
+    let resumed = summary["resumed_pieces"].as_u64().unwrap();
+    assert!(resumed > 0, "{summary}");
+    let served = stat(&cache.url, "bytes_served") - served_before;
+    assert!(
+        served < size,
+        "the second run fetched {served} bytes of {size}: it did not resume"
+    );
+}
+
+#[test]
+fn a_manifest_that_does_not_match_its_id_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    write_file(root.path(), "a.bin", &content(MIB, 56));
+    write_file(root.path(), "b.bin", &content(MIB, 57));
+    publish(root.path());
+    // Serve a.bin's manifest where the client looks, under b.bin's id.
+    let manifest = std::fs::read(root.path().join(".shoal/manifests/a.bin.shoalmf")).unwrap();
+    write_file(root.path(), "_shoal/manifest/a.bin", &manifest);
+    let other = std::fs::read(root.path().join(".shoal/manifests/b.bin.shoalmf")).unwrap();
+    let wrong_id = blake3::hash(&other).to_hex().to_string();
+    let (nginx, _nginx_dir) = start_nginx(
+        root.path(),
+        &format!("add_header X-Shoal-Object-Id {wrong_id} always;"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("a.bin");
+    let output = get_command(&format!("{}/a.bin", nginx.url), &out, &[])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("manifest") && stderr.contains("refused"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn bad_urls_unreachable_servers_and_missing_objects_get_clear_errors() {
+    let root = tempfile::tempdir().unwrap();
+    write_file(root.path(), "unpublished.bin", &content(MIB, 58));
+    let (nginx, _nginx_dir) = start_nginx(root.path(), "");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x");
+    let dead = format!("http://127.0.0.1:{}/x.bin", free_port());
+    for (url, expected) in [
+        ("ftp://example/x.bin".to_string(), "bad URL"),
+        ("http://127.0.0.1:1".to_string(), "bad URL"),
+        (dead, "cannot reach"),
+        (format!("{}/missing.bin", nginx.url), "not found"),
+        (
+            format!("{}/unpublished.bin", nginx.url),
+            "no source has a manifest",
+        ),
+    ] {
+        let output = get_command(&url, &out, &[]).output().unwrap();
+        assert!(!output.status.success(), "{url} succeeded");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(expected),
+            "{url}: expected `{expected}` in {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    // An output directory that does not exist: a disk error naming it.
+    let root2 = tempfile::tempdir().unwrap();
+    write_file(root2.path(), "y.bin", &content(MIB, 59));
+    publish(root2.path());
+    let origin = start_origin(root2.path());
+    let output = get_command(
+        &format!("{}/y.bin", origin.url),
+        &dir.path().join("no/such/dir/y.bin"),
+        &[],
+    )
+    .output()
+    .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot write") && stderr.contains("no/such/dir"),
+        "{stderr}"
+    );
+}
