@@ -322,6 +322,7 @@ impl BoundCache {
             stats,
             readahead_bytes: config.readahead_bytes,
             mesh,
+            egress: std::sync::OnceLock::new(),
         });
         Ok(Self {
             local_addr,
@@ -342,13 +343,11 @@ impl BoundCache {
                 mesh.node.drain().await;
             }
         };
-        shoal_server::serve(
-            self.listener,
-            self.limits,
-            move |request, _conn| service.clone().handle(request),
-            shutdown,
-        )
-        .await;
+        let server = shoal_server::Server::new(self.listener, self.limits);
+        let _ = self.service.egress.set(server.egress());
+        server
+            .serve(move |request, _conn| service.clone().handle(request), shutdown)
+            .await;
         if let Some(mesh) = &self.service.mesh {
             mesh.node.leave().await;
         }

@@ -33,6 +33,10 @@ use std::sync::Arc;
 
 /// `POST /_shoal/warm/<path>`: fill a whole object ahead of demand.
 pub const WARM_PREFIX: &str = "/_shoal/warm/";
+/// `POST /_shoal/egress?bytes_per_s=N` (signed, like warm-ups): changes
+/// this cache's egress cap while it runs (0: none), e.g. to take load off
+/// it; answers the old and new cap.
+pub const EGRESS_PATH: &str = "/_shoal/egress";
 /// Most partner caches a warm-up request may name.
 const WARM_PARTNERS_MAX: usize = 1024;
 /// Prefix of the cache's own endpoints; objects under it are not served.
@@ -59,6 +63,8 @@ pub struct CacheService {
     pub(crate) readahead_bytes: u64,
     /// The mesh, when this cache is part of one.
     pub(crate) mesh: Option<Arc<MeshLink>>,
+    /// The server's egress cap, once it serves.
+    pub(crate) egress: std::sync::OnceLock<Arc<shoal_server::Egress>>,
 }
 
 /// Who a response is for, for accounting.
@@ -94,7 +100,9 @@ impl CacheService {
     pub async fn handle<B>(self: Arc<Self>, request: Request<B>) -> Response<Body> {
         // Client counters leave out what siblings and operators ask.
         let path = request.uri().path();
-        let from_client = !(path.starts_with(PEER_PREFIX) || path.starts_with(WARM_PREFIX));
+        let from_client = !(path.starts_with(PEER_PREFIX)
+            || path.starts_with(WARM_PREFIX)
+            || path == EGRESS_PATH);
         if from_client {
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
         }
@@ -106,6 +114,9 @@ impl CacheService {
     }
 
     async fn route<B>(self: &Arc<Self>, request: Request<B>) -> Response<Body> {
+        if request.uri().path() == EGRESS_PATH {
+            return self.set_egress(&request);
+        }
         if let Some(rest) = request.uri().path().strip_prefix(WARM_PREFIX) {
             let rest = format!("/{rest}");
             return self.warm(&request, &rest).await;
@@ -187,6 +198,39 @@ impl CacheService {
                 text_response(error.client_status(), &format!("warm-up failed: {error}\n"))
             }
         }
+    }
+
+    /// `POST /_shoal/egress?bytes_per_s=N`.
+    fn set_egress<B>(&self, request: &Request<B>) -> Response<Body> {
+        if request.method() != Method::POST {
+            let mut response =
+                text_response(StatusCode::METHOD_NOT_ALLOWED, "setting the egress cap is a POST\n");
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+            return response;
+        }
+        if let Err(response) = self.authorize(request) {
+            return response;
+        }
+        let Some(bytes_per_s) = request
+            .uri()
+            .query()
+            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("bytes_per_s=")))
+            .and_then(|v| v.parse::<u64>().ok())
+        else {
+            return text_response(
+                StatusCode::BAD_REQUEST,
+                "expected ?bytes_per_s=N (0: no cap)\n",
+            );
+        };
+        let Some(egress) = self.egress.get() else {
+            return text_response(StatusCode::SERVICE_UNAVAILABLE, "not serving yet\n");
+        };
+        let old = egress.bytes_per_s();
+        egress.set_bytes_per_s(bytes_per_s);
+        tracing::info!(old, new = bytes_per_s, "egress cap changed");
+        json_response(&serde_json::json!({ "old_bytes_per_s": old, "bytes_per_s": bytes_per_s }))
     }
 
     /// Checks an inter-cache (or operator) request's token.

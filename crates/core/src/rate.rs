@@ -27,6 +27,16 @@ impl TokenBucket {
         self.rate_bytes_per_s
     }
 
+    /// Changes the rate and burst from now on (tokens already earned are
+    /// kept, up to the new burst).
+    pub fn set_rate(&mut self, now_ns: u64, rate_bytes_per_s: u64, burst_bytes: u64) {
+        self.refill(now_ns);
+        self.rate_bytes_per_s = rate_bytes_per_s.max(1);
+        self.burst_bytes = burst_bytes.max(1);
+        self.tokens = self.tokens.min(self.burst_bytes);
+        self.last_ns = self.last_ns.max(now_ns);
+    }
+
     fn refill(&mut self, now_ns: u64) {
         if now_ns <= self.last_ns {
             return;

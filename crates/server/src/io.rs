@@ -70,26 +70,44 @@ impl<T> ActivityIo<T> {
     }
 }
 
-/// The server-wide egress token bucket.
+/// The server-wide egress token bucket; its rate can change while the
+/// server runs (0: no cap, and no lock taken per write).
 #[derive(Debug)]
-pub(crate) struct Egress {
+pub struct Egress {
+    bytes_per_s: std::sync::atomic::AtomicU64,
     bucket: std::sync::Mutex<shoal_core::TokenBucket>,
     base: Instant,
 }
 
+/// The burst is 1/20 s of traffic (at least 64 KiB), so the cap holds over
+/// short windows too.
+fn burst_for(bytes_per_s: u64) -> u64 {
+    (bytes_per_s / 20).max(64 * 1024)
+}
+
 impl Egress {
-    /// `None` for no cap. The burst is 1/20 s of traffic (at least 64 KiB),
-    /// so the cap holds over short windows too.
-    pub(crate) fn new(bytes_per_s: u64) -> Option<Arc<Self>> {
-        (bytes_per_s > 0).then(|| {
-            Arc::new(Self {
-                bucket: std::sync::Mutex::new(shoal_core::TokenBucket::new(
-                    bytes_per_s,
-                    (bytes_per_s / 20).max(64 * 1024),
-                )),
-                base: Instant::now(),
-            })
+    pub(crate) fn new(bytes_per_s: u64) -> Arc<Self> {
+        Arc::new(Self {
+            bytes_per_s: std::sync::atomic::AtomicU64::new(bytes_per_s),
+            bucket: std::sync::Mutex::new(shoal_core::TokenBucket::new(
+                bytes_per_s,
+                burst_for(bytes_per_s),
+            )),
+            base: Instant::now(),
         })
+    }
+
+    /// The cap now, bytes per second (0: none).
+    pub fn bytes_per_s(&self) -> u64 {
+        self.bytes_per_s.load(Ordering::Relaxed)
+    }
+
+    /// Changes the cap for every connection, from now on (0: none).
+    pub fn set_bytes_per_s(&self, bytes_per_s: u64) {
+        let now = self.now_ns();
+        self.bucket()
+            .set_rate(now, bytes_per_s, burst_for(bytes_per_s));
+        self.bytes_per_s.store(bytes_per_s, Ordering::Relaxed);
     }
 
     fn now_ns(&self) -> u64 {
@@ -108,6 +126,10 @@ impl<T> ActivityIo<T> {
         let Some(egress) = self.egress.clone() else {
             return Poll::Ready(want);
         };
+        if egress.bytes_per_s() == 0 {
+            self.egress_wait = None;
+            return Poll::Ready(want);
+        }
         loop {
             if let Some(wait) = self.egress_wait.as_mut() {
                 if std::future::Future::poll(wait.as_mut(), cx).is_pending() {
@@ -129,6 +151,9 @@ impl<T> ActivityIo<T> {
 
     fn refund_egress(&self, unused: usize) {
         if let (Some(egress), true) = (&self.egress, unused > 0) {
+            if egress.bytes_per_s() == 0 {
+                return;
+            }
             egress.bucket().refund(unused as u64);
         }
     }

@@ -84,15 +84,22 @@ pub struct Server {
     listener: TcpListener,
     limits: ServerLimits,
     stats: ServerStats,
+    egress: Arc<crate::io::Egress>,
 }
 
 impl Server {
     pub fn new(listener: TcpListener, limits: ServerLimits) -> Self {
         Self {
+            egress: crate::io::Egress::new(limits.egress_bytes_per_s),
             listener,
             limits,
             stats: ServerStats::default(),
         }
+    }
+
+    /// The server-wide egress cap, adjustable while it serves.
+    pub fn egress(&self) -> Arc<crate::io::Egress> {
+        self.egress.clone()
     }
 
     /// The counters of this server; the handle stays valid after `serve`
@@ -126,10 +133,11 @@ impl Server {
             listener,
             limits,
             stats,
+            egress,
         } = self;
         let counters = stats.counters;
         let builder = Arc::new(connection_builder(&limits));
-        let egress = crate::io::Egress::new(limits.egress_bytes_per_s);
+        let egress = Some(egress);
         let limits = Arc::new(limits);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();

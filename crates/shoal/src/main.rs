@@ -46,6 +46,8 @@ enum Command {
     /// committed bitrate at the lowest cost (joins the mesh's gossip as an
     /// observer; answers /plan, /explain and redirects).
     Selector(Box<config::SelectorArgs>),
+    /// Change running caches' egress caps (signed with the cluster secret).
+    SetEgress(warm::SetEgressArgs),
     /// Download an object from several caches at once (a selector's plan),
     /// verifying every piece; resumes an interrupted download.
     Get(Box<get::GetArgs>),
@@ -115,6 +117,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Selector(args) => run_selector(*args).await,
             Command::Warm(args) => warm::run(args).await,
             Command::Get(args) => get::run(*args).await,
+            Command::SetEgress(args) => warm::set_egress(args).await,
             Command::Demo {
                 size,
                 once,

@@ -1,5 +1,6 @@
-//! `shoal warm`: asks caches to fill objects ahead of demand, signing each
-//! request with the cluster secret, and prints what each cache did.
+//! Signed operator requests to caches: `shoal warm` asks caches to fill
+//! objects ahead of demand and prints what each did; `shoal set-egress`
+//! changes their egress caps while they run.
 
 use anyhow::Context;
 use std::time::{Duration, Instant};
@@ -101,6 +102,57 @@ pub async fn run(args: WarmArgs) -> anyhow::Result<()> {
                 started.elapsed().as_secs_f64()
             );
         }
+    }
+    Ok(())
+}
+
+/// `shoal set-egress`: changes running caches' egress caps.
+#[derive(clap::Args)]
+pub struct SetEgressArgs {
+    /// Base URL of a cache (repeat for several).
+    #[arg(long = "cache", required = true)]
+    pub caches: Vec<String>,
+    /// The new cap, Mbit/s (0: no cap).
+    #[arg(long)]
+    pub mbps: u64,
+    /// The mesh's cluster secret.
+    #[arg(long, env = "SHOAL_CACHE_MESH__CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: String,
+}
+
+pub async fn set_egress(args: SetEgressArgs) -> anyhow::Result<()> {
+    let key = shoal_core::auth::ClusterKey::from_secret(&args.cluster_secret)
+        .context("--cluster-secret")?;
+    let bytes_per_s = args
+        .mbps
+        .checked_mul(125_000)
+        .context("--mbps is too large")?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .context("building the HTTP client")?;
+    for cache in &args.caches {
+        let base = cache.trim_end_matches('/');
+        let target = format!("/_shoal/egress?bytes_per_s={bytes_per_s}");
+        let token = key
+            .sign(
+                "operator",
+                shoal_cache::resolve::now_unix_s() + 60,
+                "POST",
+                &target,
+            )
+            .context("signing")?;
+        let url = format!("{base}{target}");
+        let response = client
+            .post(&url)
+            .header(shoal_core::auth::AUTH_HEADER, token)
+            .send()
+            .await
+            .with_context(|| url.clone())?;
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        anyhow::ensure!(status.is_success(), "{url}: {status}: {}", body.trim());
+        println!("{base}: egress cap {} Mbit/s", args.mbps);
     }
     Ok(())
 }
