@@ -324,3 +324,80 @@ fn bad_urls_unreachable_servers_and_missing_objects_get_clear_errors() {
         "{stderr}"
     );
 }
+
+/// Mesh caches on their own loopback addresses (127.0.0.1, .2, .3…).
+fn start_caches_on_addresses(origin_url: &str, dir: &Path, count: usize) -> Vec<Proc> {
+    let mut caches: Vec<Proc> = Vec::new();
+    for i in 0..count {
+        let name = format!("a{}", i + 1);
+        let listen = format!("127.0.0.{}:0", i + 1);
+        let seeds: Vec<String> = caches.first().map(gossip_addr).into_iter().collect();
+        caches.push(start_mesh_cache(
+            origin_url,
+            &dir.join(&name),
+            &name,
+            "eu",
+            &seeds,
+            None,
+            &["--listen", &listen],
+        ));
+    }
+    let urls: Vec<&str> = caches.iter().map(|c| c.url.as_str()).collect();
+    wait_for_mesh(&urls, count as u64);
+    caches
+}
+
+fn set_egress(cache: &Proc, mbps: u32) {
+    let status = Command::new(shoal_bin())
+        .args(["set-egress", "--cache", &cache.url, "--mbps", &mbps.to_string()])
+        .env("SHOAL_CACHE_MESH__CLUSTER_SECRET", CLUSTER_SECRET)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "set-egress failed");
+}
+
+#[test]
+fn a_source_that_drops_to_a_tenth_of_its_rate_is_routed_around() {
+    let root = tempfile::tempdir().unwrap();
+    let size = 48 * MIB;
+    let data = content(size, 60);
+    write_file(root.path(), "game.pak", &data);
+    publish(root.path());
+    let origin = start_origin(root.path());
+    let dir = tempfile::tempdir().unwrap();
+    let caches = start_caches_on_addresses(&origin.url, dir.path(), 3);
+    assert!(caches[2].url.starts_with("http://127.0.0.3:"));
+    // Fill the caches first so the origin is not what limits them, then
+    // cap each at 100 Mbit/s.
+    for cache in &caches {
+        assert!(curl(&format!("{}/game.pak", cache.url), &[]).body == data);
+        set_egress(cache, 100);
+    }
+    let out = dir.path().join("game.pak");
+    let urls: Vec<String> = caches.iter().map(|c| format!("{}/game.pak", c.url)).collect();
+    let child = get_command(
+        &urls[0],
+        &out,
+        &["--mirror", &urls[1], "--mirror", &urls[2]],
+    )
+    .spawn()
+    .unwrap();
+    // ~30 % in (3 x 12.5 MB/s), the third cache drops to a tenth.
+    std::thread::sleep(Duration::from_millis(400));
+    set_egress(&caches[2], 10);
+    let output = child.wait_with_output().unwrap();
+    let summary = summary_of(&output);
+    assert!(std::fs::read(&out).unwrap() == data, "the file differs");
+    let third = &summary["sources"][2];
+    assert!(
+        third["state"] != "active" || summary["degradations"].as_u64().unwrap() >= 1,
+        "{summary}"
+    );
+    let bytes: Vec<u64> = source_bytes(&summary).iter().map(|s| s.1).collect();
+    assert!(
+        bytes[2] * 3 < size,
+        "the slowed cache still carried {} of {size} bytes: {summary}",
+        bytes[2]
+    );
+}
