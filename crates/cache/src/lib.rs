@@ -346,7 +346,10 @@ impl BoundCache {
         let server = shoal_server::Server::new(self.listener, self.limits);
         let _ = self.service.egress.set(server.egress());
         server
-            .serve(move |request, _conn| service.clone().handle(request), shutdown)
+            .serve(
+                move |request, _conn| service.clone().handle(request),
+                shutdown,
+            )
             .await;
         if let Some(mesh) = &self.service.mesh {
             mesh.node.leave().await;

@@ -203,8 +203,10 @@ impl CacheService {
     /// `POST /_shoal/egress?bytes_per_s=N`.
     fn set_egress<B>(&self, request: &Request<B>) -> Response<Body> {
         if request.method() != Method::POST {
-            let mut response =
-                text_response(StatusCode::METHOD_NOT_ALLOWED, "setting the egress cap is a POST\n");
+            let mut response = text_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "setting the egress cap is a POST\n",
+            );
             response
                 .headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static("POST"));

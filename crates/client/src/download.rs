@@ -5,10 +5,13 @@
 //! Files: the object is written to `FILE.part` (pieces at their offsets,
 //! each verified against the manifest first) with `FILE.part.shoal` beside
 //! it naming the object id and the pieces written. A later run with the
-//! same object resumes from there, re-hashing those pieces first. When
-//! every piece is in, the part file is read back and every piece hashed
-//! again, then it is renamed to `FILE`: `FILE` only ever holds a whole,
-//! verified object.
+//! same object resumes from there, re-hashing those pieces first. Each
+//! piece is verified in memory, written, read back and verified again, so
+//! what the disk holds is what the manifest says; the file is flushed as
+//! it grows (every second, in the background). When every piece is in, the
+//! manifest those pieces match must be the object the source (and the
+//! selector's plan) named; the file is synced and renamed to `FILE`:
+//! `FILE` only ever holds a whole, verified object.
 
 use crate::discover::{self, error_chain, ObjectUrl, Origin, PlannedSource};
 use crate::schedule::{Action, ScheduleConfig, Scheduler, SourceId, SourceReport};
@@ -234,6 +237,7 @@ pub async fn get(
             .await?,
     );
     let layout = manifest.layout();
+    let expected_id = plan.object_id.unwrap_or_else(|| manifest.id());
     let committed_mbps = options.bitrate_mbps.or(plan.committed_mbps);
 
     // The part file, resumed if it holds pieces of this very object.
@@ -292,6 +296,7 @@ pub async fn get(
     let mut reported: Vec<String> = Vec::new();
     let mut no_source_since: Option<u64> = None;
     let mut below_bitrate_since: Option<u64> = None;
+    let syncing = Arc::new(std::sync::atomic::AtomicBool::new(false));
 
     while !scheduler.is_complete() {
         let now = now_ms(started);
@@ -464,6 +469,15 @@ pub async fn get(
         if now - last_save >= SAVE_EVERY_MS {
             last_save = now;
             save_state(&state, &manifest, scheduler.done_set()).map_err(disk)?;
+            // Flush as we go, so the final sync has little left to write.
+            if !syncing.load(std::sync::atomic::Ordering::Relaxed) {
+                syncing.store(true, std::sync::atomic::Ordering::Relaxed);
+                let (file, syncing) = (file.clone(), syncing.clone());
+                tokio::task::spawn_blocking(move || {
+                    let _ = file.sync_data();
+                    syncing.store(false, std::sync::atomic::Ordering::Relaxed);
+                });
+            }
         }
         if now - last_progress >= 200 {
             last_progress = now;
@@ -475,18 +489,16 @@ pub async fn get(
     }
     progress(&snapshot(&scheduler, &manifest, started));
 
-    // Read it all back and hash every piece once more before the file
-    // takes its name.
-    let check_file = file.clone();
-    let check_manifest = manifest.clone();
-    let checked = tokio::task::spawn_blocking(move || verify_file(&check_file, &check_manifest))
-        .await
-        .map_err(|e| GetError::Failed(e.to_string()))?;
-    if let Err(why) = checked {
+    // The whole object: every piece verified on disk (read back after
+    // writing, or re-hashed on resume), and the manifest those pieces match
+    // is the object named. Then it is made durable and takes its name.
+    let size_on_disk = file.metadata().map_err(disk)?.len();
+    if size_on_disk != layout.object_size() || manifest.id() != expected_id {
         let _ = std::fs::remove_file(&state);
         return Err(GetError::Failed(format!(
-            "{} failed its final check ({why}); it was removed, run again",
-            part.display()
+            "{} failed its final check ({size_on_disk} bytes, object {}); run again",
+            part.display(),
+            &manifest.id().to_hex()[..16]
         )));
     }
     file.sync_all().map_err(disk)?;
@@ -547,25 +559,6 @@ fn snapshot(scheduler: &Scheduler, manifest: &Manifest, started: Instant) -> Pro
     }
 }
 
-/// Every piece of the file, hashed against the manifest.
-fn verify_file(file: &std::fs::File, manifest: &Manifest) -> Result<(), String> {
-    let layout = manifest.layout();
-    let mut buffer = Vec::new();
-    for index in 0..manifest.piece_count() {
-        let index = PieceIndex(index);
-        let Some(span) = layout.piece_span(index) else {
-            continue;
-        };
-        buffer.resize(span.len() as usize, 0);
-        file.read_exact_at(&mut buffer, span.start())
-            .map_err(|e| format!("reading piece {}: {e}", index.0))?;
-        manifest
-            .verify_piece(index, &buffer)
-            .map_err(|_| format!("piece {} does not match the manifest", index.0))?;
-    }
-    Ok(())
-}
-
 /// Fetches one piece, verifies it, writes it at its offset.
 #[allow(clippy::too_many_arguments)]
 async fn fetch_piece(
@@ -586,9 +579,21 @@ async fn fetch_piece(
             if manifest.verify_piece(piece, &data).is_err() {
                 Event::Piece(source, piece, false)
             } else {
-                // Only verified bytes reach the disk.
-                let written =
-                    tokio::task::spawn_blocking(move || file.write_all_at(&data, start)).await;
+                // Only verified bytes reach the disk; what the disk holds is
+                // read back and verified again.
+                let written = tokio::task::spawn_blocking(move || {
+                    file.write_all_at(&data, start)?;
+                    let mut back = vec![0u8; data.len()];
+                    file.read_exact_at(&mut back, start)?;
+                    if manifest.verify_piece(piece, &back).is_err() {
+                        return Err(std::io::Error::other(format!(
+                            "piece {} reads back different from what was written",
+                            piece.0
+                        )));
+                    }
+                    Ok(())
+                })
+                .await;
                 match written {
                     Ok(Ok(())) => Event::Piece(source, piece, true),
                     Ok(Err(error)) => Event::Disk(error),

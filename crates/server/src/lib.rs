@@ -45,7 +45,7 @@ mod serve;
 mod stats;
 
 pub use body::{channel_body, empty, full, Body, BodySender};
-pub use limits::{ServerLimits, H1_BUF_BYTES_MIN};
 pub use io::Egress;
+pub use limits::{ServerLimits, H1_BUF_BYTES_MIN};
 pub use serve::{bind, serve, ConnInfo, Server, ServerError};
 pub use stats::{ServerStats, ServerStatsSnapshot};

@@ -349,7 +349,13 @@ fn start_caches_on_addresses(origin_url: &str, dir: &Path, count: usize) -> Vec<
 
 fn set_egress(cache: &Proc, mbps: u32) {
     let status = Command::new(shoal_bin())
-        .args(["set-egress", "--cache", &cache.url, "--mbps", &mbps.to_string()])
+        .args([
+            "set-egress",
+            "--cache",
+            &cache.url,
+            "--mbps",
+            &mbps.to_string(),
+        ])
         .env("SHOAL_CACHE_MESH__CLUSTER_SECRET", CLUSTER_SECRET)
         .stdout(Stdio::null())
         .status()
@@ -375,7 +381,10 @@ fn a_source_that_drops_to_a_tenth_of_its_rate_is_routed_around() {
         set_egress(cache, 100);
     }
     let out = dir.path().join("game.pak");
-    let urls: Vec<String> = caches.iter().map(|c| format!("{}/game.pak", c.url)).collect();
+    let urls: Vec<String> = caches
+        .iter()
+        .map(|c| format!("{}/game.pak", c.url))
+        .collect();
     let child = get_command(
         &urls[0],
         &out,
