@@ -39,8 +39,17 @@ const REPLAN_EVERY_MS: u64 = 500;
 /// With no usable source left, how long to keep asking for new ones.
 const NO_SOURCE_GRACE_MS: u64 = 10_000;
 
+/// Stream mode: where the bytes go in order as they verify.
+#[derive(Debug)]
+pub enum StreamTo {
+    Stdout,
+    /// A local HTTP endpoint for players (bound by the caller, so it can
+    /// print the address first).
+    Serve(std::net::TcpListener),
+}
+
 /// What `shoal get` (or an embedding program) asks for.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct GetOptions {
     pub url: String,
     /// Where the object goes (`FILE.part` while it downloads).
@@ -54,6 +63,10 @@ pub struct GetOptions {
     pub read_timeout_ms: u64,
     /// Scheduler stall threshold, ms.
     pub stall_ms: u64,
+    /// Stream mode (pieces in order, a virtual player counting rebuffers).
+    pub stream: Option<StreamTo>,
+    /// Stream mode: how much playback time is buffered before playing, ms.
+    pub buffer_ms: u64,
 }
 
 impl GetOptions {
@@ -66,6 +79,8 @@ impl GetOptions {
             connect_timeout_ms: 3_000,
             read_timeout_ms: 10_000,
             stall_ms: 1_000,
+            stream: None,
+            buffer_ms: 2_000,
         }
     }
 }
@@ -101,6 +116,12 @@ pub struct Summary {
     pub degradations: u32,
     /// Sources a selector added after the first plan.
     pub replacements: u32,
+    /// Stream mode with a committed bitrate: rebuffering events of a
+    /// player at that bitrate after its initial buffer, and their length.
+    pub rebuffers: Option<u32>,
+    pub rebuffer_ms: Option<u64>,
+    /// Stream mode: when that player started (initial buffer full), s.
+    pub playback_started_s: Option<f64>,
     pub sources: Vec<SourceSummary>,
 }
 
@@ -204,7 +225,7 @@ struct SourceEntry {
 
 /// Downloads `options.url`, calling `progress` about every 200 ms.
 pub async fn get(
-    options: GetOptions,
+    mut options: GetOptions,
     mut progress: impl FnMut(&Progress),
 ) -> Result<Summary, GetError> {
     let started = Instant::now();
@@ -270,7 +291,51 @@ pub async fn get(
         u64::from_le_bytes(seed),
     );
     config.stall_ms = options.stall_ms;
+    config.in_order = options.stream.is_some();
     let mut scheduler = Scheduler::new(config, &have);
+
+    // Stream mode: readers of the verified pieces, in order.
+    let ready = options.stream.as_ref().map(|_| {
+        let ready = crate::stream::Ready::new(manifest.piece_count());
+        for index in have.iter() {
+            ready.mark(index);
+        }
+        ready
+    });
+    let mut playback = match (&ready, committed_mbps) {
+        (Some(_), Some(mbps)) => Some(crate::playback::Playback::new(
+            mbps * 1e6,
+            options.buffer_ms,
+            layout.object_size(),
+        )),
+        _ => None,
+    };
+    let mut stdout_task = None;
+    if let (Some(stream_to), Some(ready)) = (options.stream.take(), &ready) {
+        match stream_to {
+            StreamTo::Stdout => {
+                stdout_task = Some(tokio::spawn(crate::stream::to_stdout(
+                    ready.clone(),
+                    file.clone(),
+                    layout,
+                )));
+            }
+            StreamTo::Serve(listener) => {
+                let listener = listener
+                    .set_nonblocking(true)
+                    .and_then(|()| tokio::net::TcpListener::from_std(listener))
+                    .map_err(|e| GetError::Failed(format!("the local endpoint: {e}")))?;
+                tokio::spawn(crate::stream::serve(
+                    listener,
+                    ready.clone(),
+                    file.clone(),
+                    layout,
+                    crate::stream::content_type_of(url.path.file_name()),
+                    std::future::pending::<()>(),
+                ));
+            }
+        }
+    }
     let start_ms = now_ms(started);
     let mut sources: Vec<SourceEntry> = Vec::new();
     for planned in plan.sources.iter().take(SOURCES_MAX) {
@@ -300,6 +365,16 @@ pub async fn get(
 
     while !scheduler.is_complete() {
         let now = now_ms(started);
+        if let Some(ready) = &ready {
+            scheduler.set_playhead(ready.playhead());
+        }
+        if let Some(task) = &stdout_task {
+            if task.is_finished() {
+                return Err(GetError::Failed(
+                    "the output was closed before the object was complete".into(),
+                ));
+            }
+        }
         // Give every free slot a piece.
         for entry in &sources {
             while let Some(piece) = scheduler.next_piece(entry.id, now) {
@@ -389,7 +464,11 @@ pub async fn get(
                     Event::Bytes(source, piece, bytes) => scheduler.on_bytes(source, piece, bytes, now),
                     Event::Piece(source, piece, ok) => {
                         tasks.remove(&(source, piece.0));
+                        let new = ok && !scheduler.is_done(piece);
                         actions = scheduler.on_piece(source, piece, ok, now);
+                        if let (true, Some(ready)) = (new, &ready) {
+                            ready.mark(piece);
+                        }
                     }
                     Event::Failed(source, piece, why) => {
                         tasks.remove(&(source, piece.0));
@@ -426,7 +505,11 @@ pub async fn get(
                 }
             }
             _ = tick.tick() => {
-                actions = scheduler.tick(now_ms(started));
+                let now = now_ms(started);
+                actions = scheduler.tick(now);
+                if let (Some(playback), Some(ready)) = (&mut playback, &ready) {
+                    playback.update(now, ready.contiguous_bytes(&layout));
+                }
             }
         }
         for action in actions {
@@ -488,6 +571,13 @@ pub async fn get(
         handle.abort();
     }
     progress(&snapshot(&scheduler, &manifest, started));
+    if let Some(task) = stdout_task {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return Err(GetError::Failed(format!("writing to stdout: {error}"))),
+            Err(error) => return Err(GetError::Failed(error.to_string())),
+        }
+    }
 
     // The whole object: every piece verified on disk (read back after
     // writing, or re-hashed on resume), and the manifest those pieces match
@@ -539,6 +629,12 @@ pub async fn get(
         stalls: reports.iter().map(|r| r.stalls).sum(),
         degradations: reports.iter().map(|r| r.degradations).sum(),
         replacements: (sources.len() - first_sources) as u32,
+        rebuffers: playback.as_ref().map(|p| p.rebuffers()),
+        rebuffer_ms: playback.as_ref().map(|p| p.stalled_ms()),
+        playback_started_s: playback
+            .as_ref()
+            .and_then(|p| p.started_ms())
+            .map(|ms| ms as f64 / 1000.0),
         sources: sources_summary,
     })
 }

@@ -9,6 +9,9 @@
 //! - [`download`]: the tokio driver: one task per piece request, every
 //!   piece verified before it is written, a resumable part file, sources
 //!   replaced through the selector when they stall, degrade, fail or lie.
+//! - [`stream`] and [`playback`]: stream mode — bytes in order to stdout or
+//!   to a local HTTP endpoint for players, with a virtual player counting
+//!   rebuffering.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), shoal_client::GetError> {
@@ -20,7 +23,9 @@
 
 pub mod discover;
 pub mod download;
+pub mod playback;
 pub mod schedule;
+pub mod stream;
 
 pub use download::{get, GetOptions, Progress, SourceSummary, Summary};
 

@@ -189,6 +189,8 @@ pub struct Scheduler {
     sources: Vec<Source>,
     /// Lowest piece that may be missing and unrequested.
     cursor: u32,
+    /// Streaming: where the reader is; pieces from here on come first.
+    playhead: u32,
     last_tick_ms: Option<u64>,
 }
 
@@ -225,6 +227,7 @@ impl Scheduler {
             done_count,
             sources: Vec::new(),
             cursor: 0,
+            playhead: 0,
             last_tick_ms: None,
             config,
         }
@@ -397,11 +400,17 @@ impl Scheduler {
         }
     }
 
+    /// Streaming: the reader is at `piece` (it seeked): pieces from there
+    /// on come first, then the ones before it.
+    pub fn set_playhead(&mut self, piece: PieceIndex) {
+        self.playhead = piece.0.min(self.config.piece_count);
+    }
+
     fn pick_lowest(&mut self) -> Option<u32> {
         while self.cursor < self.config.piece_count && self.done.contains(PieceIndex(self.cursor)) {
             self.cursor += 1;
         }
-        (self.cursor..self.config.piece_count).find(|p| self.assignable(*p))
+        self.pick_lowest_readonly()
     }
 
     /// Streaming: the lowest missing pieces first; the most reliable
@@ -409,6 +418,10 @@ impl Scheduler {
     /// soonest-due piece is never left to the slowest.
     fn pick_in_order(&mut self, source: SourceId) -> Option<u32> {
         let first = self.pick_lowest()?;
+        if first < self.playhead {
+            // Past the end of what the reader wants: anything left.
+            return Some(first);
+        }
         let mut ranked: Vec<(f64, SourceId)> = self
             .sources
             .iter()
@@ -476,7 +489,10 @@ impl Scheduler {
     }
 
     fn pick_lowest_readonly(&self) -> Option<u32> {
-        (self.cursor..self.config.piece_count).find(|p| self.assignable(*p))
+        let from = self.cursor.max(self.playhead);
+        (from..self.config.piece_count)
+            .chain(self.cursor..from)
+            .find(|p| self.assignable(*p))
     }
 
     fn slot_of(&self, source: SourceId, piece: PieceIndex) -> Option<usize> {

@@ -30,6 +30,20 @@ pub struct GetArgs {
     /// Longest wait for a response head or the next body chunk, ms.
     #[arg(long, default_value_t = 10_000)]
     pub read_timeout_ms: u64,
+    /// Stream mode: write the bytes to stdout in order as they verify
+    /// (pipe into a player: `shoal get --stream URL | mpv -`). The file is
+    /// kept only with -o. The summary goes to stderr.
+    #[arg(long)]
+    pub stream: bool,
+    /// Stream mode for players that want a URL: serve the object on this
+    /// local address (ranges and seeking work) while it downloads, and
+    /// until Ctrl-C after, e.g. 127.0.0.1:8888.
+    #[arg(long, conflicts_with = "stream")]
+    pub serve: Option<std::net::SocketAddr>,
+    /// Stream mode: seconds of playback buffered before the (virtual)
+    /// player starts; rebuffering is counted after that.
+    #[arg(long, default_value_t = 2.0)]
+    pub buffer_s: f64,
 }
 
 fn mib(bytes: f64) -> f64 {
@@ -47,17 +61,41 @@ pub async fn run(args: GetArgs) -> anyhow::Result<()> {
         (100..=600_000).contains(&args.read_timeout_ms),
         "--read-timeout-ms must be within 100..=600000"
     );
+    anyhow::ensure!(
+        args.buffer_s.is_finite() && (0.0..=600.0).contains(&args.buffer_s),
+        "--buffer-s must be within 0..=600"
+    );
+    let url = shoal_client::discover::ObjectUrl::parse(&args.url)?;
+    // Streaming to stdout without -o: the pieces land in a temporary file.
+    let temporary = args.stream && args.output.is_none();
     let output = match &args.output {
         Some(path) => path.clone(),
-        None => {
-            let url = shoal_client::discover::ObjectUrl::parse(&args.url)?;
-            PathBuf::from(url.path.file_name())
-        }
+        None if temporary => std::env::temp_dir().join(format!(
+            "shoal-get-{}-{}",
+            std::process::id(),
+            url.path.file_name()
+        )),
+        None => PathBuf::from(url.path.file_name()),
     };
     let mut options = shoal_client::GetOptions::new(args.url.clone(), output.clone());
     options.mirrors = args.mirrors.clone();
     options.bitrate_mbps = args.bitrate;
     options.read_timeout_ms = args.read_timeout_ms;
+    options.buffer_ms = (args.buffer_s * 1000.0) as u64;
+    if args.stream {
+        options.stream = Some(shoal_client::download::StreamTo::Stdout);
+    }
+    if let Some(addr) = args.serve {
+        let listener =
+            std::net::TcpListener::bind(addr).with_context(|| format!("--serve {addr}"))?;
+        let local = listener.local_addr()?;
+        // Scripts read this line to learn the port.
+        eprintln!(
+            "serving on http://{local}{} (open it in a player; Ctrl-C to stop)",
+            url.path.to_uri_path()
+        );
+        options.stream = Some(shoal_client::download::StreamTo::Serve(listener));
+    }
     let terminal = std::io::stderr().is_terminal();
     let quiet = args.quiet;
     let mut last_line = std::time::Instant::now();
@@ -112,15 +150,34 @@ pub async fn run(args: GetArgs) -> anyhow::Result<()> {
         let _ = stderr.flush();
     })
     .await
-    .with_context(|| format!("getting {}", args.url))?;
+    .with_context(|| format!("getting {}", args.url));
+    if temporary {
+        let _ = std::fs::remove_file(&output);
+    }
+    let summary = summary?;
     if terminal && !quiet {
         eprintln!();
     }
+    report(&args, &summary)?;
+    if args.serve.is_some() {
+        eprintln!("download complete; still serving until Ctrl-C");
+        crate::shutdown_signal().await;
+    }
+    Ok(())
+}
+
+fn report(args: &GetArgs, summary: &shoal_client::Summary) -> anyhow::Result<()> {
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        let json = serde_json::to_string_pretty(summary)?;
+        // With --stream, stdout carries the object.
+        if args.stream {
+            eprintln!("{json}");
+        } else {
+            println!("{json}");
+        }
         return Ok(());
     }
-    if quiet {
+    if args.quiet {
         return Ok(());
     }
     eprintln!(
@@ -154,5 +211,12 @@ pub async fn run(args: GetArgs) -> anyhow::Result<()> {
         "  failovers {}, stalls {}, degradations {}, sources added by the selector {}",
         summary.failovers, summary.stalls, summary.degradations, summary.replacements
     );
+    if let Some(rebuffers) = summary.rebuffers {
+        eprintln!(
+            "  playback at the committed bitrate: started after {:.2} s, {rebuffers} rebuffering event(s) ({} ms)",
+            summary.playback_started_s.unwrap_or(0.0),
+            summary.rebuffer_ms.unwrap_or(0)
+        );
+    }
     Ok(())
 }

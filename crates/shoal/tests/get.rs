@@ -410,3 +410,107 @@ fn a_source_that_drops_to_a_tenth_of_its_rate_is_routed_around() {
         bytes[2]
     );
 }
+
+#[test]
+fn stream_mode_writes_the_object_in_order_to_stdout_and_counts_rebuffering() {
+    let root = tempfile::tempdir().unwrap();
+    let size = 16 * MIB + 99;
+    let data = content(size, 61);
+    write_file(root.path(), "live.ts", &data);
+    publish(root.path());
+    let origin = start_origin(root.path());
+    let dir = tempfile::tempdir().unwrap();
+    let cache = start_cache(&origin.url, &dir.path().join("c"), "1GiB", &[]);
+    let output = Command::new(shoal_bin())
+        .args([
+            "get",
+            &format!("{}/live.ts", cache.url),
+            "--stream",
+            "--json",
+            "--bitrate",
+            "8",
+            "--buffer-s",
+            "1",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(output.stdout == data, "stdout is not the object, in order");
+    let json_start = stderr.find('{').expect("summary on stderr");
+    let summary: serde_json::Value =
+        serde_json::from_str(&stderr[json_start..]).expect("summary JSON");
+    // 16 MiB arrive far faster than 8 Mbit/s plays: never a rebuffer.
+    assert_eq!(summary["rebuffers"], 0, "{summary}");
+    assert!(summary["playback_started_s"].as_f64().is_some());
+    // Without -o, nothing is left behind.
+    assert!(!dir.path().join("live.ts").exists());
+}
+
+#[test]
+fn serve_mode_lets_a_player_seek_while_the_object_downloads() {
+    let root = tempfile::tempdir().unwrap();
+    let size = 32 * MIB;
+    let data = content(size, 62);
+    write_file(root.path(), "movie.mp4", &data);
+    publish(root.path());
+    let origin = start_origin(root.path());
+    let dir = tempfile::tempdir().unwrap();
+    // A slow cache (64 Mbit/s: ~4 s for the whole file) so the seek comes
+    // while the download runs.
+    let cache = start_cache(
+        &origin.url,
+        &dir.path().join("c"),
+        "1GiB",
+        &[("SHOAL_CACHE_LIMITS__EGRESS_BYTES_PER_S", "8000000")],
+    );
+    let out = dir.path().join("movie.mp4");
+    let mut child = Command::new(shoal_bin())
+        .args([
+            "get",
+            &format!("{}/movie.mp4", cache.url),
+            "-o",
+            out.to_str().unwrap(),
+            "--serve",
+            "127.0.0.1:0",
+            "--quiet",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    let line = lines.next().unwrap().unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in {line}"))
+        .to_string();
+    // A player seeks to three quarters in.
+    let from = 24 * MIB + 7;
+    let to = from + 2 * MIB;
+    let seek = curl(&url, &["-r", &format!("{from}-{}", to - 1)]);
+    assert_eq!(seek.status, 206);
+    assert_eq!(seek.header("content-type"), Some("video/mp4"));
+    assert!(
+        seek.body == data[from as usize..to as usize],
+        "the seek got wrong bytes"
+    );
+    assert!(
+        !out.exists(),
+        "the seek was served before the download finished"
+    );
+    // The whole object, from the start.
+    let whole = curl(&url, &[]);
+    assert_eq!(whole.status, 200);
+    assert!(whole.body == data);
+    wait_until("the download finishes", Duration::from_secs(30), || {
+        out.exists()
+    });
+    assert!(std::fs::read(&out).unwrap() == data);
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -349,3 +349,31 @@ fn slots_cover_the_bandwidth_delay_product() {
     let limit = s.in_flight_limit(&s.sources[0]);
     assert!((20..=30).contains(&limit), "limit {limit}");
 }
+
+#[test]
+fn a_seek_moves_the_pieces_wanted_first() {
+    let mut config = ScheduleConfig::new(100, MIB, 7);
+    config.in_order = true;
+    let mut s = Scheduler::new(config, &PieceSet::new(100));
+    let id = s.add_source("a", 1.0, 0);
+    assert_eq!(s.next_piece(id, 0), Some(PieceIndex(0)));
+    s.set_playhead(PieceIndex(60));
+    assert_eq!(s.next_piece(id, 0), Some(PieceIndex(60)));
+    // After the end, the pieces before the playhead.
+    let mut s2 = Scheduler::new(
+        {
+            let mut c = ScheduleConfig::new(4, MIB, 7);
+            c.in_order = true;
+            c.in_flight_min = 4;
+            c
+        },
+        &PieceSet::new(4),
+    );
+    let id2 = s2.add_source("a", 1.0, 0);
+    s2.set_playhead(PieceIndex(2));
+    let order: Vec<u32> = (0..4)
+        .filter_map(|_| s2.next_piece(id2, 0))
+        .map(|p| p.0)
+        .collect();
+    assert_eq!(order, [2, 3, 0, 1]);
+}
