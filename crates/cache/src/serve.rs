@@ -231,6 +231,10 @@ impl CacheService {
         };
         let old = egress.bytes_per_s();
         egress.set_bytes_per_s(bytes_per_s);
+        // Selectors plan with the cap the mesh hears about.
+        if let Some(mesh) = &self.mesh {
+            mesh.node.set_egress_cap_bps(bytes_per_s.saturating_mul(8));
+        }
         tracing::info!(old, new = bytes_per_s, "egress cap changed");
         json_response(&serde_json::json!({ "old_bytes_per_s": old, "bytes_per_s": bytes_per_s }))
     }

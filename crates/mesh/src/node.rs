@@ -148,6 +148,7 @@ pub struct MeshNode {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     gossip_interval: Duration,
     draining: Arc<std::sync::atomic::AtomicBool>,
+    egress_cap_bps: Arc<AtomicU64>,
 }
 
 impl MeshNode {
@@ -246,12 +247,13 @@ impl MeshNode {
         )));
         let chitchat = handle.chitchat();
         let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let egress_cap_bps = Arc::new(AtomicU64::new(config.egress_cap_bps));
         let mut tasks = Vec::new();
         if !observer {
             tasks.push(tokio::spawn(publish_state(
                 chitchat.clone(),
                 local,
-                config.egress_cap_bps,
+                egress_cap_bps.clone(),
                 draining.clone(),
             )));
         }
@@ -286,6 +288,7 @@ impl MeshNode {
             },
             gossip_interval: interval,
             draining,
+            egress_cap_bps,
         }))
     }
 
@@ -301,6 +304,12 @@ impl MeshNode {
 
     pub fn gossip_addr(&self) -> SocketAddr {
         self.gossip_addr
+    }
+
+    /// Announces a new egress capacity (0: uncapped), published with the
+    /// next state update (within a second).
+    pub fn set_egress_cap_bps(&self, bps: u64) {
+        self.egress_cap_bps.store(bps, Ordering::Relaxed);
     }
 
     /// Gossip datagrams dropped as unauthentic or malformed.
@@ -404,7 +413,7 @@ fn build_view(
 async fn publish_state(
     chitchat: Arc<tokio::sync::Mutex<chitchat::Chitchat>>,
     local: Arc<dyn LocalState>,
-    egress_cap_bps: u64,
+    egress_cap_bps: Arc<AtomicU64>,
     draining: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(STATE_INTERVAL_MS));
@@ -415,7 +424,8 @@ async fn publish_state(
         tick.tick().await;
         // Round to 1 % of capacity (or 1 Mbit/s uncapped) so small
         // wobbles do not bump our version every second.
-        let quantum = (egress_cap_bps / 100).max(1_000_000);
+        let cap = egress_cap_bps.load(Ordering::Relaxed);
+        let quantum = (cap / 100).max(1_000_000);
         let egress = local.egress_bps() / quantum * quantum;
         let health = if draining.load(Ordering::Relaxed) {
             Health::Draining
@@ -437,6 +447,7 @@ async fn publish_state(
         let mut chitchat = chitchat.lock().await;
         let me = chitchat.self_node_state();
         me.set(keys::EGRESS_BPS, egress);
+        me.set(keys::EGRESS_CAP_BPS, cap);
         me.set(keys::HEALTH, health.as_str());
         match summary {
             Some(Some(text)) => me.set(keys::OBJECTS, text),
