@@ -1,0 +1,28 @@
+//! What `shoal get` reads from servers: a selector's plan (JSON), `Link`
+//! headers with duplicates, and URLs inside them: typed values or an
+//! error, never a panic; every source a parsed plan keeps is an http URL
+//! for the path asked.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use shoal_client::discover::{duplicate_links, parse_plan, ObjectUrl, PLAN_SOURCES_MAX};
+use shoal_http::path::RequestPath;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(path) = RequestPath::parse("/video/film.mp4") else {
+        return;
+    };
+    if let Ok(plan) = parse_plan(data, &path) {
+        assert!(plan.sources.len() <= PLAN_SOURCES_MAX);
+        for source in &plan.sources {
+            let url = ObjectUrl::parse(&source.url).expect("kept sources parse");
+            assert_eq!(url.path, path);
+            assert!(source.share > 0.0 && source.share.is_finite());
+        }
+    }
+    if let Ok(text) = std::str::from_utf8(data) {
+        let links = duplicate_links(text.lines());
+        assert!(links.len() <= PLAN_SOURCES_MAX);
+        let _ = ObjectUrl::parse(text);
+    }
+});
