@@ -7,8 +7,10 @@
 //! by gossip) in this process, downloads through them — one viewer, then
 //! viewers everywhere at once, then a release warmed on every cache —
 //! checks every byte against the source, shows how many bytes moved
-//! between caches and how few came from the origin, and keeps serving so a
-//! person can try the URLs with curl.
+//! between caches and how few came from the origin; then starts a selector
+//! and shows which caches four viewers are sent to and why, a redirect with
+//! its duplicate links, and a multi-source `shoal get` through it; and
+//! keeps serving so a person can try the URLs with curl.
 
 use anyhow::{ensure, Context};
 use shoal_core::ByteSize;
@@ -308,6 +310,7 @@ pub async fn run(video_size: ByteSize, once: bool, cache_port: u16) -> anyhow::R
     println!("  curl '{selector_url}/plan?path=/videos/feature.mp4&client=10.2.0.9'");
     println!("  curl '{selector_url}/explain?path=/videos/feature.mp4&client=10.1.0.7'");
     println!("  curl -sI {selector_url}/videos/feature.mp4   # 302 + Link: rel=duplicate");
+    println!("  cargo run --release -- get {selector_url}/videos/feature.mp4 -o /tmp/feature.mp4");
 
     if !once {
         println!("\nserving until Ctrl-C");
@@ -501,6 +504,31 @@ async fn show_selector_choices(
         redirect.status().as_u16()
     );
     download(client, selector_url, video_sample, root, "via selector").await?;
+
+    // The multi-source client: the same plan, blended, every piece verified.
+    let out = root.with_file_name("feature-get.mp4");
+    let options = shoal_client::GetOptions::new(format!("{selector_url}{video}"), &out);
+    let summary = shoal_client::get(options, |_| {}).await?;
+    let expected = blake3::Hasher::new()
+        .update_mmap(root.join(video_sample.path))?
+        .finalize();
+    let got = blake3::Hasher::new().update_mmap(&out)?.finalize();
+    ensure!(
+        got == expected,
+        "shoal get: bytes differ from the origin's file"
+    );
+    let parts: Vec<String> = summary
+        .sources
+        .iter()
+        .map(|s| format!("{} {:.1} MiB", s.name, s.bytes as f64 / (1u64 << 20) as f64))
+        .collect();
+    println!(
+        "  shoal get {selector_url}{video}: {:.2} s, {:.0} Mbit/s, verified, from {}",
+        summary.seconds,
+        summary.mbps,
+        parts.join(", ")
+    );
+    let _ = std::fs::remove_file(&out);
     Ok(())
 }
 
