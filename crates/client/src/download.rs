@@ -36,6 +36,9 @@ const PROGRESS_BYTES: u64 = 64 << 10;
 const SAVE_EVERY_MS: u64 = 1_000;
 /// Replacement plans are asked for at most this often.
 const REPLAN_EVERY_MS: u64 = 500;
+/// Plans asked for because the committed bitrate is not held, at most this
+/// often (each plan reserves capacity at the selector).
+const BITRATE_REPLAN_EVERY_MS: u64 = 5_000;
 /// With no usable source left, how long to keep asking for new ones.
 const NO_SOURCE_GRACE_MS: u64 = 10_000;
 
@@ -253,6 +256,12 @@ pub async fn get(
             share: 1.0,
         });
     }
+    if plan.sources.is_empty() {
+        return Err(GetError::Failed(format!(
+            "{}: no source to download from (the selector planned none)",
+            url.url()
+        )));
+    }
     let manifest = Arc::new(
         discover::fetch_manifest(&client, &plan.sources, &url.path, plan.object_id, timeout)
             .await?,
@@ -421,12 +430,14 @@ pub async fn get(
         } else {
             no_source_since = None;
         }
+        let mut every_ms = REPLAN_EVERY_MS;
         if let Some(mbps) = committed_mbps {
             let rate_mbps = scheduler.aggregate_rate_bps() * 8.0 / 1e6;
             if now > 2_000 && rate_mbps < mbps {
                 let since = *below_bitrate_since.get_or_insert(now);
-                if now - since > 2_000 {
+                if now - since > 2_000 && !want_plan {
                     want_plan = true;
+                    every_ms = BITRATE_REPLAN_EVERY_MS;
                 }
             } else {
                 below_bitrate_since = None;
@@ -434,7 +445,7 @@ pub async fn get(
         }
         if want_plan {
             if let Origin::Selector(selector) = &origin {
-                let due = last_replan.is_none_or(|t| now - t >= REPLAN_EVERY_MS);
+                let due = last_replan.is_none_or(|t| now - t >= every_ms);
                 if !replan_pending && due && sources.len() < SOURCES_MAX {
                     replan_pending = true;
                     last_replan = Some(now);

@@ -125,11 +125,12 @@ mod tests {
 
     #[test]
     fn a_download_that_stops_for_longer_than_the_buffer_rebuffers_once() {
-        // Fast, then nothing for 3 s, then fast again.
-        let p = play(8e6, 10_000_000, |t| match t {
+        // Twice the bitrate for 3 s (6 MB: 5.5 s of playback from 0.5 s),
+        // then nothing until 9 s, then fast again.
+        let p = play(8e6, 20_000_000, |t| match t {
             0..=3_000 => t * 2_000,
-            3_001..=6_000 => 6_000_000,
-            _ => 6_000_000 + (t - 6_000) * 2_000,
+            3_001..=9_000 => 6_000_000,
+            _ => 6_000_000 + (t - 9_000) * 2_000,
         });
         assert_eq!(p.rebuffers(), 1);
         assert!(p.stalled_ms() > 0);

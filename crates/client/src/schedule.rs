@@ -61,6 +61,9 @@ pub struct ScheduleConfig {
     pub in_order: bool,
     /// Errors in a row that drop a source.
     pub errors_max: u32,
+    /// Bytes in flight over all sources at most (each request holds its
+    /// piece in memory until it verifies).
+    pub in_flight_bytes_max: u64,
 }
 
 impl ScheduleConfig {
@@ -76,6 +79,7 @@ impl ScheduleConfig {
             copies_max: 2,
             in_order: false,
             errors_max: 3,
+            in_flight_bytes_max: 256 << 20,
         }
     }
 }
@@ -355,11 +359,17 @@ impl Scheduler {
         cover.clamp(self.config.in_flight_min, self.config.in_flight_max) as usize
     }
 
-    /// Whether `source` has a free request slot.
+    /// Whether `source` has a free request slot (and the memory budget
+    /// for one more piece).
     pub fn wants_more(&self, source: SourceId) -> bool {
-        self.sources
-            .get(source.0 as usize)
-            .is_some_and(|s| s.is_usable() && s.in_flight.len() < self.in_flight_limit(s))
+        let in_flight: u64 = self.sources.iter().map(|s| s.in_flight.len() as u64).sum();
+        let budget_left = (in_flight + 1).saturating_mul(self.config.piece_bytes)
+            <= self.config.in_flight_bytes_max;
+        self.sources.get(source.0 as usize).is_some_and(|s| {
+            s.is_usable()
+                && s.in_flight.len() < self.in_flight_limit(s)
+                && (budget_left || in_flight == 0)
+        })
     }
 
     fn assignable(&self, piece: u32) -> bool {

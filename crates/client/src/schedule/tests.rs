@@ -377,3 +377,21 @@ fn a_seek_moves_the_pieces_wanted_first() {
         .collect();
     assert_eq!(order, [2, 3, 0, 1]);
 }
+
+#[test]
+fn pieces_in_flight_stay_within_the_memory_budget() {
+    let mut config = ScheduleConfig::new(1000, 4 * MIB, 3);
+    config.in_flight_min = 16;
+    config.in_flight_bytes_max = 40 * MIB;
+    let mut s = Scheduler::new(config, &PieceSet::new(1000));
+    let ids: Vec<SourceId> = (0..8)
+        .map(|i| s.add_source(&format!("s{i}"), 1.0, 0))
+        .collect();
+    let mut requested = 0;
+    for id in &ids {
+        while s.next_piece(*id, 0).is_some() {
+            requested += 1;
+        }
+    }
+    assert_eq!(requested, 10, "40 MiB of 4 MiB pieces");
+}
