@@ -37,6 +37,9 @@ pub const WARM_PREFIX: &str = "/_shoal/warm/";
 /// this cache's egress cap while it runs (0: none), e.g. to take load off
 /// it; answers the old and new cap.
 pub const EGRESS_PATH: &str = "/_shoal/egress";
+/// Smallest egress cap a running cache accepts (1 Mbit/s): below it a
+/// single write would wait longer than the idle timeout.
+pub const EGRESS_BYTES_PER_S_MIN: u64 = 125_000;
 /// Most partner caches a warm-up request may name.
 const WARM_PARTNERS_MAX: usize = 1024;
 /// Prefix of the cache's own endpoints; objects under it are not served.
@@ -220,10 +223,13 @@ impl CacheService {
             .query()
             .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("bytes_per_s=")))
             .and_then(|v| v.parse::<u64>().ok())
+            .filter(|b| *b == 0 || *b >= EGRESS_BYTES_PER_S_MIN)
         else {
             return text_response(
                 StatusCode::BAD_REQUEST,
-                "expected ?bytes_per_s=N (0: no cap)\n",
+                &format!(
+                    "expected ?bytes_per_s=N: 0 (no cap) or at least {EGRESS_BYTES_PER_S_MIN}\n"
+                ),
             );
         };
         let Some(egress) = self.egress.get() else {

@@ -5,7 +5,9 @@
 //! Everything a server sends here is a stranger's input: plans are parsed
 //! into typed values with bounded sizes, URLs must be `http://` with a
 //! host, and a manifest is accepted only if its hash is the id the server
-//! (and the plan) named.
+//! (and the plan) named, when they name one; a plain web server names
+//! none, and its manifest then stands for itself (every piece must still
+//! match it).
 
 use crate::GetError;
 use serde::Deserialize;
@@ -294,7 +296,15 @@ async fn get_small(
             return Err(GetError::NotFound(url.to_string()));
         }
         if !status.is_success() {
-            let text = response.text().await.unwrap_or_default();
+            // The start of the body says why; no more is read.
+            let mut text = Vec::new();
+            while let Ok(Some(chunk)) = response.chunk().await {
+                text.extend_from_slice(&chunk);
+                if text.len() >= 4096 {
+                    break;
+                }
+            }
+            let text = String::from_utf8_lossy(&text);
             return Err(GetError::Failed(format!(
                 "{url}: {status}: {}",
                 text.trim().chars().take(300).collect::<String>()
@@ -332,6 +342,7 @@ pub async fn fetch_manifest(
     timeout: Duration,
 ) -> Result<Manifest, GetError> {
     let mut why = Vec::new();
+    let mut refusals = Vec::new();
     // A cache names the manifest at `/_shoal/manifest/<path>` (with the id
     // in a header); a publisher's web server at
     // `/.shoal/manifests/<path>.shoalmf` (`shoal publish`).
@@ -386,22 +397,34 @@ pub async fn fetch_manifest(
                 continue;
             }
         };
-        let manifest = Manifest::decode(&body)
-            .map_err(|e| GetError::Manifest(format!("{}: {e}", source.name)))?;
+        let manifest = match Manifest::decode(&body) {
+            Ok(manifest) => manifest,
+            Err(error) => {
+                why.push(format!("{url}: not a manifest ({error})"));
+                continue;
+            }
+        };
         let id = manifest.id();
-        for (who, expected) in [("the source", named), ("the selector's plan", plan_id)] {
-            if let Some(expected) = expected {
-                if expected != id {
-                    return Err(GetError::Manifest(format!(
+        let mismatch = [("the source", named), ("the selector's plan", plan_id)]
+            .into_iter()
+            .find_map(|(who, expected)| {
+                expected.filter(|e| *e != id).map(|e| {
+                    format!(
                         "the manifest from {} hashes to {} but {who} named {}: refused",
                         source.name,
                         &id.to_hex()[..16],
-                        &expected.to_hex()[..16]
-                    )));
-                }
-            }
+                        &e.to_hex()[..16]
+                    )
+                })
+            });
+        match mismatch {
+            // Another source may hold the right version.
+            Some(refused) => refusals.push(refused),
+            None => return Ok(manifest),
         }
-        return Ok(manifest);
+    }
+    if !refusals.is_empty() {
+        return Err(GetError::Manifest(refusals.join("; ")));
     }
     Err(GetError::Manifest(format!(
         "no source has a manifest for {} ({}); publish the object (`shoal publish`) or let a cache ingest it once",

@@ -30,8 +30,12 @@ use tokio::sync::mpsc;
 pub const SOURCES_MAX: usize = 16;
 /// How often the scheduler's clock ticks.
 const TICK_MS: u64 = 100;
-/// Progress is reported to the scheduler in chunks of at least this.
-const PROGRESS_BYTES: u64 = 64 << 10;
+/// Progress is reported to the scheduler in chunks of at least this (the
+/// first chunk of a response at once: it times the first byte).
+const PROGRESS_BYTES: u64 = 16 << 10;
+/// Most pieces an object may have here (1 TiB in 1 MiB pieces); a manifest
+/// with more is refused before anything is allocated for it.
+pub const PIECES_MAX: u32 = 1 << 20;
 /// The resume state is saved at most this often.
 const SAVE_EVERY_MS: u64 = 1_000;
 /// Replacement plans are asked for at most this often.
@@ -221,6 +225,32 @@ fn load_resume(part: &Path, manifest: &Manifest) -> PieceSet {
     have
 }
 
+/// Piece requests in flight, aborted when this is dropped: however `get`
+/// returns, no request task goes on writing to the part file.
+#[derive(Default)]
+struct Requests(HashMap<(SourceId, u32), tokio::task::AbortHandle>);
+
+impl std::ops::Deref for Requests {
+    type Target = HashMap<(SourceId, u32), tokio::task::AbortHandle>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Requests {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Requests {
+    fn drop(&mut self) {
+        for handle in self.0.values() {
+            handle.abort();
+        }
+    }
+}
+
 struct SourceEntry {
     id: SourceId,
     planned: PlannedSource,
@@ -233,6 +263,17 @@ pub async fn get(
 ) -> Result<Summary, GetError> {
     let started = Instant::now();
     let url = ObjectUrl::parse(&options.url)?;
+    for (name, value) in [
+        ("connect_timeout_ms", options.connect_timeout_ms),
+        ("read_timeout_ms", options.read_timeout_ms),
+        ("stall_ms", options.stall_ms),
+    ] {
+        if !(10..=3_600_000).contains(&value) {
+            return Err(GetError::Failed(format!(
+                "{name} = {value} is not within 10..=3600000"
+            )));
+        }
+    }
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_millis(options.connect_timeout_ms))
         .tcp_nodelay(true)
@@ -266,7 +307,15 @@ pub async fn get(
         discover::fetch_manifest(&client, &plan.sources, &url.path, plan.object_id, timeout)
             .await?,
     );
+    if manifest.piece_count() > PIECES_MAX {
+        return Err(GetError::Manifest(format!(
+            "{} pieces: more than the {PIECES_MAX} this client takes",
+            manifest.piece_count()
+        )));
+    }
     let layout = manifest.layout();
+    // With no id named by a source or the plan, the manifest vouches for
+    // itself (a plain server): pieces still must match it.
     let expected_id = plan.object_id.unwrap_or_else(|| manifest.id());
     let committed_mbps = options.bitrate_mbps.or(plan.committed_mbps);
 
@@ -320,6 +369,9 @@ pub async fn get(
         _ => None,
     };
     let mut stdout_task = None;
+    // The local endpoint stops if `get` fails (this sender is dropped);
+    // after a success it serves until the process ends.
+    let (endpoint_keep, endpoint_stop) = tokio::sync::watch::channel(());
     if let (Some(stream_to), Some(ready)) = (options.stream.take(), &ready) {
         match stream_to {
             StreamTo::Stdout => {
@@ -340,7 +392,10 @@ pub async fn get(
                     file.clone(),
                     layout,
                     crate::stream::content_type_of(url.path.file_name()),
-                    std::future::pending::<()>(),
+                    async move {
+                        let mut stop = endpoint_stop;
+                        while stop.changed().await.is_ok() {}
+                    },
                 ));
             }
         }
@@ -360,7 +415,7 @@ pub async fn get(
     let first_sources = sources.len();
 
     let (events, mut inbox) = mpsc::channel::<Event>(1024);
-    let mut tasks: HashMap<(SourceId, u32), tokio::task::AbortHandle> = HashMap::new();
+    let mut tasks = Requests::default();
     let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_save = 0;
@@ -379,6 +434,7 @@ pub async fn get(
         }
         if let Some(task) = &stdout_task {
             if task.is_finished() {
+                let _ = save_state(&state, &manifest, scheduler.done_set());
                 return Err(GetError::Failed(
                     "the output was closed before the object was complete".into(),
                 ));
@@ -582,6 +638,9 @@ pub async fn get(
         handle.abort();
     }
     progress(&snapshot(&scheduler, &manifest, started));
+    if let (Some(playback), Some(ready)) = (&mut playback, &ready) {
+        playback.update(now_ms(started), ready.contiguous_bytes(&layout));
+    }
     if let Some(task) = stdout_task {
         match task.await {
             Ok(Ok(())) => {}
@@ -608,6 +667,10 @@ pub async fn get(
         why: e.to_string(),
     })?;
     let _ = std::fs::remove_file(&state);
+    tokio::spawn(async move {
+        let _keep_serving = endpoint_keep;
+        std::future::pending::<()>().await
+    });
 
     let seconds = started.elapsed().as_secs_f64();
     let reports = scheduler.report();
@@ -760,9 +823,10 @@ async fn receive(
         if data.len() as u64 + chunk.len() as u64 > expected {
             return Err("more bytes than the range".into());
         }
+        let first = data.is_empty();
         data.extend_from_slice(&chunk);
         unreported += chunk.len() as u64;
-        if unreported >= PROGRESS_BYTES {
+        if first || unreported >= PROGRESS_BYTES {
             let _ = events.send(Event::Bytes(source, piece, unreported)).await;
             unreported = 0;
         }

@@ -20,15 +20,16 @@
 //!   selector's cost model counts on it). A source whose stripe is done
 //!   takes the lowest unassigned piece of anyone's.
 //! - **In order, when streaming.** With `in_order`, the lowest missing
-//!   pieces go first, and the most reliable source takes the one due
-//!   soonest.
+//!   pieces (from the reader's playhead) go first, and the fastest source
+//!   (short-term rate) takes the one due soonest.
 //! - **Degradation.** A source whose short-term rate (τ 0.5 s) falls below
 //!   `drop_ratio` of its long-term rate (τ 4 s), or that received nothing
 //!   for `stall_ms` with requests out, is *degraded* or *stalled*: its
-//!   outstanding pieces may be requested from others at once, and the
-//!   driver is told to ask the selector for a replacement. A stalled
-//!   source's requests are cancelled and it is dropped; a degraded one keeps
-//!   one request at a time. Three errors in a row, or one piece that fails
+//!   outstanding pieces are requested from healthy sources first (lowest
+//!   piece first, when they would finish it sooner), and the driver is told
+//!   to ask the selector for a replacement. A stalled source's requests are
+//!   cancelled and it is dropped; a degraded one gets one new request at a
+//!   time. Three errors in a row, or one piece that fails
 //!   verification, drop a source for good.
 //! - **Endgame.** When every missing piece is in flight, a free source
 //!   duplicates the in-flight piece expected to finish last, if it would
@@ -356,7 +357,8 @@ impl Scheduler {
         } else {
             0
         };
-        cover.clamp(self.config.in_flight_min, self.config.in_flight_max) as usize
+        let min = self.config.in_flight_min.max(1);
+        cover.max(min).min(self.config.in_flight_max.max(min)) as usize
     }
 
     /// Whether `source` has a free request slot (and the memory budget
@@ -381,12 +383,18 @@ impl Scheduler {
         if !self.wants_more(source) {
             return None;
         }
-        let piece = if self.config.in_order {
-            self.pick_in_order(source)
-        } else {
-            self.pick_own_stripe(source).or_else(|| self.pick_lowest())
-        }
-        .or_else(|| self.pick_duplicate(source, now_ms))?;
+        // A degraded source's outstanding pieces first (they would hold up
+        // the download, or the player), then new pieces, then the endgame.
+        let piece = self
+            .pick_from_degraded(source, now_ms)
+            .or_else(|| {
+                if self.config.in_order {
+                    self.pick_in_order(source)
+                } else {
+                    self.pick_own_stripe(source).or_else(|| self.pick_lowest())
+                }
+            })
+            .or_else(|| self.pick_duplicate(source, now_ms))?;
         self.requested[piece as usize].push(source);
         let s = &mut self.sources[source.0 as usize];
         s.in_flight.push(piece);
@@ -467,26 +475,56 @@ impl Scheduler {
 
     /// A copy of an in-flight piece this source would finish sooner: only
     /// in the endgame, or when its holder is degraded.
-    fn pick_duplicate(&self, source: SourceId, now_ms: u64) -> Option<u32> {
+    fn my_done_ms(&self, source: SourceId, now_ms: u64) -> f64 {
         let me = &self.sources[source.0 as usize];
-        let endgame = self.pick_lowest_readonly().is_none();
         let my_rate = if me.fast.primed {
             me.rate()
         } else {
             f64::INFINITY
         };
-        let my_done = now_ms as f64 + self.config.piece_bytes as f64 / my_rate.max(1.0) * 1000.0;
+        now_ms as f64 + self.config.piece_bytes as f64 / my_rate.max(1.0) * 1000.0
+    }
+
+    fn may_copy(&self, source: SourceId, piece: u32) -> bool {
+        let copies = &self.requested[piece as usize];
+        !self.done.contains(PieceIndex(piece))
+            && !copies.contains(&source)
+            && copies.len() < self.config.copies_max as usize
+    }
+
+    /// The lowest piece a degraded source still has out that this (healthy)
+    /// source would finish sooner.
+    fn pick_from_degraded(&self, source: SourceId, now_ms: u64) -> Option<u32> {
+        if self.sources[source.0 as usize].health != Health::Active {
+            return None;
+        }
+        let my_done = self.my_done_ms(source, now_ms);
+        let mut best: Option<u32> = None;
+        for holder in self.sources.iter().filter(|h| h.health == Health::Degraded) {
+            for (slot, &piece) in holder.in_flight.iter().enumerate() {
+                if self.may_copy(source, piece)
+                    && self.expected_done_ms(holder, slot) > my_done
+                    && best.is_none_or(|b| piece < b)
+                {
+                    best = Some(piece);
+                }
+            }
+        }
+        best
+    }
+
+    fn pick_duplicate(&self, source: SourceId, now_ms: u64) -> Option<u32> {
+        if self.pick_lowest_readonly().is_some() {
+            return None;
+        }
+        let my_done = self.my_done_ms(source, now_ms);
         let mut best: Option<(f64, u32)> = None;
         for (index, holder) in self.sources.iter().enumerate() {
-            if index == source.0 as usize || !(endgame || holder.health == Health::Degraded) {
+            if index == source.0 as usize {
                 continue;
             }
             for (slot, &piece) in holder.in_flight.iter().enumerate() {
-                let copies = &self.requested[piece as usize];
-                if self.done.contains(PieceIndex(piece))
-                    || copies.contains(&source)
-                    || copies.len() >= self.config.copies_max as usize
-                {
+                if !self.may_copy(source, piece) {
                     continue;
                 }
                 let theirs = self.expected_done_ms(holder, slot);
@@ -523,7 +561,11 @@ impl Scheduler {
         if let Some(list) = self.requested.get_mut(piece.0 as usize) {
             list.retain(|s| *s != source);
         }
-        if !self.done.contains(piece) && self.requested[piece.0 as usize].is_empty() {
+        let unrequested = self
+            .requested
+            .get(piece.0 as usize)
+            .is_some_and(|list| list.is_empty());
+        if unrequested && !self.done.contains(piece) {
             self.cursor = self.cursor.min(piece.0);
         }
     }
@@ -569,7 +611,7 @@ impl Scheduler {
             return actions;
         };
         s.errors_in_a_row = 0;
-        if self.done.insert(piece) {
+        if piece.0 < self.config.piece_count && self.done.insert(piece) {
             self.done_count += 1;
             self.sources[source.0 as usize].pieces += 1;
             let others = std::mem::take(&mut self.requested[piece.0 as usize]);

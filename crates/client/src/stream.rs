@@ -22,7 +22,11 @@ use tokio::sync::watch;
 pub struct Ready {
     words: Vec<AtomicU64>,
     changed: watch::Sender<u64>,
-    playhead: AtomicU32,
+    /// Where each reader is (the playhead is the one furthest behind).
+    readers: std::sync::Mutex<std::collections::HashMap<u64, u32>>,
+    next_reader: AtomicU64,
+    /// The playhead when no one reads.
+    last_playhead: AtomicU32,
     /// Times a reader had to wait for a piece after its first bytes.
     waits: AtomicU64,
 }
@@ -34,7 +38,9 @@ impl Ready {
                 .map(|_| AtomicU64::new(0))
                 .collect(),
             changed: watch::channel(0).0,
-            playhead: AtomicU32::new(0),
+            readers: std::sync::Mutex::default(),
+            next_reader: AtomicU64::new(0),
+            last_playhead: AtomicU32::new(0),
             waits: AtomicU64::new(0),
         })
     }
@@ -78,13 +84,55 @@ impl Ready {
         waited
     }
 
-    /// Where readers are (the scheduler takes pieces from here first).
+    /// Where readers are (the scheduler takes pieces from here first): the
+    /// reader furthest behind, so none starves.
     pub fn playhead(&self) -> PieceIndex {
-        PieceIndex(self.playhead.load(Ordering::Relaxed))
+        let readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+        PieceIndex(
+            readers
+                .values()
+                .min()
+                .copied()
+                .unwrap_or_else(|| self.last_playhead.load(Ordering::Relaxed)),
+        )
+    }
+
+    fn reader(self: &Arc<Self>) -> Reader {
+        Reader {
+            ready: self.clone(),
+            id: self.next_reader.fetch_add(1, Ordering::Relaxed),
+        }
     }
 
     pub fn waits(&self) -> u64 {
         self.waits.load(Ordering::Relaxed)
+    }
+}
+
+/// One reader's position; gone from the playhead when dropped.
+struct Reader {
+    ready: Arc<Ready>,
+    id: u64,
+}
+
+impl Reader {
+    fn at(&self, piece: u32) {
+        self.ready
+            .readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(self.id, piece);
+        self.ready.last_playhead.store(piece, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.ready
+            .readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
     }
 }
 
@@ -112,9 +160,10 @@ pub async fn to_stdout(
     layout: PieceLayout,
 ) -> std::io::Result<()> {
     let mut out = tokio::io::stdout();
+    let reader = ready.reader();
     for index in 0..layout.piece_count() {
         let piece = PieceIndex(index);
-        ready.playhead.store(index, Ordering::Relaxed);
+        reader.at(index);
         if ready.wait(piece).await && index > 0 {
             ready.waits.fetch_add(1, Ordering::Relaxed);
         }
@@ -215,12 +264,13 @@ fn answer<B>(
     let first = (from >> layout.piece_size().log2()) as u32;
     let last = ((to - 1) >> layout.piece_size().log2()) as u32;
     // A seek: fetch from here first.
-    ready.playhead.store(first, Ordering::Relaxed);
+    let reader = ready.reader();
+    reader.at(first);
     let (sender, body) = shoal_server::channel_body(4);
     tokio::spawn(async move {
         for index in first..=last {
             let piece = PieceIndex(index);
-            ready.playhead.store(index, Ordering::Relaxed);
+            reader.at(index);
             if ready.wait(piece).await && index > first {
                 ready.waits.fetch_add(1, Ordering::Relaxed);
             }

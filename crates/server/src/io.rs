@@ -143,7 +143,10 @@ impl<T> ActivityIo<T> {
             if granted > 0 || want == 0 {
                 return Poll::Ready(granted);
             }
-            let wait_ns = bucket.wait_ns(now, want as u64).max(1_000_000);
+            // Look again at least every 100 ms: the cap may change.
+            let wait_ns = bucket
+                .wait_ns(now, want as u64)
+                .clamp(1_000_000, 100_000_000);
             drop(bucket);
             self.egress_wait = Some(Box::pin(tokio::time::sleep(Duration::from_nanos(wait_ns))));
         }

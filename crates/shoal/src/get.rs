@@ -67,15 +67,22 @@ pub async fn run(args: GetArgs) -> anyhow::Result<()> {
     );
     let url = shoal_client::discover::ObjectUrl::parse(&args.url)?;
     // Streaming to stdout without -o: the pieces land in a temporary file.
-    let temporary = args.stream && args.output.is_none();
-    let output = match &args.output {
-        Some(path) => path.clone(),
-        None if temporary => std::env::temp_dir().join(format!(
-            "shoal-get-{}-{}",
-            std::process::id(),
-            url.path.file_name()
-        )),
-        None => PathBuf::from(url.path.file_name()),
+    // A private directory, removed with whatever is in it however this
+    // ends.
+    let temporary = if args.stream && args.output.is_none() {
+        Some(
+            tempfile::Builder::new()
+                .prefix("shoal-get-")
+                .tempdir()
+                .context("creating a temporary directory for the pieces")?,
+        )
+    } else {
+        None
+    };
+    let output = match (&args.output, &temporary) {
+        (Some(path), _) => path.clone(),
+        (None, Some(dir)) => dir.path().join(url.path.file_name()),
+        (None, None) => PathBuf::from(url.path.file_name()),
     };
     let mut options = shoal_client::GetOptions::new(args.url.clone(), output.clone());
     options.mirrors = args.mirrors.clone();
@@ -151,9 +158,7 @@ pub async fn run(args: GetArgs) -> anyhow::Result<()> {
     })
     .await
     .with_context(|| format!("getting {}", args.url));
-    if temporary {
-        let _ = std::fs::remove_file(&output);
-    }
+    drop(temporary);
     let summary = summary?;
     if terminal && !quiet {
         eprintln!();

@@ -395,3 +395,33 @@ fn pieces_in_flight_stay_within_the_memory_budget() {
     }
     assert_eq!(requested, 10, "40 MiB of 4 MiB pieces");
 }
+
+#[test]
+fn a_degraded_sources_pieces_are_taken_over_before_new_ones() {
+    let mut config = ScheduleConfig::new(100, MIB, 5);
+    config.in_order = true;
+    let mut s = Scheduler::new(config, &PieceSet::new(100));
+    let fast = s.add_source("fast", 1.0, 0);
+    let slow = s.add_source("slow", 1.0, 0);
+    let first_fast = s.next_piece(fast, 0).unwrap();
+    let held = s.next_piece(slow, 0).unwrap();
+    assert_ne!(first_fast, held);
+    // `slow` is found degraded (as `tick` would after its rate fell).
+    s.sources[slow.0 as usize].health = Health::Degraded;
+    s.sources[slow.0 as usize].fast = Rate {
+        value: 100_000.0,
+        primed: true,
+    };
+    s.sources[fast.0 as usize].fast = Rate {
+        value: 50_000_000.0,
+        primed: true,
+    };
+    // The healthy source's next request is the piece the slow one holds.
+    assert_eq!(s.next_piece(fast, 10), Some(held));
+    // First verified copy wins; the slow one's request is cancelled.
+    let actions = s.on_piece(fast, held, true, 20);
+    assert!(actions.contains(&Action::Cancel {
+        source: slow,
+        piece: held
+    }));
+}
