@@ -25,8 +25,10 @@
 //! - **Degradation.** A source whose short-term rate (τ 0.5 s) falls below
 //!   `drop_ratio` of its long-term rate (τ 4 s), or that received nothing
 //!   for `stall_ms` with requests out, is *degraded* or *stalled*: its
-//!   outstanding pieces are requested from healthy sources first (lowest
-//!   piece first, when they would finish it sooner), and the driver is told
+//!   outstanding pieces are requested from healthy sources first when
+//!   streaming (lowest piece first, when they would finish it sooner; a
+//!   download lets it finish them and duplicates only in the endgame), and
+//!   the driver is told
 //!   to ask the selector for a replacement. A stalled source's requests are
 //!   cancelled and it is dropped; a degraded one gets one new request at a
 //!   time. Three errors in a row, or one piece that fails
@@ -383,8 +385,8 @@ impl Scheduler {
         if !self.wants_more(source) {
             return None;
         }
-        // A degraded source's outstanding pieces first (they would hold up
-        // the download, or the player), then new pieces, then the endgame.
+        // Streaming: a degraded source's outstanding pieces first (the
+        // player would wait on them); then new pieces; then the endgame.
         let piece = self
             .pick_from_degraded(source, now_ms)
             .or_else(|| {
@@ -494,8 +496,11 @@ impl Scheduler {
 
     /// The lowest piece a degraded source still has out that this (healthy)
     /// source would finish sooner.
+    /// Only when streaming: a player waits on those pieces. A download
+    /// lets the slow source finish what it has (its bytes still count) and
+    /// duplicates only in the endgame.
     fn pick_from_degraded(&self, source: SourceId, now_ms: u64) -> Option<u32> {
-        if self.sources[source.0 as usize].health != Health::Active {
+        if !self.config.in_order || self.sources[source.0 as usize].health != Health::Active {
             return None;
         }
         let my_done = self.my_done_ms(source, now_ms);

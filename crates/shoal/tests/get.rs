@@ -514,3 +514,112 @@ fn serve_mode_lets_a_player_seek_while_the_object_downloads() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn a_stream_survives_a_killed_cache_and_the_selector_brings_in_a_replacement() {
+    let root = tempfile::tempdir().unwrap();
+    let size = 32 * MIB;
+    let data = content(size, 63);
+    write_file(root.path(), "show.ts", &data);
+    publish(root.path());
+    let origin = start_origin(root.path());
+    let dir = tempfile::tempdir().unwrap();
+    // Three caches at $0.01/GB and a dearer fourth the selector keeps in
+    // reserve; 100 Mbit/s each.
+    let mut caches: Vec<Proc> = Vec::new();
+    for (name, cost) in [
+        ("s1", "0.01"),
+        ("s2", "0.01"),
+        ("s3", "0.01"),
+        ("s4", "0.02"),
+    ] {
+        let seeds: Vec<String> = caches.first().map(gossip_addr).into_iter().collect();
+        caches.push(start_mesh_cache(
+            &origin.url,
+            &dir.path().join(name),
+            name,
+            "eu",
+            &seeds,
+            None,
+            &["--egress-mbps", "100", "--cost-per-gb", cost],
+        ));
+    }
+    let urls: Vec<&str> = caches.iter().map(|c| c.url.as_str()).collect();
+    wait_for_mesh(&urls, 4);
+    // 240 Mbit/s x1.25 = 300: exactly the three cheap caches.
+    let config = dir.path().join("selector.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\n[mesh]\ngossip = \"127.0.0.1:0\"\nseeds = [\"{}\"]\ngossip_interval_ms = 200\n[[service]]\nname = \"tv\"\npath_prefix = \"/\"\nbitrate_mbps = 240\nheadroom = 1.25\nmin_sources = 1\n",
+            gossip_addr(&caches[0])
+        ),
+    )
+    .unwrap();
+    let selector = start_shoal(
+        &["selector", "--config", config.to_str().unwrap()],
+        &[("SHOAL_SELECTOR_MESH__CLUSTER_SECRET", CLUSTER_SECRET)],
+    );
+    wait_until(
+        "the selector sees 4 caches",
+        Duration::from_secs(20),
+        || {
+            let mesh = curl(&format!("{}/_shoal/mesh", selector.url), &[]);
+            serde_json::from_slice::<serde_json::Value>(&mesh.body)
+                .ok()
+                .and_then(|v| v["caches"].as_array().map(Vec::len))
+                == Some(4)
+        },
+    );
+    let plan = curl(&format!("{}/explain?path=/show.ts", selector.url), &[]);
+    let text = String::from_utf8_lossy(&plan.body).to_string();
+    let first = text
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("1. "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no first source in {text}"))
+        .to_string();
+    assert_ne!(first, "s4", "{text}");
+    let child = Command::new(shoal_bin())
+        .args([
+            "get",
+            &format!("{}/show.ts", selector.url),
+            "--stream",
+            "--json",
+            "--quiet",
+            "--buffer-s",
+            "1",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    let victim = caches.iter_mut().find(|c| c.name == first).unwrap();
+    victim.kill9();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        output.stdout == data,
+        "the stream is not the object, in order"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&stderr[stderr.find('{').unwrap()..]).unwrap();
+    let sources = source_bytes(&summary);
+    assert!(
+        sources
+            .iter()
+            .any(|(name, _, state)| *name == first && state.starts_with("dropped")),
+        "{summary}"
+    );
+    assert!(
+        sources
+            .iter()
+            .any(|(name, bytes, _)| name == "s4" && *bytes > 0),
+        "the selector's replacement did not join: {summary}"
+    );
+    assert!(summary["replacements"].as_u64().unwrap() >= 1);
+    assert!(summary["rebuffers"].is_u64(), "{summary}");
+}
