@@ -48,6 +48,13 @@ pub const INTERNAL_PREFIX: &str = "/_shoal/";
 /// the published one, or the one the cache built while ingesting (404
 /// until every piece has been seen). The id is in `X-Shoal-Object-Id`.
 pub const MANIFEST_PREFIX: &str = "/_shoal/manifest/";
+/// `GET /_shoal/hashes/<path>`: the piece hashes this cache knows for the
+/// object at `<path>` as JSON (`id`, `size`, `piece_size_log2`,
+/// `hashes_hex` with `""` where unknown, `complete`): the manifest's, or,
+/// for an unpublished object, those learnt from the origin by the shield.
+/// A multi-source client verifies pieces against them as it goes; every
+/// piece this cache has served is among them.
+pub const HASHES_PREFIX: &str = "/_shoal/hashes/";
 /// Chunks (pieces or parts of them) buffered between the piece reader and
 /// the socket, per response: enough to keep the socket busy, little memory.
 const BODY_CHUNKS_MAX: usize = 4;
@@ -144,6 +151,9 @@ impl CacheService {
         }
         if let Some(object_path) = raw_path.strip_prefix(MANIFEST_PREFIX) {
             return self.manifest(&format!("/{object_path}")).await;
+        }
+        if let Some(object_path) = raw_path.strip_prefix(HASHES_PREFIX) {
+            return self.hashes(&format!("/{object_path}")).await;
         }
         if let Some(endpoint) = raw_path.strip_prefix(INTERNAL_PREFIX) {
             return self.internal(endpoint, request.uri().query());
@@ -813,6 +823,41 @@ impl CacheService {
             .header(header::CACHE_CONTROL, "no-cache")
             .body(shoal_server::full(Bytes::from(manifest.encode())))
             .unwrap_or_else(|_| internal_error())
+    }
+
+    async fn hashes(&self, raw_path: &str) -> Response<Body> {
+        let entry = match self.parse_and_resolve(raw_path).await {
+            Ok((_, Resolved::Cached(entry))) => entry,
+            Ok((_, Resolved::PassThrough)) => {
+                return text_response(
+                    StatusCode::NOT_FOUND,
+                    "this object is not cached (the origin forbids it)\n",
+                )
+            }
+            Err(response) => return response,
+        };
+        let manifest = entry.manifest.clone().or_else(|| entry.built_manifest());
+        let hashes_hex: Vec<String> = match &manifest {
+            Some(manifest) => manifest.piece_hashes().iter().map(|h| h.to_hex()).collect(),
+            None => (0..entry.layout.piece_count())
+                .map(|i| {
+                    entry
+                        .learnt_hash(PieceIndex(i))
+                        .map(|h| h.to_hex())
+                        .unwrap_or_default()
+                })
+                .collect(),
+        };
+        let complete = hashes_hex.iter().all(|h| !h.is_empty());
+        let answer = serde_json::json!({
+            "id": entry.id.to_hex(),
+            "size": entry.layout.object_size(),
+            "piece_size_log2": entry.layout.piece_size().log2(),
+            "published": entry.manifest.is_some(),
+            "complete": complete,
+            "hashes_hex": hashes_hex,
+        });
+        compact_json_response(&answer)
     }
 
     fn internal(&self, endpoint: &str, query: Option<&str>) -> Response<Body> {

@@ -332,15 +332,17 @@ async fn get_small(
         })?
 }
 
-/// The object's manifest from the first source that has one, checked
-/// against the id that source names and the id the plan named.
-pub async fn fetch_manifest(
+/// What pieces are checked against: the object's manifest from the first
+/// source that has one (checked against the id that source names and the
+/// id the plan named), else — an unpublished object — the piece hashes a
+/// cache learnt (`/_shoal/hashes/<path>`), with the same id checks.
+pub async fn fetch_reference(
     client: &reqwest::Client,
     sources: &[PlannedSource],
     path: &RequestPath,
     plan_id: Option<ObjectId>,
     timeout: Duration,
-) -> Result<Manifest, GetError> {
+) -> Result<crate::reference::Reference, GetError> {
     let mut why = Vec::new();
     let mut refusals = Vec::new();
     // A cache names the manifest at `/_shoal/manifest/<path>` (with the id
@@ -420,14 +422,51 @@ pub async fn fetch_manifest(
         match mismatch {
             // Another source may hold the right version.
             Some(refused) => refusals.push(refused),
-            None => return Ok(manifest),
+            None => return Ok(crate::reference::Reference::from_manifest(manifest)),
         }
     }
     if !refusals.is_empty() {
         return Err(GetError::Manifest(refusals.join("; ")));
     }
+    // No manifest anywhere: the hashes the caches learnt from the origin.
+    for source in sources {
+        let Ok(parsed) = ObjectUrl::parse(&source.url) else {
+            continue;
+        };
+        let url = format!("{}/_shoal/hashes{}", parsed.base, path.to_uri_path());
+        let list = match crate::reference::fetch_hash_list(client, &url, timeout).await {
+            Ok(list) => list,
+            Err(error) => {
+                why.push(format!("{url}: {error}"));
+                continue;
+            }
+        };
+        let reference = match crate::reference::Reference::from_hash_list(
+            &list,
+            client.clone(),
+            path.to_uri_path(),
+        ) {
+            Ok(reference) => reference,
+            Err(error) => {
+                why.push(format!("{url}: {error}"));
+                continue;
+            }
+        };
+        if plan_id.is_some_and(|id| id != reference.id()) {
+            refusals.push(format!(
+                "{} names object {} but the selector's plan named another: refused",
+                source.name,
+                &reference.id().to_hex()[..16]
+            ));
+            continue;
+        }
+        return Ok(reference);
+    }
+    if !refusals.is_empty() {
+        return Err(GetError::Manifest(refusals.join("; ")));
+    }
     Err(GetError::Manifest(format!(
-        "no source has a manifest for {} ({}); publish the object (`shoal publish`) or let a cache ingest it once",
+        "no source has a manifest or piece hashes for {} ({}); publish the object (`shoal publish`) or fetch it through a shoal cache",
         path.as_str(),
         why.join("; ")
     )))

@@ -14,11 +14,12 @@
 //! `FILE` only ever holds a whole, verified object.
 
 use crate::discover::{self, error_chain, ObjectUrl, Origin, PlannedSource};
+use crate::reference::{Reference, Rejected};
 use crate::schedule::{Action, ScheduleConfig, Scheduler, SourceId, SourceReport};
 use crate::GetError;
 use bytes::Bytes;
 use shoal_core::bitfield::PieceSet;
-use shoal_core::{Manifest, PieceIndex};
+use shoal_core::PieceIndex;
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -182,7 +183,7 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-fn save_state(path: &Path, manifest: &Manifest, done: &PieceSet) -> std::io::Result<()> {
+fn save_state(path: &Path, manifest: &Reference, done: &PieceSet) -> std::io::Result<()> {
     let text = format!("{}\n{}\n", manifest.id().to_hex(), hex(&done.encode()));
     let tmp = path.with_extension("shoal.tmp");
     std::fs::write(&tmp, text)?;
@@ -190,7 +191,7 @@ fn save_state(path: &Path, manifest: &Manifest, done: &PieceSet) -> std::io::Res
 }
 
 /// Pieces of a previous run that still verify.
-fn load_resume(part: &Path, manifest: &Manifest) -> PieceSet {
+fn load_resume(part: &Path, manifest: &Reference) -> PieceSet {
     let layout = manifest.layout();
     let mut have = PieceSet::new(manifest.piece_count());
     let Ok(text) = std::fs::read_to_string(state_path(part)) else {
@@ -217,7 +218,7 @@ fn load_resume(part: &Path, manifest: &Manifest) -> PieceSet {
         };
         buffer.resize(span.len() as usize, 0);
         if file.read_exact_at(&mut buffer, span.start()).is_ok()
-            && manifest.verify_piece(index, &buffer).is_ok()
+            && manifest.verify_known(index, &buffer)
         {
             have.insert(index);
         }
@@ -304,7 +305,7 @@ pub async fn get(
         )));
     }
     let manifest = Arc::new(
-        discover::fetch_manifest(&client, &plan.sources, &url.path, plan.object_id, timeout)
+        discover::fetch_reference(&client, &plan.sources, &url.path, plan.object_id, timeout)
             .await?,
     );
     if manifest.piece_count() > PIECES_MAX {
@@ -345,7 +346,7 @@ pub async fn get(
     seed.copy_from_slice(&manifest.id().0[..8]);
     let mut config = ScheduleConfig::new(
         manifest.piece_count(),
-        manifest.piece_size().bytes(),
+        layout.piece_size().bytes(),
         u64::from_le_bytes(seed),
     );
     config.stall_ms = options.stall_ms;
@@ -431,6 +432,10 @@ pub async fn get(
         let now = now_ms(started);
         if let Some(ready) = &ready {
             scheduler.set_playhead(ready.playhead());
+        }
+        if let Some(conflict) = manifest.conflict() {
+            let _ = save_state(&state, &manifest, scheduler.done_set());
+            return Err(GetError::Manifest(format!("{conflict}: refused")));
         }
         if let Some(task) = &stdout_task {
             if task.is_finished() {
@@ -713,7 +718,7 @@ pub async fn get(
     })
 }
 
-fn snapshot(scheduler: &Scheduler, manifest: &Manifest, started: Instant) -> Progress {
+fn snapshot(scheduler: &Scheduler, manifest: &Reference, started: Instant) -> Progress {
     let layout = manifest.layout();
     let done_bytes = scheduler
         .done_set()
@@ -738,7 +743,7 @@ async fn fetch_piece(
     piece: PieceIndex,
     start: u64,
     end: u64,
-    manifest: Arc<Manifest>,
+    manifest: Arc<Reference>,
     file: Arc<std::fs::File>,
     events: mpsc::Sender<Event>,
     timeout: Duration,
@@ -746,8 +751,19 @@ async fn fetch_piece(
     let event = match receive(&client, &url, source, piece, start, end, &events, timeout).await {
         Err(why) => Event::Failed(source, piece, why),
         Ok(data) => {
-            if manifest.verify_piece(piece, &data).is_err() {
-                Event::Piece(source, piece, false)
+            let base = url
+                .find("://")
+                .and_then(|i| url[i + 3..].find('/').map(|j| &url[..i + 3 + j]))
+                .unwrap_or(&url)
+                .to_string();
+            if let Err(rejected) = manifest.verify(piece, &data, &base).await {
+                match rejected {
+                    Rejected::Mismatch => Event::Piece(source, piece, false),
+                    // Its hash never came: not the source's fault alone.
+                    Rejected::Unknown => {
+                        Event::Failed(source, piece, "no hash for this piece yet".into())
+                    }
+                }
             } else {
                 // Only verified bytes reach the disk; what the disk holds is
                 // read back and verified again.
@@ -755,7 +771,7 @@ async fn fetch_piece(
                     file.write_all_at(&data, start)?;
                     let mut back = vec![0u8; data.len()];
                     file.read_exact_at(&mut back, start)?;
-                    if manifest.verify_piece(piece, &back).is_err() {
+                    if !manifest.verify_known(piece, &back) {
                         return Err(std::io::Error::other(format!(
                             "piece {} reads back different from what was written",
                             piece.0

@@ -6,6 +6,8 @@
 //!   simulator in its tests.
 //! - [`discover`]: the URL, the selector's plan (or a plain server and its
 //!   mirrors), the manifest checked against the object id.
+//! - [`reference`]: what pieces are checked against: the manifest, or the
+//!   hashes caches learnt for an unpublished object.
 //! - [`download`]: the tokio driver: one task per piece request, every
 //!   piece verified before it is written, a resumable part file, sources
 //!   replaced through the selector when they stall, degrade, fail or lie.
@@ -24,6 +26,7 @@
 pub mod discover;
 pub mod download;
 pub mod playback;
+pub mod reference;
 pub mod schedule;
 pub mod stream;
 

@@ -623,3 +623,48 @@ fn a_stream_survives_a_killed_cache_and_the_selector_brings_in_a_replacement() {
     assert!(summary["replacements"].as_u64().unwrap() >= 1);
     assert!(summary["rebuffers"].is_u64(), "{summary}");
 }
+
+#[test]
+fn an_unpublished_object_is_verified_against_the_hashes_the_caches_learnt() {
+    let root = tempfile::tempdir().unwrap();
+    let size = 20 * MIB + 5;
+    let data = content(size, 64);
+    write_file(root.path(), "raw/capture.mkv", &data);
+    // No `shoal publish`: nginx serves the file alone.
+    let (nginx, _nginx_dir) = start_nginx(root.path(), "");
+    let dir = tempfile::tempdir().unwrap();
+    let caches = start_caches(&nginx.url, dir.path(), &["u1", "u2", "u3"], "400");
+    let selector = start_selector(dir.path(), &gossip_addr(&caches[0]), 100);
+    wait_until(
+        "the selector sees 3 caches",
+        Duration::from_secs(20),
+        || {
+            let mesh = curl(&format!("{}/_shoal/mesh", selector.url), &[]);
+            serde_json::from_slice::<serde_json::Value>(&mesh.body).unwrap()["caches"]
+                .as_array()
+                .map_or(0, Vec::len)
+                == 3
+        },
+    );
+    let out = dir.path().join("capture.mkv");
+    let output = get_command(&format!("{}/raw/capture.mkv", selector.url), &out, &[])
+        .output()
+        .unwrap();
+    let summary = summary_of(&output);
+    assert!(std::fs::read(&out).unwrap() == data, "the file differs");
+    let sources = source_bytes(&summary);
+    assert!(
+        sources.iter().filter(|(_, bytes, _)| *bytes > 0).count() >= 2,
+        "{summary}"
+    );
+    assert_eq!(summary["failovers"], 0, "{summary}");
+    // The hash list a cache gives is the one the client checked against.
+    let hashes = curl(
+        &format!("{}/_shoal/hashes/raw/capture.mkv", caches[0].url),
+        &[],
+    );
+    assert_eq!(hashes.status, 200);
+    let list: serde_json::Value = serde_json::from_slice(&hashes.body).unwrap();
+    assert_eq!(list["published"], false);
+    assert_eq!(list["id"], summary["object_id"]);
+}
