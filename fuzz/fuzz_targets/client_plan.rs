@@ -1,5 +1,5 @@
-//! What `shoal get` reads from servers: a selector's plan (JSON), `Link`
-//! headers with duplicates, and URLs inside them: typed values or an
+//! What `shoal get` reads from servers: a selector's plan (JSON), a
+//! cache's hash list, `Link` headers with duplicates, and URLs inside them: typed values or an
 //! error, never a panic; every source a parsed plan keeps is an http URL
 //! for the path asked.
 #![no_main]
@@ -18,6 +18,17 @@ fuzz_target!(|data: &[u8]| {
             let url = ObjectUrl::parse(&source.url).expect("kept sources parse");
             assert_eq!(url.path, path);
             assert!(source.share > 0.0 && source.share.is_finite());
+        }
+    }
+    // A cache's hash list: a reference with exactly one slot per piece, or
+    // an error.
+    if let Ok(list) = serde_json::from_slice::<shoal_client::reference::HashList>(data) {
+        if let Ok(reference) = shoal_client::reference::Reference::from_hash_list(
+            &list,
+            reqwest::Client::new(),
+            "/video/film.mp4".into(),
+        ) {
+            assert_eq!(reference.piece_count() as usize, list.hashes_hex.len());
         }
     }
     if let Ok(text) = std::str::from_utf8(data) {
