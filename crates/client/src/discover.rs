@@ -310,19 +310,9 @@ async fn get_small(
                 text.trim().chars().take(300).collect::<String>()
             )));
         }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| GetError::Unreachable {
-            url: url.to_string(),
-            why: error_chain(&e),
-        })? {
-            if body.len() + chunk.len() > limit {
-                return Err(GetError::Failed(format!(
-                    "{url}: answer larger than {limit} bytes"
-                )));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(body)
+        read_limited(&mut response, limit)
+            .await
+            .map_err(|why| GetError::Failed(format!("{url}: {why}")))
     };
     tokio::time::timeout(timeout, fetch)
         .await
@@ -379,13 +369,7 @@ pub async fn fetch_reference(
                 .and_then(|v| v.to_str().ok())
                 .and_then(ObjectId::from_hex);
             let mut response = response;
-            let mut body = Vec::new();
-            while let Some(chunk) = response.chunk().await.map_err(|e| error_chain(&e))? {
-                if body.len() + chunk.len() > MANIFEST_BYTES_MAX {
-                    return Err(format!("manifest larger than {MANIFEST_BYTES_MAX} bytes"));
-                }
-                body.extend_from_slice(&chunk);
-            }
+            let body = read_limited(&mut response, MANIFEST_BYTES_MAX).await?;
             Ok((named, body))
         };
         let (named, body) = match tokio::time::timeout(timeout, answer).await {
@@ -470,6 +454,21 @@ pub async fn fetch_reference(
         path.as_str(),
         why.join("; ")
     )))
+}
+
+/// A response body of at most `limit` bytes.
+pub async fn read_limited(
+    response: &mut reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| error_chain(&e))? {
+        if body.len() + chunk.len() > limit {
+            return Err(format!("answer larger than {limit} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// An error and its causes on one line.

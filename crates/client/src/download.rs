@@ -510,19 +510,7 @@ pub async fn get(
                 if !replan_pending && due && sources.len() < SOURCES_MAX {
                     replan_pending = true;
                     last_replan = Some(now);
-                    let (client, selector, path, exclude, events) = (
-                        client.clone(),
-                        selector.clone(),
-                        url.path.clone(),
-                        reported.clone(),
-                        events.clone(),
-                    );
-                    tokio::spawn(async move {
-                        let plan =
-                            discover::fetch_plan(&client, &selector, &path, &exclude, timeout)
-                                .await;
-                        let _ = events.send(Event::Plan(plan)).await;
-                    });
+                    spawn_replan(&client, selector, &url.path, &reported, &events, timeout);
                 }
             }
         }
@@ -601,20 +589,7 @@ pub async fn get(
                         if !replan_pending && sources.len() < SOURCES_MAX {
                             replan_pending = true;
                             last_replan = Some(now_ms(started));
-                            let (client, selector, path, exclude, events) = (
-                                client.clone(),
-                                selector.clone(),
-                                url.path.clone(),
-                                reported.clone(),
-                                events.clone(),
-                            );
-                            tokio::spawn(async move {
-                                let plan = discover::fetch_plan(
-                                    &client, &selector, &path, &exclude, timeout,
-                                )
-                                .await;
-                                let _ = events.send(Event::Plan(plan)).await;
-                            });
+                            spawn_replan(&client, selector, &url.path, &reported, &events, timeout);
                         }
                     }
                 }
@@ -716,6 +691,29 @@ pub async fn get(
             .map(|ms| ms as f64 / 1000.0),
         sources: sources_summary,
     })
+}
+
+/// Asks the selector for a plan without the `exclude`d caches; the answer
+/// comes back as an [`Event::Plan`].
+fn spawn_replan(
+    client: &reqwest::Client,
+    selector: &str,
+    path: &shoal_http::path::RequestPath,
+    exclude: &[String],
+    events: &mpsc::Sender<Event>,
+    timeout: Duration,
+) {
+    let (client, selector, path, exclude, events) = (
+        client.clone(),
+        selector.to_string(),
+        path.clone(),
+        exclude.to_vec(),
+        events.clone(),
+    );
+    tokio::spawn(async move {
+        let plan = discover::fetch_plan(&client, &selector, &path, &exclude, timeout).await;
+        let _ = events.send(Event::Plan(plan)).await;
+    });
 }
 
 fn snapshot(scheduler: &Scheduler, manifest: &Reference, started: Instant) -> Progress {

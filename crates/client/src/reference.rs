@@ -268,13 +268,7 @@ pub async fn fetch_hash_list(
         if !response.status().is_success() {
             return Err(format!("{}", response.status()));
         }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
-            if body.len() + chunk.len() > HASHES_BYTES_MAX {
-                return Err(format!("hash list larger than {HASHES_BYTES_MAX} bytes"));
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = crate::discover::read_limited(&mut response, HASHES_BYTES_MAX).await?;
         serde_json::from_slice::<HashList>(&body).map_err(|e| format!("hash list: {e}"))
     };
     tokio::time::timeout(timeout, fetch)

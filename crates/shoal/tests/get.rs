@@ -59,6 +59,21 @@ fn start_selector(dir: &Path, seed: &str, bitrate_mbps: u32) -> Proc {
     selector
 }
 
+/// Waits until `selector` sees `caches` caches.
+fn wait_for_selector(selector: &Proc, caches: usize) {
+    wait_until(
+        "the selector sees the caches",
+        Duration::from_secs(20),
+        || {
+            let mesh = curl(&format!("{}/_shoal/mesh", selector.url), &[]);
+            serde_json::from_slice::<serde_json::Value>(&mesh.body)
+                .ok()
+                .and_then(|v| v["caches"].as_array().map(Vec::len))
+                == Some(caches)
+        },
+    );
+}
+
 fn get_command(url: &str, out: &Path, extra: &[&str]) -> Command {
     let mut command = Command::new(shoal_bin());
     command
@@ -105,17 +120,7 @@ fn a_selector_plan_is_blended_over_several_caches_and_verified() {
     let dir = tempfile::tempdir().unwrap();
     let caches = start_caches(&origin.url, dir.path(), &["c1", "c2", "c3"], "400");
     let selector = start_selector(dir.path(), &gossip_addr(&caches[0]), 100);
-    wait_until(
-        "the selector sees 3 caches",
-        Duration::from_secs(20),
-        || {
-            let mesh = curl(&format!("{}/_shoal/mesh", selector.url), &[]);
-            serde_json::from_slice::<serde_json::Value>(&mesh.body).unwrap()["caches"]
-                .as_array()
-                .map_or(0, Vec::len)
-                == 3
-        },
-    );
+    wait_for_selector(&selector, 3);
     let out = dir.path().join("film.mp4");
     let output = get_command(&format!("{}/video/film.mp4", selector.url), &out, &[])
         .output()
@@ -145,17 +150,7 @@ fn a_cache_killed_mid_download_does_not_stop_it() {
     // 3 caches at 100 Mbit/s each: ~1.3 s at full speed, plenty to kill in.
     let mut caches = start_caches(&origin.url, dir.path(), &["k1", "k2", "k3"], "100");
     let selector = start_selector(dir.path(), &gossip_addr(&caches[0]), 100);
-    wait_until(
-        "the selector sees 3 caches",
-        Duration::from_secs(20),
-        || {
-            let mesh = curl(&format!("{}/_shoal/mesh", selector.url), &[]);
-            serde_json::from_slice::<serde_json::Value>(&mesh.body).unwrap()["caches"]
-                .as_array()
-                .map_or(0, Vec::len)
-                == 3
-        },
-    );
+    wait_for_selector(&selector, 3);
     let out = dir.path().join("big.bin");
     let child = get_command(&format!("{}/big.bin", selector.url), &out, &[])
         .spawn()
@@ -560,17 +555,7 @@ fn a_stream_survives_a_killed_cache_and_the_selector_brings_in_a_replacement() {
         &["selector", "--config", config.to_str().unwrap()],
         &[("SHOAL_SELECTOR_MESH__CLUSTER_SECRET", CLUSTER_SECRET)],
     );
-    wait_until(
-        "the selector sees 4 caches",
-        Duration::from_secs(20),
-        || {
-            let mesh = curl(&format!("{}/_shoal/mesh", selector.url), &[]);
-            serde_json::from_slice::<serde_json::Value>(&mesh.body)
-                .ok()
-                .and_then(|v| v["caches"].as_array().map(Vec::len))
-                == Some(4)
-        },
-    );
+    wait_for_selector(&selector, 4);
     let plan = curl(&format!("{}/explain?path=/show.ts", selector.url), &[]);
     let text = String::from_utf8_lossy(&plan.body).to_string();
     let first = text
@@ -635,17 +620,7 @@ fn an_unpublished_object_is_verified_against_the_hashes_the_caches_learnt() {
     let dir = tempfile::tempdir().unwrap();
     let caches = start_caches(&nginx.url, dir.path(), &["u1", "u2", "u3"], "400");
     let selector = start_selector(dir.path(), &gossip_addr(&caches[0]), 100);
-    wait_until(
-        "the selector sees 3 caches",
-        Duration::from_secs(20),
-        || {
-            let mesh = curl(&format!("{}/_shoal/mesh", selector.url), &[]);
-            serde_json::from_slice::<serde_json::Value>(&mesh.body).unwrap()["caches"]
-                .as_array()
-                .map_or(0, Vec::len)
-                == 3
-        },
-    );
+    wait_for_selector(&selector, 3);
     let out = dir.path().join("capture.mkv");
     let output = get_command(&format!("{}/raw/capture.mkv", selector.url), &out, &[])
         .output()
