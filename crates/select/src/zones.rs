@@ -115,6 +115,25 @@ fn mask(prefix: u8) -> u128 {
     }
 }
 
+/// A parsed CIDR (IPv4 mapped into IPv6 space).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    network: u128,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// `a.b.c.d/n` or `x::/n`; the reason on error.
+    pub fn parse(text: &str) -> Result<Self, &'static str> {
+        let (network, prefix) = parse_cidr(text)?;
+        Ok(Self { network, prefix })
+    }
+
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        bits(addr) & mask(self.prefix) == self.network
+    }
+}
+
 /// `a.b.c.d/n` or `x::/n` → (network bits, prefix length over 128 bits).
 fn parse_cidr(text: &str) -> Result<(u128, u8), &'static str> {
     let (addr, len) = text.split_once('/').ok_or("missing /prefix")?;

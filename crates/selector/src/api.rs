@@ -119,6 +119,7 @@ impl Reservations {
 }
 
 pub struct Selector {
+    trusted_proxies: Vec<shoal_select::zones::Cidr>,
     lookup_timeout: std::time::Duration,
     reservations: Reservations,
     services: ServiceTable,
@@ -219,6 +220,11 @@ impl BoundSelector {
             },
         );
         let selector = Arc::new(Selector {
+            trusted_proxies: config
+                .trusted_proxies
+                .iter()
+                .filter_map(|c| shoal_select::zones::Cidr::parse(c).ok())
+                .collect(),
             lookup_timeout: std::time::Duration::from_millis(config.lookup_timeout_ms),
             reservations: Reservations::new(config.reservation_decay_ms),
             services: ServiceTable::new(config.effective_services()),
@@ -271,6 +277,43 @@ fn read_bounded(path: &std::path::Path) -> Result<String, String> {
         ));
     }
     std::fs::read_to_string(path).map_err(|e| e.to_string())
+}
+
+/// Longest `X-Forwarded-For` read.
+pub const FORWARDED_FOR_LEN_MAX_BYTES: usize = 2_048;
+
+/// The client's address: the connection's, or, when that is a trusted
+/// proxy, the rightmost `X-Forwarded-For` entry that is not one (entries
+/// further left were written by whoever the client is and prove nothing).
+pub fn client_address(
+    peer: IpAddr,
+    forwarded_for: Option<&HeaderValue>,
+    trusted: &[shoal_select::zones::Cidr],
+) -> IpAddr {
+    let is_trusted = |addr: IpAddr| trusted.iter().any(|c| c.contains(addr));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let Some(value) = forwarded_for
+        .filter(|v| v.len() <= FORWARDED_FOR_LEN_MAX_BYTES)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return peer;
+    };
+    let mut client = peer;
+    for entry in value.rsplit(',') {
+        match entry.trim().parse::<IpAddr>() {
+            Ok(addr) => {
+                client = addr;
+                if !is_trusted(addr) {
+                    break;
+                }
+            }
+            // Garbage: stop at the last address we could read.
+            Err(_) => break,
+        }
+    }
+    client
 }
 
 /// A request's parameters, parsed.
@@ -426,22 +469,23 @@ impl Selector {
             .map(str::to_string);
         let query = request.uri().query().unwrap_or("");
         let path = request.uri().path();
+        let client = client_address(
+            conn.peer_addr.ip(),
+            request.headers().get("x-forwarded-for"),
+            &self.trusted_proxies,
+        );
         let response = match path {
-            "/plan" | "/explain" => {
-                match parse_query(query, conn.peer_addr.ip(), host.as_deref()) {
-                    Ok(ask) => match self.decide(&ask, path == "/plan").await {
-                        Ok(decision) if path == "/plan" => json(&PlanAnswer {
-                            path: ask.path.as_str(),
-                            decision: &decision,
-                        }),
-                        Ok(decision) => {
-                            text(StatusCode::OK, &explain(&decision, ask.path.as_str()))
-                        }
-                        Err(refusal) => self.refuse(refusal),
-                    },
+            "/plan" | "/explain" => match parse_query(query, client, host.as_deref()) {
+                Ok(ask) => match self.decide(&ask, path == "/plan").await {
+                    Ok(decision) if path == "/plan" => json(&PlanAnswer {
+                        path: ask.path.as_str(),
+                        decision: &decision,
+                    }),
+                    Ok(decision) => text(StatusCode::OK, &explain(&decision, ask.path.as_str())),
                     Err(refusal) => self.refuse(refusal),
-                }
-            }
+                },
+                Err(refusal) => self.refuse(refusal),
+            },
             "/_shoal/health" => {
                 let view = self.node.view();
                 text(
@@ -486,7 +530,6 @@ impl Selector {
             p if p.starts_with("/_shoal/") => text(StatusCode::NOT_FOUND, "unknown endpoint"),
             _ => {
                 let reserve = method == Method::GET;
-                let client = conn.peer_addr.ip();
                 self.redirect(path, query, host.as_deref(), client, reserve)
                     .await
             }
@@ -708,6 +751,28 @@ mod tests {
     use super::*;
 
     const HERE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted = [shoal_select::zones::Cidr::parse("10.0.0.0/8").unwrap()];
+        let header = HeaderValue::from_static("203.0.113.9, 198.51.100.7, 10.1.1.1");
+        let proxy: IpAddr = "10.9.9.9".parse().unwrap();
+        let stranger: IpAddr = "192.0.2.1".parse().unwrap();
+        // Through our proxies: the first address they did not add.
+        assert_eq!(
+            client_address(proxy, Some(&header), &trusted),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+        // From anyone else, the header is ignored.
+        assert_eq!(client_address(stranger, Some(&header), &trusted), stranger);
+        // Garbage stops the walk.
+        let junk = HeaderValue::from_static("nonsense, 10.2.2.2");
+        assert_eq!(
+            client_address(proxy, Some(&junk), &trusted),
+            "10.2.2.2".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(client_address(proxy, None, &trusted), proxy);
+    }
 
     #[test]
     fn reservations_add_up_and_decay() {

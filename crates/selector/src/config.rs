@@ -29,6 +29,8 @@ use std::path::PathBuf;
 pub const SERVICES_MAX: usize = 10_000;
 /// Most host names per service.
 pub const HOSTS_PER_SERVICE_MAX: usize = 1_000;
+/// Most trusted proxy CIDRs.
+pub const TRUSTED_PROXIES_MAX: usize = 1_000;
 /// Longest path prefix.
 pub const PATH_PREFIX_LEN_MAX_BYTES: usize = 1_024;
 
@@ -48,6 +50,9 @@ pub struct SelectorConfig {
     pub affinity_band: f64,
     /// Spare egress assumed for a cache that announces no cap, Mbit/s.
     pub uncapped_cache_mbps: f64,
+    /// Proxies (CIDRs) whose `X-Forwarded-For` is believed: behind them,
+    /// the client's zone comes from the header, not the connection.
+    pub trusted_proxies: Vec<String>,
     /// How many sessions a cache's fill is expected to serve: each plan is
     /// charged 1/N of the fill price of bytes a cache lacks (1: the whole
     /// fill, which sends viewers to far caches that happen to hold the
@@ -85,6 +90,7 @@ impl Default for SelectorConfig {
             latency_usd_per_gb_per_ms: 0.000_1,
             affinity_band: 0.02,
             uncapped_cache_mbps: 10_000.0,
+            trusted_proxies: Vec::new(),
             fill_reuse_sessions: 4.0,
             reservation_decay_ms: 2_000,
             object_ttl_ms: 10_000,
@@ -248,6 +254,14 @@ impl SelectorConfig {
         ] {
             if !(low..=high).contains(&value) {
                 return bad(format!("{name} must be within {low}..={high}"));
+            }
+        }
+        if self.trusted_proxies.len() > TRUSTED_PROXIES_MAX {
+            return bad(format!("more than {TRUSTED_PROXIES_MAX} trusted_proxies"));
+        }
+        for cidr in &self.trusted_proxies {
+            if let Err(why) = shoal_select::zones::Cidr::parse(cidr) {
+                return bad(format!("trusted_proxies: `{cidr}` is not a CIDR ({why})"));
             }
         }
         if !(1..=1_000_000).contains(&self.object_entries_max) {
@@ -473,6 +487,13 @@ mod tests {
         assert!(twice.unwrap_err().0.contains("defined twice"));
         let clash = config_with(vec![service("a"), service("b")]).validate();
         assert!(clash.unwrap_err().0.contains("both claim"));
+        let mut proxies = config_with(vec![]);
+        proxies.trusted_proxies = vec!["10.0.0.0/33".into()];
+        assert!(proxies
+            .validate()
+            .unwrap_err()
+            .0
+            .contains("trusted_proxies"));
         let mut no_gossip = config_with(vec![]);
         no_gossip.mesh.gossip = None;
         assert!(no_gossip.validate().unwrap_err().0.contains("mesh.gossip"));
