@@ -799,15 +799,23 @@ impl CacheService {
             .unwrap_or_else(|_| internal_error())
     }
 
+    /// The stored object at `raw_path`, or the answer to give instead
+    /// (404 for one the origin forbids storing).
+    #[allow(clippy::result_large_err)]
+    async fn cached_entry(&self, raw_path: &str) -> Result<Arc<ObjectEntry>, Response<Body>> {
+        match self.parse_and_resolve(raw_path).await {
+            Ok((_, Resolved::Cached(entry))) => Ok(entry),
+            Ok((_, Resolved::PassThrough)) => Err(text_response(
+                StatusCode::NOT_FOUND,
+                "this object is not cached (the origin forbids it)\n",
+            )),
+            Err(response) => Err(response),
+        }
+    }
+
     async fn manifest(&self, raw_path: &str) -> Response<Body> {
-        let entry = match self.parse_and_resolve(raw_path).await {
-            Ok((_, Resolved::Cached(entry))) => entry,
-            Ok((_, Resolved::PassThrough)) => {
-                return text_response(
-                    StatusCode::NOT_FOUND,
-                    "this object is not cached (the origin forbids it)\n",
-                )
-            }
+        let entry = match self.cached_entry(raw_path).await {
+            Ok(entry) => entry,
             Err(response) => return response,
         };
         let manifest = entry.manifest.clone().or_else(|| entry.built_manifest());
@@ -826,14 +834,8 @@ impl CacheService {
     }
 
     async fn hashes(&self, raw_path: &str) -> Response<Body> {
-        let entry = match self.parse_and_resolve(raw_path).await {
-            Ok((_, Resolved::Cached(entry))) => entry,
-            Ok((_, Resolved::PassThrough)) => {
-                return text_response(
-                    StatusCode::NOT_FOUND,
-                    "this object is not cached (the origin forbids it)\n",
-                )
-            }
+        let entry = match self.cached_entry(raw_path).await {
+            Ok(entry) => entry,
             Err(response) => return response,
         };
         let manifest = entry.manifest.clone().or_else(|| entry.built_manifest());

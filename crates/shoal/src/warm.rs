@@ -45,21 +45,9 @@ pub async fn run(args: WarmArgs) -> anyhow::Result<()> {
         let requests = args.caches.iter().map(|cache| {
             let base = cache.trim_end_matches('/');
             let target = format!("/_shoal/warm{path}?with={with}");
-            let expires = shoal_cache::resolve::now_unix_s() + 60;
-            let token = key.sign("operator", expires, "POST", &target);
-            let client = client.clone();
-            let url = format!("{base}{target}");
+            let (client, key) = (client.clone(), key.clone());
             async move {
-                let token = token.context("signing")?;
-                let response = client
-                    .post(&url)
-                    .header(shoal_core::auth::AUTH_HEADER, token)
-                    .send()
-                    .await
-                    .with_context(|| url.clone())?;
-                let status = response.status();
-                let body = response.text().await.unwrap_or_default();
-                anyhow::ensure!(status.is_success(), "{url}: {status}: {}", body.trim());
+                let body = signed_post(&client, &key, base, &target).await?;
                 Ok::<(String, String, f64), anyhow::Error>((
                     base.to_string(),
                     body,
@@ -134,25 +122,33 @@ pub async fn set_egress(args: SetEgressArgs) -> anyhow::Result<()> {
     for cache in &args.caches {
         let base = cache.trim_end_matches('/');
         let target = format!("/_shoal/egress?bytes_per_s={bytes_per_s}");
-        let token = key
-            .sign(
-                "operator",
-                shoal_cache::resolve::now_unix_s() + 60,
-                "POST",
-                &target,
-            )
-            .context("signing")?;
-        let url = format!("{base}{target}");
-        let response = client
-            .post(&url)
-            .header(shoal_core::auth::AUTH_HEADER, token)
-            .send()
-            .await
-            .with_context(|| url.clone())?;
-        let status = response.status();
-        let body = response.text().await.unwrap_or_default();
-        anyhow::ensure!(status.is_success(), "{url}: {status}: {}", body.trim());
+        signed_post(&client, &key, base, &target).await?;
         println!("{base}: egress cap {} Mbit/s", args.mbps);
     }
     Ok(())
+}
+
+/// POSTs `target` to the cache at `base` with an operator token signed by
+/// the cluster key; the answer's body, or an error naming the URL.
+async fn signed_post(
+    client: &reqwest::Client,
+    key: &shoal_core::auth::ClusterKey,
+    base: &str,
+    target: &str,
+) -> anyhow::Result<String> {
+    let expires = shoal_cache::resolve::now_unix_s() + 60;
+    let token = key
+        .sign("operator", expires, "POST", target)
+        .context("signing")?;
+    let url = format!("{base}{target}");
+    let response = client
+        .post(&url)
+        .header(shoal_core::auth::AUTH_HEADER, token)
+        .send()
+        .await
+        .with_context(|| url.clone())?;
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    anyhow::ensure!(status.is_success(), "{url}: {status}: {}", body.trim());
+    Ok(body)
 }
