@@ -53,6 +53,10 @@ pub struct CacheConfig {
     /// Larger objects are passed through from the origin, not stored (bounds
     /// the per-object bookkeeping a HEAD response can make us allocate).
     pub object_bytes_max: u64,
+    /// How long a path keeps its version without asking the origin when
+    /// the origin sends no freshness (`Cache-Control: max-age`, `Expires`):
+    /// the longest a republished file can go unseen. 0: ask every time.
+    pub freshness_default_s: u64,
     pub limits: ServerLimits,
     /// Joining a mesh of caches (off unless `mesh.gossip` is set).
     pub mesh: MeshSettings,
@@ -143,6 +147,7 @@ impl Default for CacheConfig {
             fill_run_bytes_max: 16 << 20,
             readahead_bytes: 32 << 20,
             object_bytes_max: 1 << 40,
+            freshness_default_s: 60,
             limits: ServerLimits::default(),
             mesh: MeshSettings::default(),
         }
@@ -315,6 +320,7 @@ impl BoundCache {
                 origin.clone(),
                 stats.clone(),
                 config.object_bytes_max,
+                config.freshness_default_s,
                 mesh.clone(),
             ),
             filler,

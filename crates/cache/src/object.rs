@@ -32,6 +32,13 @@ pub struct ObjectRecord {
     pub cache_control: Option<String>,
     /// Until when the cache may serve without asking the origin.
     pub fresh_until_unix_s: u64,
+    /// The validators of the published manifest as the origin sent them:
+    /// a republished object can keep the file's validators (same size and
+    /// mtime), so revalidation asks about the manifest too.
+    #[serde(default)]
+    pub manifest_etag: Option<String>,
+    #[serde(default)]
+    pub manifest_last_modified: Option<String>,
 }
 
 /// The ETag the cache itself sends for this object: strong and stable.

@@ -59,6 +59,15 @@ pub struct OriginClient {
     config: OriginClientConfig,
 }
 
+/// What a (conditional) fetch of a small document found.
+pub enum SmallDocument {
+    /// 404, 410 or 403: there is none (for us).
+    Missing,
+    /// 304: the validators we sent still match.
+    NotModified,
+    Found(Bytes, HeaderMap),
+}
+
 /// A streaming range response whose status and Content-Range were checked.
 pub struct RangeBody {
     response: reqwest::Response,
@@ -156,18 +165,27 @@ impl OriginClient {
         })
     }
 
-    /// Fetches a small document (a manifest) in full. `Ok(None)` on 404/410.
+    /// Fetches a small document (a manifest) in full, optionally
+    /// conditional on validators we hold.
     pub async fn get_small(
         &self,
         uri_path: &str,
-    ) -> Result<Option<(Bytes, HeaderMap)>, OriginError> {
-        let response = self.send(self.client.get(self.url_for(uri_path))).await?;
+        conditional: &HeaderMap,
+    ) -> Result<SmallDocument, OriginError> {
+        let mut request = self.client.get(self.url_for(uri_path));
+        for (name, value) in conditional {
+            request = request.header(name, value);
+        }
+        let response = self.send(request).await?;
         let status = response.status();
         if status == StatusCode::NOT_FOUND
             || status == StatusCode::GONE
             || status == StatusCode::FORBIDDEN
         {
-            return Ok(None);
+            return Ok(SmallDocument::Missing);
+        }
+        if status == StatusCode::NOT_MODIFIED {
+            return Ok(SmallDocument::NotModified);
         }
         if status != StatusCode::OK {
             return Err(OriginError::Status(status));
@@ -195,7 +213,7 @@ impl OriginClient {
             }
             out.extend_from_slice(&chunk);
         }
-        Ok(Some((Bytes::from(out), headers)))
+        Ok(SmallDocument::Found(Bytes::from(out), headers))
     }
 
     /// Starts a range fetch of `span` of an object of `object_size` bytes

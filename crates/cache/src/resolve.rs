@@ -5,7 +5,7 @@
 //! a burst of cold clients sends the origin one HEAD and one manifest request.
 
 use crate::object::{unpublished_id, ObjectEntry, ObjectRecord, RECORD_FORMAT};
-use crate::origin_client::{OriginClient, OriginError, OriginHead};
+use crate::origin_client::{OriginClient, OriginError, OriginHead, SmallDocument};
 use crate::peer::{MeshLink, PeerMode, PeerObject};
 use crate::stats::CacheStats;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -55,6 +55,8 @@ pub struct Resolver {
     stats: Arc<CacheStats>,
     objects: Mutex<HashMap<String, Arc<ObjectEntry>>>,
     path_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// When each path was last resolved again for a pinned request.
+    pin_rechecks: Mutex<HashMap<String, std::time::Instant>>,
     /// Upper bound on entries kept in memory (records stay in the store).
     entries_max: usize,
     /// Larger objects are passed through, not stored.
@@ -63,10 +65,16 @@ pub struct Resolver {
     id_users: Mutex<HashMap<ObjectId, usize>>,
     /// The mesh, when this cache is part of one: non-shields ask the shield.
     mesh: Option<Arc<MeshLink>>,
+    /// How long a path's version is fresh when the origin says nothing.
+    freshness_default_s: u64,
 }
 
 /// Shields asked about a path before this cache asks the origin itself.
 const SHIELDS_ASKED_MAX: usize = 2;
+/// Shortest time between two re-checks of a path for pinned requests.
+pub const PIN_RECHECK_MS: u64 = 1_000;
+/// Paths whose last pin re-check time is remembered.
+const PIN_RECHECKS_TRACKED_MAX: usize = 4_096;
 
 pub fn now_unix_s() -> u64 {
     SystemTime::now()
@@ -81,6 +89,7 @@ impl Resolver {
         origin: Arc<OriginClient>,
         stats: Arc<CacheStats>,
         object_bytes_max: u64,
+        freshness_default_s: u64,
         mesh: Option<Arc<MeshLink>>,
     ) -> Self {
         // Several paths can name one published object (same content): its
@@ -102,8 +111,10 @@ impl Resolver {
             stats,
             objects: Mutex::new(HashMap::new()),
             path_locks: Mutex::new(HashMap::new()),
+            pin_rechecks: Mutex::new(HashMap::new()),
             entries_max: 100_000,
             mesh,
+            freshness_default_s,
         }
     }
 
@@ -119,19 +130,63 @@ impl Resolver {
         if let Some(entry) = self.fresh_entry(&key, now) {
             return Ok(Resolved::Cached(entry));
         }
-        let path_lock = lock(&self.path_locks)
-            .entry(key.clone())
-            .or_default()
-            .clone();
-        // Runs even if the client goes away mid-resolve.
-        let _cleanup = PathLockCleanup {
-            locks: &self.path_locks,
-            key: &key,
-        };
-        let _guard = path_lock.lock().await;
+        let _guard = self.lock_path(&key).await;
         match self.fresh_entry(&key, now_unix_s()) {
             Some(entry) => Ok(Resolved::Cached(entry)),
             None => self.resolve_locked(path).await,
+        }
+    }
+
+    /// Resolves `path` again for a request pinned to `pin`, a version this
+    /// cache does not serve: someone (a selector, from the shield) knows a
+    /// newer one. At most once per [`PIN_RECHECK_MS`] per path, so pinned
+    /// requests cannot make the cache hammer its shield or the origin.
+    pub async fn resolve_for_pin(
+        &self,
+        path: &RequestPath,
+        pin: ObjectId,
+    ) -> Result<Resolved, ResolveError> {
+        let key = path.as_str().to_string();
+        let _guard = self.lock_path(&key).await;
+        let fresh = self.fresh_entry(&key, now_unix_s());
+        match fresh {
+            Some(entry) if entry.id == pin => Ok(Resolved::Cached(entry)),
+            Some(entry) if !self.may_recheck(&key) => Ok(Resolved::Cached(entry)),
+            _ => self.resolve_locked(path).await,
+        }
+    }
+
+    /// True if `key` was not re-checked for a pin in the last
+    /// [`PIN_RECHECK_MS`]; records the time when it returns true.
+    fn may_recheck(&self, key: &str) -> bool {
+        let now = std::time::Instant::now();
+        let interval = std::time::Duration::from_millis(PIN_RECHECK_MS);
+        let mut rechecked = lock(&self.pin_rechecks);
+        if rechecked.len() >= PIN_RECHECKS_TRACKED_MAX {
+            rechecked.retain(|_, at| now.duration_since(*at) < interval);
+        }
+        match rechecked.get(key) {
+            Some(at) if now.duration_since(*at) < interval => false,
+            _ => {
+                if rechecked.len() < PIN_RECHECKS_TRACKED_MAX {
+                    rechecked.insert(key.to_string(), now);
+                }
+                true
+            }
+        }
+    }
+
+    /// Waits for the per-path lock: one resolution of a path at a time.
+    async fn lock_path(&self, key: &str) -> PathGuard<'_> {
+        let path_lock = lock(&self.path_locks)
+            .entry(key.to_string())
+            .or_default()
+            .clone();
+        // The guard cleans up even if the client goes away mid-resolve.
+        PathGuard {
+            guard: Some(path_lock.lock_owned().await),
+            locks: &self.path_locks,
+            key: key.to_string(),
         }
     }
 
@@ -158,9 +213,19 @@ impl Resolver {
             } else {
                 conditional_headers(&old.record)
             };
-            let head = self.origin.head(&path.to_uri_path(), &conditional).await?;
+            let uri_path = path.to_uri_path();
+            let mut head = self.origin.head(&uri_path, &conditional).await?;
             if head.status == StatusCode::NOT_MODIFIED {
-                return Ok(self.refresh(old, &head.headers));
+                // The file kept its validators; a republish can still have
+                // changed its manifest (same size and mtime, new bytes).
+                match self.manifest_check(path, &old).await? {
+                    ManifestCheck::Unchanged(validators) => {
+                        return Ok(self.refresh(old, &head.headers, validators));
+                    }
+                    ManifestCheck::Changed => {
+                        head = self.origin.head(&uri_path, &HeaderMap::new()).await?;
+                    }
+                }
             }
             let fresh = self.probe(path, head).await?;
             return match fresh {
@@ -170,9 +235,13 @@ impl Resolver {
                     let mut updated = old.record.clone();
                     updated.fresh_until_unix_s = record.fresh_until_unix_s;
                     updated.cache_control = record.cache_control;
+                    updated.manifest_etag = record.manifest_etag;
+                    updated.manifest_last_modified = record.manifest_last_modified;
                     Ok(self.replace_record(old, updated))
                 }
                 Probe::Storable(record, manifest) => {
+                    tracing::info!(path = %path.as_str(), old = %short(&old.record.id), new = %short(&record.id), "the origin serves a new version");
+                    self.stats.versions_replaced.fetch_add(1, Ordering::Relaxed);
                     self.forget(&old);
                     self.install(path, record, manifest.map(|m| *m))
                 }
@@ -190,6 +259,49 @@ impl Resolver {
             Probe::Storable(record, manifest) => self.install(path, record, manifest.map(|m| *m)),
             Probe::NotStorable => Ok(Resolved::PassThrough),
         }
+    }
+
+    /// After the origin confirmed the file's validators: is the manifest
+    /// still the one `old` was resolved with? A published object asks
+    /// conditionally (one small 304 when nothing changed); an unpublished
+    /// one asks whether a manifest has appeared since.
+    async fn manifest_check(
+        &self,
+        path: &RequestPath,
+        old: &ObjectEntry,
+    ) -> Result<ManifestCheck, ResolveError> {
+        let manifest_path = shoal_origin_manifest_path(path);
+        let conditional = if old.record.published {
+            manifest_conditional_headers(&old.record)
+        } else {
+            HeaderMap::new()
+        };
+        let unchanged = |headers: Option<&HeaderMap>| {
+            let keep = (
+                old.record.manifest_etag.clone(),
+                old.record.manifest_last_modified.clone(),
+            );
+            ManifestCheck::Unchanged(match headers {
+                Some(headers) => (
+                    text_header(headers, header::ETAG),
+                    text_header(headers, header::LAST_MODIFIED),
+                ),
+                None => keep,
+            })
+        };
+        Ok(
+            match self.origin.get_small(&manifest_path, &conditional).await? {
+                SmallDocument::NotModified if old.record.published => unchanged(None),
+                SmallDocument::Missing if !old.record.published => unchanged(None),
+                SmallDocument::Found(bytes, headers) if old.record.published => {
+                    match Manifest::decode(&bytes) {
+                        Ok(manifest) if manifest.id() == old.id => unchanged(Some(&headers)),
+                        _ => ManifestCheck::Changed,
+                    }
+                }
+                _ => ManifestCheck::Changed,
+            },
+        )
     }
 
     /// Asks the shields above this cache what `path` is, best first.
@@ -288,6 +400,8 @@ impl Resolver {
                 self.replace_record(old, record)
             }
             Some(old) => {
+                tracing::info!(path = %path.as_str(), old = %short(&old.record.id), new = %short(&record.id), "the shield serves a new version");
+                self.stats.versions_replaced.fetch_add(1, Ordering::Relaxed);
                 self.forget(&old);
                 self.install(path, record, published_manifest)?
             }
@@ -429,21 +543,13 @@ impl Resolver {
             tracing::warn!(path = %path.as_str(), size, limit = self.object_bytes_max, "object larger than object_bytes_max: passed through, not stored");
             return Ok(Probe::NotStorable);
         }
-        let text = |name: header::HeaderName| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
+        let text = |name| text_header(headers, name);
         let origin_etag = text(header::ETAG);
         let origin_last_modified = text(header::LAST_MODIFIED);
         let now = now_unix_s();
-        let lifetime_s = freshness_lifetime_s(headers, now);
-        let explicit = cache_control.max_age_s.is_some()
-            || cache_control.s_maxage_s.is_some()
-            || headers.contains_key(header::EXPIRES);
+        let lifetime_s = self.lifetime_s(headers, now);
 
-        let manifest = self.fetch_manifest(path).await?;
+        let (manifest, manifest_etag, manifest_last_modified) = self.fetch_manifest(path).await?;
         let manifest = manifest.filter(|m| {
             let last_modified_s = header_unix_s(headers, header::LAST_MODIFIED);
             let size_ok = m.object_size() == size;
@@ -469,13 +575,9 @@ impl Resolver {
                 false,
             ),
         };
-        // Published objects are content-addressed: without explicit
-        // freshness from the origin they never need revalidation.
-        let fresh_until_unix_s = if published && !explicit {
-            u64::MAX
-        } else {
-            now.saturating_add(lifetime_s)
-        };
+        // What is immutable is the content id, not the path: the mapping
+        // path -> version follows HTTP freshness like any response.
+        let fresh_until_unix_s = now.saturating_add(lifetime_s);
         let record = ObjectRecord {
             format: RECORD_FORMAT,
             id: id.to_hex(),
@@ -487,17 +589,45 @@ impl Resolver {
             content_type: text(header::CONTENT_TYPE),
             cache_control: text(header::CACHE_CONTROL),
             fresh_until_unix_s,
+            manifest_etag: published.then_some(manifest_etag).flatten(),
+            manifest_last_modified: published.then_some(manifest_last_modified).flatten(),
         };
         Ok(Probe::Storable(record, manifest.map(Box::new)))
     }
 
-    async fn fetch_manifest(&self, path: &RequestPath) -> Result<Option<Manifest>, ResolveError> {
+    /// The publisher's manifest for `path`, with its validators.
+    async fn fetch_manifest(&self, path: &RequestPath) -> Result<FetchedManifest, ResolveError> {
         let manifest_path = shoal_origin_manifest_path(path);
-        match self.origin.get_small(&manifest_path).await? {
-            None => Ok(None),
-            Some((bytes, _)) => Manifest::decode(&bytes)
-                .map(Some)
-                .map_err(|e| ResolveError::BadManifest(e.to_string())),
+        match self
+            .origin
+            .get_small(&manifest_path, &HeaderMap::new())
+            .await?
+        {
+            SmallDocument::Missing | SmallDocument::NotModified => Ok((None, None, None)),
+            SmallDocument::Found(bytes, headers) => {
+                let manifest = Manifest::decode(&bytes)
+                    .map_err(|e| ResolveError::BadManifest(e.to_string()))?;
+                Ok((
+                    Some(manifest),
+                    text_header(&headers, header::ETAG),
+                    text_header(&headers, header::LAST_MODIFIED),
+                ))
+            }
+        }
+    }
+
+    /// How long a response with these headers stays fresh here: what the
+    /// origin says (`Cache-Control`, `Expires`), else the configured default.
+    fn lifetime_s(&self, headers: &HeaderMap, now_unix_s: u64) -> u64 {
+        let cache_control = CacheControl::from_headers(headers);
+        let explicit = cache_control.max_age_s.is_some()
+            || cache_control.s_maxage_s.is_some()
+            || cache_control.no_cache
+            || headers.contains_key(header::EXPIRES);
+        if explicit {
+            freshness_lifetime_s(headers, now_unix_s)
+        } else {
+            self.freshness_default_s
         }
     }
 
@@ -565,9 +695,16 @@ impl Resolver {
     }
 
     /// The version is still current: extend its freshness.
-    fn refresh(&self, old: Arc<ObjectEntry>, not_modified_headers: &HeaderMap) -> Resolved {
+    fn refresh(
+        &self,
+        old: Arc<ObjectEntry>,
+        not_modified_headers: &HeaderMap,
+        (manifest_etag, manifest_last_modified): (Option<String>, Option<String>),
+    ) -> Resolved {
         let now = now_unix_s();
         let mut record = old.record.clone();
+        record.manifest_etag = manifest_etag;
+        record.manifest_last_modified = manifest_last_modified;
         let mut headers = HeaderMap::new();
         if let Some(cc) = &record.cache_control {
             if let Ok(v) = HeaderValue::from_str(cc) {
@@ -588,7 +725,7 @@ impl Resolver {
         {
             record.cache_control = Some(cc.to_string());
         }
-        let lifetime_s = freshness_lifetime_s(&headers, now);
+        let lifetime_s = self.lifetime_s(&headers, now);
         record.fresh_until_unix_s = now.saturating_add(lifetime_s);
         self.replace_record(old, record)
     }
@@ -608,21 +745,24 @@ impl Resolver {
     }
 }
 
-/// Removes a path's lock from the map when its last user is done (the map
-/// and the dropping user hold the only two references).
-struct PathLockCleanup<'a> {
+/// Holds a path's resolution lock; on drop, removes the lock from the map
+/// when nobody else holds or waits for it.
+struct PathGuard<'a> {
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
     locks: &'a Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    key: &'a str,
+    key: String,
 }
 
-impl Drop for PathLockCleanup<'_> {
+impl Drop for PathGuard<'_> {
     fn drop(&mut self) {
+        drop(self.guard.take());
         let mut locks = lock(self.locks);
+        // Only the map's own reference left: nobody waits.
         if locks
-            .get(self.key)
-            .is_some_and(|l| Arc::strong_count(l) <= 2)
+            .get(&self.key)
+            .is_some_and(|l| Arc::strong_count(l) <= 1)
         {
-            locks.remove(self.key);
+            locks.remove(&self.key);
         }
     }
 }
@@ -630,6 +770,47 @@ impl Drop for PathLockCleanup<'_> {
 enum Probe {
     Storable(ObjectRecord, Option<Box<Manifest>>),
     NotStorable,
+}
+
+/// A manifest from the origin with its `ETag` and `Last-Modified`.
+type FetchedManifest = (Option<Manifest>, Option<String>, Option<String>);
+
+/// Whether the manifest still names the version a cache holds.
+enum ManifestCheck {
+    /// Yes, with the manifest's validators (possibly updated).
+    Unchanged((Option<String>, Option<String>)),
+    Changed,
+}
+
+/// The first 16 hex digits of an id, for logs.
+fn short(id: &str) -> &str {
+    id.get(..16).unwrap_or(id)
+}
+
+fn text_header(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// `If-None-Match` (else `If-Modified-Since`) for the published manifest.
+fn manifest_conditional_headers(record: &ObjectRecord) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Some(etag) = record
+        .manifest_etag
+        .as_deref()
+        .and_then(|v| HeaderValue::from_str(v).ok())
+    {
+        headers.insert(header::IF_NONE_MATCH, etag);
+    } else if let Some(lm) = record
+        .manifest_last_modified
+        .as_deref()
+        .and_then(|v| HeaderValue::from_str(v).ok())
+    {
+        headers.insert(header::IF_MODIFIED_SINCE, lm);
+    }
+    headers
 }
 
 fn conditional_headers(record: &ObjectRecord) -> HeaderMap {

@@ -63,6 +63,14 @@ const BODY_CHUNKS_MAX: usize = 4;
 pub const CACHE_STATUS_HEADER: &str = "x-shoal-cache";
 /// Response header naming the object version a response came from.
 pub const OBJECT_ID_HEADER: &str = "x-shoal-object-id";
+/// Query parameter pinning a request to one object version
+/// (`/path?shoal-object=<id hex>`): the version is served exactly, or the
+/// request is refused with 409. Every URL a selector hands out carries it,
+/// so a client blending several caches can never stitch two versions.
+pub const PIN_PARAM: &str = "shoal-object";
+/// Response header on a built (not published) manifest: its own hash is
+/// not the object id; the id is in `X-Shoal-Object-Id`.
+pub const MANIFEST_KIND_HEADER: &str = "x-shoal-manifest";
 
 pub struct CacheService {
     pub(crate) resolver: Resolver,
@@ -149,16 +157,20 @@ impl CacheService {
         if raw_path.starts_with(PEER_PREFIX) {
             return self.peer(&request).await;
         }
+        let pin = match pinned_version(request.uri().query()) {
+            Ok(pin) => pin,
+            Err(response) => return response,
+        };
         if let Some(object_path) = raw_path.strip_prefix(MANIFEST_PREFIX) {
-            return self.manifest(&format!("/{object_path}")).await;
+            return self.manifest(&format!("/{object_path}"), pin).await;
         }
         if let Some(object_path) = raw_path.strip_prefix(HASHES_PREFIX) {
-            return self.hashes(&format!("/{object_path}")).await;
+            return self.hashes(&format!("/{object_path}"), pin).await;
         }
         if let Some(endpoint) = raw_path.strip_prefix(INTERNAL_PREFIX) {
             return self.internal(endpoint, request.uri().query());
         }
-        let (path, resolved) = match self.parse_and_resolve(raw_path).await {
+        let (path, resolved) = match self.parse_and_resolve_pinned(raw_path, pin).await {
             Ok(found) => found,
             Err(response) => return response,
         };
@@ -496,6 +508,54 @@ impl CacheService {
         }
     }
 
+    /// [`Self::parse_and_resolve`] for a request that may be pinned to
+    /// one version: when the version known here is another, someone (a
+    /// selector, from the shield) knows a newer one, so the path is
+    /// resolved again now (rate-limited per path). Still another version:
+    /// 409, never a different version's bytes.
+    async fn parse_and_resolve_pinned(
+        &self,
+        raw_path: &str,
+        pin: Option<ObjectId>,
+    ) -> Result<(RequestPath, Resolved), Response<Body>> {
+        let (path, resolved) = self.parse_and_resolve(raw_path).await?;
+        let Some(pin) = pin else {
+            return Ok((path, resolved));
+        };
+        let matches = |r: &Resolved| matches!(r, Resolved::Cached(e) if e.id == pin);
+        if matches(&resolved) {
+            return Ok((path, resolved));
+        }
+        let resolved = match self.resolver.resolve_for_pin(&path, pin).await {
+            Ok(resolved) => resolved,
+            Err(error) => {
+                let status = error.client_status();
+                return Err(text_response(status, &format!("{error}\n")));
+            }
+        };
+        if matches(&resolved) {
+            return Ok((path, resolved));
+        }
+        self.stats.pin_refusals.fetch_add(1, Ordering::Relaxed);
+        let current = match &resolved {
+            Resolved::Cached(entry) => Some(entry.id),
+            Resolved::PassThrough => None,
+        };
+        let mut response = text_response(
+            StatusCode::CONFLICT,
+            &format!(
+                "{}: this request is pinned to version {} but this cache serves {}; ask the selector again\n",
+                path.as_str(),
+                &pin.to_hex()[..16],
+                current.map_or("no stored version (the origin forbids storing it)".to_string(), |id| format!("version {}", &id.to_hex()[..16])),
+            ),
+        );
+        if let Some(id) = current.and_then(|id| HeaderValue::from_str(&id.to_hex()).ok()) {
+            response.headers_mut().insert(OBJECT_ID_HEADER, id);
+        }
+        Err(response)
+    }
+
     async fn serve_entry<B>(
         self: &Arc<Self>,
         entry: Arc<ObjectEntry>,
@@ -590,6 +650,18 @@ impl CacheService {
         builder = builder
             .status(status)
             .header(header::CONTENT_LENGTH, content_length);
+        // Whether the response begins from the store: what an operator's
+        // logs and a client's debugging want to see (HEAD included).
+        let held_at_start = self.held_pieces(&entry, &segments);
+        let first_piece = segments.iter().find_map(|s| match s {
+            Segment::Data(span) => entry.layout.piece_of(span.start()),
+            Segment::Literal(_) => None,
+        });
+        let cache_status = match first_piece {
+            Some(index) if !held_at_start.contains(index) => "MISS",
+            _ => "HIT",
+        };
+        builder = builder.header(CACHE_STATUS_HEADER, cache_status);
         if head_only || content_length == 0 {
             return builder
                 .body(shoal_server::empty())
@@ -598,10 +670,6 @@ impl CacheService {
 
         // Fetch the first piece before committing to a status, so that an
         // origin failure is reported as such.
-        let first_piece = segments.iter().find_map(|s| match s {
-            Segment::Data(span) => entry.layout.piece_of(span.start()),
-            Segment::Literal(_) => None,
-        });
         let first = match first_piece {
             Some(index) => match self.piece(&entry, index).await {
                 Ok(piece) => Some(piece),
@@ -612,21 +680,35 @@ impl CacheService {
             },
             None => None,
         };
-        // Whether the response began from the store: what an operator's
-        // logs and a client's debugging want to see.
-        let cache_status = match &first {
-            Some((_, Source::Fill)) => "MISS",
-            _ => "HIT",
-        };
-        builder = builder.header(CACHE_STATUS_HEADER, cache_status);
         let (sender, body) = shoal_server::channel_body(BODY_CHUNKS_MAX);
         let service = self.clone();
         tokio::spawn(async move {
             service
-                .stream_body(entry, segments, first, sender, audience)
+                .stream_body(entry, segments, first, held_at_start, sender, audience)
                 .await
         });
         builder.body(body).unwrap_or_else(|_| internal_error())
+    }
+
+    /// Which of the pieces `segments` need are held now.
+    fn held_pieces(&self, entry: &ObjectEntry, segments: &[Segment]) -> PieceSet {
+        let mut held = PieceSet::new(entry.layout.piece_count());
+        let store = self.filler.store();
+        for segment in segments {
+            let Segment::Data(span) = segment else {
+                continue;
+            };
+            for index in entry.layout.pieces_covering(*span).into_iter().flatten() {
+                let key = shoal_store::PieceKey {
+                    object: entry.id,
+                    index: PieceIndex(index),
+                };
+                if store.contains(&key) {
+                    held.insert(PieceIndex(index));
+                }
+            }
+        }
+        held
     }
 
     async fn piece(
@@ -652,6 +734,7 @@ impl CacheService {
         entry: Arc<ObjectEntry>,
         segments: Vec<Segment>,
         mut first: Option<(VerifiedPiece, Source)>,
+        held_at_start: PieceSet,
         sender: shoal_server::BodySender,
         audience: Audience,
     ) {
@@ -683,8 +766,8 @@ impl CacheService {
                     }
                     _ => self.piece(&entry, PieceIndex(index)).await,
                 };
-                let (piece, source) = match got {
-                    Ok(got) => got,
+                let piece = match got {
+                    Ok((piece, _)) => piece,
                     Err(error) => {
                         tracing::warn!(path = %entry.path, %error, "aborting response body");
                         let _ = sender
@@ -707,7 +790,9 @@ impl CacheService {
                     continue;
                 }
                 self.stats.bytes_served.fetch_add(len, Ordering::Relaxed);
-                if source == Source::Store {
+                // Read-ahead stores pieces before the reader gets there:
+                // only what was held when the response began is a hit.
+                if held_at_start.contains(PieceIndex(index)) {
                     self.stats
                         .bytes_served_from_store
                         .fetch_add(len, Ordering::Relaxed);
@@ -802,8 +887,12 @@ impl CacheService {
     /// The stored object at `raw_path`, or the answer to give instead
     /// (404 for one the origin forbids storing).
     #[allow(clippy::result_large_err)]
-    async fn cached_entry(&self, raw_path: &str) -> Result<Arc<ObjectEntry>, Response<Body>> {
-        match self.parse_and_resolve(raw_path).await {
+    async fn cached_entry(
+        &self,
+        raw_path: &str,
+        pin: Option<ObjectId>,
+    ) -> Result<Arc<ObjectEntry>, Response<Body>> {
+        match self.parse_and_resolve_pinned(raw_path, pin).await {
             Ok((_, Resolved::Cached(entry))) => Ok(entry),
             Ok((_, Resolved::PassThrough)) => Err(text_response(
                 StatusCode::NOT_FOUND,
@@ -813,8 +902,8 @@ impl CacheService {
         }
     }
 
-    async fn manifest(&self, raw_path: &str) -> Response<Body> {
-        let entry = match self.cached_entry(raw_path).await {
+    async fn manifest(&self, raw_path: &str, pin: Option<ObjectId>) -> Response<Body> {
+        let entry = match self.cached_entry(raw_path, pin).await {
             Ok(entry) => entry,
             Err(response) => return response,
         };
@@ -825,16 +914,22 @@ impl CacheService {
                 "no manifest yet: this object was not published and has not been fully ingested\n",
             );
         };
+        let kind = if entry.manifest.is_some() {
+            "published"
+        } else {
+            "built"
+        };
         Response::builder()
             .header(header::CONTENT_TYPE, "application/octet-stream")
             .header(OBJECT_ID_HEADER, entry.id.to_hex())
+            .header(MANIFEST_KIND_HEADER, kind)
             .header(header::CACHE_CONTROL, "no-cache")
             .body(shoal_server::full(Bytes::from(manifest.encode())))
             .unwrap_or_else(|_| internal_error())
     }
 
-    async fn hashes(&self, raw_path: &str) -> Response<Body> {
-        let entry = match self.cached_entry(raw_path).await {
+    async fn hashes(&self, raw_path: &str, pin: Option<ObjectId>) -> Response<Body> {
+        let entry = match self.cached_entry(raw_path, pin).await {
             Ok(entry) => entry,
             Err(response) => return response,
         };
@@ -878,6 +973,28 @@ impl CacheService {
             "health" => text_response(StatusCode::OK, "ok\n"),
             _ => text_response(StatusCode::NOT_FOUND, "unknown internal endpoint\n"),
         }
+    }
+}
+
+/// The version a request is pinned to (`?shoal-object=<id hex>`), if
+/// any; a malformed pin is the client's mistake (400).
+#[allow(clippy::result_large_err)]
+fn pinned_version(query: Option<&str>) -> Result<Option<ObjectId>, Response<Body>> {
+    let Some(query) = query else {
+        return Ok(None);
+    };
+    let mut pins = query
+        .split('&')
+        .filter_map(|pair| pair.strip_prefix(PIN_PARAM)?.strip_prefix('='));
+    let Some(hex) = pins.next() else {
+        return Ok(None);
+    };
+    match ObjectId::from_hex(hex) {
+        Some(id) if pins.next().is_none() => Ok(Some(id)),
+        _ => Err(text_response(
+            StatusCode::BAD_REQUEST,
+            &format!("`{PIN_PARAM}` must appear once, as 64 hex digits (an object id)\n"),
+        )),
     }
 }
 

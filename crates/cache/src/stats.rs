@@ -15,8 +15,9 @@ pub struct CacheStats {
     /// Piece reads that joined a fetch already under way.
     pub coalesced_waits: AtomicU64,
     pub bytes_served: AtomicU64,
-    /// Of `bytes_served`, those that came from the store without waiting for
-    /// the origin.
+    /// Of `bytes_served`, those of pieces already held when the response
+    /// began (not those fetched meanwhile, by this response's read-ahead
+    /// or anyone else, from a sibling or the origin).
     pub bytes_served_from_store: AtomicU64,
     pub revalidations: AtomicU64,
     pub pass_through_requests: AtomicU64,
@@ -39,6 +40,10 @@ pub struct CacheStats {
     pub peers_quarantined: AtomicU64,
     /// Inter-cache requests refused for a missing or bad token.
     pub auth_failures: AtomicU64,
+    /// Requests pinned to a version this cache could not serve (409).
+    pub pin_refusals: AtomicU64,
+    /// Paths whose version changed at the origin (republished, replaced).
+    pub versions_replaced: AtomicU64,
 }
 
 /// A point-in-time copy, serialisable.
@@ -66,6 +71,8 @@ pub struct StatsSnapshot {
     pub peer_corrupt_pieces: u64,
     pub peers_quarantined: u64,
     pub auth_failures: u64,
+    pub pin_refusals: u64,
+    pub versions_replaced: u64,
     /// Gossip datagrams dropped as unauthentic or malformed.
     pub gossip_dropped_datagrams: u64,
     /// Live mesh members in this cache's view (self included; 0 without a mesh).
@@ -111,6 +118,8 @@ impl CacheStats {
             peer_corrupt_pieces: get(&self.peer_corrupt_pieces),
             peers_quarantined: get(&self.peers_quarantined),
             auth_failures: get(&self.auth_failures),
+            pin_refusals: get(&self.pin_refusals),
+            versions_replaced: get(&self.versions_replaced),
             gossip_dropped_datagrams: 0,
             mesh_members: 0,
             store_resident_bytes: store.resident_bytes(),

@@ -24,13 +24,23 @@ pub const MANIFEST_BYTES_MAX: usize = 64 << 20;
 pub const PLAN_SOURCES_MAX: usize = 16;
 /// Response header naming the object version (as the cache sends it).
 pub const OBJECT_ID_HEADER: &str = "x-shoal-object-id";
+/// Response header saying whether a cache's manifest was `published` or
+/// `built` (from the pieces of an object that has none).
+pub const MANIFEST_KIND_HEADER: &str = "x-shoal-manifest";
 
-/// `http://host[:port]/path`, split.
+/// Query parameter pinning a URL to one object version (as caches and
+/// selectors spell it).
+pub const PIN_PARAM: &str = "shoal-object";
+
+/// `http://host[:port]/path[?shoal-object=ID]`, split.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ObjectUrl {
     /// `http://host:port`
     pub base: String,
     pub path: RequestPath,
+    /// The version a selector pinned this URL to: the cache serves exactly
+    /// it or refuses.
+    pub pin: Option<ObjectId>,
 }
 
 impl ObjectUrl {
@@ -51,18 +61,50 @@ impl ObjectUrl {
         {
             return Err(bad("the host is not a host[:port]"));
         }
-        if path.contains(['?', '#']) {
-            return Err(bad("query strings and fragments are not supported"));
+        let (path, query) = match path.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (path, None),
+        };
+        if path.contains('#') || query.is_some_and(|q| q.contains('#')) {
+            return Err(bad("fragments are not supported"));
         }
+        let pin = match query {
+            None => None,
+            Some(query) => {
+                let hex = query
+                    .strip_prefix(PIN_PARAM)
+                    .and_then(|rest| rest.strip_prefix('='))
+                    .ok_or_else(|| {
+                        bad("query strings are not supported (only a selector's version pin)")
+                    })?;
+                Some(
+                    ObjectId::from_hex(hex)
+                        .ok_or_else(|| bad("the version pin is not an object id"))?,
+                )
+            }
+        };
         let path = RequestPath::parse(path).map_err(|e| bad(&e.to_string()))?;
         Ok(Self {
             base: format!("http://{authority}"),
             path,
+            pin,
         })
     }
 
     pub fn url(&self) -> String {
-        format!("{}{}", self.base, self.path.to_uri_path())
+        format!(
+            "{}{}{}",
+            self.base,
+            self.path.to_uri_path(),
+            self.pin_query()
+        )
+    }
+
+    /// `?shoal-object=ID` when pinned, else nothing.
+    pub fn pin_query(&self) -> String {
+        self.pin
+            .map(|id| format!("?{PIN_PARAM}={}", id.to_hex()))
+            .unwrap_or_default()
     }
 }
 
@@ -342,12 +384,12 @@ pub async fn fetch_reference(
         .iter()
         .filter_map(|source| {
             let parsed = ObjectUrl::parse(&source.url).ok()?;
-            Some((parsed.base, source))
+            Some((parsed.base.clone(), parsed.pin_query(), source))
         })
-        .flat_map(|(base, source)| {
+        .flat_map(|(base, pin, source)| {
             [
                 (
-                    format!("{base}/_shoal/manifest{}", path.to_uri_path()),
+                    format!("{base}/_shoal/manifest{}{pin}", path.to_uri_path()),
                     source,
                 ),
                 (
@@ -368,11 +410,17 @@ pub async fn fetch_reference(
                 .get(OBJECT_ID_HEADER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(ObjectId::from_hex);
+            // A cache builds a manifest for an object its publisher did
+            // not publish: its hash is not the object's id.
+            let built = response
+                .headers()
+                .get(MANIFEST_KIND_HEADER)
+                .is_some_and(|v| v.as_bytes() == b"built");
             let mut response = response;
             let body = read_limited(&mut response, MANIFEST_BYTES_MAX).await?;
-            Ok((named, body))
+            Ok((named, built, body))
         };
-        let (named, body) = match tokio::time::timeout(timeout, answer).await {
+        let (named, built, body) = match tokio::time::timeout(timeout, answer).await {
             Ok(Ok(found)) => found,
             Ok(Err(error)) => {
                 why.push(format!("{url}: {error}"));
@@ -390,7 +438,16 @@ pub async fn fetch_reference(
                 continue;
             }
         };
-        let id = manifest.id();
+        // A built manifest is the hashes a cache learnt, under the id the
+        // cache names (trusted like `/_shoal/hashes`).
+        let id = match (built, named) {
+            (true, Some(named)) => named,
+            (true, None) => {
+                why.push(format!("{url}: a built manifest without an object id"));
+                continue;
+            }
+            (false, _) => manifest.id(),
+        };
         let mismatch = [("the source", named), ("the selector's plan", plan_id)]
             .into_iter()
             .find_map(|(who, expected)| {
@@ -406,6 +463,11 @@ pub async fn fetch_reference(
         match mismatch {
             // Another source may hold the right version.
             Some(refused) => refusals.push(refused),
+            None if built => {
+                return Ok(crate::reference::Reference::from_built_manifest(
+                    manifest, id,
+                ))
+            }
             None => return Ok(crate::reference::Reference::from_manifest(manifest)),
         }
     }
@@ -417,7 +479,12 @@ pub async fn fetch_reference(
         let Ok(parsed) = ObjectUrl::parse(&source.url) else {
             continue;
         };
-        let url = format!("{}/_shoal/hashes{}", parsed.base, path.to_uri_path());
+        let url = format!(
+            "{}/_shoal/hashes{}{}",
+            parsed.base,
+            path.to_uri_path(),
+            parsed.pin_query()
+        );
         let list = match crate::reference::fetch_hash_list(client, &url, timeout).await {
             Ok(list) => list,
             Err(error) => {

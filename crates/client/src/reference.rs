@@ -93,6 +93,16 @@ impl Reference {
         }
     }
 
+    /// From a manifest a cache built while ingesting an unpublished
+    /// object: its hashes are the reference, `id` the caches' name for it.
+    pub fn from_built_manifest(manifest: Manifest, id: ObjectId) -> Self {
+        Self {
+            layout: manifest.layout(),
+            id,
+            kind: Kind::Manifest(manifest),
+        }
+    }
+
     /// From a cache's hash list (`uri_path`: the object's path, for asking
     /// again).
     pub fn from_hash_list(

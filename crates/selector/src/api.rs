@@ -571,12 +571,20 @@ impl Selector {
                 "query is longer than {QUERY_LEN_MAX_BYTES} bytes"
             )));
         }
+        // A pin the client sent is the selector's to set, not to pass on.
+        let kept: Vec<&str> = query
+            .split('&')
+            .filter(|pair| {
+                !pair.is_empty()
+                    && !pair.starts_with(&format!("{}=", shoal_cache::serve::PIN_PARAM))
+            })
+            .collect();
         let ask = Ask {
             path,
-            query_suffix: if query.is_empty() {
+            query_suffix: if kept.is_empty() {
                 String::new()
             } else {
-                format!("?{query}")
+                format!("?{}", kept.join("&"))
             },
             host: host.map(str::to_string),
             client,

@@ -324,6 +324,19 @@ pub fn decide(inputs: &Inputs) -> Result<Decision, SelectError> {
 
     let find_candidate = |node: &str| healthy.iter().chain(&degraded).find(|c| c.node_id == node);
     let mut sources = Vec::with_capacity(chosen.sources.len());
+    // Every cache URL names the exact version, so a client blending
+    // several caches gets one version or a refusal, never a mix.
+    let pin = match &inputs.object.id {
+        Some(id) => {
+            let joiner = if inputs.uri_path_and_query.contains('?') {
+                '&'
+            } else {
+                '?'
+            };
+            format!("{joiner}{}={id}", shoal_cache::serve::PIN_PARAM)
+        }
+        None => String::new(),
+    };
     for share in &chosen.sources {
         let (Some(member), Some(candidate)) = (
             inputs.members.iter().find(|m| m.node_id == share.node_id),
@@ -343,7 +356,7 @@ pub fn decide(inputs: &Inputs) -> Result<Decision, SelectError> {
         };
         sources.push(Source {
             node: share.node_id.clone(),
-            url: format!("{}{}", member.base_url(), inputs.uri_path_and_query),
+            url: format!("{}{}{pin}", member.base_url(), inputs.uri_path_and_query),
             share: if chosen.planned_mbps > 0.0 {
                 share.mbps / chosen.planned_mbps
             } else {

@@ -8,7 +8,8 @@
 //!   itself (408, 409, 421, 425, 429, 5xx), the next in the ranking is
 //!   asked (at most [`SHIELDS_TRIED_MAX`]); any other 4xx is about the
 //!   object and is passed on. One lookup per path at a time (others wait
-//!   for it); answers are remembered for `object_ttl_ms`, misses and
+//!   for it); answers are remembered for `object_ttl_ms` (never past the
+//!   end of the shield's freshness for the path), misses and
 //!   "nobody could say" for `missing_ttl_ms`, in a bounded map.
 //! - Held fractions: of the caches whose gossiped summary lists the
 //!   object, [`HOLDERS_PROBED_MAX`] (in the object's rendezvous order) are
@@ -118,15 +119,19 @@ impl Directory {
 
     fn remembered(&self, path: &str) -> Option<Known> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let (at, known) = entries.get(path)?;
+        let (expires, known) = entries.get(path)?;
+        (Instant::now() < *expires).then(|| known.clone())
+    }
+
+    /// Remembers what `path` is for the configured time, or less when the
+    /// shield's record says the version may change sooner (`fresh_for`):
+    /// a selector never names a version longer than the shield keeps it.
+    fn remember(&self, path: &str, known: &Known, fresh_for: Option<Duration>) {
         let ttl_ms = match known {
             Known::Missing(_) | Known::Unknown(_) => self.settings.missing_ttl_ms,
             _ => self.settings.object_ttl_ms,
         };
-        (at.elapsed() < Duration::from_millis(ttl_ms)).then(|| known.clone())
-    }
-
-    fn remember(&self, path: &str, known: &Known) {
+        let ttl = Duration::from_millis(ttl_ms).min(fresh_for.unwrap_or(Duration::MAX));
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if entries.len() >= self.settings.entries_max && !entries.contains_key(path) {
             // Drop the oldest tenth: amortised, and lookups are cheap to redo.
@@ -140,7 +145,7 @@ impl Directory {
                 entries.remove(&path);
             }
         }
-        entries.insert(path.to_string(), (Instant::now(), known.clone()));
+        entries.insert(path.to_string(), (Instant::now() + ttl, known.clone()));
     }
 
     /// What `path` (canonical, decoded) is; `uri_path` is its wire form.
@@ -171,7 +176,7 @@ impl Directory {
             .unwrap_or_else(|e| e.into_inner())
             .remove(path);
         if let Err(LookupError::Unavailable(why)) = &answer {
-            self.remember(path, &Known::Unknown(why.clone()));
+            self.remember(path, &Known::Unknown(why.clone()), None);
         }
         answer
     }
@@ -204,11 +209,14 @@ impl Directory {
                         size_bytes: record.size,
                         piece_count: record.size.div_ceil(piece_bytes),
                     };
-                    self.remember(path, &known);
+                    let fresh_for_s = record
+                        .fresh_until_unix_s
+                        .saturating_sub(shoal_cache::resolve::now_unix_s());
+                    self.remember(path, &known, Some(Duration::from_secs(fresh_for_s)));
                     return Ok(known);
                 }
                 Ok(None) => {
-                    self.remember(path, &Known::PassThrough);
+                    self.remember(path, &Known::PassThrough, None);
                     return Ok(Known::PassThrough);
                 }
                 Err(PeerError::Status(node, status))
@@ -217,7 +225,7 @@ impl Directory {
                     // About the object (404, 410, an origin's 403…).
                     tracing::debug!(%node, %status, path, "the shield answered for the object");
                     let known = Known::Missing(status.as_u16());
-                    self.remember(path, &known);
+                    self.remember(path, &known, None);
                     return Ok(known);
                 }
                 Err(error) => failures.push(error.to_string()),

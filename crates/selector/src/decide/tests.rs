@@ -111,10 +111,13 @@ fn near_cheap_holders_are_chosen_with_urls_and_shares() {
     let total: f64 = decision.sources.iter().map(|s| s.share).sum();
     assert!((total - 1.0).abs() < 1e-9);
     assert_eq!(decision.sources[0].url.split(':').count(), 3);
-    assert!(decision
-        .sources
-        .iter()
-        .all(|s| s.url.ends_with("/video/a.mp4")));
+    // Every source names the version it must serve.
+    assert!(
+        decision.sources.iter().all(|s| s
+            .url
+            .ends_with(&format!("/video/a.mp4?shoal-object={}", "ab".repeat(32)))),
+        "{decision:?}"
+    );
     // ap is not reachable from the zone: never planned, and said why.
     assert!(decision
         .left_out
