@@ -374,6 +374,10 @@ impl Filler {
     ) {
         let mut excluded: Vec<String> = Vec::new();
         while !claim.senders.is_empty() {
+            if self.copy_carried(&entry, &mut claim).await {
+                continue;
+            }
+            self.split_before_carried(&entry, &mut claim);
             let source = match first_source.take() {
                 Some(source) => source,
                 None => self.choose_source(&entry, &mut claim, &excluded).await,
@@ -404,6 +408,46 @@ impl Filler {
             if self.store.get_manifest(&entry.id).ok().flatten().is_none() {
                 let _ = self.store.put_manifest(entry.id, manifest.encode());
             }
+        }
+    }
+
+    /// Delivers the pieces at the front of `claim` that an earlier version
+    /// of the path holds with the same hash: copied here, not fetched.
+    /// True if any was.
+    async fn copy_carried(self: &Arc<Self>, entry: &Arc<ObjectEntry>, claim: &mut Claim) -> bool {
+        let mut copied = false;
+        while let Some(&(index, _)) = claim.senders.first() {
+            let Some(from) = entry.take_carried(index) else {
+                break;
+            };
+            // Gone meanwhile (evicted): fetched like any piece.
+            let Ok(Some(old)) = self.store.get(from).await else {
+                break;
+            };
+            match entry.accept_piece(index, old.data().clone()) {
+                Ok(piece) => {
+                    self.stats
+                        .pieces_carried_over
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.deliver(entry, claim, piece);
+                    copied = true;
+                }
+                Err(_) => break,
+            }
+        }
+        copied
+    }
+
+    /// Ends `claim` before its first piece (after the front) that can be
+    /// copied from an earlier version; the rest runs on its own task.
+    fn split_before_carried(self: &Arc<Self>, entry: &Arc<ObjectEntry>, claim: &mut Claim) {
+        let first_carried = claim
+            .senders
+            .iter()
+            .skip(1)
+            .position(|(index, _)| entry.is_carried(*index));
+        if let Some(position) = first_carried {
+            self.split_claim(entry, claim, position + 1);
         }
     }
 

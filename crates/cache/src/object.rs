@@ -39,6 +39,12 @@ pub struct ObjectRecord {
     pub manifest_etag: Option<String>,
     #[serde(default)]
     pub manifest_last_modified: Option<String>,
+    /// Whether those validators are strong (RFC 9110 §8.8.2.2: sent at
+    /// least a second after the manifest's Last-Modified). A manifest
+    /// rewritten within the second it was fetched in can keep an mtime-
+    /// based ETag (nginx's), so until then it is fetched whole.
+    #[serde(default)]
+    pub manifest_validators_strong: bool,
 }
 
 /// The ETag the cache itself sends for this object: strong and stable.
@@ -107,6 +113,9 @@ pub struct ObjectEntry {
     /// hashes (and pieces) are not to be trusted.
     hash_conflict: AtomicBool,
     created: std::time::Instant,
+    /// Pieces an earlier version of the path holds with the same hash:
+    /// copied from there when needed instead of fetched.
+    carried: Mutex<std::collections::HashMap<u32, shoal_store::PieceKey>>,
 }
 
 impl ObjectEntry {
@@ -142,7 +151,30 @@ impl ObjectEntry {
             hashes_asked_at_ms: Default::default(),
             hash_conflict: AtomicBool::new(false),
             created: std::time::Instant::now(),
+            carried: Mutex::default(),
         })
+    }
+
+    /// The same entry, able to copy these pieces from an earlier version.
+    pub fn carrying(self, carried: std::collections::HashMap<u32, shoal_store::PieceKey>) -> Self {
+        *lock(&self.carried) = carried;
+        self
+    }
+
+    /// Where piece `index` can be copied from, if an earlier version of
+    /// the path holds it; forgotten once asked (copied, or gone).
+    pub fn take_carried(&self, index: PieceIndex) -> Option<shoal_store::PieceKey> {
+        let mut carried = lock(&self.carried);
+        if carried.is_empty() {
+            return None;
+        }
+        carried.remove(&index.0)
+    }
+
+    /// Whether piece `index` may be copied from an earlier version.
+    pub fn is_carried(&self, index: PieceIndex) -> bool {
+        let carried = lock(&self.carried);
+        !carried.is_empty() && carried.contains_key(&index.0)
     }
 
     /// The same version with a new record (fresher): shares what was learnt.
@@ -156,7 +188,7 @@ impl ObjectEntry {
         if entry.layout == self.layout {
             entry.learnt_hashes = self.learnt_hashes.clone();
         }
-        Ok(entry)
+        Ok(entry.carrying(lock(&self.carried).clone()))
     }
 
     /// Records hashes already known (pieces on disk, after a restart).

@@ -234,16 +234,14 @@ impl Resolver {
                 {
                     let mut updated = old.record.clone();
                     updated.fresh_until_unix_s = record.fresh_until_unix_s;
+                    ManifestValidators::of(&record).apply(&mut updated);
                     updated.cache_control = record.cache_control;
-                    updated.manifest_etag = record.manifest_etag;
-                    updated.manifest_last_modified = record.manifest_last_modified;
                     Ok(self.replace_record(old, updated))
                 }
                 Probe::Storable(record, manifest) => {
                     tracing::info!(path = %path.as_str(), old = %short(&old.record.id), new = %short(&record.id), "the origin serves a new version");
                     self.stats.versions_replaced.fetch_add(1, Ordering::Relaxed);
-                    self.forget(&old);
-                    self.install(path, record, manifest.map(|m| *m))
+                    self.replace_version(path, &old, record, manifest.map(|m| *m))
                 }
                 Probe::NotStorable => {
                     self.forget(&old);
@@ -271,22 +269,15 @@ impl Resolver {
         old: &ObjectEntry,
     ) -> Result<ManifestCheck, ResolveError> {
         let manifest_path = shoal_origin_manifest_path(path);
-        let conditional = if old.record.published {
+        let conditional = if old.record.published && old.record.manifest_validators_strong {
             manifest_conditional_headers(&old.record)
         } else {
             HeaderMap::new()
         };
         let unchanged = |headers: Option<&HeaderMap>| {
-            let keep = (
-                old.record.manifest_etag.clone(),
-                old.record.manifest_last_modified.clone(),
-            );
             ManifestCheck::Unchanged(match headers {
-                Some(headers) => (
-                    text_header(headers, header::ETAG),
-                    text_header(headers, header::LAST_MODIFIED),
-                ),
-                None => keep,
+                Some(headers) => ManifestValidators::from_response(headers),
+                None => ManifestValidators::of(&old.record),
             })
         };
         Ok(
@@ -402,8 +393,7 @@ impl Resolver {
             Some(old) => {
                 tracing::info!(path = %path.as_str(), old = %short(&old.record.id), new = %short(&record.id), "the shield serves a new version");
                 self.stats.versions_replaced.fetch_add(1, Ordering::Relaxed);
-                self.forget(&old);
-                self.install(path, record, published_manifest)?
+                self.replace_version(path, &old, record, published_manifest)?
             }
             None => self.install(path, record, published_manifest)?,
         };
@@ -549,7 +539,7 @@ impl Resolver {
         let now = now_unix_s();
         let lifetime_s = self.lifetime_s(headers, now);
 
-        let (manifest, manifest_etag, manifest_last_modified) = self.fetch_manifest(path).await?;
+        let (manifest, manifest_validators) = self.fetch_manifest(path).await?;
         let manifest = manifest.filter(|m| {
             let last_modified_s = header_unix_s(headers, header::LAST_MODIFIED);
             let size_ok = m.object_size() == size;
@@ -589,9 +579,14 @@ impl Resolver {
             content_type: text(header::CONTENT_TYPE),
             cache_control: text(header::CACHE_CONTROL),
             fresh_until_unix_s,
-            manifest_etag: published.then_some(manifest_etag).flatten(),
-            manifest_last_modified: published.then_some(manifest_last_modified).flatten(),
+            manifest_etag: None,
+            manifest_last_modified: None,
+            manifest_validators_strong: false,
         };
+        let mut record = record;
+        if published {
+            manifest_validators.apply(&mut record);
+        }
         Ok(Probe::Storable(record, manifest.map(Box::new)))
     }
 
@@ -603,15 +598,13 @@ impl Resolver {
             .get_small(&manifest_path, &HeaderMap::new())
             .await?
         {
-            SmallDocument::Missing | SmallDocument::NotModified => Ok((None, None, None)),
+            SmallDocument::Missing | SmallDocument::NotModified => {
+                Ok((None, ManifestValidators::default()))
+            }
             SmallDocument::Found(bytes, headers) => {
                 let manifest = Manifest::decode(&bytes)
                     .map_err(|e| ResolveError::BadManifest(e.to_string()))?;
-                Ok((
-                    Some(manifest),
-                    text_header(&headers, header::ETAG),
-                    text_header(&headers, header::LAST_MODIFIED),
-                ))
+                Ok((Some(manifest), ManifestValidators::from_response(&headers)))
             }
         }
     }
@@ -631,11 +624,74 @@ impl Resolver {
         }
     }
 
+    /// Installs the version the origin serves now in place of `old`.
+    /// Pieces of `old` that the new manifest has too (same hash) are kept
+    /// and copied over when first needed, never fetched again: a patch
+    /// that changes a few pieces of a large file costs those pieces.
+    fn replace_version(
+        &self,
+        path: &RequestPath,
+        old: &Arc<ObjectEntry>,
+        record: ObjectRecord,
+        manifest: Option<Manifest>,
+    ) -> Result<Resolved, ResolveError> {
+        let carried = match (&old.manifest, &manifest) {
+            (Some(old_manifest), Some(new_manifest)) if old.id != new_manifest.id() => {
+                self.carry_over(old.id, old_manifest, new_manifest)
+            }
+            _ => HashMap::new(),
+        };
+        // Pieces carried over stay until they are copied or evicted.
+        self.forget_keeping_pieces(old, !carried.is_empty());
+        self.install_carrying(path, record, manifest, carried)
+    }
+
+    /// For each piece of `new` whose hash a held piece of `old` has: where
+    /// to copy it from.
+    fn carry_over(
+        &self,
+        old_id: ObjectId,
+        old: &Manifest,
+        new: &Manifest,
+    ) -> HashMap<u32, PieceKey> {
+        let old_hashes = old.piece_hashes();
+        let held: HashMap<shoal_core::PieceHash, PieceIndex> = self
+            .store
+            .held_pieces(&old_id)
+            .into_iter()
+            .filter_map(|index| Some((*old_hashes.get(index.0 as usize)?, index)))
+            .collect();
+        new.piece_hashes()
+            .iter()
+            .enumerate()
+            .filter_map(|(index, hash)| {
+                let from = *held.get(hash)?;
+                Some((
+                    index as u32,
+                    PieceKey {
+                        object: old_id,
+                        index: from,
+                    },
+                ))
+            })
+            .collect()
+    }
+
     fn install(
         &self,
         path: &RequestPath,
         record: ObjectRecord,
         manifest: Option<Manifest>,
+    ) -> Result<Resolved, ResolveError> {
+        self.install_carrying(path, record, manifest, HashMap::new())
+    }
+
+    fn install_carrying(
+        &self,
+        path: &RequestPath,
+        record: ObjectRecord,
+        manifest: Option<Manifest>,
+        carried: HashMap<u32, PieceKey>,
     ) -> Result<Resolved, ResolveError> {
         // Validate before anything is persisted.
         let bytes = serde_json::to_vec(&record).map_err(|e| ResolveError::Store(e.to_string()))?;
@@ -645,7 +701,8 @@ impl Resolver {
             record,
             manifest,
         )
-        .map_err(ResolveError::BadManifest)?;
+        .map_err(ResolveError::BadManifest)?
+        .carrying(carried);
         if let Some(m) = &entry.manifest {
             self.store
                 .put_manifest(m.id(), m.encode())
@@ -675,6 +732,12 @@ impl Resolver {
 
     /// Drops a version that the origin no longer serves, with its pieces.
     fn forget(&self, entry: &Arc<ObjectEntry>) {
+        self.forget_keeping_pieces(entry, false)
+    }
+
+    /// Drops a version; its pieces too unless `keep_pieces` (another
+    /// version copies some of them; eviction takes the rest in time).
+    fn forget_keeping_pieces(&self, entry: &Arc<ObjectEntry>, keep_pieces: bool) {
         lock(&self.objects).remove(&entry.path);
         let last_user = {
             let mut users = lock(&self.id_users);
@@ -686,7 +749,7 @@ impl Resolver {
             }
             last
         };
-        if last_user {
+        if last_user && !keep_pieces {
             if let Err(error) = self.store.remove_object(&entry.id) {
                 tracing::warn!(%error, "could not remove an old object version");
             }
@@ -699,12 +762,11 @@ impl Resolver {
         &self,
         old: Arc<ObjectEntry>,
         not_modified_headers: &HeaderMap,
-        (manifest_etag, manifest_last_modified): (Option<String>, Option<String>),
+        manifest_validators: ManifestValidators,
     ) -> Resolved {
         let now = now_unix_s();
         let mut record = old.record.clone();
-        record.manifest_etag = manifest_etag;
-        record.manifest_last_modified = manifest_last_modified;
+        manifest_validators.apply(&mut record);
         let mut headers = HeaderMap::new();
         if let Some(cc) = &record.cache_control {
             if let Ok(v) = HeaderValue::from_str(cc) {
@@ -772,13 +834,56 @@ enum Probe {
     NotStorable,
 }
 
-/// A manifest from the origin with its `ETag` and `Last-Modified`.
-type FetchedManifest = (Option<Manifest>, Option<String>, Option<String>);
+/// A manifest from the origin with its validators.
+type FetchedManifest = (Option<Manifest>, ManifestValidators);
+
+/// A published manifest's `ETag` and `Last-Modified` as the origin sent
+/// them, and whether they are strong enough for a conditional request.
+#[derive(Default)]
+struct ManifestValidators {
+    etag: Option<String>,
+    last_modified: Option<String>,
+    strong: bool,
+}
+
+impl ManifestValidators {
+    fn from_response(headers: &HeaderMap) -> Self {
+        // RFC 9110 §8.8.2.2: a modification time is a strong validator
+        // only once a second has passed since it (the `Date` says so);
+        // mtime-based entity tags (nginx's) are no better.
+        let strong = match (
+            header_unix_s(headers, header::DATE),
+            header_unix_s(headers, header::LAST_MODIFIED),
+        ) {
+            (Some(date), Some(modified)) => date > modified,
+            _ => false,
+        };
+        Self {
+            etag: text_header(headers, header::ETAG),
+            last_modified: text_header(headers, header::LAST_MODIFIED),
+            strong,
+        }
+    }
+
+    fn of(record: &ObjectRecord) -> Self {
+        Self {
+            etag: record.manifest_etag.clone(),
+            last_modified: record.manifest_last_modified.clone(),
+            strong: record.manifest_validators_strong,
+        }
+    }
+
+    fn apply(self, record: &mut ObjectRecord) {
+        record.manifest_etag = self.etag;
+        record.manifest_last_modified = self.last_modified;
+        record.manifest_validators_strong = self.strong;
+    }
+}
 
 /// Whether the manifest still names the version a cache holds.
 enum ManifestCheck {
     /// Yes, with the manifest's validators (possibly updated).
-    Unchanged((Option<String>, Option<String>)),
+    Unchanged(ManifestValidators),
     Changed,
 }
 

@@ -44,6 +44,9 @@ pub struct CacheStats {
     pub pin_refusals: AtomicU64,
     /// Paths whose version changed at the origin (republished, replaced).
     pub versions_replaced: AtomicU64,
+    /// Pieces of a new version copied from the version it replaced (same
+    /// hash) instead of fetched.
+    pub pieces_carried_over: AtomicU64,
 }
 
 /// A point-in-time copy, serialisable.
@@ -73,6 +76,7 @@ pub struct StatsSnapshot {
     pub auth_failures: u64,
     pub pin_refusals: u64,
     pub versions_replaced: u64,
+    pub pieces_carried_over: u64,
     /// Gossip datagrams dropped as unauthentic or malformed.
     pub gossip_dropped_datagrams: u64,
     /// Live mesh members in this cache's view (self included; 0 without a mesh).
@@ -120,6 +124,7 @@ impl CacheStats {
             auth_failures: get(&self.auth_failures),
             pin_refusals: get(&self.pin_refusals),
             versions_replaced: get(&self.versions_replaced),
+            pieces_carried_over: get(&self.pieces_carried_over),
             gossip_dropped_datagrams: 0,
             mesh_members: 0,
             store_resident_bytes: store.resident_bytes(),

@@ -42,6 +42,12 @@ pub struct CacheArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eviction: Option<String>,
+    /// Seconds a path keeps its version without asking the origin when
+    /// the origin sends no Cache-Control/Expires (default 60): the longest
+    /// a republished file can go unseen.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freshness_default_s: Option<u64>,
     /// Egress cap of this cache in megabits per second (all clients
     /// together); sets limits.egress_bytes_per_s.
     #[arg(long)]
