@@ -45,6 +45,10 @@ pub enum FillError {
     Corrupt(PieceIndex),
     #[error("object changed at the origin while it was being fetched")]
     VersionChanged,
+    #[error(
+        "this version was replaced at the origin and piece {0} of it is no longer held in the mesh"
+    )]
+    Retired(PieceIndex),
     #[error("the fill task ended without delivering the piece")]
     Abandoned,
     #[error("store: {0}")]
@@ -55,6 +59,7 @@ impl FillError {
     pub fn client_status(&self) -> http::StatusCode {
         match self {
             FillError::Origin(_, status) => *status,
+            FillError::Retired(_) => http::StatusCode::CONFLICT,
             _ => http::StatusCode::BAD_GATEWAY,
         }
     }
@@ -382,6 +387,24 @@ impl Filler {
                 Some(source) => source,
                 None => self.choose_source(&entry, &mut claim, &excluded).await,
             };
+            // A replaced version comes only from caches that hold it: the
+            // shield and the origin serve the new one.
+            let from_holder = matches!(
+                source,
+                RunSource::Peer {
+                    mode: PeerMode::Have,
+                    ..
+                }
+            );
+            if entry.is_retired() && !from_holder {
+                // Pieces the new version has too come through it.
+                if self.copy_through_successor(&entry, &mut claim).await {
+                    continue;
+                }
+                let first = claim.senders.first().map_or(PieceIndex(0), |s| s.0);
+                fail_all(&mut claim, FillError::Retired(first));
+                return;
+            }
             match self.stream_run(&entry, &mut claim, &source).await {
                 Ok(()) => {}
                 Err(RunFailure::Retry(error)) => {
@@ -429,6 +452,33 @@ impl Filler {
                     self.stats
                         .pieces_carried_over
                         .fetch_add(1, Ordering::Relaxed);
+                    self.deliver(entry, claim, piece);
+                    copied = true;
+                }
+                Err(_) => break,
+            }
+        }
+        copied
+    }
+
+    /// For a retired version: delivers the front pieces of `claim` that
+    /// the version replacing it has too, fetched (or read) through it and
+    /// verified against this version's manifest. True if any was.
+    async fn copy_through_successor(
+        self: &Arc<Self>,
+        entry: &Arc<ObjectEntry>,
+        claim: &mut Claim,
+    ) -> bool {
+        let mut copied = false;
+        while let Some(&(index, _)) = claim.senders.first() {
+            let Some((successor, there)) = entry.through_successor(index) else {
+                break;
+            };
+            let Ok(piece) = Box::pin(self.piece(&successor, there)).await else {
+                break;
+            };
+            match entry.accept_piece(index, piece.data().clone()) {
+                Ok(piece) => {
                     self.deliver(entry, claim, piece);
                     copied = true;
                 }

@@ -88,6 +88,12 @@ struct LearntHashes {
     known: usize,
 }
 
+/// The version that replaced a retired one.
+struct Successor {
+    entry: Arc<ObjectEntry>,
+    same_pieces: std::collections::HashMap<u32, u32>,
+}
+
 pub struct ObjectEntry {
     /// The decoded path (the cache key).
     pub path: String,
@@ -106,6 +112,14 @@ pub struct ObjectEntry {
     learnt_hashes: Arc<Mutex<LearntHashes>>,
     /// Set when the origin showed that this version is gone.
     invalidated: AtomicBool,
+    /// Set when another version replaced this one at its path: it is
+    /// served only to requests pinned to it, from pieces the mesh holds,
+    /// never fetched from the shield or the origin again.
+    retired: AtomicBool,
+    /// For a retired version: the version that replaced it, and which of
+    /// its pieces (old index -> new index) have the same hash, so they can
+    /// be fetched through it.
+    successor: Mutex<Option<Successor>>,
     /// When the shield was last asked for this version's hashes (ms since
     /// the entry was made), plus one; 0: never.
     hashes_asked_at_ms: std::sync::atomic::AtomicU64,
@@ -148,6 +162,8 @@ impl ObjectEntry {
             manifest,
             learnt_hashes,
             invalidated: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
+            successor: Mutex::new(None),
             hashes_asked_at_ms: Default::default(),
             hash_conflict: AtomicBool::new(false),
             created: std::time::Instant::now(),
@@ -273,6 +289,31 @@ impl ObjectEntry {
 
     pub fn is_invalidated(&self) -> bool {
         self.invalidated.load(Ordering::Relaxed)
+    }
+
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
+    }
+
+    pub fn set_successor(
+        &self,
+        entry: Arc<ObjectEntry>,
+        same_pieces: std::collections::HashMap<u32, u32>,
+    ) {
+        *lock(&self.successor) = Some(Successor { entry, same_pieces });
+    }
+
+    /// The version that replaced this one, and the index there of a piece
+    /// with the same hash as piece `index` here.
+    pub fn through_successor(&self, index: PieceIndex) -> Option<(Arc<ObjectEntry>, PieceIndex)> {
+        let successor = lock(&self.successor);
+        let successor = successor.as_ref()?;
+        let there = *successor.same_pieces.get(&index.0)?;
+        Some((successor.entry.clone(), PieceIndex(there)))
     }
 }
 

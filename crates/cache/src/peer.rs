@@ -97,6 +97,8 @@ impl PeerMode {
 /// What the shield tells a sibling about a path.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+// A wire answer made once per lookup: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum PeerObject {
     /// A cacheable version.
     Cached {

@@ -55,6 +55,8 @@ pub struct Resolver {
     stats: Arc<CacheStats>,
     objects: Mutex<HashMap<String, Arc<ObjectEntry>>>,
     path_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Versions replaced at their path, still servable to pinned requests.
+    retired: Mutex<Retired>,
     /// When each path was last resolved again for a pinned request.
     pin_rechecks: Mutex<HashMap<String, std::time::Instant>>,
     /// Upper bound on entries kept in memory (records stay in the store).
@@ -73,6 +75,8 @@ pub struct Resolver {
 const SHIELDS_ASKED_MAX: usize = 2;
 /// Shortest time between two re-checks of a path for pinned requests.
 pub const PIN_RECHECK_MS: u64 = 1_000;
+/// Replaced versions remembered for requests pinned to them.
+const RETIRED_VERSIONS_MAX: usize = 1_024;
 /// Paths whose last pin re-check time is remembered.
 const PIN_RECHECKS_TRACKED_MAX: usize = 4_096;
 
@@ -112,6 +116,7 @@ impl Resolver {
             objects: Mutex::new(HashMap::new()),
             path_locks: Mutex::new(HashMap::new()),
             pin_rechecks: Mutex::new(HashMap::new()),
+            retired: Mutex::default(),
             entries_max: 100_000,
             mesh,
             freshness_default_s,
@@ -641,9 +646,40 @@ impl Resolver {
             }
             _ => HashMap::new(),
         };
-        // Pieces carried over stay until they are copied or evicted.
-        self.forget_keeping_pieces(old, !carried.is_empty());
-        self.install_carrying(path, record, manifest, carried)
+        // The old version stays servable to requests pinned to it (a
+        // download that began before the change finishes with the version
+        // it began with), from the pieces held, until they are evicted.
+        // Not when its own bytes were in doubt, nor under the same id.
+        let new_id = ObjectId::from_hex(&record.id);
+        let retire = !(old.has_hash_conflict() || new_id == Some(old.id));
+        if retire {
+            self.retire(old);
+        } else {
+            self.forget(old);
+        }
+        let resolved = self.install_carrying(path, record, manifest, carried)?;
+        // What the old version lacks can still come through the new one
+        // where both have the same piece (same hash at some index).
+        if let (true, Resolved::Cached(new), Some(old_manifest)) =
+            (retire, &resolved, &old.manifest)
+        {
+            if let Some(new_manifest) = &new.manifest {
+                let by_hash: HashMap<&shoal_core::PieceHash, u32> = new_manifest
+                    .piece_hashes()
+                    .iter()
+                    .enumerate()
+                    .map(|(index, hash)| (hash, index as u32))
+                    .collect();
+                let same: HashMap<u32, u32> = old_manifest
+                    .piece_hashes()
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(index, hash)| Some((index as u32, *by_hash.get(hash)?)))
+                    .collect();
+                old.set_successor(new.clone(), same);
+            }
+        }
+        Ok(resolved)
     }
 
     /// For each piece of `new` whose hash a held piece of `old` has: where
@@ -733,6 +769,33 @@ impl Resolver {
     /// Drops a version that the origin no longer serves, with its pieces.
     fn forget(&self, entry: &Arc<ObjectEntry>) {
         self.forget_keeping_pieces(entry, false)
+    }
+
+    /// Drops a replaced version from the path, keeping its pieces (for
+    /// requests pinned to it, and to copy into the new version) until
+    /// eviction takes them; remembers it for pinned requests, bounded.
+    fn retire(&self, entry: &Arc<ObjectEntry>) {
+        self.forget_keeping_pieces(entry, true);
+        entry.retire();
+        let mut retired = lock(&self.retired);
+        if retired.order.len() >= RETIRED_VERSIONS_MAX {
+            if let Some(oldest) = retired.order.pop_front() {
+                retired.by_id.remove(&oldest);
+            }
+        }
+        if retired.by_id.insert(entry.id, entry.clone()).is_none() {
+            retired.order.push_back(entry.id);
+        }
+    }
+
+    /// A version of `path` that was replaced, if requests pinned to `id`
+    /// may still be served from what is held of it.
+    pub fn retired(&self, path: &RequestPath, id: ObjectId) -> Option<Arc<ObjectEntry>> {
+        lock(&self.retired)
+            .by_id
+            .get(&id)
+            .filter(|e| e.path == path.as_str())
+            .cloned()
     }
 
     /// Drops a version; its pieces too unless `keep_pieces` (another
@@ -827,6 +890,13 @@ impl Drop for PathGuard<'_> {
             locks.remove(&self.key);
         }
     }
+}
+
+/// Replaced versions by id, oldest first.
+#[derive(Default)]
+struct Retired {
+    by_id: HashMap<ObjectId, Arc<ObjectEntry>>,
+    order: std::collections::VecDeque<ObjectId>,
 }
 
 enum Probe {

@@ -414,7 +414,11 @@ impl CacheService {
                 return text_response(StatusCode::BAD_REQUEST, &format!("bad path: {error}\n"))
             }
         };
-        let Some(entry) = entry.filter(|e| e.id == id) else {
+        let entry = entry.filter(|e| e.id == id).or_else(|| {
+            let path = RequestPath::parse(object_path).ok()?;
+            self.resolver.retired(&path, id)
+        });
+        let Some(entry) = entry else {
             return text_response(StatusCode::NOT_FOUND, "this object is not held here\n");
         };
         let size = entry.layout.object_size();
@@ -525,6 +529,11 @@ impl CacheService {
         let matches = |r: &Resolved| matches!(r, Resolved::Cached(e) if e.id == pin);
         if matches(&resolved) {
             return Ok((path, resolved));
+        }
+        // A download that began before the version changed finishes with
+        // the version it began with.
+        if let Some(old) = self.resolver.retired(&path, pin) {
+            return Ok((path, Resolved::Cached(old)));
         }
         let resolved = match self.resolver.resolve_for_pin(&path, pin).await {
             Ok(resolved) => resolved,
@@ -690,6 +699,17 @@ impl CacheService {
         builder.body(body).unwrap_or_else(|_| internal_error())
     }
 
+    /// Resolves the path of `entry` again (after the origin showed its
+    /// version changed), so that `entry` is retired with a successor.
+    async fn re_resolve(&self, entry: &ObjectEntry) {
+        let Ok(path) = RequestPath::parse(&entry.uri_path) else {
+            return;
+        };
+        if let Err(error) = self.resolver.resolve(&path).await {
+            tracing::debug!(path = %entry.path, %error, "could not resolve the path again");
+        }
+    }
+
     /// Which of the pieces `segments` need are held now.
     fn held_pieces(&self, entry: &ObjectEntry, segments: &[Segment]) -> PieceSet {
         let mut held = PieceSet::new(entry.layout.piece_count());
@@ -765,6 +785,17 @@ impl CacheService {
                         Ok((piece, source))
                     }
                     _ => self.piece(&entry, PieceIndex(index)).await,
+                };
+                let got = match got {
+                    // The origin moved to another version mid-response:
+                    // once the path is resolved again, this version is
+                    // retired and what it shares with the new one comes
+                    // through it.
+                    Err(FillError::VersionChanged) => {
+                        self.re_resolve(&entry).await;
+                        self.piece(&entry, PieceIndex(index)).await
+                    }
+                    got => got,
                 };
                 let piece = match got {
                     Ok((piece, _)) => piece,

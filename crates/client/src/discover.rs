@@ -380,7 +380,9 @@ pub async fn fetch_reference(
     // A cache names the manifest at `/_shoal/manifest/<path>` (with the id
     // in a header); a publisher's web server at
     // `/.shoal/manifests/<path>.shoalmf` (`shoal publish`).
-    let places: Vec<(String, &PlannedSource)> = sources
+    // Only the first place names the object's id: behind a cache, the
+    // second is a file like any other, with its own id.
+    let places: Vec<(String, &PlannedSource, bool)> = sources
         .iter()
         .filter_map(|source| {
             let parsed = ObjectUrl::parse(&source.url).ok()?;
@@ -391,15 +393,17 @@ pub async fn fetch_reference(
                 (
                     format!("{base}/_shoal/manifest{}{pin}", path.to_uri_path()),
                     source,
+                    true,
                 ),
                 (
                     format!("{base}/.shoal/manifests{}.shoalmf", path.to_uri_path()),
                     source,
+                    false,
                 ),
             ]
         })
         .collect();
-    for (url, source) in places {
+    for (url, source, names_id) in places {
         let answer = async {
             let response = client.get(&url).send().await.map_err(|e| error_chain(&e))?;
             if !response.status().is_success() {
@@ -408,6 +412,7 @@ pub async fn fetch_reference(
             let named = response
                 .headers()
                 .get(OBJECT_ID_HEADER)
+                .filter(|_| names_id)
                 .and_then(|v| v.to_str().ok())
                 .and_then(ObjectId::from_hex);
             // A cache builds a manifest for an object its publisher did

@@ -209,9 +209,12 @@ impl Directory {
                         size_bytes: record.size,
                         piece_count: record.size.div_ceil(piece_bytes),
                     };
+                    // Whole seconds: the version may change up to a
+                    // second before `fresh_until` says.
                     let fresh_for_s = record
                         .fresh_until_unix_s
-                        .saturating_sub(shoal_cache::resolve::now_unix_s());
+                        .saturating_sub(shoal_cache::resolve::now_unix_s())
+                        .saturating_sub(1);
                     self.remember(path, &known, Some(Duration::from_secs(fresh_for_s)));
                     return Ok(known);
                 }

@@ -192,3 +192,185 @@ fn a_republished_file_reaches_every_cache_within_the_origins_max_age() {
         eprintln!("{kind:?}, max-age=2: every cache in {took:.2} s");
     }
 }
+
+/// A selector over the test mesh (every path, `bitrate_mbps` committed).
+fn start_selector(dir: &Path, seed: &str, bitrate_mbps: u32) -> Proc {
+    let config = dir.join("selector.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\n[mesh]\ngossip = \"127.0.0.1:0\"\nseeds = [\"{seed}\"]\ngossip_interval_ms = 200\n[[service]]\nname = \"all\"\npath_prefix = \"/\"\nbitrate_mbps = {bitrate_mbps}\nheadroom = 1.5\n"
+        ),
+    )
+    .unwrap();
+    start_shoal(
+        &["selector", "--config", config.to_str().unwrap()],
+        &[("SHOAL_SELECTOR_MESH__CLUSTER_SECRET", CLUSTER_SECRET)],
+    )
+}
+
+fn wait_for_selector(selector: &Proc, caches: usize) {
+    wait_until(
+        "the selector sees the caches",
+        Duration::from_secs(20),
+        || {
+            let mesh = curl(&format!("{}/_shoal/mesh", selector.url), &[]);
+            serde_json::from_slice::<serde_json::Value>(&mesh.body)
+                .ok()
+                .and_then(|v| v["caches"].as_array().map(Vec::len))
+                == Some(caches)
+        },
+    );
+}
+
+/// aria2c through the selector: it follows the redirect and blends the
+/// `Link: rel=duplicate` mirrors (`-x8 -s8 -k1M`); `None` if it gave up.
+fn aria2c_via(url: &str) -> Option<Vec<u8>> {
+    let dir = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new(find_tool("aria2c"))
+        .args([
+            "-x8",
+            "-s8",
+            "-k1M",
+            "-q",
+            "--max-tries=2",
+            "--retry-wait=1",
+            "--connect-timeout=2",
+            "--timeout=10",
+            "--allow-overwrite=true",
+            "--auto-file-renaming=false",
+            "--file-allocation=none",
+        ])
+        .args(["-d", dir.path().to_str().unwrap(), "-o", "out", url])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("run aria2c");
+    status
+        .success()
+        .then(|| std::fs::read(dir.path().join("out")).unwrap_or_default())
+}
+
+/// `shoal get` through the selector; `None` if it failed.
+fn shoal_get_via(url: &str) -> Option<Vec<u8>> {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let output = std::process::Command::new(shoal_bin())
+        .args(["get", url, "-o", out.to_str().unwrap(), "--quiet"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run shoal get");
+    if !output.status.success() {
+        eprintln!(
+            "shoal get failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    output
+        .status
+        .success()
+        .then(|| std::fs::read(&out).unwrap_or_default())
+}
+
+/// A client's name and what it downloaded (`None`: it failed).
+type Download = std::thread::JoinHandle<(&'static str, Option<Vec<u8>>)>;
+
+#[test]
+fn republishing_while_caches_restart_never_hands_a_client_two_versions() {
+    const ROUNDS: usize = 20;
+    let root = tempfile::tempdir().unwrap();
+    let mut current = content(8 * MIB, 90);
+    write_file(root.path(), OBJECT_FILE, &current);
+    publish(root.path());
+    let mut versions = std::collections::HashSet::new();
+    versions.insert(sha(&current));
+    let (origin, _nginx_dir) = start_nginx(root.path(), "");
+    let dir = tempfile::tempdir().unwrap();
+    // Capped caches with a 1 s freshness: downloads overlap version changes.
+    let extra = ["--freshness-default-s", "1", "--egress-mbps", "200"];
+    let mut caches = start_three(&origin.url, dir.path(), &extra);
+    let names = ["c1", "c2", "c3"];
+    let gossips: Vec<String> = caches.iter().map(gossip_addr).collect();
+    let selector = start_selector(dir.path(), &gossips[0], 40);
+    wait_for_selector(&selector, 3);
+    let url = format!("{}{OBJECT}", selector.url);
+
+    let (mut completed, mut mixed) = (0, 0);
+    let mut failed: std::collections::BTreeMap<&str, usize> = Default::default();
+    for round in 0..ROUNDS {
+        let clients: Vec<Download> = ["curl", "aria2c", "aria2c", "shoal get"]
+            .into_iter()
+            .map(|client| {
+                let url = url.clone();
+                std::thread::spawn(move || {
+                    let body = match client {
+                        "curl" => {
+                            let got = curl(&url, &["-L"]);
+                            if !(got.exit_code == 0 && got.status == 200) {
+                                eprintln!(
+                                    "curl: exit {} status {} {}",
+                                    got.exit_code,
+                                    got.status,
+                                    String::from_utf8_lossy(&got.body[..got.body.len().min(300)])
+                                );
+                            }
+                            (got.exit_code == 0 && got.status == 200).then_some(got.body)
+                        }
+                        "aria2c" => aria2c_via(&url),
+                        _ => shoal_get_via(&url),
+                    };
+                    (client, body)
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(100 + 97 * (round as u64 % 4)));
+        // A new version: a different piece changes each round.
+        current = with_piece_changed(&current, (round as u64 * 7) % 32, round as u8 + 1);
+        write_file(root.path(), OBJECT_FILE, &current);
+        publish(root.path());
+        versions.insert(sha(&current));
+        // Restart one cache (kill -9, same ports and store).
+        let i = (round * 5 + 1) % 3;
+        let port = caches[i].url.rsplit(':').next().unwrap().to_string();
+        let listen = format!("127.0.0.1:{port}");
+        caches[i].kill9();
+        let seeds = vec![gossips[(i + 1) % 3].clone()];
+        let mut args = extra.to_vec();
+        args.extend(["--listen", &listen]);
+        caches[i] = start_mesh_cache(
+            &origin.url,
+            &dir.path().join(names[i]),
+            names[i],
+            "eu",
+            &seeds,
+            Some(&gossips[i]),
+            &args,
+        );
+        for client in clients {
+            let (who, body) = client.join().unwrap();
+            match body {
+                Some(body) if versions.contains(&sha(&body)) => completed += 1,
+                Some(body) => {
+                    mixed += 1;
+                    eprintln!(
+                        "round {round}: {who} got {} bytes matching no version",
+                        body.len()
+                    );
+                }
+                None => *failed.entry(who).or_default() += 1,
+            }
+        }
+    }
+    eprintln!(
+        "{ROUNDS} rounds: {completed} downloads whole, failed {failed:?}, {mixed} mixed ({} versions)",
+        versions.len()
+    );
+    assert_eq!(mixed, 0, "downloads that match no single version");
+    assert!(
+        completed >= ROUNDS * 4 * 3 / 4,
+        "{completed} of {} downloads completed",
+        ROUNDS * 4
+    );
+}

@@ -141,7 +141,7 @@ pub fn wait_for_port(addr: SocketAddr) {
     panic!("{addr} never accepted connections");
 }
 
-fn find_tool(name: &str) -> PathBuf {
+pub fn find_tool(name: &str) -> PathBuf {
     for dir in std::env::var("PATH")
         .unwrap_or_default()
         .split(':')
