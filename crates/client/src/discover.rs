@@ -24,6 +24,8 @@ pub const MANIFEST_BYTES_MAX: usize = 64 << 20;
 pub const PLAN_SOURCES_MAX: usize = 16;
 /// Response header naming the object version (as the cache sends it).
 pub const OBJECT_ID_HEADER: &str = "x-shoal-object-id";
+/// Response header a shoal cache puts on every object it serves.
+pub const CACHE_STATUS_HEADER: &str = "x-shoal-cache";
 /// Response header saying whether a cache's manifest was `published` or
 /// `built` (from the pieces of an object that has none).
 pub const MANIFEST_KIND_HEADER: &str = "x-shoal-manifest";
@@ -380,8 +382,8 @@ pub async fn fetch_reference(
     // A cache names the manifest at `/_shoal/manifest/<path>` (with the id
     // in a header); a publisher's web server at
     // `/.shoal/manifests/<path>.shoalmf` (`shoal publish`).
-    // Only the first place names the object's id: behind a cache, the
-    // second is a file like any other, with its own id.
+    // The first place is a cache's (`names_id`); the second a publisher's
+    // file, which a cache serves as an object with an id of its own.
     let places: Vec<(String, &PlannedSource, bool)> = sources
         .iter()
         .filter_map(|source| {
@@ -409,10 +411,14 @@ pub async fn fetch_reference(
             if !response.status().is_success() {
                 return Err(format!("{}", response.status()));
             }
+            // Through a shoal cache, the publisher's manifest file is an
+            // object of its own, and the id the cache names is the file's.
+            let file_through_cache =
+                !names_id && response.headers().contains_key(CACHE_STATUS_HEADER);
             let named = response
                 .headers()
                 .get(OBJECT_ID_HEADER)
-                .filter(|_| names_id)
+                .filter(|_| !file_through_cache)
                 .and_then(|v| v.to_str().ok())
                 .and_then(ObjectId::from_hex);
             // A cache builds a manifest for an object its publisher did

@@ -643,3 +643,35 @@ fn an_unpublished_object_is_verified_against_the_hashes_the_caches_learnt() {
     assert_eq!(list["published"], false);
     assert_eq!(list["id"], summary["object_id"]);
 }
+
+#[test]
+fn an_unpublished_object_every_cache_holds_whole_is_fetched_through_the_selector() {
+    let root = tempfile::tempdir().unwrap();
+    let size = 6 * MIB + 11;
+    let data = content(size, 65);
+    write_file(root.path(), "obj.bin", &data);
+    // No manifest at the origin: the caches build one from the pieces.
+    let (nginx, _nginx_dir) = start_nginx(root.path(), "");
+    let dir = tempfile::tempdir().unwrap();
+    let caches = start_caches(&nginx.url, dir.path(), &["w1", "w2", "w3"], "400");
+    for cache in &caches {
+        let got = curl(&format!("{}/obj.bin", cache.url), &[]);
+        assert!(got.status == 200 && got.body == data);
+        // Each cache now holds it all and has built its manifest.
+        let manifest = curl(&format!("{}/_shoal/manifest/obj.bin", cache.url), &[]);
+        assert_eq!(manifest.status, 200);
+        assert_eq!(manifest.header("x-shoal-manifest"), Some("built"));
+    }
+    let selector = start_selector(dir.path(), &gossip_addr(&caches[0]), 100);
+    wait_for_selector(&selector, 3);
+    let out = dir.path().join("obj.bin");
+    let output = get_command(&format!("{}/obj.bin", selector.url), &out, &[])
+        .output()
+        .unwrap();
+    let summary = summary_of(&output);
+    assert!(std::fs::read(&out).unwrap() == data, "the file differs");
+    // The id the selector named is the caches' id for the object.
+    let plan = curl(&format!("{}/plan?path=/obj.bin", selector.url), &[]);
+    let plan: serde_json::Value = serde_json::from_slice(&plan.body).unwrap();
+    assert_eq!(plan["object"]["id"], summary["object_id"]);
+}

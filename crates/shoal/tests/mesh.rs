@@ -614,3 +614,40 @@ fn warming_several_caches_together_fetches_the_object_once() {
     }
     assert_eq!(total_stat(&caches, "peer_corrupt_pieces"), 0);
 }
+
+#[test]
+fn hit_ratio_counts_only_bytes_held_when_the_response_began() {
+    let root = tempfile::tempdir().unwrap();
+    let size = 24 * MIB;
+    let data = content(size, 39);
+    write_file(root.path(), "ratio.bin", &data);
+    publish(root.path());
+    let origin = start_origin(root.path());
+    let dir = tempfile::tempdir().unwrap();
+    let caches = start_mesh(&origin.url, dir.path(), &[("h1", "eu"), ("h2", "eu")], &[]);
+    let shield = shield_of("/ratio.bin", &["h1", "h2"]);
+    let (shield, other) = if shield == "h1" {
+        (&caches[0], &caches[1])
+    } else {
+        (&caches[1], &caches[0])
+    };
+    assert_eq!(curl(&format!("{}/ratio.bin", shield.url), &[]).body, data);
+    // HEAD says whether a GET would begin from the store.
+    let head = curl(&format!("{}/ratio.bin", other.url), &["-I"]);
+    assert_eq!(head.header("x-shoal-cache"), Some("MISS"));
+    // A miss the sibling serves (read-ahead stores pieces before the
+    // reader gets to them: they are not hits), then a hit.
+    let miss = curl(&format!("{}/ratio.bin", other.url), &[]);
+    assert_eq!(miss.header("x-shoal-cache"), Some("MISS"));
+    assert!(miss.body == data);
+    assert_eq!(stat(&other.url, "bytes_served_from_store"), 0);
+    let head = curl(&format!("{}/ratio.bin", other.url), &["-I"]);
+    assert_eq!(head.header("x-shoal-cache"), Some("HIT"));
+    let hit = curl(&format!("{}/ratio.bin", other.url), &[]);
+    assert_eq!(hit.header("x-shoal-cache"), Some("HIT"));
+    assert!(hit.body == data);
+    let stats = stats(&other.url);
+    let ratio = stats["byte_hit_ratio"].as_f64().unwrap();
+    assert!((ratio - 0.5).abs() < 1e-9, "byte_hit_ratio {ratio}");
+    assert_eq!(stats["bytes_served"], 2 * size);
+}
