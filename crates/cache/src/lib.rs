@@ -10,6 +10,7 @@ pub mod local_state;
 pub mod object;
 pub mod origin_client;
 pub mod peer;
+pub mod purge;
 pub mod resolve;
 pub mod serve;
 pub mod stats;
@@ -253,6 +254,10 @@ impl CacheConfig {
     }
 }
 
+/// How long a restarted cache with stored objects waits for a live member
+/// to tell it the purges it missed.
+const PURGE_CATCH_UP_WAIT_MS: u64 = 5_000;
+
 /// A cache whose store is open and whose port is bound, ready to run.
 pub struct BoundCache {
     pub local_addr: SocketAddr,
@@ -329,6 +334,8 @@ impl BoundCache {
             readahead_bytes: config.readahead_bytes,
             mesh,
             egress: std::sync::OnceLock::new(),
+            purges: std::sync::Mutex::new(purge::PurgeLog::load(&config.data_dir)),
+            data_dir: config.data_dir.clone(),
         });
         Ok(Self {
             local_addr,
@@ -340,6 +347,19 @@ impl BoundCache {
 
     /// Serves until `shutdown` resolves, then flushes the index.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
+        // What this cache stored before may have been purged while it was
+        // down: learn that from a live member before serving any of it.
+        let has_records = self
+            .service
+            .filler
+            .store()
+            .all_records()
+            .is_ok_and(|r| !r.is_empty());
+        if has_records {
+            self.service
+                .catch_up_purges(std::time::Duration::from_millis(PURGE_CATCH_UP_WAIT_MS))
+                .await;
+        }
         let service = self.service.clone();
         let mesh = self.service.mesh.clone();
         // Peers hear we are draining while we still serve, then we stop.

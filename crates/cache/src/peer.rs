@@ -38,6 +38,12 @@ pub const PEER_PREFIX: &str = "/_shoal/peer/";
 pub const PEER_OBJECT_PREFIX: &str = "/_shoal/peer/object/";
 pub const PEER_PIECES_PREFIX: &str = "/_shoal/peer/pieces/";
 pub const PEER_DATA_PREFIX: &str = "/_shoal/peer/data/";
+/// `GET /_shoal/peer/purge?<event>`: apply a purge event (see `purge`).
+pub const PEER_PURGE_PATH: &str = "/_shoal/peer/purge";
+/// `GET /_shoal/peer/purges?since=MS`: the purge events known here.
+pub const PEER_PURGES_PATH: &str = "/_shoal/peer/purges";
+/// Largest purge log answer read from a peer.
+const PEER_PURGES_BYTES_MAX: u64 = 8 << 20;
 /// Request header: `have` or `fill` (or, for object metadata only,
 /// [`RECORD_MODE`]).
 pub const MODE_HEADER: &str = "x-shoal-mode";
@@ -475,6 +481,42 @@ impl MeshLink {
                 format!("object record: {e}"),
             )),
         }
+    }
+
+    /// Passes a purge event to `member`.
+    pub async fn purge(
+        &self,
+        member: &Member,
+        event: &crate::purge::PurgeEvent,
+    ) -> Result<(), PeerError> {
+        let path_and_query = format!("{PEER_PURGE_PATH}?{}", event.to_query());
+        let request = self.signed(member, &path_and_query)?;
+        let response = self.send(member, request).await?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(PeerError::Status(member.node_id.clone(), status));
+        }
+        Ok(())
+    }
+
+    /// The purge events `member` knows from `since_ms` on.
+    pub async fn purges_since(
+        &self,
+        member: &Member,
+        since_ms: u64,
+    ) -> Result<crate::purge::PurgesSince, PeerError> {
+        let path_and_query = format!("{PEER_PURGES_PATH}?since={since_ms}");
+        let request = self.signed(member, &path_and_query)?;
+        let response = self.send(member, request).await?;
+        let status = response.status();
+        if status != StatusCode::OK {
+            return Err(PeerError::Status(member.node_id.clone(), status));
+        }
+        let bytes = self
+            .small_body(member, response, PEER_PURGES_BYTES_MAX)
+            .await?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| PeerError::Protocol(member.node_id.clone(), format!("purge log: {e}")))
     }
 
     /// Which pieces of `object` `member` holds (cached for a second;

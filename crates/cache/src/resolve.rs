@@ -798,26 +798,103 @@ impl Resolver {
             .cloned()
     }
 
+    /// Applies a purge to what this cache holds; returns the paths it
+    /// touched. Hard: every version of each matching path is dropped with
+    /// its pieces (unless another path uses them). Soft: each matching
+    /// path's version becomes stale (revalidated on the next request).
+    pub async fn apply_purge(&self, event: &crate::purge::PurgeEvent) -> usize {
+        let mut paths: Vec<String> = self
+            .store
+            .all_records()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(path, _)| path)
+            .filter(|path| event.target.matches(path))
+            .collect();
+        for path in lock(&self.objects).keys() {
+            if event.target.matches(path) && !paths.contains(path) {
+                paths.push(path.clone());
+            }
+        }
+        for path in &paths {
+            // No resolution of the path runs while it is purged.
+            let _guard = self.lock_path(path).await;
+            let entry = lock(&self.objects).get(path).cloned();
+            let record = match &entry {
+                Some(entry) => Some(entry.record.clone()),
+                None => self
+                    .store
+                    .get_record(path)
+                    .ok()
+                    .flatten()
+                    .and_then(|bytes| serde_json::from_slice::<ObjectRecord>(&bytes).ok()),
+            };
+            let Some(mut record) = record else {
+                let _ = self.store.remove_record(path);
+                continue;
+            };
+            if event.soft {
+                record.fresh_until_unix_s = 0;
+                if let Ok(bytes) = serde_json::to_vec(&record) {
+                    let _ = self.store.put_record(path, bytes);
+                }
+                if let Some(entry) = entry {
+                    self.replace_record(entry, record);
+                }
+                continue;
+            }
+            if let Some(entry) = &entry {
+                entry.invalidate();
+            }
+            if let Some(id) = ObjectId::from_hex(&record.id) {
+                self.drop_version(path, id, false);
+            }
+        }
+        if !event.soft {
+            let mut retired = lock(&self.retired);
+            let gone: Vec<ObjectId> = retired
+                .by_id
+                .values()
+                .filter(|e| event.target.matches(&e.path))
+                .map(|e| e.id)
+                .collect();
+            for id in gone {
+                retired.by_id.remove(&id);
+                retired.order.retain(|i| *i != id);
+                if !lock(&self.id_users).contains_key(&id) {
+                    let _ = self.store.remove_object(&id);
+                }
+            }
+        }
+        paths.len()
+    }
+
     /// Drops a version; its pieces too unless `keep_pieces` (another
     /// version copies some of them; eviction takes the rest in time).
     fn forget_keeping_pieces(&self, entry: &Arc<ObjectEntry>, keep_pieces: bool) {
-        lock(&self.objects).remove(&entry.path);
+        self.drop_version(&entry.path, entry.id, keep_pieces)
+    }
+
+    /// Drops the record of `path` (version `id`), and the version's pieces
+    /// when no other path uses them and not `keep_pieces`.
+    fn drop_version(&self, path: &str, id: ObjectId, keep_pieces: bool) {
+        lock(&self.objects).remove(path);
         let last_user = {
             let mut users = lock(&self.id_users);
-            let count = users.entry(entry.id).or_insert(1);
+            let count = users.entry(id).or_insert(1);
             *count = count.saturating_sub(1);
             let last = *count == 0;
             if last {
-                users.remove(&entry.id);
+                users.remove(&id);
             }
             last
         };
         if last_user && !keep_pieces {
-            if let Err(error) = self.store.remove_object(&entry.id) {
+            if let Err(error) = self.store.remove_object(&id) {
                 tracing::warn!(%error, "could not remove an old object version");
             }
         }
-        let _ = self.store.remove_record(&entry.path);
+        let _ = self.store.remove_record(path);
     }
 
     /// The version is still current: extend its freshness.

@@ -83,6 +83,9 @@ pub struct CacheService {
     pub(crate) mesh: Option<Arc<MeshLink>>,
     /// The server's egress cap, once it serves.
     pub(crate) egress: std::sync::OnceLock<Arc<shoal_server::Egress>>,
+    /// The purge events applied here (kept in `data_dir`).
+    pub(crate) purges: std::sync::Mutex<crate::purge::PurgeLog>,
+    pub(crate) data_dir: std::path::PathBuf,
 }
 
 /// Who a response is for, for accounting.
@@ -120,7 +123,8 @@ impl CacheService {
         let path = request.uri().path();
         let from_client = !(path.starts_with(PEER_PREFIX)
             || path.starts_with(WARM_PREFIX)
-            || path == EGRESS_PATH);
+            || path == EGRESS_PATH
+            || path == crate::purge::PURGE_PATH);
         if from_client {
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
         }
@@ -134,6 +138,9 @@ impl CacheService {
     async fn route<B>(self: &Arc<Self>, request: Request<B>) -> Response<Body> {
         if request.uri().path() == EGRESS_PATH {
             return self.set_egress(&request);
+        }
+        if request.uri().path() == crate::purge::PURGE_PATH {
+            return self.purge(&request).await;
         }
         if let Some(rest) = request.uri().path().strip_prefix(WARM_PREFIX) {
             let rest = format!("/{rest}");
@@ -267,6 +274,163 @@ impl CacheService {
         json_response(&serde_json::json!({ "old_bytes_per_s": old, "bytes_per_s": bytes_per_s }))
     }
 
+    /// `POST /_shoal/purge?path=/p` (or `prefix=/dir/`, `&soft=1`): applies
+    /// a purge here and passes it to every live member; answers what each
+    /// did. Members that do not answer catch up from the others' logs
+    /// before they serve again.
+    async fn purge<B>(self: &Arc<Self>, request: &Request<B>) -> Response<Body> {
+        if request.method() != Method::POST {
+            let mut response = text_response(StatusCode::METHOD_NOT_ALLOWED, "a purge is a POST\n");
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+            return response;
+        }
+        if let Err(response) = self.authorize(request) {
+            return response;
+        }
+        let (target, soft) =
+            match crate::purge::parse_request(request.uri().query().unwrap_or("")) {
+                Ok(parsed) => parsed,
+                Err(error) => {
+                    return text_response(
+                        StatusCode::BAD_REQUEST,
+                        &format!("bad purge: {error} (e.g. ?path=/video/a.mp4 or ?prefix=/video/, &soft=1 to revalidate instead of drop)\n"),
+                    )
+                }
+            };
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let self_id = self.mesh.as_ref().map(|m| m.self_id().to_string());
+        let seed = format!("{self_id:?} {now_ms} {:?}", std::time::Instant::now());
+        let id = u64::from_le_bytes(
+            blake3::hash(seed.as_bytes()).as_bytes()[..8]
+                .try_into()
+                .unwrap_or_default(),
+        );
+        let event = crate::purge::PurgeEvent {
+            id,
+            at_unix_ms: now_ms,
+            target,
+            soft,
+        };
+        let paths_here = self.apply_purge(&event).await;
+        let mut caches = serde_json::Map::new();
+        if let (Some(mesh), Some(self_id)) = (&self.mesh, &self_id) {
+            caches.insert(
+                self_id.clone(),
+                format!("purged {paths_here} path(s)").into(),
+            );
+            let view = mesh.node.view();
+            let mut sends = tokio::task::JoinSet::new();
+            for member in view.members.iter().filter(|m| &m.node_id != self_id) {
+                let mesh = mesh.clone();
+                let member = member.clone();
+                let event = event.clone();
+                sends.spawn(async move {
+                    let answer = mesh.purge(&member, &event).await;
+                    (member.node_id, answer)
+                });
+            }
+            while let Some(Ok((node, answer))) = sends.join_next().await {
+                let said = match answer {
+                    Ok(()) => "purged".to_string(),
+                    Err(error) => {
+                        format!("not reached ({error}); it catches up before serving again")
+                    }
+                };
+                caches.insert(node, said.into());
+            }
+        }
+        tracing::info!(id = %format!("{:016x}", event.id), target = ?event.target, soft, paths = paths_here, "purge");
+        json_response(&serde_json::json!({
+            "id": format!("{:016x}", event.id),
+            "target": event.target,
+            "soft": soft,
+            "caches": caches,
+        }))
+    }
+
+    /// Applies a purge event here (once) and keeps it in the log.
+    pub async fn apply_purge(&self, event: &crate::purge::PurgeEvent) -> usize {
+        let new = lock(&self.purges).insert(event.clone());
+        if !new {
+            return 0;
+        }
+        let paths = self.resolver.apply_purge(event).await;
+        self.stats.purges.fetch_add(1, Ordering::Relaxed);
+        let log = lock(&self.purges).clone();
+        if let Err(error) = log.save(&self.data_dir) {
+            tracing::warn!(%error, "could not save the purge log");
+        }
+        paths
+    }
+
+    /// Before a restarted cache serves what it stored earlier: the purge
+    /// events it missed while down, from live members (waits up to
+    /// `wait` for one to show up in gossip).
+    pub async fn catch_up_purges(&self, wait: std::time::Duration) {
+        let Some(mesh) = &self.mesh else { return };
+        let deadline = tokio::time::Instant::now() + wait;
+        let since = lock(&self.purges)
+            .newest_at_ms()
+            .saturating_sub(crate::purge::CATCH_UP_SLACK_MS);
+        loop {
+            let view = mesh.node.view();
+            let others: Vec<_> = view
+                .members
+                .iter()
+                .filter(|m| m.node_id != view.self_id)
+                .cloned()
+                .collect();
+            let mut caught_up = false;
+            for member in others.iter().take(2) {
+                match mesh.purges_since(member, since).await {
+                    Ok(answer) => {
+                        let mut applied = 0;
+                        for event in &answer.events {
+                            if !lock(&self.purges).contains(event.id) {
+                                self.apply_purge(event).await;
+                                applied += 1;
+                            }
+                        }
+                        let newest_known = lock(&self.purges).newest_at_ms();
+                        if answer.trimmed_before_ms.is_some_and(|t| t > newest_known) {
+                            // It forgot events we may have missed: every
+                            // stored path is revalidated.
+                            tracing::warn!(peer = %member.node_id, "purge log of the peer is shorter than our absence: revalidating every stored path");
+                            let event = crate::purge::PurgeEvent {
+                                id: u64::from(newest_known as u32) ^ 0x5eed_0000_0000_0000,
+                                at_unix_ms: newest_known,
+                                target: crate::purge::PurgeTarget::Prefix("/".into()),
+                                soft: true,
+                            };
+                            self.resolver.apply_purge(&event).await;
+                        }
+                        tracing::info!(peer = %member.node_id, applied, "purge log caught up");
+                        caught_up = true;
+                        break;
+                    }
+                    Err(error) => {
+                        tracing::warn!(peer = %member.node_id, %error, "could not read a peer's purge log")
+                    }
+                }
+            }
+            if caught_up {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    "no member answered for purges missed while down: serving what is stored"
+                );
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
     /// Checks an inter-cache (or operator) request's token.
     #[allow(clippy::result_large_err)]
     fn authorize<B>(&self, request: &Request<B>) -> Result<String, Response<Body>> {
@@ -310,6 +474,32 @@ impl CacheService {
             .peer_requests_served
             .fetch_add(1, Ordering::Relaxed);
         let raw_path = request.uri().path();
+        if raw_path == crate::peer::PEER_PURGE_PATH {
+            let query = request.uri().query().unwrap_or("");
+            return match crate::purge::PurgeEvent::from_query(query) {
+                Ok(event) => {
+                    let paths = self.apply_purge(&event).await;
+                    json_response(&serde_json::json!({ "paths_purged": paths }))
+                }
+                Err(error) => text_response(
+                    StatusCode::BAD_REQUEST,
+                    &format!("bad purge event: {error}\n"),
+                ),
+            };
+        }
+        if raw_path == crate::peer::PEER_PURGES_PATH {
+            let since = request
+                .uri()
+                .query()
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("since=")))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            let log = lock(&self.purges);
+            return compact_json_response(&crate::purge::PurgesSince {
+                events: log.since(since, crate::purge::PURGE_LOG_EVENTS_MAX),
+                trimmed_before_ms: log.trimmed_before_ms(),
+            });
+        }
         if let Some(rest) = raw_path.strip_prefix(PEER_OBJECT_PREFIX) {
             let path = match RequestPath::parse(&format!("/{rest}")) {
                 Ok(path) => path,
@@ -1068,6 +1258,10 @@ fn text_response(status: StatusCode, text: &str) -> Response<Body> {
         .header(header::CACHE_CONTROL, "no-store")
         .body(shoal_server::full(Bytes::from(text.to_string())))
         .unwrap_or_else(|_| internal_error())
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn internal_error() -> Response<Body> {

@@ -47,6 +47,8 @@ pub struct CacheStats {
     /// Pieces of a new version copied from the version it replaced (same
     /// hash) instead of fetched.
     pub pieces_carried_over: AtomicU64,
+    /// Purge events applied here.
+    pub purges: AtomicU64,
 }
 
 /// A point-in-time copy, serialisable.
@@ -77,6 +79,7 @@ pub struct StatsSnapshot {
     pub pin_refusals: u64,
     pub versions_replaced: u64,
     pub pieces_carried_over: u64,
+    pub purges: u64,
     /// Gossip datagrams dropped as unauthentic or malformed.
     pub gossip_dropped_datagrams: u64,
     /// Live mesh members in this cache's view (self included; 0 without a mesh).
@@ -125,6 +128,7 @@ impl CacheStats {
             pin_refusals: get(&self.pin_refusals),
             versions_replaced: get(&self.versions_replaced),
             pieces_carried_over: get(&self.pieces_carried_over),
+            purges: get(&self.purges),
             gossip_dropped_datagrams: 0,
             mesh_members: 0,
             store_resident_bytes: store.resident_bytes(),

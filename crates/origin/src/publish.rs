@@ -167,6 +167,9 @@ pub struct PublishReport {
     pub files_published: u64,
     /// Files whose manifest was already up to date.
     pub files_unchanged: u64,
+    /// The request paths (percent-encoded) of the files published this
+    /// run, sorted: what caches should revalidate.
+    pub published_paths: Vec<String>,
     /// Bytes read and hashed.
     pub bytes_hashed: u64,
     /// Entries not published, with the reason, sorted by path.
@@ -264,23 +267,29 @@ pub fn publish(root: &Path, options: &PublishOptions) -> Result<PublishReport, P
     let mut report = PublishReport::default();
     let candidates = walk(root, options, &mut report);
 
-    let outcomes: Vec<(PathBuf, Result<Outcome, PublishError>)> = candidates
+    let outcomes: Vec<(PathBuf, String, Result<Outcome, PublishError>)> = candidates
         .into_par_iter()
         .map(|candidate| {
             let outcome = publish_one(root, &candidate, options);
-            (candidate.relative, outcome)
+            (
+                candidate.relative,
+                candidate.object_path.to_uri_path(),
+                outcome,
+            )
         })
         .collect();
-    for (path, outcome) in outcomes {
+    for (path, uri_path, outcome) in outcomes {
         match outcome {
             Ok(Outcome::Published { bytes }) => {
                 report.files_published += 1;
                 report.bytes_hashed += bytes;
+                report.published_paths.push(uri_path);
             }
             Ok(Outcome::Unchanged) => report.files_unchanged += 1,
             Err(error) => report.failed.push(FailedFile { path, error }),
         }
     }
+    report.published_paths.sort();
     report.skipped.sort_by(|a, b| a.path.cmp(&b.path));
     report.failed.sort_by(|a, b| a.path.cmp(&b.path));
     report.elapsed = started.elapsed();

@@ -39,6 +39,14 @@ enum Command {
         /// size when omitted.
         #[arg(long)]
         piece_size: Option<ByteSize>,
+        /// A cache of the mesh to tell (repeat for fallbacks): every file
+        /// published is revalidated across the mesh at once (a soft purge),
+        /// instead of when its freshness runs out.
+        #[arg(long = "notify")]
+        notify: Vec<String>,
+        /// The mesh's cluster secret (needed with --notify).
+        #[arg(long, env = "SHOAL_CACHE_MESH__CLUSTER_SECRET", hide_env_values = true)]
+        cluster_secret: Option<String>,
     },
     /// Run an edge cache in front of an origin.
     Cache(Box<config::CacheArgs>),
@@ -46,6 +54,9 @@ enum Command {
     /// committed bitrate at the lowest cost (joins the mesh's gossip as an
     /// observer; answers /plan, /explain and redirects).
     Selector(Box<config::SelectorArgs>),
+    /// Drop a path or every path under a prefix from the whole mesh (or,
+    /// with --soft, make it revalidate); signed with the cluster secret.
+    Purge(warm::PurgeArgs),
     /// Change running caches' egress caps (signed with the cluster secret).
     SetEgress(warm::SetEgressArgs),
     /// Download an object from several caches at once (a selector's plan),
@@ -112,12 +123,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 root,
                 force,
                 piece_size,
-            } => run_publish(root, force, piece_size),
+                notify,
+                cluster_secret,
+            } => {
+                let published = run_publish(root, force, piece_size)?;
+                if notify.is_empty() {
+                    Ok(())
+                } else {
+                    let secret = cluster_secret.context(
+                        "--notify needs the cluster secret (--cluster-secret or SHOAL_CACHE_MESH__CLUSTER_SECRET)",
+                    )?;
+                    warm::notify_published(&notify, &secret, &published).await
+                }
+            }
             Command::Cache(args) => run_cache(*args).await,
             Command::Selector(args) => run_selector(*args).await,
             Command::Warm(args) => warm::run(args).await,
             Command::Get(args) => get::run(*args).await,
             Command::SetEgress(args) => warm::set_egress(args).await,
+            Command::Purge(args) => warm::purge(args).await,
             Command::Demo {
                 size,
                 once,
@@ -214,7 +238,12 @@ async fn run_selector(args: config::SelectorArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_publish(root: PathBuf, force: bool, piece_size: Option<ByteSize>) -> anyhow::Result<()> {
+/// Publishes `root`; returns the request paths of the files published.
+fn run_publish(
+    root: PathBuf,
+    force: bool,
+    piece_size: Option<ByteSize>,
+) -> anyhow::Result<Vec<String>> {
     let piece_size = piece_size
         .map(|s| shoal_core::PieceSize::from_bytes(s.0))
         .transpose()
@@ -232,5 +261,5 @@ fn run_publish(root: PathBuf, force: bool, piece_size: Option<ByteSize>) -> anyh
         "{} file(s) could not be published",
         report.failed.len()
     );
-    Ok(())
+    Ok(report.published_paths)
 }

@@ -128,6 +128,113 @@ pub async fn set_egress(args: SetEgressArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `shoal purge`: drops a path (or a prefix) from the whole mesh.
+#[derive(clap::Args)]
+pub struct PurgeArgs {
+    /// Base URL of a cache of the mesh; it passes the purge to every live
+    /// member (repeat: the next is tried if one does not answer).
+    #[arg(long = "cache", required = true)]
+    pub caches: Vec<String>,
+    /// The path to purge, e.g. /video/a.mp4.
+    #[arg(long, conflicts_with = "prefix", required_unless_present = "prefix")]
+    pub path: Option<String>,
+    /// Purge every path under this prefix, e.g. /video/.
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// Revalidate instead of drop: pieces are kept, only what changed is
+    /// fetched again.
+    #[arg(long)]
+    pub soft: bool,
+    /// The mesh's cluster secret.
+    #[arg(long, env = "SHOAL_CACHE_MESH__CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: String,
+}
+
+pub async fn purge(args: PurgeArgs) -> anyhow::Result<()> {
+    let key = shoal_core::auth::ClusterKey::from_secret(&args.cluster_secret)
+        .context("--cluster-secret")?;
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    match (&args.path, &args.prefix) {
+        (Some(path), None) => query.append_pair("path", path),
+        (None, Some(prefix)) => query.append_pair("prefix", prefix),
+        _ => anyhow::bail!("name exactly one of --path or --prefix"),
+    };
+    if args.soft {
+        query.append_pair("soft", "1");
+    }
+    let answer = purge_via(&args.caches, &key, &query.finish()).await?;
+    println!("{}", answer.trim());
+    Ok(())
+}
+
+/// Sends one purge to the first of `caches` that takes it.
+async fn purge_via(
+    caches: &[String],
+    key: &shoal_core::auth::ClusterKey,
+    query: &str,
+) -> anyhow::Result<String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .context("building the HTTP client")?;
+    let target = format!("{}?{query}", shoal_cache::purge::PURGE_PATH);
+    let mut errors = Vec::new();
+    for cache in caches {
+        match signed_post(&client, key, cache.trim_end_matches('/'), &target).await {
+            Ok(answer) => return Ok(answer),
+            Err(error) => errors.push(format!("{error:#}")),
+        }
+    }
+    anyhow::bail!("no cache took the purge: {}", errors.join("; "))
+}
+
+/// After `shoal publish --notify`: the published paths are revalidated
+/// across the mesh now (soft purges; one for everything past
+/// [`NOTIFY_PATHS_MAX`] paths).
+pub async fn notify_published(
+    caches: &[String],
+    cluster_secret: &str,
+    paths: &[String],
+) -> anyhow::Result<()> {
+    let key =
+        shoal_core::auth::ClusterKey::from_secret(cluster_secret).context("--cluster-secret")?;
+    if paths.is_empty() {
+        println!("nothing published: no cache to tell");
+        return Ok(());
+    }
+    let targets: Vec<(&str, &str)> = if paths.len() > NOTIFY_PATHS_MAX {
+        vec![("prefix", "/")]
+    } else {
+        paths.iter().map(|p| ("path", p.as_str())).collect()
+    };
+    for (kind, target) in &targets {
+        let decoded = percent_decode(target);
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        query.append_pair(kind, &decoded);
+        query.append_pair("soft", "1");
+        purge_via(caches, &key, &query.finish()).await?;
+    }
+    println!(
+        "told the mesh: {} path(s) revalidate now",
+        if paths.len() > NOTIFY_PATHS_MAX {
+            "every".to_string()
+        } else {
+            paths.len().to_string()
+        }
+    );
+    Ok(())
+}
+
+/// Most paths `publish --notify` names one by one; past it, everything
+/// stored is revalidated.
+const NOTIFY_PATHS_MAX: usize = 256;
+
+fn percent_decode(text: &str) -> String {
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
 /// POSTs `target` to the cache at `base` with an operator token signed by
 /// the cluster key; the answer's body, or an error naming the URL.
 async fn signed_post(

@@ -205,9 +205,14 @@ fn plans_explain_and_redirects_follow_cost_zone_and_holdings() {
     assert!((shares - 1.0).abs() < 1e-6);
     for source in plan["sources"].as_array().unwrap() {
         let node = source["node"].as_str().unwrap();
+        // Every URL names the version the shield reported.
         assert_eq!(
             source["url"].as_str().unwrap(),
-            format!("{}/video/film.mp4", url_of(node))
+            format!(
+                "{}/video/film.mp4?shoal-object={}",
+                url_of(node),
+                plan["object"]["id"].as_str().unwrap()
+            )
         );
     }
     // A client near us gets the us caches first.
@@ -303,12 +308,14 @@ fn plans_explain_and_redirects_follow_cost_zone_and_holdings() {
         .map(str::trim)
         .collect();
     assert!(added.len() >= 2, "aria2c took {} duplicate(s)", added.len());
+    let (_, plan) = get_json(&format!("{}/plan?path=/video/film.mp4", selector.url));
+    let pin = format!("?shoal-object={}", plan["object"]["id"].as_str().unwrap());
     for url in &added {
         assert!(
             caches
                 .iter()
-                .any(|c| *url == format!("{}/video/film.mp4", c.url)),
-            "aria2c took {url}, not a cache's URL"
+                .any(|c| *url == format!("{}/video/film.mp4{pin}", c.url)),
+            "aria2c took {url}, not a cache's URL pinned to the version"
         );
     }
     let after: u64 = caches.iter().map(client_bytes).sum();
