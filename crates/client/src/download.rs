@@ -75,6 +75,8 @@ pub struct GetOptions {
     pub stream: Option<StreamTo>,
     /// Stream mode: how much playback time is buffered before playing, ms.
     pub buffer_ms: u64,
+    /// Connect from this local address.
+    pub local_address: Option<std::net::IpAddr>,
 }
 
 impl GetOptions {
@@ -89,6 +91,7 @@ impl GetOptions {
             stall_ms: 1_000,
             stream: None,
             buffer_ms: 2_000,
+            local_address: None,
         }
     }
 }
@@ -280,6 +283,7 @@ pub async fn get(
         .tcp_nodelay(true)
         .redirect(reqwest::redirect::Policy::none())
         .pool_max_idle_per_host(32)
+        .local_address(options.local_address)
         .build()
         .map_err(|e| GetError::Failed(error_chain(&e)))?;
     let timeout = Duration::from_millis(options.read_timeout_ms);

@@ -122,6 +122,7 @@ pub struct Selector {
     trusted_proxies: Vec<shoal_select::zones::Cidr>,
     lookup_timeout: std::time::Duration,
     reservations: Reservations,
+    affinity: crate::affinity::VersionAffinity,
     services: ServiceTable,
     zones: Option<Zones>,
     node: Arc<MeshNode>,
@@ -227,6 +228,9 @@ impl BoundSelector {
                 .collect(),
             lookup_timeout: std::time::Duration::from_millis(config.lookup_timeout_ms),
             reservations: Reservations::new(config.reservation_decay_ms),
+            affinity: crate::affinity::VersionAffinity::new(std::time::Duration::from_secs(
+                config.version_affinity_s,
+            )),
             services: ServiceTable::new(config.effective_services()),
             zones,
             node,
@@ -666,6 +670,14 @@ impl Selector {
                 size_bytes,
                 piece_count,
             }) => {
+                // A client still downloading keeps the version it began
+                // with (only for answers a client acts on).
+                let id = if reserve {
+                    self.affinity
+                        .version_for(ask.client, path, id, std::time::Instant::now())
+                } else {
+                    id
+                };
                 let held = self.directory.held(&view, &id, piece_count).await;
                 let facts = ObjectFacts {
                     id: Some(id.to_hex()),

@@ -64,6 +64,10 @@ pub struct SelectorConfig {
     pub reservation_decay_ms: u64,
     /// How long what a shield said about a path is reused, ms.
     pub object_ttl_ms: u64,
+    /// A client that asks again for a path within this many seconds of its
+    /// last request is sent the same version (so the later connections of
+    /// a multi-connection download never mix versions); 0: off.
+    pub version_affinity_s: u64,
     /// How long "no such object" is remembered, ms.
     pub missing_ttl_ms: u64,
     /// Paths whose lookup is remembered (oldest dropped beyond).
@@ -94,6 +98,7 @@ impl Default for SelectorConfig {
             fill_reuse_sessions: 4.0,
             reservation_decay_ms: 2_000,
             object_ttl_ms: 10_000,
+            version_affinity_s: 60,
             missing_ttl_ms: 2_000,
             object_entries_max: 100_000,
             lookup_timeout_ms: 5_000,
@@ -236,6 +241,7 @@ impl SelectorConfig {
         }
         for (name, value, low, high) in [
             ("object_ttl_ms", self.object_ttl_ms, 0, 3_600_000),
+            ("version_affinity_s", self.version_affinity_s, 0, 3_600),
             ("missing_ttl_ms", self.missing_ttl_ms, 0, 3_600_000),
             ("reservation_decay_ms", self.reservation_decay_ms, 0, 60_000),
             ("lookup_timeout_ms", self.lookup_timeout_ms, 100, 60_000),

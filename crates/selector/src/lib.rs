@@ -17,9 +17,12 @@
 //!   the object to a plan with URLs, shares and reasons (pure);
 //! - [`lookup`]: what a path is (id, size) from its shield, and how much of
 //!   it each holder has, with bounded caches and timeouts;
+//! - [`affinity`]: a client that keeps asking keeps the version it was
+//!   first sent (soft, bounded);
 //! - [`api`]: the HTTP endpoints (`/plan`, `/explain`, redirect with
 //!   `Link: rel=duplicate`).
 
+pub mod affinity;
 pub mod api;
 pub mod config;
 pub mod decide;

@@ -44,6 +44,9 @@ pub struct GetArgs {
     /// player starts; rebuffering is counted after that.
     #[arg(long, default_value_t = 2.0)]
     pub buffer_s: f64,
+    /// Connect from this local address (a host with several).
+    #[arg(long)]
+    pub local_address: Option<std::net::IpAddr>,
 }
 
 fn mib(bytes: f64) -> f64 {
@@ -89,6 +92,7 @@ pub async fn run(args: GetArgs) -> anyhow::Result<()> {
     options.bitrate_mbps = args.bitrate;
     options.read_timeout_ms = args.read_timeout_ms;
     options.buffer_ms = (args.buffer_s * 1000.0) as u64;
+    options.local_address = args.local_address;
     if args.stream {
         options.stream = Some(shoal_client::download::StreamTo::Stdout);
     }

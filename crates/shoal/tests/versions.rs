@@ -193,13 +193,14 @@ fn a_republished_file_reaches_every_cache_within_the_origins_max_age() {
     }
 }
 
-/// A selector over the test mesh (every path, `bitrate_mbps` committed).
-fn start_selector(dir: &Path, seed: &str, bitrate_mbps: u32) -> Proc {
+/// A selector over the test mesh (every path, `bitrate_mbps` committed;
+/// a client keeps its version while it asks within `affinity_s`).
+fn start_selector(dir: &Path, seed: &str, bitrate_mbps: u32, affinity_s: u32) -> Proc {
     let config = dir.join("selector.toml");
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:0\"\n[mesh]\ngossip = \"127.0.0.1:0\"\nseeds = [\"{seed}\"]\ngossip_interval_ms = 200\n[[service]]\nname = \"all\"\npath_prefix = \"/\"\nbitrate_mbps = {bitrate_mbps}\nheadroom = 1.5\n"
+            "listen = \"127.0.0.1:0\"\nversion_affinity_s = {affinity_s}\n[mesh]\ngossip = \"127.0.0.1:0\"\nseeds = [\"{seed}\"]\ngossip_interval_ms = 200\n[[service]]\nname = \"all\"\npath_prefix = \"/\"\nbitrate_mbps = {bitrate_mbps}\nheadroom = 1.5\n"
         ),
     )
     .unwrap();
@@ -225,7 +226,7 @@ fn wait_for_selector(selector: &Proc, caches: usize) {
 
 /// aria2c through the selector: it follows the redirect and blends the
 /// `Link: rel=duplicate` mirrors (`-x8 -s8 -k1M`); `None` if it gave up.
-fn aria2c_via(url: &str) -> Option<Vec<u8>> {
+fn aria2c_via(url: &str, from: &str) -> Option<Vec<u8>> {
     let dir = tempfile::tempdir().unwrap();
     let status = std::process::Command::new(find_tool("aria2c"))
         .args([
@@ -241,6 +242,7 @@ fn aria2c_via(url: &str) -> Option<Vec<u8>> {
             "--auto-file-renaming=false",
             "--file-allocation=none",
         ])
+        .arg(format!("--interface={from}"))
         .args(["-d", dir.path().to_str().unwrap(), "-o", "out", url])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -252,11 +254,12 @@ fn aria2c_via(url: &str) -> Option<Vec<u8>> {
 }
 
 /// `shoal get` through the selector; `None` if it failed.
-fn shoal_get_via(url: &str) -> Option<Vec<u8>> {
+fn shoal_get_via(url: &str, from: &str) -> Option<Vec<u8>> {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let output = std::process::Command::new(shoal_bin())
         .args(["get", url, "-o", out.to_str().unwrap(), "--quiet"])
+        .args(["--local-address", from])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -293,7 +296,10 @@ fn republishing_while_caches_restart_never_hands_a_client_two_versions() {
     let mut caches = start_three(&origin.url, dir.path(), &extra);
     let names = ["c1", "c2", "c3"];
     let gossips: Vec<String> = caches.iter().map(gossip_addr).collect();
-    let selector = start_selector(dir.path(), &gossips[0], 40);
+    // Each round's clients come from their own address: the selector
+    // keeps a client's version while it keeps asking (aria2c opens later
+    // connections on the selector's URL), and moves the next round on.
+    let selector = start_selector(dir.path(), &gossips[0], 40, 2);
     wait_for_selector(&selector, 3);
     let url = format!("{}{OBJECT}", selector.url);
 
@@ -304,10 +310,11 @@ fn republishing_while_caches_restart_never_hands_a_client_two_versions() {
             .into_iter()
             .map(|client| {
                 let url = url.clone();
+                let from = format!("127.0.1.{}", round + 1);
                 std::thread::spawn(move || {
                     let body = match client {
                         "curl" => {
-                            let got = curl(&url, &["-L"]);
+                            let got = curl(&url, &["-L", "--interface", &from]);
                             if !(got.exit_code == 0 && got.status == 200) {
                                 eprintln!(
                                     "curl: exit {} status {} {}",
@@ -318,8 +325,8 @@ fn republishing_while_caches_restart_never_hands_a_client_two_versions() {
                             }
                             (got.exit_code == 0 && got.status == 200).then_some(got.body)
                         }
-                        "aria2c" => aria2c_via(&url),
-                        _ => shoal_get_via(&url),
+                        "aria2c" => aria2c_via(&url, &from),
+                        _ => shoal_get_via(&url, &from),
                     };
                     (client, body)
                 })
