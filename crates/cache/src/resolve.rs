@@ -866,6 +866,11 @@ impl Resolver {
                 }
             }
         }
+        // The index is written by its own thread: until these removals are
+        // committed, a read of the path would still find the old record.
+        if let Err(error) = self.store.flush().await {
+            tracing::warn!(%error, "could not commit a purge to the index");
+        }
         paths.len()
     }
 

@@ -381,3 +381,152 @@ fn republishing_while_caches_restart_never_hands_a_client_two_versions() {
         ROUNDS * 4
     );
 }
+
+/// Runs `shoal ARGS` to completion with the test mesh's secret; its stdout.
+fn shoal_command(args: &[&str]) -> String {
+    let output = std::process::Command::new(shoal_bin())
+        .args(args)
+        .env("SHOAL_CACHE_MESH__CLUSTER_SECRET", CLUSTER_SECRET)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run shoal");
+    assert!(
+        output.status.success(),
+        "shoal {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn a_purge_reaches_every_cache_and_one_that_was_down_does_not_serve_the_purged_version() {
+    let root = tempfile::tempdir().unwrap();
+    let v1 = content(3 * MIB, 91);
+    let file = write_file(root.path(), OBJECT_FILE, &v1);
+    // Unpublished, behind nginx: a change that keeps size and mtime keeps
+    // nginx's validators too, so no revalidation can see it; only a purge.
+    let (nginx, _nginx_dir) = start_nginx(root.path(), "");
+    let dir = tempfile::tempdir().unwrap();
+    let mut caches = start_three(&nginx.url, dir.path(), &["--freshness-default-s", "600"]);
+    for cache in &caches {
+        assert_eq!(
+            sha(&curl(&format!("{}{OBJECT}", cache.url), &[]).body),
+            sha(&v1)
+        );
+    }
+    let mtime = std::fs::metadata(&file).unwrap().modified().unwrap();
+    let v2 = with_piece_changed(&v1, 2, 9);
+    std::fs::write(&file, &v2).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    for cache in &caches {
+        assert_eq!(
+            sha(&curl(&format!("{}{OBJECT}", cache.url), &[]).body),
+            sha(&v1),
+            "nothing could have told the cache"
+        );
+    }
+    // c3 is down while the operator purges.
+    let gossip3 = gossip_addr(&caches[2]);
+    let port3 = caches[2].url.rsplit(':').next().unwrap().to_string();
+    caches[2].kill9();
+    wait_for_mesh(&[&caches[0].url, &caches[1].url], 2);
+    let answer = shoal_command(&["purge", "--cache", &caches[0].url, "--path", OBJECT]);
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["caches"].as_object().unwrap().len(), 2, "{answer}");
+    for cache in &caches[..2] {
+        let got = curl(&format!("{}{OBJECT}", cache.url), &[]);
+        assert_eq!(
+            sha(&got.body),
+            sha(&v2),
+            "{}: purged, fetched afresh",
+            cache.name
+        );
+        assert_eq!(stat(&cache.url, "purges"), 1);
+    }
+    // c3 comes back with its store: it learns the purge before it serves.
+    let listen = format!("127.0.0.1:{port3}");
+    caches[2] = start_mesh_cache(
+        &nginx.url,
+        &dir.path().join("c3"),
+        "c3",
+        "eu",
+        &[gossip_addr(&caches[0])],
+        Some(&gossip3),
+        &["--freshness-default-s", "600", "--listen", &listen],
+    );
+    let got = curl(&format!("{}{OBJECT}", caches[2].url), &[]);
+    assert_eq!(sha(&got.body), sha(&v2), "c3 served the purged version");
+    assert_eq!(stat(&caches[2].url, "purges"), 1);
+
+    // A prefix purge, soft: every cache revalidates, nothing is refetched.
+    let origin_before = total(&caches, "origin_bytes");
+    shoal_command(&[
+        "purge",
+        "--cache",
+        &caches[1].url,
+        "--prefix",
+        "/downloads/",
+        "--soft",
+    ]);
+    for cache in &caches {
+        assert_eq!(
+            sha(&curl(&format!("{}{OBJECT}", cache.url), &[]).body),
+            sha(&v2)
+        );
+    }
+    assert_eq!(total(&caches, "origin_bytes"), origin_before);
+    // Operators get clear refusals.
+    let unsigned = curl(
+        &format!(
+            "{}/_shoal/purge?path=/downloads/installer.exe",
+            caches[0].url
+        ),
+        &["-X", "POST"],
+    );
+    assert_eq!(unsigned.status, 403);
+    let output = std::process::Command::new(shoal_bin())
+        .args(["purge", "--cache", &caches[0].url, "--prefix", "downloads"])
+        .env("SHOAL_CACHE_MESH__CLUSTER_SECRET", CLUSTER_SECRET)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("prefix"));
+}
+
+#[test]
+fn publish_notify_makes_the_mesh_serve_a_republished_file_at_once() {
+    let root = tempfile::tempdir().unwrap();
+    let v1 = content(4 * MIB, 92);
+    write_file(root.path(), OBJECT_FILE, &v1);
+    publish(root.path());
+    let origin = start_origin(root.path());
+    let dir = tempfile::tempdir().unwrap();
+    // A long freshness: without the notice, 10 minutes of the old version.
+    let caches = start_three(&origin.url, dir.path(), &["--freshness-default-s", "600"]);
+    for cache in &caches {
+        assert_eq!(
+            sha(&curl(&format!("{}{OBJECT}", cache.url), &[]).body),
+            sha(&v1)
+        );
+    }
+    let origin_before = total(&caches, "origin_bytes");
+    let v2 = with_piece_changed(&v1, 7, 5);
+    write_file(root.path(), OBJECT_FILE, &v2);
+    let said = shoal_command(&[
+        "publish",
+        root.path().to_str().unwrap(),
+        "--notify",
+        &caches[2].url,
+    ]);
+    assert!(said.contains("1 path(s) revalidate now"), "{said}");
+    for cache in &caches {
+        let got = curl(&format!("{}{OBJECT}", cache.url), &[]);
+        assert_eq!(sha(&got.body), sha(&v2), "{}", cache.name);
+    }
+    assert_eq!(total(&caches, "origin_bytes") - origin_before, PIECE);
+}
