@@ -752,11 +752,13 @@ impl Filler {
                     }
                     return Err(match source {
                         RunSource::Origin => {
-                            tracing::error!(path = %entry.path, %error, "piece from origin failed verification; not stored, not served");
                             if entry.manifest.is_none() {
                                 // The reference hashes of this unpublished
                                 // version are in doubt: start it afresh.
                                 entry.mark_hash_conflict();
+                                tracing::warn!(path = %entry.path, %error, "piece from origin does not match what the origin sent before (the file changed in place): not stored, not served; ingesting it afresh");
+                            } else if entry.mark_manifest_disproved() {
+                                tracing::warn!(path = %entry.path, %error, "piece from origin does not match the published manifest: not stored, not served; resolving the path again");
                             }
                             entry.invalidate();
                             RunFailure::Fatal(FillError::Corrupt(index))

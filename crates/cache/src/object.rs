@@ -126,6 +126,8 @@ pub struct ObjectEntry {
     /// Origin bytes disagreed with a learnt hash: the version's reference
     /// hashes (and pieces) are not to be trusted.
     hash_conflict: AtomicBool,
+    /// Origin bytes did not match the published manifest.
+    manifest_disproved: AtomicBool,
     created: std::time::Instant,
     /// Pieces an earlier version of the path holds with the same hash:
     /// copied from there when needed instead of fetched.
@@ -166,6 +168,7 @@ impl ObjectEntry {
             successor: Mutex::new(None),
             hashes_asked_at_ms: Default::default(),
             hash_conflict: AtomicBool::new(false),
+            manifest_disproved: AtomicBool::new(false),
             created: std::time::Instant::now(),
             carried: Mutex::default(),
         })
@@ -281,6 +284,16 @@ impl ObjectEntry {
 
     pub fn has_hash_conflict(&self) -> bool {
         self.hash_conflict.load(Ordering::Relaxed)
+    }
+
+    /// Records that origin bytes failed the published manifest; true the
+    /// first time (so it is logged once).
+    pub fn mark_manifest_disproved(&self) -> bool {
+        !self.manifest_disproved.swap(true, Ordering::Relaxed)
+    }
+
+    pub fn manifest_disproved(&self) -> bool {
+        self.manifest_disproved.load(Ordering::Relaxed)
     }
 
     pub fn invalidate(&self) {

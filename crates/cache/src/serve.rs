@@ -185,8 +185,25 @@ impl CacheService {
             Resolved::Cached(entry) => entry,
             Resolved::PassThrough => return self.pass_through(&path, head_only, &request).await,
         };
-        self.serve_entry(entry, head_only, &request, Audience::Client)
-            .await
+        let response = self
+            .serve_entry(entry.clone(), head_only, &request, Audience::Client)
+            .await;
+        // The first piece showed the version is gone at the origin (it
+        // changed there, or stopped matching its manifest): before any
+        // header went out, resolve the path again, once, and serve what
+        // the origin has now. A pinned request wants that version only.
+        if !(response.status().is_server_error() && entry.is_invalidated() && pin.is_none()) {
+            return response;
+        }
+        match self.resolver.resolve(&path).await {
+            Ok(Resolved::Cached(now)) if now.id != entry.id => {
+                tracing::info!(path = %path.as_str(), "serving the version the origin has now");
+                self.serve_entry(now, head_only, &request, Audience::Client)
+                    .await
+            }
+            Ok(Resolved::PassThrough) => self.pass_through(&path, head_only, &request).await,
+            _ => response,
+        }
     }
 
     /// `POST /_shoal/warm/<path>`: fills the whole object here (swarming

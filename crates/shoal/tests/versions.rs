@@ -530,3 +530,58 @@ fn publish_notify_makes_the_mesh_serve_a_republished_file_at_once() {
     }
     assert_eq!(total(&caches, "origin_bytes") - origin_before, PIECE);
 }
+
+#[test]
+fn a_file_changed_without_republishing_is_served_as_it_is_now() {
+    let root = tempfile::tempdir().unwrap();
+    let v1 = content(4 * MIB, 93);
+    let file = write_file(root.path(), OBJECT_FILE, &v1);
+    publish(root.path());
+    let (nginx, _nginx_dir) = start_nginx(root.path(), "");
+    let dir = tempfile::tempdir().unwrap();
+    let cache = start_cache(
+        &nginx.url,
+        &dir.path().join("cache"),
+        "1GiB",
+        &[
+            ("SHOAL_CACHE_FRESHNESS_DEFAULT_S", "600"),
+            // Runs of 1 MiB, so a 1 MiB read leaves the rest uncached.
+            ("SHOAL_CACHE_FILL_RUN_BYTES_MAX", "1048576"),
+        ],
+    );
+    let url = format!("{}{OBJECT}", cache.url);
+    // Part of it cached.
+    let first = curl(&url, &["-r", "0-1048575"]);
+    assert_eq!(first.status, 206);
+    assert!(first.body == v1[..MIB as usize]);
+    // Changed in place, same size and mtime, no `shoal publish`: the
+    // manifest now lies about the file.
+    let mtime = std::fs::metadata(&file).unwrap().modified().unwrap();
+    let v2 = with_piece_changed(&v1, 9, 4);
+    std::fs::write(&file, &v2).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    // A range into pieces the cache lacks: the first piece from the origin
+    // fails the manifest before any header is sent, so the cache resolves
+    // the path again and serves the file as it is now, as unpublished.
+    let (from, to) = (9 * PIECE as usize, 11 * PIECE as usize);
+    let range = curl(&url, &["-r", &format!("{from}-{}", to - 1)]);
+    assert_eq!(range.status, 206);
+    assert!(range.body == v2[from..to]);
+    let whole = curl(&url, &[]);
+    assert_eq!(whole.status, 200);
+    assert_eq!(sha(&whole.body), sha(&v2));
+    assert_ne!(
+        whole.header("x-shoal-object-id"),
+        first.header("x-shoal-object-id")
+    );
+    // Published again (forced: size and mtime did not change), the new
+    // manifest names another id, which the cache believes again.
+    shoal_command(&["publish", root.path().to_str().unwrap(), "--force"]);
+    let republished = published_id(root.path(), OBJECT);
+    assert!(republished != first.header("x-shoal-object-id").unwrap());
+}
