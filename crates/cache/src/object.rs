@@ -45,12 +45,27 @@ pub struct ObjectRecord {
     /// based ETag (nginx's), so until then it is fetched whole.
     #[serde(default)]
     pub manifest_validators_strong: bool,
+    /// Whether the origin's validators were strong when the shield saw
+    /// them (its `Date` a second or more after `Last-Modified`).
+    #[serde(default)]
+    pub origin_validators_strong: bool,
 }
 
-/// The ETag the cache itself sends for this object: strong and stable.
+/// The ETag every cache of a mesh (and its selectors) sends for this
+/// version, so a client can revalidate anywhere, the origin included:
+/// the origin's own ETag when it is strong (not `W/`) and was at least a
+/// second older than the origin's `Date` when the shield saw it (RFC 9110
+/// §8.8.2.2: an mtime-based tag, like nginx's, can otherwise name two
+/// contents written within one second); else `"<first 32 hex digits of
+/// the object id>"`. Caches adopt their shield's record, so they agree.
 pub fn served_etag(record: &ObjectRecord) -> String {
     match &record.origin_etag {
-        Some(etag) if !record.published && !etag.starts_with("W/") => etag.clone(),
+        Some(etag)
+            if !etag.starts_with("W/")
+                && (record.origin_validators_strong || record.origin_last_modified.is_none()) =>
+        {
+            etag.clone()
+        }
         _ => format!("\"{}\"", &record.id[..32.min(record.id.len())]),
     }
 }

@@ -254,6 +254,7 @@ impl Resolver {
                     updated.fresh_until_unix_s = record.fresh_until_unix_s;
                     ManifestValidators::of(&record).apply(&mut updated);
                     updated.cache_control = record.cache_control;
+                    updated.origin_validators_strong = record.origin_validators_strong;
                     Ok(self.replace_record(old, updated))
                 }
                 Probe::Storable(record, manifest) => {
@@ -604,6 +605,7 @@ impl Resolver {
             manifest_etag: None,
             manifest_last_modified: None,
             manifest_validators_strong: false,
+            origin_validators_strong: validators_strong(headers),
         };
         let mut record = record;
         if published {
@@ -961,6 +963,8 @@ impl Resolver {
         }
         let lifetime_s = self.lifetime_s(&headers, now);
         record.fresh_until_unix_s = now.saturating_add(lifetime_s);
+        // A second on, the origin's validators may have become strong.
+        record.origin_validators_strong |= validators_strong(&headers);
         self.replace_record(old, record)
     }
 
@@ -1027,20 +1031,10 @@ struct ManifestValidators {
 
 impl ManifestValidators {
     fn from_response(headers: &HeaderMap) -> Self {
-        // RFC 9110 §8.8.2.2: a modification time is a strong validator
-        // only once a second has passed since it (the `Date` says so);
-        // mtime-based entity tags (nginx's) are no better.
-        let strong = match (
-            header_unix_s(headers, header::DATE),
-            header_unix_s(headers, header::LAST_MODIFIED),
-        ) {
-            (Some(date), Some(modified)) => date > modified,
-            _ => false,
-        };
         Self {
             etag: text_header(headers, header::ETAG),
             last_modified: text_header(headers, header::LAST_MODIFIED),
-            strong,
+            strong: validators_strong(headers),
         }
     }
 
@@ -1069,6 +1063,19 @@ enum ManifestCheck {
 /// The first 16 hex digits of an id, for logs.
 fn short(id: &str) -> &str {
     id.get(..16).unwrap_or(id)
+}
+
+/// RFC 9110 §8.8.2.2: a modification time is a strong validator only once
+/// a second has passed since it (the response's `Date` says so); entity
+/// tags made from the mtime (nginx's) are no better.
+fn validators_strong(headers: &HeaderMap) -> bool {
+    match (
+        header_unix_s(headers, header::DATE),
+        header_unix_s(headers, header::LAST_MODIFIED),
+    ) {
+        (Some(date), Some(modified)) => date > modified,
+        _ => false,
+    }
 }
 
 fn text_header(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {

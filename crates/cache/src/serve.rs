@@ -791,7 +791,21 @@ impl CacheService {
                 .map(|d| d.as_secs()),
         };
         let conditional = ConditionalHeaders::from_headers(request.headers());
-        let range_allowed = match evaluate_preconditions(true, &conditional, &validators) {
+        // A client may hold the version's id-based tag from before its
+        // origin tag became strong: that names the same bytes.
+        let id_tag_matches = request
+            .headers()
+            .get_all(header::IF_NONE_MATCH)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|tag| tag.trim().trim_start_matches("W/"))
+            .any(|tag| tag == id_etag(&entry));
+        let precondition = match evaluate_preconditions(true, &conditional, &validators) {
+            Precondition::Proceed { .. } if id_tag_matches => Precondition::NotModified,
+            other => other,
+        };
+        let range_allowed = match precondition {
             Precondition::NotModified => {
                 let mut response = Response::builder().status(StatusCode::NOT_MODIFIED);
                 for (name, value) in self.entity_headers(&entry) {
@@ -1212,6 +1226,12 @@ impl CacheService {
             _ => text_response(StatusCode::NOT_FOUND, "unknown internal endpoint\n"),
         }
     }
+}
+
+/// `"<first 32 hex digits of the id>"`: the tag a version has when its
+/// origin's is not strong.
+fn id_etag(entry: &ObjectEntry) -> String {
+    format!("\"{}\"", &entry.record.id[..32.min(entry.record.id.len())])
 }
 
 /// The version a request is pinned to (`?shoal-object=<id hex>`), if

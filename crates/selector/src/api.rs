@@ -534,8 +534,13 @@ impl Selector {
             p if p.starts_with("/_shoal/") => text(StatusCode::NOT_FOUND, "unknown endpoint"),
             _ => {
                 let reserve = method == Method::GET;
-                self.redirect(path, query, host.as_deref(), client, reserve)
-                    .await
+                match self.not_modified(path, request.headers()).await {
+                    Some(response) => response,
+                    None => {
+                        self.redirect(path, query, host.as_deref(), client, reserve)
+                            .await
+                    }
+                }
             }
         };
         if method == Method::HEAD {
@@ -543,6 +548,48 @@ impl Selector {
             return Response::from_parts(parts, shoal_server::empty());
         }
         response
+    }
+
+    /// A client revalidating with the ETag of the version the mesh serves
+    /// (every cache sends the same one) gets its 304 here, without a
+    /// redirect. `None`: no `If-None-Match`, or another version.
+    async fn not_modified(
+        &self,
+        raw_path: &str,
+        headers: &http::HeaderMap,
+    ) -> Option<Response<Body>> {
+        let tags: Vec<String> = headers
+            .get_all(header::IF_NONE_MATCH)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|tag| tag.trim().trim_start_matches("W/").to_string())
+            .take(64)
+            .collect();
+        if tags.is_empty() {
+            return None;
+        }
+        let path = RequestPath::parse(raw_path).ok()?;
+        let view = self.node.view();
+        let known = tokio::time::timeout(
+            self.lookup_timeout,
+            self.directory
+                .object(&view, path.as_str(), &path.to_uri_path()),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        let Known::Object { etag, .. } = known else {
+            return None;
+        };
+        if !tags.iter().any(|t| t == &etag || t == "*") {
+            return None;
+        }
+        Response::builder()
+            .status(StatusCode::NOT_MODIFIED)
+            .header(header::ETAG, etag)
+            .body(shoal_server::empty())
+            .ok()
     }
 
     fn refuse(&self, Refusal(status, reason): Refusal) -> Response<Body> {
@@ -669,6 +716,7 @@ impl Selector {
                 id,
                 size_bytes,
                 piece_count,
+                ..
             }) => {
                 // A client still downloading keeps the version it began
                 // with (only for answers a client acts on).

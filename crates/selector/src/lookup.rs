@@ -37,6 +37,8 @@ pub enum Known {
         id: ObjectId,
         size_bytes: u64,
         piece_count: u64,
+        /// The version's ETag, as every cache sends it.
+        etag: String,
     },
     /// The origin forbids caching it.
     PassThrough,
@@ -208,6 +210,7 @@ impl Directory {
                         id,
                         size_bytes: record.size,
                         piece_count: record.size.div_ceil(piece_bytes),
+                        etag: shoal_cache::object::served_etag(&record),
                     };
                     // Whole seconds: the version may change up to a
                     // second before `fresh_until` says.

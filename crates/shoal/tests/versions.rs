@@ -585,3 +585,63 @@ fn a_file_changed_without_republishing_is_served_as_it_is_now() {
     let republished = published_id(root.path(), OBJECT);
     assert!(republished != first.header("x-shoal-object-id").unwrap());
 }
+
+#[test]
+fn an_etag_from_the_origin_or_any_cache_revalidates_anywhere_in_the_mesh() {
+    let root = tempfile::tempdir().unwrap();
+    let v1 = content(2 * MIB, 94);
+    let file = write_file(root.path(), OBJECT_FILE, &v1);
+    // Written a while ago: its validators are strong (RFC 9110 8.8.2.2).
+    let past = std::time::SystemTime::now() - Duration::from_secs(30);
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(past)
+        .unwrap();
+    publish(root.path());
+    let origin = start_origin(root.path());
+    let dir = tempfile::tempdir().unwrap();
+    let caches = start_three(&origin.url, dir.path(), &["--freshness-default-s", "600"]);
+    let selector = start_selector(dir.path(), &gossip_addr(&caches[0]), 8, 0);
+    wait_for_selector(&selector, 3);
+    let origin_etag = curl(&format!("{}{OBJECT}", origin.url), &["-I"])
+        .header("etag")
+        .unwrap()
+        .to_string();
+    let if_none_match = format!("If-None-Match: {origin_etag}");
+    for cache in &caches {
+        let got = curl(&format!("{}{OBJECT}", cache.url), &[]);
+        assert_eq!(
+            got.header("etag"),
+            Some(origin_etag.as_str()),
+            "{}",
+            cache.name
+        );
+        let again = curl(&format!("{}{OBJECT}", cache.url), &["-H", &if_none_match]);
+        assert_eq!(again.status, 304, "{}", cache.name);
+        assert!(again.body.is_empty());
+    }
+    // The selector agrees, and answers the revalidation itself.
+    let via = curl(
+        &format!("{}{OBJECT}", selector.url),
+        &["-H", &if_none_match],
+    );
+    assert_eq!(via.status, 304);
+    assert_eq!(via.header("etag"), Some(origin_etag.as_str()));
+    // A new version: the old tag no longer matches anywhere.
+    let v2 = with_piece_changed(&v1, 1, 6);
+    write_file(root.path(), OBJECT_FILE, &v2);
+    shoal_command(&[
+        "publish",
+        root.path().to_str().unwrap(),
+        "--notify",
+        &caches[0].url,
+    ]);
+    for cache in &caches {
+        let got = curl(&format!("{}{OBJECT}", cache.url), &["-H", &if_none_match]);
+        assert_eq!(got.status, 200, "{}", cache.name);
+        assert_eq!(sha(&got.body), sha(&v2));
+        assert_ne!(got.header("etag"), Some(origin_etag.as_str()));
+    }
+}
