@@ -757,8 +757,8 @@ impl Filler {
                                 // version are in doubt: start it afresh.
                                 entry.mark_hash_conflict();
                                 tracing::warn!(path = %entry.path, %error, "piece from origin does not match what the origin sent before (the file changed in place): not stored, not served; ingesting it afresh");
-                            } else if entry.mark_manifest_disproved() {
-                                tracing::warn!(path = %entry.path, %error, "piece from origin does not match the published manifest: not stored, not served; resolving the path again");
+                            } else if entry.mark_bad_piece(index) {
+                                tracing::warn!(path = %entry.path, %error, "piece from origin does not match the published manifest (the file changed without `shoal publish`, or was damaged): not stored, not served; the path is resolved again");
                             }
                             entry.invalidate();
                             RunFailure::Fatal(FillError::Corrupt(index))

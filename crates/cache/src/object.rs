@@ -141,8 +141,11 @@ pub struct ObjectEntry {
     /// Origin bytes disagreed with a learnt hash: the version's reference
     /// hashes (and pieces) are not to be trusted.
     hash_conflict: AtomicBool,
-    /// Origin bytes did not match the published manifest.
-    manifest_disproved: AtomicBool,
+    /// Pieces whose origin bytes failed the published manifest, and when:
+    /// requests needing them are refused before any header for a while
+    /// instead of fetching them again. Shared by every entry of the
+    /// version (re-probes make new entries).
+    bad_pieces: Arc<Mutex<std::collections::HashMap<u32, std::time::Instant>>>,
     created: std::time::Instant,
     /// Pieces an earlier version of the path holds with the same hash:
     /// copied from there when needed instead of fetched.
@@ -183,7 +186,7 @@ impl ObjectEntry {
             successor: Mutex::new(None),
             hashes_asked_at_ms: Default::default(),
             hash_conflict: AtomicBool::new(false),
-            manifest_disproved: AtomicBool::new(false),
+            bad_pieces: Arc::default(),
             created: std::time::Instant::now(),
             carried: Mutex::default(),
         })
@@ -221,6 +224,7 @@ impl ObjectEntry {
         )?;
         if entry.layout == self.layout {
             entry.learnt_hashes = self.learnt_hashes.clone();
+            entry.bad_pieces = self.bad_pieces.clone();
         }
         Ok(entry.carrying(lock(&self.carried).clone()))
     }
@@ -301,14 +305,28 @@ impl ObjectEntry {
         self.hash_conflict.load(Ordering::Relaxed)
     }
 
-    /// Records that origin bytes failed the published manifest; true the
-    /// first time (so it is logged once).
-    pub fn mark_manifest_disproved(&self) -> bool {
-        !self.manifest_disproved.swap(true, Ordering::Relaxed)
+    /// Records that the origin's bytes for `index` failed the published
+    /// manifest; true if it was not known already (so it is logged once).
+    pub fn mark_bad_piece(&self, index: PieceIndex) -> bool {
+        lock(&self.bad_pieces)
+            .insert(index.0, std::time::Instant::now())
+            .is_none()
     }
 
-    pub fn manifest_disproved(&self) -> bool {
-        self.manifest_disproved.load(Ordering::Relaxed)
+    /// The first of `pieces` whose origin bytes failed the manifest within
+    /// the last `retry_after` (after that, one fetch may try again).
+    pub fn known_bad_piece(
+        &self,
+        mut pieces: impl Iterator<Item = u32>,
+        retry_after: std::time::Duration,
+    ) -> Option<PieceIndex> {
+        let bad = lock(&self.bad_pieces);
+        if bad.is_empty() {
+            return None;
+        }
+        pieces
+            .find(|i| bad.get(i).is_some_and(|at| at.elapsed() < retry_after))
+            .map(PieceIndex)
     }
 
     pub fn invalidate(&self) {

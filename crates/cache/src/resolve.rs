@@ -57,10 +57,6 @@ pub struct Resolver {
     path_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Versions replaced at their path, still servable to pinned requests.
     retired: Mutex<Retired>,
-    /// Per path, a published manifest the origin's bytes did not match
-    /// (the file changed without a new `shoal publish`): not believed
-    /// again until another manifest is published.
-    disproved: Mutex<HashMap<String, ObjectId>>,
     /// When each path was last resolved again for a pinned request.
     pin_rechecks: Mutex<HashMap<String, std::time::Instant>>,
     /// Upper bound on entries kept in memory (records stay in the store).
@@ -79,8 +75,6 @@ pub struct Resolver {
 const SHIELDS_ASKED_MAX: usize = 2;
 /// Shortest time between two re-checks of a path for pinned requests.
 pub const PIN_RECHECK_MS: u64 = 1_000;
-/// Paths whose disproved manifest is remembered.
-const DISPROVED_PATHS_MAX: usize = 10_000;
 /// Replaced versions remembered for requests pinned to them.
 const RETIRED_VERSIONS_MAX: usize = 1_024;
 /// Paths whose last pin re-check time is remembered.
@@ -123,7 +117,6 @@ impl Resolver {
             path_locks: Mutex::new(HashMap::new()),
             pin_rechecks: Mutex::new(HashMap::new()),
             retired: Mutex::default(),
-            disproved: Mutex::default(),
             entries_max: 100_000,
             mesh,
             freshness_default_s,
@@ -218,12 +211,6 @@ impl Resolver {
         }
         if let Some(old) = known {
             self.stats.revalidations.fetch_add(1, Ordering::Relaxed);
-            if old.manifest_disproved() {
-                // The origin's bytes did not match the published manifest:
-                // until the publisher publishes again, that manifest is not
-                // believed for this path.
-                self.remember_disproved(path.as_str(), old.id);
-            }
             // An invalidated version is probed afresh (a 304 would prove
             // nothing); its pieces are dropped only if the id changed.
             let conditional = if old.is_invalidated() {
@@ -559,11 +546,7 @@ impl Resolver {
         let lifetime_s = self.lifetime_s(headers, now);
 
         let (manifest, manifest_validators) = self.fetch_manifest(path).await?;
-        let disproved = lock(&self.disproved).get(path.as_str()).copied();
         let manifest = manifest.filter(|m| {
-            if Some(m.id()) == disproved {
-                return false;
-            }
             let last_modified_s = header_unix_s(headers, header::LAST_MODIFIED);
             let size_ok = m.object_size() == size;
             let time_ok = match (m.validators().last_modified_unix_s, last_modified_s) {
@@ -804,16 +787,6 @@ impl Resolver {
         }
         if retired.by_id.insert(entry.id, entry.clone()).is_none() {
             retired.order.push_back(entry.id);
-        }
-    }
-
-    fn remember_disproved(&self, path: &str, manifest_id: ObjectId) {
-        let mut disproved = lock(&self.disproved);
-        if disproved.len() >= DISPROVED_PATHS_MAX && !disproved.contains_key(path) {
-            disproved.clear();
-        }
-        if disproved.insert(path.to_string(), manifest_id) != Some(manifest_id) {
-            tracing::warn!(path, manifest = %short(&manifest_id.to_hex()), "the origin's bytes do not match the published manifest (the file changed without `shoal publish`): serving it as unpublished until it is published again");
         }
     }
 

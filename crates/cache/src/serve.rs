@@ -55,6 +55,9 @@ pub const MANIFEST_PREFIX: &str = "/_shoal/manifest/";
 /// A multi-source client verifies pieces against them as it goes; every
 /// piece this cache has served is among them.
 pub const HASHES_PREFIX: &str = "/_shoal/hashes/";
+/// How long a piece whose origin bytes failed the manifest is refused
+/// without asking the origin again.
+const BAD_PIECE_RETRY_MS: u64 = 2_000;
 /// Chunks (pieces or parts of them) buffered between the piece reader and
 /// the socket, per response: enough to keep the socket busy, little memory.
 const BODY_CHUNKS_MAX: usize = 4;
@@ -877,6 +880,23 @@ impl CacheService {
                 return response;
             }
         };
+        // Pieces the origin just sent wrong bytes for: a clean error before
+        // any header, instead of a body cut at that piece.
+        let needed = segments.iter().flat_map(|s| match s {
+            Segment::Data(span) => entry.layout.pieces_covering(*span).into_iter().flatten(),
+            Segment::Literal(_) => None.into_iter().flatten(),
+        });
+        if let Some(bad) =
+            entry.known_bad_piece(needed, std::time::Duration::from_millis(BAD_PIECE_RETRY_MS))
+        {
+            return text_response(
+                StatusCode::BAD_GATEWAY,
+                &format!(
+                    "{}: the origin's bytes for piece {} do not match the published manifest (changed without `shoal publish`, or damaged): not served; publish it again\n",
+                    entry.path, bad.0
+                ),
+            );
+        }
         builder = builder
             .status(status)
             .header(header::CONTENT_LENGTH, content_length);

@@ -532,7 +532,7 @@ fn publish_notify_makes_the_mesh_serve_a_republished_file_at_once() {
 }
 
 #[test]
-fn a_file_changed_without_republishing_is_served_as_it_is_now() {
+fn a_file_changed_without_republishing_is_refused_cleanly_until_published_again() {
     let root = tempfile::tempdir().unwrap();
     let v1 = content(4 * MIB, 93);
     let file = write_file(root.path(), OBJECT_FILE, &v1);
@@ -555,7 +555,7 @@ fn a_file_changed_without_republishing_is_served_as_it_is_now() {
     assert_eq!(first.status, 206);
     assert!(first.body == v1[..MIB as usize]);
     // Changed in place, same size and mtime, no `shoal publish`: the
-    // manifest now lies about the file.
+    // manifest no longer describes the file, and nothing else says so.
     let mtime = std::fs::metadata(&file).unwrap().modified().unwrap();
     let v2 = with_piece_changed(&v1, 9, 4);
     std::fs::write(&file, &v2).unwrap();
@@ -565,25 +565,39 @@ fn a_file_changed_without_republishing_is_served_as_it_is_now() {
         .unwrap()
         .set_modified(mtime)
         .unwrap();
-    // A range into pieces the cache lacks: the first piece from the origin
-    // fails the manifest before any header is sent, so the cache resolves
-    // the path again and serves the file as it is now, as unpublished.
+    // A range whose first piece fails the manifest: a clean 502 before any
+    // header (never the unverified bytes), and again without asking the
+    // origin while the failure is fresh.
     let (from, to) = (9 * PIECE as usize, 11 * PIECE as usize);
-    let range = curl(&url, &["-r", &format!("{from}-{}", to - 1)]);
-    assert_eq!(range.status, 206);
-    assert!(range.body == v2[from..to]);
-    let whole = curl(&url, &[]);
-    assert_eq!(whole.status, 200);
-    assert_eq!(sha(&whole.body), sha(&v2));
-    assert_ne!(
-        whole.header("x-shoal-object-id"),
-        first.header("x-shoal-object-id")
+    let range = format!("{from}-{}", to - 1);
+    let refused = curl(&url, &["-r", &range]);
+    assert_eq!(refused.status, 502);
+    let origin_requests = stat(&cache.url, "origin_requests");
+    let again = curl(&url, &["-r", &range]);
+    assert_eq!(again.status, 502);
+    assert!(
+        String::from_utf8_lossy(&again.body).contains("publish it again"),
+        "{}",
+        String::from_utf8_lossy(&again.body)
     );
-    // Published again (forced: size and mtime did not change), the new
-    // manifest names another id, which the cache believes again.
+    assert_eq!(stat(&cache.url, "origin_requests"), origin_requests);
+    // What the manifest still describes is served.
+    assert!(curl(&url, &["-r", "0-1048575"]).body == v1[..MIB as usize]);
+    // Published again (forced: size and mtime did not change): the cache
+    // resolves the path again on the next failure and serves the new
+    // version, long before its freshness (600 s) runs out.
     shoal_command(&["publish", root.path().to_str().unwrap(), "--force"]);
     let republished = published_id(root.path(), OBJECT);
-    assert!(republished != first.header("x-shoal-object-id").unwrap());
+    wait_until("the republished version", Duration::from_secs(10), || {
+        let got = curl(&url, &["-r", &range]);
+        got.status == 206 && got.body == v2[from..to]
+    });
+    let whole = curl(&url, &[]);
+    assert_eq!(sha(&whole.body), sha(&v2));
+    assert_eq!(
+        whole.header("x-shoal-object-id"),
+        Some(republished.as_str())
+    );
 }
 
 #[test]
