@@ -1060,36 +1060,20 @@ fn text_header(headers: &HeaderMap, name: header::HeaderName) -> Option<String> 
 
 /// `If-None-Match` (else `If-Modified-Since`) for the published manifest.
 fn manifest_conditional_headers(record: &ObjectRecord) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    if let Some(etag) = record
-        .manifest_etag
-        .as_deref()
-        .and_then(|v| HeaderValue::from_str(v).ok())
-    {
-        headers.insert(header::IF_NONE_MATCH, etag);
-    } else if let Some(lm) = record
-        .manifest_last_modified
-        .as_deref()
-        .and_then(|v| HeaderValue::from_str(v).ok())
-    {
-        headers.insert(header::IF_MODIFIED_SINCE, lm);
-    }
-    headers
+    conditional_on(&record.manifest_etag, &record.manifest_last_modified)
 }
 
+/// `If-None-Match` (else `If-Modified-Since`) for the object.
 fn conditional_headers(record: &ObjectRecord) -> HeaderMap {
+    conditional_on(&record.origin_etag, &record.origin_last_modified)
+}
+
+fn conditional_on(etag: &Option<String>, last_modified: &Option<String>) -> HeaderMap {
+    let value = |v: &Option<String>| v.as_deref().and_then(|v| HeaderValue::from_str(v).ok());
     let mut headers = HeaderMap::new();
-    if let Some(etag) = record
-        .origin_etag
-        .as_deref()
-        .and_then(|v| HeaderValue::from_str(v).ok())
-    {
+    if let Some(etag) = value(etag) {
         headers.insert(header::IF_NONE_MATCH, etag);
-    } else if let Some(lm) = record
-        .origin_last_modified
-        .as_deref()
-        .and_then(|v| HeaderValue::from_str(v).ok())
-    {
+    } else if let Some(lm) = value(last_modified) {
         headers.insert(header::IF_MODIFIED_SINCE, lm);
     }
     headers

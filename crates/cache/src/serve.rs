@@ -213,11 +213,7 @@ impl CacheService {
     /// with other caches warming it) and answers a JSON report when done.
     async fn warm<B>(self: &Arc<Self>, request: &Request<B>, raw_path: &str) -> Response<Body> {
         if request.method() != Method::POST {
-            let mut response = text_response(StatusCode::METHOD_NOT_ALLOWED, "warm-up is a POST\n");
-            response
-                .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("POST"));
-            return response;
+            return post_only("warm-up is a POST\n");
         }
         if let Err(response) = self.authorize(request) {
             return response;
@@ -255,14 +251,7 @@ impl CacheService {
     /// `POST /_shoal/egress?bytes_per_s=N`.
     fn set_egress<B>(&self, request: &Request<B>) -> Response<Body> {
         if request.method() != Method::POST {
-            let mut response = text_response(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "setting the egress cap is a POST\n",
-            );
-            response
-                .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("POST"));
-            return response;
+            return post_only("setting the egress cap is a POST\n");
         }
         if let Err(response) = self.authorize(request) {
             return response;
@@ -300,11 +289,7 @@ impl CacheService {
     /// before they serve again.
     async fn purge<B>(self: &Arc<Self>, request: &Request<B>) -> Response<Body> {
         if request.method() != Method::POST {
-            let mut response = text_response(StatusCode::METHOD_NOT_ALLOWED, "a purge is a POST\n");
-            response
-                .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("POST"));
-            return response;
+            return post_only("a purge is a POST\n");
         }
         if let Err(response) = self.authorize(request) {
             return response;
@@ -1246,6 +1231,15 @@ impl CacheService {
             _ => text_response(StatusCode::NOT_FOUND, "unknown internal endpoint\n"),
         }
     }
+}
+
+/// 405 for an operator endpoint asked with another method than POST.
+fn post_only(text: &str) -> Response<Body> {
+    let mut response = text_response(StatusCode::METHOD_NOT_ALLOWED, text);
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("POST"));
+    response
 }
 
 /// `"<first 32 hex digits of the id>"`: the tag a version has when its

@@ -31,49 +31,6 @@ fn start_caches(origin_url: &str, dir: &Path, names: &[&str], mbps: &str) -> Vec
     caches
 }
 
-fn start_selector(dir: &Path, seed: &str, bitrate_mbps: u32) -> Proc {
-    let config = dir.join("selector.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:0\"\n[mesh]\ngossip = \"127.0.0.1:0\"\nseeds = [\"{seed}\"]\ngossip_interval_ms = 200\n[[service]]\nname = \"all\"\npath_prefix = \"/\"\nbitrate_mbps = {bitrate_mbps}\nheadroom = 1.5\n"
-        ),
-    )
-    .unwrap();
-    let selector = start_shoal(
-        &["selector", "--config", config.to_str().unwrap()],
-        &[("SHOAL_SELECTOR_MESH__CLUSTER_SECRET", CLUSTER_SECRET)],
-    );
-    wait_until(
-        "the selector sees the caches",
-        Duration::from_secs(20),
-        || {
-            let mesh = curl(&format!("{}/_shoal/mesh", selector.url), &[]);
-            serde_json::from_slice::<serde_json::Value>(&mesh.body)
-                .ok()
-                .and_then(|v| v["caches"].as_array().map(Vec::len))
-                .unwrap_or(0)
-                > 0
-        },
-    );
-    selector
-}
-
-/// Waits until `selector` sees `caches` caches.
-fn wait_for_selector(selector: &Proc, caches: usize) {
-    wait_until(
-        "the selector sees the caches",
-        Duration::from_secs(20),
-        || {
-            let mesh = curl(&format!("{}/_shoal/mesh", selector.url), &[]);
-            serde_json::from_slice::<serde_json::Value>(&mesh.body)
-                .ok()
-                .and_then(|v| v["caches"].as_array().map(Vec::len))
-                == Some(caches)
-        },
-    );
-}
-
 fn get_command(url: &str, out: &Path, extra: &[&str]) -> Command {
     let mut command = Command::new(shoal_bin());
     command
@@ -119,7 +76,7 @@ fn a_selector_plan_is_blended_over_several_caches_and_verified() {
     let origin = start_origin(root.path());
     let dir = tempfile::tempdir().unwrap();
     let caches = start_caches(&origin.url, dir.path(), &["c1", "c2", "c3"], "400");
-    let selector = start_selector(dir.path(), &gossip_addr(&caches[0]), 100);
+    let selector = start_selector(dir.path(), &gossip_addr(&caches[0]), 100, "");
     wait_for_selector(&selector, 3);
     let out = dir.path().join("film.mp4");
     let output = get_command(&format!("{}/video/film.mp4", selector.url), &out, &[])
@@ -149,7 +106,7 @@ fn a_cache_killed_mid_download_does_not_stop_it() {
     let dir = tempfile::tempdir().unwrap();
     // 3 caches at 100 Mbit/s each: ~1.3 s at full speed, plenty to kill in.
     let mut caches = start_caches(&origin.url, dir.path(), &["k1", "k2", "k3"], "100");
-    let selector = start_selector(dir.path(), &gossip_addr(&caches[0]), 100);
+    let selector = start_selector(dir.path(), &gossip_addr(&caches[0]), 100, "");
     wait_for_selector(&selector, 3);
     let out = dir.path().join("big.bin");
     let child = get_command(&format!("{}/big.bin", selector.url), &out, &[])
@@ -619,7 +576,7 @@ fn an_unpublished_object_is_verified_against_the_hashes_the_caches_learnt() {
     let (nginx, _nginx_dir) = start_nginx(root.path(), "");
     let dir = tempfile::tempdir().unwrap();
     let caches = start_caches(&nginx.url, dir.path(), &["u1", "u2", "u3"], "400");
-    let selector = start_selector(dir.path(), &gossip_addr(&caches[0]), 100);
+    let selector = start_selector(dir.path(), &gossip_addr(&caches[0]), 100, "");
     wait_for_selector(&selector, 3);
     let out = dir.path().join("capture.mkv");
     let output = get_command(&format!("{}/raw/capture.mkv", selector.url), &out, &[])
@@ -662,7 +619,7 @@ fn an_unpublished_object_every_cache_holds_whole_is_fetched_through_the_selector
         assert_eq!(manifest.status, 200);
         assert_eq!(manifest.header("x-shoal-manifest"), Some("built"));
     }
-    let selector = start_selector(dir.path(), &gossip_addr(&caches[0]), 100);
+    let selector = start_selector(dir.path(), &gossip_addr(&caches[0]), 100, "");
     wait_for_selector(&selector, 3);
     let out = dir.path().join("obj.bin");
     let output = get_command(&format!("{}/obj.bin", selector.url), &out, &[])

@@ -193,37 +193,6 @@ fn a_republished_file_reaches_every_cache_within_the_origins_max_age() {
     }
 }
 
-/// A selector over the test mesh (every path, `bitrate_mbps` committed;
-/// a client keeps its version while it asks within `affinity_s`).
-fn start_selector(dir: &Path, seed: &str, bitrate_mbps: u32, affinity_s: u32) -> Proc {
-    let config = dir.join("selector.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:0\"\nversion_affinity_s = {affinity_s}\n[mesh]\ngossip = \"127.0.0.1:0\"\nseeds = [\"{seed}\"]\ngossip_interval_ms = 200\n[[service]]\nname = \"all\"\npath_prefix = \"/\"\nbitrate_mbps = {bitrate_mbps}\nheadroom = 1.5\n"
-        ),
-    )
-    .unwrap();
-    start_shoal(
-        &["selector", "--config", config.to_str().unwrap()],
-        &[("SHOAL_SELECTOR_MESH__CLUSTER_SECRET", CLUSTER_SECRET)],
-    )
-}
-
-fn wait_for_selector(selector: &Proc, caches: usize) {
-    wait_until(
-        "the selector sees the caches",
-        Duration::from_secs(20),
-        || {
-            let mesh = curl(&format!("{}/_shoal/mesh", selector.url), &[]);
-            serde_json::from_slice::<serde_json::Value>(&mesh.body)
-                .ok()
-                .and_then(|v| v["caches"].as_array().map(Vec::len))
-                == Some(caches)
-        },
-    );
-}
-
 /// aria2c through the selector: it follows the redirect and blends the
 /// `Link: rel=duplicate` mirrors (`-x8 -s8 -k1M`); `None` if it gave up.
 fn aria2c_via(url: &str, from: &str) -> Option<Vec<u8>> {
@@ -299,7 +268,7 @@ fn republishing_while_caches_restart_never_hands_a_client_two_versions() {
     // Each round's clients come from their own address: the selector
     // keeps a client's version while it keeps asking (aria2c opens later
     // connections on the selector's URL), and moves the next round on.
-    let selector = start_selector(dir.path(), &gossips[0], 40, 2);
+    let selector = start_selector(dir.path(), &gossips[0], 40, "version_affinity_s = 2");
     wait_for_selector(&selector, 3);
     let url = format!("{}{OBJECT}", selector.url);
 
@@ -417,12 +386,7 @@ fn a_purge_reaches_every_cache_and_one_that_was_down_does_not_serve_the_purged_v
     let mtime = std::fs::metadata(&file).unwrap().modified().unwrap();
     let v2 = with_piece_changed(&v1, 2, 9);
     std::fs::write(&file, &v2).unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(&file)
-        .unwrap()
-        .set_modified(mtime)
-        .unwrap();
+    set_mtime(&file, mtime);
     for cache in &caches {
         assert_eq!(
             sha(&curl(&format!("{}{OBJECT}", cache.url), &[]).body),
@@ -559,12 +523,7 @@ fn a_file_changed_without_republishing_is_refused_cleanly_until_published_again(
     let mtime = std::fs::metadata(&file).unwrap().modified().unwrap();
     let v2 = with_piece_changed(&v1, 9, 4);
     std::fs::write(&file, &v2).unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(&file)
-        .unwrap()
-        .set_modified(mtime)
-        .unwrap();
+    set_mtime(&file, mtime);
     // A range whose first piece fails the manifest: a clean 502 before any
     // header (never the unverified bytes), and again without asking the
     // origin while the failure is fresh.
@@ -607,17 +566,17 @@ fn an_etag_from_the_origin_or_any_cache_revalidates_anywhere_in_the_mesh() {
     let file = write_file(root.path(), OBJECT_FILE, &v1);
     // Written a while ago: its validators are strong (RFC 9110 8.8.2.2).
     let past = std::time::SystemTime::now() - Duration::from_secs(30);
-    std::fs::File::options()
-        .write(true)
-        .open(&file)
-        .unwrap()
-        .set_modified(past)
-        .unwrap();
+    set_mtime(&file, past);
     publish(root.path());
     let origin = start_origin(root.path());
     let dir = tempfile::tempdir().unwrap();
     let caches = start_three(&origin.url, dir.path(), &["--freshness-default-s", "600"]);
-    let selector = start_selector(dir.path(), &gossip_addr(&caches[0]), 8, 0);
+    let selector = start_selector(
+        dir.path(),
+        &gossip_addr(&caches[0]),
+        8,
+        "version_affinity_s = 0",
+    );
     wait_for_selector(&selector, 3);
     let origin_etag = curl(&format!("{}{OBJECT}", origin.url), &["-I"])
         .header("etag")

@@ -482,3 +482,47 @@ pub fn stable_stat(cache_url: &str, name: &str) -> u64 {
         last = now;
     }
 }
+
+/// A selector over a test mesh: one delivery service for every path with
+/// `bitrate_mbps` committed; `extra_toml` adds top-level settings. Does not
+/// wait for it to see the caches (see [`wait_for_selector`]).
+pub fn start_selector(dir: &Path, seed: &str, bitrate_mbps: u32, extra_toml: &str) -> Proc {
+    let config = dir.join("selector.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\n{extra_toml}\n[mesh]\ngossip = \"127.0.0.1:0\"\nseeds = [\"{seed}\"]\ngossip_interval_ms = 200\n[[service]]\nname = \"all\"\npath_prefix = \"/\"\nbitrate_mbps = {bitrate_mbps}\nheadroom = 1.5\n"
+        ),
+    )
+    .unwrap();
+    start_shoal(
+        &["selector", "--config", config.to_str().unwrap()],
+        &[("SHOAL_SELECTOR_MESH__CLUSTER_SECRET", CLUSTER_SECRET)],
+    )
+}
+
+/// Waits until `selector` sees exactly `caches` caches.
+pub fn wait_for_selector(selector: &Proc, caches: usize) {
+    wait_until(
+        "the selector sees the caches",
+        Duration::from_secs(20),
+        || {
+            let mesh = curl(&format!("{}/_shoal/mesh", selector.url), &[]);
+            serde_json::from_slice::<serde_json::Value>(&mesh.body)
+                .ok()
+                .and_then(|v| v["caches"].as_array().map(Vec::len))
+                == Some(caches)
+        },
+    );
+}
+
+/// Sets a file's modification time (to change a file "in place", keeping
+/// its validators).
+pub fn set_mtime(file: &Path, mtime: std::time::SystemTime) {
+    std::fs::File::options()
+        .write(true)
+        .open(file)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+}
