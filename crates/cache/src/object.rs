@@ -306,11 +306,13 @@ impl ObjectEntry {
     }
 
     /// Records that the origin's bytes for `index` failed the published
-    /// manifest; true if it was not known already (so it is logged once).
+    /// manifest; true the first time for this version (so it is logged
+    /// once, however many pieces turn out bad).
     pub fn mark_bad_piece(&self, index: PieceIndex) -> bool {
-        lock(&self.bad_pieces)
-            .insert(index.0, std::time::Instant::now())
-            .is_none()
+        let mut bad = lock(&self.bad_pieces);
+        let first = bad.is_empty();
+        bad.insert(index.0, std::time::Instant::now());
+        first
     }
 
     /// The first of `pieces` whose origin bytes failed the manifest within
@@ -395,5 +397,76 @@ impl ObjectEntry {
             .get(index.0 as usize)
             .copied()
             .flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(etag: Option<&str>, last_modified: Option<&str>, strong: bool) -> ObjectRecord {
+        ObjectRecord {
+            format: RECORD_FORMAT,
+            id: "ab".repeat(32),
+            size: 1 << 20,
+            piece_size_log2: 18,
+            published: true,
+            origin_etag: etag.map(str::to_string),
+            origin_last_modified: last_modified.map(str::to_string),
+            content_type: None,
+            cache_control: None,
+            fresh_until_unix_s: 0,
+            manifest_etag: None,
+            manifest_last_modified: None,
+            manifest_validators_strong: false,
+            origin_validators_strong: strong,
+        }
+    }
+
+    #[test]
+    fn the_served_etag_is_the_origins_only_when_strong() {
+        let lm = Some("Tue, 01 Dec 2026 07:00:00 GMT");
+        let id_tag = format!("\"{}\"", "ab".repeat(16));
+        assert_eq!(served_etag(&record(Some("\"o1\""), lm, true)), "\"o1\"");
+        // An mtime tag seen within its second may name two contents.
+        assert_eq!(served_etag(&record(Some("\"o1\""), lm, false)), id_tag);
+        assert_eq!(served_etag(&record(Some("W/\"o1\""), lm, true)), id_tag);
+        // Without a modification time, the tag is content-based.
+        assert_eq!(served_etag(&record(Some("\"o1\""), None, false)), "\"o1\"");
+        assert_eq!(served_etag(&record(None, lm, true)), id_tag);
+    }
+
+    #[test]
+    fn carried_pieces_are_handed_out_once_and_bad_pieces_expire() {
+        let entry = ObjectEntry::new("/a".into(), "/a".into(), record(None, None, false), None)
+            .unwrap()
+            .carrying(
+                [(
+                    2,
+                    shoal_store::PieceKey {
+                        object: ObjectId([7; 32]),
+                        index: PieceIndex(5),
+                    },
+                )]
+                .into(),
+            );
+        assert!(entry.is_carried(PieceIndex(2)));
+        assert_eq!(
+            entry.take_carried(PieceIndex(2)).unwrap().index,
+            PieceIndex(5)
+        );
+        assert!(entry.take_carried(PieceIndex(2)).is_none());
+        assert!(entry.mark_bad_piece(PieceIndex(3)));
+        assert!(
+            !entry.mark_bad_piece(PieceIndex(1)),
+            "logged once per version"
+        );
+        let long = std::time::Duration::from_secs(60);
+        assert_eq!(entry.known_bad_piece(0..4, long), Some(PieceIndex(1)));
+        assert_eq!(entry.known_bad_piece(4..9, long), None);
+        assert_eq!(entry.known_bad_piece(0..4, std::time::Duration::ZERO), None);
+        // A fresher record of the same version shares what was learnt.
+        let fresher = entry.with_record(record(None, None, true)).unwrap();
+        assert_eq!(fresher.known_bad_piece(3..4, long), Some(PieceIndex(3)));
     }
 }

@@ -1320,3 +1320,27 @@ fn internal_error() -> Response<Body> {
     *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pin_is_one_object_id_or_a_400() {
+        let id = "cd".repeat(32);
+        assert_eq!(pinned_version(None).unwrap(), None);
+        assert_eq!(pinned_version(Some("a=1")).unwrap(), None);
+        assert_eq!(
+            pinned_version(Some(&format!("a=1&shoal-object={id}"))).unwrap(),
+            Some(ObjectId([0xcd; 32]))
+        );
+        for bad in [
+            "shoal-object=zz".to_string(),
+            "shoal-object=".to_string(),
+            format!("shoal-object={id}&shoal-object={id}"),
+        ] {
+            let refused = pinned_version(Some(&bad)).unwrap_err();
+            assert_eq!(refused.status(), StatusCode::BAD_REQUEST, "{bad}");
+        }
+    }
+}
