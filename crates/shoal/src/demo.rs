@@ -9,8 +9,11 @@
 //! checks every byte against the source, shows how many bytes moved
 //! between caches and how few came from the origin; then starts a selector
 //! and shows which caches four viewers are sent to and why, a redirect with
-//! its duplicate links, and a multi-source `shoal get` through it; and
-//! keeps serving so a person can try the URLs with curl.
+//! its duplicate links, and a multi-source `shoal get` through it; then
+//! republishes the video with a few bytes changed (`publish --notify`) and
+//! shows every cache serving the new version at once, only the changed
+//! piece fetched again; and keeps serving so a person can try the URLs
+//! with curl.
 
 use anyhow::{ensure, Context};
 use shoal_core::ByteSize;
@@ -300,6 +303,10 @@ pub async fn run(video_size: ByteSize, once: bool, cache_port: u16) -> anyhow::R
         .sum();
     println!("  pieces refused as corrupt: {corrupt}");
 
+    // 6. A new version: a few bytes of the video change and it is
+    //    published again with a notice to the mesh.
+    republish(&client, &caches, &root, &samples[0], &secret).await?;
+
     let first = &caches[0].url;
     println!("\ntry:");
     println!("  curl -o /dev/null {first}/videos/feature.mp4");
@@ -529,6 +536,77 @@ async fn show_selector_choices(
         parts.join(", ")
     );
     let _ = std::fs::remove_file(&out);
+    Ok(())
+}
+
+/// Changes 4 KiB in the middle of `video`, publishes it again and tells the
+/// mesh (`publish --notify`), then waits until every cache names the new
+/// version and checks its bytes: only the changed piece crosses from the
+/// origin, the rest is copied from the version the caches held.
+async fn republish(
+    client: &reqwest::Client,
+    caches: &[DemoCache],
+    root: &Path,
+    video: &Sample,
+    secret: &str,
+) -> anyhow::Result<()> {
+    use std::io::{Seek, Write};
+    let path = root.join(video.path);
+    let mut file = std::fs::OpenOptions::new().write(true).open(&path)?;
+    file.seek(std::io::SeekFrom::Start(video.size / 2))?;
+    file.write_all(&[0xA5; 4096])?;
+    drop(file);
+    let origin_bytes = || -> u64 {
+        caches
+            .iter()
+            .map(|c| c.service.stats_snapshot().origin_bytes)
+            .sum()
+    };
+    let before = origin_bytes();
+    let started = Instant::now();
+    let report = shoal_origin::publish(root, &Default::default())?;
+    // The demo keeps its other files unpublished (both integrity modes).
+    let video_path = format!("/{}", video.path);
+    for other in report.published_paths.iter().filter(|p| **p != video_path) {
+        let _ = std::fs::remove_file(root.join(format!(".shoal/manifests{other}.shoalmf")));
+    }
+    println!("\nrepublish {video_path} (4 KiB changed):");
+    crate::warm::notify_published(&[caches[0].url.clone()], secret, &[video_path.clone()]).await?;
+    let manifest_file = root.join(format!(".shoal/manifests/{}.shoalmf", video.path));
+    let id = shoal_core::Manifest::decode(&std::fs::read(manifest_file)?)?
+        .id()
+        .to_hex();
+    for cache in caches {
+        loop {
+            let head = client
+                .head(format!("{}/{}", cache.url, video.path))
+                .send()
+                .await?;
+            let named = head
+                .headers()
+                .get("x-shoal-object-id")
+                .and_then(|v| v.to_str().ok());
+            if named == Some(id.as_str()) {
+                break;
+            }
+            ensure!(
+                started.elapsed().as_secs() < 20,
+                "{} did not serve the new version within 20 s",
+                cache.name
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    println!(
+        "  every cache serves the new version {} after {:.2} s",
+        &id[..16],
+        started.elapsed().as_secs_f64(),
+    );
+    download(client, &caches[1].url, video, root, "new version,").await?;
+    println!(
+        "  the origin sent {:.2} MiB for the new version: the rest was copied from the old one",
+        (origin_bytes() - before) as f64 / (1u64 << 20) as f64
+    );
     Ok(())
 }
 
