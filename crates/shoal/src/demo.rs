@@ -571,7 +571,12 @@ async fn republish(
         let _ = std::fs::remove_file(root.join(format!(".shoal/manifests{other}.shoalmf")));
     }
     println!("\nrepublish {video_path} (4 KiB changed):");
-    crate::warm::notify_published(&[caches[0].url.clone()], secret, &[video_path.clone()]).await?;
+    crate::warm::notify_published(
+        &[caches[0].url.clone()],
+        secret,
+        std::slice::from_ref(&video_path),
+    )
+    .await?;
     let manifest_file = root.join(format!(".shoal/manifests/{}.shoalmf", video.path));
     let id = shoal_core::Manifest::decode(&std::fs::read(manifest_file)?)?
         .id()
