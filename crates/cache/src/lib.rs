@@ -360,6 +360,18 @@ impl BoundCache {
                 .catch_up_purges(std::time::Duration::from_millis(PURGE_CATCH_UP_WAIT_MS))
                 .await;
         }
+        if let Some(mesh) = &self.service.mesh {
+            let head = self
+                .service
+                .purges
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .newest_id();
+            if let Some(head) = head {
+                mesh.node.set_purge_head(head);
+            }
+        }
+        let follower = tokio::spawn(self.service.clone().follow_purges());
         let service = self.service.clone();
         let mesh = self.service.mesh.clone();
         // Peers hear we are draining while we still serve, then we stop.
@@ -377,6 +389,7 @@ impl BoundCache {
                 shutdown,
             )
             .await;
+        follower.abort();
         if let Some(mesh) = &self.service.mesh {
             mesh.node.leave().await;
         }

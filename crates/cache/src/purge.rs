@@ -202,6 +202,15 @@ impl PurgeLog {
         true
     }
 
+    /// The id of the newest event (latest time; the larger id on a tie):
+    /// what a cache announces in gossip.
+    pub fn newest_id(&self) -> Option<u64> {
+        self.events
+            .iter()
+            .max_by_key(|e| (e.at_unix_ms, e.id))
+            .map(|e| e.id)
+    }
+
     /// The latest time of any event (0 when empty).
     pub fn newest_at_ms(&self) -> u64 {
         self.events.iter().map(|e| e.at_unix_ms).max().unwrap_or(0)

@@ -55,6 +55,8 @@ pub const MANIFEST_PREFIX: &str = "/_shoal/manifest/";
 /// A multi-source client verifies pieces against them as it goes; every
 /// piece this cache has served is among them.
 pub const HASHES_PREFIX: &str = "/_shoal/hashes/";
+/// How long before a member is asked again about a purge it announces.
+const PURGE_ASK_AGAIN: std::time::Duration = std::time::Duration::from_secs(5);
 /// How long a piece whose origin bytes failed the manifest is refused
 /// without asking the origin again.
 const BAD_PIECE_RETRY_MS: u64 = 2_000;
@@ -367,6 +369,9 @@ impl CacheService {
         let paths = self.resolver.apply_purge(event).await;
         self.stats.purges.fetch_add(1, Ordering::Relaxed);
         let log = lock(&self.purges).clone();
+        if let (Some(mesh), Some(head)) = (&self.mesh, log.newest_id()) {
+            mesh.node.set_purge_head(head);
+        }
         if let Err(error) = log.save(&self.data_dir) {
             tracing::warn!(%error, "could not save the purge log");
         }
@@ -379,52 +384,17 @@ impl CacheService {
     pub async fn catch_up_purges(&self, wait: std::time::Duration) {
         let Some(mesh) = &self.mesh else { return };
         let deadline = tokio::time::Instant::now() + wait;
-        let since = lock(&self.purges)
-            .newest_at_ms()
-            .saturating_sub(crate::purge::CATCH_UP_SLACK_MS);
         loop {
             let view = mesh.node.view();
-            let others: Vec<_> = view
+            for member in view
                 .members
                 .iter()
                 .filter(|m| m.node_id != view.self_id)
-                .cloned()
-                .collect();
-            let mut caught_up = false;
-            for member in others.iter().take(2) {
-                match mesh.purges_since(member, since).await {
-                    Ok(answer) => {
-                        let mut applied = 0;
-                        for event in &answer.events {
-                            if !lock(&self.purges).contains(event.id) {
-                                self.apply_purge(event).await;
-                                applied += 1;
-                            }
-                        }
-                        let newest_known = lock(&self.purges).newest_at_ms();
-                        if answer.trimmed_before_ms.is_some_and(|t| t > newest_known) {
-                            // It forgot events we may have missed: every
-                            // stored path is revalidated.
-                            tracing::warn!(peer = %member.node_id, "purge log of the peer is shorter than our absence: revalidating every stored path");
-                            let event = crate::purge::PurgeEvent {
-                                id: u64::from(newest_known as u32) ^ 0x5eed_0000_0000_0000,
-                                at_unix_ms: newest_known,
-                                target: crate::purge::PurgeTarget::Prefix("/".into()),
-                                soft: true,
-                            };
-                            self.resolver.apply_purge(&event).await;
-                        }
-                        tracing::info!(peer = %member.node_id, applied, "purge log caught up");
-                        caught_up = true;
-                        break;
-                    }
-                    Err(error) => {
-                        tracing::warn!(peer = %member.node_id, %error, "could not read a peer's purge log")
-                    }
+                .take(2)
+            {
+                if self.catch_up_from(mesh, member).await.is_ok() {
+                    return;
                 }
-            }
-            if caught_up {
-                return;
             }
             if tokio::time::Instant::now() >= deadline {
                 tracing::warn!(
@@ -433,6 +403,82 @@ impl CacheService {
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Applies the purge events `member` knows and this cache does not.
+    async fn catch_up_from(
+        &self,
+        mesh: &MeshLink,
+        member: &shoal_mesh::Member,
+    ) -> Result<(), crate::peer::PeerError> {
+        let since = lock(&self.purges)
+            .newest_at_ms()
+            .saturating_sub(crate::purge::CATCH_UP_SLACK_MS);
+        let answer = mesh
+            .purges_since(member, since)
+            .await
+            .inspect_err(|error| {
+                tracing::warn!(peer = %member.node_id, %error, "could not read a peer's purge log");
+            })?;
+        let mut applied = 0;
+        for event in &answer.events {
+            if !lock(&self.purges).contains(event.id) {
+                self.apply_purge(event).await;
+                applied += 1;
+            }
+        }
+        let newest_known = lock(&self.purges).newest_at_ms();
+        if answer.trimmed_before_ms.is_some_and(|t| t > newest_known) {
+            // It forgot events we may have missed: every stored path is
+            // revalidated.
+            tracing::warn!(peer = %member.node_id, "purge log of the peer is shorter than our absence: revalidating every stored path");
+            let event = crate::purge::PurgeEvent {
+                id: u64::from(newest_known as u32) ^ 0x5eed_0000_0000_0000,
+                at_unix_ms: newest_known,
+                target: crate::purge::PurgeTarget::Prefix("/".into()),
+                soft: true,
+            };
+            self.resolver.apply_purge(&event).await;
+        }
+        tracing::info!(peer = %member.node_id, applied, "purge log caught up");
+        Ok(())
+    }
+
+    /// Follows the gossip: a member announcing a purge this cache has not
+    /// applied (its fan-out missed us: a network blip, a restart) is asked
+    /// for its log. Each (member, purge) is asked about at most every few
+    /// seconds.
+    pub async fn follow_purges(self: Arc<Self>) {
+        let Some(mesh) = self.mesh.clone() else {
+            return;
+        };
+        let mut views = mesh.node.watch();
+        let mut asked: std::collections::HashMap<(String, u64), std::time::Instant> =
+            Default::default();
+        loop {
+            let view = views.borrow_and_update().clone();
+            for member in view.members.iter().filter(|m| m.node_id != view.self_id) {
+                let Some(head) = member.purge_head else {
+                    continue;
+                };
+                if lock(&self.purges).contains(head) {
+                    continue;
+                }
+                let key = (member.node_id.clone(), head);
+                if asked
+                    .get(&key)
+                    .is_some_and(|at| at.elapsed() < PURGE_ASK_AGAIN)
+                {
+                    continue;
+                }
+                asked.insert(key, std::time::Instant::now());
+                let _ = self.catch_up_from(&mesh, member).await;
+            }
+            asked.retain(|_, at| at.elapsed() < PURGE_ASK_AGAIN);
+            if views.changed().await.is_err() {
+                return;
+            }
         }
     }
 

@@ -149,6 +149,8 @@ pub struct MeshNode {
     gossip_interval: Duration,
     draining: Arc<std::sync::atomic::AtomicBool>,
     egress_cap_bps: Arc<AtomicU64>,
+    /// The newest purge applied here (0: none), gossiped.
+    purge_head: Arc<AtomicU64>,
 }
 
 impl MeshNode {
@@ -238,6 +240,7 @@ impl MeshNode {
             cost_per_gb_microusd: config.cost_per_gb_microusd,
             health: Health::Ok,
             summary: None,
+            purge_head: None,
         };
         let own_members = if observer { vec![] } else { vec![self_member] };
         let (view_sender, view) = watch::channel(Arc::new(MeshView::new(
@@ -248,6 +251,7 @@ impl MeshNode {
         let chitchat = handle.chitchat();
         let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let egress_cap_bps = Arc::new(AtomicU64::new(config.egress_cap_bps));
+        let purge_head = Arc::new(AtomicU64::new(0));
         let mut tasks = Vec::new();
         if !observer {
             tasks.push(tokio::spawn(publish_state(
@@ -255,6 +259,7 @@ impl MeshNode {
                 local,
                 egress_cap_bps.clone(),
                 draining.clone(),
+                purge_head.clone(),
             )));
         }
         let watcher = {
@@ -289,6 +294,7 @@ impl MeshNode {
             gossip_interval: interval,
             draining,
             egress_cap_bps,
+            purge_head,
         }))
     }
 
@@ -310,6 +316,12 @@ impl MeshNode {
     /// next state update (within a second).
     pub fn set_egress_cap_bps(&self, bps: u64) {
         self.egress_cap_bps.store(bps, Ordering::Relaxed);
+    }
+
+    /// Announces the newest purge applied here (published within a
+    /// second).
+    pub fn set_purge_head(&self, id: u64) {
+        self.purge_head.store(id, Ordering::Relaxed);
     }
 
     /// Gossip datagrams dropped as unauthentic or malformed.
@@ -415,6 +427,7 @@ async fn publish_state(
     local: Arc<dyn LocalState>,
     egress_cap_bps: Arc<AtomicU64>,
     draining: Arc<std::sync::atomic::AtomicBool>,
+    purge_head: Arc<AtomicU64>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(STATE_INTERVAL_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -449,6 +462,10 @@ async fn publish_state(
         me.set(keys::EGRESS_BPS, egress);
         me.set(keys::EGRESS_CAP_BPS, cap);
         me.set(keys::HEALTH, health.as_str());
+        let purge = purge_head.load(Ordering::Relaxed);
+        if purge != 0 {
+            me.set(keys::PURGE_HEAD, format!("{purge:016x}"));
+        }
         match summary {
             Some(Some(text)) => me.set(keys::OBJECTS, text),
             Some(None) if me.get(keys::OBJECTS).is_some() => me.delete(keys::OBJECTS),

@@ -25,6 +25,9 @@ pub mod keys {
     /// `cache` (or absent) for a cache; `selector` for a control-plane
     /// observer, which is never a member of the view.
     pub const ROLE: &str = "role";
+    /// The id (16 hex digits) of the newest purge a cache has applied: a
+    /// member that sees one it does not know catches up from its peer.
+    pub const PURGE_HEAD: &str = "purge";
 }
 
 /// Values of [`keys::ROLE`].
@@ -78,6 +81,8 @@ pub struct Member {
     pub cost_per_gb_microusd: u64,
     pub health: Health,
     pub summary: Option<Arc<ObjectSummary>>,
+    /// The newest purge it has applied (see [`keys::PURGE_HEAD`]).
+    pub purge_head: Option<u64>,
 }
 
 impl Member {
@@ -123,6 +128,8 @@ impl Member {
             cost_per_gb_microusd: number(keys::COST_PER_GB_MICROUSD)?,
             health: Health::parse(get(keys::HEALTH)?)?,
             summary,
+            // Optional: a malformed one is ignored, not fatal.
+            purge_head: get(keys::PURGE_HEAD).and_then(|v| u64::from_str_radix(v, 16).ok()),
         })
     }
 }
@@ -250,6 +257,7 @@ mod tests {
             cost_per_gb_microusd: 10,
             health,
             summary: None,
+            purge_head: None,
         }
     }
 

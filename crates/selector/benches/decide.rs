@@ -42,6 +42,7 @@ fn main() {
                 Health::Ok
             },
             summary: None,
+            purge_head: None,
         })
         .collect();
     let service = DeliveryService {

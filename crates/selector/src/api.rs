@@ -123,6 +123,9 @@ pub struct Selector {
     lookup_timeout: std::time::Duration,
     reservations: Reservations,
     affinity: crate::affinity::VersionAffinity,
+    /// The purges the caches last announced (a digest): when it changes,
+    /// what shields said about paths may be stale.
+    purges_seen: std::sync::atomic::AtomicU64,
     services: ServiceTable,
     zones: Option<Zones>,
     node: Arc<MeshNode>,
@@ -231,6 +234,7 @@ impl BoundSelector {
             affinity: crate::affinity::VersionAffinity::new(std::time::Duration::from_secs(
                 config.version_affinity_s,
             )),
+            purges_seen: Default::default(),
             services: ServiceTable::new(config.effective_services()),
             zones,
             node,
@@ -550,6 +554,23 @@ impl Selector {
         response
     }
 
+    /// A purge anywhere in the mesh (a cache announces a new newest purge
+    /// in gossip) drops every remembered lookup: the next request asks the
+    /// shield again.
+    fn forget_lookups_after_purges(&self, view: &shoal_mesh::MeshView) {
+        let digest = view
+            .members
+            .iter()
+            .filter_map(|m| m.purge_head)
+            .fold(0u64, |acc, head| {
+                acc.wrapping_add(head.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (head >> 29))
+            });
+        let seen = self.purges_seen.swap(digest, Ordering::Relaxed);
+        if seen != digest {
+            self.directory.forget_all();
+        }
+    }
+
     /// A client revalidating with the ETag of the version the mesh serves
     /// (every cache sends the same one) gets its 304 here, without a
     /// redirect. `None`: no `If-None-Match`, or another version.
@@ -571,6 +592,7 @@ impl Selector {
         }
         let path = RequestPath::parse(raw_path).ok()?;
         let view = self.node.view();
+        self.forget_lookups_after_purges(&view);
         let known = tokio::time::timeout(
             self.lookup_timeout,
             self.directory
@@ -687,6 +709,7 @@ impl Selector {
                 )
             })?;
         let view = self.node.view();
+        self.forget_lookups_after_purges(&view);
         let uri_path = ask.path.to_uri_path();
         // One deadline for the whole lookup, however many shields it asks.
         let lookup = tokio::time::timeout(

@@ -119,6 +119,14 @@ impl Directory {
         self.link.usable(node)
     }
 
+    /// Forgets every path's answer (a purge may have changed any of them).
+    pub fn forget_all(&self) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
     fn remembered(&self, path: &str) -> Option<Known> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let (expires, known) = entries.get(path)?;

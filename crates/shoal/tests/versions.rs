@@ -633,3 +633,54 @@ fn an_etag_from_the_origin_or_any_cache_revalidates_anywhere_in_the_mesh() {
         assert_ne!(got.header("etag"), Some(origin_etag.as_str()));
     }
 }
+
+#[test]
+fn a_cache_the_purge_did_not_reach_catches_up_from_the_gossip() {
+    let root = tempfile::tempdir().unwrap();
+    let v1 = content(2 * MIB, 96);
+    let file = write_file(root.path(), OBJECT_FILE, &v1);
+    let (nginx, _nginx_dir) = start_nginx(root.path(), "");
+    let dir = tempfile::tempdir().unwrap();
+    let caches = start_three(&nginx.url, dir.path(), &["--freshness-default-s", "600"]);
+    for cache in &caches {
+        assert_eq!(
+            sha(&curl(&format!("{}{OBJECT}", cache.url), &[]).body),
+            sha(&v1)
+        );
+    }
+    // Changed in place with the same validators: only a purge can tell.
+    let mtime = std::fs::metadata(&file).unwrap().modified().unwrap();
+    let v2 = with_piece_changed(&v1, 1, 8);
+    std::fs::write(&file, &v2).unwrap();
+    set_mtime(&file, mtime);
+    // The event reaches c1 alone, as a peer would pass it on (c1 does not
+    // pass it further): c2 and c3 learn it from c1's gossip.
+    let event = "id=00000000c0ffee01&at=1700000000000&path=/downloads/installer.exe";
+    let target = format!("/_shoal/peer/purge?{event}");
+    let key = shoal_core::auth::ClusterKey::from_secret(CLUSTER_SECRET).unwrap();
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 60;
+    let token = key.sign("tester", expires, "GET", &target).unwrap();
+    let applied = curl(
+        &format!("{}{target}", caches[0].url),
+        &["-H", &format!("x-shoal-auth: {token}")],
+    );
+    assert_eq!(
+        applied.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&applied.body)
+    );
+    wait_until(
+        "every cache applied the purge",
+        Duration::from_secs(15),
+        || caches.iter().all(|c| stat(&c.url, "purges") == 1),
+    );
+    for cache in &caches {
+        let got = curl(&format!("{}{OBJECT}", cache.url), &[]);
+        assert_eq!(sha(&got.body), sha(&v2), "{}", cache.name);
+    }
+}

@@ -14,6 +14,7 @@ fn member(id: &str, port: u16, region: &str, cost_microusd: u64) -> Member {
         cost_per_gb_microusd: cost_microusd,
         health: Health::Ok,
         summary: None::<std::sync::Arc<ObjectSummary>>,
+        purge_head: None,
     }
 }
 
