@@ -323,16 +323,43 @@ impl CacheService {
             target,
             soft,
         };
-        let paths_here = self.apply_purge(&event).await;
         let mut caches = serde_json::Map::new();
-        if let (Some(mesh), Some(self_id)) = (&self.mesh, &self_id) {
+        let said = |answer: Result<(), crate::peer::PeerError>| -> serde_json::Value {
+            match answer {
+                Ok(()) => "purged".into(),
+                Err(error) => {
+                    format!("not reached ({error}); it catches up from the others").into()
+                }
+            }
+        };
+        // A path's shield goes first: a cache purged before its shield
+        // could fetch the old version right back from it.
+        let view = self.mesh.as_ref().map(|mesh| mesh.node.view());
+        let shield = match (&event.target, &view) {
+            (crate::purge::PurgeTarget::Path(path), Some(view)) => view
+                .shield(&shoal_mesh::shield_key(path))
+                .filter(|m| Some(&m.node_id) != self_id.as_ref())
+                .cloned(),
+            _ => None,
+        };
+        if let (Some(mesh), Some(shield)) = (&self.mesh, &shield) {
+            caches.insert(
+                shield.node_id.clone(),
+                said(mesh.purge(shield, &event).await),
+            );
+        }
+        let paths_here = self.apply_purge(&event).await;
+        if let (Some(mesh), Some(self_id), Some(view)) = (&self.mesh, &self_id, &view) {
             caches.insert(
                 self_id.clone(),
                 format!("purged {paths_here} path(s)").into(),
             );
-            let view = mesh.node.view();
             let mut sends = tokio::task::JoinSet::new();
-            for member in view.members.iter().filter(|m| &m.node_id != self_id) {
+            for member in view
+                .members
+                .iter()
+                .filter(|m| &m.node_id != self_id && !caches.contains_key(&m.node_id))
+            {
                 let mesh = mesh.clone();
                 let member = member.clone();
                 let event = event.clone();
@@ -342,13 +369,7 @@ impl CacheService {
                 });
             }
             while let Some(Ok((node, answer))) = sends.join_next().await {
-                let said = match answer {
-                    Ok(()) => "purged".to_string(),
-                    Err(error) => {
-                        format!("not reached ({error}); it catches up before serving again")
-                    }
-                };
-                caches.insert(node, said.into());
+                caches.insert(node, said(answer));
             }
         }
         tracing::info!(id = %format!("{:016x}", event.id), target = ?event.target, soft, paths = paths_here, "purge");
