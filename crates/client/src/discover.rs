@@ -310,7 +310,9 @@ pub async fn fetch_plan(
     exclude: &[String],
     timeout: Duration,
 ) -> Result<Plan, GetError> {
-    let mut url = format!("{selector}/plan?path={}", path.to_uri_path());
+    // A client about to download asks the selector to count its shares
+    // against the caches (monitoring does not).
+    let mut url = format!("{selector}/plan?path={}&reserve=1", path.to_uri_path());
     if !exclude.is_empty() {
         url.push_str("&exclude=");
         url.push_str(&exclude.join(","));

@@ -333,6 +333,10 @@ pub struct Ask {
     pub host: Option<String>,
     pub client: IpAddr,
     pub exclude: Vec<String>,
+    /// `/plan?…&reserve=1`: a client about to download, whose shares
+    /// count against the caches until gossip shows them. Plans made for
+    /// anything else (monitoring, a look) reserve nothing.
+    pub reserve: bool,
 }
 
 /// A refusal: status and one line for the person who sent it.
@@ -355,6 +359,7 @@ pub fn parse_query(query: &str, conn_client: IpAddr, host: Option<&str>) -> Resu
     let mut client = conn_client;
     let mut host = host.map(str::to_string);
     let mut exclude = Vec::new();
+    let mut reserve = false;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         // `path` is taken as it would appear in a URL and decoded once,
         // by `RequestPath::parse`; the other values are form-decoded.
@@ -373,6 +378,13 @@ pub fn parse_query(query: &str, conn_client: IpAddr, host: Option<&str>) -> Resu
                     .map_err(|_| bad(format!("client `{value}` is not an IPv4 or IPv6 address")))?
             }
             "host" => host = Some(value.into_owned()),
+            "reserve" => {
+                reserve = match &*value {
+                    "1" | "true" => true,
+                    "0" | "false" => false,
+                    other => return Err(bad(format!("reserve: `{other}` is not 1 or 0"))),
+                }
+            }
             "exclude" | "degraded" => {
                 for node in value.split(',').filter(|n| !n.is_empty()) {
                     if !shoal_core::auth::valid_node_name(node) {
@@ -402,13 +414,30 @@ pub fn parse_query(query: &str, conn_client: IpAddr, host: Option<&str>) -> Resu
             ));
         }
     }
+    // A version pin is the selector's to set.
+    let kept: Vec<&str> = raw_query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter(|pair| !pair.is_empty() && !is_pin(pair))
+        .collect();
     Ok(Ask {
         path,
-        query_suffix: raw_query.map(|q| format!("?{q}")).unwrap_or_default(),
+        query_suffix: if kept.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", kept.join("&"))
+        },
         host,
         client,
         exclude,
+        reserve,
     })
+}
+
+/// Whether a query pair is a version pin (`shoal-object=…`).
+fn is_pin(pair: &str) -> bool {
+    pair.strip_prefix(shoal_cache::serve::PIN_PARAM)
+        .is_some_and(|rest| rest.starts_with('='))
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Body> {
@@ -484,7 +513,7 @@ impl Selector {
         );
         let response = match path {
             "/plan" | "/explain" => match parse_query(query, client, host.as_deref()) {
-                Ok(ask) => match self.decide(&ask, path == "/plan").await {
+                Ok(ask) => match self.decide(&ask, path == "/plan" && ask.reserve).await {
                     Ok(decision) if path == "/plan" => json(&PlanAnswer {
                         path: ask.path.as_str(),
                         decision: &decision,
@@ -647,10 +676,7 @@ impl Selector {
         // A pin the client sent is the selector's to set, not to pass on.
         let kept: Vec<&str> = query
             .split('&')
-            .filter(|pair| {
-                !pair.is_empty()
-                    && !pair.starts_with(&format!("{}=", shoal_cache::serve::PIN_PARAM))
-            })
+            .filter(|pair| !pair.is_empty() && !is_pin(pair))
             .collect();
         let ask = Ask {
             path,
@@ -662,6 +688,7 @@ impl Selector {
             host: host.map(str::to_string),
             client,
             exclude: Vec::new(),
+            reserve,
         };
         let decision = match self.decide(&ask, reserve).await {
             Ok(decision) => decision,

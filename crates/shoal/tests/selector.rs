@@ -473,3 +473,51 @@ fn bad_selector_configuration_is_refused_at_start_up() {
     );
     selector_fails_with("listen = \"127.0.0.1:0\"\n", None, "mesh.gossip");
 }
+
+#[test]
+fn plans_reserve_capacity_only_for_a_client_about_to_download() {
+    let root = tempfile::tempdir().unwrap();
+    write_file(root.path(), "video/clip.mp4", &content(MIB, 61));
+    publish(root.path());
+    let origin = start_origin(root.path());
+    let dir = tempfile::tempdir().unwrap();
+    let mut caches: Vec<Proc> = Vec::new();
+    for name in ["r1", "r2"] {
+        let seeds: Vec<String> = caches.first().map(gossip_addr).into_iter().collect();
+        caches.push(start_mesh_cache(
+            &origin.url,
+            &dir.path().join(name),
+            name,
+            "eu",
+            &seeds,
+            None,
+            &["--egress-mbps", "20"],
+        ));
+    }
+    let urls: Vec<&str> = caches.iter().map(|c| c.url.as_str()).collect();
+    wait_for_mesh(&urls, 2);
+    // 8 Mbit/s x 1.5 = 12 Mbit/s a plan, on 2 x 20 Mbit/s of caches.
+    let selector = support::start_selector(dir.path(), &gossip_addr(&caches[0]), 8, "");
+    wait_for_selector_view(&selector, 2);
+    let plan_url = format!("{}/plan?path=/video/clip.mp4", selector.url);
+    // A monitoring loop: however often it asks, the caches stay free.
+    for _ in 0..30 {
+        let (status, plan) = get_json(&plan_url);
+        assert_eq!(status, 200);
+        assert_eq!(plan["shortfall_mbps"], 0.0, "{plan}");
+    }
+    // Clients about to download: their shares count until gossip shows
+    // them, so a burst soon runs the caches short.
+    let mut short = false;
+    for _ in 0..10 {
+        let (status, plan) = get_json(&format!("{plan_url}&reserve=1"));
+        assert_eq!(status, 200);
+        short |= plan["shortfall_mbps"].as_f64().unwrap() > 0.0;
+    }
+    assert!(
+        short,
+        "ten reserved plans of 12 Mbit/s fit in 2 x 20 Mbit/s"
+    );
+    let (status, _) = get_json(&format!("{plan_url}&reserve=maybe"));
+    assert_eq!(status, 400);
+}
