@@ -398,13 +398,29 @@ pub fn decide(inputs: &Inputs) -> Result<Decision, SelectError> {
         spare_ones.select_nth_unstable_by(cut - 1, |a, b| a.0.total_cmp(&b.0));
         spare_ones[..cut].sort_by(|a, b| a.0.total_cmp(&b.0));
     }
-    left_out.count_only("not needed", spare_ones.len() - cut);
+    // Short of capacity, a usable cache was left out for another reason
+    // than price: say which.
+    let short = chosen.shortfall_mbps > 0.0;
+    let sources_full = chosen.sources.len() >= shoal_select::SOURCES_MAX as usize;
+    let kind = if short { "not used" } else { "not needed" };
+    left_out.count_only(kind, spare_ones.len() - cut);
     for (rank, (cost, candidate)) in spare_ones[..cut].iter().enumerate() {
-        left_out.add("not needed", &candidate.node_id, || {
-            format!(
-                "not needed (runner-up {}): ${cost:.4}/GB, cheaper caches carry the target",
-                rank + 1
-            )
+        left_out.add(kind, &candidate.node_id, || {
+            let rank = rank + 1;
+            if !short {
+                format!("not needed (runner-up {rank}): ${cost:.4}/GB, cheaper caches carry the target")
+            } else if sources_full {
+                format!(
+                    "not used (runner-up {rank}): ${cost:.4}/GB; the plan already has the {} sources a client blends at most",
+                    shoal_select::SOURCES_MAX
+                )
+            } else {
+                format!(
+                    "not used (runner-up {rank}): its {:.1} Mbit/s of spare egress is below the smallest share worth a connection ({:.1} Mbit/s)",
+                    candidate.spare_mbps,
+                    chosen.target_mbps * shoal_select::SHARE_MIN_FRACTION
+                )
+            }
         });
     }
     let (left_out, left_out_counts) = left_out.finish();

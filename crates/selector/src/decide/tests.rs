@@ -272,3 +272,32 @@ fn rate_planned_recently_counts_against_a_cache_until_gossip_shows_it() {
     }
     assert!(next.bitrate_met);
 }
+
+#[test]
+fn caches_left_out_while_capacity_is_short_are_not_called_unneeded() {
+    // Ten caches with 10 Mbit/s spare each for a 150 Mbit/s target: eight
+    // sources (the most a client blends) carry 80, two are left out.
+    let members: Vec<Member> = (0..10)
+        .map(|i| {
+            let mut m = member(&format!("c{i}"), 3000 + i, "eu", 10_000);
+            m.egress_cap_bps = 10_000_000;
+            m
+        })
+        .collect();
+    let decision = run(&members, &HashMap::new(), &[], &service());
+    assert_eq!(decision.sources.len(), 8, "{decision:?}");
+    assert!(decision.shortfall_mbps > 0.0);
+    let unused: Vec<&LeftOut> = decision
+        .left_out
+        .iter()
+        .filter(|l| l.why.starts_with("not"))
+        .collect();
+    assert_eq!(unused.len(), 2, "{decision:?}");
+    for left in unused {
+        assert!(
+            left.why.starts_with("not used") && left.why.contains("8 sources"),
+            "{}",
+            left.why
+        );
+    }
+}
