@@ -169,6 +169,21 @@ pub struct DeliveryService {
     /// What a GB fetched from the origin costs (a cache that lacks the
     /// object and has no sibling holding it pays this to fill).
     pub origin_usd_per_gb: f64,
+    /// When every cache that could serve is at its egress cap:
+    /// `best_effort` (default) sends the client to the cheapest of them
+    /// anyway (the rate is what they can give; the shortfall is
+    /// reported); `refuse` answers 503 (or the origin, with
+    /// `origin_fallback`).
+    pub when_saturated: WhenSaturated,
+}
+
+/// See [`DeliveryService::when_saturated`].
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenSaturated {
+    #[default]
+    BestEffort,
+    Refuse,
 }
 
 impl Default for DeliveryService {
@@ -183,6 +198,7 @@ impl Default for DeliveryService {
             headroom: 1.5,
             min_sources: 2,
             origin_usd_per_gb: 0.05,
+            when_saturated: WhenSaturated::BestEffort,
         }
     }
 }

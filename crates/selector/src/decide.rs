@@ -247,6 +247,8 @@ pub fn decide(inputs: &Inputs) -> Result<Decision, SelectError> {
     let mut left_out = LeftOutList::default();
     let mut healthy = Vec::new();
     let mut degraded = Vec::new();
+    // Reachable caches at their egress cap.
+    let mut full: Vec<Candidate> = Vec::new();
     for member in inputs.members {
         let node = &member.node_id;
         if inputs.exclude.iter().any(|e| e == node) {
@@ -280,10 +282,6 @@ pub fn decide(inputs: &Inputs) -> Result<Decision, SelectError> {
         let gossiped = spare_mbps(member, inputs.settings.uncapped_cache_mbps);
         let reserved = inputs.reserved_mbps.get(node).copied().unwrap_or(0.0);
         let spare = gossiped - reserved.min(gossiped.max(0.0) * RESERVED_SHARE_OF_SPARE_MAX);
-        if spare <= 0.0 {
-            left_out.add("no spare egress", node, || "no spare egress".into());
-            continue;
-        }
         let candidate = Candidate {
             node_id: node.clone(),
             spare_mbps: spare,
@@ -293,7 +291,9 @@ pub fn decide(inputs: &Inputs) -> Result<Decision, SelectError> {
             transit_usd_per_gb: reach.transit_usd_per_gb,
             rtt_ms: reach.rtt_ms,
         };
-        if member.health == Health::Degraded {
+        if spare <= 0.0 {
+            full.push(candidate);
+        } else if member.health == Health::Degraded {
             degraded.push(candidate);
         } else {
             healthy.push(candidate);
@@ -322,7 +322,41 @@ pub fn decide(inputs: &Inputs) -> Result<Decision, SelectError> {
         }
     }
 
-    let find_candidate = |node: &str| healthy.iter().chain(&degraded).find(|c| c.node_id == node);
+    // Every cache that could serve is at its cap: unless the service says
+    // to refuse, the cheapest of them serve what they can (the rate is
+    // theirs to give; the shortfall is reported), rather than nobody.
+    let saturated = chosen.sources.is_empty()
+        && !full.is_empty()
+        && service.when_saturated == crate::config::WhenSaturated::BestEffort;
+    let mut best_effort: Vec<Candidate> = Vec::new();
+    if saturated {
+        let nominal = chosen.target_mbps / f64::from(service.min_sources.max(1));
+        best_effort = full
+            .iter()
+            .cloned()
+            .map(|mut c| {
+                c.spare_mbps = nominal;
+                c
+            })
+            .collect();
+        chosen = plan(&request, &best_effort)?;
+        reasons.push(format!(
+            "every cache that could serve is at its egress cap: best effort from the cheapest {} (the rate is what they can give; {:.1} Mbit/s not assured)",
+            chosen.sources.len(),
+            chosen.target_mbps
+        ));
+    } else {
+        for c in &full {
+            left_out.add("no spare egress", &c.node_id, || "no spare egress".into());
+        }
+    }
+    let find_candidate = |node: &str| {
+        healthy
+            .iter()
+            .chain(&degraded)
+            .chain(&best_effort)
+            .find(|c| c.node_id == node)
+    };
     let mut sources = Vec::with_capacity(chosen.sources.len());
     // Every cache URL names the exact version, so a client blending
     // several caches gets one version or a refusal, never a mix.
@@ -367,12 +401,16 @@ pub fn decide(inputs: &Inputs) -> Result<Decision, SelectError> {
             usd_per_gb: share.usd_per_gb,
             held,
             why: format!(
-                "{fill_note}; egress ${:.4}/GB; region {} at {:.0} ms, transit ${:.4}/GB; {:.0} Mbit/s spare; ${:.4}/GB in all",
+                "{fill_note}; egress ${:.4}/GB; region {} at {:.0} ms, transit ${:.4}/GB; {}; ${:.4}/GB in all",
                 candidate.egress_usd_per_gb,
                 member.region,
                 candidate.rtt_ms,
                 candidate.transit_usd_per_gb,
-                candidate.spare_mbps,
+                if saturated {
+                    "at its egress cap (best effort)".to_string()
+                } else {
+                    format!("{:.0} Mbit/s spare", candidate.spare_mbps)
+                },
                 share.usd_per_gb
             ),
         });
@@ -462,10 +500,15 @@ pub fn decide(inputs: &Inputs) -> Result<Decision, SelectError> {
         object: inputs.object.clone(),
         committed_mbps: service.bitrate_mbps,
         target_mbps: chosen.target_mbps,
-        predicted_mbps: chosen.planned_mbps,
-        shortfall_mbps: chosen.shortfall_mbps,
-        bitrate_met: chosen.planned_mbps + 1e-9 >= service.bitrate_mbps,
-        survives_one_loss: chosen.survives_one_loss,
+        // Best effort from saturated caches promises nothing.
+        predicted_mbps: if saturated { 0.0 } else { chosen.planned_mbps },
+        shortfall_mbps: if saturated {
+            chosen.target_mbps
+        } else {
+            chosen.shortfall_mbps
+        },
+        bitrate_met: !saturated && chosen.planned_mbps + 1e-9 >= service.bitrate_mbps,
+        survives_one_loss: !saturated && chosen.survives_one_loss,
         usd_per_gb: chosen.usd_per_gb,
         expected_usd,
         sources,

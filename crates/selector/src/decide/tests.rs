@@ -301,3 +301,41 @@ fn caches_left_out_while_capacity_is_short_are_not_called_unneeded() {
         );
     }
 }
+
+#[test]
+fn saturated_caches_serve_best_effort_unless_the_service_refuses() {
+    // Every cache at its cap.
+    let members: Vec<Member> = [
+        ("eu1", 3001, 10_000),
+        ("eu2", 3002, 20_000),
+        ("eu3", 3003, 5_000),
+    ]
+    .iter()
+    .map(|(id, port, cost)| {
+        let mut m = member(id, *port, "eu", *cost);
+        m.egress_bps = m.egress_cap_bps;
+        m
+    })
+    .collect();
+    let decision = run(&members, &HashMap::new(), &[], &service());
+    assert!(!decision.sources.is_empty(), "{decision:?}");
+    assert_eq!(decision.sources[0].node, "eu3", "the cheapest first");
+    assert_eq!(decision.predicted_mbps, 0.0);
+    assert_eq!(decision.shortfall_mbps, decision.target_mbps);
+    assert!(!decision.bitrate_met);
+    assert!(decision.origin_fallback.is_none());
+    assert!(decision.reasons.iter().any(|r| r.contains("best effort")));
+    assert!(decision
+        .sources
+        .iter()
+        .all(|s| s.why.contains("egress cap")));
+    // A service that would rather refuse (or send clients to its origin).
+    let refusing = DeliveryService {
+        when_saturated: crate::config::WhenSaturated::Refuse,
+        ..service()
+    };
+    let decision = run(&members, &HashMap::new(), &[], &refusing);
+    assert!(decision.sources.is_empty());
+    assert!(decision.origin_fallback.is_some());
+    assert_eq!(decision.left_out.len(), 3);
+}
