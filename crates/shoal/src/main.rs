@@ -126,14 +126,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 notify,
                 cluster_secret,
             } => {
+                // Checked before hashing anything.
+                let secret = match (&notify[..], cluster_secret) {
+                    ([], _) => None,
+                    (_, Some(secret)) => Some(secret),
+                    (_, None) => anyhow::bail!(
+                        "--notify needs the cluster secret (--cluster-secret or SHOAL_CACHE_MESH__CLUSTER_SECRET)"
+                    ),
+                };
                 let published = run_publish(root, force, piece_size)?;
-                if notify.is_empty() {
-                    Ok(())
-                } else {
-                    let secret = cluster_secret.context(
-                        "--notify needs the cluster secret (--cluster-secret or SHOAL_CACHE_MESH__CLUSTER_SECRET)",
-                    )?;
-                    warm::notify_published(&notify, &secret, &published).await
+                match secret {
+                    Some(secret) => warm::notify_published(&notify, &secret, &published).await,
+                    None => Ok(()),
                 }
             }
             Command::Cache(args) => run_cache(*args).await,

@@ -212,7 +212,9 @@ pub async fn notify_published(
         let mut query = form_urlencoded::Serializer::new(String::new());
         query.append_pair(kind, &decoded);
         query.append_pair("soft", "1");
-        purge_via(caches, &key, &query.finish()).await?;
+        purge_via(caches, &key, &query.finish())
+            .await
+            .context("published, but the mesh could not be told (caches take the new versions when their freshness runs out, or run `shoal purge --soft`)")?;
     }
     println!(
         "told the mesh: {} path(s) revalidate now",
