@@ -143,10 +143,10 @@ impl OriginClient {
         uri_path: &str,
         conditional: &HeaderMap,
     ) -> Result<OriginHead, OriginError> {
-        let mut request = self.client.head(self.url_for(uri_path));
-        for (name, value) in conditional {
-            request = request.header(name, value);
-        }
+        let request = self
+            .client
+            .head(self.url_for(uri_path))
+            .headers(conditional.clone());
         let response = self.send(request).await?;
         let status = response.status();
         if !(status.is_success() || status == StatusCode::NOT_MODIFIED) {
@@ -172,10 +172,10 @@ impl OriginClient {
         uri_path: &str,
         conditional: &HeaderMap,
     ) -> Result<SmallDocument, OriginError> {
-        let mut request = self.client.get(self.url_for(uri_path));
-        for (name, value) in conditional {
-            request = request.header(name, value);
-        }
+        let request = self
+            .client
+            .get(self.url_for(uri_path))
+            .headers(conditional.clone());
         let response = self.send(request).await?;
         let status = response.status();
         if status == StatusCode::NOT_FOUND

@@ -101,13 +101,6 @@ enum Audience {
     Peer,
 }
 
-/// Where the bytes of a piece came from, for hit accounting.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Source {
-    Store,
-    Fill,
-}
-
 impl CacheService {
     /// The cache's counters, as `/_shoal/stats` shows them.
     pub fn stats_snapshot(&self) -> crate::stats::StatsSnapshot {
@@ -973,7 +966,7 @@ impl CacheService {
         // Fetch the first piece before committing to a status, so that an
         // origin failure is reported as such.
         let first = match first_piece {
-            Some(index) => match self.piece(&entry, index).await {
+            Some(index) => match self.filler.piece(&entry, index).await {
                 Ok(piece) => Some(piece),
                 Err(error) => {
                     let status = error.client_status();
@@ -1024,29 +1017,11 @@ impl CacheService {
         held
     }
 
-    async fn piece(
-        &self,
-        entry: &Arc<ObjectEntry>,
-        index: PieceIndex,
-    ) -> Result<(VerifiedPiece, Source), FillError> {
-        let key = shoal_store::PieceKey {
-            object: entry.id,
-            index,
-        };
-        if let Ok(Some(piece)) = self.filler.store().get(key).await {
-            return Ok((piece, Source::Store));
-        }
-        self.filler
-            .piece(entry, index)
-            .await
-            .map(|p| (p, Source::Fill))
-    }
-
     async fn stream_body(
         self: Arc<Self>,
         entry: Arc<ObjectEntry>,
         segments: Vec<Segment>,
-        mut first: Option<(VerifiedPiece, Source)>,
+        mut first: Option<VerifiedPiece>,
         held_at_start: PieceSet,
         sender: shoal_server::BodySender,
         audience: Audience,
@@ -1074,10 +1049,8 @@ impl CacheService {
                     self.filler.prefetch(&entry, PieceIndex(ahead));
                 }
                 let got = match first.take() {
-                    Some((piece, source)) if piece.index() == PieceIndex(index) => {
-                        Ok((piece, source))
-                    }
-                    _ => self.piece(&entry, PieceIndex(index)).await,
+                    Some(piece) if piece.index() == PieceIndex(index) => Ok(piece),
+                    _ => self.filler.piece(&entry, PieceIndex(index)).await,
                 };
                 let got = match got {
                     // The origin moved to another version mid-response:
@@ -1086,12 +1059,12 @@ impl CacheService {
                     // through it.
                     Err(FillError::VersionChanged) => {
                         self.re_resolve(&entry).await;
-                        self.piece(&entry, PieceIndex(index)).await
+                        self.filler.piece(&entry, PieceIndex(index)).await
                     }
                     got => got,
                 };
                 let piece = match got {
-                    Ok((piece, _)) => piece,
+                    Ok(piece) => piece,
                     Err(error) => {
                         tracing::warn!(path = %entry.path, %error, "aborting response body");
                         let _ = sender

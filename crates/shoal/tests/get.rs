@@ -13,22 +13,7 @@ use support::*;
 const MIB: u64 = 1 << 20;
 
 fn start_caches(origin_url: &str, dir: &Path, names: &[&str], mbps: &str) -> Vec<Proc> {
-    let mut caches: Vec<Proc> = Vec::new();
-    for name in names {
-        let seeds: Vec<String> = caches.first().map(gossip_addr).into_iter().collect();
-        caches.push(start_mesh_cache(
-            origin_url,
-            &dir.join(name),
-            name,
-            "eu",
-            &seeds,
-            None,
-            &["--egress-mbps", mbps],
-        ));
-    }
-    let urls: Vec<&str> = caches.iter().map(|c| c.url.as_str()).collect();
-    wait_for_mesh(&urls, names.len() as u64);
-    caches
+    start_eu_mesh(origin_url, dir, names, &["--egress-mbps", mbps])
 }
 
 fn get_command(url: &str, out: &Path, extra: &[&str]) -> Command {

@@ -4,32 +4,11 @@
 mod support;
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use support::*;
 
 const MIB: u64 = 1 << 20;
-
-/// Starts `names.len()` mesh caches (the first is everyone's seed).
-fn start_mesh(origin_url: &str, dir: &Path, names: &[(&str, &str)], extra: &[&str]) -> Vec<Proc> {
-    let mut caches: Vec<Proc> = Vec::new();
-    for (name, region) in names {
-        let seeds: Vec<String> = caches.first().map(gossip_addr).into_iter().collect();
-        caches.push(start_mesh_cache(
-            origin_url,
-            &dir.join(name),
-            name,
-            region,
-            &seeds,
-            None,
-            extra,
-        ));
-    }
-    let urls: Vec<&str> = caches.iter().map(|c| c.url.as_str()).collect();
-    wait_for_mesh(&urls, names.len() as u64);
-    caches
-}
 
 fn total_stat(caches: &[Proc], name: &str) -> u64 {
     caches.iter().map(|c| stat(&c.url, name)).sum()

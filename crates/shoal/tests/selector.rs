@@ -481,21 +481,12 @@ fn plans_reserve_capacity_only_for_a_client_about_to_download() {
     publish(root.path());
     let origin = start_origin(root.path());
     let dir = tempfile::tempdir().unwrap();
-    let mut caches: Vec<Proc> = Vec::new();
-    for name in ["r1", "r2"] {
-        let seeds: Vec<String> = caches.first().map(gossip_addr).into_iter().collect();
-        caches.push(start_mesh_cache(
-            &origin.url,
-            &dir.path().join(name),
-            name,
-            "eu",
-            &seeds,
-            None,
-            &["--egress-mbps", "20"],
-        ));
-    }
-    let urls: Vec<&str> = caches.iter().map(|c| c.url.as_str()).collect();
-    wait_for_mesh(&urls, 2);
+    let caches = start_eu_mesh(
+        &origin.url,
+        dir.path(),
+        &["r1", "r2"],
+        &["--egress-mbps", "20"],
+    );
     // 8 Mbit/s x 1.5 = 12 Mbit/s a plan, on 2 x 20 Mbit/s of caches.
     let selector = support::start_selector(dir.path(), &gossip_addr(&caches[0]), 8, "");
     wait_for_selector_view(&selector, 2);

@@ -65,22 +65,7 @@ fn start_any_origin(kind: OriginKind, root: &Path, cache_control: Option<&str>) 
 }
 
 fn start_three(origin_url: &str, dir: &Path, extra: &[&str]) -> Vec<Proc> {
-    let mut caches: Vec<Proc> = Vec::new();
-    for name in ["c1", "c2", "c3"] {
-        let seeds: Vec<String> = caches.first().map(gossip_addr).into_iter().collect();
-        caches.push(start_mesh_cache(
-            origin_url,
-            &dir.join(name),
-            name,
-            "eu",
-            &seeds,
-            None,
-            extra,
-        ));
-    }
-    let urls: Vec<&str> = caches.iter().map(|c| c.url.as_str()).collect();
-    wait_for_mesh(&urls, 3);
-    caches
+    start_eu_mesh(origin_url, dir, &["c1", "c2", "c3"], extra)
 }
 
 /// A digest to compare bodies by (and print on failure).

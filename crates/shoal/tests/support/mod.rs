@@ -526,3 +526,35 @@ pub fn set_mtime(file: &Path, mtime: std::time::SystemTime) {
         .set_modified(mtime)
         .unwrap();
 }
+
+/// Caches `(name, region)` in one mesh (the first is every other's
+/// seed), each started with `extra` flags; waits until all see each other.
+pub fn start_mesh(
+    origin_url: &str,
+    dir: &Path,
+    names: &[(&str, &str)],
+    extra: &[&str],
+) -> Vec<Proc> {
+    let mut caches: Vec<Proc> = Vec::new();
+    for (name, region) in names {
+        let seeds: Vec<String> = caches.first().map(gossip_addr).into_iter().collect();
+        caches.push(start_mesh_cache(
+            origin_url,
+            &dir.join(name),
+            name,
+            region,
+            &seeds,
+            None,
+            extra,
+        ));
+    }
+    let urls: Vec<&str> = caches.iter().map(|c| c.url.as_str()).collect();
+    wait_for_mesh(&urls, names.len() as u64);
+    caches
+}
+
+/// [`start_mesh`] with every cache in region "eu".
+pub fn start_eu_mesh(origin_url: &str, dir: &Path, names: &[&str], extra: &[&str]) -> Vec<Proc> {
+    let named: Vec<(&str, &str)> = names.iter().map(|n| (*n, "eu")).collect();
+    start_mesh(origin_url, dir, &named, extra)
+}
