@@ -40,7 +40,7 @@ const HEADROOM: f64 = 1.25;
 const SESSIONS: usize = 40_000;
 const FILL_USD_PER_GB: f64 = 0.02;
 
-use common::Rng;
+use common::{lp_optimum, Rng};
 
 #[derive(Clone, Copy, PartialEq)]
 enum Policy {
@@ -176,6 +176,7 @@ fn run(policy: Policy, fill_reuse: f64) -> Outcome {
             bitrate_mbps: BITRATE,
             headroom: HEADROOM,
             min_sources: 2,
+            survive_one_loss: true,
             latency_usd_per_gb_per_ms: 0.00005,
             affinity_band: 0.02,
             fill_reuse_sessions: fill_reuse,
@@ -190,6 +191,7 @@ fn run(policy: Policy, fill_reuse: f64) -> Outcome {
                 held_fraction: c.held_fraction(object),
                 transit_usd_per_gb: transit,
                 rtt_ms: rtt,
+                standby_held_mbps: 0.0,
             }
         };
         let target = BITRATE * HEADROOM;
@@ -282,7 +284,65 @@ fn blake3_like(object: usize) -> &'static [u8; 32] {
     Box::leak(Box::new(bytes))
 }
 
+/// The named case of issue 11: four caches with 4,000 Mbit/s spare, two
+/// at $0.01/GB egress and two at $0.20/GB, none holding the object (each
+/// fills from the origin at $0.05/GB, charged over 4 sessions); the
+/// default service (8 Mbit/s committed × 1.5, at least 2 sources).
+fn cheap_and_dear() {
+    let candidates: Vec<Candidate> = [("cheap1", 0.01), ("cheap2", 0.01), ("dear1", 0.20), ("dear2", 0.20)]
+        .iter()
+        .map(|(name, egress)| Candidate {
+            node_id: name.to_string(),
+            spare_mbps: 4000.0,
+            egress_usd_per_gb: *egress,
+            fill_usd_per_gb: 0.05,
+            held_fraction: 0.0,
+            transit_usd_per_gb: 0.0,
+            rtt_ms: 0.0,
+            standby_held_mbps: 0.0,
+        })
+        .collect();
+    let request = Request {
+        object: ObjectId([7; 32]),
+        bitrate_mbps: 8.0,
+        headroom: 1.5,
+        min_sources: 2,
+        survive_one_loss: true,
+        latency_usd_per_gb_per_ms: 0.0001,
+        affinity_band: 0.02,
+        fill_reuse_sessions: 4.0,
+    };
+    let p = plan(&request, &candidates).expect("valid");
+    let shares: Vec<String> = p
+        .sources
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {:.1} Mbit/s (+{:.1} standby)",
+                s.node_id, s.mbps, s.standby_mbps
+            )
+        })
+        .chain(
+            p.standby
+                .iter()
+                .map(|s| format!("{} standby {:.1} Mbit/s", s.node_id, s.mbps)),
+        )
+        .collect();
+    let optimum = lp_optimum(&request, &candidates, true).expect("feasible") / p.planned_mbps;
+    println!(
+        "named case: 2 caches at $0.01/GB + 2 at $0.20/GB, 4000 Mbit/s spare each, none holding the object, 8 Mbit/s x1.5, min 2 sources"
+    );
+    println!(
+        "  plan ${:.4}/GB from {}; survives one loss: {}; LP optimum ${optimum:.4}/GB ({:.3}x)",
+        p.usd_per_gb,
+        shares.join(", "),
+        p.survives_one_loss,
+        p.usd_per_gb / optimum
+    );
+}
+
 fn main() {
+    cheap_and_dear();
     println!("selection policies, {SESSIONS} sessions at {BITRATE} Mbit/s x{HEADROOM} over {} caches, load ~70 %", REGIONS * CACHES_PER_REGION);
     println!(
         "{:<10} {:>9} {:>12} {:>14} {:>7} {:>7} {:>7} {:>8}",

@@ -2,26 +2,24 @@
 //! latency. `cargo bench -p shoal-select --bench optimality`
 //!
 //! Deterministic random instances with 2 to 1,000 caches, until 1,000 have
-//! an LP optimum (spare
-//! 1-10,000 Mbit/s, one in ten starved to 1 %) and one viewer's session
-//! (1-100 Mbit/s streams, 100-2,000 Mbit/s downloads): the LP (good_lp +
-//! microlp, in Mbit/s and $/GB: microlp needs sane scales) minimises
-//! Σ k_i·x_i subject to Σ x_i ≥ target and 0 ≤ x_i ≤ min(spare_i, share
-//! cap). It has no limit on the number of sources (that needs integers),
-//! so it is a lower bound on the planner's problem (at most 8 sources, no
+//! an LP optimum (spare 1-10,000 Mbit/s, one in ten starved to 1 %) and
+//! one viewer's session (1-100 Mbit/s streams, 100-2,000 Mbit/s
+//! downloads), at least 2 sources, surviving one loss. The LP
+//! (`common::lp_optimum`: shares and unbilled standby, the same survival
+//! constraint) has no limit on the number of caches (that needs integers),
+//! so it is a lower bound on the planner's problem (at most 8 caches, no
 //! slivers): the planner must cost at most 1.02 × it (its rendezvous
-//! affinity is allowed the band) and never plan a cache over its spare
-//! capacity. Then `plan()` is timed at 1,000 caches, side by side
-//! with one LP solve.
+//! affinity is allowed the band), survive whenever the LP can, and never
+//! plan a cache over its spare capacity. Then `plan()` is timed at 1,000
+//! caches, side by side with one LP solve.
 
 mod common;
 
-use good_lp::{constraint, microlp, variable, Expression, ProblemVariables, Solution, SolverModel};
 use shoal_core::ObjectId;
-use shoal_select::{plan, share_cap_mbps, unit_cost_usd_per_gb, Candidate, Request, SOURCES_MAX};
+use shoal_select::{plan, Candidate, Request, SOURCES_MAX};
 use std::time::Instant;
 
-use common::Rng;
+use common::{lp_optimum, Rng};
 
 fn instance(rng: &mut Rng, n: usize) -> (Request, Vec<Candidate>) {
     // One in ten instances is starved of capacity (spare ÷ 100), so best
@@ -36,6 +34,7 @@ fn instance(rng: &mut Rng, n: usize) -> (Request, Vec<Candidate>) {
             held_fraction: if rng.unit() < 0.5 { 1.0 } else { rng.unit() },
             transit_usd_per_gb: rng.range(0.0, 0.02),
             rtt_ms: rng.range(1.0, 200.0),
+            standby_held_mbps: 0.0,
         })
         .collect();
     let headroom = rng.range(1.15, 2.0);
@@ -53,35 +52,12 @@ fn instance(rng: &mut Rng, n: usize) -> (Request, Vec<Candidate>) {
         bitrate_mbps: bitrate,
         headroom,
         min_sources: 2,
+        survive_one_loss: true,
         latency_usd_per_gb_per_ms: 0.0001,
         affinity_band: 0.02,
         fill_reuse_sessions: 4.0,
     };
     (request, candidates)
-}
-
-/// The LP optimum of the same problem (None if infeasible).
-fn lp_cost(request: &Request, candidates: &[Candidate]) -> Option<f64> {
-    let (cap, _) = share_cap_mbps(request);
-    let target = request.bitrate_mbps * request.headroom;
-    let mut vars = ProblemVariables::new();
-    let xs: Vec<_> = candidates
-        .iter()
-        .map(|c| vars.add(variable().min(0.0).max(c.spare_mbps.min(cap))))
-        .collect();
-    let objective: Expression = xs
-        .iter()
-        .zip(candidates)
-        .map(|(&x, c)| unit_cost_usd_per_gb(c, request) * x)
-        .sum();
-    let total: Expression = xs.iter().sum();
-    let solution = vars
-        .minimise(objective.clone())
-        .using(microlp)
-        .with(constraint!(total >= target))
-        .solve()
-        .ok()?;
-    Some(solution.eval(&objective))
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -95,6 +71,8 @@ fn main() {
     let mut short_by_slots = 0;
     let mut worst_ratio: f64 = 0.0;
     let mut ratios = Vec::new();
+    let (mut survivable, mut lost_survival) = (0, 0);
+    let (mut standby_mbps, mut caches_used) = (Vec::new(), Vec::new());
     // Until 1,000 instances have an LP optimum to compare with.
     let mut i = 0;
     while compared < 1000 {
@@ -114,7 +92,13 @@ fn main() {
             }
         }
         let plan_cost = p.usd_per_gb * p.planned_mbps;
-        match lp_cost(&request, &candidates) {
+        // The LP with survival; when no plan at all can survive, the LP
+        // without it (the planner then keeps the cheapest shares too).
+        let (best, lp_survives) = match lp_optimum(&request, &candidates, true) {
+            Some(best) => (Some(best), true),
+            None => (lp_optimum(&request, &candidates, false), false),
+        };
+        match best {
             Some(best) if p.shortfall_mbps == 0.0 => {
                 let ratio = if best > 0.0 { plan_cost / best } else { 1.0 };
                 worst_ratio = worst_ratio.max(ratio);
@@ -122,6 +106,14 @@ fn main() {
                 if ratio > 1.02 + 1e-9 {
                     over_band += 1;
                 }
+                if lp_survives {
+                    survivable += 1;
+                    if !p.survives_one_loss {
+                        lost_survival += 1;
+                    }
+                }
+                standby_mbps.push(p.standby_mbps / p.planned_mbps.max(1e-9));
+                caches_used.push((p.sources.len() + p.standby.len()) as f64);
                 compared += 1;
             }
             Some(_) => short_by_slots += 1,
@@ -140,6 +132,14 @@ fn main() {
         worst_ratio
     );
     println!("  plans with a cache over its spare capacity: {over_capacity}");
+    standby_mbps.sort_by(f64::total_cmp);
+    caches_used.sort_by(f64::total_cmp);
+    println!(
+        "  survival: the LP can survive one loss in {survivable}; the plan does not in {lost_survival} of them; standby / shares median {:.2}, caches per plan median {:.0} (max {:.0})",
+        percentile(&standby_mbps, 0.5),
+        percentile(&caches_used, 0.5),
+        caches_used.last().copied().unwrap_or(0.0)
+    );
 
     // Decision latency at 1,000 caches, side by side with the LP.
     let mut plan_us = Vec::new();
@@ -152,7 +152,7 @@ fn main() {
         std::hint::black_box(p);
         if k % 20 == 0 {
             let t = Instant::now();
-            std::hint::black_box(lp_cost(&request, &candidates));
+            std::hint::black_box(lp_optimum(&request, &candidates, true));
             lp_us.push(t.elapsed().as_secs_f64() * 1e6);
         }
     }

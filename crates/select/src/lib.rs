@@ -2,26 +2,30 @@
 //!
 //! A pure, deterministic function (no I/O, no clock): given the candidate
 //! caches (spare egress, prices, how much of the object each holds, distance
-//! to the client's zone) and the delivery's committed bitrate, return an
-//! ordered plan of rate shares that
+//! to the client's zone) and the delivery's committed bitrate, return a plan
+//! in two parts:
 //!
-//! - carries `bitrate × headroom` (the target) when capacity allows;
-//! - never gives a cache more than its spare egress;
-//! - survives the loss of any one source with `min_sources ≥ 2`: every share
-//!   is at most `target − bitrate`, so the others still carry the bitrate
-//!   (when the headroom is too small for that, shares are capped at
-//!   `target / min_sources` instead, and the plan says so);
-//! - has the lowest expected cost: per GB, egress price + the price of
-//!   filling bytes the cache lacks + transit to the client's zone + a
-//!   latency penalty, all linear in the share, so the problem is a linear
-//!   program whose optimum a cost-ordered greedy fill reaches exactly;
-//! - keeps an object on the same caches: candidates whose cost is within
-//!   `affinity_band` of each other are ordered by the object's rendezvous
-//!   rank, which costs at most that band over the optimum (the hit ratio it
-//!   buys is worth more).
+//! - **shares**, the rates the client draws: they carry `bitrate ×
+//!   headroom` (the target) when capacity allows, from at least
+//!   `min_sources` caches (no share above `target / min_sources`), never
+//!   more than a cache's spare egress, at the lowest expected cost. Cost is
+//!   per byte delivered: per GB, egress price + the price of filling bytes
+//!   the cache lacks + transit to the client's zone + a latency penalty,
+//!   all linear in the share, so a cost-ordered greedy fill is the optimum
+//!   of that linear program;
+//! - **standby**, capacity held in reserve and not billed: with
+//!   `survive_one_loss`, for every source the others' shares plus their
+//!   standby carry the committed bitrate if it fails. Standby comes first
+//!   from the sources already in the plan (the others raise their output),
+//!   then from the cheapest caches not in it (brought on stream when a
+//!   source fails). A dearer cache is only ever added as standby for
+//!   resilience, never as a paid share.
 //!
-//! When the target cannot be met, the plan uses what there is and reports
-//! the shortfall. See docs/selector-design.md.
+//! Objects stay on the same caches: candidates whose cost is within
+//! `affinity_band` of each other are ordered by the object's rendezvous
+//! rank, which costs at most that band over the optimum (the hit ratio it
+//! buys is worth more). When the target cannot be met, the plan uses what
+//! there is and reports the shortfall. See docs/selector-design.md.
 
 pub mod zones;
 
@@ -44,6 +48,9 @@ pub struct Candidate {
     pub transit_usd_per_gb: f64,
     /// Round-trip time from the client's zone to this cache's region.
     pub rtt_ms: f64,
+    /// Standby other plans already count on here, Mbit/s (soft: it limits
+    /// only the standby this plan may count on, never a share).
+    pub standby_held_mbps: f64,
 }
 
 /// What the delivery needs.
@@ -55,8 +62,12 @@ pub struct Request {
     pub bitrate_mbps: f64,
     /// Target = bitrate × headroom (≥ 1).
     pub headroom: f64,
-    /// 1: a single source is fine; ≥ 2: survive the loss of one source.
+    /// The fewest sources the shares are spread over (1..=8): no share
+    /// carries more than `target / min_sources`.
     pub min_sources: u32,
+    /// Hold standby so that losing any one source leaves the committed
+    /// bitrate.
+    pub survive_one_loss: bool,
     /// Latency penalty, US dollars per GB per millisecond of RTT.
     pub latency_usd_per_gb_per_ms: f64,
     /// Relative cost band within which affinity orders candidates (0.02).
@@ -72,8 +83,21 @@ pub struct Request {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Share {
     pub node_id: String,
+    /// Rate the client draws from it (billed).
     pub mbps: f64,
+    /// More it holds ready should another source fail (not billed).
+    pub standby_mbps: f64,
     /// The candidate's total price per GB (see [`unit_cost_usd_per_gb`]).
+    pub usd_per_gb: f64,
+}
+
+/// A cache held in reserve: the client brings it on stream when a source
+/// fails.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Standby {
+    pub node_id: String,
+    pub mbps: f64,
+    /// Its price per GB, paid only while it stands in.
     pub usd_per_gb: f64,
 }
 
@@ -82,14 +106,19 @@ pub struct Share {
 pub struct Plan {
     /// In order of preference (cheapest first, affinity within the band).
     pub sources: Vec<Share>,
+    /// Caches held in reserve, cheapest first.
+    pub standby: Vec<Standby>,
     pub target_mbps: f64,
     pub planned_mbps: f64,
     /// Target not covered (0 when met).
     pub shortfall_mbps: f64,
     /// Expected price per GB delivered (share-weighted).
     pub usd_per_gb: f64,
-    /// Whether losing any one source still leaves the committed bitrate.
+    /// Whether losing any one source still leaves the committed bitrate
+    /// (counting the others' standby).
     pub survives_one_loss: bool,
+    /// Standby held in all, Mbit/s.
+    pub standby_mbps: f64,
     /// Why the plan looks the way it does, for people.
     pub notes: Vec<String>,
 }
@@ -116,7 +145,7 @@ pub const BITRATE_MBPS_MAX: f64 = 1_000_000.0;
 pub const FILL_REUSE_SESSIONS_MAX: f64 = 1_000_000.0;
 /// Largest headroom.
 pub const HEADROOM_MAX: f64 = 10.0;
-/// Most sources a plan asks a client to blend.
+/// Most caches a plan names (shares and standby together).
 pub const SOURCES_MAX: u32 = 8;
 /// Smallest share worth a connection, as a fraction of the target (a
 /// smaller one is used only to complete the target).
@@ -132,7 +161,7 @@ pub fn stripe_fraction(request: &Request) -> f64 {
     if target.is_nan() || target <= 0.0 {
         return 1.0;
     }
-    (share_cap_mbps(request).0 / target).clamp(0.0, 1.0)
+    (share_cap_mbps(request) / target).clamp(0.0, 1.0)
 }
 
 /// The price per GB of serving from `c`: egress + filling what it lacks of
@@ -154,28 +183,14 @@ fn usable(c: &Candidate) -> bool {
         && finite_non_negative(c.fill_usd_per_gb)
         && finite_non_negative(c.transit_usd_per_gb)
         && finite_non_negative(c.rtt_ms)
+        && finite_non_negative(c.standby_held_mbps)
         && c.held_fraction.is_finite()
 }
 
-/// The largest share one source may carry (Mbit/s), and whether that cap
-/// lets the plan survive losing any one source. With `min_sources ≥ 2`:
-/// at most target − bitrate (the rest still carry the bitrate) and at most
-/// target / min_sources. The first needs target / (target − bitrate)
-/// sources; when that is more than [`SOURCES_MAX`] (headroom too close to
-/// 1), only the second applies.
-pub fn share_cap_mbps(request: &Request) -> (f64, bool) {
-    let target = request.bitrate_mbps * request.headroom;
-    let min_sources = request.min_sources.max(1);
-    if min_sources < 2 {
-        return (target, false);
-    }
-    let even = target / f64::from(min_sources);
-    let one_loss = target - request.bitrate_mbps;
-    if one_loss > 0.0 && target / one_loss <= f64::from(SOURCES_MAX) + 1e-9 {
-        (one_loss.min(even), true)
-    } else {
-        (even, false)
-    }
+/// The largest share one source may carry, Mbit/s: `target /
+/// min_sources`, so the shares need at least `min_sources` caches.
+pub fn share_cap_mbps(request: &Request) -> f64 {
+    request.bitrate_mbps * request.headroom / f64::from(request.min_sources.max(1))
 }
 
 /// Chooses the sources for `request` among `candidates`.
@@ -235,17 +250,14 @@ pub fn plan(request: &Request, candidates: &[Candidate]) -> Result<Plan, SelectE
     });
     let ordered = affinity_order(ranked, request.affinity_band);
 
-    let min_sources = request.min_sources.max(1);
-    let (cap, one_loss_possible) = share_cap_mbps(request);
-    if min_sources >= 2 && !one_loss_possible {
-        notes.push(format!(
-            "headroom {:.2} is too small to survive losing a source with at most {SOURCES_MAX} sources; shares capped at target/{min_sources}",
-            request.headroom
-        ));
+    if !(1..=SOURCES_MAX).contains(&request.min_sources) {
+        return Err(SelectError::BadRequest("min_sources must be within 1..=8"));
     }
+    let cap = share_cap_mbps(request);
 
-    // A share too small to be worth a connection is skipped unless it
-    // completes the target.
+    // Part one, the shares: cheapest first, each at most the cap. A share
+    // too small to be worth a connection is skipped unless it completes
+    // the target.
     let share_min = target * SHARE_MIN_FRACTION;
     let sources_max = SOURCES_MAX as usize;
     let mut shares: Vec<(usize, f64)> = Vec::new();
@@ -262,9 +274,8 @@ pub fn plan(request: &Request, candidates: &[Candidate]) -> Result<Plan, SelectE
         }
     }
     if planned < target {
-        // Not enough under the resilience cap: use the rest of the chosen
-        // sources' capacity, then of further ones, cheapest first, and say
-        // so.
+        // Not enough under the cap: use the rest of the chosen sources'
+        // capacity, then of further ones, cheapest first, and say so.
         let before = planned;
         for (i, (_, c)) in ordered.iter().enumerate() {
             if planned >= target {
@@ -286,17 +297,45 @@ pub fn plan(request: &Request, candidates: &[Candidate]) -> Result<Plan, SelectE
             }
             planned += more;
         }
-        if planned > before && min_sources >= 2 {
-            notes.push("capacity is short: shares exceed the one-loss cap".into());
+        if planned > before && request.min_sources >= 2 {
+            notes.push(format!(
+                "capacity is short: shares exceed target/{} to come closer to the target",
+                request.min_sources
+            ));
         }
     }
     shares.sort_by_key(|(i, _)| *i);
+
+    // Part two, the standby.
+    let standby = if request.survive_one_loss {
+        hold_standby(&ordered, &shares, bitrate, sources_max)
+    } else {
+        vec![0.0; ordered.len()]
+    };
+    let survives_one_loss = survives(&shares, &standby, bitrate);
+    if request.survive_one_loss && !survives_one_loss && !shares.is_empty() {
+        notes.push(format!(
+            "losing the largest source would leave less than the committed {bitrate:.1} Mbit/s: not enough spare egress within {SOURCES_MAX} caches"
+        ));
+    }
+
     let sources: Vec<Share> = shares
         .iter()
-        .map(|(i, mbps)| Share {
-            node_id: ordered[*i].1.node_id.clone(),
-            mbps: *mbps,
-            usd_per_gb: ordered[*i].0,
+        .map(|&(i, mbps)| Share {
+            node_id: ordered[i].1.node_id.clone(),
+            mbps,
+            standby_mbps: standby[i],
+            usd_per_gb: ordered[i].0,
+        })
+        .collect();
+    let standby_only: Vec<Standby> = standby
+        .iter()
+        .enumerate()
+        .filter(|&(i, &mbps)| mbps > 0.0 && !shares.iter().any(|(j, _)| *j == i))
+        .map(|(i, &mbps)| Standby {
+            node_id: ordered[i].1.node_id.clone(),
+            mbps,
+            usd_per_gb: ordered[i].0,
         })
         .collect();
     let cost_rate: f64 = sources.iter().map(|s| s.mbps * s.usd_per_gb).sum();
@@ -311,17 +350,110 @@ pub fn plan(request: &Request, candidates: &[Candidate]) -> Result<Plan, SelectE
             "target {target:.1} Mbit/s not met: {shortfall:.1} Mbit/s short (best effort)"
         ));
     }
-    let largest = sources.iter().map(|s| s.mbps).fold(0.0, f64::max);
-    let survives_one_loss = sources.len() >= 2 && planned - largest >= bitrate * (1.0 - 1e-9);
     Ok(Plan {
         sources,
+        standby: standby_only,
         target_mbps: target,
         planned_mbps: planned,
         shortfall_mbps: shortfall,
         usd_per_gb,
         survives_one_loss,
+        standby_mbps: standby.iter().sum(),
         notes,
     })
+}
+
+/// Whether, for every source, the others' shares and standby carry
+/// `bitrate` without it. `standby` is indexed like the ranked candidates.
+fn survives(shares: &[(usize, f64)], standby: &[f64], bitrate: f64) -> bool {
+    let delivered: f64 = shares.iter().map(|(_, mbps)| mbps).sum();
+    let held: f64 = standby.iter().sum();
+    !shares.is_empty()
+        && shares.iter().all(|&(i, mbps)| {
+            delivered - mbps + held - standby[i] >= bitrate * (1.0 - 1e-9)
+        })
+}
+
+/// The standby (Mbit/s per ranked candidate) that lets the plan lose any
+/// one source and keep `bitrate`, taken first from the other sources'
+/// spare beyond their shares (they raise their output), then from the
+/// cheapest caches not in the plan, up to `sources_max` caches in all.
+/// Stops short when there is not enough.
+///
+/// Each step takes the source whose loss leaves the least, and adds the
+/// gap to the first other cache with room: standby on cache `i` helps
+/// every loss but its own, so a loss once covered stays covered, and each
+/// step either covers a loss or fills a cache: at most `sources +
+/// candidates` steps.
+fn hold_standby(
+    ordered: &[(f64, &Candidate)],
+    shares: &[(usize, f64)],
+    bitrate: f64,
+    sources_max: usize,
+) -> Vec<f64> {
+    let mut standby = vec![0.0; ordered.len()];
+    if shares.is_empty() {
+        return standby;
+    }
+    let share_of = |i: usize| {
+        shares
+            .iter()
+            .find(|(j, _)| *j == i)
+            .map_or(0.0, |(_, mbps)| *mbps)
+    };
+    let room = |i: usize, standby: &[f64]| {
+        let c = ordered[i].1;
+        (c.spare_mbps - c.standby_held_mbps - share_of(i) - standby[i]).max(0.0)
+    };
+    let delivered: f64 = shares.iter().map(|(_, mbps)| mbps).sum();
+    let mut held = 0.0;
+    let mut caches = shares.len();
+    // Sources first (in cost order), then the rest in cost order.
+    let order: Vec<usize> = shares
+        .iter()
+        .map(|(i, _)| *i)
+        .chain((0..ordered.len()).filter(|i| !shares.iter().any(|(j, _)| j == i)))
+        .collect();
+    let step_limit = shares.len() + ordered.len() + 1;
+    for _ in 0..step_limit {
+        let (worst, gap) = shares
+            .iter()
+            .map(|&(j, mbps)| (j, bitrate - (delivered - mbps + held - standby[j])))
+            .fold((usize::MAX, 0.0), |acc, (j, gap)| if gap > acc.1 { (j, gap) } else { acc });
+        if worst == usize::MAX || gap <= bitrate * 1e-9 {
+            break;
+        }
+        // The other sources first, then caches already standing by; a
+        // new cache only with a slot left: the cheapest that covers the
+        // whole gap, else the one with the most room (slivers would use up
+        // the slots).
+        let in_plan = |i: usize, standby: &[f64]| share_of(i) > 0.0 || standby[i] > 0.0;
+        let helper = order
+            .iter()
+            .copied()
+            .find(|&i| i != worst && in_plan(i, &standby) && room(i, &standby) > 0.0)
+            .or_else(|| {
+                if caches >= sources_max {
+                    return None;
+                }
+                let fresh = || order.iter().copied().filter(|&i| !in_plan(i, &standby));
+                fresh().find(|&i| room(i, &standby) >= gap).or_else(|| {
+                    fresh()
+                        .filter(|&i| room(i, &standby) > 0.0)
+                        .max_by(|&a, &b| room(a, &standby).total_cmp(&room(b, &standby)))
+                })
+            });
+        let Some(helper) = helper else {
+            break;
+        };
+        if !in_plan(helper, &standby) {
+            caches += 1;
+        }
+        let add = room(helper, &standby).min(gap);
+        standby[helper] += add;
+        held += add;
+    }
+    standby
 }
 
 /// Reorders cost-sorted candidates so that, within runs whose cost is at

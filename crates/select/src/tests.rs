@@ -1,5 +1,6 @@
-//! Properties of the planner: capacity, coverage, resilience, cost within
-//! the affinity band of the optimum, determinism, clear errors.
+//! Properties of the planner: capacity, coverage, shares and standby that
+//! survive a loss, cost within the affinity band of the optimum,
+//! determinism, clear errors.
 
 use super::*;
 use proptest::prelude::*;
@@ -13,6 +14,7 @@ fn candidate(id: &str, spare: f64, egress: f64) -> Candidate {
         held_fraction: 1.0,
         transit_usd_per_gb: 0.0,
         rtt_ms: 0.0,
+        standby_held_mbps: 0.0,
     }
 }
 
@@ -22,30 +24,130 @@ fn request(bitrate: f64, headroom: f64, min_sources: u32) -> Request {
         bitrate_mbps: bitrate,
         headroom,
         min_sources,
+        survive_one_loss: true,
         latency_usd_per_gb_per_ms: 0.0,
         affinity_band: 0.02,
         fill_reuse_sessions: 1.0,
     }
 }
 
+fn ids(plan: &Plan) -> Vec<&str> {
+    plan.sources.iter().map(|s| s.node_id.as_str()).collect()
+}
+
+fn standby_ids(plan: &Plan) -> Vec<&str> {
+    plan.standby.iter().map(|s| s.node_id.as_str()).collect()
+}
+
 #[test]
-fn cheapest_caches_carry_the_target_and_one_loss_is_survivable() {
+fn cheapest_caches_carry_the_target_and_raise_their_output_if_one_fails() {
     let caches = [
         candidate("a", 100.0, 0.010),
         candidate("b", 100.0, 0.002),
         candidate("c", 100.0, 0.005),
     ];
     let plan = plan(&request(40.0, 1.5, 2), &caches).unwrap();
-    // Target 60, cap per source 60 - 40 = 20: b, c and a each 20.
-    let ids: Vec<&str> = plan.sources.iter().map(|s| s.node_id.as_str()).collect();
-    assert_eq!(ids, ["b", "c", "a"]);
+    // Target 60 from at least 2 sources: b and c, 30 each. Losing either
+    // leaves 30 + the other's 10 of standby = the committed 40.
+    assert_eq!(ids(&plan), ["b", "c"]);
+    assert!(plan.sources.iter().all(|s| (s.mbps - 30.0).abs() < 1e-9));
+    assert!(plan
+        .sources
+        .iter()
+        .all(|s| (s.standby_mbps - 10.0).abs() < 1e-9));
+    assert!(plan.standby.is_empty());
     assert!((plan.planned_mbps - 60.0).abs() < 1e-9);
     assert_eq!(plan.shortfall_mbps, 0.0);
     assert!(plan.survives_one_loss);
-    // With headroom 2, two sources of 40 each suffice: the cheapest two.
-    let plan2 = super::plan(&request(40.0, 2.0, 2), &caches).unwrap();
-    let ids: Vec<&str> = plan2.sources.iter().map(|s| s.node_id.as_str()).collect();
-    assert_eq!(ids, ["b", "c"]);
+    assert!((plan.usd_per_gb - 0.0035).abs() < 1e-12);
+}
+
+#[test]
+fn resilience_is_bought_with_standby_not_with_dear_shares() {
+    // Issue 11: two caches at $0.01/GB, two at $0.20/GB, 4,000 Mbit/s
+    // spare each; 8 Mbit/s x 1.5, at least 2 sources.
+    let caches = [
+        candidate("dear1", 4000.0, 0.20),
+        candidate("cheap1", 4000.0, 0.01),
+        candidate("dear2", 4000.0, 0.20),
+        candidate("cheap2", 4000.0, 0.01),
+    ];
+    let plan = plan(&request(8.0, 1.5, 2), &caches).unwrap();
+    let mut chosen = ids(&plan);
+    chosen.sort();
+    assert_eq!(chosen, ["cheap1", "cheap2"]);
+    assert!(plan.sources.iter().all(|s| (s.mbps - 6.0).abs() < 1e-9));
+    assert!(plan.standby.is_empty(), "{:?}", plan.standby);
+    assert!(plan.survives_one_loss);
+    assert!((plan.usd_per_gb - 0.01).abs() < 1e-12);
+
+    // The cheap caches have no room beyond their shares: the cheapest
+    // other cache is brought in, as standby only (never billed).
+    let tight = [
+        candidate("dear1", 4000.0, 0.20),
+        candidate("cheap1", 6.5, 0.01),
+        candidate("dear2", 4000.0, 0.30),
+        candidate("cheap2", 6.5, 0.01),
+    ];
+    let plan = super::plan(&request(8.0, 1.5, 2), &tight).unwrap();
+    let mut chosen = ids(&plan);
+    chosen.sort();
+    assert_eq!(chosen, ["cheap1", "cheap2"]);
+    assert_eq!(standby_ids(&plan), ["dear1"]);
+    assert!(plan.survives_one_loss);
+    assert!((plan.usd_per_gb - 0.01).abs() < 1e-12);
+    // Each cheap cache raises its output by its 0.5 of room; dear1 the
+    // other 1.5 that losing either leaves.
+    assert!(plan
+        .sources
+        .iter()
+        .all(|s| (s.standby_mbps - 0.5).abs() < 1e-9));
+    assert!((plan.standby[0].mbps - 1.5).abs() < 1e-9, "{plan:?}");
+}
+
+#[test]
+fn min_sources_means_what_it_says() {
+    let caches: Vec<Candidate> = (0..6)
+        .map(|i| candidate(&format!("c{i}"), 1000.0, 0.01 + 0.001 * i as f64))
+        .collect();
+    for k in 1..=4u32 {
+        let plan = plan(&request(8.0, 1.5, k), &caches).unwrap();
+        assert_eq!(plan.sources.len(), k as usize, "min_sources {k}: {plan:?}");
+        assert!(plan.survives_one_loss, "min_sources {k}");
+        // One source: the next cache stands by with the committed bitrate.
+        if k == 1 {
+            assert_eq!(standby_ids(&plan), ["c1"]);
+            assert!((plan.standby[0].mbps - 8.0).abs() < 1e-9);
+        } else {
+            assert!(plan.standby.is_empty(), "min_sources {k}: {plan:?}");
+        }
+    }
+    // Without survival, no standby at all.
+    let mut r = request(8.0, 1.5, 1);
+    r.survive_one_loss = false;
+    let plan = plan(&r, &caches).unwrap();
+    assert_eq!(ids(&plan), ["c0"]);
+    assert!(plan.standby.is_empty() && plan.standby_mbps == 0.0);
+    assert!(!plan.survives_one_loss);
+}
+
+#[test]
+fn a_loss_that_cannot_be_covered_is_said_so() {
+    let plan = plan(&request(8.0, 1.5, 1), &[candidate("only", 100.0, 0.01)]).unwrap();
+    assert_eq!(ids(&plan), ["only"]);
+    assert!(!plan.survives_one_loss);
+    assert!(plan.notes.iter().any(|n| n.contains("losing the largest source")));
+    // Standby other plans count on limits this plan's standby only.
+    let mut busy = candidate("busy", 100.0, 0.01);
+    busy.standby_held_mbps = 95.0;
+    let plan = super::plan(
+        &request(8.0, 1.5, 1),
+        &[candidate("only", 100.0, 0.005), busy],
+    )
+    .unwrap();
+    assert_eq!(ids(&plan), ["only"]);
+    assert!((plan.standby[0].mbps - 5.0).abs() < 1e-9);
+    assert!(!plan.survives_one_loss);
 }
 
 #[test]
@@ -133,6 +235,7 @@ prop_compose! {
             held_fraction: held,
             transit_usd_per_gb: transit,
             rtt_ms: rtt,
+            standby_held_mbps: 0.0,
         }).collect()
     }
 }
@@ -175,10 +278,34 @@ proptest! {
             prop_assert!(cost <= best_cost * (1.0 + r.affinity_band) + 1e-12,
                 "cost {cost} vs optimum {best_cost}");
         }
-        // Resilience when the headroom allows it and capacity is ample.
-        if min_sources >= 2 && headroom >= 1.5 && p.shortfall_mbps == 0.0
-            && p.sources.iter().all(|s| s.mbps <= target - bitrate + 1e-9) {
-            prop_assert!(p.survives_one_loss);
+        // Shares and standby together stay within each cache's spare, in
+        // at most eight caches, at most target / min_sources each unless
+        // the plan says capacity is short.
+        for s in &p.sources {
+            let c = caches.iter().find(|c| c.node_id == s.node_id).unwrap();
+            prop_assert!(s.standby_mbps >= 0.0);
+            prop_assert!(s.mbps + s.standby_mbps <= c.spare_mbps + 1e-9);
+            prop_assert!(s.mbps <= target / f64::from(min_sources) + 1e-9
+                || p.notes.iter().any(|n| n.contains("capacity is short")));
+        }
+        for s in &p.standby {
+            let c = caches.iter().find(|c| c.node_id == s.node_id).unwrap();
+            prop_assert!(s.mbps > 0.0 && s.mbps <= c.spare_mbps + 1e-9);
+            prop_assert!(!p.sources.iter().any(|x| x.node_id == s.node_id));
+        }
+        prop_assert!(p.sources.len() + p.standby.len() <= SOURCES_MAX as usize);
+        // "Survives one loss" is true exactly when it holds: for every
+        // source, the others' shares and standby carry the bitrate.
+        let all: f64 = p.sources.iter().map(|s| s.mbps + s.standby_mbps).sum::<f64>()
+            + p.standby.iter().map(|s| s.mbps).sum::<f64>();
+        let holds = !p.sources.is_empty() && p.sources.iter()
+            .all(|s| all - s.mbps - s.standby_mbps >= bitrate * (1.0 - 1e-6));
+        prop_assert_eq!(p.survives_one_loss, holds);
+        // Two caches that could each carry the target and the bitrate, and
+        // room in the plan for two more: it survives a loss.
+        let big = caches.iter().filter(|c| c.spare_mbps >= target + bitrate).count();
+        if big >= 2 && p.shortfall_mbps == 0.0 && p.sources.len() <= SOURCES_MAX as usize - 2 {
+            prop_assert!(p.survives_one_loss, "{:?}", p);
         }
     }
 }

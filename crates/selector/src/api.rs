@@ -122,6 +122,8 @@ pub struct Selector {
     trusted_proxies: Vec<shoal_select::zones::Cidr>,
     lookup_timeout: std::time::Duration,
     reservations: Reservations,
+    /// Standby planned lately (soft: limits only other plans' standby).
+    standby_reservations: Reservations,
     affinity: crate::affinity::VersionAffinity,
     /// The purges the caches last announced (a digest): when it changes,
     /// what shields said about paths may be stale.
@@ -231,6 +233,7 @@ impl BoundSelector {
                 .collect(),
             lookup_timeout: std::time::Duration::from_millis(config.lookup_timeout_ms),
             reservations: Reservations::new(config.reservation_decay_ms),
+            standby_reservations: Reservations::new(config.reservation_decay_ms),
             affinity: crate::affinity::VersionAffinity::new(std::time::Duration::from_secs(
                 config.version_affinity_s,
             )),
@@ -824,6 +827,7 @@ impl Selector {
         let path_and_query = format!("{uri_path}{}", ask.query_suffix);
         let now = std::time::Instant::now();
         let reserved = self.reservations.current(now);
+        let standby_reserved = self.standby_reservations.current(now);
         // Caches gossip says are alive but that failed this selector's
         // own requests lately.
         let unresponsive: Vec<String> = view
@@ -843,6 +847,7 @@ impl Selector {
             reach: &reach,
             exclude: &ask.exclude,
             reserved_mbps: &reserved,
+            standby_reserved_mbps: &standby_reserved,
             unresponsive: &unresponsive,
             settings: &self.settings,
         })
@@ -854,6 +859,15 @@ impl Selector {
             self.reservations.add(
                 now,
                 decision.sources.iter().map(|s| (s.node.as_str(), s.mbps)),
+            );
+            self.standby_reservations.add(
+                now,
+                decision
+                    .sources
+                    .iter()
+                    .map(|s| (s.node.as_str(), s.standby_mbps))
+                    .chain(decision.standby.iter().map(|s| (s.node.as_str(), s.mbps)))
+                    .filter(|(_, mbps)| *mbps > 0.0),
             );
         }
         self.stats.plans.fetch_add(1, Ordering::Relaxed);

@@ -161,11 +161,17 @@ pub struct DeliveryService {
     pub origin_fallback: bool,
     /// What each viewer must receive, Mbit/s.
     pub bitrate_mbps: f64,
-    /// Plans carry `bitrate × headroom`: the slack that lets the client
-    /// lose a source and keep the bitrate.
+    /// Plans carry `bitrate × headroom`: the slack that lets a player
+    /// refill its buffer and ride out a slow source.
     pub headroom: f64,
-    /// 1: one source is fine; 2 or more: survive losing any one source.
+    /// The fewest caches a viewer's shares are spread over (1..=8): no
+    /// share carries more than `bitrate × headroom / min_sources`.
     pub min_sources: u32,
+    /// Hold standby capacity (not billed) on the plan's caches, or on the
+    /// cheapest others, so that losing any one source leaves the
+    /// committed bitrate: the others raise their output, or a standby
+    /// cache is brought on stream.
+    pub survive_one_loss: bool,
     /// What a GB fetched from the origin costs (a cache that lacks the
     /// object and has no sibling holding it pays this to fill).
     pub origin_usd_per_gb: f64,
@@ -197,6 +203,7 @@ impl Default for DeliveryService {
             bitrate_mbps: 8.0,
             headroom: 1.5,
             min_sources: 2,
+            survive_one_loss: true,
             origin_usd_per_gb: 0.05,
             when_saturated: WhenSaturated::BestEffort,
         }

@@ -3,9 +3,10 @@
 //! the object, to a [`Decision`] with source URLs, shares, expected cost
 //! and the reasons, in words, for every cache chosen or left out.
 //!
-//! The optimisation itself is `shoal_select::plan` (cheapest caches that
-//! carry bitrate × headroom within their spare egress, survive the loss of
-//! a source, rendezvous affinity within a cost band). This module turns
+//! The optimisation itself is `shoal_select::plan`: shares on the cheapest
+//! caches that carry bitrate × headroom within their spare egress, and
+//! unbilled standby so that losing any source leaves the committed
+//! bitrate (rendezvous affinity within a cost band). This module turns
 //! gossip into its candidates:
 //!
 //! - left out: caches the client asked to exclude (it reported them
@@ -17,7 +18,8 @@
 //!   cheapest sibling that holds the object, else the origin;
 //! - a cache's spare egress is what it gossips, less what this selector
 //!   planned on it in the last seconds (gossip shows new load ~2 s late, so
-//!   a burst of requests would otherwise all land on the cheapest caches).
+//!   a burst of requests would otherwise all land on the cheapest caches);
+//!   standby planned there lately limits only other plans' standby.
 
 use crate::config::DeliveryService;
 use serde::Serialize;
@@ -70,6 +72,8 @@ pub struct Inputs<'a> {
     /// Rate this selector planned on each cache recently, Mbit/s, that the
     /// cache's gossiped load may not show yet (see `api::Reservations`).
     pub reserved_mbps: &'a HashMap<String, f64>,
+    /// Standby this selector planned on each cache recently, Mbit/s.
+    pub standby_reserved_mbps: &'a HashMap<String, f64>,
     /// Caches alive in gossip that failed the selector's own requests
     /// lately (HTTP down, gossip up): left out.
     pub unresponsive: &'a [String],
@@ -85,11 +89,26 @@ pub struct Source {
     /// Fraction of the planned rate this source carries.
     pub share: f64,
     pub mbps: f64,
+    /// More it holds ready should another source fail, Mbit/s.
+    pub standby_mbps: f64,
     pub region: String,
     /// Its price per GB for this request (egress + fill + transit +
     /// latency penalty).
     pub usd_per_gb: f64,
     /// Share of the object it already holds.
+    pub held: f64,
+    pub why: String,
+}
+
+/// A cache held in reserve: a client brings it on stream when a source
+/// fails, before asking for a new plan. Not billed unless used.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct StandbySource {
+    pub node: String,
+    pub url: String,
+    pub mbps: f64,
+    pub region: String,
+    pub usd_per_gb: f64,
     pub held: f64,
     pub why: String,
 }
@@ -114,12 +133,16 @@ pub struct Decision {
     pub shortfall_mbps: f64,
     pub bitrate_met: bool,
     pub survives_one_loss: bool,
+    /// Standby held in all (sources' and standby caches'), Mbit/s.
+    pub standby_mbps: f64,
     /// Expected price per GB delivered.
     pub usd_per_gb: f64,
     /// Expected price of the whole object (when its size is known).
     pub expected_usd: Option<f64>,
     /// In order of preference.
     pub sources: Vec<Source>,
+    /// Caches held in reserve, cheapest first.
+    pub standby: Vec<StandbySource>,
     /// The origin, when no cache can serve and the service allows it.
     pub origin_fallback: Option<String>,
     pub left_out: Vec<LeftOut>,
@@ -282,6 +305,12 @@ pub fn decide(inputs: &Inputs) -> Result<Decision, SelectError> {
         let gossiped = spare_mbps(member, inputs.settings.uncapped_cache_mbps);
         let reserved = inputs.reserved_mbps.get(node).copied().unwrap_or(0.0);
         let spare = gossiped - reserved.min(gossiped.max(0.0) * RESERVED_SHARE_OF_SPARE_MAX);
+        let standby_held = inputs
+            .standby_reserved_mbps
+            .get(node)
+            .copied()
+            .unwrap_or(0.0)
+            .clamp(0.0, spare.max(0.0) * RESERVED_SHARE_OF_SPARE_MAX);
         let candidate = Candidate {
             node_id: node.clone(),
             spare_mbps: spare,
@@ -290,6 +319,7 @@ pub fn decide(inputs: &Inputs) -> Result<Decision, SelectError> {
             held_fraction: held_of(node),
             transit_usd_per_gb: reach.transit_usd_per_gb,
             rtt_ms: reach.rtt_ms,
+            standby_held_mbps: standby_held,
         };
         if spare <= 0.0 {
             full.push(candidate);
@@ -305,6 +335,7 @@ pub fn decide(inputs: &Inputs) -> Result<Decision, SelectError> {
         bitrate_mbps: service.bitrate_mbps,
         headroom: service.headroom,
         min_sources: service.min_sources,
+        survive_one_loss: service.survive_one_loss,
         latency_usd_per_gb_per_ms: inputs.settings.latency_usd_per_gb_per_ms,
         affinity_band: inputs.settings.affinity_band,
         fill_reuse_sessions: inputs.settings.fill_reuse_sessions,
@@ -339,7 +370,13 @@ pub fn decide(inputs: &Inputs) -> Result<Decision, SelectError> {
                 c
             })
             .collect();
-        chosen = plan(&request, &best_effort)?;
+        // Standby among caches at their cap would be a promise nobody
+        // keeps.
+        let no_standby = Request {
+            survive_one_loss: false,
+            ..request.clone()
+        };
+        chosen = plan(&no_standby, &best_effort)?;
         reasons.push(format!(
             "every cache that could serve is at its egress cap: best effort from the cheapest {} (the rate is what they can give; {:.1} Mbit/s not assured)",
             chosen.sources.len(),
@@ -371,13 +408,12 @@ pub fn decide(inputs: &Inputs) -> Result<Decision, SelectError> {
         }
         None => String::new(),
     };
-    for share in &chosen.sources {
-        let (Some(member), Some(candidate)) = (
-            inputs.members.iter().find(|m| m.node_id == share.node_id),
-            find_candidate(&share.node_id),
-        ) else {
-            continue;
-        };
+    // Why a cache is in the plan, in words, and its URL.
+    let describe = |node: &str, usd_per_gb: f64| {
+        let (member, candidate) = (
+            inputs.members.iter().find(|m| m.node_id == node)?,
+            find_candidate(node)?,
+        );
         let held = candidate.held_fraction;
         let fill_note = if held >= 1.0 {
             "holds the whole object".to_string()
@@ -388,37 +424,66 @@ pub fn decide(inputs: &Inputs) -> Result<Decision, SelectError> {
                 candidate.fill_usd_per_gb
             )
         };
+        let why = format!(
+            "{fill_note}; egress ${:.4}/GB; region {} at {:.0} ms, transit ${:.4}/GB; {}; ${usd_per_gb:.4}/GB in all",
+            candidate.egress_usd_per_gb,
+            member.region,
+            candidate.rtt_ms,
+            candidate.transit_usd_per_gb,
+            if saturated {
+                "at its egress cap (best effort)".to_string()
+            } else {
+                format!("{:.0} Mbit/s spare", candidate.spare_mbps)
+            },
+        );
+        let url = format!("{}{}{pin}", member.base_url(), inputs.uri_path_and_query);
+        Some((url, member.region.clone(), held, why))
+    };
+    for share in &chosen.sources {
+        let Some((url, region, held, why)) = describe(&share.node_id, share.usd_per_gb) else {
+            continue;
+        };
         sources.push(Source {
             node: share.node_id.clone(),
-            url: format!("{}{}{pin}", member.base_url(), inputs.uri_path_and_query),
+            url,
             share: if chosen.planned_mbps > 0.0 {
                 share.mbps / chosen.planned_mbps
             } else {
                 0.0
             },
             mbps: share.mbps,
-            region: member.region.clone(),
+            standby_mbps: share.standby_mbps,
+            region,
             usd_per_gb: share.usd_per_gb,
             held,
+            why,
+        });
+    }
+    let mut standby = Vec::with_capacity(chosen.standby.len());
+    for reserve in &chosen.standby {
+        let Some((url, region, held, why)) = describe(&reserve.node_id, reserve.usd_per_gb) else {
+            continue;
+        };
+        standby.push(StandbySource {
+            node: reserve.node_id.clone(),
+            url,
+            mbps: reserve.mbps,
+            region,
+            usd_per_gb: reserve.usd_per_gb,
+            held,
             why: format!(
-                "{fill_note}; egress ${:.4}/GB; region {} at {:.0} ms, transit ${:.4}/GB; {}; ${:.4}/GB in all",
-                candidate.egress_usd_per_gb,
-                member.region,
-                candidate.rtt_ms,
-                candidate.transit_usd_per_gb,
-                if saturated {
-                    "at its egress cap (best effort)".to_string()
-                } else {
-                    format!("{:.0} Mbit/s spare", candidate.spare_mbps)
-                },
-                share.usd_per_gb
+                "stands by with {:.1} Mbit/s should a source fail (not billed unless used): {why}",
+                reserve.mbps
             ),
         });
     }
     // Usable caches the plan did not need: degraded ones, then the
     // cheapest of the rest (the runners-up a replacement plan would use).
-    let chosen_nodes: std::collections::HashSet<&str> =
-        sources.iter().map(|s| s.node.as_str()).collect();
+    let chosen_nodes: std::collections::HashSet<&str> = sources
+        .iter()
+        .map(|s| s.node.as_str())
+        .chain(standby.iter().map(|s| s.node.as_str()))
+        .collect();
     for candidate in &degraded {
         if !chosen_nodes.contains(candidate.node_id.as_str()) {
             left_out.add("degraded", &candidate.node_id, || {
@@ -487,8 +552,30 @@ pub fn decide(inputs: &Inputs) -> Result<Decision, SelectError> {
     } else {
         None
     };
-    if chosen.survives_one_loss {
-        reasons.push("losing any one source still leaves the committed bitrate".into());
+    if chosen.survives_one_loss && !saturated {
+        let standby_note = if chosen.standby_mbps > 0.0 {
+            format!(
+                " ({:.1} Mbit/s of standby: {})",
+                chosen.standby_mbps,
+                if standby.is_empty() {
+                    "the other sources raise their output".to_string()
+                } else {
+                    format!(
+                        "{} brought on stream if needed",
+                        standby
+                            .iter()
+                            .map(|s| s.node.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
+            )
+        } else {
+            String::new()
+        };
+        reasons.push(format!(
+            "losing any one source still leaves the committed bitrate{standby_note}"
+        ));
     }
     let expected_usd = inputs
         .object
@@ -509,9 +596,11 @@ pub fn decide(inputs: &Inputs) -> Result<Decision, SelectError> {
         },
         bitrate_met: !saturated && chosen.planned_mbps + 1e-9 >= service.bitrate_mbps,
         survives_one_loss: !saturated && chosen.survives_one_loss,
+        standby_mbps: if saturated { 0.0 } else { chosen.standby_mbps },
         usd_per_gb: chosen.usd_per_gb,
         expected_usd,
         sources,
+        standby,
         origin_fallback,
         left_out,
         reasons,
@@ -575,6 +664,23 @@ pub fn explain(decision: &Decision, path: &str) -> String {
     }
     if let Some(origin) = &decision.origin_fallback {
         let _ = writeln!(text, "  origin: {origin}");
+    }
+    if decision.sources.iter().any(|s| s.standby_mbps > 0.0) || !decision.standby.is_empty() {
+        let _ = writeln!(text, "\nstandby, should a source fail:");
+        for source in decision.sources.iter().filter(|s| s.standby_mbps > 0.0) {
+            let _ = writeln!(
+                text,
+                "  {} raises its output by up to {:.1} Mbit/s",
+                source.node, source.standby_mbps
+            );
+        }
+        for reserve in &decision.standby {
+            let _ = writeln!(
+                text,
+                "  {} ({:.1} Mbit/s) {}\n     because it {}",
+                reserve.node, reserve.mbps, reserve.url, reserve.why
+            );
+        }
     }
     if !decision.left_out.is_empty() {
         let _ = writeln!(text, "\nnot chosen:");

@@ -85,6 +85,7 @@ fn run_reserved(
         reach: &near_and_far,
         exclude,
         reserved_mbps: reserved,
+        standby_reserved_mbps: &HashMap::new(),
         unresponsive: &[],
         settings: &settings,
     })
@@ -103,10 +104,15 @@ fn near_cheap_holders_are_chosen_with_urls_and_shares() {
     let held: HashMap<String, f64> = [("eu2".to_string(), 1.0), ("eu3".to_string(), 1.0)].into();
     let decision = run(&members, &held, &[], &service());
     let nodes: Vec<&str> = decision.sources.iter().map(|s| s.node.as_str()).collect();
-    // 150 Mbit/s target, at most 50 per source (survive one loss): the
-    // two eu holders first, then the cheapest of the rest.
-    assert_eq!(nodes.len(), 3, "{decision:?}");
-    assert!(nodes[..2].contains(&"eu2") && nodes[..2].contains(&"eu3"));
+    // 150 Mbit/s target from at least 2 sources: the two eu holders at 75
+    // each; either raises its output by 25 should the other fail.
+    assert_eq!(nodes.len(), 2, "{decision:?}");
+    assert!(nodes.contains(&"eu2") && nodes.contains(&"eu3"));
+    assert!(decision
+        .sources
+        .iter()
+        .all(|s| (s.mbps - 75.0).abs() < 1e-9 && (s.standby_mbps - 25.0).abs() < 1e-9));
+    assert!(decision.standby.is_empty());
     assert!(decision.bitrate_met && decision.survives_one_loss);
     assert!((decision.predicted_mbps - 150.0).abs() < 1e-6);
     let total: f64 = decision.sources.iter().map(|s| s.share).sum();
@@ -155,9 +161,54 @@ fn excluded_draining_and_full_caches_are_left_out_with_a_reason() {
     let nodes: Vec<&str> = decision.sources.iter().map(|s| s.node.as_str()).collect();
     assert_eq!(nodes.len(), 2);
     assert!(nodes.contains(&"d") && nodes.contains(&"e"));
-    // Two sources at 75 each carry the target but cannot survive a loss at
-    // a cap of 50: the plan says so instead of pretending.
-    assert!(decision.bitrate_met);
+    assert!(decision.bitrate_met && decision.survives_one_loss);
+}
+
+#[test]
+fn cheap_caches_without_room_bring_in_a_standby_that_is_not_billed() {
+    let mut members = vec![
+        member("eu1", 1001, "eu", 10_000),
+        member("eu2", 1002, "eu", 10_000),
+        member("eu3", 1003, "eu", 10_000),
+        member("us1", 2001, "us", 5_000),
+    ];
+    // The eu caches have 80 Mbit/s left: 75 of share and 5 to spare.
+    for m in &mut members[..3] {
+        m.egress_bps = m.egress_cap_bps - 80_000_000;
+    }
+    let held: HashMap<String, f64> = [("eu2".to_string(), 1.0), ("eu3".to_string(), 1.0)].into();
+    let decision = run(&members, &held, &[], &service());
+    let mut nodes: Vec<&str> = decision.sources.iter().map(|s| s.node.as_str()).collect();
+    nodes.sort();
+    assert_eq!(nodes, ["eu2", "eu3"], "{decision:?}");
+    // Losing either leaves 75 + the other's 5: eu1, the cheapest other,
+    // stands by with the missing 20, not billed.
+    let standby: Vec<(&str, f64)> = decision
+        .standby
+        .iter()
+        .map(|s| (s.node.as_str(), s.mbps))
+        .collect();
+    assert_eq!(standby.len(), 1, "{decision:?}");
+    assert_eq!(standby[0].0, "eu1");
+    assert!((standby[0].1 - 20.0).abs() < 1e-9, "{standby:?}");
+    assert!(decision.standby[0].url.contains("shoal-object="));
+    assert!(decision.survives_one_loss);
+    assert!((decision.usd_per_gb - 0.011).abs() < 1e-9, "{decision:?}");
+    assert!(decision.left_out.iter().all(|l| l.node != "eu1"));
+    assert!(decision
+        .reasons
+        .iter()
+        .any(|r| r.contains("eu1 brought on stream")));
+    let text = explain(&decision, "/video/a.mp4");
+    assert!(text.contains("standby, should a source fail"), "{text}");
+    // Without survival asked for, no standby.
+    let fragile = DeliveryService {
+        survive_one_loss: false,
+        ..service()
+    };
+    let decision = run(&members, &held, &[], &fragile);
+    assert!(decision.standby.is_empty() && decision.standby_mbps == 0.0);
+    assert!(!decision.survives_one_loss);
 }
 
 #[test]
