@@ -88,6 +88,7 @@ fn main() {
             reach: &reach,
             exclude: &[],
             reserved_mbps: &HashMap::new(),
+            standby_reserved_mbps: &HashMap::new(),
             unresponsive: &[],
             settings: &settings,
         })
