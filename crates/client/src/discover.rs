@@ -125,6 +125,9 @@ pub struct PlannedSource {
 #[derive(Clone, Debug, Default)]
 pub struct Plan {
     pub sources: Vec<PlannedSource>,
+    /// Caches holding capacity in reserve: brought on stream when a source
+    /// fails, before the selector is asked again.
+    pub standby: Vec<PlannedSource>,
     pub committed_mbps: Option<f64>,
     pub object_id: Option<ObjectId>,
     pub object_size: Option<u64>,
@@ -134,6 +137,8 @@ pub struct Plan {
 struct PlanJson {
     #[serde(default)]
     sources: Vec<SourceJson>,
+    #[serde(default)]
+    standby: Vec<StandbyJson>,
     committed_mbps: Option<f64>,
     #[serde(default)]
     object: ObjectJson,
@@ -144,6 +149,12 @@ struct SourceJson {
     node: String,
     url: String,
     share: f64,
+}
+
+#[derive(Deserialize)]
+struct StandbyJson {
+    node: String,
+    url: String,
 }
 
 #[derive(Deserialize, Default)]
@@ -178,12 +189,28 @@ pub fn parse_plan(body: &[u8], path: &RequestPath) -> Result<Plan, String> {
             share,
         });
     }
+    let mut standby = Vec::new();
+    for reserve in json.standby.into_iter().take(PLAN_SOURCES_MAX) {
+        let url = ObjectUrl::parse(&reserve.url).map_err(|e| format!("plan: {e}"))?;
+        if url.path != *path {
+            return Err(format!("plan: standby {} is for another path", reserve.url));
+        }
+        if !shoal_core::auth::valid_node_name(&reserve.node) {
+            return Err(format!("plan: `{}` is not a cache name", reserve.node));
+        }
+        standby.push(PlannedSource {
+            name: reserve.node,
+            url: url.url(),
+            share: 0.0,
+        });
+    }
     let object_id = match json.object.id {
         Some(hex) => Some(ObjectId::from_hex(&hex).ok_or("plan: bad object id")?),
         None => None,
     };
     Ok(Plan {
         sources,
+        standby,
         committed_mbps: json
             .committed_mbps
             .filter(|m| m.is_finite() && *m > 0.0 && *m <= 1e6),
@@ -601,6 +628,14 @@ mod tests {
         assert_eq!(plan.sources[0].name, "c1");
         assert_eq!(plan.committed_mbps, Some(8.0));
         assert_eq!(plan.object_size, Some(10));
+        assert!(plan.standby.is_empty());
+        let with_standby = br#"{"sources":[{"node":"c1","url":"http://127.0.0.1:1/v/a.mp4","share":1}],
+            "standby":[{"node":"c9","url":"http://127.0.0.1:9/v/a.mp4","mbps":8.0}]}"#;
+        let plan = parse_plan(with_standby, &path).unwrap();
+        assert_eq!(plan.standby.len(), 1);
+        assert_eq!(plan.standby[0].name, "c9");
+        let stray = br#"{"sources":[],"standby":[{"node":"c9","url":"http://127.0.0.1:9/other","mbps":8.0}]}"#;
+        assert!(parse_plan(stray, &path).is_err());
         let other = br#"{"sources":[{"node":"c1","url":"http://127.0.0.1:1/other","share":1}]}"#;
         assert!(parse_plan(other, &path).is_err());
         let evil = br#"{"sources":[{"node":"c 1","url":"http://127.0.0.1:1/v/a.mp4","share":1}]}"#;

@@ -125,8 +125,12 @@ pub struct Summary {
     pub failovers: u32,
     pub stalls: u32,
     pub degradations: u32,
-    /// Sources a selector added after the first plan.
+    /// Sources added after the first plan: standby caches and the
+    /// selector's replacements.
     pub replacements: u32,
+    /// Of those, standby caches of the plan brought on stream when a
+    /// source failed (no round trip to the selector).
+    pub standby_used: u32,
     /// Stream mode with a committed bitrate: rebuffering events of a
     /// player at that bitrate after its initial buffer, and their length.
     pub rebuffers: Option<u32>,
@@ -140,6 +144,8 @@ pub struct Summary {
 pub struct SourceSummary {
     pub name: String,
     pub url: String,
+    /// `plan`, `standby` or `selector` (see [`Summary::standby_used`]).
+    pub joined: &'static str,
     pub bytes: u64,
     pub pieces: u32,
     pub state: String,
@@ -258,6 +264,9 @@ impl Drop for Requests {
 struct SourceEntry {
     id: SourceId,
     planned: PlannedSource,
+    /// How it joined: `plan`, `standby` (brought on stream when a source
+    /// failed) or `selector` (a replacement asked for).
+    joined: &'static str,
 }
 
 /// Downloads `options.url`, calling `progress` about every 200 ms.
@@ -415,9 +424,12 @@ pub async fn get(
         sources.push(SourceEntry {
             id,
             planned: planned.clone(),
+            joined: "plan",
         });
     }
     let first_sources = sources.len();
+    // Held in reserve by the plan, cheapest first.
+    let mut standby: std::collections::VecDeque<PlannedSource> = plan.standby.clone().into();
 
     let (events, mut inbox) = mpsc::channel::<Event>(1024);
     let mut tasks = Requests::default();
@@ -560,7 +572,7 @@ pub async fn get(
                                     }
                                     let id = scheduler.add_source(&planned.name, planned.share, now);
                                     tracing::info!(source = %planned.name, "source added from the selector");
-                                    sources.push(SourceEntry { id, planned });
+                                    sources.push(SourceEntry { id, planned, joined: "selector" });
                                 }
                             }
                             Err(error) => tracing::warn!(%error, "asking the selector for a replacement"),
@@ -587,7 +599,33 @@ pub async fn get(
                     let name = scheduler.source_name(source).to_string();
                     tracing::info!(source = %name, %reason, "replacing a source");
                     if !reported.contains(&name) {
-                        reported.push(name);
+                        reported.push(name.clone());
+                    }
+                    // The plan's standby first: it is there now, with
+                    // capacity held for this; the selector after that.
+                    let share = sources
+                        .iter()
+                        .find(|s| s.id == source)
+                        .map_or(1.0, |s| s.planned.share);
+                    let mut joined = false;
+                    while let Some(reserve) = standby.pop_front() {
+                        let known = sources.iter().any(|s| s.planned.url == reserve.url);
+                        if known || reported.contains(&reserve.name) || sources.len() >= SOURCES_MAX {
+                            continue;
+                        }
+                        let now = now_ms(started);
+                        let id = scheduler.add_source(&reserve.name, share, now);
+                        tracing::info!(source = %reserve.name, replacing = %name, "standby source brought on stream");
+                        sources.push(SourceEntry {
+                            id,
+                            planned: PlannedSource { share, ..reserve },
+                            joined: "standby",
+                        });
+                        joined = true;
+                        break;
+                    }
+                    if joined {
+                        continue;
                     }
                     if let Origin::Selector(selector) = &origin {
                         if !replan_pending && sources.len() < SOURCES_MAX {
@@ -665,6 +703,7 @@ pub async fn get(
         .map(|(entry, report)| SourceSummary {
             name: report.name.clone(),
             url: entry.planned.url.clone(),
+            joined: entry.joined,
             bytes: report.bytes,
             pieces: report.pieces,
             state: report.health.clone(),
@@ -687,6 +726,7 @@ pub async fn get(
         stalls: reports.iter().map(|r| r.stalls).sum(),
         degradations: reports.iter().map(|r| r.degradations).sum(),
         replacements: (sources.len() - first_sources) as u32,
+        standby_used: sources.iter().filter(|s| s.joined == "standby").count() as u32,
         rebuffers: playback.as_ref().map(|p| p.rebuffers()),
         rebuffer_ms: playback.as_ref().map(|p| p.stalled_ms()),
         playback_started_s: playback

@@ -209,16 +209,25 @@ fn report(args: &GetArgs, summary: &shoal_client::Summary) -> anyhow::Result<()>
     );
     for source in &summary.sources {
         eprintln!(
-            "  {:<12} {:>9.1} MiB {:>5} pieces  {}",
+            "  {:<12} {:>9.1} MiB {:>5} pieces  {}{}",
             source.name,
             mib(source.bytes as f64),
             source.pieces,
-            source.state
+            source.state,
+            match source.joined {
+                "standby" => " (standby, brought on stream)",
+                "selector" => " (replacement from the selector)",
+                _ => "",
+            }
         );
     }
     eprintln!(
-        "  failovers {}, stalls {}, degradations {}, sources added by the selector {}",
-        summary.failovers, summary.stalls, summary.degradations, summary.replacements
+        "  failovers {}, stalls {}, degradations {}, standby brought on stream {}, replacements from the selector {}",
+        summary.failovers,
+        summary.stalls,
+        summary.degradations,
+        summary.standby_used,
+        summary.replacements - summary.standby_used
     );
     if let Some(rebuffers) = summary.rebuffers {
         eprintln!(
