@@ -128,6 +128,9 @@ pub struct Plan {
     /// Caches holding capacity in reserve: brought on stream when a source
     /// fails, before the selector is asked again.
     pub standby: Vec<PlannedSource>,
+    /// The selector holds standby so that losing any one source leaves
+    /// the committed bitrate: the first loss needs no new plan.
+    pub survives_one_loss: bool,
     pub committed_mbps: Option<f64>,
     pub object_id: Option<ObjectId>,
     pub object_size: Option<u64>,
@@ -139,6 +142,8 @@ struct PlanJson {
     sources: Vec<SourceJson>,
     #[serde(default)]
     standby: Vec<StandbyJson>,
+    #[serde(default)]
+    survives_one_loss: bool,
     committed_mbps: Option<f64>,
     #[serde(default)]
     object: ObjectJson,
@@ -211,6 +216,7 @@ pub fn parse_plan(body: &[u8], path: &RequestPath) -> Result<Plan, String> {
     Ok(Plan {
         sources,
         standby,
+        survives_one_loss: json.survives_one_loss,
         committed_mbps: json
             .committed_mbps
             .filter(|m| m.is_finite() && *m > 0.0 && *m <= 1e6),

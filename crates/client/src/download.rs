@@ -430,6 +430,10 @@ pub async fn get(
     let first_sources = sources.len();
     // Held in reserve by the plan, cheapest first.
     let mut standby: std::collections::VecDeque<PlannedSource> = plan.standby.clone().into();
+    // Sources lost so far: a plan that survives one loss carries the first
+    // without a new plan (the others raise their output); the rate check
+    // below still asks for more if the committed bitrate is not held.
+    let mut losses = 0u32;
 
     let (events, mut inbox) = mpsc::channel::<Event>(1024);
     let mut tasks = Requests::default();
@@ -600,6 +604,7 @@ pub async fn get(
                     tracing::info!(source = %name, %reason, "replacing a source");
                     if !reported.contains(&name) {
                         reported.push(name.clone());
+                        losses += 1;
                     }
                     // The plan's standby first: it is there now, with
                     // capacity held for this; the selector after that.
@@ -625,6 +630,10 @@ pub async fn get(
                         break;
                     }
                     if joined {
+                        continue;
+                    }
+                    if plan.survives_one_loss && losses <= 1 {
+                        tracing::info!(source = %name, "the other sources carry the committed bitrate: no new plan needed");
                         continue;
                     }
                     if let Origin::Selector(selector) = &origin {

@@ -61,7 +61,13 @@ fn a_selector_plan_is_blended_over_several_caches_and_verified() {
     let origin = start_origin(root.path());
     let dir = tempfile::tempdir().unwrap();
     let caches = start_caches(&origin.url, dir.path(), &["c1", "c2", "c3"], "400");
-    let selector = start_selector(dir.path(), &gossip_addr(&caches[0]), 100, "");
+    let selector = start_selector_service(
+        dir.path(),
+        &gossip_addr(&caches[0]),
+        100,
+        "",
+        "min_sources = 3",
+    );
     wait_for_selector(&selector, 3);
     let out = dir.path().join("film.mp4");
     let output = get_command(&format!("{}/video/film.mp4", selector.url), &out, &[])
@@ -72,7 +78,7 @@ fn a_selector_plan_is_blended_over_several_caches_and_verified() {
     assert!(!dir.path().join("film.mp4.part").exists());
     assert!(!dir.path().join("film.mp4.part.shoal").exists());
     let sources = source_bytes(&summary);
-    // 100 Mbit/s x1.5 at most 50 per source: three caches planned, all used.
+    // 100 Mbit/s x1.5 over at least 3 sources: 50 each, all used.
     assert_eq!(sources.len(), 3, "{summary}");
     assert!(sources.iter().all(|(_, bytes, _)| *bytes > 0), "{summary}");
     assert_eq!(summary["bytes"], size);
@@ -89,9 +95,16 @@ fn a_cache_killed_mid_download_does_not_stop_it() {
     publish(root.path());
     let origin = start_origin(root.path());
     let dir = tempfile::tempdir().unwrap();
-    // 3 caches at 100 Mbit/s each: ~1.3 s at full speed, plenty to kill in.
+    // 3 caches at 100 Mbit/s each, all in the plan (min_sources = 3): ~1.3 s
+    // at full speed, plenty to kill in.
     let mut caches = start_caches(&origin.url, dir.path(), &["k1", "k2", "k3"], "100");
-    let selector = start_selector(dir.path(), &gossip_addr(&caches[0]), 100, "");
+    let selector = start_selector_service(
+        dir.path(),
+        &gossip_addr(&caches[0]),
+        100,
+        "",
+        "min_sources = 3",
+    );
     wait_for_selector(&selector, 3);
     let out = dir.path().join("big.bin");
     let child = get_command(&format!("{}/big.bin", selector.url), &out, &[])
@@ -462,7 +475,9 @@ fn a_stream_survives_a_killed_cache_and_the_selector_brings_in_a_replacement() {
     let origin = start_origin(root.path());
     let dir = tempfile::tempdir().unwrap();
     // Three caches at $0.01/GB and a dearer fourth the selector keeps in
-    // reserve; 100 Mbit/s each.
+    // reserve; 100 Mbit/s each. The service holds no standby, so the
+    // replacement comes from the selector (the path a client takes once a
+    // plan's standby is used up).
     let mut caches: Vec<Proc> = Vec::new();
     for (name, cost) in [
         ("s1", "0.01"),
@@ -488,7 +503,7 @@ fn a_stream_survives_a_killed_cache_and_the_selector_brings_in_a_replacement() {
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:0\"\n[mesh]\ngossip = \"127.0.0.1:0\"\nseeds = [\"{}\"]\ngossip_interval_ms = 200\n[[service]]\nname = \"tv\"\npath_prefix = \"/\"\nbitrate_mbps = 240\nheadroom = 1.25\nmin_sources = 1\n",
+            "listen = \"127.0.0.1:0\"\n[mesh]\ngossip = \"127.0.0.1:0\"\nseeds = [\"{}\"]\ngossip_interval_ms = 200\n[[service]]\nname = \"tv\"\npath_prefix = \"/\"\nbitrate_mbps = 240\nheadroom = 1.25\nmin_sources = 1\nsurvive_one_loss = false\n",
             gossip_addr(&caches[0])
         ),
     )
@@ -547,7 +562,16 @@ fn a_stream_survives_a_killed_cache_and_the_selector_brings_in_a_replacement() {
             .any(|(name, bytes, _)| name == "s4" && *bytes > 0),
         "the selector's replacement did not join: {summary}"
     );
+    assert!(
+        summary["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "s4" && s["joined"] == "selector"),
+        "{summary}"
+    );
     assert!(summary["replacements"].as_u64().unwrap() >= 1);
+    assert_eq!(summary["standby_used"], 0, "{summary}");
     assert!(summary["rebuffers"].is_u64(), "{summary}");
 }
 
@@ -616,4 +640,216 @@ fn an_unpublished_object_every_cache_holds_whole_is_fetched_through_the_selector
     let plan = curl(&format!("{}/plan?path=/obj.bin", selector.url), &[]);
     let plan: serde_json::Value = serde_json::from_slice(&plan.body).unwrap();
     assert_eq!(plan["object"]["id"], summary["object_id"]);
+}
+
+/// Issue 11's case on loopback: two caches at $0.01/GB, two dearer ones
+/// ($0.20, $0.30), 100 Mbit/s each, none holding anything; the plan uses
+/// only the cheap two and holds standby instead of paying dear shares.
+fn cheap_and_dear_mesh(root: &Path, dir: &Path) -> (Proc, Vec<Proc>, Proc) {
+    publish(root);
+    let origin = start_origin(root);
+    let mut caches: Vec<Proc> = Vec::new();
+    for (name, cost) in [
+        ("cheap1", "0.01"),
+        ("cheap2", "0.01"),
+        ("dear1", "0.20"),
+        ("dear2", "0.30"),
+    ] {
+        let seeds: Vec<String> = caches.first().map(gossip_addr).into_iter().collect();
+        caches.push(start_mesh_cache(
+            &origin.url,
+            &dir.join(name),
+            name,
+            "eu",
+            &seeds,
+            None,
+            &["--egress-mbps", "100", "--cost-per-gb", cost],
+        ));
+    }
+    let urls: Vec<&str> = caches.iter().map(|c| c.url.as_str()).collect();
+    wait_for_mesh(&urls, 4);
+    // /video/: 40 Mbit/s x 1.5 from at least 2 sources (the default
+    // service's shape: either cheap cache alone carries the committed
+    // rate). /uhd/: 120 Mbit/s, more than one cache can carry.
+    let config = dir.join("selector.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\n[mesh]\ngossip = \"127.0.0.1:0\"\nseeds = [\"{}\"]\ngossip_interval_ms = 200\n\
+             [[service]]\nname = \"video\"\npath_prefix = \"/video/\"\nbitrate_mbps = 40\n\
+             [[service]]\nname = \"uhd\"\npath_prefix = \"/uhd/\"\nbitrate_mbps = 120\n",
+            gossip_addr(&caches[0])
+        ),
+    )
+    .unwrap();
+    let selector = start_shoal(
+        &["selector", "--config", config.to_str().unwrap()],
+        &[("SHOAL_SELECTOR_MESH__CLUSTER_SECRET", CLUSTER_SECRET)],
+    );
+    wait_for_selector(&selector, 4);
+    (origin, caches, selector)
+}
+
+/// `shoal get --stream` of `url`, killing `victim` once it has sent 4 MiB
+/// more: the summary, after checking the stream is the object.
+fn stream_killing(url: &str, caches: &mut [Proc], victim: &str, data: &[u8]) -> serde_json::Value {
+    let victim = caches.iter_mut().find(|c| c.name == victim).unwrap();
+    let before = stat(&victim.url, "bytes_served");
+    let child = Command::new(shoal_bin())
+        .args(["get", url, "--stream", "--json", "--quiet", "--buffer-s", "1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(
+        "the victim serves part of the stream",
+        Duration::from_secs(20),
+        || stat(&victim.url, "bytes_served") >= before + 4 * MIB,
+    );
+    victim.kill9();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(output.stdout == data, "the stream is not the object, in order");
+    serde_json::from_str(&stderr[stderr.find('{').unwrap()..]).unwrap()
+}
+
+#[test]
+fn resilience_is_standby_on_cheap_caches_and_a_killed_one_costs_no_rebuffer() {
+    let root = tempfile::tempdir().unwrap();
+    let data = content(40 * MIB, 71);
+    write_file(root.path(), "video/film.ts", &data);
+    let uhd = content(48 * MIB, 72);
+    write_file(root.path(), "uhd/film.ts", &uhd);
+    let dir = tempfile::tempdir().unwrap();
+    let (_origin, mut caches, selector) = cheap_and_dear_mesh(root.path(), dir.path());
+
+    // Looking at the plan reserves nothing and shows the two cheap caches
+    // at 30 Mbit/s each, each ready to raise its output by 10 (to the
+    // committed 40) should the other fail; no dear cache at all.
+    let plan_of = |path: &str| {
+        let answer = curl(&format!("{}/plan?path={path}", selector.url), &[]);
+        assert_eq!(answer.status, 200);
+        serde_json::from_slice::<serde_json::Value>(&answer.body).unwrap()
+    };
+    let plan = plan_of("/video/film.ts");
+    let mut nodes: Vec<&str> = plan["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["node"].as_str().unwrap())
+        .collect();
+    nodes.sort();
+    assert_eq!(nodes, ["cheap1", "cheap2"], "{plan}");
+    for source in plan["sources"].as_array().unwrap() {
+        assert!((source["mbps"].as_f64().unwrap() - 30.0).abs() < 1e-6, "{plan}");
+        assert!((source["standby_mbps"].as_f64().unwrap() - 10.0).abs() < 1e-6, "{plan}");
+    }
+    assert_eq!(plan["standby"].as_array().map(Vec::len), Some(0), "{plan}");
+    assert_eq!(plan["survives_one_loss"], true);
+    // The optimum: every byte from a $0.01 cache filling from the origin
+    // ($0.05/GB over 4 sessions) = $0.0225/GB (the old plan paid $0.0858).
+    let optimum = 0.01 + 0.05 / 4.0;
+    let cost = plan["usd_per_gb"].as_f64().unwrap();
+    assert!(cost <= optimum * 1.02 && cost >= optimum - 1e-9, "{plan}");
+
+    // Kill one cheap cache mid-stream: the other raises its output, the
+    // player never rebuffers, no dear cache is paid.
+    let summary = stream_killing(
+        &format!("{}/video/film.ts", selector.url),
+        &mut caches,
+        "cheap1",
+        &data,
+    );
+    let sources = source_bytes(&summary);
+    assert!(
+        sources
+            .iter()
+            .any(|(name, _, state)| name == "cheap1" && state.starts_with("dropped")),
+        "{summary}"
+    );
+    assert_eq!(summary["rebuffers"], 0, "{summary}");
+    assert_eq!(summary["replacements"], 0, "{summary}");
+    for dear in ["dear1", "dear2"] {
+        let cache = caches.iter().find(|c| c.name == dear).unwrap();
+        assert_eq!(stat(&cache.url, "bytes_served"), 0, "{dear} was paid");
+    }
+
+    // 120 Mbit/s: no single cache carries it, so shares of 90 leave
+    // 100 after a loss; the cheapest other cache (dear1) stands by with
+    // the missing 20, not billed: the plan still costs what cheap caches
+    // cost. (cheap1 is gone: restart it under the same name. Every cache
+    // holds the object first, so the kill tests the plan and the client,
+    // not how fast a standby fills.)
+    let index = caches.iter().position(|c| c.name == "cheap1").unwrap();
+    let seeds = vec![gossip_addr(&caches[1])];
+    caches[index] = start_mesh_cache(
+        &_origin.url,
+        &dir.path().join("cheap1"),
+        "cheap1",
+        "eu",
+        &seeds,
+        None,
+        &["--egress-mbps", "100", "--cost-per-gb", "0.01"],
+    );
+    let urls: Vec<&str> = caches.iter().map(|c| c.url.as_str()).collect();
+    wait_for_mesh(&urls, 4);
+    let mut warm = Command::new(shoal_bin());
+    warm.arg("warm");
+    for cache in &caches {
+        warm.args(["--cache", &cache.url]);
+    }
+    let warmed = warm
+        .arg("/uhd/film.ts")
+        .env("SHOAL_CACHE_MESH__CLUSTER_SECRET", CLUSTER_SECRET)
+        .output()
+        .unwrap();
+    assert!(warmed.status.success(), "{}", String::from_utf8_lossy(&warmed.stderr));
+    let mut plan = serde_json::Value::Null;
+    wait_until(
+        "the selector plans the two cheap caches again, idle",
+        Duration::from_secs(20),
+        || {
+            // (Gossip shows the first stream's load for a few seconds.)
+            plan = plan_of("/uhd/film.ts");
+            plan["sources"].as_array().map_or(0, Vec::len) == 2
+                && plan["standby"].as_array().map_or(0, Vec::len) == 1
+                && plan["standby"][0]["mbps"].as_f64().is_some_and(|m| m < 21.0)
+                && plan["sources"][0]["held"] == 1.0
+        },
+    );
+    let mut nodes: Vec<&str> = plan["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["node"].as_str().unwrap())
+        .collect();
+    nodes.sort();
+    assert_eq!(nodes, ["cheap1", "cheap2"], "{plan}");
+    assert_eq!(plan["standby"][0]["node"], "dear1", "{plan}");
+    assert!((plan["standby"][0]["mbps"].as_f64().unwrap() - 20.0).abs() < 1.0, "{plan}");
+    assert_eq!(plan["survives_one_loss"], true);
+    // Held everywhere now: the optimum is the cheap caches' egress alone.
+    let cost = plan["usd_per_gb"].as_f64().unwrap();
+    assert!(cost <= 0.01 * 1.02, "{plan}");
+
+    // Kill cheap2 mid-stream: dear1 is brought on stream from the plan at
+    // once (no round trip to the selector), and the player never stalls.
+    let summary = stream_killing(
+        &format!("{}/uhd/film.ts", selector.url),
+        &mut caches,
+        "cheap2",
+        &uhd,
+    );
+    assert_eq!(summary["rebuffers"], 0, "{summary}");
+    assert_eq!(summary["standby_used"], 1, "{summary}");
+    assert!(
+        summary["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "dear1" && s["joined"] == "standby" && s["bytes"].as_u64() > Some(0)),
+        "{summary}"
+    );
 }

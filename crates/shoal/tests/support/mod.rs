@@ -487,11 +487,23 @@ pub fn stable_stat(cache_url: &str, name: &str) -> u64 {
 /// `bitrate_mbps` committed; `extra_toml` adds top-level settings. Does not
 /// wait for it to see the caches (see [`wait_for_selector`]).
 pub fn start_selector(dir: &Path, seed: &str, bitrate_mbps: u32, extra_toml: &str) -> Proc {
+    start_selector_service(dir, seed, bitrate_mbps, extra_toml, "")
+}
+
+/// [`start_selector`] with more settings of its one service
+/// (`service_toml`, e.g. `min_sources = 3`).
+pub fn start_selector_service(
+    dir: &Path,
+    seed: &str,
+    bitrate_mbps: u32,
+    extra_toml: &str,
+    service_toml: &str,
+) -> Proc {
     let config = dir.join("selector.toml");
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:0\"\n{extra_toml}\n[mesh]\ngossip = \"127.0.0.1:0\"\nseeds = [\"{seed}\"]\ngossip_interval_ms = 200\n[[service]]\nname = \"all\"\npath_prefix = \"/\"\nbitrate_mbps = {bitrate_mbps}\nheadroom = 1.5\n"
+            "listen = \"127.0.0.1:0\"\n{extra_toml}\n[mesh]\ngossip = \"127.0.0.1:0\"\nseeds = [\"{seed}\"]\ngossip_interval_ms = 200\n[[service]]\nname = \"all\"\npath_prefix = \"/\"\nbitrate_mbps = {bitrate_mbps}\nheadroom = 1.5\n{service_toml}\n"
         ),
     )
     .unwrap();
