@@ -635,7 +635,8 @@ mod tests {
         assert_eq!(plan.committed_mbps, Some(8.0));
         assert_eq!(plan.object_size, Some(10));
         assert!(plan.standby.is_empty());
-        let with_standby = br#"{"sources":[{"node":"c1","url":"http://127.0.0.1:1/v/a.mp4","share":1}],
+        let with_standby =
+            br#"{"sources":[{"node":"c1","url":"http://127.0.0.1:1/v/a.mp4","share":1}],
             "standby":[{"node":"c9","url":"http://127.0.0.1:9/v/a.mp4","mbps":8.0}]}"#;
         let plan = parse_plan(with_standby, &path).unwrap();
         assert_eq!(plan.standby.len(), 1);

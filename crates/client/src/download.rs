@@ -615,7 +615,8 @@ pub async fn get(
                     let mut joined = false;
                     while let Some(reserve) = standby.pop_front() {
                         let known = sources.iter().any(|s| s.planned.url == reserve.url);
-                        if known || reported.contains(&reserve.name) || sources.len() >= SOURCES_MAX {
+                        if known || reported.contains(&reserve.name) || sources.len() >= SOURCES_MAX
+                        {
                             continue;
                         }
                         let now = now_ms(started);

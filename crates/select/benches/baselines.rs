@@ -289,19 +289,24 @@ fn blake3_like(object: usize) -> &'static [u8; 32] {
 /// fills from the origin at $0.05/GB, charged over 4 sessions); the
 /// default service (8 Mbit/s committed × 1.5, at least 2 sources).
 fn cheap_and_dear() {
-    let candidates: Vec<Candidate> = [("cheap1", 0.01), ("cheap2", 0.01), ("dear1", 0.20), ("dear2", 0.20)]
-        .iter()
-        .map(|(name, egress)| Candidate {
-            node_id: name.to_string(),
-            spare_mbps: 4000.0,
-            egress_usd_per_gb: *egress,
-            fill_usd_per_gb: 0.05,
-            held_fraction: 0.0,
-            transit_usd_per_gb: 0.0,
-            rtt_ms: 0.0,
-            standby_held_mbps: 0.0,
-        })
-        .collect();
+    let candidates: Vec<Candidate> = [
+        ("cheap1", 0.01),
+        ("cheap2", 0.01),
+        ("dear1", 0.20),
+        ("dear2", 0.20),
+    ]
+    .iter()
+    .map(|(name, egress)| Candidate {
+        node_id: name.to_string(),
+        spare_mbps: 4000.0,
+        egress_usd_per_gb: *egress,
+        fill_usd_per_gb: 0.05,
+        held_fraction: 0.0,
+        transit_usd_per_gb: 0.0,
+        rtt_ms: 0.0,
+        standby_held_mbps: 0.0,
+    })
+    .collect();
     let request = Request {
         object: ObjectId([7; 32]),
         bitrate_mbps: 8.0,

@@ -369,9 +369,9 @@ fn survives(shares: &[(usize, f64)], standby: &[f64], bitrate: f64) -> bool {
     let delivered: f64 = shares.iter().map(|(_, mbps)| mbps).sum();
     let held: f64 = standby.iter().sum();
     !shares.is_empty()
-        && shares.iter().all(|&(i, mbps)| {
-            delivered - mbps + held - standby[i] >= bitrate * (1.0 - 1e-9)
-        })
+        && shares
+            .iter()
+            .all(|&(i, mbps)| delivered - mbps + held - standby[i] >= bitrate * (1.0 - 1e-9))
 }
 
 /// The standby (Mbit/s per ranked candidate) that lets the plan lose any
@@ -419,7 +419,10 @@ fn hold_standby(
         let (worst, gap) = shares
             .iter()
             .map(|&(j, mbps)| (j, bitrate - (delivered - mbps + held - standby[j])))
-            .fold((usize::MAX, 0.0), |acc, (j, gap)| if gap > acc.1 { (j, gap) } else { acc });
+            .fold(
+                (usize::MAX, 0.0),
+                |acc, (j, gap)| if gap > acc.1 { (j, gap) } else { acc },
+            );
         if worst == usize::MAX || gap <= bitrate * 1e-9 {
             break;
         }

@@ -136,7 +136,10 @@ fn a_loss_that_cannot_be_covered_is_said_so() {
     let plan = plan(&request(8.0, 1.5, 1), &[candidate("only", 100.0, 0.01)]).unwrap();
     assert_eq!(ids(&plan), ["only"]);
     assert!(!plan.survives_one_loss);
-    assert!(plan.notes.iter().any(|n| n.contains("losing the largest source")));
+    assert!(plan
+        .notes
+        .iter()
+        .any(|n| n.contains("losing the largest source")));
     // Standby other plans count on limits this plan's standby only.
     let mut busy = candidate("busy", 100.0, 0.01);
     busy.standby_held_mbps = 95.0;

@@ -462,12 +462,26 @@ async fn show_selector_choices(
             }
         );
         for source in plan["sources"].as_array().into_iter().flatten() {
+            let standby = source["standby_mbps"].as_f64().unwrap_or(0.0);
             println!(
-                "    {:<5} {:>3.0} % {:>6.1} Mbit/s  {}",
+                "    {:<5} {:>3.0} % {:>6.1} Mbit/s{}  {}",
                 source["node"].as_str().unwrap_or("?"),
                 source["share"].as_f64().unwrap_or(0.0) * 100.0,
                 source["mbps"].as_f64().unwrap_or(0.0),
+                if standby > 0.0 {
+                    format!(" (+{standby:.1} standby)")
+                } else {
+                    String::new()
+                },
                 source["why"].as_str().unwrap_or("")
+            );
+        }
+        // Capacity held in reserve on other caches, not billed.
+        for reserve in plan["standby"].as_array().into_iter().flatten() {
+            println!(
+                "    {:<5} standby {:.1} Mbit/s, brought on stream if a source fails (not billed unless used)",
+                reserve["node"].as_str().unwrap_or("?"),
+                reserve["mbps"].as_f64().unwrap_or(0.0)
             );
         }
         // The planner's own remarks (shortfalls, caps), past the standard

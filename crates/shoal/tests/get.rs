@@ -696,7 +696,15 @@ fn stream_killing(url: &str, caches: &mut [Proc], victim: &str, data: &[u8]) -> 
     let victim = caches.iter_mut().find(|c| c.name == victim).unwrap();
     let before = stat(&victim.url, "bytes_served");
     let child = Command::new(shoal_bin())
-        .args(["get", url, "--stream", "--json", "--quiet", "--buffer-s", "1"])
+        .args([
+            "get",
+            url,
+            "--stream",
+            "--json",
+            "--quiet",
+            "--buffer-s",
+            "1",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -711,7 +719,10 @@ fn stream_killing(url: &str, caches: &mut [Proc], victim: &str, data: &[u8]) -> 
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
-    assert!(output.stdout == data, "the stream is not the object, in order");
+    assert!(
+        output.stdout == data,
+        "the stream is not the object, in order"
+    );
     serde_json::from_str(&stderr[stderr.find('{').unwrap()..]).unwrap()
 }
 
@@ -743,8 +754,14 @@ fn resilience_is_standby_on_cheap_caches_and_a_killed_one_costs_no_rebuffer() {
     nodes.sort();
     assert_eq!(nodes, ["cheap1", "cheap2"], "{plan}");
     for source in plan["sources"].as_array().unwrap() {
-        assert!((source["mbps"].as_f64().unwrap() - 30.0).abs() < 1e-6, "{plan}");
-        assert!((source["standby_mbps"].as_f64().unwrap() - 10.0).abs() < 1e-6, "{plan}");
+        assert!(
+            (source["mbps"].as_f64().unwrap() - 30.0).abs() < 1e-6,
+            "{plan}"
+        );
+        assert!(
+            (source["standby_mbps"].as_f64().unwrap() - 10.0).abs() < 1e-6,
+            "{plan}"
+        );
     }
     assert_eq!(plan["standby"].as_array().map(Vec::len), Some(0), "{plan}");
     assert_eq!(plan["survives_one_loss"], true);
@@ -805,7 +822,11 @@ fn resilience_is_standby_on_cheap_caches_and_a_killed_one_costs_no_rebuffer() {
         .env("SHOAL_CACHE_MESH__CLUSTER_SECRET", CLUSTER_SECRET)
         .output()
         .unwrap();
-    assert!(warmed.status.success(), "{}", String::from_utf8_lossy(&warmed.stderr));
+    assert!(
+        warmed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&warmed.stderr)
+    );
     let mut plan = serde_json::Value::Null;
     wait_until(
         "the selector plans the two cheap caches again, idle",
@@ -815,7 +836,9 @@ fn resilience_is_standby_on_cheap_caches_and_a_killed_one_costs_no_rebuffer() {
             plan = plan_of("/uhd/film.ts");
             plan["sources"].as_array().map_or(0, Vec::len) == 2
                 && plan["standby"].as_array().map_or(0, Vec::len) == 1
-                && plan["standby"][0]["mbps"].as_f64().is_some_and(|m| m < 21.0)
+                && plan["standby"][0]["mbps"]
+                    .as_f64()
+                    .is_some_and(|m| m < 21.0)
                 && plan["sources"][0]["held"] == 1.0
         },
     );
@@ -828,7 +851,10 @@ fn resilience_is_standby_on_cheap_caches_and_a_killed_one_costs_no_rebuffer() {
     nodes.sort();
     assert_eq!(nodes, ["cheap1", "cheap2"], "{plan}");
     assert_eq!(plan["standby"][0]["node"], "dear1", "{plan}");
-    assert!((plan["standby"][0]["mbps"].as_f64().unwrap() - 20.0).abs() < 1.0, "{plan}");
+    assert!(
+        (plan["standby"][0]["mbps"].as_f64().unwrap() - 20.0).abs() < 1.0,
+        "{plan}"
+    );
     assert_eq!(plan["survives_one_loss"], true);
     // Held everywhere now: the optimum is the cheap caches' egress alone.
     let cost = plan["usd_per_gb"].as_f64().unwrap();
@@ -849,7 +875,9 @@ fn resilience_is_standby_on_cheap_caches_and_a_killed_one_costs_no_rebuffer() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|s| s["name"] == "dear1" && s["joined"] == "standby" && s["bytes"].as_u64() > Some(0)),
+            .any(|s| s["name"] == "dear1"
+                && s["joined"] == "standby"
+                && s["bytes"].as_u64() > Some(0)),
         "{summary}"
     );
 }

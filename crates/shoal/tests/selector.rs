@@ -192,8 +192,14 @@ fn plans_explain_and_redirects_follow_cost_zone_and_holdings() {
     near.sort();
     assert_eq!(near, ["c1", "c2"], "{plan}");
     for source in plan["sources"].as_array().unwrap() {
-        assert!((source["mbps"].as_f64().unwrap() - 75.0).abs() < 1e-6, "{plan}");
-        assert!((source["standby_mbps"].as_f64().unwrap() - 25.0).abs() < 1e-6, "{plan}");
+        assert!(
+            (source["mbps"].as_f64().unwrap() - 75.0).abs() < 1e-6,
+            "{plan}"
+        );
+        assert!(
+            (source["standby_mbps"].as_f64().unwrap() - 25.0).abs() < 1e-6,
+            "{plan}"
+        );
     }
     assert_eq!(plan["standby"].as_array().map(Vec::len), Some(0), "{plan}");
     assert_eq!(plan["zone"], "eu-clients");

@@ -51,7 +51,13 @@ pub fn lp_optimum(request: &Request, candidates: &[Candidate], survive: bool) ->
         .collect();
     let ys: Vec<_> = candidates
         .iter()
-        .map(|c| vars.add(variable().min(0.0).max((c.spare_mbps - c.standby_held_mbps).max(0.0))))
+        .map(|c| {
+            vars.add(
+                variable()
+                    .min(0.0)
+                    .max((c.spare_mbps - c.standby_held_mbps).max(0.0)),
+            )
+        })
         .collect();
     let total = vars.add(variable().min(0.0));
     let objective: Expression = xs
