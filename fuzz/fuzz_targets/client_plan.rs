@@ -1,7 +1,7 @@
 //! What `shoal get` reads from servers: a selector's plan (JSON), a
 //! cache's hash list, `Link` headers with duplicates, and URLs inside them: typed values or an
-//! error, never a panic; every source a parsed plan keeps is an http URL
-//! for the path asked.
+//! error, never a panic; every source and standby cache a parsed plan
+//! keeps is an http URL for the path asked.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -18,6 +18,12 @@ fuzz_target!(|data: &[u8]| {
             let url = ObjectUrl::parse(&source.url).expect("kept sources parse");
             assert_eq!(url.path, path);
             assert!(source.share > 0.0 && source.share.is_finite());
+        }
+        // Standby caches too: at most the limit, each for the path asked.
+        assert!(plan.standby.len() <= PLAN_SOURCES_MAX);
+        for reserve in &plan.standby {
+            let url = ObjectUrl::parse(&reserve.url).expect("kept standby parses");
+            assert_eq!(url.path, path);
         }
     }
     // A cache's hash list: a reference with exactly one slot per piece, or

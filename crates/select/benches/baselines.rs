@@ -14,9 +14,10 @@
 //! stores that stripe; bytes it lacks are filled at the sibling/origin
 //! price when served.
 //!
-//! Policies: shoal (`plan()`, one-loss resilient, a fill charged over 4
-//! sessions, the selector's default; `r=1` charges each fill to the
-//! session that causes it); nearest
+//! Policies: shoal (`plan()`: shares over at least 2 sources with standby
+//! so one loss keeps the bitrate, a fill charged over 4 sessions, the
+//! selector's default; `r=1` charges each fill to the session that causes
+//! it; `k=1`, `k=3`: min_sources 1 and 3); nearest
 //! (the least loaded cache of the zone's nearest region); hashing (the
 //! object's rendezvous-first cache within the nearest region); random (any
 //! cache). Reported: cost per GB delivered, share of sessions whose plan
@@ -123,7 +124,7 @@ struct Outcome {
     sources: usize,
 }
 
-fn run(policy: Policy, fill_reuse: f64) -> Outcome {
+fn run(policy: Policy, fill_reuse: f64, min_sources: u32) -> Outcome {
     let mut rng = Rng(0xba5e11e5);
     let prices = [0.008, 0.010, 0.006, 0.020];
     let mut caches: Vec<Cache> = (0..REGIONS * CACHES_PER_REGION)
@@ -175,7 +176,7 @@ fn run(policy: Policy, fill_reuse: f64) -> Outcome {
             object: id,
             bitrate_mbps: BITRATE,
             headroom: HEADROOM,
-            min_sources: 2,
+            min_sources,
             survive_one_loss: true,
             latency_usd_per_gb_per_ms: 0.00005,
             affinity_band: 0.02,
@@ -354,14 +355,16 @@ fn main() {
         "policy", "$ per GB", "bitrate met", "byte hit ratio", "egress", "dist.", "fill", "sources"
     );
     let mut shoal_cost = 0.0;
-    for (name, policy, fill_reuse) in [
-        ("shoal", Policy::Shoal, 4.0),
-        ("shoal r=1", Policy::Shoal, 1.0),
-        ("nearest", Policy::Nearest, 1.0),
-        ("hashing", Policy::Hashing, 1.0),
-        ("random", Policy::Random, 1.0),
+    for (name, policy, fill_reuse, min_sources) in [
+        ("shoal", Policy::Shoal, 4.0, 2),
+        ("shoal r=1", Policy::Shoal, 1.0, 2),
+        ("shoal k=1", Policy::Shoal, 4.0, 1),
+        ("shoal k=3", Policy::Shoal, 4.0, 3),
+        ("nearest", Policy::Nearest, 1.0, 1),
+        ("hashing", Policy::Hashing, 1.0, 1),
+        ("random", Policy::Random, 1.0, 1),
     ] {
-        let o = run(policy, fill_reuse);
+        let o = run(policy, fill_reuse, min_sources);
         let cost = o.cost_usd / o.gb.max(1e-9);
         if name == "shoal" {
             shoal_cost = cost;
