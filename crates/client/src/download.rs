@@ -434,6 +434,8 @@ pub async fn get(
     // without a new plan (the others raise their output); the rate check
     // below still asks for more if the committed bitrate is not held.
     let mut losses = 0u32;
+    // The plan being asked for only tops up the standby.
+    let mut standby_only_replan = false;
 
     let (events, mut inbox) = mpsc::channel::<Event>(1024);
     let mut tasks = Requests::default();
@@ -564,9 +566,30 @@ pub async fn get(
                     }
                     Event::Plan(answer) => {
                         replan_pending = false;
+                        let standby_only_replan = std::mem::take(&mut standby_only_replan);
                         match answer {
                             Ok(new_plan) => {
-                                for planned in new_plan.sources {
+                                let unknown = |planned: &PlannedSource, standby: &std::collections::VecDeque<PlannedSource>| {
+                                    !sources.iter().any(|s| s.planned.url == planned.url)
+                                        && !standby.iter().any(|s| s.url == planned.url)
+                                        && !reported.contains(&planned.name)
+                                };
+                                // A plan asked for after a loss the others
+                                // carry restores the reserve only: its new
+                                // caches stand by, unpaid, for the next loss.
+                                let mut fresh = Vec::new();
+                                if standby_only_replan {
+                                    fresh.extend(new_plan.sources.iter().cloned());
+                                }
+                                fresh.extend(new_plan.standby.iter().cloned());
+                                for planned in fresh {
+                                    if unknown(&planned, &standby) && standby.len() < SOURCES_MAX {
+                                        tracing::info!(source = %planned.name, "standby from the selector");
+                                        standby.push_back(planned);
+                                    }
+                                }
+                                let to_add = if standby_only_replan { Vec::new() } else { new_plan.sources };
+                                for planned in to_add {
                                     if sources.len() >= SOURCES_MAX {
                                         break;
                                     }
@@ -574,6 +597,7 @@ pub async fn get(
                                     if known || reported.contains(&planned.name) {
                                         continue;
                                     }
+                                    standby.retain(|s| s.url != planned.url);
                                     let id = scheduler.add_source(&planned.name, planned.share, now);
                                     tracing::info!(source = %planned.name, "source added from the selector");
                                     sources.push(SourceEntry { id, planned, joined: "selector" });
@@ -634,7 +658,17 @@ pub async fn get(
                         continue;
                     }
                     if plan.survives_one_loss && losses <= 1 {
-                        tracing::info!(source = %name, "the other sources carry the committed bitrate: no new plan needed");
+                        tracing::info!(source = %name, "the other sources carry the committed bitrate: asking the selector for standby only");
+                        if let Origin::Selector(selector) = &origin {
+                            if !replan_pending {
+                                replan_pending = true;
+                                standby_only_replan = true;
+                                last_replan = Some(now_ms(started));
+                                spawn_replan(
+                                    &client, selector, &url.path, &reported, &events, timeout,
+                                );
+                            }
+                        }
                         continue;
                     }
                     if let Origin::Selector(selector) = &origin {
