@@ -332,6 +332,13 @@ fn torture(kind: OriginKind, cache_control: Option<&str>, rounds: usize, seed: u
                         "round {round}: {who} got {} bytes matching no version",
                         body.len()
                     );
+                    // What the mesh says now, for whoever reads the log.
+                    let plan = curl(&format!("{}/plan?path={OBJECT}", selector.url), &[]);
+                    eprintln!("  plan now: {}", String::from_utf8_lossy(&plan.body));
+                    for cache in &caches {
+                        let head = curl(&format!("{}{OBJECT}", cache.url), &["-I"]);
+                        eprintln!("  {} now: {} {:?}", cache.name, head.status, head.headers);
+                    }
                 }
                 None => *failed.entry(who).or_default() += 1,
             }
@@ -667,5 +674,56 @@ fn a_cache_the_purge_did_not_reach_catches_up_from_the_gossip() {
     for cache in &caches {
         let got = curl(&format!("{}{OBJECT}", cache.url), &[]);
         assert_eq!(sha(&got.body), sha(&v2), "{}", cache.name);
+    }
+}
+
+/// A publisher rewriting a file in place leaves it empty for an instant;
+/// a cache that saw it then serves that (empty) version only while the
+/// origin's freshness allows, and every cache moves on after.
+#[test]
+fn an_origin_file_caught_empty_mid_rewrite_is_not_served_past_its_freshness() {
+    let root = tempfile::tempdir().unwrap();
+    let first = content(8 * MIB, 3);
+    write_file(root.path(), OBJECT_FILE, &first);
+    publish(root.path());
+    let origin = start_any_origin(OriginKind::Shoal, root.path(), Some("max-age=1"));
+    let dir = tempfile::tempdir().unwrap();
+    let caches = start_three(
+        &origin.proc.url,
+        dir.path(),
+        &["--freshness-default-s", "1"],
+    );
+    let gossips: Vec<String> = caches.iter().map(gossip_addr).collect();
+    let selector = start_selector(dir.path(), &gossips[0], 40, "version_affinity_s = 2");
+    wait_for_selector(&selector, 3);
+    let url = format!("{}{OBJECT}", selector.url);
+    assert!(curl(&url, &["-L"]).body == first);
+    // The file is empty for a moment (truncated, not yet written) and a
+    // client asks then.
+    std::thread::sleep(Duration::from_millis(2_100));
+    write_file(root.path(), OBJECT_FILE, b"");
+    let during = curl(&url, &["-L"]);
+    assert_eq!(during.status, 200);
+    // The rewrite completes and is published.
+    let second = content(8 * MIB, 4);
+    write_file(root.path(), OBJECT_FILE, &second);
+    publish(root.path());
+    std::thread::sleep(Duration::from_millis(2_100));
+    for cache in &caches {
+        let got = curl(&format!("{}{OBJECT}", cache.url), &[]);
+        assert!(
+            got.body == second,
+            "{} serves {} bytes",
+            cache.name,
+            got.body.len()
+        );
+    }
+    for from in ["127.0.2.1", "127.0.2.2"] {
+        let got = curl(&url, &["-L", "--interface", from]);
+        assert!(
+            got.body == second,
+            "via the selector: {} bytes",
+            got.body.len()
+        );
     }
 }
