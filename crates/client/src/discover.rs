@@ -111,7 +111,7 @@ impl ObjectUrl {
 }
 
 /// One source to pull from.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct PlannedSource {
     /// The cache's name (node id) when a selector named it, else the URL.
     pub name: String,
@@ -119,6 +119,11 @@ pub struct PlannedSource {
     pub url: String,
     /// Planned share (relative).
     pub share: f64,
+    /// The rate the selector planned on it, Mbit/s (0: not said; for a
+    /// standby cache, the rate it holds ready).
+    pub mbps: f64,
+    /// What it holds ready beyond its share should another source fail.
+    pub standby_mbps: f64,
 }
 
 /// What the selector (if any) said.
@@ -154,18 +159,33 @@ struct SourceJson {
     node: String,
     url: String,
     share: f64,
+    #[serde(default)]
+    mbps: f64,
+    #[serde(default)]
+    standby_mbps: f64,
 }
 
 #[derive(Deserialize)]
 struct StandbyJson {
     node: String,
     url: String,
+    #[serde(default)]
+    mbps: f64,
 }
 
 #[derive(Deserialize, Default)]
 struct ObjectJson {
     id: Option<String>,
     size_bytes: Option<u64>,
+}
+
+/// A rate from a plan, Mbit/s: anything but a sane number is "not said".
+fn rate(mbps: f64) -> f64 {
+    if mbps.is_finite() && (0.0..=1e6).contains(&mbps) {
+        mbps
+    } else {
+        0.0
+    }
 }
 
 /// Parses a selector's `/plan` answer (see `shoal-selector`).
@@ -192,6 +212,8 @@ pub fn parse_plan(body: &[u8], path: &RequestPath) -> Result<Plan, String> {
             name: source.node,
             url: url.url(),
             share,
+            mbps: rate(source.mbps),
+            standby_mbps: rate(source.standby_mbps),
         });
     }
     let mut standby = Vec::new();
@@ -207,6 +229,8 @@ pub fn parse_plan(body: &[u8], path: &RequestPath) -> Result<Plan, String> {
             name: reserve.node,
             url: url.url(),
             share: 0.0,
+            mbps: rate(reserve.mbps),
+            standby_mbps: 0.0,
         });
     }
     let object_id = match json.object.id {
@@ -278,7 +302,7 @@ pub async fn discover(
     let status = response.status();
     if status.is_redirection() {
         // A selector: its plan has the shares; its redirect the same URLs.
-        if let Ok(plan) = fetch_plan(client, &url.base, &url.path, &[], timeout).await {
+        if let Ok(plan) = fetch_plan(client, &url.base, &url.path, &[], true, timeout).await {
             if !plan.sources.is_empty() {
                 return Ok((Origin::Selector(url.base.clone()), plan));
             }
@@ -302,6 +326,7 @@ pub async fn discover(
                 name: parsed.base.trim_start_matches("http://").to_string(),
                 url: parsed.url(),
                 share: 1.0,
+                ..PlannedSource::default()
             });
         }
         return Ok((
@@ -327,6 +352,7 @@ pub async fn discover(
                 name: url.base.trim_start_matches("http://").to_string(),
                 url: target,
                 share: 1.0,
+                ..PlannedSource::default()
             }],
             object_size: response.content_length(),
             ..Plan::default()
@@ -335,17 +361,23 @@ pub async fn discover(
 }
 
 /// Asks a selector for a plan, leaving out `exclude` (caches reported
-/// degraded).
+/// degraded); `reserve`: the shares will be drawn now.
 pub async fn fetch_plan(
     client: &reqwest::Client,
     selector: &str,
     path: &RequestPath,
     exclude: &[String],
+    reserve: bool,
     timeout: Duration,
 ) -> Result<Plan, GetError> {
     // A client about to download asks the selector to count its shares
-    // against the caches (monitoring does not).
-    let mut url = format!("{selector}/plan?path={}&reserve=1", path.to_uri_path());
+    // against the caches (monitoring, and a plan kept only as standby,
+    // do not).
+    let mut url = format!(
+        "{selector}/plan?path={}&reserve={}",
+        path.to_uri_path(),
+        u8::from(reserve)
+    );
     if !exclude.is_empty() {
         url.push_str("&exclude=");
         url.push_str(&exclude.join(","));
@@ -641,6 +673,13 @@ mod tests {
         let plan = parse_plan(with_standby, &path).unwrap();
         assert_eq!(plan.standby.len(), 1);
         assert_eq!(plan.standby[0].name, "c9");
+        assert_eq!(plan.standby[0].mbps, 8.0);
+        let absurd = br#"{"sources":[{"node":"c1","url":"http://127.0.0.1:1/v/a.mp4","share":1,"mbps":-3,"standby_mbps":1e300}]}"#;
+        let plan = parse_plan(absurd, &path).unwrap();
+        assert_eq!(
+            (plan.sources[0].mbps, plan.sources[0].standby_mbps),
+            (0.0, 0.0)
+        );
         let stray = br#"{"sources":[],"standby":[{"node":"c9","url":"http://127.0.0.1:9/other","mbps":8.0}]}"#;
         assert!(parse_plan(stray, &path).is_err());
         let other = br#"{"sources":[{"node":"c1","url":"http://127.0.0.1:1/other","share":1}]}"#;

@@ -309,6 +309,7 @@ pub async fn get(
             name: parsed.base.trim_start_matches("http://").to_string(),
             url: parsed.url(),
             share: 1.0,
+            ..PlannedSource::default()
         });
     }
     if plan.sources.is_empty() {
@@ -532,7 +533,9 @@ pub async fn get(
                 if !replan_pending && due && sources.len() < SOURCES_MAX {
                     replan_pending = true;
                     last_replan = Some(now);
-                    spawn_replan(&client, selector, &url.path, &reported, &events, timeout);
+                    spawn_replan(
+                        &client, selector, &url.path, &reported, true, &events, timeout,
+                    );
                 }
             }
         }
@@ -626,57 +629,88 @@ pub async fn get(
                 Action::Replace { source, reason } => {
                     let name = scheduler.source_name(source).to_string();
                     tracing::info!(source = %name, %reason, "replacing a source");
-                    if !reported.contains(&name) {
+                    // A source reported before (degraded, then dropped)
+                    // is not a new loss: its standby was already decided.
+                    let first_report = !reported.contains(&name);
+                    if first_report {
                         reported.push(name.clone());
                         losses += 1;
+                    } else if plan.survives_one_loss {
+                        continue;
                     }
                     // The plan's standby first: it is there now, with
-                    // capacity held for this; the selector after that.
-                    let share = sources
-                        .iter()
-                        .find(|s| s.id == source)
-                        .map_or(1.0, |s| s.planned.share);
-                    let mut joined = false;
-                    while let Some(reserve) = standby.pop_front() {
-                        let known = sources.iter().any(|s| s.planned.url == reserve.url);
-                        if known || reported.contains(&reserve.name) || sources.len() >= SOURCES_MAX
-                        {
-                            continue;
-                        }
-                        let now = now_ms(started);
-                        let id = scheduler.add_source(&reserve.name, share, now);
-                        tracing::info!(source = %reserve.name, replacing = %name, "standby source brought on stream");
-                        sources.push(SourceEntry {
-                            id,
-                            planned: PlannedSource { share, ..reserve },
-                            joined: "standby",
+                    // capacity held for this, and only as much as the
+                    // sources still in use (their shares and what they
+                    // hold ready) do not already cover.
+                    let mut joined = 0;
+                    if first_report {
+                        standby.retain(|reserve| {
+                            !sources.iter().any(|s| s.planned.url == reserve.url)
+                                && !reported.contains(&reserve.name)
                         });
-                        joined = true;
-                        break;
+                        let capacity = |p: &PlannedSource| crate::standby::Capacity {
+                            mbps: p.mbps,
+                            standby_mbps: p.standby_mbps,
+                        };
+                        let in_use: Vec<_> = sources
+                            .iter()
+                            .filter(|s| !reported.contains(&s.planned.name))
+                            .map(|s| capacity(&s.planned))
+                            .collect();
+                        let pool: Vec<_> = standby.iter().map(capacity).collect();
+                        let wanted =
+                            crate::standby::standby_to_bring(committed_mbps, &in_use, &pool)
+                                .min(SOURCES_MAX.saturating_sub(sources.len()));
+                        // Weighted by what each holds ready, relative to
+                        // the plan's shares (which sum to 1 over the plan).
+                        let planned_mbps: f64 = plan.sources.iter().map(|s| s.mbps).sum();
+                        let lost_share = sources
+                            .iter()
+                            .find(|s| s.id == source)
+                            .map_or(1.0, |s| s.planned.share);
+                        for reserve in standby.drain(..wanted).collect::<Vec<_>>() {
+                            let share = if planned_mbps > 0.0 && reserve.mbps > 0.0 {
+                                reserve.mbps / planned_mbps
+                            } else {
+                                lost_share
+                            };
+                            let id = scheduler.add_source(&reserve.name, share, now_ms(started));
+                            tracing::info!(source = %reserve.name, replacing = %name, mbps = reserve.mbps, "standby source brought on stream");
+                            sources.push(SourceEntry {
+                                id,
+                                planned: PlannedSource { share, ..reserve },
+                                joined: "standby",
+                            });
+                            joined += 1;
+                        }
                     }
-                    if joined {
+                    let Origin::Selector(selector) = &origin else {
                         continue;
-                    }
+                    };
                     if plan.survives_one_loss && losses <= 1 {
-                        tracing::info!(source = %name, "the other sources carry the committed bitrate: asking the selector for standby only");
-                        if let Origin::Selector(selector) = &origin {
-                            if !replan_pending {
-                                replan_pending = true;
-                                standby_only_replan = true;
-                                last_replan = Some(now_ms(started));
-                                spawn_replan(
-                                    &client, selector, &url.path, &reported, &events, timeout,
-                                );
-                            }
+                        // The loss is covered; restore the reserve with a
+                        // plan whose new caches only stand by (nothing is
+                        // reserved or drawn from them now).
+                        tracing::info!(source = %name, standby_joined = joined, "the committed bitrate is covered: asking the selector for standby only");
+                        if !replan_pending {
+                            replan_pending = true;
+                            standby_only_replan = true;
+                            last_replan = Some(now_ms(started));
+                            spawn_replan(
+                                &client, selector, &url.path, &reported, false, &events, timeout,
+                            );
                         }
                         continue;
                     }
-                    if let Origin::Selector(selector) = &origin {
-                        if !replan_pending && sources.len() < SOURCES_MAX {
-                            replan_pending = true;
-                            last_replan = Some(now_ms(started));
-                            spawn_replan(&client, selector, &url.path, &reported, &events, timeout);
-                        }
+                    if joined > 0 {
+                        continue;
+                    }
+                    if !replan_pending && sources.len() < SOURCES_MAX {
+                        replan_pending = true;
+                        last_replan = Some(now_ms(started));
+                        spawn_replan(
+                            &client, selector, &url.path, &reported, true, &events, timeout,
+                        );
                     }
                 }
             }
@@ -788,6 +822,7 @@ fn spawn_replan(
     selector: &str,
     path: &shoal_http::path::RequestPath,
     exclude: &[String],
+    reserve: bool,
     events: &mpsc::Sender<Event>,
     timeout: Duration,
 ) {
@@ -799,7 +834,8 @@ fn spawn_replan(
         events.clone(),
     );
     tokio::spawn(async move {
-        let plan = discover::fetch_plan(&client, &selector, &path, &exclude, timeout).await;
+        let plan =
+            discover::fetch_plan(&client, &selector, &path, &exclude, reserve, timeout).await;
         let _ = events.send(Event::Plan(plan)).await;
     });
 }

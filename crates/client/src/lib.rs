@@ -28,6 +28,7 @@ pub mod download;
 pub mod playback;
 pub mod reference;
 pub mod schedule;
+pub mod standby;
 pub mod stream;
 
 pub use download::{get, GetOptions, Progress, SourceSummary, Summary};

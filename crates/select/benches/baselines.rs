@@ -21,8 +21,10 @@
 //! (the least loaded cache of the zone's nearest region); hashing (the
 //! object's rendezvous-first cache within the nearest region); random (any
 //! cache). Reported: cost per GB delivered, share of sessions whose plan
-//! carries the committed bitrate, and byte hit ratio (bytes from caches
-//! that already held the object).
+//! carries the committed bitrate, byte hit ratio (bytes from caches that
+//! already held the object), and share of sessions whose plan keeps the
+//! bitrate after losing any one source (standby counted; the simulation
+//! does not fail caches, so this is what the plans promise).
 
 mod common;
 
@@ -122,6 +124,9 @@ struct Outcome {
     distance_usd: f64,
     fill_usd: f64,
     sources: usize,
+    /// Sessions whose plan keeps the bitrate after losing any one source
+    /// (other policies: one cache, so none).
+    survived: usize,
 }
 
 fn run(policy: Policy, fill_reuse: f64, min_sources: u32) -> Outcome {
@@ -156,6 +161,7 @@ fn run(policy: Policy, fill_reuse: f64, min_sources: u32) -> Outcome {
         distance_usd: 0.0,
         fill_usd: 0.0,
         sources: 0,
+        survived: 0,
     };
     for _ in 0..SESSIONS {
         now += -rng.unit().max(1e-12).ln() / rate_per_s;
@@ -200,6 +206,9 @@ fn run(policy: Policy, fill_reuse: f64, min_sources: u32) -> Outcome {
             Policy::Shoal => {
                 let candidates: Vec<Candidate> = caches.iter().map(candidate).collect();
                 let p = plan(&request, &candidates).expect("valid");
+                if p.survives_one_loss {
+                    out.survived += 1;
+                }
                 p.sources
                     .iter()
                     .map(|s| {
@@ -351,8 +360,16 @@ fn main() {
     cheap_and_dear();
     println!("selection policies, {SESSIONS} sessions at {BITRATE} Mbit/s x{HEADROOM} over {} caches, load ~70 %", REGIONS * CACHES_PER_REGION);
     println!(
-        "{:<10} {:>9} {:>12} {:>14} {:>7} {:>7} {:>7} {:>8}",
-        "policy", "$ per GB", "bitrate met", "byte hit ratio", "egress", "dist.", "fill", "sources"
+        "{:<10} {:>9} {:>12} {:>14} {:>7} {:>7} {:>7} {:>8} {:>9}",
+        "policy",
+        "$ per GB",
+        "bitrate met",
+        "byte hit ratio",
+        "egress",
+        "dist.",
+        "fill",
+        "sources",
+        "survives"
     );
     let mut shoal_cost = 0.0;
     for (name, policy, fill_reuse, min_sources) in [
@@ -371,13 +388,14 @@ fn main() {
         }
         let per_gb = |usd: f64| usd / o.gb.max(1e-9);
         println!(
-            "{name:<10} {cost:>9.5} {:>11.2}% {:>14.3} {:>7.4} {:>7.4} {:>7.4} {:>8.2}   (cost {:.2}x shoal's)",
+            "{name:<10} {cost:>9.5} {:>11.2}% {:>14.3} {:>7.4} {:>7.4} {:>7.4} {:>8.2} {:>8.2}%   (cost {:.2}x shoal's)",
             100.0 * o.met as f64 / SESSIONS as f64,
             o.hit_gb / o.gb.max(1e-9),
             per_gb(o.egress_usd),
             per_gb(o.distance_usd),
             per_gb(o.fill_usd),
             o.sources as f64 / SESSIONS as f64,
+            100.0 * o.survived as f64 / SESSIONS as f64,
             cost / shoal_cost.max(1e-12)
         );
     }

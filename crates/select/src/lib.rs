@@ -314,8 +314,26 @@ pub fn plan(request: &Request, candidates: &[Candidate]) -> Result<Plan, SelectE
     };
     let survives_one_loss = survives(&shares, &standby, bitrate);
     if request.survive_one_loss && !survives_one_loss && !shares.is_empty() {
+        let named = shares.len() + standby_count(&shares, &standby);
+        notes.push(if ordered.len() == shares.len() && shares.len() == 1 {
+            format!(
+                "losing the one source would leave nothing: no other cache can serve (committed {bitrate:.1} Mbit/s)"
+            )
+        } else if named >= sources_max {
+            format!(
+                "losing a source would leave less than the committed {bitrate:.1} Mbit/s: the plan names the {SOURCES_MAX} caches a client blends at most"
+            )
+        } else {
+            format!(
+                "losing a source would leave less than the committed {bitrate:.1} Mbit/s: the other caches lack the spare egress (what other plans hold as standby counts)"
+            )
+        });
+    }
+    if shares.len() < request.min_sources as usize && !shares.is_empty() {
         notes.push(format!(
-            "losing the largest source would leave less than the committed {bitrate:.1} Mbit/s: not enough spare egress within {SOURCES_MAX} caches"
+            "only {} cache(s) can serve: fewer than min_sources = {}",
+            shares.len(),
+            request.min_sources
         ));
     }
 
@@ -363,6 +381,15 @@ pub fn plan(request: &Request, candidates: &[Candidate]) -> Result<Plan, SelectE
     })
 }
 
+/// Caches that hold standby without a share.
+fn standby_count(shares: &[(usize, f64)], standby: &[f64]) -> usize {
+    standby
+        .iter()
+        .enumerate()
+        .filter(|&(i, &mbps)| mbps > 0.0 && !shares.iter().any(|(j, _)| *j == i))
+        .count()
+}
+
 /// Whether, for every source, the others' shares and standby carry
 /// `bitrate` without it. `standby` is indexed like the ranked candidates.
 fn survives(shares: &[(usize, f64)], standby: &[f64], bitrate: f64) -> bool {
@@ -401,9 +428,16 @@ fn hold_standby(
             .find(|(j, _)| *j == i)
             .map_or(0.0, |(_, mbps)| *mbps)
     };
+    // Room below this is rounding residue, not capacity.
+    let residue = bitrate * 1e-9;
     let room = |i: usize, standby: &[f64]| {
         let c = ordered[i].1;
-        (c.spare_mbps - c.standby_held_mbps - share_of(i) - standby[i]).max(0.0)
+        let room = c.spare_mbps - c.standby_held_mbps - share_of(i) - standby[i];
+        if room > residue {
+            room
+        } else {
+            0.0
+        }
     };
     let delivered: f64 = shares.iter().map(|(_, mbps)| mbps).sum();
     let mut held = 0.0;
@@ -423,7 +457,7 @@ fn hold_standby(
                 (usize::MAX, 0.0),
                 |acc, (j, gap)| if gap > acc.1 { (j, gap) } else { acc },
             );
-        if worst == usize::MAX || gap <= bitrate * 1e-9 {
+        if worst == usize::MAX || gap <= residue {
             break;
         }
         // The other sources first, then caches already standing by; a

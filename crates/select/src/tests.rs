@@ -136,10 +136,12 @@ fn a_loss_that_cannot_be_covered_is_said_so() {
     let plan = plan(&request(8.0, 1.5, 1), &[candidate("only", 100.0, 0.01)]).unwrap();
     assert_eq!(ids(&plan), ["only"]);
     assert!(!plan.survives_one_loss);
-    assert!(plan
+    assert!(plan.notes.iter().any(|n| n.contains("no other cache")));
+    let two = super::plan(&request(8.0, 1.5, 2), &[candidate("only", 100.0, 0.01)]).unwrap();
+    assert!(two
         .notes
         .iter()
-        .any(|n| n.contains("losing the largest source")));
+        .any(|n| n.contains("only 1 cache(s) can serve: fewer than min_sources = 2")));
     // Standby other plans count on limits this plan's standby only.
     let mut busy = candidate("busy", 100.0, 0.01);
     busy.standby_held_mbps = 95.0;
@@ -151,6 +153,12 @@ fn a_loss_that_cannot_be_covered_is_said_so() {
     assert_eq!(ids(&plan), ["only"]);
     assert!((plan.standby[0].mbps - 5.0).abs() < 1e-9);
     assert!(!plan.survives_one_loss);
+    assert!(
+        plan.notes
+            .iter()
+            .any(|n| n.contains("lack the spare egress")),
+        "{plan:?}"
+    );
 }
 
 #[test]

@@ -118,6 +118,27 @@ impl Reservations {
     }
 }
 
+/// What a decision about to be used counts against the caches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reserve {
+    /// A look (explain, HEAD, monitoring).
+    Nothing,
+    /// A redirect: a plain client draws the shares and knows no standby.
+    Shares,
+    /// `/plan?reserve=1`: a client that uses the standby too.
+    SharesAndStandby,
+}
+
+impl From<bool> for Reserve {
+    fn from(plan_reserved: bool) -> Self {
+        if plan_reserved {
+            Reserve::SharesAndStandby
+        } else {
+            Reserve::Nothing
+        }
+    }
+}
+
 pub struct Selector {
     trusted_proxies: Vec<shoal_select::zones::Cidr>,
     lookup_timeout: std::time::Duration,
@@ -516,7 +537,10 @@ impl Selector {
         );
         let response = match path {
             "/plan" | "/explain" => match parse_query(query, client, host.as_deref()) {
-                Ok(ask) => match self.decide(&ask, path == "/plan" && ask.reserve).await {
+                Ok(ask) => match self
+                    .decide(&ask, (path == "/plan" && ask.reserve).into())
+                    .await
+                {
                     Ok(decision) if path == "/plan" => json(&PlanAnswer {
                         path: ask.path.as_str(),
                         decision: &decision,
@@ -693,6 +717,12 @@ impl Selector {
             exclude: Vec::new(),
             reserve,
         };
+        // A plain client never sees the standby: only its shares count.
+        let reserve = if reserve {
+            Reserve::Shares
+        } else {
+            Reserve::Nothing
+        };
         let decision = match self.decide(&ask, reserve).await {
             Ok(decision) => decision,
             Err(refusal) => return self.refuse(refusal),
@@ -722,9 +752,10 @@ impl Selector {
     }
 
     /// The decision for one parsed request; `reserve`: a client will use
-    /// it (a plan or a redirect, not an explanation), so its shares count
-    /// against the caches until gossip shows them.
-    async fn decide(&self, ask: &Ask, reserve: bool) -> Result<Decision, Refusal> {
+    /// it (a plan or a redirect, not an explanation), so its shares (and,
+    /// for a plan, its standby) count against the caches until gossip
+    /// shows them.
+    async fn decide(&self, ask: &Ask, reserve: Reserve) -> Result<Decision, Refusal> {
         let path = ask.path.as_str();
         let service = self
             .services
@@ -773,7 +804,7 @@ impl Selector {
             }) => {
                 // A client still downloading keeps the version it began
                 // with (only for answers a client acts on).
-                let id = if reserve {
+                let id = if reserve != Reserve::Nothing {
                     self.affinity
                         .version_for(ask.client, path, id, std::time::Instant::now())
                 } else {
@@ -855,11 +886,13 @@ impl Selector {
         if let Some(note) = lookup_note {
             decision.reasons.push(note);
         }
-        if reserve {
+        if reserve != Reserve::Nothing {
             self.reservations.add(
                 now,
                 decision.sources.iter().map(|s| (s.node.as_str(), s.mbps)),
             );
+        }
+        if reserve == Reserve::SharesAndStandby {
             self.standby_reservations.add(
                 now,
                 decision
