@@ -63,7 +63,13 @@ impl LocalState for CacheLocalState {
             .collect()
     }
 
+    /// Degraded while the store cannot write (a full disk): the cache
+    /// still serves, through, but selectors prefer the others.
     fn health(&self) -> Health {
-        Health::Ok
+        if self.store.write_failure().is_some() {
+            Health::Degraded
+        } else {
+            Health::Ok
+        }
     }
 }

@@ -1267,7 +1267,15 @@ impl CacheService {
                 }
                 None => text_response(StatusCode::NOT_FOUND, "this cache is not part of a mesh\n"),
             },
-            "health" => text_response(StatusCode::OK, "ok\n"),
+            // Still serving (through, without storing) while the store
+            // cannot write, but an operator must see it.
+            "health" => match self.filler.store().write_failure() {
+                None => text_response(StatusCode::OK, "ok\n"),
+                Some(why) => text_response(
+                    StatusCode::OK,
+                    &format!("degraded: the store {why}; serving without storing\n"),
+                ),
+            },
             _ => text_response(StatusCode::NOT_FOUND, "unknown internal endpoint\n"),
         }
     }

@@ -708,3 +708,109 @@ fn slow_and_idle_connections_are_timed_out() {
     // A complete request still works.
     assert_eq!(curl(&format!("{}/x.bin", cache.url), &[]).body, b"x");
 }
+
+/// A small tmpfs of its own (needs root, as `scripts/test` runs), unmounted
+/// when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(mib: u64) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "mounting a {mib} MiB tmpfs failed: this test needs root, as scripts/test runs"
+        );
+        Self { dir }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Fills what is left with one file (removed to free the space).
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.path().join("filler");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while file.write_all(&block).is_ok() {}
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_serves_through_once_says_degraded_and_recovers_when_space_returns() {
+    let root = tempfile::tempdir().unwrap();
+    let big = content(64 * 1024 * 1024, 81);
+    write_file(root.path(), "big.bin", &big);
+    let small = content(8 * 1024 * 1024 + 5, 82);
+    write_file(root.path(), "small.bin", &small);
+    publish(root.path());
+    let origin = start_origin(root.path());
+    let disk = SmallDisk::mount(32);
+    let data_dir = disk.path().join("data");
+    let mut cache = start_cache(&origin.url, &data_dir, "1GiB", &[]);
+    let health = |cache: &Proc| {
+        String::from_utf8_lossy(&curl(&format!("{}/_shoal/health", cache.url), &[]).body)
+            .to_string()
+    };
+    assert_eq!(health(&cache), "ok\n");
+    // The disk fills up (another tenant, logs): every write fails.
+    let filler = disk.fill();
+    let got = curl(&format!("{}/big.bin", cache.url), &[]);
+    assert_eq!(got.status, 200);
+    assert!(got.body == big, "served through, byte-exact");
+    // Each piece came from the origin once: nothing fetched again because
+    // it could not be stored.
+    assert_eq!(stat(&cache.url, "origin_bytes"), big.len() as u64);
+    wait_until(
+        "health says the store cannot write",
+        std::time::Duration::from_secs(10),
+        || health(&cache).starts_with("degraded: the store cannot write"),
+    );
+    let text = health(&cache);
+    assert!(text.contains("No space left on device"), "{text}");
+    // Space returns: the store writes (pieces and index) again, health is
+    // ok, and what it stored survives a restart.
+    std::fs::remove_file(filler).unwrap();
+    let got = curl(&format!("{}/small.bin", cache.url), &[]);
+    assert!(got.body == small);
+    wait_until(
+        "health is ok again",
+        std::time::Duration::from_secs(10),
+        || health(&cache) == "ok\n",
+    );
+    let origin_before = stat(&cache.url, "origin_bytes");
+    assert!(curl(&format!("{}/small.bin", cache.url), &[]).body == small);
+    assert_eq!(
+        stat(&cache.url, "origin_bytes"),
+        origin_before,
+        "served from the store"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    cache.kill9();
+    let cache = start_cache(&origin.url, &data_dir, "1GiB", &[]);
+    assert!(curl(&format!("{}/small.bin", cache.url), &[]).body == small);
+    assert_eq!(
+        stat(&cache.url, "origin_bytes"),
+        0,
+        "the index kept what was stored after the disk recovered"
+    );
+    assert_eq!(health(&cache), "ok\n");
+}

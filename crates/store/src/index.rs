@@ -7,8 +7,8 @@
 use crate::store::{PieceKey, PieceMeta};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use shoal_core::{ObjectId, PieceHash, PieceIndex};
-use std::path::Path;
-use std::sync::mpsc;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, RwLock};
 use tokio::sync::oneshot;
 
 /// piece key (object id ++ index, big-endian) → len u32 ++ hash[32] ++ seq u64 ++ piece_size_log2 u8
@@ -92,6 +92,56 @@ pub(crate) fn meta_from_bytes(bytes: &[u8]) -> Option<PieceMeta> {
     (meta.len as u64 <= 1 << meta.piece_size_log2).then_some(meta)
 }
 
+/// The index database, reopened after an I/O error: once a commit fails
+/// (a full disk, say), redb refuses every later transaction with
+/// "previous I/O error" until the database is closed and opened again, so
+/// without this one ENOSPC would stop the index until a restart.
+pub(crate) struct Index {
+    path: PathBuf,
+    /// `None` while it could not be reopened (the next write tries again).
+    db: RwLock<Option<Database>>,
+}
+
+impl Index {
+    pub(crate) fn open(path: &Path) -> Result<Self, redb::Error> {
+        Ok(Self {
+            path: path.to_path_buf(),
+            db: RwLock::new(Some(open(path)?)),
+        })
+    }
+
+    /// Runs `f` on the database (readers share it; a reopen waits for them).
+    pub(crate) fn with<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, redb::Error>,
+    ) -> Result<T, redb::Error> {
+        let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
+        match guard.as_ref() {
+            Some(db) => f(db),
+            None => Err(redb::Error::DatabaseClosed),
+        }
+    }
+
+    /// Closes and reopens the database (redb repairs it on open if the
+    /// failed commit left it inconsistent).
+    fn reopen(&self) -> Result<(), redb::Error> {
+        let mut guard = self.db.write().unwrap_or_else(|e| e.into_inner());
+        // The old handle must be gone before the file is opened again.
+        *guard = None;
+        *guard = Some(open(&self.path)?);
+        Ok(())
+    }
+}
+
+/// Whether an index error leaves redb refusing further writes until the
+/// database is reopened.
+fn needs_reopen(error: &redb::Error) -> bool {
+    matches!(
+        error,
+        redb::Error::PreviousIo | redb::Error::Io(_) | redb::Error::DatabaseClosed
+    )
+}
+
 pub(crate) fn open(path: &Path) -> Result<Database, redb::Error> {
     let db = Database::create(path)?;
     let txn = db.begin_write()?;
@@ -167,11 +217,12 @@ pub(crate) fn get_manifest(db: &Database, id: &ObjectId) -> Result<Option<Vec<u8
 
 /// Runs the writer loop until every sender is gone.
 /// `reclaim` frees the disk space of removed pieces once their rows are
-/// committed away.
+/// committed away; `health` hears whether commits succeed.
 pub(crate) fn writer_loop(
-    db: std::sync::Arc<Database>,
+    index: std::sync::Arc<Index>,
     ops: mpsc::Receiver<WriteOp>,
     reclaim: impl Fn(&[(PieceKey, PieceMeta)]),
+    health: &crate::store::WriteHealth,
 ) {
     while let Ok(first) = ops.recv() {
         // Gather what arrives within a short window: one commit (and one
@@ -195,15 +246,22 @@ pub(crate) fn writer_loop(
             }
             _ => true,
         });
-        // One retry: a transient failure (a full disk freeing up, say)
-        // should not cost a whole batch.
-        let mut result = apply(&db, &batch);
+        // One retry, after reopening the database if the failure left
+        // redb refusing writes: a transient failure (a full disk freeing
+        // up, say) should not cost a whole batch.
+        let mut result = index.with(|db| apply(db, &batch));
         if let Err(error) = &result {
-            tracing::warn!(%error, "index write failed; retrying once");
-            result = apply(&db, &batch);
+            tracing::debug!(%error, "index write failed; retrying once");
+            if needs_reopen(error) {
+                if let Err(error) = index.reopen() {
+                    tracing::debug!(%error, "reopening the index failed");
+                }
+            }
+            result = index.with(|db| apply(db, &batch));
         }
         match result {
             Ok(()) => {
+                health.index_ok();
                 let removed: Vec<(PieceKey, PieceMeta)> = batch
                     .into_iter()
                     .filter_map(|op| match op {
@@ -218,7 +276,12 @@ pub(crate) fn writer_loop(
             }
             // The in-memory view stays authoritative for this run; space of
             // rows that could not be removed is reclaimed at the next start.
-            Err(error) => tracing::error!(%error, "index write failed twice; batch dropped"),
+            Err(error) => {
+                health.index_failed(&error.to_string());
+                if needs_reopen(&error) {
+                    let _ = index.reopen();
+                }
+            }
         }
         for done in flushes {
             let _ = done.send(());

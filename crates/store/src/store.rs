@@ -9,7 +9,6 @@
 use crate::eviction::{EvictionPolicy, PolicyKind};
 use crate::index::{self, WriteOp};
 use bytes::Bytes;
-use redb::Database;
 use shoal_core::{ObjectId, PieceHash, PieceIndex, PieceSize, VerifiedPiece};
 use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
@@ -74,6 +73,75 @@ impl StoreError {
     }
 }
 
+/// Whether the store can write: a failed piece write (a full disk, a
+/// failing device) or index commit makes it unhealthy until the next one
+/// succeeds. Changes are logged once each way, not once per piece.
+#[derive(Debug, Default)]
+pub struct WriteHealth {
+    state: Mutex<WriteState>,
+}
+
+#[derive(Debug, Default)]
+struct WriteState {
+    disk_error: Option<String>,
+    /// Piece writes that succeeded since the last failure.
+    disk_ok_run: u32,
+    index_error: Option<String>,
+}
+
+/// Piece writes in a row that must succeed before a failing disk counts
+/// as writable again: on a nearly full disk the odd write fits, and
+/// health should not flap with it.
+const DISK_RECOVERY_WRITES: u32 = 8;
+
+impl WriteHealth {
+    /// Why the store cannot write now, if it cannot.
+    pub fn failure(&self) -> Option<String> {
+        let state = lock(&self.state);
+        match (&state.disk_error, &state.index_error) {
+            (Some(disk), _) => Some(format!("cannot write pieces ({disk})")),
+            (None, Some(index)) => Some(format!("cannot write the index ({index})")),
+            (None, None) => None,
+        }
+    }
+
+    pub(crate) fn disk_failed(&self, why: &str) {
+        let mut state = lock(&self.state);
+        if state.disk_error.is_none() {
+            tracing::error!(error = %why, "the store cannot write pieces: serving without storing until it can");
+        }
+        state.disk_error = Some(why.to_string());
+        state.disk_ok_run = 0;
+    }
+
+    pub(crate) fn disk_ok(&self) {
+        let mut state = lock(&self.state);
+        if state.disk_error.is_none() {
+            return;
+        }
+        state.disk_ok_run += 1;
+        if state.disk_ok_run >= DISK_RECOVERY_WRITES {
+            state.disk_error = None;
+            tracing::info!("the store writes pieces again");
+        }
+    }
+
+    pub(crate) fn index_failed(&self, why: &str) {
+        let mut state = lock(&self.state);
+        if state.index_error.is_none() {
+            tracing::error!(error = %why, "the store cannot write its index: pieces stored now are forgotten at restart until it can");
+        }
+        state.index_error = Some(why.to_string());
+    }
+
+    pub(crate) fn index_ok(&self) {
+        let mut state = lock(&self.state);
+        if state.index_error.take().is_some() {
+            tracing::info!("the store writes its index again");
+        }
+    }
+}
+
 /// Counters, readable at any time.
 #[derive(Debug, Default)]
 pub struct StoreStats {
@@ -114,7 +182,9 @@ struct MemoryTier {
 pub struct Store {
     config: StoreConfig,
     objects_dir: PathBuf,
-    db: Arc<Database>,
+    index: Arc<index::Index>,
+    /// Whether pieces and index rows can be written now.
+    write_health: Arc<WriteHealth>,
     disk: Arc<Mutex<Tier>>,
     memory: Mutex<MemoryTier>,
     /// `None` only while dropping.
@@ -148,10 +218,10 @@ impl Store {
         for dir in [&data_dir, &objects_dir] {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
         }
-        let db = Arc::new(index::open(&data_dir.join("index.redb"))?);
+        let index = Arc::new(index::Index::open(&data_dir.join("index.redb"))?);
         let stats = StoreStats::default();
 
-        let loaded = index::load_pieces(&db)?;
+        let loaded = index.with(index::load_pieces)?;
         let mut stale_rows: Vec<Vec<u8>> = loaded.malformed_keys;
         let mut pieces = BTreeMap::new();
         let mut file_sizes: std::collections::HashMap<ObjectId, Option<u64>> = Default::default();
@@ -176,7 +246,7 @@ impl Store {
                 count = stale_rows.len(),
                 "dropping index rows whose piece data is missing"
             );
-            index::remove_raw_piece_rows(&db, &stale_rows)?;
+            index.with(|db| index::remove_raw_piece_rows(db, &stale_rows))?;
         }
         let removed = reconcile_files(&objects_dir, &pieces);
         stats
@@ -205,14 +275,21 @@ impl Store {
             next_seq,
         }));
         let (sender, receiver) = mpsc::channel();
+        let write_health = Arc::new(WriteHealth::default());
         let writer_thread = {
-            let db = db.clone();
+            let index = index.clone();
             let disk = disk.clone();
             let objects_dir = objects_dir.clone();
+            let health = write_health.clone();
             std::thread::Builder::new()
                 .name("shoal-index-writer".into())
                 .spawn(move || {
-                    index::writer_loop(db, receiver, |gone| free_space(&objects_dir, &disk, gone))
+                    index::writer_loop(
+                        index,
+                        receiver,
+                        |gone| free_space(&objects_dir, &disk, gone),
+                        &health,
+                    )
                 })
                 .map_err(|e| StoreError::io(&data_dir, e))?
         };
@@ -224,7 +301,8 @@ impl Store {
         let memory_policy = PolicyKind::Lru.build(config.memory_capacity_bytes);
         Ok(Arc::new(Self {
             objects_dir,
-            db,
+            index,
+            write_health,
             disk,
             memory: Mutex::new(MemoryTier {
                 pieces: Default::default(),
@@ -240,6 +318,12 @@ impl Store {
 
     pub fn config(&self) -> &StoreConfig {
         &self.config
+    }
+
+    /// Why the store cannot write now (a full disk, say), if it cannot:
+    /// the cache serves without storing meanwhile and says it is degraded.
+    pub fn write_failure(&self) -> Option<String> {
+        self.write_health.failure()
     }
 
     pub fn stats(&self) -> &StoreStats {
@@ -432,8 +516,11 @@ impl Store {
         };
         if let Err(error) = write {
             lock(&self.disk).writing.remove(&key);
+            self.write_health
+                .disk_failed(&format!("{}: {error}", path.display()));
             return Err(StoreError::io(&path, error));
         }
+        self.write_health.disk_ok();
 
         let len = piece.len() as u64;
         let victims = {
@@ -537,12 +624,12 @@ impl Store {
 
     /// Small per-object records owned by the caller (the cache), by path.
     pub fn get_record(&self, path: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(index::get_record(&self.db, path)?)
+        Ok(self.index.with(|db| index::get_record(db, path))?)
     }
 
     /// Every record (for start-up bookkeeping).
     pub fn all_records(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        Ok(index::all_records(&self.db)?)
+        Ok(self.index.with(index::all_records)?)
     }
 
     pub fn put_record(&self, path: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
@@ -559,7 +646,7 @@ impl Store {
     }
 
     pub fn get_manifest(&self, id: &ObjectId) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(index::get_manifest(&self.db, id)?)
+        Ok(self.index.with(|db| index::get_manifest(db, id))?)
     }
 
     pub fn put_manifest(&self, id: ObjectId, bytes: Vec<u8>) -> Result<(), StoreError> {
