@@ -10,6 +10,7 @@ pub mod local_state;
 pub mod object;
 pub mod origin_client;
 pub mod peer;
+pub mod peer_health;
 pub mod purge;
 pub mod resolve;
 pub mod serve;

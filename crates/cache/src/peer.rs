@@ -20,6 +20,7 @@
 
 use crate::object::{ObjectEntry, ObjectRecord};
 use crate::origin_client::{check_range_response, OriginError, RangeBody};
+use crate::peer_health::{PeerHealth, PeerHealthLimits};
 use crate::stats::CacheStats;
 use base64::Engine;
 use http::{HeaderValue, StatusCode};
@@ -160,13 +161,6 @@ pub struct PeerSettings {
     pub auth_ttl_max_s: u64,
 }
 
-#[derive(Default)]
-struct PeerRecord {
-    corrupt_pieces: u32,
-    quarantined_until: Option<Instant>,
-    suspect_until: Option<Instant>,
-}
-
 /// Piece sets of (peer, object), with when they were fetched.
 type PieceSetCache = HashMap<(String, ObjectId), (Instant, Option<Arc<PieceSet>>)>;
 
@@ -179,7 +173,10 @@ pub struct MeshLink {
     settings: PeerSettings,
     stats: Arc<CacheStats>,
     piece_sets: Mutex<PieceSetCache>,
-    peers: Mutex<HashMap<String, PeerRecord>>,
+    /// Which peers may be asked (pure state machine, fed this link's
+    /// clock: ms since `started`).
+    health: Mutex<PeerHealth>,
+    started: Instant,
     /// Round-trip time to each peer (EWMA of piece-set request latency,
     /// small requests that never wait on an origin), milliseconds.
     rtt_ms: Mutex<HashMap<String, f64>>,
@@ -204,6 +201,11 @@ impl MeshLink {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| e.to_string())?;
+        let limits = PeerHealthLimits {
+            corrupt_pieces_max: settings.corrupt_pieces_max,
+            quarantine_ms: settings.quarantine_ms,
+            suspect_ms: SUSPECT_MS,
+        };
         Ok(Self {
             node,
             key,
@@ -212,7 +214,8 @@ impl MeshLink {
             settings,
             stats,
             piece_sets: Mutex::default(),
-            peers: Mutex::default(),
+            health: Mutex::new(PeerHealth::new(limits)),
+            started: Instant::now(),
             rtt_ms: Mutex::default(),
         })
     }
@@ -250,24 +253,21 @@ impl MeshLink {
             .any(|to| to != self.self_id)
     }
 
+    /// This link's clock for the health machine.
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
     /// Whether a peer may be asked now (not quarantined, not suspect).
     pub fn usable(&self, node_id: &str) -> bool {
-        let peers = lock(&self.peers);
-        let Some(record) = peers.get(node_id) else {
-            return true;
-        };
-        let now = Instant::now();
-        record.quarantined_until.is_none_or(|t| t <= now)
-            && record.suspect_until.is_none_or(|t| t <= now)
+        lock(&self.health).usable(node_id, self.now_ms())
     }
 
     /// A peer did not answer usefully: skip it for a while (until gossip
     /// tells everyone).
     pub fn suspect(&self, node_id: &str) {
-        lock(&self.peers)
-            .entry(node_id.to_string())
-            .or_default()
-            .suspect_until = Some(Instant::now() + Duration::from_millis(SUSPECT_MS));
+        let now_ms = self.now_ms();
+        lock(&self.health).on_no_answer(node_id, now_ms);
     }
 
     /// A peer sent a piece that did not verify; quarantines it after
@@ -276,13 +276,8 @@ impl MeshLink {
         self.stats
             .peer_corrupt_pieces
             .fetch_add(1, Ordering::Relaxed);
-        let mut peers = lock(&self.peers);
-        let record = peers.entry(node_id.to_string()).or_default();
-        record.corrupt_pieces += 1;
-        if record.corrupt_pieces >= self.settings.corrupt_pieces_max {
-            record.corrupt_pieces = 0;
-            record.quarantined_until =
-                Some(Instant::now() + Duration::from_millis(self.settings.quarantine_ms));
+        let now_ms = self.now_ms();
+        if lock(&self.health).on_corrupt_piece(node_id, now_ms) {
             self.stats.peers_quarantined.fetch_add(1, Ordering::Relaxed);
             tracing::error!(
                 peer = node_id,
@@ -310,12 +305,7 @@ impl MeshLink {
 
     /// Peers currently quarantined.
     pub fn quarantined(&self) -> Vec<String> {
-        let now = Instant::now();
-        lock(&self.peers)
-            .iter()
-            .filter(|(_, r)| r.quarantined_until.is_some_and(|t| t > now))
-            .map(|(id, _)| id.clone())
-            .collect()
+        lock(&self.health).quarantined(self.now_ms())
     }
 
     fn signed(
