@@ -39,13 +39,6 @@ const PROGRESS_BYTES: u64 = 16 << 10;
 pub const PIECES_MAX: u32 = 1 << 20;
 /// The resume state is saved at most this often.
 const SAVE_EVERY_MS: u64 = 1_000;
-/// Replacement plans are asked for at most this often.
-const REPLAN_EVERY_MS: u64 = 500;
-/// Plans asked for because the committed bitrate is not held, at most this
-/// often (each plan reserves capacity at the selector).
-const BITRATE_REPLAN_EVERY_MS: u64 = 5_000;
-/// With no usable source left, how long to keep asking for new ones.
-const NO_SOURCE_GRACE_MS: u64 = 10_000;
 
 /// Stream mode: where the bytes go in order as they verify.
 #[derive(Debug)]
@@ -444,11 +437,9 @@ pub async fn get(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_save = 0;
     let mut last_progress = 0;
-    let mut last_replan: Option<u64> = None;
-    let mut replan_pending = false;
+    // When to ask the selector again, and when to give up (pure).
+    let mut replan = crate::replan::ReplanPolicy::default();
     let mut reported: Vec<String> = Vec::new();
-    let mut no_source_since: Option<u64> = None;
-    let mut below_bitrate_since: Option<u64> = None;
     let syncing = Arc::new(std::sync::atomic::AtomicBool::new(false));
 
     while !scheduler.is_complete() {
@@ -490,12 +481,17 @@ pub async fn get(
             }
         }
         // Ask for more sources when there are none left, or when the
-        // committed bitrate is not held.
-        let usable = scheduler.usable_sources().len();
-        let mut want_plan = false;
-        if usable == 0 {
-            let since = *no_source_since.get_or_insert(now);
-            if now - since > NO_SOURCE_GRACE_MS || matches!(origin, Origin::Direct) {
+        // committed bitrate is not held; give up after a while without any.
+        let verdict = replan.tick(crate::replan::Observed {
+            now_ms: now,
+            usable_sources: scheduler.usable_sources().len(),
+            rate_mbps: scheduler.aggregate_rate_bps() * 8.0 / 1e6,
+            committed_mbps,
+            has_selector: matches!(origin, Origin::Selector(_)),
+            room: sources.len() < SOURCES_MAX,
+        });
+        match (verdict, &origin) {
+            (crate::replan::Verdict::GiveUp, _) => {
                 let why = scheduler
                     .report()
                     .iter()
@@ -510,34 +506,12 @@ pub async fn get(
                     part.display()
                 )));
             }
-            want_plan = true;
-        } else {
-            no_source_since = None;
-        }
-        let mut every_ms = REPLAN_EVERY_MS;
-        if let Some(mbps) = committed_mbps {
-            let rate_mbps = scheduler.aggregate_rate_bps() * 8.0 / 1e6;
-            if now > 2_000 && rate_mbps < mbps {
-                let since = *below_bitrate_since.get_or_insert(now);
-                if now - since > 2_000 && !want_plan {
-                    want_plan = true;
-                    every_ms = BITRATE_REPLAN_EVERY_MS;
-                }
-            } else {
-                below_bitrate_since = None;
+            (crate::replan::Verdict::Ask, Origin::Selector(selector)) => {
+                spawn_replan(
+                    &client, selector, &url.path, &reported, true, &events, timeout,
+                );
             }
-        }
-        if want_plan {
-            if let Origin::Selector(selector) = &origin {
-                let due = last_replan.is_none_or(|t| now - t >= every_ms);
-                if !replan_pending && due && sources.len() < SOURCES_MAX {
-                    replan_pending = true;
-                    last_replan = Some(now);
-                    spawn_replan(
-                        &client, selector, &url.path, &reported, true, &events, timeout,
-                    );
-                }
-            }
+            _ => {}
         }
 
         let mut actions = Vec::new();
@@ -568,7 +542,7 @@ pub async fn get(
                         return Err(disk(error));
                     }
                     Event::Plan(answer) => {
-                        replan_pending = false;
+                        replan.answered();
                         let standby_only_replan = std::mem::take(&mut standby_only_replan);
                         match answer {
                             Ok(new_plan) => {
@@ -692,10 +666,9 @@ pub async fn get(
                         // plan whose new caches only stand by (nothing is
                         // reserved or drawn from them now).
                         tracing::info!(source = %name, standby_joined = joined, "the committed bitrate is covered: asking the selector for standby only");
-                        if !replan_pending {
-                            replan_pending = true;
+                        if !replan.pending() {
+                            replan.asked(now_ms(started));
                             standby_only_replan = true;
-                            last_replan = Some(now_ms(started));
                             spawn_replan(
                                 &client, selector, &url.path, &reported, false, &events, timeout,
                             );
@@ -705,9 +678,8 @@ pub async fn get(
                     if joined > 0 {
                         continue;
                     }
-                    if !replan_pending && sources.len() < SOURCES_MAX {
-                        replan_pending = true;
-                        last_replan = Some(now_ms(started));
+                    if !replan.pending() && sources.len() < SOURCES_MAX {
+                        replan.asked(now_ms(started));
                         spawn_replan(
                             &client, selector, &url.path, &reported, true, &events, timeout,
                         );

@@ -27,6 +27,7 @@ pub mod discover;
 pub mod download;
 pub mod playback;
 pub mod reference;
+pub mod replan;
 pub mod schedule;
 pub mod standby;
 pub mod stream;
