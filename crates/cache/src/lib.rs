@@ -16,6 +16,7 @@ pub mod resolve;
 pub mod serve;
 pub mod stats;
 pub mod swarm;
+pub mod transition;
 pub mod warm;
 
 use serde::{Deserialize, Serialize};

@@ -8,6 +8,9 @@ use crate::object::{unpublished_id, ObjectEntry, ObjectRecord, RECORD_FORMAT};
 use crate::origin_client::{OriginClient, OriginError, OriginHead, SmallDocument};
 use crate::peer::{MeshLink, PeerMode, PeerObject};
 use crate::stats::CacheStats;
+use crate::transition::{
+    kept_record, manifest_describes_file, transition, Known, Learnt, Transition,
+};
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use shoal_core::{Manifest, ObjectId, PieceIndex, PieceSize};
 use shoal_http::cache_control::CacheControl;
@@ -233,23 +236,21 @@ impl Resolver {
                 }
             }
             let fresh = self.probe(path, head).await?;
-            return match fresh {
-                Probe::Storable(record, _)
-                    if record.id == old.record.id && !old.has_hash_conflict() =>
-                {
-                    let mut updated = old.record.clone();
-                    updated.fresh_until_unix_s = record.fresh_until_unix_s;
-                    ManifestValidators::of(&record).apply(&mut updated);
-                    updated.cache_control = record.cache_control;
-                    updated.origin_validators_strong = record.origin_validators_strong;
-                    Ok(self.replace_record(old, updated))
+            let learnt = match &fresh {
+                Probe::Storable(record, _) => learnt_version(record)?,
+                Probe::NotStorable => Learnt::NotStorable,
+            };
+            return match (transition(Some(known_of(&old)), learnt), fresh) {
+                (Transition::Keep, Probe::Storable(record, _)) => {
+                    let kept = kept_record(&old.record, &record);
+                    Ok(self.replace_record(old, kept))
                 }
-                Probe::Storable(record, manifest) => {
+                (Transition::Replace, Probe::Storable(record, manifest)) => {
                     tracing::info!(path = %path.as_str(), old = %short(&old.record.id), new = %short(&record.id), "the origin serves a new version");
                     self.stats.versions_replaced.fetch_add(1, Ordering::Relaxed);
                     self.replace_version(path, &old, record, manifest.map(|m| *m))
                 }
-                Probe::NotStorable => {
+                _ => {
                     self.forget(&old);
                     Ok(Resolved::PassThrough)
                 }
@@ -392,16 +393,16 @@ impl Resolver {
             }
             None => (None, None),
         };
-        let resolved = match known {
-            Some(old) if old.id == id && !old.has_hash_conflict() => {
-                self.replace_record(old, record)
-            }
-            Some(old) => {
+        let step = transition(known.as_deref().map(known_of), Learnt::Version(id));
+        let resolved = match (step, known) {
+            // The shield's record is the mesh's: taken whole.
+            (Transition::Keep, Some(old)) => self.replace_record(old, record),
+            (Transition::Replace, Some(old)) => {
                 tracing::info!(path = %path.as_str(), old = %short(&old.record.id), new = %short(&record.id), "the shield serves a new version");
                 self.stats.versions_replaced.fetch_add(1, Ordering::Relaxed);
                 self.replace_version(path, &old, record, published_manifest)?
             }
-            None => self.install(path, record, published_manifest)?,
+            _ => self.install(path, record, published_manifest)?,
         };
         if let Resolved::Cached(entry) = &resolved {
             crate::peer::learn_hashes(entry, built_manifest.as_ref(), &hashes_hex);
@@ -547,16 +548,16 @@ impl Resolver {
 
         let (manifest, manifest_validators) = self.fetch_manifest(path).await?;
         let manifest = manifest.filter(|m| {
-            let last_modified_s = header_unix_s(headers, header::LAST_MODIFIED);
-            let size_ok = m.object_size() == size;
-            let time_ok = match (m.validators().last_modified_unix_s, last_modified_s) {
-                (Some(a), Some(b)) => a == b,
-                _ => true,
-            };
-            if !(size_ok && time_ok) {
-                tracing::warn!(path = %path.as_str(), "published manifest is stale (size or mtime differ): republish; treating the object as unpublished");
+            let describes = manifest_describes_file(
+                m.object_size(),
+                m.validators().last_modified_unix_s,
+                size,
+                header_unix_s(headers, header::LAST_MODIFIED),
+            );
+            if !describes {
+                tracing::warn!(path = %path.as_str(), manifest_size = m.object_size(), file_size = size, "published manifest is stale (size or mtime differ): republish; treating the object as unpublished");
             }
-            size_ok && time_ok
+            describes
         });
         let (id, piece_size, published) = match &manifest {
             Some(m) => (m.id(), m.piece_size(), true),
@@ -1031,6 +1032,21 @@ enum ManifestCheck {
     /// Yes, with the manifest's validators (possibly updated).
     Unchanged(ManifestValidators),
     Changed,
+}
+
+/// What the transition rules need of a known version.
+fn known_of(entry: &ObjectEntry) -> Known {
+    Known {
+        id: entry.id,
+        hash_conflict: entry.has_hash_conflict(),
+    }
+}
+
+/// The version a probed record names.
+fn learnt_version(record: &ObjectRecord) -> Result<Learnt, ResolveError> {
+    ObjectId::from_hex(&record.id)
+        .map(Learnt::Version)
+        .ok_or_else(|| ResolveError::Store(format!("a record with a bad id `{}`", record.id)))
 }
 
 /// The first 16 hex digits of an id, for logs.
