@@ -41,6 +41,10 @@ use tokio::sync::watch;
 pub enum FillError {
     #[error("origin: {0}")]
     Origin(String, http::StatusCode),
+    /// A sibling cache failed (the text names it); the origin is not to
+    /// blame.
+    #[error("{0}")]
+    Peer(String),
     #[error("piece {0} failed verification")]
     Corrupt(PieceIndex),
     #[error("object changed at the origin while it was being fetched")]
@@ -688,6 +692,13 @@ impl Filler {
             }
         };
         let from_origin = matches!(source, RunSource::Origin);
+        // Whose fault a broken body is: the origin's or the sibling's.
+        let body_error = |why: String| match source {
+            RunSource::Origin => FillError::Origin(why, http::StatusCode::BAD_GATEWAY),
+            RunSource::Peer { member, .. } => {
+                FillError::Peer(format!("peer {}: {why}", member.node_id))
+            }
+        };
         let mut buffer = BytesMut::new();
         // Delivered pieces leave `claim.senders`, so the next one is always first.
         while let Some(&(index, _)) = claim.senders.first() {
@@ -696,15 +707,26 @@ impl Filler {
                 let chunk = match body.chunk().await {
                     Ok(Some(chunk)) => chunk,
                     Ok(None) => {
-                        let error = FillError::Origin(
-                            "the body ended early".into(),
-                            http::StatusCode::BAD_GATEWAY,
-                        );
+                        let error = body_error("the body ended early".into());
                         return Err(self.body_failure(from_origin, error));
                     }
                     Err(error) => {
+                        let error = if from_origin {
+                            FillError::from(error)
+                        } else {
+                            // The shared body reader speaks of "the
+                            // origin"; here it was a sibling.
+                            let why = match &error {
+                                OriginError::Unreachable(why) | OriginError::Protocol(why) => {
+                                    why.clone()
+                                }
+                                OriginError::Timeout(ms) => format!("no data for {ms} ms"),
+                                OriginError::Status(status) => format!("answered {status}"),
+                            };
+                            body_error(why)
+                        };
                         tracing::warn!(path = %entry.path, %error, "body read failed");
-                        return Err(self.body_failure(from_origin, FillError::from(error)));
+                        return Err(self.body_failure(from_origin, error));
                     }
                 };
                 let counter = if from_origin {
@@ -739,10 +761,10 @@ impl Filler {
             ) && entry.manifest.is_none()
                 && entry.learnt_hash(index).is_none()
             {
-                return Err(RunFailure::Retry(FillError::Origin(
-                    format!("no reference hash yet for piece {} from a sibling", index.0),
-                    http::StatusCode::BAD_GATEWAY,
-                )));
+                return Err(RunFailure::Retry(body_error(format!(
+                    "no reference hash yet for piece {} it sent",
+                    index.0
+                ))));
             }
             match entry.accept_piece(index, data) {
                 Ok(piece) => self.deliver(entry, claim, piece),
@@ -881,10 +903,7 @@ fn peer_failure(entry: &ObjectEntry, mode: PeerMode, error: PeerError) -> RunFai
             entry.invalidate();
             RunFailure::Fatal(FillError::VersionChanged)
         }
-        _ => RunFailure::Retry(FillError::Origin(
-            error.to_string(),
-            http::StatusCode::BAD_GATEWAY,
-        )),
+        _ => RunFailure::Retry(FillError::Peer(error.to_string())),
     }
 }
 
