@@ -561,7 +561,7 @@ pub async fn get(
                                 fresh.extend(new_plan.standby.iter().cloned());
                                 for planned in fresh {
                                     if unknown(&planned, &standby) && standby.len() < SOURCES_MAX {
-                                        tracing::info!(source = %planned.name, "standby from the selector");
+                                        tracing::info!(source = %planned.name, "kept as standby (used only if another source fails)");
                                         standby.push_back(planned);
                                     }
                                 }
@@ -602,7 +602,7 @@ pub async fn get(
                 }
                 Action::Replace { source, reason } => {
                     let name = scheduler.source_name(source).to_string();
-                    tracing::info!(source = %name, %reason, "replacing a source");
+                    tracing::info!(source = %name, %reason, "a source failed");
                     // A source reported before (degraded, then dropped)
                     // is not a new loss: its standby was already decided.
                     let first_report = !reported.contains(&name);
