@@ -791,7 +791,10 @@ impl Filler {
                                 mesh.report_corrupt(&member.node_id);
                                 mesh.forget_piece_set(&member.node_id, &entry.id);
                             }
-                            RunFailure::Retry(FillError::Corrupt(index))
+                            RunFailure::Retry(FillError::Peer(format!(
+                                "peer {} sent piece {} that failed verification",
+                                member.node_id, index.0
+                            )))
                         }
                     });
                 }

@@ -5,6 +5,7 @@
 //! however many clients want it) and streams them on as they verify; a hit
 //! comes from memory or disk. See ARCHITECTURE.md for the invariants.
 
+pub mod fault;
 pub mod fill;
 pub mod local_state;
 pub mod object;

@@ -8,6 +8,7 @@
 //! failure after the headers are out aborts the body: the client sees a
 //! truncated response, never wrong bytes.
 
+use crate::fault::Blame;
 use crate::fill::{FillError, Filler};
 use crate::object::ObjectEntry;
 use crate::origin_client::OriginClient;
@@ -760,7 +761,7 @@ impl CacheService {
             Err(error) => {
                 let status = error.client_status();
                 if status.is_server_error() {
-                    tracing::warn!(path = %path.as_str(), %error, "could not resolve object");
+                    tracing::warn!(path = %path.as_str(), %error, fault = error.fault().as_str(), retryable = error.retryable(), "could not resolve object");
                 }
                 Err(text_response(status, &format!("{error}\n")))
             }
@@ -1066,7 +1067,7 @@ impl CacheService {
                 let piece = match got {
                     Ok(piece) => piece,
                     Err(error) => {
-                        tracing::warn!(path = %entry.path, %error, "aborting response body");
+                        tracing::warn!(path = %entry.path, %error, fault = error.fault().as_str(), "aborting response body");
                         let _ = sender
                             .send(Err(std::io::Error::other(error.to_string())))
                             .await;
