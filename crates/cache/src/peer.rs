@@ -35,22 +35,13 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub const PEER_PREFIX: &str = "/_shoal/peer/";
-pub const PEER_OBJECT_PREFIX: &str = "/_shoal/peer/object/";
-pub const PEER_PIECES_PREFIX: &str = "/_shoal/peer/pieces/";
-pub const PEER_DATA_PREFIX: &str = "/_shoal/peer/data/";
-/// `GET /_shoal/peer/purge?<event>`: apply a purge event (see `purge`).
-pub const PEER_PURGE_PATH: &str = "/_shoal/peer/purge";
-/// `GET /_shoal/peer/purges?since=MS`: the purge events known here.
-pub const PEER_PURGES_PATH: &str = "/_shoal/peer/purges";
+pub use shoal_proto::{
+    MODE_HEADER, PEER_DATA_PREFIX, PEER_OBJECT_PREFIX, PEER_PIECES_PREFIX, PEER_PREFIX,
+    PEER_PURGES_PATH, PEER_PURGE_PATH, RECORD_MODE,
+};
+
 /// Largest purge log answer read from a peer.
 const PEER_PURGES_BYTES_MAX: u64 = 8 << 20;
-/// Request header: `have` or `fill` (or, for object metadata only,
-/// [`RECORD_MODE`]).
-pub const MODE_HEADER: &str = "x-shoal-mode";
-/// `x-shoal-mode` of a selector asking a shield what a path is: resolved
-/// as in `fill` mode, answered without the manifest or piece hashes.
-pub const RECORD_MODE: &str = "record";
 /// Largest object-metadata answer accepted: compact JSON is ~67 bytes per
 /// piece hash, so this covers 1 TiB objects in 4 MiB pieces (262,144).
 pub const PEER_OBJECT_BYTES_MAX: u64 = 24 << 20;

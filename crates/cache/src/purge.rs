@@ -23,9 +23,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 
-/// `POST /_shoal/purge?path=/p` or `?prefix=/dir/` (`&soft=1`): the
-/// operator's endpoint (signed).
-pub const PURGE_PATH: &str = "/_shoal/purge";
+/// `POST /_shoal/purge?path=/p` or `?prefix=/dir/` (`&soft=1`), from
+/// shoal-proto.
+pub use shoal_proto::PURGE_PATH;
 /// Events kept in a cache's log (oldest dropped first).
 pub const PURGE_LOG_EVENTS_MAX: usize = 10_000;
 /// Longest path or prefix a purge may name.

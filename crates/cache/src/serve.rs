@@ -32,30 +32,18 @@ use shoal_server::Body;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-/// `POST /_shoal/warm/<path>`: fill a whole object ahead of demand.
-pub const WARM_PREFIX: &str = "/_shoal/warm/";
-/// `POST /_shoal/egress?bytes_per_s=N` (signed, like warm-ups): changes
-/// this cache's egress cap while it runs (0: none), e.g. to take load off
-/// it; answers the old and new cap.
-pub const EGRESS_PATH: &str = "/_shoal/egress";
+// The wire names (defined once in shoal-proto), where the cache's code
+// and its users have always found them.
+pub use shoal_proto::{
+    CACHE_STATUS_HEADER, EGRESS_PATH, HASHES_PREFIX, INTERNAL_PREFIX, MANIFEST_KIND_HEADER,
+    MANIFEST_PREFIX, OBJECT_ID_HEADER, PIN_PARAM, WARM_PREFIX,
+};
+
 /// Smallest egress cap a running cache accepts (1 Mbit/s): below it a
 /// single write would wait longer than the idle timeout.
 pub const EGRESS_BYTES_PER_S_MIN: u64 = 125_000;
 /// Most partner caches a warm-up request may name.
 const WARM_PARTNERS_MAX: usize = 1024;
-/// Prefix of the cache's own endpoints; objects under it are not served.
-pub const INTERNAL_PREFIX: &str = "/_shoal/";
-/// `GET /_shoal/manifest/<path>`: the manifest of the object at `<path>`:
-/// the published one, or the one the cache built while ingesting (404
-/// until every piece has been seen). The id is in `X-Shoal-Object-Id`.
-pub const MANIFEST_PREFIX: &str = "/_shoal/manifest/";
-/// `GET /_shoal/hashes/<path>`: the piece hashes this cache knows for the
-/// object at `<path>` as JSON (`id`, `size`, `piece_size_log2`,
-/// `hashes_hex` with `""` where unknown, `complete`): the manifest's, or,
-/// for an unpublished object, those learnt from the origin by the shield.
-/// A multi-source client verifies pieces against them as it goes; every
-/// piece this cache has served is among them.
-pub const HASHES_PREFIX: &str = "/_shoal/hashes/";
 /// How long before a member is asked again about a purge it announces.
 const PURGE_ASK_AGAIN: std::time::Duration = std::time::Duration::from_secs(5);
 /// How long a piece whose origin bytes failed the manifest is refused
@@ -64,19 +52,6 @@ const BAD_PIECE_RETRY_MS: u64 = 2_000;
 /// Chunks (pieces or parts of them) buffered between the piece reader and
 /// the socket, per response: enough to keep the socket busy, little memory.
 const BODY_CHUNKS_MAX: usize = 4;
-/// Response header: `HIT` when the response began from stored pieces,
-/// `MISS` when its first piece had to be fetched.
-pub const CACHE_STATUS_HEADER: &str = "x-shoal-cache";
-/// Response header naming the object version a response came from.
-pub const OBJECT_ID_HEADER: &str = "x-shoal-object-id";
-/// Query parameter pinning a request to one object version
-/// (`/path?shoal-object=<id hex>`): the version is served exactly, or the
-/// request is refused with 409. Every URL a selector hands out carries it,
-/// so a client blending several caches can never stitch two versions.
-pub const PIN_PARAM: &str = "shoal-object";
-/// Response header on a built (not published) manifest: its own hash is
-/// not the object id; the id is in `X-Shoal-Object-Id`.
-pub const MANIFEST_KIND_HEADER: &str = "x-shoal-manifest";
 
 pub struct CacheService {
     pub(crate) resolver: Resolver,

@@ -20,19 +20,12 @@ pub const PLAN_BYTES_MAX: usize = 1 << 20;
 /// Largest manifest accepted (1 TiB in 256 KiB pieces is 128 MiB of hashes;
 /// objects that large use larger pieces).
 pub const MANIFEST_BYTES_MAX: usize = 64 << 20;
+
+// The names a cache and a selector use on the wire (shoal-proto).
+pub use shoal_proto::{CACHE_STATUS_HEADER, MANIFEST_KIND_HEADER, OBJECT_ID_HEADER, PIN_PARAM};
+
 /// Most sources taken from one plan.
 pub const PLAN_SOURCES_MAX: usize = 16;
-/// Response header naming the object version (as the cache sends it).
-pub const OBJECT_ID_HEADER: &str = "x-shoal-object-id";
-/// Response header a shoal cache puts on every object it serves.
-pub const CACHE_STATUS_HEADER: &str = "x-shoal-cache";
-/// Response header saying whether a cache's manifest was `published` or
-/// `built` (from the pieces of an object that has none).
-pub const MANIFEST_KIND_HEADER: &str = "x-shoal-manifest";
-
-/// Query parameter pinning a URL to one object version (as caches and
-/// selectors spell it).
-pub const PIN_PARAM: &str = "shoal-object";
 
 /// `http://host[:port]/path[?shoal-object=ID]`, split.
 #[derive(Clone, Debug, PartialEq)]

@@ -460,7 +460,7 @@ pub fn parse_query(query: &str, conn_client: IpAddr, host: Option<&str>) -> Resu
 
 /// Whether a query pair is a version pin (`shoal-object=…`).
 fn is_pin(pair: &str) -> bool {
-    pair.strip_prefix(shoal_cache::serve::PIN_PARAM)
+    pair.strip_prefix(shoal_proto::PIN_PARAM)
         .is_some_and(|rest| rest.starts_with('='))
 }
 

@@ -404,7 +404,7 @@ pub fn decide(inputs: &Inputs) -> Result<Decision, SelectError> {
             } else {
                 '?'
             };
-            format!("{joiner}{}={id}", shoal_cache::serve::PIN_PARAM)
+            format!("{joiner}{}={id}", shoal_proto::PIN_PARAM)
         }
         None => String::new(),
     };

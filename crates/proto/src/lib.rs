@@ -1,0 +1,67 @@
+//! shoal-proto: the names every role uses on the wire, defined once, so a
+//! cache, a selector and a client cannot drift apart (the client used to
+//! keep its own copies). Only names live here, no I/O and no types that
+//! need other crates; the JSON bodies and the signed peer client are to
+//! follow (issue 12, item 3).
+
+/// Prefix of a cache's own endpoints; objects under it are not served.
+pub const INTERNAL_PREFIX: &str = "/_shoal/";
+
+/// `GET /_shoal/manifest/<path>`: the manifest of the object at `<path>`:
+/// the published one, or the one the cache built while ingesting (404
+/// until every piece has been seen). The id is in `X-Shoal-Object-Id`.
+pub const MANIFEST_PREFIX: &str = "/_shoal/manifest/";
+
+/// `GET /_shoal/hashes/<path>`: the piece hashes a cache knows for the
+/// object at `<path>` as JSON (`id`, `size`, `piece_size_log2`,
+/// `hashes_hex` with `""` where unknown, `complete`).
+pub const HASHES_PREFIX: &str = "/_shoal/hashes/";
+
+/// `POST /_shoal/warm/<path>` (signed): fill a whole object ahead of
+/// demand.
+pub const WARM_PREFIX: &str = "/_shoal/warm/";
+
+/// `POST /_shoal/egress?bytes_per_s=N` (signed): change a running cache's
+/// egress cap (0: none); answers the old and new cap.
+pub const EGRESS_PATH: &str = "/_shoal/egress";
+
+/// `POST /_shoal/purge?path=/p` or `?prefix=/dir/` (`&soft=1`): the
+/// operator's purge endpoint (signed).
+pub const PURGE_PATH: &str = "/_shoal/purge";
+
+/// Inter-cache endpoints (signed), under this prefix.
+pub const PEER_PREFIX: &str = "/_shoal/peer/";
+/// `GET /_shoal/peer/object/<path>`: what a path is (record, manifest,
+/// hashes), as the shield or a holder knows it.
+pub const PEER_OBJECT_PREFIX: &str = "/_shoal/peer/object/";
+/// `GET /_shoal/peer/pieces/<id>`: the pieces a cache holds of a version.
+pub const PEER_PIECES_PREFIX: &str = "/_shoal/peer/pieces/";
+/// `GET /_shoal/peer/data/<id>/<path>` with a Range: piece data.
+pub const PEER_DATA_PREFIX: &str = "/_shoal/peer/data/";
+/// `GET /_shoal/peer/purge?<event>`: apply a purge event.
+pub const PEER_PURGE_PATH: &str = "/_shoal/peer/purge";
+/// `GET /_shoal/peer/purges?since=MS`: the purge events a cache knows.
+pub const PEER_PURGES_PATH: &str = "/_shoal/peer/purges";
+
+/// Request header: `have` or `fill` (or, for object metadata only,
+/// [`RECORD_MODE`]).
+pub const MODE_HEADER: &str = "x-shoal-mode";
+/// `x-shoal-mode` of a selector asking a shield what a path is: resolved
+/// as in `fill` mode, answered without the manifest or piece hashes.
+pub const RECORD_MODE: &str = "record";
+
+/// Response header: `HIT` when the response began from stored pieces,
+/// `MISS` when its first piece had to be fetched.
+pub const CACHE_STATUS_HEADER: &str = "x-shoal-cache";
+/// Response header naming the object version a response came from.
+pub const OBJECT_ID_HEADER: &str = "x-shoal-object-id";
+/// Response header on a manifest: `published`, or `built` (from the pieces
+/// of an object that has none: its own hash is not the object id; the id
+/// is in `X-Shoal-Object-Id`).
+pub const MANIFEST_KIND_HEADER: &str = "x-shoal-manifest";
+
+/// Query parameter pinning a request to one object version
+/// (`/path?shoal-object=<id hex>`): the version is served exactly, or the
+/// request is refused with 409. Every URL a selector hands out carries it,
+/// so a client blending several caches can never stitch two versions.
+pub const PIN_PARAM: &str = "shoal-object";
