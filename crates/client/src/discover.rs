@@ -181,6 +181,19 @@ fn rate(mbps: f64) -> f64 {
     }
 }
 
+/// A cache a plan names (`what`: source or standby): its URL must be for
+/// the path asked and its name a cache name.
+fn planned_url(node: &str, url: &str, path: &RequestPath, what: &str) -> Result<ObjectUrl, String> {
+    let parsed = ObjectUrl::parse(url).map_err(|e| format!("plan: {e}"))?;
+    if parsed.path != *path {
+        return Err(format!("plan: {what} {url} is for another path"));
+    }
+    if !shoal_core::auth::valid_node_name(node) {
+        return Err(format!("plan: `{node}` is not a cache name"));
+    }
+    Ok(parsed)
+}
+
 /// Parses a selector's `/plan` answer (see `shoal-selector`).
 pub fn parse_plan(body: &[u8], path: &RequestPath) -> Result<Plan, String> {
     if body.len() > PLAN_BYTES_MAX {
@@ -189,13 +202,7 @@ pub fn parse_plan(body: &[u8], path: &RequestPath) -> Result<Plan, String> {
     let json: PlanJson = serde_json::from_slice(body).map_err(|e| format!("plan: {e}"))?;
     let mut sources = Vec::new();
     for source in json.sources.into_iter().take(PLAN_SOURCES_MAX) {
-        let url = ObjectUrl::parse(&source.url).map_err(|e| format!("plan: {e}"))?;
-        if url.path != *path {
-            return Err(format!("plan: source {} is for another path", source.url));
-        }
-        if !shoal_core::auth::valid_node_name(&source.node) {
-            return Err(format!("plan: `{}` is not a cache name", source.node));
-        }
+        let url = planned_url(&source.node, &source.url, path, "source")?;
         let share = if source.share.is_finite() && source.share > 0.0 {
             source.share
         } else {
@@ -211,13 +218,7 @@ pub fn parse_plan(body: &[u8], path: &RequestPath) -> Result<Plan, String> {
     }
     let mut standby = Vec::new();
     for reserve in json.standby.into_iter().take(PLAN_SOURCES_MAX) {
-        let url = ObjectUrl::parse(&reserve.url).map_err(|e| format!("plan: {e}"))?;
-        if url.path != *path {
-            return Err(format!("plan: standby {} is for another path", reserve.url));
-        }
-        if !shoal_core::auth::valid_node_name(&reserve.node) {
-            return Err(format!("plan: `{}` is not a cache name", reserve.node));
-        }
+        let url = planned_url(&reserve.node, &reserve.url, path, "standby")?;
         standby.push(PlannedSource {
             name: reserve.node,
             url: url.url(),

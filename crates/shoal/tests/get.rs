@@ -478,26 +478,16 @@ fn a_stream_survives_a_killed_cache_and_the_selector_brings_in_a_replacement() {
     // reserve; 100 Mbit/s each. The service holds no standby, so the
     // replacement comes from the selector (the path a client takes once a
     // plan's standby is used up).
-    let mut caches: Vec<Proc> = Vec::new();
-    for (name, cost) in [
-        ("s1", "0.01"),
-        ("s2", "0.01"),
-        ("s3", "0.01"),
-        ("s4", "0.02"),
-    ] {
-        let seeds: Vec<String> = caches.first().map(gossip_addr).into_iter().collect();
-        caches.push(start_mesh_cache(
-            &origin.url,
-            &dir.path().join(name),
-            name,
-            "eu",
-            &seeds,
-            None,
-            &["--egress-mbps", "100", "--cost-per-gb", cost],
-        ));
-    }
-    let urls: Vec<&str> = caches.iter().map(|c| c.url.as_str()).collect();
-    wait_for_mesh(&urls, 4);
+    let mut caches = start_priced_mesh(
+        &origin.url,
+        dir.path(),
+        &[
+            ("s1", "0.01"),
+            ("s2", "0.01"),
+            ("s3", "0.01"),
+            ("s4", "0.02"),
+        ],
+    );
     // 240 Mbit/s x1.25 = 300: exactly the three cheap caches.
     let config = dir.path().join("selector.toml");
     std::fs::write(
@@ -522,21 +512,7 @@ fn a_stream_survives_a_killed_cache_and_the_selector_brings_in_a_replacement() {
         .unwrap_or_else(|| panic!("no first source in {text}"))
         .to_string();
     assert_ne!(first, "s4", "{text}");
-    let child = Command::new(shoal_bin())
-        .args([
-            "get",
-            &format!("{}/show.ts", selector.url),
-            "--stream",
-            "--json",
-            "--quiet",
-            "--buffer-s",
-            "1",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_stream_get(&format!("{}/show.ts", selector.url));
     std::thread::sleep(Duration::from_millis(600));
     let victim = caches.iter_mut().find(|c| c.name == first).unwrap();
     victim.kill9();
@@ -642,23 +618,14 @@ fn an_unpublished_object_every_cache_holds_whole_is_fetched_through_the_selector
     assert_eq!(plan["object"]["id"], summary["object_id"]);
 }
 
-/// Issue 11's case on loopback: two caches at $0.01/GB, two at $0.20/GB,
-/// 100 Mbit/s each (not 4,000: a kill must land mid-transfer), none
-/// holding anything; the plan uses only the cheap two and holds standby
-/// instead of paying dear shares.
-fn cheap_and_dear_mesh(root: &Path, dir: &Path) -> (Proc, Vec<Proc>, Proc) {
-    publish(root);
-    let origin = start_origin(root);
+/// Caches in one region at 100 Mbit/s, each at its own price per GB,
+/// gossiping with each other.
+fn start_priced_mesh(origin_url: &str, dir: &Path, priced: &[(&str, &str)]) -> Vec<Proc> {
     let mut caches: Vec<Proc> = Vec::new();
-    for (name, cost) in [
-        ("cheap1", "0.01"),
-        ("cheap2", "0.01"),
-        ("dear1", "0.20"),
-        ("dear2", "0.20"),
-    ] {
+    for (name, cost) in priced {
         let seeds: Vec<String> = caches.first().map(gossip_addr).into_iter().collect();
         caches.push(start_mesh_cache(
-            &origin.url,
+            origin_url,
             &dir.join(name),
             name,
             "eu",
@@ -668,7 +635,47 @@ fn cheap_and_dear_mesh(root: &Path, dir: &Path) -> (Proc, Vec<Proc>, Proc) {
         ));
     }
     let urls: Vec<&str> = caches.iter().map(|c| c.url.as_str()).collect();
-    wait_for_mesh(&urls, 4);
+    wait_for_mesh(&urls, priced.len() as u64);
+    caches
+}
+
+/// `shoal get --stream URL --json` with a 1 s player buffer: the object on
+/// stdout, the summary on stderr.
+fn spawn_stream_get(url: &str) -> std::process::Child {
+    Command::new(shoal_bin())
+        .args([
+            "get",
+            url,
+            "--stream",
+            "--json",
+            "--quiet",
+            "--buffer-s",
+            "1",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Issue 11's case on loopback: two caches at $0.01/GB, two at $0.20/GB,
+/// 100 Mbit/s each (not 4,000: a kill must land mid-transfer), none
+/// holding anything; the plan uses only the cheap two and holds standby
+/// instead of paying dear shares.
+fn cheap_and_dear_mesh(root: &Path, dir: &Path) -> (Proc, Vec<Proc>, Proc) {
+    publish(root);
+    let origin = start_origin(root);
+    let caches = start_priced_mesh(
+        &origin.url,
+        dir,
+        &[
+            ("cheap1", "0.01"),
+            ("cheap2", "0.01"),
+            ("dear1", "0.20"),
+            ("dear2", "0.20"),
+        ],
+    );
     // /video/: 40 Mbit/s x 1.5 from at least 2 sources (the default
     // service's shape: either cheap cache alone carries the committed
     // rate). /uhd/: 120 Mbit/s, more than one cache can carry.
@@ -696,21 +703,7 @@ fn cheap_and_dear_mesh(root: &Path, dir: &Path) -> (Proc, Vec<Proc>, Proc) {
 fn stream_killing(url: &str, caches: &mut [Proc], victim: &str, data: &[u8]) -> serde_json::Value {
     let victim = caches.iter_mut().find(|c| c.name == victim).unwrap();
     let before = stat(&victim.url, "bytes_served");
-    let child = Command::new(shoal_bin())
-        .args([
-            "get",
-            url,
-            "--stream",
-            "--json",
-            "--quiet",
-            "--buffer-s",
-            "1",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_stream_get(url);
     wait_until(
         "the victim serves part of the stream",
         Duration::from_secs(20),
