@@ -16,7 +16,7 @@ pub mod purge;
 pub mod resolve;
 pub mod serve;
 pub mod stats;
-pub mod swarm;
+pub mod schedule;
 pub mod transition;
 pub mod warm;
 

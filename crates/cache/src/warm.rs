@@ -2,14 +2,14 @@
 //! (`POST /_shoal/warm/<path>`, signed like inter-cache requests; `shoal
 //! warm` sends it). A publisher pre-positions a release on every cache;
 //! when several caches warm the same object together they swarm: the
-//! [`crate::swarm`] schedule takes pieces from whichever peer holds them
+//! [`crate::schedule::swarm`] schedule takes pieces from whichever peer holds them
 //! and only pieces nobody holds from the shield, so the origin sends the
 //! object about once and every cache uploads at the same time.
 
 use crate::fill::{FillError, Preferred};
 use crate::object::ObjectEntry;
 use crate::serve::CacheService;
-use crate::swarm::{self, PeerPieces, Step, SwarmLimits};
+use crate::schedule::swarm::{self, PeerPieces, Step, SwarmLimits};
 use serde::Serialize;
 use shoal_core::bitfield::PieceSet;
 use shoal_core::PieceIndex;
@@ -129,7 +129,7 @@ pub async fn warm(
         };
         let assigned = |i: u32| {
             shield_id.is_none()
-                || swarm::assigned_to(i, LIMITS.run_pieces_max, &warmer_names, &self_id)
+                || swarm::assigned_to(&entry.id, i, LIMITS.run_pieces_max, &warmer_names, &self_id)
         };
         // Progress is any piece arriving, by our runs or anyone's.
         let remaining = (0..count)
@@ -180,9 +180,13 @@ pub async fn warm(
                 .iter()
                 .map(|(member, set)| PeerPieces {
                     node_id: &member.node_id,
-                    pieces: set.as_deref().unwrap_or(&empty),
+                    stored: set.as_deref().unwrap_or(&empty),
                     runs_in_flight: peer_runs.get(&member.node_id).copied().unwrap_or(0),
                     capacity_weight: capacity_weight(member.egress_cap_bps, thinnest_cap),
+                    near: true,
+                    rtt_bucket: 0,
+                    spare_fraction: member.spare_fraction(),
+                    cost_per_gb_microusd: member.cost_per_gb_microusd,
                 })
                 .collect();
             let needed = |i: u32| !in_flight.contains(&i) && !done.contains(&i) && !held(i);

@@ -19,20 +19,12 @@
 //! 4. A run extends over consecutive needed pieces the same source can
 //!    give, up to [`SwarmLimits::run_pieces_max`].
 
-use shoal_core::bitfield::PieceSet;
-use shoal_core::PieceIndex;
+use super::{best_holder, block_owner, Holder};
+use shoal_core::{ObjectId, PieceIndex};
 
-/// What one peer holds and how busy we keep it.
-#[derive(Clone, Debug)]
-pub struct PeerPieces<'a> {
-    pub node_id: &'a str,
-    pub pieces: &'a PieceSet,
-    /// Runs we have in flight from it.
-    pub runs_in_flight: u32,
-    /// Its uplink relative to the thinnest peer's (≥ 1): a peer twice as
-    /// fat may carry twice the runs.
-    pub capacity_weight: u32,
-}
+/// What one peer holds and how busy we keep it: the fill scheduler's
+/// [`Holder`].
+pub type PeerPieces<'a> = Holder<'a>;
 
 #[derive(Clone, Copy, Debug)]
 pub struct SwarmLimits {
@@ -78,7 +70,7 @@ pub fn next_step(
         return Step::Done;
     }
     let run_max = limits.run_pieces_max.max(1);
-    let held_by_peer = |i: u32| peers.iter().any(|p| p.pieces.contains(PieceIndex(i)));
+    let held_by_peer = |i: u32| peers.iter().any(|p| p.stored.contains(PieceIndex(i)));
     let order = (0..piece_count).map(|k| (start % piece_count + k) % piece_count);
     let mut any_needed = false;
     let mut from_shield = None;
@@ -88,24 +80,12 @@ pub fn next_step(
         }
         any_needed = true;
         let piece = PieceIndex(index);
-        // Least loaded for its uplink: runs / weight, compared exactly.
-        let best_peer = peers
-            .iter()
-            .filter(|p| {
-                p.runs_in_flight < limits.runs_per_peer_max * p.capacity_weight.max(1)
-                    && p.pieces.contains(piece)
-            })
-            .min_by(|a, b| {
-                let left = u64::from(a.runs_in_flight) * u64::from(b.capacity_weight.max(1));
-                let right = u64::from(b.runs_in_flight) * u64::from(a.capacity_weight.max(1));
-                left.cmp(&right)
-            });
-        if let Some(peer) = best_peer {
+        if let Some(peer) = best_holder(peers, piece, &[], limits.runs_per_peer_max) {
             let mut count = 1;
             while count < run_max
                 && index + count < piece_count
                 && needed(index + count)
-                && peer.pieces.contains(PieceIndex(index + count))
+                && peer.stored.contains(PieceIndex(index + count))
             {
                 count += 1;
             }
@@ -146,20 +126,27 @@ pub fn next_step(
     }
 }
 
-/// Whether piece `index` is `self_id`'s to fetch from the shield, when
-/// `warmers` (sorted, self included, shield excluded) warm the object
-/// together: blocks of `block_pieces` pieces, dealt round-robin.
-pub fn assigned_to(index: u32, block_pieces: u32, warmers: &[&str], self_id: &str) -> bool {
+/// Whether piece `index` of `object` is `self_id`'s to fetch from the
+/// shield, when `warmers` (self included, shield excluded) warm it
+/// together: blocks of `block_pieces` pieces, dealt as a flash crowd's
+/// relays deal them ([`block_owner`]).
+pub fn assigned_to(
+    object: &ObjectId,
+    index: u32,
+    block_pieces: u32,
+    warmers: &[&str],
+    self_id: &str,
+) -> bool {
     if warmers.is_empty() {
         return true;
     }
-    let block = (index / block_pieces.max(1)) as usize;
-    warmers[block % warmers.len()] == self_id
+    let block = index / block_pieces.max(1);
+    block_owner(object, block, warmers) == Some(self_id)
 }
 
 /// Where a cache starts in an object of `piece_count` pieces: spread
 /// evenly by a hash of its name, so caches begin at different pieces.
-pub fn start_offset(node_id: &str, object: &shoal_core::ObjectId, piece_count: u32) -> u32 {
+pub fn start_offset(node_id: &str, object: &ObjectId, piece_count: u32) -> u32 {
     if piece_count == 0 {
         return 0;
     }
@@ -175,6 +162,7 @@ pub fn start_offset(node_id: &str, object: &shoal_core::ObjectId, piece_count: u
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shoal_core::bitfield::PieceSet;
     use std::collections::{BTreeSet, HashMap};
 
     const LIMITS: SwarmLimits = SwarmLimits {
@@ -182,6 +170,19 @@ mod tests {
         runs_per_peer_max: 2,
         shield_runs_max: 2,
     };
+
+    fn peer<'a>(node_id: &'a str, pieces: &'a PieceSet, runs: u32, weight: u32) -> PeerPieces<'a> {
+        Holder {
+            node_id,
+            stored: pieces,
+            runs_in_flight: runs,
+            capacity_weight: weight,
+            near: true,
+            rtt_bucket: 0,
+            spare_fraction: 0.0,
+            cost_per_gb_microusd: 0,
+        }
+    }
 
     fn set(count: u32, held: impl IntoIterator<Item = u32>) -> PieceSet {
         let mut s = PieceSet::new(count);
@@ -196,18 +197,8 @@ mod tests {
         let a = set(10, 0..10);
         let b = set(10, 0..10);
         let peers = [
-            PeerPieces {
-                node_id: "a",
-                pieces: &a,
-                runs_in_flight: 1,
-                capacity_weight: 1,
-            },
-            PeerPieces {
-                node_id: "b",
-                pieces: &b,
-                runs_in_flight: 0,
-                capacity_weight: 1,
-            },
+            peer("a", &a, 1, 1),
+            peer("b", &b, 0, 1),
         ];
         let step = next_step(10, &|i| i >= 3, &|_| true, 0, &peers, 0, false, 0, LIMITS);
         assert_eq!(
@@ -223,12 +214,7 @@ mod tests {
     #[test]
     fn only_assigned_pieces_nobody_holds_go_to_the_shield() {
         let a = set(10, [5, 6]);
-        let peers = [PeerPieces {
-            node_id: "a",
-            pieces: &a,
-            runs_in_flight: 2, // saturated
-            capacity_weight: 1,
-        }];
+        let peers = [peer("a", &a, 2, 1)];
         let all = |_| true;
         // Start at 4: piece 4 nobody holds; 5 and 6 a holds (saturated).
         let step = next_step(10, &all, &all, 0, &peers, 0, false, 4, LIMITS);
@@ -280,18 +266,8 @@ mod tests {
     fn a_fatter_peer_carries_more_runs() {
         let all = set(10, 0..10);
         let peers = [
-            PeerPieces {
-                node_id: "thin",
-                pieces: &all,
-                runs_in_flight: 1,
-                capacity_weight: 1,
-            },
-            PeerPieces {
-                node_id: "fat",
-                pieces: &all,
-                runs_in_flight: 3,
-                capacity_weight: 4,
-            },
+            peer("thin", &all, 1, 1),
+            peer("fat", &all, 3, 4),
         ];
         // 3/4 < 1/1: the fat one is less loaded for its uplink.
         let every = |_| true;
@@ -304,12 +280,18 @@ mod tests {
     #[test]
     fn blocks_are_dealt_round_robin() {
         let warmers = ["a", "b", "c"];
-        let owners: Vec<bool> = (0..12).map(|i| assigned_to(i, 2, &warmers, "b")).collect();
-        assert_eq!(
-            owners,
-            [false, false, true, true, false, false, false, false, true, true, false, false]
-        );
-        assert!(assigned_to(5, 2, &[], "x"));
+        let object = ObjectId([1; 32]);
+        let owners: Vec<bool> = (0..12)
+            .map(|i| assigned_to(&object, i, 2, &warmers, "b"))
+            .collect();
+        // Blocks of two, every third one b's.
+        assert_eq!(owners.iter().filter(|o| **o).count(), 4);
+        for pair in owners.chunks(2) {
+            assert_eq!(pair[0], pair[1]);
+        }
+        let b_blocks: Vec<usize> = (0..6).filter(|k| owners[2 * k]).collect();
+        assert_eq!(b_blocks[1] - b_blocks[0], 3);
+        assert!(assigned_to(&object, 5, 2, &[], "x"));
     }
 
     /// A round-based simulation of N caches warming one object together:
@@ -347,17 +329,13 @@ mod tests {
                 loop {
                     let peers: Vec<PeerPieces> = (1..caches)
                         .filter(|&p| p != c)
-                        .map(|p| PeerPieces {
-                            node_id: &names[p],
-                            pieces: &sets[p],
-                            runs_in_flight: u32::from(
-                                served.get(&p).copied().unwrap_or(0) >= upload,
-                            ),
-                            capacity_weight: 1,
+                        .map(|p| {
+                            let busy = served.get(&p).copied().unwrap_or(0) >= upload;
+                            peer(&names[p], &sets[p], u32::from(busy), 1)
                         })
                         .collect();
                     let needed = |i: u32| !held[c].contains(&i) && !taken.contains(&i);
-                    let assigned = |i: u32| c == shield || assigned_to(i, 1, &warmers, &names[c]);
+                    let assigned = |i: u32| c == shield || assigned_to(&id, i, 1, &warmers, &names[c]);
                     let shield_busy = if c == shield {
                         u32::from(origin_this_round >= origin_upload)
                     } else {
