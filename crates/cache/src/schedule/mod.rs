@@ -11,20 +11,22 @@
 //! 2. A sibling that stores the first piece (and whose bytes we can check:
 //!    the piece's hash is known here), least loaded first, then nearest,
 //!    then with the most spare uplink, then cheapest ([`best_holder`]).
-//! 3. While the shield refuses relays (a flash crowd): the cache that owns
-//!    the piece's block ([`block_owner`]), asked to *relay* it. The owner
-//!    fetches the block from the shield once and passes it on, so the
-//!    shield sends each piece into the region about once and every cache's
-//!    uplink carries a share of the copies.
-//! 4. The shield. Marked *last resort* (never refused) when the relay
-//!    failed, when the run is itself a relay (chains stay two hops long),
-//!    or when the pieces cannot be checked at a relay yet.
+//! 3. The shield, one block at a time. When it refuses (a flash crowd) it
+//!    names the cache to ask instead, and that cache is asked to *relay*
+//!    the block: it fetches the block from the shield once and passes it
+//!    on, so the shield sends each piece into the region about once and
+//!    every cache's uplink carries a share of the copies.
+//! 4. The shield as *last resort* (never refused): when the relay failed,
+//!    when the run is itself a relay (chains stay two hops long), or when
+//!    the pieces could not be checked at a relay yet.
 //!
 //! The shield side ([`admit_relay`]): a shield feeds one object to at most
-//! [`FillLimits::shield_fanout_max`] caches at once. Beyond that it
-//! refuses a request for a block another cache owns and names that cache
-//! (`X-Shoal-Try`); the block's owner and last-resort requests are always
-//! served. Warm-ups of whole objects use the same blocks and holder
+//! [`FillLimits::shield_fanout_max`] caches at once. Beyond that it sends a
+//! request for a block to the cache that fetched that block from it first,
+//! or, for a block nobody fetched yet, to the block's owner
+//! ([`block_owner`], an even deal of blocks over the region's caches);
+//! the fetcher, the owner of an unfetched block and last-resort requests
+//! are served. Warm-ups of whole objects use the same blocks and holder
 //! ranking ([`swarm`]).
 
 pub mod swarm;
@@ -45,9 +47,11 @@ pub struct FillLimits {
     pub holder_run_pieces_max: u32,
     /// Runs in flight from one sibling, at most (per unit of its weight).
     pub runs_per_holder_max: u32,
-    /// Caches a shield feeds one object to at once before it refuses
-    /// requests for blocks others own.
+    /// Caches a shield feeds one object to at once before it sends
+    /// requesters to relays.
     pub shield_fanout_max: u32,
+    /// Requesters one cache is given to relay one block to.
+    pub relay_fanout_max: u32,
 }
 
 impl FillLimits {
@@ -65,6 +69,7 @@ impl FillLimits {
             holder_run_pieces_max: pieces(holder_run_bytes),
             runs_per_holder_max: 2,
             shield_fanout_max: shield_fanout_max.max(1),
+            relay_fanout_max: 2,
         }
     }
 }
@@ -191,13 +196,10 @@ pub struct RunContext<'a> {
     /// so bytes from a sibling can be checked.
     pub hash_known: &'a dyn Fn(u32) -> bool,
     pub holders: &'a [Holder<'a>],
-    /// The shield refused a request of ours for this object recently.
-    pub shield_refusing: bool,
+    /// The shield refused this run and named the cache to relay it.
+    pub try_instead: Option<&'a str>,
     /// The run serves another cache's relay request.
     pub relaying: bool,
-    /// The caches of this region that relay for each other (this one
-    /// included, the shield not).
-    pub relays: &'a [&'a str],
     /// Sources that failed for this run.
     pub excluded: &'a [String],
 }
@@ -240,28 +242,27 @@ pub fn choose_run(ctx: &RunContext<'_>, limits: &FillLimits) -> RunChoice {
             .count() as u32;
         count.max(1)
     };
-    if !ctx.shield_refusing {
-        return RunChoice {
-            source: RunSource::Shield { last_resort: false },
-            count: claimed,
-        };
-    }
-    let owner = block_owner(ctx.object, block_of(first, limits), ctx.relays);
-    let relay_usable = |owner: &str| {
-        owner != ctx.self_id && !ctx.excluded.iter().any(|e| e == owner) && hash_known(first)
-    };
-    match owner {
-        Some(owner) if !ctx.relaying && relay_usable(owner) => RunChoice {
-            source: RunSource::Relay(owner.to_string()),
-            count: block_run(true),
-        },
-        // We own the block: the shield serves its owner.
-        Some(owner) if owner == ctx.self_id && !ctx.relaying => RunChoice {
-            source: RunSource::Shield { last_resort: false },
-            count: block_run(false),
-        },
-        _ => RunChoice {
-            source: RunSource::Shield { last_resort: true },
+    // The shield is asked block by block, so a crowd arriving mid-run
+    // turns the rest of the run into relays.
+    match ctx.try_instead {
+        Some(relay)
+            if !ctx.relaying
+                && relay != ctx.self_id
+                && !ctx.excluded.iter().any(|e| e == relay)
+                && hash_known(first) =>
+        {
+            RunChoice {
+                source: RunSource::Relay(relay.to_string()),
+                count: block_run(true),
+            }
+        }
+        // A relay's own fill is never relayed again (chains stay two hops
+        // long); a refused run that cannot be relayed, or whose relay
+        // failed, is served anyway.
+        try_instead => RunChoice {
+            source: RunSource::Shield {
+                last_resort: ctx.relaying || try_instead.is_some(),
+            },
             count: block_run(false),
         },
     }
@@ -276,8 +277,8 @@ pub struct RelayAsk<'a> {
     /// The caches fetching this object from us right now (any order; the
     /// requester may be among them).
     pub fetching: &'a [&'a str],
-    /// The caches of the requester's region that relay for each other
-    /// (not this shield).
+    /// The caches of the requester's region that may relay (alive and
+    /// usable; not this shield).
     pub relays: &'a [&'a str],
 }
 
@@ -285,30 +286,148 @@ pub struct RelayAsk<'a> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Admission {
     Serve,
-    /// Refused: ask this cache (the block's owner) to relay it.
+    /// Refused: ask this cache to relay the block.
     TryInstead(String),
 }
 
-/// Whether this shield serves a fill request or sends it to the block's
-/// owner.
-pub fn admit_relay(ask: &RelayAsk<'_>, limits: &FillLimits) -> Admission {
-    if ask.last_resort {
-        return Admission::Serve;
+/// Who received one block from this shield, directly or by relay.
+#[derive(Debug, Default)]
+struct BlockReceivers {
+    /// Receivers in order.
+    receivers: Vec<Receiver>,
+    last_used_ms: u64,
+}
+
+#[derive(Debug)]
+struct Receiver {
+    node: String,
+    /// Requesters we sent to it for this block.
+    relays_given: u32,
+    /// We served it ourselves (rather than sending it to a relay).
+    direct: bool,
+}
+
+/// The shield's side of relaying, as a state machine (`now` passed in):
+/// which caches received which block, and how many requesters each was
+/// given to relay to.
+///
+/// While more than [`FillLimits::shield_fanout_max`] caches fetch an
+/// object at once, a request for a block is sent to the receiver of that
+/// block that relays least (at most [`FillLimits::relay_fanout_max`]
+/// each, so the copies form a tree and every uplink carries some); a
+/// block nobody received yet goes to its owner ([`block_owner`]), so the
+/// shield sends each block into the region about once. The shield serves
+/// the rest: last-resort requests, the owner, requests while the object is
+/// not crowded.
+#[derive(Debug, Default)]
+pub struct RelayDesk {
+    blocks: std::collections::HashMap<(ObjectId, u32), BlockReceivers>,
+    /// Requesters sent to each cache so far (to spread the relaying).
+    relay_load: std::collections::HashMap<String, u64>,
+}
+
+/// Caches whose relay load the desk counts, at most.
+const RELAY_LOAD_NODES_MAX: usize = 4_096;
+
+/// Blocks the desk remembers, at most.
+pub const RELAY_DESK_BLOCKS_MAX: usize = 16_384;
+/// A block not asked for this long is forgotten.
+pub const RELAY_DESK_MEMORY_MS: u64 = 60_000;
+
+impl RelayDesk {
+    pub fn admit(&mut self, ask: &RelayAsk<'_>, limits: &FillLimits, now_ms: u64) -> Admission {
+        if self.blocks.len() >= RELAY_DESK_BLOCKS_MAX {
+            self.blocks
+                .retain(|_, b| now_ms.saturating_sub(b.last_used_ms) < RELAY_DESK_MEMORY_MS);
+            if self.blocks.len() >= RELAY_DESK_BLOCKS_MAX {
+                self.blocks.clear();
+            }
+        }
+        let block_index = block_of(ask.first, limits);
+        let block = self.blocks.entry((*ask.object, block_index)).or_default();
+        if now_ms.saturating_sub(block.last_used_ms) >= RELAY_DESK_MEMORY_MS {
+            block.receivers.clear();
+        }
+        block.last_used_ms = now_ms;
+        let requester = ask.requester;
+        let serve = |block: &mut BlockReceivers| {
+            match block.receivers.iter_mut().find(|r| r.node == requester) {
+                Some(known) => known.direct = true,
+                None => block.receivers.push(Receiver {
+                    node: requester.to_string(),
+                    relays_given: 0,
+                    direct: true,
+                }),
+            }
+            Admission::Serve
+        };
+        let served_before = block
+            .receivers
+            .iter()
+            .any(|r| r.node == requester && r.direct);
+        if ask.last_resort || served_before {
+            return serve(block);
+        }
+        let mut others: Vec<&str> = ask
+            .fetching
+            .iter()
+            .copied()
+            .filter(|f| *f != requester)
+            .collect();
+        others.sort_unstable();
+        others.dedup();
+        if (others.len() as u32) < limits.shield_fanout_max {
+            return serve(block);
+        }
+        let alive = |who: &str| who != requester && ask.relays.contains(&who);
+        let add_requester = |block: &mut BlockReceivers| {
+            if !block.receivers.iter().any(|r| r.node == requester) {
+                block.receivers.push(Receiver {
+                    node: requester.to_string(),
+                    relays_given: 0,
+                    direct: false,
+                });
+            }
+        };
+        // Among the receivers with a free relay slot, the one that relayed
+        // least so far (every uplink carries a share), the earliest on a
+        // tie (it has the most of the block already). A requester asking
+        // again after it was sent away lost its relay: another one.
+        let load = &self.relay_load;
+        let relay = block
+            .receivers
+            .iter_mut()
+            .filter(|r| alive(&r.node) && r.relays_given < limits.relay_fanout_max.max(1))
+            .min_by_key(|r| load.get(&r.node).copied().unwrap_or(0));
+        if let Some(relay) = relay {
+            relay.relays_given += 1;
+            let name = relay.node.clone();
+            add_requester(block);
+            self.count_relay(&name);
+            return Admission::TryInstead(name);
+        }
+        let anyone_alive = block.receivers.iter().any(|r| alive(&r.node));
+        match block_owner(ask.object, block_index, ask.relays) {
+            Some(owner) if !anyone_alive && owner != requester => {
+                // The owner fetches the block from us: served when it asks.
+                block.receivers.push(Receiver {
+                    node: owner.to_string(),
+                    relays_given: 1,
+                    direct: true,
+                });
+                add_requester(block);
+                self.count_relay(owner);
+                Admission::TryInstead(owner.to_string())
+            }
+            _ => serve(block),
+        }
     }
-    let mut others: Vec<&str> = ask
-        .fetching
-        .iter()
-        .copied()
-        .filter(|f| *f != ask.requester)
-        .collect();
-    others.sort_unstable();
-    others.dedup();
-    if (others.len() as u32) < limits.shield_fanout_max {
-        return Admission::Serve;
-    }
-    match block_owner(ask.object, block_of(ask.first, limits), ask.relays) {
-        Some(owner) if owner != ask.requester => Admission::TryInstead(owner.to_string()),
-        _ => Admission::Serve,
+
+    fn count_relay(&mut self, node: &str) {
+        if self.relay_load.len() >= RELAY_LOAD_NODES_MAX && !self.relay_load.contains_key(node) {
+            self.relay_load.clear();
+        }
+        *self.relay_load.entry(node.to_string()).or_default() += 1;
     }
 }
 
@@ -321,6 +440,7 @@ mod tests {
         holder_run_pieces_max: 8,
         runs_per_holder_max: 2,
         shield_fanout_max: 2,
+        relay_fanout_max: 2,
     };
     const OBJECT: ObjectId = ObjectId([3; 32]);
 
@@ -347,7 +467,7 @@ mod tests {
 
     fn context<'a>(
         holders: &'a [Holder<'a>],
-        refusing: bool,
+        try_instead: Option<&'a str>,
         relaying: bool,
         excluded: &'a [String],
         known: &'a dyn Fn(u32) -> bool,
@@ -361,9 +481,8 @@ mod tests {
             has_shield: true,
             hash_known: known,
             holders,
-            shield_refusing: refusing,
+            try_instead,
             relaying,
-            relays: &["c1", "c2", "c3"],
             excluded,
         }
     }
@@ -387,7 +506,7 @@ mod tests {
     #[test]
     fn the_shield_fills_from_the_origin() {
         let all = |_| true;
-        let mut ctx = context(&[], false, false, &[], &all);
+        let mut ctx = context(&[], None, false, &[], &all);
         ctx.has_shield = false;
         assert_eq!(
             choose_run(&ctx, &LIMITS),
@@ -404,7 +523,7 @@ mod tests {
         let b = set(32, 5..9);
         let holders = [holder("a", &a, 1), holder("b", &b, 0)];
         let all = |_| true;
-        let ctx = context(&holders, false, false, &[], &all);
+        let ctx = context(&holders, None, false, &[], &all);
         // b is idle; its run ends where its pieces end.
         assert_eq!(
             choose_run(&ctx, &LIMITS),
@@ -415,7 +534,7 @@ mod tests {
         );
         // b failed: a, up to the longest holder run.
         let failed = vec!["b".to_string()];
-        let ctx = context(&holders, false, false, &failed, &all);
+        let ctx = context(&holders, None, false, &failed, &all);
         assert_eq!(
             choose_run(&ctx, &LIMITS),
             RunChoice {
@@ -425,78 +544,127 @@ mod tests {
         );
         // Without the hashes nothing comes from a sibling.
         let none = |_| false;
-        let ctx = context(&holders, false, false, &[], &none);
+        let ctx = context(&holders, None, false, &[], &none);
         assert_eq!(
             choose_run(&ctx, &LIMITS).source,
             RunSource::Shield { last_resort: false }
         );
         // Hashes known up to piece 6 only: the run stops there.
         let some = |i| i < 7;
-        let ctx = context(&holders, false, false, &failed, &some);
+        let ctx = context(&holders, None, false, &failed, &some);
         assert_eq!(choose_run(&ctx, &LIMITS).count, 2);
     }
 
     #[test]
-    fn a_refusing_shield_sends_runs_to_the_block_owner_within_the_block() {
+    fn a_refused_run_goes_to_the_named_relay_within_the_block() {
         let all = |_| true;
-        let owner = block_owner(&OBJECT, block_of(5, &LIMITS), &["c1", "c2", "c3"]).unwrap();
-        let ctx = context(&[], true, false, &[], &all);
-        let choice = choose_run(&ctx, &LIMITS);
-        assert_eq!(choice.count, 3, "pieces 5..8 are one block");
-        if owner == "c1" {
-            assert_eq!(choice.source, RunSource::Shield { last_resort: false });
-        } else {
-            assert_eq!(choice.source, RunSource::Relay(owner.to_string()));
-            // The owner failed: the shield, never refused.
-            let failed = vec![owner.to_string()];
-            let ctx = context(&[], true, false, &failed, &all);
-            assert_eq!(
-                choose_run(&ctx, &LIMITS).source,
-                RunSource::Shield { last_resort: true }
-            );
-        }
+        let ctx = context(&[], Some("c2"), false, &[], &all);
+        assert_eq!(
+            choose_run(&ctx, &LIMITS),
+            RunChoice {
+                source: RunSource::Relay("c2".into()),
+                count: 3
+            },
+            "pieces 5..8 are one block"
+        );
+        // The relay failed (the shield named it again): the shield, never
+        // refused.
+        let failed = vec!["c2".to_string()];
+        let ctx = context(&[], Some("c2"), false, &failed, &all);
+        assert_eq!(
+            choose_run(&ctx, &LIMITS).source,
+            RunSource::Shield { last_resort: true }
+        );
         // A relay's own fill is never relayed again.
-        let ctx = context(&[], true, true, &[], &all);
+        let ctx = context(&[], Some("c2"), true, &[], &all);
+        assert_eq!(
+            choose_run(&ctx, &LIMITS).source,
+            RunSource::Shield { last_resort: true }
+        );
+        let ctx = context(&[], None, true, &[], &all);
         assert_eq!(
             choose_run(&ctx, &LIMITS).source,
             RunSource::Shield { last_resort: true }
         );
         // Pieces a relay's bytes could not be checked for: the shield.
         let none = |_| false;
-        let ctx = context(&[], true, false, &[], &none);
-        let source = choose_run(&ctx, &LIMITS).source;
-        assert!(matches!(source, RunSource::Shield { .. }), "{source:?}");
-        // Not refusing: the whole claim from the shield.
-        let ctx = context(&[], false, false, &[], &all);
+        let ctx = context(&[], Some("c2"), false, &[], &none);
+        assert_eq!(
+            choose_run(&ctx, &LIMITS).source,
+            RunSource::Shield { last_resort: true }
+        );
+        // Not refused: the shield, a block at a time.
+        let ctx = context(&[], None, false, &[], &all);
         assert_eq!(
             choose_run(&ctx, &LIMITS),
             RunChoice {
                 source: RunSource::Shield { last_resort: false },
-                count: 10
+                count: 3
             }
         );
     }
 
     #[test]
-    fn the_shield_refuses_beyond_its_fanout_and_names_the_owner() {
-        let relays = ["c1", "c2", "c3", "c4"];
-        let ask = |requester: &str, fetching: &[&str], last_resort: bool| {
+    fn a_crowded_shield_builds_a_relay_tree_and_sends_each_block_once() {
+        let relays = ["c1", "c2", "c3", "c4", "c5", "c6", "c7"];
+        let mut desk = RelayDesk::default();
+        let ask = |desk: &mut RelayDesk, requester: &str, fetching: &[&str], last: bool| {
             let ask = RelayAsk {
                 object: &OBJECT,
                 first: 0,
                 requester,
-                last_resort,
+                last_resort: last,
                 fetching,
                 relays: &relays,
             };
-            admit_relay(&ask, &LIMITS)
+            desk.admit(&ask, &LIMITS, 1_000)
         };
+        // Not crowded: served.
+        assert_eq!(ask(&mut desk, "c1", &["c2"], false), Admission::Serve);
+        // Crowded: c1 received the block, so it relays; then those who
+        // relayed least so far pass it on.
+        let crowd = ["c1", "c2", "c3"];
+        assert_eq!(ask(&mut desk, "c4", &crowd, false), Admission::TryInstead("c1".into()));
+        assert_eq!(ask(&mut desk, "c5", &crowd, false), Admission::TryInstead("c4".into()));
+        assert_eq!(ask(&mut desk, "c6", &crowd, false), Admission::TryInstead("c5".into()));
+        assert_eq!(ask(&mut desk, "c7", &crowd, false), Admission::TryInstead("c6".into()));
+        assert_eq!(ask(&mut desk, "c2", &crowd, false), Admission::TryInstead("c7".into()));
+        // c4 asks again: its relay failed; another receiver relays.
+        assert_eq!(ask(&mut desk, "c4", &crowd, false), Admission::TryInstead("c2".into()));
+        // As last resort: served, and from then on a direct receiver.
+        assert_eq!(ask(&mut desk, "c3", &crowd, true), Admission::Serve);
+        assert_eq!(ask(&mut desk, "c3", &crowd, false), Admission::Serve);
+    }
+
+    #[test]
+    fn a_block_nobody_received_goes_to_its_owner_once() {
+        let relays = ["c1", "c2", "c3", "c4"];
         let owner = block_owner(&OBJECT, 0, &relays).unwrap();
-        let other = relays.iter().find(|r| **r != owner).unwrap();
-        // Two others fetching, plus this one again: within the fanout.
-        assert_eq!(ask(other, &["x", other], false), Admission::Serve);
-        assert_eq!(ask(other, &["x", "y"], false), Admission::TryInstead(owner.into()));
-        assert_eq!(ask(other, &["x", "y"], true), Admission::Serve);
-        assert_eq!(ask(owner, &["x", "y", "z"], false), Admission::Serve);
+        let others: Vec<&str> = relays.iter().copied().filter(|r| *r != owner).collect();
+        let mut desk = RelayDesk::default();
+        let crowd = ["x", "y", "z"];
+        let ask = |desk: &mut RelayDesk, requester: &str, now_ms| {
+            let ask = RelayAsk {
+                object: &OBJECT,
+                first: 1,
+                requester,
+                last_resort: false,
+                fetching: &crowd,
+                relays: &relays,
+            };
+            desk.admit(&ask, &LIMITS, now_ms)
+        };
+        assert_eq!(ask(&mut desk, others[0], 0), Admission::TryInstead(owner.into()));
+        assert_eq!(ask(&mut desk, owner, 0), Admission::Serve);
+        // The next one is sent to whoever relayed least: others[0].
+        assert_eq!(ask(&mut desk, others[1], 0), Admission::TryInstead(others[0].into()));
+        // The owner asking first is served.
+        let mut desk = RelayDesk::default();
+        assert_eq!(ask(&mut desk, owner, 0), Admission::Serve);
+        // Forgotten after a minute of silence.
+        assert_eq!(
+            ask(&mut desk, others[0], RELAY_DESK_MEMORY_MS + 1),
+            Admission::TryInstead(owner.into())
+        );
     }
 }
