@@ -105,6 +105,15 @@ const HOLDERS_ASKED_MAX: usize = 3;
 /// Longest run fetched from one sibling that holds it (shorter than origin
 /// runs, so a large read spreads over several siblings at once).
 const HAVE_RUN_BYTES_MAX: u64 = 4 << 20;
+/// Blocks the shield admits or relays one at a time (see
+/// [`crate::schedule`]).
+pub const RELAY_BLOCK_BYTES: u64 = 4 << 20;
+/// Caches a shield feeds one object to at once before it sends
+/// requesters to relays.
+pub const SHIELD_FANOUT_MAX: u32 = 1;
+/// Times a shield may send one run elsewhere before it is asked as last
+/// resort.
+const REFUSALS_PER_RUN_MAX: u32 = 4;
 /// How often the hashes of an unpublished object are asked of its shield.
 const HASH_REFRESH_MS: u64 = 300;
 /// Sources tried for one run before its waiters get the error.
@@ -116,6 +125,27 @@ struct Claim {
     filler: Arc<Filler>,
     object: shoal_core::ObjectId,
     senders: Vec<(PieceIndex, watch::Sender<SlotValue>)>,
+    /// Claimed to serve a sibling's relay request.
+    relaying: bool,
+}
+
+/// Who wants a piece, and how far a new claim may reach.
+#[derive(Clone, Copy, Debug)]
+pub struct Want {
+    /// A sibling's relay request: its fill goes to the shield as last
+    /// resort, never to another relay.
+    pub relaying: bool,
+    /// A new claim stops before this piece (a relay claims only the block
+    /// it was asked for).
+    pub end: u32,
+}
+
+impl Want {
+    /// A client (or a shield's own fill) reading: claims reach a full run.
+    pub const READER: Want = Want {
+        relaying: false,
+        end: u32::MAX,
+    };
 }
 
 impl Drop for Claim {
@@ -168,6 +198,16 @@ impl Filler {
         entry: &Arc<ObjectEntry>,
         index: PieceIndex,
     ) -> Result<VerifiedPiece, FillError> {
+        self.piece_for(entry, index, Want::READER).await
+    }
+
+    /// Returns piece `index` of `entry` for `want`.
+    pub async fn piece_for(
+        self: &Arc<Self>,
+        entry: &Arc<ObjectEntry>,
+        index: PieceIndex,
+        want: Want,
+    ) -> Result<VerifiedPiece, FillError> {
         let key = PieceKey {
             object: entry.id,
             index,
@@ -183,7 +223,7 @@ impl Filler {
             {
                 return Ok(piece);
             }
-            let mut slot = match self.lookup_or_claim(entry, index) {
+            let mut slot = match self.lookup_or_claim(entry, index, want) {
                 Lookup::Stored => continue,
                 Lookup::Waiting(slot) => {
                     self.stats.coalesced_waits.fetch_add(1, Ordering::Relaxed);
@@ -201,14 +241,19 @@ impl Filler {
     }
 
     /// Starts fetching pieces ahead of a reader, without waiting.
-    pub fn prefetch(self: &Arc<Self>, entry: &Arc<ObjectEntry>, index: PieceIndex) {
+    pub fn prefetch(self: &Arc<Self>, entry: &Arc<ObjectEntry>, index: PieceIndex, want: Want) {
         if index.0 >= entry.layout.piece_count() {
             return;
         }
-        let _ = self.lookup_or_claim(entry, index);
+        let _ = self.lookup_or_claim(entry, index, want);
     }
 
-    fn lookup_or_claim(self: &Arc<Self>, entry: &Arc<ObjectEntry>, index: PieceIndex) -> Lookup {
+    fn lookup_or_claim(
+        self: &Arc<Self>,
+        entry: &Arc<ObjectEntry>,
+        index: PieceIndex,
+        want: Want,
+    ) -> Lookup {
         let key = PieceKey {
             object: entry.id,
             index,
@@ -228,7 +273,8 @@ impl Filler {
         let mut senders = Vec::new();
         let mut own = None;
         let mut next = index.0;
-        while next < entry.layout.piece_count() && (next - index.0) < run_pieces_max {
+        let end = entry.layout.piece_count().min(want.end.max(index.0 + 1));
+        while next < end && (next - index.0) < run_pieces_max {
             let k = PieceKey {
                 object: entry.id,
                 index: PieceIndex(next),
@@ -250,6 +296,7 @@ impl Filler {
             filler: self.clone(),
             object: entry.id,
             senders,
+            relaying: want.relaying,
         };
         self.spawn_run(entry.clone(), claim);
         Lookup::Claimed(own)
@@ -327,11 +374,13 @@ impl Filler {
                     filler: self.clone(),
                     object: entry.id,
                     senders: run,
+                    relaying: false,
                 };
                 let source = match &preferred {
                     Preferred::Holder(member) if verifiable => Some(RunSource::Peer {
                         member: member.clone(),
                         mode: PeerMode::Have,
+                        last_resort: false,
                     }),
                     _ => self.shield_source(entry, &[]),
                 };
@@ -365,6 +414,7 @@ impl Filler {
             Some(shield) => RunSource::Peer {
                 member: shield.clone(),
                 mode: PeerMode::Fill,
+                last_resort: false,
             },
             None => RunSource::Origin,
         };
@@ -382,6 +432,9 @@ impl Filler {
         mut first_source: Option<RunSource>,
     ) {
         let mut excluded: Vec<String> = Vec::new();
+        // The relay the shield named for this run, and how often it did.
+        let mut try_instead: Option<String> = None;
+        let mut refusals = 0u32;
         while !claim.senders.is_empty() {
             if self.copy_carried(&entry, &mut claim).await {
                 continue;
@@ -389,7 +442,10 @@ impl Filler {
             self.split_before_carried(&entry, &mut claim);
             let source = match first_source.take() {
                 Some(source) => source,
-                None => self.choose_source(&entry, &mut claim, &excluded).await,
+                None => {
+                    self.choose_source(&entry, &mut claim, &excluded, try_instead.as_deref())
+                        .await
+                }
             };
             // A replaced version comes only from caches that hold it: the
             // shield and the origin serve the new one.
@@ -411,7 +467,20 @@ impl Filler {
             }
             match self.stream_run(&entry, &mut claim, &source).await {
                 Ok(()) => {}
+                Err(RunFailure::TryInstead(relay)) => {
+                    self.stats.relay_redirects.fetch_add(1, Ordering::Relaxed);
+                    refusals += 1;
+                    tracing::debug!(path = %entry.path, %relay, "the shield sent this run to a relay");
+                    // Named again after it failed, or too often: the
+                    // scheduler asks as last resort.
+                    try_instead = Some(if refusals > REFUSALS_PER_RUN_MAX {
+                        self.mesh.as_ref().map_or(relay.clone(), |m| m.self_id().to_string())
+                    } else {
+                        relay
+                    });
+                }
                 Err(RunFailure::Retry(error)) => {
+                    try_instead = None;
                     self.stats.peer_errors.fetch_add(1, Ordering::Relaxed);
                     if let RunSource::Peer { member, .. } = &source {
                         tracing::warn!(peer = %member.node_id, path = %entry.path, %error, "peer fetch failed; trying elsewhere");
@@ -505,14 +574,17 @@ impl Filler {
         }
     }
 
-    /// Picks where the first pieces of `claim` come from; may shorten the
-    /// claim to what that source can give (the rest runs on its own task,
-    /// so a large read spreads over several siblings).
+    /// Picks where the first pieces of `claim` come from (the pure
+    /// [`crate::schedule::choose_run`] decides); shortens the claim to what
+    /// that source gives (the rest runs on its own task, so a large read
+    /// spreads over several siblings and the shield is asked block by
+    /// block).
     async fn choose_source(
         self: &Arc<Self>,
         entry: &Arc<ObjectEntry>,
         claim: &mut Claim,
         excluded: &[String],
+        try_instead: Option<&str>,
     ) -> RunSource {
         let Some(mesh) = &self.mesh else {
             return RunSource::Origin;
@@ -525,55 +597,101 @@ impl Filler {
         // Bytes from a sibling are checked against a hash we got from the
         // manifest or the shield, never one the sibling could choose.
         let hash_known =
-            |index: PieceIndex| entry.manifest.is_some() || entry.learnt_hash(index).is_some();
-        if !hash_known(first) {
+            |index: u32| entry.manifest.is_some() || entry.learnt_hash(PieceIndex(index)).is_some();
+        if !hash_known(first.0) {
             self.refresh_hashes_from_shield(entry).await;
         }
-        if hash_known(first) {
+        let own_region = view.member(&view.self_id).map(|m| m.region.clone());
+        let mut sets: Vec<(Member, Arc<shoal_core::bitfield::PieceSet>)> = Vec::new();
+        if hash_known(first.0) {
             let mut holders: Vec<&Member> =
                 view.holders(&entry.id).into_iter().filter(usable).collect();
-            // Least busy from our side first (spreads a large read over
-            // several siblings), then same region, then nearest by measured
-            // round-trip time, then most spare egress, then cheapest.
-            let own_region = view.member(&view.self_id).map(|m| m.region.as_str());
-            let rtt_bucket = |m: &Member| {
-                mesh.rtt_ms(&m.node_id)
-                    .map(|ms| (ms / RTT_BUCKET_MS) as u64)
-                    .unwrap_or(0)
-            };
-            holders.sort_by(|a, b| {
-                let near = |m: &Member| Some(m.region.as_str()) == own_region;
-                self.peer_load(&a.node_id)
-                    .cmp(&self.peer_load(&b.node_id))
-                    .then(near(b).cmp(&near(a)))
-                    .then(rtt_bucket(a).cmp(&rtt_bucket(b)))
-                    .then(b.spare_fraction().total_cmp(&a.spare_fraction()))
-                    .then(a.cost_per_gb_microusd.cmp(&b.cost_per_gb_microusd))
-            });
+            // Ask the least busy first (their piece sets are cached briefly).
+            holders.sort_by_key(|m| self.peer_load(&m.node_id));
             for member in holders.into_iter().take(HOLDERS_ASKED_MAX) {
-                let Some(set) = mesh.piece_set(member, &entry.id).await else {
-                    continue;
-                };
-                if !set.contains(first) {
-                    continue;
+                if let Some(set) = mesh.piece_set(member, &entry.id).await {
+                    sets.push((member.clone(), set));
                 }
-                let piece_bytes = entry.layout.piece_size().bytes();
-                let pieces_max = (HAVE_RUN_BYTES_MAX / piece_bytes).max(1) as usize;
-                let keep = claim
-                    .senders
-                    .iter()
-                    .take(pieces_max)
-                    .take_while(|(i, _)| set.contains(*i) && hash_known(*i))
-                    .count();
-                self.split_claim(entry, claim, keep);
-                return RunSource::Peer {
-                    member: member.clone(),
-                    mode: PeerMode::Have,
-                };
             }
         }
-        self.shield_source(entry, excluded)
-            .unwrap_or(RunSource::Origin)
+        let holders: Vec<crate::schedule::Holder> = sets
+            .iter()
+            .map(|(m, set)| crate::schedule::Holder {
+                node_id: &m.node_id,
+                stored: set,
+                runs_in_flight: self.peer_load(&m.node_id),
+                capacity_weight: 1,
+                near: Some(&m.region) == own_region.as_ref(),
+                rtt_bucket: mesh
+                    .rtt_ms(&m.node_id)
+                    .map(|ms| (ms / RTT_BUCKET_MS) as u64)
+                    .unwrap_or(0),
+                spare_fraction: m.spare_fraction(),
+                cost_per_gb_microusd: m.cost_per_gb_microusd,
+            })
+            .collect();
+        let shield = self.shield_source(entry, excluded);
+        let has_shield = matches!(shield, Some(RunSource::Peer { .. }));
+        let piece_bytes = entry.layout.piece_size().bytes();
+        let limits = crate::schedule::FillLimits::for_piece_size(
+            piece_bytes,
+            RELAY_BLOCK_BYTES,
+            HAVE_RUN_BYTES_MAX,
+            SHIELD_FANOUT_MAX,
+        );
+        let context = crate::schedule::RunContext {
+            object: &entry.id,
+            piece_count: entry.layout.piece_count(),
+            first: first.0,
+            claimed: claim.senders.len() as u32,
+            self_id: mesh.self_id(),
+            has_shield,
+            hash_known: &hash_known,
+            holders: &holders,
+            try_instead,
+            relaying: claim.relaying,
+            excluded,
+        };
+        let choice = crate::schedule::choose_run(&context, &limits);
+        self.split_claim(entry, claim, choice.count as usize);
+        match choice.source {
+            crate::schedule::RunSource::Origin => RunSource::Origin,
+            crate::schedule::RunSource::Holder(node) => match view.member(&node) {
+                Some(member) => RunSource::Peer {
+                    member: member.clone(),
+                    mode: PeerMode::Have,
+                    last_resort: false,
+                },
+                None => shield.unwrap_or(RunSource::Origin),
+            },
+            crate::schedule::RunSource::Relay(node) => match view.member(&node) {
+                Some(member) => {
+                    self.stats.peer_fetches_relay.fetch_add(1, Ordering::Relaxed);
+                    RunSource::Peer {
+                        member: member.clone(),
+                        mode: PeerMode::Relay,
+                        last_resort: false,
+                    }
+                }
+                // Gone from the view meanwhile: the shield, as last resort.
+                None => match shield {
+                    Some(RunSource::Peer { member, mode, .. }) => RunSource::Peer {
+                        member,
+                        mode,
+                        last_resort: true,
+                    },
+                    other => other.unwrap_or(RunSource::Origin),
+                },
+            },
+            crate::schedule::RunSource::Shield { last_resort } => match shield {
+                Some(RunSource::Peer { member, mode, .. }) => RunSource::Peer {
+                    member,
+                    mode,
+                    last_resort,
+                },
+                other => other.unwrap_or(RunSource::Origin),
+            },
+        }
     }
 
     /// An object without a published manifest whose hashes we lack: ask
@@ -621,6 +739,7 @@ impl Filler {
             filler: self.clone(),
             object: claim.object,
             senders: claim.senders.split_off(keep),
+            relaying: claim.relaying,
         };
         self.spawn_run(entry.clone(), rest);
     }
@@ -662,14 +781,18 @@ impl Filler {
         };
         let mut body = match source {
             RunSource::Origin => self.open_origin(entry, span).await?,
-            RunSource::Peer { member, mode } => {
+            RunSource::Peer {
+                member,
+                mode,
+                last_resort,
+            } => {
                 let mesh = self
                     .mesh
                     .as_ref()
                     .ok_or(RunFailure::Fatal(FillError::Abandoned))?;
                 let counter = match mode {
                     PeerMode::Have => &self.stats.peer_fetches_have,
-                    PeerMode::Fill => &self.stats.peer_fetches_shield,
+                    PeerMode::Fill | PeerMode::Relay => &self.stats.peer_fetches_shield,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
                 let opened = mesh
@@ -680,6 +803,7 @@ impl Filler {
                         span,
                         entry.layout.object_size(),
                         *mode,
+                        *last_resort,
                     )
                     .await;
                 match opened {
@@ -882,11 +1006,18 @@ pub enum Preferred {
 /// Where a run of pieces is fetched from.
 enum RunSource {
     Origin,
-    Peer { member: Member, mode: PeerMode },
+    Peer {
+        member: Member,
+        mode: PeerMode,
+        /// A `fill` request the shield must not send to a relay.
+        last_resort: bool,
+    },
 }
 
 /// Why a run stopped before delivering everything.
 enum RunFailure {
+    /// The shield sent the run to this relay (a flash crowd).
+    TryInstead(String),
     /// The source failed; the rest may come from elsewhere.
     Retry(FillError),
     /// Every source would fail the same way (the object changed, the origin
@@ -896,6 +1027,9 @@ enum RunFailure {
 
 /// Classifies a failed peer request.
 fn peer_failure(entry: &ObjectEntry, mode: PeerMode, error: PeerError) -> RunFailure {
+    if let PeerError::TryInstead(_, relay) = &error {
+        return RunFailure::TryInstead(relay.clone());
+    }
     match (mode, error.status()) {
         // The shield says the object is gone, or holds another version.
         (PeerMode::Fill, Some(status)) if error.is_definitive() => {

@@ -339,6 +339,7 @@ impl BoundCache {
             egress: std::sync::OnceLock::new(),
             purges: std::sync::Mutex::new(purge::PurgeLog::load(&config.data_dir)),
             data_dir: config.data_dir.clone(),
+            relays: serve::RelayState::default(),
         });
         Ok(Self {
             local_addr,

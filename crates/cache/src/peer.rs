@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub use shoal_proto::{
-    MODE_HEADER, PEER_DATA_PREFIX, PEER_OBJECT_PREFIX, PEER_PIECES_PREFIX, PEER_PREFIX,
+    LAST_RESORT_HEADER, TRY_HEADER, MODE_HEADER, PEER_DATA_PREFIX, PEER_OBJECT_PREFIX, PEER_PIECES_PREFIX, PEER_PREFIX,
     PEER_PURGES_PATH, PEER_PURGE_PATH, RECORD_MODE,
 };
 
@@ -66,6 +66,9 @@ pub const TOKEN_LIFETIME_S: u64 = 60;
 /// Smallest `auth_ttl_max_s` that accepts our own tokens with clock skew.
 pub const AUTH_TTL_MIN_S: u64 = TOKEN_LIFETIME_S + 30;
 
+/// Longest node id accepted in an `X-Shoal-Try` answer.
+const NODE_ID_BYTES_MAX: usize = 256;
+
 /// How a data request may be served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PeerMode {
@@ -73,6 +76,9 @@ pub enum PeerMode {
     Have,
     /// Fetch what is missing (the receiver acts as shield).
     Fill,
+    /// Fetch what is missing from the receiver's shield (as last resort:
+    /// never relayed further) and pass it on: a flash crowd's relay.
+    Relay,
 }
 
 impl PeerMode {
@@ -80,6 +86,7 @@ impl PeerMode {
         match self {
             PeerMode::Have => "have",
             PeerMode::Fill => "fill",
+            PeerMode::Relay => "relay",
         }
     }
 
@@ -87,6 +94,7 @@ impl PeerMode {
         match text {
             b"have" => Some(PeerMode::Have),
             b"fill" => Some(PeerMode::Fill),
+            b"relay" => Some(PeerMode::Relay),
             _ => None,
         }
     }
@@ -121,6 +129,9 @@ pub enum PeerError {
     Status(String, StatusCode),
     #[error("peer {0} sent an unusable answer: {1}")]
     Protocol(String, String),
+    /// A shield in a flash crowd sent us to another cache.
+    #[error("shield {0} is relaying through {1}")]
+    TryInstead(String, String),
 }
 
 impl PeerError {
@@ -332,7 +343,7 @@ impl MeshLink {
     fn read_timeout_ms(&self, mode: PeerMode) -> u64 {
         match mode {
             PeerMode::Have => self.settings.read_timeout_ms,
-            PeerMode::Fill => self.settings.shield_read_timeout_ms,
+            PeerMode::Fill | PeerMode::Relay => self.settings.shield_read_timeout_ms,
         }
     }
 
@@ -572,6 +583,7 @@ impl MeshLink {
         span: ByteSpan,
         object_size: u64,
         mode: PeerMode,
+        last_resort: bool,
     ) -> Result<RangeBody, PeerError> {
         let peer = member.node_id.clone();
         let last = span
@@ -585,9 +597,24 @@ impl MeshLink {
                 format!("bytes={}-{}", span.start(), last),
             )
             .header(MODE_HEADER, mode.as_str());
+        let request = if last_resort {
+            request.header(LAST_RESORT_HEADER, "1")
+        } else {
+            request
+        };
         let timeout_ms = self.read_timeout_ms(mode);
         let response = self.send_within(member, request, timeout_ms).await?;
         let status = response.status();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            let named = response
+                .headers()
+                .get(TRY_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty() && v.len() <= NODE_ID_BYTES_MAX);
+            if let Some(relay) = named {
+                return Err(PeerError::TryInstead(peer, relay.to_string()));
+            }
+        }
         if status != StatusCode::PARTIAL_CONTENT && status != StatusCode::OK {
             if status.is_server_error() {
                 self.suspect(&member.node_id);

@@ -9,7 +9,7 @@
 //! truncated response, never wrong bytes.
 
 use crate::fault::Blame;
-use crate::fill::{FillError, Filler};
+use crate::fill::{FillError, Filler, Want};
 use crate::object::ObjectEntry;
 use crate::origin_client::OriginClient;
 use crate::peer::{
@@ -67,6 +67,16 @@ pub struct CacheService {
     /// The purge events applied here (kept in `data_dir`).
     pub(crate) purges: std::sync::Mutex<crate::purge::PurgeLog>,
     pub(crate) data_dir: std::path::PathBuf,
+    /// As shield: who fetches what from us, for flash-crowd relaying.
+    pub(crate) relays: RelayState,
+}
+
+/// A shield's side of flash-crowd relaying: the relay desk (see
+/// [`crate::schedule::RelayDesk`]) and its clock.
+#[derive(Default)]
+pub(crate) struct RelayState {
+    desk: std::sync::Mutex<crate::schedule::RelayDesk>,
+    started: std::sync::OnceLock<std::time::Instant>,
 }
 
 /// Who a response is for, for accounting.
@@ -75,6 +85,8 @@ enum Audience {
     Client,
     /// A sibling cache.
     Peer,
+    /// A sibling cache we relay a flash crowd's block to.
+    Relay,
 }
 
 impl CacheService {
@@ -508,9 +520,10 @@ impl CacheService {
     /// The inter-cache endpoints (see [`crate::peer`]): 403 without a
     /// valid token, whatever the path.
     async fn peer<B>(self: &Arc<Self>, request: &Request<B>) -> Response<Body> {
-        if let Err(response) = self.authorize(request) {
-            return response;
-        }
+        let requester = match self.authorize(request) {
+            Ok(node) => node,
+            Err(response) => return response,
+        };
         self.stats
             .peer_requests_served
             .fetch_add(1, Ordering::Relaxed);
@@ -600,23 +613,35 @@ impl CacheService {
                 .get(MODE_HEADER)
                 .and_then(|v| PeerMode::parse(v.as_bytes()));
             return match mode {
-                Some(PeerMode::Fill) => self.peer_fill(id, object_path, request).await,
+                Some(PeerMode::Fill) => {
+                    self.peer_fill(id, object_path, request, &requester, Audience::Peer)
+                        .await
+                }
+                Some(PeerMode::Relay) => {
+                    self.peer_fill(id, object_path, request, &requester, Audience::Relay)
+                        .await
+                }
                 Some(PeerMode::Have) => self.peer_have(id, object_path, request).await,
                 None => text_response(
                     StatusCode::BAD_REQUEST,
-                    "x-shoal-mode must be `have` or `fill`\n",
+                    "x-shoal-mode must be `have`, `fill` or `relay`\n",
                 ),
             };
         }
         text_response(StatusCode::NOT_FOUND, "unknown peer endpoint\n")
     }
 
-    /// Serves a range of `id` as its shield: what is missing is fetched.
+    /// Serves a range of `id` as its shield (`fill`), or as a relay
+    /// (`relay`: what is missing comes from our shield, as last resort):
+    /// what is missing is fetched. A shield in a flash crowd may answer 503
+    /// naming the cache to ask instead.
     async fn peer_fill<B>(
         self: &Arc<Self>,
         id: ObjectId,
         object_path: &str,
         request: &Request<B>,
+        requester: &str,
+        audience: Audience,
     ) -> Response<Body> {
         let entry = match self.parse_and_resolve(object_path).await {
             Ok((_, Resolved::Cached(entry))) if entry.id == id => entry,
@@ -628,8 +653,94 @@ impl CacheService {
             }
             Err(response) => return response,
         };
-        self.serve_entry(entry, false, request, Audience::Peer)
-            .await
+        if audience == Audience::Peer {
+            if let Err(response) = self.admit_fill(&entry, request, requester) {
+                return response;
+            }
+        }
+        self.serve_entry(entry, false, request, audience).await
+    }
+
+    /// As shield, during a flash crowd: serve this `fill` request, or send
+    /// the requester to a relay (the pure [`crate::schedule::RelayDesk`]
+    /// decides).
+    #[allow(clippy::result_large_err)]
+    fn admit_fill<B>(
+        &self,
+        entry: &Arc<ObjectEntry>,
+        request: &Request<B>,
+        requester: &str,
+    ) -> Result<(), Response<Body>> {
+        let Some(mesh) = &self.mesh else {
+            return Ok(());
+        };
+        let size = entry.layout.object_size();
+        let range_header = request.headers().get(header::RANGE).map(|v| v.as_bytes());
+        let first = match select_ranges(range_header, true, size) {
+            RangeResolution::Single(span) => entry.layout.piece_of(span.start()),
+            _ => None,
+        };
+        let last_resort = request
+            .headers()
+            .get(crate::peer::LAST_RESORT_HEADER)
+            .is_some_and(|v| v.as_bytes() == b"1");
+        if let Some(first) = first {
+            let view = mesh.node.view();
+            let region = view.member(requester).map(|m| m.region.clone());
+            // Caches that may relay: healthy, answering, not us; those of
+            // the requester's region first.
+            let candidates: Vec<&shoal_mesh::Member> = view
+                .members
+                .iter()
+                .filter(|m| {
+                    m.node_id != view.self_id
+                        && m.health == shoal_mesh::Health::Ok
+                        && mesh.usable(&m.node_id)
+                })
+                .collect();
+            let (near, far): (Vec<&shoal_mesh::Member>, Vec<&shoal_mesh::Member>) = candidates
+                .into_iter()
+                .partition(|m| Some(&m.region) == region.as_ref());
+            let relays: Vec<&str> = near.iter().map(|m| m.node_id.as_str()).collect();
+            let far_relays: Vec<&str> = far.iter().map(|m| m.node_id.as_str()).collect();
+            let limits = crate::schedule::FillLimits::for_piece_size(
+                entry.layout.piece_size().bytes(),
+                crate::fill::RELAY_BLOCK_BYTES,
+                crate::fill::RELAY_BLOCK_BYTES,
+                crate::fill::SHIELD_FANOUT_MAX,
+            );
+            let ask = crate::schedule::RelayAsk {
+                object: &entry.id,
+                first: first.0,
+                requester,
+                last_resort,
+                relays: &relays,
+                far_relays: &far_relays,
+            };
+            let now_ms = self
+                .relays
+                .started
+                .get_or_init(std::time::Instant::now)
+                .elapsed()
+                .as_millis() as u64;
+            let admission = lock(&self.relays.desk).admit(&ask, &limits, now_ms);
+            if let crate::schedule::Admission::TryInstead(relay) = admission {
+                self.stats
+                    .relay_refusals_sent
+                    .fetch_add(1, Ordering::Relaxed);
+                let mut response = text_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("flash crowd: ask {relay} to relay this block\n"),
+                );
+                if let Ok(value) = HeaderValue::from_str(&relay) {
+                    response
+                        .headers_mut()
+                        .insert(crate::peer::TRY_HEADER, value);
+                }
+                return Err(response);
+            }
+        }
+        Ok(())
     }
 
     /// Serves a range of `id` only from pieces held here.
@@ -941,8 +1052,9 @@ impl CacheService {
 
         // Fetch the first piece before committing to a status, so that an
         // origin failure is reported as such.
+        let want = relay_want(&entry, &segments, audience);
         let first = match first_piece {
-            Some(index) => match self.filler.piece(&entry, index).await {
+            Some(index) => match self.filler.piece_for(&entry, index, want).await {
                 Ok(piece) => Some(piece),
                 Err(error) => {
                     let status = error.client_status();
@@ -1004,6 +1116,7 @@ impl CacheService {
     ) {
         let piece_bytes = entry.layout.piece_size().bytes();
         let readahead_pieces = (self.readahead_bytes / piece_bytes).max(1) as u32;
+        let want = relay_want(&entry, &segments, audience);
         for segment in segments {
             let span = match segment {
                 Segment::Literal(bytes) => {
@@ -1022,11 +1135,11 @@ impl CacheService {
                 for ahead in index.saturating_add(1)
                     ..=index.saturating_add(readahead_pieces).min(last_needed)
                 {
-                    self.filler.prefetch(&entry, PieceIndex(ahead));
+                    self.filler.prefetch(&entry, PieceIndex(ahead), want);
                 }
                 let got = match first.take() {
                     Some(piece) if piece.index() == PieceIndex(index) => Ok(piece),
-                    _ => self.filler.piece(&entry, PieceIndex(index)).await,
+                    _ => self.filler.piece_for(&entry, PieceIndex(index), want).await,
                 };
                 let got = match got {
                     // The origin moved to another version mid-response:
@@ -1056,7 +1169,7 @@ impl CacheService {
                 if sender.send(Ok(bytes)).await.is_err() {
                     return;
                 }
-                if audience == Audience::Peer {
+                if audience != Audience::Client {
                     self.stats
                         .peer_bytes_served
                         .fetch_add(len, Ordering::Relaxed);
@@ -1258,6 +1371,26 @@ impl CacheService {
 }
 
 /// 405 for an operator endpoint asked with another method than POST.
+/// What a response's fills are for: a relay claims only the pieces it was
+/// asked for, and fills them from the shield as last resort.
+fn relay_want(entry: &ObjectEntry, segments: &[Segment], audience: Audience) -> Want {
+    if audience != Audience::Relay {
+        return Want::READER;
+    }
+    let end = segments
+        .iter()
+        .filter_map(|s| match s {
+            Segment::Data(span) => entry.layout.pieces_covering(*span).map(|p| *p.end() + 1),
+            Segment::Literal(_) => None,
+        })
+        .max()
+        .unwrap_or(0);
+    Want {
+        relaying: true,
+        end,
+    }
+}
+
 fn post_only(text: &str) -> Response<Body> {
     let mut response = text_response(StatusCode::METHOD_NOT_ALLOWED, text);
     response

@@ -33,6 +33,12 @@ pub struct CacheStats {
     pub peer_fetches_have: AtomicU64,
     /// Piece runs fetched from the shield (which fills them).
     pub peer_fetches_shield: AtomicU64,
+    /// Piece runs fetched from a relay the shield named (flash crowds).
+    pub peer_fetches_relay: AtomicU64,
+    /// Times the shield sent one of our runs to a relay.
+    pub relay_redirects: AtomicU64,
+    /// Fill requests this cache, as shield, sent to a relay.
+    pub relay_refusals_sent: AtomicU64,
     /// Failed exchanges with siblings (each retried elsewhere).
     pub peer_errors: AtomicU64,
     /// Pieces from siblings that failed verification (never stored).
@@ -72,6 +78,9 @@ pub struct StatsSnapshot {
     pub peer_bytes_received_from_holders: u64,
     pub peer_fetches_have: u64,
     pub peer_fetches_shield: u64,
+    pub peer_fetches_relay: u64,
+    pub relay_redirects: u64,
+    pub relay_refusals_sent: u64,
     pub peer_errors: u64,
     pub peer_corrupt_pieces: u64,
     pub peers_quarantined: u64,
@@ -121,6 +130,9 @@ impl CacheStats {
             peer_bytes_received_from_holders: get(&self.peer_bytes_received_from_holders),
             peer_fetches_have: get(&self.peer_fetches_have),
             peer_fetches_shield: get(&self.peer_fetches_shield),
+            peer_fetches_relay: get(&self.peer_fetches_relay),
+            relay_redirects: get(&self.relay_redirects),
+            relay_refusals_sent: get(&self.relay_refusals_sent),
             peer_errors: get(&self.peer_errors),
             peer_corrupt_pieces: get(&self.peer_corrupt_pieces),
             peers_quarantined: get(&self.peers_quarantined),

@@ -43,9 +43,16 @@ pub const PEER_PURGE_PATH: &str = "/_shoal/peer/purge";
 /// `GET /_shoal/peer/purges?since=MS`: the purge events a cache knows.
 pub const PEER_PURGES_PATH: &str = "/_shoal/peer/purges";
 
-/// Request header: `have` or `fill` (or, for object metadata only,
-/// [`RECORD_MODE`]).
+/// Request header: `have`, `fill` or `relay` (or, for object metadata
+/// only, [`RECORD_MODE`]).
 pub const MODE_HEADER: &str = "x-shoal-mode";
+/// Request header on a `fill` request (`1`): the shield must serve it,
+/// not send the requester to a relay (its relay failed, or the request
+/// is itself a relay's fill).
+pub const LAST_RESORT_HEADER: &str = "x-shoal-last-resort";
+/// Response header on a shield's `503` refusing a `fill` request during a
+/// flash crowd: the node id of the cache to ask (`relay` mode) instead.
+pub const TRY_HEADER: &str = "x-shoal-try";
 /// `x-shoal-mode` of a selector asking a shield what a path is: resolved
 /// as in `fill` mode, answered without the manifest or piece hashes.
 pub const RECORD_MODE: &str = "record";

@@ -274,12 +274,13 @@ pub struct RelayAsk<'a> {
     pub first: u32,
     pub requester: &'a str,
     pub last_resort: bool,
-    /// The caches fetching this object from us right now (any order; the
-    /// requester may be among them).
-    pub fetching: &'a [&'a str],
     /// The caches of the requester's region that may relay (alive and
     /// usable; not this shield).
     pub relays: &'a [&'a str],
+    /// Those of other regions: a block not yet in the requester's region
+    /// is relayed from one (it crosses regions once either way, and the
+    /// shield's uplink is spared).
+    pub far_relays: &'a [&'a str],
 }
 
 /// The shield's answer.
@@ -305,6 +306,8 @@ struct Receiver {
     relays_given: u32,
     /// We served it ourselves (rather than sending it to a relay).
     direct: bool,
+    /// The relay we sent it to.
+    parent: Option<String>,
 }
 
 /// The shield's side of relaying, as a state machine (`now` passed in):
@@ -322,6 +325,8 @@ struct Receiver {
 #[derive(Debug, Default)]
 pub struct RelayDesk {
     blocks: std::collections::HashMap<(ObjectId, u32), BlockReceivers>,
+    /// Per object, who asked for it lately and when (ms).
+    askers: std::collections::HashMap<ObjectId, Vec<(String, u64)>>,
     /// Requesters sent to each cache so far (to spread the relaying).
     relay_load: std::collections::HashMap<String, u64>,
 }
@@ -333,6 +338,11 @@ const RELAY_LOAD_NODES_MAX: usize = 4_096;
 pub const RELAY_DESK_BLOCKS_MAX: usize = 16_384;
 /// A block not asked for this long is forgotten.
 pub const RELAY_DESK_MEMORY_MS: u64 = 60_000;
+/// Caches that asked for an object within this window count as its
+/// crowd.
+pub const CROWD_WINDOW_MS: u64 = 5_000;
+/// Askers remembered per object, at most.
+const ASKERS_PER_OBJECT_MAX: usize = 1_024;
 
 impl RelayDesk {
     pub fn admit(&mut self, ask: &RelayAsk<'_>, limits: &FillLimits, now_ms: u64) -> Admission {
@@ -342,7 +352,9 @@ impl RelayDesk {
             if self.blocks.len() >= RELAY_DESK_BLOCKS_MAX {
                 self.blocks.clear();
             }
+            self.askers.clear();
         }
+        let others = self.note_asker(ask.object, ask.requester, now_ms);
         let block_index = block_of(ask.first, limits);
         let block = self.blocks.entry((*ask.object, block_index)).or_default();
         if now_ms.saturating_sub(block.last_used_ms) >= RELAY_DESK_MEMORY_MS {
@@ -357,6 +369,7 @@ impl RelayDesk {
                     node: requester.to_string(),
                     relays_given: 0,
                     direct: true,
+                    parent: None,
                 }),
             }
             Admission::Serve
@@ -368,59 +381,117 @@ impl RelayDesk {
         if ask.last_resort || served_before {
             return serve(block);
         }
-        let mut others: Vec<&str> = ask
-            .fetching
-            .iter()
-            .copied()
-            .filter(|f| *f != requester)
-            .collect();
-        others.sort_unstable();
-        others.dedup();
-        if (others.len() as u32) < limits.shield_fanout_max {
+        if others < limits.shield_fanout_max {
             return serve(block);
         }
-        let alive = |who: &str| who != requester && ask.relays.contains(&who);
-        let add_requester = |block: &mut BlockReceivers| {
-            if !block.receivers.iter().any(|r| r.node == requester) {
-                block.receivers.push(Receiver {
+        let near = |who: &str| ask.relays.contains(&who);
+        let alive = |who: &str| who != requester && (near(who) || ask.far_relays.contains(&who));
+        let add_requester = |block: &mut BlockReceivers, parent: &str| {
+            match block.receivers.iter_mut().find(|r| r.node == requester) {
+                Some(known) => known.parent = Some(parent.to_string()),
+                None => block.receivers.push(Receiver {
                     node: requester.to_string(),
                     relays_given: 0,
                     direct: false,
-                });
+                    parent: Some(parent.to_string()),
+                }),
             }
         };
-        // Among the receivers with a free relay slot, the one that relayed
-        // least so far (every uplink carries a share), the earliest on a
-        // tie (it has the most of the block already). A requester asking
-        // again after it was sent away lost its relay: another one.
+        // Sent away before (asking for more of the block, or again after
+        // its relay failed): the same relay while it lives; the requester
+        // itself falls back to us if that one failed.
+        let parent = block
+            .receivers
+            .iter()
+            .find(|r| r.node == requester)
+            .and_then(|r| r.parent.clone());
+        if let Some(parent) = parent.filter(|p| alive(p)) {
+            return Admission::TryInstead(parent);
+        }
+        // Never a relay that gets the block through the requester (a
+        // cycle would stall both).
+        let descends_from_requester = |block: &BlockReceivers, node: &str| {
+            let mut at = node.to_string();
+            for _ in 0..=block.receivers.len() {
+                if at == requester {
+                    return true;
+                }
+                match block
+                    .receivers
+                    .iter()
+                    .find(|r| r.node == at)
+                    .and_then(|r| r.parent.clone())
+                {
+                    Some(parent) => at = parent,
+                    None => return false,
+                }
+            }
+            true
+        };
+        let eligible: Vec<bool> = block
+            .receivers
+            .iter()
+            .map(|r| {
+                alive(&r.node)
+                    && r.relays_given < limits.relay_fanout_max.max(1)
+                    && !descends_from_requester(block, &r.node)
+            })
+            .collect();
+        // Among the receivers with a free relay slot, one in the
+        // requester's region first, then the one that relayed least so far
+        // (every uplink carries a share), the earliest on a tie (it has the
+        // most of the block already). A requester asking again after it was
+        // sent away lost its relay: another one.
         let load = &self.relay_load;
         let relay = block
             .receivers
             .iter_mut()
-            .filter(|r| alive(&r.node) && r.relays_given < limits.relay_fanout_max.max(1))
-            .min_by_key(|r| load.get(&r.node).copied().unwrap_or(0));
+            .zip(eligible)
+            .filter(|(_, eligible)| *eligible)
+            .map(|(r, _)| r)
+            .min_by_key(|r| (!near(&r.node), load.get(&r.node).copied().unwrap_or(0)));
         if let Some(relay) = relay {
             relay.relays_given += 1;
             let name = relay.node.clone();
-            add_requester(block);
+            add_requester(block, &name);
             self.count_relay(&name);
             return Admission::TryInstead(name);
         }
         let anyone_alive = block.receivers.iter().any(|r| alive(&r.node));
-        match block_owner(ask.object, block_index, ask.relays) {
+        let owners = if ask.relays.is_empty() {
+            ask.far_relays
+        } else {
+            ask.relays
+        };
+        match block_owner(ask.object, block_index, owners) {
             Some(owner) if !anyone_alive && owner != requester => {
                 // The owner fetches the block from us: served when it asks.
                 block.receivers.push(Receiver {
                     node: owner.to_string(),
                     relays_given: 1,
                     direct: true,
+                    parent: None,
                 });
-                add_requester(block);
+                add_requester(block, owner);
                 self.count_relay(owner);
                 Admission::TryInstead(owner.to_string())
             }
             _ => serve(block),
         }
+    }
+
+    /// Records that `requester` asked for `object` now; returns how many
+    /// other caches asked for it within [`CROWD_WINDOW_MS`].
+    fn note_asker(&mut self, object: &ObjectId, requester: &str, now_ms: u64) -> u32 {
+        let askers = self.askers.entry(*object).or_default();
+        askers.retain(|(_, at)| now_ms.saturating_sub(*at) < CROWD_WINDOW_MS);
+        let room = askers.len() < ASKERS_PER_OBJECT_MAX;
+        match askers.iter_mut().find(|(node, _)| node == requester) {
+            Some(known) => known.1 = now_ms,
+            None if room => askers.push((requester.to_string(), now_ms)),
+            None => {}
+        }
+        askers.iter().filter(|(node, _)| node != requester).count() as u32
     }
 
     fn count_relay(&mut self, node: &str) {
@@ -439,7 +510,7 @@ mod tests {
         block_pieces: 4,
         holder_run_pieces_max: 8,
         runs_per_holder_max: 2,
-        shield_fanout_max: 2,
+        shield_fanout_max: 1,
         relay_fanout_max: 2,
     };
     const OBJECT: ObjectId = ObjectId([3; 32]);
@@ -608,32 +679,82 @@ mod tests {
     fn a_crowded_shield_builds_a_relay_tree_and_sends_each_block_once() {
         let relays = ["c1", "c2", "c3", "c4", "c5", "c6", "c7"];
         let mut desk = RelayDesk::default();
-        let ask = |desk: &mut RelayDesk, requester: &str, fetching: &[&str], last: bool| {
+        let ask = |desk: &mut RelayDesk, requester: &str, last: bool| {
             let ask = RelayAsk {
                 object: &OBJECT,
                 first: 0,
                 requester,
                 last_resort: last,
-                fetching,
                 relays: &relays,
+                far_relays: &[],
             };
             desk.admit(&ask, &LIMITS, 1_000)
         };
-        // Not crowded: served.
-        assert_eq!(ask(&mut desk, "c1", &["c2"], false), Admission::Serve);
-        // Crowded: c1 received the block, so it relays; then those who
-        // relayed least so far pass it on.
-        let crowd = ["c1", "c2", "c3"];
-        assert_eq!(ask(&mut desk, "c4", &crowd, false), Admission::TryInstead("c1".into()));
-        assert_eq!(ask(&mut desk, "c5", &crowd, false), Admission::TryInstead("c4".into()));
-        assert_eq!(ask(&mut desk, "c6", &crowd, false), Admission::TryInstead("c5".into()));
-        assert_eq!(ask(&mut desk, "c7", &crowd, false), Admission::TryInstead("c6".into()));
-        assert_eq!(ask(&mut desk, "c2", &crowd, false), Admission::TryInstead("c7".into()));
-        // c4 asks again: its relay failed; another receiver relays.
-        assert_eq!(ask(&mut desk, "c4", &crowd, false), Admission::TryInstead("c2".into()));
+        // The first to ask: no crowd, served.
+        assert_eq!(ask(&mut desk, "c1", false), Admission::Serve);
+        // A second cache makes a crowd: c1 received the block, so it
+        // relays; then those who relayed least so far pass it on.
+        assert_eq!(ask(&mut desk, "c4", false), Admission::TryInstead("c1".into()));
+        assert_eq!(ask(&mut desk, "c5", false), Admission::TryInstead("c4".into()));
+        assert_eq!(ask(&mut desk, "c6", false), Admission::TryInstead("c5".into()));
+        assert_eq!(ask(&mut desk, "c7", false), Admission::TryInstead("c6".into()));
+        assert_eq!(ask(&mut desk, "c2", false), Admission::TryInstead("c7".into()));
+        // c4 asks again (more of the block, or its relay failed): its
+        // relay again; once that one is gone, another that does not get
+        // the block through c4.
+        assert_eq!(ask(&mut desk, "c4", false), Admission::TryInstead("c1".into()));
         // As last resort: served, and from then on a direct receiver.
-        assert_eq!(ask(&mut desk, "c3", &crowd, true), Admission::Serve);
-        assert_eq!(ask(&mut desk, "c3", &crowd, false), Admission::Serve);
+        assert_eq!(ask(&mut desk, "c3", true), Admission::Serve);
+        assert_eq!(ask(&mut desk, "c3", false), Admission::Serve);
+    }
+
+    #[test]
+    fn a_requester_is_never_sent_to_a_relay_that_gets_the_block_through_it() {
+        let all = ["c1", "c2", "c3", "c4"];
+        let mut desk = RelayDesk::default();
+        let ask = |desk: &mut RelayDesk, requester: &str, relays: &[&str]| {
+            let ask = RelayAsk {
+                object: &OBJECT,
+                first: 0,
+                requester,
+                last_resort: false,
+                relays,
+                far_relays: &[],
+            };
+            desk.admit(&ask, &LIMITS, 0)
+        };
+        assert_eq!(ask(&mut desk, "c1", &all), Admission::Serve);
+        assert_eq!(ask(&mut desk, "c2", &all), Admission::TryInstead("c1".into()));
+        assert_eq!(ask(&mut desk, "c3", &all), Admission::TryInstead("c2".into()));
+        // c1 dies; c2 asks again: not c3, which gets the block from c2.
+        let without_c1 = ["c2", "c3", "c4"];
+        assert_eq!(ask(&mut desk, "c2", &without_c1), Admission::Serve);
+        // c3 asks again: c2 still relays it.
+        assert_eq!(ask(&mut desk, "c3", &without_c1), Admission::TryInstead("c2".into()));
+    }
+
+    #[test]
+    fn a_block_crosses_into_a_region_from_a_far_receiver_not_the_shield() {
+        let east = ["e1", "e2"];
+        let west = ["w1", "w2"];
+        let mut desk = RelayDesk::default();
+        let mut ask = |requester: &str, relays: &[&str], far: &[&str]| {
+            let ask = RelayAsk {
+                object: &OBJECT,
+                first: 0,
+                requester,
+                last_resort: false,
+                relays,
+                far_relays: far,
+            };
+            desk.admit(&ask, &LIMITS, 0)
+        };
+        let owner = block_owner(&OBJECT, 0, &east).unwrap();
+        assert_eq!(ask(owner, &east, &west), Admission::Serve);
+        // The west's first requester gets it from the east...
+        assert_eq!(ask("w1", &west, &east), Admission::TryInstead(owner.into()));
+        // ...and the west's second from w1, in its own region.
+        assert_eq!(ask("w2", &west, &east), Admission::TryInstead("w1".into()));
     }
 
     #[test]
@@ -642,17 +763,21 @@ mod tests {
         let owner = block_owner(&OBJECT, 0, &relays).unwrap();
         let others: Vec<&str> = relays.iter().copied().filter(|r| *r != owner).collect();
         let mut desk = RelayDesk::default();
-        let crowd = ["x", "y", "z"];
-        let ask = |desk: &mut RelayDesk, requester: &str, now_ms| {
+        let ask_for = |desk: &mut RelayDesk, requester: &str, first: u32, now_ms| {
             let ask = RelayAsk {
                 object: &OBJECT,
-                first: 1,
+                first,
                 requester,
                 last_resort: false,
-                fetching: &crowd,
                 relays: &relays,
+                far_relays: &[],
             };
             desk.admit(&ask, &LIMITS, now_ms)
+        };
+        // A crowd: x asked for a far block a moment ago.
+        let ask = |desk: &mut RelayDesk, requester: &str, now_ms| {
+            ask_for(desk, "x", 1_000, now_ms);
+            ask_for(desk, requester, 1, now_ms)
         };
         assert_eq!(ask(&mut desk, others[0], 0), Admission::TryInstead(owner.into()));
         assert_eq!(ask(&mut desk, owner, 0), Admission::Serve);
@@ -661,6 +786,11 @@ mod tests {
         // The owner asking first is served.
         let mut desk = RelayDesk::default();
         assert_eq!(ask(&mut desk, owner, 0), Admission::Serve);
+        // No crowd once the others have been quiet for a while.
+        assert_eq!(
+            ask_for(&mut desk, others[2], 1, CROWD_WINDOW_MS + 1),
+            Admission::Serve
+        );
         // Forgotten after a minute of silence.
         assert_eq!(
             ask(&mut desk, others[0], RELAY_DESK_MEMORY_MS + 1),

@@ -186,13 +186,6 @@ impl World {
                     (owner, false)
                 }
                 RunSource::Shield { last_resort } => {
-                    let fetching: Vec<String> = self
-                        .runs
-                        .iter()
-                        .filter(|r| r.via_shield && !r.pieces.is_empty())
-                        .map(|r| self.caches[r.at].name.clone())
-                        .collect();
-                    let fetching: Vec<&str> = fetching.iter().map(String::as_str).collect();
                     let relays: Vec<String> =
                         self.relays().into_iter().map(str::to_string).collect();
                     let relays: Vec<&str> = relays.iter().map(String::as_str).collect();
@@ -202,8 +195,8 @@ impl World {
                         first,
                         requester: &requester,
                         last_resort: *last_resort,
-                        fetching: &fetching,
                         relays: &relays,
+                        far_relays: &[],
                     };
                     let admission = self.desk.admit(&ask, &self.limits, (now * 1000.0) as u64);
                     if let super::Admission::TryInstead(relay) = admission {
@@ -511,7 +504,9 @@ mod tests {
             out.seconds, out.origin_pieces, out.relayed
         );
         assert!(out.seconds < 600.0, "everyone finished");
-        assert!(ratio <= 1.2 + STALL_S / out.bound_seconds, "{ratio:.3}x");
+        // The lost relay's children wait one stall timeout, then the
+        // shield sends them elsewhere; their children may wait once more.
+        assert!(ratio <= 1.2 + 2.0 * STALL_S / out.bound_seconds, "{ratio:.3}x");
         assert_eq!(out.origin_pieces, 256);
     }
 }
