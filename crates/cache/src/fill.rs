@@ -602,10 +602,21 @@ impl Filler {
             self.refresh_hashes_from_shield(entry).await;
         }
         let own_region = view.member(&view.self_id).map(|m| m.region.clone());
+        let shield = self.shield_source(entry, excluded);
+        let shield_id = match &shield {
+            Some(RunSource::Peer { member, .. }) => Some(member.node_id.clone()),
+            _ => None,
+        };
         let mut sets: Vec<(Member, Arc<shoal_core::bitfield::PieceSet>)> = Vec::new();
         if hash_known(first.0) {
-            let mut holders: Vec<&Member> =
-                view.holders(&entry.id).into_iter().filter(usable).collect();
+            // The shield is asked in `fill` mode only, where it can send a
+            // crowd to relays.
+            let mut holders: Vec<&Member> = view
+                .holders(&entry.id)
+                .into_iter()
+                .filter(usable)
+                .filter(|m| Some(&m.node_id) != shield_id.as_ref())
+                .collect();
             // Ask the least busy first (their piece sets are cached briefly).
             holders.sort_by_key(|m| self.peer_load(&m.node_id));
             for member in holders.into_iter().take(HOLDERS_ASKED_MAX) {
@@ -630,7 +641,6 @@ impl Filler {
                 cost_per_gb_microusd: m.cost_per_gb_microusd,
             })
             .collect();
-        let shield = self.shield_source(entry, excluded);
         let has_shield = matches!(shield, Some(RunSource::Peer { .. }));
         let piece_bytes = entry.layout.piece_size().bytes();
         let limits = crate::schedule::FillLimits::for_piece_size(
