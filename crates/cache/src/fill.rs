@@ -474,7 +474,9 @@ impl Filler {
                     // Named again after it failed, or too often: the
                     // scheduler asks as last resort.
                     try_instead = Some(if refusals > REFUSALS_PER_RUN_MAX {
-                        self.mesh.as_ref().map_or(relay.clone(), |m| m.self_id().to_string())
+                        self.mesh
+                            .as_ref()
+                            .map_or(relay.clone(), |m| m.self_id().to_string())
                     } else {
                         relay
                     });
@@ -676,7 +678,9 @@ impl Filler {
             },
             crate::schedule::RunSource::Relay(node) => match view.member(&node) {
                 Some(member) => {
-                    self.stats.peer_fetches_relay.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .peer_fetches_relay
+                        .fetch_add(1, Ordering::Relaxed);
                     RunSource::Peer {
                         member: member.clone(),
                         mode: PeerMode::Relay,
@@ -812,8 +816,10 @@ impl Filler {
                         &entry.uri_path,
                         span,
                         entry.layout.object_size(),
-                        *mode,
-                        *last_resort,
+                        crate::peer::DataAsk {
+                            mode: *mode,
+                            last_resort: *last_resort,
+                        },
                     )
                     .await;
                 match opened {

@@ -14,9 +14,9 @@ pub mod peer;
 pub mod peer_health;
 pub mod purge;
 pub mod resolve;
+pub mod schedule;
 pub mod serve;
 pub mod stats;
-pub mod schedule;
 pub mod transition;
 pub mod warm;
 

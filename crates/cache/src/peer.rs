@@ -36,8 +36,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub use shoal_proto::{
-    LAST_RESORT_HEADER, TRY_HEADER, MODE_HEADER, PEER_DATA_PREFIX, PEER_OBJECT_PREFIX, PEER_PIECES_PREFIX, PEER_PREFIX,
-    PEER_PURGES_PATH, PEER_PURGE_PATH, RECORD_MODE,
+    LAST_RESORT_HEADER, MODE_HEADER, PEER_DATA_PREFIX, PEER_OBJECT_PREFIX, PEER_PIECES_PREFIX,
+    PEER_PREFIX, PEER_PURGES_PATH, PEER_PURGE_PATH, RECORD_MODE, TRY_HEADER,
 };
 
 /// Largest purge log answer read from a peer.
@@ -65,6 +65,14 @@ const SUSPECT_MS: u64 = 10_000;
 pub const TOKEN_LIFETIME_S: u64 = 60;
 /// Smallest `auth_ttl_max_s` that accepts our own tokens with clock skew.
 pub const AUTH_TTL_MIN_S: u64 = TOKEN_LIFETIME_S + 30;
+
+/// How a data request is to be served.
+#[derive(Clone, Copy, Debug)]
+pub struct DataAsk {
+    pub mode: PeerMode,
+    /// A `fill` the shield must serve rather than send to a relay.
+    pub last_resort: bool,
+}
 
 /// Longest node id accepted in an `X-Shoal-Try` answer.
 const NODE_ID_BYTES_MAX: usize = 256;
@@ -582,9 +590,9 @@ impl MeshLink {
         uri_path: &str,
         span: ByteSpan,
         object_size: u64,
-        mode: PeerMode,
-        last_resort: bool,
+        ask: DataAsk,
     ) -> Result<RangeBody, PeerError> {
+        let DataAsk { mode, last_resort } = ask;
         let peer = member.node_id.clone();
         let last = span
             .last()

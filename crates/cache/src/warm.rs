@@ -8,8 +8,8 @@
 
 use crate::fill::{FillError, Preferred};
 use crate::object::ObjectEntry;
-use crate::serve::CacheService;
 use crate::schedule::swarm::{self, PeerPieces, Step, SwarmLimits};
+use crate::serve::CacheService;
 use serde::Serialize;
 use shoal_core::bitfield::PieceSet;
 use shoal_core::PieceIndex;

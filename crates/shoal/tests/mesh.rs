@@ -366,6 +366,83 @@ fn a_sibling_sending_wrong_bytes_is_refused_and_quarantined() {
 }
 
 #[test]
+fn a_flash_crowd_is_relayed_by_siblings_and_a_relay_dying_costs_no_other_download() {
+    let root = tempfile::tempdir().unwrap();
+    let size = 24 * MIB;
+    let data = content(size, 41);
+    write_file(root.path(), "premiere.mp4", &data);
+    publish(root.path());
+    let origin = start_shoal(
+        &[
+            "origin",
+            "--root",
+            root.path().to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--egress-mbps",
+            "200",
+        ],
+        &[],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let names = ["f1", "f2", "f3", "f4", "f5"];
+    let named: Vec<(&str, &str)> = names.iter().map(|n| (*n, "eu")).collect();
+    // Caches capped at 100 Mbit/s: the crowd lasts seconds.
+    let mut caches = start_mesh(&origin.url, dir.path(), &named, &["--egress-mbps", "100"]);
+    let shield = shield_of("/premiere.mp4", &names);
+    let victim = names.iter().find(|n| **n != shield).unwrap().to_string();
+    // Two clients on every cache at once.
+    let clients: Vec<_> = caches
+        .iter()
+        .flat_map(|c| {
+            [
+                (c.name.clone(), c.url.clone()),
+                (c.name.clone(), c.url.clone()),
+            ]
+        })
+        .map(|(name, url)| {
+            let handle = std::thread::spawn(move || curl(&format!("{url}/premiere.mp4"), &[]));
+            (name, handle)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let victim_index = caches.iter().position(|c| c.name == victim).unwrap();
+    caches[victim_index].kill9();
+    for (name, client) in clients {
+        let result = client.join().unwrap();
+        if name == victim {
+            continue; // its own clients were connected to it
+        }
+        assert_eq!(result.status, 200, "a client of {name}");
+        assert_eq!(result.exit_code, 0, "a download from {name} was cut");
+        assert!(result.body == data, "a client of {name} got wrong bytes");
+    }
+    let survivors: Vec<Proc> = caches.drain(..).filter(|c| c.name != victim).collect();
+    let shield_url = &survivors.iter().find(|c| c.name == shield).unwrap().url;
+    assert_eq!(
+        total_stat(&survivors, "origin_bytes"),
+        size,
+        "the origin sent it once"
+    );
+    assert_eq!(total_stat(&survivors, "peer_corrupt_pieces"), 0);
+    let refused = stat(shield_url, "relay_refusals_sent");
+    let relayed = total_stat(&survivors, "peer_fetches_relay");
+    let shield_to_caches = stat(shield_url, "peer_bytes_served");
+    eprintln!(
+        "shield sent {refused} requests to relays; {relayed} runs relayed; the shield sent {} MiB to caches",
+        shield_to_caches / MIB
+    );
+    assert!(refused > 0 && relayed > 0, "the crowd was not relayed");
+    // Without relays the shield sends every sibling its copy (4 x 24 MiB);
+    // with them, each block about once, plus what the victim's death cost.
+    assert!(
+        shield_to_caches <= 2 * size,
+        "the shield sent {} MiB to caches",
+        shield_to_caches / MIB
+    );
+}
+
+#[test]
 fn killing_the_shield_mid_transfer_fails_no_download_and_the_role_moves() {
     let root = tempfile::tempdir().unwrap();
     let names = ["k1", "k2", "k3"];

@@ -209,7 +209,9 @@ pub struct RunContext<'a> {
 pub fn choose_run(ctx: &RunContext<'_>, limits: &FillLimits) -> RunChoice {
     let first = ctx.first;
     let claimed = ctx.claimed.max(1);
-    let claim_end = first.saturating_add(claimed).min(ctx.piece_count.max(first + 1));
+    let claim_end = first
+        .saturating_add(claimed)
+        .min(ctx.piece_count.max(first + 1));
     if !ctx.has_shield {
         return RunChoice {
             source: RunSource::Origin,
@@ -386,16 +388,18 @@ impl RelayDesk {
         }
         let near = |who: &str| ask.relays.contains(&who);
         let alive = |who: &str| who != requester && (near(who) || ask.far_relays.contains(&who));
-        let add_requester = |block: &mut BlockReceivers, parent: &str| {
-            match block.receivers.iter_mut().find(|r| r.node == requester) {
-                Some(known) => known.parent = Some(parent.to_string()),
-                None => block.receivers.push(Receiver {
-                    node: requester.to_string(),
-                    relays_given: 0,
-                    direct: false,
-                    parent: Some(parent.to_string()),
-                }),
-            }
+        let add_requester = |block: &mut BlockReceivers, parent: &str| match block
+            .receivers
+            .iter_mut()
+            .find(|r| r.node == requester)
+        {
+            Some(known) => known.parent = Some(parent.to_string()),
+            None => block.receivers.push(Receiver {
+                node: requester.to_string(),
+                relays_given: 0,
+                direct: false,
+                parent: Some(parent.to_string()),
+            }),
         };
         // Sent away before (asking for more of the block, or again after
         // its relay failed): the same relay while it lives; the requester
@@ -565,7 +569,10 @@ mod tests {
         for block in 0..30 {
             let owner = block_owner(&OBJECT, block, &relays).unwrap();
             // Order of the list does not matter.
-            assert_eq!(Some(owner), block_owner(&OBJECT, block, &["c1", "c2", "c3"]));
+            assert_eq!(
+                Some(owner),
+                block_owner(&OBJECT, block, &["c1", "c2", "c3"])
+            );
             *counts.entry(owner).or_insert(0) += 1;
         }
         assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![10; 3]);
@@ -694,15 +701,33 @@ mod tests {
         assert_eq!(ask(&mut desk, "c1", false), Admission::Serve);
         // A second cache makes a crowd: c1 received the block, so it
         // relays; then those who relayed least so far pass it on.
-        assert_eq!(ask(&mut desk, "c4", false), Admission::TryInstead("c1".into()));
-        assert_eq!(ask(&mut desk, "c5", false), Admission::TryInstead("c4".into()));
-        assert_eq!(ask(&mut desk, "c6", false), Admission::TryInstead("c5".into()));
-        assert_eq!(ask(&mut desk, "c7", false), Admission::TryInstead("c6".into()));
-        assert_eq!(ask(&mut desk, "c2", false), Admission::TryInstead("c7".into()));
+        assert_eq!(
+            ask(&mut desk, "c4", false),
+            Admission::TryInstead("c1".into())
+        );
+        assert_eq!(
+            ask(&mut desk, "c5", false),
+            Admission::TryInstead("c4".into())
+        );
+        assert_eq!(
+            ask(&mut desk, "c6", false),
+            Admission::TryInstead("c5".into())
+        );
+        assert_eq!(
+            ask(&mut desk, "c7", false),
+            Admission::TryInstead("c6".into())
+        );
+        assert_eq!(
+            ask(&mut desk, "c2", false),
+            Admission::TryInstead("c7".into())
+        );
         // c4 asks again (more of the block, or its relay failed): its
         // relay again; once that one is gone, another that does not get
         // the block through c4.
-        assert_eq!(ask(&mut desk, "c4", false), Admission::TryInstead("c1".into()));
+        assert_eq!(
+            ask(&mut desk, "c4", false),
+            Admission::TryInstead("c1".into())
+        );
         // As last resort: served, and from then on a direct receiver.
         assert_eq!(ask(&mut desk, "c3", true), Admission::Serve);
         assert_eq!(ask(&mut desk, "c3", false), Admission::Serve);
@@ -724,13 +749,22 @@ mod tests {
             desk.admit(&ask, &LIMITS, 0)
         };
         assert_eq!(ask(&mut desk, "c1", &all), Admission::Serve);
-        assert_eq!(ask(&mut desk, "c2", &all), Admission::TryInstead("c1".into()));
-        assert_eq!(ask(&mut desk, "c3", &all), Admission::TryInstead("c2".into()));
+        assert_eq!(
+            ask(&mut desk, "c2", &all),
+            Admission::TryInstead("c1".into())
+        );
+        assert_eq!(
+            ask(&mut desk, "c3", &all),
+            Admission::TryInstead("c2".into())
+        );
         // c1 dies; c2 asks again: not c3, which gets the block from c2.
         let without_c1 = ["c2", "c3", "c4"];
         assert_eq!(ask(&mut desk, "c2", &without_c1), Admission::Serve);
         // c3 asks again: c2 still relays it.
-        assert_eq!(ask(&mut desk, "c3", &without_c1), Admission::TryInstead("c2".into()));
+        assert_eq!(
+            ask(&mut desk, "c3", &without_c1),
+            Admission::TryInstead("c2".into())
+        );
     }
 
     #[test]
@@ -779,10 +813,16 @@ mod tests {
             ask_for(desk, "x", 1_000, now_ms);
             ask_for(desk, requester, 1, now_ms)
         };
-        assert_eq!(ask(&mut desk, others[0], 0), Admission::TryInstead(owner.into()));
+        assert_eq!(
+            ask(&mut desk, others[0], 0),
+            Admission::TryInstead(owner.into())
+        );
         assert_eq!(ask(&mut desk, owner, 0), Admission::Serve);
         // The next one is sent to whoever relayed least: others[0].
-        assert_eq!(ask(&mut desk, others[1], 0), Admission::TryInstead(others[0].into()));
+        assert_eq!(
+            ask(&mut desk, others[1], 0),
+            Admission::TryInstead(others[0].into())
+        );
         // The owner asking first is served.
         let mut desk = RelayDesk::default();
         assert_eq!(ask(&mut desk, owner, 0), Admission::Serve);

@@ -302,8 +302,7 @@ pub fn simulate(setup: Setup, limits: FillLimits) -> Outcome {
             next_advertise += ADVERTISE_EVERY_S;
         }
         // Readers claim their read-ahead.
-        for r in 0..readers.len() {
-            let reader = &readers[r];
+        for reader in &readers {
             if reader.start_s > now || reader.pos >= setup.pieces {
                 continue;
             }
@@ -396,17 +395,14 @@ pub fn simulate(setup: Setup, limits: FillLimits) -> Outcome {
             world.caches[at].claimed[p as usize] = false;
         }
         world.runs.retain(|r| !r.pieces.is_empty());
-        for k in 0..readers.len() {
-            let reader = &readers[k];
+        for reader in readers.iter_mut() {
             if reader.start_s > now
                 || reader.pos >= setup.pieces
                 || !world.holds(reader.cache, reader.pos)
             {
                 continue;
             }
-            let got = share(&world, reader.cache);
-            let reader = &mut readers[k];
-            reader.progress += got;
+            reader.progress += share(&world, reader.cache);
             if reader.progress >= 1.0 {
                 reader.progress -= 1.0;
                 reader.pos += 1;
@@ -453,7 +449,10 @@ mod tests {
             kill: None,
             seed,
         };
-        simulate(setup, FillLimits::for_piece_size(256 << 10, 4 << 20, 4 << 20, fanout))
+        simulate(
+            setup,
+            FillLimits::for_piece_size(256 << 10, 4 << 20, 4 << 20, fanout),
+        )
     }
 
     #[test]
@@ -506,7 +505,10 @@ mod tests {
         assert!(out.seconds < 600.0, "everyone finished");
         // The lost relay's children wait one stall timeout, then the
         // shield sends them elsewhere; their children may wait once more.
-        assert!(ratio <= 1.2 + 2.0 * STALL_S / out.bound_seconds, "{ratio:.3}x");
+        assert!(
+            ratio <= 1.2 + 2.0 * STALL_S / out.bound_seconds,
+            "{ratio:.3}x"
+        );
         assert_eq!(out.origin_pieces, 256);
     }
 }

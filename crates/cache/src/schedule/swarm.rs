@@ -196,10 +196,7 @@ mod tests {
     fn pieces_a_peer_holds_come_from_the_least_busy_peer() {
         let a = set(10, 0..10);
         let b = set(10, 0..10);
-        let peers = [
-            peer("a", &a, 1, 1),
-            peer("b", &b, 0, 1),
-        ];
+        let peers = [peer("a", &a, 1, 1), peer("b", &b, 0, 1)];
         let step = next_step(10, &|i| i >= 3, &|_| true, 0, &peers, 0, false, 0, LIMITS);
         assert_eq!(
             step,
@@ -265,10 +262,7 @@ mod tests {
     #[test]
     fn a_fatter_peer_carries_more_runs() {
         let all = set(10, 0..10);
-        let peers = [
-            peer("thin", &all, 1, 1),
-            peer("fat", &all, 3, 4),
-        ];
+        let peers = [peer("thin", &all, 1, 1), peer("fat", &all, 3, 4)];
         // 3/4 < 1/1: the fat one is less loaded for its uplink.
         let every = |_| true;
         match next_step(10, &every, &every, 0, &peers, 0, false, 0, LIMITS) {
@@ -335,7 +329,8 @@ mod tests {
                         })
                         .collect();
                     let needed = |i: u32| !held[c].contains(&i) && !taken.contains(&i);
-                    let assigned = |i: u32| c == shield || assigned_to(&id, i, 1, &warmers, &names[c]);
+                    let assigned =
+                        |i: u32| c == shield || assigned_to(&id, i, 1, &warmers, &names[c]);
                     let shield_busy = if c == shield {
                         u32::from(origin_this_round >= origin_upload)
                     } else {
