@@ -92,6 +92,9 @@ pub struct Filler {
     stats: Arc<CacheStats>,
     config: FillConfig,
     inflight: Mutex<HashMap<PieceKey, Slot>>,
+    /// The sibling each piece in flight is streaming from (to refuse a
+    /// request from that very sibling for it: a wait cycle).
+    sources: Mutex<HashMap<PieceKey, String>>,
     /// The mesh, when this cache is part of one.
     mesh: Option<Arc<MeshLink>>,
     /// Runs in flight from each peer (to spread work across holders).
@@ -114,6 +117,9 @@ pub const SHIELD_FANOUT_MAX: u32 = 1;
 /// Times a shield may send one run elsewhere before it is asked as last
 /// resort.
 const REFUSALS_PER_RUN_MAX: u32 = 4;
+/// How long a cache whose shield failed for an object neither uses nor
+/// serves relays for it.
+pub const RELAYS_OFF_MS: u64 = 30_000;
 /// How often the hashes of an unpublished object are asked of its shield.
 const HASH_REFRESH_MS: u64 = 300;
 /// Sources tried for one run before its waiters get the error.
@@ -183,6 +189,7 @@ impl Filler {
             stats,
             config,
             inflight: Mutex::new(HashMap::new()),
+            sources: Mutex::default(),
             mesh,
             peer_load: Mutex::default(),
         })
@@ -406,15 +413,18 @@ impl Filler {
         let mesh = self.mesh.as_ref()?;
         let view = mesh.node.view();
         let key = shoal_mesh::shield_key(&entry.path);
-        let source = match view
-            .shields_above_self(&key)
-            .into_iter()
-            .find(|m| !excluded.contains(&m.node_id) && mesh.usable(&m.node_id))
+        let above = view.shields_above_self(&key);
+        let source = match above
+            .iter()
+            .position(|m| !excluded.contains(&m.node_id) && mesh.usable(&m.node_id))
         {
-            Some(shield) => RunSource::Peer {
-                member: shield.clone(),
+            // A fallback shield (one above it failed) is asked as last
+            // resort: only the path's first shield sends requesters to
+            // relays, so a relay never waits on a cache below it in rank.
+            Some(rank) => RunSource::Peer {
+                member: above[rank].clone(),
                 mode: PeerMode::Fill,
-                last_resort: false,
+                last_resort: rank > 0,
             },
             None => RunSource::Origin,
         };
@@ -484,9 +494,22 @@ impl Filler {
                 Err(RunFailure::Retry(error)) => {
                     try_instead = None;
                     self.stats.peer_errors.fetch_add(1, Ordering::Relaxed);
-                    if let RunSource::Peer { member, .. } = &source {
+                    // A relay whose shield failed gives up: asking the next
+                    // shield could ask the very cache waiting on this relay
+                    // (a cycle). That cache then asks its own shields, in
+                    // rank order, which cannot loop.
+                    if claim.relaying {
+                        tracing::info!(path = %entry.path, %error, "relay fill failed; the requester fetches elsewhere");
+                        fail_all(&mut claim, error);
+                        return;
+                    }
+                    if let RunSource::Peer { member, mode, .. } = &source {
                         tracing::warn!(peer = %member.node_id, path = %entry.path, %error, "peer fetch failed; trying elsewhere");
                         excluded.push(member.node_id.clone());
+                        if *mode == PeerMode::Fill && !entry.relays_off(RELAYS_OFF_MS) {
+                            tracing::info!(path = %entry.path, shield = %member.node_id, "a shield failed: flash-crowd relays given up for this object for a while");
+                            entry.lose_relays();
+                        }
                     }
                     if excluded.len() > PEER_ATTEMPTS_MAX {
                         fail_all(&mut claim, error);
@@ -662,9 +685,20 @@ impl Filler {
             holders: &holders,
             try_instead,
             relaying: claim.relaying,
+            relays_off: entry.relays_off(RELAYS_OFF_MS),
             excluded,
         };
         let choice = crate::schedule::choose_run(&context, &limits);
+        tracing::debug!(
+            node = mesh.self_id(),
+            path = %entry.path,
+            first = first.0,
+            count = choice.count,
+            source = ?choice.source,
+            relaying = claim.relaying,
+            ?excluded,
+            "run scheduled"
+        );
         self.split_claim(entry, claim, choice.count as usize);
         match choice.source {
             crate::schedule::RunSource::Origin => RunSource::Origin,
@@ -698,10 +732,14 @@ impl Filler {
                 },
             },
             crate::schedule::RunSource::Shield { last_resort } => match shield {
-                Some(RunSource::Peer { member, mode, .. }) => RunSource::Peer {
+                Some(RunSource::Peer {
                     member,
                     mode,
-                    last_resort,
+                    last_resort: fallback,
+                }) => RunSource::Peer {
+                    member,
+                    mode,
+                    last_resort: last_resort || fallback,
                 },
                 other => other.unwrap_or(RunSource::Origin),
             },
@@ -790,6 +828,29 @@ impl Filler {
         let _load = match source {
             RunSource::Peer { member, .. } => {
                 Some(PeerLoadGuard::new(self.clone(), &member.node_id))
+            }
+            RunSource::Origin => None,
+        };
+        // While this run streams from a sibling, a request from that
+        // sibling for these pieces would wait on itself.
+        let _sources = match source {
+            RunSource::Peer { member, .. } => {
+                let keys: Vec<PieceKey> = claim
+                    .senders
+                    .iter()
+                    .map(|(index, _)| PieceKey {
+                        object: entry.id,
+                        index: *index,
+                    })
+                    .collect();
+                let mut sources = lock(&self.sources);
+                for key in &keys {
+                    sources.insert(*key, member.node_id.clone());
+                }
+                Some(SourcesGuard {
+                    filler: self.clone(),
+                    keys,
+                })
             }
             RunSource::Origin => None,
         };
@@ -983,6 +1044,28 @@ impl Filler {
         }
     }
 
+    /// Whether some of `pieces` of `object` are in flight here from
+    /// `node` (so `node` must not wait on us for them).
+    pub fn fed_by(
+        &self,
+        object: &shoal_core::ObjectId,
+        pieces: std::ops::RangeInclusive<u32>,
+        node: &str,
+    ) -> bool {
+        let sources = lock(&self.sources);
+        if sources.is_empty() {
+            return false;
+        }
+        pieces.into_iter().any(|index| {
+            sources
+                .get(&PieceKey {
+                    object: *object,
+                    index: PieceIndex(index),
+                })
+                .is_some_and(|source| source == node)
+        })
+    }
+
     /// Hands a verified piece to its waiters and stores it.
     fn deliver(
         self: &Arc<Self>,
@@ -991,6 +1074,10 @@ impl Filler {
         piece: VerifiedPiece,
     ) {
         let (index, sender) = claim.senders.remove(0);
+        lock(&self.sources).remove(&PieceKey {
+            object: entry.id,
+            index,
+        });
         sender.send_replace(Some(Ok(piece.clone())));
         // Writing to disk must not hold up reading the source: the slot
         // stays in flight (waiters already have the piece) until the store
@@ -1057,6 +1144,21 @@ fn peer_failure(entry: &ObjectEntry, mode: PeerMode, error: PeerError) -> RunFai
             RunFailure::Fatal(FillError::VersionChanged)
         }
         _ => RunFailure::Retry(FillError::Peer(error.to_string())),
+    }
+}
+
+/// Forgets the sources of a run's pieces when it ends.
+struct SourcesGuard {
+    filler: Arc<Filler>,
+    keys: Vec<PieceKey>,
+}
+
+impl Drop for SourcesGuard {
+    fn drop(&mut self) {
+        let mut sources = lock(&self.filler.sources);
+        for key in &self.keys {
+            sources.remove(key);
+        }
     }
 }
 

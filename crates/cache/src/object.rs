@@ -150,6 +150,12 @@ pub struct ObjectEntry {
     /// Pieces an earlier version of the path holds with the same hash:
     /// copied from there when needed instead of fetched.
     carried: Mutex<std::collections::HashMap<u32, shoal_store::PieceKey>>,
+    /// When this cache gave up flash-crowd relays for this version (its
+    /// shield failed), ms since the entry was made, plus one; 0: never.
+    relays_lost_at_ms: std::sync::atomic::AtomicU64,
+    /// Bumped when relays are given up: relay responses being served end,
+    /// so no cache keeps waiting on a relay whose shield is gone.
+    relay_epoch: tokio::sync::watch::Sender<u64>,
 }
 
 impl ObjectEntry {
@@ -189,6 +195,8 @@ impl ObjectEntry {
             bad_pieces: Arc::default(),
             created: std::time::Instant::now(),
             carried: Mutex::default(),
+            relays_lost_at_ms: std::sync::atomic::AtomicU64::new(0),
+            relay_epoch: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -295,6 +303,27 @@ impl ObjectEntry {
         self.hashes_asked_at_ms
             .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
+    }
+
+    /// The shield failed while serving this version: stop using and
+    /// serving flash-crowd relays for it (a relay's wait could otherwise
+    /// close a cycle through the fallback shields).
+    pub fn lose_relays(&self) {
+        let now = self.created.elapsed().as_millis() as u64 + 1;
+        self.relays_lost_at_ms.store(now, Ordering::Relaxed);
+        self.relay_epoch.send_modify(|epoch| *epoch += 1);
+    }
+
+    /// Whether relays were given up within the last `for_ms`.
+    pub fn relays_off(&self, for_ms: u64) -> bool {
+        let lost = self.relays_lost_at_ms.load(Ordering::Relaxed);
+        let now = self.created.elapsed().as_millis() as u64 + 1;
+        lost != 0 && now.saturating_sub(lost) < for_ms
+    }
+
+    /// Changes when relays are given up.
+    pub fn relay_epoch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.relay_epoch.subscribe()
     }
 
     pub fn mark_hash_conflict(&self) {

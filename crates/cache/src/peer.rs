@@ -140,6 +140,9 @@ pub enum PeerError {
     /// A shield in a flash crowd sent us to another cache.
     #[error("shield {0} is relaying through {1}")]
     TryInstead(String, String),
+    /// The peer is fetching those pieces from us (508 Loop Detected).
+    #[error("peer {0} is fetching those pieces from us")]
+    Loop(String),
 }
 
 impl PeerError {
@@ -622,6 +625,9 @@ impl MeshLink {
             if let Some(relay) = named {
                 return Err(PeerError::TryInstead(peer, relay.to_string()));
             }
+        }
+        if status == StatusCode::LOOP_DETECTED {
+            return Err(PeerError::Loop(peer));
         }
         if status != StatusCode::PARTIAL_CONTENT && status != StatusCode::OK {
             if status.is_server_error() {

@@ -653,6 +653,21 @@ impl CacheService {
             }
             Err(response) => return response,
         };
+        // Pieces we are fetching from the requester itself: serving them
+        // would wait on the requester (a cycle, after a shield failed).
+        let range_header = request.headers().get(header::RANGE).map(|v| v.as_bytes());
+        if let RangeResolution::Single(span) =
+            select_ranges(range_header, true, entry.layout.object_size())
+        {
+            if let Some(pieces) = entry.layout.pieces_covering(span) {
+                if self.filler.fed_by(&entry.id, pieces, requester) {
+                    return text_response(
+                        StatusCode::LOOP_DETECTED,
+                        "this cache is fetching those pieces from you\n",
+                    );
+                }
+            }
+        }
         if audience == Audience::Peer {
             if let Err(response) = self.admit_fill(&entry, request, requester) {
                 return response;
@@ -684,8 +699,15 @@ impl CacheService {
             .headers()
             .get(crate::peer::LAST_RESORT_HEADER)
             .is_some_and(|v| v.as_bytes() == b"1");
-        if let Some(first) = first {
-            let view = mesh.node.view();
+        let view = mesh.node.view();
+        // Only the path's first shield sends requesters to relays; a cache
+        // asked because the shields above it failed serves (its own fills
+        // go up the ranking, which cannot loop).
+        let first_shield = !view
+            .shields_above_self(&shoal_mesh::shield_key(&entry.path))
+            .iter()
+            .any(|m| mesh.usable(&m.node_id));
+        if let (Some(first), true) = (first, first_shield) {
             let region = view.member(requester).map(|m| m.region.clone());
             // Caches that may relay: healthy, answering, not us; those of
             // the requester's region first.
@@ -724,6 +746,7 @@ impl CacheService {
                 .elapsed()
                 .as_millis() as u64;
             let admission = lock(&self.relays.desk).admit(&ask, &limits, now_ms);
+            tracing::debug!(node = mesh.self_id(), %requester, first = first.0, last_resort, ?admission, "fill request");
             if let crate::schedule::Admission::TryInstead(relay) = admission {
                 self.stats
                     .relay_refusals_sent
@@ -1117,6 +1140,9 @@ impl CacheService {
         let piece_bytes = entry.layout.piece_size().bytes();
         let readahead_pieces = (self.readahead_bytes / piece_bytes).max(1) as u32;
         let want = relay_want(&entry, &segments, audience);
+        // A relay response ends when this cache gives up relays (its
+        // shield failed): the requester then asks its own shields.
+        let mut relay_epoch = (audience == Audience::Relay).then(|| entry.relay_epoch());
         for segment in segments {
             let span = match segment {
                 Segment::Literal(bytes) => {
@@ -1139,7 +1165,18 @@ impl CacheService {
                 }
                 let got = match first.take() {
                     Some(piece) if piece.index() == PieceIndex(index) => Ok(piece),
-                    _ => self.filler.piece_for(&entry, PieceIndex(index), want).await,
+                    _ => {
+                        let fetch = self.filler.piece_for(&entry, PieceIndex(index), want);
+                        match relay_epoch.as_mut() {
+                            Some(epoch) => tokio::select! {
+                                got = fetch => got,
+                                _ = epoch.changed() => Err(FillError::Peer(
+                                    "relays given up: this cache's shield failed".into(),
+                                )),
+                            },
+                            None => fetch.await,
+                        }
+                    }
                 };
                 let got = match got {
                     // The origin moved to another version mid-response:

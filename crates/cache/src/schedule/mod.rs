@@ -200,6 +200,9 @@ pub struct RunContext<'a> {
     pub try_instead: Option<&'a str>,
     /// The run serves another cache's relay request.
     pub relaying: bool,
+    /// This cache gave up relays for the object (its shield failed): no
+    /// relay, and whichever shield is asked must serve.
+    pub relays_off: bool,
     /// Sources that failed for this run.
     pub excluded: &'a [String],
 }
@@ -246,6 +249,12 @@ pub fn choose_run(ctx: &RunContext<'_>, limits: &FillLimits) -> RunChoice {
     };
     // The shield is asked block by block, so a crowd arriving mid-run
     // turns the rest of the run into relays.
+    if ctx.relays_off {
+        return RunChoice {
+            source: RunSource::Shield { last_resort: true },
+            count: block_run(false),
+        };
+    }
     match ctx.try_instead {
         Some(relay)
             if !ctx.relaying
@@ -558,6 +567,7 @@ mod tests {
             holders,
             try_instead,
             relaying,
+            relays_off: false,
             excluded,
         }
     }
@@ -667,6 +677,13 @@ mod tests {
         // Pieces a relay's bytes could not be checked for: the shield.
         let none = |_| false;
         let ctx = context(&[], Some("c2"), false, &[], &none);
+        assert_eq!(
+            choose_run(&ctx, &LIMITS).source,
+            RunSource::Shield { last_resort: true }
+        );
+        // Relays given up (the shield failed): the shield, must serve.
+        let mut ctx = context(&[], Some("c2"), false, &[], &all);
+        ctx.relays_off = true;
         assert_eq!(
             choose_run(&ctx, &LIMITS).source,
             RunSource::Shield { last_resort: true }

@@ -172,6 +172,7 @@ impl World {
                     holders: &holders,
                     try_instead: try_instead.as_deref(),
                     relaying,
+                    relays_off: false,
                     excluded: &excluded,
                 };
                 choose_run(&ctx, &self.limits)
