@@ -491,24 +491,37 @@ impl Filler {
                         relay
                     });
                 }
-                Err(RunFailure::Retry(error)) => {
+                Err(RunFailure::Loop(error)) => {
+                    // The sibling is fetching these pieces from us: someone
+                    // else, without giving up relays.
                     try_instead = None;
-                    self.stats.peer_errors.fetch_add(1, Ordering::Relaxed);
-                    // A relay whose shield failed gives up: asking the next
-                    // shield could ask the very cache waiting on this relay
-                    // (a cycle). That cache then asks its own shields, in
-                    // rank order, which cannot loop.
-                    if claim.relaying {
-                        tracing::info!(path = %entry.path, %error, "relay fill failed; the requester fetches elsewhere");
+                    if let RunSource::Peer { member, .. } = &source {
+                        tracing::debug!(peer = %member.node_id, path = %entry.path, %error, "a sibling fetches these pieces from us; trying elsewhere");
+                        excluded.push(member.node_id.clone());
+                    }
+                    if excluded.len() > PEER_ATTEMPTS_MAX {
                         fail_all(&mut claim, error);
                         return;
                     }
+                }
+                Err(RunFailure::Retry(error)) => {
+                    try_instead = None;
+                    self.stats.peer_errors.fetch_add(1, Ordering::Relaxed);
                     if let RunSource::Peer { member, mode, .. } = &source {
                         tracing::warn!(peer = %member.node_id, path = %entry.path, %error, "peer fetch failed; trying elsewhere");
                         excluded.push(member.node_id.clone());
-                        if *mode == PeerMode::Fill && !entry.relays_off(RELAYS_OFF_MS) {
-                            tracing::info!(path = %entry.path, shield = %member.node_id, "a shield failed: flash-crowd relays given up for this object for a while");
-                            entry.lose_relays();
+                        // A shield failed: the relay responses this cache
+                        // serves end (their requesters ask their own
+                        // shields) and it uses no relay for a while, so no
+                        // wait can close a cycle through a fallback shield.
+                        // A relay's own claim then carries on as an
+                        // ordinary one for the readers waiting on it here.
+                        if *mode == PeerMode::Fill {
+                            if !entry.relays_off(RELAYS_OFF_MS) {
+                                tracing::info!(path = %entry.path, shield = %member.node_id, "a shield failed: flash-crowd relays given up for this object for a while");
+                                entry.lose_relays();
+                            }
+                            claim.relaying = false;
                         }
                     }
                     if excluded.len() > PEER_ATTEMPTS_MAX {
@@ -834,7 +847,7 @@ impl Filler {
         // While this run streams from a sibling, a request from that
         // sibling for these pieces would wait on itself.
         let _sources = match source {
-            RunSource::Peer { member, .. } => {
+            RunSource::Peer { member, mode, .. } if *mode != PeerMode::Have => {
                 let keys: Vec<PieceKey> = claim
                     .senders
                     .iter()
@@ -852,7 +865,7 @@ impl Filler {
                     keys,
                 })
             }
-            RunSource::Origin => None,
+            _ => None,
         };
         let mut body = match source {
             RunSource::Origin => self.open_origin(entry, span).await?,
@@ -956,7 +969,7 @@ impl Filler {
             if matches!(
                 source,
                 RunSource::Peer {
-                    mode: PeerMode::Have,
+                    mode: PeerMode::Have | PeerMode::Relay,
                     ..
                 }
             ) && entry.manifest.is_none()
@@ -1121,6 +1134,8 @@ enum RunSource {
 enum RunFailure {
     /// The shield sent the run to this relay (a flash crowd).
     TryInstead(String),
+    /// The sibling is fetching these pieces from us (508).
+    Loop(FillError),
     /// The source failed; the rest may come from elsewhere.
     Retry(FillError),
     /// Every source would fail the same way (the object changed, the origin
@@ -1130,8 +1145,13 @@ enum RunFailure {
 
 /// Classifies a failed peer request.
 fn peer_failure(entry: &ObjectEntry, mode: PeerMode, error: PeerError) -> RunFailure {
-    if let PeerError::TryInstead(_, relay) = &error {
-        return RunFailure::TryInstead(relay.clone());
+    match &error {
+        // Only a shield (asked in `fill` mode) may send us elsewhere.
+        PeerError::TryInstead(_, relay) if mode == PeerMode::Fill => {
+            return RunFailure::TryInstead(relay.clone())
+        }
+        PeerError::Loop(_) => return RunFailure::Loop(FillError::Peer(error.to_string())),
+        _ => {}
     }
     match (mode, error.status()) {
         // The shield says the object is gone, or holds another version.

@@ -283,7 +283,7 @@ mod tests {
     fn event(id: u64, target: PurgeTarget, soft: bool) -> PurgeEvent {
         PurgeEvent {
             id,
-            at_unix_ms: 1_700_000_000_000 + id,
+            at_unix_ms: 1_700_000_000_000u64.saturating_add(id),
             target,
             soft,
         }

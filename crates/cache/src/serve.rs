@@ -653,6 +653,14 @@ impl CacheService {
             }
             Err(response) => return response,
         };
+        // Relays given up here (our shield failed): the requester asks its
+        // own shields rather than wait on our fallback.
+        if audience == Audience::Relay && entry.relays_off(crate::fill::RELAYS_OFF_MS) {
+            return text_response(
+                StatusCode::LOOP_DETECTED,
+                "this cache gave up relaying this object: its shield failed\n",
+            );
+        }
         // Pieces we are fetching from the requester itself: serving them
         // would wait on the requester (a cycle, after a shield failed).
         let range_header = request.headers().get(header::RANGE).map(|v| v.as_bytes());
@@ -707,7 +715,10 @@ impl CacheService {
             .shields_above_self(&shoal_mesh::shield_key(&entry.path))
             .iter()
             .any(|m| mesh.usable(&m.node_id));
-        if let (Some(first), true) = (first, first_shield) {
+        // Only members of our view are counted by the desk (its state is
+        // bounded by the mesh).
+        let known = view.member(requester).is_some();
+        if let (Some(first), true, true) = (first, first_shield, known) {
             let region = view.member(requester).map(|m| m.region.clone());
             // Caches that may relay: healthy, answering, not us; those of
             // the requester's region first.
@@ -1076,9 +1087,25 @@ impl CacheService {
         // Fetch the first piece before committing to a status, so that an
         // origin failure is reported as such.
         let want = relay_want(&entry, &segments, audience);
+        // A relay response ends when this cache gives up relays (its
+        // shield failed): the requester then asks its own shields.
+        let mut relay_epoch = (audience == Audience::Relay).then(|| entry.relay_epoch());
         let first = match first_piece {
-            Some(index) => match self.filler.piece_for(&entry, index, want).await {
+            Some(index) => match relay_wait(
+                self.filler.piece_for(&entry, index, want),
+                relay_epoch.as_mut(),
+            )
+            .await
+            {
                 Ok(piece) => Some(piece),
+                // A relay given up is not this cache failing: 508 keeps
+                // the requester from suspecting us (it asks its shields).
+                Err(error)
+                    if audience == Audience::Relay
+                        && entry.relays_off(crate::fill::RELAYS_OFF_MS) =>
+                {
+                    return text_response(StatusCode::LOOP_DETECTED, &format!("{error}\n"));
+                }
                 Err(error) => {
                     let status = error.client_status();
                     return text_response(status, &format!("{error}\n"));
@@ -1090,7 +1117,15 @@ impl CacheService {
         let service = self.clone();
         tokio::spawn(async move {
             service
-                .stream_body(entry, segments, first, held_at_start, sender, audience)
+                .stream_body(
+                    entry,
+                    segments,
+                    first,
+                    held_at_start,
+                    sender,
+                    audience,
+                    relay_epoch,
+                )
                 .await
         });
         builder.body(body).unwrap_or_else(|_| internal_error())
@@ -1128,6 +1163,8 @@ impl CacheService {
         held
     }
 
+    // The response's parts, each used once; a struct would only rename them.
+    #[allow(clippy::too_many_arguments)]
     async fn stream_body(
         self: Arc<Self>,
         entry: Arc<ObjectEntry>,
@@ -1136,13 +1173,11 @@ impl CacheService {
         held_at_start: PieceSet,
         sender: shoal_server::BodySender,
         audience: Audience,
+        mut relay_epoch: Option<tokio::sync::watch::Receiver<u64>>,
     ) {
         let piece_bytes = entry.layout.piece_size().bytes();
         let readahead_pieces = (self.readahead_bytes / piece_bytes).max(1) as u32;
         let want = relay_want(&entry, &segments, audience);
-        // A relay response ends when this cache gives up relays (its
-        // shield failed): the requester then asks its own shields.
-        let mut relay_epoch = (audience == Audience::Relay).then(|| entry.relay_epoch());
         for segment in segments {
             let span = match segment {
                 Segment::Literal(bytes) => {
@@ -1166,16 +1201,11 @@ impl CacheService {
                 let got = match first.take() {
                     Some(piece) if piece.index() == PieceIndex(index) => Ok(piece),
                     _ => {
-                        let fetch = self.filler.piece_for(&entry, PieceIndex(index), want);
-                        match relay_epoch.as_mut() {
-                            Some(epoch) => tokio::select! {
-                                got = fetch => got,
-                                _ = epoch.changed() => Err(FillError::Peer(
-                                    "relays given up: this cache's shield failed".into(),
-                                )),
-                            },
-                            None => fetch.await,
-                        }
+                        relay_wait(
+                            self.filler.piece_for(&entry, PieceIndex(index), want),
+                            relay_epoch.as_mut(),
+                        )
+                        .await
                     }
                 };
                 let got = match got {
@@ -1408,6 +1438,23 @@ impl CacheService {
 }
 
 /// 405 for an operator endpoint asked with another method than POST.
+/// Waits for a piece; for a relay response, only until this cache gives up
+/// relays (`epoch` changes).
+async fn relay_wait(
+    fetch: impl std::future::Future<Output = Result<VerifiedPiece, FillError>>,
+    epoch: Option<&mut tokio::sync::watch::Receiver<u64>>,
+) -> Result<VerifiedPiece, FillError> {
+    match epoch {
+        Some(epoch) => tokio::select! {
+            got = fetch => got,
+            _ = epoch.changed() => Err(FillError::Peer(
+                "relays given up: this cache's shield failed".into(),
+            )),
+        },
+        None => fetch.await,
+    }
+}
+
 /// What a response's fills are for: a relay claims only the pieces it was
 /// asked for, and fills them from the shield as last resort.
 fn relay_want(entry: &ObjectEntry, segments: &[Segment], audience: Audience) -> Want {

@@ -367,6 +367,18 @@ fn a_sibling_sending_wrong_bytes_is_refused_and_quarantined() {
 
 #[test]
 fn a_flash_crowd_is_relayed_by_siblings_and_a_relay_dying_costs_no_other_download() {
+    flash_crowd_losing_a_cache(false);
+}
+
+#[test]
+fn the_shield_dying_mid_crowd_costs_no_download_of_another_cache() {
+    flash_crowd_losing_a_cache(true);
+}
+
+/// 5 caches, 2 clients each, a cold object; one cache (the shield, or a
+/// relay) is killed mid-crowd. Every download from another cache must
+/// finish, whole and right.
+fn flash_crowd_losing_a_cache(kill_the_shield: bool) {
     let root = tempfile::tempdir().unwrap();
     let size = 24 * MIB;
     let data = content(size, 41);
@@ -390,7 +402,11 @@ fn a_flash_crowd_is_relayed_by_siblings_and_a_relay_dying_costs_no_other_downloa
     // Caches capped at 100 Mbit/s: the crowd lasts seconds.
     let mut caches = start_mesh(&origin.url, dir.path(), &named, &["--egress-mbps", "100"]);
     let shield = shield_of("/premiere.mp4", &names);
-    let victim = names.iter().find(|n| **n != shield).unwrap().to_string();
+    let victim = if kill_the_shield {
+        shield.clone()
+    } else {
+        names.iter().find(|n| **n != shield).unwrap().to_string()
+    };
     // Two clients on every cache at once.
     let clients: Vec<_> = caches
         .iter()
@@ -418,6 +434,13 @@ fn a_flash_crowd_is_relayed_by_siblings_and_a_relay_dying_costs_no_other_downloa
         assert!(result.body == data, "a client of {name} got wrong bytes");
     }
     let survivors: Vec<Proc> = caches.drain(..).filter(|c| c.name != victim).collect();
+    assert_eq!(total_stat(&survivors, "peer_corrupt_pieces"), 0);
+    if kill_the_shield {
+        // The next shield fetches what the mesh had not received yet.
+        let relayed = total_stat(&survivors, "peer_fetches_relay");
+        eprintln!("{relayed} runs relayed before the shield died");
+        return;
+    }
     let shield_url = &survivors.iter().find(|c| c.name == shield).unwrap().url;
     assert_eq!(
         total_stat(&survivors, "origin_bytes"),

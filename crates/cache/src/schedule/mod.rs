@@ -17,10 +17,12 @@
 //!    on, so the shield sends each piece into the region about once and
 //!    every cache's uplink carries a share of the copies.
 //! 4. The shield as *last resort* (never refused): when the relay failed,
-//!    when the run is itself a relay (chains stay two hops long), or when
-//!    the pieces could not be checked at a relay yet.
+//!    when the run is itself a relay's fill, or when the pieces could not
+//!    be checked at a relay yet. (A relay request can still join a relay's
+//!    own claim that comes from another relay: blocks may pass along a
+//!    chain of caches; the desk keeps the chain free of cycles.)
 //!
-//! The shield side ([`admit_relay`]): a shield feeds one object to at most
+//! The shield side ([`RelayDesk::admit`]): a shield feeds one object to at most
 //! [`FillLimits::shield_fanout_max`] caches at once. Beyond that it sends a
 //! request for a block to the cache that fetched that block from it first,
 //! or, for a block nobody fetched yet, to the block's owner
@@ -354,6 +356,8 @@ pub const RELAY_DESK_MEMORY_MS: u64 = 60_000;
 pub const CROWD_WINDOW_MS: u64 = 5_000;
 /// Askers remembered per object, at most.
 const ASKERS_PER_OBJECT_MAX: usize = 1_024;
+/// Receivers recorded per block, at most.
+const RECEIVERS_PER_BLOCK_MAX: usize = 256;
 
 impl RelayDesk {
     pub fn admit(&mut self, ask: &RelayAsk<'_>, limits: &FillLimits, now_ms: u64) -> Admission {
@@ -361,9 +365,17 @@ impl RelayDesk {
             self.blocks
                 .retain(|_, b| now_ms.saturating_sub(b.last_used_ms) < RELAY_DESK_MEMORY_MS);
             if self.blocks.len() >= RELAY_DESK_BLOCKS_MAX {
-                self.blocks.clear();
+                // Drop the older half (not everything: the parent links of
+                // blocks in use keep relays from forming cycles).
+                let mut ages: Vec<u64> = self.blocks.values().map(|b| b.last_used_ms).collect();
+                ages.sort_unstable();
+                let cutoff = ages[ages.len() / 2];
+                self.blocks.retain(|_, b| b.last_used_ms > cutoff);
             }
-            self.askers.clear();
+            self.askers.retain(|_, askers| {
+                askers.retain(|(_, at)| now_ms.saturating_sub(*at) < CROWD_WINDOW_MS);
+                !askers.is_empty()
+            });
         }
         let others = self.note_asker(ask.object, ask.requester, now_ms);
         let block_index = block_of(ask.first, limits);
@@ -373,6 +385,13 @@ impl RelayDesk {
         }
         block.last_used_ms = now_ms;
         let requester = ask.requester;
+        // A block's receivers are the caches of a mesh; past this many the
+        // desk stops recording (and simply serves).
+        if block.receivers.len() >= RECEIVERS_PER_BLOCK_MAX
+            && !block.receivers.iter().any(|r| r.node == requester)
+        {
+            return Admission::Serve;
+        }
         let serve = |block: &mut BlockReceivers| {
             match block.receivers.iter_mut().find(|r| r.node == requester) {
                 Some(known) => known.direct = true,
@@ -452,9 +471,11 @@ impl RelayDesk {
             .collect();
         // Among the receivers with a free relay slot, one in the
         // requester's region first, then the one that relayed least so far
-        // (every uplink carries a share), the earliest on a tie (it has the
-        // most of the block already). A requester asking again after it was
-        // sent away lost its relay: another one.
+        // (every uplink carries a share), the earliest on a tie. A fresh
+        // receiver has relayed least, so in a crowd a block tends to pass
+        // along a chain of caches, piece by piece (measured and simulated:
+        // this spreads the copies evenly; the earliest-first tree of the
+        // first design overloaded the caches that asked first).
         let load = &self.relay_load;
         let relay = block
             .receivers

@@ -1,6 +1,6 @@
 //! A seeded fluid simulation of a region's caches filling one object at
 //! once, driven by the scheduler's own functions ([`choose_run`],
-//! [`admit_relay`]): flash crowds, a cache dying mid-relay, and the fluid
+//! [`RelayDesk::admit`]): flash crowds, a cache dying mid-relay, and the fluid
 //! bounds they are checked against.
 //!
 //! Model: every node (the origin, the shield = cache 0, the other caches)
