@@ -736,6 +736,17 @@ impl CacheService {
                 .partition(|m| Some(&m.region) == region.as_ref());
             let relays: Vec<&str> = near.iter().map(|m| m.node_id.as_str()).collect();
             let far_relays: Vec<&str> = far.iter().map(|m| m.node_id.as_str()).collect();
+            // Uplinks relative to the thinnest capped one (uncapped: 8).
+            let caps: std::collections::HashMap<&str, u64> = near
+                .iter()
+                .chain(far.iter())
+                .map(|m| (m.node_id.as_str(), m.egress_cap_bps))
+                .collect();
+            let thinnest = caps.values().copied().filter(|c| *c > 0).min().unwrap_or(1);
+            let uplink_weight = |node: &str| match caps.get(node).copied() {
+                Some(0) | None => 8,
+                Some(cap) => (cap / thinnest.max(1)).clamp(1, 8),
+            };
             let limits = crate::schedule::FillLimits::for_piece_size(
                 entry.layout.piece_size().bytes(),
                 crate::fill::RELAY_BLOCK_BYTES,
@@ -749,6 +760,7 @@ impl CacheService {
                 last_resort,
                 relays: &relays,
                 far_relays: &far_relays,
+                uplink_weight: &uplink_weight,
             };
             let now_ms = self
                 .relays

@@ -294,6 +294,9 @@ pub struct RelayAsk<'a> {
     /// is relayed from one (it crosses regions once either way, and the
     /// shield's uplink is spared).
     pub far_relays: &'a [&'a str],
+    /// A cache's uplink relative to the thinnest relay's (≥ 1): a cache
+    /// with twice the uplink is given twice the requesters.
+    pub uplink_weight: &'a dyn Fn(&str) -> u64,
 }
 
 /// The shield's answer.
@@ -483,7 +486,11 @@ impl RelayDesk {
             .zip(eligible)
             .filter(|(_, eligible)| *eligible)
             .map(|(r, _)| r)
-            .min_by_key(|r| (!near(&r.node), load.get(&r.node).copied().unwrap_or(0)));
+            .min_by_key(|r| {
+                let relayed = load.get(&r.node).copied().unwrap_or(0);
+                let weight = (ask.uplink_weight)(&r.node).max(1);
+                (!near(&r.node), relayed.saturating_mul(1024) / weight)
+            });
         if let Some(relay) = relay {
             relay.relays_given += 1;
             let name = relay.node.clone();
@@ -497,7 +504,20 @@ impl RelayDesk {
         } else {
             ask.relays
         };
-        match block_owner(ask.object, block_index, owners) {
+        // Blocks are dealt in proportion to uplinks: a cache with twice the
+        // uplink owns twice the blocks.
+        let weighted: Vec<String> = owners
+            .iter()
+            .flat_map(|node| {
+                let weight = (ask.uplink_weight)(node).clamp(1, 8);
+                (0..weight).map(move |k| format!("{node}\u{0}{k}"))
+            })
+            .collect();
+        let weighted: Vec<&str> = weighted.iter().map(String::as_str).collect();
+        let owner = block_owner(ask.object, block_index, &weighted)
+            .and_then(|slot| slot.split('\u{0}').next())
+            .and_then(|name| owners.iter().copied().find(|o| *o == name));
+        match owner {
             Some(owner) if !anyone_alive && owner != requester => {
                 // The owner fetches the block from us: served when it asks.
                 block.receivers.push(Receiver {
@@ -732,6 +752,7 @@ mod tests {
                 last_resort: last,
                 relays: &relays,
                 far_relays: &[],
+                uplink_weight: &|_| 1,
             };
             desk.admit(&ask, &LIMITS, 1_000)
         };
@@ -783,6 +804,7 @@ mod tests {
                 last_resort: false,
                 relays,
                 far_relays: &[],
+                uplink_weight: &|_| 1,
             };
             desk.admit(&ask, &LIMITS, 0)
         };
@@ -806,6 +828,38 @@ mod tests {
     }
 
     #[test]
+    fn blocks_and_relays_go_to_caches_in_proportion_to_their_uplinks() {
+        let relays = ["fat", "thin"];
+        let weight = |node: &str| if node == "fat" { 3 } else { 1 };
+        let mut desk = RelayDesk::default();
+        let mut owners = std::collections::HashMap::new();
+        for block in 0..40u32 {
+            // "x" makes it a crowd; "asker" is neither relay.
+            for requester in ["x", "asker"] {
+                let ask = RelayAsk {
+                    object: &OBJECT,
+                    first: block * LIMITS.block_pieces,
+                    requester,
+                    last_resort: false,
+                    relays: &relays,
+                    far_relays: &[],
+                    uplink_weight: &weight,
+                };
+                if let Admission::TryInstead(owner) = desk.admit(&ask, &LIMITS, 0) {
+                    if requester == "asker" {
+                        *owners.entry(owner).or_insert(0) += 1;
+                    }
+                }
+            }
+        }
+        // "x" asked first each time and was sent to the owner; "asker" is
+        // then sent to whichever relayed least for its uplink.
+        let fat = owners.get("fat").copied().unwrap_or(0);
+        let thin = owners.get("thin").copied().unwrap_or(0);
+        assert!(fat >= 2 * thin, "fat {fat}, thin {thin}");
+    }
+
+    #[test]
     fn a_block_crosses_into_a_region_from_a_far_receiver_not_the_shield() {
         let east = ["e1", "e2"];
         let west = ["w1", "w2"];
@@ -818,6 +872,7 @@ mod tests {
                 last_resort: false,
                 relays,
                 far_relays: far,
+                uplink_weight: &|_| 1,
             };
             desk.admit(&ask, &LIMITS, 0)
         };
@@ -843,6 +898,7 @@ mod tests {
                 last_resort: false,
                 relays: &relays,
                 far_relays: &[],
+                uplink_weight: &|_| 1,
             };
             desk.admit(&ask, &LIMITS, now_ms)
         };

@@ -198,6 +198,7 @@ impl World {
                         last_resort: *last_resort,
                         relays: &relays,
                         far_relays: &[],
+                        uplink_weight: &|_| 1,
                     };
                     let admission = self.desk.admit(&ask, &self.limits, (now * 1000.0) as u64);
                     if let super::Admission::TryInstead(relay) = admission {
