@@ -77,7 +77,30 @@ pub struct CacheService {
 pub(crate) struct RelayState {
     desk: std::sync::Mutex<crate::schedule::RelayDesk>,
     started: std::sync::OnceLock<std::time::Instant>,
+    /// Bytes of `fill` responses this shield admitted and has not finished
+    /// sending: what its uplink has promised.
+    promised_bytes: std::sync::atomic::AtomicU64,
 }
+
+/// Counts an admitted `fill` response's bytes as promised until its body
+/// is sent (or dropped).
+pub(crate) struct PromisedBytes {
+    service: Arc<CacheService>,
+    bytes: u64,
+}
+
+impl Drop for PromisedBytes {
+    fn drop(&mut self) {
+        self.service
+            .relays
+            .promised_bytes
+            .fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// A shield serves a crowd directly while what it promised to send is
+/// under this many milliseconds of its egress cap.
+const DIRECT_HORIZON_MS: u64 = 500;
 
 /// Who a response is for, for accounting.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -172,7 +195,7 @@ impl CacheService {
             Resolved::PassThrough => return self.pass_through(&path, head_only, &request).await,
         };
         let response = self
-            .serve_entry(entry.clone(), head_only, &request, Audience::Client)
+            .serve_entry(entry.clone(), head_only, &request, Audience::Client, None)
             .await;
         // The first piece showed the version is gone at the origin (it
         // changed there, or stopped matching its manifest): before any
@@ -184,7 +207,7 @@ impl CacheService {
         match self.resolver.resolve(&path).await {
             Ok(Resolved::Cached(now)) if now.id != entry.id => {
                 tracing::info!(path = %path.as_str(), "serving the version the origin has now");
-                self.serve_entry(now, head_only, &request, Audience::Client)
+                self.serve_entry(now, head_only, &request, Audience::Client, None)
                     .await
             }
             Ok(Resolved::PassThrough) => self.pass_through(&path, head_only, &request).await,
@@ -676,12 +699,15 @@ impl CacheService {
                 }
             }
         }
+        let mut promised = None;
         if audience == Audience::Peer {
-            if let Err(response) = self.admit_fill(&entry, request, requester) {
-                return response;
+            match self.admit_fill(&entry, request, requester) {
+                Ok(admitted) => promised = admitted,
+                Err(response) => return response,
             }
         }
-        self.serve_entry(entry, false, request, audience).await
+        self.serve_entry(entry, false, request, audience, promised)
+            .await
     }
 
     /// As shield, during a flash crowd: serve this `fill` request, or send
@@ -689,20 +715,25 @@ impl CacheService {
     /// decides).
     #[allow(clippy::result_large_err)]
     fn admit_fill<B>(
-        &self,
+        self: &Arc<Self>,
         entry: &Arc<ObjectEntry>,
         request: &Request<B>,
         requester: &str,
-    ) -> Result<(), Response<Body>> {
+    ) -> Result<Option<PromisedBytes>, Response<Body>> {
         let Some(mesh) = &self.mesh else {
-            return Ok(());
+            return Ok(None);
         };
         let size = entry.layout.object_size();
         let range_header = request.headers().get(header::RANGE).map(|v| v.as_bytes());
-        let first = match select_ranges(range_header, true, size) {
-            RangeResolution::Single(span) => entry.layout.piece_of(span.start()),
-            _ => None,
+        let (first, span_bytes) = match select_ranges(range_header, true, size) {
+            RangeResolution::Single(span) => (entry.layout.piece_of(span.start()), span.len()),
+            _ => (None, size),
         };
+        let cap_bytes_per_s = self.egress.get().map_or(0, |e| e.bytes_per_s());
+        let promised = self.relays.promised_bytes.load(Ordering::Relaxed);
+        let shield_has_uplink = cap_bytes_per_s > 0
+            && promised.saturating_add(span_bytes)
+                <= cap_bytes_per_s.saturating_mul(DIRECT_HORIZON_MS) / 1000;
         let last_resort = request
             .headers()
             .get(crate::peer::LAST_RESORT_HEADER)
@@ -761,6 +792,7 @@ impl CacheService {
                 relays: &relays,
                 far_relays: &far_relays,
                 uplink_weight: &uplink_weight,
+                shield_has_uplink,
             };
             let now_ms = self
                 .relays
@@ -786,7 +818,13 @@ impl CacheService {
                 return Err(response);
             }
         }
-        Ok(())
+        self.relays
+            .promised_bytes
+            .fetch_add(span_bytes, Ordering::Relaxed);
+        Ok(Some(PromisedBytes {
+            service: self.clone(),
+            bytes: span_bytes,
+        }))
     }
 
     /// Serves a range of `id` only from pieces held here.
@@ -959,6 +997,7 @@ impl CacheService {
         head_only: bool,
         request: &Request<B>,
         audience: Audience,
+        promised: Option<PromisedBytes>,
     ) -> Response<Body> {
         let size = entry.layout.object_size();
         let validators = EntityValidators {
@@ -1138,7 +1177,8 @@ impl CacheService {
                     audience,
                     relay_epoch,
                 )
-                .await
+                .await;
+            drop(promised);
         });
         builder.body(body).unwrap_or_else(|_| internal_error())
     }

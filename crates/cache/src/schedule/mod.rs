@@ -23,7 +23,9 @@
 //!    chain of caches; the desk keeps the chain free of cycles.)
 //!
 //! The shield side ([`RelayDesk::admit`]): a shield feeds one object to at most
-//! [`FillLimits::shield_fanout_max`] caches at once. Beyond that it sends a
+//! [`FillLimits::shield_fanout_max`] caches at once, or more while its uplink
+//! has room (what it promised to send is under half a second of its egress
+//! cap). Beyond that it sends a
 //! request for a block to the cache that fetched that block from it first,
 //! or, for a block nobody fetched yet, to the block's owner
 //! ([`block_owner`], an even deal of blocks over the region's caches);
@@ -297,6 +299,10 @@ pub struct RelayAsk<'a> {
     /// A cache's uplink relative to the thinnest relay's (≥ 1): a cache
     /// with twice the uplink is given twice the requesters.
     pub uplink_weight: &'a dyn Fn(&str) -> u64,
+    /// This shield's uplink can take the request now (what it has
+    /// promised to send directly is under a fraction of a second of its
+    /// cap): served directly, crowd or not.
+    pub shield_has_uplink: bool,
 }
 
 /// The shield's answer.
@@ -414,7 +420,7 @@ impl RelayDesk {
         if ask.last_resort || served_before {
             return serve(block);
         }
-        if others < limits.shield_fanout_max {
+        if others < limits.shield_fanout_max || ask.shield_has_uplink {
             return serve(block);
         }
         let near = |who: &str| ask.relays.contains(&who);
@@ -753,6 +759,7 @@ mod tests {
                 relays: &relays,
                 far_relays: &[],
                 uplink_weight: &|_| 1,
+                shield_has_uplink: false,
             };
             desk.admit(&ask, &LIMITS, 1_000)
         };
@@ -805,6 +812,7 @@ mod tests {
                 relays,
                 far_relays: &[],
                 uplink_weight: &|_| 1,
+                shield_has_uplink: false,
             };
             desk.admit(&ask, &LIMITS, 0)
         };
@@ -844,6 +852,7 @@ mod tests {
                     relays: &relays,
                     far_relays: &[],
                     uplink_weight: &weight,
+                    shield_has_uplink: false,
                 };
                 if let Admission::TryInstead(owner) = desk.admit(&ask, &LIMITS, 0) {
                     if requester == "asker" {
@@ -860,6 +869,28 @@ mod tests {
     }
 
     #[test]
+    fn a_shield_with_uplink_to_spare_serves_a_crowd_itself() {
+        let relays = ["c1", "c2", "c3"];
+        let mut desk = RelayDesk::default();
+        let mut ask = |requester: &str, has_uplink: bool| {
+            let ask = RelayAsk {
+                object: &OBJECT,
+                first: 0,
+                requester,
+                last_resort: false,
+                relays: &relays,
+                far_relays: &[],
+                uplink_weight: &|_| 1,
+                shield_has_uplink: has_uplink,
+            };
+            desk.admit(&ask, &LIMITS, 0)
+        };
+        assert_eq!(ask("c1", false), Admission::Serve);
+        assert_eq!(ask("c2", true), Admission::Serve, "uplink to spare");
+        assert_eq!(ask("c3", false), Admission::TryInstead("c1".into()));
+    }
+
+    #[test]
     fn a_block_crosses_into_a_region_from_a_far_receiver_not_the_shield() {
         let east = ["e1", "e2"];
         let west = ["w1", "w2"];
@@ -873,6 +904,7 @@ mod tests {
                 relays,
                 far_relays: far,
                 uplink_weight: &|_| 1,
+                shield_has_uplink: false,
             };
             desk.admit(&ask, &LIMITS, 0)
         };
@@ -899,6 +931,7 @@ mod tests {
                 relays: &relays,
                 far_relays: &[],
                 uplink_weight: &|_| 1,
+                shield_has_uplink: false,
             };
             desk.admit(&ask, &LIMITS, now_ms)
         };

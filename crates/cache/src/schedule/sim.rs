@@ -199,6 +199,7 @@ impl World {
                         relays: &relays,
                         far_relays: &[],
                         uplink_weight: &|_| 1,
+                        shield_has_uplink: false,
                     };
                     let admission = self.desk.admit(&ask, &self.limits, (now * 1000.0) as u64);
                     if let super::Admission::TryInstead(relay) = admission {
