@@ -384,18 +384,7 @@ fn flash_crowd_losing_a_cache(kill_the_shield: bool) {
     let data = content(size, 41);
     write_file(root.path(), "premiere.mp4", &data);
     publish(root.path());
-    let origin = start_shoal(
-        &[
-            "origin",
-            "--root",
-            root.path().to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--egress-mbps",
-            "200",
-        ],
-        &[],
-    );
+    let origin = start_capped_origin(root.path(), "200");
     let dir = tempfile::tempdir().unwrap();
     let names = ["f1", "f2", "f3", "f4", "f5"];
     let named: Vec<(&str, &str)> = names.iter().map(|n| (*n, "eu")).collect();
@@ -477,18 +466,7 @@ fn killing_the_shield_mid_transfer_fails_no_download_and_the_role_moves() {
     publish(root.path());
     // A slow origin (200 Mbit/s) so the transfer is still running when the
     // shield dies.
-    let origin = start_shoal(
-        &[
-            "origin",
-            "--root",
-            root.path().to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--egress-mbps",
-            "200",
-        ],
-        &[],
-    );
+    let origin = start_capped_origin(root.path(), "200");
     let dir = tempfile::tempdir().unwrap();
     let mut caches = start_mesh(
         &origin.url,

@@ -91,6 +91,23 @@ pub fn start_origin(root: &Path) -> Proc {
     )
 }
 
+/// `shoal origin` serving `root` with its uplink capped at `mbps` Mbit/s
+/// (so a transfer is still running when a test kills something).
+pub fn start_capped_origin(root: &Path, mbps: &str) -> Proc {
+    start_shoal(
+        &[
+            "origin",
+            "--root",
+            root.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--egress-mbps",
+            mbps,
+        ],
+        &[],
+    )
+}
+
 pub fn start_cache(
     origin_url: &str,
     data_dir: &Path,
