@@ -1,20 +1,19 @@
-//! [`Store`]: the two-tier piece store (memory, then disk) with eviction.
+//! [`Store`]: the two-tier piece store (memory, then a [`Medium`]) with
+//! eviction, verify-on-read, write health and one index writer.
 //!
-//! On disk each object version has one sparse data file; piece `i` lives at
-//! offset `i × piece size`. Writing a piece is a `pwrite` into an existing
-//! file (no inode per piece: creating one file per piece made the kernel's
-//! inode allocator the bottleneck of a cold fill), and evicting one punches a
-//! hole, so space is freed at piece granularity.
+//! All index writes go through one thread that drains its queue and
+//! applies everything waiting in one commit: under load, many piece rows
+//! share one fsync, so durability costs little per piece.
 
 use crate::eviction::{EvictionPolicy, PolicyKind};
-use crate::index::{self, WriteOp};
+use crate::medium::{FileMedium, IndexOp, Medium, PieceRow};
 use bytes::Bytes;
 use shoal_core::{ObjectId, PieceHash, PieceIndex, PieceSize, VerifiedPiece};
 use std::collections::BTreeMap;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
+use tokio::sync::oneshot;
 
 /// One piece of one object version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -23,22 +22,19 @@ pub struct PieceKey {
     pub index: PieceIndex,
 }
 
-/// What the index remembers of a stored piece.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct PieceMeta {
-    pub len: u32,
-    pub hash: PieceHash,
-    /// Insertion order, to rebuild the eviction queues after a restart.
-    pub seq: u64,
-    /// Piece size of the object, which places the piece in its file.
-    pub piece_size_log2: u8,
+/// What the writer thread is asked to do.
+enum WriteOp {
+    Index(IndexOp),
+    /// Resolves once everything queued before it is committed.
+    Flush {
+        done: oneshot::Sender<()>,
+    },
 }
 
-impl PieceMeta {
-    fn offset(&self, index: PieceIndex) -> u64 {
-        (index.0 as u64) << self.piece_size_log2
-    }
-}
+/// At most this many queued operations are applied in one commit.
+const BATCH_OPS_MAX: usize = 4096;
+/// How long the writer waits for more operations before committing.
+const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(5);
 
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
@@ -65,7 +61,7 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    fn io(path: &Path, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
         StoreError::Io {
             path: path.to_path_buf(),
             source,
@@ -159,7 +155,7 @@ pub struct StoreStats {
 }
 
 struct Tier {
-    pieces: BTreeMap<PieceKey, PieceMeta>,
+    pieces: BTreeMap<PieceKey, PieceRow>,
     /// Pieces being written right now: their space must not be freed
     /// under them (see `free_space`).
     writing: std::collections::HashSet<PieceKey>,
@@ -181,8 +177,7 @@ struct MemoryTier {
 
 pub struct Store {
     config: StoreConfig,
-    objects_dir: PathBuf,
-    index: Arc<index::Index>,
+    medium: Arc<dyn Medium>,
     /// Whether pieces and index rows can be written now.
     write_health: Arc<WriteHealth>,
     disk: Arc<Mutex<Tier>>,
@@ -195,7 +190,7 @@ pub struct Store {
     stats: StoreStats,
 }
 
-fn object_range(object: &ObjectId) -> std::ops::RangeInclusive<PieceKey> {
+pub(crate) fn object_range(object: &ObjectId) -> std::ops::RangeInclusive<PieceKey> {
     PieceKey {
         object: *object,
         index: PieceIndex(0),
@@ -205,40 +200,28 @@ fn object_range(object: &ObjectId) -> std::ops::RangeInclusive<PieceKey> {
     }
 }
 
-fn data_file_path(objects_dir: &Path, object: &ObjectId) -> PathBuf {
-    let hex = object.to_hex();
-    objects_dir.join(&hex[..2]).join(format!("{hex}.data"))
-}
-
 impl Store {
-    /// Opens (or creates) the store and reconciles the index with the files.
+    /// Opens (or creates) the store in `config.data_dir` — data files and a
+    /// redb index — and reconciles the index with the files.
     pub fn open(config: StoreConfig) -> Result<Arc<Self>, StoreError> {
-        let data_dir = config.data_dir.clone();
-        let objects_dir = data_dir.join("objects");
-        for dir in [&data_dir, &objects_dir] {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
-        }
-        let index = Arc::new(index::Index::open(&data_dir.join("index.redb"))?);
-        let stats = StoreStats::default();
+        let medium = Arc::new(FileMedium::open(&config.data_dir)?);
+        Self::open_on(config, medium)
+    }
 
-        let loaded = index.with(index::load_pieces)?;
+    /// Opens the store on any medium (`config.data_dir` is then unused):
+    /// drops rows whose bytes cannot be there and bytes no row names.
+    pub fn open_on(config: StoreConfig, medium: Arc<dyn Medium>) -> Result<Arc<Self>, StoreError> {
+        let stats = StoreStats::default();
+        let loaded = medium.load_rows()?;
         let mut stale_rows: Vec<Vec<u8>> = loaded.malformed_keys;
         let mut pieces = BTreeMap::new();
-        let mut file_sizes: std::collections::HashMap<ObjectId, Option<u64>> = Default::default();
         for (key, meta) in loaded.good {
-            let size = *file_sizes.entry(key.object).or_insert_with(|| {
-                std::fs::metadata(data_file_path(&objects_dir, &key.object))
-                    .ok()
-                    .filter(|m| m.is_file())
-                    .map(|m| m.len())
-            });
-            // A row whose bytes cannot be in the file is dropped; bytes that
-            // are there but damaged are caught by verify-on-read.
-            match size {
-                Some(len) if meta.offset(key.index) + meta.len as u64 <= len => {
-                    pieces.insert(key, meta);
-                }
-                _ => stale_rows.push(index::piece_key_bytes(&key).to_vec()),
+            // A row whose bytes cannot be there is dropped; bytes that are
+            // there but damaged are caught by verify-on-read.
+            if medium.can_hold(&key, &meta) {
+                pieces.insert(key, meta);
+            } else {
+                stale_rows.push(crate::medium::redb_index::piece_key_bytes(&key).to_vec());
             }
         }
         if !stale_rows.is_empty() {
@@ -246,9 +229,9 @@ impl Store {
                 count = stale_rows.len(),
                 "dropping index rows whose piece data is missing"
             );
-            index.with(|db| index::remove_raw_piece_rows(db, &stale_rows))?;
+            medium.remove_raw_rows(&stale_rows)?;
         }
-        let removed = reconcile_files(&objects_dir, &pieces);
+        let removed = medium.reconcile(&pieces);
         stats
             .recovered_files_removed
             .store(removed, Ordering::Relaxed);
@@ -256,14 +239,14 @@ impl Store {
         // Rebuild eviction state in insertion order; over budget (the budget
         // may have shrunk) evict right away.
         let mut policy = config.policy.build(config.capacity_bytes);
-        let mut ordered: Vec<(&PieceKey, &PieceMeta)> = pieces.iter().collect();
+        let mut ordered: Vec<(&PieceKey, &PieceRow)> = pieces.iter().collect();
         ordered.sort_by_key(|(_, m)| m.seq);
         let mut over_budget = Vec::new();
         for (key, meta) in ordered {
             over_budget.extend(policy.insert_resident(*key, meta.len as u64));
         }
         let next_seq = pieces.values().map(|m| m.seq + 1).max().unwrap_or(0);
-        let over_budget: Vec<(PieceKey, PieceMeta)> = over_budget
+        let over_budget: Vec<(PieceKey, PieceRow)> = over_budget
             .into_iter()
             .filter_map(|key| pieces.remove(&key).map(|meta| (key, meta)))
             .collect();
@@ -277,31 +260,22 @@ impl Store {
         let (sender, receiver) = mpsc::channel();
         let write_health = Arc::new(WriteHealth::default());
         let writer_thread = {
-            let index = index.clone();
+            let medium = medium.clone();
             let disk = disk.clone();
-            let objects_dir = objects_dir.clone();
             let health = write_health.clone();
             std::thread::Builder::new()
                 .name("shoal-index-writer".into())
-                .spawn(move || {
-                    index::writer_loop(
-                        index,
-                        receiver,
-                        |gone| free_space(&objects_dir, &disk, gone),
-                        &health,
-                    )
-                })
-                .map_err(|e| StoreError::io(&data_dir, e))?
+                .spawn(move || writer_loop(&*medium, receiver, &disk, &health))
+                .map_err(|e| StoreError::io(&config.data_dir, e))?
         };
         if !over_budget.is_empty() {
-            let _ = sender.send(WriteOp::RemovePieces {
+            let _ = sender.send(WriteOp::Index(IndexOp::RemovePieces {
                 pieces: over_budget,
-            });
+            }));
         }
         let memory_policy = PolicyKind::Lru.build(config.memory_capacity_bytes);
         Ok(Arc::new(Self {
-            objects_dir,
-            index,
+            medium,
             write_health,
             disk,
             memory: Mutex::new(MemoryTier {
@@ -419,13 +393,10 @@ impl Store {
                 }
             }
         };
-        let path = data_file_path(&self.objects_dir, &key.object);
         let read = {
-            let file_path = path.clone();
+            let medium = self.medium.clone();
             tokio::task::spawn_blocking(move || -> std::io::Result<Result<VerifiedPiece, _>> {
-                let file = std::fs::File::open(&file_path)?;
-                let mut data = vec![0u8; meta.len as usize];
-                file.read_exact_at(&mut data, meta.offset(key.index))?;
+                let data = medium.read_piece(&key.object, meta.offset(key.index), meta.len)?;
                 Ok(VerifiedPiece::verify_against(
                     key.index,
                     meta.hash,
@@ -433,7 +404,9 @@ impl Store {
                 ))
             })
             .await
-            .map_err(|e| StoreError::io(&path, std::io::Error::other(e)))?
+            .map_err(|e| {
+                StoreError::io(&self.medium.location(&key.object), std::io::Error::other(e))
+            })?
         };
         match read {
             Ok(Ok(piece)) => {
@@ -499,17 +472,16 @@ impl Store {
                 return Ok(()); // stored, or being stored by another task
             }
         }
-        let path = data_file_path(&self.objects_dir, &object);
+        let path = self.medium.location(&object);
         let offset = (piece.index().0 as u64) << piece_size.log2();
         let data = piece.data().clone();
         let write = {
-            let file_path = path.clone();
             let store = self.clone();
             tokio::task::spawn_blocking(move || {
                 // One writer at a time: concurrent buffered writes to one
                 // file contend on its inode lock and burn a core spinning.
                 let _writing = lock(&store.data_write_lock);
-                write_at(&file_path, offset, &data)
+                store.medium.write_piece(&object, offset, &data)
             })
             .await
             .map_err(|e| StoreError::io(&path, std::io::Error::other(e)))?
@@ -526,7 +498,7 @@ impl Store {
         let victims = {
             let mut tier = lock(&self.disk);
             tier.writing.remove(&key);
-            let meta = PieceMeta {
+            let meta = PieceRow {
                 len: piece.len() as u32,
                 hash: piece.hash(),
                 seq: tier.next_seq,
@@ -534,14 +506,14 @@ impl Store {
             };
             tier.next_seq += 1;
             tier.pieces.insert(key, meta);
-            let victims: Vec<(PieceKey, PieceMeta)> = tier
+            let victims: Vec<(PieceKey, PieceRow)> = tier
                 .policy
                 .insert(key, len)
                 .into_iter()
                 .filter_map(|victim| tier.pieces.remove(&victim).map(|m| (victim, m)))
                 .collect();
             if !victims.iter().any(|(k, _)| *k == key) {
-                self.send(WriteOp::PutPiece { key, meta })?;
+                self.send(WriteOp::Index(IndexOp::PutPiece { key, row: meta }))?;
             }
             victims
         };
@@ -562,14 +534,14 @@ impl Store {
                 }
             }
             drop(memory);
-            self.send(WriteOp::RemovePieces { pieces: victims })?;
+            self.send(WriteOp::Index(IndexOp::RemovePieces { pieces: victims }))?;
         }
         Ok(())
     }
 
     /// Removes every piece of an object version (new version, purge).
     pub fn remove_object(&self, object: &ObjectId) -> Result<(), StoreError> {
-        let gone: Vec<(PieceKey, PieceMeta)> = {
+        let gone: Vec<(PieceKey, PieceRow)> = {
             let mut tier = lock(&self.disk);
             let keys: Vec<PieceKey> = tier
                 .pieces
@@ -596,11 +568,11 @@ impl Store {
                 memory.policy.remove(&key);
             }
         }
-        self.send(WriteOp::RemoveManifest { id: *object })?;
+        self.send(WriteOp::Index(IndexOp::RemoveManifest { id: *object }))?;
         if gone.is_empty() {
             return Ok(());
         }
-        self.send(WriteOp::RemovePieces { pieces: gone })
+        self.send(WriteOp::Index(IndexOp::RemovePieces { pieces: gone }))
     }
 
     /// Drops a piece whose bytes failed to read or verify — only if the row
@@ -616,41 +588,41 @@ impl Store {
             tier.pieces.remove(&key)
         };
         if let Some(meta) = removed {
-            let _ = self.send(WriteOp::RemovePieces {
+            let _ = self.send(WriteOp::Index(IndexOp::RemovePieces {
                 pieces: vec![(key, meta)],
-            });
+            }));
         }
     }
 
     /// Small per-object records owned by the caller (the cache), by path.
     pub fn get_record(&self, path: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.index.with(|db| index::get_record(db, path))?)
+        self.medium.get_record(path)
     }
 
     /// Every record (for start-up bookkeeping).
     pub fn all_records(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        Ok(self.index.with(index::all_records)?)
+        self.medium.all_records()
     }
 
     pub fn put_record(&self, path: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
-        self.send(WriteOp::PutRecord {
+        self.send(WriteOp::Index(IndexOp::PutRecord {
             path: path.to_string(),
             bytes,
-        })
+        }))
     }
 
     pub fn remove_record(&self, path: &str) -> Result<(), StoreError> {
-        self.send(WriteOp::RemoveRecord {
+        self.send(WriteOp::Index(IndexOp::RemoveRecord {
             path: path.to_string(),
-        })
+        }))
     }
 
     pub fn get_manifest(&self, id: &ObjectId) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.index.with(|db| index::get_manifest(db, id))?)
+        self.medium.get_manifest(id)
     }
 
     pub fn put_manifest(&self, id: ObjectId, bytes: Vec<u8>) -> Result<(), StoreError> {
-        self.send(WriteOp::PutManifest { id, bytes })
+        self.send(WriteOp::Index(IndexOp::PutManifest { id, bytes }))
     }
 
     /// Waits until every write queued so far is committed.
@@ -687,120 +659,80 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn write_at(path: &Path, offset: u64, data: &[u8]) -> std::io::Result<()> {
-    let open = || {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-    };
-    let file = match open() {
-        Ok(file) => file,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)?;
+/// Runs the writer loop until every sender is gone: gathers what arrives
+/// within a short window into one commit, tells `health` whether commits
+/// succeed, and frees the bytes of removed pieces once their rows are
+/// committed away.
+fn writer_loop(
+    medium: &dyn Medium,
+    ops: mpsc::Receiver<WriteOp>,
+    disk: &Mutex<Tier>,
+    health: &WriteHealth,
+) {
+    while let Ok(first) = ops.recv() {
+        let deadline = std::time::Instant::now() + BATCH_WINDOW;
+        let mut waiting = vec![first];
+        while waiting.len() < BATCH_OPS_MAX {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match ops.recv_timeout(left) {
+                Ok(op) => waiting.push(op),
+                Err(_) => break,
             }
-            open()?
         }
-        Err(error) => return Err(error),
-    };
-    file.write_all_at(data, offset)
+        // Flush acks leave the batch first, so a failed commit cannot lose them.
+        let mut flushes = Vec::new();
+        let mut batch = Vec::with_capacity(waiting.len());
+        for op in waiting {
+            match op {
+                WriteOp::Index(op) => batch.push(op),
+                WriteOp::Flush { done } => flushes.push(done),
+            }
+        }
+        match medium.commit(&batch) {
+            Ok(()) => {
+                health.index_ok();
+                let removed: Vec<(PieceKey, PieceRow)> = batch
+                    .into_iter()
+                    .filter_map(|op| match op {
+                        IndexOp::RemovePieces { pieces } => Some(pieces),
+                        _ => None,
+                    })
+                    .flatten()
+                    .collect();
+                if !removed.is_empty() {
+                    free_space(medium, disk, &removed);
+                }
+            }
+            // The in-memory view stays authoritative for this run; space of
+            // rows that could not be removed is reclaimed at the next open.
+            Err(error) => health.index_failed(&error.to_string()),
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+    }
 }
 
-/// Frees the space of pieces whose rows are gone: punches a hole for each,
-/// unless it was stored again or is being written, and deletes an object's
-/// file once none of its pieces is stored or being written. Runs under the
-/// disk lock, so no write can start in between.
-fn free_space(objects_dir: &Path, disk: &Mutex<Tier>, gone: &[(PieceKey, PieceMeta)]) {
+/// Frees the space of pieces whose rows are gone, unless a piece was
+/// stored again or is being written; an object's whole data goes once none
+/// of its pieces is stored or being written. Runs under the disk lock, so
+/// no write can start in between.
+fn free_space(medium: &dyn Medium, disk: &Mutex<Tier>, gone: &[(PieceKey, PieceRow)]) {
     let tier = lock(disk);
     let mut objects: Vec<ObjectId> = gone.iter().map(|(k, _)| k.object).collect();
+    objects.sort_unstable();
     objects.dedup();
     for object in objects {
-        let path = data_file_path(objects_dir, &object);
         if !tier.has_object(&object) {
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                Err(error) => {
-                    tracing::warn!(%error, path = %path.display(), "could not delete a data file")
-                }
-            }
+            medium.free(&object, &[], true);
             continue;
         }
-        let Ok(file) = std::fs::OpenOptions::new().write(true).open(&path) else {
-            continue;
-        };
-        for (key, meta) in gone.iter().filter(|(k, _)| k.object == object) {
-            if !tier.pieces.contains_key(key) && !tier.writing.contains(key) {
-                punch_hole(&file, meta.offset(key.index), meta.len as u64);
-            }
-        }
+        let holes: Vec<(u64, u64)> = gone
+            .iter()
+            .filter(|(k, _)| k.object == object)
+            .filter(|(k, _)| !tier.pieces.contains_key(k) && !tier.writing.contains(k))
+            .map(|(k, row)| (row.offset(k.index), row.len as u64))
+            .collect();
+        medium.free(&object, &holes, false);
     }
-}
-
-fn punch_hole(file: &std::fs::File, offset: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    if len == 0 {
-        return;
-    }
-    // SAFETY: fallocate on a file descriptor we own, with plain integers.
-    let result = unsafe {
-        libc::fallocate(
-            file.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            offset as libc::off_t,
-            len as libc::off_t,
-        )
-    };
-    if result != 0 {
-        // Filesystems without hole punching keep the bytes; the budget
-        // counts indexed pieces, so correctness does not depend on it.
-        tracing::debug!(error = %std::io::Error::last_os_error(), "punching a hole failed");
-    }
-}
-
-/// At start-up: deletes data files no row names, and frees the space of
-/// pieces written before a crash whose rows never committed. Returns the
-/// number of files deleted.
-fn reconcile_files(objects_dir: &Path, pieces: &BTreeMap<PieceKey, PieceMeta>) -> u64 {
-    let mut removed = 0;
-    let Ok(prefixes) = std::fs::read_dir(objects_dir) else {
-        return 0;
-    };
-    for prefix in prefixes.flatten() {
-        let Ok(files) = std::fs::read_dir(prefix.path()) else {
-            continue;
-        };
-        for file in files.flatten() {
-            let id = file
-                .file_name()
-                .to_str()
-                .and_then(|n| n.strip_suffix(".data"))
-                .and_then(ObjectId::from_hex);
-            let rows: Vec<(&PieceKey, &PieceMeta)> = match id {
-                Some(id) => pieces.range(object_range(&id)).collect(),
-                None => Vec::new(),
-            };
-            if rows.is_empty() {
-                if std::fs::remove_file(file.path()).is_ok() {
-                    removed += 1;
-                }
-                continue;
-            }
-            let Ok(handle) = std::fs::OpenOptions::new().write(true).open(file.path()) else {
-                continue;
-            };
-            let mut next_free = 0;
-            for (key, meta) in rows {
-                let start = meta.offset(key.index);
-                if start > next_free {
-                    punch_hole(&handle, next_free, start - next_free);
-                }
-                next_free = start + meta.len as u64;
-            }
-            let _ = handle.set_len(next_free);
-        }
-    }
-    removed
 }
