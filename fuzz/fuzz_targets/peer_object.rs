@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shoal_cache::peer::{decode_manifest, PeerObject};
+use shoal_proto::link::{decode_manifest, PeerObject};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(PeerObject::Cached {

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shoal_cache::purge::{parse_request, PurgeEvent, PurgeTarget, PURGE_TARGET_LEN_MAX_BYTES};
+use shoal_proto::purge::{parse_request, PurgeEvent, PurgeTarget, PURGE_TARGET_LEN_MAX_BYTES};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(query) = std::str::from_utf8(data) else {

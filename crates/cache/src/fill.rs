@@ -926,18 +926,9 @@ impl Filler {
                     }
                     Err(error) => {
                         let error = if from_origin {
-                            FillError::from(error)
+                            FillError::from(OriginError::from(error))
                         } else {
-                            // The shared body reader speaks of "the
-                            // origin"; here it was a sibling.
-                            let why = match &error {
-                                OriginError::Unreachable(why) | OriginError::Protocol(why) => {
-                                    why.clone()
-                                }
-                                OriginError::Timeout(ms) => format!("no data for {ms} ms"),
-                                OriginError::Status(status) => format!("answered {status}"),
-                            };
-                            body_error(why)
+                            body_error(shoal_proto::error_chain(&error))
                         };
                         tracing::warn!(path = %entry.path, %error, "body read failed");
                         return Err(self.body_failure(from_origin, error));

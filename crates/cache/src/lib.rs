@@ -11,7 +11,7 @@ pub mod local_state;
 pub mod object;
 pub mod origin_client;
 pub mod peer;
-pub mod peer_health;
+pub use shoal_proto::peer_health;
 pub mod purge;
 pub mod resolve;
 pub mod schedule;
@@ -456,7 +456,7 @@ async fn join_mesh(
             quarantine_ms: settings.peer_quarantine_ms,
             auth_ttl_max_s: settings.auth_ttl_max_s,
         },
-        stats,
+        stats.peer_counters.clone(),
     )
     .map_err(CacheError::Config)?;
     Ok(Arc::new(link))

@@ -6,69 +6,13 @@
 //! ingesting an object that has no manifest.
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use shoal_core::{
     Manifest, ObjectId, PieceHash, PieceIndex, PieceLayout, PieceSize, VerifiedPiece, VerifyError,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-pub const RECORD_FORMAT: u32 = 1;
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ObjectRecord {
-    pub format: u32,
-    /// Manifest id for published objects; a digest of path and validators
-    /// otherwise.
-    pub id: String,
-    pub size: u64,
-    pub piece_size_log2: u8,
-    pub published: bool,
-    /// The origin's validators, as it sent them.
-    pub origin_etag: Option<String>,
-    pub origin_last_modified: Option<String>,
-    pub content_type: Option<String>,
-    /// The origin's Cache-Control, passed on to clients.
-    pub cache_control: Option<String>,
-    /// Until when the cache may serve without asking the origin.
-    pub fresh_until_unix_s: u64,
-    /// The validators of the published manifest as the origin sent them:
-    /// a republished object can keep the file's validators (same size and
-    /// mtime), so revalidation asks about the manifest too.
-    #[serde(default)]
-    pub manifest_etag: Option<String>,
-    #[serde(default)]
-    pub manifest_last_modified: Option<String>,
-    /// Whether those validators are strong (RFC 9110 §8.8.2.2: sent at
-    /// least a second after the manifest's Last-Modified). A manifest
-    /// rewritten within the second it was fetched in can keep an mtime-
-    /// based ETag (nginx's), so until then it is fetched whole.
-    #[serde(default)]
-    pub manifest_validators_strong: bool,
-    /// Whether the origin's validators were strong when the shield saw
-    /// them (its `Date` a second or more after `Last-Modified`).
-    #[serde(default)]
-    pub origin_validators_strong: bool,
-}
-
-/// The ETag every cache of a mesh (and its selectors) sends for this
-/// version, so a client can revalidate anywhere, the origin included:
-/// the origin's own ETag when it is strong (not `W/`) and was at least a
-/// second older than the origin's `Date` when the shield saw it (RFC 9110
-/// §8.8.2.2: an mtime-based tag, like nginx's, can otherwise name two
-/// contents written within one second); else `"<first 32 hex digits of
-/// the object id>"`. Caches adopt their shield's record, so they agree.
-pub fn served_etag(record: &ObjectRecord) -> String {
-    match &record.origin_etag {
-        Some(etag)
-            if !etag.starts_with("W/")
-                && (record.origin_validators_strong || record.origin_last_modified.is_none()) =>
-        {
-            etag.clone()
-        }
-        _ => format!("\"{}\"", &record.id[..32.min(record.id.len())]),
-    }
-}
+pub use shoal_proto::record::{served_etag, ObjectRecord, RECORD_FORMAT};
 
 /// The id of an object without a manifest: stable for the same validators.
 pub fn unpublished_id(

@@ -8,6 +8,8 @@
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use shoal_core::ByteSpan;
+pub use shoal_proto::body::{check_range_response, BodyError, RangeBody, RangeError};
+use shoal_proto::error_chain;
 use std::time::Duration;
 
 #[derive(Clone, Debug)]
@@ -32,6 +34,24 @@ pub enum OriginError {
     Status(StatusCode),
     #[error("origin response is unusable: {0}")]
     Protocol(String),
+}
+
+impl From<BodyError> for OriginError {
+    fn from(error: BodyError) -> Self {
+        match error {
+            BodyError::Stalled(ms) => OriginError::Timeout(ms),
+            read @ BodyError::Read(_) => OriginError::Unreachable(error_chain(&read)),
+        }
+    }
+}
+
+impl From<RangeError> for OriginError {
+    fn from(error: RangeError) -> Self {
+        match error {
+            RangeError::Status(status) => OriginError::Status(status),
+            RangeError::Mismatch(why) => OriginError::Protocol(why),
+        }
+    }
 }
 
 impl OriginError {
@@ -66,35 +86,6 @@ pub enum SmallDocument {
     /// 304: the validators we sent still match.
     NotModified,
     Found(Bytes, HeaderMap),
-}
-
-/// A streaming range response whose status and Content-Range were checked.
-pub struct RangeBody {
-    response: reqwest::Response,
-    read_timeout: Duration,
-    pub headers: HeaderMap,
-}
-
-impl RangeBody {
-    pub fn new(response: reqwest::Response, read_timeout: Duration) -> Self {
-        let headers = response.headers().clone();
-        Self {
-            response,
-            read_timeout,
-            headers,
-        }
-    }
-
-    /// The next chunk of the body; `Ok(None)` at the end.
-    pub async fn chunk(&mut self) -> Result<Option<Bytes>, OriginError> {
-        match tokio::time::timeout(self.read_timeout, self.response.chunk()).await {
-            Ok(Ok(chunk)) => Ok(chunk),
-            Ok(Err(error)) => Err(OriginError::Unreachable(format!(
-                "body read failed: {error}"
-            ))),
-            Err(_) => Err(OriginError::Timeout(self.read_timeout.as_millis() as u64)),
-        }
-    }
 }
 
 impl OriginClient {
@@ -199,11 +190,7 @@ impl OriginClient {
                 )));
             }
         }
-        let mut body = RangeBody {
-            response,
-            read_timeout: self.read_timeout(),
-            headers: headers.clone(),
-        };
+        let mut body = RangeBody::new(response, self.read_timeout());
         let mut out = Vec::new();
         while let Some(chunk) = body.chunk().await? {
             if out.len() as u64 + chunk.len() as u64 > limit {
@@ -238,7 +225,12 @@ impl OriginClient {
             // a range of the object.
             .header(http::header::ACCEPT_ENCODING, "identity");
         let response = self.send(request).await?;
-        check_range_response(response, span, object_size, self.read_timeout())
+        Ok(check_range_response(
+            response,
+            span,
+            object_size,
+            self.read_timeout(),
+        )?)
     }
 
     /// Passes a request straight through (for responses that may not be
@@ -262,76 +254,13 @@ impl OriginClient {
         let headers = response.headers().clone();
         Ok((
             status,
-            headers.clone(),
-            RangeBody {
-                response,
-                read_timeout: self.read_timeout(),
-                headers,
-            },
+            headers,
+            RangeBody::new(response, self.read_timeout()),
         ))
     }
 }
 
-/// Checks that a response really is `span` of an object of `object_size`
-/// bytes (206 with the matching Content-Range, or 200 with everything when
-/// everything was asked for) and wraps its body.
-pub fn check_range_response(
-    response: reqwest::Response,
-    span: ByteSpan,
-    object_size: u64,
-    read_timeout: Duration,
-) -> Result<RangeBody, OriginError> {
-    let Some(last) = span.last() else {
-        return Err(OriginError::Protocol("empty range requested".into()));
-    };
-    let status = response.status();
-    let headers = response.headers().clone();
-    match status {
-        StatusCode::PARTIAL_CONTENT => {
-            let value = headers
-                .get(http::header::CONTENT_RANGE)
-                .and_then(|v| v.to_str().ok())
-                .ok_or_else(|| OriginError::Protocol("206 without Content-Range".into()))?;
-            let parsed = shoal_http::content_range::parse_content_range(value.as_bytes())
-                .map_err(|e| OriginError::Protocol(format!("bad Content-Range `{value}`: {e}")))?;
-            let shoal_http::content_range::ContentRangeHeader::Range(range) = parsed else {
-                return Err(OriginError::Protocol(format!(
-                    "206 with unsatisfied Content-Range `{value}`"
-                )));
-            };
-            if range.span() != span || range.complete_length() != object_size {
-                return Err(OriginError::Protocol(format!(
-                    "asked for bytes {}-{}/{object_size}, got `{value}` (object changed?)",
-                    span.start(),
-                    last
-                )));
-            }
-        }
-        // An origin without range support sends everything: usable only
-        // when we wanted the whole object anyway.
-        StatusCode::OK if span.start() == 0 && span.end() == object_size => {
-            if content_length(&headers)? != object_size {
-                return Err(OriginError::Protocol("object size changed".into()));
-            }
-        }
-        StatusCode::OK => {
-            return Err(OriginError::Protocol(
-                "origin ignored the Range header".into(),
-            ))
-        }
-        other => return Err(OriginError::Status(other)),
-    }
-    Ok(RangeBody {
-        response,
-        read_timeout,
-        headers,
-    })
-}
-
 fn content_length(headers: &HeaderMap) -> Result<u64, OriginError> {
-    headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
+    shoal_proto::body::content_length(headers)
         .ok_or_else(|| OriginError::Protocol("origin did not report Content-Length".into()))
 }

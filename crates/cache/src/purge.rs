@@ -23,143 +23,18 @@ use serde::{Deserialize, Serialize};
 use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 
+pub use shoal_proto::purge::{
+    parse_request, PurgeEvent, PurgeParseError, PurgeTarget, PurgesSince,
+    PURGE_TARGET_LEN_MAX_BYTES,
+};
 /// `POST /_shoal/purge?path=/p` or `?prefix=/dir/` (`&soft=1`), from
 /// shoal-proto.
 pub use shoal_proto::PURGE_PATH;
 /// Events kept in a cache's log (oldest dropped first).
 pub const PURGE_LOG_EVENTS_MAX: usize = 10_000;
-/// Longest path or prefix a purge may name.
-pub const PURGE_TARGET_LEN_MAX_BYTES: usize = 4_096;
 /// A cache catching up asks for events from this long before the newest
 /// it knows (clocks of the caches that made them may differ).
 pub const CATCH_UP_SLACK_MS: u64 = 600_000;
-
-/// What a purge drops.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PurgeTarget {
-    /// One path (decoded, as the cache keys it).
-    Path(String),
-    /// Every path that starts with this (decoded).
-    Prefix(String),
-}
-
-impl PurgeTarget {
-    pub fn matches(&self, path: &str) -> bool {
-        match self {
-            PurgeTarget::Path(p) => p == path,
-            PurgeTarget::Prefix(prefix) => path.starts_with(prefix.as_str()),
-        }
-    }
-}
-
-/// One purge, as every cache applies and logs it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PurgeEvent {
-    /// Random; names the event across the mesh.
-    pub id: u64,
-    /// When the first cache accepted it (its clock), ms since the epoch.
-    pub at_unix_ms: u64,
-    pub target: PurgeTarget,
-    /// Mark stale (revalidate) instead of dropping.
-    pub soft: bool,
-}
-
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum PurgeParseError {
-    #[error("name exactly one of `path` or `prefix`")]
-    NoTarget,
-    #[error("`{0}` must start with `/`, hold no control character and be at most {PURGE_TARGET_LEN_MAX_BYTES} bytes")]
-    BadTarget(&'static str),
-    #[error("bad `path`: {0}")]
-    BadPath(String),
-    #[error("`{0}` is not a valid {1}")]
-    BadNumber(&'static str, &'static str),
-    #[error("unknown parameter `{0}`")]
-    Unknown(String),
-}
-
-/// The operator's request: `path=` or `prefix=` (percent-encoded), `soft=1`.
-pub fn parse_request(query: &str) -> Result<(PurgeTarget, bool), PurgeParseError> {
-    let mut target = None;
-    let mut soft = false;
-    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
-        match name.as_ref() {
-            "path" | "prefix" if target.is_some() => return Err(PurgeParseError::NoTarget),
-            "path" => {
-                let path = shoal_http::path::RequestPath::parse(&value)
-                    .map_err(|e| PurgeParseError::BadPath(e.to_string()))?;
-                target = Some(PurgeTarget::Path(path.as_str().to_string()));
-            }
-            "prefix" => {
-                let ok = value.starts_with('/')
-                    && value.len() <= PURGE_TARGET_LEN_MAX_BYTES
-                    && !value.chars().any(char::is_control);
-                if !ok {
-                    return Err(PurgeParseError::BadTarget("prefix"));
-                }
-                target = Some(PurgeTarget::Prefix(value.into_owned()));
-            }
-            "soft" => soft = value == "1" || value == "true",
-            // Signed-request bookkeeping, not ours.
-            "to" => {}
-            other => return Err(PurgeParseError::Unknown(other.chars().take(64).collect())),
-        }
-    }
-    Ok((target.ok_or(PurgeParseError::NoTarget)?, soft))
-}
-
-impl PurgeEvent {
-    /// The query a cache passes an event on with (`/_shoal/peer/purge?…`).
-    pub fn to_query(&self) -> String {
-        let mut query = form_urlencoded::Serializer::new(String::new());
-        query.append_pair("id", &format!("{:016x}", self.id));
-        query.append_pair("at", &self.at_unix_ms.to_string());
-        match &self.target {
-            PurgeTarget::Path(p) => query.append_pair("path", p),
-            PurgeTarget::Prefix(p) => query.append_pair("prefix", p),
-        };
-        if self.soft {
-            query.append_pair("soft", "1");
-        }
-        query.finish()
-    }
-
-    /// Parses [`Self::to_query`]'s form (from a peer: signed, but checked
-    /// like anything else that crosses the network).
-    pub fn from_query(query: &str) -> Result<Self, PurgeParseError> {
-        let mut id = None;
-        let mut at = None;
-        let mut rest = form_urlencoded::Serializer::new(String::new());
-        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
-            match name.as_ref() {
-                "id" => {
-                    id = Some(
-                        u64::from_str_radix(&value, 16)
-                            .map_err(|_| PurgeParseError::BadNumber("id", "16-digit hex id"))?,
-                    )
-                }
-                "at" => {
-                    at = Some(
-                        value
-                            .parse::<u64>()
-                            .map_err(|_| PurgeParseError::BadNumber("at", "time in ms"))?,
-                    )
-                }
-                _ => {
-                    rest.append_pair(&name, &value);
-                }
-            }
-        }
-        let (target, soft) = parse_request(&rest.finish())?;
-        Ok(Self {
-            id: id.ok_or(PurgeParseError::BadNumber("id", "16-digit hex id"))?,
-            at_unix_ms: at.ok_or(PurgeParseError::BadNumber("at", "time in ms"))?,
-            target,
-            soft,
-        })
-    }
-}
 
 /// The events a cache has applied, oldest first, bounded.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -265,15 +140,6 @@ impl PurgeLog {
 
 fn log_file(data_dir: &Path) -> PathBuf {
     data_dir.join("purges.json")
-}
-
-/// Answer to `/_shoal/peer/purges?since=MS`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PurgesSince {
-    pub events: Vec<PurgeEvent>,
-    /// Set when the answering cache dropped events older than this: a
-    /// cache that knew nothing that recent may have missed some.
-    pub trimmed_before_ms: Option<u64>,
 }
 
 #[cfg(test)]

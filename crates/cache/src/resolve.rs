@@ -19,7 +19,7 @@ use shoal_store::{PieceKey, Store};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 /// What to do with a request for a path.
 pub enum Resolved {
@@ -83,12 +83,7 @@ const RETIRED_VERSIONS_MAX: usize = 1_024;
 /// Paths whose last pin re-check time is remembered.
 const PIN_RECHECKS_TRACKED_MAX: usize = 4_096;
 
-pub fn now_unix_s() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub use shoal_core::now_unix_s;
 
 impl Resolver {
     pub fn new(

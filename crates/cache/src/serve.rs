@@ -1450,15 +1450,14 @@ impl CacheService {
                 })
                 .collect(),
         };
-        let complete = hashes_hex.iter().all(|h| !h.is_empty());
-        let answer = serde_json::json!({
-            "id": entry.id.to_hex(),
-            "size": entry.layout.object_size(),
-            "piece_size_log2": entry.layout.piece_size().log2(),
-            "published": entry.manifest.is_some(),
-            "complete": complete,
-            "hashes_hex": hashes_hex,
-        });
+        let answer = shoal_proto::HashList {
+            id: entry.id.to_hex(),
+            size: entry.layout.object_size(),
+            piece_size_log2: entry.layout.piece_size().log2(),
+            published: entry.manifest.is_some(),
+            complete: hashes_hex.iter().all(|h| !h.is_empty()),
+            hashes_hex,
+        };
         compact_json_response(&answer)
     }
 

@@ -42,8 +42,9 @@ pub struct CacheStats {
     /// Failed exchanges with siblings (each retried elsewhere).
     pub peer_errors: AtomicU64,
     /// Pieces from siblings that failed verification (never stored).
-    pub peer_corrupt_pieces: AtomicU64,
-    pub peers_quarantined: AtomicU64,
+    /// Pieces from peers that failed verification, and quarantines for
+    /// them (counted by the mesh link).
+    pub peer_counters: std::sync::Arc<shoal_proto::link::PeerCounters>,
     /// Inter-cache requests refused for a missing or bad token.
     pub auth_failures: AtomicU64,
     /// Requests pinned to a version this cache could not serve (409).
@@ -134,8 +135,8 @@ impl CacheStats {
             relay_redirects: get(&self.relay_redirects),
             relay_refusals_sent: get(&self.relay_refusals_sent),
             peer_errors: get(&self.peer_errors),
-            peer_corrupt_pieces: get(&self.peer_corrupt_pieces),
-            peers_quarantined: get(&self.peers_quarantined),
+            peer_corrupt_pieces: get(&self.peer_counters.corrupt_pieces),
+            peers_quarantined: get(&self.peer_counters.quarantines),
             auth_failures: get(&self.auth_failures),
             pin_refusals: get(&self.pin_refusals),
             versions_replaced: get(&self.versions_replaced),

@@ -10,7 +10,6 @@
 //! match it).
 
 use crate::GetError;
-use serde::Deserialize;
 use shoal_core::{Manifest, ObjectId};
 use shoal_http::path::RequestPath;
 use std::time::Duration;
@@ -134,44 +133,6 @@ pub struct Plan {
     pub object_size: Option<u64>,
 }
 
-#[derive(Deserialize)]
-struct PlanJson {
-    #[serde(default)]
-    sources: Vec<SourceJson>,
-    #[serde(default)]
-    standby: Vec<StandbyJson>,
-    #[serde(default)]
-    survives_one_loss: bool,
-    committed_mbps: Option<f64>,
-    #[serde(default)]
-    object: ObjectJson,
-}
-
-#[derive(Deserialize)]
-struct SourceJson {
-    node: String,
-    url: String,
-    share: f64,
-    #[serde(default)]
-    mbps: f64,
-    #[serde(default)]
-    standby_mbps: f64,
-}
-
-#[derive(Deserialize)]
-struct StandbyJson {
-    node: String,
-    url: String,
-    #[serde(default)]
-    mbps: f64,
-}
-
-#[derive(Deserialize, Default)]
-struct ObjectJson {
-    id: Option<String>,
-    size_bytes: Option<u64>,
-}
-
 /// A rate from a plan, Mbit/s: anything but a sane number is "not said".
 fn rate(mbps: f64) -> f64 {
     if mbps.is_finite() && (0.0..=1e6).contains(&mbps) {
@@ -199,7 +160,8 @@ pub fn parse_plan(body: &[u8], path: &RequestPath) -> Result<Plan, String> {
     if body.len() > PLAN_BYTES_MAX {
         return Err(format!("plan larger than {PLAN_BYTES_MAX} bytes"));
     }
-    let json: PlanJson = serde_json::from_slice(body).map_err(|e| format!("plan: {e}"))?;
+    let json: shoal_proto::plan::Decision =
+        serde_json::from_slice(body).map_err(|e| format!("plan: {e}"))?;
     let mut sources = Vec::new();
     for source in json.sources.into_iter().take(PLAN_SOURCES_MAX) {
         let url = planned_url(&source.node, &source.url, path, "source")?;
@@ -235,8 +197,7 @@ pub fn parse_plan(body: &[u8], path: &RequestPath) -> Result<Plan, String> {
         sources,
         standby,
         survives_one_loss: json.survives_one_loss,
-        committed_mbps: json
-            .committed_mbps
+        committed_mbps: Some(json.committed_mbps)
             .filter(|m| m.is_finite() && *m > 0.0 && *m <= 1e6),
         object_id,
         object_size: json.object.size_bytes,

@@ -54,14 +54,7 @@ struct Learnt {
     uri_path: String,
 }
 
-/// The `/_shoal/hashes/<path>` answer, parsed.
-#[derive(serde::Deserialize)]
-pub struct HashList {
-    pub id: String,
-    pub size: u64,
-    pub piece_size_log2: u8,
-    pub hashes_hex: Vec<String>,
-}
+pub use shoal_proto::HashList;
 
 fn parse_hashes(list: &HashList, count: u32) -> Result<Vec<Option<PieceHash>>, String> {
     if list.hashes_hex.len() != count as usize {
@@ -296,6 +289,8 @@ mod tests {
             size: 3 << 18,
             piece_size_log2: 18,
             hashes_hex: hashes,
+            published: false,
+            complete: false,
         }
     }
 

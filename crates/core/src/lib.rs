@@ -21,3 +21,12 @@ pub use rate::TokenBucket;
 pub use span::ByteSpan;
 pub use units::{ByteSize, ByteSizeError};
 pub use verified::{PieceLengthError, VerifiedPiece};
+
+/// Seconds since the Unix epoch on this machine's wall clock (0 if the
+/// clock is before 1970): for token lifetimes and freshness, never for
+/// measuring intervals.
+pub fn now_unix_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -35,12 +35,7 @@ pub const CLOCK_SKEW_MAX_S: u64 = 30;
 /// How long the codec socket may take to hand back what we gave it.
 const CODEC_TIMEOUT_MS: u64 = 1_000;
 
-fn now_unix_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+use shoal_core::now_unix_s;
 
 /// The gossip MAC key for a cluster secret (a different derivation context
 /// from the request-token key).

@@ -1,8 +1,34 @@
-//! shoal-proto: the names every role uses on the wire, defined once, so a
-//! cache, a selector and a client cannot drift apart (the client used to
-//! keep its own copies). Only names live here, no I/O and no types that
-//! need other crates; the JSON bodies and the signed peer client are to
-//! follow (issue 12, item 3).
+//! shoal-proto: what crosses the wire between shoal's roles, defined once
+//! so a cache, a selector and a client cannot drift apart: the endpoint
+//! paths and header names (here), the JSON bodies ([`record`], [`purge`],
+//! [`link::PeerObject`], [`plan::Decision`], [`HashList`]), the signed peer client ([`link::MeshLink`]) with
+//! its pure peer-health machine ([`peer_health`]), and the checked body
+//! reader both origin and peer fetches use ([`body`]). The selector and
+//! the client depend on this crate, not on `shoal-cache`.
+
+pub mod body;
+pub mod link;
+pub mod peer_health;
+pub mod plan;
+pub mod purge;
+pub mod record;
+
+/// An error and its causes, outermost first, joined with `: ` — for logs
+/// and for the text of an error that crosses a role boundary.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let next = inner.to_string();
+        // Some errors repeat their cause in their own message.
+        if !text.ends_with(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        cause = inner.source();
+    }
+    text
+}
 
 /// Prefix of a cache's own endpoints; objects under it are not served.
 pub const INTERNAL_PREFIX: &str = "/_shoal/";
@@ -72,3 +98,20 @@ pub const MANIFEST_KIND_HEADER: &str = "x-shoal-manifest";
 /// request is refused with 409. Every URL a selector hands out carries it,
 /// so a client blending several caches can never stitch two versions.
 pub const PIN_PARAM: &str = "shoal-object";
+
+/// The `/_shoal/hashes/<path>` answer: the piece hashes a cache knows of
+/// the object at `<path>`, `""` where unknown.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HashList {
+    /// Hex object id.
+    pub id: String,
+    pub size: u64,
+    pub piece_size_log2: u8,
+    pub hashes_hex: Vec<String>,
+    /// Whether the hashes are a published manifest's.
+    #[serde(default)]
+    pub published: bool,
+    /// Whether every hash is known.
+    #[serde(default)]
+    pub complete: bool,
+}

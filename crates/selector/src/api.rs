@@ -24,9 +24,9 @@ use crate::services::ServiceTable;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use serde::Serialize;
-use shoal_cache::peer::{MeshLink, PeerSettings};
 use shoal_http::path::RequestPath;
 use shoal_mesh::{shield_key, MeshConfig, MeshNode, MeshRole, ObserverState};
+use shoal_proto::link::{MeshLink, PeerSettings};
 use shoal_select::zones::{Reach, Zones};
 use shoal_server::{Body, ConnInfo, ServerLimits};
 use std::collections::HashMap;
@@ -232,7 +232,7 @@ impl BoundSelector {
                 shield_read_timeout_ms: config.lookup_timeout_ms,
                 corrupt_pieces_max: 3,
                 quarantine_ms: 60_000,
-                auth_ttl_max_s: shoal_cache::peer::AUTH_TTL_MIN_S,
+                auth_ttl_max_s: shoal_proto::link::AUTH_TTL_MIN_S,
             },
             Arc::default(),
         )

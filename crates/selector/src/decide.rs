@@ -22,25 +22,15 @@
 //!   standby planned there lately limits only other plans' standby.
 
 use crate::config::DeliveryService;
-use serde::Serialize;
 use shoal_core::ObjectId;
 use shoal_mesh::{Health, Member};
+pub use shoal_proto::plan::{Decision, LeftOut, ObjectFacts, Source, StandbySource};
 use shoal_select::zones::Reach;
 use shoal_select::{plan, Candidate, Plan, Request, SelectError};
 use std::collections::HashMap;
 
 /// Most caches a client may exclude in one request.
 pub const EXCLUDE_MAX: usize = 64;
-
-/// What is known of the object behind the path.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct ObjectFacts {
-    /// Hex id (manifest id or the shield's id of an unpublished object).
-    pub id: Option<String>,
-    pub size_bytes: Option<u64>,
-    /// False when the origin forbids caching (caches pass it through).
-    pub cacheable: bool,
-}
 
 /// Knobs of the decision that come from the selector's configuration.
 #[derive(Clone, Debug)]
@@ -78,86 +68,6 @@ pub struct Inputs<'a> {
     /// lately (HTTP down, gossip up): left out.
     pub unresponsive: &'a [String],
     pub settings: &'a PlanSettings,
-}
-
-/// One chosen cache.
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct Source {
-    pub node: String,
-    /// The full URL of the object on that cache.
-    pub url: String,
-    /// Fraction of the planned rate this source carries.
-    pub share: f64,
-    pub mbps: f64,
-    /// More it holds ready should another source fail, Mbit/s.
-    pub standby_mbps: f64,
-    pub region: String,
-    /// Its price per GB for this request (egress + fill + transit +
-    /// latency penalty).
-    pub usd_per_gb: f64,
-    /// Share of the object it already holds.
-    pub held: f64,
-    pub why: String,
-}
-
-/// A cache held in reserve: a client brings it on stream when a source
-/// fails, before asking for a new plan. Not billed unless used.
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct StandbySource {
-    pub node: String,
-    pub url: String,
-    pub mbps: f64,
-    pub region: String,
-    pub usd_per_gb: f64,
-    pub held: f64,
-    pub why: String,
-}
-
-/// A cache that was not considered, and why.
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct LeftOut {
-    pub node: String,
-    pub why: String,
-}
-
-/// The answer to "where should this client get this object?".
-#[derive(Clone, Debug, Serialize)]
-pub struct Decision {
-    pub service: String,
-    pub zone: String,
-    pub object: ObjectFacts,
-    pub committed_mbps: f64,
-    pub target_mbps: f64,
-    /// What the chosen sources can carry together.
-    pub predicted_mbps: f64,
-    pub shortfall_mbps: f64,
-    pub bitrate_met: bool,
-    pub survives_one_loss: bool,
-    /// Standby held in all (sources' and standby caches'), Mbit/s.
-    pub standby_mbps: f64,
-    /// Expected price per GB delivered.
-    pub usd_per_gb: f64,
-    /// Expected price of the whole object (when its size is known).
-    pub expected_usd: Option<f64>,
-    /// In order of preference.
-    pub sources: Vec<Source>,
-    /// Caches held in reserve, cheapest first.
-    pub standby: Vec<StandbySource>,
-    /// The origin, when no cache can serve and the service allows it.
-    pub origin_fallback: Option<String>,
-    pub left_out: Vec<LeftOut>,
-    pub reasons: Vec<String>,
-}
-
-impl Decision {
-    /// The URLs to give a client, best first: the sources, else the origin.
-    pub fn urls(&self) -> Vec<&str> {
-        if self.sources.is_empty() {
-            self.origin_fallback.iter().map(String::as_str).collect()
-        } else {
-            self.sources.iter().map(|s| s.url.as_str()).collect()
-        }
-    }
 }
 
 const BYTES_PER_GB: f64 = 1e9;

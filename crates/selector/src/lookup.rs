@@ -18,9 +18,9 @@
 //!   as holding it all (its summary says so); one that holds none or
 //!   refuses counts as none.
 
-use shoal_cache::peer::{MeshLink, PeerError};
 use shoal_core::ObjectId;
 use shoal_mesh::{shield_key, Health, Member, MeshView};
+use shoal_proto::link::{MeshLink, PeerError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -218,13 +218,13 @@ impl Directory {
                         id,
                         size_bytes: record.size,
                         piece_count: record.size.div_ceil(piece_bytes),
-                        etag: shoal_cache::object::served_etag(&record),
+                        etag: shoal_proto::record::served_etag(&record),
                     };
                     // Whole seconds: the version may change up to a
                     // second before `fresh_until` says.
                     let fresh_for_s = record
                         .fresh_until_unix_s
-                        .saturating_sub(shoal_cache::resolve::now_unix_s())
+                        .saturating_sub(shoal_core::now_unix_s())
                         .saturating_sub(1);
                     self.remember(path, &known, Some(Duration::from_secs(fresh_for_s)));
                     return Ok(known);
