@@ -60,10 +60,10 @@ impl Blame for FillError {
     fn fault(&self) -> Fault {
         match self {
             // (A sibling's bad piece is a `Peer` error naming it.)
-            FillError::Origin(..) | FillError::Corrupt(_) | FillError::VersionChanged => {
+            FillError::Origin { .. } | FillError::Corrupt(_) | FillError::VersionChanged => {
                 Fault::Origin
             }
-            FillError::Peer(_) => Fault::Peer,
+            FillError::Peer { .. } => Fault::Peer,
             // Pinned to a version the mesh no longer holds: ask again
             // without the pin.
             FillError::Retired(_) => Fault::Client,
@@ -73,8 +73,8 @@ impl Blame for FillError {
 
     fn retryable(&self) -> bool {
         match self {
-            FillError::Origin(_, status) => server_side(*status),
-            FillError::Peer(_) | FillError::VersionChanged | FillError::Abandoned => true,
+            FillError::Origin { status, .. } => server_side(*status),
+            FillError::Peer { .. } | FillError::VersionChanged | FillError::Abandoned => true,
             FillError::Corrupt(_) | FillError::Retired(_) | FillError::Store(_) => false,
         }
     }
@@ -86,7 +86,7 @@ impl Blame for ResolveError {
             ResolveError::Origin(error) => error.fault(),
             ResolveError::BadManifest(_) => Fault::Origin,
             ResolveError::Store(_) => Fault::Local,
-            ResolveError::Peer(..) => Fault::Peer,
+            ResolveError::Peer { .. } => Fault::Peer,
         }
     }
 
@@ -94,7 +94,7 @@ impl Blame for ResolveError {
         match self {
             ResolveError::Origin(error) => error.retryable(),
             ResolveError::BadManifest(_) | ResolveError::Store(_) => false,
-            ResolveError::Peer(_, status) => server_side(*status),
+            ResolveError::Peer { status, .. } => server_side(*status),
         }
     }
 }
@@ -124,7 +124,10 @@ mod tests {
                 false,
             ),
             (
-                Box::new(FillError::Peer("peer c2: gone".into())),
+                Box::new(FillError::Peer {
+                    node: "c2".into(),
+                    cause: shoal_proto::reason("gone"),
+                }),
                 Fault::Peer,
                 true,
             ),
@@ -139,23 +142,28 @@ mod tests {
                 false,
             ),
             (
-                Box::new(FillError::Store("full".into())),
+                Box::new(FillError::Store(shoal_proto::reason("full"))),
                 Fault::Local,
                 false,
             ),
             (Box::new(FillError::Abandoned), Fault::Local, true),
             (
-                Box::new(ResolveError::Peer("shield".into(), StatusCode::BAD_GATEWAY)),
+                Box::new(ResolveError::Peer {
+                    status: StatusCode::BAD_GATEWAY,
+                    cause: shoal_proto::reason("shield"),
+                }),
                 Fault::Peer,
                 true,
             ),
             (
-                Box::new(ResolveError::Store("x".into())),
+                Box::new(ResolveError::Store(shoal_proto::reason("x"))),
                 Fault::Local,
                 false,
             ),
             (
-                Box::new(ResolveError::Origin(OriginError::Unreachable("x".into()))),
+                Box::new(ResolveError::Origin(OriginError::Unreachable(
+                    shoal_proto::reason("x"),
+                ))),
                 Fault::Origin,
                 true,
             ),
@@ -165,5 +173,40 @@ mod tests {
             assert_eq!(error.retryable(), retryable, "{:?}", error.fault());
         }
         assert_eq!(Fault::Peer.as_str(), "peer");
+    }
+
+    #[test]
+    fn causes_are_kept_as_sources_and_a_peer_is_never_blamed_on_the_origin() {
+        use crate::peer::PeerError;
+        use shoal_proto::{error_chain, reason};
+        let origin = FillError::from(OriginError::Unreachable(reason("connection refused")));
+        assert_eq!(origin.fault(), Fault::Origin);
+        assert!(std::error::Error::source(&origin).is_some());
+        assert_eq!(
+            error_chain(&origin),
+            "fetching from the origin failed: origin unreachable: connection refused"
+        );
+        let peer = FillError::peer(PeerError::Unreachable {
+            node: "c2".into(),
+            cause: reason("connection reset"),
+        });
+        assert_eq!(peer.fault(), Fault::Peer);
+        assert!(peer.retryable());
+        let text = error_chain(&peer);
+        assert!(!text.contains("origin"), "{text}");
+        assert_eq!(
+            text,
+            "sibling cache c2 failed: peer c2 unreachable: connection reset"
+        );
+        // A body broken off by a sibling is the sibling's fault too.
+        let broken = FillError::Peer {
+            node: "c3".into(),
+            cause: std::sync::Arc::new(shoal_proto::body::BodyError::Stalled(500)),
+        };
+        assert_eq!(broken.fault(), Fault::Peer);
+        assert_eq!(
+            error_chain(&broken),
+            "sibling cache c3 failed: no body bytes for 500 ms"
+        );
     }
 }

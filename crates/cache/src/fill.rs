@@ -28,6 +28,7 @@ use crate::stats::CacheStats;
 use bytes::BytesMut;
 use shoal_core::{ByteSpan, PieceIndex, VerifiedPiece};
 use shoal_mesh::Member;
+use shoal_proto::{Cause, Chain};
 use shoal_store::{PieceKey, Store};
 use std::collections::HashMap;
 use std::future::Future;
@@ -39,12 +40,21 @@ use tokio::sync::watch;
 /// The outcome every waiter of a piece sees.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum FillError {
-    #[error("origin: {0}")]
-    Origin(String, http::StatusCode),
-    /// A sibling cache failed (the text names it); the origin is not to
-    /// blame.
-    #[error("{0}")]
-    Peer(String),
+    /// The origin failed (directly, or as a shield reported it); a client
+    /// gets `status`.
+    #[error("fetching from the origin failed")]
+    Origin {
+        status: http::StatusCode,
+        #[source]
+        cause: Cause,
+    },
+    /// A sibling cache failed; the origin is not to blame.
+    #[error("sibling cache {node} failed")]
+    Peer {
+        node: String,
+        #[source]
+        cause: Cause,
+    },
     #[error("piece {0} failed verification")]
     Corrupt(PieceIndex),
     #[error("object changed at the origin while it was being fetched")]
@@ -55,14 +65,22 @@ pub enum FillError {
     Retired(PieceIndex),
     #[error("the fill task ended without delivering the piece")]
     Abandoned,
-    #[error("store: {0}")]
-    Store(String),
+    #[error("the store failed")]
+    Store(#[source] Cause),
 }
 
 impl FillError {
+    /// A sibling's failure, naming it.
+    pub fn peer(error: PeerError) -> Self {
+        FillError::Peer {
+            node: error.node().to_string(),
+            cause: Arc::new(error),
+        }
+    }
+
     pub fn client_status(&self) -> http::StatusCode {
         match self {
-            FillError::Origin(_, status) => *status,
+            FillError::Origin { status, .. } => *status,
             FillError::Retired(_) => http::StatusCode::CONFLICT,
             _ => http::StatusCode::BAD_GATEWAY,
         }
@@ -71,8 +89,10 @@ impl FillError {
 
 impl From<OriginError> for FillError {
     fn from(error: OriginError) -> Self {
-        let status = error.client_status();
-        FillError::Origin(error.to_string(), status)
+        FillError::Origin {
+            status: error.client_status(),
+            cause: Arc::new(error),
+        }
     }
 }
 
@@ -226,7 +246,7 @@ impl Filler {
                 .store
                 .get(key)
                 .await
-                .map_err(|e| FillError::Store(e.to_string()))?
+                .map_err(|e| FillError::Store(Arc::new(e)))?
             {
                 return Ok(piece);
             }
@@ -496,7 +516,7 @@ impl Filler {
                     // else, without giving up relays.
                     try_instead = None;
                     if let RunSource::Peer { member, .. } = &source {
-                        tracing::debug!(peer = %member.node_id, path = %entry.path, %error, "a sibling fetches these pieces from us; trying elsewhere");
+                        tracing::debug!(peer = %member.node_id, path = %entry.path, error = %Chain(&error), "a sibling fetches these pieces from us; trying elsewhere");
                         excluded.push(member.node_id.clone());
                     }
                     if excluded.len() > PEER_ATTEMPTS_MAX {
@@ -508,7 +528,7 @@ impl Filler {
                     try_instead = None;
                     self.stats.peer_errors.fetch_add(1, Ordering::Relaxed);
                     if let RunSource::Peer { member, mode, .. } = &source {
-                        tracing::warn!(peer = %member.node_id, path = %entry.path, %error, "peer fetch failed; trying elsewhere");
+                        tracing::warn!(peer = %member.node_id, path = %entry.path, error = %Chain(&error), "peer fetch failed; trying elsewhere");
                         excluded.push(member.node_id.clone());
                         // A shield failed: the relay responses this cache
                         // serves end (their requesters ask their own
@@ -791,7 +811,7 @@ impl Filler {
             }
             Ok(_) => {}
             Err(error) => {
-                tracing::debug!(peer = %shield.node_id, %error, "no hashes from the shield");
+                tracing::debug!(peer = %shield.node_id, error = %Chain(&error), "no hashes from the shield");
             }
         }
     }
@@ -907,11 +927,15 @@ impl Filler {
         };
         let from_origin = matches!(source, RunSource::Origin);
         // Whose fault a broken body is: the origin's or the sibling's.
-        let body_error = |why: String| match source {
-            RunSource::Origin => FillError::Origin(why, http::StatusCode::BAD_GATEWAY),
-            RunSource::Peer { member, .. } => {
-                FillError::Peer(format!("peer {}: {why}", member.node_id))
-            }
+        let body_error = |cause: Cause| match source {
+            RunSource::Origin => FillError::Origin {
+                status: http::StatusCode::BAD_GATEWAY,
+                cause,
+            },
+            RunSource::Peer { member, .. } => FillError::Peer {
+                node: member.node_id.clone(),
+                cause,
+            },
         };
         let mut buffer = BytesMut::new();
         // Delivered pieces leave `claim.senders`, so the next one is always first.
@@ -921,16 +945,16 @@ impl Filler {
                 let chunk = match body.chunk().await {
                     Ok(Some(chunk)) => chunk,
                     Ok(None) => {
-                        let error = body_error("the body ended early".into());
+                        let error = body_error(shoal_proto::reason("the body ended early"));
                         return Err(self.body_failure(from_origin, error));
                     }
                     Err(error) => {
                         let error = if from_origin {
                             FillError::from(OriginError::from(error))
                         } else {
-                            body_error(shoal_proto::error_chain(&error))
+                            body_error(Arc::new(error))
                         };
-                        tracing::warn!(path = %entry.path, %error, "body read failed");
+                        tracing::warn!(path = %entry.path, error = %Chain(&error), "body read failed");
                         return Err(self.body_failure(from_origin, error));
                     }
                 };
@@ -966,10 +990,10 @@ impl Filler {
             ) && entry.manifest.is_none()
                 && entry.learnt_hash(index).is_none()
             {
-                return Err(RunFailure::Retry(body_error(format!(
+                return Err(RunFailure::Retry(body_error(shoal_proto::reason(format!(
                     "no reference hash yet for piece {} it sent",
                     index.0
-                ))));
+                )))));
             }
             match entry.accept_piece(index, data) {
                 Ok(piece) => self.deliver(entry, claim, piece),
@@ -983,23 +1007,23 @@ impl Filler {
                                 // The reference hashes of this unpublished
                                 // version are in doubt: start it afresh.
                                 entry.mark_hash_conflict();
-                                tracing::warn!(path = %entry.path, %error, "piece from origin does not match what the origin sent before (the file changed in place): not stored, not served; ingesting it afresh");
+                                tracing::warn!(path = %entry.path, error = %Chain(&error), "piece from origin does not match what the origin sent before (the file changed in place): not stored, not served; ingesting it afresh");
                             } else if entry.mark_bad_piece(index) {
-                                tracing::warn!(path = %entry.path, %error, "piece from origin does not match the published manifest (the file changed without `shoal publish`, or was damaged): not stored, not served; the path is resolved again");
+                                tracing::warn!(path = %entry.path, error = %Chain(&error), "piece from origin does not match the published manifest (the file changed without `shoal publish`, or was damaged): not stored, not served; the path is resolved again");
                             }
                             entry.invalidate();
                             RunFailure::Fatal(FillError::Corrupt(index))
                         }
                         RunSource::Peer { member, .. } => {
-                            tracing::error!(peer = %member.node_id, path = %entry.path, %error, "piece from a peer failed verification; not stored, not served");
+                            tracing::error!(peer = %member.node_id, path = %entry.path, error = %Chain(&error), "piece from a peer failed verification; not stored, not served");
                             if let Some(mesh) = &self.mesh {
                                 mesh.report_corrupt(&member.node_id);
                                 mesh.forget_piece_set(&member.node_id, &entry.id);
                             }
-                            RunFailure::Retry(FillError::Peer(format!(
-                                "peer {} sent piece {} that failed verification",
-                                member.node_id, index.0
-                            )))
+                            RunFailure::Retry(FillError::Peer {
+                                node: member.node_id.clone(),
+                                cause: Arc::new(error),
+                            })
                         }
                     });
                 }
@@ -1021,7 +1045,7 @@ impl Filler {
         {
             Ok(body) => body,
             Err(error) => {
-                tracing::warn!(path = %entry.path, %error, "origin range fetch failed");
+                tracing::warn!(path = %entry.path, error = %Chain(&error), "origin range fetch failed");
                 // The version we hold may be gone: re-probe on the next request.
                 let gone = matches!(&error, OriginError::Status(s) if *s == http::StatusCode::NOT_FOUND || *s == http::StatusCode::GONE);
                 if gone || matches!(error, OriginError::Protocol(_)) {
@@ -1093,7 +1117,7 @@ impl Filler {
             // The store logs when it stops (and starts again) being able
             // to write; the waiters have the piece either way.
             if let Err(error) = filler.store.put(object, piece_size, piece).await {
-                tracing::debug!(%error, "could not store a verified piece");
+                tracing::debug!(error = %Chain(&error), "could not store a verified piece");
             }
             lock(&filler.inflight).remove(&PieceKey { object, index });
             drop(sender);
@@ -1141,20 +1165,23 @@ fn peer_failure(entry: &ObjectEntry, mode: PeerMode, error: PeerError) -> RunFai
         PeerError::TryInstead(_, relay) if mode == PeerMode::Fill => {
             return RunFailure::TryInstead(relay.clone())
         }
-        PeerError::Loop(_) => return RunFailure::Loop(FillError::Peer(error.to_string())),
+        PeerError::Loop(_) => return RunFailure::Loop(FillError::peer(error)),
         _ => {}
     }
     match (mode, error.status()) {
         // The shield says the object is gone, or holds another version.
         (PeerMode::Fill, Some(status)) if error.is_definitive() => {
             entry.invalidate();
-            RunFailure::Fatal(FillError::Origin(error.to_string(), status))
+            RunFailure::Fatal(FillError::Origin {
+                status,
+                cause: Arc::new(error),
+            })
         }
         (PeerMode::Fill, Some(http::StatusCode::CONFLICT)) => {
             entry.invalidate();
             RunFailure::Fatal(FillError::VersionChanged)
         }
-        _ => RunFailure::Retry(FillError::Peer(error.to_string())),
+        _ => RunFailure::Retry(FillError::peer(error)),
     }
 }
 

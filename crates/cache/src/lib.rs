@@ -398,7 +398,7 @@ impl BoundCache {
             mesh.node.leave().await;
         }
         if let Err(error) = self.service.filler.store().flush().await {
-            tracing::warn!(%error, "could not flush the index at shutdown");
+            tracing::warn!(error = %shoal_proto::Chain(&error), "could not flush the index at shutdown");
         }
     }
 }

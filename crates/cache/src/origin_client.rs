@@ -9,7 +9,8 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use shoal_core::ByteSpan;
 pub use shoal_proto::body::{check_range_response, BodyError, RangeBody, RangeError};
-use shoal_proto::error_chain;
+use shoal_proto::Cause;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Clone, Debug)]
@@ -26,8 +27,8 @@ pub struct OriginClientConfig {
 /// Why talking to the origin failed.
 #[derive(Debug, thiserror::Error)]
 pub enum OriginError {
-    #[error("origin unreachable: {0}")]
-    Unreachable(String),
+    #[error("origin unreachable")]
+    Unreachable(#[source] Cause),
     #[error("origin timed out after {0} ms")]
     Timeout(u64),
     #[error("origin answered {0}")]
@@ -40,7 +41,7 @@ impl From<BodyError> for OriginError {
     fn from(error: BodyError) -> Self {
         match error {
             BodyError::Stalled(ms) => OriginError::Timeout(ms),
-            read @ BodyError::Read(_) => OriginError::Unreachable(error_chain(&read)),
+            read @ BodyError::Read(_) => OriginError::Unreachable(Arc::new(read)),
         }
     }
 }
@@ -98,7 +99,7 @@ impl OriginClient {
             // decompression (not compiled in anyway) and no redirects.
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| OriginError::Unreachable(e.to_string()))?;
+            .map_err(|e| OriginError::Unreachable(Arc::new(e)))?;
         Ok(Self { client, config })
     }
 
@@ -123,7 +124,7 @@ impl OriginClient {
             Ok(Err(error)) if error.is_timeout() => {
                 Err(OriginError::Timeout(self.config.read_timeout_ms))
             }
-            Ok(Err(error)) => Err(OriginError::Unreachable(error.to_string())),
+            Ok(Err(error)) => Err(OriginError::Unreachable(Arc::new(error))),
             Err(_) => Err(OriginError::Timeout(self.config.read_timeout_ms)),
         }
     }

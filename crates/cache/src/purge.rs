@@ -121,7 +121,7 @@ impl PurgeLog {
                 log
             }
             Err(error) => {
-                tracing::warn!(path = %path.display(), %error, "unreadable purge log; starting an empty one");
+                tracing::warn!(path = %path.display(), error = %shoal_proto::Chain(&error), "unreadable purge log; starting an empty one");
                 Self::default()
             }
         }

@@ -15,6 +15,7 @@ use http::{header, HeaderMap, HeaderValue, StatusCode};
 use shoal_core::{Manifest, ObjectId, PieceIndex, PieceSize};
 use shoal_http::cache_control::CacheControl;
 use shoal_http::path::RequestPath;
+use shoal_proto::{Cause, Chain};
 use shoal_store::{PieceKey, Store};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -35,10 +36,16 @@ pub enum ResolveError {
     Origin(#[from] OriginError),
     #[error("the origin's manifest for this object is invalid: {0}")]
     BadManifest(String),
-    #[error("store: {0}")]
-    Store(String),
-    #[error("{0}")]
-    Peer(String, StatusCode),
+    #[error("the store failed")]
+    Store(#[source] Cause),
+    /// The shield cache (or this cache, answering a sibling) could not say
+    /// what the path is; a client gets `status`.
+    #[error("the shield cache could not describe this path")]
+    Peer {
+        status: StatusCode,
+        #[source]
+        cause: Cause,
+    },
 }
 
 impl ResolveError {
@@ -47,7 +54,7 @@ impl ResolveError {
             ResolveError::Origin(e) => e.client_status(),
             ResolveError::BadManifest(_) => StatusCode::BAD_GATEWAY,
             ResolveError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ResolveError::Peer(_, status) => *status,
+            ResolveError::Peer { status, .. } => *status,
         }
     }
 }
@@ -340,13 +347,13 @@ impl Resolver {
                             self.forget(old);
                         }
                     }
-                    return Some(Err(ResolveError::Peer(
-                        format!("the shield cache answered {status}"),
+                    return Some(Err(ResolveError::Peer {
                         status,
-                    )));
+                        cause: Arc::new(error),
+                    }));
                 }
                 Err(error) => {
-                    tracing::warn!(path = %path.as_str(), %error, "shield did not answer; trying the next");
+                    tracing::warn!(path = %path.as_str(), error = %Chain(&error), "shield did not answer; trying the next");
                     self.stats.peer_errors.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -370,8 +377,9 @@ impl Resolver {
             }
             return Ok(Resolved::PassThrough);
         }
-        let bad = |what: String| {
-            ResolveError::Peer(format!("the shield sent {what}"), StatusCode::BAD_GATEWAY)
+        let bad = |what: String| ResolveError::Peer {
+            status: StatusCode::BAD_GATEWAY,
+            cause: shoal_proto::reason(format!("it sent {what}")),
         };
         let id = ObjectId::from_hex(&record.id).ok_or_else(|| bad("a bad object id".into()))?;
         let manifest = crate::peer::decode_manifest(manifest_b64.as_deref()).map_err(bad)?;
@@ -431,8 +439,10 @@ impl Resolver {
         local_only: bool,
     ) -> Result<PeerObject, ResolveError> {
         let entry = if local_only {
-            self.local_entry(path)
-                .ok_or_else(|| ResolveError::Peer("not known here".into(), StatusCode::NOT_FOUND))?
+            self.local_entry(path).ok_or_else(|| ResolveError::Peer {
+                status: StatusCode::NOT_FOUND,
+                cause: shoal_proto::reason("not known here"),
+            })?
         } else {
             match self.resolve(path).await? {
                 Resolved::PassThrough => return Ok(PeerObject::PassThrough),
@@ -464,7 +474,7 @@ impl Resolver {
         let Some(bytes) = self
             .store
             .get_record(path.as_str())
-            .map_err(|e| ResolveError::Store(e.to_string()))?
+            .map_err(|e| ResolveError::Store(Arc::new(e)))?
         else {
             return Ok(None);
         };
@@ -728,7 +738,7 @@ impl Resolver {
         carried: HashMap<u32, PieceKey>,
     ) -> Result<Resolved, ResolveError> {
         // Validate before anything is persisted.
-        let bytes = serde_json::to_vec(&record).map_err(|e| ResolveError::Store(e.to_string()))?;
+        let bytes = serde_json::to_vec(&record).map_err(|e| ResolveError::Store(Arc::new(e)))?;
         let entry = ObjectEntry::new(
             path.as_str().to_string(),
             path.to_uri_path(),
@@ -740,11 +750,11 @@ impl Resolver {
         if let Some(m) = &entry.manifest {
             self.store
                 .put_manifest(m.id(), m.encode())
-                .map_err(|e| ResolveError::Store(e.to_string()))?;
+                .map_err(|e| ResolveError::Store(Arc::new(e)))?;
         }
         self.store
             .put_record(path.as_str(), bytes)
-            .map_err(|e| ResolveError::Store(e.to_string()))?;
+            .map_err(|e| ResolveError::Store(Arc::new(e)))?;
         let entry = Arc::new(entry);
         *lock(&self.id_users).entry(entry.id).or_default() += 1;
         self.remember(entry.clone());
@@ -867,7 +877,7 @@ impl Resolver {
         // The index is written by its own thread: until these removals are
         // committed, a read of the path would still find the old record.
         if let Err(error) = self.store.flush().await {
-            tracing::warn!(%error, "could not commit a purge to the index");
+            tracing::warn!(error = %Chain(&error), "could not commit a purge to the index");
         }
         paths.len()
     }
@@ -894,7 +904,7 @@ impl Resolver {
         };
         if last_user && !keep_pieces {
             if let Err(error) = self.store.remove_object(&id) {
-                tracing::warn!(%error, "could not remove an old object version");
+                tracing::warn!(error = %Chain(&error), "could not remove an old object version");
             }
         }
         let _ = self.store.remove_record(path);
@@ -1041,7 +1051,12 @@ fn known_of(entry: &ObjectEntry) -> Known {
 fn learnt_version(record: &ObjectRecord) -> Result<Learnt, ResolveError> {
     ObjectId::from_hex(&record.id)
         .map(Learnt::Version)
-        .ok_or_else(|| ResolveError::Store(format!("a record with a bad id `{}`", record.id)))
+        .ok_or_else(|| {
+            ResolveError::Store(shoal_proto::reason(format!(
+                "a record with a bad id `{}`",
+                record.id
+            )))
+        })
 }
 
 /// The first 16 hex digits of an id, for logs.

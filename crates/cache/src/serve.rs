@@ -248,9 +248,10 @@ impl CacheService {
             .unwrap_or_default();
         match crate::warm::warm(self, entry, &partners).await {
             Ok(report) => json_response(&report),
-            Err(error) => {
-                text_response(error.client_status(), &format!("warm-up failed: {error}\n"))
-            }
+            Err(error) => text_response(
+                error.client_status(),
+                &format!("warm-up failed: {}\n", shoal_proto::Chain(&error)),
+            ),
         }
     }
 
@@ -398,7 +399,7 @@ impl CacheService {
             mesh.node.set_purge_head(head);
         }
         if let Err(error) = log.save(&self.data_dir) {
-            tracing::warn!(%error, "could not save the purge log");
+            tracing::warn!(error = %shoal_proto::Chain(&error), "could not save the purge log");
         }
         paths
     }
@@ -444,7 +445,7 @@ impl CacheService {
             .purges_since(member, since)
             .await
             .inspect_err(|error| {
-                tracing::warn!(peer = %member.node_id, %error, "could not read a peer's purge log");
+                tracing::warn!(peer = %member.node_id, error = %shoal_proto::Chain(&error), "could not read a peer's purge log");
             })?;
         let mut applied = 0;
         for event in &answer.events {
@@ -597,13 +598,19 @@ impl CacheService {
                         hashes_hex: Vec::new(),
                     }),
                     Ok(None) => compact_json_response(&PeerObject::PassThrough),
-                    Err(error) => text_response(error.client_status(), &format!("{error}\n")),
+                    Err(error) => text_response(
+                        error.client_status(),
+                        &format!("{}\n", shoal_proto::Chain(&error)),
+                    ),
                 };
             }
             let local_only = mode.and_then(PeerMode::parse) == Some(PeerMode::Have);
             return match self.resolver.describe_for_peer(&path, local_only).await {
                 Ok(answer) => compact_json_response(&answer),
-                Err(error) => text_response(error.client_status(), &format!("{error}\n")),
+                Err(error) => text_response(
+                    error.client_status(),
+                    &format!("{}\n", shoal_proto::Chain(&error)),
+                ),
             };
         }
         if let Some(hex) = raw_path.strip_prefix(PEER_PIECES_PREFIX) {
@@ -931,9 +938,12 @@ impl CacheService {
             Err(error) => {
                 let status = error.client_status();
                 if status.is_server_error() {
-                    tracing::warn!(path = %path.as_str(), %error, fault = error.fault().as_str(), retryable = error.retryable(), "could not resolve object");
+                    tracing::warn!(path = %path.as_str(), error = %shoal_proto::Chain(&error), fault = error.fault().as_str(), retryable = error.retryable(), "could not resolve object");
                 }
-                Err(text_response(status, &format!("{error}\n")))
+                Err(text_response(
+                    status,
+                    &format!("{}\n", shoal_proto::Chain(&error)),
+                ))
             }
         }
     }
@@ -965,7 +975,10 @@ impl CacheService {
             Ok(resolved) => resolved,
             Err(error) => {
                 let status = error.client_status();
-                return Err(text_response(status, &format!("{error}\n")));
+                return Err(text_response(
+                    status,
+                    &format!("{}\n", shoal_proto::Chain(&error)),
+                ));
             }
         };
         if matches(&resolved) {
@@ -1155,11 +1168,14 @@ impl CacheService {
                     if audience == Audience::Relay
                         && entry.relays_off(crate::fill::RELAYS_OFF_MS) =>
                 {
-                    return text_response(StatusCode::LOOP_DETECTED, &format!("{error}\n"));
+                    return text_response(
+                        StatusCode::LOOP_DETECTED,
+                        &format!("{}\n", shoal_proto::Chain(&error)),
+                    );
                 }
                 Err(error) => {
                     let status = error.client_status();
-                    return text_response(status, &format!("{error}\n"));
+                    return text_response(status, &format!("{}\n", shoal_proto::Chain(&error)));
                 }
             },
             None => None,
@@ -1190,7 +1206,7 @@ impl CacheService {
             return;
         };
         if let Err(error) = self.resolver.resolve(&path).await {
-            tracing::debug!(path = %entry.path, %error, "could not resolve the path again");
+            tracing::debug!(path = %entry.path, error = %shoal_proto::Chain(&error), "could not resolve the path again");
         }
     }
 
@@ -1274,7 +1290,7 @@ impl CacheService {
                 let piece = match got {
                     Ok(piece) => piece,
                     Err(error) => {
-                        tracing::warn!(path = %entry.path, %error, fault = error.fault().as_str(), "aborting response body");
+                        tracing::warn!(path = %entry.path, error = %shoal_proto::Chain(&error), fault = error.fault().as_str(), "aborting response body");
                         let _ = sender
                             .send(Err(std::io::Error::other(error.to_string())))
                             .await;
@@ -1344,7 +1360,12 @@ impl CacheService {
             .await
         {
             Ok(parts) => parts,
-            Err(error) => return text_response(error.client_status(), &format!("{error}\n")),
+            Err(error) => {
+                return text_response(
+                    error.client_status(),
+                    &format!("{}\n", shoal_proto::Chain(&error)),
+                )
+            }
         };
         let mut builder = Response::builder().status(status);
         for name in [
@@ -1498,9 +1519,10 @@ async fn relay_wait(
     match epoch {
         Some(epoch) => tokio::select! {
             got = fetch => got,
-            _ = epoch.changed() => Err(FillError::Peer(
-                "relays given up: this cache's shield failed".into(),
-            )),
+            _ = epoch.changed() => Err(FillError::Peer {
+                node: "(this cache's shield)".into(),
+                cause: shoal_proto::reason("relays given up: this cache's shield failed"),
+            }),
         },
         None => fetch.await,
     }

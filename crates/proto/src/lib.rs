@@ -13,6 +13,28 @@ pub mod plan;
 pub mod purge;
 pub mod record;
 
+/// The cause of an error that must be cloned (handed to every waiter of
+/// a piece), kept as an error rather than flattened into its text.
+pub type Cause = std::sync::Arc<dyn std::error::Error + Send + Sync>;
+
+/// A cause that is only a description, with nothing underneath it.
+pub fn reason(text: impl Into<String>) -> Cause {
+    std::sync::Arc::from(Box::<dyn std::error::Error + Send + Sync>::from(
+        text.into(),
+    ))
+}
+
+/// Shows an error with its causes (`error = %Chain(&error)` in logs):
+/// errors here keep their causes as sources, and their own message
+/// says only what failed at their level.
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'a));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&error_chain(self.0))
+    }
+}
+
 /// An error and its causes, outermost first, joined with `: ` — for logs
 /// and for the text of an error that crosses a role boundary.
 pub fn error_chain(error: &dyn std::error::Error) -> String {

@@ -11,6 +11,7 @@
 use crate::body::{check_range_response, RangeBody, RangeError};
 use crate::peer_health::{PeerHealth, PeerHealthLimits};
 use crate::record::ObjectRecord;
+use crate::Cause;
 use crate::{
     LAST_RESORT_HEADER, MODE_HEADER, PEER_DATA_PREFIX, PEER_OBJECT_PREFIX, PEER_PIECES_PREFIX,
     PEER_PURGES_PATH, PEER_PURGE_PATH, RECORD_MODE, TRY_HEADER,
@@ -125,16 +126,28 @@ pub enum PeerObject {
     PassThrough,
 }
 
+/// Why a request to a peer failed; every variant names the peer.
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
-    #[error("peer {0} unreachable: {1}")]
-    Unreachable(String, String),
+    #[error("peer {node} unreachable")]
+    Unreachable {
+        node: String,
+        #[source]
+        cause: Cause,
+    },
     #[error("peer {0} timed out")]
     Timeout(String),
     #[error("peer {0} answered {1}")]
     Status(String, StatusCode),
     #[error("peer {0} sent an unusable answer: {1}")]
     Protocol(String, String),
+    #[error("peer {node} sent unusable {what}")]
+    Malformed {
+        node: String,
+        what: &'static str,
+        #[source]
+        cause: serde_json::Error,
+    },
     /// A shield in a flash crowd sent us to another cache.
     #[error("shield {0} is relaying through {1}")]
     TryInstead(String, String),
@@ -144,6 +157,18 @@ pub enum PeerError {
 }
 
 impl PeerError {
+    /// The peer that failed.
+    pub fn node(&self) -> &str {
+        match self {
+            PeerError::Unreachable { node, .. } | PeerError::Malformed { node, .. } => node,
+            PeerError::Timeout(node)
+            | PeerError::Status(node, _)
+            | PeerError::Protocol(node, _)
+            | PeerError::TryInstead(node, _)
+            | PeerError::Loop(node) => node,
+        }
+    }
+
     /// An answer about the object itself (not about the peer's health):
     /// asking another peer would get the same.
     /// (403 is not: it may be our token that was refused.)
@@ -372,10 +397,10 @@ impl MeshLink {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(error)) => {
                 self.suspect(&member.node_id);
-                Err(PeerError::Unreachable(
-                    member.node_id.clone(),
-                    error.to_string(),
-                ))
+                Err(PeerError::Unreachable {
+                    node: member.node_id.clone(),
+                    cause: Arc::new(error),
+                })
             }
             Err(_) => {
                 self.suspect(&member.node_id);
@@ -410,7 +435,10 @@ impl MeshLink {
                 Ok(None) => return Ok(out),
                 Err(error) => {
                     self.suspect(&member.node_id);
-                    return Err(PeerError::Unreachable(peer, crate::error_chain(&error)));
+                    return Err(PeerError::Unreachable {
+                        node: peer,
+                        cause: Arc::new(error),
+                    });
                 }
             }
         }
@@ -440,8 +468,10 @@ impl MeshLink {
         let bytes = self
             .small_body(member, response, PEER_OBJECT_BYTES_MAX)
             .await?;
-        serde_json::from_slice(&bytes).map_err(|e| {
-            PeerError::Protocol(member.node_id.clone(), format!("object metadata: {e}"))
+        serde_json::from_slice(&bytes).map_err(|cause| PeerError::Malformed {
+            node: member.node_id.clone(),
+            what: "object metadata",
+            cause,
         })
     }
 
@@ -473,10 +503,11 @@ impl MeshLink {
         match serde_json::from_slice(&bytes) {
             Ok(PeerObject::Cached { record, .. }) => Ok(Some(record)),
             Ok(PeerObject::PassThrough) => Ok(None),
-            Err(e) => Err(PeerError::Protocol(
-                member.node_id.clone(),
-                format!("object record: {e}"),
-            )),
+            Err(cause) => Err(PeerError::Malformed {
+                node: member.node_id.clone(),
+                what: "an object record",
+                cause,
+            }),
         }
     }
 
@@ -512,8 +543,11 @@ impl MeshLink {
         let bytes = self
             .small_body(member, response, PEER_PURGES_BYTES_MAX)
             .await?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| PeerError::Protocol(member.node_id.clone(), format!("purge log: {e}")))
+        serde_json::from_slice(&bytes).map_err(|cause| PeerError::Malformed {
+            node: member.node_id.clone(),
+            what: "a purge log",
+            cause,
+        })
     }
 
     /// Which pieces of `object` `member` holds (cached for a second;
@@ -572,7 +606,7 @@ impl MeshLink {
         match PieceSet::decode(&bytes) {
             Ok(set) => Some(Arc::new(set)),
             Err(error) => {
-                tracing::warn!(peer = %member.node_id, %error, "bad piece set from peer");
+                tracing::warn!(peer = %member.node_id, error = %crate::Chain(&error), "bad piece set from peer");
                 None
             }
         }

@@ -242,7 +242,7 @@ impl Directory {
                     self.remember(path, &known, None);
                     return Ok(known);
                 }
-                Err(error) => failures.push(error.to_string()),
+                Err(error) => failures.push(shoal_proto::error_chain(&error)),
             }
         }
         Err(LookupError::Unavailable(failures.join("; ")))
