@@ -19,10 +19,11 @@ use crate::schedule::{Action, ScheduleConfig, Scheduler, SourceId, SourceReport}
 use crate::GetError;
 use bytes::Bytes;
 use shoal_core::bitfield::PieceSet;
-use shoal_core::PieceIndex;
-use std::collections::HashMap;
+use shoal_core::{ObjectId, PieceIndex, PieceLayout};
+use std::collections::{HashMap, VecDeque};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -39,6 +40,8 @@ const PROGRESS_BYTES: u64 = 16 << 10;
 pub const PIECES_MAX: u32 = 1 << 20;
 /// The resume state is saved at most this often.
 const SAVE_EVERY_MS: u64 = 1_000;
+/// Progress is reported at most this often.
+const PROGRESS_EVERY_MS: u64 = 200;
 
 /// Stream mode: where the bytes go in order as they verify.
 #[derive(Debug)]
@@ -267,30 +270,661 @@ pub async fn get(
     mut options: GetOptions,
     mut progress: impl FnMut(&Progress),
 ) -> Result<Summary, GetError> {
-    let started = Instant::now();
-    let url = ObjectUrl::parse(&options.url)?;
-    for (name, value) in [
-        ("connect_timeout_ms", options.connect_timeout_ms),
-        ("read_timeout_ms", options.read_timeout_ms),
-        ("stall_ms", options.stall_ms),
-    ] {
-        if !(10..=3_600_000).contains(&value) {
+    let (mut run, inbox) = Run::prepare(&mut options).await?;
+    run.drive(inbox, &mut progress).await?;
+    run.finish(&options.output).await
+}
+
+/// One download under way: what [`get`] set up, and the state its loop
+/// changes. The decisions are the pure policies' (`Scheduler`,
+/// `ReplanPolicy`, `standby`); this only carries them out.
+struct Run {
+    started: Instant,
+    client: reqwest::Client,
+    url: ObjectUrl,
+    /// Where the plan came from (a selector can be asked again).
+    origin: Origin,
+    plan: discover::Plan,
+    timeout: Duration,
+    manifest: Arc<Reference>,
+    layout: PieceLayout,
+    /// The object the sources and the plan named.
+    expected_id: ObjectId,
+    committed_mbps: Option<f64>,
+    part: PathBuf,
+    state: PathBuf,
+    file: Arc<std::fs::File>,
+    resumed_pieces: u32,
+    scheduler: Scheduler,
+    /// Stream mode: which pieces readers may take, in order.
+    ready: Option<Arc<crate::stream::Ready>>,
+    /// Stream mode with a bitrate: a virtual player counting rebuffers.
+    playback: Option<crate::playback::Playback>,
+    stdout_task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// The local endpoint stops if `get` fails (this is dropped); after a
+    /// success it serves until the process ends.
+    endpoint_keep: tokio::sync::watch::Sender<()>,
+    sources: Vec<SourceEntry>,
+    first_sources: usize,
+    /// Held in reserve by the plan, cheapest first.
+    standby: VecDeque<PlannedSource>,
+    /// Sources lost so far: a plan that survives one loss carries the
+    /// first without a new plan (the others raise their output); the rate
+    /// check still asks for more if the committed bitrate is not held.
+    losses: u32,
+    /// The plan being asked for only tops up the standby.
+    standby_only_replan: bool,
+    events: mpsc::Sender<Event>,
+    tasks: Requests,
+    /// When to ask the selector again, and when to give up (pure).
+    replan: crate::replan::ReplanPolicy,
+    /// Sources reported failed (never asked again).
+    reported: Vec<String>,
+    syncing: Arc<AtomicBool>,
+    last_save_ms: u64,
+    last_progress_ms: u64,
+}
+
+impl Run {
+    /// Finds the sources and the manifest, opens (or resumes) the part
+    /// file, and starts the stream readers.
+    async fn prepare(options: &mut GetOptions) -> Result<(Self, mpsc::Receiver<Event>), GetError> {
+        let started = Instant::now();
+        let url = ObjectUrl::parse(&options.url)?;
+        for (name, value) in [
+            ("connect_timeout_ms", options.connect_timeout_ms),
+            ("read_timeout_ms", options.read_timeout_ms),
+            ("stall_ms", options.stall_ms),
+        ] {
+            if !(10..=3_600_000).contains(&value) {
+                return Err(GetError::Failed(format!(
+                    "{name} = {value} is not within 10..=3600000"
+                )));
+            }
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(options.connect_timeout_ms))
+            .tcp_nodelay(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_max_idle_per_host(32)
+            .local_address(options.local_address)
+            .build()
+            .map_err(|e| GetError::Failed(error_chain(&e)))?;
+        let timeout = Duration::from_millis(options.read_timeout_ms);
+        let (origin, mut plan) = discover::discover(&client, &url, timeout).await?;
+        add_mirrors(&mut plan, &url, &options.mirrors)?;
+        if plan.sources.is_empty() {
             return Err(GetError::Failed(format!(
-                "{name} = {value} is not within 10..=3600000"
+                "{}: no source to download from (the selector planned none)",
+                url.url()
             )));
         }
+        let manifest = Arc::new(
+            discover::fetch_reference(&client, &plan.sources, &url.path, plan.object_id, timeout)
+                .await?,
+        );
+        if manifest.piece_count() > PIECES_MAX {
+            return Err(GetError::Manifest(format!(
+                "{} pieces: more than the {PIECES_MAX} this client takes",
+                manifest.piece_count()
+            )));
+        }
+        let layout = manifest.layout();
+        // With no id named by a source or the plan, the manifest vouches
+        // for itself (a plain server): pieces still must match it.
+        let expected_id = plan.object_id.unwrap_or_else(|| manifest.id());
+        let committed_mbps = options.bitrate_mbps.or(plan.committed_mbps);
+
+        // The part file, resumed if it holds pieces of this very object.
+        let part = part_path(&options.output);
+        let have = load_resume(&part, &manifest);
+        let file = Arc::new(open_part_file(
+            &part,
+            layout.object_size(),
+            !have.is_empty(),
+        )?);
+
+        let mut seed = [0u8; 8];
+        seed.copy_from_slice(&manifest.id().0[..8]);
+        let mut config = ScheduleConfig::new(
+            manifest.piece_count(),
+            layout.piece_size().bytes(),
+            u64::from_le_bytes(seed),
+        );
+        config.stall_ms = options.stall_ms;
+        config.in_order = options.stream.is_some();
+        let scheduler = Scheduler::new(config, &have);
+
+        let ready = options.stream.as_ref().map(|_| {
+            let ready = crate::stream::Ready::new(manifest.piece_count());
+            for index in have.iter() {
+                ready.mark(index);
+            }
+            ready
+        });
+        let playback = match (&ready, committed_mbps) {
+            (Some(_), Some(mbps)) => Some(crate::playback::Playback::new(
+                mbps * 1e6,
+                options.buffer_ms,
+                layout.object_size(),
+            )),
+            _ => None,
+        };
+        let (endpoint_keep, endpoint_stop) = tokio::sync::watch::channel(());
+        let stdout_task = match (options.stream.take(), &ready) {
+            (Some(stream_to), Some(ready)) => {
+                start_stream(stream_to, ready, &file, layout, &url, endpoint_stop)?
+            }
+            _ => None,
+        };
+        let (events, inbox) = mpsc::channel::<Event>(1024);
+        let mut run = Self {
+            started,
+            client,
+            url,
+            origin,
+            timeout,
+            expected_id,
+            committed_mbps,
+            state: state_path(&part),
+            part,
+            file,
+            resumed_pieces: have.len(),
+            scheduler,
+            ready,
+            playback,
+            stdout_task,
+            endpoint_keep,
+            sources: Vec::new(),
+            first_sources: 0,
+            standby: plan.standby.clone().into(),
+            losses: 0,
+            standby_only_replan: false,
+            events,
+            tasks: Requests::default(),
+            replan: crate::replan::ReplanPolicy::default(),
+            reported: Vec::new(),
+            syncing: Arc::new(AtomicBool::new(false)),
+            last_save_ms: 0,
+            last_progress_ms: 0,
+            manifest,
+            layout,
+            plan,
+        };
+        let start_ms = run.now_ms();
+        for planned in run.plan.sources.clone().into_iter().take(SOURCES_MAX) {
+            if !run.sources.iter().any(|s| s.planned.url == planned.url) {
+                run.add_source(planned, "plan", start_ms);
+            }
+        }
+        run.first_sources = run.sources.len();
+        Ok((run, inbox))
     }
-    let client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_millis(options.connect_timeout_ms))
-        .tcp_nodelay(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .pool_max_idle_per_host(32)
-        .local_address(options.local_address)
-        .build()
-        .map_err(|e| GetError::Failed(error_chain(&e)))?;
-    let timeout = Duration::from_millis(options.read_timeout_ms);
-    let (origin, mut plan) = discover::discover(&client, &url, timeout).await?;
-    for mirror in &options.mirrors {
+
+    fn now_ms(&self) -> u64 {
+        now_ms(self.started)
+    }
+
+    fn disk_error(&self, error: std::io::Error) -> GetError {
+        GetError::Disk {
+            path: self.part.display().to_string(),
+            why: error.to_string(),
+        }
+    }
+
+    /// Saves what is done so a later run resumes from it; best effort on
+    /// the way out of a failure.
+    fn save(&self) -> std::io::Result<()> {
+        save_state(&self.state, &self.manifest, self.scheduler.done_set())
+    }
+
+    fn add_source(&mut self, planned: PlannedSource, joined: &'static str, now_ms: u64) {
+        let id = self
+            .scheduler
+            .add_source(&planned.name, planned.share, now_ms);
+        self.sources.push(SourceEntry {
+            id,
+            planned,
+            joined,
+        });
+    }
+
+    /// The loop: hand out pieces, wait for an event or a tick, carry out
+    /// what the scheduler decided, until every piece is verified on disk.
+    async fn drive(
+        &mut self,
+        mut inbox: mpsc::Receiver<Event>,
+        progress: &mut impl FnMut(&Progress),
+    ) -> Result<(), GetError> {
+        let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !self.scheduler.is_complete() {
+            let now = self.now_ms();
+            self.check()?;
+            self.dispatch(now);
+            self.consult_replan(now)?;
+            let actions = tokio::select! {
+                event = inbox.recv() => match event {
+                    Some(event) => self.on_event(event)?,
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    let now = self.now_ms();
+                    if let (Some(playback), Some(ready)) = (&mut self.playback, &self.ready) {
+                        playback.update(now, ready.contiguous_bytes(&self.layout));
+                    }
+                    self.scheduler.tick(now)
+                }
+            };
+            for action in actions {
+                match action {
+                    Action::Cancel { source, piece } => {
+                        if let Some(handle) = self.tasks.remove(&(source, piece.0)) {
+                            handle.abort();
+                        }
+                    }
+                    Action::Replace { source, reason } => self.on_source_lost(source, &reason),
+                }
+            }
+            self.save_if_due()?;
+            let now = self.now_ms();
+            if now - self.last_progress_ms >= PROGRESS_EVERY_MS {
+                self.last_progress_ms = now;
+                progress(&snapshot(&self.scheduler, &self.manifest, self.started));
+            }
+        }
+        for handle in self.tasks.values() {
+            handle.abort();
+        }
+        progress(&snapshot(&self.scheduler, &self.manifest, self.started));
+        Ok(())
+    }
+
+    /// Follows the playhead; stops on what no source can fix: a manifest
+    /// conflict, or stdout closed under us.
+    fn check(&mut self) -> Result<(), GetError> {
+        if let Some(ready) = &self.ready {
+            self.scheduler.set_playhead(ready.playhead());
+        }
+        if let Some(conflict) = self.manifest.conflict() {
+            let _ = self.save();
+            return Err(GetError::Manifest(format!("{conflict}: refused")));
+        }
+        if self.stdout_task.as_ref().is_some_and(|t| t.is_finished()) {
+            let _ = self.save();
+            return Err(GetError::Failed(
+                "the output was closed before the object was complete".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Gives every free request slot a piece.
+    fn dispatch(&mut self, now_ms: u64) {
+        for entry in &self.sources {
+            while let Some(piece) = self.scheduler.next_piece(entry.id, now_ms) {
+                let Some(span) = self.layout.piece_span(piece) else {
+                    break;
+                };
+                let handle = tokio::spawn(fetch_piece(
+                    self.client.clone(),
+                    entry.planned.url.clone(),
+                    entry.id,
+                    piece,
+                    span.start(),
+                    span.end(),
+                    self.manifest.clone(),
+                    self.file.clone(),
+                    self.events.clone(),
+                    self.timeout,
+                ));
+                self.tasks
+                    .insert((entry.id, piece.0), handle.abort_handle());
+            }
+        }
+    }
+
+    /// Asks for more sources when there are none left or the committed
+    /// bitrate is not held; gives up after a while without any.
+    fn consult_replan(&mut self, now_ms: u64) -> Result<(), GetError> {
+        let verdict = self.replan.tick(crate::replan::Observed {
+            now_ms,
+            usable_sources: self.scheduler.usable_sources().len(),
+            rate_mbps: self.scheduler.aggregate_rate_bps() * 8.0 / 1e6,
+            committed_mbps: self.committed_mbps,
+            has_selector: matches!(self.origin, Origin::Selector(_)),
+            room: self.sources.len() < SOURCES_MAX,
+        });
+        match verdict {
+            crate::replan::Verdict::GiveUp => {
+                let why = self
+                    .scheduler
+                    .report()
+                    .iter()
+                    .map(|r| format!("{}: {}", r.name, r.health))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                self.save().map_err(|e| self.disk_error(e))?;
+                Err(GetError::Failed(format!(
+                    "every source failed ({why}); {} of {} pieces are saved in {}: run again to resume",
+                    self.scheduler.done_count(),
+                    self.manifest.piece_count(),
+                    self.part.display()
+                )))
+            }
+            crate::replan::Verdict::Ask => {
+                self.ask_selector(true);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Asks the selector (if there is one) for a plan without the caches
+    /// reported; `reserve`: the answer's sources are to be used now.
+    fn ask_selector(&self, reserve: bool) {
+        if let Origin::Selector(selector) = &self.origin {
+            spawn_replan(
+                &self.client,
+                selector,
+                &self.url.path,
+                &self.reported,
+                reserve,
+                &self.events,
+                self.timeout,
+            );
+        }
+    }
+
+    /// What a request task or the selector reported; returns what the
+    /// scheduler wants done about it.
+    fn on_event(&mut self, event: Event) -> Result<Vec<Action>, GetError> {
+        let now = self.now_ms();
+        Ok(match event {
+            Event::Bytes(source, piece, bytes) => {
+                self.scheduler.on_bytes(source, piece, bytes, now);
+                Vec::new()
+            }
+            Event::Piece(source, piece, ok) => {
+                self.tasks.remove(&(source, piece.0));
+                let new = ok && !self.scheduler.is_done(piece);
+                let actions = self.scheduler.on_piece(source, piece, ok, now);
+                if let (true, Some(ready)) = (new, &self.ready) {
+                    ready.mark(piece);
+                }
+                actions
+            }
+            Event::Failed(source, piece, why) => {
+                self.tasks.remove(&(source, piece.0));
+                tracing::debug!(source = self.scheduler.source_name(source), piece = piece.0, %why, "request failed");
+                self.scheduler.on_error(source, piece, &why)
+            }
+            Event::Disk(error) => {
+                for handle in self.tasks.values() {
+                    handle.abort();
+                }
+                let _ = self.save();
+                return Err(self.disk_error(error));
+            }
+            Event::Plan(answer) => {
+                self.replan.answered();
+                let standby_only = std::mem::take(&mut self.standby_only_replan);
+                match answer {
+                    Ok(new_plan) => self.take_plan(new_plan, standby_only, now),
+                    Err(error) => {
+                        tracing::warn!(%error, "asking the selector for a replacement")
+                    }
+                }
+                Vec::new()
+            }
+        })
+    }
+
+    /// A new plan from the selector: its new caches join as sources, or —
+    /// when it was asked for after a loss the others carry — only restore
+    /// the reserve (they stand by, unpaid, for the next loss).
+    fn take_plan(&mut self, new_plan: discover::Plan, standby_only: bool, now_ms: u64) {
+        let mut fresh = Vec::new();
+        if standby_only {
+            fresh.extend(new_plan.sources.iter().cloned());
+        }
+        fresh.extend(new_plan.standby.iter().cloned());
+        for planned in fresh {
+            let unknown = !self.sources.iter().any(|s| s.planned.url == planned.url)
+                && !self.standby.iter().any(|s| s.url == planned.url)
+                && !self.reported.contains(&planned.name);
+            if unknown && self.standby.len() < SOURCES_MAX {
+                tracing::info!(source = %planned.name, "kept as standby (used only if another source fails)");
+                self.standby.push_back(planned);
+            }
+        }
+        if standby_only {
+            return;
+        }
+        for planned in new_plan.sources {
+            if self.sources.len() >= SOURCES_MAX {
+                break;
+            }
+            let known = self.sources.iter().any(|s| s.planned.url == planned.url);
+            if known || self.reported.contains(&planned.name) {
+                continue;
+            }
+            self.standby.retain(|s| s.url != planned.url);
+            tracing::info!(source = %planned.name, "source added from the selector");
+            self.add_source(planned, "selector", now_ms);
+        }
+    }
+
+    /// A source failed (the scheduler dropped it): bring on the plan's
+    /// standby as far as the remaining sources do not cover the bitrate,
+    /// then ask the selector — for standby only when the plan carries
+    /// this loss, for replacements otherwise.
+    fn on_source_lost(&mut self, source: SourceId, reason: &str) {
+        let name = self.scheduler.source_name(source).to_string();
+        tracing::info!(source = %name, %reason, "a source failed");
+        // A source reported before (degraded, then dropped) is not a new
+        // loss: its standby was already decided.
+        let first_report = !self.reported.contains(&name);
+        if first_report {
+            self.reported.push(name.clone());
+            self.losses += 1;
+        } else if self.plan.survives_one_loss {
+            return;
+        }
+        let joined = if first_report {
+            self.bring_standby(source, &name)
+        } else {
+            0
+        };
+        if !matches!(self.origin, Origin::Selector(_)) {
+            return;
+        }
+        if self.plan.survives_one_loss && self.losses <= 1 {
+            // The loss is covered; restore the reserve with a plan whose
+            // new caches only stand by (nothing is reserved or drawn from
+            // them now).
+            tracing::info!(source = %name, standby_joined = joined, "the committed bitrate is covered: asking the selector for standby only");
+            if !self.replan.pending() {
+                self.replan.asked(self.now_ms());
+                self.standby_only_replan = true;
+                self.ask_selector(false);
+            }
+            return;
+        }
+        if joined == 0 && !self.replan.pending() && self.sources.len() < SOURCES_MAX {
+            self.replan.asked(self.now_ms());
+            self.ask_selector(true);
+        }
+    }
+
+    /// Brings on the plan's standby for a lost source: it is there now,
+    /// with capacity held for this, and only as much as the sources still
+    /// in use (their shares and what they hold ready) do not already
+    /// cover. Returns how many joined.
+    fn bring_standby(&mut self, lost: SourceId, lost_name: &str) -> usize {
+        let (sources, reported) = (&self.sources, &self.reported);
+        self.standby.retain(|reserve| {
+            !sources.iter().any(|s| s.planned.url == reserve.url)
+                && !reported.contains(&reserve.name)
+        });
+        let capacity = |p: &PlannedSource| crate::standby::Capacity {
+            mbps: p.mbps,
+            standby_mbps: p.standby_mbps,
+        };
+        let in_use: Vec<_> = self
+            .sources
+            .iter()
+            .filter(|s| !self.reported.contains(&s.planned.name))
+            .map(|s| capacity(&s.planned))
+            .collect();
+        let pool: Vec<_> = self.standby.iter().map(capacity).collect();
+        let wanted = crate::standby::standby_to_bring(self.committed_mbps, &in_use, &pool)
+            .min(SOURCES_MAX.saturating_sub(self.sources.len()));
+        // Weighted by what each holds ready, relative to the plan's shares
+        // (which sum to 1 over the plan).
+        let planned_mbps: f64 = self.plan.sources.iter().map(|s| s.mbps).sum();
+        let lost_share = self
+            .sources
+            .iter()
+            .find(|s| s.id == lost)
+            .map_or(1.0, |s| s.planned.share);
+        let joining: Vec<PlannedSource> = self.standby.drain(..wanted).collect();
+        for reserve in &joining {
+            let share = if planned_mbps > 0.0 && reserve.mbps > 0.0 {
+                reserve.mbps / planned_mbps
+            } else {
+                lost_share
+            };
+            tracing::info!(source = %reserve.name, replacing = %lost_name, mbps = reserve.mbps, "standby source brought on stream");
+            let now = self.now_ms();
+            self.add_source(
+                PlannedSource {
+                    share,
+                    ..reserve.clone()
+                },
+                "standby",
+                now,
+            );
+        }
+        joining.len()
+    }
+
+    /// Saves the resume state and flushes the file in the background, at
+    /// most every [`SAVE_EVERY_MS`], so the final sync has little left.
+    fn save_if_due(&mut self) -> Result<(), GetError> {
+        let now = self.now_ms();
+        if now - self.last_save_ms < SAVE_EVERY_MS {
+            return Ok(());
+        }
+        self.last_save_ms = now;
+        self.save().map_err(|e| self.disk_error(e))?;
+        if !self.syncing.swap(true, Ordering::Relaxed) {
+            let (file, syncing) = (self.file.clone(), self.syncing.clone());
+            tokio::task::spawn_blocking(move || {
+                let _ = file.sync_data();
+                syncing.store(false, Ordering::Relaxed);
+            });
+        }
+        Ok(())
+    }
+
+    /// The whole object: every piece verified on disk (read back after
+    /// writing, or re-hashed on resume), and the manifest those pieces
+    /// match is the object named. Then it is made durable and takes its
+    /// name, and the summary is written.
+    async fn finish(mut self, output: &Path) -> Result<Summary, GetError> {
+        if let (Some(playback), Some(ready)) = (&mut self.playback, &self.ready) {
+            playback.update(now_ms(self.started), ready.contiguous_bytes(&self.layout));
+        }
+        if let Some(task) = self.stdout_task.take() {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    return Err(GetError::Failed(format!("writing to stdout: {error}")))
+                }
+                Err(error) => return Err(GetError::Failed(error.to_string())),
+            }
+        }
+        let size_on_disk = self.file.metadata().map_err(|e| self.disk_error(e))?.len();
+        if size_on_disk != self.layout.object_size() || self.manifest.id() != self.expected_id {
+            let _ = std::fs::remove_file(&self.state);
+            return Err(GetError::Failed(format!(
+                "{} failed its final check ({size_on_disk} bytes, object {}); run again",
+                self.part.display(),
+                &self.manifest.id().to_hex()[..16]
+            )));
+        }
+        self.file.sync_all().map_err(|e| self.disk_error(e))?;
+        std::fs::rename(&self.part, output).map_err(|e| GetError::Disk {
+            path: output.display().to_string(),
+            why: e.to_string(),
+        })?;
+        let _ = std::fs::remove_file(&self.state);
+        let endpoint_keep = self.endpoint_keep.clone();
+        tokio::spawn(async move {
+            let _keep_serving = endpoint_keep;
+            std::future::pending::<()>().await
+        });
+        Ok(self.summary(output))
+    }
+
+    fn summary(&self, output: &Path) -> Summary {
+        let seconds = self.started.elapsed().as_secs_f64();
+        let reports = self.scheduler.report();
+        let mbps = self.layout.object_size() as f64 * 8.0 / 1e6 / seconds.max(1e-9);
+        let sources: Vec<SourceSummary> = self
+            .sources
+            .iter()
+            .zip(&reports)
+            .map(|(entry, report)| SourceSummary {
+                name: report.name.clone(),
+                url: entry.planned.url.clone(),
+                joined: entry.joined,
+                bytes: report.bytes,
+                pieces: report.pieces,
+                state: report.health.clone(),
+            })
+            .collect();
+        let playback = self.playback.as_ref();
+        Summary {
+            path: self.url.path.as_str().to_string(),
+            output: output.display().to_string(),
+            object_id: self.manifest.id().to_hex(),
+            bytes: self.layout.object_size(),
+            seconds,
+            mbps,
+            resumed_pieces: self.resumed_pieces,
+            committed_mbps: self.committed_mbps,
+            bitrate_held: self.committed_mbps.map(|c| mbps >= c),
+            failovers: reports
+                .iter()
+                .filter(|r| r.health.starts_with("dropped"))
+                .count() as u32,
+            stalls: reports.iter().map(|r| r.stalls).sum(),
+            degradations: reports.iter().map(|r| r.degradations).sum(),
+            replacements: (self.sources.len() - self.first_sources) as u32,
+            standby_used: self
+                .sources
+                .iter()
+                .filter(|s| s.joined == "standby")
+                .count() as u32,
+            rebuffers: playback.map(|p| p.rebuffers()),
+            rebuffer_ms: playback.map(|p| p.stalled_ms()),
+            playback_started_s: playback
+                .and_then(|p| p.started_ms())
+                .map(|ms| ms as f64 / 1000.0),
+            sources,
+        }
+    }
+}
+
+/// `--mirror` URLs join the plan as sources (same path only).
+fn add_mirrors(
+    plan: &mut discover::Plan,
+    url: &ObjectUrl,
+    mirrors: &[String],
+) -> Result<(), GetError> {
+    for mirror in mirrors {
         let parsed = ObjectUrl::parse(mirror)?;
         if parsed.path != url.path {
             return Err(GetError::BadUrl(format!(
@@ -305,486 +939,65 @@ pub async fn get(
             ..PlannedSource::default()
         });
     }
-    if plan.sources.is_empty() {
-        return Err(GetError::Failed(format!(
-            "{}: no source to download from (the selector planned none)",
-            url.url()
-        )));
-    }
-    let manifest = Arc::new(
-        discover::fetch_reference(&client, &plan.sources, &url.path, plan.object_id, timeout)
-            .await?,
-    );
-    if manifest.piece_count() > PIECES_MAX {
-        return Err(GetError::Manifest(format!(
-            "{} pieces: more than the {PIECES_MAX} this client takes",
-            manifest.piece_count()
-        )));
-    }
-    let layout = manifest.layout();
-    // With no id named by a source or the plan, the manifest vouches for
-    // itself (a plain server): pieces still must match it.
-    let expected_id = plan.object_id.unwrap_or_else(|| manifest.id());
-    let committed_mbps = options.bitrate_mbps.or(plan.committed_mbps);
+    Ok(())
+}
 
-    // The part file, resumed if it holds pieces of this very object.
-    let part = part_path(&options.output);
-    let state = state_path(&part);
+/// Opens the part file at the object's size; emptied first unless it is
+/// being resumed.
+fn open_part_file(part: &Path, size: u64, resuming: bool) -> Result<std::fs::File, GetError> {
     let disk = |error: std::io::Error| GetError::Disk {
         path: part.display().to_string(),
         why: error.to_string(),
     };
-    let have = load_resume(&part, &manifest);
-    let resumed_pieces = have.len();
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .read(true)
         .write(true)
-        .open(&part)
+        .open(part)
         .map_err(disk)?;
-    if resumed_pieces == 0 {
+    if !resuming {
         file.set_len(0).map_err(disk)?;
     }
-    file.set_len(layout.object_size()).map_err(disk)?;
-    let file = Arc::new(file);
+    file.set_len(size).map_err(disk)?;
+    Ok(file)
+}
 
-    let mut seed = [0u8; 8];
-    seed.copy_from_slice(&manifest.id().0[..8]);
-    let mut config = ScheduleConfig::new(
-        manifest.piece_count(),
-        layout.piece_size().bytes(),
-        u64::from_le_bytes(seed),
-    );
-    config.stall_ms = options.stall_ms;
-    config.in_order = options.stream.is_some();
-    let mut scheduler = Scheduler::new(config, &have);
-
-    // Stream mode: readers of the verified pieces, in order.
-    let ready = options.stream.as_ref().map(|_| {
-        let ready = crate::stream::Ready::new(manifest.piece_count());
-        for index in have.iter() {
-            ready.mark(index);
-        }
-        ready
-    });
-    let mut playback = match (&ready, committed_mbps) {
-        (Some(_), Some(mbps)) => Some(crate::playback::Playback::new(
-            mbps * 1e6,
-            options.buffer_ms,
-            layout.object_size(),
-        )),
-        _ => None,
-    };
-    let mut stdout_task = None;
-    // The local endpoint stops if `get` fails (this sender is dropped);
-    // after a success it serves until the process ends.
-    let (endpoint_keep, endpoint_stop) = tokio::sync::watch::channel(());
-    if let (Some(stream_to), Some(ready)) = (options.stream.take(), &ready) {
-        match stream_to {
-            StreamTo::Stdout => {
-                stdout_task = Some(tokio::spawn(crate::stream::to_stdout(
-                    ready.clone(),
-                    file.clone(),
-                    layout,
-                )));
-            }
-            StreamTo::Serve(listener) => {
-                let listener = listener
-                    .set_nonblocking(true)
-                    .and_then(|()| tokio::net::TcpListener::from_std(listener))
-                    .map_err(|e| GetError::Failed(format!("the local endpoint: {e}")))?;
-                tokio::spawn(crate::stream::serve(
-                    listener,
-                    ready.clone(),
-                    file.clone(),
-                    layout,
-                    crate::stream::content_type_of(url.path.file_name()),
-                    async move {
-                        let mut stop = endpoint_stop;
-                        while stop.changed().await.is_ok() {}
-                    },
-                ));
-            }
+/// Stream mode: starts the in-order reader (stdout, returned to be
+/// awaited) or the local HTTP endpoint (serving until `stop` ends).
+fn start_stream(
+    stream_to: StreamTo,
+    ready: &Arc<crate::stream::Ready>,
+    file: &Arc<std::fs::File>,
+    layout: PieceLayout,
+    url: &ObjectUrl,
+    stop: tokio::sync::watch::Receiver<()>,
+) -> Result<Option<tokio::task::JoinHandle<std::io::Result<()>>>, GetError> {
+    match stream_to {
+        StreamTo::Stdout => Ok(Some(tokio::spawn(crate::stream::to_stdout(
+            ready.clone(),
+            file.clone(),
+            layout,
+        )))),
+        StreamTo::Serve(listener) => {
+            let listener = listener
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::TcpListener::from_std(listener))
+                .map_err(|e| GetError::Failed(format!("the local endpoint: {e}")))?;
+            tokio::spawn(crate::stream::serve(
+                listener,
+                ready.clone(),
+                file.clone(),
+                layout,
+                crate::stream::content_type_of(url.path.file_name()),
+                async move {
+                    let mut stop = stop;
+                    while stop.changed().await.is_ok() {}
+                },
+            ));
+            Ok(None)
         }
     }
-    let start_ms = now_ms(started);
-    let mut sources: Vec<SourceEntry> = Vec::new();
-    for planned in plan.sources.iter().take(SOURCES_MAX) {
-        if sources.iter().any(|s| s.planned.url == planned.url) {
-            continue;
-        }
-        let id = scheduler.add_source(&planned.name, planned.share, start_ms);
-        sources.push(SourceEntry {
-            id,
-            planned: planned.clone(),
-            joined: "plan",
-        });
-    }
-    let first_sources = sources.len();
-    // Held in reserve by the plan, cheapest first.
-    let mut standby: std::collections::VecDeque<PlannedSource> = plan.standby.clone().into();
-    // Sources lost so far: a plan that survives one loss carries the first
-    // without a new plan (the others raise their output); the rate check
-    // below still asks for more if the committed bitrate is not held.
-    let mut losses = 0u32;
-    // The plan being asked for only tops up the standby.
-    let mut standby_only_replan = false;
-
-    let (events, mut inbox) = mpsc::channel::<Event>(1024);
-    let mut tasks = Requests::default();
-    let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_save = 0;
-    let mut last_progress = 0;
-    // When to ask the selector again, and when to give up (pure).
-    let mut replan = crate::replan::ReplanPolicy::default();
-    let mut reported: Vec<String> = Vec::new();
-    let syncing = Arc::new(std::sync::atomic::AtomicBool::new(false));
-
-    while !scheduler.is_complete() {
-        let now = now_ms(started);
-        if let Some(ready) = &ready {
-            scheduler.set_playhead(ready.playhead());
-        }
-        if let Some(conflict) = manifest.conflict() {
-            let _ = save_state(&state, &manifest, scheduler.done_set());
-            return Err(GetError::Manifest(format!("{conflict}: refused")));
-        }
-        if let Some(task) = &stdout_task {
-            if task.is_finished() {
-                let _ = save_state(&state, &manifest, scheduler.done_set());
-                return Err(GetError::Failed(
-                    "the output was closed before the object was complete".into(),
-                ));
-            }
-        }
-        // Give every free slot a piece.
-        for entry in &sources {
-            while let Some(piece) = scheduler.next_piece(entry.id, now) {
-                let Some(span) = layout.piece_span(piece) else {
-                    break;
-                };
-                let handle = tokio::spawn(fetch_piece(
-                    client.clone(),
-                    entry.planned.url.clone(),
-                    entry.id,
-                    piece,
-                    span.start(),
-                    span.end(),
-                    manifest.clone(),
-                    file.clone(),
-                    events.clone(),
-                    timeout,
-                ));
-                tasks.insert((entry.id, piece.0), handle.abort_handle());
-            }
-        }
-        // Ask for more sources when there are none left, or when the
-        // committed bitrate is not held; give up after a while without any.
-        let verdict = replan.tick(crate::replan::Observed {
-            now_ms: now,
-            usable_sources: scheduler.usable_sources().len(),
-            rate_mbps: scheduler.aggregate_rate_bps() * 8.0 / 1e6,
-            committed_mbps,
-            has_selector: matches!(origin, Origin::Selector(_)),
-            room: sources.len() < SOURCES_MAX,
-        });
-        match (verdict, &origin) {
-            (crate::replan::Verdict::GiveUp, _) => {
-                let why = scheduler
-                    .report()
-                    .iter()
-                    .map(|r| format!("{}: {}", r.name, r.health))
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                save_state(&state, &manifest, scheduler.done_set()).map_err(disk)?;
-                return Err(GetError::Failed(format!(
-                    "every source failed ({why}); {} of {} pieces are saved in {}: run again to resume",
-                    scheduler.done_count(),
-                    manifest.piece_count(),
-                    part.display()
-                )));
-            }
-            (crate::replan::Verdict::Ask, Origin::Selector(selector)) => {
-                spawn_replan(
-                    &client, selector, &url.path, &reported, true, &events, timeout,
-                );
-            }
-            _ => {}
-        }
-
-        let mut actions = Vec::new();
-        tokio::select! {
-            event = inbox.recv() => {
-                let Some(event) = event else { break };
-                let now = now_ms(started);
-                match event {
-                    Event::Bytes(source, piece, bytes) => scheduler.on_bytes(source, piece, bytes, now),
-                    Event::Piece(source, piece, ok) => {
-                        tasks.remove(&(source, piece.0));
-                        let new = ok && !scheduler.is_done(piece);
-                        actions = scheduler.on_piece(source, piece, ok, now);
-                        if let (true, Some(ready)) = (new, &ready) {
-                            ready.mark(piece);
-                        }
-                    }
-                    Event::Failed(source, piece, why) => {
-                        tasks.remove(&(source, piece.0));
-                        tracing::debug!(source = scheduler.source_name(source), piece = piece.0, %why, "request failed");
-                        actions = scheduler.on_error(source, piece, &why);
-                    }
-                    Event::Disk(error) => {
-                        for handle in tasks.values() {
-                            handle.abort();
-                        }
-                        let _ = save_state(&state, &manifest, scheduler.done_set());
-                        return Err(disk(error));
-                    }
-                    Event::Plan(answer) => {
-                        replan.answered();
-                        let standby_only_replan = std::mem::take(&mut standby_only_replan);
-                        match answer {
-                            Ok(new_plan) => {
-                                let unknown = |planned: &PlannedSource, standby: &std::collections::VecDeque<PlannedSource>| {
-                                    !sources.iter().any(|s| s.planned.url == planned.url)
-                                        && !standby.iter().any(|s| s.url == planned.url)
-                                        && !reported.contains(&planned.name)
-                                };
-                                // A plan asked for after a loss the others
-                                // carry restores the reserve only: its new
-                                // caches stand by, unpaid, for the next loss.
-                                let mut fresh = Vec::new();
-                                if standby_only_replan {
-                                    fresh.extend(new_plan.sources.iter().cloned());
-                                }
-                                fresh.extend(new_plan.standby.iter().cloned());
-                                for planned in fresh {
-                                    if unknown(&planned, &standby) && standby.len() < SOURCES_MAX {
-                                        tracing::info!(source = %planned.name, "kept as standby (used only if another source fails)");
-                                        standby.push_back(planned);
-                                    }
-                                }
-                                let to_add = if standby_only_replan { Vec::new() } else { new_plan.sources };
-                                for planned in to_add {
-                                    if sources.len() >= SOURCES_MAX {
-                                        break;
-                                    }
-                                    let known = sources.iter().any(|s| s.planned.url == planned.url);
-                                    if known || reported.contains(&planned.name) {
-                                        continue;
-                                    }
-                                    standby.retain(|s| s.url != planned.url);
-                                    let id = scheduler.add_source(&planned.name, planned.share, now);
-                                    tracing::info!(source = %planned.name, "source added from the selector");
-                                    sources.push(SourceEntry { id, planned, joined: "selector" });
-                                }
-                            }
-                            Err(error) => tracing::warn!(%error, "asking the selector for a replacement"),
-                        }
-                    }
-                }
-            }
-            _ = tick.tick() => {
-                let now = now_ms(started);
-                actions = scheduler.tick(now);
-                if let (Some(playback), Some(ready)) = (&mut playback, &ready) {
-                    playback.update(now, ready.contiguous_bytes(&layout));
-                }
-            }
-        }
-        for action in actions {
-            match action {
-                Action::Cancel { source, piece } => {
-                    if let Some(handle) = tasks.remove(&(source, piece.0)) {
-                        handle.abort();
-                    }
-                }
-                Action::Replace { source, reason } => {
-                    let name = scheduler.source_name(source).to_string();
-                    tracing::info!(source = %name, %reason, "a source failed");
-                    // A source reported before (degraded, then dropped)
-                    // is not a new loss: its standby was already decided.
-                    let first_report = !reported.contains(&name);
-                    if first_report {
-                        reported.push(name.clone());
-                        losses += 1;
-                    } else if plan.survives_one_loss {
-                        continue;
-                    }
-                    // The plan's standby first: it is there now, with
-                    // capacity held for this, and only as much as the
-                    // sources still in use (their shares and what they
-                    // hold ready) do not already cover.
-                    let mut joined = 0;
-                    if first_report {
-                        standby.retain(|reserve| {
-                            !sources.iter().any(|s| s.planned.url == reserve.url)
-                                && !reported.contains(&reserve.name)
-                        });
-                        let capacity = |p: &PlannedSource| crate::standby::Capacity {
-                            mbps: p.mbps,
-                            standby_mbps: p.standby_mbps,
-                        };
-                        let in_use: Vec<_> = sources
-                            .iter()
-                            .filter(|s| !reported.contains(&s.planned.name))
-                            .map(|s| capacity(&s.planned))
-                            .collect();
-                        let pool: Vec<_> = standby.iter().map(capacity).collect();
-                        let wanted =
-                            crate::standby::standby_to_bring(committed_mbps, &in_use, &pool)
-                                .min(SOURCES_MAX.saturating_sub(sources.len()));
-                        // Weighted by what each holds ready, relative to
-                        // the plan's shares (which sum to 1 over the plan).
-                        let planned_mbps: f64 = plan.sources.iter().map(|s| s.mbps).sum();
-                        let lost_share = sources
-                            .iter()
-                            .find(|s| s.id == source)
-                            .map_or(1.0, |s| s.planned.share);
-                        for reserve in standby.drain(..wanted).collect::<Vec<_>>() {
-                            let share = if planned_mbps > 0.0 && reserve.mbps > 0.0 {
-                                reserve.mbps / planned_mbps
-                            } else {
-                                lost_share
-                            };
-                            let id = scheduler.add_source(&reserve.name, share, now_ms(started));
-                            tracing::info!(source = %reserve.name, replacing = %name, mbps = reserve.mbps, "standby source brought on stream");
-                            sources.push(SourceEntry {
-                                id,
-                                planned: PlannedSource { share, ..reserve },
-                                joined: "standby",
-                            });
-                            joined += 1;
-                        }
-                    }
-                    let Origin::Selector(selector) = &origin else {
-                        continue;
-                    };
-                    if plan.survives_one_loss && losses <= 1 {
-                        // The loss is covered; restore the reserve with a
-                        // plan whose new caches only stand by (nothing is
-                        // reserved or drawn from them now).
-                        tracing::info!(source = %name, standby_joined = joined, "the committed bitrate is covered: asking the selector for standby only");
-                        if !replan.pending() {
-                            replan.asked(now_ms(started));
-                            standby_only_replan = true;
-                            spawn_replan(
-                                &client, selector, &url.path, &reported, false, &events, timeout,
-                            );
-                        }
-                        continue;
-                    }
-                    if joined > 0 {
-                        continue;
-                    }
-                    if !replan.pending() && sources.len() < SOURCES_MAX {
-                        replan.asked(now_ms(started));
-                        spawn_replan(
-                            &client, selector, &url.path, &reported, true, &events, timeout,
-                        );
-                    }
-                }
-            }
-        }
-        let now = now_ms(started);
-        if now - last_save >= SAVE_EVERY_MS {
-            last_save = now;
-            save_state(&state, &manifest, scheduler.done_set()).map_err(disk)?;
-            // Flush as we go, so the final sync has little left to write.
-            if !syncing.load(std::sync::atomic::Ordering::Relaxed) {
-                syncing.store(true, std::sync::atomic::Ordering::Relaxed);
-                let (file, syncing) = (file.clone(), syncing.clone());
-                tokio::task::spawn_blocking(move || {
-                    let _ = file.sync_data();
-                    syncing.store(false, std::sync::atomic::Ordering::Relaxed);
-                });
-            }
-        }
-        if now - last_progress >= 200 {
-            last_progress = now;
-            progress(&snapshot(&scheduler, &manifest, started));
-        }
-    }
-    for handle in tasks.values() {
-        handle.abort();
-    }
-    progress(&snapshot(&scheduler, &manifest, started));
-    if let (Some(playback), Some(ready)) = (&mut playback, &ready) {
-        playback.update(now_ms(started), ready.contiguous_bytes(&layout));
-    }
-    if let Some(task) = stdout_task {
-        match task.await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => return Err(GetError::Failed(format!("writing to stdout: {error}"))),
-            Err(error) => return Err(GetError::Failed(error.to_string())),
-        }
-    }
-
-    // The whole object: every piece verified on disk (read back after
-    // writing, or re-hashed on resume), and the manifest those pieces match
-    // is the object named. Then it is made durable and takes its name.
-    let size_on_disk = file.metadata().map_err(disk)?.len();
-    if size_on_disk != layout.object_size() || manifest.id() != expected_id {
-        let _ = std::fs::remove_file(&state);
-        return Err(GetError::Failed(format!(
-            "{} failed its final check ({size_on_disk} bytes, object {}); run again",
-            part.display(),
-            &manifest.id().to_hex()[..16]
-        )));
-    }
-    file.sync_all().map_err(disk)?;
-    std::fs::rename(&part, &options.output).map_err(|e| GetError::Disk {
-        path: options.output.display().to_string(),
-        why: e.to_string(),
-    })?;
-    let _ = std::fs::remove_file(&state);
-    tokio::spawn(async move {
-        let _keep_serving = endpoint_keep;
-        std::future::pending::<()>().await
-    });
-
-    let seconds = started.elapsed().as_secs_f64();
-    let reports = scheduler.report();
-    let mbps = layout.object_size() as f64 * 8.0 / 1e6 / seconds.max(1e-9);
-    let sources_summary: Vec<SourceSummary> = sources
-        .iter()
-        .zip(&reports)
-        .map(|(entry, report)| SourceSummary {
-            name: report.name.clone(),
-            url: entry.planned.url.clone(),
-            joined: entry.joined,
-            bytes: report.bytes,
-            pieces: report.pieces,
-            state: report.health.clone(),
-        })
-        .collect();
-    Ok(Summary {
-        path: url.path.as_str().to_string(),
-        output: options.output.display().to_string(),
-        object_id: manifest.id().to_hex(),
-        bytes: layout.object_size(),
-        seconds,
-        mbps,
-        resumed_pieces,
-        committed_mbps,
-        bitrate_held: committed_mbps.map(|c| mbps >= c),
-        failovers: reports
-            .iter()
-            .filter(|r| r.health.starts_with("dropped"))
-            .count() as u32,
-        stalls: reports.iter().map(|r| r.stalls).sum(),
-        degradations: reports.iter().map(|r| r.degradations).sum(),
-        replacements: (sources.len() - first_sources) as u32,
-        standby_used: sources.iter().filter(|s| s.joined == "standby").count() as u32,
-        rebuffers: playback.as_ref().map(|p| p.rebuffers()),
-        rebuffer_ms: playback.as_ref().map(|p| p.stalled_ms()),
-        playback_started_s: playback
-            .as_ref()
-            .and_then(|p| p.started_ms())
-            .map(|ms| ms as f64 / 1000.0),
-        sources: sources_summary,
-    })
 }
 
 /// Asks the selector for a plan without the `exclude`d caches; the answer
