@@ -344,89 +344,6 @@ impl Filler {
         tokio::spawn(run);
     }
 
-    /// Fetches pieces `first..first + count` (those not stored or already
-    /// in flight), trying `preferred` first, and waits until all of them
-    /// are delivered. The swarm scheduler's way in.
-    pub async fn fill_range(
-        self: &Arc<Self>,
-        entry: &Arc<ObjectEntry>,
-        first: PieceIndex,
-        count: u32,
-        preferred: Preferred,
-    ) -> Result<(), FillError> {
-        let end = first
-            .0
-            .saturating_add(count)
-            .min(entry.layout.piece_count());
-        let mut waits = Vec::new();
-        let mut senders = Vec::new();
-        {
-            let mut inflight = lock(&self.inflight);
-            for index in first.0..end {
-                let key = PieceKey {
-                    object: entry.id,
-                    index: PieceIndex(index),
-                };
-                if let Some(slot) = inflight.get(&key) {
-                    waits.push(slot.clone());
-                    continue;
-                }
-                if self.store.contains(&key) {
-                    continue;
-                }
-                let (sender, receiver) = watch::channel(None);
-                inflight.insert(key, receiver.clone());
-                waits.push(receiver);
-                senders.push((PieceIndex(index), sender));
-            }
-        }
-        if !senders.is_empty() {
-            // Only a contiguous prefix of our own claims is one run; the
-            // rest (after a piece someone else is fetching) is its own.
-            let mut runs: Vec<Vec<(PieceIndex, watch::Sender<SlotValue>)>> = Vec::new();
-            for (index, sender) in senders {
-                match runs.last_mut() {
-                    Some(run) if run.last().is_some_and(|(i, _)| i.0 + 1 == index.0) => {
-                        run.push((index, sender))
-                    }
-                    _ => runs.push(vec![(index, sender)]),
-                }
-            }
-            for run in runs {
-                let verifiable = entry.manifest.is_some()
-                    || run
-                        .first()
-                        .is_some_and(|(i, _)| entry.learnt_hash(*i).is_some());
-                let claim = Claim {
-                    filler: self.clone(),
-                    object: entry.id,
-                    senders: run,
-                    relaying: false,
-                };
-                let source = match &preferred {
-                    Preferred::Holder(member) if verifiable => Some(RunSource::Peer {
-                        member: member.clone(),
-                        mode: PeerMode::Have,
-                        last_resort: false,
-                    }),
-                    _ => self.shield_source(entry, &[]),
-                };
-                self.spawn_run_from(entry.clone(), claim, source);
-            }
-        }
-        for mut slot in waits {
-            match slot.wait_for(|v| v.is_some()).await {
-                Ok(value) => {
-                    if let Some(Err(error)) = value.clone() {
-                        return Err(error);
-                    }
-                }
-                Err(_) => return Err(FillError::Abandoned),
-            }
-        }
-        Ok(())
-    }
-
     /// The path's shield above us (fill mode), or the origin when we are
     /// the shield.
     fn shield_source(&self, entry: &ObjectEntry, excluded: &[String]) -> Option<RunSource> {
@@ -964,16 +881,13 @@ impl Filler {
                     &self.stats.peer_bytes_received
                 };
                 counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                if matches!(
-                    source,
-                    RunSource::Peer {
-                        mode: PeerMode::Have,
-                        ..
+                if let RunSource::Peer { mode, .. } = source {
+                    match mode {
+                        PeerMode::Have => &self.stats.peer_bytes_received_from_holders,
+                        PeerMode::Relay => &self.stats.peer_bytes_received_from_relays,
+                        PeerMode::Fill => &self.stats.peer_bytes_received_from_shields,
                     }
-                ) {
-                    self.stats
-                        .peer_bytes_received_from_holders
-                        .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
                 }
                 buffer.extend_from_slice(&chunk);
             }
@@ -1123,15 +1037,6 @@ impl Filler {
             drop(sender);
         });
     }
-}
-
-/// Where [`Filler::fill_range`] should try first.
-#[derive(Clone, Debug)]
-pub enum Preferred {
-    /// A sibling that holds the pieces (`have` mode).
-    Holder(Member),
-    /// The path's shield (or the origin, when we are the shield).
-    Shield,
 }
 
 /// Where a run of pieces is fetched from.

@@ -42,8 +42,6 @@ pub use shoal_proto::{
 /// Smallest egress cap a running cache accepts (1 Mbit/s): below it a
 /// single write would wait longer than the idle timeout.
 pub const EGRESS_BYTES_PER_S_MIN: u64 = 125_000;
-/// Most partner caches a warm-up request may name.
-const WARM_PARTNERS_MAX: usize = 1024;
 /// How long before a member is asked again about a purge it announces.
 const PURGE_ASK_AGAIN: std::time::Duration = std::time::Duration::from_secs(5);
 /// How long a piece whose origin bytes failed the manifest is refused
@@ -215,8 +213,9 @@ impl CacheService {
         }
     }
 
-    /// `POST /_shoal/warm/<path>`: fills the whole object here (swarming
-    /// with other caches warming it) and answers a JSON report when done.
+    /// `POST /_shoal/warm/<path>`: fills the whole object here (caches
+    /// warming it together relay blocks to each other, as in a flash
+    /// crowd) and answers a JSON report when done.
     async fn warm<B>(self: &Arc<Self>, request: &Request<B>, raw_path: &str) -> Response<Body> {
         if request.method() != Method::POST {
             return post_only("warm-up is a POST\n");
@@ -234,19 +233,7 @@ impl CacheService {
             }
             Err(response) => return response,
         };
-        // `?with=ADDR,ADDR`: the HTTP addresses of caches warming it too.
-        let partners: Vec<std::net::SocketAddr> = request
-            .uri()
-            .query()
-            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("with=")))
-            .map(|list| {
-                list.split(',')
-                    .take(WARM_PARTNERS_MAX)
-                    .filter_map(|a| a.parse().ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        match crate::warm::warm(self, entry, &partners).await {
+        match crate::warm::warm(self, entry).await {
             Ok(report) => json_response(&report),
             Err(error) => text_response(
                 error.client_status(),
@@ -800,6 +787,11 @@ impl CacheService {
                 far_relays: &far_relays,
                 uplink_weight: &uplink_weight,
                 shield_has_uplink,
+                shield_eta_ms: (cap_bytes_per_s > 0).then(|| {
+                    promised.saturating_add(span_bytes).saturating_mul(1000) / cap_bytes_per_s
+                }),
+                uplink_bytes_per_s: &|node: &str| caps.get(node).copied().unwrap_or(0) / 8,
+                block_bytes: span_bytes.min(crate::fill::RELAY_BLOCK_BYTES),
             };
             let now_ms = self
                 .relays

@@ -29,6 +29,10 @@ pub struct CacheStats {
     pub peer_bytes_received: AtomicU64,
     /// Of those, bytes from siblings that held the pieces (not the shield).
     pub peer_bytes_received_from_holders: AtomicU64,
+    /// Of those, bytes relays passed on (flash crowds, warm-ups).
+    pub peer_bytes_received_from_relays: AtomicU64,
+    /// Of those, bytes from a shield filling them (`fill` mode).
+    pub peer_bytes_received_from_shields: AtomicU64,
     /// Piece runs fetched from a sibling that held them.
     pub peer_fetches_have: AtomicU64,
     /// Piece runs fetched from the shield (which fills them).
@@ -77,6 +81,8 @@ pub struct StatsSnapshot {
     pub peer_bytes_served: u64,
     pub peer_bytes_received: u64,
     pub peer_bytes_received_from_holders: u64,
+    pub peer_bytes_received_from_relays: u64,
+    pub peer_bytes_received_from_shields: u64,
     pub peer_fetches_have: u64,
     pub peer_fetches_shield: u64,
     pub peer_fetches_relay: u64,
@@ -129,6 +135,8 @@ impl CacheStats {
             peer_bytes_served: get(&self.peer_bytes_served),
             peer_bytes_received: get(&self.peer_bytes_received),
             peer_bytes_received_from_holders: get(&self.peer_bytes_received_from_holders),
+            peer_bytes_received_from_relays: get(&self.peer_bytes_received_from_relays),
+            peer_bytes_received_from_shields: get(&self.peer_bytes_received_from_shields),
             peer_fetches_have: get(&self.peer_fetches_have),
             peer_fetches_shield: get(&self.peer_fetches_shield),
             peer_fetches_relay: get(&self.peer_fetches_relay),

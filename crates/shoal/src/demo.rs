@@ -209,7 +209,7 @@ pub async fn run(video_size: ByteSize, once: bool, cache_port: u16) -> anyhow::R
         }
     }
     // 4. Pre-positioning: a release warmed on every cache at once; they
-    //    swarm, so the origin sends it once.
+    //    relay blocks to each other, so the origin sends it once.
     let release = Sample {
         path: "downloads/release-2.0.bin",
         size: 64 << 20,
@@ -218,11 +218,7 @@ pub async fn run(video_size: ByteSize, once: bool, cache_port: u16) -> anyhow::R
     write_sample(&root, &release)?;
     let warm_started = Instant::now();
     let key = shoal_core::auth::ClusterKey::from_secret(&secret)?;
-    let with: Vec<String> = caches
-        .iter()
-        .map(|c| c.url.trim_start_matches("http://").to_string())
-        .collect();
-    let target = format!("/_shoal/warm/{}?with={}", release.path, with.join(","));
+    let target = format!("/_shoal/warm/{}", release.path);
     let warms = caches.iter().map(|c| {
         let token = key.sign(
             "demo",

@@ -30,10 +30,8 @@
 //! or, for a block nobody fetched yet, to the block's owner
 //! ([`block_owner`], an even deal of blocks over the region's caches);
 //! the fetcher, the owner of an unfetched block and last-resort requests
-//! are served. Warm-ups of whole objects use the same blocks and holder
-//! ranking ([`swarm`]).
-
-pub mod swarm;
+//! are served. A warm-up of a whole object reads it like a client does, so
+//! warm-ups and client fills are scheduled by this same code.
 
 #[cfg(test)]
 mod sim;
@@ -303,6 +301,14 @@ pub struct RelayAsk<'a> {
     /// promised to send directly is under a fraction of a second of its
     /// cap): served directly, crowd or not.
     pub shield_has_uplink: bool,
+    /// When this shield would have sent the block if it served it now
+    /// (what it promised, then the block, at its egress cap), ms from
+    /// now; `None` when its uplink is not capped (then unknown).
+    pub shield_eta_ms: Option<u64>,
+    /// A cache's uplink in bytes per second, as gossiped (0: not capped).
+    pub uplink_bytes_per_s: &'a dyn Fn(&str) -> u64,
+    /// Bytes a relay takes on by relaying this request (the block).
+    pub block_bytes: u64,
 }
 
 /// The shield's answer.
@@ -351,6 +357,49 @@ pub struct RelayDesk {
     askers: std::collections::HashMap<ObjectId, Vec<(String, u64)>>,
     /// Requesters sent to each cache so far (to spread the relaying).
     relay_load: std::collections::HashMap<String, u64>,
+    /// Bytes each cache was given to relay and has not sent yet, by the
+    /// desk's estimate (drained at its uplink), and when last updated.
+    relay_backlog: Backlogs,
+}
+
+/// How long `bytes` take at `bytes_per_s` (0: not capped, so no time), ms.
+fn eta_ms(bytes: u64, bytes_per_s: u64) -> u64 {
+    match bytes_per_s {
+        0 => 0,
+        rate => bytes.saturating_mul(1000) / rate,
+    }
+}
+
+/// Per cache, the bytes the desk gave it to relay and has not seen sent
+/// (by its estimate), and when that was last updated (ms).
+type Backlogs = std::collections::HashMap<String, (u64, u64)>;
+
+/// What `node` still has to relay by the desk's estimate: what it was
+/// given, drained at its uplink since.
+fn backlog_bytes(backlogs: &mut Backlogs, node: &str, ask: &RelayAsk<'_>, now_ms: u64) -> u64 {
+    let Some((bytes, at_ms)) = backlogs.get_mut(node) else {
+        return 0;
+    };
+    let uplink = (ask.uplink_bytes_per_s)(node);
+    let drained = if uplink == 0 {
+        u64::MAX
+    } else {
+        uplink.saturating_mul(now_ms.saturating_sub(*at_ms)) / 1000
+    };
+    *bytes = bytes.saturating_sub(drained);
+    *at_ms = now_ms;
+    *bytes
+}
+
+fn add_backlog(backlogs: &mut Backlogs, node: &str, ask: &RelayAsk<'_>, now_ms: u64) {
+    let backlog = backlog_bytes(backlogs, node, ask, now_ms);
+    if backlogs.len() >= RELAY_LOAD_NODES_MAX && !backlogs.contains_key(node) {
+        backlogs.clear();
+    }
+    backlogs.insert(
+        node.to_string(),
+        (backlog.saturating_add(ask.block_bytes), now_ms),
+    );
 }
 
 /// Caches whose relay load the desk counts, at most.
@@ -498,10 +547,23 @@ impl RelayDesk {
                 (!near(&r.node), relayed.saturating_mul(1024) / weight)
             });
         if let Some(relay) = relay {
-            relay.relays_given += 1;
+            // The shield itself when it would deliver sooner than the
+            // relay, with what each already has to send (a thin relay
+            // must not hold requesters the shield's uplink could take).
             let name = relay.node.clone();
+            if let Some(shield_eta) = ask.shield_eta_ms {
+                let backlog = backlog_bytes(&mut self.relay_backlog, &name, ask, now_ms);
+                if shield_eta <= eta_ms(backlog + ask.block_bytes, (ask.uplink_bytes_per_s)(&name))
+                {
+                    return serve(block);
+                }
+            }
+            if let Some(relay) = block.receivers.iter_mut().find(|r| r.node == name) {
+                relay.relays_given += 1;
+            }
             add_requester(block, &name);
             self.count_relay(&name);
+            add_backlog(&mut self.relay_backlog, &name, ask, now_ms);
             return Admission::TryInstead(name);
         }
         let anyone_alive = block.receivers.iter().any(|r| alive(&r.node));
@@ -523,6 +585,17 @@ impl RelayDesk {
         let owner = block_owner(ask.object, block_index, &weighted)
             .and_then(|slot| slot.split('\u{0}').next())
             .and_then(|name| owners.iter().copied().find(|o| *o == name));
+        // A busy owner would hold the requester longer than the shield:
+        // the requester takes the block first instead (it is one copy
+        // either way, and the owner is then sent to the requester).
+        let backlogs = &mut self.relay_backlog;
+        let owner = owner.filter(|owner| {
+            let busy = ask.shield_eta_ms.is_some_and(|shield_eta| {
+                let backlog = backlog_bytes(backlogs, owner, ask, now_ms);
+                shield_eta < eta_ms(backlog, (ask.uplink_bytes_per_s)(owner))
+            });
+            !busy
+        });
         match owner {
             Some(owner) if !anyone_alive && owner != requester => {
                 // The owner fetches the block from us: served when it asks.
@@ -534,6 +607,7 @@ impl RelayDesk {
                 });
                 add_requester(block, owner);
                 self.count_relay(owner);
+                add_backlog(&mut self.relay_backlog, owner, ask, now_ms);
                 Admission::TryInstead(owner.to_string())
             }
             _ => serve(block),
@@ -760,6 +834,9 @@ mod tests {
                 far_relays: &[],
                 uplink_weight: &|_| 1,
                 shield_has_uplink: false,
+                shield_eta_ms: None,
+                uplink_bytes_per_s: &|_| 0,
+                block_bytes: 4 << 20,
             };
             desk.admit(&ask, &LIMITS, 1_000)
         };
@@ -802,6 +879,9 @@ mod tests {
                 far_relays: &[],
                 uplink_weight: &|_| 1,
                 shield_has_uplink: false,
+                shield_eta_ms: None,
+                uplink_bytes_per_s: &|_| 0,
+                block_bytes: 4 << 20,
             };
             desk.admit(&ask, &LIMITS, 0)
         };
@@ -842,6 +922,9 @@ mod tests {
                     far_relays: &[],
                     uplink_weight: &weight,
                     shield_has_uplink: false,
+                    shield_eta_ms: None,
+                    uplink_bytes_per_s: &|_| 0,
+                    block_bytes: 4 << 20,
                 };
                 if let Admission::TryInstead(owner) = desk.admit(&ask, &LIMITS, 0) {
                     if requester == "asker" {
@@ -871,12 +954,88 @@ mod tests {
                 far_relays: &[],
                 uplink_weight: &|_| 1,
                 shield_has_uplink: has_uplink,
+                shield_eta_ms: None,
+                uplink_bytes_per_s: &|_| 0,
+                block_bytes: 4 << 20,
             };
             desk.admit(&ask, &LIMITS, 0)
         };
         assert_eq!(ask("c1", false), Admission::Serve);
         assert_eq!(ask("c2", true), Admission::Serve, "uplink to spare");
         assert_eq!(ask("c3", false), Admission::TryInstead("c1".into()));
+    }
+
+    #[test]
+    fn a_relay_is_used_only_while_it_would_deliver_sooner_than_the_shield() {
+        let relays = ["c1", "c2", "c3", "c4"];
+        let mut desk = RelayDesk::default();
+        // 100 Mbit/s relays: a 4 MiB block takes them 335 ms.
+        let mut ask = |requester: &str, shield_eta_ms: u64, now_ms: u64| {
+            let ask = RelayAsk {
+                object: &OBJECT,
+                first: 0,
+                requester,
+                last_resort: false,
+                relays: &relays,
+                far_relays: &[],
+                uplink_weight: &|_| 1,
+                shield_has_uplink: false,
+                shield_eta_ms: Some(shield_eta_ms),
+                uplink_bytes_per_s: &|_| 12_500_000,
+                block_bytes: 4 << 20,
+            };
+            desk.admit(&ask, &LIMITS, now_ms)
+        };
+        assert_eq!(ask("c1", 400, 0), Admission::Serve, "the first asker");
+        assert_eq!(
+            ask("c2", 400, 0),
+            Admission::TryInstead("c1".into()),
+            "c1 delivers in 335 ms, the shield in 400"
+        );
+        assert_eq!(
+            ask("c3", 400, 0),
+            Admission::TryInstead("c2".into()),
+            "c2 has relayed least; c1 now has a block to relay"
+        );
+        assert_eq!(
+            ask("c4", 200, 0),
+            Admission::Serve,
+            "every relay needs 335 ms or more; the shield 200"
+        );
+        // A backlog drains at the relay's uplink: with only c1 left to
+        // relay, it is busy for 671 ms at first, free a second later.
+        let mut desk = RelayDesk::default();
+        let mut ask = |requester: &str, relays: &[&str], shield_eta_ms: u64, now_ms: u64| {
+            let ask = RelayAsk {
+                object: &OBJECT,
+                first: 0,
+                requester,
+                last_resort: false,
+                relays,
+                far_relays: &[],
+                uplink_weight: &|_| 1,
+                shield_has_uplink: false,
+                shield_eta_ms: Some(shield_eta_ms),
+                uplink_bytes_per_s: &|_| 12_500_000,
+                block_bytes: 4 << 20,
+            };
+            desk.admit(&ask, &LIMITS, now_ms)
+        };
+        assert_eq!(ask("c1", &["c1", "c2"], 400, 0), Admission::Serve);
+        assert_eq!(
+            ask("c2", &["c1", "c2"], 400, 0),
+            Admission::TryInstead("c1".into())
+        );
+        assert_eq!(
+            ask("c3", &["c1", "c3"], 500, 0),
+            Admission::Serve,
+            "c1 has 4 MiB to relay first: 671 ms > 500"
+        );
+        assert_eq!(
+            ask("c4", &["c1", "c4"], 500, 1_000),
+            Admission::TryInstead("c1".into()),
+            "a second later c1's backlog is sent"
+        );
     }
 
     #[test]
@@ -894,6 +1053,9 @@ mod tests {
                 far_relays: far,
                 uplink_weight: &|_| 1,
                 shield_has_uplink: false,
+                shield_eta_ms: None,
+                uplink_bytes_per_s: &|_| 0,
+                block_bytes: 4 << 20,
             };
             desk.admit(&ask, &LIMITS, 0)
         };
@@ -921,6 +1083,9 @@ mod tests {
                 far_relays: &[],
                 uplink_weight: &|_| 1,
                 shield_has_uplink: false,
+                shield_eta_ms: None,
+                uplink_bytes_per_s: &|_| 0,
+                block_bytes: 4 << 20,
             };
             desk.admit(&ask, &LIMITS, now_ms)
         };

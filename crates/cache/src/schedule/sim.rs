@@ -200,6 +200,9 @@ impl World {
                         far_relays: &[],
                         uplink_weight: &|_| 1,
                         shield_has_uplink: false,
+                        shield_eta_ms: None,
+                        uplink_bytes_per_s: &|_| 0,
+                        block_bytes: 4 << 20,
                     };
                     let admission = self.desk.admit(&ask, &self.limits, (now * 1000.0) as u64);
                     if let super::Admission::TryInstead(relay) = admission {
