@@ -828,7 +828,17 @@ fn resilience_is_standby_on_cheap_caches_and_a_killed_one_costs_no_rebuffer() {
         || {
             // (Gossip shows the first stream's load for a few seconds.)
             plan = plan_of("/uhd/film.ts");
-            plan["sources"].as_array().map_or(0, Vec::len) == 2
+            // (The selector suspects cheap1 for 10 s after its requests
+            // to the killed instance failed.)
+            let mut nodes: Vec<&str> = plan["sources"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s["node"].as_str())
+                .collect();
+            nodes.sort();
+            nodes == ["cheap1", "cheap2"]
+                && plan["sources"].as_array().map_or(0, Vec::len) == 2
                 && plan["standby"].as_array().map_or(0, Vec::len) == 1
                 && plan["standby"][0]["mbps"]
                     .as_f64()
