@@ -40,6 +40,9 @@ const PROGRESS_BYTES: u64 = 16 << 10;
 pub const PIECES_MAX: u32 = 1 << 20;
 /// The resume state is saved at most this often.
 const SAVE_EVERY_MS: u64 = 1_000;
+/// A source's first byte may take this many stall periods (a cold cache
+/// fills before it sends).
+const FIRST_BYTE_STALLS: u64 = 3;
 /// Progress is reported at most this often.
 const PROGRESS_EVERY_MS: u64 = 200;
 
@@ -392,6 +395,7 @@ impl Run {
             u64::from_le_bytes(seed),
         );
         config.stall_ms = options.stall_ms;
+        config.first_byte_ms = options.stall_ms.saturating_mul(FIRST_BYTE_STALLS);
         config.in_order = options.stream.is_some();
         let scheduler = Scheduler::new(config, &have);
 

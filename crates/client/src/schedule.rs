@@ -54,6 +54,10 @@ pub struct ScheduleConfig {
     pub object_seed: u64,
     /// No byte for this long with requests out: stalled.
     pub stall_ms: u64,
+    /// The same for a source that has not sent a byte yet: a cold cache
+    /// (a replacement, say) first fills from its shield or the origin, so
+    /// its first byte may take longer than a warm source's next one.
+    pub first_byte_ms: u64,
     /// Short-term rate below this fraction of the long-term rate: degraded.
     pub drop_ratio: f64,
     pub in_flight_min: u32,
@@ -76,6 +80,7 @@ impl ScheduleConfig {
             piece_bytes: piece_bytes.max(1),
             object_seed,
             stall_ms: 1_000,
+            first_byte_ms: 3_000,
             drop_ratio: 0.3,
             in_flight_min: 2,
             in_flight_max: 16,
@@ -690,6 +695,7 @@ impl Scheduler {
         let mut actions = Vec::new();
         let mut stalled = Vec::new();
         let stall_ms = self.config.stall_ms;
+        let first_byte_ms = self.config.first_byte_ms;
         let drop_ratio = self.config.drop_ratio;
         for (index, s) in self.sources.iter_mut().enumerate() {
             let id = SourceId(index as u32);
@@ -705,7 +711,12 @@ impl Scheduler {
             }
             s.bytes_since_tick = 0;
             s.busy_since_tick = !s.in_flight.is_empty();
-            if !s.in_flight.is_empty() && now_ms.saturating_sub(s.last_progress_ms) >= stall_ms {
+            let limit_ms = if s.bytes == 0 {
+                first_byte_ms.max(stall_ms)
+            } else {
+                stall_ms
+            };
+            if !s.in_flight.is_empty() && now_ms.saturating_sub(s.last_progress_ms) >= limit_ms {
                 s.stalls += 1;
                 stalled.push((
                     id,

@@ -425,3 +425,33 @@ fn a_degraded_sources_pieces_are_taken_over_before_new_ones() {
         piece: held
     }));
 }
+
+#[test]
+fn a_cold_source_gets_longer_for_its_first_byte_than_a_warm_one_for_its_next() {
+    let mut config = ScheduleConfig::new(100, MIB, 7);
+    config.stall_ms = 1_000;
+    config.first_byte_ms = 3_000;
+    let mut s = Scheduler::new(config, &PieceSet::new(100));
+    let warm = s.add_source("warm", 1.0, 0);
+    let cold = s.add_source("cold", 1.0, 0);
+    let warm_piece = s.next_piece(warm, 0).unwrap();
+    s.next_piece(cold, 0).unwrap();
+    s.on_bytes(warm, warm_piece, 1_000, 100);
+    let stalled = |actions: &[Action], id: SourceId| {
+        actions.iter().any(
+            |a| matches!(a, Action::Replace { source, reason } if *source == id && reason.starts_with("stalled")),
+        )
+    };
+    let mut dropped_warm = false;
+    for now in (100..=2_900).step_by(100) {
+        let actions = s.tick(now);
+        dropped_warm |= stalled(&actions, warm);
+        assert!(
+            !stalled(&actions, cold),
+            "the cold source stalled at {now} ms"
+        );
+    }
+    assert!(dropped_warm, "a source that stops for a second is stalled");
+    let actions = s.tick(3_000);
+    assert!(stalled(&actions, cold), "no first byte in 3 s: stalled");
+}
