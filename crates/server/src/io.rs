@@ -205,23 +205,43 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        if self.egress.is_none() {
-            let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-            if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-                self.activity.touch();
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        let allowed = match self.poll_egress(cx, total) {
+            Poll::Ready(allowed) => allowed,
+            Poll::Pending => return Poll::Pending,
+        };
+        // Every byte passes the egress cap: the slices are cut to what it
+        // allows. Vectored, so hyper queues body chunks instead of copying
+        // them into its write buffer (a copy of every byte served).
+        let result = if allowed == total {
+            Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        } else {
+            let mut left = allowed;
+            let mut limited = Vec::with_capacity(bufs.len());
+            for buf in bufs {
+                if left == 0 {
+                    break;
+                }
+                let take = buf.len().min(left);
+                limited.push(io::IoSlice::new(&buf[..take]));
+                left -= take;
             }
-            return result;
+            Pin::new(&mut self.inner).poll_write_vectored(cx, &limited)
+        };
+        match &result {
+            Poll::Ready(Ok(n)) => {
+                if *n > 0 {
+                    self.activity.touch();
+                }
+                self.refund_egress(allowed.saturating_sub(*n));
+            }
+            _ => self.refund_egress(allowed),
         }
-        // Through poll_write, so every byte passes the egress cap.
-        let first = bufs
-            .iter()
-            .find(|b| !b.is_empty())
-            .map_or(&[][..], |b| &**b);
-        self.poll_write(cx, first)
+        result
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.egress.is_none() && self.inner.is_write_vectored()
+        self.inner.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
