@@ -319,9 +319,11 @@ impl CacheService {
         let said = |answer: Result<(), crate::peer::PeerError>| -> serde_json::Value {
             match answer {
                 Ok(()) => "purged".into(),
-                Err(error) => {
-                    format!("not reached ({error}); it catches up from the others").into()
-                }
+                Err(error) => format!(
+                    "not reached ({}); it catches up from the others",
+                    shoal_proto::Chain(&error)
+                )
+                .into(),
             }
         };
         // A path's shield goes first: a cache purged before its shield

@@ -25,11 +25,17 @@ pub struct PieceKey {
 /// What the writer thread is asked to do.
 enum WriteOp {
     Index(IndexOp),
-    /// Resolves once everything queued before it is committed.
+    /// Resolves once everything queued before it is committed, or with
+    /// why the commit failed.
     Flush {
-        done: oneshot::Sender<()>,
+        done: oneshot::Sender<Result<(), String>>,
     },
 }
+
+/// Record and manifest changes of failed commits kept for the next one, at
+/// most (piece rows are not kept: the in-memory view is authoritative for
+/// this run, and a piece whose row is lost is only forgotten at restart).
+const UNSAVED_OPS_MAX: usize = 4_096;
 
 /// At most this many queued operations are applied in one commit.
 const BATCH_OPS_MAX: usize = 4096;
@@ -58,6 +64,10 @@ pub enum StoreError {
     Index(#[from] redb::Error),
     #[error("the store's writer thread has stopped")]
     WriterGone,
+    /// The index could not be committed; the record and manifest changes
+    /// are kept and retried with the next commit.
+    #[error("the index could not be written ({0}); retried with the next write")]
+    Unsaved(String),
 }
 
 impl StoreError {
@@ -215,13 +225,19 @@ impl Store {
         let loaded = medium.load_rows()?;
         let mut stale_rows: Vec<Vec<u8>> = loaded.malformed_keys;
         let mut pieces = BTreeMap::new();
-        for (key, meta) in loaded.good {
-            // A row whose bytes cannot be there is dropped; bytes that are
-            // there but damaged are caught by verify-on-read.
-            if medium.can_hold(&key, &meta) {
-                pieces.insert(key, meta);
-            } else {
-                stale_rows.push(crate::medium::redb_index::piece_key_bytes(&key).to_vec());
+        let mut good = loaded.good;
+        good.sort_unstable_by_key(|(key, _)| *key);
+        // One object's rows at a time (one look at its data each). A row
+        // whose bytes cannot be there is dropped; bytes that are there but
+        // damaged are caught by verify-on-read.
+        for rows in good.chunk_by(|a, b| a.0.object == b.0.object) {
+            let holdable = medium.can_hold(&rows[0].0.object, rows);
+            for ((key, meta), ok) in rows.iter().zip(holdable) {
+                if ok {
+                    pieces.insert(*key, *meta);
+                } else {
+                    stale_rows.push(crate::medium::redb_index::piece_key_bytes(key).to_vec());
+                }
             }
         }
         if !stale_rows.is_empty() {
@@ -625,11 +641,15 @@ impl Store {
         self.send(WriteOp::Index(IndexOp::PutManifest { id, bytes }))
     }
 
-    /// Waits until every write queued so far is committed.
+    /// Waits until every write queued so far is committed; an error if
+    /// the commit failed (its record and manifest changes are retried with
+    /// the next one).
     pub async fn flush(&self) -> Result<(), StoreError> {
         let (done, wait) = tokio::sync::oneshot::channel();
         self.send(WriteOp::Flush { done })?;
-        wait.await.map_err(|_| StoreError::WriterGone)
+        wait.await
+            .map_err(|_| StoreError::WriterGone)?
+            .map_err(StoreError::Unsaved)
     }
 
     fn send(&self, op: WriteOp) -> Result<(), StoreError> {
@@ -669,6 +689,7 @@ fn writer_loop(
     disk: &Mutex<Tier>,
     health: &WriteHealth,
 ) {
+    let mut unsaved: Vec<IndexOp> = Vec::new();
     while let Ok(first) = ops.recv() {
         let deadline = std::time::Instant::now() + BATCH_WINDOW;
         let mut waiting = vec![first];
@@ -681,14 +702,15 @@ fn writer_loop(
         }
         // Flush acks leave the batch first, so a failed commit cannot lose them.
         let mut flushes = Vec::new();
-        let mut batch = Vec::with_capacity(waiting.len());
+        // What failed to commit before goes first, in its order.
+        let mut batch = std::mem::take(&mut unsaved);
         for op in waiting {
             match op {
                 WriteOp::Index(op) => batch.push(op),
                 WriteOp::Flush { done } => flushes.push(done),
             }
         }
-        match medium.commit(&batch) {
+        let outcome = match medium.commit(&batch) {
             Ok(()) => {
                 health.index_ok();
                 let removed: Vec<(PieceKey, PieceRow)> = batch
@@ -702,13 +724,31 @@ fn writer_loop(
                 if !removed.is_empty() {
                     free_space(medium, disk, &removed);
                 }
+                Ok(())
             }
-            // The in-memory view stays authoritative for this run; space of
-            // rows that could not be removed is reclaimed at the next open.
-            Err(error) => health.index_failed(&error.to_string()),
-        }
+            // Piece rows: the in-memory view stays authoritative for this
+            // run, and space of rows that could not be removed is reclaimed
+            // at the next open. Records and manifests (a purge, a new
+            // version) have no other copy: they are kept for the next commit.
+            Err(error) => {
+                let why = error.to_string();
+                health.index_failed(&why);
+                unsaved = batch
+                    .into_iter()
+                    .filter(|op| {
+                        !matches!(op, IndexOp::PutPiece { .. } | IndexOp::RemovePieces { .. })
+                    })
+                    .collect();
+                if unsaved.len() > UNSAVED_OPS_MAX {
+                    let dropped = unsaved.len() - UNSAVED_OPS_MAX;
+                    tracing::error!(dropped, "index changes dropped after failed commits: the oldest are forgotten at restart");
+                    unsaved.drain(..dropped);
+                }
+                Err(why)
+            }
+        };
         for done in flushes {
-            let _ = done.send(());
+            let _ = done.send(outcome.clone());
         }
     }
 }

@@ -93,11 +93,14 @@ impl Medium for FileMedium {
         }
     }
 
-    fn can_hold(&self, key: &PieceKey, row: &PieceRow) -> bool {
-        std::fs::metadata(self.data_file(&key.object))
+    fn can_hold(&self, object: &ObjectId, rows: &[(PieceKey, PieceRow)]) -> Vec<bool> {
+        let len = std::fs::metadata(self.data_file(object))
             .ok()
             .filter(|m| m.is_file())
-            .is_some_and(|m| row.offset(key.index) + row.len as u64 <= m.len())
+            .map(|m| m.len());
+        rows.iter()
+            .map(|(key, row)| len.is_some_and(|len| row.offset(key.index) + row.len as u64 <= len))
+            .collect()
     }
 
     fn reconcile(&self, rows: &BTreeMap<PieceKey, PieceRow>) -> u64 {

@@ -143,12 +143,16 @@ impl Medium for MemoryMedium {
         }
     }
 
-    fn can_hold(&self, key: &PieceKey, row: &PieceRow) -> bool {
-        lock(&self.contents)
-            .data
-            .get(&key.object)
-            .and_then(|pieces| pieces.get(&row.offset(key.index)))
-            .is_some_and(|bytes| bytes.len() >= row.len as usize)
+    fn can_hold(&self, object: &ObjectId, rows: &[(PieceKey, PieceRow)]) -> Vec<bool> {
+        let contents = lock(&self.contents);
+        let pieces = contents.data.get(object);
+        rows.iter()
+            .map(|(key, row)| {
+                pieces
+                    .and_then(|pieces| pieces.get(&row.offset(key.index)))
+                    .is_some_and(|bytes| bytes.len() >= row.len as usize)
+            })
+            .collect()
     }
 
     fn reconcile(&self, rows: &BTreeMap<PieceKey, PieceRow>) -> u64 {

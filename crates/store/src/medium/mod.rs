@@ -96,9 +96,11 @@ pub trait Medium: Send + Sync + 'static {
     /// written). Best effort: the budget counts rows, not bytes.
     fn free(&self, object: &ObjectId, holes: &[(u64, u64)], whole: bool);
 
-    /// At open: whether the bytes of every row can be there (a row whose
-    /// bytes cannot is dropped; damaged bytes are caught on read).
-    fn can_hold(&self, key: &PieceKey, row: &PieceRow) -> bool;
+    /// At open: for each of one object's rows, whether its bytes can be
+    /// there (a row whose bytes cannot is dropped; damaged bytes are caught
+    /// on read). Asked once per object, so a medium looks at each object's
+    /// data once, not once per piece.
+    fn can_hold(&self, object: &ObjectId, rows: &[(PieceKey, PieceRow)]) -> Vec<bool>;
 
     /// At open: deletes data no row names and frees space no row covers.
     /// Returns how many objects' data were deleted.
