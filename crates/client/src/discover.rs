@@ -571,20 +571,8 @@ pub async fn read_limited(
     Ok(body)
 }
 
-/// An error and its causes on one line.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let part = cause.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = cause.source();
-    }
-    text
-}
+/// An error and its causes on one line (shared with the other roles).
+pub use shoal_proto::error_chain;
 
 #[cfg(test)]
 mod tests {

@@ -43,7 +43,7 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     while let Some(inner) = cause {
         let next = inner.to_string();
         // Some errors repeat their cause in their own message.
-        if !text.ends_with(&next) {
+        if !text.contains(&next) {
             text.push_str(": ");
             text.push_str(&next);
         }

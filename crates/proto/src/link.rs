@@ -29,6 +29,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// How an object-metadata request is made and read.
+struct ObjectAsk {
+    /// The `x-shoal-mode` value.
+    mode: &'static str,
+    timeout_ms: u64,
+    bytes_max: u64,
+    /// What the answer is, for errors.
+    what: &'static str,
+}
+
 /// What the link counts of peers' misbehaviour (a cache reports them in
 /// its stats).
 #[derive(Debug, Default)]
@@ -452,27 +462,13 @@ impl MeshLink {
         uri_path: &str,
         mode: PeerMode,
     ) -> Result<PeerObject, PeerError> {
-        let path_and_query = format!("{}{}", PEER_OBJECT_PREFIX.trim_end_matches('/'), uri_path);
-        let request = self
-            .signed(member, &path_and_query)?
-            .header(MODE_HEADER, mode.as_str());
-        let timeout_ms = self.read_timeout_ms(mode);
-        let response = self.send_within(member, request, timeout_ms).await?;
-        let status = response.status();
-        if status != StatusCode::OK {
-            if status.is_server_error() {
-                self.suspect(&member.node_id);
-            }
-            return Err(PeerError::Status(member.node_id.clone(), status));
-        }
-        let bytes = self
-            .small_body(member, response, PEER_OBJECT_BYTES_MAX)
-            .await?;
-        serde_json::from_slice(&bytes).map_err(|cause| PeerError::Malformed {
-            node: member.node_id.clone(),
+        let ask = ObjectAsk {
+            mode: mode.as_str(),
+            timeout_ms: self.read_timeout_ms(mode),
+            bytes_max: PEER_OBJECT_BYTES_MAX,
             what: "object metadata",
-            cause,
-        })
+        };
+        self.peer_object(member, uri_path, ask).await
     }
 
     /// Asks `member`, as the shield of `uri_path`, for the object's record
@@ -483,13 +479,30 @@ impl MeshLink {
         member: &Member,
         uri_path: &str,
     ) -> Result<Option<ObjectRecord>, PeerError> {
+        let ask = ObjectAsk {
+            mode: RECORD_MODE,
+            timeout_ms: self.settings.shield_read_timeout_ms,
+            bytes_max: PEER_RECORD_BYTES_MAX,
+            what: "an object record",
+        };
+        Ok(match self.peer_object(member, uri_path, ask).await? {
+            PeerObject::Cached { record, .. } => Some(record),
+            PeerObject::PassThrough => None,
+        })
+    }
+
+    /// `GET /_shoal/peer/object/<path>` in `ask.mode`, its answer parsed.
+    async fn peer_object(
+        &self,
+        member: &Member,
+        uri_path: &str,
+        ask: ObjectAsk,
+    ) -> Result<PeerObject, PeerError> {
         let path_and_query = format!("{}{}", PEER_OBJECT_PREFIX.trim_end_matches('/'), uri_path);
         let request = self
             .signed(member, &path_and_query)?
-            .header(MODE_HEADER, RECORD_MODE);
-        let response = self
-            .send_within(member, request, self.settings.shield_read_timeout_ms)
-            .await?;
+            .header(MODE_HEADER, ask.mode);
+        let response = self.send_within(member, request, ask.timeout_ms).await?;
         let status = response.status();
         if status != StatusCode::OK {
             if status.is_server_error() {
@@ -497,18 +510,12 @@ impl MeshLink {
             }
             return Err(PeerError::Status(member.node_id.clone(), status));
         }
-        let bytes = self
-            .small_body(member, response, PEER_RECORD_BYTES_MAX)
-            .await?;
-        match serde_json::from_slice(&bytes) {
-            Ok(PeerObject::Cached { record, .. }) => Ok(Some(record)),
-            Ok(PeerObject::PassThrough) => Ok(None),
-            Err(cause) => Err(PeerError::Malformed {
-                node: member.node_id.clone(),
-                what: "an object record",
-                cause,
-            }),
-        }
+        let bytes = self.small_body(member, response, ask.bytes_max).await?;
+        serde_json::from_slice(&bytes).map_err(|cause| PeerError::Malformed {
+            node: member.node_id.clone(),
+            what: ask.what,
+            cause,
+        })
     }
 
     /// Passes a purge event to `member`.

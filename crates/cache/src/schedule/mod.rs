@@ -649,6 +649,24 @@ mod tests {
     };
     const OBJECT: ObjectId = ObjectId([3; 32]);
 
+    /// An ask with every field at its plain value (no crowd facts, equal
+    /// uplinks, no queue known); tests set what they are about.
+    fn plain_ask() -> RelayAsk<'static> {
+        RelayAsk {
+            object: &OBJECT,
+            first: 0,
+            requester: "",
+            last_resort: false,
+            relays: &[],
+            far_relays: &[],
+            uplink_weight: &|_| 1,
+            shield_has_uplink: false,
+            shield_eta_ms: None,
+            uplink_bytes_per_s: &|_| 0,
+            block_bytes: 4 << 20,
+        }
+    }
+
     fn set(count: u32, held: impl IntoIterator<Item = u32>) -> PieceSet {
         let mut s = PieceSet::new(count);
         for i in held {
@@ -826,17 +844,10 @@ mod tests {
         let mut desk = RelayDesk::default();
         let ask = |desk: &mut RelayDesk, requester: &str, last: bool| {
             let ask = RelayAsk {
-                object: &OBJECT,
-                first: 0,
                 requester,
                 last_resort: last,
                 relays: &relays,
-                far_relays: &[],
-                uplink_weight: &|_| 1,
-                shield_has_uplink: false,
-                shield_eta_ms: None,
-                uplink_bytes_per_s: &|_| 0,
-                block_bytes: 4 << 20,
+                ..plain_ask()
             };
             desk.admit(&ask, &LIMITS, 1_000)
         };
@@ -871,17 +882,9 @@ mod tests {
         let mut desk = RelayDesk::default();
         let ask = |desk: &mut RelayDesk, requester: &str, relays: &[&str]| {
             let ask = RelayAsk {
-                object: &OBJECT,
-                first: 0,
                 requester,
-                last_resort: false,
                 relays,
-                far_relays: &[],
-                uplink_weight: &|_| 1,
-                shield_has_uplink: false,
-                shield_eta_ms: None,
-                uplink_bytes_per_s: &|_| 0,
-                block_bytes: 4 << 20,
+                ..plain_ask()
             };
             desk.admit(&ask, &LIMITS, 0)
         };
@@ -914,17 +917,11 @@ mod tests {
             // "x" makes it a crowd; "asker" is neither relay.
             for requester in ["x", "asker"] {
                 let ask = RelayAsk {
-                    object: &OBJECT,
                     first: block * LIMITS.block_pieces,
                     requester,
-                    last_resort: false,
                     relays: &relays,
-                    far_relays: &[],
                     uplink_weight: &weight,
-                    shield_has_uplink: false,
-                    shield_eta_ms: None,
-                    uplink_bytes_per_s: &|_| 0,
-                    block_bytes: 4 << 20,
+                    ..plain_ask()
                 };
                 if let Admission::TryInstead(owner) = desk.admit(&ask, &LIMITS, 0) {
                     if requester == "asker" {
@@ -946,17 +943,10 @@ mod tests {
         let mut desk = RelayDesk::default();
         let mut ask = |requester: &str, has_uplink: bool| {
             let ask = RelayAsk {
-                object: &OBJECT,
-                first: 0,
                 requester,
-                last_resort: false,
                 relays: &relays,
-                far_relays: &[],
-                uplink_weight: &|_| 1,
                 shield_has_uplink: has_uplink,
-                shield_eta_ms: None,
-                uplink_bytes_per_s: &|_| 0,
-                block_bytes: 4 << 20,
+                ..plain_ask()
             };
             desk.admit(&ask, &LIMITS, 0)
         };
@@ -972,17 +962,11 @@ mod tests {
         // 100 Mbit/s relays: a 4 MiB block takes them 335 ms.
         let mut ask = |requester: &str, shield_eta_ms: u64, now_ms: u64| {
             let ask = RelayAsk {
-                object: &OBJECT,
-                first: 0,
                 requester,
-                last_resort: false,
                 relays: &relays,
-                far_relays: &[],
-                uplink_weight: &|_| 1,
-                shield_has_uplink: false,
                 shield_eta_ms: Some(shield_eta_ms),
                 uplink_bytes_per_s: &|_| 12_500_000,
-                block_bytes: 4 << 20,
+                ..plain_ask()
             };
             desk.admit(&ask, &LIMITS, now_ms)
         };
@@ -1007,17 +991,11 @@ mod tests {
         let mut desk = RelayDesk::default();
         let mut ask = |requester: &str, relays: &[&str], shield_eta_ms: u64, now_ms: u64| {
             let ask = RelayAsk {
-                object: &OBJECT,
-                first: 0,
                 requester,
-                last_resort: false,
                 relays,
-                far_relays: &[],
-                uplink_weight: &|_| 1,
-                shield_has_uplink: false,
                 shield_eta_ms: Some(shield_eta_ms),
                 uplink_bytes_per_s: &|_| 12_500_000,
-                block_bytes: 4 << 20,
+                ..plain_ask()
             };
             desk.admit(&ask, &LIMITS, now_ms)
         };
@@ -1045,17 +1023,10 @@ mod tests {
         let mut desk = RelayDesk::default();
         let mut ask = |requester: &str, relays: &[&str], far: &[&str]| {
             let ask = RelayAsk {
-                object: &OBJECT,
-                first: 0,
                 requester,
-                last_resort: false,
                 relays,
                 far_relays: far,
-                uplink_weight: &|_| 1,
-                shield_has_uplink: false,
-                shield_eta_ms: None,
-                uplink_bytes_per_s: &|_| 0,
-                block_bytes: 4 << 20,
+                ..plain_ask()
             };
             desk.admit(&ask, &LIMITS, 0)
         };
@@ -1075,17 +1046,10 @@ mod tests {
         let mut desk = RelayDesk::default();
         let ask_for = |desk: &mut RelayDesk, requester: &str, first: u32, now_ms| {
             let ask = RelayAsk {
-                object: &OBJECT,
                 first,
                 requester,
-                last_resort: false,
                 relays: &relays,
-                far_relays: &[],
-                uplink_weight: &|_| 1,
-                shield_has_uplink: false,
-                shield_eta_ms: None,
-                uplink_bytes_per_s: &|_| 0,
-                block_bytes: 4 << 20,
+                ..plain_ask()
             };
             desk.admit(&ask, &LIMITS, now_ms)
         };
