@@ -195,6 +195,64 @@ pub fn share_cap_mbps(request: &Request) -> f64 {
 
 /// Chooses the sources for `request` among `candidates`.
 pub fn plan(request: &Request, candidates: &[Candidate]) -> Result<Plan, SelectError> {
+    check_request(request)?;
+    let bitrate = request.bitrate_mbps;
+    let target = bitrate * request.headroom;
+    let mut notes = Vec::new();
+    let ordered = rank_candidates(request, candidates, &mut notes);
+
+    // Part one, the shares.
+    let (shares, planned) = choose_shares(request, &ordered, target, &mut notes);
+
+    // Part two, the standby.
+    let standby = if request.survive_one_loss {
+        hold_standby(&ordered, &shares, bitrate, SOURCES_MAX as usize)
+    } else {
+        vec![0.0; ordered.len()]
+    };
+    let survives_one_loss = survives(&shares, &standby, bitrate);
+    if request.survive_one_loss && !survives_one_loss && !shares.is_empty() {
+        notes.push(why_a_loss_is_not_covered(
+            &ordered, &shares, &standby, bitrate,
+        ));
+    }
+    if shares.len() < request.min_sources as usize && !shares.is_empty() {
+        notes.push(format!(
+            "only {} cache(s) can serve: fewer than min_sources = {}",
+            shares.len(),
+            request.min_sources
+        ));
+    }
+
+    let sources = named_shares(&ordered, &shares, &standby);
+    let standby_only = standby_only(&ordered, &shares, &standby);
+    let cost_rate: f64 = sources.iter().map(|s| s.mbps * s.usd_per_gb).sum();
+    let usd_per_gb = if planned > 0.0 {
+        cost_rate / planned
+    } else {
+        0.0
+    };
+    let shortfall = (target - planned).max(0.0);
+    if shortfall > 0.0 {
+        notes.push(format!(
+            "target {target:.1} Mbit/s not met: {shortfall:.1} Mbit/s short (best effort)"
+        ));
+    }
+    Ok(Plan {
+        sources,
+        standby: standby_only,
+        target_mbps: target,
+        planned_mbps: planned,
+        shortfall_mbps: shortfall,
+        usd_per_gb,
+        survives_one_loss,
+        standby_mbps: standby.iter().sum(),
+        notes,
+    })
+}
+
+/// Refuses requests whose figures make no sense, naming the figure.
+fn check_request(request: &Request) -> Result<(), SelectError> {
     let bitrate = request.bitrate_mbps;
     if !(bitrate.is_finite() && bitrate > 0.0 && bitrate <= BITRATE_MBPS_MAX) {
         return Err(SelectError::BadRequest(
@@ -222,10 +280,20 @@ pub fn plan(request: &Request, candidates: &[Candidate]) -> Result<Plan, SelectE
             "affinity band must be within [0, 1]",
         ));
     }
-    let target = bitrate * request.headroom;
-    let mut notes = Vec::new();
+    if !(1..=SOURCES_MAX).contains(&request.min_sources) {
+        return Err(SelectError::BadRequest("min_sources must be within 1..=8"));
+    }
+    Ok(())
+}
 
-    // Cost order; within a band of cost, the object's rendezvous order.
+/// The usable candidates with their unit cost, in cost order; within a
+/// band of cost, the object's rendezvous order. Notes how many were left
+/// out as unusable.
+fn rank_candidates<'a>(
+    request: &Request,
+    candidates: &'a [Candidate],
+    notes: &mut Vec<String>,
+) -> Vec<(f64, &'a Candidate)> {
     let mut ranked: Vec<(f64, u64, &Candidate)> = candidates
         .iter()
         .filter(|c| usable(c))
@@ -248,17 +316,47 @@ pub fn plan(request: &Request, candidates: &[Candidate]) -> Result<Plan, SelectE
             .then(b.1.cmp(&a.1))
             .then_with(|| a.2.node_id.cmp(&b.2.node_id))
     });
-    let ordered = affinity_order(ranked, request.affinity_band);
+    affinity_order(ranked, request.affinity_band)
+}
 
-    if !(1..=SOURCES_MAX).contains(&request.min_sources) {
-        return Err(SelectError::BadRequest("min_sources must be within 1..=8"));
-    }
+/// The shares (index into `ordered`, Mbit/s), in `ordered` order, and the
+/// rate they carry in all: under the share cap first, then beyond it when
+/// capacity is short (noted).
+fn choose_shares(
+    request: &Request,
+    ordered: &[(f64, &Candidate)],
+    target: f64,
+    notes: &mut Vec<String>,
+) -> (Vec<(usize, f64)>, f64) {
     let cap = share_cap_mbps(request);
-
-    // Part one, the shares: cheapest first, each at most the cap. A share
-    // too small to be worth a connection is skipped unless it completes
-    // the target.
     let share_min = target * SHARE_MIN_FRACTION;
+    let (mut shares, mut planned) = shares_under_cap(ordered, target, cap, share_min);
+    if planned < target {
+        // Not enough under the cap: use the rest of the chosen sources'
+        // capacity, then of further ones, cheapest first, and say so.
+        let before = planned;
+        planned = raise_shares_beyond_cap(ordered, &mut shares, planned, target, share_min);
+        if planned > before && request.min_sources >= 2 {
+            notes.push(format!(
+                "capacity is short: shares exceed target/{} to come closer to the target",
+                request.min_sources
+            ));
+        }
+    }
+    shares.sort_by_key(|(i, _)| *i);
+    (shares, planned)
+}
+
+/// Cheapest first, each share at most `cap`, up to [`SOURCES_MAX`]
+/// sources. A share too small to be worth a connection (below
+/// `share_min`) is skipped unless it completes the target. Returns the
+/// shares and the rate they carry.
+fn shares_under_cap(
+    ordered: &[(f64, &Candidate)],
+    target: f64,
+    cap: f64,
+    share_min: f64,
+) -> (Vec<(usize, f64)>, f64) {
     let sources_max = SOURCES_MAX as usize;
     let mut shares: Vec<(usize, f64)> = Vec::new();
     let mut planned = 0.0;
@@ -273,71 +371,74 @@ pub fn plan(request: &Request, candidates: &[Candidate]) -> Result<Plan, SelectE
             planned += take;
         }
     }
-    if planned < target {
-        // Not enough under the cap: use the rest of the chosen sources'
-        // capacity, then of further ones, cheapest first, and say so.
-        let before = planned;
-        for (i, (_, c)) in ordered.iter().enumerate() {
-            if planned >= target {
-                break;
-            }
-            let position = shares.iter().position(|(j, _)| *j == i);
-            if position.is_none() && shares.len() == sources_max {
-                continue;
-            }
-            let already = position.map_or(0.0, |p| shares[p].1);
-            let remaining = target - planned;
-            let more = (c.spare_mbps - already).min(remaining);
-            if more <= 0.0 || (position.is_none() && more < share_min && more < remaining) {
-                continue;
-            }
-            match position {
-                Some(p) => shares[p].1 += more,
-                None => shares.push((i, more)),
-            }
-            planned += more;
-        }
-        if planned > before && request.min_sources >= 2 {
-            notes.push(format!(
-                "capacity is short: shares exceed target/{} to come closer to the target",
-                request.min_sources
-            ));
-        }
-    }
-    shares.sort_by_key(|(i, _)| *i);
+    (shares, planned)
+}
 
-    // Part two, the standby.
-    let standby = if request.survive_one_loss {
-        hold_standby(&ordered, &shares, bitrate, sources_max)
+/// Raises `shares` towards `target` beyond the share cap: the rest of each
+/// source's spare, then further caches (still up to [`SOURCES_MAX`], none
+/// new below `share_min` unless it completes the target), cheapest first.
+/// Returns the rate planned now.
+fn raise_shares_beyond_cap(
+    ordered: &[(f64, &Candidate)],
+    shares: &mut Vec<(usize, f64)>,
+    mut planned: f64,
+    target: f64,
+    share_min: f64,
+) -> f64 {
+    let sources_max = SOURCES_MAX as usize;
+    for (i, (_, c)) in ordered.iter().enumerate() {
+        if planned >= target {
+            break;
+        }
+        let position = shares.iter().position(|(j, _)| *j == i);
+        if position.is_none() && shares.len() == sources_max {
+            continue;
+        }
+        let already = position.map_or(0.0, |p| shares[p].1);
+        let remaining = target - planned;
+        let more = (c.spare_mbps - already).min(remaining);
+        if more <= 0.0 || (position.is_none() && more < share_min && more < remaining) {
+            continue;
+        }
+        match position {
+            Some(p) => shares[p].1 += more,
+            None => shares.push((i, more)),
+        }
+        planned += more;
+    }
+    planned
+}
+
+/// The note for a plan asked to survive a loss that does not: why not.
+fn why_a_loss_is_not_covered(
+    ordered: &[(f64, &Candidate)],
+    shares: &[(usize, f64)],
+    standby: &[f64],
+    bitrate: f64,
+) -> String {
+    let named = shares.len() + standby_count(shares, standby);
+    if ordered.len() == shares.len() && shares.len() == 1 {
+        format!(
+            "losing the one source would leave nothing: no other cache can serve (committed {bitrate:.1} Mbit/s)"
+        )
+    } else if named >= SOURCES_MAX as usize {
+        format!(
+            "losing a source would leave less than the committed {bitrate:.1} Mbit/s: the plan names the {SOURCES_MAX} caches a client blends at most"
+        )
     } else {
-        vec![0.0; ordered.len()]
-    };
-    let survives_one_loss = survives(&shares, &standby, bitrate);
-    if request.survive_one_loss && !survives_one_loss && !shares.is_empty() {
-        let named = shares.len() + standby_count(&shares, &standby);
-        notes.push(if ordered.len() == shares.len() && shares.len() == 1 {
-            format!(
-                "losing the one source would leave nothing: no other cache can serve (committed {bitrate:.1} Mbit/s)"
-            )
-        } else if named >= sources_max {
-            format!(
-                "losing a source would leave less than the committed {bitrate:.1} Mbit/s: the plan names the {SOURCES_MAX} caches a client blends at most"
-            )
-        } else {
-            format!(
-                "losing a source would leave less than the committed {bitrate:.1} Mbit/s: the other caches lack the spare egress (what other plans hold as standby counts)"
-            )
-        });
+        format!(
+            "losing a source would leave less than the committed {bitrate:.1} Mbit/s: the other caches lack the spare egress (what other plans hold as standby counts)"
+        )
     }
-    if shares.len() < request.min_sources as usize && !shares.is_empty() {
-        notes.push(format!(
-            "only {} cache(s) can serve: fewer than min_sources = {}",
-            shares.len(),
-            request.min_sources
-        ));
-    }
+}
 
-    let sources: Vec<Share> = shares
+/// The shares as the plan's sources, with their standby and price.
+fn named_shares(
+    ordered: &[(f64, &Candidate)],
+    shares: &[(usize, f64)],
+    standby: &[f64],
+) -> Vec<Share> {
+    shares
         .iter()
         .map(|&(i, mbps)| Share {
             node_id: ordered[i].1.node_id.clone(),
@@ -345,8 +446,16 @@ pub fn plan(request: &Request, candidates: &[Candidate]) -> Result<Plan, SelectE
             standby_mbps: standby[i],
             usd_per_gb: ordered[i].0,
         })
-        .collect();
-    let standby_only: Vec<Standby> = standby
+        .collect()
+}
+
+/// The caches that hold standby without a share, cheapest first.
+fn standby_only(
+    ordered: &[(f64, &Candidate)],
+    shares: &[(usize, f64)],
+    standby: &[f64],
+) -> Vec<Standby> {
+    standby
         .iter()
         .enumerate()
         .filter(|&(i, &mbps)| mbps > 0.0 && !shares.iter().any(|(j, _)| *j == i))
@@ -355,30 +464,7 @@ pub fn plan(request: &Request, candidates: &[Candidate]) -> Result<Plan, SelectE
             mbps,
             usd_per_gb: ordered[i].0,
         })
-        .collect();
-    let cost_rate: f64 = sources.iter().map(|s| s.mbps * s.usd_per_gb).sum();
-    let usd_per_gb = if planned > 0.0 {
-        cost_rate / planned
-    } else {
-        0.0
-    };
-    let shortfall = (target - planned).max(0.0);
-    if shortfall > 0.0 {
-        notes.push(format!(
-            "target {target:.1} Mbit/s not met: {shortfall:.1} Mbit/s short (best effort)"
-        ));
-    }
-    Ok(Plan {
-        sources,
-        standby: standby_only,
-        target_mbps: target,
-        planned_mbps: planned,
-        shortfall_mbps: shortfall,
-        usd_per_gb,
-        survives_one_loss,
-        standby_mbps: standby.iter().sum(),
-        notes,
-    })
+        .collect()
 }
 
 /// Caches that hold standby without a share.

@@ -166,22 +166,11 @@ pub struct BoundSelector {
 }
 
 impl BoundSelector {
+    /// Checks `config`, reads the coverage zones, binds the port and joins
+    /// the gossip as an observer.
     pub async fn bind(config: SelectorConfig) -> Result<Self, SelectorError> {
         config.validate()?;
-        let zones = match &config.zones_file {
-            None => None,
-            Some(path) => {
-                let shown = path.display().to_string();
-                let text = read_bounded(path).map_err(|error| SelectorError::Zones {
-                    path: shown.clone(),
-                    error,
-                })?;
-                Some(Zones::parse(&text).map_err(|e| SelectorError::Zones {
-                    path: shown,
-                    error: e.to_string(),
-                })?)
-            }
-        };
+        let zones = load_zones(&config)?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| SelectorError::Bind {
@@ -194,83 +183,8 @@ impl BoundSelector {
                 addr: config.listen,
                 source,
             })?;
-        let mesh = &config.mesh;
-        let node_id = mesh
-            .node_id
-            .clone()
-            .unwrap_or_else(|| format!("selector-{}", local_addr.port()));
-        let key = shoal_core::auth::ClusterKey::from_secret(&mesh.cluster_secret)
-            .map_err(|e| ConfigError(format!("mesh.cluster_secret: {e}")))?;
-        let gossip = mesh
-            .gossip
-            .ok_or_else(|| ConfigError("mesh.gossip is required".into()))?;
-        let node = MeshNode::start(
-            MeshConfig {
-                role: MeshRole::Selector,
-                node_id: node_id.clone(),
-                gossip_listen: gossip,
-                gossip_advertise: mesh.gossip_advertise,
-                seeds: mesh.seeds.clone(),
-                cluster_secret: mesh.cluster_secret.clone(),
-                region: String::new(),
-                http_advertise: mesh.http_advertise.unwrap_or(local_addr),
-                egress_cap_bps: 0,
-                cost_per_gb_microusd: 0,
-                gossip_interval_ms: mesh.gossip_interval_ms,
-                phi_threshold: mesh.phi_threshold,
-            },
-            Arc::new(ObserverState),
-        )
-        .await?;
-        let link = MeshLink::new(
-            node.clone(),
-            key,
-            node_id,
-            PeerSettings {
-                connect_timeout_ms: mesh.peer_connect_timeout_ms,
-                read_timeout_ms: config.piece_probe_timeout_ms.max(1_000),
-                shield_read_timeout_ms: config.lookup_timeout_ms,
-                corrupt_pieces_max: 3,
-                quarantine_ms: 60_000,
-                auth_ttl_max_s: shoal_proto::link::AUTH_TTL_MIN_S,
-            },
-            Arc::default(),
-        )
-        .map_err(ConfigError)?;
-        let directory = Directory::new(
-            Arc::new(link),
-            LookupSettings {
-                object_ttl_ms: config.object_ttl_ms,
-                missing_ttl_ms: config.missing_ttl_ms,
-                entries_max: config.object_entries_max,
-                piece_probe_timeout_ms: config.piece_probe_timeout_ms,
-            },
-        );
-        let selector = Arc::new(Selector {
-            trusted_proxies: config
-                .trusted_proxies
-                .iter()
-                .filter_map(|c| shoal_select::zones::Cidr::parse(c).ok())
-                .collect(),
-            lookup_timeout: std::time::Duration::from_millis(config.lookup_timeout_ms),
-            reservations: Reservations::new(config.reservation_decay_ms),
-            standby_reservations: Reservations::new(config.reservation_decay_ms),
-            affinity: crate::affinity::VersionAffinity::new(std::time::Duration::from_secs(
-                config.version_affinity_s,
-            )),
-            purges_seen: Default::default(),
-            services: ServiceTable::new(config.effective_services()),
-            zones,
-            node,
-            directory,
-            settings: PlanSettings {
-                latency_usd_per_gb_per_ms: config.latency_usd_per_gb_per_ms,
-                affinity_band: config.affinity_band,
-                fill_reuse_sessions: config.fill_reuse_sessions,
-                uncapped_cache_mbps: config.uncapped_cache_mbps,
-            },
-            stats: SelectorStats::default(),
-        });
+        let (node, directory) = join_mesh(&config, local_addr).await?;
+        let selector = Arc::new(Selector::new(&config, zones, node, directory));
         Ok(Self {
             local_addr,
             selector,
@@ -298,6 +212,86 @@ impl BoundSelector {
         .await;
         self.selector.node.leave().await;
     }
+}
+
+/// The coverage zones from `config.zones_file` (`None`: no file, every
+/// client in [`DEFAULT_ZONE`]).
+fn load_zones(config: &SelectorConfig) -> Result<Option<Zones>, SelectorError> {
+    let Some(path) = &config.zones_file else {
+        return Ok(None);
+    };
+    let shown = path.display().to_string();
+    let text = read_bounded(path).map_err(|error| SelectorError::Zones {
+        path: shown.clone(),
+        error,
+    })?;
+    Ok(Some(Zones::parse(&text).map_err(|e| {
+        SelectorError::Zones {
+            path: shown,
+            error: e.to_string(),
+        }
+    })?))
+}
+
+/// Joins the gossip as an observer (a selector serves no bytes) and sets
+/// up the directory that asks the caches about objects.
+async fn join_mesh(
+    config: &SelectorConfig,
+    local_addr: SocketAddr,
+) -> Result<(Arc<MeshNode>, Directory), SelectorError> {
+    let mesh = &config.mesh;
+    let node_id = mesh
+        .node_id
+        .clone()
+        .unwrap_or_else(|| format!("selector-{}", local_addr.port()));
+    let key = shoal_core::auth::ClusterKey::from_secret(&mesh.cluster_secret)
+        .map_err(|e| ConfigError(format!("mesh.cluster_secret: {e}")))?;
+    let gossip = mesh
+        .gossip
+        .ok_or_else(|| ConfigError("mesh.gossip is required".into()))?;
+    let node = MeshNode::start(
+        MeshConfig {
+            role: MeshRole::Selector,
+            node_id: node_id.clone(),
+            gossip_listen: gossip,
+            gossip_advertise: mesh.gossip_advertise,
+            seeds: mesh.seeds.clone(),
+            cluster_secret: mesh.cluster_secret.clone(),
+            region: String::new(),
+            http_advertise: mesh.http_advertise.unwrap_or(local_addr),
+            egress_cap_bps: 0,
+            cost_per_gb_microusd: 0,
+            gossip_interval_ms: mesh.gossip_interval_ms,
+            phi_threshold: mesh.phi_threshold,
+        },
+        Arc::new(ObserverState),
+    )
+    .await?;
+    let link = MeshLink::new(
+        node.clone(),
+        key,
+        node_id,
+        PeerSettings {
+            connect_timeout_ms: mesh.peer_connect_timeout_ms,
+            read_timeout_ms: config.piece_probe_timeout_ms.max(1_000),
+            shield_read_timeout_ms: config.lookup_timeout_ms,
+            corrupt_pieces_max: 3,
+            quarantine_ms: 60_000,
+            auth_ttl_max_s: shoal_proto::link::AUTH_TTL_MIN_S,
+        },
+        Arc::default(),
+    )
+    .map_err(ConfigError)?;
+    let directory = Directory::new(
+        Arc::new(link),
+        LookupSettings {
+            object_ttl_ms: config.object_ttl_ms,
+            missing_ttl_ms: config.missing_ttl_ms,
+            entries_max: config.object_entries_max,
+            piece_probe_timeout_ms: config.piece_probe_timeout_ms,
+        },
+    );
+    Ok((node, directory))
 }
 
 fn read_bounded(path: &std::path::Path) -> Result<String, String> {
@@ -482,6 +476,18 @@ fn json<T: Serialize>(value: &T) -> Response<Body> {
         .unwrap_or_else(|_| internal_error())
 }
 
+/// 405 for anything but GET and HEAD, naming those.
+fn method_not_allowed() -> Response<Body> {
+    let mut response = text(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "the selector answers GET and HEAD only",
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    response
+}
+
 fn internal_error() -> Response<Body> {
     let mut response = Response::new(shoal_server::empty());
     *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
@@ -506,6 +512,41 @@ struct MeshMember {
 }
 
 impl Selector {
+    /// The selector's state from its validated configuration, its zones
+    /// and its place in the mesh.
+    fn new(
+        config: &SelectorConfig,
+        zones: Option<Zones>,
+        node: Arc<MeshNode>,
+        directory: Directory,
+    ) -> Self {
+        Selector {
+            trusted_proxies: config
+                .trusted_proxies
+                .iter()
+                .filter_map(|c| shoal_select::zones::Cidr::parse(c).ok())
+                .collect(),
+            lookup_timeout: std::time::Duration::from_millis(config.lookup_timeout_ms),
+            reservations: Reservations::new(config.reservation_decay_ms),
+            standby_reservations: Reservations::new(config.reservation_decay_ms),
+            affinity: crate::affinity::VersionAffinity::new(std::time::Duration::from_secs(
+                config.version_affinity_s,
+            )),
+            purges_seen: Default::default(),
+            services: ServiceTable::new(config.effective_services()),
+            zones,
+            node,
+            directory,
+            settings: PlanSettings {
+                latency_usd_per_gb_per_ms: config.latency_usd_per_gb_per_ms,
+                affinity_band: config.affinity_band,
+                fill_reuse_sessions: config.fill_reuse_sessions,
+                uncapped_cache_mbps: config.uncapped_cache_mbps,
+            },
+            stats: SelectorStats::default(),
+        }
+    }
+
     async fn handle(
         self: Arc<Self>,
         request: Request<hyper::body::Incoming>,
@@ -513,14 +554,7 @@ impl Selector {
     ) -> Response<Body> {
         let method = request.method().clone();
         if method != Method::GET && method != Method::HEAD {
-            let mut response = text(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "the selector answers GET and HEAD only",
-            );
-            response
-                .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-            return response;
+            return method_not_allowed();
         }
         let host = request
             .headers()
@@ -536,55 +570,12 @@ impl Selector {
             &self.trusted_proxies,
         );
         let response = match path {
-            "/plan" | "/explain" => match parse_query(query, client, host.as_deref()) {
-                Ok(ask) => match self
-                    .decide(&ask, (path == "/plan" && ask.reserve).into())
+            "/plan" | "/explain" => {
+                self.plan_or_explain(path, query, client, host.as_deref())
                     .await
-                {
-                    Ok(decision) if path == "/plan" => json(&PlanAnswer {
-                        path: ask.path.as_str(),
-                        decision: &decision,
-                    }),
-                    Ok(decision) => text(StatusCode::OK, &explain(&decision, ask.path.as_str())),
-                    Err(refusal) => self.refuse(refusal),
-                },
-                Err(refusal) => self.refuse(refusal),
-            },
-            "/_shoal/health" => {
-                let view = self.node.view();
-                text(
-                    StatusCode::OK,
-                    &format!(
-                        "ok: {} cache(s) in view, {} plan(s), {} redirect(s)",
-                        view.members.len(),
-                        self.stats.plans.load(Ordering::Relaxed),
-                        self.stats.redirects.load(Ordering::Relaxed)
-                    ),
-                )
             }
-            "/_shoal/mesh" => {
-                let view = self.node.view();
-                let members: Vec<MeshMember> = view
-                    .members
-                    .iter()
-                    .map(|m| MeshMember {
-                        node: m.node_id.clone(),
-                        url: m.base_url(),
-                        region: m.region.clone(),
-                        health: m.health.as_str(),
-                        spare_mbps: (m.egress_cap_bps > 0).then(|| {
-                            (m.egress_cap_bps - m.egress_bps.min(m.egress_cap_bps)) as f64 / 1e6
-                        }),
-                        usd_per_gb: m.cost_per_gb_microusd as f64 / 1e6,
-                    })
-                    .collect();
-                json(&serde_json::json!({
-                    "self": view.self_id,
-                    "caches": members,
-                    "observers": view.observers,
-                    "malformed_members": view.malformed_members,
-                }))
-            }
+            "/_shoal/health" => self.health(),
+            "/_shoal/mesh" => self.mesh(),
             "/" => text(
                 StatusCode::OK,
                 "shoal selector: GET /plan?path=/x (JSON), GET /explain?path=/x (text), \
@@ -608,6 +599,69 @@ impl Selector {
             return Response::from_parts(parts, shoal_server::empty());
         }
         response
+    }
+
+    /// `/plan` (the decision as JSON) or `/explain` (in sentences) for the
+    /// request in `query`.
+    async fn plan_or_explain(
+        &self,
+        path: &str,
+        query: &str,
+        client: IpAddr,
+        host: Option<&str>,
+    ) -> Response<Body> {
+        match parse_query(query, client, host) {
+            Ok(ask) => match self
+                .decide(&ask, (path == "/plan" && ask.reserve).into())
+                .await
+            {
+                Ok(decision) if path == "/plan" => json(&PlanAnswer {
+                    path: ask.path.as_str(),
+                    decision: &decision,
+                }),
+                Ok(decision) => text(StatusCode::OK, &explain(&decision, ask.path.as_str())),
+                Err(refusal) => self.refuse(refusal),
+            },
+            Err(refusal) => self.refuse(refusal),
+        }
+    }
+
+    /// `/_shoal/health`: alive, with the caches in view and the counters.
+    fn health(&self) -> Response<Body> {
+        let view = self.node.view();
+        text(
+            StatusCode::OK,
+            &format!(
+                "ok: {} cache(s) in view, {} plan(s), {} redirect(s)",
+                view.members.len(),
+                self.stats.plans.load(Ordering::Relaxed),
+                self.stats.redirects.load(Ordering::Relaxed)
+            ),
+        )
+    }
+
+    /// `/_shoal/mesh`: the mesh as this selector sees it, as JSON.
+    fn mesh(&self) -> Response<Body> {
+        let view = self.node.view();
+        let members: Vec<MeshMember> = view
+            .members
+            .iter()
+            .map(|m| MeshMember {
+                node: m.node_id.clone(),
+                url: m.base_url(),
+                region: m.region.clone(),
+                health: m.health.as_str(),
+                spare_mbps: (m.egress_cap_bps > 0)
+                    .then(|| (m.egress_cap_bps - m.egress_bps.min(m.egress_cap_bps)) as f64 / 1e6),
+                usd_per_gb: m.cost_per_gb_microusd as f64 / 1e6,
+            })
+            .collect();
+        json(&serde_json::json!({
+            "self": view.self_id,
+            "caches": members,
+            "observers": view.observers,
+            "malformed_members": view.malformed_members,
+        }))
     }
 
     /// A purge anywhere in the mesh (a cache announces a new newest purge
@@ -756,95 +810,11 @@ impl Selector {
     /// for a plan, its standby) count against the caches until gossip
     /// shows them.
     async fn decide(&self, ask: &Ask, reserve: Reserve) -> Result<Decision, Refusal> {
-        let path = ask.path.as_str();
-        let service = self
-            .services
-            .find(ask.host.as_deref(), path)
-            .ok_or_else(|| {
-                Refusal(
-                    StatusCode::NOT_FOUND,
-                    format!(
-                        "no delivery service for {}{path}",
-                        ask.host.as_deref().unwrap_or("")
-                    ),
-                )
-            })?;
+        let service = self.service_for(ask)?;
         let view = self.node.view();
         self.forget_lookups_after_purges(&view);
         let uri_path = ask.path.to_uri_path();
-        // One deadline for the whole lookup, however many shields it asks.
-        let lookup = tokio::time::timeout(
-            self.lookup_timeout,
-            self.directory.object(&view, path, &uri_path),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            Err(LookupError::Unavailable(format!(
-                "no answer within {} ms",
-                self.lookup_timeout.as_millis()
-            )))
-        });
-        let unknown = |note: String| {
-            (
-                ObjectFacts {
-                    cacheable: true,
-                    ..ObjectFacts::default()
-                },
-                shield_key(path),
-                HashMap::new(),
-                Some(format!("planned without knowing the object: {note}")),
-            )
-        };
-        let (facts, affinity_key, held, lookup_note) = match lookup {
-            Ok(Known::Object {
-                id,
-                size_bytes,
-                piece_count,
-                ..
-            }) => {
-                // A client still downloading keeps the version it began
-                // with (only for answers a client acts on).
-                let id = if reserve != Reserve::Nothing {
-                    self.affinity
-                        .version_for(ask.client, path, id, std::time::Instant::now())
-                } else {
-                    id
-                };
-                let held = self.directory.held(&view, &id, piece_count).await;
-                let facts = ObjectFacts {
-                    id: Some(id.to_hex()),
-                    size_bytes: Some(size_bytes),
-                    cacheable: true,
-                };
-                (facts, id, held, None)
-            }
-            Ok(Known::PassThrough) => (
-                ObjectFacts {
-                    cacheable: false,
-                    ..ObjectFacts::default()
-                },
-                shield_key(path),
-                HashMap::new(),
-                None,
-            ),
-            Ok(Known::Missing(status)) => {
-                let status = StatusCode::from_u16(status)
-                    .ok()
-                    .filter(StatusCode::is_client_error)
-                    .unwrap_or(StatusCode::NOT_FOUND);
-                let hint = if status == StatusCode::FORBIDDEN {
-                    " (the origin refused it, or the caches refused this selector's token: is the cluster secret the caches'?)"
-                } else {
-                    ""
-                };
-                return Err(Refusal(
-                    status,
-                    format!("{path}: the mesh answered {status} for this object{hint}"),
-                ));
-            }
-            Ok(Known::Unknown(why)) => unknown(why),
-            Err(error) => unknown(error.to_string()),
-        };
+        let object = self.look_up(&view, ask, &uri_path, reserve).await?;
         let zone = match &self.zones {
             Some(zones) => zones.zone_of(ask.client).to_string(),
             None => DEFAULT_ZONE.to_string(),
@@ -870,10 +840,10 @@ impl Selector {
         let mut decision = decide(&Inputs {
             service,
             uri_path_and_query: &path_and_query,
-            affinity_key,
-            object: &facts,
+            affinity_key: object.affinity_key,
+            object: &object.facts,
             members: &view.members,
-            held: &held,
+            held: &object.held,
             zone: &zone,
             reach: &reach,
             exclude: &ask.exclude,
@@ -883,9 +853,112 @@ impl Selector {
             settings: &self.settings,
         })
         .map_err(|e| Refusal(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        if let Some(note) = lookup_note {
+        if let Some(note) = object.note {
             decision.reasons.push(note);
         }
+        self.reserve(now, &decision, reserve);
+        self.stats.plans.fetch_add(1, Ordering::Relaxed);
+        if decision.shortfall_mbps > 0.0 {
+            self.stats.shortfalls.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(decision)
+    }
+
+    /// The delivery service for the request's host and path, or a 404.
+    fn service_for(&self, ask: &Ask) -> Result<&crate::config::DeliveryService, Refusal> {
+        let path = ask.path.as_str();
+        self.services
+            .find(ask.host.as_deref(), path)
+            .ok_or_else(|| {
+                Refusal(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "no delivery service for {}{path}",
+                        ask.host.as_deref().unwrap_or("")
+                    ),
+                )
+            })
+    }
+
+    /// What the mesh knows of the object at `ask.path`: its version, size
+    /// and holders, or that it passes through, or nothing (the plan is
+    /// made without, and says why). An object the mesh says is missing is
+    /// refused with the mesh's status.
+    async fn look_up(
+        &self,
+        view: &shoal_mesh::MeshView,
+        ask: &Ask,
+        uri_path: &str,
+        reserve: Reserve,
+    ) -> Result<ObjectKnowledge, Refusal> {
+        let path = ask.path.as_str();
+        // One deadline for the whole lookup, however many shields it asks.
+        let lookup = tokio::time::timeout(
+            self.lookup_timeout,
+            self.directory.object(view, path, uri_path),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(LookupError::Unavailable(format!(
+                "no answer within {} ms",
+                self.lookup_timeout.as_millis()
+            )))
+        });
+        let unknown = |note: String| ObjectKnowledge {
+            facts: ObjectFacts {
+                cacheable: true,
+                ..ObjectFacts::default()
+            },
+            affinity_key: shield_key(path),
+            held: HashMap::new(),
+            note: Some(format!("planned without knowing the object: {note}")),
+        };
+        Ok(match lookup {
+            Ok(Known::Object {
+                id,
+                size_bytes,
+                piece_count,
+                ..
+            }) => {
+                // A client still downloading keeps the version it began
+                // with (only for answers a client acts on).
+                let id = if reserve != Reserve::Nothing {
+                    self.affinity
+                        .version_for(ask.client, path, id, std::time::Instant::now())
+                } else {
+                    id
+                };
+                let held = self.directory.held(view, &id, piece_count).await;
+                let facts = ObjectFacts {
+                    id: Some(id.to_hex()),
+                    size_bytes: Some(size_bytes),
+                    cacheable: true,
+                };
+                ObjectKnowledge {
+                    facts,
+                    affinity_key: id,
+                    held,
+                    note: None,
+                }
+            }
+            Ok(Known::PassThrough) => ObjectKnowledge {
+                facts: ObjectFacts {
+                    cacheable: false,
+                    ..ObjectFacts::default()
+                },
+                affinity_key: shield_key(path),
+                held: HashMap::new(),
+                note: None,
+            },
+            Ok(Known::Missing(status)) => return Err(missing(path, status)),
+            Ok(Known::Unknown(why)) => unknown(why),
+            Err(error) => unknown(error.to_string()),
+        })
+    }
+
+    /// Counts the decision's shares (and, for [`Reserve::SharesAndStandby`],
+    /// its standby) against the caches until gossip shows them.
+    fn reserve(&self, now: std::time::Instant, decision: &Decision, reserve: Reserve) {
         if reserve != Reserve::Nothing {
             self.reservations.add(
                 now,
@@ -903,12 +976,37 @@ impl Selector {
                     .filter(|(_, mbps)| *mbps > 0.0),
             );
         }
-        self.stats.plans.fetch_add(1, Ordering::Relaxed);
-        if decision.shortfall_mbps > 0.0 {
-            self.stats.shortfalls.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(decision)
     }
+}
+
+/// What the selector knows of the object a request names, as the decision
+/// needs it.
+struct ObjectKnowledge {
+    facts: ObjectFacts,
+    /// The object's id, else a digest of its path.
+    affinity_key: shoal_core::ObjectId,
+    /// Share of the object each cache holds.
+    held: HashMap<String, f64>,
+    /// Why the plan was made without knowing the object, for the reasons.
+    note: Option<String>,
+}
+
+/// The refusal for an object the mesh answered `status` for: that status
+/// when it is a client error, else 404.
+fn missing(path: &str, status: u16) -> Refusal {
+    let status = StatusCode::from_u16(status)
+        .ok()
+        .filter(StatusCode::is_client_error)
+        .unwrap_or(StatusCode::NOT_FOUND);
+    let hint = if status == StatusCode::FORBIDDEN {
+        " (the origin refused it, or the caches refused this selector's token: is the cluster secret the caches'?)"
+    } else {
+        ""
+    };
+    Refusal(
+        status,
+        format!("{path}: the mesh answered {status} for this object{hint}"),
+    )
 }
 
 #[cfg(test)]

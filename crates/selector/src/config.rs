@@ -230,38 +230,8 @@ impl SelectorConfig {
     /// Checks what the types cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |what: String| Err(ConfigError(what));
-        if self.mesh.gossip.is_none() {
-            return bad(
-                "a selector plans from the mesh's gossip: set mesh.gossip (--gossip ADDR) and mesh.seeds (--seed ADDR)".into(),
-            );
-        }
-        if self.mesh.seeds.is_empty() {
-            return bad(
-                "mesh.seeds is empty: name at least one cache's gossip address (--seed ADDR)"
-                    .into(),
-            );
-        }
-        if !finite_in(self.latency_usd_per_gb_per_ms, 0.0, 1.0) {
-            return bad("latency_usd_per_gb_per_ms must be within 0..=1".into());
-        }
-        if !finite_in(self.affinity_band, 0.0, 0.5) {
-            return bad("affinity_band must be within 0..=0.5".into());
-        }
-        if !finite_in(self.uncapped_cache_mbps, 1.0, BITRATE_MBPS_MAX) {
-            return bad(format!(
-                "uncapped_cache_mbps must be within 1..={BITRATE_MBPS_MAX}"
-            ));
-        }
-        if !finite_in(
-            self.fill_reuse_sessions,
-            1.0,
-            shoal_select::FILL_REUSE_SESSIONS_MAX,
-        ) {
-            return bad(format!(
-                "fill_reuse_sessions must be within 1..={}",
-                shoal_select::FILL_REUSE_SESSIONS_MAX
-            ));
-        }
+        self.validate_mesh()?;
+        self.validate_plan_settings()?;
         for (name, value, low, high) in [
             ("object_ttl_ms", self.object_ttl_ms, 0, 3_600_000),
             ("version_affinity_s", self.version_affinity_s, 0, 3_600),
@@ -302,6 +272,59 @@ impl SelectorConfig {
                 self.lookup_timeout_ms, self.limits.idle_timeout_ms
             ));
         }
+        self.validate_services()
+    }
+
+    /// The mesh settings a selector cannot plan without: its gossip
+    /// address and at least one seed.
+    fn validate_mesh(&self) -> Result<(), ConfigError> {
+        let bad = |what: String| Err(ConfigError(what));
+        if self.mesh.gossip.is_none() {
+            return bad(
+                "a selector plans from the mesh's gossip: set mesh.gossip (--gossip ADDR) and mesh.seeds (--seed ADDR)".into(),
+            );
+        }
+        if self.mesh.seeds.is_empty() {
+            return bad(
+                "mesh.seeds is empty: name at least one cache's gossip address (--seed ADDR)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The planner's knobs (latency penalty, affinity band, uncapped
+    /// caches' egress, fill reuse), each within its range.
+    fn validate_plan_settings(&self) -> Result<(), ConfigError> {
+        let bad = |what: String| Err(ConfigError(what));
+        if !finite_in(self.latency_usd_per_gb_per_ms, 0.0, 1.0) {
+            return bad("latency_usd_per_gb_per_ms must be within 0..=1".into());
+        }
+        if !finite_in(self.affinity_band, 0.0, 0.5) {
+            return bad("affinity_band must be within 0..=0.5".into());
+        }
+        if !finite_in(self.uncapped_cache_mbps, 1.0, BITRATE_MBPS_MAX) {
+            return bad(format!(
+                "uncapped_cache_mbps must be within 1..={BITRATE_MBPS_MAX}"
+            ));
+        }
+        if !finite_in(
+            self.fill_reuse_sessions,
+            1.0,
+            shoal_select::FILL_REUSE_SESSIONS_MAX,
+        ) {
+            return bad(format!(
+                "fill_reuse_sessions must be within 1..={}",
+                shoal_select::FILL_REUSE_SESSIONS_MAX
+            ));
+        }
+        Ok(())
+    }
+
+    /// The delivery services, each on its own and as a set: no name twice,
+    /// no two claiming the same host and path prefix.
+    fn validate_services(&self) -> Result<(), ConfigError> {
+        let bad = |what: String| Err(ConfigError(what));
         if self.services.len() > SERVICES_MAX {
             return bad(format!("more than {SERVICES_MAX} delivery services"));
         }

@@ -32,7 +32,74 @@ pub async fn run(video_size: ByteSize, once: bool, cache_port: u16) -> anyhow::R
         .tempdir()
         .context("creating a work directory")?;
     let root = workdir.path().join("origin");
-    let samples = [
+    let samples = samples(video_size);
+    generate_and_publish(&root, &samples)?;
+
+    let origin = shoal_origin::OriginServer::bind(shoal_origin::OriginConfig::new(
+        root.clone(),
+        "127.0.0.1:0".parse()?,
+    ))
+    .await
+    .context("starting the origin")?;
+    let origin_url = format!("http://{}", origin.local_addr());
+    let (stop_sender, stop) = tokio::sync::watch::channel(false);
+    let origin_task = tokio::spawn(origin.serve(until_stopped(stop.clone())));
+
+    let secret = format!("demo secret {:032x}", rand_u128());
+    let (caches, seed) =
+        start_caches(workdir.path(), &origin_url, &secret, cache_port, &stop).await?;
+    println!("  origin: {origin_url}");
+    wait_for_mesh(&caches).await?;
+    print_caches(&caches);
+    let video = format!("/{}", samples[0].path);
+    print_shield(&caches, &video);
+
+    let client = reqwest::Client::builder().build()?;
+    println!(
+        "\n{:<36} {:>10} {:>8} {:>9}  verified",
+        "download", "bytes", "seconds", "MiB/s"
+    );
+    download_everywhere(&client, &caches, &samples, &root).await?;
+    let release = warm_release(&client, &caches, &root, &secret).await?;
+
+    // 5. The selector: which caches each viewer is sent to, and why.
+    let selector_url = start_selector(workdir.path(), &origin_url, seed.as_deref(), &secret, &stop)
+        .await
+        .context("starting the selector")?;
+    show_selector_choices(
+        &client,
+        &selector_url,
+        &video,
+        &root,
+        &samples[0],
+        caches.len(),
+    )
+    .await?;
+
+    let catalogue: u64 = samples.iter().map(|s| s.size).sum::<u64>() + release.size;
+    print_piece_movement(&caches, catalogue)?;
+
+    // 6. A new version: a few bytes of the video change and it is
+    //    published again with a notice to the mesh.
+    republish(&client, &caches, &root, &samples[0], &secret).await?;
+
+    print_things_to_try(&caches[0].url, &selector_url);
+    if !once {
+        println!("\nserving until Ctrl-C");
+        crate::shutdown_signal().await;
+    }
+    let _ = stop_sender.send(true);
+    for c in caches {
+        let _ = c.task.await;
+    }
+    let _ = origin_task.await;
+    Ok(())
+}
+
+/// The sample content: a large "video" of `video_size`, a download left
+/// unpublished (so both integrity modes show), and edge-sized files.
+fn samples(video_size: ByteSize) -> [Sample; 5] {
+    [
         Sample {
             path: "videos/feature.mp4",
             size: video_size.0,
@@ -58,37 +125,45 @@ pub async fn run(video_size: ByteSize, once: bool, cache_port: u16) -> anyhow::R
             size: (256 << 10) + 1,
             publish: true,
         },
-    ];
+    ]
+}
+
+/// Writes the samples under `root` and publishes manifests for those
+/// marked `publish` (the others are written after, so they stay
+/// unpublished).
+fn generate_and_publish(root: &Path, samples: &[Sample]) -> anyhow::Result<()> {
     println!(
         "shoal demo: generating sample content in {}",
         root.display()
     );
     for sample in samples.iter().filter(|s| s.publish) {
-        write_sample(&root, sample)?;
+        write_sample(root, sample)?;
     }
-    let report = shoal_origin::publish(&root, &shoal_origin::PublishOptions::default())
+    let report = shoal_origin::publish(root, &shoal_origin::PublishOptions::default())
         .context("publishing samples")?;
     println!("  published: {report}");
     for sample in samples.iter().filter(|s| !s.publish) {
-        write_sample(&root, sample)?;
+        write_sample(root, sample)?;
     }
+    Ok(())
+}
 
-    let origin = shoal_origin::OriginServer::bind(shoal_origin::OriginConfig::new(
-        root.clone(),
-        "127.0.0.1:0".parse()?,
-    ))
-    .await
-    .context("starting the origin")?;
-    let origin_url = format!("http://{}", origin.local_addr());
-    let (stop_sender, stop) = tokio::sync::watch::channel(false);
-    let wait_stop = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = stop.wait_for(|s| *s).await;
-    };
-    let origin_task = tokio::spawn(origin.serve(wait_stop(stop.clone())));
+/// Resolves once `stop` turns true (or its sender is gone).
+async fn until_stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
 
+/// Starts the demo's four caches in this process, each seeded with the
+/// first one's gossip address. Returns them and that seed.
+async fn start_caches(
+    workdir: &Path,
+    origin_url: &str,
+    secret: &str,
+    cache_port: u16,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<(Vec<DemoCache>, Option<String>)> {
     // A mesh of four caches in two regions, with different uplinks and
     // prices: the first is the one a person can try with curl.
-    let secret = format!("demo secret {:032x}", rand_u128());
     let specs = [
         ("eu-1", "eu-west", 1600u64, 0.010f64),
         ("eu-2", "eu-west", 800, 0.010),
@@ -100,8 +175,8 @@ pub async fn run(video_size: ByteSize, once: bool, cache_port: u16) -> anyhow::R
     for (i, (name, region, mbps, cost)) in specs.iter().enumerate() {
         let mut config = shoal_cache::CacheConfig {
             listen: ([127, 0, 0, 1], if i == 0 { cache_port } else { 0 }).into(),
-            origin: origin_url.clone(),
-            data_dir: workdir.path().join(name),
+            origin: origin_url.to_string(),
+            data_dir: workdir.join(name),
             capacity: ByteSize(4 << 30),
             ..Default::default()
         };
@@ -109,7 +184,7 @@ pub async fn run(video_size: ByteSize, once: bool, cache_port: u16) -> anyhow::R
         config.mesh = shoal_cache::MeshSettings {
             gossip: Some("127.0.0.1:0".parse()?),
             seeds: seed.iter().cloned().collect(),
-            cluster_secret: secret.clone(),
+            cluster_secret: secret.to_string(),
             node_id: Some(name.to_string()),
             region: region.to_string(),
             cost_per_gb: *cost,
@@ -123,7 +198,7 @@ pub async fn run(video_size: ByteSize, once: bool, cache_port: u16) -> anyhow::R
         seed.get_or_insert_with(|| mesh.node.gossip_addr().to_string());
         let url = format!("http://{}", cache.local_addr);
         let service = cache.service.clone();
-        let task = tokio::spawn(cache.run(wait_stop(stop.clone())));
+        let task = tokio::spawn(cache.run(until_stopped(stop.clone())));
         caches.push(DemoCache {
             name,
             region,
@@ -134,7 +209,11 @@ pub async fn run(video_size: ByteSize, once: bool, cache_port: u16) -> anyhow::R
             task,
         });
     }
-    println!("  origin: {origin_url}");
+    Ok((caches, seed))
+}
+
+/// Waits (20 s at most) until every cache sees all the others in gossip.
+async fn wait_for_mesh(caches: &[DemoCache]) -> anyhow::Result<()> {
     let started = Instant::now();
     while caches
         .iter()
@@ -151,42 +230,55 @@ pub async fn run(video_size: ByteSize, once: bool, cache_port: u16) -> anyhow::R
         caches.len(),
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// The table of caches: region, uplink, price and URL.
+fn print_caches(caches: &[DemoCache]) {
     println!(
         "  {:<6} {:<8} {:>10} {:>7}  url",
         "cache", "region", "uplink", "$/GB"
     );
-    for c in &caches {
+    for c in caches {
         println!(
             "  {:<6} {:<8} {:>5} Mb/s {:>7.3}  {}",
             c.name, c.region, c.mbps, c.cost, c.url
         );
     }
-    let video = format!("/{}", samples[0].path);
+}
+
+/// Names the cache that goes to the origin for `video`.
+fn print_shield(caches: &[DemoCache], video: &str) {
     let shield = caches[0]
         .service
         .mesh()
         .and_then(|m| {
             m.node
                 .view()
-                .shield(&shoal_mesh::shield_key(&video))
+                .shield(&shoal_mesh::shield_key(video))
                 .map(|s| s.node_id.clone())
         })
         .unwrap_or_default();
     println!("\n  {video}: its shield (the one cache that goes to the origin) is {shield}");
+}
 
-    let client = reqwest::Client::builder().build()?;
-    println!(
-        "\n{:<36} {:>10} {:>8} {:>9}  verified",
-        "download", "bytes", "seconds", "MiB/s"
-    );
+/// Downloads the video through one cache, then through all the others at
+/// once, then the rest of the catalogue through every cache, checking
+/// every byte.
+async fn download_everywhere(
+    client: &reqwest::Client,
+    caches: &[DemoCache],
+    samples: &[Sample],
+    root: &Path,
+) -> anyhow::Result<()> {
     // 1. One viewer in Europe: the miss goes to the shield, which goes to
     //    the origin once.
-    download(&client, &caches[0].url, &samples[0], &root, "cold, eu-1").await?;
+    download(client, &caches[0].url, &samples[0], root, "cold, eu-1").await?;
     // 2. Viewers everywhere at once: pieces move between caches, the
     //    origin is not asked again.
     let mut all = Vec::new();
     for c in &caches[1..] {
-        let (client, url, root) = (client.clone(), c.url.clone(), root.clone());
+        let (client, url, root) = (client.clone(), c.url.clone(), root.to_path_buf());
         let label = format!("cold, {}", c.name);
         let sample = &samples[0];
         let (path, size) = (sample.path, sample.size);
@@ -204,20 +296,30 @@ pub async fn run(video_size: ByteSize, once: bool, cache_port: u16) -> anyhow::R
     }
     // 3. The rest of the catalogue, through every cache.
     for sample in &samples[1..] {
-        for c in &caches {
-            download(&client, &c.url, sample, &root, c.name).await?;
+        for c in caches {
+            download(client, &c.url, sample, root, c.name).await?;
         }
     }
-    // 4. Pre-positioning: a release warmed on every cache at once; they
-    //    relay blocks to each other, so the origin sends it once.
+    Ok(())
+}
+
+/// Pre-positioning (step 4 of the demo): a release warmed on every cache
+/// at once; they relay blocks to each other, so the origin sends it once.
+/// Returns the release.
+async fn warm_release(
+    client: &reqwest::Client,
+    caches: &[DemoCache],
+    root: &Path,
+    secret: &str,
+) -> anyhow::Result<Sample> {
     let release = Sample {
         path: "downloads/release-2.0.bin",
         size: 64 << 20,
         publish: false,
     };
-    write_sample(&root, &release)?;
+    write_sample(root, &release)?;
     let warm_started = Instant::now();
-    let key = shoal_core::auth::ClusterKey::from_secret(&secret)?;
+    let key = shoal_core::auth::ClusterKey::from_secret(secret)?;
     let target = format!("/_shoal/warm/{}", release.path);
     let warms = caches.iter().map(|c| {
         let token = key.sign(
@@ -245,21 +347,13 @@ pub async fn run(video_size: ByteSize, once: bool, cache_port: u16) -> anyhow::R
         warm_started.elapsed().as_secs_f64(),
         caches.len()
     );
+    Ok(release)
+}
 
-    // 5. The selector: which caches each viewer is sent to, and why.
-    let selector_url = start_selector(workdir.path(), &origin_url, seed.as_deref(), &secret, &stop)
-        .await
-        .context("starting the selector")?;
-    show_selector_choices(
-        &client,
-        &selector_url,
-        &video,
-        &root,
-        &samples[0],
-        caches.len(),
-    )
-    .await?;
-
+/// The bytes each cache took from the origin and its peers and gave to
+/// peers and viewers; fails if the origin sent more than the `catalogue`
+/// (bytes), which would mean the mesh fetched something twice.
+fn print_piece_movement(caches: &[DemoCache], catalogue: u64) -> anyhow::Result<()> {
     println!("\npieces moving between caches (MiB)");
     println!(
         "  {:<6} {:>11} {:>11} {:>11} {:>11} {:>9}",
@@ -268,7 +362,7 @@ pub async fn run(video_size: ByteSize, once: bool, cache_port: u16) -> anyhow::R
     let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
     let mut origin_total = 0;
     let mut clients_total = 0;
-    for c in &caches {
+    for c in caches {
         let s = c.service.stats_snapshot();
         origin_total += s.origin_bytes;
         clients_total += s.bytes_served;
@@ -282,7 +376,6 @@ pub async fn run(video_size: ByteSize, once: bool, cache_port: u16) -> anyhow::R
             s.byte_hit_ratio
         );
     }
-    let catalogue: u64 = samples.iter().map(|s| s.size).sum::<u64>() + release.size;
     println!(
         "\n  the origin sent {:.1} MiB for a catalogue of {:.1} MiB; viewers received {:.1} MiB",
         mib(origin_total),
@@ -298,12 +391,11 @@ pub async fn run(video_size: ByteSize, once: bool, cache_port: u16) -> anyhow::R
         .map(|c| c.service.stats_snapshot().peer_corrupt_pieces)
         .sum();
     println!("  pieces refused as corrupt: {corrupt}");
+    Ok(())
+}
 
-    // 6. A new version: a few bytes of the video change and it is
-    //    published again with a notice to the mesh.
-    republish(&client, &caches, &root, &samples[0], &secret).await?;
-
-    let first = &caches[0].url;
+/// Commands a person can try against the running demo.
+fn print_things_to_try(first: &str, selector_url: &str) {
     println!("\ntry:");
     println!("  curl -o /dev/null {first}/videos/feature.mp4");
     println!("  curl -r 0-99 {first}/videos/feature.mp4 | xxd | head");
@@ -314,17 +406,6 @@ pub async fn run(video_size: ByteSize, once: bool, cache_port: u16) -> anyhow::R
     println!("  curl '{selector_url}/explain?path=/videos/feature.mp4&client=10.1.0.7'");
     println!("  curl -sI {selector_url}/videos/feature.mp4   # 302 + Link: rel=duplicate");
     println!("  cargo run --release -- get {selector_url}/videos/feature.mp4 -o /tmp/feature.mp4");
-
-    if !once {
-        println!("\nserving until Ctrl-C");
-        crate::shutdown_signal().await;
-    }
-    let _ = stop_sender.send(true);
-    for c in caches {
-        let _ = c.task.await;
-    }
-    let _ = origin_task.await;
-    Ok(())
 }
 
 /// Coverage zones of the demo: viewers in 10.1/16 are near eu-west, in
@@ -402,25 +483,7 @@ async fn show_selector_choices(
     video_sample: &Sample,
     caches: usize,
 ) -> anyhow::Result<()> {
-    let started = Instant::now();
-    loop {
-        let mesh: serde_json::Value = serde_json::from_slice(
-            &client
-                .get(format!("{selector_url}/_shoal/mesh"))
-                .send()
-                .await?
-                .bytes()
-                .await?,
-        )?;
-        if mesh["caches"].as_array().map_or(0, Vec::len) == caches {
-            break;
-        }
-        ensure!(
-            started.elapsed().as_secs() < 20,
-            "the selector did not see the mesh within 20 s"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    wait_for_selector_view(client, selector_url, caches).await?;
     println!("\nselector {selector_url}: videos 40 Mbit/s x1.5, downloads 400 Mbit/s x1.25, at least 2 sources");
     let asks = [
         ("viewer in eu", video, "10.1.0.7", ""),
@@ -445,60 +508,102 @@ async fn show_selector_choices(
                 .bytes()
                 .await?,
         )?;
-        println!(
-            "  {who} ({}) {path}: {:.0} of {:.0} Mbit/s planned, ${:.4}/GB{}",
-            plan["zone"].as_str().unwrap_or("?"),
-            plan["predicted_mbps"].as_f64().unwrap_or(0.0),
-            plan["target_mbps"].as_f64().unwrap_or(0.0),
-            plan["usd_per_gb"].as_f64().unwrap_or(0.0),
-            if plan["survives_one_loss"] == true {
-                ", survives losing a source"
-            } else {
-                ""
-            }
+        print_plan(who, path, &plan);
+    }
+    show_redirect(selector_url, video).await?;
+    download(client, selector_url, video_sample, root, "via selector").await?;
+    show_multi_source_get(selector_url, video, root, video_sample).await
+}
+
+/// Waits (20 s at most) until the selector's gossip view holds all
+/// `caches`.
+async fn wait_for_selector_view(
+    client: &reqwest::Client,
+    selector_url: &str,
+    caches: usize,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        let mesh: serde_json::Value = serde_json::from_slice(
+            &client
+                .get(format!("{selector_url}/_shoal/mesh"))
+                .send()
+                .await?
+                .bytes()
+                .await?,
+        )?;
+        if mesh["caches"].as_array().map_or(0, Vec::len) == caches {
+            return Ok(());
+        }
+        ensure!(
+            started.elapsed().as_secs() < 20,
+            "the selector did not see the mesh within 20 s"
         );
-        for source in plan["sources"].as_array().into_iter().flatten() {
-            let standby = source["standby_mbps"].as_f64().unwrap_or(0.0);
-            println!(
-                "    {:<5} {:>3.0} % {:>6.1} Mbit/s{}  {}",
-                source["node"].as_str().unwrap_or("?"),
-                source["share"].as_f64().unwrap_or(0.0) * 100.0,
-                source["mbps"].as_f64().unwrap_or(0.0),
-                if standby > 0.0 {
-                    format!(" (+{standby:.1} standby)")
-                } else {
-                    String::new()
-                },
-                source["why"].as_str().unwrap_or("")
-            );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// One plan as the selector answered it for `who`: the summary, each
+/// source and standby cache, the planner's remarks and what was left out
+/// (runners-up that were merely not needed are not shown).
+fn print_plan(who: &str, path: &str, plan: &serde_json::Value) {
+    println!(
+        "  {who} ({}) {path}: {:.0} of {:.0} Mbit/s planned, ${:.4}/GB{}",
+        plan["zone"].as_str().unwrap_or("?"),
+        plan["predicted_mbps"].as_f64().unwrap_or(0.0),
+        plan["target_mbps"].as_f64().unwrap_or(0.0),
+        plan["usd_per_gb"].as_f64().unwrap_or(0.0),
+        if plan["survives_one_loss"] == true {
+            ", survives losing a source"
+        } else {
+            ""
         }
-        // Capacity held in reserve on other caches, not billed.
-        for reserve in plan["standby"].as_array().into_iter().flatten() {
-            println!(
-                "    {:<5} standby {:.1} Mbit/s, brought on stream if a source fails (not billed unless used)",
-                reserve["node"].as_str().unwrap_or("?"),
-                reserve["mbps"].as_f64().unwrap_or(0.0)
-            );
-        }
-        // The planner's own remarks (shortfalls, caps), past the standard
-        // lines on the service and the zone.
-        for reason in plan["reasons"].as_array().into_iter().flatten().skip(2) {
-            let reason = reason.as_str().unwrap_or("");
-            if !reason.starts_with("losing any one source") {
-                println!("    note: {reason}");
-            }
-        }
-        for left in plan["left_out"].as_array().into_iter().flatten() {
-            let why = left["why"].as_str().unwrap_or("");
-            if !why.starts_with("not needed") {
-                println!(
-                    "    {:<5} left out: {why}",
-                    left["node"].as_str().unwrap_or("?")
-                );
-            }
+    );
+    for source in plan["sources"].as_array().into_iter().flatten() {
+        let standby = source["standby_mbps"].as_f64().unwrap_or(0.0);
+        println!(
+            "    {:<5} {:>3.0} % {:>6.1} Mbit/s{}  {}",
+            source["node"].as_str().unwrap_or("?"),
+            source["share"].as_f64().unwrap_or(0.0) * 100.0,
+            source["mbps"].as_f64().unwrap_or(0.0),
+            if standby > 0.0 {
+                format!(" (+{standby:.1} standby)")
+            } else {
+                String::new()
+            },
+            source["why"].as_str().unwrap_or("")
+        );
+    }
+    // Capacity held in reserve on other caches, not billed.
+    for reserve in plan["standby"].as_array().into_iter().flatten() {
+        println!(
+            "    {:<5} standby {:.1} Mbit/s, brought on stream if a source fails (not billed unless used)",
+            reserve["node"].as_str().unwrap_or("?"),
+            reserve["mbps"].as_f64().unwrap_or(0.0)
+        );
+    }
+    // The planner's own remarks (shortfalls, caps), past the standard
+    // lines on the service and the zone.
+    for reason in plan["reasons"].as_array().into_iter().flatten().skip(2) {
+        let reason = reason.as_str().unwrap_or("");
+        if !reason.starts_with("losing any one source") {
+            println!("    note: {reason}");
         }
     }
-    // A plain client asks the selector itself and is redirected.
+    for left in plan["left_out"].as_array().into_iter().flatten() {
+        let why = left["why"].as_str().unwrap_or("");
+        if !why.starts_with("not needed") {
+            println!(
+                "    {:<5} left out: {why}",
+                left["node"].as_str().unwrap_or("?")
+            );
+        }
+    }
+}
+
+/// A plain client asks the selector itself and is redirected: prints where
+/// to and how many mirrors the `Link` headers name.
+async fn show_redirect(selector_url: &str, video: &str) -> anyhow::Result<()> {
     let redirect = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()?
@@ -520,9 +625,17 @@ async fn show_selector_choices(
         "  GET {selector_url}{video} -> {} to {location} with {duplicates} Link: rel=duplicate mirror(s)",
         redirect.status().as_u16()
     );
-    download(client, selector_url, video_sample, root, "via selector").await?;
+    Ok(())
+}
 
-    // The multi-source client: the same plan, blended, every piece verified.
+/// The multi-source client: the same plan, blended, every piece verified;
+/// the file is checked against the origin's and then removed.
+async fn show_multi_source_get(
+    selector_url: &str,
+    video: &str,
+    root: &Path,
+    video_sample: &Sample,
+) -> anyhow::Result<()> {
     let out = root.with_file_name("feature-get.mp4");
     let options = shoal_client::GetOptions::new(format!("{selector_url}{video}"), &out);
     let summary = shoal_client::get(options, |_| {}).await?;
