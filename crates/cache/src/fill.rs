@@ -752,18 +752,50 @@ impl Filler {
 
     /// Streams the claim's pieces from one source, delivering each as it
     /// verifies. Delivered pieces leave the claim, so after a `Retry` the
-    /// rest can be fetched elsewhere.
+    /// rest can be fetched elsewhere. A run from a relay or holder that
+    /// turns out slow is taken over by the shield when the shield would be
+    /// much sooner ([`crate::schedule::switch_eta_ms`]).
     async fn stream_run(
         self: &Arc<Self>,
         entry: &Arc<ObjectEntry>,
         claim: &mut Claim,
         source: &RunSource,
     ) -> Result<(), RunFailure> {
+        let Some(mut open) = self.open_run(entry, claim, source.clone(), None).await? else {
+            return Ok(());
+        };
+        // Body bytes past the last piece (a slice of the chunk they came
+        // in: not copied until the next piece takes them).
+        let mut carry = Bytes::new();
+        // Delivered pieces leave `claim.senders`, so the next one is always first.
+        while let Some(&(index, _)) = claim.senders.first() {
+            let data = self.read_piece(entry, &mut open, &mut carry, index).await?;
+            self.verify_and_deliver(entry, claim, &open.source, index, data)?;
+            if let Some(shield) = self.switch_if_slow(entry, claim, &mut open).await {
+                open = shield;
+                // Bytes of the old source's next piece: the shield's body
+                // starts at that piece.
+                carry = Bytes::new();
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens `source` for the claim's pieces (`switch_from_eta_ms`: as a
+    /// switch the shield may decline, [`PeerError::Declined`]). `None`: an
+    /// empty claim.
+    async fn open_run(
+        self: &Arc<Self>,
+        entry: &Arc<ObjectEntry>,
+        claim: &Claim,
+        source: RunSource,
+        switch_from_eta_ms: Option<u64>,
+    ) -> Result<Option<OpenRun>, RunFailure> {
         let (Some(first), Some(last)) = (
             claim.senders.first().map(|s| s.0),
             claim.senders.last().map(|s| s.0),
         ) else {
-            return Ok(());
+            return Ok(None);
         };
         let span = match (
             entry.layout.piece_span(first),
@@ -775,7 +807,7 @@ impl Filler {
         let Some(span) = span else {
             return Err(RunFailure::Fatal(FillError::Abandoned));
         };
-        let _load = match source {
+        let load = match &source {
             RunSource::Peer { member, .. } => {
                 Some(PeerLoadGuard::new(self.clone(), &member.node_id))
             }
@@ -783,7 +815,7 @@ impl Filler {
         };
         // While this run streams from a sibling, a request from that
         // sibling for these pieces would wait on itself.
-        let _sources = match source {
+        let sources = match &source {
             RunSource::Peer { member, mode, .. } if *mode != PeerMode::Have => {
                 let keys: Vec<PieceKey> = claim
                     .senders
@@ -800,11 +832,12 @@ impl Filler {
                 Some(SourcesGuard {
                     filler: self.clone(),
                     keys,
+                    node_id: member.node_id.clone(),
                 })
             }
             _ => None,
         };
-        let mut body = match source {
+        let body = match &source {
             RunSource::Origin => self.open_origin(entry, span).await?,
             RunSource::Peer {
                 member,
@@ -815,11 +848,6 @@ impl Filler {
                     .mesh
                     .as_ref()
                     .ok_or(RunFailure::Fatal(FillError::Abandoned))?;
-                let counter = match mode {
-                    PeerMode::Have => &self.stats.peer_fetches_have,
-                    PeerMode::Fill | PeerMode::Relay => &self.stats.peer_fetches_shield,
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
                 let opened = mesh
                     .data(
                         member,
@@ -830,134 +858,236 @@ impl Filler {
                         crate::peer::DataAsk {
                             mode: *mode,
                             last_resort: *last_resort,
+                            switch_from_eta_ms,
                         },
                     )
                     .await;
                 match opened {
-                    Ok(body) => body,
+                    Ok(body) => {
+                        match mode {
+                            PeerMode::Have => &self.stats.peer_fetches_have,
+                            PeerMode::Fill | PeerMode::Relay => &self.stats.peer_fetches_shield,
+                        }
+                        .fetch_add(1, Ordering::Relaxed);
+                        body
+                    }
                     Err(error) => {
-                        mesh.forget_piece_set(&member.node_id, &entry.id);
+                        if switch_from_eta_ms.is_none() {
+                            mesh.forget_piece_set(&member.node_id, &entry.id);
+                        }
                         return Err(peer_failure(entry, *mode, error));
                     }
                 }
             }
         };
-        let from_origin = matches!(source, RunSource::Origin);
-        // Whose fault a broken body is: the origin's or the sibling's.
-        let body_error = |cause: Cause| match source {
-            RunSource::Origin => FillError::Origin {
-                status: http::StatusCode::BAD_GATEWAY,
-                cause,
-            },
-            RunSource::Peer { member, .. } => FillError::Peer {
-                node: member.node_id.clone(),
-                cause,
-            },
-        };
-        // Body bytes past the last piece (a slice of the chunk they came
-        // in: not copied until the next piece takes them).
-        let mut carry = Bytes::new();
-        // Delivered pieces leave `claim.senders`, so the next one is always first.
-        while let Some(&(index, _)) = claim.senders.first() {
-            let want = entry.layout.piece_len(index) as usize;
-            // One allocation of the piece's size and one copy of each byte
-            // (a buffer grown chunk by chunk was reallocated and copied
-            // about log2(piece / chunk) times per piece: 5 % of a cold
-            // miss's CPU).
-            let mut buffer = BytesMut::with_capacity(want);
-            let taken = carry.len().min(want);
-            buffer.extend_from_slice(&carry.split_to(taken));
-            while buffer.len() < want {
-                let chunk = match body.chunk().await {
-                    Ok(Some(chunk)) => chunk,
-                    Ok(None) => {
-                        let error = body_error(shoal_proto::reason("the body ended early"));
-                        return Err(self.body_failure(from_origin, error));
-                    }
-                    Err(error) => {
-                        let error = if from_origin {
-                            FillError::from(OriginError::from(error))
-                        } else {
-                            body_error(Arc::new(error))
-                        };
-                        tracing::warn!(path = %entry.path, error = %Chain(&error), "body read failed");
-                        return Err(self.body_failure(from_origin, error));
-                    }
-                };
-                let counter = if from_origin {
-                    &self.stats.origin_bytes
-                } else {
-                    &self.stats.peer_bytes_received
-                };
-                counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                if let RunSource::Peer { mode, .. } = source {
-                    match mode {
-                        PeerMode::Have => &self.stats.peer_bytes_received_from_holders,
-                        PeerMode::Relay => &self.stats.peer_bytes_received_from_relays,
-                        PeerMode::Fill => &self.stats.peer_bytes_received_from_shields,
-                    }
-                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        Ok(Some(OpenRun {
+            source,
+            body,
+            _load: load,
+            _sources: sources,
+            first_byte_at: None,
+            received_bytes: 0,
+            last_switch_ask: std::time::Instant::now(),
+        }))
+    }
+
+    /// Reads piece `index` (the next one of the run) from the open body.
+    async fn read_piece(
+        &self,
+        entry: &Arc<ObjectEntry>,
+        open: &mut OpenRun,
+        carry: &mut Bytes,
+        index: PieceIndex,
+    ) -> Result<Bytes, RunFailure> {
+        let from_origin = matches!(open.source, RunSource::Origin);
+        let want = entry.layout.piece_len(index) as usize;
+        // One allocation of the piece's size and one copy of each byte
+        // (a buffer grown chunk by chunk was reallocated and copied
+        // about log2(piece / chunk) times per piece: 5 % of a cold
+        // miss's CPU).
+        let mut buffer = BytesMut::with_capacity(want);
+        let taken = carry.len().min(want);
+        buffer.extend_from_slice(&carry.split_to(taken));
+        while buffer.len() < want {
+            let chunk = match open.body.chunk().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => {
+                    let error =
+                        body_error(&open.source, shoal_proto::reason("the body ended early"));
+                    return Err(self.body_failure(from_origin, error));
                 }
-                let mut chunk = chunk;
-                let needed = want - buffer.len();
-                if chunk.len() > needed {
-                    carry = chunk.split_off(needed);
+                Err(error) => {
+                    let error = if from_origin {
+                        FillError::from(OriginError::from(error))
+                    } else {
+                        body_error(&open.source, Arc::new(error))
+                    };
+                    tracing::warn!(path = %entry.path, error = %Chain(&error), "body read failed");
+                    return Err(self.body_failure(from_origin, error));
                 }
-                buffer.extend_from_slice(&chunk);
+            };
+            open.first_byte_at
+                .get_or_insert_with(std::time::Instant::now);
+            open.received_bytes += chunk.len() as u64;
+            let counter = if from_origin {
+                &self.stats.origin_bytes
+            } else {
+                &self.stats.peer_bytes_received
+            };
+            counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            if let RunSource::Peer { mode, .. } = &open.source {
+                match mode {
+                    PeerMode::Have => &self.stats.peer_bytes_received_from_holders,
+                    PeerMode::Relay => &self.stats.peer_bytes_received_from_relays,
+                    PeerMode::Fill => &self.stats.peer_bytes_received_from_shields,
+                }
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
             }
-            let data = buffer.freeze();
-            // A sibling's bytes are checked against a hash that came from
-            // the manifest, the origin or the shield; never learnt from
-            // the sibling itself.
-            if matches!(
+            let mut chunk = chunk;
+            let needed = want - buffer.len();
+            if chunk.len() > needed {
+                *carry = chunk.split_off(needed);
+            }
+            buffer.extend_from_slice(&chunk);
+        }
+        Ok(buffer.freeze())
+    }
+
+    /// Checks piece `index` from `source` against its reference hash and
+    /// hands it to the claim's waiters; a mismatch is the source's fault.
+    fn verify_and_deliver(
+        self: &Arc<Self>,
+        entry: &Arc<ObjectEntry>,
+        claim: &mut Claim,
+        source: &RunSource,
+        index: PieceIndex,
+        data: Bytes,
+    ) -> Result<(), RunFailure> {
+        // A sibling's bytes are checked against a hash that came from
+        // the manifest, the origin or the shield; never learnt from
+        // the sibling itself.
+        if matches!(
+            source,
+            RunSource::Peer {
+                mode: PeerMode::Have | PeerMode::Relay,
+                ..
+            }
+        ) && entry.manifest.is_none()
+            && entry.learnt_hash(index).is_none()
+        {
+            return Err(RunFailure::Retry(body_error(
                 source,
-                RunSource::Peer {
-                    mode: PeerMode::Have | PeerMode::Relay,
-                    ..
-                }
-            ) && entry.manifest.is_none()
-                && entry.learnt_hash(index).is_none()
-            {
-                return Err(RunFailure::Retry(body_error(shoal_proto::reason(format!(
+                shoal_proto::reason(format!(
                     "no reference hash yet for piece {} it sent",
                     index.0
-                )))));
+                )),
+            )));
+        }
+        let error = match entry.accept_piece(index, data) {
+            Ok(piece) => {
+                self.deliver(entry, claim, piece);
+                return Ok(());
             }
-            match entry.accept_piece(index, data) {
-                Ok(piece) => self.deliver(entry, claim, piece),
-                Err(error) => {
-                    if from_origin {
-                        self.stats.corrupt_pieces.fetch_add(1, Ordering::Relaxed);
-                    }
-                    return Err(match source {
-                        RunSource::Origin => {
-                            if entry.manifest.is_none() {
-                                // The reference hashes of this unpublished
-                                // version are in doubt: start it afresh.
-                                entry.mark_hash_conflict();
-                                tracing::warn!(path = %entry.path, error = %Chain(&error), "piece from origin does not match what the origin sent before (the file changed in place): not stored, not served; ingesting it afresh");
-                            } else if entry.mark_bad_piece(index) {
-                                tracing::warn!(path = %entry.path, error = %Chain(&error), "piece from origin does not match the published manifest (the file changed without `shoal publish`, or was damaged): not stored, not served; the path is resolved again");
-                            }
-                            entry.invalidate();
-                            RunFailure::Fatal(FillError::Corrupt(index))
-                        }
-                        RunSource::Peer { member, .. } => {
-                            tracing::error!(peer = %member.node_id, path = %entry.path, error = %Chain(&error), "piece from a peer failed verification; not stored, not served");
-                            if let Some(mesh) = &self.mesh {
-                                mesh.report_corrupt(&member.node_id);
-                                mesh.forget_piece_set(&member.node_id, &entry.id);
-                            }
-                            RunFailure::Retry(FillError::Peer {
-                                node: member.node_id.clone(),
-                                cause: Arc::new(error),
-                            })
-                        }
-                    });
+            Err(error) => error,
+        };
+        Err(match source {
+            RunSource::Origin => {
+                self.stats.corrupt_pieces.fetch_add(1, Ordering::Relaxed);
+                if entry.manifest.is_none() {
+                    // The reference hashes of this unpublished
+                    // version are in doubt: start it afresh.
+                    entry.mark_hash_conflict();
+                    tracing::warn!(path = %entry.path, error = %Chain(&error), "piece from origin does not match what the origin sent before (the file changed in place): not stored, not served; ingesting it afresh");
+                } else if entry.mark_bad_piece(index) {
+                    tracing::warn!(path = %entry.path, error = %Chain(&error), "piece from origin does not match the published manifest (the file changed without `shoal publish`, or was damaged): not stored, not served; the path is resolved again");
                 }
+                entry.invalidate();
+                RunFailure::Fatal(FillError::Corrupt(index))
+            }
+            RunSource::Peer { member, .. } => {
+                tracing::error!(peer = %member.node_id, path = %entry.path, error = %Chain(&error), "piece from a peer failed verification; not stored, not served");
+                if let Some(mesh) = &self.mesh {
+                    mesh.report_corrupt(&member.node_id);
+                    mesh.forget_piece_set(&member.node_id, &entry.id);
+                }
+                RunFailure::Retry(FillError::Peer {
+                    node: member.node_id.clone(),
+                    cause: Arc::new(error),
+                })
+            }
+        })
+    }
+
+    /// For a run from a relay or holder: when the rest would take long at
+    /// the rate it delivers, asks the path's first shield to take it over
+    /// (the pure [`crate::schedule::switch_eta_ms`] and the shield's desk
+    /// decide). The shield's body when it did; `None`: carry on as before.
+    async fn switch_if_slow(
+        self: &Arc<Self>,
+        entry: &Arc<ObjectEntry>,
+        claim: &Claim,
+        open: &mut OpenRun,
+    ) -> Option<OpenRun> {
+        if !matches!(
+            open.source,
+            RunSource::Peer {
+                mode: PeerMode::Have | PeerMode::Relay,
+                ..
+            }
+        ) || claim.senders.is_empty()
+        {
+            return None;
+        }
+        let now = std::time::Instant::now();
+        if now.duration_since(open.last_switch_ask).as_millis()
+            < u128::from(crate::schedule::SWITCH_ASK_EVERY_MS)
+        {
+            return None;
+        }
+        let receiving_ms = open
+            .first_byte_at
+            .map_or(0, |at| now.duration_since(at).as_millis() as u64);
+        let remaining_bytes: u64 = claim
+            .senders
+            .iter()
+            .map(|(index, _)| entry.layout.piece_len(*index))
+            .sum();
+        let eta_ms =
+            crate::schedule::switch_eta_ms(open.received_bytes, remaining_bytes, receiving_ms)?;
+        open.last_switch_ask = now;
+        // Only the path's first shield (a fallback one is asked as last
+        // resort, and we are not the shield).
+        let shield = match self.shield_source(entry, &[])? {
+            RunSource::Peer {
+                last_resort: false,
+                member,
+                mode,
+            } => RunSource::Peer {
+                member,
+                mode,
+                last_resort: false,
+            },
+            _ => return None,
+        };
+        match self.open_run(entry, claim, shield, Some(eta_ms)).await {
+            Ok(Some(taken_over)) => {
+                self.stats
+                    .switches_to_shield
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(path = %entry.path, eta_ms, "a slow run moved to the shield");
+                Some(taken_over)
+            }
+            Ok(None) => None,
+            Err(failure) => {
+                if let RunFailure::Retry(error)
+                | RunFailure::Fatal(error)
+                | RunFailure::Loop(error) = &failure
+                {
+                    tracing::debug!(path = %entry.path, error = %Chain(error), "the shield did not take the run over");
+                }
+                None
             }
         }
-        Ok(())
     }
 
     async fn open_origin(
@@ -1054,6 +1184,7 @@ impl Filler {
 }
 
 /// Where a run of pieces is fetched from.
+#[derive(Clone)]
 enum RunSource {
     Origin,
     Peer {
@@ -1062,6 +1193,33 @@ enum RunSource {
         /// A `fill` request the shield must not send to a relay.
         last_resort: bool,
     },
+}
+
+/// A run's source while it is being read.
+struct OpenRun {
+    source: RunSource,
+    body: crate::origin_client::RangeBody,
+    _load: Option<PeerLoadGuard>,
+    _sources: Option<SourcesGuard>,
+    /// When the body's first bytes came, and how many since (the run's
+    /// rate, for a switch).
+    first_byte_at: Option<std::time::Instant>,
+    received_bytes: u64,
+    last_switch_ask: std::time::Instant,
+}
+
+/// Whose fault a broken body is: the origin's or the sibling's.
+fn body_error(source: &RunSource, cause: Cause) -> FillError {
+    match source {
+        RunSource::Origin => FillError::Origin {
+            status: http::StatusCode::BAD_GATEWAY,
+            cause,
+        },
+        RunSource::Peer { member, .. } => FillError::Peer {
+            node: member.node_id.clone(),
+            cause,
+        },
+    }
 }
 
 /// Why a run stopped before delivering everything.
@@ -1108,13 +1266,18 @@ fn peer_failure(entry: &ObjectEntry, mode: PeerMode, error: PeerError) -> RunFai
 struct SourcesGuard {
     filler: Arc<Filler>,
     keys: Vec<PieceKey>,
+    node_id: String,
 }
 
 impl Drop for SourcesGuard {
     fn drop(&mut self) {
         let mut sources = lock(&self.filler.sources);
         for key in &self.keys {
-            sources.remove(key);
+            // Only our own entries: a run that moved to the shield has
+            // recorded the shield for the same pieces.
+            if sources.get(key) == Some(&self.node_id) {
+                sources.remove(key);
+            }
         }
     }
 }

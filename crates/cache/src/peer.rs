@@ -31,7 +31,8 @@ pub use shoal_proto::link::{
 };
 pub use shoal_proto::{
     LAST_RESORT_HEADER, MODE_HEADER, PEER_DATA_PREFIX, PEER_OBJECT_PREFIX, PEER_PIECES_PREFIX,
-    PEER_PREFIX, PEER_PURGES_PATH, PEER_PURGE_PATH, RECORD_MODE, TRY_HEADER,
+    PEER_PREFIX, PEER_PURGES_PATH, PEER_PURGE_PATH, RECORD_MODE, STAY_HEADER, SWITCH_HEADER,
+    TRY_HEADER,
 };
 
 /// `GET /_shoal/mesh`: this cache's view of the mesh, for operators.

@@ -78,6 +78,25 @@ pub(crate) struct RelayState {
     /// Bytes of `fill` responses this shield admitted and has not finished
     /// sending: what its uplink has promised.
     promised_bytes: std::sync::atomic::AtomicU64,
+    /// Client responses this cache is sending now: each takes a share of
+    /// the uplink a sibling's request would get.
+    client_bodies: std::sync::atomic::AtomicU64,
+}
+
+/// Counts a client response as being sent until its body ends.
+struct ClientBody(Arc<CacheService>);
+
+impl ClientBody {
+    fn start(service: &Arc<CacheService>) -> Self {
+        service.relays.client_bodies.fetch_add(1, Ordering::Relaxed);
+        Self(service.clone())
+    }
+}
+
+impl Drop for ClientBody {
+    fn drop(&mut self) {
+        self.0.relays.client_bodies.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Counts an admitted `fill` response's bytes as promised until its body
@@ -726,14 +745,36 @@ impl CacheService {
             _ => (None, size),
         };
         let cap_bytes_per_s = self.egress.get().map_or(0, |e| e.bytes_per_s());
-        let promised = self.relays.promised_bytes.load(Ordering::Relaxed);
+        // What the uplink has to send before this response is through:
+        // what it promised to siblings, this response, and as much again
+        // for each client response it is sending (they share the uplink).
+        let clients = self.relays.client_bodies.load(Ordering::Relaxed);
+        let queued = self
+            .relays
+            .promised_bytes
+            .load(Ordering::Relaxed)
+            .saturating_add(span_bytes.saturating_mul(clients.saturating_add(1)));
         let shield_has_uplink = cap_bytes_per_s > 0
-            && promised.saturating_add(span_bytes)
-                <= cap_bytes_per_s.saturating_mul(DIRECT_HORIZON_MS) / 1000;
+            && queued <= cap_bytes_per_s.saturating_mul(DIRECT_HORIZON_MS) / 1000;
         let last_resort = request
             .headers()
             .get(crate::peer::LAST_RESORT_HEADER)
             .is_some_and(|v| v.as_bytes() == b"1");
+        let switch_from_eta_ms = match request.headers().get(crate::peer::SWITCH_HEADER) {
+            None => None,
+            Some(value) => match value.to_str().ok().and_then(|v| v.parse::<u64>().ok()) {
+                Some(eta_ms) => Some(eta_ms),
+                None => {
+                    return Err(text_response(
+                        StatusCode::BAD_REQUEST,
+                        &format!(
+                            "bad {}: expected milliseconds as a whole number\n",
+                            crate::peer::SWITCH_HEADER
+                        ),
+                    ))
+                }
+            },
+        };
         let view = mesh.node.view();
         // Only the path's first shield sends requesters to relays; a cache
         // asked because the shields above it failed serves (its own fills
@@ -789,11 +830,11 @@ impl CacheService {
                 far_relays: &far_relays,
                 uplink_weight: &uplink_weight,
                 shield_has_uplink,
-                shield_eta_ms: (cap_bytes_per_s > 0).then(|| {
-                    promised.saturating_add(span_bytes).saturating_mul(1000) / cap_bytes_per_s
-                }),
+                shield_eta_ms: (cap_bytes_per_s > 0)
+                    .then(|| queued.saturating_mul(1000) / cap_bytes_per_s),
                 uplink_bytes_per_s: &|node: &str| caps.get(node).copied().unwrap_or(0) / 8,
                 block_bytes: span_bytes.min(crate::fill::RELAY_BLOCK_BYTES),
+                switch_from_eta_ms,
             };
             let now_ms = self
                 .relays
@@ -803,6 +844,17 @@ impl CacheService {
                 .as_millis() as u64;
             let admission = lock(&self.relays.desk).admit(&ask, &limits, now_ms);
             tracing::debug!(node = mesh.self_id(), %requester, first = first.0, last_resort, ?admission, "fill request");
+            if admission == crate::schedule::Admission::Stay {
+                self.stats.switches_declined.fetch_add(1, Ordering::Relaxed);
+                let mut response = text_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not sooner than the source you have: keep it\n",
+                );
+                response
+                    .headers_mut()
+                    .insert(crate::peer::STAY_HEADER, HeaderValue::from_static("1"));
+                return Err(response);
+            }
             if let crate::schedule::Admission::TryInstead(relay) = admission {
                 self.stats
                     .relay_refusals_sent
@@ -1176,6 +1228,7 @@ impl CacheService {
         };
         let (sender, body) = shoal_server::channel_body(BODY_CHUNKS_MAX);
         let service = self.clone();
+        let client_body = (audience == Audience::Client).then(|| ClientBody::start(self));
         tokio::spawn(async move {
             service
                 .stream_body(
@@ -1189,6 +1242,7 @@ impl CacheService {
                 )
                 .await;
             drop(promised);
+            drop(client_body);
         });
         builder.body(body).unwrap_or_else(|_| internal_error())
     }

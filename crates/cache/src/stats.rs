@@ -43,6 +43,10 @@ pub struct CacheStats {
     pub relay_redirects: AtomicU64,
     /// Fill requests this cache, as shield, sent to a relay.
     pub relay_refusals_sent: AtomicU64,
+    /// Runs from a slow relay or holder that the shield took over.
+    pub switches_to_shield: AtomicU64,
+    /// Switches this cache, as shield, declined (it would not be sooner).
+    pub switches_declined: AtomicU64,
     /// Failed exchanges with siblings (each retried elsewhere).
     pub peer_errors: AtomicU64,
     /// Pieces from siblings that failed verification (never stored).
@@ -88,6 +92,8 @@ pub struct StatsSnapshot {
     pub peer_fetches_relay: u64,
     pub relay_redirects: u64,
     pub relay_refusals_sent: u64,
+    pub switches_to_shield: u64,
+    pub switches_declined: u64,
     pub peer_errors: u64,
     pub peer_corrupt_pieces: u64,
     pub peers_quarantined: u64,
@@ -142,6 +148,8 @@ impl CacheStats {
             peer_fetches_relay: get(&self.peer_fetches_relay),
             relay_redirects: get(&self.relay_redirects),
             relay_refusals_sent: get(&self.relay_refusals_sent),
+            switches_to_shield: get(&self.switches_to_shield),
+            switches_declined: get(&self.switches_declined),
             peer_errors: get(&self.peer_errors),
             peer_corrupt_pieces: get(&self.peer_counters.corrupt_pieces),
             peers_quarantined: get(&self.peer_counters.quarantines),

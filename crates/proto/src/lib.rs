@@ -101,6 +101,14 @@ pub const LAST_RESORT_HEADER: &str = "x-shoal-last-resort";
 /// Response header on a shield's `503` refusing a `fill` request during a
 /// flash crowd: the node id of the cache to ask (`relay` mode) instead.
 pub const TRY_HEADER: &str = "x-shoal-try";
+/// Request header on a `fill` request: the requester already gets these
+/// pieces from a relay or holder, which would take this many more
+/// milliseconds; the shield takes the run over only if it would be much
+/// sooner, and otherwise answers `503` with [`STAY_HEADER`].
+pub const SWITCH_HEADER: &str = "x-shoal-switch-eta-ms";
+/// Response header (`1`) on a shield's `503` declining a switch: keep the
+/// source you have (not a sign of trouble at the shield).
+pub const STAY_HEADER: &str = "x-shoal-stay";
 /// `x-shoal-mode` of a selector asking a shield what a path is: resolved
 /// as in `fill` mode, answered without the manifest or piece hashes.
 pub const RECORD_MODE: &str = "record";

@@ -14,7 +14,7 @@ use crate::record::ObjectRecord;
 use crate::Cause;
 use crate::{
     LAST_RESORT_HEADER, MODE_HEADER, PEER_DATA_PREFIX, PEER_OBJECT_PREFIX, PEER_PIECES_PREFIX,
-    PEER_PURGES_PATH, PEER_PURGE_PATH, RECORD_MODE, TRY_HEADER,
+    PEER_PURGES_PATH, PEER_PURGE_PATH, RECORD_MODE, STAY_HEADER, SWITCH_HEADER, TRY_HEADER,
 };
 use base64::Engine;
 use http::{HeaderValue, StatusCode};
@@ -81,6 +81,9 @@ pub struct DataAsk {
     pub mode: PeerMode,
     /// A `fill` the shield must serve rather than send to a relay.
     pub last_resort: bool,
+    /// A switch ([`crate::SWITCH_HEADER`]): the pieces are coming from a
+    /// relay or holder that would take this many more milliseconds.
+    pub switch_from_eta_ms: Option<u64>,
 }
 
 /// Longest node id accepted in an `X-Shoal-Try` answer.
@@ -164,6 +167,9 @@ pub enum PeerError {
     /// The peer is fetching those pieces from us (508 Loop Detected).
     #[error("peer {0} is fetching those pieces from us")]
     Loop(String),
+    /// A shield declined to take over a run (it would not be sooner).
+    #[error("shield {0} would not deliver sooner than the current source")]
+    Declined(String),
 }
 
 impl PeerError {
@@ -175,7 +181,8 @@ impl PeerError {
             | PeerError::Status(node, _)
             | PeerError::Protocol(node, _)
             | PeerError::TryInstead(node, _)
-            | PeerError::Loop(node) => node,
+            | PeerError::Loop(node)
+            | PeerError::Declined(node) => node,
         }
     }
 
@@ -630,7 +637,11 @@ impl MeshLink {
         object_size: u64,
         ask: DataAsk,
     ) -> Result<RangeBody, PeerError> {
-        let DataAsk { mode, last_resort } = ask;
+        let DataAsk {
+            mode,
+            last_resort,
+            switch_from_eta_ms,
+        } = ask;
         let peer = member.node_id.clone();
         let last = span
             .last()
@@ -648,6 +659,10 @@ impl MeshLink {
         } else {
             request
         };
+        let request = match switch_from_eta_ms {
+            Some(eta_ms) => request.header(SWITCH_HEADER, eta_ms.to_string()),
+            None => request,
+        };
         let timeout_ms = self.read_timeout_ms(mode);
         let response = self.send_within(member, request, timeout_ms).await?;
         let status = response.status();
@@ -659,6 +674,9 @@ impl MeshLink {
                 .filter(|v| !v.is_empty() && v.len() <= NODE_ID_BYTES_MAX);
             if let Some(relay) = named {
                 return Err(PeerError::TryInstead(peer, relay.to_string()));
+            }
+            if response.headers().get(STAY_HEADER).is_some() {
+                return Err(PeerError::Declined(peer));
             }
         }
         if status == StatusCode::LOOP_DETECTED {

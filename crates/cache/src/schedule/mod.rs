@@ -309,6 +309,11 @@ pub struct RelayAsk<'a> {
     pub uplink_bytes_per_s: &'a dyn Fn(&str) -> u64,
     /// Bytes a relay takes on by relaying this request (the block).
     pub block_bytes: u64,
+    /// A switch: the requester is already getting these pieces from a
+    /// relay or holder, which would take this long (ms) at the rate it
+    /// delivers ([`switch_eta_ms`]). Served only when this shield would
+    /// deliver in well under that time; otherwise [`Admission::Stay`].
+    pub switch_from_eta_ms: Option<u64>,
 }
 
 /// The shield's answer.
@@ -317,6 +322,38 @@ pub enum Admission {
     Serve,
     /// Refused: ask this cache to relay the block.
     TryInstead(String),
+    /// A switch refused: keep the source you have.
+    Stay,
+}
+
+/// A run from a relay or holder is moved to the shield only when the
+/// shield would deliver in under this fraction of the run's own time
+/// left (so a run does not flap between sources on noise).
+pub const SWITCH_GAIN: u64 = 2;
+/// A run's rate is judged only after it has been receiving this long.
+pub const SWITCH_JUDGE_AFTER_MS: u64 = 1_000;
+/// Runs with less than this left are not worth a switch.
+pub const SWITCH_ETA_MIN_MS: u64 = 1_000;
+/// A run asks the shield to take it over at most this often.
+pub const SWITCH_ASK_EVERY_MS: u64 = 1_000;
+
+/// For a run from a relay or holder that has delivered `received_bytes`
+/// in the `receiving_ms` since its first byte and has `remaining_bytes`
+/// to go: how long it would still take at that rate (ms), when that is
+/// long enough to ask the shield whether it can do better (the shield's
+/// uplink may have emptied while a thin relay still has a queue,
+/// typically at the end of a warm-up or crowd). `None`: keep the run as
+/// it is.
+///
+/// The rate is taken from the first byte on: a relay's first byte waits
+/// on its own fill, which says nothing of how fast it passes the block on
+/// (and a source that never sends is left out by the read timeout).
+pub fn switch_eta_ms(received_bytes: u64, remaining_bytes: u64, receiving_ms: u64) -> Option<u64> {
+    if receiving_ms < SWITCH_JUDGE_AFTER_MS || remaining_bytes == 0 || received_bytes == 0 {
+        return None;
+    }
+    let eta_ms = remaining_bytes.saturating_mul(receiving_ms) / received_bytes;
+    (eta_ms >= SWITCH_ETA_MIN_MS).then_some(eta_ms)
 }
 
 /// Who received one block from this shield, directly or by relay.
@@ -436,6 +473,18 @@ impl RelayDesk {
             });
         }
         let others = self.note_asker(ask.object, ask.requester, now_ms);
+        if let Some(current_eta_ms) = ask.switch_from_eta_ms {
+            // Taken over only by a shield that is clearly sooner (an
+            // uncapped shield's time is unknown: it takes over while its
+            // uplink has room).
+            let sooner = match ask.shield_eta_ms {
+                Some(eta) => eta.saturating_mul(SWITCH_GAIN) < current_eta_ms,
+                None => ask.shield_has_uplink,
+            };
+            if !sooner {
+                return Admission::Stay;
+            }
+        }
         let block_index = block_of(ask.first, limits);
         let block = self.blocks.entry((*ask.object, block_index)).or_default();
         if now_ms.saturating_sub(block.last_used_ms) >= RELAY_DESK_MEMORY_MS {
@@ -466,7 +515,8 @@ impl RelayDesk {
             .receivers
             .iter()
             .any(|r| r.node == requester && r.direct);
-        if ask.last_resort || served_before {
+        // A switch the shield takes is served like a last resort.
+        if ask.last_resort || served_before || ask.switch_from_eta_ms.is_some() {
             return serve(block);
         }
         if others < limits.shield_fanout_max || ask.shield_has_uplink {
@@ -664,6 +714,7 @@ mod tests {
             shield_eta_ms: None,
             uplink_bytes_per_s: &|_| 0,
             block_bytes: 4 << 20,
+            switch_from_eta_ms: None,
         }
     }
 
@@ -1014,6 +1065,59 @@ mod tests {
             Admission::TryInstead("c1".into()),
             "a second later c1's backlog is sent"
         );
+    }
+
+    #[test]
+    fn a_slow_run_asks_for_a_switch_only_when_its_rate_is_known_and_its_rest_is_long() {
+        // Not judged in its first second of receiving, nor before any byte.
+        assert_eq!(switch_eta_ms(1 << 20, 8 << 20, 900), None);
+        assert_eq!(switch_eta_ms(0, 8 << 20, 5_000), None);
+        // 1 MiB in 2 s, 8 MiB left: 16 s to go.
+        assert_eq!(switch_eta_ms(1 << 20, 8 << 20, 2_000), Some(16_000));
+        // 4 MiB in 1 s, 2 MiB left: half a second, not worth a switch.
+        assert_eq!(switch_eta_ms(4 << 20, 2 << 20, 1_000), None);
+        assert_eq!(switch_eta_ms(4 << 20, 0, 1_000), None);
+    }
+
+    #[test]
+    fn the_shield_takes_a_run_over_only_when_clearly_sooner() {
+        let relays = ["c1", "c2"];
+        let mut desk = RelayDesk::default();
+        let mut ask = |shield_eta_ms: Option<u64>, has_uplink: bool, from_eta_ms: u64| {
+            let ask = RelayAsk {
+                requester: "c2",
+                relays: &relays,
+                shield_eta_ms,
+                shield_has_uplink: has_uplink,
+                switch_from_eta_ms: Some(from_eta_ms),
+                ..plain_ask()
+            };
+            desk.admit(&ask, &LIMITS, 0)
+        };
+        assert_eq!(ask(Some(400), false, 2_000), Admission::Serve);
+        assert_eq!(
+            ask(Some(1_500), false, 2_000),
+            Admission::Stay,
+            "sooner, but not by the margin"
+        );
+        assert_eq!(ask(Some(999), false, 2_000), Admission::Serve);
+        // An uncapped shield takes over while its uplink has room.
+        assert_eq!(ask(None, true, 2_000), Admission::Serve);
+        assert_eq!(ask(None, false, 2_000), Admission::Stay);
+        // A switch is never sent on to a relay, even in a crowd.
+        let mut desk = RelayDesk::default();
+        let plain = |requester| RelayAsk {
+            requester,
+            relays: &relays,
+            ..plain_ask()
+        };
+        assert_eq!(desk.admit(&plain("c1"), &LIMITS, 0), Admission::Serve);
+        let switch = RelayAsk {
+            shield_eta_ms: Some(10),
+            switch_from_eta_ms: Some(5_000),
+            ..plain("c2")
+        };
+        assert_eq!(desk.admit(&switch, &LIMITS, 0), Admission::Serve);
     }
 
     #[test]

@@ -1,16 +1,18 @@
 //! A seeded fluid simulation of a region's caches filling one object at
 //! once, driven by the scheduler's own functions ([`choose_run`],
-//! [`RelayDesk::admit`]): flash crowds, a cache dying mid-relay, and the fluid
-//! bounds they are checked against.
+//! [`RelayDesk::admit`]): flash crowds, warm-ups of every cache, a cache
+//! dying mid-relay, and the fluid bounds they are checked against.
 //!
 //! Model: every node (the origin, the shield = cache 0, the other caches)
-//! has an uplink of `cap` pieces per second, shared equally by the flows
+//! has an uplink of so many pieces per second, shared equally by the flows
 //! it can feed right now (a flow waits while its source does not hold its
 //! next piece: pieces are passed on once received and verified whole).
 //! Downlinks are unconstrained. Readers are sequential clients of a cache
-//! with the cache's read-ahead; claims, runs, relays, refusals and stall
-//! fallbacks follow `fill.rs`. Holder knowledge lags like the gossiped
-//! summaries do.
+//! with the cache's read-ahead, or (a warm-up) the cache itself reading
+//! the object as fast as it arrives; claims, runs, relays, refusals and
+//! stall fallbacks follow `fill.rs`, and the shield's admission inputs
+//! (what it promised, when it would deliver) follow `serve.rs`. Holder
+//! knowledge lags like the gossiped summaries do.
 
 use super::{choose_run, FillLimits, Holder, RelayAsk, RelayDesk, RunContext, RunSource};
 use shoal_core::bitfield::PieceSet;
@@ -24,14 +26,21 @@ pub struct Setup {
     pub caches: usize,
     pub clients: usize,
     pub pieces: u32,
-    /// Uplink of every cache, pieces per second.
+    /// Uplink of every cache but the shield, pieces per second.
     pub cap: f64,
+    /// The shield's uplink (cache 0), pieces per second.
+    pub shield_cap: f64,
     pub origin_cap: f64,
+    /// Every cache warms the object (one reader per cache, reading as
+    /// fast as pieces arrive) instead of serving `clients`.
+    pub warm: bool,
     pub readahead_pieces: u32,
     pub claim_pieces_max: u32,
     /// Cache `.0` dies at `.1` seconds.
     pub kill: Option<(usize, f64)>,
     pub seed: u64,
+    /// Slow runs ask the shield to take them over.
+    pub switch: bool,
 }
 
 pub struct Outcome {
@@ -41,6 +50,8 @@ pub struct Outcome {
     pub shield_pieces_to_caches: u32,
     /// Pieces each cache sent to other caches.
     pub relayed: Vec<u32>,
+    /// Runs the shield took over from slow relays or holders.
+    pub switched: u32,
 }
 
 struct Run {
@@ -52,6 +63,11 @@ struct Run {
     relaying: bool,
     excluded: Vec<String>,
     via_shield: bool,
+    /// When its source first sent it something.
+    first_progress_s: Option<f64>,
+    /// Pieces delivered since.
+    delivered: u32,
+    last_switch_ask_s: f64,
 }
 
 struct Reader {
@@ -79,13 +95,28 @@ struct World {
     shield_pieces_to_caches: u32,
     relayed: Vec<u32>,
     desk: RelayDesk,
+    /// Runs the shield took over from slow relays.
+    switched: u32,
+    /// Clients reading from the shield now.
+    shield_clients: u32,
 }
 
 /// How long a run may make no progress before its source is left out.
-const STALL_S: f64 = 2.0;
+const STALL_S: f64 = 5.0;
 /// How often siblings learn what the others store.
 const ADVERTISE_EVERY_S: f64 = 2.0;
 const DT_S: f64 = 0.002;
+
+/// `SHOAL_SIM_TRACE=1` prints each node's pieces, flows and runs twice a
+/// simulated second, the switches, and how busy each uplink was.
+fn tracing() -> bool {
+    std::env::var_os("SHOAL_SIM_TRACE").is_some()
+}
+/// The simulated piece size (for the byte figures the desk takes).
+const PIECE_BYTES: u64 = 256 << 10;
+/// A shield serves directly while what it promised is under this much of
+/// its uplink (`serve.rs`).
+const DIRECT_HORIZON_S: f64 = 0.5;
 
 impl World {
     fn names(&self) -> Vec<&str> {
@@ -187,24 +218,7 @@ impl World {
                     (owner, false)
                 }
                 RunSource::Shield { last_resort } => {
-                    let relays: Vec<String> =
-                        self.relays().into_iter().map(str::to_string).collect();
-                    let relays: Vec<&str> = relays.iter().map(String::as_str).collect();
-                    let requester = self.caches[at].name.clone();
-                    let ask = RelayAsk {
-                        object: &OBJECT,
-                        first,
-                        requester: &requester,
-                        last_resort: *last_resort,
-                        relays: &relays,
-                        far_relays: &[],
-                        uplink_weight: &|_| 1,
-                        shield_has_uplink: false,
-                        shield_eta_ms: None,
-                        uplink_bytes_per_s: &|_| 0,
-                        block_bytes: 4 << 20,
-                    };
-                    let admission = self.desk.admit(&ask, &self.limits, (now * 1000.0) as u64);
+                    let admission = self.ask_shield(at, first, take, *last_resort, None, now);
                     if let super::Admission::TryInstead(relay) = admission {
                         try_instead = Some(relay);
                         continue;
@@ -222,10 +236,106 @@ impl World {
                 relaying,
                 excluded: excluded.clone(),
                 via_shield,
+                first_progress_s: None,
+                delivered: 0,
+                last_switch_ask_s: now,
             });
             first += take;
             count -= take;
             try_instead = None;
+        }
+    }
+
+    /// Asks the shield's desk for `take` pieces from `first` for cache
+    /// `at`, with the inputs `serve.rs` gives it.
+    fn ask_shield(
+        &mut self,
+        at: usize,
+        first: u32,
+        take: u32,
+        last_resort: bool,
+        switch_from_eta_ms: Option<u64>,
+        now: f64,
+    ) -> super::Admission {
+        let relays: Vec<String> = self.relays().into_iter().map(str::to_string).collect();
+        let relays: Vec<&str> = relays.iter().map(String::as_str).collect();
+        let requester = self.caches[at].name.clone();
+        // What the shield promised: the pieces its runs still have to
+        // send, then this block, and as much again for each client it
+        // serves (they share its uplink), at its uplink.
+        let promised = self
+            .runs
+            .iter()
+            .filter(|r| r.source == 0)
+            .map(|r| r.pieces.len() as f64 - r.progress)
+            .sum::<f64>()
+            + f64::from(take) * f64::from(1 + self.shield_clients);
+        let thinnest = self.setup.cap.min(self.setup.shield_cap).max(1e-9);
+        let caps: Vec<(String, f64)> = (0..self.caches.len())
+            .map(|i| (self.caches[i].name.clone(), self.cap_of(i)))
+            .collect();
+        let cap_by_name = |node: &str| {
+            caps.iter()
+                .find(|(name, _)| name == node)
+                .map_or(0.0, |c| c.1)
+        };
+        let ask = RelayAsk {
+            object: &OBJECT,
+            first,
+            requester: &requester,
+            last_resort,
+            relays: &relays,
+            far_relays: &[],
+            uplink_weight: &|node| ((cap_by_name(node) / thinnest) as u64).clamp(1, 8),
+            shield_has_uplink: promised <= self.setup.shield_cap * DIRECT_HORIZON_S,
+            shield_eta_ms: Some((promised / self.setup.shield_cap * 1000.0) as u64),
+            uplink_bytes_per_s: &|node| (cap_by_name(node) * PIECE_BYTES as f64) as u64,
+            block_bytes: u64::from(take) * PIECE_BYTES,
+            switch_from_eta_ms,
+        };
+        self.desk.admit(&ask, &self.limits, (now * 1000.0) as u64)
+    }
+
+    /// Runs from relays or holders that would take long at their rate ask
+    /// the shield to take them over ([`super::switch_eta_ms`]), as
+    /// `fill.rs` does between pieces.
+    fn switch_slow_runs(&mut self, now: f64) {
+        for k in 0..self.runs.len() {
+            let run = &self.runs[k];
+            if run.source == 0 || run.source == ORIGIN || run.pieces.is_empty() {
+                continue;
+            }
+            if (now - run.last_switch_ask_s) * 1000.0 < super::SWITCH_ASK_EVERY_MS as f64 {
+                continue;
+            }
+            let Some(first_progress_s) = run.first_progress_s else {
+                continue;
+            };
+            let receiving_ms = ((now - first_progress_s) * 1000.0) as u64;
+            let remaining = ((run.pieces.len() as f64 - run.progress) * PIECE_BYTES as f64) as u64;
+            let received = ((f64::from(run.delivered) + run.progress) * PIECE_BYTES as f64) as u64;
+            let Some(eta) = super::switch_eta_ms(received, remaining, receiving_ms) else {
+                continue;
+            };
+            self.runs[k].last_switch_ask_s = now;
+            let (at, first, take) = (
+                self.runs[k].at,
+                self.runs[k].pieces[0],
+                self.runs[k].pieces.len() as u32,
+            );
+            if self.ask_shield(at, first, take, false, Some(eta), now) == super::Admission::Serve {
+                self.ensure(0, first, first + take, false, now);
+                let run = &mut self.runs[k];
+                run.source = 0;
+                run.via_shield = true;
+                run.progress = 0.0;
+                run.first_progress_s = None;
+                run.delivered = 0;
+                self.switched += 1;
+                if tracing() {
+                    eprintln!("  {now:.3} c{at} switches {take} pieces from {first} to the shield (eta {eta} ms)");
+                }
+            }
         }
     }
 
@@ -243,6 +353,7 @@ impl World {
     fn cap_of(&self, node: usize) -> f64 {
         match node {
             ORIGIN => self.setup.origin_cap,
+            0 if self.caches[0].alive => self.setup.shield_cap,
             n if self.caches[n].alive => self.setup.cap,
             _ => 0.0,
         }
@@ -276,9 +387,13 @@ pub fn simulate(setup: Setup, limits: FillLimits) -> Outcome {
         shield_pieces_to_caches: 0,
         desk: RelayDesk::default(),
         relayed: vec![0; n],
+        switched: 0,
+        shield_clients: 0,
     };
-    // Clients spread evenly, starting within 50 ms of each other.
-    let mut readers: Vec<Reader> = (0..setup.clients)
+    // Clients spread evenly, starting within 50 ms of each other (a
+    // warm-up: one per cache).
+    let readers_count = if setup.warm { n } else { setup.clients };
+    let mut readers: Vec<Reader> = (0..readers_count)
         .map(|k| Reader {
             cache: k % n,
             pos: 0,
@@ -288,6 +403,9 @@ pub fn simulate(setup: Setup, limits: FillLimits) -> Outcome {
         .collect();
     let mut now = 0.0;
     let mut next_advertise = ADVERTISE_EVERY_S;
+    let mut busy = vec![0.0; n];
+    let trace = tracing();
+    let mut next_trace = 0.0;
     while now < 600.0 {
         if let Some((victim, at_s)) = setup.kill {
             if now >= at_s && world.caches[victim].alive {
@@ -343,6 +461,13 @@ pub fn simulate(setup: Setup, limits: FillLimits) -> Outcome {
             }
             world.schedule(at, first, count, relaying, excluded, now);
         }
+        world.shield_clients = readers
+            .iter()
+            .filter(|r| !setup.warm && r.cache == 0 && r.start_s <= now && r.pos < setup.pieces)
+            .count() as u32;
+        if setup.switch {
+            world.switch_slow_runs(now);
+        }
         // Share every uplink among the flows it can feed.
         let mut flows: std::collections::HashMap<usize, u32> = Default::default();
         for run in &world.runs {
@@ -353,7 +478,8 @@ pub fn simulate(setup: Setup, limits: FillLimits) -> Outcome {
             }
         }
         for reader in &readers {
-            if reader.start_s <= now
+            if !setup.warm
+                && reader.start_s <= now
                 && reader.pos < setup.pieces
                 && world.holds(reader.cache, reader.pos)
             {
@@ -362,6 +488,34 @@ pub fn simulate(setup: Setup, limits: FillLimits) -> Outcome {
         }
         let share = |world: &World, node: usize| {
             world.cap_of(node) * DT_S / f64::from(flows.get(&node).copied().unwrap_or(1))
+        };
+        let caps: Vec<f64> = (0..n).map(|i| world.cap_of(i)).collect();
+        for (node, busy) in busy.iter_mut().enumerate() {
+            if flows.contains_key(&node) {
+                *busy += DT_S;
+            }
+        }
+        if trace && now >= next_trace {
+            next_trace += 0.5;
+            let stored: Vec<usize> = world
+                .caches
+                .iter()
+                .map(|c| c.stored.iter().filter(|s| **s).count())
+                .collect();
+            let flows_of: Vec<u32> = (0..n)
+                .map(|i| flows.get(&i).copied().unwrap_or(0))
+                .collect();
+            let waiting: Vec<usize> = (0..n)
+                .map(|i| world.runs.iter().filter(|r| r.source == i).count())
+                .collect();
+            eprintln!(
+                "t={now:5.1} stored {stored:?} flows {flows_of:?} runs {waiting:?} sent {:?}",
+                world.relayed
+            );
+        }
+        let cap_of = |node: usize| match node {
+            ORIGIN => setup.origin_cap,
+            node => caps[node],
         };
         let mut arrived = Vec::new();
         for run in &mut world.runs {
@@ -372,19 +526,17 @@ pub fn simulate(setup: Setup, limits: FillLimits) -> Outcome {
             if !source_holds {
                 continue;
             }
-            let cap = match run.source {
-                ORIGIN => setup.origin_cap,
-                s if world.caches[s].alive => setup.cap,
-                _ => 0.0,
-            };
+            let cap = cap_of(run.source);
             let got = cap * DT_S / f64::from(flows.get(&run.source).copied().unwrap_or(1));
             if got > 0.0 {
                 run.last_progress_s = now;
+                run.first_progress_s.get_or_insert(now);
             }
             run.progress += got;
             if run.progress >= 1.0 {
                 run.progress -= 1.0;
                 run.pieces.pop_front();
+                run.delivered += 1;
                 arrived.push((run.at, p, run.source));
             }
         }
@@ -408,6 +560,13 @@ pub fn simulate(setup: Setup, limits: FillLimits) -> Outcome {
             {
                 continue;
             }
+            if setup.warm {
+                // A warm-up reads what arrived at once (no client's link).
+                while reader.pos < setup.pieces && world.holds(reader.cache, reader.pos) {
+                    reader.pos += 1;
+                }
+                continue;
+            }
             reader.progress += share(&world, reader.cache);
             if reader.progress >= 1.0 {
                 reader.progress -= 1.0;
@@ -425,15 +584,32 @@ pub fn simulate(setup: Setup, limits: FillLimits) -> Outcome {
         f64::from(setup.pieces),
         setup.cap,
     );
-    let bound_seconds = ((c + n - 1.0) * f / (n * u))
-        .max(c / n * f / u)
-        .max(f / setup.origin_cap);
+    let bound_seconds = if setup.warm {
+        // One shield: the origin feeds only it, so every copy to the other
+        // caches leaves through its uplink or theirs.
+        let us = setup.shield_cap;
+        (f / setup.origin_cap)
+            .max(f / us)
+            .max((n - 1.0) * f / (us + (n - 1.0) * u))
+    } else {
+        ((c + n - 1.0) * f / (n * u))
+            .max(c / n * f / u)
+            .max(f / setup.origin_cap)
+    };
+    if trace {
+        let busy: Vec<String> = busy
+            .iter()
+            .map(|b| format!("{:.0}%", b / now * 100.0))
+            .collect();
+        eprintln!("uplink busy: {busy:?}");
+    }
     Outcome {
         seconds: now,
         bound_seconds,
         origin_pieces: world.origin_pieces,
         shield_pieces_to_caches: world.shield_pieces_to_caches,
         relayed: world.relayed,
+        switched: world.switched,
     }
 }
 
@@ -449,11 +625,14 @@ mod tests {
             clients,
             pieces: 256,
             cap: 95.4,
+            shield_cap: 95.4,
             origin_cap: 95.4,
+            warm: false,
             readahead_pieces: 128,
             claim_pieces_max: 64,
             kill: None,
             seed,
+            switch: true,
         };
         simulate(
             setup,
@@ -478,6 +657,78 @@ mod tests {
         }
     }
 
+    /// Every cache of 8 warms a 256 MiB object (1,024 pieces of 256 KiB)
+    /// with 64 MiB read ahead and 16 MiB claims, as `warm.rs` does; caps in
+    /// Mbit/s, as `scripts/bench-mesh` section 2 sets them.
+    fn warm(
+        origin_mbps: f64,
+        shield_mbps: f64,
+        cache_mbps: f64,
+        seed: u64,
+        switch: bool,
+    ) -> Outcome {
+        let pieces_per_s = |mbps: f64| mbps * 1e6 / 8.0 / PIECE_BYTES as f64;
+        let setup = Setup {
+            caches: 8,
+            clients: 0,
+            pieces: 1024,
+            cap: pieces_per_s(cache_mbps),
+            shield_cap: pieces_per_s(shield_mbps),
+            origin_cap: pieces_per_s(origin_mbps),
+            warm: true,
+            readahead_pieces: 256,
+            claim_pieces_max: 64,
+            kill: None,
+            seed,
+            switch,
+        };
+        simulate(
+            setup,
+            FillLimits::for_piece_size(PIECE_BYTES, 4 << 20, 4 << 20, 1),
+        )
+    }
+
+    #[test]
+    fn a_warm_up_of_every_cache_is_near_the_one_shield_bound() {
+        for (name, origin, shield, cache) in [
+            ("equal caps", 200.0, 200.0, 200.0),
+            ("peer-bound", 800.0, 800.0, 100.0),
+        ] {
+            for seed in 1..=3 {
+                let out = warm(origin, shield, cache, seed, true);
+                let ratio = out.seconds / out.bound_seconds;
+                eprintln!(
+                    "warm-up, {name}, seed {seed}: {:.2} s, one-shield bound {:.2} s: {ratio:.3}x; origin {} pieces; pieces each cache sent to caches {:?}; {} runs switched to the shield",
+                    out.seconds, out.bound_seconds, out.origin_pieces, out.relayed, out.switched
+                );
+                assert_eq!(out.origin_pieces, 1024, "the origin sent each piece once");
+                assert!(ratio <= 1.2, "{name}: {ratio:.3}x the bound");
+            }
+        }
+    }
+
+    #[test]
+    fn without_switches_thin_relays_hold_up_the_end_of_a_warm_up() {
+        // A fat shield, thin caches: at the end the shield's uplink is
+        // idle while thin relays still work through their queues, unless
+        // slow runs move to the shield.
+        let mut without = Vec::new();
+        let mut with = Vec::new();
+        for seed in 1..=3 {
+            let off = warm(800.0, 800.0, 100.0, seed, false);
+            let on = warm(800.0, 800.0, 100.0, seed, true);
+            assert_eq!(off.switched, 0);
+            assert!(on.switched > 0);
+            without.push(off.seconds / off.bound_seconds);
+            with.push(on.seconds / on.bound_seconds);
+        }
+        eprintln!("peer-bound warm-up: {without:.3?} without switches, {with:.3?} with");
+        for (off, on) in without.iter().zip(&with) {
+            assert!(on < off, "switching helps: {on:.3} vs {off:.3}");
+        }
+        assert!(without.iter().any(|r| *r > 1.2), "the case is a hard one");
+    }
+
     #[test]
     fn without_refusals_the_shield_carries_every_copy() {
         // A shield that never refuses: the old behaviour, ~3x the bound.
@@ -495,11 +746,14 @@ mod tests {
             clients: 16,
             pieces: 256,
             cap: 95.4,
+            shield_cap: 95.4,
             origin_cap: 95.4,
+            warm: false,
             readahead_pieces: 128,
             claim_pieces_max: 64,
             kill: Some((3, 2.0)),
             seed: 7,
+            switch: true,
         };
         let limits = FillLimits::for_piece_size(256 << 10, 4 << 20, 4 << 20, 2);
         let out = simulate(setup, limits);
