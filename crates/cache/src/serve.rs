@@ -115,6 +115,45 @@ impl Drop for PromisedBytes {
     }
 }
 
+/// What a sibling's `fill` request says about how to admit it.
+#[derive(Clone, Copy)]
+struct FillHeaders {
+    /// `x-shoal-last-resort: 1`: serve, never send to a relay.
+    last_resort: bool,
+    /// `x-shoal-switch-eta-ms`: a switch from a slow source.
+    switch_from_eta_ms: Option<u64>,
+}
+
+impl FillHeaders {
+    /// Parses the headers; a malformed switch time is the sender's error.
+    #[allow(clippy::result_large_err)]
+    fn parse<B>(request: &Request<B>) -> Result<Self, Response<Body>> {
+        let last_resort = request
+            .headers()
+            .get(crate::peer::LAST_RESORT_HEADER)
+            .is_some_and(|v| v.as_bytes() == b"1");
+        let switch_from_eta_ms = match request.headers().get(crate::peer::SWITCH_HEADER) {
+            None => None,
+            Some(value) => match value.to_str().ok().and_then(|v| v.parse::<u64>().ok()) {
+                Some(eta_ms) => Some(eta_ms),
+                None => {
+                    return Err(text_response(
+                        StatusCode::BAD_REQUEST,
+                        &format!(
+                            "bad {}: expected milliseconds as a whole number\n",
+                            crate::peer::SWITCH_HEADER
+                        ),
+                    ))
+                }
+            },
+        };
+        Ok(Self {
+            last_resort,
+            switch_from_eta_ms,
+        })
+    }
+}
+
 /// A shield serves a crowd directly while what it promised to send is
 /// under this many milliseconds of its egress cap.
 const DIRECT_HORIZON_MS: u64 = 500;
@@ -744,6 +783,76 @@ impl CacheService {
             RangeResolution::Single(span) => (entry.layout.piece_of(span.start()), span.len()),
             _ => (None, size),
         };
+        let headers = FillHeaders::parse(request)?;
+        if let Some(first) = first {
+            let admission = self.consult_desk(mesh, entry, requester, first.0, span_bytes, headers);
+            match admission {
+                Some(crate::schedule::Admission::Stay) => {
+                    self.stats.switches_declined.fetch_add(1, Ordering::Relaxed);
+                    let mut response = text_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not sooner than the source you have: keep it\n",
+                    );
+                    response
+                        .headers_mut()
+                        .insert(crate::peer::STAY_HEADER, HeaderValue::from_static("1"));
+                    return Err(response);
+                }
+                Some(crate::schedule::Admission::TryInstead(relay)) => {
+                    self.stats
+                        .relay_refusals_sent
+                        .fetch_add(1, Ordering::Relaxed);
+                    let mut response = text_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!("flash crowd: ask {relay} to relay this block\n"),
+                    );
+                    if let Ok(value) = HeaderValue::from_str(&relay) {
+                        response
+                            .headers_mut()
+                            .insert(crate::peer::TRY_HEADER, value);
+                    }
+                    return Err(response);
+                }
+                Some(crate::schedule::Admission::Serve) | None => {}
+            }
+        }
+        self.relays
+            .promised_bytes
+            .fetch_add(span_bytes, Ordering::Relaxed);
+        Ok(Some(PromisedBytes {
+            service: self.clone(),
+            bytes: span_bytes,
+        }))
+    }
+
+    /// Asks the relay desk about a `fill` request for `span_bytes` from
+    /// piece `first`, with what this shield's uplink has queued and the
+    /// mesh's relays. `None`: the desk is not consulted (this is not the
+    /// path's first shield, or the requester is not in our view) and the
+    /// request is served.
+    fn consult_desk(
+        &self,
+        mesh: &MeshLink,
+        entry: &ObjectEntry,
+        requester: &str,
+        first: u32,
+        span_bytes: u64,
+        headers: FillHeaders,
+    ) -> Option<crate::schedule::Admission> {
+        let view = mesh.node.view();
+        // Only the path's first shield sends requesters to relays; a cache
+        // asked because the shields above it failed serves (its own fills
+        // go up the ranking, which cannot loop).
+        let first_shield = !view
+            .shields_above_self(&shoal_mesh::shield_key(&entry.path))
+            .iter()
+            .any(|m| mesh.usable(&m.node_id));
+        // Only members of our view are counted by the desk (its state is
+        // bounded by the mesh).
+        let region = view.member(requester)?.region.clone();
+        if !first_shield {
+            return None;
+        }
         let cap_bytes_per_s = self.egress.get().map_or(0, |e| e.bytes_per_s());
         // What the uplink has to send before this response is through:
         // what it promised to siblings, this response, and as much again
@@ -756,128 +865,60 @@ impl CacheService {
             .saturating_add(span_bytes.saturating_mul(clients.saturating_add(1)));
         let shield_has_uplink = cap_bytes_per_s > 0
             && queued <= cap_bytes_per_s.saturating_mul(DIRECT_HORIZON_MS) / 1000;
-        let last_resort = request
-            .headers()
-            .get(crate::peer::LAST_RESORT_HEADER)
-            .is_some_and(|v| v.as_bytes() == b"1");
-        let switch_from_eta_ms = match request.headers().get(crate::peer::SWITCH_HEADER) {
-            None => None,
-            Some(value) => match value.to_str().ok().and_then(|v| v.parse::<u64>().ok()) {
-                Some(eta_ms) => Some(eta_ms),
-                None => {
-                    return Err(text_response(
-                        StatusCode::BAD_REQUEST,
-                        &format!(
-                            "bad {}: expected milliseconds as a whole number\n",
-                            crate::peer::SWITCH_HEADER
-                        ),
-                    ))
-                }
-            },
-        };
-        let view = mesh.node.view();
-        // Only the path's first shield sends requesters to relays; a cache
-        // asked because the shields above it failed serves (its own fills
-        // go up the ranking, which cannot loop).
-        let first_shield = !view
-            .shields_above_self(&shoal_mesh::shield_key(&entry.path))
+        // Caches that may relay: healthy, answering, not us; those of the
+        // requester's region first.
+        let (near, far): (Vec<&shoal_mesh::Member>, Vec<&shoal_mesh::Member>) = view
+            .members
             .iter()
-            .any(|m| mesh.usable(&m.node_id));
-        // Only members of our view are counted by the desk (its state is
-        // bounded by the mesh).
-        let known = view.member(requester).is_some();
-        if let (Some(first), true, true) = (first, first_shield, known) {
-            let region = view.member(requester).map(|m| m.region.clone());
-            // Caches that may relay: healthy, answering, not us; those of
-            // the requester's region first.
-            let candidates: Vec<&shoal_mesh::Member> = view
-                .members
-                .iter()
-                .filter(|m| {
-                    m.node_id != view.self_id
-                        && m.health == shoal_mesh::Health::Ok
-                        && mesh.usable(&m.node_id)
-                })
-                .collect();
-            let (near, far): (Vec<&shoal_mesh::Member>, Vec<&shoal_mesh::Member>) = candidates
-                .into_iter()
-                .partition(|m| Some(&m.region) == region.as_ref());
-            let relays: Vec<&str> = near.iter().map(|m| m.node_id.as_str()).collect();
-            let far_relays: Vec<&str> = far.iter().map(|m| m.node_id.as_str()).collect();
-            // Uplinks relative to the thinnest capped one (uncapped: 8).
-            let caps: std::collections::HashMap<&str, u64> = near
-                .iter()
-                .chain(far.iter())
-                .map(|m| (m.node_id.as_str(), m.egress_cap_bps))
-                .collect();
-            let thinnest = caps.values().copied().filter(|c| *c > 0).min().unwrap_or(1);
-            let uplink_weight = |node: &str| match caps.get(node).copied() {
-                Some(0) | None => 8,
-                Some(cap) => (cap / thinnest.max(1)).clamp(1, 8),
-            };
-            let limits = crate::schedule::FillLimits::for_piece_size(
-                entry.layout.piece_size().bytes(),
-                crate::fill::RELAY_BLOCK_BYTES,
-                crate::fill::RELAY_BLOCK_BYTES,
-                crate::fill::SHIELD_FANOUT_MAX,
-            );
-            let ask = crate::schedule::RelayAsk {
-                object: &entry.id,
-                first: first.0,
-                requester,
-                last_resort,
-                relays: &relays,
-                far_relays: &far_relays,
-                uplink_weight: &uplink_weight,
-                shield_has_uplink,
-                shield_eta_ms: (cap_bytes_per_s > 0)
-                    .then(|| queued.saturating_mul(1000) / cap_bytes_per_s),
-                uplink_bytes_per_s: &|node: &str| caps.get(node).copied().unwrap_or(0) / 8,
-                block_bytes: span_bytes.min(crate::fill::RELAY_BLOCK_BYTES),
-                switch_from_eta_ms,
-            };
-            let now_ms = self
-                .relays
-                .started
-                .get_or_init(std::time::Instant::now)
-                .elapsed()
-                .as_millis() as u64;
-            let admission = lock(&self.relays.desk).admit(&ask, &limits, now_ms);
-            tracing::debug!(node = mesh.self_id(), %requester, first = first.0, last_resort, ?admission, "fill request");
-            if admission == crate::schedule::Admission::Stay {
-                self.stats.switches_declined.fetch_add(1, Ordering::Relaxed);
-                let mut response = text_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "not sooner than the source you have: keep it\n",
-                );
-                response
-                    .headers_mut()
-                    .insert(crate::peer::STAY_HEADER, HeaderValue::from_static("1"));
-                return Err(response);
-            }
-            if let crate::schedule::Admission::TryInstead(relay) = admission {
-                self.stats
-                    .relay_refusals_sent
-                    .fetch_add(1, Ordering::Relaxed);
-                let mut response = text_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &format!("flash crowd: ask {relay} to relay this block\n"),
-                );
-                if let Ok(value) = HeaderValue::from_str(&relay) {
-                    response
-                        .headers_mut()
-                        .insert(crate::peer::TRY_HEADER, value);
-                }
-                return Err(response);
-            }
-        }
-        self.relays
-            .promised_bytes
-            .fetch_add(span_bytes, Ordering::Relaxed);
-        Ok(Some(PromisedBytes {
-            service: self.clone(),
-            bytes: span_bytes,
-        }))
+            .filter(|m| {
+                m.node_id != view.self_id
+                    && m.health == shoal_mesh::Health::Ok
+                    && mesh.usable(&m.node_id)
+            })
+            .partition(|m| m.region == region);
+        let relays: Vec<&str> = near.iter().map(|m| m.node_id.as_str()).collect();
+        let far_relays: Vec<&str> = far.iter().map(|m| m.node_id.as_str()).collect();
+        // Uplinks relative to the thinnest capped one (uncapped: 8).
+        let caps: std::collections::HashMap<&str, u64> = near
+            .iter()
+            .chain(far.iter())
+            .map(|m| (m.node_id.as_str(), m.egress_cap_bps))
+            .collect();
+        let thinnest = caps.values().copied().filter(|c| *c > 0).min().unwrap_or(1);
+        let uplink_weight = |node: &str| match caps.get(node).copied() {
+            Some(0) | None => 8,
+            Some(cap) => (cap / thinnest.max(1)).clamp(1, 8),
+        };
+        let limits = crate::schedule::FillLimits::for_piece_size(
+            entry.layout.piece_size().bytes(),
+            crate::fill::RELAY_BLOCK_BYTES,
+            crate::fill::RELAY_BLOCK_BYTES,
+            crate::fill::SHIELD_FANOUT_MAX,
+        );
+        let ask = crate::schedule::RelayAsk {
+            object: &entry.id,
+            first,
+            requester,
+            last_resort: headers.last_resort,
+            relays: &relays,
+            far_relays: &far_relays,
+            uplink_weight: &uplink_weight,
+            shield_has_uplink,
+            shield_eta_ms: (cap_bytes_per_s > 0)
+                .then(|| queued.saturating_mul(1000) / cap_bytes_per_s),
+            uplink_bytes_per_s: &|node: &str| caps.get(node).copied().unwrap_or(0) / 8,
+            block_bytes: span_bytes.min(crate::fill::RELAY_BLOCK_BYTES),
+            switch_from_eta_ms: headers.switch_from_eta_ms,
+        };
+        let now_ms = self
+            .relays
+            .started
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_millis() as u64;
+        let admission = lock(&self.relays.desk).admit(&ask, &limits, now_ms);
+        tracing::debug!(node = mesh.self_id(), %requester, first, last_resort = headers.last_resort, ?admission, "fill request");
+        Some(admission)
     }
 
     /// Serves a range of `id` only from pieces held here.
@@ -1058,124 +1099,18 @@ impl CacheService {
         audience: Audience,
         promised: Option<PromisedBytes>,
     ) -> Response<Body> {
-        let size = entry.layout.object_size();
-        let validators = EntityValidators {
-            etag: shoal_http::conditional::EntityTag::parse(entry.etag.as_bytes()).ok(),
-            last_modified_unix_s: entry
-                .record
-                .origin_last_modified
-                .as_deref()
-                .and_then(|t| httpdate::parse_http_date(t).ok())
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map(|d| d.as_secs()),
+        let range_allowed = match self.check_preconditions(&entry, request) {
+            Ok(range_allowed) => range_allowed,
+            Err(response) => return response,
         };
-        let conditional = ConditionalHeaders::from_headers(request.headers());
-        // A client may hold the version's id-based tag from before its
-        // origin tag became strong: that names the same bytes.
-        let id_tag_matches = request
-            .headers()
-            .get_all(header::IF_NONE_MATCH)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|tag| tag.trim().trim_start_matches("W/"))
-            .any(|tag| tag == id_etag(&entry));
-        let precondition = match evaluate_preconditions(true, &conditional, &validators) {
-            Precondition::Proceed { .. } if id_tag_matches => Precondition::NotModified,
-            other => other,
-        };
-        let range_allowed = match precondition {
-            Precondition::NotModified => {
-                let mut response = Response::builder().status(StatusCode::NOT_MODIFIED);
-                for (name, value) in self.entity_headers(&entry) {
-                    if name != header::CONTENT_TYPE {
-                        response = response.header(name, value);
-                    }
-                }
-                return response
-                    .body(shoal_server::empty())
-                    .unwrap_or_else(|_| internal_error());
-            }
-            Precondition::Failed => {
-                return text_response(StatusCode::PRECONDITION_FAILED, "precondition failed\n")
-            }
-            Precondition::Proceed { range_allowed } => range_allowed,
-        };
-        let range_header = request.headers().get(header::RANGE).map(|v| v.as_bytes());
-        let resolution = select_ranges(range_header, range_allowed, size);
-
-        let multipart = matches!(resolution, RangeResolution::Multi(_));
-        let mut builder = Response::builder();
-        for (name, value) in self.entity_headers(&entry) {
-            // A multipart response's own type replaces the object's.
-            if !(multipart && name == header::CONTENT_TYPE) {
-                builder = builder.header(name, value);
-            }
+        let (builder, segments, content_length) =
+            match self.shape_response(&entry, request, range_allowed) {
+                Ok(shaped) => shaped,
+                Err(response) => return response,
+            };
+        if let Some(refusal) = refuse_known_bad_pieces(&entry, &segments) {
+            return refusal;
         }
-        builder = builder
-            .header(header::ACCEPT_RANGES, "bytes")
-            .header(OBJECT_ID_HEADER, entry.id.to_hex());
-        let (status, segments, content_length) = match resolution {
-            RangeResolution::Full => (StatusCode::OK, data_segments(ByteSpan::new(0, size)), size),
-            RangeResolution::Single(span) => {
-                let Ok(content_range) = shoal_http::content_range::format_content_range(span, size)
-                else {
-                    return internal_error();
-                };
-                builder = builder.header(header::CONTENT_RANGE, content_range);
-                (
-                    StatusCode::PARTIAL_CONTENT,
-                    vec![Segment::Data(span)],
-                    span.len(),
-                )
-            }
-            RangeResolution::Multi(spans) => {
-                let seed =
-                    u64::from_be_bytes(entry.id.0[..8].try_into().unwrap_or_default()) ^ size;
-                let boundary = shoal_http::multipart::boundary_from_seed(seed);
-                let Ok(plan) = MultipartPlan::new(
-                    &spans,
-                    size,
-                    entry.record.content_type.as_deref(),
-                    &boundary,
-                ) else {
-                    return internal_error();
-                };
-                // The parts carry the object's type; the response is multipart.
-                builder = builder.header(header::CONTENT_TYPE, plan.content_type_header.clone());
-                (StatusCode::PARTIAL_CONTENT, plan.parts, plan.content_length)
-            }
-            RangeResolution::Unsatisfiable => {
-                let mut response =
-                    text_response(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable\n");
-                if let Ok(v) =
-                    HeaderValue::from_str(&shoal_http::content_range::format_unsatisfied(size))
-                {
-                    response.headers_mut().insert(header::CONTENT_RANGE, v);
-                }
-                return response;
-            }
-        };
-        // Pieces the origin just sent wrong bytes for: a clean error before
-        // any header, instead of a body cut at that piece.
-        let needed = segments.iter().flat_map(|s| match s {
-            Segment::Data(span) => entry.layout.pieces_covering(*span).into_iter().flatten(),
-            Segment::Literal(_) => None.into_iter().flatten(),
-        });
-        if let Some(bad) =
-            entry.known_bad_piece(needed, std::time::Duration::from_millis(BAD_PIECE_RETRY_MS))
-        {
-            return text_response(
-                StatusCode::BAD_GATEWAY,
-                &format!(
-                    "{}: the origin's bytes for piece {} do not match the published manifest (changed without `shoal publish`, or damaged): not served; publish it again\n",
-                    entry.path, bad.0
-                ),
-            );
-        }
-        builder = builder
-            .status(status)
-            .header(header::CONTENT_LENGTH, content_length);
         // Whether the response begins from the store: what an operator's
         // logs and a client's debugging want to see (HEAD included).
         let held_at_start = self.held_pieces(&entry, &segments);
@@ -1187,43 +1122,28 @@ impl CacheService {
             Some(index) if !held_at_start.contains(index) => "MISS",
             _ => "HIT",
         };
-        builder = builder.header(CACHE_STATUS_HEADER, cache_status);
+        let builder = builder.header(CACHE_STATUS_HEADER, cache_status);
         if head_only || content_length == 0 {
             return builder
                 .body(shoal_server::empty())
                 .unwrap_or_else(|_| internal_error());
         }
-
-        // Fetch the first piece before committing to a status, so that an
-        // origin failure is reported as such.
-        let want = relay_want(&entry, &segments, audience);
         // A relay response ends when this cache gives up relays (its
         // shield failed): the requester then asks its own shields.
         let mut relay_epoch = (audience == Audience::Relay).then(|| entry.relay_epoch());
+        // Fetch the first piece before committing to a status, so that an
+        // origin failure is reported as such.
         let first = match first_piece {
-            Some(index) => match relay_wait(
-                self.filler.piece_for(&entry, index, want),
-                relay_epoch.as_mut(),
-            )
-            .await
-            {
-                Ok(piece) => Some(piece),
-                // A relay given up is not this cache failing: 508 keeps
-                // the requester from suspecting us (it asks its shields).
-                Err(error)
-                    if audience == Audience::Relay
-                        && entry.relays_off(crate::fill::RELAYS_OFF_MS) =>
+            Some(index) => {
+                let want = relay_want(&entry, &segments, audience);
+                match self
+                    .first_piece(&entry, index, want, audience, relay_epoch.as_mut())
+                    .await
                 {
-                    return text_response(
-                        StatusCode::LOOP_DETECTED,
-                        &format!("{}\n", shoal_proto::Chain(&error)),
-                    );
+                    Ok(piece) => Some(piece),
+                    Err(response) => return response,
                 }
-                Err(error) => {
-                    let status = error.client_status();
-                    return text_response(status, &format!("{}\n", shoal_proto::Chain(&error)));
-                }
-            },
+            }
             None => None,
         };
         let (sender, body) = shoal_server::channel_body(BODY_CHUNKS_MAX);
@@ -1245,6 +1165,162 @@ impl CacheService {
             drop(client_body);
         });
         builder.body(body).unwrap_or_else(|_| internal_error())
+    }
+
+    /// Evaluates the request's conditional headers against the version
+    /// (RFC 9110 §13.2.2): `Ok(range_allowed)` to go on, or the `304` /
+    /// `412` to answer.
+    #[allow(clippy::result_large_err)]
+    fn check_preconditions<B>(
+        &self,
+        entry: &ObjectEntry,
+        request: &Request<B>,
+    ) -> Result<bool, Response<Body>> {
+        let validators = EntityValidators {
+            etag: shoal_http::conditional::EntityTag::parse(entry.etag.as_bytes()).ok(),
+            last_modified_unix_s: entry
+                .record
+                .origin_last_modified
+                .as_deref()
+                .and_then(|t| httpdate::parse_http_date(t).ok())
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs()),
+        };
+        let conditional = ConditionalHeaders::from_headers(request.headers());
+        // A client may hold the version's id-based tag from before its
+        // origin tag became strong: that names the same bytes.
+        let id_tag_matches = request
+            .headers()
+            .get_all(header::IF_NONE_MATCH)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|tag| tag.trim().trim_start_matches("W/"))
+            .any(|tag| tag == id_etag(entry));
+        let precondition = match evaluate_preconditions(true, &conditional, &validators) {
+            Precondition::Proceed { .. } if id_tag_matches => Precondition::NotModified,
+            other => other,
+        };
+        match precondition {
+            Precondition::NotModified => {
+                let mut response = Response::builder().status(StatusCode::NOT_MODIFIED);
+                for (name, value) in self.entity_headers(entry) {
+                    if name != header::CONTENT_TYPE {
+                        response = response.header(name, value);
+                    }
+                }
+                Err(response
+                    .body(shoal_server::empty())
+                    .unwrap_or_else(|_| internal_error()))
+            }
+            Precondition::Failed => Err(text_response(
+                StatusCode::PRECONDITION_FAILED,
+                "precondition failed\n",
+            )),
+            Precondition::Proceed { range_allowed } => Ok(range_allowed),
+        }
+    }
+
+    /// The response's status and headers, the segments of its body and
+    /// its length, from the request's `Range` (or the `416` to answer).
+    #[allow(clippy::result_large_err)]
+    fn shape_response<B>(
+        &self,
+        entry: &ObjectEntry,
+        request: &Request<B>,
+        range_allowed: bool,
+    ) -> Result<(http::response::Builder, Vec<Segment>, u64), Response<Body>> {
+        let size = entry.layout.object_size();
+        let range_header = request.headers().get(header::RANGE).map(|v| v.as_bytes());
+        let resolution = select_ranges(range_header, range_allowed, size);
+        let multipart = matches!(resolution, RangeResolution::Multi(_));
+        let mut builder = Response::builder();
+        for (name, value) in self.entity_headers(entry) {
+            // A multipart response's own type replaces the object's.
+            if !(multipart && name == header::CONTENT_TYPE) {
+                builder = builder.header(name, value);
+            }
+        }
+        builder = builder
+            .header(header::ACCEPT_RANGES, "bytes")
+            .header(OBJECT_ID_HEADER, entry.id.to_hex());
+        let (status, segments, content_length) = match resolution {
+            RangeResolution::Full => (StatusCode::OK, data_segments(ByteSpan::new(0, size)), size),
+            RangeResolution::Single(span) => {
+                let Ok(content_range) = shoal_http::content_range::format_content_range(span, size)
+                else {
+                    return Err(internal_error());
+                };
+                builder = builder.header(header::CONTENT_RANGE, content_range);
+                (
+                    StatusCode::PARTIAL_CONTENT,
+                    vec![Segment::Data(span)],
+                    span.len(),
+                )
+            }
+            RangeResolution::Multi(spans) => {
+                let seed =
+                    u64::from_be_bytes(entry.id.0[..8].try_into().unwrap_or_default()) ^ size;
+                let boundary = shoal_http::multipart::boundary_from_seed(seed);
+                let Ok(plan) = MultipartPlan::new(
+                    &spans,
+                    size,
+                    entry.record.content_type.as_deref(),
+                    &boundary,
+                ) else {
+                    return Err(internal_error());
+                };
+                // The parts carry the object's type; the response is multipart.
+                builder = builder.header(header::CONTENT_TYPE, plan.content_type_header.clone());
+                (StatusCode::PARTIAL_CONTENT, plan.parts, plan.content_length)
+            }
+            RangeResolution::Unsatisfiable => {
+                let mut response =
+                    text_response(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable\n");
+                if let Ok(v) =
+                    HeaderValue::from_str(&shoal_http::content_range::format_unsatisfied(size))
+                {
+                    response.headers_mut().insert(header::CONTENT_RANGE, v);
+                }
+                return Err(response);
+            }
+        };
+        let builder = builder
+            .status(status)
+            .header(header::CONTENT_LENGTH, content_length);
+        Ok((builder, segments, content_length))
+    }
+
+    /// The response's first piece, or the error response to answer
+    /// instead (before any header is committed).
+    async fn first_piece(
+        &self,
+        entry: &Arc<ObjectEntry>,
+        index: PieceIndex,
+        want: crate::fill::Want,
+        audience: Audience,
+        relay_epoch: Option<&mut tokio::sync::watch::Receiver<u64>>,
+    ) -> Result<VerifiedPiece, Response<Body>> {
+        match relay_wait(self.filler.piece_for(entry, index, want), relay_epoch).await {
+            Ok(piece) => Ok(piece),
+            // A relay given up is not this cache failing: 508 keeps the
+            // requester from suspecting us (it asks its shields).
+            Err(error)
+                if audience == Audience::Relay && entry.relays_off(crate::fill::RELAYS_OFF_MS) =>
+            {
+                Err(text_response(
+                    StatusCode::LOOP_DETECTED,
+                    &format!("{}\n", shoal_proto::Chain(&error)),
+                ))
+            }
+            Err(error) => {
+                let status = error.client_status();
+                Err(text_response(
+                    status,
+                    &format!("{}\n", shoal_proto::Chain(&error)),
+                ))
+            }
+        }
     }
 
     /// Resolves the path of `entry` again (after the origin showed its
@@ -1578,6 +1654,24 @@ async fn relay_wait(
 
 /// What a response's fills are for: a relay claims only the pieces it was
 /// asked for, and fills them from the shield as last resort.
+/// Pieces the origin just sent wrong bytes for: a clean `502` before any
+/// header, instead of a body cut at that piece.
+fn refuse_known_bad_pieces(entry: &ObjectEntry, segments: &[Segment]) -> Option<Response<Body>> {
+    let needed = segments.iter().flat_map(|s| match s {
+        Segment::Data(span) => entry.layout.pieces_covering(*span).into_iter().flatten(),
+        Segment::Literal(_) => None.into_iter().flatten(),
+    });
+    let bad =
+        entry.known_bad_piece(needed, std::time::Duration::from_millis(BAD_PIECE_RETRY_MS))?;
+    Some(text_response(
+        StatusCode::BAD_GATEWAY,
+        &format!(
+            "{}: the origin's bytes for piece {} do not match the published manifest (changed without `shoal publish`, or damaged): not served; publish it again\n",
+            entry.path, bad.0
+        ),
+    ))
+}
+
 fn relay_want(entry: &ObjectEntry, segments: &[Segment], audience: Audience) -> Want {
     if audience != Audience::Relay {
         return Want::READER;

@@ -375,6 +375,116 @@ struct Receiver {
     parent: Option<String>,
 }
 
+impl RelayAsk<'_> {
+    /// `node` may relay for this requester: alive and usable, in its
+    /// region or another, and not the requester itself.
+    fn may_relay(&self, node: &str) -> bool {
+        node != self.requester && (self.relays.contains(&node) || self.far_relays.contains(&node))
+    }
+}
+
+impl BlockReceivers {
+    fn receiver(&self, node: &str) -> Option<&Receiver> {
+        self.receivers.iter().find(|r| r.node == node)
+    }
+
+    /// Records that this shield serves `requester` the block itself.
+    fn serve(&mut self, requester: &str) -> Admission {
+        match self.receivers.iter_mut().find(|r| r.node == requester) {
+            Some(known) => known.direct = true,
+            None => self.receivers.push(Receiver {
+                node: requester.to_string(),
+                relays_given: 0,
+                direct: true,
+                parent: None,
+            }),
+        }
+        Admission::Serve
+    }
+
+    /// Records that `requester` gets the block through `parent`.
+    fn add_relayed(&mut self, requester: &str, parent: &str) {
+        match self.receivers.iter_mut().find(|r| r.node == requester) {
+            Some(known) => known.parent = Some(parent.to_string()),
+            None => self.receivers.push(Receiver {
+                node: requester.to_string(),
+                relays_given: 0,
+                direct: false,
+                parent: Some(parent.to_string()),
+            }),
+        }
+    }
+
+    /// `node` gets the block through `ask`'s requester (sending the
+    /// requester to it would close a cycle and stall both).
+    fn descends_from(&self, node: &str, requester: &str) -> bool {
+        let mut at = node.to_string();
+        for _ in 0..=self.receivers.len() {
+            if at == requester {
+                return true;
+            }
+            match self.receiver(&at).and_then(|r| r.parent.clone()) {
+                Some(parent) => at = parent,
+                None => return false,
+            }
+        }
+        true
+    }
+
+    /// Among the receivers with a free relay slot, one in the requester's
+    /// region first, then the one that relayed least so far (every uplink
+    /// carries a share), the earliest on a tie. A fresh receiver has
+    /// relayed least, so in a crowd a block tends to pass along a chain of
+    /// caches, piece by piece (measured and simulated: this spreads the
+    /// copies evenly; the earliest-first tree of the first design
+    /// overloaded the caches that asked first).
+    fn least_relaying_receiver(
+        &self,
+        ask: &RelayAsk<'_>,
+        limits: &FillLimits,
+        relay_load: &std::collections::HashMap<String, u64>,
+    ) -> Option<String> {
+        self.receivers
+            .iter()
+            .filter(|r| {
+                ask.may_relay(&r.node)
+                    && r.relays_given < limits.relay_fanout_max.max(1)
+                    && !self.descends_from(&r.node, ask.requester)
+            })
+            .min_by_key(|r| {
+                let relayed = relay_load.get(&r.node).copied().unwrap_or(0);
+                let weight = (ask.uplink_weight)(&r.node).max(1);
+                (
+                    !ask.relays.contains(&r.node.as_str()),
+                    relayed.saturating_mul(1024) / weight,
+                )
+            })
+            .map(|r| r.node.clone())
+    }
+}
+
+/// The owner of `block` among the requester's region's relays (or, with
+/// none there, the others'): blocks are dealt in proportion to uplinks,
+/// so a cache with twice the uplink owns twice the blocks.
+fn weighted_owner<'a>(ask: &RelayAsk<'a>, block: u32) -> Option<&'a str> {
+    let owners = if ask.relays.is_empty() {
+        ask.far_relays
+    } else {
+        ask.relays
+    };
+    let weighted: Vec<String> = owners
+        .iter()
+        .flat_map(|node| {
+            let weight = (ask.uplink_weight)(node).clamp(1, 8);
+            (0..weight).map(move |k| format!("{node}\u{0}{k}"))
+        })
+        .collect();
+    let weighted: Vec<&str> = weighted.iter().map(String::as_str).collect();
+    block_owner(ask.object, block, &weighted)
+        .and_then(|slot| slot.split('\u{0}').next())
+        .and_then(|name| owners.iter().copied().find(|o| *o == name))
+}
+
 /// The shield's side of relaying, as a state machine (`now` passed in):
 /// which caches received which block, and how many requesters each was
 /// given to relay to.
@@ -455,22 +565,14 @@ const ASKERS_PER_OBJECT_MAX: usize = 1_024;
 const RECEIVERS_PER_BLOCK_MAX: usize = 256;
 
 impl RelayDesk {
+    /// Serves `ask` or names the cache to ask instead (see the type's
+    /// doc): a switch is served only when clearly sooner; last-resort
+    /// requests and caches already served are served; an uncrowded object
+    /// or a shield with uplink to spare serves; otherwise the block goes
+    /// to a receiver that would deliver sooner, or to its owner.
     pub fn admit(&mut self, ask: &RelayAsk<'_>, limits: &FillLimits, now_ms: u64) -> Admission {
         if self.blocks.len() >= RELAY_DESK_BLOCKS_MAX {
-            self.blocks
-                .retain(|_, b| now_ms.saturating_sub(b.last_used_ms) < RELAY_DESK_MEMORY_MS);
-            if self.blocks.len() >= RELAY_DESK_BLOCKS_MAX {
-                // Drop the older half (not everything: the parent links of
-                // blocks in use keep relays from forming cycles).
-                let mut ages: Vec<u64> = self.blocks.values().map(|b| b.last_used_ms).collect();
-                ages.sort_unstable();
-                let cutoff = ages[ages.len() / 2];
-                self.blocks.retain(|_, b| b.last_used_ms > cutoff);
-            }
-            self.askers.retain(|_, askers| {
-                askers.retain(|(_, at)| now_ms.saturating_sub(*at) < CROWD_WINDOW_MS);
-                !askers.is_empty()
-            });
+            self.forget_old(now_ms);
         }
         let others = self.note_asker(ask.object, ask.requester, now_ms);
         if let Some(current_eta_ms) = ask.switch_from_eta_ms {
@@ -494,152 +596,49 @@ impl RelayDesk {
         let requester = ask.requester;
         // A block's receivers are the caches of a mesh; past this many the
         // desk stops recording (and simply serves).
-        if block.receivers.len() >= RECEIVERS_PER_BLOCK_MAX
-            && !block.receivers.iter().any(|r| r.node == requester)
-        {
+        if block.receivers.len() >= RECEIVERS_PER_BLOCK_MAX && block.receiver(requester).is_none() {
             return Admission::Serve;
         }
-        let serve = |block: &mut BlockReceivers| {
-            match block.receivers.iter_mut().find(|r| r.node == requester) {
-                Some(known) => known.direct = true,
-                None => block.receivers.push(Receiver {
-                    node: requester.to_string(),
-                    relays_given: 0,
-                    direct: true,
-                    parent: None,
-                }),
-            }
-            Admission::Serve
-        };
-        let served_before = block
-            .receivers
-            .iter()
-            .any(|r| r.node == requester && r.direct);
+        let served_before = block.receiver(requester).is_some_and(|r| r.direct);
         // A switch the shield takes is served like a last resort.
         if ask.last_resort || served_before || ask.switch_from_eta_ms.is_some() {
-            return serve(block);
+            return block.serve(requester);
         }
         if others < limits.shield_fanout_max || ask.shield_has_uplink {
-            return serve(block);
+            return block.serve(requester);
         }
-        let near = |who: &str| ask.relays.contains(&who);
-        let alive = |who: &str| who != requester && (near(who) || ask.far_relays.contains(&who));
-        let add_requester = |block: &mut BlockReceivers, parent: &str| match block
-            .receivers
-            .iter_mut()
-            .find(|r| r.node == requester)
-        {
-            Some(known) => known.parent = Some(parent.to_string()),
-            None => block.receivers.push(Receiver {
-                node: requester.to_string(),
-                relays_given: 0,
-                direct: false,
-                parent: Some(parent.to_string()),
-            }),
-        };
         // Sent away before (asking for more of the block, or again after
         // its relay failed): the same relay while it lives; the requester
         // itself falls back to us if that one failed.
-        let parent = block
-            .receivers
-            .iter()
-            .find(|r| r.node == requester)
-            .and_then(|r| r.parent.clone());
-        if let Some(parent) = parent.filter(|p| alive(p)) {
+        let parent = block.receiver(requester).and_then(|r| r.parent.clone());
+        if let Some(parent) = parent.filter(|p| ask.may_relay(p)) {
             return Admission::TryInstead(parent);
         }
-        // Never a relay that gets the block through the requester (a
-        // cycle would stall both).
-        let descends_from_requester = |block: &BlockReceivers, node: &str| {
-            let mut at = node.to_string();
-            for _ in 0..=block.receivers.len() {
-                if at == requester {
-                    return true;
-                }
-                match block
-                    .receivers
-                    .iter()
-                    .find(|r| r.node == at)
-                    .and_then(|r| r.parent.clone())
-                {
-                    Some(parent) => at = parent,
-                    None => return false,
-                }
-            }
-            true
-        };
-        let eligible: Vec<bool> = block
-            .receivers
-            .iter()
-            .map(|r| {
-                alive(&r.node)
-                    && r.relays_given < limits.relay_fanout_max.max(1)
-                    && !descends_from_requester(block, &r.node)
-            })
-            .collect();
-        // Among the receivers with a free relay slot, one in the
-        // requester's region first, then the one that relayed least so far
-        // (every uplink carries a share), the earliest on a tie. A fresh
-        // receiver has relayed least, so in a crowd a block tends to pass
-        // along a chain of caches, piece by piece (measured and simulated:
-        // this spreads the copies evenly; the earliest-first tree of the
-        // first design overloaded the caches that asked first).
-        let load = &self.relay_load;
-        let relay = block
-            .receivers
-            .iter_mut()
-            .zip(eligible)
-            .filter(|(_, eligible)| *eligible)
-            .map(|(r, _)| r)
-            .min_by_key(|r| {
-                let relayed = load.get(&r.node).copied().unwrap_or(0);
-                let weight = (ask.uplink_weight)(&r.node).max(1);
-                (!near(&r.node), relayed.saturating_mul(1024) / weight)
-            });
-        if let Some(relay) = relay {
+        if let Some(relay) = block.least_relaying_receiver(ask, limits, &self.relay_load) {
             // The shield itself when it would deliver sooner than the
             // relay, with what each already has to send (a thin relay
             // must not hold requesters the shield's uplink could take).
-            let name = relay.node.clone();
             if let Some(shield_eta) = ask.shield_eta_ms {
-                let backlog = backlog_bytes(&mut self.relay_backlog, &name, ask, now_ms);
-                if shield_eta <= eta_ms(backlog + ask.block_bytes, (ask.uplink_bytes_per_s)(&name))
-                {
-                    return serve(block);
+                let backlog = backlog_bytes(&mut self.relay_backlog, &relay, ask, now_ms);
+                let relay_eta = eta_ms(backlog + ask.block_bytes, (ask.uplink_bytes_per_s)(&relay));
+                if shield_eta <= relay_eta {
+                    return block.serve(requester);
                 }
             }
-            if let Some(relay) = block.receivers.iter_mut().find(|r| r.node == name) {
-                relay.relays_given += 1;
+            if let Some(receiver) = block.receivers.iter_mut().find(|r| r.node == relay) {
+                receiver.relays_given += 1;
             }
-            add_requester(block, &name);
-            self.count_relay(&name);
-            add_backlog(&mut self.relay_backlog, &name, ask, now_ms);
-            return Admission::TryInstead(name);
+            block.add_relayed(requester, &relay);
+            self.count_relay(&relay);
+            add_backlog(&mut self.relay_backlog, &relay, ask, now_ms);
+            return Admission::TryInstead(relay);
         }
-        let anyone_alive = block.receivers.iter().any(|r| alive(&r.node));
-        let owners = if ask.relays.is_empty() {
-            ask.far_relays
-        } else {
-            ask.relays
-        };
-        // Blocks are dealt in proportion to uplinks: a cache with twice the
-        // uplink owns twice the blocks.
-        let weighted: Vec<String> = owners
-            .iter()
-            .flat_map(|node| {
-                let weight = (ask.uplink_weight)(node).clamp(1, 8);
-                (0..weight).map(move |k| format!("{node}\u{0}{k}"))
-            })
-            .collect();
-        let weighted: Vec<&str> = weighted.iter().map(String::as_str).collect();
-        let owner = block_owner(ask.object, block_index, &weighted)
-            .and_then(|slot| slot.split('\u{0}').next())
-            .and_then(|name| owners.iter().copied().find(|o| *o == name));
+        let anyone_alive = block.receivers.iter().any(|r| ask.may_relay(&r.node));
         // A busy owner would hold the requester longer than the shield:
         // the requester takes the block first instead (it is one copy
         // either way, and the owner is then sent to the requester).
         let backlogs = &mut self.relay_backlog;
-        let owner = owner.filter(|owner| {
+        let owner = weighted_owner(ask, block_index).filter(|owner| {
             let busy = ask.shield_eta_ms.is_some_and(|shield_eta| {
                 let backlog = backlog_bytes(backlogs, owner, ask, now_ms);
                 shield_eta < eta_ms(backlog, (ask.uplink_bytes_per_s)(owner))
@@ -655,13 +654,33 @@ impl RelayDesk {
                     direct: true,
                     parent: None,
                 });
-                add_requester(block, owner);
+                block.add_relayed(requester, owner);
                 self.count_relay(owner);
                 add_backlog(&mut self.relay_backlog, owner, ask, now_ms);
                 Admission::TryInstead(owner.to_string())
             }
-            _ => serve(block),
+            _ => block.serve(requester),
         }
+    }
+
+    /// Forgets blocks not asked for within [`RELAY_DESK_MEMORY_MS`] (or,
+    /// if that is not enough, the older half) and askers outside the
+    /// crowd window.
+    fn forget_old(&mut self, now_ms: u64) {
+        self.blocks
+            .retain(|_, b| now_ms.saturating_sub(b.last_used_ms) < RELAY_DESK_MEMORY_MS);
+        if self.blocks.len() >= RELAY_DESK_BLOCKS_MAX {
+            // Drop the older half (not everything: the parent links of
+            // blocks in use keep relays from forming cycles).
+            let mut ages: Vec<u64> = self.blocks.values().map(|b| b.last_used_ms).collect();
+            ages.sort_unstable();
+            let cutoff = ages[ages.len() / 2];
+            self.blocks.retain(|_, b| b.last_used_ms > cutoff);
+        }
+        self.askers.retain(|_, askers| {
+            askers.retain(|(_, at)| now_ms.saturating_sub(*at) < CROWD_WINDOW_MS);
+            !askers.is_empty()
+        });
     }
 
     /// Records that `requester` asked for `object` now; returns how many
