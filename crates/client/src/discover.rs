@@ -9,6 +9,7 @@
 //! none, and its manifest then stands for itself (every piece must still
 //! match it).
 
+use crate::reference::Reference;
 use crate::GetError;
 use shoal_core::{Manifest, ObjectId};
 use shoal_http::path::RequestPath;
@@ -398,110 +399,15 @@ pub async fn fetch_reference(
     path: &RequestPath,
     plan_id: Option<ObjectId>,
     timeout: Duration,
-) -> Result<crate::reference::Reference, GetError> {
+) -> Result<Reference, GetError> {
     let mut why = Vec::new();
     let mut refusals = Vec::new();
-    // A cache names the manifest at `/_shoal/manifest/<path>` (with the id
-    // in a header); a publisher's web server at
-    // `/.shoal/manifests/<path>.shoalmf` (`shoal publish`).
-    // The first place is a cache's (`names_id`); the second a publisher's
-    // file, which a cache serves as an object with an id of its own.
-    let places: Vec<(String, &PlannedSource, bool)> = sources
-        .iter()
-        .filter_map(|source| {
-            let parsed = ObjectUrl::parse(&source.url).ok()?;
-            Some((parsed.base.clone(), parsed.pin_query(), source))
-        })
-        .flat_map(|(base, pin, source)| {
-            [
-                (
-                    format!("{base}/_shoal/manifest{}{pin}", path.to_uri_path()),
-                    source,
-                    true,
-                ),
-                (
-                    format!("{base}/.shoal/manifests{}.shoalmf", path.to_uri_path()),
-                    source,
-                    false,
-                ),
-            ]
-        })
-        .collect();
-    for (url, source, names_id) in places {
-        let answer = async {
-            let response = client.get(&url).send().await.map_err(|e| error_chain(&e))?;
-            if !response.status().is_success() {
-                return Err(format!("{}", response.status()));
-            }
-            // Through a shoal cache, the publisher's manifest file is an
-            // object of its own, and the id the cache names is the file's.
-            let file_through_cache =
-                !names_id && response.headers().contains_key(CACHE_STATUS_HEADER);
-            let named = response
-                .headers()
-                .get(OBJECT_ID_HEADER)
-                .filter(|_| !file_through_cache)
-                .and_then(|v| v.to_str().ok())
-                .and_then(ObjectId::from_hex);
-            // A cache builds a manifest for an object its publisher did
-            // not publish: its hash is not the object's id.
-            let built = response
-                .headers()
-                .get(MANIFEST_KIND_HEADER)
-                .is_some_and(|v| v.as_bytes() == b"built");
-            let mut response = response;
-            let body = read_limited(&mut response, MANIFEST_BYTES_MAX).await?;
-            Ok((named, built, body))
-        };
-        let (named, built, body) = match tokio::time::timeout(timeout, answer).await {
-            Ok(Ok(found)) => found,
-            Ok(Err(error)) => {
-                why.push(format!("{url}: {error}"));
-                continue;
-            }
-            Err(_) => {
-                why.push(format!("{url}: no answer"));
-                continue;
-            }
-        };
-        let manifest = match Manifest::decode(&body) {
-            Ok(manifest) => manifest,
-            Err(error) => {
-                why.push(format!("{url}: not a manifest ({error})"));
-                continue;
-            }
-        };
-        // A built manifest is the hashes a cache learnt, under the id the
-        // cache names (trusted like `/_shoal/hashes`).
-        let id = match (built, named) {
-            (true, Some(named)) => named,
-            (true, None) => {
-                why.push(format!("{url}: a built manifest without an object id"));
-                continue;
-            }
-            (false, _) => manifest.id(),
-        };
-        let mismatch = [("the source", named), ("the selector's plan", plan_id)]
-            .into_iter()
-            .find_map(|(who, expected)| {
-                expected.filter(|e| *e != id).map(|e| {
-                    format!(
-                        "the manifest from {} hashes to {} but {who} named {}: refused",
-                        source.name,
-                        &id.to_hex()[..16],
-                        &e.to_hex()[..16]
-                    )
-                })
-            });
-        match mismatch {
+    for place in manifest_places(sources, path) {
+        match manifest_reference(client, &place, plan_id, timeout).await {
+            Attempt::Found(reference) => return Ok(reference),
             // Another source may hold the right version.
-            Some(refused) => refusals.push(refused),
-            None if built => {
-                return Ok(crate::reference::Reference::from_built_manifest(
-                    manifest, id,
-                ))
-            }
-            None => return Ok(crate::reference::Reference::from_manifest(manifest)),
+            Attempt::Refused(refused) => refusals.push(refused),
+            Attempt::Failed(error) => why.push(error),
         }
     }
     if !refusals.is_empty() {
@@ -512,39 +418,11 @@ pub async fn fetch_reference(
         let Ok(parsed) = ObjectUrl::parse(&source.url) else {
             continue;
         };
-        let url = format!(
-            "{}/_shoal/hashes{}{}",
-            parsed.base,
-            path.to_uri_path(),
-            parsed.pin_query()
-        );
-        let list = match crate::reference::fetch_hash_list(client, &url, timeout).await {
-            Ok(list) => list,
-            Err(error) => {
-                why.push(format!("{url}: {error}"));
-                continue;
-            }
-        };
-        let reference = match crate::reference::Reference::from_hash_list(
-            &list,
-            client.clone(),
-            path.to_uri_path(),
-        ) {
-            Ok(reference) => reference,
-            Err(error) => {
-                why.push(format!("{url}: {error}"));
-                continue;
-            }
-        };
-        if plan_id.is_some_and(|id| id != reference.id()) {
-            refusals.push(format!(
-                "{} names object {} but the selector's plan named another: refused",
-                source.name,
-                &reference.id().to_hex()[..16]
-            ));
-            continue;
+        match hash_list_reference(client, source, &parsed, path, plan_id, timeout).await {
+            Attempt::Found(reference) => return Ok(reference),
+            Attempt::Refused(refused) => refusals.push(refused),
+            Attempt::Failed(error) => why.push(error),
         }
-        return Ok(reference);
     }
     if !refusals.is_empty() {
         return Err(GetError::Manifest(refusals.join("; ")));
@@ -554,6 +432,187 @@ pub async fn fetch_reference(
         path.as_str(),
         why.join("; ")
     )))
+}
+
+/// What one place gave [`fetch_reference`]: a reference to check pieces
+/// against, a refusal (the object there is not the one named), or why it
+/// gave nothing.
+enum Attempt {
+    Found(Reference),
+    Refused(String),
+    Failed(String),
+}
+
+/// A URL a manifest may be found at, and the source it belongs to.
+struct ManifestPlace<'a> {
+    url: String,
+    source: &'a PlannedSource,
+    /// A cache's manifest (`/_shoal/manifest/<path>`), whose id header
+    /// names the object; not a publisher's manifest file.
+    names_id: bool,
+}
+
+/// Where each source may hold the manifest, in the order they are tried.
+fn manifest_places<'a>(sources: &'a [PlannedSource], path: &RequestPath) -> Vec<ManifestPlace<'a>> {
+    // A cache names the manifest at `/_shoal/manifest/<path>` (with the id
+    // in a header); a publisher's web server at
+    // `/.shoal/manifests/<path>.shoalmf` (`shoal publish`).
+    // The first place is a cache's (`names_id`); the second a publisher's
+    // file, which a cache serves as an object with an id of its own.
+    sources
+        .iter()
+        .filter_map(|source| {
+            let parsed = ObjectUrl::parse(&source.url).ok()?;
+            Some((parsed.base.clone(), parsed.pin_query(), source))
+        })
+        .flat_map(|(base, pin, source)| {
+            [
+                ManifestPlace {
+                    url: format!("{base}/_shoal/manifest{}{pin}", path.to_uri_path()),
+                    source,
+                    names_id: true,
+                },
+                ManifestPlace {
+                    url: format!("{base}/.shoal/manifests{}.shoalmf", path.to_uri_path()),
+                    source,
+                    names_id: false,
+                },
+            ]
+        })
+        .collect()
+}
+
+/// The manifest at `place`, within `timeout`, as a reference if its id is
+/// the one the source and the plan named.
+async fn manifest_reference(
+    client: &reqwest::Client,
+    place: &ManifestPlace<'_>,
+    plan_id: Option<ObjectId>,
+    timeout: Duration,
+) -> Attempt {
+    let url = &place.url;
+    let answer =
+        match tokio::time::timeout(timeout, fetch_manifest(client, url, place.names_id)).await {
+            Ok(Ok(found)) => found,
+            Ok(Err(error)) => return Attempt::Failed(format!("{url}: {error}")),
+            Err(_) => return Attempt::Failed(format!("{url}: no answer")),
+        };
+    let manifest = match Manifest::decode(&answer.body) {
+        Ok(manifest) => manifest,
+        Err(error) => return Attempt::Failed(format!("{url}: not a manifest ({error})")),
+    };
+    // A built manifest is the hashes a cache learnt, under the id the
+    // cache names (trusted like `/_shoal/hashes`).
+    let id = match (answer.built, answer.named) {
+        (true, Some(named)) => named,
+        (true, None) => {
+            return Attempt::Failed(format!("{url}: a built manifest without an object id"))
+        }
+        (false, _) => manifest.id(),
+    };
+    if let Some(refused) = manifest_id_mismatch(&place.source.name, id, answer.named, plan_id) {
+        return Attempt::Refused(refused);
+    }
+    Attempt::Found(if answer.built {
+        Reference::from_built_manifest(manifest, id)
+    } else {
+        Reference::from_manifest(manifest)
+    })
+}
+
+/// What a manifest place answered.
+struct ManifestAnswer {
+    /// The object id the server named for the manifest, if any.
+    named: Option<ObjectId>,
+    /// A cache built the manifest (the object was not published).
+    built: bool,
+    body: Vec<u8>,
+}
+
+/// GETs the manifest at `url` (at most [`MANIFEST_BYTES_MAX`]) with the id
+/// the server names for it; `names_id` is [`ManifestPlace::names_id`].
+async fn fetch_manifest(
+    client: &reqwest::Client,
+    url: &str,
+    names_id: bool,
+) -> Result<ManifestAnswer, String> {
+    let response = client.get(url).send().await.map_err(|e| error_chain(&e))?;
+    if !response.status().is_success() {
+        return Err(format!("{}", response.status()));
+    }
+    // Through a shoal cache, the publisher's manifest file is an
+    // object of its own, and the id the cache names is the file's.
+    let file_through_cache = !names_id && response.headers().contains_key(CACHE_STATUS_HEADER);
+    let named = response
+        .headers()
+        .get(OBJECT_ID_HEADER)
+        .filter(|_| !file_through_cache)
+        .and_then(|v| v.to_str().ok())
+        .and_then(ObjectId::from_hex);
+    // A cache builds a manifest for an object its publisher did
+    // not publish: its hash is not the object's id.
+    let built = response
+        .headers()
+        .get(MANIFEST_KIND_HEADER)
+        .is_some_and(|v| v.as_bytes() == b"built");
+    let mut response = response;
+    let body = read_limited(&mut response, MANIFEST_BYTES_MAX).await?;
+    Ok(ManifestAnswer { named, built, body })
+}
+
+/// Why a manifest from `source` that hashes to `id` is refused: the source
+/// or the selector's plan named another object. `None`: it is the one.
+fn manifest_id_mismatch(
+    source: &str,
+    id: ObjectId,
+    named: Option<ObjectId>,
+    plan_id: Option<ObjectId>,
+) -> Option<String> {
+    [("the source", named), ("the selector's plan", plan_id)]
+        .into_iter()
+        .find_map(|(who, expected)| {
+            expected.filter(|e| *e != id).map(|e| {
+                format!(
+                    "the manifest from {source} hashes to {} but {who} named {}: refused",
+                    &id.to_hex()[..16],
+                    &e.to_hex()[..16]
+                )
+            })
+        })
+}
+
+/// The piece hashes `source` (parsed as `parsed`) learnt for `path`, as a
+/// reference if its id is the one the plan named.
+async fn hash_list_reference(
+    client: &reqwest::Client,
+    source: &PlannedSource,
+    parsed: &ObjectUrl,
+    path: &RequestPath,
+    plan_id: Option<ObjectId>,
+    timeout: Duration,
+) -> Attempt {
+    let url = format!(
+        "{}/_shoal/hashes{}{}",
+        parsed.base,
+        path.to_uri_path(),
+        parsed.pin_query()
+    );
+    let list = match crate::reference::fetch_hash_list(client, &url, timeout).await {
+        Ok(list) => list,
+        Err(error) => return Attempt::Failed(format!("{url}: {error}")),
+    };
+    let reference = match Reference::from_hash_list(&list, client.clone(), path.to_uri_path()) {
+        Ok(reference) => reference,
+        Err(error) => return Attempt::Failed(format!("{url}: {error}")),
+    };
+    if plan_id.is_some_and(|id| id != reference.id()) {
+        return Attempt::Refused(format!(
+            "{} names object {} but the selector's plan named another: refused",
+            source.name,
+            &reference.id().to_hex()[..16]
+        ));
+    }
+    Attempt::Found(reference)
 }
 
 /// A response body of at most `limit` bytes.

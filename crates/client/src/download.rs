@@ -334,44 +334,11 @@ impl Run {
     async fn prepare(options: &mut GetOptions) -> Result<(Self, mpsc::Receiver<Event>), GetError> {
         let started = Instant::now();
         let url = ObjectUrl::parse(&options.url)?;
-        for (name, value) in [
-            ("connect_timeout_ms", options.connect_timeout_ms),
-            ("read_timeout_ms", options.read_timeout_ms),
-            ("stall_ms", options.stall_ms),
-        ] {
-            if !(10..=3_600_000).contains(&value) {
-                return Err(GetError::Failed(format!(
-                    "{name} = {value} is not within 10..=3600000"
-                )));
-            }
-        }
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(options.connect_timeout_ms))
-            .tcp_nodelay(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .pool_max_idle_per_host(32)
-            .local_address(options.local_address)
-            .build()
-            .map_err(|e| GetError::Failed(error_chain(&e)))?;
+        check_timeouts(options)?;
+        let client = http_client(options)?;
         let timeout = Duration::from_millis(options.read_timeout_ms);
-        let (origin, mut plan) = discover::discover(&client, &url, timeout).await?;
-        add_mirrors(&mut plan, &url, &options.mirrors)?;
-        if plan.sources.is_empty() {
-            return Err(GetError::Failed(format!(
-                "{}: no source to download from (the selector planned none)",
-                url.url()
-            )));
-        }
-        let manifest = Arc::new(
-            discover::fetch_reference(&client, &plan.sources, &url.path, plan.object_id, timeout)
-                .await?,
-        );
-        if manifest.piece_count() > PIECES_MAX {
-            return Err(GetError::Manifest(format!(
-                "{} pieces: more than the {PIECES_MAX} this client takes",
-                manifest.piece_count()
-            )));
-        }
+        let (origin, plan, manifest) =
+            discover_object(&client, &url, &options.mirrors, timeout).await?;
         let layout = manifest.layout();
         // With no id named by a source or the plan, the manifest vouches
         // for itself (a plain server): pieces still must match it.
@@ -386,34 +353,18 @@ impl Run {
             layout.object_size(),
             !have.is_empty(),
         )?);
+        let scheduler = new_scheduler(&manifest, options, &have);
 
-        let mut seed = [0u8; 8];
-        seed.copy_from_slice(&manifest.id().0[..8]);
-        let mut config = ScheduleConfig::new(
-            manifest.piece_count(),
-            layout.piece_size().bytes(),
-            u64::from_le_bytes(seed),
+        let ready = options
+            .stream
+            .as_ref()
+            .map(|_| ready_with(&manifest, &have));
+        let playback = virtual_player(
+            ready.is_some(),
+            committed_mbps,
+            options.buffer_ms,
+            layout.object_size(),
         );
-        config.stall_ms = options.stall_ms;
-        config.first_byte_ms = options.stall_ms.saturating_mul(FIRST_BYTE_STALLS);
-        config.in_order = options.stream.is_some();
-        let scheduler = Scheduler::new(config, &have);
-
-        let ready = options.stream.as_ref().map(|_| {
-            let ready = crate::stream::Ready::new(manifest.piece_count());
-            for index in have.iter() {
-                ready.mark(index);
-            }
-            ready
-        });
-        let playback = match (&ready, committed_mbps) {
-            (Some(_), Some(mbps)) => Some(crate::playback::Playback::new(
-                mbps * 1e6,
-                options.buffer_ms,
-                layout.object_size(),
-            )),
-            _ => None,
-        };
         let (endpoint_keep, endpoint_stop) = tokio::sync::watch::channel(());
         let stdout_task = match (options.stream.take(), &ready) {
             (Some(stream_to), Some(ready)) => {
@@ -455,14 +406,20 @@ impl Run {
             layout,
             plan,
         };
-        let start_ms = run.now_ms();
-        for planned in run.plan.sources.clone().into_iter().take(SOURCES_MAX) {
-            if !run.sources.iter().any(|s| s.planned.url == planned.url) {
-                run.add_source(planned, "plan", start_ms);
+        run.add_planned_sources();
+        Ok((run, inbox))
+    }
+
+    /// Adds the plan's sources (at most [`SOURCES_MAX`], each URL once);
+    /// they are the first sources.
+    fn add_planned_sources(&mut self) {
+        let start_ms = self.now_ms();
+        for planned in self.plan.sources.clone().into_iter().take(SOURCES_MAX) {
+            if !self.sources.iter().any(|s| s.planned.url == planned.url) {
+                self.add_source(planned, "plan", start_ms);
             }
         }
-        run.first_sources = run.sources.len();
-        Ok((run, inbox))
+        self.first_sources = self.sources.len();
     }
 
     fn now_ms(&self) -> u64 {
@@ -919,6 +876,108 @@ impl Run {
                 .map(|ms| ms as f64 / 1000.0),
             sources,
         }
+    }
+}
+
+/// Refuses timeouts outside 10 ms..=1 h.
+fn check_timeouts(options: &GetOptions) -> Result<(), GetError> {
+    for (name, value) in [
+        ("connect_timeout_ms", options.connect_timeout_ms),
+        ("read_timeout_ms", options.read_timeout_ms),
+        ("stall_ms", options.stall_ms),
+    ] {
+        if !(10..=3_600_000).contains(&value) {
+            return Err(GetError::Failed(format!(
+                "{name} = {value} is not within 10..=3600000"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The HTTP client of a download: no redirects, many idle connections
+/// per source, from `options.local_address` if set.
+fn http_client(options: &GetOptions) -> Result<reqwest::Client, GetError> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_millis(options.connect_timeout_ms))
+        .tcp_nodelay(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(32)
+        .local_address(options.local_address)
+        .build()
+        .map_err(|e| GetError::Failed(error_chain(&e)))
+}
+
+/// Where `url` comes from (its plan, with `mirrors` added) and what its
+/// pieces are checked against; refuses a plan without sources and an
+/// object of more than [`PIECES_MAX`] pieces.
+async fn discover_object(
+    client: &reqwest::Client,
+    url: &ObjectUrl,
+    mirrors: &[String],
+    timeout: Duration,
+) -> Result<(Origin, discover::Plan, Arc<Reference>), GetError> {
+    let (origin, mut plan) = discover::discover(client, url, timeout).await?;
+    add_mirrors(&mut plan, url, mirrors)?;
+    if plan.sources.is_empty() {
+        return Err(GetError::Failed(format!(
+            "{}: no source to download from (the selector planned none)",
+            url.url()
+        )));
+    }
+    let manifest = Arc::new(
+        discover::fetch_reference(client, &plan.sources, &url.path, plan.object_id, timeout)
+            .await?,
+    );
+    if manifest.piece_count() > PIECES_MAX {
+        return Err(GetError::Manifest(format!(
+            "{} pieces: more than the {PIECES_MAX} this client takes",
+            manifest.piece_count()
+        )));
+    }
+    Ok((origin, plan, manifest))
+}
+
+/// The scheduler of the object's pieces, seeded from its id, with the
+/// pieces already `have` done; in order in stream mode.
+fn new_scheduler(manifest: &Reference, options: &GetOptions, have: &PieceSet) -> Scheduler {
+    let mut seed = [0u8; 8];
+    seed.copy_from_slice(&manifest.id().0[..8]);
+    let mut config = ScheduleConfig::new(
+        manifest.piece_count(),
+        manifest.layout().piece_size().bytes(),
+        u64::from_le_bytes(seed),
+    );
+    config.stall_ms = options.stall_ms;
+    config.first_byte_ms = options.stall_ms.saturating_mul(FIRST_BYTE_STALLS);
+    config.in_order = options.stream.is_some();
+    Scheduler::new(config, have)
+}
+
+/// Stream mode: the pieces readers may take, the resumed ones already.
+fn ready_with(manifest: &Reference, have: &PieceSet) -> Arc<crate::stream::Ready> {
+    let ready = crate::stream::Ready::new(manifest.piece_count());
+    for index in have.iter() {
+        ready.mark(index);
+    }
+    ready
+}
+
+/// Stream mode with a committed bitrate: a virtual player that counts
+/// rebuffers.
+fn virtual_player(
+    streaming: bool,
+    committed_mbps: Option<f64>,
+    buffer_ms: u64,
+    object_size: u64,
+) -> Option<crate::playback::Playback> {
+    match (streaming, committed_mbps) {
+        (true, Some(mbps)) => Some(crate::playback::Playback::new(
+            mbps * 1e6,
+            buffer_ms,
+            object_size,
+        )),
+        _ => None,
     }
 }
 

@@ -159,90 +159,23 @@ impl MeshNode {
         local: Arc<dyn LocalState>,
     ) -> Result<Arc<Self>, MeshError> {
         config.validate()?;
-        let socket = tokio::net::UdpSocket::bind(config.gossip_listen)
-            .await
-            .map_err(|source| MeshError::Bind {
-                addr: config.gossip_listen,
-                source,
-            })?;
-        let bound = socket.local_addr().map_err(|source| MeshError::Bind {
-            addr: config.gossip_listen,
-            source,
-        })?;
+        let (socket, bound) = bind_gossip(config.gossip_listen).await?;
         let advertise = config.gossip_advertise.unwrap_or(bound);
-        // A restart is a new generation: peers replace our old state.
-        let generation = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
         let interval = Duration::from_millis(config.gossip_interval_ms);
-        let chitchat_config = ChitchatConfig {
-            chitchat_id: ChitchatId::new(config.node_id.clone(), generation, advertise),
-            cluster_id: CLUSTER_ID.to_string(),
-            gossip_interval: interval,
-            listen_addr: bound,
-            seed_nodes: config.seeds.clone(),
-            failure_detector_config: FailureDetectorConfig {
-                phi_threshold: config.phi_threshold,
-                // Must match the gossip interval: the default (5 s) prior
-                // makes detection take ~10 s instead of ~2.5 s.
-                initial_interval: interval,
-                dead_node_grace_period: Duration::from_secs(600),
-                ..Default::default()
-            },
-            marked_for_deletion_grace_period: Duration::from_secs(600),
-            catchup_callback: None,
-            extra_liveness_predicate: Some(Box::new(|state| {
-                state.get(keys::VERSION) == Some(SCHEMA_VERSION)
-            })),
-            protocol_version: ProtocolVersion::V0,
-        };
+        let chitchat_config = chitchat_config(&config, bound, advertise, interval);
         let observer = config.role == MeshRole::Selector;
-        let mut initial = vec![
-            (keys::VERSION.to_string(), SCHEMA_VERSION.to_string()),
-            (
-                keys::ROLE.to_string(),
-                if observer { ROLE_SELECTOR } else { ROLE_CACHE }.to_string(),
-            ),
-            (
-                keys::HTTP.to_string(),
-                format!("http://{}", config.http_advertise),
-            ),
-        ];
-        let cache_keys = [
-            (keys::REGION.to_string(), config.region.clone()),
-            (
-                keys::EGRESS_CAP_BPS.to_string(),
-                config.egress_cap_bps.to_string(),
-            ),
-            (keys::EGRESS_BPS.to_string(), "0".to_string()),
-            (
-                keys::COST_PER_GB_MICROUSD.to_string(),
-                config.cost_per_gb_microusd.to_string(),
-            ),
-            (keys::HEALTH.to_string(), Health::Ok.as_str().to_string()),
-        ];
-        if !observer {
-            initial.extend(cache_keys);
-        }
+        let initial = initial_state(&config, observer);
         let transport = MacTransport::new(gossip_key(&config.cluster_secret), Some(socket));
         let dropped_datagrams = transport.dropped_counter();
         let handle = spawn_chitchat(chitchat_config, initial, &transport)
             .await
             .map_err(|e| MeshError::Start(format!("{e:#}")))?;
 
-        let self_member = Member {
-            node_id: config.node_id.clone(),
-            http_addr: config.http_advertise,
-            region: config.region.clone(),
-            egress_cap_bps: config.egress_cap_bps,
-            egress_bps: 0,
-            cost_per_gb_microusd: config.cost_per_gb_microusd,
-            health: Health::Ok,
-            summary: None,
-            purge_head: None,
+        let own_members = if observer {
+            vec![]
+        } else {
+            vec![self_member(&config)]
         };
-        let own_members = if observer { vec![] } else { vec![self_member] };
         let (view_sender, view) = watch::channel(Arc::new(MeshView::new(
             config.node_id.clone(),
             own_members,
@@ -262,26 +195,7 @@ impl MeshNode {
                 purge_head.clone(),
             )));
         }
-        let watcher = {
-            let mut watcher = chitchat.lock().await.live_nodes_watcher();
-            let self_id = config.node_id.clone();
-            tokio::spawn(async move {
-                let mut summaries: HashMap<String, (u64, Option<Arc<ObjectSummary>>)> =
-                    HashMap::new();
-                loop {
-                    let next = {
-                        let live = watcher.borrow_and_update();
-                        build_view(&self_id, &live, &mut summaries)
-                    };
-                    if view_sender.send(Arc::new(next)).is_err() {
-                        return;
-                    }
-                    if watcher.changed().await.is_err() {
-                        return;
-                    }
-                }
-            })
-        };
+        let watcher = spawn_view_builder(&chitchat, config.node_id.clone(), view_sender).await;
         Ok(Arc::new(Self {
             handle: tokio::sync::Mutex::new(Some(handle)),
             view,
@@ -370,6 +284,131 @@ impl Drop for MeshNode {
             task.abort();
         }
     }
+}
+
+/// Binds the gossip socket; returns it with the address it is bound to.
+async fn bind_gossip(listen: SocketAddr) -> Result<(tokio::net::UdpSocket, SocketAddr), MeshError> {
+    let socket = tokio::net::UdpSocket::bind(listen)
+        .await
+        .map_err(|source| MeshError::Bind {
+            addr: listen,
+            source,
+        })?;
+    let bound = socket.local_addr().map_err(|source| MeshError::Bind {
+        addr: listen,
+        source,
+    })?;
+    Ok((socket, bound))
+}
+
+/// Chitchat's settings: this node as a new generation at `advertise`,
+/// gossiping every `interval`, and alive only while on our schema version.
+fn chitchat_config(
+    config: &MeshConfig,
+    bound: SocketAddr,
+    advertise: SocketAddr,
+    interval: Duration,
+) -> ChitchatConfig {
+    // A restart is a new generation: peers replace our old state.
+    let generation = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    ChitchatConfig {
+        chitchat_id: ChitchatId::new(config.node_id.clone(), generation, advertise),
+        cluster_id: CLUSTER_ID.to_string(),
+        gossip_interval: interval,
+        listen_addr: bound,
+        seed_nodes: config.seeds.clone(),
+        failure_detector_config: FailureDetectorConfig {
+            phi_threshold: config.phi_threshold,
+            // Must match the gossip interval: the default (5 s) prior
+            // makes detection take ~10 s instead of ~2.5 s.
+            initial_interval: interval,
+            dead_node_grace_period: Duration::from_secs(600),
+            ..Default::default()
+        },
+        marked_for_deletion_grace_period: Duration::from_secs(600),
+        catchup_callback: None,
+        extra_liveness_predicate: Some(Box::new(|state| {
+            state.get(keys::VERSION) == Some(SCHEMA_VERSION)
+        })),
+        protocol_version: ProtocolVersion::V0,
+    }
+}
+
+/// The keys this node gossips from the start: version, role and HTTP
+/// address; a cache adds its region, capacity, cost, load and health.
+fn initial_state(config: &MeshConfig, observer: bool) -> Vec<(String, String)> {
+    let mut initial = vec![
+        (keys::VERSION.to_string(), SCHEMA_VERSION.to_string()),
+        (
+            keys::ROLE.to_string(),
+            if observer { ROLE_SELECTOR } else { ROLE_CACHE }.to_string(),
+        ),
+        (
+            keys::HTTP.to_string(),
+            format!("http://{}", config.http_advertise),
+        ),
+    ];
+    let cache_keys = [
+        (keys::REGION.to_string(), config.region.clone()),
+        (
+            keys::EGRESS_CAP_BPS.to_string(),
+            config.egress_cap_bps.to_string(),
+        ),
+        (keys::EGRESS_BPS.to_string(), "0".to_string()),
+        (
+            keys::COST_PER_GB_MICROUSD.to_string(),
+            config.cost_per_gb_microusd.to_string(),
+        ),
+        (keys::HEALTH.to_string(), Health::Ok.as_str().to_string()),
+    ];
+    if !observer {
+        initial.extend(cache_keys);
+    }
+    initial
+}
+
+/// This cache as a member of its own first view, before any gossip.
+fn self_member(config: &MeshConfig) -> Member {
+    Member {
+        node_id: config.node_id.clone(),
+        http_addr: config.http_advertise,
+        region: config.region.clone(),
+        egress_cap_bps: config.egress_cap_bps,
+        egress_bps: 0,
+        cost_per_gb_microusd: config.cost_per_gb_microusd,
+        health: Health::Ok,
+        summary: None,
+        purge_head: None,
+    }
+}
+
+/// Starts the task that turns every change of the live nodes into a new
+/// [`MeshView`] on `view_sender`; it ends when no one watches the view or
+/// chitchat stops.
+async fn spawn_view_builder(
+    chitchat: &Arc<tokio::sync::Mutex<chitchat::Chitchat>>,
+    self_id: String,
+    view_sender: watch::Sender<Arc<MeshView>>,
+) -> tokio::task::JoinHandle<()> {
+    let mut watcher = chitchat.lock().await.live_nodes_watcher();
+    tokio::spawn(async move {
+        let mut summaries: HashMap<String, (u64, Option<Arc<ObjectSummary>>)> = HashMap::new();
+        loop {
+            let next = {
+                let live = watcher.borrow_and_update();
+                build_view(&self_id, &live, &mut summaries)
+            };
+            if view_sender.send(Arc::new(next)).is_err() {
+                return;
+            }
+            if watcher.changed().await.is_err() {
+                return;
+            }
+        }
+    })
 }
 
 fn build_view(

@@ -166,6 +166,8 @@ impl Origin {
         segments.all(|segment| !segment.starts_with('.'))
     }
 
+    /// The response for an open file: preconditions first, then the range
+    /// asked for; every 200, 206 and 304 carries the validators.
     fn respond(
         &self,
         entity: Entity,
@@ -181,16 +183,7 @@ impl Origin {
             Precondition::Failed => {
                 return text(StatusCode::PRECONDITION_FAILED, "precondition failed\n")
             }
-            Precondition::NotModified => {
-                let mut response = Response::new(shoal_server::empty());
-                *response.status_mut() = StatusCode::NOT_MODIFIED;
-                self.validator_headers(
-                    &entity.etag,
-                    entity.last_modified_unix_s,
-                    response.headers_mut(),
-                );
-                return response;
-            }
+            Precondition::NotModified => return self.not_modified(&entity),
             Precondition::Proceed { range_allowed } => range_allowed,
         };
         let size = entity.size;
@@ -201,47 +194,13 @@ impl Origin {
         };
         let file = Arc::new(entity.file);
         let mut response = match selection {
-            RangeResolution::Full => {
-                let segments = ByteSpan::new(0, size)
-                    .filter(|s| !s.is_empty())
-                    .map(Segment::Data);
-                let mut response =
-                    Response::new(self.body(file, segments.into_iter().collect(), is_head));
-                response
-                    .headers_mut()
-                    .insert(CONTENT_TYPE, HeaderValue::from_static(entity.content_type));
-                response
-                    .headers_mut()
-                    .insert(CONTENT_LENGTH, HeaderValue::from(size));
-                response
-            }
-            RangeResolution::Unsatisfiable => {
-                let mut response =
-                    text(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable\n");
-                insert_text(
-                    response.headers_mut(),
-                    CONTENT_RANGE,
-                    &format_unsatisfied(size),
-                );
-                response
-                    .headers_mut()
-                    .insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-                return response;
-            }
+            RangeResolution::Full => self.whole_file(file, size, entity.content_type, is_head),
+            RangeResolution::Unsatisfiable => return range_not_satisfiable(size),
             RangeResolution::Single(span) => {
                 let Ok(content_range) = format_content_range(span, size) else {
                     return text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n");
                 };
-                let mut response = Response::new(self.body(file, vec![Segment::Data(span)], false));
-                *response.status_mut() = StatusCode::PARTIAL_CONTENT;
-                insert_text(response.headers_mut(), CONTENT_RANGE, &content_range);
-                response
-                    .headers_mut()
-                    .insert(CONTENT_TYPE, HeaderValue::from_static(entity.content_type));
-                response
-                    .headers_mut()
-                    .insert(CONTENT_LENGTH, HeaderValue::from(span.len()));
-                response
+                self.single_range(file, span, &content_range, entity.content_type)
             }
             RangeResolution::Multi(spans) => {
                 let boundary = boundary_from_seed(random_seed());
@@ -253,17 +212,7 @@ impl Origin {
                             return text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n");
                         }
                     };
-                let mut response = Response::new(self.body(file, plan.parts, false));
-                *response.status_mut() = StatusCode::PARTIAL_CONTENT;
-                insert_text(
-                    response.headers_mut(),
-                    CONTENT_TYPE,
-                    &plan.content_type_header,
-                );
-                response
-                    .headers_mut()
-                    .insert(CONTENT_LENGTH, HeaderValue::from(plan.content_length));
-                response
+                self.multipart(file, plan)
             }
         };
         response
@@ -274,6 +223,74 @@ impl Origin {
             entity.last_modified_unix_s,
             response.headers_mut(),
         );
+        response
+    }
+
+    /// `304 Not Modified`: no body, the validators only.
+    fn not_modified(&self, entity: &Entity) -> Response<Body> {
+        let mut response = Response::new(shoal_server::empty());
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        self.validator_headers(
+            &entity.etag,
+            entity.last_modified_unix_s,
+            response.headers_mut(),
+        );
+        response
+    }
+
+    /// `200` with the whole file (its head only for HEAD).
+    fn whole_file(
+        &self,
+        file: Arc<File>,
+        size: u64,
+        content_type: &'static str,
+        is_head: bool,
+    ) -> Response<Body> {
+        let segments = ByteSpan::new(0, size)
+            .filter(|s| !s.is_empty())
+            .map(Segment::Data);
+        let mut response = Response::new(self.body(file, segments.into_iter().collect(), is_head));
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        response
+            .headers_mut()
+            .insert(CONTENT_LENGTH, HeaderValue::from(size));
+        response
+    }
+
+    /// `206` with one span of the file, `content_range` naming it.
+    fn single_range(
+        &self,
+        file: Arc<File>,
+        span: ByteSpan,
+        content_range: &str,
+        content_type: &'static str,
+    ) -> Response<Body> {
+        let mut response = Response::new(self.body(file, vec![Segment::Data(span)], false));
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+        insert_text(response.headers_mut(), CONTENT_RANGE, content_range);
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        response
+            .headers_mut()
+            .insert(CONTENT_LENGTH, HeaderValue::from(span.len()));
+        response
+    }
+
+    /// `206 multipart/byteranges` with the parts `plan` lays out.
+    fn multipart(&self, file: Arc<File>, plan: MultipartPlan) -> Response<Body> {
+        let mut response = Response::new(self.body(file, plan.parts, false));
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+        insert_text(
+            response.headers_mut(),
+            CONTENT_TYPE,
+            &plan.content_type_header,
+        );
+        response
+            .headers_mut()
+            .insert(CONTENT_LENGTH, HeaderValue::from(plan.content_length));
         response
     }
 
@@ -301,6 +318,20 @@ impl Origin {
             headers.insert(CACHE_CONTROL, cache_control.clone());
         }
     }
+}
+
+/// `416` naming the file's length; no validators.
+fn range_not_satisfiable(size: u64) -> Response<Body> {
+    let mut response = text(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable\n");
+    insert_text(
+        response.headers_mut(),
+        CONTENT_RANGE,
+        &format_unsatisfied(size),
+    );
+    response
+        .headers_mut()
+        .insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    response
 }
 
 /// Resolves `path` under the root without leaving it, and opens it.

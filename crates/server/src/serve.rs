@@ -136,14 +136,20 @@ impl Server {
             egress,
         } = self;
         let counters = stats.counters;
-        let builder = Arc::new(connection_builder(&limits));
-        let egress = Some(egress);
         let limits = Arc::new(limits);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let mut acceptor = Acceptor {
+            builder: Arc::new(connection_builder(&limits)),
+            handler,
+            limits: limits.clone(),
+            counters,
+            egress: Some(egress),
+            shutdown: shutdown_rx,
+            refused_warn: RateLimitedWarn::default(),
+            accept_warn: RateLimitedWarn::default(),
+            next_id: 0,
+        };
         let mut tasks = JoinSet::new();
-        let mut refused_warn = RateLimitedWarn::default();
-        let mut accept_warn = RateLimitedWarn::default();
-        let mut next_id: u64 = 0;
         tokio::pin!(shutdown);
 
         loop {
@@ -158,81 +164,121 @@ impl Server {
                     }
                 }
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, peer_addr)) => {
-                        if counters.active.load(Ordering::Relaxed) >= limits.connections_max {
-                            counters.refused_over_limit.fetch_add(1, Ordering::Relaxed);
-                            drop(stream);
-                            refused_warn.warn(|suppressed| {
-                                tracing::warn!(
-                                    connections_max = limits.connections_max,
-                                    refused_since_last_warning = suppressed,
-                                    "refusing connection from {peer_addr}: connections_max reached"
-                                );
-                            });
-                            continue;
-                        }
-                        let local_addr = match stream.local_addr() {
-                            Ok(addr) => addr,
-                            Err(error) => {
-                                tracing::debug!("dropping connection from {peer_addr}: {error}");
-                                continue;
-                            }
-                        };
-                        if let Err(error) = stream.set_nodelay(true) {
-                            tracing::debug!("TCP_NODELAY on connection from {peer_addr}: {error}");
-                        }
-                        counters.accepted.fetch_add(1, Ordering::Relaxed);
-                        next_id += 1;
-                        let info = ConnInfo { id: next_id, peer_addr, local_addr };
-                        let guard = ActiveGuard::new(counters.clone());
-                        tasks.spawn(serve_connection(
-                            builder.clone(),
-                            stream,
-                            info,
-                            handler.clone(),
-                            limits.clone(),
-                            counters.clone(),
-                            egress.clone(),
-                            shutdown_rx.clone(),
-                            guard,
-                        ));
-                    }
-                    Err(error) => {
-                        if is_per_connection_error(&error) {
-                            tracing::debug!("accept: {error}");
-                            continue;
-                        }
-                        counters.accept_errors.fetch_add(1, Ordering::Relaxed);
-                        accept_warn.warn(|suppressed| {
-                            tracing::warn!(
-                                errors_since_last_warning = suppressed,
-                                "accept failed: {error}; backing off {} ms",
-                                ACCEPT_BACKOFF.as_millis()
-                            );
-                        });
-                        tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    }
+                    Ok((stream, peer_addr)) => acceptor.admit(stream, peer_addr, &mut tasks),
+                    Err(error) => acceptor.accept_failed(error).await,
                 },
             }
         }
 
         drop(listener);
-        // Receivers are held by the connection tasks; none left is fine.
-        let _ = shutdown_tx.send(true);
-        let open = tasks.len();
-        if open > 0 {
-            tracing::info!("shutting down: draining {open} connections");
+        drain(&mut tasks, &shutdown_tx, limits.shutdown_grace()).await;
+    }
+}
+
+/// The accept loop's side of [`Server::serve`]: what each connection task
+/// is given, and the loop's own warnings and numbering.
+struct Acceptor<H> {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    handler: H,
+    limits: Arc<ServerLimits>,
+    counters: Arc<Counters>,
+    egress: Option<Arc<crate::io::Egress>>,
+    shutdown: watch::Receiver<bool>,
+    refused_warn: RateLimitedWarn,
+    accept_warn: RateLimitedWarn,
+    next_id: u64,
+}
+
+impl<H, Fut> Acceptor<H>
+where
+    H: Fn(Request<Incoming>, ConnInfo) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    /// Takes an accepted connection: closed at once over `connections_max`
+    /// (counted, warned), else served by a task of its own in `tasks`.
+    fn admit(&mut self, stream: TcpStream, peer_addr: SocketAddr, tasks: &mut JoinSet<()>) {
+        let counters = &self.counters;
+        let limits = &self.limits;
+        if counters.active.load(Ordering::Relaxed) >= limits.connections_max {
+            counters.refused_over_limit.fetch_add(1, Ordering::Relaxed);
+            drop(stream);
+            self.refused_warn.warn(|suppressed| {
+                tracing::warn!(
+                    connections_max = limits.connections_max,
+                    refused_since_last_warning = suppressed,
+                    "refusing connection from {peer_addr}: connections_max reached"
+                );
+            });
+            return;
         }
-        let grace = tokio::time::sleep(limits.shutdown_grace());
-        tokio::pin!(grace);
-        loop {
-            tokio::select! {
-                joined = tasks.join_next() => if joined.is_none() { break },
-                () = &mut grace => {
-                    tracing::warn!("shutdown grace period over: dropping {} connections", tasks.len());
-                    tasks.shutdown().await;
-                    break;
-                }
+        let local_addr = match stream.local_addr() {
+            Ok(addr) => addr,
+            Err(error) => {
+                tracing::debug!("dropping connection from {peer_addr}: {error}");
+                return;
+            }
+        };
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!("TCP_NODELAY on connection from {peer_addr}: {error}");
+        }
+        counters.accepted.fetch_add(1, Ordering::Relaxed);
+        self.next_id += 1;
+        let info = ConnInfo {
+            id: self.next_id,
+            peer_addr,
+            local_addr,
+        };
+        let guard = ActiveGuard::new(counters.clone());
+        tasks.spawn(serve_connection(
+            self.builder.clone(),
+            stream,
+            info,
+            self.handler.clone(),
+            limits.clone(),
+            counters.clone(),
+            self.egress.clone(),
+            self.shutdown.clone(),
+            guard,
+        ));
+    }
+
+    /// An accept error: one about a single connection is skipped; any
+    /// other is counted, warned (rate-limited) and backed off from.
+    async fn accept_failed(&mut self, error: io::Error) {
+        if is_per_connection_error(&error) {
+            tracing::debug!("accept: {error}");
+            return;
+        }
+        self.counters.accept_errors.fetch_add(1, Ordering::Relaxed);
+        self.accept_warn.warn(|suppressed| {
+            tracing::warn!(
+                errors_since_last_warning = suppressed,
+                "accept failed: {error}; backing off {} ms",
+                ACCEPT_BACKOFF.as_millis()
+            );
+        });
+        tokio::time::sleep(ACCEPT_BACKOFF).await;
+    }
+}
+
+/// Asks every connection in `tasks` to finish and waits for them, at most
+/// `grace`; the rest are dropped.
+async fn drain(tasks: &mut JoinSet<()>, shutdown_tx: &watch::Sender<bool>, grace: Duration) {
+    // Receivers are held by the connection tasks; none left is fine.
+    let _ = shutdown_tx.send(true);
+    let open = tasks.len();
+    if open > 0 {
+        tracing::info!("shutting down: draining {open} connections");
+    }
+    let grace = tokio::time::sleep(grace);
+    tokio::pin!(grace);
+    loop {
+        tokio::select! {
+            joined = tasks.join_next() => if joined.is_none() { break },
+            () = &mut grace => {
+                tracing::warn!("shutdown grace period over: dropping {} connections", tasks.len());
+                tasks.shutdown().await;
+                break;
             }
         }
     }

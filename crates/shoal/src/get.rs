@@ -54,6 +54,42 @@ fn mib(bytes: f64) -> f64 {
 }
 
 pub async fn run(args: GetArgs) -> anyhow::Result<()> {
+    check_args(&args)?;
+    let url = shoal_client::discover::ObjectUrl::parse(&args.url)?;
+    let (temporary, output) = output_path(&args, &url)?;
+    let options = get_options(&args, &url, output.clone())?;
+    let terminal = std::io::stderr().is_terminal();
+    let quiet = args.quiet;
+    let mut last_line = std::time::Instant::now();
+    let name = output.display().to_string();
+    let summary = shoal_client::get(options, |p| {
+        if quiet {
+            return;
+        }
+        // Not a terminal: a line every 2 s instead of a redrawn one.
+        if !terminal && last_line.elapsed().as_secs() < 2 {
+            return;
+        }
+        last_line = std::time::Instant::now();
+        print_progress(terminal, &progress_line(&name, p));
+    })
+    .await
+    .with_context(|| format!("getting {}", args.url));
+    drop(temporary);
+    let summary = summary?;
+    if terminal && !quiet {
+        eprintln!();
+    }
+    report(&args, &summary)?;
+    if args.serve.is_some() {
+        eprintln!("download complete; still serving until Ctrl-C");
+        crate::shutdown_signal().await;
+    }
+    Ok(())
+}
+
+/// Refuses a bitrate, read timeout or buffer out of range.
+fn check_args(args: &GetArgs) -> anyhow::Result<()> {
     if let Some(bitrate) = args.bitrate {
         anyhow::ensure!(
             bitrate.is_finite() && bitrate > 0.0 && bitrate <= 1e6,
@@ -68,7 +104,16 @@ pub async fn run(args: GetArgs) -> anyhow::Result<()> {
         args.buffer_s.is_finite() && (0.0..=600.0).contains(&args.buffer_s),
         "--buffer-s must be within 0..=600"
     );
-    let url = shoal_client::discover::ObjectUrl::parse(&args.url)?;
+    Ok(())
+}
+
+/// Where the object is written: `-o`, else its file name here, or — when
+/// streaming to stdout without `-o` — inside a temporary directory, which
+/// is returned too (dropping it removes it).
+fn output_path(
+    args: &GetArgs,
+    url: &shoal_client::discover::ObjectUrl,
+) -> anyhow::Result<(Option<tempfile::TempDir>, PathBuf)> {
     // Streaming to stdout without -o: the pieces land in a temporary file.
     // A private directory, removed with whatever is in it however this
     // ends.
@@ -87,7 +132,17 @@ pub async fn run(args: GetArgs) -> anyhow::Result<()> {
         (None, Some(dir)) => dir.path().join(url.path.file_name()),
         (None, None) => PathBuf::from(url.path.file_name()),
     };
-    let mut options = shoal_client::GetOptions::new(args.url.clone(), output.clone());
+    Ok((temporary, output))
+}
+
+/// The client's options from the arguments; with `--serve`, binds the
+/// local address and prints the URL to open.
+fn get_options(
+    args: &GetArgs,
+    url: &shoal_client::discover::ObjectUrl,
+    output: PathBuf,
+) -> anyhow::Result<shoal_client::GetOptions> {
+    let mut options = shoal_client::GetOptions::new(args.url.clone(), output);
     options.mirrors = args.mirrors.clone();
     options.bitrate_mbps = args.bitrate;
     options.read_timeout_ms = args.read_timeout_ms;
@@ -107,72 +162,56 @@ pub async fn run(args: GetArgs) -> anyhow::Result<()> {
         );
         options.stream = Some(shoal_client::download::StreamTo::Serve(listener));
     }
-    let terminal = std::io::stderr().is_terminal();
-    let quiet = args.quiet;
-    let mut last_line = std::time::Instant::now();
-    let name = output.display().to_string();
-    let summary = shoal_client::get(options, |p| {
-        if quiet {
-            return;
-        }
-        // Not a terminal: a line every 2 s instead of a redrawn one.
-        if !terminal && last_line.elapsed().as_secs() < 2 {
-            return;
-        }
-        last_line = std::time::Instant::now();
-        let fraction = p.done_bytes as f64 / (p.total_bytes.max(1)) as f64;
-        let eta = if p.rate_bps > 0.0 {
-            (p.total_bytes - p.done_bytes) as f64 / p.rate_bps
-        } else {
-            f64::NAN
-        };
-        let per_source: Vec<String> = p
-            .sources
-            .iter()
-            .filter(|s| s.bytes > 0 || !shoal_client::download::is_dropped(s))
-            .map(|s| {
-                let mark = if shoal_client::download::is_dropped(s) {
-                    "✗"
-                } else if s.health == "degraded" {
-                    "↓"
-                } else {
-                    ""
-                };
-                format!("{}{mark} {:.0} MiB", s.name, mib(s.bytes as f64))
-            })
-            .collect();
-        let line = format!(
-            "{name} {:5.1}% {:7.1} MiB/s ETA {:>5}  {}",
-            fraction * 100.0,
-            mib(p.rate_bps),
-            if eta.is_finite() {
-                format!("{:.0}s", eta)
+    Ok(options)
+}
+
+/// One progress line: `name`, percent done, rate, ETA and the bytes from
+/// each source (✗ dropped, ↓ degraded).
+fn progress_line(name: &str, p: &shoal_client::Progress) -> String {
+    let fraction = p.done_bytes as f64 / (p.total_bytes.max(1)) as f64;
+    let eta = if p.rate_bps > 0.0 {
+        (p.total_bytes - p.done_bytes) as f64 / p.rate_bps
+    } else {
+        f64::NAN
+    };
+    let per_source: Vec<String> = p
+        .sources
+        .iter()
+        .filter(|s| s.bytes > 0 || !shoal_client::download::is_dropped(s))
+        .map(|s| {
+            let mark = if shoal_client::download::is_dropped(s) {
+                "✗"
+            } else if s.health == "degraded" {
+                "↓"
             } else {
-                "?".into()
-            },
-            per_source.join(" | ")
-        );
-        let mut stderr = std::io::stderr().lock();
-        if terminal {
-            let _ = write!(stderr, "\r\x1b[2K{line}");
+                ""
+            };
+            format!("{}{mark} {:.0} MiB", s.name, mib(s.bytes as f64))
+        })
+        .collect();
+    format!(
+        "{name} {:5.1}% {:7.1} MiB/s ETA {:>5}  {}",
+        fraction * 100.0,
+        mib(p.rate_bps),
+        if eta.is_finite() {
+            format!("{:.0}s", eta)
         } else {
-            let _ = writeln!(stderr, "{line}");
-        }
-        let _ = stderr.flush();
-    })
-    .await
-    .with_context(|| format!("getting {}", args.url));
-    drop(temporary);
-    let summary = summary?;
-    if terminal && !quiet {
-        eprintln!();
+            "?".into()
+        },
+        per_source.join(" | ")
+    )
+}
+
+/// Writes a progress line to stderr: redrawn in place on a terminal, else
+/// one line after another.
+fn print_progress(terminal: bool, line: &str) {
+    let mut stderr = std::io::stderr().lock();
+    if terminal {
+        let _ = write!(stderr, "\r\x1b[2K{line}");
+    } else {
+        let _ = writeln!(stderr, "{line}");
     }
-    report(&args, &summary)?;
-    if args.serve.is_some() {
-        eprintln!("download complete; still serving until Ctrl-C");
-        crate::shutdown_signal().await;
-    }
-    Ok(())
+    let _ = stderr.flush();
 }
 
 fn report(args: &GetArgs, summary: &shoal_client::Summary) -> anyhow::Result<()> {
