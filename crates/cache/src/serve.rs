@@ -909,6 +909,8 @@ impl CacheService {
             uplink_bytes_per_s: &|node: &str| caps.get(node).copied().unwrap_or(0) / 8,
             block_bytes: span_bytes.min(crate::fill::RELAY_BLOCK_BYTES),
             switch_from_eta_ms: headers.switch_from_eta_ms,
+            held_here: headers.switch_from_eta_ms.is_some()
+                && self.holds_span(entry, first, span_bytes),
         };
         let now_ms = self
             .relays
@@ -1335,6 +1337,27 @@ impl CacheService {
     }
 
     /// Which of the pieces `segments` need are held now.
+    /// This cache stores every piece of the `span_bytes` from piece
+    /// `first` now.
+    fn holds_span(&self, entry: &ObjectEntry, first: u32, span_bytes: u64) -> bool {
+        let store = self.filler.store();
+        let start = u64::from(first) << entry.layout.piece_size().log2();
+        let Some(span) = ByteSpan::new(start, start.saturating_add(span_bytes)) else {
+            return false;
+        };
+        entry
+            .layout
+            .pieces_covering(span)
+            .into_iter()
+            .flatten()
+            .all(|index| {
+                store.contains(&shoal_store::PieceKey {
+                    object: entry.id,
+                    index: PieceIndex(index),
+                })
+            })
+    }
+
     fn held_pieces(&self, entry: &ObjectEntry, segments: &[Segment]) -> PieceSet {
         let mut held = PieceSet::new(entry.layout.piece_count());
         let store = self.filler.store();

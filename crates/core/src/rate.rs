@@ -59,6 +59,21 @@ impl TokenBucket {
         granted
     }
 
+    /// Like [`Self::take`], but grants nothing until at least
+    /// `min(want, grant_min_bytes)` (capped at the burst) is available, so
+    /// that many writers sharing a bucket write in chunks rather than in
+    /// the few bytes each finds when it looks.
+    pub fn take_chunk(&mut self, now_ns: u64, want: u64, grant_min_bytes: u64) -> u64 {
+        self.refill(now_ns);
+        let needed = want.min(grant_min_bytes).min(self.burst_bytes);
+        if self.tokens < needed {
+            return 0;
+        }
+        let granted = want.min(self.tokens);
+        self.tokens -= granted;
+        granted
+    }
+
     /// Returns bytes granted but not used.
     pub fn refund(&mut self, bytes: u64) {
         self.tokens = (self.tokens + bytes).min(self.burst_bytes);
@@ -76,6 +91,23 @@ impl TokenBucket {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_chunked_take_waits_for_a_whole_chunk() {
+        // 1 MB/s, burst 100 kB, starting full.
+        let mut bucket = TokenBucket::new(1_000_000, 100_000);
+        assert_eq!(bucket.take_chunk(0, 90_000, 64_000), 90_000);
+        // 10 kB left: not a chunk yet, but a small want is granted whole.
+        assert_eq!(bucket.take_chunk(0, 64_000, 64_000), 0);
+        assert_eq!(bucket.take_chunk(0, 5_000, 64_000), 5_000);
+        // 5 kB left; 59 ms later (+59 kB) a chunk is there.
+        assert_eq!(bucket.take_chunk(58_000_000, 200_000, 64_000), 0);
+        assert_eq!(bucket.wait_ns(58_000_000, 64_000), 1_000_000);
+        assert_eq!(bucket.take_chunk(59_000_000, 200_000, 64_000), 64_000);
+        // A chunk larger than the burst waits only for the burst.
+        let mut small = TokenBucket::new(1_000_000, 10_000);
+        assert_eq!(small.take_chunk(0, 64_000, 64_000), 10_000);
+    }
 
     #[test]
     fn starts_full_then_paces() {

@@ -314,6 +314,11 @@ pub struct RelayAsk<'a> {
     /// delivers ([`switch_eta_ms`]). Served only when this shield would
     /// deliver in well under that time; otherwise [`Admission::Stay`].
     pub switch_from_eta_ms: Option<u64>,
+    /// This shield stores every piece asked for now (a switch is taken
+    /// only then: pieces it still waits for from the origin would come no
+    /// sooner, and a second copy would cost the uplink the origin-bound
+    /// fill needs).
+    pub held_here: bool,
 }
 
 /// The shield's answer.
@@ -583,7 +588,7 @@ impl RelayDesk {
                 Some(eta) => eta.saturating_mul(SWITCH_GAIN) < current_eta_ms,
                 None => ask.shield_has_uplink,
             };
-            if !sooner {
+            if !sooner || !ask.held_here {
                 return Admission::Stay;
             }
         }
@@ -734,6 +739,7 @@ mod tests {
             uplink_bytes_per_s: &|_| 0,
             block_bytes: 4 << 20,
             switch_from_eta_ms: None,
+            held_here: true,
         }
     }
 
@@ -1123,6 +1129,16 @@ mod tests {
         // An uncapped shield takes over while its uplink has room.
         assert_eq!(ask(None, true, 2_000), Admission::Serve);
         assert_eq!(ask(None, false, 2_000), Admission::Stay);
+        // Pieces the shield still waits for would come no sooner.
+        let waiting = RelayAsk {
+            requester: "c2",
+            relays: &relays,
+            shield_eta_ms: Some(10),
+            switch_from_eta_ms: Some(5_000),
+            held_here: false,
+            ..plain_ask()
+        };
+        assert_eq!(desk.admit(&waiting, &LIMITS, 0), Admission::Stay);
         // A switch is never sent on to a relay, even in a crowd.
         let mut desk = RelayDesk::default();
         let plain = |requester| RelayAsk {

@@ -292,6 +292,7 @@ impl World {
             uplink_bytes_per_s: &|node| (cap_by_name(node) * PIECE_BYTES as f64) as u64,
             block_bytes: u64::from(take) * PIECE_BYTES,
             switch_from_eta_ms,
+            held_here: (first..first + take).all(|p| self.caches[0].stored[p as usize]),
         };
         self.desk.admit(&ask, &self.limits, (now * 1000.0) as u64)
     }
