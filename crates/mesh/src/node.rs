@@ -382,6 +382,7 @@ fn self_member(config: &MeshConfig) -> Member {
         health: Health::Ok,
         summary: None,
         purge_head: None,
+        generation: 0,
     }
 }
 
@@ -428,7 +429,7 @@ fn build_view(
     let mut members = Vec::with_capacity(newest.len());
     let mut malformed = 0;
     let mut observers = 0;
-    for (node_id, (_, state)) in &newest {
+    for (node_id, (id, state)) in &newest {
         if state.get(keys::ROLE) == Some(ROLE_SELECTOR) {
             observers += 1;
             continue;
@@ -448,7 +449,10 @@ fn build_view(
             _ => None,
         };
         match Member::from_key_values(node_id, |k| state.get(k), summary) {
-            Some(member) => members.push(member),
+            Some(member) => members.push(Member {
+                generation: id.generation_id,
+                ..member
+            }),
             None => malformed += 1,
         }
     }

@@ -83,6 +83,9 @@ pub struct Member {
     pub summary: Option<Arc<ObjectSummary>>,
     /// The newest purge it has applied (see [`keys::PURGE_HEAD`]).
     pub purge_head: Option<u64>,
+    /// Its process's generation in gossip (a restart makes a new one;
+    /// 0 when not from gossip).
+    pub generation: u64,
 }
 
 impl Member {
@@ -130,6 +133,7 @@ impl Member {
             summary,
             // Optional: a malformed one is ignored, not fatal.
             purge_head: get(keys::PURGE_HEAD).and_then(|v| u64::from_str_radix(v, 16).ok()),
+            generation: 0,
         })
     }
 }
@@ -258,6 +262,7 @@ mod tests {
             health,
             summary: None,
             purge_head: None,
+            generation: 0,
         }
     }
 

@@ -311,14 +311,24 @@ impl MeshLink {
 
     /// Whether a peer may be asked now (not quarantined, not suspect).
     pub fn usable(&self, node_id: &str) -> bool {
-        lock(&self.health).usable(node_id, self.now_ms())
+        let generation = self.generation_of(node_id);
+        lock(&self.health).usable(node_id, self.now_ms(), generation)
     }
 
     /// A peer did not answer usefully: skip it for a while (until gossip
-    /// tells everyone).
+    /// tells everyone, or shows it restarted).
     pub fn suspect(&self, node_id: &str) {
         let now_ms = self.now_ms();
-        lock(&self.health).on_no_answer(node_id, now_ms);
+        let generation = self.generation_of(node_id);
+        lock(&self.health).on_no_answer(node_id, now_ms, generation);
+    }
+
+    /// The peer's process generation as gossip shows it now (0: unknown).
+    fn generation_of(&self, node_id: &str) -> u64 {
+        self.node
+            .view()
+            .member(node_id)
+            .map_or(0, |member| member.generation)
     }
 
     /// A peer sent a piece that did not verify; quarantines it after

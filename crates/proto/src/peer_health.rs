@@ -6,7 +6,10 @@
 //! `suspect_ms`, until gossip tells everyone whether it is gone) or sends
 //! `corrupt_pieces_max` pieces that fail verification (then *quarantined*
 //! for `quarantine_ms`, and its count starts again). Both expire on their
-//! own; quarantine wins while both hold.
+//! own; quarantine wins while both hold. A suspicion holds against one
+//! process only: when gossip shows the peer under a new generation (it
+//! restarted), it is usable at once. A quarantine outlasts a restart (bad
+//! bytes on its disk are still there).
 
 use std::collections::HashMap;
 
@@ -43,15 +46,26 @@ struct Record {
     corrupt_pieces: u32,
     quarantined_until_ms: Option<u64>,
     suspect_until_ms: Option<u64>,
+    /// The generation (process start, from gossip) the suspicion is about.
+    suspect_generation: u64,
 }
 
 impl Record {
-    fn state(&self, now_ms: u64) -> PeerState {
+    fn state(&self, now_ms: u64, generation: u64) -> PeerState {
         match (self.quarantined_until_ms, self.suspect_until_ms) {
             (Some(until_ms), _) if until_ms > now_ms => PeerState::Quarantined { until_ms },
-            (_, Some(until_ms)) if until_ms > now_ms => PeerState::Suspect { until_ms },
+            (_, Some(until_ms)) if until_ms > now_ms && self.suspect_generation == generation => {
+                PeerState::Suspect { until_ms }
+            }
             _ => PeerState::Usable,
         }
+    }
+
+    /// When whatever holds against it ends (for choosing what to forget).
+    fn ends_ms(&self) -> u64 {
+        self.quarantined_until_ms
+            .unwrap_or(0)
+            .max(self.suspect_until_ms.unwrap_or(0))
     }
 }
 
@@ -70,20 +84,24 @@ impl PeerHealth {
         }
     }
 
-    pub fn state(&self, node_id: &str, now_ms: u64) -> PeerState {
+    /// Its state now, for the process gossip shows as `generation`.
+    pub fn state(&self, node_id: &str, now_ms: u64, generation: u64) -> PeerState {
         self.peers
             .get(node_id)
-            .map_or(PeerState::Usable, |r| r.state(now_ms))
+            .map_or(PeerState::Usable, |r| r.state(now_ms, generation))
     }
 
-    pub fn usable(&self, node_id: &str, now_ms: u64) -> bool {
-        self.state(node_id, now_ms) == PeerState::Usable
+    pub fn usable(&self, node_id: &str, now_ms: u64, generation: u64) -> bool {
+        self.state(node_id, now_ms, generation) == PeerState::Usable
     }
 
-    /// It did not answer, or answered something useless.
-    pub fn on_no_answer(&mut self, node_id: &str, now_ms: u64) {
+    /// It (the process of `generation`) did not answer, or answered
+    /// something useless.
+    pub fn on_no_answer(&mut self, node_id: &str, now_ms: u64, generation: u64) {
         let suspect_ms = self.limits.suspect_ms;
-        self.record(node_id, now_ms).suspect_until_ms = Some(now_ms.saturating_add(suspect_ms));
+        let record = self.record(node_id, now_ms);
+        record.suspect_until_ms = Some(now_ms.saturating_add(suspect_ms));
+        record.suspect_generation = generation;
     }
 
     /// It sent a piece that failed verification. True if that put it in
@@ -105,7 +123,12 @@ impl PeerHealth {
         let mut out: Vec<String> = self
             .peers
             .iter()
-            .filter(|(_, r)| matches!(r.state(now_ms), PeerState::Quarantined { .. }))
+            .filter(|(_, r)| {
+                matches!(
+                    r.state(now_ms, r.suspect_generation),
+                    PeerState::Quarantined { .. }
+                )
+            })
             .map(|(id, _)| id.clone())
             .collect();
         out.sort();
@@ -116,18 +139,12 @@ impl PeerHealth {
         if self.peers.len() >= PEERS_TRACKED_MAX && !self.peers.contains_key(node_id) {
             // Forget peers with nothing against them now (a count of
             // corrupt pieces below the limit is forgotten with them).
-            self.peers
-                .retain(|_, r| r.state(now_ms) != PeerState::Usable);
+            self.peers.retain(|_, r| r.ends_ms() > now_ms);
             if self.peers.len() >= PEERS_TRACKED_MAX {
-                let ends = |r: &Record| {
-                    r.quarantined_until_ms
-                        .unwrap_or(0)
-                        .max(r.suspect_until_ms.unwrap_or(0))
-                };
                 let soonest = self
                     .peers
                     .iter()
-                    .min_by_key(|(id, r)| (ends(r), (*id).clone()))
+                    .min_by_key(|(id, r)| (r.ends_ms(), (*id).clone()))
                     .map(|(id, _)| id.clone());
                 if let Some(id) = soonest {
                     self.peers.remove(&id);
@@ -153,12 +170,28 @@ mod tests {
     #[test]
     fn a_silent_peer_is_suspect_for_a_while_then_usable() {
         let mut h = health();
-        assert!(h.usable("b", 0));
-        h.on_no_answer("b", 1_000);
-        assert_eq!(h.state("b", 1_000), PeerState::Suspect { until_ms: 11_000 });
-        assert!(!h.usable("b", 10_999));
-        assert!(h.usable("b", 11_000));
-        assert!(h.usable("c", 5_000), "other peers are not affected");
+        assert!(h.usable("b", 0, 1));
+        h.on_no_answer("b", 1_000, 1);
+        assert_eq!(
+            h.state("b", 1_000, 1),
+            PeerState::Suspect { until_ms: 11_000 }
+        );
+        assert!(!h.usable("b", 10_999, 1));
+        assert!(h.usable("b", 11_000, 1));
+        assert!(h.usable("c", 5_000, 1), "other peers are not affected");
+    }
+
+    #[test]
+    fn a_restarted_peer_is_usable_at_once_but_stays_quarantined() {
+        let mut h = health();
+        h.on_no_answer("b", 1_000, 7);
+        assert!(!h.usable("b", 2_000, 7));
+        // Gossip now shows a new process under the same name.
+        assert!(h.usable("b", 2_000, 8));
+        for _ in 0..3 {
+            h.on_corrupt_piece("b", 3_000);
+        }
+        assert!(!h.usable("b", 4_000, 9), "a quarantine outlasts restarts");
     }
 
     #[test]
@@ -166,24 +199,27 @@ mod tests {
         let mut h = health();
         assert!(!h.on_corrupt_piece("b", 0));
         assert!(!h.on_corrupt_piece("b", 1));
-        assert!(h.usable("b", 2));
+        assert!(h.usable("b", 2, 1));
         assert!(
             h.on_corrupt_piece("b", 2),
             "the third puts it in quarantine"
         );
-        assert_eq!(h.state("b", 3), PeerState::Quarantined { until_ms: 60_002 });
+        assert_eq!(
+            h.state("b", 3, 1),
+            PeerState::Quarantined { until_ms: 60_002 }
+        );
         assert_eq!(h.quarantined(3), ["b"]);
         // Quarantine wins over a suspicion that ends sooner.
-        h.on_no_answer("b", 10);
+        h.on_no_answer("b", 10, 1);
         assert!(matches!(
-            h.state("b", 20_000),
+            h.state("b", 20_000, 1),
             PeerState::Quarantined { .. }
         ));
-        assert!(h.usable("b", 60_002));
+        assert!(h.usable("b", 60_002, 1));
         assert!(h.quarantined(60_002).is_empty());
         // Counting starts again: one more bad piece is not enough.
         assert!(!h.on_corrupt_piece("b", 60_003));
-        assert!(h.usable("b", 60_004));
+        assert!(h.usable("b", 60_004, 1));
     }
 
     #[test]
@@ -193,14 +229,14 @@ mod tests {
         h.on_corrupt_piece("bad", 0);
         h.on_corrupt_piece("bad", 0);
         for i in 0..PEERS_TRACKED_MAX + 10 {
-            h.on_no_answer(&format!("p{i}"), 0);
+            h.on_no_answer(&format!("p{i}"), 0, 1);
         }
         assert!(h.peers.len() <= PEERS_TRACKED_MAX);
         // The quarantined peer outlasts the suspects.
-        assert!(!h.usable("bad", 30_000));
+        assert!(!h.usable("bad", 30_000, 1));
         // At 20 s every earlier suspicion has expired: room is made.
-        h.on_no_answer("late", 20_000);
-        assert!(!h.usable("late", 20_001));
+        h.on_no_answer("late", 20_000, 1);
+        assert!(!h.usable("late", 20_001, 1));
         assert!(h.peers.len() <= PEERS_TRACKED_MAX);
     }
 }

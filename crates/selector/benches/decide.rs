@@ -43,6 +43,7 @@ fn main() {
             },
             summary: None,
             purge_head: None,
+            generation: 0,
         })
         .collect();
     let service = DeliveryService {

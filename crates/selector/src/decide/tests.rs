@@ -15,6 +15,7 @@ fn member(id: &str, port: u16, region: &str, cost_microusd: u64) -> Member {
         health: Health::Ok,
         summary: None::<std::sync::Arc<ObjectSummary>>,
         purge_head: None,
+        generation: 0,
     }
 }
 
