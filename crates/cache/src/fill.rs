@@ -582,24 +582,12 @@ impl Filler {
             Some(RunSource::Peer { member, .. }) => Some(member.node_id.clone()),
             _ => None,
         };
-        let mut sets: Vec<(Member, Arc<shoal_core::bitfield::PieceSet>)> = Vec::new();
-        if hash_known(first.0) {
-            // The shield is asked in `fill` mode only, where it can send a
-            // crowd to relays.
-            let mut holders: Vec<&Member> = view
-                .holders(&entry.id)
-                .into_iter()
-                .filter(usable)
-                .filter(|m| Some(&m.node_id) != shield_id.as_ref())
-                .collect();
-            // Ask the least busy first (their piece sets are cached briefly).
-            holders.sort_by_key(|m| self.peer_load(&m.node_id));
-            for member in holders.into_iter().take(HOLDERS_ASKED_MAX) {
-                if let Some(set) = mesh.piece_set(member, &entry.id).await {
-                    sets.push((member.clone(), set));
-                }
-            }
-        }
+        let sets = if hash_known(first.0) {
+            self.holder_piece_sets(mesh, &view, entry, &usable, shield_id.as_deref())
+                .await
+        } else {
+            Vec::new()
+        };
         let holders: Vec<crate::schedule::Holder> = sets
             .iter()
             .map(|(m, set)| crate::schedule::Holder {
@@ -650,7 +638,47 @@ impl Filler {
             "run scheduled"
         );
         self.split_claim(entry, claim, choice.count as usize);
-        match choice.source {
+        self.run_source(choice.source, &view, shield)
+    }
+
+    /// The piece sets of up to [`HOLDERS_ASKED_MAX`] usable siblings that
+    /// hold the object (not the shield: it is asked in `fill` mode only,
+    /// where it can send a crowd to relays), least busy first.
+    async fn holder_piece_sets(
+        &self,
+        mesh: &MeshLink,
+        view: &shoal_mesh::MeshView,
+        entry: &ObjectEntry,
+        usable: &(dyn Fn(&&Member) -> bool + Sync),
+        shield_id: Option<&str>,
+    ) -> Vec<(Member, Arc<shoal_core::bitfield::PieceSet>)> {
+        let mut holders: Vec<&Member> = view
+            .holders(&entry.id)
+            .into_iter()
+            .filter(usable)
+            .filter(|m| Some(m.node_id.as_str()) != shield_id)
+            .collect();
+        // Ask the least busy first (their piece sets are cached briefly).
+        holders.sort_by_key(|m| self.peer_load(&m.node_id));
+        let mut sets = Vec::new();
+        for member in holders.into_iter().take(HOLDERS_ASKED_MAX) {
+            if let Some(set) = mesh.piece_set(member, &entry.id).await {
+                sets.push((member.clone(), set));
+            }
+        }
+        sets
+    }
+
+    /// The scheduler's choice as a source to open: a member of the view
+    /// in the mode the choice implies (a member gone from the view
+    /// meanwhile: the shield, as last resort).
+    fn run_source(
+        &self,
+        choice: crate::schedule::RunSource,
+        view: &shoal_mesh::MeshView,
+        shield: Option<RunSource>,
+    ) -> RunSource {
+        match choice {
             crate::schedule::RunSource::Origin => RunSource::Origin,
             crate::schedule::RunSource::Holder(node) => match view.member(&node) {
                 Some(member) => RunSource::Peer {

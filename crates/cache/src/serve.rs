@@ -600,112 +600,143 @@ impl CacheService {
             .fetch_add(1, Ordering::Relaxed);
         let raw_path = request.uri().path();
         if raw_path == crate::peer::PEER_PURGE_PATH {
-            let query = request.uri().query().unwrap_or("");
-            return match crate::purge::PurgeEvent::from_query(query) {
-                Ok(event) => {
-                    let paths = self.apply_purge(&event).await;
-                    json_response(&serde_json::json!({ "paths_purged": paths }))
-                }
-                Err(error) => text_response(
-                    StatusCode::BAD_REQUEST,
-                    &format!("bad purge event: {error}\n"),
-                ),
-            };
+            return self.peer_purge(request).await;
         }
         if raw_path == crate::peer::PEER_PURGES_PATH {
-            let since = request
-                .uri()
-                .query()
-                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("since=")))
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
-            let log = lock(&self.purges);
-            return compact_json_response(&crate::purge::PurgesSince {
-                events: log.since(since, crate::purge::PURGE_LOG_EVENTS_MAX),
-                trimmed_before_ms: log.trimmed_before_ms(),
-            });
+            return self.peer_purges_since(request);
         }
         if let Some(rest) = raw_path.strip_prefix(PEER_OBJECT_PREFIX) {
-            let path = match RequestPath::parse(&format!("/{rest}")) {
-                Ok(path) => path,
-                Err(error) => {
-                    return text_response(StatusCode::BAD_REQUEST, &format!("bad path: {error}\n"))
-                }
-            };
-            // `have`: only what is known here (a sibling after our hashes);
-            // otherwise we act as the path's shield.
-            // `record` (a selector): as shield, but only the record, not
-            // the piece hashes.
-            let mode = request.headers().get(MODE_HEADER).map(|v| v.as_bytes());
-            if mode == Some(RECORD_MODE.as_bytes()) {
-                return match self.resolver.record_for_selector(&path).await {
-                    Ok(Some(record)) => compact_json_response(&PeerObject::Cached {
-                        record,
-                        manifest_b64: None,
-                        hashes_hex: Vec::new(),
-                    }),
-                    Ok(None) => compact_json_response(&PeerObject::PassThrough),
-                    Err(error) => text_response(
-                        error.client_status(),
-                        &format!("{}\n", shoal_proto::Chain(&error)),
-                    ),
-                };
+            return self.peer_object(rest, request).await;
+        }
+        if let Some(hex) = raw_path.strip_prefix(PEER_PIECES_PREFIX) {
+            return self.peer_pieces(hex);
+        }
+        if let Some(rest) = raw_path.strip_prefix(PEER_DATA_PREFIX) {
+            return self.peer_data(rest, request, &requester).await;
+        }
+        text_response(StatusCode::NOT_FOUND, "unknown peer endpoint\n")
+    }
+
+    /// `/_shoal/peer/purge?…`: a sibling passes on a purge event.
+    async fn peer_purge<B>(self: &Arc<Self>, request: &Request<B>) -> Response<Body> {
+        let query = request.uri().query().unwrap_or("");
+        match crate::purge::PurgeEvent::from_query(query) {
+            Ok(event) => {
+                let paths = self.apply_purge(&event).await;
+                json_response(&serde_json::json!({ "paths_purged": paths }))
             }
-            let local_only = mode.and_then(PeerMode::parse) == Some(PeerMode::Have);
-            return match self.resolver.describe_for_peer(&path, local_only).await {
-                Ok(answer) => compact_json_response(&answer),
+            Err(error) => text_response(
+                StatusCode::BAD_REQUEST,
+                &format!("bad purge event: {error}\n"),
+            ),
+        }
+    }
+
+    /// `GET /_shoal/peer/purges?since=N`: the purge events after `N`, for
+    /// a sibling catching up.
+    fn peer_purges_since<B>(&self, request: &Request<B>) -> Response<Body> {
+        let since = request
+            .uri()
+            .query()
+            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("since=")))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        let log = lock(&self.purges);
+        compact_json_response(&crate::purge::PurgesSince {
+            events: log.since(since, crate::purge::PURGE_LOG_EVENTS_MAX),
+            trimmed_before_ms: log.trimmed_before_ms(),
+        })
+    }
+
+    /// `GET /_shoal/peer/object/<path>`: what the path is. `have`: only
+    /// what is known here (a sibling after our hashes); otherwise we act
+    /// as the path's shield. `record` (a selector): as shield, but only
+    /// the record, not the piece hashes.
+    async fn peer_object<B>(self: &Arc<Self>, rest: &str, request: &Request<B>) -> Response<Body> {
+        let path = match RequestPath::parse(&format!("/{rest}")) {
+            Ok(path) => path,
+            Err(error) => {
+                return text_response(StatusCode::BAD_REQUEST, &format!("bad path: {error}\n"))
+            }
+        };
+        let mode = request.headers().get(MODE_HEADER).map(|v| v.as_bytes());
+        if mode == Some(RECORD_MODE.as_bytes()) {
+            return match self.resolver.record_for_selector(&path).await {
+                Ok(Some(record)) => compact_json_response(&PeerObject::Cached {
+                    record,
+                    manifest_b64: None,
+                    hashes_hex: Vec::new(),
+                }),
+                Ok(None) => compact_json_response(&PeerObject::PassThrough),
                 Err(error) => text_response(
                     error.client_status(),
                     &format!("{}\n", shoal_proto::Chain(&error)),
                 ),
             };
         }
-        if let Some(hex) = raw_path.strip_prefix(PEER_PIECES_PREFIX) {
-            let Some(id) = ObjectId::from_hex(hex) else {
-                return text_response(StatusCode::BAD_REQUEST, "bad object id\n");
-            };
-            let held = self.filler.store().held_pieces(&id);
-            let Some(last) = held.iter().map(|i| i.0).max() else {
-                return text_response(StatusCode::NOT_FOUND, "no pieces of this object here\n");
-            };
-            let mut set = PieceSet::new(last + 1);
-            for index in held {
-                set.insert(index);
+        let local_only = mode.and_then(PeerMode::parse) == Some(PeerMode::Have);
+        match self.resolver.describe_for_peer(&path, local_only).await {
+            Ok(answer) => compact_json_response(&answer),
+            Err(error) => text_response(
+                error.client_status(),
+                &format!("{}\n", shoal_proto::Chain(&error)),
+            ),
+        }
+    }
+
+    /// `GET /_shoal/peer/pieces/<id>`: the pieces of an object stored here.
+    fn peer_pieces(&self, hex: &str) -> Response<Body> {
+        let Some(id) = ObjectId::from_hex(hex) else {
+            return text_response(StatusCode::BAD_REQUEST, "bad object id\n");
+        };
+        let held = self.filler.store().held_pieces(&id);
+        let Some(last) = held.iter().map(|i| i.0).max() else {
+            return text_response(StatusCode::NOT_FOUND, "no pieces of this object here\n");
+        };
+        let mut set = PieceSet::new(last + 1);
+        for index in held {
+            set.insert(index);
+        }
+        Response::builder()
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .header(header::CACHE_CONTROL, "no-store")
+            .body(shoal_server::full(Bytes::from(set.encode())))
+            .unwrap_or_else(|_| internal_error())
+    }
+
+    /// `GET /_shoal/peer/data/<id><path>` with a range: pieces for a
+    /// sibling, in the mode it asks (`have`, `fill` or `relay`).
+    async fn peer_data<B>(
+        self: &Arc<Self>,
+        rest: &str,
+        request: &Request<B>,
+        requester: &str,
+    ) -> Response<Body> {
+        let (Some(hex), Some(object_path)) = (rest.get(..64), rest.get(64..)) else {
+            return text_response(StatusCode::BAD_REQUEST, "expected <id hex>/<path>\n");
+        };
+        let Some(id) = ObjectId::from_hex(hex) else {
+            return text_response(StatusCode::BAD_REQUEST, "bad object id\n");
+        };
+        let mode = request
+            .headers()
+            .get(MODE_HEADER)
+            .and_then(|v| PeerMode::parse(v.as_bytes()));
+        match mode {
+            Some(PeerMode::Fill) => {
+                self.peer_fill(id, object_path, request, requester, Audience::Peer)
+                    .await
             }
-            return Response::builder()
-                .header(header::CONTENT_TYPE, "application/octet-stream")
-                .header(header::CACHE_CONTROL, "no-store")
-                .body(shoal_server::full(Bytes::from(set.encode())))
-                .unwrap_or_else(|_| internal_error());
+            Some(PeerMode::Relay) => {
+                self.peer_fill(id, object_path, request, requester, Audience::Relay)
+                    .await
+            }
+            Some(PeerMode::Have) => self.peer_have(id, object_path, request).await,
+            None => text_response(
+                StatusCode::BAD_REQUEST,
+                "x-shoal-mode must be `have`, `fill` or `relay`\n",
+            ),
         }
-        if let Some(rest) = raw_path.strip_prefix(PEER_DATA_PREFIX) {
-            let (Some(hex), Some(object_path)) = (rest.get(..64), rest.get(64..)) else {
-                return text_response(StatusCode::BAD_REQUEST, "expected <id hex>/<path>\n");
-            };
-            let Some(id) = ObjectId::from_hex(hex) else {
-                return text_response(StatusCode::BAD_REQUEST, "bad object id\n");
-            };
-            let mode = request
-                .headers()
-                .get(MODE_HEADER)
-                .and_then(|v| PeerMode::parse(v.as_bytes()));
-            return match mode {
-                Some(PeerMode::Fill) => {
-                    self.peer_fill(id, object_path, request, &requester, Audience::Peer)
-                        .await
-                }
-                Some(PeerMode::Relay) => {
-                    self.peer_fill(id, object_path, request, &requester, Audience::Relay)
-                        .await
-                }
-                Some(PeerMode::Have) => self.peer_have(id, object_path, request).await,
-                None => text_response(
-                    StatusCode::BAD_REQUEST,
-                    "x-shoal-mode must be `have`, `fill` or `relay`\n",
-                ),
-            };
-        }
-        text_response(StatusCode::NOT_FOUND, "unknown peer endpoint\n")
     }
 
     /// Serves a range of `id` as its shield (`fill`), or as a relay
