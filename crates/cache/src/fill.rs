@@ -144,6 +144,9 @@ pub const RELAYS_OFF_MS: u64 = 30_000;
 const HASH_REFRESH_MS: u64 = 300;
 /// Sources tried for one run before its waiters get the error.
 const PEER_ATTEMPTS_MAX: usize = 4;
+/// How long a run waits for the shield's answer to a switch before it
+/// carries on with its source.
+const SWITCH_ANSWER_MS: u64 = 500;
 
 /// Pieces claimed by one fill task; whatever it has not delivered when it
 /// ends (error, panic, cancellation) is released and its waiters woken.
@@ -387,7 +390,7 @@ impl Filler {
                 continue;
             }
             self.split_before_carried(&entry, &mut claim);
-            let source = match first_source.take() {
+            let mut source = match first_source.take() {
                 Some(source) => source,
                 None => {
                     self.choose_source(&entry, &mut claim, &excluded, try_instead.as_deref())
@@ -412,7 +415,9 @@ impl Filler {
                 fail_all(&mut claim, FillError::Retired(first));
                 return;
             }
-            match self.stream_run(&entry, &mut claim, &source).await {
+            // A run the shield took over comes back with the shield as its
+            // source: a failure from then on is the shield's.
+            match self.stream_run(&entry, &mut claim, &mut source).await {
                 Ok(()) => {}
                 Err(RunFailure::TryInstead(relay)) => {
                     self.stats.relay_redirects.fetch_add(1, Ordering::Relaxed);
@@ -787,7 +792,7 @@ impl Filler {
         self: &Arc<Self>,
         entry: &Arc<ObjectEntry>,
         claim: &mut Claim,
-        source: &RunSource,
+        source: &mut RunSource,
     ) -> Result<(), RunFailure> {
         let Some(mut open) = self.open_run(entry, claim, source.clone(), None).await? else {
             return Ok(());
@@ -800,6 +805,7 @@ impl Filler {
             let data = self.read_piece(entry, &mut open, &mut carry, index).await?;
             self.verify_and_deliver(entry, claim, &open.source, index, data)?;
             if let Some(shield) = self.switch_if_slow(entry, claim, &mut open).await {
+                *source = shield.source.clone();
                 open = shield;
                 // Bytes of the old source's next piece: the shield's body
                 // starts at that piece.
@@ -842,28 +848,12 @@ impl Filler {
             RunSource::Origin => None,
         };
         // While this run streams from a sibling, a request from that
-        // sibling for these pieces would wait on itself.
-        let sources = match &source {
-            RunSource::Peer { member, mode, .. } if *mode != PeerMode::Have => {
-                let keys: Vec<PieceKey> = claim
-                    .senders
-                    .iter()
-                    .map(|(index, _)| PieceKey {
-                        object: entry.id,
-                        index: *index,
-                    })
-                    .collect();
-                let mut sources = lock(&self.sources);
-                for key in &keys {
-                    sources.insert(*key, member.node_id.clone());
-                }
-                Some(SourcesGuard {
-                    filler: self.clone(),
-                    keys,
-                    node_id: member.node_id.clone(),
-                })
-            }
-            _ => None,
+        // sibling for these pieces would wait on itself. (A switch the
+        // shield may decline is recorded once it is taken, so a declined
+        // one leaves the current source's record alone.)
+        let mut sources = match switch_from_eta_ms {
+            None => self.record_sources(entry, claim, &source),
+            Some(_) => None,
         };
         let body = match &source {
             RunSource::Origin => self.open_origin(entry, span).await?,
@@ -876,6 +866,13 @@ impl Filler {
                     .mesh
                     .as_ref()
                     .ok_or(RunFailure::Fatal(FillError::Abandoned))?;
+                if switch_from_eta_ms.is_none() {
+                    match mode {
+                        PeerMode::Have => &self.stats.peer_fetches_have,
+                        PeerMode::Fill | PeerMode::Relay => &self.stats.peer_fetches_shield,
+                    }
+                    .fetch_add(1, Ordering::Relaxed);
+                }
                 let opened = mesh
                     .data(
                         member,
@@ -891,23 +888,22 @@ impl Filler {
                     )
                     .await;
                 match opened {
-                    Ok(body) => {
-                        match mode {
-                            PeerMode::Have => &self.stats.peer_fetches_have,
-                            PeerMode::Fill | PeerMode::Relay => &self.stats.peer_fetches_shield,
-                        }
-                        .fetch_add(1, Ordering::Relaxed);
-                        body
+                    Ok(body) => body,
+                    // A switch that did not happen changes nothing: the
+                    // run carries on with its source.
+                    Err(error) if switch_from_eta_ms.is_some() => {
+                        return Err(RunFailure::Retry(FillError::peer(error)));
                     }
                     Err(error) => {
-                        if switch_from_eta_ms.is_none() {
-                            mesh.forget_piece_set(&member.node_id, &entry.id);
-                        }
+                        mesh.forget_piece_set(&member.node_id, &entry.id);
                         return Err(peer_failure(entry, *mode, error));
                     }
                 }
             }
         };
+        if switch_from_eta_ms.is_some() {
+            sources = self.record_sources(entry, claim, &source);
+        }
         Ok(Some(OpenRun {
             source,
             body,
@@ -917,6 +913,40 @@ impl Filler {
             received_bytes: 0,
             last_switch_ask: std::time::Instant::now(),
         }))
+    }
+
+    /// Records `source` as the sibling the claim's pieces stream from, for
+    /// as long as the guard lives (not for a holder: it only serves what
+    /// it has, so it never asks us for them).
+    fn record_sources(
+        self: &Arc<Self>,
+        entry: &ObjectEntry,
+        claim: &Claim,
+        source: &RunSource,
+    ) -> Option<SourcesGuard> {
+        let RunSource::Peer { member, mode, .. } = source else {
+            return None;
+        };
+        if *mode == PeerMode::Have {
+            return None;
+        }
+        let keys: Vec<PieceKey> = claim
+            .senders
+            .iter()
+            .map(|(index, _)| PieceKey {
+                object: entry.id,
+                index: *index,
+            })
+            .collect();
+        let mut sources = lock(&self.sources);
+        for key in &keys {
+            sources.insert(*key, member.node_id.clone());
+        }
+        Some(SourcesGuard {
+            filler: self.clone(),
+            keys,
+            node_id: member.node_id.clone(),
+        })
     }
 
     /// Reads piece `index` (the next one of the run) from the open body.
@@ -1063,6 +1093,9 @@ impl Filler {
                 ..
             }
         ) || claim.senders.is_empty()
+            // A retired version comes only from holders: the shield serves
+            // the new one.
+            || entry.is_retired()
         {
             return None;
         }
@@ -1097,7 +1130,18 @@ impl Filler {
             },
             _ => return None,
         };
-        match self.open_run(entry, claim, shield, Some(eta_ms)).await {
+        // The shield stores what it takes over, so it answers at once; the
+        // slow run is not read meanwhile, so its wait is kept short.
+        let asked = tokio::time::timeout(
+            std::time::Duration::from_millis(SWITCH_ANSWER_MS),
+            self.open_run(entry, claim, shield, Some(eta_ms)),
+        )
+        .await;
+        let Ok(asked) = asked else {
+            tracing::debug!(path = %entry.path, "the shield did not answer a switch in time");
+            return None;
+        };
+        match asked {
             Ok(Some(taken_over)) => {
                 self.stats
                     .switches_to_shield

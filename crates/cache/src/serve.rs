@@ -810,42 +810,48 @@ impl CacheService {
         };
         let size = entry.layout.object_size();
         let range_header = request.headers().get(header::RANGE).map(|v| v.as_bytes());
-        let (first, span_bytes) = match select_ranges(range_header, true, size) {
-            RangeResolution::Single(span) => (entry.layout.piece_of(span.start()), span.len()),
+        let (span, span_bytes) = match select_ranges(range_header, true, size) {
+            RangeResolution::Single(span) => (Some(span), span.len()),
             _ => (None, size),
         };
         let headers = FillHeaders::parse(request)?;
-        if let Some(first) = first {
-            let admission = self.consult_desk(mesh, entry, requester, first.0, span_bytes, headers);
-            match admission {
-                Some(crate::schedule::Admission::Stay) => {
-                    self.stats.switches_declined.fetch_add(1, Ordering::Relaxed);
-                    let mut response = text_response(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "not sooner than the source you have: keep it\n",
-                    );
+        let admission =
+            span.and_then(|span| self.consult_desk(mesh, entry, requester, span, headers));
+        // Only the desk may take a switch (it checks that the pieces are
+        // here and that this shield is sooner): one it did not consider is
+        // declined.
+        let admission = match admission {
+            None if headers.switch_from_eta_ms.is_some() => Some(crate::schedule::Admission::Stay),
+            other => other,
+        };
+        match admission {
+            Some(crate::schedule::Admission::Stay) => {
+                self.stats.switches_declined.fetch_add(1, Ordering::Relaxed);
+                let mut response = text_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not sooner than the source you have: keep it\n",
+                );
+                response
+                    .headers_mut()
+                    .insert(crate::peer::STAY_HEADER, HeaderValue::from_static("1"));
+                return Err(response);
+            }
+            Some(crate::schedule::Admission::TryInstead(relay)) => {
+                self.stats
+                    .relay_refusals_sent
+                    .fetch_add(1, Ordering::Relaxed);
+                let mut response = text_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("flash crowd: ask {relay} to relay this block\n"),
+                );
+                if let Ok(value) = HeaderValue::from_str(&relay) {
                     response
                         .headers_mut()
-                        .insert(crate::peer::STAY_HEADER, HeaderValue::from_static("1"));
-                    return Err(response);
+                        .insert(crate::peer::TRY_HEADER, value);
                 }
-                Some(crate::schedule::Admission::TryInstead(relay)) => {
-                    self.stats
-                        .relay_refusals_sent
-                        .fetch_add(1, Ordering::Relaxed);
-                    let mut response = text_response(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        &format!("flash crowd: ask {relay} to relay this block\n"),
-                    );
-                    if let Ok(value) = HeaderValue::from_str(&relay) {
-                        response
-                            .headers_mut()
-                            .insert(crate::peer::TRY_HEADER, value);
-                    }
-                    return Err(response);
-                }
-                Some(crate::schedule::Admission::Serve) | None => {}
+                return Err(response);
             }
+            Some(crate::schedule::Admission::Serve) | None => {}
         }
         self.relays
             .promised_bytes
@@ -856,20 +862,20 @@ impl CacheService {
         }))
     }
 
-    /// Asks the relay desk about a `fill` request for `span_bytes` from
-    /// piece `first`, with what this shield's uplink has queued and the
-    /// mesh's relays. `None`: the desk is not consulted (this is not the
-    /// path's first shield, or the requester is not in our view) and the
-    /// request is served.
+    /// Asks the relay desk about a `fill` request for `span`, with what
+    /// this shield's uplink has queued and the mesh's relays. `None`: the
+    /// desk is not consulted (this is not the path's first shield, or the
+    /// requester is not in our view) and the request is served.
     fn consult_desk(
         &self,
         mesh: &MeshLink,
         entry: &ObjectEntry,
         requester: &str,
-        first: u32,
-        span_bytes: u64,
+        span: ByteSpan,
         headers: FillHeaders,
     ) -> Option<crate::schedule::Admission> {
+        let first = entry.layout.piece_of(span.start())?.0;
+        let span_bytes = span.len();
         let view = mesh.node.view();
         // Only the path's first shield sends requesters to relays; a cache
         // asked because the shields above it failed serves (its own fills
@@ -940,8 +946,7 @@ impl CacheService {
             uplink_bytes_per_s: &|node: &str| caps.get(node).copied().unwrap_or(0) / 8,
             block_bytes: span_bytes.min(crate::fill::RELAY_BLOCK_BYTES),
             switch_from_eta_ms: headers.switch_from_eta_ms,
-            held_here: headers.switch_from_eta_ms.is_some()
-                && self.holds_span(entry, first, span_bytes),
+            held_here: headers.switch_from_eta_ms.is_some() && self.holds_span(entry, span),
         };
         let now_ms = self
             .relays
@@ -1367,28 +1372,22 @@ impl CacheService {
         }
     }
 
-    /// Which of the pieces `segments` need are held now.
-    /// This cache stores every piece of the `span_bytes` from piece
-    /// `first` now.
-    fn holds_span(&self, entry: &ObjectEntry, first: u32, span_bytes: u64) -> bool {
+    /// This cache stores every piece `span` touches now (false for a span
+    /// outside the object).
+    fn holds_span(&self, entry: &ObjectEntry, span: ByteSpan) -> bool {
         let store = self.filler.store();
-        let start = u64::from(first) << entry.layout.piece_size().log2();
-        let Some(span) = ByteSpan::new(start, start.saturating_add(span_bytes)) else {
+        let Some(pieces) = entry.layout.pieces_covering(span) else {
             return false;
         };
-        entry
-            .layout
-            .pieces_covering(span)
-            .into_iter()
-            .flatten()
-            .all(|index| {
-                store.contains(&shoal_store::PieceKey {
-                    object: entry.id,
-                    index: PieceIndex(index),
-                })
+        pieces.into_iter().all(|index| {
+            store.contains(&shoal_store::PieceKey {
+                object: entry.id,
+                index: PieceIndex(index),
             })
+        })
     }
 
+    /// Which of the pieces `segments` need are held now.
     fn held_pieces(&self, entry: &ObjectEntry, segments: &[Segment]) -> PieceSet {
         let mut held = PieceSet::new(entry.layout.piece_count());
         let store = self.filler.store();
@@ -1706,8 +1705,6 @@ async fn relay_wait(
     }
 }
 
-/// What a response's fills are for: a relay claims only the pieces it was
-/// asked for, and fills them from the shield as last resort.
 /// Pieces the origin just sent wrong bytes for: a clean `502` before any
 /// header, instead of a body cut at that piece.
 fn refuse_known_bad_pieces(entry: &ObjectEntry, segments: &[Segment]) -> Option<Response<Body>> {
@@ -1726,6 +1723,8 @@ fn refuse_known_bad_pieces(entry: &ObjectEntry, segments: &[Segment]) -> Option<
     ))
 }
 
+/// What a response's fills are for: a relay claims only the pieces it was
+/// asked for, and fills them from the shield as last resort.
 fn relay_want(entry: &ObjectEntry, segments: &[Segment], audience: Audience) -> Want {
     if audience != Audience::Relay {
         return Want::READER;

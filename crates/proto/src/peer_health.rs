@@ -46,15 +46,20 @@ struct Record {
     corrupt_pieces: u32,
     quarantined_until_ms: Option<u64>,
     suspect_until_ms: Option<u64>,
-    /// The generation (process start, from gossip) the suspicion is about.
+    /// The generation (process start, from gossip) the suspicion is about
+    /// (0: not known then).
     suspect_generation: u64,
 }
 
 impl Record {
     fn state(&self, now_ms: u64, generation: u64) -> PeerState {
+        // Only a newer process than the one suspected clears a suspicion;
+        // an unknown generation (0, e.g. a peer gossip has just dropped
+        // and brought back) does not.
+        let restarted = self.suspect_generation != 0 && generation > self.suspect_generation;
         match (self.quarantined_until_ms, self.suspect_until_ms) {
             (Some(until_ms), _) if until_ms > now_ms => PeerState::Quarantined { until_ms },
-            (_, Some(until_ms)) if until_ms > now_ms && self.suspect_generation == generation => {
+            (_, Some(until_ms)) if until_ms > now_ms && !restarted => {
                 PeerState::Suspect { until_ms }
             }
             _ => PeerState::Usable,
@@ -192,6 +197,16 @@ mod tests {
             h.on_corrupt_piece("b", 3_000);
         }
         assert!(!h.usable("b", 4_000, 9), "a quarantine outlasts restarts");
+        // Unknown generations clear nothing: suspected while gossip did
+        // not show it (0), still suspect when it shows up again.
+        h.on_no_answer("c", 1_000, 0);
+        assert!(!h.usable("c", 2_000, 5));
+        h.on_no_answer("d", 1_000, 5);
+        assert!(!h.usable("d", 2_000, 0));
+        assert!(
+            !h.usable("d", 2_000, 4),
+            "an older generation is not a restart"
+        );
     }
 
     #[test]

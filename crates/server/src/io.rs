@@ -86,10 +86,11 @@ pub struct Egress {
 /// of an 8-cache warm-up on 2 cores: mostly syscall overhead).
 const EGRESS_GRANT_MIN_BYTES: u64 = 64 * 1024;
 
-/// The burst is 1/20 s of traffic (at least 64 KiB), so the cap holds over
-/// short windows too.
+/// The burst is 1/20 s of traffic (at least two write chunks, so a
+/// writer waiting for a chunk does not need a full bucket and tokens are
+/// not lost to a full one), so the cap holds over short windows too.
 fn burst_for(bytes_per_s: u64) -> u64 {
-    (bytes_per_s / 20).max(64 * 1024)
+    (bytes_per_s / 20).max(2 * EGRESS_GRANT_MIN_BYTES)
 }
 
 impl Egress {

@@ -196,6 +196,99 @@ fn inter_cache_endpoints_and_gossip_refuse_strangers() {
     assert!(curl(&format!("{}/f.bin", caches[1].url), &[]).body == data);
 }
 
+/// Signs `GET path` as cache `node` (the test knows the cluster secret).
+fn token_as(node: &str, path: &str) -> String {
+    let key = shoal_core::auth::ClusterKey::from_secret(CLUSTER_SECRET).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    key.sign(node, now + 60, "GET", path).unwrap()
+}
+
+#[test]
+fn the_shield_takes_over_a_slow_run_only_for_pieces_it_holds_and_when_much_sooner() {
+    let root = tempfile::tempdir().unwrap();
+    let held = content(2 * MIB, 71);
+    write_file(root.path(), "held.bin", &held);
+    for k in 0..8 {
+        write_file(root.path(), &format!("cold-{k}.bin"), &content(MIB, 72 + k));
+    }
+    publish(root.path());
+    let origin = start_origin(root.path());
+    let dir = tempfile::tempdir().unwrap();
+    let caches = start_mesh(
+        &origin.url,
+        dir.path(),
+        &[("s1", "eu"), ("s2", "eu")],
+        // A capped uplink: the shield knows how long its queue takes.
+        &["--egress-mbps", "200"],
+    );
+    let shield_of = |path: &str| {
+        let mesh = curl(&format!("{}/_shoal/mesh?path={path}", caches[0].url), &[]);
+        let report: serde_json::Value = serde_json::from_slice(&mesh.body).unwrap();
+        report["shield"].as_str().unwrap().to_string()
+    };
+    let held_shield = shield_of("/held.bin");
+    let shield = caches.iter().find(|c| c.name == held_shield).unwrap();
+    let other = caches.iter().find(|c| c.name != held_shield).unwrap();
+    // The shield stores held.bin (a client fetched it there).
+    let fetched = curl(&format!("{}/held.bin", shield.url), &[]);
+    assert!(fetched.body == held);
+    let id = fetched.header("x-shoal-object-id").unwrap().to_string();
+
+    let ask = |as_node: &str, object: &str, path: &str, switch: &str| {
+        let data = format!("/_shoal/peer/data/{object}{path}");
+        let auth = format!("x-shoal-auth: {}", token_as(as_node, &data));
+        let switch = format!("x-shoal-switch-eta-ms: {switch}");
+        curl(
+            &format!("{}{data}", shield.url),
+            &[
+                "-H",
+                &auth,
+                "-H",
+                "x-shoal-mode: fill",
+                "-H",
+                "range: bytes=0-1048575",
+                "-H",
+                &switch,
+            ],
+        )
+    };
+    // A run that would take a minute more: the shield is far sooner.
+    let taken = ask(&other.name, &id, "/held.bin", "60000");
+    assert_eq!(taken.status, 206);
+    assert!(taken.body == held[..MIB as usize]);
+    // A run about to finish: 1 MiB at 25 MB/s is ~40 ms here, not under
+    // half of 1 ms.
+    let soon = ask(&other.name, &id, "/held.bin", "1");
+    assert_eq!(soon.status, 503);
+    assert_eq!(soon.header("x-shoal-stay"), Some("1"));
+    assert_eq!(soon.header("x-shoal-try"), None);
+    // Malformed: the sender's error.
+    assert_eq!(ask(&other.name, &id, "/held.bin", "soon").status, 400);
+    // A cache the shield does not know: the desk is not asked, so no.
+    let stranger = ask("tester", &id, "/held.bin", "60000");
+    assert_eq!(stranger.status, 503);
+    assert_eq!(stranger.header("x-shoal-stay"), Some("1"));
+    // Pieces the shield does not store would come no sooner from it (a
+    // path it is the shield of; HEAD resolves it without a fill).
+    let cold = (0..8)
+        .map(|k| format!("/cold-{k}.bin"))
+        .find(|path| shield_of(path) == held_shield)
+        .expect("one of 8 paths has this shield");
+    let head = curl(&format!("{}{cold}", shield.url), &["-I"]);
+    let cold_id = head.header("x-shoal-object-id").unwrap().to_string();
+    let refused = ask(&other.name, &cold_id, &cold, "60000");
+    assert_eq!(refused.status, 503, "the shield does not hold {cold} yet");
+    assert_eq!(refused.header("x-shoal-stay"), Some("1"));
+    assert!(stat(&shield.url, "switches_declined") >= 2);
+    // A declined switch is no failure: the shield is still everyone's.
+    let again = curl(&format!("{}/held.bin", other.url), &[]);
+    assert!(again.body == held);
+    assert_eq!(stat(&other.url, "peer_errors"), 0);
+}
+
 /// A mesh member that claims to hold an object and sends wrong bytes.
 struct EvilPeer {
     _runtime: tokio::runtime::Runtime,
