@@ -381,10 +381,7 @@ impl Filler {
         mut claim: Claim,
         mut first_source: Option<RunSource>,
     ) {
-        let mut excluded: Vec<String> = Vec::new();
-        // The relay the shield named for this run, and how often it did.
-        let mut try_instead: Option<String> = None;
-        let mut refusals = 0u32;
+        let mut attempts = RunAttempts::default();
         while !claim.senders.is_empty() {
             if self.copy_carried(&entry, &mut claim).await {
                 continue;
@@ -393,8 +390,13 @@ impl Filler {
             let mut source = match first_source.take() {
                 Some(source) => source,
                 None => {
-                    self.choose_source(&entry, &mut claim, &excluded, try_instead.as_deref())
-                        .await
+                    self.choose_source(
+                        &entry,
+                        &mut claim,
+                        &attempts.excluded,
+                        attempts.try_instead.as_deref(),
+                    )
+                    .await
                 }
             };
             // A replaced version comes only from caches that hold it: the
@@ -417,61 +419,10 @@ impl Filler {
             }
             // A run the shield took over comes back with the shield as its
             // source: a failure from then on is the shield's.
-            match self.stream_run(&entry, &mut claim, &mut source).await {
-                Ok(()) => {}
-                Err(RunFailure::TryInstead(relay)) => {
-                    self.stats.relay_redirects.fetch_add(1, Ordering::Relaxed);
-                    refusals += 1;
-                    tracing::debug!(path = %entry.path, %relay, "the shield sent this run to a relay");
-                    // Named again after it failed, or too often: the
-                    // scheduler asks as last resort.
-                    try_instead = Some(if refusals > REFUSALS_PER_RUN_MAX {
-                        self.mesh
-                            .as_ref()
-                            .map_or(relay.clone(), |m| m.self_id().to_string())
-                    } else {
-                        relay
-                    });
-                }
-                Err(RunFailure::Loop(error)) => {
-                    // The sibling is fetching these pieces from us: someone
-                    // else, without giving up relays.
-                    try_instead = None;
-                    if let RunSource::Peer { member, .. } = &source {
-                        tracing::debug!(peer = %member.node_id, path = %entry.path, error = %Chain(&error), "a sibling fetches these pieces from us; trying elsewhere");
-                        excluded.push(member.node_id.clone());
-                    }
-                    if excluded.len() > PEER_ATTEMPTS_MAX {
-                        fail_all(&mut claim, error);
-                        return;
-                    }
-                }
-                Err(RunFailure::Retry(error)) => {
-                    try_instead = None;
-                    self.stats.peer_errors.fetch_add(1, Ordering::Relaxed);
-                    if let RunSource::Peer { member, mode, .. } = &source {
-                        tracing::warn!(peer = %member.node_id, path = %entry.path, error = %Chain(&error), "peer fetch failed; trying elsewhere");
-                        excluded.push(member.node_id.clone());
-                        // A shield failed: the relay responses this cache
-                        // serves end (their requesters ask their own
-                        // shields) and it uses no relay for a while, so no
-                        // wait can close a cycle through a fallback shield.
-                        // A relay's own claim then carries on as an
-                        // ordinary one for the readers waiting on it here.
-                        if *mode == PeerMode::Fill {
-                            if !entry.relays_off(RELAYS_OFF_MS) {
-                                tracing::info!(path = %entry.path, shield = %member.node_id, "a shield failed: flash-crowd relays given up for this object for a while");
-                                entry.lose_relays();
-                            }
-                            claim.relaying = false;
-                        }
-                    }
-                    if excluded.len() > PEER_ATTEMPTS_MAX {
-                        fail_all(&mut claim, error);
-                        return;
-                    }
-                }
-                Err(RunFailure::Fatal(error)) => {
+            if let Err(failure) = self.stream_run(&entry, &mut claim, &mut source).await {
+                if let Err(error) =
+                    self.after_failure(&entry, &mut claim, &source, failure, &mut attempts)
+                {
                     fail_all(&mut claim, error);
                     return;
                 }
@@ -484,6 +435,69 @@ impl Filler {
             if self.store.get_manifest(&entry.id).ok().flatten().is_none() {
                 let _ = self.store.put_manifest(entry.id, manifest.encode());
             }
+        }
+    }
+
+    /// What a failed stream from `source` changes for the rest of the run:
+    /// a relay to try, a sibling left out (a failed shield also gives up
+    /// relays for a while). `Err`: the run gives up with that error.
+    fn after_failure(
+        &self,
+        entry: &ObjectEntry,
+        claim: &mut Claim,
+        source: &RunSource,
+        failure: RunFailure,
+        attempts: &mut RunAttempts,
+    ) -> Result<(), FillError> {
+        match failure {
+            RunFailure::TryInstead(relay) => {
+                self.stats.relay_redirects.fetch_add(1, Ordering::Relaxed);
+                attempts.refusals += 1;
+                tracing::debug!(path = %entry.path, %relay, "the shield sent this run to a relay");
+                // Named again after it failed, or too often: the scheduler
+                // asks as last resort.
+                attempts.try_instead = Some(if attempts.refusals > REFUSALS_PER_RUN_MAX {
+                    self.mesh
+                        .as_ref()
+                        .map_or(relay.clone(), |m| m.self_id().to_string())
+                } else {
+                    relay
+                });
+                Ok(())
+            }
+            RunFailure::Loop(error) => {
+                // The sibling is fetching these pieces from us: someone
+                // else, without giving up relays.
+                attempts.try_instead = None;
+                if let RunSource::Peer { member, .. } = source {
+                    tracing::debug!(peer = %member.node_id, path = %entry.path, error = %Chain(&error), "a sibling fetches these pieces from us; trying elsewhere");
+                    attempts.excluded.push(member.node_id.clone());
+                }
+                attempts.within_limit(error)
+            }
+            RunFailure::Retry(error) => {
+                attempts.try_instead = None;
+                self.stats.peer_errors.fetch_add(1, Ordering::Relaxed);
+                if let RunSource::Peer { member, mode, .. } = source {
+                    tracing::warn!(peer = %member.node_id, path = %entry.path, error = %Chain(&error), "peer fetch failed; trying elsewhere");
+                    attempts.excluded.push(member.node_id.clone());
+                    // A shield failed: the relay responses this cache
+                    // serves end (their requesters ask their own shields)
+                    // and it uses no relay for a while, so no wait can
+                    // close a cycle through a fallback shield. A relay's
+                    // own claim then carries on as an ordinary one for the
+                    // readers waiting on it here.
+                    if *mode == PeerMode::Fill {
+                        if !entry.relays_off(RELAYS_OFF_MS) {
+                            tracing::info!(path = %entry.path, shield = %member.node_id, "a shield failed: flash-crowd relays given up for this object for a while");
+                            entry.lose_relays();
+                        }
+                        claim.relaying = false;
+                    }
+                }
+                attempts.within_limit(error)
+            }
+            RunFailure::Fatal(error) => Err(error),
         }
     }
 
@@ -1265,6 +1279,27 @@ enum RunSource {
         /// A `fill` request the shield must not send to a relay.
         last_resort: bool,
     },
+}
+
+/// What a run has tried so far.
+#[derive(Default)]
+struct RunAttempts {
+    /// Sources that failed for it.
+    excluded: Vec<String>,
+    /// The relay the shield named for it, and how often it did.
+    try_instead: Option<String>,
+    refusals: u32,
+}
+
+impl RunAttempts {
+    /// `Err(error)` once more than [`PEER_ATTEMPTS_MAX`] sources failed.
+    fn within_limit(&self, error: FillError) -> Result<(), FillError> {
+        if self.excluded.len() > PEER_ATTEMPTS_MAX {
+            Err(error)
+        } else {
+            Ok(())
+        }
+    }
 }
 
 /// A run's source while it is being read.

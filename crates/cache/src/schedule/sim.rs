@@ -363,49 +363,11 @@ impl World {
 
 /// Runs one simulation to the end.
 pub fn simulate(setup: Setup, limits: FillLimits) -> Outcome {
-    let mut rng = setup.seed.max(1);
-    let mut random = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        (rng % 1000) as f64 / 1000.0
-    };
-    let n = setup.caches;
-    let mut world = World {
-        setup,
-        limits,
-        caches: (0..n)
-            .map(|i| Cache {
-                name: format!("c{i}"),
-                stored: vec![false; setup.pieces as usize],
-                claimed: vec![false; setup.pieces as usize],
-                alive: true,
-                advertised: PieceSet::new(setup.pieces),
-            })
-            .collect(),
-        runs: Vec::new(),
-        origin_pieces: 0,
-        shield_pieces_to_caches: 0,
-        desk: RelayDesk::default(),
-        relayed: vec![0; n],
-        switched: 0,
-        shield_clients: 0,
-    };
-    // Clients spread evenly, starting within 50 ms of each other (a
-    // warm-up: one per cache).
-    let readers_count = if setup.warm { n } else { setup.clients };
-    let mut readers: Vec<Reader> = (0..readers_count)
-        .map(|k| Reader {
-            cache: k % n,
-            pos: 0,
-            progress: 0.0,
-            start_s: random() * 0.05,
-        })
-        .collect();
+    let mut world = World::new(setup, limits);
+    let mut readers = readers(&setup);
     let mut now = 0.0;
     let mut next_advertise = ADVERTISE_EVERY_S;
-    let mut busy = vec![0.0; n];
-    let trace = tracing();
+    let mut busy = vec![0.0; setup.caches];
     let mut next_trace = 0.0;
     while now < 600.0 {
         if let Some((victim, at_s)) = setup.kill {
@@ -415,31 +377,151 @@ pub fn simulate(setup: Setup, limits: FillLimits) -> Outcome {
             }
         }
         if now >= next_advertise {
-            for c in &mut world.caches {
-                let mut set = PieceSet::new(setup.pieces);
-                for (i, held) in c.stored.iter().enumerate() {
-                    if *held && c.alive {
-                        set.insert(PieceIndex(i as u32));
-                    }
-                }
-                c.advertised = set;
-            }
+            world.advertise();
             next_advertise += ADVERTISE_EVERY_S;
         }
         // Readers claim their read-ahead.
         for reader in &readers {
-            if reader.start_s > now || reader.pos >= setup.pieces {
-                continue;
+            if reader.start_s <= now && reader.pos < setup.pieces {
+                let end = (reader.pos + setup.readahead_pieces + 1).min(setup.pieces);
+                world.ensure(reader.cache, reader.pos, end, false, now);
             }
-            let (at, from) = (reader.cache, reader.pos);
-            let end = (from + setup.readahead_pieces + 1).min(setup.pieces);
-            world.ensure(at, from, end, false, now);
         }
-        // Stalled runs move elsewhere, leaving their source out.
+        world.reschedule_stalled(now);
+        world.shield_clients = readers
+            .iter()
+            .filter(|r| !setup.warm && r.cache == 0 && r.start_s <= now && r.pos < setup.pieces)
+            .count() as u32;
+        if setup.switch {
+            world.switch_slow_runs(now);
+        }
+        let flows = world.flows(&readers, now);
+        for (node, busy) in busy.iter_mut().enumerate() {
+            if flows.contains_key(&node) {
+                *busy += DT_S;
+            }
+        }
+        if tracing() && now >= next_trace {
+            next_trace += 0.5;
+            world.trace(&flows, now);
+        }
+        world.move_pieces(&flows, now);
+        world.read(&mut readers, &flows, now);
+        now += DT_S;
+        if readers.iter().all(|r| r.pos >= setup.pieces) {
+            break;
+        }
+    }
+    if tracing() {
+        let busy: Vec<String> = busy
+            .iter()
+            .map(|b| format!("{:.0}%", b / now * 100.0))
+            .collect();
+        eprintln!("uplink busy: {busy:?}");
+    }
+    Outcome {
+        seconds: now,
+        bound_seconds: bound_seconds(&setup),
+        origin_pieces: world.origin_pieces,
+        shield_pieces_to_caches: world.shield_pieces_to_caches,
+        relayed: world.relayed,
+        switched: world.switched,
+    }
+}
+
+/// The readers: clients spread evenly over the caches, starting within
+/// 50 ms of each other (a warm-up: one per cache).
+fn readers(setup: &Setup) -> Vec<Reader> {
+    let mut rng = setup.seed.max(1);
+    let mut random = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng % 1000) as f64 / 1000.0
+    };
+    let count = if setup.warm {
+        setup.caches
+    } else {
+        setup.clients
+    };
+    (0..count)
+        .map(|k| Reader {
+            cache: k % setup.caches,
+            pos: 0,
+            progress: 0.0,
+            start_s: random() * 0.05,
+        })
+        .collect()
+}
+
+/// The fluid lower bound of the setup's time.
+fn bound_seconds(setup: &Setup) -> f64 {
+    let (c, n, f, u) = (
+        setup.clients as f64,
+        setup.caches as f64,
+        f64::from(setup.pieces),
+        setup.cap,
+    );
+    if setup.warm {
+        // One shield: the origin feeds only it, so every copy to the other
+        // caches leaves through its uplink or theirs.
+        let us = setup.shield_cap;
+        (f / setup.origin_cap)
+            .max(f / us)
+            .max((n - 1.0) * f / (us + (n - 1.0) * u))
+    } else {
+        ((c + n - 1.0) * f / (n * u))
+            .max(c / n * f / u)
+            .max(f / setup.origin_cap)
+    }
+}
+
+impl World {
+    fn new(setup: Setup, limits: FillLimits) -> Self {
+        let n = setup.caches;
+        World {
+            setup,
+            limits,
+            caches: (0..n)
+                .map(|i| Cache {
+                    name: format!("c{i}"),
+                    stored: vec![false; setup.pieces as usize],
+                    claimed: vec![false; setup.pieces as usize],
+                    alive: true,
+                    advertised: PieceSet::new(setup.pieces),
+                })
+                .collect(),
+            runs: Vec::new(),
+            origin_pieces: 0,
+            shield_pieces_to_caches: 0,
+            desk: RelayDesk::default(),
+            relayed: vec![0; n],
+            switched: 0,
+            shield_clients: 0,
+        }
+    }
+
+    /// Every cache's stored pieces become what the others know of it.
+    fn advertise(&mut self) {
+        let pieces = self.setup.pieces;
+        for c in &mut self.caches {
+            let mut set = PieceSet::new(pieces);
+            for (i, held) in c.stored.iter().enumerate() {
+                if *held && c.alive {
+                    set.insert(PieceIndex(i as u32));
+                }
+            }
+            c.advertised = set;
+        }
+    }
+
+    /// Stalled runs move elsewhere, leaving their source out.
+    fn reschedule_stalled(&mut self, now: f64) {
         let mut stalled = Vec::new();
-        world.runs.retain(|run| {
+        let caches = &self.caches;
+        self.runs.retain(|run| {
             let stuck = now - run.last_progress_s > STALL_S && run.source != ORIGIN;
-            if stuck && world.caches[run.at].alive {
+            if stuck && caches[run.at].alive {
                 stalled.push((
                     run.at,
                     run.pieces.clone(),
@@ -448,87 +530,60 @@ pub fn simulate(setup: Setup, limits: FillLimits) -> Outcome {
                     run.source,
                 ));
             }
-            !stuck && world.caches[run.at].alive
+            !stuck && caches[run.at].alive
         });
         for (at, pieces, relaying, mut excluded, source) in stalled {
-            excluded.push(world.caches[source].name.clone());
+            excluded.push(self.caches[source].name.clone());
             for &p in &pieces {
-                world.caches[at].claimed[p as usize] = false;
+                self.caches[at].claimed[p as usize] = true;
             }
-            let first = pieces[0];
-            let count = pieces.len() as u32;
-            for &p in &pieces {
-                world.caches[at].claimed[p as usize] = true;
-            }
-            world.schedule(at, first, count, relaying, excluded, now);
+            self.schedule(at, pieces[0], pieces.len() as u32, relaying, excluded, now);
         }
-        world.shield_clients = readers
-            .iter()
-            .filter(|r| !setup.warm && r.cache == 0 && r.start_s <= now && r.pos < setup.pieces)
-            .count() as u32;
-        if setup.switch {
-            world.switch_slow_runs(now);
-        }
-        // Share every uplink among the flows it can feed.
+    }
+
+    /// How many flows each node's uplink feeds now (a run whose source
+    /// holds its next piece, a client reading what its cache holds).
+    fn flows(&self, readers: &[Reader], now: f64) -> std::collections::HashMap<usize, u32> {
         let mut flows: std::collections::HashMap<usize, u32> = Default::default();
-        for run in &world.runs {
+        for run in &self.runs {
             if let Some(&p) = run.pieces.front() {
-                if world.holds(run.source, p) {
+                if self.holds(run.source, p) {
                     *flows.entry(run.source).or_default() += 1;
                 }
             }
         }
-        for reader in &readers {
-            if !setup.warm
+        for reader in readers {
+            if !self.setup.warm
                 && reader.start_s <= now
-                && reader.pos < setup.pieces
-                && world.holds(reader.cache, reader.pos)
+                && reader.pos < self.setup.pieces
+                && self.holds(reader.cache, reader.pos)
             {
                 *flows.entry(reader.cache).or_default() += 1;
             }
         }
-        let share = |world: &World, node: usize| {
-            world.cap_of(node) * DT_S / f64::from(flows.get(&node).copied().unwrap_or(1))
-        };
-        let caps: Vec<f64> = (0..n).map(|i| world.cap_of(i)).collect();
-        for (node, busy) in busy.iter_mut().enumerate() {
-            if flows.contains_key(&node) {
-                *busy += DT_S;
-            }
-        }
-        if trace && now >= next_trace {
-            next_trace += 0.5;
-            let stored: Vec<usize> = world
-                .caches
-                .iter()
-                .map(|c| c.stored.iter().filter(|s| **s).count())
-                .collect();
-            let flows_of: Vec<u32> = (0..n)
-                .map(|i| flows.get(&i).copied().unwrap_or(0))
-                .collect();
-            let waiting: Vec<usize> = (0..n)
-                .map(|i| world.runs.iter().filter(|r| r.source == i).count())
-                .collect();
-            eprintln!(
-                "t={now:5.1} stored {stored:?} flows {flows_of:?} runs {waiting:?} sent {:?}",
-                world.relayed
-            );
-        }
+        flows
+    }
+
+    /// Each run gets its source's uplink share for one step; pieces that
+    /// complete are stored at the run's cache.
+    fn move_pieces(&mut self, flows: &std::collections::HashMap<usize, u32>, now: f64) {
+        let caps: Vec<f64> = (0..self.caches.len()).map(|i| self.cap_of(i)).collect();
+        let origin_cap = self.setup.origin_cap;
         let cap_of = |node: usize| match node {
-            ORIGIN => setup.origin_cap,
+            ORIGIN => origin_cap,
             node => caps[node],
         };
         let mut arrived = Vec::new();
-        for run in &mut world.runs {
+        for run in &mut self.runs {
             let Some(&p) = run.pieces.front() else {
                 continue;
             };
-            let source_holds = run.source == ORIGIN || world.caches[run.source].stored[p as usize];
+            let source_holds = run.source == ORIGIN || self.caches[run.source].stored[p as usize];
             if !source_holds {
                 continue;
             }
-            let cap = cap_of(run.source);
-            let got = cap * DT_S / f64::from(flows.get(&run.source).copied().unwrap_or(1));
+            let got =
+                cap_of(run.source) * DT_S / f64::from(flows.get(&run.source).copied().unwrap_or(1));
             if got > 0.0 {
                 run.last_progress_s = now;
                 run.first_progress_s.get_or_insert(now);
@@ -543,74 +598,68 @@ pub fn simulate(setup: Setup, limits: FillLimits) -> Outcome {
         }
         for (at, p, source) in arrived {
             if source == ORIGIN {
-                world.origin_pieces += 1;
+                self.origin_pieces += 1;
             } else {
-                world.relayed[source] += 1;
+                self.relayed[source] += 1;
                 if source == 0 {
-                    world.shield_pieces_to_caches += 1;
+                    self.shield_pieces_to_caches += 1;
                 }
             }
-            world.caches[at].stored[p as usize] = true;
-            world.caches[at].claimed[p as usize] = false;
+            self.caches[at].stored[p as usize] = true;
+            self.caches[at].claimed[p as usize] = false;
         }
-        world.runs.retain(|r| !r.pieces.is_empty());
+        self.runs.retain(|r| !r.pieces.is_empty());
+    }
+
+    /// Clients read at their cache's uplink share; a warm-up reads what
+    /// arrived at once (no client's link).
+    fn read(
+        &self,
+        readers: &mut [Reader],
+        flows: &std::collections::HashMap<usize, u32>,
+        now: f64,
+    ) {
         for reader in readers.iter_mut() {
             if reader.start_s > now
-                || reader.pos >= setup.pieces
-                || !world.holds(reader.cache, reader.pos)
+                || reader.pos >= self.setup.pieces
+                || !self.holds(reader.cache, reader.pos)
             {
                 continue;
             }
-            if setup.warm {
-                // A warm-up reads what arrived at once (no client's link).
-                while reader.pos < setup.pieces && world.holds(reader.cache, reader.pos) {
+            if self.setup.warm {
+                while reader.pos < self.setup.pieces && self.holds(reader.cache, reader.pos) {
                     reader.pos += 1;
                 }
                 continue;
             }
-            reader.progress += share(&world, reader.cache);
+            let share = self.cap_of(reader.cache) * DT_S
+                / f64::from(flows.get(&reader.cache).copied().unwrap_or(1));
+            reader.progress += share;
             if reader.progress >= 1.0 {
                 reader.progress -= 1.0;
                 reader.pos += 1;
             }
         }
-        now += DT_S;
-        if readers.iter().all(|r| r.pos >= setup.pieces) {
-            break;
-        }
     }
-    let (c, n, f, u) = (
-        setup.clients as f64,
-        setup.caches as f64,
-        f64::from(setup.pieces),
-        setup.cap,
-    );
-    let bound_seconds = if setup.warm {
-        // One shield: the origin feeds only it, so every copy to the other
-        // caches leaves through its uplink or theirs.
-        let us = setup.shield_cap;
-        (f / setup.origin_cap)
-            .max(f / us)
-            .max((n - 1.0) * f / (us + (n - 1.0) * u))
-    } else {
-        ((c + n - 1.0) * f / (n * u))
-            .max(c / n * f / u)
-            .max(f / setup.origin_cap)
-    };
-    if trace {
-        let busy: Vec<String> = busy
+
+    /// One line of the timeline (`SHOAL_SIM_TRACE=1`).
+    fn trace(&self, flows: &std::collections::HashMap<usize, u32>, now: f64) {
+        let n = self.caches.len();
+        let stored: Vec<usize> = self
+            .caches
             .iter()
-            .map(|b| format!("{:.0}%", b / now * 100.0))
+            .map(|c| c.stored.iter().filter(|s| **s).count())
             .collect();
-        eprintln!("uplink busy: {busy:?}");
-    }
-    Outcome {
-        seconds: now,
-        bound_seconds,
-        origin_pieces: world.origin_pieces,
-        shield_pieces_to_caches: world.shield_pieces_to_caches,
-        relayed: world.relayed,
-        switched: world.switched,
+        let flows_of: Vec<u32> = (0..n)
+            .map(|i| flows.get(&i).copied().unwrap_or(0))
+            .collect();
+        let waiting: Vec<usize> = (0..n)
+            .map(|i| self.runs.iter().filter(|r| r.source == i).count())
+            .collect();
+        eprintln!(
+            "t={now:5.1} stored {stored:?} flows {flows_of:?} runs {waiting:?} sent {:?}",
+            self.relayed
+        );
     }
 }
 
