@@ -1,0 +1,27 @@
+//! Viewer swarms (issue 13): viewers' clients share an object's pieces
+//! with each other over the BitTorrent peer wire protocol, and caches fill
+//! in what peers cannot deliver in time.
+//!
+//! Everything here is sans-IO: codecs turn bytes into typed values with
+//! limits on every length, and state machines take events and time in and
+//! hand actions out, so tests, fuzzers and simulations drive the same code
+//! as the tokio driver that only moves bytes.
+//!
+//! - [`swarm`]: the 20-byte key a swarm is found by ([`SwarmKey`]).
+//! - [`wire`]: the BEP 3 handshake and messages, with the BEP 6 (fast) and
+//!   BEP 10 (extension protocol) additions, as a streaming decoder.
+//! - [`bencode`]: the bencoding BEP 10's handshake (and later the tracker)
+//!   speaks, strict and bounded.
+//! - [`extension`]: the BEP 10 extension handshake as a typed value.
+//!
+//! Pieces are shoal's pieces (256 KiB to 4 MiB, BLAKE3 in the manifest);
+//! they travel in 16 KiB blocks as BitTorrent requires, and a piece is
+//! verified whole against the manifest before it is stored, counted or
+//! uploaded.
+
+pub mod bencode;
+pub mod extension;
+pub mod swarm;
+pub mod wire;
+
+pub use swarm::SwarmKey;
