@@ -13,6 +13,8 @@
 //! - [`bencode`]: the bencoding BEP 10's handshake (and later the tracker)
 //!   speaks, strict and bounded.
 //! - [`extension`]: the BEP 10 extension handshake as a typed value.
+//! - [`session`]: one connection's state machine — choke and interest both
+//!   ways, the peer's pieces, requests each way, with bounds and timeouts.
 //!
 //! Pieces are shoal's pieces (256 KiB to 4 MiB, BLAKE3 in the manifest);
 //! they travel in 16 KiB blocks as BitTorrent requires, and a piece is
@@ -21,6 +23,7 @@
 
 pub mod bencode;
 pub mod extension;
+pub mod session;
 pub mod swarm;
 pub mod wire;
 
