@@ -13,6 +13,8 @@
 //! - [`bencode`]: the bencoding BEP 10's handshake (and later the tracker)
 //!   speaks, strict and bounded.
 //! - [`extension`]: the BEP 10 extension handshake as a typed value.
+//! - [`assembly`]: pieces put together from blocks of several peers, and
+//!   smart-ban (blame settled by a piece's verified bytes).
 //! - [`session`]: one connection's state machine — choke and interest both
 //!   ways, the peer's pieces, requests each way, with bounds and timeouts.
 //!
@@ -21,6 +23,7 @@
 //! verified whole against the manifest before it is stored, counted or
 //! uploaded.
 
+pub mod assembly;
 pub mod bencode;
 pub mod extension;
 pub mod session;
