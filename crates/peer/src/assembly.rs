@@ -65,7 +65,10 @@ impl Assembly {
         let blocks = piece_bytes.div_ceil(BLOCK_BYTES) as usize;
         let index = (block.begin / BLOCK_BYTES) as usize;
         let expected = BLOCK_BYTES.min(piece_bytes.saturating_sub(block.begin));
-        if !block.begin.is_multiple_of(BLOCK_BYTES) || index >= blocks || data.len() as u32 != expected {
+        if !block.begin.is_multiple_of(BLOCK_BYTES)
+            || index >= blocks
+            || data.len() as u32 != expected
+        {
             return Added::Ignored;
         }
         if !self.pieces.contains_key(&block.piece) && self.pieces.len() >= PIECES_IN_PROGRESS_MAX {

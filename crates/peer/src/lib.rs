@@ -15,6 +15,10 @@
 //! - [`extension`]: the BEP 10 extension handshake as a typed value.
 //! - [`assembly`]: pieces put together from blocks of several peers, and
 //!   smart-ban (blame settled by a piece's verified bytes).
+//! - [`choke`]: whom to upload to (tit-for-tat with a rotating optimistic
+//!   slot; a seed favours those it uploads to fastest).
+//! - [`pick`]: which piece next (started pieces, the playhead window in
+//!   order for streams, then rarest first).
 //! - [`session`]: one connection's state machine — choke and interest both
 //!   ways, the peer's pieces, requests each way, with bounds and timeouts.
 //!
@@ -25,7 +29,9 @@
 
 pub mod assembly;
 pub mod bencode;
+pub mod choke;
 pub mod extension;
+pub mod pick;
 pub mod session;
 pub mod swarm;
 pub mod wire;
