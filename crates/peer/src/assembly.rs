@@ -129,6 +129,13 @@ impl Assembly {
         }
     }
 
+    /// Pieces with some blocks here and some missing.
+    pub fn partial_pieces(&self) -> Vec<u32> {
+        let mut pieces: Vec<u32> = self.pieces.keys().copied().collect();
+        pieces.sort_unstable();
+        pieces
+    }
+
     pub fn in_progress(&self) -> usize {
         self.pieces.len()
     }

@@ -7,7 +7,10 @@
 //! hand actions out, so tests, fuzzers and simulations drive the same code
 //! as the tokio driver that only moves bytes.
 //!
-//! - [`swarm`]: the 20-byte key a swarm is found by ([`SwarmKey`]).
+//! - [`swarm`]: the 20-byte key a swarm is found by ([`SwarmKey`]), and
+//!   one object's swarm as a state machine tying the parts below together
+//!   (messages and time in; messages, verified pieces to store, blocks to
+//!   read and bans out).
 //! - [`wire`]: the BEP 3 handshake and messages, with the BEP 6 (fast) and
 //!   BEP 10 (extension protocol) additions, as a streaming decoder.
 //! - [`bencode`]: the bencoding BEP 10's handshake (and later the tracker)

@@ -1,5 +1,6 @@
-//! The key a swarm is found by: what the handshake's 20-byte `info_hash`
-//! carries and what peers announce to the tracker.
+//! The key a swarm is found by, and one object's swarm as a state machine
+//! (sans-IO, time passed in): every connection's [`Session`], the pieces
+//! being assembled, smart-ban, the choker and the picker together.
 //!
 //! A shoal swarm is one object version (its [`ObjectId`], which already
 //! names the exact bytes), so its key is derived from the id: the first 20
@@ -9,8 +10,22 @@
 //! swarm gets a second key of the other kind, and the tracker files both
 //! under the one object. The kind is part of the key so the two can never
 //! be confused.
+//!
+//! [`Swarm`] takes messages from peers ([`Swarm::handle_message`]), pieces
+//! that came from elsewhere (a cache, [`Swarm::piece_from_elsewhere`]) and
+//! time, and hands out [`Action`]s: messages to send, pieces to store (only
+//! ever verified against the manifest), blocks to read for a peer,
+//! connections to close, peers banned.
 
-use shoal_core::ObjectId;
+use crate::assembly::{Added, Assembly, PeerKey, SmartBan, SmartBanLimits};
+use crate::choke::{Candidate, ChokeLimits, Choker};
+use crate::pick::{next_piece, PickContext};
+use crate::session::{Event, Session, SessionLimits};
+use crate::wire::{BlockRef, Message};
+use bytes::Bytes;
+use shoal_core::bitfield::PieceSet;
+use shoal_core::{Manifest, ObjectId, PieceIndex, VerifiedPiece};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 /// Bytes of a swarm key on the wire (the handshake's `info_hash`).
 pub const SWARM_KEY_BYTES: usize = 20;
@@ -51,18 +66,480 @@ impl SwarmKey {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// A swarm's limits.
+#[derive(Clone, Copy, Debug)]
+pub struct SwarmLimits {
+    pub session: SessionLimits,
+    pub choke: ChokeLimits,
+    pub smart_ban: SmartBanLimits,
+    /// Connections at once, at most.
+    pub peers_max: usize,
+    /// How often the choker runs.
+    pub rechoke_every_ms: u64,
+    /// Whether we upload at all (`--no-upload`: every peer stays choked).
+    pub upload: bool,
+}
 
-    #[test]
-    fn each_object_has_its_own_stable_key() {
-        let a = SwarmKey::for_object(&ObjectId([1; 32]));
-        let b = SwarmKey::for_object(&ObjectId([2; 32]));
-        assert_ne!(a, b);
-        assert_eq!(a, SwarmKey::for_object(&ObjectId([1; 32])));
-        assert_eq!(a.to_hex().len(), 40);
-        // Same bytes, different kinds: different keys.
-        assert_ne!(a, SwarmKey::V1InfoHash(a.wire_bytes()));
+impl Default for SwarmLimits {
+    fn default() -> Self {
+        Self {
+            session: SessionLimits::default(),
+            choke: ChokeLimits::default(),
+            smart_ban: SmartBanLimits::default(),
+            peers_max: 50,
+            rechoke_every_ms: 10_000,
+            upload: true,
+        }
     }
 }
+
+/// What the driver is to do.
+#[derive(Debug)]
+pub enum Action {
+    Send {
+        peer: PeerKey,
+        message: Message,
+    },
+    /// Close the connection (the peer misbehaved, timed out or is banned).
+    Close {
+        peer: PeerKey,
+        reason: &'static str,
+    },
+    /// A piece that verified against the manifest: store it.
+    Store(VerifiedPiece),
+    /// Read `block` of a stored piece and pass it to [`Swarm::served`].
+    Read {
+        peer: PeerKey,
+        block: BlockRef,
+    },
+    /// The peer is banned: smart-ban proved it sent bad blocks.
+    Banned(PeerKey),
+}
+
+/// Bytes counted per swarm (peer efficiency is built from these).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SwarmCounters {
+    /// Verified piece bytes that came from peers.
+    pub bytes_from_peers: u64,
+    /// Verified piece bytes that came from elsewhere (caches).
+    pub bytes_from_elsewhere: u64,
+    /// Block bytes sent to peers.
+    pub bytes_to_peers: u64,
+    /// Pieces from peers that failed verification (never stored).
+    pub pieces_failed: u64,
+}
+
+#[derive(Debug)]
+struct Peer {
+    session: Session,
+    /// Bytes it sent us and we sent it since the last rechoke.
+    received: u64,
+    sent: u64,
+    download_bytes_per_s: u64,
+    upload_bytes_per_s: u64,
+}
+
+/// One object's swarm.
+#[derive(Debug)]
+pub struct Swarm {
+    manifest: Manifest,
+    limits: SwarmLimits,
+    have: PieceSet,
+    peers: BTreeMap<PeerKey, Peer>,
+    availability: Vec<u32>,
+    /// Blocks requested, and from whom.
+    requested: HashMap<BlockRef, PeerKey>,
+    assembly: Assembly,
+    smart_ban: SmartBan,
+    choker: Choker,
+    banned: HashSet<PeerKey>,
+    /// Pieces that failed verification, and who sent blocks of them: not
+    /// asked of those peers again until the piece verifies (so a liar is
+    /// not asked for the same piece forever, and the good copy that
+    /// settles the blame comes from someone else).
+    failed_from: HashMap<u32, HashSet<PeerKey>>,
+    last_rechoke_ms: u64,
+    actions: VecDeque<Action>,
+    counters: SwarmCounters,
+    /// This node's own number for spreading ties in the picker, so peers
+    /// that all fetch from one seed start on different pieces and have
+    /// something to trade.
+    salt: u64,
+}
+
+impl Swarm {
+    pub fn new(manifest: Manifest, have: PieceSet, limits: SwarmLimits, now_ms: u64) -> Self {
+        let count = manifest.piece_count() as usize;
+        Swarm {
+            manifest,
+            limits,
+            have,
+            peers: BTreeMap::new(),
+            availability: vec![0; count],
+            requested: HashMap::new(),
+            assembly: Assembly::default(),
+            smart_ban: SmartBan::new(limits.smart_ban),
+            choker: Choker::default(),
+            banned: HashSet::new(),
+            failed_from: HashMap::new(),
+            last_rechoke_ms: now_ms,
+            actions: VecDeque::new(),
+            counters: SwarmCounters::default(),
+            salt: 0,
+        }
+    }
+
+    /// Sets this node's tie-spreading number (from its peer id; any value
+    /// that differs between nodes).
+    pub fn with_salt(mut self, salt: u64) -> Self {
+        self.salt = salt;
+        self
+    }
+
+    pub fn have(&self) -> &PieceSet {
+        &self.have
+    }
+
+    pub fn counters(&self) -> SwarmCounters {
+        self.counters
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.have.is_complete()
+    }
+
+    pub fn is_banned(&self, peer: PeerKey) -> bool {
+        self.banned.contains(&peer)
+    }
+
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// A connection finished its handshakes. `false`: refused (banned, or
+    /// the swarm is full); the driver closes it.
+    pub fn add_peer(&mut self, peer: PeerKey, fast: bool, now_ms: u64) -> bool {
+        if self.banned.contains(&peer) || self.peers.len() >= self.limits.peers_max {
+            return false;
+        }
+        let session = Session::new(self.limits.session, fast, &self.have, now_ms);
+        self.peers.insert(
+            peer,
+            Peer {
+                session,
+                received: 0,
+                sent: 0,
+                download_bytes_per_s: 0,
+                upload_bytes_per_s: 0,
+            },
+        );
+        self.flush(peer, now_ms);
+        true
+    }
+
+    /// A connection ended: its pieces no longer count, its requests go
+    /// elsewhere.
+    pub fn remove_peer(&mut self, peer: PeerKey, now_ms: u64) {
+        let Some(gone) = self.peers.remove(&peer) else {
+            return;
+        };
+        for piece in gone.session.peer_has().iter() {
+            if let Some(count) = self.availability.get_mut(piece.0 as usize) {
+                *count = count.saturating_sub(1);
+            }
+        }
+        self.requested.retain(|_, from| *from != peer);
+        let others: Vec<PeerKey> = self.peers.keys().copied().collect();
+        for other in others {
+            self.request_more(other, now_ms);
+        }
+    }
+
+    /// A message from `peer` (checked by the wire decoder).
+    pub fn handle_message(&mut self, peer: PeerKey, message: Message, now_ms: u64) {
+        if let Message::Piece { data, .. } = &message {
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.received += data.len() as u64;
+            }
+        }
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        p.session.handle_message(message, now_ms);
+        self.flush(peer, now_ms);
+    }
+
+    /// The block `peer` asked for, read from the store.
+    pub fn served(&mut self, peer: PeerKey, block: BlockRef, data: Bytes, now_ms: u64) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        p.sent += data.len() as u64;
+        self.counters.bytes_to_peers += data.len() as u64;
+        p.session.served(&block, data);
+        self.flush(peer, now_ms);
+    }
+
+    /// A verified piece from elsewhere (a cache): stored by the caller;
+    /// peers hear of it, requests for it are cancelled, blame recorded for
+    /// it is settled.
+    pub fn piece_from_elsewhere(&mut self, piece: &VerifiedPiece, now_ms: u64) {
+        if self.have.contains(piece.index()) {
+            return;
+        }
+        self.counters.bytes_from_elsewhere += piece.len() as u64;
+        self.got_piece(piece.index().0, piece.data(), now_ms);
+    }
+
+    /// Time passes: timeouts, keep-alives, and the choker.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+        for peer in &keys {
+            if let Some(p) = self.peers.get_mut(peer) {
+                p.session.handle_timeout(now_ms);
+            }
+            self.flush(*peer, now_ms);
+        }
+        if now_ms.saturating_sub(self.last_rechoke_ms) >= self.limits.rechoke_every_ms {
+            self.rechoke(now_ms);
+        }
+    }
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// Runs the choker over the connected peers.
+    pub fn rechoke(&mut self, now_ms: u64) {
+        let interval_ms = now_ms.saturating_sub(self.last_rechoke_ms).max(1);
+        self.last_rechoke_ms = now_ms;
+        let mut candidates = Vec::new();
+        for (key, p) in self.peers.iter_mut() {
+            p.download_bytes_per_s = p.received * 1000 / interval_ms;
+            p.upload_bytes_per_s = p.sent * 1000 / interval_ms;
+            p.received = 0;
+            p.sent = 0;
+            candidates.push(Candidate {
+                peer: *key,
+                interested: p.session.peer_interested(),
+                download_bytes_per_s: p.download_bytes_per_s,
+                upload_bytes_per_s: p.upload_bytes_per_s,
+            });
+        }
+        let unchoke = if self.limits.upload {
+            self.choker
+                .unchoke(&candidates, self.is_complete(), &self.limits.choke, now_ms)
+        } else {
+            Vec::new()
+        };
+        let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+        for key in keys {
+            if let Some(p) = self.peers.get_mut(&key) {
+                p.session.set_choking(!unchoke.contains(&key));
+            }
+            self.flush(key, now_ms);
+        }
+    }
+
+    /// Turns a session's events into swarm work and its messages into
+    /// actions.
+    fn flush(&mut self, peer: PeerKey, now_ms: u64) {
+        loop {
+            let Some(p) = self.peers.get_mut(&peer) else {
+                return;
+            };
+            let Some(event) = p.session.poll_event() else {
+                break;
+            };
+            self.on_event(peer, event, now_ms);
+        }
+        self.update_interest(peer);
+        self.request_more(peer, now_ms);
+        if let Some(p) = self.peers.get_mut(&peer) {
+            while let Some(message) = p.session.poll_transmit(now_ms) {
+                self.actions.push_back(Action::Send { peer, message });
+            }
+        }
+    }
+
+    fn on_event(&mut self, peer: PeerKey, event: Event, now_ms: u64) {
+        match event {
+            Event::PeerHas(pieces) => {
+                for piece in pieces {
+                    if let Some(count) = self.availability.get_mut(piece as usize) {
+                        *count += 1;
+                    }
+                }
+            }
+            Event::Unchoked => {}
+            Event::RequestsLost(blocks) => {
+                for block in blocks {
+                    self.requested.remove(&block);
+                }
+            }
+            Event::Block { block, data } => self.on_block(peer, block, data, now_ms),
+            Event::PeerWants(block) => {
+                if self.have.contains(PieceIndex(block.piece)) {
+                    self.actions.push_back(Action::Read { peer, block });
+                }
+            }
+            Event::Misbehaved(reason) => self.close(peer, reason, now_ms),
+            Event::TimedOut => self.close(peer, "silent too long", now_ms),
+        }
+    }
+
+    fn on_block(&mut self, peer: PeerKey, block: BlockRef, data: Bytes, now_ms: u64) {
+        self.requested.remove(&block);
+        if self.have.contains(PieceIndex(block.piece)) {
+            return;
+        }
+        let piece_bytes = self.manifest.layout().piece_len(PieceIndex(block.piece)) as u32;
+        let Added::Complete {
+            piece,
+            data,
+            senders,
+        } = self.assembly.add(peer, block, &data, piece_bytes)
+        else {
+            return;
+        };
+        match VerifiedPiece::verify(&self.manifest, PieceIndex(piece), data.clone()) {
+            Ok(verified) => {
+                self.counters.bytes_from_peers += verified.len() as u64;
+                self.actions.push_back(Action::Store(verified));
+                self.got_piece(piece, &data, now_ms);
+            }
+            Err(_) => {
+                // Never stored: blame is settled when the piece verifies.
+                self.counters.pieces_failed += 1;
+                self.smart_ban.on_failed(piece, &data, &senders);
+                let failed_from = self.failed_from.entry(piece).or_default();
+                failed_from.extend(senders.iter().copied());
+            }
+        }
+    }
+
+    /// `piece` is here and verified: tell everyone, cancel what is still
+    /// asked for it, settle smart-ban's blame.
+    fn got_piece(&mut self, piece: u32, data: &Bytes, now_ms: u64) {
+        self.have.insert(PieceIndex(piece));
+        self.failed_from.remove(&piece);
+        let cancels: Vec<(BlockRef, PeerKey)> = self
+            .requested
+            .iter()
+            .filter(|(b, _)| b.piece == piece)
+            .map(|(b, p)| (*b, *p))
+            .collect();
+        for (block, from) in cancels {
+            self.requested.remove(&block);
+            if let Some(p) = self.peers.get_mut(&from) {
+                p.session.cancel(block);
+            }
+        }
+        let verdict = self.smart_ban.on_verified(piece, data);
+        for liar in verdict.ban {
+            self.banned.insert(liar);
+            self.actions.push_back(Action::Banned(liar));
+            self.close(liar, "sent blocks that failed verification", now_ms);
+            self.assembly.drop_peer(liar);
+        }
+        let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+        for key in keys {
+            if let Some(p) = self.peers.get_mut(&key) {
+                p.session.have(piece);
+            }
+            self.flush(key, now_ms);
+        }
+    }
+
+    fn close(&mut self, peer: PeerKey, reason: &'static str, now_ms: u64) {
+        if self.peers.contains_key(&peer) {
+            self.actions.push_back(Action::Close { peer, reason });
+            self.remove_peer(peer, now_ms);
+        }
+    }
+
+    fn update_interest(&mut self, peer: PeerKey) {
+        let have = &self.have;
+        if let Some(p) = self.peers.get_mut(&peer) {
+            let wants = p
+                .session
+                .peer_has()
+                .iter()
+                .any(|piece| !have.contains(piece));
+            p.session.set_interested(wants);
+        }
+    }
+
+    /// Fills `peer`'s request pipeline: blocks of the piece the picker
+    /// names, not already asked of anyone.
+    fn request_more(&mut self, peer: PeerKey, _now_ms: u64) {
+        let count = self.manifest.piece_count();
+        let mut in_flight = PieceSet::new(count);
+        for block in self.requested.keys() {
+            in_flight.insert(PieceIndex(block.piece));
+        }
+        // Started: blocks here or asked for, the piece not yet whole.
+        let mut partial = self.assembly.partial_pieces();
+        for piece in in_flight.iter() {
+            if !partial.contains(&piece.0) && !self.have.contains(piece) {
+                partial.push(piece.0);
+            }
+        }
+        for piece in &partial {
+            in_flight.insert(PieceIndex(*piece));
+        }
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        // What it has, less pieces it helped spoil.
+        let mut offered = p.session.peer_has().clone();
+        if !self.failed_from.is_empty() {
+            offered = PieceSet::new(count);
+            for piece in p.session.peer_has().iter() {
+                let spoiled = self
+                    .failed_from
+                    .get(&piece.0)
+                    .is_some_and(|senders| senders.contains(&peer));
+                if !spoiled {
+                    offered.insert(piece);
+                }
+            }
+        }
+        let mut tried = HashSet::new();
+        while p.session.request_room() > 0 {
+            let ctx = PickContext {
+                have: &self.have,
+                in_flight: &in_flight,
+                partial: &partial
+                    .iter()
+                    .copied()
+                    .filter(|x| !tried.contains(x))
+                    .collect::<Vec<_>>(),
+                availability: &self.availability,
+                playhead: None,
+                salt: self
+                    .salt
+                    .wrapping_add(peer.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+            };
+            let Some(piece) = next_piece(&ctx, &offered) else {
+                break;
+            };
+            tried.insert(piece);
+            in_flight.insert(PieceIndex(piece));
+            let piece_bytes = self.manifest.layout().piece_len(PieceIndex(piece)) as u32;
+            for block in self.assembly.missing(piece, piece_bytes) {
+                if self.requested.contains_key(&block) || !p.session.may_request(&block) {
+                    continue;
+                }
+                p.session.request(block);
+                self.requested.insert(block, peer);
+            }
+            if tried.len() > count as usize {
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
