@@ -11,6 +11,8 @@
 //!   one object's swarm as a state machine tying the parts below together
 //!   (messages and time in; messages, verified pieces to store, blocks to
 //!   read and bans out).
+//! - [`driver`]: the thin tokio driver of a swarm (TCP, handshakes, bytes
+//!   to and from the codec; every decision is the swarm's).
 //! - [`wire`]: the BEP 3 handshake and messages, with the BEP 6 (fast) and
 //!   BEP 10 (extension protocol) additions, as a streaming decoder.
 //! - [`bencode`]: the bencoding BEP 10's handshake (and later the tracker)
@@ -33,6 +35,7 @@
 pub mod assembly;
 pub mod bencode;
 pub mod choke;
+pub mod driver;
 pub mod extension;
 pub mod pick;
 pub mod session;
