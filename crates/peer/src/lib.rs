@@ -13,6 +13,9 @@
 //!   read and bans out).
 //! - [`driver`]: the thin tokio driver of a swarm (TCP, handshakes, bytes
 //!   to and from the codec; every decision is the swarm's).
+//! - [`tracker`]: the tracker's core — announce and scrape parsing, a
+//!   bounded table of swarms and peers, nearest-first peer lists, the
+//!   bencoded compact answers (the selector serves it over HTTP).
 //! - [`wire`]: the BEP 3 handshake and messages, with the BEP 6 (fast) and
 //!   BEP 10 (extension protocol) additions, as a streaming decoder.
 //! - [`bencode`]: the bencoding BEP 10's handshake (and later the tracker)
@@ -40,6 +43,7 @@ pub mod extension;
 pub mod pick;
 pub mod session;
 pub mod swarm;
+pub mod tracker;
 pub mod wire;
 
 pub use swarm::SwarmKey;

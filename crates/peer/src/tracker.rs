@@ -1,0 +1,423 @@
+//! The tracker's core (BEP 3 HTTP announce with BEP 23 compact peer lists,
+//! and scrape) as pure functions and a bounded table: the selector serves
+//! it over HTTP; time, the announcer's address and its locality come in as
+//! arguments.
+//!
+//! Peers are returned nearest first: those in the announcer's coverage
+//! zone, then its region, then the rest, each tier in an order that
+//! differs per announcer (so peers do not all crowd the same few). Every
+//! table is bounded: swarms, peers per swarm and the peers returned; the
+//! stalest entries go first when one is full, and peers that stopped
+//! announcing expire. A peer announcing more often than the minimum
+//! interval gets a failure answer (its events — started, completed,
+//! stopped — are always taken).
+
+use crate::bencode::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+
+/// The tracker's limits.
+#[derive(Clone, Copy, Debug)]
+pub struct TrackerLimits {
+    pub swarms_max: usize,
+    pub peers_per_swarm_max: usize,
+    /// Peers returned per announce, at most (and the default).
+    pub numwant_max: u32,
+    /// The re-announce interval told to peers.
+    pub interval_s: u64,
+    /// Announces (without an event) closer together than this are refused.
+    pub min_interval_s: u64,
+    /// A peer not heard from for this long is forgotten.
+    pub peer_ttl_s: u64,
+}
+
+impl Default for TrackerLimits {
+    fn default() -> Self {
+        Self {
+            swarms_max: 100_000,
+            peers_per_swarm_max: 2_000,
+            numwant_max: 50,
+            interval_s: 60,
+            min_interval_s: 15,
+            peer_ttl_s: 180,
+        }
+    }
+}
+
+/// An announce's event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AnnounceEvent {
+    Started,
+    Completed,
+    Stopped,
+}
+
+/// A parsed announce (`GET /announce?…`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Announce {
+    pub info_hash: [u8; 20],
+    pub peer_id: [u8; 20],
+    pub port: u16,
+    pub uploaded: u64,
+    pub downloaded: u64,
+    /// Bytes still missing (0: a seed).
+    pub left: u64,
+    pub event: Option<AnnounceEvent>,
+    pub numwant: Option<u32>,
+}
+
+/// Why an announce or scrape is refused (the sender's fault); sent back as
+/// a bencoded `failure reason`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TrackerError {
+    #[error("missing `{0}`")]
+    Missing(&'static str),
+    #[error("bad `{0}`")]
+    Bad(&'static str),
+    #[error("announcing too often: wait {0} s")]
+    TooSoon(u64),
+    #[error("the query string is too long")]
+    TooLong,
+}
+
+/// Longest query string accepted (an announce is ~300 bytes; a scrape of
+/// many hashes more).
+pub const QUERY_BYTES_MAX: usize = 8 * 1024;
+
+/// The key/value pairs of a query string, values percent-decoded to bytes
+/// (an info-hash is binary).
+fn pairs(query: &str) -> Result<Vec<(&str, Vec<u8>)>, TrackerError> {
+    if query.len() > QUERY_BYTES_MAX {
+        return Err(TrackerError::TooLong);
+    }
+    Ok(query
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
+            (key, percent_encoding::percent_decode_str(value).collect())
+        })
+        .collect())
+}
+
+fn twenty(value: &[u8], name: &'static str) -> Result<[u8; 20], TrackerError> {
+    value.try_into().map_err(|_| TrackerError::Bad(name))
+}
+
+fn number<T: std::str::FromStr>(value: &[u8], name: &'static str) -> Result<T, TrackerError> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .ok_or(TrackerError::Bad(name))
+}
+
+impl Announce {
+    /// Parses an announce's query string.
+    pub fn parse(query: &str) -> Result<Self, TrackerError> {
+        let mut info_hash = None;
+        let mut peer_id = None;
+        let mut port = None;
+        let (mut uploaded, mut downloaded, mut left) = (0, 0, None);
+        let mut event = None;
+        let mut numwant = None;
+        for (key, value) in pairs(query)? {
+            match key {
+                "info_hash" => info_hash = Some(twenty(&value, "info_hash")?),
+                "peer_id" => peer_id = Some(twenty(&value, "peer_id")?),
+                "port" => {
+                    let p: u16 = number(&value, "port")?;
+                    if p == 0 {
+                        return Err(TrackerError::Bad("port"));
+                    }
+                    port = Some(p);
+                }
+                "uploaded" => uploaded = number(&value, "uploaded")?,
+                "downloaded" => downloaded = number(&value, "downloaded")?,
+                "left" => left = Some(number(&value, "left")?),
+                "numwant" => numwant = Some(number(&value, "numwant")?),
+                "event" => {
+                    event = match &value[..] {
+                        b"started" => Some(AnnounceEvent::Started),
+                        b"completed" => Some(AnnounceEvent::Completed),
+                        b"stopped" => Some(AnnounceEvent::Stopped),
+                        b"" | b"empty" => None,
+                        _ => return Err(TrackerError::Bad("event")),
+                    }
+                }
+                // compact, key, supportcrypto, …: compact is all we answer.
+                _ => {}
+            }
+        }
+        Ok(Announce {
+            info_hash: info_hash.ok_or(TrackerError::Missing("info_hash"))?,
+            peer_id: peer_id.ok_or(TrackerError::Missing("peer_id"))?,
+            port: port.ok_or(TrackerError::Missing("port"))?,
+            uploaded,
+            downloaded,
+            left: left.ok_or(TrackerError::Missing("left"))?,
+            event,
+            numwant,
+        })
+    }
+}
+
+/// The info-hashes of a scrape's query string (at most `max`).
+pub fn parse_scrape(query: &str, max: usize) -> Result<Vec<[u8; 20]>, TrackerError> {
+    let mut hashes = Vec::new();
+    for (key, value) in pairs(query)? {
+        if key == "info_hash" {
+            if hashes.len() >= max {
+                return Err(TrackerError::Bad("info_hash (too many)"));
+            }
+            hashes.push(twenty(&value, "info_hash")?);
+        }
+    }
+    Ok(hashes)
+}
+
+/// Where a peer is, as the selector's coverage zones place its address.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Locality {
+    pub zone: Option<String>,
+    pub region: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    addr: SocketAddr,
+    locality: Locality,
+    seed: bool,
+    last_seen_s: u64,
+}
+
+#[derive(Debug, Default)]
+struct SwarmPeers {
+    peers: HashMap<[u8; 20], Entry>,
+    /// Peers that announced `completed`.
+    downloaded: u64,
+    last_seen_s: u64,
+}
+
+/// What an announce gets back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnnounceAnswer {
+    pub interval_s: u64,
+    pub min_interval_s: u64,
+    pub complete: u64,
+    pub incomplete: u64,
+    /// Nearest first.
+    pub peers: Vec<SocketAddr>,
+}
+
+impl AnnounceAnswer {
+    /// The bencoded answer with compact peer lists (`peers`: 6 bytes per
+    /// IPv4 peer, `peers6`: 18 bytes per IPv6 peer; BEP 23, BEP 7).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v4 = Vec::new();
+        let mut v6 = Vec::new();
+        for peer in &self.peers {
+            match peer {
+                SocketAddr::V4(a) => {
+                    v4.extend_from_slice(&a.ip().octets());
+                    v4.extend_from_slice(&a.port().to_be_bytes());
+                }
+                SocketAddr::V6(a) => {
+                    v6.extend_from_slice(&a.ip().octets());
+                    v6.extend_from_slice(&a.port().to_be_bytes());
+                }
+            }
+        }
+        let mut dict = BTreeMap::new();
+        let int = |n: u64| Value::Int(i64::try_from(n).unwrap_or(i64::MAX));
+        dict.insert(b"complete".to_vec(), int(self.complete));
+        dict.insert(b"incomplete".to_vec(), int(self.incomplete));
+        dict.insert(b"interval".to_vec(), int(self.interval_s));
+        dict.insert(b"min interval".to_vec(), int(self.min_interval_s));
+        dict.insert(b"peers".to_vec(), Value::Bytes(v4));
+        if !v6.is_empty() {
+            dict.insert(b"peers6".to_vec(), Value::Bytes(v6));
+        }
+        Value::Dict(dict).encode()
+    }
+}
+
+/// A refusal as a tracker sends it.
+pub fn failure(error: &TrackerError) -> Vec<u8> {
+    let mut dict = BTreeMap::new();
+    dict.insert(
+        b"failure reason".to_vec(),
+        Value::Bytes(error.to_string().into_bytes()),
+    );
+    Value::Dict(dict).encode()
+}
+
+/// A swarm's counts, for scrape and the selector's statistics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SwarmCounts {
+    pub complete: u64,
+    pub incomplete: u64,
+    pub downloaded: u64,
+}
+
+/// Every swarm's peers.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    limits: TrackerLimits,
+    swarms: HashMap<[u8; 20], SwarmPeers>,
+}
+
+impl Tracker {
+    pub fn new(limits: TrackerLimits) -> Self {
+        Self {
+            limits,
+            swarms: HashMap::new(),
+        }
+    }
+
+    /// Records an announce from `ip` (the connection's address, not what
+    /// the peer claims) placed at `locality`, and picks peers for it.
+    pub fn announce(
+        &mut self,
+        announce: &Announce,
+        ip: IpAddr,
+        locality: Locality,
+        now_s: u64,
+    ) -> Result<AnnounceAnswer, TrackerError> {
+        let limits = self.limits;
+        if !self.swarms.contains_key(&announce.info_hash) && self.swarms.len() >= limits.swarms_max
+        {
+            self.forget_stalest_swarm(now_s);
+        }
+        let swarm = self.swarms.entry(announce.info_hash).or_default();
+        swarm
+            .peers
+            .retain(|_, e| now_s.saturating_sub(e.last_seen_s) < limits.peer_ttl_s);
+        swarm.last_seen_s = now_s;
+        if let Some(known) = swarm.peers.get(&announce.peer_id) {
+            let since = now_s.saturating_sub(known.last_seen_s);
+            if announce.event.is_none() && since < limits.min_interval_s {
+                return Err(TrackerError::TooSoon(limits.min_interval_s - since));
+            }
+        }
+        match announce.event {
+            Some(AnnounceEvent::Stopped) => {
+                swarm.peers.remove(&announce.peer_id);
+            }
+            event => {
+                if event == Some(AnnounceEvent::Completed) {
+                    swarm.downloaded += 1;
+                }
+                if !swarm.peers.contains_key(&announce.peer_id)
+                    && swarm.peers.len() >= limits.peers_per_swarm_max
+                {
+                    // Full: the peer heard from longest ago makes room.
+                    if let Some(stalest) = swarm
+                        .peers
+                        .iter()
+                        .min_by_key(|(id, e)| (e.last_seen_s, **id))
+                        .map(|(id, _)| *id)
+                    {
+                        swarm.peers.remove(&stalest);
+                    }
+                }
+                swarm.peers.insert(
+                    announce.peer_id,
+                    Entry {
+                        addr: SocketAddr::new(ip, announce.port),
+                        locality: locality.clone(),
+                        seed: announce.left == 0,
+                        last_seen_s: now_s,
+                    },
+                );
+            }
+        }
+        let wanted = announce
+            .numwant
+            .unwrap_or(limits.numwant_max)
+            .min(limits.numwant_max) as usize;
+        let mut others: Vec<(&[u8; 20], &Entry)> = swarm
+            .peers
+            .iter()
+            .filter(|(id, _)| **id != announce.peer_id)
+            // A seed gains nothing from other seeds.
+            .filter(|(_, e)| !(announce.left == 0 && e.seed))
+            .collect();
+        others.sort_by_key(|(id, e)| {
+            let tier = if locality.zone.is_some() && e.locality.zone == locality.zone {
+                0
+            } else if locality.region.is_some() && e.locality.region == locality.region {
+                1
+            } else {
+                2
+            };
+            let mut mixed = [0u8; 20];
+            for (k, byte) in mixed.iter_mut().enumerate() {
+                *byte = id[k] ^ announce.peer_id[k];
+            }
+            (tier, blake3::hash(&mixed).as_bytes()[..8].to_vec())
+        });
+        let counts = counts(swarm);
+        Ok(AnnounceAnswer {
+            interval_s: limits.interval_s,
+            min_interval_s: limits.min_interval_s,
+            complete: counts.complete,
+            incomplete: counts.incomplete,
+            peers: others
+                .into_iter()
+                .take(wanted)
+                .map(|(_, e)| e.addr)
+                .collect(),
+        })
+    }
+
+    /// A swarm's counts (zeros for an unknown one).
+    pub fn counts(&self, info_hash: &[u8; 20]) -> SwarmCounts {
+        self.swarms.get(info_hash).map(counts).unwrap_or_default()
+    }
+
+    /// The bencoded scrape answer for `hashes`.
+    pub fn scrape(&self, hashes: &[[u8; 20]]) -> Vec<u8> {
+        let files = hashes
+            .iter()
+            .map(|hash| {
+                let c = self.counts(hash);
+                let int = |n: u64| Value::Int(i64::try_from(n).unwrap_or(i64::MAX));
+                let entry: BTreeMap<Vec<u8>, Value> = [
+                    (b"complete".to_vec(), int(c.complete)),
+                    (b"downloaded".to_vec(), int(c.downloaded)),
+                    (b"incomplete".to_vec(), int(c.incomplete)),
+                ]
+                .into();
+                (hash.to_vec(), Value::Dict(entry))
+            })
+            .collect();
+        Value::Dict([(b"files".to_vec(), Value::Dict(files))].into()).encode()
+    }
+
+    pub fn swarm_count(&self) -> usize {
+        self.swarms.len()
+    }
+
+    fn forget_stalest_swarm(&mut self, _now_s: u64) {
+        if let Some(stalest) = self
+            .swarms
+            .iter()
+            .min_by_key(|(hash, s)| (s.last_seen_s, **hash))
+            .map(|(hash, _)| *hash)
+        {
+            self.swarms.remove(&stalest);
+        }
+    }
+}
+
+fn counts(swarm: &SwarmPeers) -> SwarmCounts {
+    let complete = swarm.peers.values().filter(|e| e.seed).count() as u64;
+    SwarmCounts {
+        complete,
+        incomplete: swarm.peers.len() as u64 - complete,
+        downloaded: swarm.downloaded,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,174 @@
+//! The tracker core: announce parsing, locality order, bounds, expiry.
+
+use super::*;
+
+fn query(info_hash: [u8; 20], peer_id: [u8; 20], port: u16, left: u64, event: &str) -> String {
+    let enc = |b: &[u8]| -> String { b.iter().map(|x| format!("%{x:02X}")).collect() };
+    format!(
+        "info_hash={}&peer_id={}&port={port}&uploaded=0&downloaded=0&left={left}&compact=1&event={event}",
+        enc(&info_hash),
+        enc(&peer_id)
+    )
+}
+
+fn here(zone: &str, region: &str) -> Locality {
+    Locality {
+        zone: Some(zone.into()),
+        region: Some(region.into()),
+    }
+}
+
+#[test]
+fn an_announce_parses_binary_hashes_and_refuses_what_is_malformed() {
+    let q = query([0xab; 20], *b"-SH0001-012345678901", 6881, 1000, "started");
+    let a = Announce::parse(&q).unwrap();
+    assert_eq!(a.info_hash, [0xab; 20]);
+    assert_eq!(a.port, 6881);
+    assert_eq!(a.left, 1000);
+    assert_eq!(a.event, Some(AnnounceEvent::Started));
+    for (bad, why) in [
+        ("port=1&left=0", TrackerError::Missing("info_hash")),
+        (
+            "info_hash=%AB&peer_id=-SH0001-012345678901&port=1&left=0",
+            TrackerError::Bad("info_hash"),
+        ),
+        (
+            &q.replace("port=6881", "port=0")[..],
+            TrackerError::Bad("port"),
+        ),
+        (
+            &q.replace("port=6881", "port=70000")[..],
+            TrackerError::Bad("port"),
+        ),
+        (
+            &q.replace("left=1000", "left=-1")[..],
+            TrackerError::Bad("left"),
+        ),
+        (
+            &q.replace("event=started", "event=paused")[..],
+            TrackerError::Bad("event"),
+        ),
+    ] {
+        assert_eq!(Announce::parse(bad), Err(why), "{bad}");
+    }
+    assert_eq!(
+        Announce::parse(&"a=b&".repeat(3000)),
+        Err(TrackerError::TooLong)
+    );
+}
+
+#[test]
+fn peers_come_back_nearest_first_never_yourself_and_capped() {
+    let limits = TrackerLimits {
+        numwant_max: 3,
+        ..TrackerLimits::default()
+    };
+    let mut tracker = Tracker::new(limits);
+    let swarm = [7; 20];
+    let join = |tracker: &mut Tracker, n: u8, locality: Locality| {
+        let a = Announce::parse(&query(swarm, [n; 20], 6000 + u16::from(n), 5, "started")).unwrap();
+        tracker
+            .announce(&a, format!("127.0.0.{n}").parse().unwrap(), locality, 0)
+            .unwrap()
+    };
+    join(&mut tracker, 1, here("far", "us"));
+    join(&mut tracker, 2, here("z1", "eu"));
+    join(&mut tracker, 3, here("z2", "eu"));
+    join(&mut tracker, 4, here("z1", "eu"));
+    let answer = join(&mut tracker, 5, here("z1", "eu"));
+    let ports: Vec<u16> = answer.peers.iter().map(|p| p.port()).collect();
+    assert_eq!(ports.len(), 3, "numwant is capped");
+    assert!(!ports.contains(&6005), "not itself");
+    let mut first_two = ports[..2].to_vec();
+    first_two.sort();
+    assert_eq!(first_two, [6002, 6004], "its zone first");
+    assert_eq!(ports[2], 6003, "then its region");
+    assert_eq!(answer.incomplete, 5);
+    // The compact form: 6 bytes per IPv4 peer.
+    let encoded = Value::decode(&answer.encode()).unwrap();
+    assert_eq!(
+        encoded
+            .get("peers")
+            .and_then(Value::as_bytes)
+            .map(<[u8]>::len),
+        Some(18)
+    );
+    assert_eq!(encoded.get("interval").and_then(Value::as_int), Some(60));
+}
+
+#[test]
+fn announcing_too_often_is_refused_but_events_are_taken() {
+    let mut tracker = Tracker::new(TrackerLimits::default());
+    let first = Announce::parse(&query([1; 20], [2; 20], 7000, 10, "started")).unwrap();
+    let ip: IpAddr = "127.0.0.9".parse().unwrap();
+    tracker
+        .announce(&first, ip, Locality::default(), 100)
+        .unwrap();
+    let again = Announce {
+        event: None,
+        ..first.clone()
+    };
+    assert_eq!(
+        tracker.announce(&again, ip, Locality::default(), 105),
+        Err(TrackerError::TooSoon(10))
+    );
+    let done = Announce {
+        event: Some(AnnounceEvent::Completed),
+        left: 0,
+        ..first.clone()
+    };
+    tracker
+        .announce(&done, ip, Locality::default(), 106)
+        .unwrap();
+    assert_eq!(
+        tracker.counts(&[1; 20]),
+        SwarmCounts {
+            complete: 1,
+            incomplete: 0,
+            downloaded: 1
+        }
+    );
+    let stop = Announce {
+        event: Some(AnnounceEvent::Stopped),
+        ..first
+    };
+    tracker
+        .announce(&stop, ip, Locality::default(), 107)
+        .unwrap();
+    assert_eq!(tracker.counts(&[1; 20]).complete, 0);
+    let failure = Value::decode(&failure(&TrackerError::TooSoon(10))).unwrap();
+    assert!(failure.get("failure reason").is_some());
+}
+
+#[test]
+fn tables_are_bounded_and_silent_peers_expire() {
+    let limits = TrackerLimits {
+        swarms_max: 2,
+        peers_per_swarm_max: 3,
+        peer_ttl_s: 100,
+        ..TrackerLimits::default()
+    };
+    let mut tracker = Tracker::new(limits);
+    let ip: IpAddr = "127.0.0.1".parse().unwrap();
+    for n in 0..5u8 {
+        let a = Announce::parse(&query([1; 20], [n; 20], 6000, 1, "started")).unwrap();
+        tracker
+            .announce(&a, ip, Locality::default(), u64::from(n))
+            .unwrap();
+    }
+    assert_eq!(tracker.counts(&[1; 20]).incomplete, 3, "peers per swarm");
+    for hash in [[2; 20], [3; 20]] {
+        let a = Announce::parse(&query(hash, [9; 20], 6000, 1, "started")).unwrap();
+        tracker.announce(&a, ip, Locality::default(), 10).unwrap();
+    }
+    assert_eq!(tracker.swarm_count(), 2, "swarms");
+    // Much later, an announce finds the others gone.
+    let late = Announce::parse(&query([3; 20], [8; 20], 6000, 1, "started")).unwrap();
+    let answer = tracker
+        .announce(&late, ip, Locality::default(), 500)
+        .unwrap();
+    assert!(answer.peers.is_empty());
+    let scrape = Value::decode(&tracker.scrape(&[[3; 20]])).unwrap();
+    let files = scrape.get("files").unwrap();
+    assert!(matches!(files, Value::Dict(d) if d.len() == 1));
+}
