@@ -238,6 +238,16 @@ impl Zones {
         self.reach[index].get(region).copied()
     }
 
+    /// The region nearest `zone` (least round-trip time; ties by name):
+    /// where a client of the zone is, for grouping viewers' peers.
+    pub fn nearest_region(&self, zone: &str) -> Option<&str> {
+        let index = self.names.iter().position(|n| n == zone)?;
+        self.reach[index]
+            .iter()
+            .min_by(|a, b| a.1.rtt_ms.total_cmp(&b.1.rtt_ms).then(a.0.cmp(b.0)))
+            .map(|(region, _)| region.as_str())
+    }
+
     pub fn zone_names(&self) -> &[String] {
         &self.names
     }
@@ -282,6 +292,9 @@ regions = { eu-west = { rtt_ms = 60, transit_usd_per_gb = 0.02 } }
             })
         );
         assert_eq!(zones.reach("eu-office", "us-east"), None);
+        // A zone's clients are placed in its nearest region.
+        assert_eq!(zones.nearest_region("eu"), Some("eu-west"));
+        assert_eq!(zones.nearest_region("no such zone"), None);
     }
 
     #[test]

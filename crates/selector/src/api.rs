@@ -61,6 +61,8 @@ pub struct SelectorStats {
     pub redirects: AtomicU64,
     pub bad_requests: AtomicU64,
     pub shortfalls: AtomicU64,
+    /// Tracker announces answered (refusals included).
+    pub announces: AtomicU64,
 }
 
 /// What this selector planned on each cache recently, decaying as the
@@ -155,6 +157,10 @@ pub struct Selector {
     directory: Directory,
     settings: PlanSettings,
     pub stats: SelectorStats,
+    /// The tracker viewers' peers announce to (`/announce`, `/scrape`).
+    tracker: std::sync::Mutex<shoal_peer::tracker::Tracker>,
+    /// The tracker's clock.
+    started: std::time::Instant,
 }
 
 /// A selector with its port bound and the gossip joined, ready to serve.
@@ -458,6 +464,22 @@ fn is_pin(pair: &str) -> bool {
         .is_some_and(|rest| rest.starts_with('='))
 }
 
+/// Info-hashes one scrape may ask about, at most.
+const SCRAPE_HASHES_MAX: usize = 64;
+
+/// A tracker's answer (bencoded, `200`; refusals say so inside).
+fn bencoded(body: Vec<u8>) -> Response<Body> {
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/plain")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(shoal_server::full(Bytes::from(body)))
+        .unwrap_or_else(|_| internal_error())
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn text(status: StatusCode, body: &str) -> Response<Body> {
     Response::builder()
         .status(status)
@@ -544,7 +566,49 @@ impl Selector {
                 uncapped_cache_mbps: config.uncapped_cache_mbps,
             },
             stats: SelectorStats::default(),
+            tracker: std::sync::Mutex::new(shoal_peer::tracker::Tracker::new(
+                shoal_peer::tracker::TrackerLimits::default(),
+            )),
+            started: std::time::Instant::now(),
         }
+    }
+
+    /// `GET /announce?…` (BEP 3, compact peers per BEP 23): records the
+    /// peer at the connection's address and answers peers nearest it
+    /// first. A refusal is a bencoded `failure reason` with `200`, as
+    /// trackers answer.
+    fn announce(&self, query: &str, client: std::net::IpAddr) -> Response<Body> {
+        use shoal_peer::tracker::{failure, Announce, Locality};
+        self.stats.announces.fetch_add(1, Ordering::Relaxed);
+        let answer = Announce::parse(query).and_then(|announce| {
+            let locality = match &self.zones {
+                Some(zones) => {
+                    let zone = zones.zone_of(client);
+                    Locality {
+                        zone: Some(zone.to_string()),
+                        region: zones.nearest_region(zone).map(str::to_string),
+                    }
+                }
+                None => Locality::default(),
+            };
+            let now_s = self.started.elapsed().as_secs();
+            lock(&self.tracker).announce(&announce, client, locality, now_s)
+        });
+        let body = match answer {
+            Ok(answer) => answer.encode(),
+            Err(error) => failure(&error),
+        };
+        bencoded(body)
+    }
+
+    /// `GET /scrape?info_hash=…`: the swarms' counts.
+    fn scrape(&self, query: &str) -> Response<Body> {
+        use shoal_peer::tracker::{failure, parse_scrape};
+        let body = match parse_scrape(query, SCRAPE_HASHES_MAX) {
+            Ok(hashes) => lock(&self.tracker).scrape(&hashes),
+            Err(error) => failure(&error),
+        };
+        bencoded(body)
     }
 
     async fn handle(
@@ -574,13 +638,18 @@ impl Selector {
                 self.plan_or_explain(path, query, client, host.as_deref())
                     .await
             }
+            // The tracker (these two paths are not objects here;
+            // libtorrent accepts a loopback tracker only at /announce).
+            "/announce" => self.announce(query, client),
+            "/scrape" => self.scrape(query),
             "/_shoal/health" => self.health(),
             "/_shoal/mesh" => self.mesh(),
             "/" => text(
                 StatusCode::OK,
                 "shoal selector: GET /plan?path=/x (JSON), GET /explain?path=/x (text), \
                  GET /x (302 to the best cache, Link: rel=duplicate for the others); \
-                 parameters: client=IP, host=H, exclude=NODE,...",
+                 parameters: client=IP, host=H, exclude=NODE,...; \
+                 GET /announce and /scrape: the tracker of viewers' swarms (BEP 3, compact peers)",
             ),
             p if p.starts_with("/_shoal/") => text(StatusCode::NOT_FOUND, "unknown endpoint"),
             _ => {

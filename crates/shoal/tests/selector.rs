@@ -525,3 +525,64 @@ fn plans_reserve_capacity_only_for_a_client_about_to_download() {
     let (status, _) = get_json(&format!("{plan_url}&reserve=maybe"));
     assert_eq!(status, 400);
 }
+
+/// Percent-encodes every byte (as BitTorrent clients send binary values).
+fn percent_all(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("%{b:02X}")).collect()
+}
+
+#[test]
+fn the_selector_tracks_viewers_swarms_and_answers_compact_peer_lists() {
+    let root = tempfile::tempdir().unwrap();
+    write_file(root.path(), "a.bin", &content(1024, 1));
+    let origin = start_origin(root.path());
+    let dir = tempfile::tempdir().unwrap();
+    let caches = start_mesh(&origin.url, dir.path(), &[("t1", "eu")], &[]);
+    let selector = support::start_selector(dir.path(), &gossip_addr(&caches[0]), 10, "");
+    let info_hash = percent_all(&[0x5a; 20]);
+    let announce = |peer: u8, port: u16, left: u64, from: &str, event: &str| {
+        let url = format!(
+            "{}/announce?info_hash={info_hash}&peer_id={}&port={port}&uploaded=0&downloaded=0&left={left}&compact=1{event}",
+            selector.url,
+            percent_all(&[peer; 20])
+        );
+        curl(&url, &["--interface", from])
+    };
+    let first = announce(1, 6001, 100, "127.0.0.1", "&event=started");
+    assert_eq!(first.status, 200);
+    assert!(
+        first.body.starts_with(b"d8:complete"),
+        "{}",
+        String::from_utf8_lossy(&first.body)
+    );
+    // The second peer, from another address, is told of the first: its
+    // address as the selector saw it and the port it announced, 6 bytes.
+    let second = announce(2, 6002, 0, "127.0.0.2", "&event=started");
+    assert_eq!(second.status, 200);
+    let expected: &[u8] = b"5:peers6:\x7f\x00\x00\x01\x17\x71";
+    assert!(
+        second.body.windows(expected.len()).any(|w| w == expected),
+        "{:?}",
+        String::from_utf8_lossy(&second.body)
+    );
+    // A malformed announce: a tracker's refusal, with the reason.
+    let bad = curl(
+        &format!("{}/announce?info_hash=%AB&port=1", selector.url),
+        &[],
+    );
+    assert_eq!(bad.status, 200);
+    assert!(String::from_utf8_lossy(&bad.body).contains("failure reason"));
+    // Announcing again at once (no event) is refused; scrape counts one
+    // seed and one peer still downloading.
+    let again = announce(1, 6001, 100, "127.0.0.1", "");
+    assert!(String::from_utf8_lossy(&again.body).contains("too often"));
+    let scrape = curl(
+        &format!("{}/scrape?info_hash={info_hash}", selector.url),
+        &[],
+    );
+    let text = String::from_utf8_lossy(&scrape.body).to_string();
+    assert!(
+        text.contains("8:completei1e") && text.contains("10:incompletei1e"),
+        "{text}"
+    );
+}
