@@ -60,6 +60,18 @@ pub struct LeftOut {
     pub why: String,
 }
 
+/// The object's swarm of viewers, when the service shares pieces between
+/// them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SwarmInfo {
+    /// The swarm's key, hex (the 20 bytes of the BitTorrent handshake's
+    /// `info_hash`).
+    pub key: String,
+    /// Where to announce (BEP 3 HTTP tracker).
+    pub tracker: String,
+}
+
 /// The answer to "where should this client get this object?".
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -88,6 +100,9 @@ pub struct Decision {
     pub origin_fallback: Option<String>,
     pub left_out: Vec<LeftOut>,
     pub reasons: Vec<String>,
+    /// The viewers' swarm to join alongside the caches (none: the service
+    /// has peer-to-peer off, or the object's id is not known yet).
+    pub swarm: Option<SwarmInfo>,
 }
 
 impl Decision {

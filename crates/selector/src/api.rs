@@ -684,10 +684,25 @@ impl Selector {
                 .decide(&ask, (path == "/plan" && ask.reserve).into())
                 .await
             {
-                Ok(decision) if path == "/plan" => json(&PlanAnswer {
-                    path: ask.path.as_str(),
-                    decision: &decision,
-                }),
+                Ok(mut decision) if path == "/plan" => {
+                    // The tracker is this selector, at the address the
+                    // client used; without a Host header no swarm is named.
+                    let host = host.filter(|h| {
+                        h.len() <= 255
+                            && h.bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+                    });
+                    match (decision.swarm.as_mut(), host) {
+                        (Some(swarm), Some(host)) => {
+                            swarm.tracker = format!("http://{host}/announce");
+                        }
+                        _ => decision.swarm = None,
+                    }
+                    json(&PlanAnswer {
+                        path: ask.path.as_str(),
+                        decision: &decision,
+                    })
+                }
                 Ok(decision) => text(StatusCode::OK, &explain(&decision, ask.path.as_str())),
                 Err(refusal) => self.refuse(refusal),
             },
@@ -924,6 +939,19 @@ impl Selector {
         .map_err(|e| Refusal(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
         if let Some(note) = object.note {
             decision.reasons.push(note);
+        }
+        // The swarm of this version (its tracker URL is filled in from the
+        // address the client reached us at).
+        if service.p2p {
+            let id = decision
+                .object
+                .id
+                .as_deref()
+                .and_then(shoal_core::ObjectId::from_hex);
+            decision.swarm = id.map(|id| shoal_proto::plan::SwarmInfo {
+                key: shoal_peer::SwarmKey::for_object(&id).to_hex(),
+                tracker: String::new(),
+            });
         }
         self.reserve(now, &decision, reserve);
         self.stats.plans.fetch_add(1, Ordering::Relaxed);

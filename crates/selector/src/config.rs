@@ -181,6 +181,10 @@ pub struct DeliveryService {
     /// reported); `refuse` answers 503 (or the origin, with
     /// `origin_fallback`).
     pub when_saturated: WhenSaturated,
+    /// Viewers' clients share pieces with each other (plans name the
+    /// object's swarm and this selector's tracker). On by default; off for
+    /// a service whose viewers must not upload.
+    pub p2p: bool,
 }
 
 /// See [`DeliveryService::when_saturated`].
@@ -206,6 +210,7 @@ impl Default for DeliveryService {
             survive_one_loss: true,
             origin_usd_per_gb: 0.05,
             when_saturated: WhenSaturated::BestEffort,
+            p2p: true,
         }
     }
 }

@@ -212,6 +212,7 @@ pub fn decide(inputs: &Inputs) -> Result<Decision, SelectError> {
         origin_fallback,
         left_out,
         reasons,
+        swarm: None,
     })
 }
 

@@ -576,6 +576,30 @@ fn the_selector_tracks_viewers_swarms_and_answers_compact_peer_lists() {
     // seed and one peer still downloading.
     let again = announce(1, 6001, 100, "127.0.0.1", "");
     assert!(String::from_utf8_lossy(&again.body).contains("too often"));
+    // A plan names the object's swarm and this selector as its tracker.
+    support::wait_for_selector(&selector, 1);
+    let (status, plan) = get_json(&format!("{}/plan?path=/a.bin", selector.url));
+    assert_eq!(status, 200, "{plan}");
+    let id = plan["object"]["id"]
+        .as_str()
+        .expect("the shield knows the object");
+    let key = shoal_peer::SwarmKey::for_object(&shoal_core::ObjectId::from_hex(id).unwrap());
+    assert_eq!(plan["swarm"]["key"], key.to_hex());
+    let tracker = plan["swarm"]["tracker"].as_str().unwrap();
+    assert_eq!(tracker, format!("{}/announce", selector.url));
+    // A service with peer-to-peer off names no swarm.
+    let dir_off = tempfile::tempdir().unwrap();
+    let off = support::start_selector_service(
+        dir_off.path(),
+        &gossip_addr(&caches[0]),
+        10,
+        "",
+        "p2p = false",
+    );
+    support::wait_for_selector(&off, 1);
+    let (status, plan) = get_json(&format!("{}/plan?path=/a.bin", off.url));
+    assert_eq!(status, 200, "{plan}");
+    assert!(plan["swarm"].is_null(), "{plan}");
     let scrape = curl(
         &format!("{}/scrape?info_hash={info_hash}", selector.url),
         &[],
