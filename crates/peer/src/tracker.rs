@@ -29,6 +29,11 @@ pub struct TrackerLimits {
     pub min_interval_s: u64,
     /// A peer not heard from for this long is forgotten.
     pub peer_ttl_s: u64,
+    /// Announces one address may make per minute (many peer ids from one
+    /// address would otherwise fill the tables).
+    pub announces_per_ip_per_minute: u32,
+    /// Addresses whose announces are counted, at most.
+    pub ips_tracked_max: usize,
 }
 
 impl Default for TrackerLimits {
@@ -40,6 +45,8 @@ impl Default for TrackerLimits {
             interval_s: 60,
             min_interval_s: 15,
             peer_ttl_s: 180,
+            announces_per_ip_per_minute: 120,
+            ips_tracked_max: 100_000,
         }
     }
 }
@@ -78,6 +85,8 @@ pub enum TrackerError {
     TooSoon(u64),
     #[error("the query string is too long")]
     TooLong,
+    #[error("too many announces from this address: slow down")]
+    RateLimited,
 }
 
 /// Longest query string accepted (an announce is ~300 bytes; a scrape of
@@ -264,6 +273,8 @@ pub struct SwarmCounts {
 pub struct Tracker {
     limits: TrackerLimits,
     swarms: HashMap<[u8; 20], SwarmPeers>,
+    /// Per address: the minute counted and announces in it.
+    by_ip: HashMap<IpAddr, (u64, u32)>,
 }
 
 impl Tracker {
@@ -271,7 +282,31 @@ impl Tracker {
         Self {
             limits,
             swarms: HashMap::new(),
+            by_ip: HashMap::new(),
         }
+    }
+
+    /// Counts an announce from `ip`; `Err` past the per-minute limit.
+    fn count_announce(&mut self, ip: IpAddr, now_s: u64) -> Result<(), TrackerError> {
+        let minute = now_s / 60;
+        if !self.by_ip.contains_key(&ip) && self.by_ip.len() >= self.limits.ips_tracked_max {
+            self.by_ip.retain(|_, (at, _)| *at == minute);
+            if self.by_ip.len() >= self.limits.ips_tracked_max {
+                // Every slot busy this very minute: start counting afresh
+                // rather than refuse everyone new.
+                self.by_ip.clear();
+            }
+        }
+        let (at, count) = self.by_ip.entry(ip).or_insert((minute, 0));
+        if *at != minute {
+            *at = minute;
+            *count = 0;
+        }
+        if *count >= self.limits.announces_per_ip_per_minute {
+            return Err(TrackerError::RateLimited);
+        }
+        *count += 1;
+        Ok(())
     }
 
     /// Records an announce from `ip` (the connection's address, not what
@@ -284,6 +319,7 @@ impl Tracker {
         now_s: u64,
     ) -> Result<AnnounceAnswer, TrackerError> {
         let limits = self.limits;
+        self.count_announce(ip, now_s)?;
         if !self.swarms.contains_key(&announce.info_hash) && self.swarms.len() >= limits.swarms_max
         {
             self.forget_stalest_swarm(now_s);

@@ -172,3 +172,36 @@ fn tables_are_bounded_and_silent_peers_expire() {
     let files = scrape.get("files").unwrap();
     assert!(matches!(files, Value::Dict(d) if d.len() == 1));
 }
+
+#[test]
+fn one_address_cannot_flood_the_tables() {
+    let limits = TrackerLimits {
+        announces_per_ip_per_minute: 5,
+        ..TrackerLimits::default()
+    };
+    let mut tracker = Tracker::new(limits);
+    let flood: IpAddr = "127.0.0.66".parse().unwrap();
+    let mut refused = 0;
+    for n in 0..20u8 {
+        let a = Announce::parse(&query([4; 20], [n; 20], 6000, 1, "started")).unwrap();
+        if tracker.announce(&a, flood, Locality::default(), 30) == Err(TrackerError::RateLimited) {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 15);
+    assert_eq!(tracker.counts(&[4; 20]).incomplete, 5);
+    // Another address is not affected; the next minute the flood may go on.
+    let other = Announce::parse(&query([4; 20], [99; 20], 6000, 1, "started")).unwrap();
+    assert!(tracker
+        .announce(
+            &other,
+            "127.0.0.7".parse().unwrap(),
+            Locality::default(),
+            30
+        )
+        .is_ok());
+    let later = Announce::parse(&query([4; 20], [50; 20], 6000, 1, "started")).unwrap();
+    assert!(tracker
+        .announce(&later, flood, Locality::default(), 61)
+        .is_ok());
+}
