@@ -86,6 +86,9 @@ pub struct Session {
     /// Blocks the peer asked for and we have not sent.
     peer_requests: Vec<BlockRef>,
     unrequested_blocks: u32,
+    /// Blocks we cancelled whose piece or (fast) reject may still come:
+    /// neither is a stray.
+    cancelled: VecDeque<BlockRef>,
     last_received_ms: u64,
     last_sent_ms: u64,
     outbox: VecDeque<Message>,
@@ -111,6 +114,7 @@ impl Session {
             our_requests: Vec::new(),
             peer_requests: Vec::new(),
             unrequested_blocks: 0,
+            cancelled: VecDeque::new(),
             last_received_ms: now_ms,
             last_sent_ms: now_ms,
             outbox: VecDeque::new(),
@@ -186,6 +190,27 @@ impl Session {
         if let Some(at) = self.our_requests.iter().position(|b| *b == block) {
             self.our_requests.swap_remove(at);
             self.send(Message::Cancel(block));
+            if self.cancelled.len() >= self.limits.our_requests_max.max(1) * 4 {
+                self.cancelled.pop_front();
+            }
+            self.cancelled.push_back(block);
+        }
+    }
+
+    /// Whether the peer serves us `piece` now (it unchokes us, or the
+    /// piece is allowed fast).
+    pub fn serves_now(&self, piece: u32) -> bool {
+        !self.peer_choking || self.allowed_fast.contains(&piece)
+    }
+
+    /// A block that answers a request we cancelled (not a stray).
+    fn was_cancelled(&mut self, block: &BlockRef) -> bool {
+        match self.cancelled.iter().position(|b| b == block) {
+            Some(at) => {
+                self.cancelled.remove(at);
+                true
+            }
+            None => false,
         }
     }
 
@@ -226,15 +251,28 @@ impl Session {
         self.send(Message::Have(piece));
     }
 
-    /// We sent the block the peer asked for.
-    pub fn served(&mut self, block: &BlockRef, data: Bytes) {
+    /// We read the block the peer asked for: it goes out if the request
+    /// still stands (not cancelled, not dropped by a choke). True if sent.
+    pub fn served(&mut self, block: &BlockRef, data: Bytes) -> bool {
+        let Some(at) = self.peer_requests.iter().position(|b| b == block) else {
+            return false;
+        };
+        self.peer_requests.swap_remove(at);
+        self.send(Message::Piece {
+            piece: block.piece,
+            begin: block.begin,
+            data,
+        });
+        true
+    }
+
+    /// A request of the peer's we will not serve (a piece we do not have).
+    pub fn refuse(&mut self, block: &BlockRef) {
         if let Some(at) = self.peer_requests.iter().position(|b| b == block) {
             self.peer_requests.swap_remove(at);
-            self.send(Message::Piece {
-                piece: block.piece,
-                begin: block.begin,
-                data,
-            });
+            if self.fast {
+                self.send(Message::Reject(*block));
+            }
         }
     }
 
@@ -253,8 +291,21 @@ impl Session {
     /// A message from the peer (already checked by the wire decoder).
     pub fn handle_message(&mut self, message: Message, now_ms: u64) {
         self.last_received_ms = now_ms;
+        // Availability (bitfield, have all/none) may follow the extension
+        // handshake, keep-alives, a port or allowed-fast pieces (libtorrent
+        // sends its extension handshake first), but not a have or data.
         let first = !self.availability_sent;
-        self.availability_sent = true;
+        if !matches!(
+            message,
+            Message::KeepAlive
+                | Message::Port(_)
+                | Message::Unknown { .. }
+                | Message::Extended { .. }
+                | Message::AllowedFast(_)
+                | Message::Suggest(_)
+        ) {
+            self.availability_sent = true;
+        }
         match message {
             Message::KeepAlive | Message::Port(_) | Message::Unknown { .. } => {}
             Message::Extended { .. } => {}
@@ -314,6 +365,10 @@ impl Session {
             Message::Cancel(block) => {
                 if let Some(at) = self.peer_requests.iter().position(|b| *b == block) {
                     self.peer_requests.swap_remove(at);
+                    // BEP 6: every request gets a piece or a reject.
+                    if self.fast {
+                        self.send(Message::Reject(block));
+                    }
                 }
             }
             Message::Piece { piece, begin, data } => {
@@ -327,8 +382,9 @@ impl Session {
                         self.our_requests.swap_remove(at);
                         self.events.push_back(Event::Block { block, data });
                     }
+                    None if self.was_cancelled(&block) => {}
                     None => {
-                        // Late after a cancel, or never asked for.
+                        // Never asked for.
                         self.unrequested_blocks += 1;
                         if self.unrequested_blocks > self.limits.unrequested_blocks_max {
                             self.misbehaved("blocks nobody asked for");
@@ -341,6 +397,7 @@ impl Session {
                     self.our_requests.swap_remove(at);
                     self.events.push_back(Event::RequestsLost(vec![block]));
                 }
+                None if self.was_cancelled(&block) => {}
                 None => self.misbehaved("a reject of a block we did not ask for"),
             },
             Message::AllowedFast(piece) => {
@@ -547,7 +604,16 @@ mod tests {
                 ..
             }
         ));
-        assert_eq!(&sent[1..], [Message::Choke, Message::Reject(block(2, 0))]);
+        assert_eq!(
+            &sent[1..],
+            [
+                // A cancel is answered with a reject (BEP 6), and a choke
+                // rejects what is still queued.
+                Message::Reject(block(1, BLOCK_BYTES)),
+                Message::Choke,
+                Message::Reject(block(2, 0))
+            ]
+        );
     }
 
     #[test]
@@ -560,6 +626,51 @@ mod tests {
         assert!(events(&mut s).is_empty());
         s.handle_timeout(limits.idle_timeout_ms);
         assert_eq!(events(&mut s), [Event::TimedOut]);
+    }
+
+    #[test]
+    fn availability_may_follow_the_extension_handshake_as_libtorrent_sends_it() {
+        let mut s = Session::new(SessionLimits::default(), true, &with_pieces(&[]), 0);
+        s.handle_message(
+            Message::Extended {
+                id: 0,
+                payload: Bytes::from_static(b"d1:md6:ut_pexi1eee"),
+            },
+            1,
+        );
+        s.handle_message(Message::KeepAlive, 1);
+        s.handle_message(Message::Bitfield(Bytes::from_static(&[0x80, 0x00])), 2);
+        assert_eq!(events(&mut s), [Event::PeerHas(vec![0])]);
+    }
+
+    #[test]
+    fn what_answers_a_cancelled_request_is_not_held_against_the_peer() {
+        let limits = SessionLimits {
+            unrequested_blocks_max: 0,
+            ..SessionLimits::default()
+        };
+        let mut s = Session::new(limits, true, &with_pieces(&[]), 0);
+        s.handle_message(Message::HaveAll, 1);
+        s.handle_message(Message::Unchoke, 1);
+        s.request(block(0, 0));
+        s.request(block(0, BLOCK_BYTES));
+        s.cancel(block(0, 0));
+        s.cancel(block(0, BLOCK_BYTES));
+        events(&mut s);
+        // BEP 6: the peer answers each with a reject, or sends it anyway.
+        s.handle_message(Message::Reject(block(0, 0)), 2);
+        s.handle_message(
+            Message::Piece {
+                piece: 0,
+                begin: BLOCK_BYTES,
+                data: Bytes::from(vec![0u8; BLOCK_BYTES as usize]),
+            },
+            2,
+        );
+        assert!(
+            events(&mut s).is_empty(),
+            "no misbehaviour, no lost request"
+        );
     }
 
     #[test]

@@ -274,9 +274,13 @@ impl Swarm {
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
-        p.sent += data.len() as u64;
-        self.counters.bytes_to_peers += data.len() as u64;
-        p.session.served(&block, data);
+        let bytes = data.len() as u64;
+        // Counted only if it went out (the request may have been cancelled
+        // or dropped by a choke meanwhile).
+        if p.session.served(&block, data) {
+            p.sent += bytes;
+            self.counters.bytes_to_peers += bytes;
+        }
         self.flush(peer, now_ms);
     }
 
@@ -381,6 +385,9 @@ impl Swarm {
             Event::PeerWants(block) => {
                 if self.have.contains(PieceIndex(block.piece)) {
                     self.actions.push_back(Action::Read { peer, block });
+                } else if let Some(p) = self.peers.get_mut(&peer) {
+                    // A piece we never announced: refused, not queued.
+                    p.session.refuse(&block);
                 }
             }
             Event::Misbehaved(reason) => self.close(peer, reason, now_ms),
@@ -437,6 +444,9 @@ impl Swarm {
         }
         let verdict = self.smart_ban.on_verified(piece, data);
         for liar in verdict.ban {
+            if self.banned.contains(&liar) {
+                continue;
+            }
             self.banned.insert(liar);
             self.actions.push_back(Action::Banned(liar));
             self.close(liar, "sent blocks that failed verification", now_ms);
@@ -478,33 +488,61 @@ impl Swarm {
         for block in self.requested.keys() {
             in_flight.insert(PieceIndex(block.piece));
         }
-        // Started: blocks here or asked for, the piece not yet whole.
-        let mut partial = self.assembly.partial_pieces();
+        // Started (blocks here or asked for, the piece not yet whole), and
+        // with a block nobody has been asked for yet.
+        let mut started = self.assembly.partial_pieces();
         for piece in in_flight.iter() {
-            if !partial.contains(&piece.0) && !self.have.contains(piece) {
-                partial.push(piece.0);
+            if !started.contains(&piece.0) && !self.have.contains(piece) {
+                started.push(piece.0);
             }
         }
-        for piece in &partial {
+        for piece in &started {
             in_flight.insert(PieceIndex(*piece));
+        }
+        let layout = self.manifest.layout();
+        let partial: Vec<u32> = started
+            .into_iter()
+            .filter(|piece| {
+                let bytes = layout.piece_len(PieceIndex(*piece)) as u32;
+                self.assembly
+                    .missing(*piece, bytes)
+                    .iter()
+                    .any(|b| !self.requested.contains_key(b))
+            })
+            .collect();
+        let Some(p) = self.peers.get(&peer) else {
+            return;
+        };
+        // What it has and serves us now, less pieces it helped spoil while
+        // another holder that did not is connected. (When every holder
+        // helped spoil a piece, it is taken whole from one of them, so
+        // the next failure or success settles the blame.)
+        let mut offered = PieceSet::new(count);
+        for piece in p.session.peer_has().iter() {
+            if !p.session.serves_now(piece.0) {
+                continue;
+            }
+            if let Some(spoilers) = self.failed_from.get(&piece.0) {
+                if spoilers.contains(&peer) {
+                    let clean_holder = self.peers.iter().any(|(other, q)| {
+                        *other != peer
+                            && q.session.peer_has().contains(piece)
+                            && !spoilers.contains(other)
+                    });
+                    let others_on_it = self
+                        .requested
+                        .iter()
+                        .any(|(b, from)| b.piece == piece.0 && *from != peer);
+                    if clean_holder || others_on_it {
+                        continue;
+                    }
+                }
+            }
+            offered.insert(piece);
         }
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
-        // What it has, less pieces it helped spoil.
-        let mut offered = p.session.peer_has().clone();
-        if !self.failed_from.is_empty() {
-            offered = PieceSet::new(count);
-            for piece in p.session.peer_has().iter() {
-                let spoiled = self
-                    .failed_from
-                    .get(&piece.0)
-                    .is_some_and(|senders| senders.contains(&peer));
-                if !spoiled {
-                    offered.insert(piece);
-                }
-            }
-        }
         let mut tried = HashSet::new();
         while p.session.request_room() > 0 {
             let ctx = PickContext {
@@ -527,14 +565,19 @@ impl Swarm {
             tried.insert(piece);
             in_flight.insert(PieceIndex(piece));
             let piece_bytes = self.manifest.layout().piece_len(PieceIndex(piece)) as u32;
+            let mut asked = false;
             for block in self.assembly.missing(piece, piece_bytes) {
                 if self.requested.contains_key(&block) || !p.session.may_request(&block) {
                     continue;
                 }
                 p.session.request(block);
                 self.requested.insert(block, peer);
+                asked = true;
             }
-            if tried.len() > count as usize {
+            // A piece that yielded nothing to ask (every block asked of
+            // someone already, or no room): one more try at most, so a
+            // peer's message never costs a scan per piece.
+            if !asked && tried.len() > 1 {
                 break;
             }
         }

@@ -228,3 +228,18 @@ fn a_lying_peer_is_banned_and_no_honest_one_is() {
     // The seed is not banned for sharing pieces with the liar's blocks.
     assert!(!nodes[1].swarm.is_banned(0) && !nodes[2].swarm.is_banned(0));
 }
+
+#[test]
+fn a_piece_every_holder_helped_spoil_is_taken_whole_from_one_and_completes() {
+    // One seed, one leecher, one liar: a failed piece has blocks from both
+    // holders, so neither is "clean"; it must still be fetched.
+    let (data, manifest) = object();
+    let mut nodes = vec![
+        node(&manifest, &data, true, false, 21),
+        node(&manifest, &data, false, false, 22),
+        node(&manifest, &data, true, true, 23),
+    ];
+    let seconds = run(&mut nodes, &data, &manifest, 120);
+    assert!(nodes[1].swarm.is_complete(), "stuck after {seconds} s");
+    assert!(!nodes[1].swarm.is_banned(0), "the seed is honest");
+}
