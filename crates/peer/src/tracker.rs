@@ -329,7 +329,13 @@ impl Tracker {
             .peers
             .retain(|_, e| now_s.saturating_sub(e.last_seen_s) < limits.peer_ttl_s);
         swarm.last_seen_s = now_s;
+        let was_seed = swarm.peers.get(&announce.peer_id).is_some_and(|e| e.seed);
         if let Some(known) = swarm.peers.get(&announce.peer_id) {
+            // A peer id is its announcer's: another address may not move
+            // it or stop it (peer ids are no secret between peers).
+            if known.addr.ip() != ip {
+                return Err(TrackerError::Bad("peer_id (in use from another address)"));
+            }
             let since = now_s.saturating_sub(known.last_seen_s);
             if announce.event.is_none() && since < limits.min_interval_s {
                 return Err(TrackerError::TooSoon(limits.min_interval_s - since));
@@ -340,7 +346,8 @@ impl Tracker {
                 swarm.peers.remove(&announce.peer_id);
             }
             event => {
-                if event == Some(AnnounceEvent::Completed) {
+                // Counted once per peer that finished, not per announce.
+                if event == Some(AnnounceEvent::Completed) && !was_seed {
                     swarm.downloaded += 1;
                 }
                 if !swarm.peers.contains_key(&announce.peer_id)
@@ -378,7 +385,7 @@ impl Tracker {
             // A seed gains nothing from other seeds.
             .filter(|(_, e)| !(announce.left == 0 && e.seed))
             .collect();
-        others.sort_by_key(|(id, e)| {
+        others.sort_by_cached_key(|(id, e)| {
             let tier = if locality.zone.is_some() && e.locality.zone == locality.zone {
                 0
             } else if locality.region.is_some() && e.locality.region == locality.region {

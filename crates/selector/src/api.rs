@@ -579,6 +579,8 @@ impl Selector {
     /// trackers answer.
     fn announce(&self, query: &str, client: std::net::IpAddr) -> Response<Body> {
         use shoal_peer::tracker::{failure, Announce, Locality};
+        // An IPv4 client of a dual-stack listener is an IPv4 peer.
+        let client = client.to_canonical();
         self.stats.announces.fetch_add(1, Ordering::Relaxed);
         let answer = Announce::parse(query).and_then(|announce| {
             let locality = match &self.zones {

@@ -205,3 +205,28 @@ fn one_address_cannot_flood_the_tables() {
         .announce(&later, flood, Locality::default(), 61)
         .is_ok());
 }
+
+#[test]
+fn a_peer_id_cannot_be_moved_or_stopped_from_another_address() {
+    let mut tracker = Tracker::new(TrackerLimits::default());
+    let owner: IpAddr = "127.0.0.5".parse().unwrap();
+    let thief: IpAddr = "127.0.0.6".parse().unwrap();
+    let joined = Announce::parse(&query([6; 20], [1; 20], 7000, 5, "started")).unwrap();
+    tracker
+        .announce(&joined, owner, Locality::default(), 0)
+        .unwrap();
+    let stop = Announce::parse(&query([6; 20], [1; 20], 7000, 5, "stopped")).unwrap();
+    assert!(tracker
+        .announce(&stop, thief, Locality::default(), 1)
+        .is_err());
+    assert_eq!(tracker.counts(&[6; 20]).incomplete, 1, "still there");
+    // Completing twice counts one download.
+    let done = Announce::parse(&query([6; 20], [1; 20], 7000, 0, "completed")).unwrap();
+    tracker
+        .announce(&done, owner, Locality::default(), 2)
+        .unwrap();
+    tracker
+        .announce(&done, owner, Locality::default(), 3)
+        .unwrap();
+    assert_eq!(tracker.counts(&[6; 20]).downloaded, 1);
+}
