@@ -188,8 +188,22 @@ impl SmartBan {
     }
 
     /// `data` (the whole piece, as its `senders` sent it block by block)
-    /// failed verification: remember who sent what.
-    pub fn on_failed(&mut self, piece: u32, data: &[u8], senders: &[PeerKey]) {
+    /// failed verification: remember who sent what. When one peer sent
+    /// every block, the bad one is certainly its: that counts at once
+    /// (the returned verdict may ban it); otherwise blame waits for the
+    /// piece's good bytes.
+    pub fn on_failed(&mut self, piece: u32, data: &[u8], senders: &[PeerKey]) -> Verdict {
+        let mut verdict = Verdict::default();
+        if let Some(&only) = senders.first() {
+            if senders.iter().all(|s| *s == only) {
+                let count = self.bad_blocks.entry(only).or_default();
+                *count += 1;
+                if *count >= self.limits.bad_blocks_max {
+                    verdict.ban.push(only);
+                }
+                return verdict;
+            }
+        }
         if !self.failed.contains_key(&piece) {
             if self.failed.len() >= self.limits.failed_pieces_max {
                 if let Some(oldest) = self.order.pop_front() {
@@ -202,6 +216,7 @@ impl SmartBan {
         for (block, (chunk, sender)) in data.chunks(BLOCK_BYTES as usize).zip(senders).enumerate() {
             records.push((*sender, block, *blake3::hash(chunk).as_bytes()));
         }
+        verdict
     }
 
     /// `data` is `piece`'s verified bytes: settle the blame recorded for
@@ -347,14 +362,14 @@ mod tests {
             bad_blocks_max: 2,
             failed_pieces_max: 8,
         });
-        ban.on_failed(7, &bad, &[1, 2, 66, 1]);
+        let _ = ban.on_failed(7, &bad, &[1, 2, 66, 1]);
         let verdict = ban.on_verified(7, &data);
         assert!(verdict.ban.is_empty(), "one bad block: not yet");
         assert_eq!(verdict.cleared, [1, 2], "the honest senders are cleared");
         assert_eq!(ban.bad_blocks(66), 1);
         assert_eq!(ban.bad_blocks(1), 0);
         // It does it again in another piece: banned.
-        ban.on_failed(8, &bad, &[66, 2, 66, 1]);
+        let _ = ban.on_failed(8, &bad, &[66, 2, 66, 1]);
         let verdict = ban.on_verified(8, &data);
         assert_eq!(verdict.ban, [66]);
         assert_eq!(verdict.cleared, [2, 1]);
@@ -372,10 +387,17 @@ mod tests {
         let mut bad = data.clone();
         bad[0] ^= 1;
         for piece in 0..3 {
-            ban.on_failed(piece, &bad, &[5, 5, 5, 5]);
+            let _ = ban.on_failed(piece, &bad, &[5, 6, 5, 5]);
         }
         // Piece 0 was forgotten (oldest); 1 and 2 still settle blame.
         assert_eq!(ban.on_verified(0, &data), Verdict::default());
         assert_eq!(ban.on_verified(2, &data).ban, [5]);
+        // A piece one peer sent alone is its fault at once.
+        let mut alone = SmartBan::new(SmartBanLimits {
+            bad_blocks_max: 2,
+            failed_pieces_max: 8,
+        });
+        assert!(alone.on_failed(1, &bad, &[9, 9, 9, 9]).ban.is_empty());
+        assert_eq!(alone.on_failed(2, &bad, &[9, 9, 9, 9]).ban, [9]);
     }
 }

@@ -62,6 +62,7 @@ impl DriverConfig {
 enum FromPeer {
     Ready {
         key: PeerKey,
+        ip: std::net::IpAddr,
         fast: bool,
         writer: mpsc::Sender<Message>,
     },
@@ -88,6 +89,7 @@ pub async fn run(
     let started = Instant::now();
     let now_ms = || started.elapsed().as_millis() as u64;
     let (events, mut inbox) = mpsc::channel::<FromPeer>(1024);
+    let mut peers = Peers::default();
     let mut next_key: PeerKey = 1;
     for addr in &config.connect {
         let events = events.clone();
@@ -95,16 +97,18 @@ pub async fn run(
         let key = next_key;
         next_key += 1;
         let addr = *addr;
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let connected =
                 tokio::time::timeout(config.handshake_timeout, TcpStream::connect(addr)).await;
-            if let Ok(Ok(stream)) = connected {
-                connection(stream, key, layout, config, events).await;
+            match connected {
+                Ok(Ok(stream)) => connection(stream, key, layout, config, events).await,
+                _ => {
+                    let _ = events.send(FromPeer::Closed(key)).await;
+                }
             }
         });
+        peers.tasks.insert(key, task.abort_handle());
     }
-    let mut writers: std::collections::HashMap<PeerKey, mpsc::Sender<Message>> =
-        std::collections::HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut complete_at: Option<Instant> = None;
     loop {
@@ -124,58 +128,94 @@ pub async fn run(
                     None => std::future::pending().await,
                 }
             } => {
-                if let Some((stream, _)) = accepted {
+                if let Some((stream, from)) = accepted {
+                    // A banned address is not heard again; nor are more
+                    // connections than the swarm could take.
+                    if peers.banned.contains(&from.ip()) || peers.tasks.len() >= ACCEPTED_PENDING_MAX {
+                        continue;
+                    }
                     let key = next_key;
                     next_key += 1;
                     let (events, config) = (events.clone(), config.clone());
-                    tokio::spawn(connection(stream, key, layout, config, events));
+                    let task = tokio::spawn(connection(stream, key, layout, config, events));
+                    peers.tasks.insert(key, task.abort_handle());
                 }
             }
             event = inbox.recv() => {
                 let Some(event) = event else { break };
                 match event {
-                    FromPeer::Ready { key, fast, writer } => {
-                        if swarm.add_peer(key, fast, now_ms()) {
-                            writers.insert(key, writer);
+                    FromPeer::Ready { key, ip, fast, writer } => {
+                        if !peers.banned.contains(&ip) && swarm.add_peer(key, fast, now_ms()) {
+                            peers.writers.insert(key, writer);
+                            peers.ips.insert(key, ip);
+                        } else {
+                            peers.close(key);
                         }
                     }
                     FromPeer::Message(key, message) => swarm.handle_message(key, message, now_ms()),
                     FromPeer::Closed(key) => {
-                        writers.remove(&key);
+                        peers.close(key);
                         swarm.remove_peer(key, now_ms());
                     }
                 }
             }
             _ = tick.tick() => swarm.handle_timeout(now_ms()),
         }
-        serve_actions(&mut swarm, &pieces, &mut writers, now_ms());
+        serve_actions(&mut swarm, &pieces, &mut peers, now_ms());
+    }
+    for key in peers.tasks.keys().copied().collect::<Vec<_>>() {
+        peers.close(key);
     }
     swarm.counters()
 }
 
+/// Connections accepted or being opened at once, at most.
+const ACCEPTED_PENDING_MAX: usize = 256;
+/// A write to a peer that takes longer than this ends the connection (a
+/// peer that does not read must not hold a task and its buffers).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The driver's view of its connections.
+#[derive(Default)]
+struct Peers {
+    writers: std::collections::HashMap<PeerKey, mpsc::Sender<Message>>,
+    tasks: std::collections::HashMap<PeerKey, tokio::task::AbortHandle>,
+    ips: std::collections::HashMap<PeerKey, std::net::IpAddr>,
+    /// Addresses of banned peers: a liar does not come back clean on a
+    /// new connection.
+    banned: std::collections::HashSet<std::net::IpAddr>,
+}
+
+impl Peers {
+    /// Ends a connection: its task is aborted (its socket closes even if
+    /// a write is stuck).
+    fn close(&mut self, key: PeerKey) {
+        self.writers.remove(&key);
+        self.ips.remove(&key);
+        if let Some(task) = self.tasks.remove(&key) {
+            task.abort();
+        }
+    }
+}
+
 /// Carries out what the swarm decided.
-fn serve_actions(
-    swarm: &mut Swarm,
-    pieces: &Arc<dyn PieceStore>,
-    writers: &mut std::collections::HashMap<PeerKey, mpsc::Sender<Message>>,
-    now_ms: u64,
-) {
+fn serve_actions(swarm: &mut Swarm, pieces: &Arc<dyn PieceStore>, peers: &mut Peers, now_ms: u64) {
     while let Some(action) = swarm.poll_action() {
         match action {
             Action::Send { peer, message } => {
-                let full = writers
+                let full = peers
+                    .writers
                     .get(&peer)
                     .is_some_and(|writer| writer.try_send(message).is_err());
                 if full {
-                    // It does not read what we send: drop it (its task
-                    // ends when the writer is gone).
-                    writers.remove(&peer);
+                    // It does not read what we send: drop it.
+                    peers.close(peer);
                     swarm.remove_peer(peer, now_ms);
                 }
             }
             Action::Close { peer, reason } => {
                 tracing::debug!(peer, reason, "closing a peer connection");
-                writers.remove(&peer);
+                peers.close(peer);
             }
             Action::Store(piece) => pieces.store(piece),
             Action::Read { peer, block } => {
@@ -188,15 +228,36 @@ fn serve_actions(
                 }
             }
             Action::Banned(peer) => {
-                tracing::warn!(peer, "peer banned: it sent blocks that failed verification");
-                writers.remove(&peer);
+                let ip = peers.ips.get(&peer).copied();
+                tracing::warn!(
+                    peer,
+                    ?ip,
+                    "peer banned: it sent blocks that failed verification"
+                );
+                if let Some(ip) = ip {
+                    peers.banned.insert(ip);
+                }
+                peers.close(peer);
             }
         }
     }
 }
 
-/// One connection: the handshake, then a reader and a writer.
+/// One connection, and the swarm's task told when it ends (whether or not
+/// the handshake succeeded), so its slot is freed.
 async fn connection(
+    stream: TcpStream,
+    key: PeerKey,
+    layout: PieceLayout,
+    config: DriverConfig,
+    events: mpsc::Sender<FromPeer>,
+) {
+    run_connection(stream, key, layout, config, events.clone()).await;
+    let _ = events.send(FromPeer::Closed(key)).await;
+}
+
+/// The handshake, then a reader and a writer.
+async fn run_connection(
     mut stream: TcpStream,
     key: PeerKey,
     layout: PieceLayout,
@@ -204,6 +265,9 @@ async fn connection(
     events: mpsc::Sender<FromPeer>,
 ) {
     let _ = stream.set_nodelay(true);
+    let Ok(remote) = stream.peer_addr() else {
+        return;
+    };
     let ours = Handshake {
         extensions: OURS,
         info_hash: config.swarm_key.wire_bytes(),
@@ -235,6 +299,7 @@ async fn connection(
     if events
         .send(FromPeer::Ready {
             key,
+            ip: remote.ip(),
             fast: extensions.fast,
             writer,
         })
@@ -253,8 +318,9 @@ async fn connection(
             while let Ok(more) = queue.try_recv() {
                 more.encode(&mut out);
             }
-            if write_half.write_all(&out).await.is_err() {
-                return;
+            match tokio::time::timeout(WRITE_TIMEOUT, write_half.write_all(&out)).await {
+                Ok(Ok(())) => {}
+                _ => return,
             }
         }
     });
@@ -284,7 +350,6 @@ async fn connection(
         }
     }
     writing.abort();
-    let _ = events.send(FromPeer::Closed(key)).await;
 }
 
 #[cfg(test)]
@@ -308,6 +373,106 @@ mod tests {
                 .lock()
                 .unwrap()
                 .insert(piece.index().0, piece.into_data());
+        }
+    }
+
+    /// Serves every piece with its first byte flipped.
+    struct Lying(Memory);
+
+    impl PieceStore for Lying {
+        fn read(&self, piece: u32) -> Option<Bytes> {
+            let mut bytes = self.0.read(piece)?.to_vec();
+            bytes[0] ^= 0xff;
+            Some(Bytes::from(bytes))
+        }
+        fn store(&self, piece: VerifiedPiece) {
+            self.0.store(piece)
+        }
+    }
+
+    fn seeded(manifest: &Manifest, data: &[u8], store: &Memory) -> PieceSet {
+        let count = manifest.piece_count();
+        let piece_bytes = manifest.piece_size().bytes() as usize;
+        let mut all = PieceSet::new(count);
+        for i in 0..count {
+            all.insert(PieceIndex(i));
+            let start = i as usize * piece_bytes;
+            let end = (start + piece_bytes).min(data.len());
+            store
+                .0
+                .lock()
+                .unwrap()
+                .insert(i, Bytes::copy_from_slice(&data[start..end]));
+        }
+        all
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lying_seed_over_tcp_costs_retries_never_a_bad_byte() {
+        let size = 8 * (256 << 10) + 99;
+        let data: Vec<u8> = (0..size).map(|i| (i * 13 % 241) as u8).collect();
+        let manifest = Manifest::from_data(
+            &data,
+            PieceSize::for_object_size(size as u64),
+            Validators::default(),
+        )
+        .unwrap();
+        let key = SwarmKey::for_object(&manifest.id());
+        let limits = SwarmLimits {
+            rechoke_every_ms: 200,
+            ..SwarmLimits::default()
+        };
+        let mut seeds = Vec::new();
+        let mut addrs = Vec::new();
+        for (n, lying) in [(4u8, false), (5, true)] {
+            let honest = Memory::default();
+            let all = seeded(&manifest, &data, &honest);
+            let store: Arc<dyn PieceStore> = if lying {
+                Arc::new(Lying(honest))
+            } else {
+                Arc::new(honest)
+            };
+            let listener = TcpListener::bind(format!("127.0.0.{n}:0")).await.unwrap();
+            addrs.push(listener.local_addr().unwrap());
+            let mut config = DriverConfig::new(key, [n; 20]);
+            config.seed_for = Duration::from_secs(5);
+            let swarm = Swarm::new(manifest.clone(), all, limits, 0);
+            seeds.push(tokio::spawn(run(
+                swarm,
+                manifest.layout(),
+                store,
+                Some(listener),
+                config,
+            )));
+        }
+        let store = Arc::new(Memory::default());
+        let mut config = DriverConfig::new(key, [6; 20]);
+        config.connect = addrs;
+        config.run_for_max = Duration::from_secs(30);
+        let swarm = Swarm::new(
+            manifest.clone(),
+            PieceSet::new(manifest.piece_count()),
+            limits,
+            0,
+        )
+        .with_salt(6);
+        let counters = run(swarm, manifest.layout(), store.clone(), None, config).await;
+        eprintln!(
+            "pieces failed: {}, peers banned: {}",
+            counters.pieces_failed, counters.peers_banned
+        );
+        if counters.pieces_failed > 0 {
+            assert_eq!(counters.peers_banned, 1, "the liar, proven, and only it");
+        }
+        let pieces = store.0.lock().unwrap();
+        assert_eq!(pieces.len() as u32, manifest.piece_count(), "complete");
+        let mut whole = Vec::new();
+        for i in 0..manifest.piece_count() {
+            whole.extend_from_slice(&pieces[&i]);
+        }
+        assert!(whole == data, "byte-exact, whatever the liar sent");
+        for seed in seeds {
+            seed.abort();
         }
     }
 

@@ -127,6 +127,8 @@ pub struct SwarmCounters {
     pub bytes_to_peers: u64,
     /// Pieces from peers that failed verification (never stored).
     pub pieces_failed: u64,
+    /// Peers banned by smart-ban.
+    pub peers_banned: u64,
 }
 
 #[derive(Debug)]
@@ -418,9 +420,10 @@ impl Swarm {
             Err(_) => {
                 // Never stored: blame is settled when the piece verifies.
                 self.counters.pieces_failed += 1;
-                self.smart_ban.on_failed(piece, &data, &senders);
+                let verdict = self.smart_ban.on_failed(piece, &data, &senders);
                 let failed_from = self.failed_from.entry(piece).or_default();
                 failed_from.extend(senders.iter().copied());
+                self.ban(verdict.ban, now_ms);
             }
         }
     }
@@ -443,21 +446,26 @@ impl Swarm {
             }
         }
         let verdict = self.smart_ban.on_verified(piece, data);
-        for liar in verdict.ban {
-            if self.banned.contains(&liar) {
-                continue;
-            }
-            self.banned.insert(liar);
-            self.actions.push_back(Action::Banned(liar));
-            self.close(liar, "sent blocks that failed verification", now_ms);
-            self.assembly.drop_peer(liar);
-        }
+        self.ban(verdict.ban, now_ms);
         let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
         for key in keys {
             if let Some(p) = self.peers.get_mut(&key) {
                 p.session.have(piece);
             }
             self.flush(key, now_ms);
+        }
+    }
+
+    /// Bans peers smart-ban proved to have sent bad blocks.
+    fn ban(&mut self, liars: Vec<PeerKey>, now_ms: u64) {
+        for liar in liars {
+            if !self.banned.insert(liar) {
+                continue;
+            }
+            self.counters.peers_banned += 1;
+            self.actions.push_back(Action::Banned(liar));
+            self.close(liar, "sent blocks that failed verification", now_ms);
+            self.assembly.drop_peer(liar);
         }
     }
 
