@@ -32,6 +32,10 @@ pub struct SessionLimits {
     /// Blocks we did not ask for (or cancelled) a peer may send before it
     /// is dropped (a few arrive legitimately after a cancel).
     pub unrequested_blocks_max: u32,
+    /// A request not answered within this long is cancelled and asked of
+    /// someone else (a peer that takes requests and never answers must
+    /// not hold pieces forever).
+    pub request_timeout_ms: u64,
 }
 
 impl Default for SessionLimits {
@@ -42,6 +46,7 @@ impl Default for SessionLimits {
             idle_timeout_ms: 120_000,
             keep_alive_ms: 60_000,
             unrequested_blocks_max: 16,
+            request_timeout_ms: 30_000,
         }
     }
 }
@@ -83,6 +88,8 @@ pub struct Session {
     allowed_fast: Vec<u32>,
     /// Blocks we asked for and have not received.
     our_requests: Vec<BlockRef>,
+    /// When each of our requests went out (ms).
+    requested_at: std::collections::HashMap<BlockRef, u64>,
     /// Blocks the peer asked for and we have not sent.
     peer_requests: Vec<BlockRef>,
     unrequested_blocks: u32,
@@ -112,6 +119,7 @@ impl Session {
             peer_has: PieceSet::new(ours.piece_count()),
             allowed_fast: Vec::new(),
             our_requests: Vec::new(),
+            requested_at: std::collections::HashMap::new(),
             peer_requests: Vec::new(),
             unrequested_blocks: 0,
             cancelled: VecDeque::new(),
@@ -175,12 +183,14 @@ impl Session {
             && !self.our_requests.contains(block)
     }
 
-    /// Asks the peer for `block` (the caller checked [`Self::may_request`]).
-    pub fn request(&mut self, block: BlockRef) {
+    /// Asks the peer for `block` at `now_ms` (the caller checked
+    /// [`Self::may_request`]).
+    pub fn request(&mut self, block: BlockRef, now_ms: u64) {
         if !self.may_request(&block) {
             return;
         }
         self.our_requests.push(block);
+        self.requested_at.insert(block, now_ms);
         self.send(Message::Request(block));
     }
 
@@ -276,8 +286,25 @@ impl Session {
         }
     }
 
-    /// Time passes: keep-alives out, silent peers out.
+    /// Time passes: keep-alives out, silent peers out, requests that went
+    /// unanswered too long cancelled and handed back.
     pub fn handle_timeout(&mut self, now_ms: u64) {
+        let our_requests = &self.our_requests;
+        self.requested_at
+            .retain(|block, _| our_requests.contains(block));
+        let timeout_ms = self.limits.request_timeout_ms;
+        let expired: Vec<BlockRef> = self
+            .requested_at
+            .iter()
+            .filter(|(_, at)| now_ms.saturating_sub(**at) >= timeout_ms)
+            .map(|(block, _)| *block)
+            .collect();
+        if !expired.is_empty() {
+            for block in &expired {
+                self.cancel(*block);
+            }
+            self.events.push_back(Event::RequestsLost(expired));
+        }
         if now_ms.saturating_sub(self.last_received_ms) >= self.limits.idle_timeout_ms {
             self.events.push_back(Event::TimedOut);
         }
@@ -508,8 +535,8 @@ mod tests {
         s.handle_message(Message::Unchoke, 2);
         assert!(s.may_request(&block(0, 0)));
         assert!(!s.may_request(&block(5, 0)), "it does not have piece 5");
-        s.request(block(0, 0));
-        s.request(block(0, BLOCK_BYTES));
+        s.request(block(0, 0), 0);
+        s.request(block(0, BLOCK_BYTES), 0);
         assert_eq!(s.our_requests().len(), 2);
         // A choke without the fast extension loses both requests.
         s.handle_message(Message::Choke, 3);
@@ -528,7 +555,7 @@ mod tests {
         s.handle_message(Message::HaveAll, 1);
         s.handle_message(Message::Unchoke, 1);
         events(&mut s);
-        s.request(block(3, 0));
+        s.request(block(3, 0), 0);
         let data = Bytes::from(vec![1u8; BLOCK_BYTES as usize]);
         s.handle_message(
             Message::Piece {
@@ -652,8 +679,8 @@ mod tests {
         let mut s = Session::new(limits, true, &with_pieces(&[]), 0);
         s.handle_message(Message::HaveAll, 1);
         s.handle_message(Message::Unchoke, 1);
-        s.request(block(0, 0));
-        s.request(block(0, BLOCK_BYTES));
+        s.request(block(0, 0), 0);
+        s.request(block(0, BLOCK_BYTES), 0);
         s.cancel(block(0, 0));
         s.cancel(block(0, BLOCK_BYTES));
         events(&mut s);
@@ -671,6 +698,23 @@ mod tests {
             events(&mut s).is_empty(),
             "no misbehaviour, no lost request"
         );
+    }
+
+    #[test]
+    fn a_request_left_unanswered_is_cancelled_and_handed_back() {
+        let limits = SessionLimits::default();
+        let mut s = Session::new(limits, true, &with_pieces(&[]), 0);
+        s.handle_message(Message::HaveAll, 1);
+        s.handle_message(Message::Unchoke, 1);
+        s.request(block(2, 0), 10);
+        events(&mut s);
+        drain(&mut s, 10);
+        s.handle_timeout(10 + limits.request_timeout_ms - 1);
+        assert!(events(&mut s).is_empty());
+        s.handle_timeout(10 + limits.request_timeout_ms);
+        assert_eq!(events(&mut s), [Event::RequestsLost(vec![block(2, 0)])]);
+        assert!(drain(&mut s, 40_000).contains(&Message::Cancel(block(2, 0))));
+        assert!(s.our_requests().is_empty());
     }
 
     #[test]

@@ -490,7 +490,7 @@ impl Swarm {
 
     /// Fills `peer`'s request pipeline: blocks of the piece the picker
     /// names, not already asked of anyone.
-    fn request_more(&mut self, peer: PeerKey, _now_ms: u64) {
+    fn request_more(&mut self, peer: PeerKey, now_ms: u64) {
         let count = self.manifest.piece_count();
         let mut in_flight = PieceSet::new(count);
         for block in self.requested.keys() {
@@ -578,7 +578,7 @@ impl Swarm {
                 if self.requested.contains_key(&block) || !p.session.may_request(&block) {
                     continue;
                 }
-                p.session.request(block);
+                p.session.request(block, now_ms);
                 self.requested.insert(block, peer);
                 asked = true;
             }
