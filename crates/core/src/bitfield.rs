@@ -50,6 +50,17 @@ impl PieceSet {
         !was
     }
 
+    /// Takes `index` out; `true` if it was in.
+    pub fn remove(&mut self, index: PieceIndex) -> bool {
+        if index.0 >= self.piece_count {
+            return false;
+        }
+        let (byte, mask) = position(index);
+        let was = self.bits[byte] & mask != 0;
+        self.bits[byte] &= !mask;
+        was
+    }
+
     pub fn contains(&self, index: PieceIndex) -> bool {
         if index.0 >= self.piece_count {
             return false;

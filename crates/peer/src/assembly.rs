@@ -129,6 +129,20 @@ impl Assembly {
         }
     }
 
+    /// Forgets a piece in progress (it came whole from elsewhere, or a
+    /// cache took it over).
+    pub fn drop_piece(&mut self, piece: u32) {
+        self.pieces.remove(&piece);
+    }
+
+    /// Bytes here of each piece in progress.
+    pub fn received_bytes(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        self.pieces.iter().map(|(piece, partial)| {
+            let blocks = partial.senders.iter().filter(|s| s.is_some()).count() as u64;
+            (*piece, (blocks * u64::from(BLOCK_BYTES)).min(partial.data.len() as u64))
+        })
+    }
+
     /// Pieces with some blocks here and some missing.
     pub fn partial_pieces(&self) -> Vec<u32> {
         let mut pieces: Vec<u32> = self.pieces.keys().copied().collect();

@@ -12,6 +12,7 @@ use crate::swarm::{Action, Swarm, SwarmCounters, SwarmKey};
 use crate::wire::{Decoder, Extensions, Handshake, Message, WireLimits, HANDSHAKE_BYTES};
 use bytes::{Bytes, BytesMut};
 use shoal_core::{PieceLayout, VerifiedPiece};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,10 +22,10 @@ use tokio::sync::mpsc;
 
 /// Where a swarm's verified pieces live.
 pub trait PieceStore: Send + Sync + 'static {
-    /// A stored (verified) piece's bytes.
-    fn read(&self, piece: u32) -> Option<Bytes>;
+    /// `length` bytes from `begin` of a stored (verified) piece.
+    fn read(&self, piece: u32, begin: u32, length: u32) -> Option<Bytes>;
     /// Keeps a piece that verified against the manifest.
-    fn store(&self, piece: VerifiedPiece);
+    fn store(&self, piece: VerifiedPiece) -> std::io::Result<()>;
 }
 
 /// How the driver runs.
@@ -42,6 +43,11 @@ pub struct DriverConfig {
     pub handshake_timeout: Duration,
     /// Stop after this long whatever happens.
     pub run_for_max: Duration,
+    /// Upload cap over all connections, bytes per second (`None`: none).
+    pub upload_bytes_per_s: Option<u64>,
+    /// Connect from this local address (peers on distinct loopback
+    /// addresses, or a chosen interface).
+    pub local_address: Option<std::net::IpAddr>,
 }
 
 impl DriverConfig {
@@ -54,20 +60,30 @@ impl DriverConfig {
             send_queue_messages: 256,
             handshake_timeout: Duration::from_secs(10),
             run_for_max: Duration::from_secs(3600),
+            upload_bytes_per_s: None,
+            local_address: None,
         }
     }
 }
 
 /// What a connection task tells the swarm's task.
-enum FromPeer {
+pub enum FromPeer {
     Ready {
         key: PeerKey,
         ip: std::net::IpAddr,
+        peer_id: [u8; 20],
         fast: bool,
         writer: mpsc::Sender<Message>,
     },
     Message(PeerKey, Message),
     Closed(PeerKey),
+}
+
+/// Something for [`PeerNet::handle`]: a connection accepted, or news from
+/// a connection's task.
+pub enum NetEvent {
+    Accepted(TcpStream, SocketAddr),
+    Peer(FromPeer),
 }
 
 /// The extensions this driver announces.
@@ -88,26 +104,9 @@ pub async fn run(
 ) -> SwarmCounters {
     let started = Instant::now();
     let now_ms = || started.elapsed().as_millis() as u64;
-    let (events, mut inbox) = mpsc::channel::<FromPeer>(1024);
-    let mut peers = Peers::default();
-    let mut next_key: PeerKey = 1;
+    let mut net = PeerNet::new(layout, listener, config.clone());
     for addr in &config.connect {
-        let events = events.clone();
-        let config = config.clone();
-        let key = next_key;
-        next_key += 1;
-        let addr = *addr;
-        let task = tokio::spawn(async move {
-            let connected =
-                tokio::time::timeout(config.handshake_timeout, TcpStream::connect(addr)).await;
-            match connected {
-                Ok(Ok(stream)) => connection(stream, key, layout, config, events).await,
-                _ => {
-                    let _ = events.send(FromPeer::Closed(key)).await;
-                }
-            }
-        });
-        peers.tasks.insert(key, task.abort_handle());
+        net.connect(*addr);
     }
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut complete_at: Option<Instant> = None;
@@ -122,50 +121,18 @@ pub async fn run(
             break;
         }
         tokio::select! {
-            accepted = async {
-                match &listener {
-                    Some(listener) => listener.accept().await.ok(),
-                    None => std::future::pending().await,
-                }
-            } => {
-                if let Some((stream, from)) = accepted {
-                    // A banned address is not heard again; nor are more
-                    // connections than the swarm could take.
-                    if peers.banned.contains(&from.ip()) || peers.tasks.len() >= ACCEPTED_PENDING_MAX {
-                        continue;
-                    }
-                    let key = next_key;
-                    next_key += 1;
-                    let (events, config) = (events.clone(), config.clone());
-                    let task = tokio::spawn(connection(stream, key, layout, config, events));
-                    peers.tasks.insert(key, task.abort_handle());
-                }
-            }
-            event = inbox.recv() => {
-                let Some(event) = event else { break };
-                match event {
-                    FromPeer::Ready { key, ip, fast, writer } => {
-                        if !peers.banned.contains(&ip) && swarm.add_peer(key, fast, now_ms()) {
-                            peers.writers.insert(key, writer);
-                            peers.ips.insert(key, ip);
-                        } else {
-                            peers.close(key);
-                        }
-                    }
-                    FromPeer::Message(key, message) => swarm.handle_message(key, message, now_ms()),
-                    FromPeer::Closed(key) => {
-                        peers.close(key);
-                        swarm.remove_peer(key, now_ms());
-                    }
-                }
-            }
+            event = net.next() => net.handle(&mut swarm, event, now_ms()),
             _ = tick.tick() => swarm.handle_timeout(now_ms()),
         }
-        serve_actions(&mut swarm, &pieces, &mut peers, now_ms());
+        for piece in net.serve_actions(&mut swarm, pieces.as_ref(), now_ms()) {
+            if let Err(error) = pieces.store(piece) {
+                tracing::warn!(%error, "storing a piece from peers");
+                net.close_all();
+                return swarm.counters();
+            }
+        }
     }
-    for key in peers.tasks.keys().copied().collect::<Vec<_>>() {
-        peers.close(key);
-    }
+    net.close_all();
     swarm.counters()
 }
 
@@ -174,72 +141,337 @@ const ACCEPTED_PENDING_MAX: usize = 256;
 /// A write to a peer that takes longer than this ends the connection (a
 /// peer that does not read must not hold a task and its buffers).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The upload cap's burst: a few blocks.
+const UPLOAD_BURST_BYTES: u64 = 4 * crate::wire::BLOCK_BYTES as u64;
 
-/// The driver's view of its connections.
-#[derive(Default)]
-struct Peers {
-    writers: std::collections::HashMap<PeerKey, mpsc::Sender<Message>>,
-    tasks: std::collections::HashMap<PeerKey, tokio::task::AbortHandle>,
-    ips: std::collections::HashMap<PeerKey, std::net::IpAddr>,
-    /// Addresses of banned peers: a liar does not come back clean on a
-    /// new connection.
-    banned: std::collections::HashSet<std::net::IpAddr>,
+/// A shared upload cap (every connection's writer draws from it), with
+/// the clock its bucket counts from.
+struct UploadBucket {
+    clock: Instant,
+    bucket: std::sync::Mutex<shoal_core::rate::TokenBucket>,
 }
 
-impl Peers {
+type UploadCap = Arc<UploadBucket>;
+
+/// The TCP side of one swarm: connections in and out, their tasks, and
+/// the addresses banned. The swarm stays with the caller (who may drive
+/// other work in the same task); this only moves bytes.
+pub struct PeerNet {
+    started: Instant,
+    layout: PieceLayout,
+    config: DriverConfig,
+    listener: Option<TcpListener>,
+    events: mpsc::Sender<FromPeer>,
+    inbox: mpsc::Receiver<FromPeer>,
+    next_key: PeerKey,
+    writers: HashMap<PeerKey, mpsc::Sender<Message>>,
+    tasks: HashMap<PeerKey, tokio::task::AbortHandle>,
+    ips: HashMap<PeerKey, std::net::IpAddr>,
+    /// Each connection's remote peer id, once it handshook.
+    peer_ids: HashMap<PeerKey, [u8; 20]>,
+    /// Connections we opened (for the tie-break between two connections
+    /// with one peer), and to where.
+    dialed: HashMap<PeerKey, SocketAddr>,
+    /// Addresses of banned peers: a liar does not come back clean on a
+    /// new connection.
+    banned: HashSet<std::net::IpAddr>,
+    upload: Option<UploadCap>,
+}
+
+impl PeerNet {
+    pub fn new(layout: PieceLayout, listener: Option<TcpListener>, config: DriverConfig) -> Self {
+        let (events, inbox) = mpsc::channel::<FromPeer>(1024);
+        let upload = config.upload_bytes_per_s.map(|rate| {
+            Arc::new(UploadBucket {
+                clock: Instant::now(),
+                bucket: std::sync::Mutex::new(shoal_core::rate::TokenBucket::new(
+                    rate,
+                    UPLOAD_BURST_BYTES,
+                )),
+            })
+        });
+        Self {
+            started: Instant::now(),
+            layout,
+            config,
+            listener,
+            events,
+            inbox,
+            next_key: 1,
+            writers: HashMap::new(),
+            tasks: HashMap::new(),
+            ips: HashMap::new(),
+            peer_ids: HashMap::new(),
+            dialed: HashMap::new(),
+            banned: HashSet::new(),
+            upload,
+        }
+    }
+
+    /// Connections open or being opened.
+    pub fn connections(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// The remote peer ids of the connections that handshook.
+    pub fn peer_ids(&self) -> impl Iterator<Item = &[u8; 20]> + '_ {
+        self.peer_ids.values()
+    }
+
+    /// Opens a connection to `addr`, unless one to it is open or being
+    /// opened, it is banned, or too many are pending.
+    pub fn connect(&mut self, addr: SocketAddr) {
+        if self.banned.contains(&addr.ip())
+            || self.dialed.values().any(|a| *a == addr)
+            || self.tasks.len() >= ACCEPTED_PENDING_MAX
+        {
+            return;
+        }
+        let key = self.next_key;
+        self.next_key += 1;
+        let (events, config, layout) = (self.events.clone(), self.config.clone(), self.layout);
+        let upload = self.upload.clone();
+        let task = tokio::spawn(async move {
+            let connected =
+                tokio::time::timeout(config.handshake_timeout, dial(addr, config.local_address))
+                    .await;
+            match connected {
+                Ok(Ok(stream)) => connection(stream, key, layout, config, upload, events).await,
+                _ => {
+                    let _ = events.send(FromPeer::Closed(key)).await;
+                }
+            }
+        });
+        self.tasks.insert(key, task.abort_handle());
+        self.dialed.insert(key, addr);
+    }
+
+    /// The next connection accepted or message from a connection.
+    /// Cancel-safe (for `select!`).
+    pub async fn next(&mut self) -> NetEvent {
+        let listener = &self.listener;
+        tokio::select! {
+            accepted = async {
+                match listener {
+                    Some(listener) => listener.accept().await,
+                    None => std::future::pending().await,
+                }
+            } => match accepted {
+                Ok((stream, from)) => NetEvent::Accepted(stream, from),
+                // Out of file descriptors, say: nothing to do but wait a
+                // little (the loop comes back here).
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    std::future::pending().await
+                }
+            },
+            event = self.inbox.recv() => match event {
+                Some(event) => NetEvent::Peer(event),
+                // We hold a sender: never closed.
+                None => std::future::pending().await,
+            },
+        }
+    }
+
+    /// Carries out an event from [`Self::next`].
+    pub fn handle(&mut self, swarm: &mut Swarm, event: NetEvent, now_ms: u64) {
+        match event {
+            NetEvent::Accepted(stream, from) => {
+                // A banned address is not heard again; nor are more
+                // connections than the swarm could take.
+                if self.banned.contains(&from.ip()) || self.tasks.len() >= ACCEPTED_PENDING_MAX {
+                    return;
+                }
+                let key = self.next_key;
+                self.next_key += 1;
+                let (events, config) = (self.events.clone(), self.config.clone());
+                let upload = self.upload.clone();
+                let task = tokio::spawn(connection(
+                    stream,
+                    key,
+                    self.layout,
+                    config,
+                    upload,
+                    events,
+                ));
+                self.tasks.insert(key, task.abort_handle());
+            }
+            NetEvent::Peer(FromPeer::Ready {
+                key,
+                ip,
+                peer_id,
+                fast,
+                writer,
+            }) => {
+                if self.banned.contains(&ip) || !self.tasks.contains_key(&key) {
+                    self.close(key);
+                    return;
+                }
+                if !self.keep_one_of_two(swarm, key, peer_id, now_ms) {
+                    self.close(key);
+                    return;
+                }
+                if swarm.add_peer(key, fast, now_ms) {
+                    self.writers.insert(key, writer);
+                    self.ips.insert(key, ip);
+                    self.peer_ids.insert(key, peer_id);
+                } else {
+                    self.close(key);
+                }
+            }
+            NetEvent::Peer(FromPeer::Message(key, message)) => {
+                swarm.handle_message(key, message, now_ms)
+            }
+            NetEvent::Peer(FromPeer::Closed(key)) => {
+                self.close(key);
+                swarm.remove_peer(key, now_ms);
+            }
+        }
+    }
+
+    /// Two connections with one peer (each dialled the other): both sides
+    /// keep the one the lower peer id opened. `false`: drop the new one.
+    fn keep_one_of_two(
+        &mut self,
+        swarm: &mut Swarm,
+        key: PeerKey,
+        peer_id: [u8; 20],
+        now_ms: u64,
+    ) -> bool {
+        let Some(old) = self
+            .peer_ids
+            .iter()
+            .find(|(_, id)| **id == peer_id)
+            .map(|(k, _)| *k)
+        else {
+            return true;
+        };
+        let we_opened_new = self.dialed.contains_key(&key);
+        let we_are_lower = self.config.peer_id < peer_id;
+        if we_opened_new == we_are_lower && self.dialed.contains_key(&old) != we_are_lower {
+            self.close(old);
+            swarm.remove_peer(old, now_ms);
+            true
+        } else {
+            false
+        }
+    }
+
     /// Ends a connection: its task is aborted (its socket closes even if
     /// a write is stuck).
     fn close(&mut self, key: PeerKey) {
         self.writers.remove(&key);
         self.ips.remove(&key);
+        self.peer_ids.remove(&key);
+        self.dialed.remove(&key);
         if let Some(task) = self.tasks.remove(&key) {
             task.abort();
         }
     }
-}
 
-/// Carries out what the swarm decided.
-fn serve_actions(swarm: &mut Swarm, pieces: &Arc<dyn PieceStore>, peers: &mut Peers, now_ms: u64) {
-    while let Some(action) = swarm.poll_action() {
-        match action {
-            Action::Send { peer, message } => {
-                let full = peers
-                    .writers
-                    .get(&peer)
-                    .is_some_and(|writer| writer.try_send(message).is_err());
-                if full {
-                    // It does not read what we send: drop it.
-                    peers.close(peer);
-                    swarm.remove_peer(peer, now_ms);
+    /// Ends every connection.
+    pub fn close_all(&mut self) {
+        for key in self.tasks.keys().copied().collect::<Vec<_>>() {
+            self.close(key);
+        }
+    }
+
+    /// Carries out what the swarm decided; returns the pieces it verified
+    /// from peers, for the caller to store.
+    pub fn serve_actions(
+        &mut self,
+        swarm: &mut Swarm,
+        pieces: &dyn PieceStore,
+        now_ms: u64,
+    ) -> Vec<VerifiedPiece> {
+        let mut verified = Vec::new();
+        while let Some(action) = swarm.poll_action() {
+            match action {
+                Action::Send { peer, message } => {
+                    let full = self
+                        .writers
+                        .get(&peer)
+                        .is_some_and(|writer| writer.try_send(message).is_err());
+                    if full {
+                        // It does not read what we send: drop it.
+                        self.close(peer);
+                        swarm.remove_peer(peer, now_ms);
+                    }
                 }
-            }
-            Action::Close { peer, reason } => {
-                tracing::debug!(peer, reason, "closing a peer connection");
-                peers.close(peer);
-            }
-            Action::Store(piece) => pieces.store(piece),
-            Action::Read { peer, block } => {
-                let Some(piece) = pieces.read(block.piece) else {
-                    continue;
-                };
-                let (start, end) = (block.begin as usize, (block.begin + block.length) as usize);
-                if end <= piece.len() {
-                    swarm.served(peer, block, piece.slice(start..end), now_ms);
+                Action::Close { peer, reason } => {
+                    tracing::debug!(peer, reason, "closing a peer connection");
+                    self.close(peer);
                 }
-            }
-            Action::Banned(peer) => {
-                let ip = peers.ips.get(&peer).copied();
-                tracing::warn!(
-                    peer,
-                    ?ip,
-                    "peer banned: it sent blocks that failed verification"
-                );
-                if let Some(ip) = ip {
-                    peers.banned.insert(ip);
+                Action::Store(piece) => verified.push(piece),
+                Action::Read { peer, block } => {
+                    if let Some(data) = pieces.read(block.piece, block.begin, block.length) {
+                        if data.len() == block.length as usize {
+                            swarm.served(peer, block, data, now_ms);
+                        }
+                    }
                 }
-                peers.close(peer);
+                Action::Banned(peer) => {
+                    let ip = self.ips.get(&peer).copied();
+                    tracing::warn!(
+                        peer,
+                        ?ip,
+                        "peer banned: it sent blocks that failed verification"
+                    );
+                    if let Some(ip) = ip {
+                        self.banned.insert(ip);
+                    }
+                    self.close(peer);
+                }
             }
         }
+        verified
+    }
+
+    /// Milliseconds since this was made (a clock for callers without one).
+    pub fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+}
+
+/// Most bytes gathered into one write.
+const WRITE_BATCH_BYTES: usize = 256 << 10;
+
+/// Appends `message` to `out`, waiting first for the upload cap if it
+/// carries a block.
+async fn encode_capped(message: &Message, out: &mut BytesMut, upload: Option<&UploadBucket>) {
+    let before = out.len();
+    message.encode(out);
+    if let (Some(cap), Message::Piece { .. }) = (upload, message) {
+        wait_for_upload(cap, (out.len() - before) as u64).await;
+    }
+}
+
+/// Connects to `addr`, from `local` if given.
+async fn dial(addr: SocketAddr, local: Option<std::net::IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(local) = local else {
+        return TcpStream::connect(addr).await;
+    };
+    let socket = match local {
+        std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.bind(SocketAddr::new(local, 0))?;
+    socket.connect(addr).await
+}
+
+/// Waits until the upload cap lets `bytes` (at most the burst: one
+/// message) go, and takes them.
+async fn wait_for_upload(cap: &UploadBucket, bytes: u64) {
+    loop {
+        let now_ns = cap.clock.elapsed().as_nanos() as u64;
+        let wait_ns = {
+            let mut bucket = cap.bucket.lock().unwrap_or_else(|e| e.into_inner());
+            if bucket.take_chunk(now_ns, bytes, bytes) > 0 {
+                return;
+            }
+            bucket.wait_ns(now_ns, bytes).max(500_000)
+        };
+        tokio::time::sleep(Duration::from_nanos(wait_ns)).await;
     }
 }
 
@@ -250,9 +482,10 @@ async fn connection(
     key: PeerKey,
     layout: PieceLayout,
     config: DriverConfig,
+    upload: Option<UploadCap>,
     events: mpsc::Sender<FromPeer>,
 ) {
-    run_connection(stream, key, layout, config, events.clone()).await;
+    run_connection(stream, key, layout, config, upload, events.clone()).await;
     let _ = events.send(FromPeer::Closed(key)).await;
 }
 
@@ -262,6 +495,7 @@ async fn run_connection(
     key: PeerKey,
     layout: PieceLayout,
     config: DriverConfig,
+    upload: Option<UploadCap>,
     events: mpsc::Sender<FromPeer>,
 ) {
     let _ = stream.set_nodelay(true);
@@ -300,6 +534,7 @@ async fn run_connection(
         .send(FromPeer::Ready {
             key,
             ip: remote.ip(),
+            peer_id: theirs.peer_id,
             fast: extensions.fast,
             writer,
         })
@@ -313,10 +548,12 @@ async fn run_connection(
         let mut out = BytesMut::new();
         while let Some(message) = queue.recv().await {
             out.clear();
-            message.encode(&mut out);
-            // Whatever else is queued goes in the same write.
-            while let Ok(more) = queue.try_recv() {
-                more.encode(&mut out);
+            encode_capped(&message, &mut out, upload.as_deref()).await;
+            // Whatever else is queued goes in the same write (up to a
+            // bound, so a capped writer does not sit on a long batch).
+            while out.len() < WRITE_BATCH_BYTES {
+                let Ok(more) = queue.try_recv() else { break };
+                encode_capped(&more, &mut out, upload.as_deref()).await;
             }
             match tokio::time::timeout(WRITE_TIMEOUT, write_half.write_all(&out)).await {
                 Ok(Ok(())) => {}
@@ -365,14 +602,17 @@ mod tests {
     struct Memory(Mutex<HashMap<u32, Bytes>>);
 
     impl PieceStore for Memory {
-        fn read(&self, piece: u32) -> Option<Bytes> {
-            self.0.lock().unwrap().get(&piece).cloned()
+        fn read(&self, piece: u32, begin: u32, length: u32) -> Option<Bytes> {
+            let data = self.0.lock().unwrap().get(&piece).cloned()?;
+            let end = (begin + length) as usize;
+            (end <= data.len()).then(|| data.slice(begin as usize..end))
         }
-        fn store(&self, piece: VerifiedPiece) {
+        fn store(&self, piece: VerifiedPiece) -> std::io::Result<()> {
             self.0
                 .lock()
                 .unwrap()
                 .insert(piece.index().0, piece.into_data());
+            Ok(())
         }
     }
 
@@ -380,12 +620,12 @@ mod tests {
     struct Lying(Memory);
 
     impl PieceStore for Lying {
-        fn read(&self, piece: u32) -> Option<Bytes> {
-            let mut bytes = self.0.read(piece)?.to_vec();
+        fn read(&self, piece: u32, begin: u32, length: u32) -> Option<Bytes> {
+            let mut bytes = self.0.read(piece, begin, length)?.to_vec();
             bytes[0] ^= 0xff;
             Some(Bytes::from(bytes))
         }
-        fn store(&self, piece: VerifiedPiece) {
+        fn store(&self, piece: VerifiedPiece) -> std::io::Result<()> {
             self.0.store(piece)
         }
     }

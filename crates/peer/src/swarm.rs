@@ -167,6 +167,12 @@ pub struct Swarm {
     /// that all fetch from one seed start on different pieces and have
     /// something to trade.
     salt: u64,
+    /// Pieces a cache is fetching for us: not asked of peers (the caller
+    /// took them over; see [`Swarm::reserve`]).
+    reserved: PieceSet,
+    /// Stream mode: pieces from the playhead up to this end are asked for
+    /// in order first.
+    playhead: Option<(u32, u32)>,
 }
 
 impl Swarm {
@@ -188,6 +194,8 @@ impl Swarm {
             actions: VecDeque::new(),
             counters: SwarmCounters::default(),
             salt: 0,
+            reserved: PieceSet::new(count as u32),
+            playhead: None,
         }
     }
 
@@ -216,6 +224,70 @@ impl Swarm {
 
     pub fn peer_count(&self) -> usize {
         self.peers.len()
+    }
+
+    /// How many connected peers have each piece.
+    pub fn availability(&self) -> &[u32] {
+        &self.availability
+    }
+
+    /// Pieces being fetched from peers now (blocks asked for or partly
+    /// here), with the bytes of each already here.
+    pub fn pieces_from_peers(&self) -> BTreeMap<u32, u64> {
+        let mut pieces: BTreeMap<u32, u64> = BTreeMap::new();
+        for block in self.requested.keys() {
+            pieces.entry(block.piece).or_default();
+        }
+        for (piece, bytes) in self.assembly.received_bytes() {
+            *pieces.entry(piece).or_default() += bytes;
+        }
+        pieces.retain(|piece, _| !self.have.contains(PieceIndex(*piece)));
+        pieces
+    }
+
+    /// A cache takes `piece` over: peers are no longer asked for it (what
+    /// is asked now is cancelled, blocks here are dropped).
+    pub fn reserve(&mut self, piece: u32, now_ms: u64) {
+        let index = PieceIndex(piece);
+        if index.0 >= self.manifest.piece_count() || self.have.contains(index) {
+            return;
+        }
+        self.reserved.insert(index);
+        self.cancel_requests_for(piece);
+        self.assembly.drop_piece(piece);
+        let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+        for key in keys {
+            self.flush(key, now_ms);
+        }
+    }
+
+    /// The cache gave `piece` back (it failed, or no cache is left): peers
+    /// may be asked for it again.
+    pub fn unreserve(&mut self, piece: u32, now_ms: u64) {
+        if piece < self.manifest.piece_count() && self.reserved.contains(PieceIndex(piece)) {
+            self.reserved.remove(PieceIndex(piece));
+            let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+            for key in keys {
+                self.request_more(key, now_ms);
+            }
+        }
+    }
+
+    pub fn is_reserved(&self, piece: u32) -> bool {
+        piece < self.manifest.piece_count() && self.reserved.contains(PieceIndex(piece))
+    }
+
+    /// Stream mode: the pieces `from..end` are wanted in order first.
+    pub fn set_playhead(&mut self, window: Option<(u32, u32)>) {
+        self.playhead = window;
+    }
+
+    /// Peers connected now that have pieces we lack and let us ask.
+    pub fn peers_serving(&self) -> usize {
+        self.peers
+            .values()
+            .filter(|p| !p.session.peer_choking() && !p.session.peer_has().is_empty())
+            .count()
     }
 
     /// A connection finished its handshakes. `false`: refused (banned, or
@@ -432,7 +504,23 @@ impl Swarm {
     /// asked for it, settle smart-ban's blame.
     fn got_piece(&mut self, piece: u32, data: &Bytes, now_ms: u64) {
         self.have.insert(PieceIndex(piece));
+        self.reserved.remove(PieceIndex(piece));
         self.failed_from.remove(&piece);
+        self.cancel_requests_for(piece);
+        self.assembly.drop_piece(piece);
+        let verdict = self.smart_ban.on_verified(piece, data);
+        self.ban(verdict.ban, now_ms);
+        let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+        for key in keys {
+            if let Some(p) = self.peers.get_mut(&key) {
+                p.session.have(piece);
+            }
+            self.flush(key, now_ms);
+        }
+    }
+
+    /// Cancels every block of `piece` asked of anyone.
+    fn cancel_requests_for(&mut self, piece: u32) {
         let cancels: Vec<(BlockRef, PeerKey)> = self
             .requested
             .iter()
@@ -444,15 +532,6 @@ impl Swarm {
             if let Some(p) = self.peers.get_mut(&from) {
                 p.session.cancel(block);
             }
-        }
-        let verdict = self.smart_ban.on_verified(piece, data);
-        self.ban(verdict.ban, now_ms);
-        let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
-        for key in keys {
-            if let Some(p) = self.peers.get_mut(&key) {
-                p.session.have(piece);
-            }
-            self.flush(key, now_ms);
         }
     }
 
@@ -507,10 +586,17 @@ impl Swarm {
         for piece in &started {
             in_flight.insert(PieceIndex(*piece));
         }
+        // A cache fetches these: as good as in flight.
+        for piece in self.reserved.iter() {
+            in_flight.insert(piece);
+        }
         let layout = self.manifest.layout();
         let partial: Vec<u32> = started
             .into_iter()
             .filter(|piece| {
+                if self.reserved.contains(PieceIndex(*piece)) {
+                    return false;
+                }
                 let bytes = layout.piece_len(PieceIndex(*piece)) as u32;
                 self.assembly
                     .missing(*piece, bytes)
@@ -562,7 +648,7 @@ impl Swarm {
                     .filter(|x| !tried.contains(x))
                     .collect::<Vec<_>>(),
                 availability: &self.availability,
-                playhead: None,
+                playhead: self.playhead,
                 salt: self
                     .salt
                     .wrapping_add(peer.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
