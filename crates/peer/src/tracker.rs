@@ -71,6 +71,10 @@ pub struct Announce {
     pub left: u64,
     pub event: Option<AnnounceEvent>,
     pub numwant: Option<u32>,
+    /// shoal's own fields (stock trackers ignore them): bytes this peer
+    /// got from caches and from peers so far, for peer efficiency.
+    pub from_caches: Option<u64>,
+    pub from_peers: Option<u64>,
 }
 
 /// Why an announce or scrape is refused (the sender's fault); sent back as
@@ -129,6 +133,7 @@ impl Announce {
         let (mut uploaded, mut downloaded, mut left) = (0, 0, None);
         let mut event = None;
         let mut numwant = None;
+        let (mut from_caches, mut from_peers) = (None, None);
         for (key, value) in pairs(query)? {
             match key {
                 "info_hash" => info_hash = Some(twenty(&value, "info_hash")?),
@@ -144,6 +149,8 @@ impl Announce {
                 "downloaded" => downloaded = number(&value, "downloaded")?,
                 "left" => left = Some(number(&value, "left")?),
                 "numwant" => numwant = Some(number(&value, "numwant")?),
+                "shoal_from_caches" => from_caches = Some(number(&value, "shoal_from_caches")?),
+                "shoal_from_peers" => from_peers = Some(number(&value, "shoal_from_peers")?),
                 "event" => {
                     event = match &value[..] {
                         b"started" => Some(AnnounceEvent::Started),
@@ -166,9 +173,60 @@ impl Announce {
             left: left.ok_or(TrackerError::Missing("left"))?,
             event,
             numwant,
+            from_caches,
+            from_peers,
         })
     }
+
+    /// The query string a peer sends (binary values percent-encoded).
+    pub fn to_query(&self) -> String {
+        let enc = |bytes: &[u8]| {
+            percent_encoding::percent_encode(bytes, percent_encoding::NON_ALPHANUMERIC).to_string()
+        };
+        let mut query = format!(
+            "info_hash={}&peer_id={}&port={}&uploaded={}&downloaded={}&left={}&compact=1",
+            enc(&self.info_hash),
+            enc(&self.peer_id),
+            self.port,
+            self.uploaded,
+            self.downloaded,
+            self.left
+        );
+        let event = match self.event {
+            Some(AnnounceEvent::Started) => "&event=started",
+            Some(AnnounceEvent::Completed) => "&event=completed",
+            Some(AnnounceEvent::Stopped) => "&event=stopped",
+            None => "",
+        };
+        query.push_str(event);
+        if let Some(n) = self.numwant {
+            query.push_str(&format!("&numwant={n}"));
+        }
+        if let Some(n) = self.from_caches {
+            query.push_str(&format!("&shoal_from_caches={n}"));
+        }
+        if let Some(n) = self.from_peers {
+            query.push_str(&format!("&shoal_from_peers={n}"));
+        }
+        query
+    }
 }
+
+/// Why a tracker's answer was not understood (the tracker's fault).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AnswerError {
+    #[error("the tracker's answer is not bencode: {0}")]
+    Bencode(String),
+    #[error("the tracker refused: {0}")]
+    Failure(String),
+    #[error("the tracker's answer lacks `{0}` or has it malformed")]
+    Malformed(&'static str),
+}
+
+/// Largest tracker answer read (200 peers of either kind fit many times).
+pub const ANSWER_BYTES_MAX: usize = 64 << 10;
+/// Most peers taken from one answer.
+pub const ANSWER_PEERS_MAX: usize = 200;
 
 /// The info-hashes of a scrape's query string (at most `max`).
 pub fn parse_scrape(query: &str, max: usize) -> Result<Vec<[u8; 20]>, TrackerError> {
@@ -247,6 +305,69 @@ impl AnnounceAnswer {
             dict.insert(b"peers6".to_vec(), Value::Bytes(v6));
         }
         Value::Dict(dict).encode()
+    }
+}
+
+impl AnnounceAnswer {
+    /// Parses a tracker's bencoded answer: compact peer lists (`peers`,
+    /// `peers6`; the dictionary form is not accepted), at most
+    /// [`ANSWER_PEERS_MAX`] peers, and a `failure reason` as an error.
+    pub fn decode(bytes: &[u8]) -> Result<Self, AnswerError> {
+        if bytes.len() > ANSWER_BYTES_MAX {
+            return Err(AnswerError::Malformed("size"));
+        }
+        let value = Value::decode(bytes).map_err(|e| AnswerError::Bencode(e.to_string()))?;
+        if let Some(reason) = value.get("failure reason").and_then(Value::as_bytes) {
+            let reason: String = String::from_utf8_lossy(reason).chars().take(200).collect();
+            return Err(AnswerError::Failure(reason));
+        }
+        let count = |key: &'static str| -> Result<u64, AnswerError> {
+            match value.get(key) {
+                None => Ok(0),
+                Some(v) => v
+                    .as_int()
+                    .and_then(|n| u64::try_from(n).ok())
+                    .ok_or(AnswerError::Malformed(key)),
+            }
+        };
+        let interval_s = count("interval")?.clamp(1, 24 * 3600);
+        let min_interval_s = count("min interval")?.min(interval_s);
+        let mut peers = Vec::new();
+        if let Some(v4) = value.get("peers") {
+            let bytes = v4.as_bytes().ok_or(AnswerError::Malformed("peers"))?;
+            if bytes.len() % 6 != 0 {
+                return Err(AnswerError::Malformed("peers"));
+            }
+            for chunk in bytes.chunks_exact(6).take(ANSWER_PEERS_MAX) {
+                let ip = std::net::Ipv4Addr::new(chunk[0], chunk[1], chunk[2], chunk[3]);
+                let port = u16::from_be_bytes([chunk[4], chunk[5]]);
+                peers.push(SocketAddr::new(IpAddr::V4(ip), port));
+            }
+        }
+        if let Some(v6) = value.get("peers6") {
+            let bytes = v6.as_bytes().ok_or(AnswerError::Malformed("peers6"))?;
+            if bytes.len() % 18 != 0 {
+                return Err(AnswerError::Malformed("peers6"));
+            }
+            for chunk in bytes.chunks_exact(18) {
+                if peers.len() >= ANSWER_PEERS_MAX {
+                    break;
+                }
+                let mut octets = [0u8; 16];
+                octets.copy_from_slice(&chunk[..16]);
+                let port = u16::from_be_bytes([chunk[16], chunk[17]]);
+                peers.push(SocketAddr::new(IpAddr::V6(octets.into()), port));
+            }
+        }
+        // Port 0 cannot be dialled.
+        peers.retain(|p| p.port() != 0);
+        Ok(AnnounceAnswer {
+            interval_s,
+            min_interval_s,
+            complete: count("complete")?,
+            incomplete: count("incomplete")?,
+            peers,
+        })
     }
 }
 

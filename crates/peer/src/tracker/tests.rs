@@ -230,3 +230,37 @@ fn a_peer_id_cannot_be_moved_or_stopped_from_another_address() {
         .unwrap();
     assert_eq!(tracker.counts(&[6; 20]).downloaded, 1);
 }
+
+#[test]
+fn an_announce_round_trips_and_answers_decode() {
+    let announce = Announce {
+        info_hash: [0xff; 20],
+        peer_id: *b"-SH0001-abc&=%\x00\x01\x02\x03\x04\x05",
+        port: 6881,
+        uploaded: 5,
+        downloaded: 7,
+        left: 9,
+        event: Some(AnnounceEvent::Started),
+        numwant: Some(30),
+        from_caches: Some(123),
+        from_peers: Some(456),
+    };
+    assert_eq!(Announce::parse(&announce.to_query()), Ok(announce));
+    let answer = AnnounceAnswer {
+        interval_s: 60,
+        min_interval_s: 15,
+        complete: 1,
+        incomplete: 2,
+        peers: vec![
+            "127.0.0.2:7000".parse().unwrap(),
+            "[::1]:7001".parse().unwrap(),
+        ],
+    };
+    assert_eq!(AnnounceAnswer::decode(&answer.encode()), Ok(answer));
+    assert_eq!(
+        AnnounceAnswer::decode(&failure(&TrackerError::RateLimited)),
+        Err(AnswerError::Failure(TrackerError::RateLimited.to_string()))
+    );
+    assert!(AnnounceAnswer::decode(b"d5:peers5:abcdee").is_err(), "not 6-byte entries");
+    assert!(AnnounceAnswer::decode(b"not bencode").is_err());
+}
