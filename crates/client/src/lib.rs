@@ -25,6 +25,7 @@
 
 pub mod discover;
 pub mod download;
+pub mod gap;
 pub mod playback;
 pub mod reference;
 pub mod replan;

@@ -37,6 +37,11 @@
 //!   duplicates the in-flight piece expected to finish last, if it would
 //!   finish it sooner; the first verified copy wins, the rest are
 //!   cancelled.
+//! - **Gated (peers in the swarm).** With [`Scheduler::gate`], sources
+//!   take only the pieces the caller [released](Scheduler::release_to_sources) to
+//!   them — the gap the peers leave, as `gap` decides — lowest first, and
+//!   duplicate only when every missing piece is released. Pieces that came
+//!   from peers are marked with [`Scheduler::done_elsewhere`].
 
 use shoal_core::bitfield::PieceSet;
 use shoal_core::PieceIndex;
@@ -204,6 +209,8 @@ pub struct Scheduler {
     /// Streaming: where the reader is; pieces from here on come first.
     playhead: u32,
     last_tick_ms: Option<u64>,
+    /// Gated: the pieces released to sources and not done yet.
+    gate: Option<std::collections::BTreeSet<u32>>,
 }
 
 fn mix(mut x: u64) -> u64 {
@@ -241,8 +248,87 @@ impl Scheduler {
             cursor: 0,
             playhead: 0,
             last_tick_ms: None,
+            gate: None,
             config,
         }
+    }
+
+    /// From now on sources take only released pieces.
+    pub fn gate(&mut self) {
+        self.gate.get_or_insert_with(Default::default);
+    }
+
+    pub fn is_gated(&self) -> bool {
+        self.gate.is_some()
+    }
+
+    /// Lets sources take `piece` (gated).
+    pub fn release_to_sources(&mut self, piece: PieceIndex) {
+        if piece.0 < self.config.piece_count && !self.done.contains(piece) {
+            if let Some(gate) = &mut self.gate {
+                gate.insert(piece.0);
+            }
+        }
+    }
+
+    /// Takes `piece` back from the sources if none has it in flight;
+    /// `true` if it was released and is no longer.
+    pub fn unrelease(&mut self, piece: PieceIndex) -> bool {
+        let idle = self
+            .requested
+            .get(piece.0 as usize)
+            .is_some_and(Vec::is_empty);
+        match &mut self.gate {
+            Some(gate) if idle => gate.remove(&piece.0),
+            _ => false,
+        }
+    }
+
+    /// Released and not done: what sources may take or have in flight.
+    pub fn released(&self) -> impl Iterator<Item = PieceIndex> + '_ {
+        self.gate.iter().flatten().map(|p| PieceIndex(*p))
+    }
+
+    pub fn is_released(&self, piece: PieceIndex) -> bool {
+        self.gate.as_ref().is_some_and(|g| g.contains(&piece.0))
+    }
+
+    /// Released pieces no source has taken yet.
+    pub fn released_waiting(&self) -> u32 {
+        self.gate.as_ref().map_or(0, |gate| {
+            gate.iter()
+                .filter(|p| self.requested[**p as usize].is_empty())
+                .count() as u32
+        })
+    }
+
+    /// Request slots free over the usable sources.
+    pub fn free_slots(&self) -> u32 {
+        self.sources
+            .iter()
+            .filter(|s| s.is_usable())
+            .map(|s| self.in_flight_limit(s).saturating_sub(s.in_flight.len()) as u32)
+            .sum()
+    }
+
+    /// `piece` verified from elsewhere (peers): requests for it are
+    /// cancelled.
+    pub fn done_elsewhere(&mut self, piece: PieceIndex) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if piece.0 < self.config.piece_count && self.done.insert(piece) {
+            self.done_count += 1;
+            if let Some(gate) = &mut self.gate {
+                gate.remove(&piece.0);
+            }
+            for other in std::mem::take(&mut self.requested[piece.0 as usize]) {
+                self.release(other, piece);
+                actions.push(Action::Cancel {
+                    source: other,
+                    piece,
+                });
+            }
+        }
+        actions
     }
 
     pub fn config(&self) -> &ScheduleConfig {
@@ -382,7 +468,18 @@ impl Scheduler {
     }
 
     fn assignable(&self, piece: u32) -> bool {
-        !self.done.contains(PieceIndex(piece)) && self.requested[piece as usize].is_empty()
+        !self.done.contains(PieceIndex(piece))
+            && self.requested[piece as usize].is_empty()
+            && self.gate.as_ref().is_none_or(|g| g.contains(&piece))
+    }
+
+    /// Gated: the lowest released piece nobody has, from the playhead.
+    fn pick_released(&self) -> Option<u32> {
+        let gate = self.gate.as_ref()?;
+        gate.range(self.playhead..)
+            .chain(gate.range(..self.playhead))
+            .copied()
+            .find(|p| self.assignable(*p))
     }
 
     /// The next piece for `source` to fetch, if any (marks it requested).
@@ -395,7 +492,9 @@ impl Scheduler {
         let piece = self
             .pick_from_degraded(source, now_ms)
             .or_else(|| {
-                if self.config.in_order {
+                if self.gate.is_some() {
+                    self.pick_released()
+                } else if self.config.in_order {
                     self.pick_in_order(source)
                 } else {
                     self.pick_own_stripe(source).or_else(|| self.pick_lowest())
@@ -524,7 +623,15 @@ impl Scheduler {
     }
 
     fn pick_duplicate(&self, source: SourceId, now_ms: u64) -> Option<u32> {
-        if self.pick_lowest_readonly().is_some() {
+        if let Some(gate) = &self.gate {
+            // Gated: an endgame only when every missing piece is released
+            // (the rest may still come from peers).
+            if gate.len() as u32 != self.config.piece_count - self.done_count
+                || self.pick_released().is_some()
+            {
+                return None;
+            }
+        } else if self.pick_lowest_readonly().is_some() {
             return None;
         }
         let my_done = self.my_done_ms(source, now_ms);
@@ -623,6 +730,9 @@ impl Scheduler {
         s.errors_in_a_row = 0;
         if piece.0 < self.config.piece_count && self.done.insert(piece) {
             self.done_count += 1;
+            if let Some(gate) = &mut self.gate {
+                gate.remove(&piece.0);
+            }
             self.sources[source.0 as usize].pieces += 1;
             let others = std::mem::take(&mut self.requested[piece.0 as usize]);
             for other in others {

@@ -1,0 +1,321 @@
+//! Which pieces the caches fetch while peers share the object: the gap
+//! the peers leave, and only that. A pure function of the time, what is
+//! done, what peers hold and fetch, and the rates seen.
+//!
+//! Every piece has a deadline:
+//!
+//! - **Stream** (committed bitrate r): piece i plays at `play_from_ms + i
+//!   × piece / r`; it is due then.
+//! - **Download with a target rate** R: the k-th piece to arrive (whichever
+//!   it is) is due at `start + k × piece / R`.
+//! - **Download as fast as possible**: nothing is due; the caches are kept
+//!   busy with what peers are not fetching (their free request slots are
+//!   filled), so the download takes every source it can get.
+//!
+//! Peers come first. A cache is given a piece when:
+//!
+//! 1. its deadline is within the cache's lead time (what a cache needs to
+//!    deliver it) and no peer is on track to deliver it in time — a piece a
+//!    slow peer is fetching is taken over (the caller cancels the peer's
+//!    requests);
+//! 2. it is the turn of the download's pace (target rate) and peers are
+//!    not expected to cover it: the shortfall `due − done − expected from
+//!    peers − at the caches` is released, rarest pieces first;
+//! 3. no connected peer holds it, and this node is the one of its
+//!    neighbourhood *designated* for it (rendezvous over the peer ids it
+//!    knows), while it is still far from due: each such piece is fetched
+//!    over HTTP about once per swarm and then spreads between peers, not
+//!    once per peer.
+//!
+//! Pieces for the caches go out rarest first for downloads (a cache
+//! should bring what peers cannot trade) and in deadline order for
+//! streams. Consecutive pieces a source takes become one contiguous range
+//! request in the driver.
+
+use shoal_core::bitfield::PieceSet;
+use shoal_core::PieceIndex;
+use std::collections::BTreeMap;
+
+/// What is being delivered, and at what pace.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Pace {
+    /// Playback at `bytes_per_s`; piece 0 plays at `play_from_ms`.
+    Stream { bytes_per_s: f64, play_from_ms: u64 },
+    /// A download held at `bytes_per_s` from `start_ms` on (with
+    /// `done_at_start` pieces already there then).
+    Target {
+        bytes_per_s: f64,
+        start_ms: u64,
+        done_at_start: u32,
+    },
+    /// A download taking every source it can.
+    AsFastAsPossible,
+}
+
+#[derive(Clone, Debug)]
+pub struct GapConfig {
+    pub piece_count: u32,
+    pub piece_bytes: u64,
+    pub pace: Pace,
+    /// A cache is asked this long before a piece is due, at least (its
+    /// time to first byte and transfer, plus a margin).
+    pub lead_min_ms: u64,
+    /// Designated pieces no peer holds are fetched from a cache up to
+    /// this long before they are due (streams and target downloads).
+    pub prefetch_ms: u64,
+    /// A peer is on track for a piece if it would finish it this long
+    /// before its deadline.
+    pub margin_ms: u64,
+}
+
+impl GapConfig {
+    pub fn new(piece_count: u32, piece_bytes: u64, pace: Pace) -> Self {
+        Self {
+            piece_count,
+            piece_bytes: piece_bytes.max(1),
+            pace,
+            lead_min_ms: 1_500,
+            prefetch_ms: 10_000,
+            margin_ms: 500,
+        }
+    }
+}
+
+/// What the caller knows now.
+pub struct GapInput<'a> {
+    pub now_ms: u64,
+    /// Verified pieces.
+    pub done: &'a PieceSet,
+    /// Given to the caches and not done (fetching or queued there).
+    pub at_caches: &'a PieceSet,
+    /// How many connected peers hold each piece.
+    pub availability: &'a [u32],
+    /// Pieces peers are fetching for us, with the bytes of each here.
+    pub from_peers: &'a BTreeMap<u32, u64>,
+    /// Recent goodput from peers and from the caches, bytes per second.
+    pub peer_bytes_per_s: f64,
+    pub cache_bytes_per_s: f64,
+    /// Request slots the caches have free (as fast as possible: so many
+    /// pieces are given to them).
+    pub cache_slots_free: u32,
+    /// Whether this node is the one to fetch `piece` when no peer holds it.
+    pub designated: &'a dyn Fn(u32) -> bool,
+    /// Streams: the reader's position (pieces before it are not wanted
+    /// first).
+    pub playhead: u32,
+    /// No cache is usable: nothing is released.
+    pub caches_usable: bool,
+}
+
+/// Pieces to give the caches now, most urgent first; among them
+/// `take_over` are being fetched from peers (the caller cancels those
+/// requests).
+#[derive(Debug, Default, PartialEq)]
+pub struct GapDecision {
+    pub release: Vec<u32>,
+    pub take_over: Vec<u32>,
+}
+
+/// How long a cache needs for one piece, ms: transfer at the rate caches
+/// give now (one piece's share of it when several are out) plus the
+/// configured floor.
+fn cache_lead_ms(config: &GapConfig, input: &GapInput<'_>) -> u64 {
+    let per_piece_ms = if input.cache_bytes_per_s > 1.0 {
+        config.piece_bytes as f64 / input.cache_bytes_per_s * 1000.0
+    } else {
+        0.0
+    };
+    config.lead_min_ms + per_piece_ms.min(30_000.0) as u64
+}
+
+/// How long peers need for what is left of `piece`, ms (the peers' rate
+/// shared over the pieces they are fetching).
+fn peer_eta_ms(config: &GapConfig, input: &GapInput<'_>, piece: u32) -> Option<u64> {
+    let here = *input.from_peers.get(&piece)?;
+    let sharing = input.from_peers.len().max(1) as f64;
+    let rate = input.peer_bytes_per_s / sharing;
+    if rate < 1.0 {
+        return Some(u64::MAX);
+    }
+    let left = config.piece_bytes.saturating_sub(here) as f64;
+    Some((left / rate * 1000.0) as u64)
+}
+
+fn wanted(input: &GapInput<'_>, piece: u32) -> bool {
+    !input.done.contains(PieceIndex(piece)) && !input.at_caches.contains(PieceIndex(piece))
+}
+
+/// Decides which pieces the caches take now.
+pub fn decide(config: &GapConfig, input: &GapInput<'_>) -> GapDecision {
+    let mut decision = GapDecision::default();
+    if !input.caches_usable {
+        return decision;
+    }
+    match &config.pace {
+        Pace::Stream {
+            bytes_per_s,
+            play_from_ms,
+        } => stream(config, input, *bytes_per_s, *play_from_ms, &mut decision),
+        Pace::Target {
+            bytes_per_s,
+            start_ms,
+            done_at_start,
+        } => {
+            let lead = cache_lead_ms(config, input);
+            let elapsed_ms = (input.now_ms + lead).saturating_sub(*start_ms);
+            let due = u64::from(*done_at_start)
+                + (elapsed_ms as f64 / 1000.0 * bytes_per_s / config.piece_bytes as f64).ceil()
+                    as u64;
+            let expected_from_peers = ((input.peer_bytes_per_s * lead as f64 / 1000.0)
+                / config.piece_bytes as f64)
+                .floor()
+                .min(input.from_peers.len() as f64) as u64;
+            let covered = u64::from(input.done.len())
+                + u64::from(input.at_caches.len())
+                + expected_from_peers;
+            let short = due.saturating_sub(covered);
+            fill(config, input, short, &mut decision);
+            prefetch_designated(config, input, &mut decision);
+        }
+        Pace::AsFastAsPossible => {
+            fill(
+                config,
+                input,
+                u64::from(input.cache_slots_free),
+                &mut decision,
+            );
+        }
+    }
+    decision
+}
+
+/// Streams: pieces in deadline order from the playhead; within the lead
+/// time whatever peers will not finish in time, and designated pieces no
+/// peer holds within the prefetch window.
+fn stream(
+    config: &GapConfig,
+    input: &GapInput<'_>,
+    bytes_per_s: f64,
+    play_from_ms: u64,
+    decision: &mut GapDecision,
+) {
+    let lead = cache_lead_ms(config, input);
+    let piece_ms = config.piece_bytes as f64 / bytes_per_s.max(1.0) * 1000.0;
+    let from = input.playhead.min(config.piece_count);
+    for piece in from..config.piece_count {
+        let due_ms = play_from_ms as f64 + f64::from(piece) * piece_ms;
+        let slack_ms = due_ms - input.now_ms as f64;
+        if slack_ms > (lead + config.prefetch_ms) as f64 {
+            break;
+        }
+        if !wanted(input, piece) {
+            continue;
+        }
+        let availability = input.availability.get(piece as usize).copied().unwrap_or(0);
+        let near = slack_ms <= lead as f64;
+        let fetching = peer_eta_ms(config, input, piece);
+        let on_track = fetching
+            .is_some_and(|eta| (eta.saturating_add(config.margin_ms)) as f64 <= slack_ms.max(0.0));
+        let nobody_has = availability == 0 && fetching.is_none();
+        if (near && !on_track) || (nobody_has && (input.designated)(piece)) {
+            decision.release.push(piece);
+            if fetching.is_some() {
+                decision.take_over.push(piece);
+            }
+        }
+    }
+}
+
+/// Downloads: `count` more pieces for the caches — those no peer is
+/// fetching, rarest first (a designated piece first among equals), then,
+/// when none is left, pieces peers are slowest on (taken over).
+fn fill(config: &GapConfig, input: &GapInput<'_>, count: u64, decision: &mut GapDecision) {
+    if count == 0 {
+        return;
+    }
+    let mut candidates: Vec<(u32, bool, u32)> = (0..config.piece_count)
+        .filter(|p| wanted(input, *p) && !input.from_peers.contains_key(p))
+        .filter(|p| !decision.release.contains(p))
+        .map(|p| {
+            let availability = input.availability.get(p as usize).copied().unwrap_or(0);
+            (availability, !(input.designated)(p), p)
+        })
+        .collect();
+    candidates.sort_unstable();
+    let mut left = count;
+    for (_, _, piece) in candidates {
+        if left == 0 {
+            return;
+        }
+        decision.release.push(piece);
+        left -= 1;
+    }
+    // Everything missing is with peers: take over the least advanced.
+    let mut slow: Vec<(u64, u32)> = input
+        .from_peers
+        .iter()
+        .filter(|(p, _)| wanted(input, **p) && !decision.release.contains(p))
+        .map(|(p, here)| (*here, *p))
+        .collect();
+    slow.sort_unstable();
+    for (_, piece) in slow.into_iter().take(left as usize) {
+        decision.release.push(piece);
+        decision.take_over.push(piece);
+    }
+}
+
+/// Target downloads: designated pieces no peer holds or fetches, due
+/// within the prefetch window, go to the caches early so the swarm gets
+/// them once.
+fn prefetch_designated(config: &GapConfig, input: &GapInput<'_>, decision: &mut GapDecision) {
+    let Pace::Target { bytes_per_s, .. } = config.pace else {
+        return;
+    };
+    let window_pieces = (config.prefetch_ms as f64 / 1000.0 * bytes_per_s
+        / config.piece_bytes as f64)
+        .ceil() as usize;
+    let in_window = input.at_caches.len() as usize + decision.release.len();
+    if in_window >= window_pieces {
+        return;
+    }
+    let mut room = window_pieces - in_window;
+    for piece in 0..config.piece_count {
+        if room == 0 {
+            break;
+        }
+        let nobody_has = input.availability.get(piece as usize).copied().unwrap_or(0) == 0
+            && !input.from_peers.contains_key(&piece);
+        if nobody_has
+            && wanted(input, piece)
+            && !decision.release.contains(&piece)
+            && (input.designated)(piece)
+        {
+            decision.release.push(piece);
+            room -= 1;
+        }
+    }
+}
+
+/// Rendezvous: whether `me` beats every id in `others` for `piece` (the
+/// one of a neighbourhood that fetches a piece nobody holds).
+pub fn designated(me: u64, others: &[u64], piece: u32) -> bool {
+    let score = |id: u64| mix(id ^ u64::from(piece).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mine = score(me);
+    others.iter().all(|o| *o == me || score(*o) < mine)
+}
+
+/// A 64-bit number for a 20-byte peer id.
+pub fn peer_number(peer_id: &[u8; 20]) -> u64 {
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&blake3::hash(peer_id).as_bytes()[..8]);
+    u64::from_le_bytes(first)
+}
+
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,216 @@
+//! The gap the caches fill: deadlines, the pace, designation, take-overs.
+
+use super::*;
+
+const PIECE: u64 = 1 << 20;
+
+struct World {
+    done: PieceSet,
+    at_caches: PieceSet,
+    availability: Vec<u32>,
+    from_peers: BTreeMap<u32, u64>,
+    peer_bytes_per_s: f64,
+    cache_bytes_per_s: f64,
+    cache_slots_free: u32,
+    mine: Vec<u32>,
+    playhead: u32,
+}
+
+impl World {
+    fn new(count: u32) -> Self {
+        World {
+            done: PieceSet::new(count),
+            at_caches: PieceSet::new(count),
+            availability: vec![1; count as usize],
+            from_peers: BTreeMap::new(),
+            peer_bytes_per_s: 0.0,
+            cache_bytes_per_s: 0.0,
+            cache_slots_free: 0,
+            mine: Vec::new(),
+            playhead: 0,
+        }
+    }
+
+    fn decide(&self, config: &GapConfig, now_ms: u64) -> GapDecision {
+        let designated = |p: u32| self.mine.contains(&p);
+        decide(
+            config,
+            &GapInput {
+                now_ms,
+                done: &self.done,
+                at_caches: &self.at_caches,
+                availability: &self.availability,
+                from_peers: &self.from_peers,
+                peer_bytes_per_s: self.peer_bytes_per_s,
+                cache_bytes_per_s: self.cache_bytes_per_s,
+                cache_slots_free: self.cache_slots_free,
+                designated: &designated,
+                playhead: self.playhead,
+                caches_usable: true,
+            },
+        )
+    }
+}
+
+/// 8 Mbit/s: a 1 MiB piece plays for ~1.05 s.
+fn stream_config(count: u32) -> GapConfig {
+    GapConfig::new(
+        count,
+        PIECE,
+        Pace::Stream {
+            bytes_per_s: 1e6,
+            play_from_ms: 2_000,
+        },
+    )
+}
+
+#[test]
+fn a_stream_leaves_pieces_to_peers_until_they_are_near_their_deadline() {
+    let config = stream_config(100);
+    let mut world = World::new(100);
+    // A cache needs the 1.5 s floor + ~524 ms a piece. At 300 ms piece 0
+    // (due at 2 s) is near, piece 1 (due at ~3.05 s) not yet.
+    world.cache_bytes_per_s = 2e6;
+    world.availability[0] = 2;
+    let first = world.decide(&config, 300);
+    assert_eq!(first.release, vec![0], "only piece 0 is near");
+    assert!(first.take_over.is_empty());
+    // Peers are on piece 1 and fast: it stays theirs. Piece 2 nobody
+    // fetches: the cache gets it when it is near.
+    world.at_caches.insert(PieceIndex(0));
+    world.from_peers.insert(1, PIECE / 2);
+    world.peer_bytes_per_s = 4e6;
+    let later = world.decide(&config, 2_300);
+    assert_eq!(later.release, vec![2], "1 is on track with peers");
+    // The peers slow to a crawl: piece 1 is taken over.
+    world.peer_bytes_per_s = 10_000.0;
+    let slow = world.decide(&config, 2_300);
+    assert_eq!(slow.release, vec![1, 2]);
+    assert_eq!(slow.take_over, vec![1]);
+}
+
+#[test]
+fn a_stream_prefetches_only_the_pieces_nobody_holds_that_it_is_designated_for() {
+    let config = stream_config(100);
+    let mut world = World::new(100);
+    world.cache_bytes_per_s = 4e6;
+    for p in 5..100 {
+        world.availability[p] = 0;
+    }
+    world.mine = vec![7, 40];
+    for p in 0..3 {
+        world.done.insert(PieceIndex(p));
+    }
+    world.playhead = 3;
+    let decision = world.decide(&config, 0);
+    // 3 (due 5.1 s) is not near at 0 ms with a ~1.76 s lead; 7 is
+    // designated and within the prefetch window; 40 is beyond it.
+    assert_eq!(decision.release, vec![7]);
+}
+
+#[test]
+fn a_target_download_releases_only_the_shortfall_of_its_pace() {
+    let pace = Pace::Target {
+        bytes_per_s: 2.0 * PIECE as f64,
+        start_ms: 0,
+        done_at_start: 0,
+    };
+    let mut config = GapConfig::new(64, PIECE, pace);
+    config.prefetch_ms = 0;
+    let mut world = World::new(64);
+    world.availability = (0..64).map(|p| p % 4).collect();
+    // No peers yet: at 1 s, with a 1.5 s lead, 5 pieces are due by 2.5 s.
+    let alone = world.decide(&config, 1_000);
+    assert_eq!(alone.release.len(), 5);
+    assert!(
+        alone
+            .release
+            .iter()
+            .all(|p| world.availability[*p as usize] == 0),
+        "the rarest first: {:?}",
+        alone.release
+    );
+    // Peers deliver 3 pieces a second and fetch 6: nothing is short.
+    world.peer_bytes_per_s = 3.0 * PIECE as f64;
+    for p in 10..16 {
+        world.from_peers.insert(p, 0);
+    }
+    for p in 0..2 {
+        world.done.insert(PieceIndex(p));
+    }
+    assert_eq!(world.decide(&config, 1_000), GapDecision::default());
+    // They slow to one piece a second: the shortfall goes to the caches.
+    world.peer_bytes_per_s = PIECE as f64;
+    let short = world.decide(&config, 1_000);
+    assert_eq!(short.release.len(), 2, "5 due, 2 done, 1 expected");
+    assert!(short.take_over.is_empty());
+}
+
+#[test]
+fn as_fast_as_possible_fills_the_caches_free_slots_with_what_peers_do_not_fetch() {
+    let mut config = GapConfig::new(8, PIECE, Pace::AsFastAsPossible);
+    config.prefetch_ms = 0;
+    let mut world = World::new(8);
+    world.availability = vec![3, 0, 2, 0, 1, 0, 5, 0];
+    world.mine = vec![5];
+    world.from_peers.insert(3, 0);
+    world.cache_slots_free = 3;
+    let decision = world.decide(&config, 0);
+    // Unheld pieces first (5 designated before 1 and 7), 3 is with peers.
+    assert_eq!(decision.release, vec![5, 1, 7]);
+    // Everything left is with peers: the least advanced is taken over.
+    let mut endgame = World::new(8);
+    for p in 0..6 {
+        endgame.done.insert(PieceIndex(p));
+    }
+    endgame.from_peers.insert(6, PIECE / 2);
+    endgame.from_peers.insert(7, PIECE / 8);
+    endgame.cache_slots_free = 1;
+    let last = endgame.decide(&config, 0);
+    assert_eq!(last.release, vec![7]);
+    assert_eq!(last.take_over, vec![7]);
+    // No free slot: nothing.
+    endgame.cache_slots_free = 0;
+    assert_eq!(endgame.decide(&config, 0), GapDecision::default());
+}
+
+#[test]
+fn nothing_goes_to_caches_when_none_is_usable() {
+    let config = stream_config(10);
+    let world = World::new(10);
+    let designated = |_: u32| true;
+    let decision = decide(
+        &config,
+        &GapInput {
+            now_ms: 10_000,
+            done: &world.done,
+            at_caches: &world.at_caches,
+            availability: &world.availability,
+            from_peers: &world.from_peers,
+            peer_bytes_per_s: 0.0,
+            cache_bytes_per_s: 0.0,
+            cache_slots_free: 4,
+            designated: &designated,
+            playhead: 0,
+            caches_usable: false,
+        },
+    );
+    assert_eq!(decision, GapDecision::default());
+}
+
+#[test]
+fn each_piece_nobody_holds_has_exactly_one_designated_fetcher() {
+    let ids: Vec<u64> = (0..20u8).map(|n| peer_number(&[n; 20])).collect();
+    let mut per_peer = vec![0u32; ids.len()];
+    for piece in 0..2_000 {
+        let fetchers: Vec<usize> = (0..ids.len())
+            .filter(|i| designated(ids[*i], &ids, piece))
+            .collect();
+        assert_eq!(fetchers.len(), 1, "piece {piece}");
+        per_peer[fetchers[0]] += 1;
+    }
+    // Spread evenly enough: 100 each on average.
+    assert!(per_peer.iter().all(|n| (50..160).contains(n)), "{per_peer:?}");
+    // Alone, a node fetches everything nobody holds.
+    assert!(designated(ids[0], &[], 5));
+}
