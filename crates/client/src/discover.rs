@@ -132,6 +132,42 @@ pub struct Plan {
     pub committed_mbps: Option<f64>,
     pub object_id: Option<ObjectId>,
     pub object_size: Option<u64>,
+    /// The viewers' swarm to join (none: peer-to-peer is off for the
+    /// service, or there is no selector).
+    pub swarm: Option<PlannedSwarm>,
+}
+
+/// A swarm a plan names.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlannedSwarm {
+    pub key: shoal_peer::SwarmKey,
+    /// `http://host[:port]/announce`.
+    pub tracker: String,
+}
+
+/// Checks a plan's swarm: its key must be the object's, its tracker a
+/// plain `http://` URL of bounded length.
+fn planned_swarm(
+    info: Option<shoal_proto::plan::SwarmInfo>,
+    object_id: Option<ObjectId>,
+) -> Result<Option<PlannedSwarm>, String> {
+    let (Some(info), Some(id)) = (info, object_id) else {
+        return Ok(None);
+    };
+    let key = shoal_peer::SwarmKey::for_object(&id);
+    if info.key != key.to_hex() {
+        return Err(format!("plan: swarm key {} is not the object's", info.key));
+    }
+    let host = info
+        .tracker
+        .strip_prefix("http://")
+        .and_then(|rest| rest.strip_suffix("/announce"))
+        .filter(|host| !host.is_empty() && host.len() <= 255 && !host.contains(['/', '?', '#', '@']))
+        .ok_or_else(|| format!("plan: tracker `{}` is not http://host/announce", info.tracker.chars().take(100).collect::<String>()))?;
+    Ok(Some(PlannedSwarm {
+        key,
+        tracker: format!("http://{host}/announce"),
+    }))
 }
 
 /// A rate from a plan, Mbit/s: anything but a sane number is "not said".
@@ -194,7 +230,9 @@ pub fn parse_plan(body: &[u8], path: &RequestPath) -> Result<Plan, String> {
         Some(hex) => Some(ObjectId::from_hex(&hex).ok_or("plan: bad object id")?),
         None => None,
     };
+    let swarm = planned_swarm(json.swarm, object_id)?;
     Ok(Plan {
+        swarm,
         sources,
         standby,
         survives_one_loss: json.survives_one_loss,

@@ -76,6 +76,8 @@ pub struct GetOptions {
     pub buffer_ms: u64,
     /// Connect from this local address.
     pub local_address: Option<std::net::IpAddr>,
+    /// Taking part in the viewers' swarm a plan names.
+    pub peers: crate::peers::PeerOptions,
 }
 
 impl GetOptions {
@@ -91,6 +93,7 @@ impl GetOptions {
             stream: None,
             buffer_ms: 2_000,
             local_address: None,
+            peers: crate::peers::PeerOptions::default(),
         }
     }
 }
@@ -104,6 +107,8 @@ pub struct Progress {
     /// Recent aggregate rate, bytes per second.
     pub rate_bps: f64,
     pub sources: Vec<SourceReport>,
+    /// Bytes from and to peers (when in a swarm).
+    pub peers: Option<crate::peers::PeerReport>,
 }
 
 /// The report at the end.
@@ -137,6 +142,8 @@ pub struct Summary {
     /// Stream mode: when that player started (initial buffer full), s.
     pub playback_started_s: Option<f64>,
     pub sources: Vec<SourceSummary>,
+    /// The viewers' swarm: bytes from and to peers, peer efficiency.
+    pub peers: Option<crate::peers::PeerReport>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -153,8 +160,8 @@ pub struct SourceSummary {
 /// What request tasks tell the driver.
 enum Event {
     Bytes(SourceId, PieceIndex, u64),
-    /// Verified and written (`true`), or refused (`false`).
-    Piece(SourceId, PieceIndex, bool),
+    /// Verified and written (its bytes), or refused (`None`).
+    Piece(SourceId, PieceIndex, Option<Bytes>),
     Failed(SourceId, PieceIndex, String),
     Disk(std::io::Error),
     Plan(Result<discover::Plan, GetError>),
@@ -275,7 +282,40 @@ pub async fn get(
 ) -> Result<Summary, GetError> {
     let (mut run, inbox) = Run::prepare(&mut options).await?;
     run.drive(inbox, &mut progress).await?;
-    run.finish(&options.output).await
+    let from_caches = run.source_bytes();
+    let side = run.peers.take();
+    let mut summary = run.finish(&options.output).await?;
+    if let Some(mut side) = side {
+        // The object is whole and in place: seed for as long as asked
+        // (the pieces are read from the same, renamed, file).
+        let mut last = progress_snapshot_of(&summary);
+        let seeded_s = side
+            .seed(options.peers.seed_for, from_caches, |counters, peers| {
+                if let Some(report) = &mut last.peers {
+                    report.bytes_to_peers = counters.bytes_to_peers;
+                    report.peers = peers;
+                }
+                last.elapsed = Duration::from_secs_f64(summary.seconds);
+                progress(&last);
+            })
+            .await;
+        let mut report = side.report(from_caches);
+        report.seeded_s = seeded_s;
+        summary.peers = Some(report);
+    }
+    Ok(summary)
+}
+
+/// A final progress snapshot from a summary (for the seeding phase).
+fn progress_snapshot_of(summary: &Summary) -> Progress {
+    Progress {
+        done_bytes: summary.bytes,
+        total_bytes: summary.bytes,
+        elapsed: Duration::from_secs_f64(summary.seconds),
+        rate_bps: 0.0,
+        sources: Vec::new(),
+        peers: summary.peers.clone(),
+    }
 }
 
 /// One download under way: what [`get`] set up, and the state its loop
@@ -326,6 +366,8 @@ struct Run {
     syncing: Arc<AtomicBool>,
     last_save_ms: u64,
     last_progress_ms: u64,
+    /// The viewers' swarm, when the plan names one and peers are on.
+    peers: Option<crate::peers::PeerSide>,
 }
 
 impl Run {
@@ -402,12 +444,81 @@ impl Run {
             syncing: Arc::new(AtomicBool::new(false)),
             last_save_ms: 0,
             last_progress_ms: 0,
+            peers: None,
             manifest,
             layout,
             plan,
         };
         run.add_planned_sources();
+        run.join_swarm(options).await?;
         Ok((run, inbox))
+    }
+
+    /// Joins the viewers' swarm the plan names, if peers are on and the
+    /// object has a published manifest (learnt hashes are the caches'
+    /// and peers are not asked to trust them). From then on the caches
+    /// take only the pieces the gap releases.
+    async fn join_swarm(&mut self, options: &GetOptions) -> Result<(), GetError> {
+        let (Some(swarm), true) = (&self.plan.swarm, options.peers.enabled) else {
+            return Ok(());
+        };
+        let Some(manifest) = self.manifest.manifest() else {
+            tracing::info!("not joining the swarm: the object has no published manifest");
+            return Ok(());
+        };
+        let stream = match (&self.ready, self.committed_mbps) {
+            (Some(_), Some(mbps)) => Some((mbps * 1e6 / 8.0, options.buffer_ms)),
+            _ => None,
+        };
+        let side = crate::peers::PeerSide::start(crate::peers::PeerStart {
+            options: &options.peers,
+            key: swarm.key,
+            tracker: swarm.tracker.clone(),
+            manifest: manifest.clone(),
+            have: self.scheduler.done_set().clone(),
+            file: self.file.clone(),
+            client: self.client.clone(),
+            local_address: options.local_address,
+            stream,
+        })
+        .await?;
+        self.scheduler.gate();
+        self.peers = Some(side);
+        Ok(())
+    }
+
+    /// Bytes the HTTP sources delivered.
+    fn source_bytes(&self) -> u64 {
+        self.scheduler.report().iter().map(|r| r.bytes).sum()
+    }
+
+    /// The swarm's report, if in one.
+    fn peer_report(&self) -> Option<crate::peers::PeerReport> {
+        self.peers.as_ref().map(|side| side.report(self.source_bytes()))
+    }
+
+    /// Pieces verified from peers (written and read back): done.
+    fn take_peer_pieces(&mut self) -> Result<(), GetError> {
+        let Some(side) = &mut self.peers else {
+            return Ok(());
+        };
+        let stored = side.take_verified().map_err(|e| GetError::Disk {
+            path: self.part.display().to_string(),
+            why: e.to_string(),
+        })?;
+        for piece in stored {
+            for action in self.scheduler.done_elsewhere(piece) {
+                if let Action::Cancel { source, piece } = action {
+                    if let Some(handle) = self.tasks.remove(&(source, piece.0)) {
+                        handle.abort();
+                    }
+                }
+            }
+            if let Some(ready) = &self.ready {
+                ready.mark(piece);
+            }
+        }
+        Ok(())
     }
 
     /// Adds the plan's sources (at most [`SOURCES_MAX`], each URL once);
@@ -469,14 +580,26 @@ impl Run {
                     Some(event) => self.on_event(event)?,
                     None => break,
                 },
+                event = next_peer_event(&mut self.peers) => {
+                    if let Some(side) = &mut self.peers {
+                        side.handle(event);
+                    }
+                    Vec::new()
+                }
                 _ = tick.tick() => {
                     let now = self.now_ms();
                     if let (Some(playback), Some(ready)) = (&mut self.playback, &self.ready) {
                         playback.update(now, ready.contiguous_bytes(&self.layout));
                     }
-                    self.scheduler.tick(now)
+                    let actions = self.scheduler.tick(now);
+                    if let Some(side) = &mut self.peers {
+                        let playhead = self.ready.as_ref().map_or(0, |r| r.playhead().0);
+                        side.on_tick(&mut self.scheduler, playhead);
+                    }
+                    actions
                 }
             };
+            self.take_peer_pieces()?;
             for action in actions {
                 match action {
                     Action::Cancel { source, piece } => {
@@ -491,13 +614,13 @@ impl Run {
             let now = self.now_ms();
             if now - self.last_progress_ms >= PROGRESS_EVERY_MS {
                 self.last_progress_ms = now;
-                progress(&snapshot(&self.scheduler, &self.manifest, self.started));
+                progress(&self.snapshot());
             }
         }
         for handle in self.tasks.values() {
             handle.abort();
         }
-        progress(&snapshot(&self.scheduler, &self.manifest, self.started));
+        progress(&self.snapshot());
         Ok(())
     }
 
@@ -551,7 +674,11 @@ impl Run {
         let verdict = self.replan.tick(crate::replan::Observed {
             now_ms,
             usable_sources: self.scheduler.usable_sources().len(),
-            rate_mbps: self.scheduler.aggregate_rate_bps() * 8.0 / 1e6,
+            // Peers' bytes count towards the committed bitrate too.
+            rate_mbps: (self.scheduler.aggregate_rate_bps()
+                + self.peers.as_ref().map_or(0.0, |p| p.peer_rate()))
+                * 8.0
+                / 1e6,
             committed_mbps: self.committed_mbps,
             has_selector: matches!(self.origin, Origin::Selector(_)),
             room: self.sources.len() < SOURCES_MAX,
@@ -606,12 +733,18 @@ impl Run {
                 self.scheduler.on_bytes(source, piece, bytes, now);
                 Vec::new()
             }
-            Event::Piece(source, piece, ok) => {
+            Event::Piece(source, piece, data) => {
                 self.tasks.remove(&(source, piece.0));
+                let ok = data.is_some();
                 let new = ok && !self.scheduler.is_done(piece);
                 let actions = self.scheduler.on_piece(source, piece, ok, now);
-                if let (true, Some(ready)) = (new, &self.ready) {
-                    ready.mark(piece);
+                if new {
+                    if let Some(ready) = &self.ready {
+                        ready.mark(piece);
+                    }
+                    if let (Some(side), Some(data)) = (&mut self.peers, data) {
+                        side.piece_from_cache(piece, data);
+                    }
                 }
                 actions
             }
@@ -875,6 +1008,7 @@ impl Run {
                 .and_then(|p| p.started_ms())
                 .map(|ms| ms as f64 / 1000.0),
             sources,
+            peers: self.peer_report(),
         }
     }
 }
@@ -1088,19 +1222,31 @@ fn spawn_replan(
     });
 }
 
-fn snapshot(scheduler: &Scheduler, manifest: &Reference, started: Instant) -> Progress {
-    let layout = manifest.layout();
-    let done_bytes = scheduler
-        .done_set()
-        .iter()
-        .map(|i| layout.piece_len(i))
-        .sum();
-    Progress {
-        done_bytes,
-        total_bytes: layout.object_size(),
-        elapsed: started.elapsed(),
-        rate_bps: scheduler.aggregate_rate_bps(),
-        sources: scheduler.report(),
+impl Run {
+    fn snapshot(&self) -> Progress {
+        let done_bytes = self
+            .scheduler
+            .done_set()
+            .iter()
+            .map(|i| self.layout.piece_len(i))
+            .sum();
+        let peer_rate = self.peers.as_ref().map_or(0.0, |p| p.peer_rate());
+        Progress {
+            done_bytes,
+            total_bytes: self.layout.object_size(),
+            elapsed: self.started.elapsed(),
+            rate_bps: self.scheduler.aggregate_rate_bps() + peer_rate,
+            sources: self.scheduler.report(),
+            peers: self.peer_report(),
+        }
+    }
+}
+
+/// The swarm's next event, or never when not in one.
+async fn next_peer_event(side: &mut Option<crate::peers::PeerSide>) -> crate::peers::PeerEvent {
+    match side {
+        Some(side) => side.next().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -1128,7 +1274,7 @@ async fn fetch_piece(
                 .to_string();
             if let Err(rejected) = manifest.verify(piece, &data, &base).await {
                 match rejected {
-                    Rejected::Mismatch => Event::Piece(source, piece, false),
+                    Rejected::Mismatch => Event::Piece(source, piece, None),
                     // Its hash never came: not the source's fault alone.
                     Rejected::Unknown => {
                         Event::Failed(source, piece, "no hash for this piece yet".into())
@@ -1137,6 +1283,7 @@ async fn fetch_piece(
             } else {
                 // Only verified bytes reach the disk; what the disk holds is
                 // read back and verified again.
+                let kept = data.clone();
                 let written = tokio::task::spawn_blocking(move || {
                     file.write_all_at(&data, start)?;
                     let mut back = vec![0u8; data.len()];
@@ -1151,7 +1298,7 @@ async fn fetch_piece(
                 })
                 .await;
                 match written {
-                    Ok(Ok(())) => Event::Piece(source, piece, true),
+                    Ok(Ok(())) => Event::Piece(source, piece, Some(kept)),
                     Ok(Err(error)) => Event::Disk(error),
                     Err(join) => Event::Disk(std::io::Error::other(join.to_string())),
                 }

@@ -26,6 +26,7 @@
 pub mod discover;
 pub mod download;
 pub mod gap;
+pub mod peers;
 pub mod playback;
 pub mod reference;
 pub mod replan;

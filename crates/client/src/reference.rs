@@ -136,6 +136,14 @@ impl Reference {
         self.id
     }
 
+    /// The manifest, when the reference is one (not learnt hashes).
+    pub fn manifest(&self) -> Option<&Manifest> {
+        match &self.kind {
+            Kind::Manifest(manifest) => Some(manifest),
+            Kind::Learnt(_) => None,
+        }
+    }
+
     pub fn is_published(&self) -> bool {
         matches!(self.kind, Kind::Manifest(_))
     }

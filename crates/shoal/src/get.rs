@@ -47,6 +47,51 @@ pub struct GetArgs {
     /// Connect from this local address (a host with several).
     #[arg(long)]
     pub local_address: Option<std::net::IpAddr>,
+    /// Do not join the viewers' swarm (caches only).
+    #[arg(long)]
+    pub no_peers: bool,
+    /// Accept peer connections on this address (default: an ephemeral
+    /// port on --local-address, or on every interface). Behind NAT peers
+    /// still download and upload over the connections they open.
+    #[arg(long)]
+    pub peer_listen: Option<std::net::SocketAddr>,
+    /// Upload to peers at most this fast, Mbit/s (decimals allowed).
+    #[arg(long, conflicts_with = "no_upload")]
+    pub upload_mbps: Option<f64>,
+    /// Never upload to peers (metered links); still download from them.
+    #[arg(long)]
+    pub no_upload: bool,
+    /// Keep seeding to peers this long after the download, e.g. 90s, 10m,
+    /// 1h (default: leave at once).
+    #[arg(long, value_parser = parse_duration)]
+    pub seed_for: Option<std::time::Duration>,
+    /// Downloads: hold this rate, Mbit/s, with the caches filling only what
+    /// peers leave (default: as fast as every source allows).
+    #[arg(long)]
+    pub target_mbps: Option<f64>,
+}
+
+/// `90s`, `10m`, `1h`, `250ms` or plain seconds.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 90s, 10m or 1h"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("`{unit}` is not a unit (ms, s, m, h)")),
+    };
+    if !seconds.is_finite() || !(0.0..=7.0 * 24.0 * 3600.0).contains(&seconds) {
+        return Err(format!("`{text}` is not within 0 s and 7 days"));
+    }
+    Ok(std::time::Duration::from_secs_f64(seconds))
 }
 
 fn mib(bytes: f64) -> f64 {
@@ -104,6 +149,17 @@ fn check_args(args: &GetArgs) -> anyhow::Result<()> {
         args.buffer_s.is_finite() && (0.0..=600.0).contains(&args.buffer_s),
         "--buffer-s must be within 0..=600"
     );
+    for (flag, value) in [
+        ("--upload-mbps", args.upload_mbps),
+        ("--target-mbps", args.target_mbps),
+    ] {
+        if let Some(mbps) = value {
+            anyhow::ensure!(
+                mbps.is_finite() && mbps > 0.0 && mbps <= 1e6,
+                "{flag} must be within (0, 1000000] Mbit/s"
+            );
+        }
+    }
     Ok(())
 }
 
@@ -148,6 +204,15 @@ fn get_options(
     options.read_timeout_ms = args.read_timeout_ms;
     options.buffer_ms = (args.buffer_s * 1000.0) as u64;
     options.local_address = args.local_address;
+    options.peers = shoal_client::peers::PeerOptions {
+        enabled: !args.no_peers,
+        listen: args.peer_listen,
+        upload_mbps: args.upload_mbps,
+        upload: !args.no_upload,
+        seed_for: args.seed_for.unwrap_or_default(),
+        target_mbps: args.target_mbps,
+        ..Default::default()
+    };
     if args.stream {
         options.stream = Some(shoal_client::download::StreamTo::Stdout);
     }
@@ -189,8 +254,17 @@ fn progress_line(name: &str, p: &shoal_client::Progress) -> String {
             format!("{}{mark} {:.0} MiB", s.name, mib(s.bytes as f64))
         })
         .collect();
+    let peers = p.peers.as_ref().map_or(String::new(), |r| {
+        format!(
+            " | peers {}: ↓ {:.0} MiB ↑ {:.0} MiB ({:.0} % from peers)",
+            r.peers,
+            mib(r.bytes_from_peers as f64),
+            mib(r.bytes_to_peers as f64),
+            r.peer_efficiency * 100.0
+        )
+    });
     format!(
-        "{name} {:5.1}% {:7.1} MiB/s ETA {:>5}  {}",
+        "{name} {:5.1}% {:7.1} MiB/s ETA {:>5}  {}{peers}",
         fraction * 100.0,
         mib(p.rate_bps),
         if eta.is_finite() {
@@ -268,6 +342,23 @@ fn report(args: &GetArgs, summary: &shoal_client::Summary) -> anyhow::Result<()>
         summary.standby_used,
         summary.replacements - summary.standby_used
     );
+    if let Some(peers) = &summary.peers {
+        eprintln!(
+            "  peers: {:.1} MiB from peers, {:.1} MiB from caches ({:.1} % from peers), {:.1} MiB uploaded; {} peers at most, {} failed pieces, {} banned{}",
+            mib(peers.bytes_from_peers as f64),
+            mib(peers.bytes_from_caches as f64),
+            peers.peer_efficiency * 100.0,
+            mib(peers.bytes_to_peers as f64),
+            peers.peers_max_seen,
+            peers.pieces_failed,
+            peers.peers_banned,
+            if peers.seeded_s > 0.0 {
+                format!(", seeded {:.0} s", peers.seeded_s)
+            } else {
+                String::new()
+            }
+        );
+    }
     if let Some(rebuffers) = summary.rebuffers {
         eprintln!(
             "  playback at the committed bitrate: started after {:.2} s, {rebuffers} rebuffering event(s) ({} ms)",
