@@ -673,7 +673,10 @@ impl Run {
     fn consult_replan(&mut self, now_ms: u64) -> Result<(), GetError> {
         let verdict = self.replan.tick(crate::replan::Observed {
             now_ms,
-            usable_sources: self.scheduler.usable_sources().len(),
+            // Peers delivering count as a source: a download they carry
+            // is not given up when the caches are gone.
+            usable_sources: self.scheduler.usable_sources().len()
+                + usize::from(self.peers.as_ref().is_some_and(|p| p.peer_rate() > 1_000.0)),
             // Peers' bytes count towards the committed bitrate too.
             rate_mbps: (self.scheduler.aggregate_rate_bps()
                 + self.peers.as_ref().map_or(0.0, |p| p.peer_rate()))

@@ -226,19 +226,28 @@ fn stream(
     }
 }
 
-/// Downloads: `count` more pieces for the caches — those no peer is
-/// fetching, rarest first (a designated piece first among equals), then,
-/// when none is left, pieces peers are slowest on (taken over).
+/// Downloads: `count` more pieces for the caches, from those no peer is
+/// fetching: first the pieces nobody holds that this node is designated
+/// for; then pieces peers hold but cannot take more requests for (they
+/// choke us or their pipelines are full — a piece a peer could send is
+/// asked of it at once), rarest first; then pieces nobody holds that
+/// another node is designated for (it may be slow or gone). When none is
+/// left, pieces peers are slowest on are taken over.
 fn fill(config: &GapConfig, input: &GapInput<'_>, count: u64, decision: &mut GapDecision) {
     if count == 0 {
         return;
     }
-    let mut candidates: Vec<(u32, bool, u32)> = (0..config.piece_count)
+    let mut candidates: Vec<(u8, u32, u32)> = (0..config.piece_count)
         .filter(|p| wanted(input, *p) && !input.from_peers.contains_key(p))
         .filter(|p| !decision.release.contains(p))
         .map(|p| {
             let availability = input.availability.get(p as usize).copied().unwrap_or(0);
-            (availability, !(input.designated)(p), p)
+            let tier = match (availability, (input.designated)(p)) {
+                (0, true) => 0,
+                (0, false) => 2,
+                _ => 1,
+            };
+            (tier, availability, p)
         })
         .collect();
     candidates.sort_unstable();

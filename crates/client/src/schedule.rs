@@ -807,6 +807,7 @@ impl Scheduler {
         let stall_ms = self.config.stall_ms;
         let first_byte_ms = self.config.first_byte_ms;
         let drop_ratio = self.config.drop_ratio;
+        let gated = self.gate.is_some();
         for (index, s) in self.sources.iter_mut().enumerate() {
             let id = SourceId(index as u32);
             if !s.is_usable() {
@@ -821,7 +822,10 @@ impl Scheduler {
             }
             s.bytes_since_tick = 0;
             s.busy_since_tick = !s.in_flight.is_empty();
-            let limit_ms = if s.bytes == 0 {
+            // Waiting for the first byte of every request it has: a cold
+            // piece (filled from the shield or origin first) takes longer
+            // than the next bytes of a flowing one.
+            let limit_ms = if s.bytes == 0 || s.first_byte.iter().all(|got| !got) {
                 first_byte_ms.max(stall_ms)
             } else {
                 stall_ms
@@ -837,7 +841,9 @@ impl Scheduler {
                 ));
                 continue;
             }
-            let judged = s.busy_ms >= JUDGE_AFTER_BUSY_MS;
+            // Gated, a source's load follows what the gap releases, so its
+            // rate swings by design: only stalls are judged.
+            let judged = s.busy_ms >= JUDGE_AFTER_BUSY_MS && !gated;
             match s.health {
                 Health::Active if judged && s.fast.value < drop_ratio * s.slow.value => {
                     s.health = Health::Degraded;

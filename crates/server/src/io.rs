@@ -57,6 +57,11 @@ pub(crate) struct ActivityIo<T> {
     egress: Option<Arc<Egress>>,
     /// Pending wait for egress tokens.
     egress_wait: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// This writer's place in the egress queue while it waits.
+    egress_ticket: Option<u64>,
+    /// Its timer is the recheck of a writer behind others (not a wait
+    /// for tokens).
+    egress_queued: bool,
 }
 
 impl<T> ActivityIo<T> {
@@ -66,18 +71,68 @@ impl<T> ActivityIo<T> {
             activity,
             egress,
             egress_wait: None,
+            egress_ticket: None,
+            egress_queued: false,
+        }
+    }
+}
+
+impl<T> Drop for ActivityIo<T> {
+    fn drop(&mut self) {
+        // A writer that leaves while waiting gives up its place.
+        if let (Some(egress), Some(ticket)) = (&self.egress, self.egress_ticket) {
+            egress.state().leave(ticket);
         }
     }
 }
 
 /// The server-wide egress token bucket; its rate can change while the
 /// server runs (0: no cap, and no lock taken per write).
+///
+/// Writers that must wait queue in arrival order and are served one grant
+/// at a time, each at most [`EGRESS_GRANT_MAX_BYTES`]: under a cap every
+/// connection gets its share in turn. (Whoever happened to look first
+/// used to win; with a few dozen clients on a capped cache some waited
+/// over a second between grants and were judged stalled.)
 #[derive(Debug)]
 pub struct Egress {
     bytes_per_s: std::sync::atomic::AtomicU64,
-    bucket: std::sync::Mutex<shoal_core::TokenBucket>,
+    state: std::sync::Mutex<EgressState>,
     base: Instant,
 }
+
+#[derive(Debug)]
+struct EgressState {
+    bucket: shoal_core::TokenBucket,
+    /// Waiting writers by ticket (the lowest is served next), with the
+    /// waker to call when it is their turn.
+    queue: std::collections::BTreeMap<u64, std::task::Waker>,
+    next_ticket: u64,
+}
+
+impl EgressState {
+    fn head(&self) -> Option<u64> {
+        self.queue.first_key_value().map(|(t, _)| *t)
+    }
+
+    /// `ticket` leaves the queue; the next writer is woken if it was first.
+    fn leave(&mut self, ticket: u64) {
+        let was_head = self.head() == Some(ticket);
+        self.queue.remove(&ticket);
+        if was_head {
+            if let Some((_, waker)) = self.queue.first_key_value() {
+                waker.wake_by_ref();
+            }
+        }
+    }
+}
+
+/// One grant is at most this much, so a writer with a large buffer does
+/// not take the whole burst while others queue.
+const EGRESS_GRANT_MAX_BYTES: u64 = 2 * EGRESS_GRANT_MIN_BYTES;
+/// A queued writer that is not first looks again this often anyway (the
+/// cap may have been lifted).
+const EGRESS_QUEUED_RECHECK: Duration = Duration::from_millis(250);
 
 /// A capped write waits until this much may go at once (or all it has,
 /// if less). Granting whatever the bucket held when a writer looked made
@@ -97,10 +152,11 @@ impl Egress {
     pub(crate) fn new(bytes_per_s: u64) -> Arc<Self> {
         Arc::new(Self {
             bytes_per_s: std::sync::atomic::AtomicU64::new(bytes_per_s),
-            bucket: std::sync::Mutex::new(shoal_core::TokenBucket::new(
-                bytes_per_s,
-                burst_for(bytes_per_s),
-            )),
+            state: std::sync::Mutex::new(EgressState {
+                bucket: shoal_core::TokenBucket::new(bytes_per_s, burst_for(bytes_per_s)),
+                queue: Default::default(),
+                next_ticket: 0,
+            }),
             base: Instant::now(),
         })
     }
@@ -113,17 +169,23 @@ impl Egress {
     /// Changes the cap for every connection, from now on (0: none).
     pub fn set_bytes_per_s(&self, bytes_per_s: u64) {
         let now = self.now_ns();
-        self.bucket()
+        let mut state = self.state();
+        state
+            .bucket
             .set_rate(now, bytes_per_s, burst_for(bytes_per_s));
         self.bytes_per_s.store(bytes_per_s, Ordering::Relaxed);
+        // Everyone waiting looks again under the new cap.
+        for waker in state.queue.values() {
+            waker.wake_by_ref();
+        }
     }
 
     fn now_ns(&self) -> u64 {
         self.base.elapsed().as_nanos() as u64
     }
 
-    fn bucket(&self) -> std::sync::MutexGuard<'_, shoal_core::TokenBucket> {
-        self.bucket.lock().unwrap_or_else(|p| p.into_inner())
+    fn state(&self) -> std::sync::MutexGuard<'_, EgressState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -136,9 +198,21 @@ impl<T> ActivityIo<T> {
         };
         if egress.bytes_per_s() == 0 {
             self.egress_wait = None;
+            if let Some(ticket) = self.egress_ticket.take() {
+                egress.state().leave(ticket);
+            }
             return Poll::Ready(want);
         }
         loop {
+            // Queued behind others and woken: the turn may be ours now,
+            // whatever the recheck timer says.
+            if self.egress_ticket.is_some()
+                && self.egress_wait.is_some()
+                && egress.state().head() == self.egress_ticket
+                && self.egress_queued
+            {
+                self.egress_wait = None;
+            }
             if let Some(wait) = self.egress_wait.as_mut() {
                 if std::future::Future::poll(wait.as_mut(), cx).is_pending() {
                     return Poll::Pending;
@@ -146,17 +220,46 @@ impl<T> ActivityIo<T> {
                 self.egress_wait = None;
             }
             let now = egress.now_ns();
-            let mut bucket = egress.bucket();
-            let granted = bucket.take_chunk(now, want as u64, EGRESS_GRANT_MIN_BYTES) as usize;
-            if granted > 0 || want == 0 {
-                return Poll::Ready(granted);
+            let mut state = egress.state();
+            let my_turn = state.head().is_none_or(|head| Some(head) == self.egress_ticket);
+            let want_now = (want as u64).min(EGRESS_GRANT_MAX_BYTES);
+            if my_turn {
+                let granted =
+                    state
+                        .bucket
+                        .take_chunk(now, want_now, EGRESS_GRANT_MIN_BYTES) as usize;
+                if granted > 0 || want == 0 {
+                    if let Some(ticket) = self.egress_ticket.take() {
+                        state.leave(ticket);
+                    }
+                    return Poll::Ready(granted);
+                }
             }
-            // Look again at least every 100 ms: the cap may change.
-            let wait_ns = bucket
-                .wait_ns(now, (want as u64).min(EGRESS_GRANT_MIN_BYTES))
-                .clamp(1_000_000, 100_000_000);
-            drop(bucket);
-            self.egress_wait = Some(Box::pin(tokio::time::sleep(Duration::from_nanos(wait_ns))));
+            let ticket = match self.egress_ticket {
+                Some(ticket) => ticket,
+                None => {
+                    let ticket = state.next_ticket;
+                    state.next_ticket += 1;
+                    self.egress_ticket = Some(ticket);
+                    ticket
+                }
+            };
+            state.queue.insert(ticket, cx.waker().clone());
+            self.egress_queued = state.head() != Some(ticket);
+            let wait = if !self.egress_queued {
+                // First in line: wait for the chunk's tokens (at least
+                // every 100 ms: the cap may change).
+                Duration::from_nanos(
+                    state
+                        .bucket
+                        .wait_ns(now, want_now.min(EGRESS_GRANT_MIN_BYTES))
+                        .clamp(1_000_000, 100_000_000),
+                )
+            } else {
+                EGRESS_QUEUED_RECHECK
+            };
+            drop(state);
+            self.egress_wait = Some(Box::pin(tokio::time::sleep(wait)));
         }
     }
 
@@ -165,7 +268,7 @@ impl<T> ActivityIo<T> {
             if egress.bytes_per_s() == 0 {
                 return;
             }
-            egress.bucket().refund(unused as u64);
+            egress.state().bucket.refund(unused as u64);
         }
     }
 }
@@ -265,6 +368,41 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn writers_sharing_a_cap_are_served_in_turn() {
+        // 10 writers of 1 MB each under a 1 MB/s cap: served in turn,
+        // 64 KiB at a time, all finish within two rounds (~1.3 s; the
+        // first also had the initial burst) of each other near 10 s.
+        let egress = Egress::new(1_000_000);
+        let start = Instant::now();
+        let mut writers = Vec::new();
+        for _ in 0..10 {
+            let (a, mut b) = tokio::io::duplex(1 << 20);
+            let mut io = ActivityIo::new(a, Arc::new(Activity::new()), Some(egress.clone()));
+            writers.push(tokio::spawn(async move {
+                let reader = tokio::spawn(async move {
+                    let mut sink = Vec::new();
+                    b.read_to_end(&mut sink).await.map(|_| sink.len())
+                });
+                io.write_all(&vec![7u8; 1_000_000]).await.expect("write");
+                drop(io);
+                assert_eq!(reader.await.unwrap().unwrap(), 1_000_000);
+                start.elapsed()
+            }));
+        }
+        let mut finished = Vec::new();
+        for writer in writers {
+            finished.push(writer.await.unwrap());
+        }
+        let first = finished.iter().min().unwrap();
+        let last = finished.iter().max().unwrap();
+        assert!(*last >= Duration::from_millis(9_800), "the cap held: {last:?}");
+        assert!(
+            *last - *first < Duration::from_millis(1_500),
+            "in turn: first {first:?}, last {last:?}"
+        );
+    }
 
     #[tokio::test(start_paused = true)]
     async fn idle_resolves_only_after_quiet_period() {
