@@ -162,8 +162,15 @@ fn planned_swarm(
         .tracker
         .strip_prefix("http://")
         .and_then(|rest| rest.strip_suffix("/announce"))
-        .filter(|host| !host.is_empty() && host.len() <= 255 && !host.contains(['/', '?', '#', '@']))
-        .ok_or_else(|| format!("plan: tracker `{}` is not http://host/announce", info.tracker.chars().take(100).collect::<String>()))?;
+        .filter(|host| {
+            !host.is_empty() && host.len() <= 255 && !host.contains(['/', '?', '#', '@'])
+        })
+        .ok_or_else(|| {
+            format!(
+                "plan: tracker `{}` is not http://host/announce",
+                info.tracker.chars().take(100).collect::<String>()
+            )
+        })?;
     Ok(Some(PlannedSwarm {
         key,
         tracker: format!("http://{host}/announce"),

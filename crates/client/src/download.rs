@@ -494,7 +494,9 @@ impl Run {
 
     /// The swarm's report, if in one.
     fn peer_report(&self) -> Option<crate::peers::PeerReport> {
-        self.peers.as_ref().map(|side| side.report(self.source_bytes()))
+        self.peers
+            .as_ref()
+            .map(|side| side.report(self.source_bytes()))
     }
 
     /// Pieces verified from peers (written and read back): done.

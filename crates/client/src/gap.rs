@@ -174,7 +174,7 @@ pub fn decide(config: &GapConfig, input: &GapInput<'_>) -> GapDecision {
                 + u64::from(input.at_caches.len())
                 + expected_from_peers;
             let short = due.saturating_sub(covered);
-            fill(config, input, short, &mut decision);
+            fill(config, input, short, false, &mut decision);
             prefetch_designated(config, input, &mut decision);
         }
         Pace::AsFastAsPossible => {
@@ -182,6 +182,7 @@ pub fn decide(config: &GapConfig, input: &GapInput<'_>) -> GapDecision {
                 config,
                 input,
                 u64::from(input.cache_slots_free),
+                true,
                 &mut decision,
             );
         }
@@ -233,7 +234,19 @@ fn stream(
 /// asked of it at once), rarest first; then pieces nobody holds that
 /// another node is designated for (it may be slow or gone). When none is
 /// left, pieces peers are slowest on are taken over.
-fn fill(config: &GapConfig, input: &GapInput<'_>, count: u64, decision: &mut GapDecision) {
+///
+/// `hold_back` (as fast as possible, nothing due): while pieces nobody
+/// holds are still to come from the nodes designated for them, the caches
+/// bring nothing twice — their uplink is what gets every piece into the
+/// swarm once (the `F/C` of the fluid bound); and pieces designated to
+/// others are left to them while peers deliver anything at all.
+fn fill(
+    config: &GapConfig,
+    input: &GapInput<'_>,
+    count: u64,
+    hold_back: bool,
+    decision: &mut GapDecision,
+) {
     if count == 0 {
         return;
     }
@@ -250,6 +263,17 @@ fn fill(config: &GapConfig, input: &GapInput<'_>, count: u64, decision: &mut Gap
             (tier, availability, p)
         })
         .collect();
+    let before = candidates.len();
+    if hold_back {
+        let unheld_elsewhere = candidates.iter().any(|(tier, _, _)| *tier == 2);
+        let peers_deliver = input.peer_bytes_per_s >= 1.0;
+        candidates.retain(|(tier, _, _)| match tier {
+            1 => !unheld_elsewhere,
+            2 => !peers_deliver,
+            _ => true,
+        });
+    }
+    let held_back = candidates.len() < before;
     candidates.sort_unstable();
     let mut left = count;
     for (_, _, piece) in candidates {
@@ -258,6 +282,9 @@ fn fill(config: &GapConfig, input: &GapInput<'_>, count: u64, decision: &mut Gap
         }
         decision.release.push(piece);
         left -= 1;
+    }
+    if held_back {
+        return;
     }
     // Everything missing is with peers: take over the least advanced.
     let mut slow: Vec<(u64, u32)> = input

@@ -347,7 +347,9 @@ impl PeerSide {
         let now = self.now_ms();
         match VerifiedPiece::verify(&self.store.manifest, piece, data) {
             Ok(verified) => self.swarm.piece_from_elsewhere(&verified, now),
-            Err(error) => tracing::warn!(piece = piece.0, %error, "a cache piece no longer verifies"),
+            Err(error) => {
+                tracing::warn!(piece = piece.0, %error, "a cache piece no longer verifies")
+            }
         }
     }
 
@@ -407,11 +409,7 @@ impl PeerSide {
             at_caches.insert(piece);
         }
         let from_peers: BTreeMap<u32, u64> = self.swarm.pieces_from_peers();
-        let others: Vec<u64> = self
-            .net
-            .peer_ids()
-            .map(crate::gap::peer_number)
-            .collect();
+        let others: Vec<u64> = self.net.peer_ids().map(crate::gap::peer_number).collect();
         let me = self.me;
         let designated = |piece: u32| crate::gap::designated(me, &others, piece);
         let waiting = scheduler.released_waiting();

@@ -139,7 +139,10 @@ impl Assembly {
     pub fn received_bytes(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
         self.pieces.iter().map(|(piece, partial)| {
             let blocks = partial.senders.iter().filter(|s| s.is_some()).count() as u64;
-            (*piece, (blocks * u64::from(BLOCK_BYTES)).min(partial.data.len() as u64))
+            (
+                *piece,
+                (blocks * u64::from(BLOCK_BYTES)).min(partial.data.len() as u64),
+            )
         })
     }
 

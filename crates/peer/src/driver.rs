@@ -286,14 +286,8 @@ impl PeerNet {
                 self.next_key += 1;
                 let (events, config) = (self.events.clone(), self.config.clone());
                 let upload = self.upload.clone();
-                let task = tokio::spawn(connection(
-                    stream,
-                    key,
-                    self.layout,
-                    config,
-                    upload,
-                    events,
-                ));
+                let task =
+                    tokio::spawn(connection(stream, key, self.layout, config, upload, events));
                 self.tasks.insert(key, task.abort_handle());
             }
             NetEvent::Peer(FromPeer::Ready {

@@ -66,6 +66,9 @@ impl SwarmKey {
     }
 }
 
+/// A free unchoke slot is filled this soon, not at the next round.
+const QUICK_RECHOKE_MS: u64 = 500;
+
 /// A swarm's limits.
 #[derive(Clone, Copy, Debug)]
 pub struct SwarmLimits {
@@ -378,9 +381,30 @@ impl Swarm {
             }
             self.flush(*peer, now_ms);
         }
-        if now_ms.saturating_sub(self.last_rechoke_ms) >= self.limits.rechoke_every_ms {
+        let since = now_ms.saturating_sub(self.last_rechoke_ms);
+        if since >= self.limits.rechoke_every_ms
+            || (since >= QUICK_RECHOKE_MS && self.has_free_slot_and_a_waiting_peer())
+        {
             self.rechoke(now_ms);
         }
+    }
+
+    /// An unchoke slot is free and an interested peer is choked (a peer
+    /// that just arrived is not kept waiting for the next round).
+    fn has_free_slot_and_a_waiting_peer(&self) -> bool {
+        if !self.limits.upload {
+            return false;
+        }
+        let unchoked = self
+            .peers
+            .values()
+            .filter(|p| !p.session.am_choking())
+            .count();
+        unchoked <= self.limits.choke.regular_slots
+            && self
+                .peers
+                .values()
+                .any(|p| p.session.am_choking() && p.session.peer_interested())
     }
 
     pub fn poll_action(&mut self) -> Option<Action> {

@@ -221,13 +221,15 @@ impl<T> ActivityIo<T> {
             }
             let now = egress.now_ns();
             let mut state = egress.state();
-            let my_turn = state.head().is_none_or(|head| Some(head) == self.egress_ticket);
+            let my_turn = state
+                .head()
+                .is_none_or(|head| Some(head) == self.egress_ticket);
             let want_now = (want as u64).min(EGRESS_GRANT_MAX_BYTES);
             if my_turn {
-                let granted =
-                    state
-                        .bucket
-                        .take_chunk(now, want_now, EGRESS_GRANT_MIN_BYTES) as usize;
+                let granted = state
+                    .bucket
+                    .take_chunk(now, want_now, EGRESS_GRANT_MIN_BYTES)
+                    as usize;
                 if granted > 0 || want == 0 {
                     if let Some(ticket) = self.egress_ticket.take() {
                         state.leave(ticket);
@@ -397,7 +399,10 @@ mod tests {
         }
         let first = finished.iter().min().unwrap();
         let last = finished.iter().max().unwrap();
-        assert!(*last >= Duration::from_millis(9_800), "the cap held: {last:?}");
+        assert!(
+            *last >= Duration::from_millis(9_800),
+            "the cap held: {last:?}"
+        );
         assert!(
             *last - *first < Duration::from_millis(1_500),
             "in turn: first {first:?}, last {last:?}"

@@ -5,7 +5,6 @@ mod support;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 use support::*;
 
 const MIB: u64 = 1 << 20;
@@ -81,6 +80,11 @@ fn peers_download_from_each_other_and_the_caches_fill_the_gap() {
             )
         })
         .collect();
+    // A ninth peer is killed mid-transfer: the others carry on.
+    let (mut victim, _) = start_peer(&url, dir.path(), "127.0.0.40", &["--upload-mbps", "80"]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let _ = victim.kill();
+    let _ = victim.wait();
     let mut from_peers = 0;
     let mut from_caches = 0;
     for (child, out) in peers {
@@ -104,5 +108,37 @@ fn peers_download_from_each_other_and_the_caches_fill_the_gap() {
     let efficiency = from_peers as f64 / (from_peers + from_caches) as f64;
     eprintln!("peer efficiency {efficiency:.2}");
     assert!(from_peers + from_caches >= 8 * size, "every byte counted");
-    assert!(efficiency > 0.3, "peers carried a real share: {efficiency:.2}");
+    assert!(
+        efficiency > 0.3,
+        "peers carried a real share: {efficiency:.2}"
+    );
+}
+
+#[test]
+fn a_service_with_peer_to_peer_off_has_no_peer_traffic() {
+    let root = tempfile::tempdir().unwrap();
+    let data = content(3 * MIB + 5, 9);
+    write_file(root.path(), "v.bin", &data);
+    publish(root.path());
+    let origin = start_origin(root.path());
+    let dir = tempfile::tempdir().unwrap();
+    let caches = start_mesh(&origin.url, dir.path(), &[("c1", "eu")], &[]);
+    let selector =
+        start_selector_service(dir.path(), &gossip_addr(&caches[0]), 8, "", "p2p = false");
+    wait_for_selector(&selector, 1);
+    let url = format!("{}/v.bin", selector.url);
+    let peers: Vec<_> = (0..2)
+        .map(|n| start_peer(&url, dir.path(), &format!("127.0.0.{}", 50 + n), &[]))
+        .collect();
+    for (child, out) in peers {
+        let summary = finish_peer(child);
+        assert!(std::fs::read(&out).unwrap() == data);
+        assert!(summary["peers"].is_null(), "no swarm joined: {summary}");
+    }
+    let scrape = curl(&format!("{}/scrape", selector.url), &[]);
+    assert!(
+        !String::from_utf8_lossy(&scrape.body).contains("complete"),
+        "nobody announced: {}",
+        String::from_utf8_lossy(&scrape.body)
+    );
 }

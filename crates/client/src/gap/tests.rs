@@ -148,14 +148,22 @@ fn as_fast_as_possible_fills_the_caches_free_slots_with_what_peers_do_not_fetch(
     world.mine = vec![5];
     world.from_peers.insert(3, 0);
     world.cache_slots_free = 3;
-    let decision = world.decide(&config, 0);
-    // The unheld piece this node is designated for first (5), then what
-    // peers hold but are not sending, rarest first (4, 2); the unheld
-    // pieces others are designated for (1, 7) wait; 3 is with peers.
-    assert_eq!(decision.release, vec![5, 4, 2]);
+    // Peers deliver: the unheld piece this node is designated for (5);
+    // 1 and 7 are left to the nodes designated for them, and nothing
+    // peers hold is fetched twice while pieces nobody holds are to come.
+    world.peer_bytes_per_s = 1e6;
+    assert_eq!(world.decide(&config, 0).release, vec![5]);
+    // Peers deliver nothing: the caches take the unheld pieces too.
+    world.peer_bytes_per_s = 0.0;
+    assert_eq!(world.decide(&config, 0).release, vec![5, 1, 7]);
+    // Every piece is somewhere in the swarm: what peers hold but do not
+    // send (choked, pipelines full) goes to the caches, rarest first.
+    world.peer_bytes_per_s = 1e6;
+    world.availability = vec![3, 1, 2, 1, 1, 0, 5, 2];
+    assert_eq!(world.decide(&config, 0).release, vec![5, 1, 4]);
     world.cache_slots_free = 7;
     let all = world.decide(&config, 0);
-    assert_eq!(all.release, vec![5, 4, 2, 0, 6, 1, 7]);
+    assert_eq!(all.release, vec![5, 1, 4, 2, 7, 0, 6]);
     // Everything left is with peers: the least advanced is taken over.
     let mut endgame = World::new(8);
     for p in 0..6 {
@@ -208,7 +216,10 @@ fn each_piece_nobody_holds_has_exactly_one_designated_fetcher() {
         per_peer[fetchers[0]] += 1;
     }
     // Spread evenly enough: 100 each on average.
-    assert!(per_peer.iter().all(|n| (50..160).contains(n)), "{per_peer:?}");
+    assert!(
+        per_peer.iter().all(|n| (50..160).contains(n)),
+        "{per_peer:?}"
+    );
     // Alone, a node fetches everything nobody holds.
     assert!(designated(ids[0], &[], 5));
 }

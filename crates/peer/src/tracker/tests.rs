@@ -261,6 +261,9 @@ fn an_announce_round_trips_and_answers_decode() {
         AnnounceAnswer::decode(&failure(&TrackerError::RateLimited)),
         Err(AnswerError::Failure(TrackerError::RateLimited.to_string()))
     );
-    assert!(AnnounceAnswer::decode(b"d5:peers5:abcdee").is_err(), "not 6-byte entries");
+    assert!(
+        AnnounceAnswer::decode(b"d5:peers5:abcdee").is_err(),
+        "not 6-byte entries"
+    );
     assert!(AnnounceAnswer::decode(b"not bencode").is_err());
 }
