@@ -141,12 +141,18 @@ pub struct Plan {
 #[derive(Clone, Debug, PartialEq)]
 pub struct PlannedSwarm {
     pub key: shoal_peer::SwarmKey,
-    /// `http://host[:port]/announce`.
+    /// `http://host[:port]/announce`, perhaps with `?service=NAME`.
     pub tracker: String,
+    /// The delivery service's defaults (flags win); out-of-range values
+    /// are dropped.
+    pub upload_mbps: Option<f64>,
+    pub target_mbps: Option<f64>,
+    pub peers_max: Option<usize>,
 }
 
 /// Checks a plan's swarm: its key must be the object's, its tracker a
-/// plain `http://` URL of bounded length.
+/// plain `http://host[:port]/announce` URL of bounded length, with at most
+/// a `service=NAME` query (the selector's name for the delivery service).
 fn planned_swarm(
     info: Option<shoal_proto::plan::SwarmInfo>,
     object_id: Option<ObjectId>,
@@ -158,22 +164,48 @@ fn planned_swarm(
     if info.key != key.to_hex() {
         return Err(format!("plan: swarm key {} is not the object's", info.key));
     }
-    let host = info
-        .tracker
+    let refused = || {
+        format!(
+            "plan: tracker `{}` is not http://host/announce[?service=NAME]",
+            info.tracker.chars().take(100).collect::<String>()
+        )
+    };
+    let (url, service) = match info.tracker.split_once('?') {
+        Some((url, query)) => {
+            let name = query.strip_prefix("service=").ok_or_else(refused)?;
+            let valid = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !valid {
+                return Err(refused());
+            }
+            (url, Some(name))
+        }
+        None => (info.tracker.as_str(), None),
+    };
+    let host = url
         .strip_prefix("http://")
         .and_then(|rest| rest.strip_suffix("/announce"))
         .filter(|host| {
             !host.is_empty() && host.len() <= 255 && !host.contains(['/', '?', '#', '@'])
         })
-        .ok_or_else(|| {
-            format!(
-                "plan: tracker `{}` is not http://host/announce",
-                info.tracker.chars().take(100).collect::<String>()
-            )
-        })?;
+        .ok_or_else(refused)?;
+    let tracker = match service {
+        Some(name) => format!("http://{host}/announce?service={name}"),
+        None => format!("http://{host}/announce"),
+    };
+    let rate = |mbps: Option<f64>| mbps.filter(|m| m.is_finite() && *m > 0.0 && *m <= 1e6);
     Ok(Some(PlannedSwarm {
         key,
-        tracker: format!("http://{host}/announce"),
+        tracker,
+        upload_mbps: rate(info.upload_mbps),
+        target_mbps: rate(info.target_mbps),
+        peers_max: info
+            .peers_max
+            .filter(|n| (1..=1_000).contains(n))
+            .map(|n| n as usize),
     }))
 }
 

@@ -470,8 +470,15 @@ impl Run {
             (Some(_), Some(mbps)) => Some((mbps * 1e6 / 8.0, options.buffer_ms)),
             _ => None,
         };
+        // The service's defaults where the viewer set nothing.
+        let mut peer_options = options.peers.clone();
+        peer_options.upload_mbps = peer_options.upload_mbps.or(swarm.upload_mbps);
+        peer_options.target_mbps = peer_options.target_mbps.or(swarm.target_mbps);
+        if let Some(most) = swarm.peers_max {
+            peer_options.peers_max = peer_options.peers_max.min(most);
+        }
         let side = crate::peers::PeerSide::start(crate::peers::PeerStart {
-            options: &options.peers,
+            options: &peer_options,
             key: swarm.key,
             tracker: swarm.tracker.clone(),
             manifest: manifest.clone(),

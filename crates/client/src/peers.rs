@@ -79,6 +79,8 @@ pub struct PeerReport {
     pub peer_efficiency: f64,
     pub pieces_failed: u64,
     pub peers_banned: u64,
+    /// The addresses banned.
+    pub banned: Vec<String>,
     /// Seconds spent seeding after the object was complete.
     pub seeded_s: f64,
 }
@@ -491,7 +493,8 @@ impl PeerSide {
             from_caches: Some(from_caches),
             from_peers: Some(counters.bytes_from_peers),
         };
-        format!("{}?{}", self.tracker, announce.to_query())
+        let separator = if self.tracker.contains('?') { '&' } else { '?' };
+        format!("{}{separator}{}", self.tracker, announce.to_query())
     }
 
     fn spawn_announce(&self, event: Option<AnnounceEvent>, left: u64, from_caches: u64) {
@@ -526,6 +529,12 @@ impl PeerSide {
             },
             pieces_failed: counters.pieces_failed,
             peers_banned: counters.peers_banned,
+            banned: self
+                .net
+                .banned_addresses()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
             seeded_s: 0.0,
         }
     }

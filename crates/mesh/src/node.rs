@@ -429,9 +429,20 @@ fn build_view(
     let mut members = Vec::with_capacity(newest.len());
     let mut malformed = 0;
     let mut observers = 0;
+    let mut selectors = Vec::new();
     for (node_id, (id, state)) in &newest {
         if state.get(keys::ROLE) == Some(ROLE_SELECTOR) {
             observers += 1;
+            let http = state
+                .get(keys::HTTP)
+                .and_then(|v| v.strip_prefix("http://"))
+                .and_then(|v| v.parse().ok());
+            if let (Some(http_addr), true) = (http, shoal_core::auth::valid_node_name(node_id)) {
+                selectors.push(crate::view::SelectorNode {
+                    node_id: node_id.to_string(),
+                    http_addr,
+                });
+            }
             continue;
         }
         let summary = match state.get_versioned(keys::OBJECTS) {
@@ -459,6 +470,8 @@ fn build_view(
     summaries.retain(|id, _| newest.contains_key(id.as_str()));
     let mut view = MeshView::new(self_id.to_string(), members, malformed);
     view.observers = observers;
+    selectors.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+    view.selectors = selectors;
     view
 }
 

@@ -158,6 +158,16 @@ pub struct MeshView {
     /// Live control-plane observers (selectors): in the gossip, never
     /// chosen for anything.
     pub observers: usize,
+    /// Those observers that gossip an HTTP address, sorted by node id
+    /// (selectors find each other here: one is each swarm's tracker home).
+    pub selectors: Vec<SelectorNode>,
+}
+
+/// A live selector: its node id and HTTP address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SelectorNode {
+    pub node_id: String,
+    pub http_addr: SocketAddr,
 }
 
 impl MeshView {
@@ -169,6 +179,7 @@ impl MeshView {
             members,
             malformed_members,
             observers: 0,
+            selectors: Vec::new(),
         }
     }
 

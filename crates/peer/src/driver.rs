@@ -218,6 +218,13 @@ impl PeerNet {
         self.peer_ids.values()
     }
 
+    /// Addresses banned (smart-ban proved their peers sent bad blocks).
+    pub fn banned_addresses(&self) -> Vec<std::net::IpAddr> {
+        let mut banned: Vec<_> = self.banned.iter().copied().collect();
+        banned.sort();
+        banned
+    }
+
     /// Opens a connection to `addr`, unless one to it is open or being
     /// opened, it is banned, or too many are pending.
     pub fn connect(&mut self, addr: SocketAddr) {

@@ -93,6 +93,9 @@ pub enum TrackerError {
     RateLimited,
 }
 
+/// Longest label a swarm keeps.
+pub const LABEL_LEN_MAX_BYTES: usize = 64;
+
 /// Longest query string accepted (an announce is ~300 bytes; a scrape of
 /// many hashes more).
 pub const QUERY_BYTES_MAX: usize = 8 * 1024;
@@ -255,6 +258,9 @@ struct Entry {
     locality: Locality,
     seed: bool,
     last_seen_s: u64,
+    /// The byte counts it reported last (shoal's announce fields).
+    from_caches: u64,
+    from_peers: u64,
 }
 
 #[derive(Debug, Default)]
@@ -263,6 +269,21 @@ struct SwarmPeers {
     /// Peers that announced `completed`.
     downloaded: u64,
     last_seen_s: u64,
+    /// Bytes its peers reported getting from caches and from each other
+    /// (summed over what each reported since it joined).
+    bytes_from_caches: u64,
+    bytes_from_peers: u64,
+    /// What the swarm belongs to (a delivery service), as first named.
+    label: Option<String>,
+}
+
+/// One swarm's figures for reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SwarmReport {
+    pub label: Option<String>,
+    pub counts: SwarmCounts,
+    pub bytes_from_caches: u64,
+    pub bytes_from_peers: u64,
 }
 
 /// What an announce gets back.
@@ -451,6 +472,10 @@ impl Tracker {
             .retain(|_, e| now_s.saturating_sub(e.last_seen_s) < limits.peer_ttl_s);
         swarm.last_seen_s = now_s;
         let was_seed = swarm.peers.get(&announce.peer_id).is_some_and(|e| e.seed);
+        let (reported_caches, reported_peers) = swarm
+            .peers
+            .get(&announce.peer_id)
+            .map_or((0, 0), |e| (e.from_caches, e.from_peers));
         if let Some(known) = swarm.peers.get(&announce.peer_id) {
             // A peer id is its announcer's: another address may not move
             // it or stop it (peer ids are no secret between peers).
@@ -462,6 +487,16 @@ impl Tracker {
                 return Err(TrackerError::TooSoon(limits.min_interval_s - since));
             }
         }
+        // What it got since it last reported (counts only grow; a peer
+        // that restarts from zero starts a new tally).
+        let from_caches = announce.from_caches.unwrap_or(reported_caches);
+        let from_peers = announce.from_peers.unwrap_or(reported_peers);
+        swarm.bytes_from_caches = swarm
+            .bytes_from_caches
+            .saturating_add(from_caches.saturating_sub(reported_caches));
+        swarm.bytes_from_peers = swarm
+            .bytes_from_peers
+            .saturating_add(from_peers.saturating_sub(reported_peers));
         match announce.event {
             Some(AnnounceEvent::Stopped) => {
                 swarm.peers.remove(&announce.peer_id);
@@ -491,6 +526,8 @@ impl Tracker {
                         locality: locality.clone(),
                         seed: announce.left == 0,
                         last_seen_s: now_s,
+                        from_caches,
+                        from_peers,
                     },
                 );
             }
@@ -560,6 +597,27 @@ impl Tracker {
 
     pub fn swarm_count(&self) -> usize {
         self.swarms.len()
+    }
+
+    /// Names what a swarm belongs to (the first name sticks; at most
+    /// [`LABEL_LEN_MAX_BYTES`]). Unknown swarms are not created.
+    pub fn label(&mut self, info_hash: &[u8; 20], label: &str) {
+        if label.len() > LABEL_LEN_MAX_BYTES {
+            return;
+        }
+        if let Some(swarm) = self.swarms.get_mut(info_hash) {
+            swarm.label.get_or_insert_with(|| label.to_string());
+        }
+    }
+
+    /// Every swarm's figures.
+    pub fn reports(&self) -> impl Iterator<Item = SwarmReport> + '_ {
+        self.swarms.values().map(|swarm| SwarmReport {
+            label: swarm.label.clone(),
+            counts: counts(swarm),
+            bytes_from_caches: swarm.bytes_from_caches,
+            bytes_from_peers: swarm.bytes_from_peers,
+        })
     }
 
     fn forget_stalest_swarm(&mut self, _now_s: u64) {

@@ -367,6 +367,58 @@ impl MeshLink {
         lock(&self.health).quarantined(self.now_ms())
     }
 
+    /// A signed `GET path_and_query` to another control-plane node (a
+    /// selector) at `base_url`, with `headers`; its status and a body of
+    /// at most `limit` bytes, within `timeout`. The target's node id is
+    /// signed in (`to=`), as for caches.
+    pub async fn signed_get_small(
+        &self,
+        node_id: &str,
+        base_url: &str,
+        path_and_query: &str,
+        headers: &[(&'static str, String)],
+        timeout: Duration,
+        limit: usize,
+    ) -> Result<(StatusCode, Vec<u8>), String> {
+        let separator = if path_and_query.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        let path_and_query = format!("{path_and_query}{separator}to={node_id}");
+        let token = self
+            .key
+            .sign(
+                &self.self_id,
+                now_unix_s() + TOKEN_LIFETIME_S,
+                "GET",
+                &path_and_query,
+            )
+            .map_err(|e| e.to_string())?;
+        let mut request = self
+            .client
+            .get(format!("{base_url}{path_and_query}"))
+            .header(AUTH_HEADER, token);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let exchange = async {
+            let mut response = request.send().await.map_err(|e| crate::error_chain(&e))?;
+            let status = response.status();
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await.map_err(|e| crate::error_chain(&e))? {
+                if body.len() + chunk.len() > limit {
+                    return Err(format!("answer larger than {limit} bytes"));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok((status, body))
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| format!("no answer within {} ms", timeout.as_millis()))?
+    }
+
     fn signed(
         &self,
         member: &Member,

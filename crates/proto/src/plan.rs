@@ -62,7 +62,7 @@ pub struct LeftOut {
 
 /// The object's swarm of viewers, when the service shares pieces between
 /// them.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SwarmInfo {
     /// The swarm's key, hex (the 20 bytes of the BitTorrent handshake's
@@ -70,6 +70,11 @@ pub struct SwarmInfo {
     pub key: String,
     /// Where to announce (BEP 3 HTTP tracker).
     pub tracker: String,
+    /// The delivery service's defaults for its viewers (their own flags
+    /// win): upload cap and download pace in Mbit/s, peer connections.
+    pub upload_mbps: Option<f64>,
+    pub target_mbps: Option<f64>,
+    pub peers_max: Option<u32>,
 }
 
 /// The answer to "where should this client get this object?".

@@ -159,6 +159,9 @@ pub struct Selector {
     pub stats: SelectorStats,
     /// The tracker viewers' peers announce to (`/announce`, `/scrape`).
     tracker: std::sync::Mutex<shoal_peer::tracker::Tracker>,
+    /// Signed requests to other selectors (announces forwarded to a
+    /// swarm's home).
+    link: Arc<MeshLink>,
     /// The tracker's clock.
     started: std::time::Instant,
 }
@@ -189,8 +192,8 @@ impl BoundSelector {
                 addr: config.listen,
                 source,
             })?;
-        let (node, directory) = join_mesh(&config, local_addr).await?;
-        let selector = Arc::new(Selector::new(&config, zones, node, directory));
+        let (node, directory, link) = join_mesh(&config, local_addr).await?;
+        let selector = Arc::new(Selector::new(&config, zones, node, directory, link));
         Ok(Self {
             local_addr,
             selector,
@@ -244,7 +247,7 @@ fn load_zones(config: &SelectorConfig) -> Result<Option<Zones>, SelectorError> {
 async fn join_mesh(
     config: &SelectorConfig,
     local_addr: SocketAddr,
-) -> Result<(Arc<MeshNode>, Directory), SelectorError> {
+) -> Result<(Arc<MeshNode>, Directory, Arc<MeshLink>), SelectorError> {
     let mesh = &config.mesh;
     let node_id = mesh
         .node_id
@@ -288,8 +291,9 @@ async fn join_mesh(
         Arc::default(),
     )
     .map_err(ConfigError)?;
+    let link = Arc::new(link);
     let directory = Directory::new(
-        Arc::new(link),
+        link.clone(),
         LookupSettings {
             object_ttl_ms: config.object_ttl_ms,
             missing_ttl_ms: config.missing_ttl_ms,
@@ -297,7 +301,7 @@ async fn join_mesh(
             piece_probe_timeout_ms: config.piece_probe_timeout_ms,
         },
     );
-    Ok((node, directory))
+    Ok((node, directory, link))
 }
 
 fn read_bounded(path: &std::path::Path) -> Result<String, String> {
@@ -310,6 +314,12 @@ fn read_bounded(path: &std::path::Path) -> Result<String, String> {
     }
     std::fs::read_to_string(path).map_err(|e| e.to_string())
 }
+
+/// Names the peer's address on an announce one selector forwards to the
+/// swarm's home (signed: only a cluster member may set it).
+pub const ANNOUNCE_FROM_HEADER: &str = "x-shoal-announce-from";
+/// A forwarded announce waits this long for the home selector.
+const ANNOUNCE_FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Longest `X-Forwarded-For` read.
 pub const FORWARDED_FOR_LEN_MAX_BYTES: usize = 2_048;
@@ -541,8 +551,10 @@ impl Selector {
         zones: Option<Zones>,
         node: Arc<MeshNode>,
         directory: Directory,
+        link: Arc<MeshLink>,
     ) -> Self {
         Selector {
+            link,
             trusted_proxies: config
                 .trusted_proxies
                 .iter()
@@ -577,30 +589,174 @@ impl Selector {
     /// peer at the connection's address and answers peers nearest it
     /// first. A refusal is a bencoded `failure reason` with `200`, as
     /// trackers answer.
-    fn announce(&self, query: &str, client: std::net::IpAddr) -> Response<Body> {
-        use shoal_peer::tracker::{failure, Announce, Locality};
+    ///
+    /// Several selectors act as one tracker: each swarm is homed at one of
+    /// the live selectors (rendezvous of its info-hash over their node ids
+    /// in the gossip view); another selector forwards the announce there,
+    /// signed, naming the peer's address, and relays the answer. If the
+    /// home does not answer, the announce is served here (the swarm
+    /// re-forms at its new home within one re-announce).
+    async fn announce(
+        &self,
+        query: &str,
+        client: std::net::IpAddr,
+        headers: &hyper::HeaderMap,
+    ) -> Response<Body> {
+        use shoal_peer::tracker::{failure, Announce, TrackerError};
         // An IPv4 client of a dual-stack listener is an IPv4 peer.
-        let client = client.to_canonical();
+        let mut client = client.to_canonical();
         self.stats.announces.fetch_add(1, Ordering::Relaxed);
-        let answer = Announce::parse(query).and_then(|announce| {
-            let locality = match &self.zones {
-                Some(zones) => {
-                    let zone = zones.zone_of(client);
-                    Locality {
-                        zone: Some(zone.to_string()),
-                        region: zones.nearest_region(zone).map(str::to_string),
-                    }
-                }
-                None => Locality::default(),
-            };
-            let now_s = self.started.elapsed().as_secs();
-            lock(&self.tracker).announce(&announce, client, locality, now_s)
-        });
-        let body = match answer {
-            Ok(answer) => answer.encode(),
-            Err(error) => failure(&error),
+        let announce = match Announce::parse(query) {
+            Ok(announce) => announce,
+            Err(error) => return bencoded(failure(&error)),
         };
-        bencoded(body)
+        if let Some(from) = headers.get(ANNOUNCE_FROM_HEADER) {
+            // Forwarded by another selector: only a cluster member may
+            // name the peer's address.
+            let signed = self
+                .link
+                .authenticate(
+                    headers.get(shoal_core::auth::AUTH_HEADER),
+                    "GET",
+                    &format!("/announce?{query}"),
+                )
+                .is_ok()
+                && !self.link.misdirected(Some(query));
+            match (signed, from.to_str().ok().and_then(|v| v.parse().ok())) {
+                (true, Some(addr)) => client = addr,
+                _ => {
+                    return bencoded(failure(&TrackerError::Bad(
+                        "forwarded announce (not signed by a cluster member)",
+                    )))
+                }
+            }
+        } else if let Some(home) = self.tracker_home(&announce.info_hash) {
+            let forwarded = self
+                .link
+                .signed_get_small(
+                    &home.node_id,
+                    &format!("http://{}", home.http_addr),
+                    &format!("/announce?{query}"),
+                    &[(ANNOUNCE_FROM_HEADER, client.to_string())],
+                    ANNOUNCE_FORWARD_TIMEOUT,
+                    shoal_peer::tracker::ANSWER_BYTES_MAX,
+                )
+                .await;
+            match forwarded {
+                Ok((status, body)) if status == StatusCode::OK => return bencoded(body),
+                Ok((status, _)) => {
+                    tracing::warn!(home = %home.node_id, %status, "the swarm's home selector refused a forwarded announce; answering here")
+                }
+                Err(error) => {
+                    tracing::warn!(home = %home.node_id, %error, "the swarm's home selector did not answer; answering here")
+                }
+            }
+        }
+        bencoded(self.announce_here(&announce, query, client))
+    }
+
+    /// The selector that is `info_hash`'s tracker home, unless it is this
+    /// one (or no other selector is live).
+    fn tracker_home(&self, info_hash: &[u8; 20]) -> Option<shoal_mesh::SelectorNode> {
+        let view = self.node.view();
+        let me = self.link.self_id();
+        let mut names: Vec<&str> = view.selectors.iter().map(|s| s.node_id.as_str()).collect();
+        if !names.contains(&me) {
+            names.push(me);
+        }
+        let mut key = [0u8; 32];
+        key[..20].copy_from_slice(info_hash);
+        let home = shoal_core::rendezvous::first(&shoal_core::ObjectId(key), &names)?;
+        if *home == me {
+            return None;
+        }
+        view.selectors.iter().find(|s| s.node_id == *home).cloned()
+    }
+
+    /// Records the announce in this selector's table and answers it.
+    fn announce_here(
+        &self,
+        announce: &shoal_peer::tracker::Announce,
+        query: &str,
+        client: std::net::IpAddr,
+    ) -> Vec<u8> {
+        use shoal_peer::tracker::{failure, Locality};
+        let locality = match &self.zones {
+            Some(zones) => {
+                let zone = zones.zone_of(client);
+                Locality {
+                    zone: Some(zone.to_string()),
+                    region: zones.nearest_region(zone).map(str::to_string),
+                }
+            }
+            None => Locality::default(),
+        };
+        let now_s = self.started.elapsed().as_secs();
+        let mut tracker = lock(&self.tracker);
+        match tracker.announce(announce, client, locality, now_s) {
+            Ok(answer) => {
+                // The delivery service the plan named in the tracker URL,
+                // if it is one of ours.
+                let service = query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("service="))
+                    .filter(|name| self.services.all().iter().any(|s| s.name == *name));
+                if let Some(service) = service {
+                    tracker.label(&announce.info_hash, service);
+                }
+                answer.encode()
+            }
+            Err(error) => failure(&error),
+        }
+    }
+
+    /// `GET /_shoal/swarms`: per delivery service, the swarms homed here
+    /// and what their peers reported — bytes from peers and from caches,
+    /// peer efficiency, bytes the caches were spared.
+    fn swarms(&self) -> Response<Body> {
+        #[derive(serde::Serialize, Default)]
+        struct ServiceSwarms {
+            swarms: u64,
+            peers: u64,
+            seeds: u64,
+            completed: u64,
+            bytes_from_peers: u64,
+            bytes_from_caches: u64,
+            /// Bytes from peers / all bytes reported.
+            peer_efficiency: f64,
+            /// What the caches did not have to send: the bytes from peers.
+            bytes_saved: u64,
+        }
+        let mut services: std::collections::BTreeMap<String, ServiceSwarms> = Default::default();
+        for report in lock(&self.tracker).reports() {
+            let name = report.label.unwrap_or_else(|| "(unnamed)".to_string());
+            let entry = services.entry(name).or_default();
+            entry.swarms += 1;
+            entry.peers += report.counts.complete + report.counts.incomplete;
+            entry.seeds += report.counts.complete;
+            entry.completed += report.counts.downloaded;
+            entry.bytes_from_peers += report.bytes_from_peers;
+            entry.bytes_from_caches += report.bytes_from_caches;
+        }
+        for entry in services.values_mut() {
+            let total = entry.bytes_from_peers + entry.bytes_from_caches;
+            entry.peer_efficiency = if total > 0 {
+                entry.bytes_from_peers as f64 / total as f64
+            } else {
+                0.0
+            };
+            entry.bytes_saved = entry.bytes_from_peers;
+        }
+        #[derive(serde::Serialize)]
+        struct Answer<'a> {
+            /// This selector's node id (each swarm is homed at one).
+            selector: &'a str,
+            services: std::collections::BTreeMap<String, ServiceSwarms>,
+        }
+        json(&Answer {
+            selector: self.link.self_id(),
+            services,
+        })
     }
 
     /// `GET /scrape?info_hash=…`: the swarms' counts.
@@ -642,10 +798,11 @@ impl Selector {
             }
             // The tracker (these two paths are not objects here;
             // libtorrent accepts a loopback tracker only at /announce).
-            "/announce" => self.announce(query, client),
+            "/announce" => self.announce(query, client, request.headers()).await,
             "/scrape" => self.scrape(query),
             "/_shoal/health" => self.health(),
             "/_shoal/mesh" => self.mesh(),
+            "/_shoal/swarms" => self.swarms(),
             "/" => text(
                 StatusCode::OK,
                 "shoal selector: GET /plan?path=/x (JSON), GET /explain?path=/x (text), \
@@ -696,7 +853,10 @@ impl Selector {
                     });
                     match (decision.swarm.as_mut(), host) {
                         (Some(swarm), Some(host)) => {
-                            swarm.tracker = format!("http://{host}/announce");
+                            // The service rides along so the swarm's home
+                            // selector can count peer efficiency per service.
+                            swarm.tracker =
+                                format!("http://{host}/announce?service={}", decision.service);
                         }
                         _ => decision.swarm = None,
                     }
@@ -746,6 +906,10 @@ impl Selector {
             "self": view.self_id,
             "caches": members,
             "observers": view.observers,
+            "selectors": view.selectors.iter().map(|s| serde_json::json!({
+                "node": s.node_id,
+                "url": format!("http://{}", s.http_addr),
+            })).collect::<Vec<_>>(),
             "malformed_members": view.malformed_members,
         }))
     }
@@ -953,6 +1117,9 @@ impl Selector {
             decision.swarm = id.map(|id| shoal_proto::plan::SwarmInfo {
                 key: shoal_peer::SwarmKey::for_object(&id).to_hex(),
                 tracker: String::new(),
+                upload_mbps: service.p2p_upload_mbps,
+                target_mbps: service.p2p_target_mbps,
+                peers_max: Some(service.p2p_peers_max),
             });
         }
         self.reserve(now, &decision, reserve);

@@ -26,6 +26,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// Most delivery services in one selector.
+/// Most peer connections a service may let a viewer keep.
+pub const P2P_PEERS_MAX: u32 = 200;
 pub const SERVICES_MAX: usize = 10_000;
 /// Most host names per service.
 pub const HOSTS_PER_SERVICE_MAX: usize = 1_000;
@@ -185,6 +187,15 @@ pub struct DeliveryService {
     /// object's swarm and this selector's tracker). On by default; off for
     /// a service whose viewers must not upload.
     pub p2p: bool,
+    /// Viewers' default upload cap, Mbit/s (their `--upload-mbps` wins;
+    /// unset: no cap).
+    pub p2p_upload_mbps: Option<f64>,
+    /// Peer connections a viewer keeps at most.
+    pub p2p_peers_max: u32,
+    /// Downloads: the pace viewers hold, Mbit/s, the caches filling only
+    /// what peers leave (their `--target-mbps` wins; unset: as fast as
+    /// every source allows).
+    pub p2p_target_mbps: Option<f64>,
 }
 
 /// See [`DeliveryService::when_saturated`].
@@ -211,6 +222,9 @@ impl Default for DeliveryService {
             origin_usd_per_gb: 0.05,
             when_saturated: WhenSaturated::BestEffort,
             p2p: true,
+            p2p_upload_mbps: None,
+            p2p_peers_max: 50,
+            p2p_target_mbps: None,
         }
     }
 }
@@ -407,6 +421,21 @@ impl DeliveryService {
         }
         if !finite_in(self.origin_usd_per_gb, 0.0, 100.0) {
             return bad("origin_usd_per_gb must be within 0..=100".into());
+        }
+        for (key, value) in [
+            ("p2p_upload_mbps", self.p2p_upload_mbps),
+            ("p2p_target_mbps", self.p2p_target_mbps),
+        ] {
+            if let Some(mbps) = value {
+                if !(mbps.is_finite() && mbps > 0.0 && mbps <= BITRATE_MBPS_MAX) {
+                    return bad(format!(
+                        "{key} = {mbps} is not within (0, {BITRATE_MBPS_MAX}] Mbit/s"
+                    ));
+                }
+            }
+        }
+        if !(1..=P2P_PEERS_MAX).contains(&self.p2p_peers_max) {
+            return bad(format!("p2p_peers_max must be within 1..={P2P_PEERS_MAX}"));
         }
         if !self.path_prefix.starts_with('/') || self.path_prefix.len() > PATH_PREFIX_LEN_MAX_BYTES
         {

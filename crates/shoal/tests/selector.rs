@@ -586,7 +586,7 @@ fn the_selector_tracks_viewers_swarms_and_answers_compact_peer_lists() {
     let key = shoal_peer::SwarmKey::for_object(&shoal_core::ObjectId::from_hex(id).unwrap());
     assert_eq!(plan["swarm"]["key"], key.to_hex());
     let tracker = plan["swarm"]["tracker"].as_str().unwrap();
-    assert_eq!(tracker, format!("{}/announce", selector.url));
+    assert_eq!(tracker, format!("{}/announce?service=all", selector.url));
     // A service with peer-to-peer off names no swarm.
     let dir_off = tempfile::tempdir().unwrap();
     let off = support::start_selector_service(
@@ -609,4 +609,90 @@ fn the_selector_tracks_viewers_swarms_and_answers_compact_peer_lists() {
         text.contains("8:completei1e") && text.contains("10:incompletei1e"),
         "{text}"
     );
+}
+
+/// Two selectors act as one tracker: a peer that announced to one is
+/// found by a peer that asks the other (each swarm is homed at one of
+/// them, the other forwards), and when the home dies the survivor serves
+/// the swarm from the next announces on.
+#[test]
+fn two_selectors_act_as_one_tracker() {
+    let root = tempfile::tempdir().unwrap();
+    write_file(root.path(), "a.bin", &content(1024, 1));
+    let origin = start_origin(root.path());
+    let dir = tempfile::tempdir().unwrap();
+    let caches = start_mesh(&origin.url, dir.path(), &[("t1", "eu")], &[]);
+    let (dir1, dir2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut selectors = vec![
+        support::start_selector(dir1.path(), &gossip_addr(&caches[0]), 10, ""),
+        support::start_selector(dir2.path(), &gossip_addr(&caches[0]), 10, ""),
+    ];
+    for selector in &selectors {
+        wait_until("the selectors see each other", Duration::from_secs(20), || {
+            let (_, mesh) = get_json(&format!("{}/_shoal/mesh", selector.url));
+            mesh["selectors"].as_array().map(Vec::len) == Some(2)
+        });
+    }
+    let announce = |selector: &Proc, info_hash: &str, peer: u8, port: u16, from: &str| {
+        let url = format!(
+            "{}/announce?info_hash={info_hash}&peer_id={}&port={port}&uploaded=0&downloaded=0&left=100&compact=1&event=started&service=all",
+            selector.url,
+            percent_all(&[peer; 20])
+        );
+        let answer = curl(&url, &["--interface", from]);
+        assert_eq!(answer.status, 200);
+        shoal_peer::tracker::AnnounceAnswer::decode(&answer.body)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&answer.body)))
+    };
+    // Several swarms, so some are homed at each selector.
+    for n in 0..6u8 {
+        let info_hash = percent_all(&[0x40 + n; 20]);
+        let first = announce(&selectors[0], &info_hash, 1, 6001, "127.0.0.1");
+        assert!(first.peers.is_empty());
+        let second = announce(&selectors[1], &info_hash, 2, 6002, "127.0.0.2");
+        let expected: std::net::SocketAddr = "127.0.0.1:6001".parse().unwrap();
+        assert_eq!(
+            second.peers,
+            vec![expected],
+            "swarm {n}: the peer announced at the other selector, at its own address"
+        );
+    }
+    // A forged forward (no cluster signature) is refused.
+    let forged = curl(
+        &format!(
+            "{}/announce?info_hash={}&peer_id={}&port=1&uploaded=0&downloaded=0&left=1",
+            selectors[0].url,
+            percent_all(&[0x40; 20]),
+            percent_all(&[9; 20])
+        ),
+        &["-H", "x-shoal-announce-from: 10.9.9.9"],
+    );
+    assert!(String::from_utf8_lossy(&forged.body).contains("failure reason"));
+    // Per-service figures at the homes: every swarm is counted once.
+    let homed: u64 = selectors
+        .iter()
+        .map(|s| {
+            let (_, swarms) = get_json(&format!("{}/_shoal/swarms", s.url));
+            swarms["services"]["all"]["swarms"].as_u64().unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(homed, 6);
+    // The first selector dies: the survivor serves every swarm once the
+    // peers announce again.
+    selectors[0].kill9();
+    let survivor = &selectors[1];
+    wait_until("the survivor sees it alone", Duration::from_secs(20), || {
+        let (_, mesh) = get_json(&format!("{}/_shoal/mesh", survivor.url));
+        mesh["selectors"].as_array().map(Vec::len) == Some(1)
+    });
+    for n in 0..6u8 {
+        let info_hash = percent_all(&[0x40 + n; 20]);
+        announce(survivor, &info_hash, 3, 6003, "127.0.0.3");
+        let again = announce(survivor, &info_hash, 4, 6004, "127.0.0.4");
+        assert!(
+            again.peers.contains(&"127.0.0.3:6003".parse().unwrap()),
+            "swarm {n} re-formed at the survivor: {:?}",
+            again.peers
+        );
+    }
 }
