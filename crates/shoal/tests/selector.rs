@@ -628,10 +628,14 @@ fn two_selectors_act_as_one_tracker() {
         support::start_selector(dir2.path(), &gossip_addr(&caches[0]), 10, ""),
     ];
     for selector in &selectors {
-        wait_until("the selectors see each other", Duration::from_secs(20), || {
-            let (_, mesh) = get_json(&format!("{}/_shoal/mesh", selector.url));
-            mesh["selectors"].as_array().map(Vec::len) == Some(2)
-        });
+        wait_until(
+            "the selectors see each other",
+            Duration::from_secs(20),
+            || {
+                let (_, mesh) = get_json(&format!("{}/_shoal/mesh", selector.url));
+                mesh["selectors"].as_array().map(Vec::len) == Some(2)
+            },
+        );
     }
     let announce = |selector: &Proc, info_hash: &str, peer: u8, port: u16, from: &str| {
         let url = format!(
@@ -681,10 +685,14 @@ fn two_selectors_act_as_one_tracker() {
     // peers announce again.
     selectors[0].kill9();
     let survivor = &selectors[1];
-    wait_until("the survivor sees it alone", Duration::from_secs(20), || {
-        let (_, mesh) = get_json(&format!("{}/_shoal/mesh", survivor.url));
-        mesh["selectors"].as_array().map(Vec::len) == Some(1)
-    });
+    wait_until(
+        "the survivor sees it alone",
+        Duration::from_secs(20),
+        || {
+            let (_, mesh) = get_json(&format!("{}/_shoal/mesh", survivor.url));
+            mesh["selectors"].as_array().map(Vec::len) == Some(1)
+        },
+    );
     for n in 0..6u8 {
         let info_hash = percent_all(&[0x40 + n; 20]);
         announce(survivor, &info_hash, 3, 6003, "127.0.0.3");

@@ -142,3 +142,160 @@ fn a_service_with_peer_to_peer_off_has_no_peer_traffic() {
         String::from_utf8_lossy(&scrape.body)
     );
 }
+
+/// A seed that serves every block with its first byte flipped (run in
+/// this process: a poisoning peer, announced to the tracker like any
+/// other).
+struct Lying {
+    data: Vec<u8>,
+    piece_bytes: u64,
+}
+
+impl shoal_peer::driver::PieceStore for Lying {
+    fn read(&self, piece: u32, begin: u32, length: u32) -> Option<bytes::Bytes> {
+        let start = piece as u64 * self.piece_bytes + u64::from(begin);
+        let end = start + u64::from(length);
+        let mut block = self.data.get(start as usize..end as usize)?.to_vec();
+        block[0] ^= 0xff;
+        Some(bytes::Bytes::from(block))
+    }
+    fn store(&self, _piece: shoal_core::VerifiedPiece) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn percent_all(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("%{b:02X}")).collect()
+}
+
+/// Starts a lying seed on `address`, announced to `tracker`; it runs on
+/// its own thread until the test ends.
+fn start_liar(data: &[u8], object_id: &str, tracker: &str, address: &str, n: u8) {
+    let size = data.len() as u64;
+    let piece_size = shoal_core::PieceSize::for_object_size(size);
+    // The same layout as the published manifest (only the layout matters
+    // to a seed that never downloads).
+    let manifest =
+        shoal_core::Manifest::from_data(data, piece_size, shoal_core::Validators::default())
+            .unwrap();
+    let key = shoal_peer::SwarmKey::for_object(&shoal_core::ObjectId::from_hex(object_id).unwrap());
+    let listener = std::net::TcpListener::bind(format!("{address}:0")).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let store = Lying {
+        data: data.to_vec(),
+        piece_bytes: piece_size.bytes(),
+    };
+    let mut all = shoal_core::bitfield::PieceSet::new(manifest.piece_count());
+    for i in 0..manifest.piece_count() {
+        all.insert(shoal_core::PieceIndex(i));
+    }
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let mut config = shoal_peer::driver::DriverConfig::new(key, [0xee - n; 20]);
+            config.seed_for = std::time::Duration::from_secs(120);
+            config.run_for_max = std::time::Duration::from_secs(120);
+            let swarm = shoal_peer::swarm::Swarm::new(
+                manifest.clone(),
+                all,
+                shoal_peer::swarm::SwarmLimits::default(),
+                0,
+            );
+            shoal_peer::driver::run(
+                swarm,
+                manifest.layout(),
+                std::sync::Arc::new(store),
+                Some(listener),
+                config,
+            )
+            .await;
+        });
+    });
+    let announce = format!(
+        "{tracker}&info_hash={}&peer_id={}&port={port}&uploaded=0&downloaded=0&left=0&compact=1&event=started",
+        percent_all(&key.wire_bytes()),
+        percent_all(&[0xee - n; 20])
+    );
+    let answer = curl(&announce, &["--interface", address]);
+    assert!(
+        !String::from_utf8_lossy(&answer.body).contains("failure"),
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+}
+
+/// 20 peers (4 of them poisoning), 2 caches, one cache killed mid-way:
+/// every honest download byte-exact, only liars banned.
+#[test]
+fn twenty_peers_with_liars_and_a_cache_killed_lose_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let size = 16 * MIB + 777;
+    let data = content(size, 11);
+    write_file(root.path(), "game.pak", &data);
+    publish(root.path());
+    let origin = start_origin(root.path());
+    let dir = tempfile::tempdir().unwrap();
+    let mut caches = start_mesh(
+        &origin.url,
+        dir.path(),
+        &[("c1", "eu"), ("c2", "eu")],
+        &["--egress-mbps", "60"],
+    );
+    let selector = start_selector(dir.path(), &gossip_addr(&caches[0]), 8, "");
+    wait_for_selector(&selector, 2);
+    let plan = curl(&format!("{}/plan?path=/game.pak", selector.url), &[]);
+    let plan: serde_json::Value = serde_json::from_slice(&plan.body).unwrap();
+    let object_id = plan["object"]["id"]
+        .as_str()
+        .expect("object id")
+        .to_string();
+    let tracker = plan["swarm"]["tracker"]
+        .as_str()
+        .expect("a swarm")
+        .to_string();
+    let liars: Vec<String> = (0..4).map(|k| format!("127.0.0.{}", 60 + k)).collect();
+    for (k, address) in liars.iter().enumerate() {
+        start_liar(&data, &object_id, &tracker, address, k as u8);
+    }
+    let url = format!("{}/game.pak", selector.url);
+    let honest: Vec<_> = (0..16)
+        .map(|n| {
+            let address = format!("127.0.0.{}", 80 + n);
+            start_peer(
+                &url,
+                dir.path(),
+                &address,
+                &["--seed-for", "6s", "--upload-mbps", "40"],
+            )
+        })
+        .collect();
+    // A cache dies mid-transfer.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    caches[1].kill9();
+    let (mut failed, mut banned_total) = (0, 0);
+    for (child, out) in honest {
+        let summary = finish_peer(child);
+        assert!(
+            std::fs::read(&out).unwrap() == data,
+            "{} byte-exact",
+            out.display()
+        );
+        let report = &summary["peers"];
+        failed += report["pieces_failed"].as_u64().unwrap();
+        for banned in report["banned"].as_array().unwrap() {
+            let banned = banned.as_str().unwrap();
+            assert!(
+                liars.iter().any(|l| l == banned),
+                "an honest peer banned {banned}"
+            );
+            banned_total += 1;
+        }
+    }
+    eprintln!("pieces that failed verification: {failed}, bans: {banned_total}");
+    assert!(
+        failed + banned_total > 0,
+        "the liars were never asked: the test proved nothing"
+    );
+}

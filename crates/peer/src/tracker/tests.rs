@@ -276,7 +276,9 @@ fn reported_bytes_are_summed_per_swarm_by_what_each_peer_added() {
     announce.from_caches = Some(1_000);
     announce.from_peers = Some(0);
     let ip: IpAddr = "127.0.0.1".parse().unwrap();
-    tracker.announce(&announce, ip, Locality::default(), 0).unwrap();
+    tracker
+        .announce(&announce, ip, Locality::default(), 0)
+        .unwrap();
     tracker.label(&hash, "games");
     tracker.label(&hash, "other");
     // Later: 1,500 from caches and 3,000 from peers in all.
@@ -284,17 +286,27 @@ fn reported_bytes_are_summed_per_swarm_by_what_each_peer_added() {
     announce.left = 0;
     announce.from_caches = Some(1_500);
     announce.from_peers = Some(3_000);
-    tracker.announce(&announce, ip, Locality::default(), 20).unwrap();
+    tracker
+        .announce(&announce, ip, Locality::default(), 20)
+        .unwrap();
     // A second peer, then it leaves: its bytes stay counted.
     let mut other = Announce::parse(&query(hash, [2; 20], 6002, 0, "started")).unwrap();
     other.from_peers = Some(500);
     let ip2: IpAddr = "127.0.0.2".parse().unwrap();
-    tracker.announce(&other, ip2, Locality::default(), 21).unwrap();
+    tracker
+        .announce(&other, ip2, Locality::default(), 21)
+        .unwrap();
     other.event = Some(AnnounceEvent::Stopped);
-    tracker.announce(&other, ip2, Locality::default(), 22).unwrap();
+    tracker
+        .announce(&other, ip2, Locality::default(), 22)
+        .unwrap();
     let reports: Vec<SwarmReport> = tracker.reports().collect();
     assert_eq!(reports.len(), 1);
-    assert_eq!(reports[0].label.as_deref(), Some("games"), "the first name sticks");
+    assert_eq!(
+        reports[0].label.as_deref(),
+        Some("games"),
+        "the first name sticks"
+    );
     assert_eq!(reports[0].bytes_from_caches, 1_500);
     assert_eq!(reports[0].bytes_from_peers, 3_500);
     assert_eq!(reports[0].counts.complete, 1);
