@@ -100,6 +100,9 @@ pub struct GapInput<'a> {
     pub cache_slots_free: u32,
     /// Whether this node is the one to fetch `piece` when no peer holds it.
     pub designated: &'a dyn Fn(u32) -> bool,
+    /// Peers are connected (designation means something; alone, every
+    /// piece is "ours" and nothing is fetched early on that account).
+    pub peers_known: bool,
     /// Streams: the reader's position (pieces before it are not wanted
     /// first).
     pub playhead: u32,
@@ -218,7 +221,8 @@ fn stream(
         let on_track = fetching
             .is_some_and(|eta| (eta.saturating_add(config.margin_ms)) as f64 <= slack_ms.max(0.0));
         let nobody_has = availability == 0 && fetching.is_none();
-        if (near && !on_track) || (nobody_has && (input.designated)(piece)) {
+        let prefetch = nobody_has && input.peers_known && (input.designated)(piece);
+        if (near && !on_track) || prefetch {
             decision.release.push(piece);
             if fetching.is_some() {
                 decision.take_over.push(piece);
@@ -307,6 +311,9 @@ fn prefetch_designated(config: &GapConfig, input: &GapInput<'_>, decision: &mut 
     let Pace::Target { bytes_per_s, .. } = config.pace else {
         return;
     };
+    if !input.peers_known {
+        return;
+    }
     let window_pieces = (config.prefetch_ms as f64 / 1000.0 * bytes_per_s
         / config.piece_bytes as f64)
         .ceil() as usize;
@@ -314,7 +321,9 @@ fn prefetch_designated(config: &GapConfig, input: &GapInput<'_>, decision: &mut 
     if in_window >= window_pieces {
         return;
     }
-    let mut room = window_pieces - in_window;
+    // No more than the caches can start now: a designation made while
+    // peers are still connecting may change.
+    let mut room = (window_pieces - in_window).min(input.cache_slots_free as usize);
     for piece in 0..config.piece_count {
         if room == 0 {
             break;

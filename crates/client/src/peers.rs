@@ -427,6 +427,7 @@ impl PeerSide {
                 cache_bytes_per_s: scheduler.aggregate_rate_bps(),
                 cache_slots_free: scheduler.free_slots().saturating_sub(waiting),
                 designated: &designated,
+                peers_known: !others.is_empty(),
                 playhead,
                 caches_usable,
             },

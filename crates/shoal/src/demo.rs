@@ -12,8 +12,10 @@
 //! its duplicate links, and a multi-source `shoal get` through it; then
 //! republishes the video with a few bytes changed (`publish --notify`) and
 //! shows every cache serving the new version at once, only the changed
-//! piece fetched again; and keeps serving so a person can try the URLs
-//! with curl.
+//! piece fetched again; then a swarm of viewers downloading the video at
+//! once, sharing pieces with each other while the caches fill only the
+//! gap, with the peer efficiency reached; and keeps serving so a person
+//! can try the URLs with curl.
 
 use anyhow::{ensure, Context};
 use shoal_core::ByteSize;
@@ -83,6 +85,9 @@ pub async fn run(video_size: ByteSize, once: bool, cache_port: u16) -> anyhow::R
     //    published again with a notice to the mesh.
     republish(&client, &caches, &root, &samples[0], &secret).await?;
 
+    // 7. Viewers share pieces: a swarm downloads the video at once.
+    show_swarm(&client, &selector_url, &root, &samples[5]).await?;
+
     print_things_to_try(&caches[0].url, &selector_url);
     if !once {
         println!("\nserving until Ctrl-C");
@@ -98,7 +103,7 @@ pub async fn run(video_size: ByteSize, once: bool, cache_port: u16) -> anyhow::R
 
 /// The sample content: a large "video" of `video_size`, a download left
 /// unpublished (so both integrity modes show), and edge-sized files.
-fn samples(video_size: ByteSize) -> [Sample; 5] {
+fn samples(video_size: ByteSize) -> [Sample; 6] {
     [
         Sample {
             path: "videos/feature.mp4",
@@ -123,6 +128,12 @@ fn samples(video_size: ByteSize) -> [Sample; 5] {
         Sample {
             path: "edge/piece-plus-one.bin",
             size: (256 << 10) + 1,
+            publish: true,
+        },
+        // What the swarm of viewers downloads.
+        Sample {
+            path: "videos/episode.mp4",
+            size: 64 << 20,
             publish: true,
         },
     ]
@@ -659,6 +670,94 @@ async fn show_multi_source_get(
         parts.join(", ")
     );
     let _ = std::fs::remove_file(&out);
+    Ok(())
+}
+
+/// Viewers in a swarm: 8 downloads of `video` through the selector at once
+/// (each from its own loopback address, uploading at most 40 Mbit/s and
+/// holding 40 Mbit/s, so the caches fill only what peers leave),
+/// every byte checked; prints what came from peers and from caches, and
+/// the selector's per-service figures.
+async fn show_swarm(
+    client: &reqwest::Client,
+    selector_url: &str,
+    root: &Path,
+    video_sample: &Sample,
+) -> anyhow::Result<()> {
+    let video = format!("/{}", video_sample.path);
+    const VIEWERS: u8 = 8;
+    // Each viewer's pace and upload cap, Mbit/s.
+    const PACE_MBPS: f64 = 40.0;
+    const UPLOAD_MBPS: f64 = 40.0;
+    println!(
+        "
+a swarm: {VIEWERS} viewers download {video} at once at 40 Mbit/s, sharing pieces (BitTorrent peer protocol, tracker at the selector, 40 Mbit/s up each); the caches fill the gap"
+    );
+    let expected = blake3::Hasher::new()
+        .update_mmap(root.join(video_sample.path))?
+        .finalize();
+    let mut viewers = Vec::new();
+    for n in 0..VIEWERS {
+        let out = root.with_file_name(format!("viewer-{n}.mp4"));
+        let mut options = shoal_client::GetOptions::new(format!("{selector_url}{video}"), &out);
+        options.local_address = Some(format!("127.0.0.{}", 100 + n).parse()?);
+        options.peers.upload_mbps = Some(UPLOAD_MBPS);
+        options.peers.target_mbps = Some(PACE_MBPS);
+        options.peers.seed_for = std::time::Duration::from_secs(3);
+        viewers.push(tokio::spawn(async move {
+            let summary = shoal_client::get(options, |_| {}).await;
+            (out, summary)
+        }));
+    }
+    let (mut from_peers, mut from_caches) = (0u64, 0u64);
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    for (n, viewer) in viewers.into_iter().enumerate() {
+        let (out, summary) = viewer.await?;
+        let summary = summary.with_context(|| format!("viewer {n}"))?;
+        let got = blake3::Hasher::new().update_mmap(&out)?.finalize();
+        ensure!(
+            got == expected,
+            "viewer {n}: bytes differ from the origin's file"
+        );
+        let _ = std::fs::remove_file(&out);
+        let Some(peers) = summary.peers else {
+            anyhow::bail!("viewer {n} did not join the swarm");
+        };
+        from_peers += peers.bytes_from_peers;
+        from_caches += peers.bytes_from_caches;
+        println!(
+            "  viewer {n} (127.0.0.{}): {:.2} s, {:5.1} MiB from peers, {:5.1} MiB from caches, {:5.1} MiB uploaded, verified",
+            100 + n,
+            summary.seconds,
+            mib(peers.bytes_from_peers),
+            mib(peers.bytes_from_caches),
+            mib(peers.bytes_to_peers)
+        );
+    }
+    let efficiency = from_peers as f64 / (from_peers + from_caches).max(1) as f64;
+    println!(
+        "  peer efficiency {:.0} %: the caches sent {:.1} MiB for {VIEWERS} copies of {:.1} MiB (fluid bound: min(1 - 1/{VIEWERS}, upload/pace) = {:.0} %)",
+        efficiency * 100.0,
+        mib(from_caches),
+        mib(video_sample.size),
+        (1.0 - 1.0 / f64::from(VIEWERS)).min(UPLOAD_MBPS / PACE_MBPS) * 100.0
+    );
+    let swarms: serde_json::Value = serde_json::from_slice(
+        &client
+            .get(format!("{selector_url}/_shoal/swarms"))
+            .send()
+            .await?
+            .bytes()
+            .await?,
+    )?;
+    if let Some(videos) = swarms["services"].get("videos") {
+        println!(
+            "  the selector's figures for service `videos` ({selector_url}/_shoal/swarms): {} swarm(s), peer efficiency {:.0} %, {:.1} MiB saved",
+            videos["swarms"],
+            videos["peer_efficiency"].as_f64().unwrap_or(0.0) * 100.0,
+            mib(videos["bytes_saved"].as_u64().unwrap_or(0))
+        );
+    }
     Ok(())
 }
 

@@ -60,21 +60,25 @@ enum Command {
     /// Change running caches' egress caps (signed with the cluster secret).
     SetEgress(warm::SetEgressArgs),
     /// Download an object from several caches at once (a selector's plan),
-    /// verifying every piece; resumes an interrupted download.
+    /// verifying every piece, sharing pieces with other viewers in its
+    /// swarm; resumes an interrupted download.
     Get(Box<get::GetArgs>),
     /// Fill objects into caches ahead of demand (all caches at once: they
     /// swarm, and the origin sends each object about once).
     Warm(warm::WarmArgs),
-    /// Start an origin and a cache on loopback with sample content, download
-    /// through the cache, print a summary and keep serving until Ctrl-C.
+    /// Start an origin, four caches in two regions and a selector on
+    /// loopback with sample content; download through them (one viewer,
+    /// viewers everywhere, a warm-up, the selector's choices, a republish,
+    /// a swarm of viewers sharing pieces while the caches fill the gap),
+    /// print what moved where and keep serving until Ctrl-C.
     Demo {
-        /// Size of the sample video file.
+        /// Size of the sample video file (the swarm's episode is 64 MiB).
         #[arg(long, default_value = "256MiB")]
         size: ByteSize,
         /// Exit after printing the summary instead of serving until Ctrl-C.
         #[arg(long)]
         once: bool,
-        /// Port for the cache (0 picks a free one).
+        /// Port for the first cache (0 picks a free one).
         #[arg(long, default_value_t = 0)]
         cache_port: u16,
     },
