@@ -133,8 +133,10 @@ impl PieceStore for FileStore {
     }
 }
 
-/// How often to announce when few peers are known, ms.
-const ANNOUNCE_FEW_PEERS_MS: u64 = 15_000;
+/// How often to announce when few peers are connected, ms (at least the
+/// tracker's minimum interval): a viewer behind NAT learns of newcomers
+/// only this way, as they cannot reach it.
+const ANNOUNCE_FEW_PEERS_MS: u64 = 5_000;
 /// Fewer connected peers than this: announce again sooner.
 const FEW_PEERS: usize = 5;
 /// Time constant of the peers' goodput estimate, ms.
@@ -231,8 +233,13 @@ impl PeerSide {
         let limits = SwarmLimits {
             upload: options.upload,
             peers_max: options.peers_max,
-            // Short downloads need the choker to react within seconds.
+            // Short downloads need the choker to react within seconds, and
+            // a newcomer with nothing to give its optimistic turn soon.
             rechoke_every_ms: 3_000,
+            choke: shoal_peer::choke::ChokeLimits {
+                optimistic_every_ms: 6_000,
+                ..Default::default()
+            },
             ..SwarmLimits::default()
         };
         let me = crate::gap::peer_number(&peer_id);

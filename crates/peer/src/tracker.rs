@@ -43,7 +43,10 @@ impl Default for TrackerLimits {
             peers_per_swarm_max: 2_000,
             numwant_max: 50,
             interval_s: 60,
-            min_interval_s: 15,
+            // Short: a viewer that knows few peers (one behind NAT, that
+            // nobody can reach, above all) asks again soon; the per-address
+            // limit still bounds what one host may send.
+            min_interval_s: 5,
             peer_ttl_s: 180,
             announces_per_ip_per_minute: 120,
             ips_tracked_max: 100_000,

@@ -109,8 +109,8 @@ fn announcing_too_often_is_refused_but_events_are_taken() {
         ..first.clone()
     };
     assert_eq!(
-        tracker.announce(&again, ip, Locality::default(), 105),
-        Err(TrackerError::TooSoon(10))
+        tracker.announce(&again, ip, Locality::default(), 102),
+        Err(TrackerError::TooSoon(3))
     );
     let done = Announce {
         event: Some(AnnounceEvent::Completed),
