@@ -92,6 +92,8 @@ pub struct GapInput<'a> {
     pub availability: &'a [u32],
     /// Pieces peers are fetching for us, with the bytes of each here.
     pub from_peers: &'a BTreeMap<u32, u64>,
+    /// When peers were first asked for each of those pieces.
+    pub from_peers_since_ms: &'a BTreeMap<u32, u64>,
     /// Recent goodput from peers and from the caches, bytes per second.
     pub peer_bytes_per_s: f64,
     pub cache_bytes_per_s: f64,
@@ -131,16 +133,32 @@ fn cache_lead_ms(config: &GapConfig, input: &GapInput<'_>) -> u64 {
     config.lead_min_ms + per_piece_ms.min(30_000.0) as u64
 }
 
-/// How long peers need for what is left of `piece`, ms (the peers' rate
-/// shared over the pieces they are fetching).
+/// Below this age a piece's own progress says little.
+const PIECE_RATE_AFTER_MS: u64 = 300;
+/// A piece asked of peers this long ago with nothing here is stuck.
+const PIECE_STUCK_MS: u64 = 2_000;
+
+/// How long peers need for what is left of `piece`, ms: from the piece's
+/// own progress once it has some history, else from the peers' rate
+/// shared over the pieces they are fetching.
 fn peer_eta_ms(config: &GapConfig, input: &GapInput<'_>, piece: u32) -> Option<u64> {
     let here = *input.from_peers.get(&piece)?;
+    let left = config.piece_bytes.saturating_sub(here) as f64;
+    if let Some(since) = input.from_peers_since_ms.get(&piece) {
+        let age = input.now_ms.saturating_sub(*since);
+        if age >= PIECE_RATE_AFTER_MS && here > 0 {
+            let rate = here as f64 / age as f64; // bytes per ms
+            return Some((left / rate) as u64);
+        }
+        if age >= PIECE_STUCK_MS {
+            return Some(u64::MAX);
+        }
+    }
     let sharing = input.from_peers.len().max(1) as f64;
     let rate = input.peer_bytes_per_s / sharing;
     if rate < 1.0 {
         return Some(u64::MAX);
     }
-    let left = config.piece_bytes.saturating_sub(here) as f64;
     Some((left / rate * 1000.0) as u64)
 }
 

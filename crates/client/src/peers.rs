@@ -418,6 +418,10 @@ impl PeerSide {
             at_caches.insert(piece);
         }
         let from_peers: BTreeMap<u32, u64> = self.swarm.pieces_from_peers();
+        let from_peers_since_ms: BTreeMap<u32, u64> = from_peers
+            .keys()
+            .filter_map(|p| Some((*p, self.swarm.piece_started_ms(*p)?)))
+            .collect();
         let others: Vec<u64> = self.net.peer_ids().map(crate::gap::peer_number).collect();
         let me = self.me;
         let designated = |piece: u32| crate::gap::designated(me, &others, piece);
@@ -430,6 +434,7 @@ impl PeerSide {
                 at_caches: &at_caches,
                 availability: self.swarm.availability(),
                 from_peers: &from_peers,
+                from_peers_since_ms: &from_peers_since_ms,
                 peer_bytes_per_s: self.peer_rate,
                 cache_bytes_per_s: scheduler.aggregate_rate_bps(),
                 cache_slots_free: scheduler.free_slots().saturating_sub(waiting),

@@ -176,6 +176,9 @@ pub struct Swarm {
     /// Stream mode: pieces from the playhead up to this end are asked for
     /// in order first.
     playhead: Option<(u32, u32)>,
+    /// When each piece being fetched from peers was first asked for (its
+    /// own progress rate tells whether it will be in time).
+    piece_started_ms: HashMap<u32, u64>,
 }
 
 impl Swarm {
@@ -199,6 +202,7 @@ impl Swarm {
             salt: 0,
             reserved: PieceSet::new(count as u32),
             playhead: None,
+            piece_started_ms: HashMap::new(),
         }
     }
 
@@ -248,6 +252,12 @@ impl Swarm {
         pieces
     }
 
+    /// When peers were first asked for `piece` (while it is being fetched
+    /// from them).
+    pub fn piece_started_ms(&self, piece: u32) -> Option<u64> {
+        self.piece_started_ms.get(&piece).copied()
+    }
+
     /// A cache takes `piece` over: peers are no longer asked for it (what
     /// is asked now is cancelled, blocks here are dropped).
     pub fn reserve(&mut self, piece: u32, now_ms: u64) {
@@ -256,6 +266,7 @@ impl Swarm {
             return;
         }
         self.reserved.insert(index);
+        self.piece_started_ms.remove(&piece);
         self.cancel_requests_for(piece);
         self.assembly.drop_piece(piece);
         let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
@@ -374,6 +385,13 @@ impl Swarm {
 
     /// Time passes: timeouts, keep-alives, and the choker.
     pub fn handle_timeout(&mut self, now_ms: u64) {
+        // A piece nobody is fetching any more starts afresh when asked
+        // again.
+        let partial = self.assembly.partial_pieces();
+        let requested = &self.requested;
+        self.piece_started_ms.retain(|piece, _| {
+            partial.contains(piece) || requested.keys().any(|b| b.piece == *piece)
+        });
         let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
         for peer in &keys {
             if let Some(p) = self.peers.get_mut(peer) {
@@ -529,6 +547,7 @@ impl Swarm {
     fn got_piece(&mut self, piece: u32, data: &Bytes, now_ms: u64) {
         self.have.insert(PieceIndex(piece));
         self.reserved.remove(PieceIndex(piece));
+        self.piece_started_ms.remove(&piece);
         self.failed_from.remove(&piece);
         self.cancel_requests_for(piece);
         self.assembly.drop_piece(piece);
@@ -690,6 +709,7 @@ impl Swarm {
                 }
                 p.session.request(block, now_ms);
                 self.requested.insert(block, peer);
+                self.piece_started_ms.entry(piece).or_insert(now_ms);
                 asked = true;
             }
             // A piece that yielded nothing to ask (every block asked of

@@ -9,6 +9,7 @@ struct World {
     at_caches: PieceSet,
     availability: Vec<u32>,
     from_peers: BTreeMap<u32, u64>,
+    from_peers_since_ms: BTreeMap<u32, u64>,
     peer_bytes_per_s: f64,
     cache_bytes_per_s: f64,
     cache_slots_free: u32,
@@ -23,6 +24,7 @@ impl World {
             at_caches: PieceSet::new(count),
             availability: vec![1; count as usize],
             from_peers: BTreeMap::new(),
+            from_peers_since_ms: BTreeMap::new(),
             peer_bytes_per_s: 0.0,
             cache_bytes_per_s: 0.0,
             cache_slots_free: 0,
@@ -41,6 +43,7 @@ impl World {
                 at_caches: &self.at_caches,
                 availability: &self.availability,
                 from_peers: &self.from_peers,
+                from_peers_since_ms: &self.from_peers_since_ms,
                 peer_bytes_per_s: self.peer_bytes_per_s,
                 cache_bytes_per_s: self.cache_bytes_per_s,
                 cache_slots_free: self.cache_slots_free,
@@ -194,6 +197,7 @@ fn nothing_goes_to_caches_when_none_is_usable() {
             at_caches: &world.at_caches,
             availability: &world.availability,
             from_peers: &world.from_peers,
+            from_peers_since_ms: &world.from_peers_since_ms,
             peer_bytes_per_s: 0.0,
             cache_bytes_per_s: 0.0,
             cache_slots_free: 4,
@@ -224,4 +228,29 @@ fn each_piece_nobody_holds_has_exactly_one_designated_fetcher() {
     );
     // Alone, a node fetches everything nobody holds.
     assert!(designated(ids[0], &[], 5));
+}
+
+#[test]
+fn a_piece_is_judged_by_its_own_progress_once_it_has_some() {
+    let config = stream_config(100);
+    let mut world = World::new(100);
+    world.cache_bytes_per_s = 2e6;
+    world.at_caches.insert(PieceIndex(0));
+    // The swarm as a whole is fast, but piece 1 (due at ~3.05 s) got an
+    // eighth of its bytes in the 2 s since it was asked: it would take
+    // another 14 s. It is taken over.
+    world.peer_bytes_per_s = 50e6;
+    world.from_peers.insert(1, PIECE / 8);
+    world.from_peers_since_ms.insert(1, 300);
+    let decision = world.decide(&config, 2_300);
+    assert_eq!(decision.take_over, vec![1]);
+    // Had three quarters come in 500 ms, the rest is due in time (~170 ms
+    // and the margin within the ~750 ms left): left alone.
+    world.from_peers.insert(1, PIECE * 3 / 4);
+    world.from_peers_since_ms.insert(1, 1_800);
+    assert!(world.decide(&config, 2_300).take_over.is_empty());
+    // Asked 2 s ago and nothing here: stuck, whatever the swarm's rate.
+    world.from_peers.insert(1, 0);
+    world.from_peers_since_ms.insert(1, 200);
+    assert_eq!(world.decide(&config, 2_300).take_over, vec![1]);
 }
