@@ -289,6 +289,7 @@ pub async fn get(
         // The object is whole and in place: seed for as long as asked
         // (the pieces are read from the same, renamed, file).
         let mut last = progress_snapshot_of(&summary);
+        last.peers = Some(side.report(from_caches));
         let seeded_s = side
             .seed(options.peers.seed_for, from_caches, |counters, peers| {
                 if let Some(report) = &mut last.peers {

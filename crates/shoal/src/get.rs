@@ -233,6 +233,13 @@ fn get_options(
 /// One progress line: `name`, percent done, rate, ETA and the bytes from
 /// each source (✗ dropped, ↓ degraded).
 fn progress_line(name: &str, p: &shoal_client::Progress) -> String {
+    if let (Some(peers), true) = (&p.peers, p.done_bytes == p.total_bytes) {
+        return format!(
+            "{name} complete, seeding: {} peers connected, {:.1} MiB uploaded",
+            peers.peers,
+            mib(peers.bytes_to_peers as f64)
+        );
+    }
     let fraction = p.done_bytes as f64 / (p.total_bytes.max(1)) as f64;
     let eta = if p.rate_bps > 0.0 {
         (p.total_bytes - p.done_bytes) as f64 / p.rate_bps
@@ -352,7 +359,7 @@ fn report(args: &GetArgs, summary: &shoal_client::Summary) -> anyhow::Result<()>
             peers.peers_max_seen,
             peers.pieces_failed,
             peers.peers_banned,
-            if peers.seeded_s > 0.0 {
+            if peers.seeded_s >= 0.5 {
                 format!(", seeded {:.0} s", peers.seeded_s)
             } else {
                 String::new()
