@@ -133,6 +133,9 @@ fn cache_lead_ms(config: &GapConfig, input: &GapInput<'_>) -> u64 {
     config.lead_min_ms + per_piece_ms.min(30_000.0) as u64
 }
 
+/// Peers delivering less than this do not hold the caches back.
+const HOLD_BACK_PEER_BYTES_PER_S_MIN: f64 = 64.0 * 1024.0;
+
 /// Below this age a piece's own progress says little.
 const PIECE_RATE_AFTER_MS: u64 = 300;
 /// A piece asked of peers this long ago with nothing here is stuck.
@@ -224,6 +227,11 @@ fn stream(
     let lead = cache_lead_ms(config, input);
     let piece_ms = config.piece_bytes as f64 / bytes_per_s.max(1.0) * 1000.0;
     let from = input.playhead.min(config.piece_count);
+    // From the playhead on, in deadline order, until pieces are beyond the
+    // prefetch window; then whatever lies behind the playhead (the reader
+    // seeked past it, and the download still needs it): due already.
+    let behind = (0..from).filter(|p| wanted(input, *p) && !input.from_peers.contains_key(p));
+    decision.release.extend(behind);
     for piece in from..config.piece_count {
         let due_ms = play_from_ms as f64 + f64::from(piece) * piece_ms;
         let slack_ms = due_ms - input.now_ms as f64;
@@ -288,7 +296,11 @@ fn fill(
     let before = candidates.len();
     if hold_back {
         let unheld_elsewhere = candidates.iter().any(|(tier, _, _)| *tier == 2);
-        let peers_deliver = input.peer_bytes_per_s >= 1.0;
+        // Holding the caches back pays only while peers bring at least
+        // half what the caches would (so a download never crawls at a slow
+        // designated node's pace while cache slots sit idle).
+        let peers_deliver = input.peer_bytes_per_s >= HOLD_BACK_PEER_BYTES_PER_S_MIN
+            && input.peer_bytes_per_s >= 0.5 * input.cache_bytes_per_s;
         candidates.retain(|(tier, _, _)| match tier {
             1 => !unheld_elsewhere,
             2 => !peers_deliver,

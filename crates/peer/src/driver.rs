@@ -57,7 +57,10 @@ impl DriverConfig {
             peer_id,
             connect: Vec::new(),
             seed_for: Duration::ZERO,
-            send_queue_messages: 256,
+            // Above the 250 requests a peer may have outstanding
+            // (`reqq`) plus the haves sent meanwhile: a peer that reads
+            // while our upload cap holds its blocks back is not dropped.
+            send_queue_messages: 1024,
             handshake_timeout: Duration::from_secs(10),
             run_for_max: Duration::from_secs(3600),
             upload_bytes_per_s: None,
@@ -308,7 +311,7 @@ impl PeerNet {
                     self.close(key);
                     return;
                 }
-                if !self.keep_one_of_two(swarm, key, peer_id, now_ms) {
+                if !self.keep_one_of_two(swarm, key, ip, peer_id, now_ms) {
                     self.close(key);
                     return;
                 }
@@ -330,12 +333,16 @@ impl PeerNet {
         }
     }
 
-    /// Two connections with one peer (each dialled the other): both sides
-    /// keep the one the lower peer id opened. `false`: drop the new one.
+    /// Two connections with one peer: when each side dialled the other,
+    /// both keep the one the lower peer id opened; when we opened both, the
+    /// first stays; when it opened both, it decides. A second connection
+    /// claiming a connected peer's id from another address is refused.
+    /// `false`: drop the new one.
     fn keep_one_of_two(
         &mut self,
         swarm: &mut Swarm,
         key: PeerKey,
+        ip: std::net::IpAddr,
         peer_id: [u8; 20],
         now_ms: u64,
     ) -> bool {
@@ -347,14 +354,30 @@ impl PeerNet {
         else {
             return true;
         };
+        // The same id from another address: peer ids are no secret, so
+        // the newcomer does not displace the connection we have.
+        if self.ips.get(&old).is_some_and(|old_ip| *old_ip != ip) {
+            return false;
+        }
         let we_opened_new = self.dialed.contains_key(&key);
-        let we_are_lower = self.config.peer_id < peer_id;
-        if we_opened_new == we_are_lower && self.dialed.contains_key(&old) != we_are_lower {
-            self.close(old);
-            swarm.remove_peer(old, now_ms);
-            true
-        } else {
-            false
+        let we_opened_old = self.dialed.contains_key(&old);
+        match (we_opened_old, we_opened_new) {
+            // Both ours (the peer at two addresses): keep the first.
+            (true, true) => false,
+            // Both theirs: the opener decides which to close; keep both
+            // here until it does.
+            (false, false) => true,
+            // One each way: both sides keep the one the lower id opened.
+            _ => {
+                let we_are_lower = self.config.peer_id < peer_id;
+                if we_opened_new == we_are_lower {
+                    self.close(old);
+                    swarm.remove_peer(old, now_ms);
+                    true
+                } else {
+                    false
+                }
+            }
         }
     }
 

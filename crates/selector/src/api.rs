@@ -316,8 +316,17 @@ fn read_bounded(path: &std::path::Path) -> Result<String, String> {
 }
 
 /// Names the peer's address on an announce one selector forwards to the
-/// swarm's home (signed: only a cluster member may set it).
-pub const ANNOUNCE_FROM_HEADER: &str = "x-shoal-announce-from";
+/// swarm's home: a query parameter, so the cluster signature covers it
+/// (only a cluster member may set it, and a captured forward cannot be
+/// replayed for another address).
+pub const ANNOUNCE_FROM_PARAM: &str = "shoal_announce_from";
+/// What a home selector answers a forward it cannot verify.
+const FORWARD_REFUSED: &str = "forwarded announce (not signed by a cluster member)";
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 /// A forwarded announce waits this long for the home selector.
 const ANNOUNCE_FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -610,9 +619,13 @@ impl Selector {
             Ok(announce) => announce,
             Err(error) => return bencoded(failure(&error)),
         };
-        if let Some(from) = headers.get(ANNOUNCE_FROM_HEADER) {
+        let forwarded_from = query.split('&').find_map(|kv| {
+            kv.strip_prefix(ANNOUNCE_FROM_PARAM)
+                .and_then(|v| v.strip_prefix('='))
+        });
+        if let Some(from) = forwarded_from {
             // Forwarded by another selector: only a cluster member may
-            // name the peer's address.
+            // name the peer's address (it is in the signed query).
             let signed = self
                 .link
                 .authenticate(
@@ -622,13 +635,9 @@ impl Selector {
                 )
                 .is_ok()
                 && !self.link.misdirected(Some(query));
-            match (signed, from.to_str().ok().and_then(|v| v.parse().ok())) {
+            match (signed, from.parse().ok()) {
                 (true, Some(addr)) => client = addr,
-                _ => {
-                    return bencoded(failure(&TrackerError::Bad(
-                        "forwarded announce (not signed by a cluster member)",
-                    )))
-                }
+                _ => return bencoded(failure(&TrackerError::Bad(FORWARD_REFUSED))),
             }
         } else if let Some(home) = self.tracker_home(&announce.info_hash) {
             let forwarded = self
@@ -636,14 +645,20 @@ impl Selector {
                 .signed_get_small(
                     &home.node_id,
                     &format!("http://{}", home.http_addr),
-                    &format!("/announce?{query}"),
-                    &[(ANNOUNCE_FROM_HEADER, client.to_string())],
+                    &format!("/announce?{query}&{ANNOUNCE_FROM_PARAM}={client}"),
+                    &[],
                     ANNOUNCE_FORWARD_TIMEOUT,
                     shoal_peer::tracker::ANSWER_BYTES_MAX,
                 )
                 .await;
             match forwarded {
-                Ok((status, body)) if status == StatusCode::OK => return bencoded(body),
+                // The home refusing our signature (clocks apart, a query
+                // re-encoded on the way) is no answer for the viewer.
+                Ok((status, body))
+                    if status == StatusCode::OK && !contains(&body, FORWARD_REFUSED.as_bytes()) =>
+                {
+                    return bencoded(body)
+                }
                 Ok((status, _)) => {
                     tracing::warn!(home = %home.node_id, %status, "the swarm's home selector refused a forwarded announce; answering here")
                 }
@@ -731,17 +746,22 @@ impl Selector {
         for report in lock(&self.tracker).reports() {
             let name = report.label.unwrap_or_else(|| "(unnamed)".to_string());
             let entry = services.entry(name).or_default();
+            // Saturating: the byte counts are what viewers claimed.
             entry.swarms += 1;
             entry.peers += report.counts.complete + report.counts.incomplete;
             entry.seeds += report.counts.complete;
             entry.completed += report.counts.downloaded;
-            entry.bytes_from_peers += report.bytes_from_peers;
-            entry.bytes_from_caches += report.bytes_from_caches;
+            entry.bytes_from_peers = entry
+                .bytes_from_peers
+                .saturating_add(report.bytes_from_peers);
+            entry.bytes_from_caches = entry
+                .bytes_from_caches
+                .saturating_add(report.bytes_from_caches);
         }
         for entry in services.values_mut() {
-            let total = entry.bytes_from_peers + entry.bytes_from_caches;
-            entry.peer_efficiency = if total > 0 {
-                entry.bytes_from_peers as f64 / total as f64
+            let total = entry.bytes_from_peers as f64 + entry.bytes_from_caches as f64;
+            entry.peer_efficiency = if total > 0.0 {
+                entry.bytes_from_peers as f64 / total
             } else {
                 0.0
             };

@@ -25,9 +25,9 @@ use shoal_server::ServerLimits;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-/// Most delivery services in one selector.
 /// Most peer connections a service may let a viewer keep.
 pub const P2P_PEERS_MAX: u32 = 200;
+/// Most delivery services in one selector.
 pub const SERVICES_MAX: usize = 10_000;
 /// Most host names per service.
 pub const HOSTS_PER_SERVICE_MAX: usize = 1_000;

@@ -374,7 +374,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn writers_sharing_a_cap_are_served_in_turn() {
         // 10 writers of 1 MB each under a 1 MB/s cap: served in turn,
-        // 64 KiB at a time, all finish within two rounds (~1.3 s; the
+        // 64-128 KiB at a time, all finish within two rounds (~1.3 s; the
         // first also had the initial burst) of each other near 10 s.
         let egress = Egress::new(1_000_000);
         let start = Instant::now();

@@ -664,12 +664,12 @@ fn two_selectors_act_as_one_tracker() {
     // A forged forward (no cluster signature) is refused.
     let forged = curl(
         &format!(
-            "{}/announce?info_hash={}&peer_id={}&port=1&uploaded=0&downloaded=0&left=1",
+            "{}/announce?info_hash={}&peer_id={}&port=1&uploaded=0&downloaded=0&left=1&shoal_announce_from=10.9.9.9",
             selectors[0].url,
             percent_all(&[0x40; 20]),
             percent_all(&[9; 20])
         ),
-        &["-H", "x-shoal-announce-from: 10.9.9.9"],
+        &[],
     );
     assert!(String::from_utf8_lossy(&forged.body).contains("failure reason"));
     // Per-service figures at the homes: every swarm is counted once.
