@@ -160,7 +160,6 @@ type UploadCap = Arc<UploadBucket>;
 /// the addresses banned. The swarm stays with the caller (who may drive
 /// other work in the same task); this only moves bytes.
 pub struct PeerNet {
-    started: Instant,
     layout: PieceLayout,
     config: DriverConfig,
     listener: Option<TcpListener>,
@@ -194,7 +193,6 @@ impl PeerNet {
             })
         });
         Self {
-            started: Instant::now(),
             layout,
             config,
             listener,
@@ -209,11 +207,6 @@ impl PeerNet {
             banned: HashSet::new(),
             upload,
         }
-    }
-
-    /// Connections open or being opened.
-    pub fn connections(&self) -> usize {
-        self.tasks.len()
     }
 
     /// The remote peer ids of the connections that handshook.
@@ -449,11 +442,6 @@ impl PeerNet {
             }
         }
         verified
-    }
-
-    /// Milliseconds since this was made (a clock for callers without one).
-    pub fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
     }
 }
 

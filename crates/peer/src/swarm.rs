@@ -287,21 +287,9 @@ impl Swarm {
         }
     }
 
-    pub fn is_reserved(&self, piece: u32) -> bool {
-        piece < self.manifest.piece_count() && self.reserved.contains(PieceIndex(piece))
-    }
-
     /// Stream mode: the pieces `from..end` are wanted in order first.
     pub fn set_playhead(&mut self, window: Option<(u32, u32)>) {
         self.playhead = window;
-    }
-
-    /// Peers connected now that have pieces we lack and let us ask.
-    pub fn peers_serving(&self) -> usize {
-        self.peers
-            .values()
-            .filter(|p| !p.session.peer_choking() && !p.session.peer_has().is_empty())
-            .count()
     }
 
     /// A connection finished its handshakes. `false`: refused (banned, or

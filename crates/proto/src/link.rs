@@ -368,7 +368,7 @@ impl MeshLink {
     }
 
     /// A signed `GET path_and_query` to another control-plane node (a
-    /// selector) at `base_url`, with `headers`; its status and a body of
+    /// selector) at `base_url`: its status and a body of
     /// at most `limit` bytes, within `timeout`. The target's node id is
     /// signed in (`to=`), as for caches.
     pub async fn signed_get_small(
@@ -376,32 +376,12 @@ impl MeshLink {
         node_id: &str,
         base_url: &str,
         path_and_query: &str,
-        headers: &[(&'static str, String)],
         timeout: Duration,
         limit: usize,
     ) -> Result<(StatusCode, Vec<u8>), String> {
-        let separator = if path_and_query.contains('?') {
-            '&'
-        } else {
-            '?'
-        };
-        let path_and_query = format!("{path_and_query}{separator}to={node_id}");
-        let token = self
-            .key
-            .sign(
-                &self.self_id,
-                now_unix_s() + TOKEN_LIFETIME_S,
-                "GET",
-                &path_and_query,
-            )
+        let request = self
+            .signed_to(node_id, base_url, path_and_query)
             .map_err(|e| e.to_string())?;
-        let mut request = self
-            .client
-            .get(format!("{base_url}{path_and_query}"))
-            .header(AUTH_HEADER, token);
-        for (name, value) in headers {
-            request = request.header(*name, value);
-        }
         let exchange = async {
             let mut response = request.send().await.map_err(|e| crate::error_chain(&e))?;
             let status = response.status();
@@ -424,27 +404,35 @@ impl MeshLink {
         member: &Member,
         path_and_query: &str,
     ) -> Result<reqwest::RequestBuilder, PeerError> {
-        // The target is signed too: a cache that now sits at a dead
-        // member's address answers 421 instead of acting on it (forwarding
-        // must only go up the ranking, to the member we scored).
+        self.signed_to(&member.node_id, &member.base_url(), path_and_query)
+            .map_err(|e| PeerError::Protocol(member.node_id.clone(), e.to_string()))
+    }
+
+    /// A `GET base_url path_and_query` signed for `node_id`. The target is
+    /// signed too (`to=`): a node that now sits at a dead member's address
+    /// answers 421 instead of acting on it (forwarding must only go up the
+    /// ranking, to the member we scored).
+    fn signed_to(
+        &self,
+        node_id: &str,
+        base_url: &str,
+        path_and_query: &str,
+    ) -> Result<reqwest::RequestBuilder, AuthError> {
         let separator = if path_and_query.contains('?') {
             '&'
         } else {
             '?'
         };
-        let path_and_query = format!("{path_and_query}{separator}to={}", member.node_id);
-        let token = self
-            .key
-            .sign(
-                &self.self_id,
-                now_unix_s() + TOKEN_LIFETIME_S,
-                "GET",
-                &path_and_query,
-            )
-            .map_err(|e| PeerError::Protocol(member.node_id.clone(), e.to_string()))?;
+        let path_and_query = format!("{path_and_query}{separator}to={node_id}");
+        let token = self.key.sign(
+            &self.self_id,
+            now_unix_s() + TOKEN_LIFETIME_S,
+            "GET",
+            &path_and_query,
+        )?;
         Ok(self
             .client
-            .get(format!("{}{}", member.base_url(), path_and_query))
+            .get(format!("{base_url}{path_and_query}"))
             .header(AUTH_HEADER, token))
     }
 

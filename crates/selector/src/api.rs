@@ -646,7 +646,6 @@ impl Selector {
                     &home.node_id,
                     &format!("http://{}", home.http_addr),
                     &format!("/announce?{query}&{ANNOUNCE_FROM_PARAM}={client}"),
-                    &[],
                     ANNOUNCE_FORWARD_TIMEOUT,
                     shoal_peer::tracker::ANSWER_BYTES_MAX,
                 )
