@@ -713,8 +713,12 @@ mod tests {
             "pieces failed: {}, peers banned: {}",
             counters.pieces_failed, counters.peers_banned
         );
-        if counters.pieces_failed > 0 {
-            assert_eq!(counters.peers_banned, 1, "the liar, proven, and only it");
+        // Smart-ban needs two strikes: a single spoiled piece whose blocks
+        // came from both seeds settles one strike on the liar and bans no
+        // one. Never more than the one liar is banned.
+        assert!(counters.peers_banned <= 1, "only the liar");
+        if counters.pieces_failed >= 4 {
+            assert_eq!(counters.peers_banned, 1, "the liar, proven");
         }
         let pieces = store.0.lock().unwrap();
         assert_eq!(pieces.len() as u32, manifest.piece_count(), "complete");
