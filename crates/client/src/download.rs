@@ -1,6 +1,7 @@
-//! The tokio driver of the [`Scheduler`]: one task per piece request,
-//! verification before anything touches the disk, a resumable part file,
-//! replacements from the selector.
+//! The tokio driver of the [`Scheduler`]: one task per range request (a
+//! run of consecutive pieces, one piece unless the scheduler makes runs),
+//! verification of each piece before anything touches the disk, a
+//! resumable part file, replacements from the selector.
 //!
 //! Files: the object is written to `FILE.part` (pieces at their offsets,
 //! each verified against the manifest first) with `FILE.part.shoal` beside
@@ -23,7 +24,7 @@ use shoal_core::{ObjectId, PieceIndex, PieceLayout};
 use std::collections::{HashMap, VecDeque};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -45,6 +46,10 @@ const SAVE_EVERY_MS: u64 = 1_000;
 const FIRST_BYTE_STALLS: u64 = 3;
 /// Progress is reported at most this often.
 const PROGRESS_EVERY_MS: u64 = 200;
+/// With peers, a cache request covers up to this many bytes of
+/// consecutive released pieces (the gap's shortfall as large contiguous
+/// ranges).
+const RUN_BYTES_MAX: u64 = 4 << 20;
 
 /// Stream mode: where the bytes go in order as they verify.
 #[derive(Debug)]
@@ -154,6 +159,8 @@ pub struct SourceSummary {
     pub joined: &'static str,
     pub bytes: u64,
     pub pieces: u32,
+    /// Range requests made (consecutive pieces go out as one).
+    pub requests: u32,
     pub state: String,
 }
 
@@ -163,6 +170,9 @@ enum Event {
     /// Verified and written (its bytes), or refused (`None`).
     Piece(SourceId, PieceIndex, Option<Bytes>),
     Failed(SourceId, PieceIndex, String),
+    /// The range request broke off (the error was reported for an earlier
+    /// piece) before it reached this one.
+    Abandoned(SourceId, PieceIndex),
     Disk(std::io::Error),
     Plan(Result<discover::Plan, GetError>),
 }
@@ -241,29 +251,52 @@ fn load_resume(part: &Path, manifest: &Reference) -> PieceSet {
     have
 }
 
+/// One piece's place in a range request: the request's task, and the
+/// mask through which the driver tells the task which of its pieces are no
+/// longer wanted (bit i: the i-th piece of the run).
+struct RunSlot {
+    task: tokio::task::AbortHandle,
+    cancelled: Arc<AtomicU64>,
+    bit: u32,
+}
+
 /// Piece requests in flight, aborted when this is dropped: however `get`
 /// returns, no request task goes on writing to the part file.
 #[derive(Default)]
-struct Requests(HashMap<(SourceId, u32), tokio::task::AbortHandle>);
+struct Requests(HashMap<(SourceId, u32), RunSlot>);
 
-impl std::ops::Deref for Requests {
-    type Target = HashMap<(SourceId, u32), tokio::task::AbortHandle>;
-    fn deref(&self) -> &Self::Target {
-        &self.0
+impl Requests {
+    /// `piece` is no longer wanted from `source`: its request task skips
+    /// it, or stops when none of its pieces is wanted any more.
+    fn cancel(&mut self, source: SourceId, piece: PieceIndex) {
+        let Some(slot) = self.0.remove(&(source, piece.0)) else {
+            return;
+        };
+        slot.cancelled.fetch_or(1 << slot.bit, Ordering::AcqRel);
+        let others = self
+            .0
+            .values()
+            .any(|other| Arc::ptr_eq(&other.cancelled, &slot.cancelled));
+        if !others {
+            slot.task.abort();
+        }
     }
-}
 
-impl std::ops::DerefMut for Requests {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
+    /// The request task reported on `piece`: nothing left to cancel there.
+    fn finished(&mut self, source: SourceId, piece: PieceIndex) {
+        self.0.remove(&(source, piece.0));
+    }
+
+    fn abort_all(&self) {
+        for slot in self.0.values() {
+            slot.task.abort();
+        }
     }
 }
 
 impl Drop for Requests {
     fn drop(&mut self) {
-        for handle in self.0.values() {
-            handle.abort();
-        }
+        self.abort_all();
     }
 }
 
@@ -491,6 +524,17 @@ impl Run {
         })
         .await?;
         self.scheduler.gate();
+        // The gap's shortfall goes to the caches as large ranges. With a
+        // pace, the gap releases whole blocks as their deadlines near and
+        // a cache is asked for a block at a time, two in flight. As fast
+        // as possible, the caches' free slots decide how much is asked of
+        // them, and those stay as few as the measured rate needs:
+        // committing deeper made the whole swarm slower (1.23x the
+        // Kumar-Ross bound against 1.14x, scripts/bench-swarm --only 1).
+        let piece_bytes = self.layout.piece_size().bytes();
+        let least = if side.paced() { side.block_pieces() } else { 1 };
+        self.scheduler
+            .set_runs((RUN_BYTES_MAX / piece_bytes).max(1) as u32, least);
         self.peers = Some(side);
         Ok(())
     }
@@ -519,9 +563,7 @@ impl Run {
         for piece in stored {
             for action in self.scheduler.done_elsewhere(piece) {
                 if let Action::Cancel { source, piece } = action {
-                    if let Some(handle) = self.tasks.remove(&(source, piece.0)) {
-                        handle.abort();
-                    }
+                    self.tasks.cancel(source, piece);
                 }
             }
             if let Some(ready) = &self.ready {
@@ -612,11 +654,7 @@ impl Run {
             self.take_peer_pieces()?;
             for action in actions {
                 match action {
-                    Action::Cancel { source, piece } => {
-                        if let Some(handle) = self.tasks.remove(&(source, piece.0)) {
-                            handle.abort();
-                        }
-                    }
+                    Action::Cancel { source, piece } => self.tasks.cancel(source, piece),
                     Action::Replace { source, reason } => self.on_source_lost(source, &reason),
                 }
             }
@@ -627,9 +665,7 @@ impl Run {
                 progress(&self.snapshot());
             }
         }
-        for handle in self.tasks.values() {
-            handle.abort();
-        }
+        self.tasks.abort_all();
         progress(&self.snapshot());
         Ok(())
     }
@@ -653,27 +689,37 @@ impl Run {
         Ok(())
     }
 
-    /// Gives every free request slot a piece.
+    /// Gives every free request slot a piece: consecutive pieces for one
+    /// source go out as one range request.
     fn dispatch(&mut self, now_ms: u64) {
         for entry in &self.sources {
-            while let Some(piece) = self.scheduler.next_piece(entry.id, now_ms) {
-                let Some(span) = self.layout.piece_span(piece) else {
-                    break;
-                };
-                let handle = tokio::spawn(fetch_piece(
-                    self.client.clone(),
-                    entry.planned.url.clone(),
-                    entry.id,
-                    piece,
-                    span.start(),
-                    span.end(),
-                    self.manifest.clone(),
-                    self.file.clone(),
-                    self.events.clone(),
-                    self.timeout,
-                ));
-                self.tasks
-                    .insert((entry.id, piece.0), handle.abort_handle());
+            while let Some((first, count)) = self.scheduler.next_run(entry.id, now_ms) {
+                tracing::debug!(source = %entry.planned.name, first = first.0, count, "range request");
+                let cancelled = Arc::new(AtomicU64::new(0));
+                let task = tokio::spawn(fetch_run(RunFetch {
+                    client: self.client.clone(),
+                    url: entry.planned.url.clone(),
+                    source: entry.id,
+                    first,
+                    count,
+                    layout: self.layout,
+                    manifest: self.manifest.clone(),
+                    file: self.file.clone(),
+                    events: self.events.clone(),
+                    timeout: self.timeout,
+                    cancelled: cancelled.clone(),
+                }))
+                .abort_handle();
+                for bit in 0..count {
+                    self.tasks.0.insert(
+                        (entry.id, first.0 + bit),
+                        RunSlot {
+                            task: task.clone(),
+                            cancelled: cancelled.clone(),
+                            bit,
+                        },
+                    );
+                }
             }
         }
     }
@@ -747,7 +793,7 @@ impl Run {
                 Vec::new()
             }
             Event::Piece(source, piece, data) => {
-                self.tasks.remove(&(source, piece.0));
+                self.tasks.finished(source, piece);
                 let ok = data.is_some();
                 let new = ok && !self.scheduler.is_done(piece);
                 let actions = self.scheduler.on_piece(source, piece, ok, now);
@@ -762,14 +808,17 @@ impl Run {
                 actions
             }
             Event::Failed(source, piece, why) => {
-                self.tasks.remove(&(source, piece.0));
+                self.tasks.finished(source, piece);
                 tracing::debug!(source = self.scheduler.source_name(source), piece = piece.0, %why, "request failed");
                 self.scheduler.on_error(source, piece, &why)
             }
+            Event::Abandoned(source, piece) => {
+                self.tasks.finished(source, piece);
+                self.scheduler.on_abandoned(source, piece);
+                Vec::new()
+            }
             Event::Disk(error) => {
-                for handle in self.tasks.values() {
-                    handle.abort();
-                }
+                self.tasks.abort_all();
                 let _ = self.save();
                 return Err(self.disk_error(error));
             }
@@ -989,6 +1038,7 @@ impl Run {
                 joined: entry.joined,
                 bytes: report.bytes,
                 pieces: report.pieces,
+                requests: report.requests,
                 state: report.health.clone(),
             })
             .collect();
@@ -1263,80 +1313,140 @@ async fn next_peer_event(side: &mut Option<crate::peers::PeerSide>) -> crate::pe
     }
 }
 
-/// Fetches one piece, verifies it, writes it at its offset.
-#[allow(clippy::too_many_arguments)]
-async fn fetch_piece(
+/// What one range request's task needs.
+struct RunFetch {
     client: reqwest::Client,
     url: String,
     source: SourceId,
-    piece: PieceIndex,
-    start: u64,
-    end: u64,
+    /// The run: `count` consecutive pieces from `first`.
+    first: PieceIndex,
+    count: u32,
+    layout: PieceLayout,
     manifest: Arc<Reference>,
     file: Arc<std::fs::File>,
     events: mpsc::Sender<Event>,
     timeout: Duration,
-) {
-    let event = match receive(&client, &url, source, piece, start, end, &events, timeout).await {
-        Err(why) => Event::Failed(source, piece, why),
-        Ok(data) => {
-            let base = url
-                .find("://")
-                .and_then(|i| url[i + 3..].find('/').map(|j| &url[..i + 3 + j]))
-                .unwrap_or(&url)
-                .to_string();
-            if let Err(rejected) = manifest.verify(piece, &data, &base).await {
-                match rejected {
-                    Rejected::Mismatch => Event::Piece(source, piece, None),
-                    // Its hash never came: not the source's fault alone.
-                    Rejected::Unknown => {
-                        Event::Failed(source, piece, "no hash for this piece yet".into())
-                    }
+    /// Pieces of the run no longer wanted (bit i: `first + i`).
+    cancelled: Arc<AtomicU64>,
+}
+
+/// How one piece of a run ended.
+enum PieceOutcome {
+    /// Verified and written, or refused: reported; on to the next.
+    Reported(Event),
+    /// Cancelled while it arrived: the rest is asked for anew.
+    Cancelled,
+    /// The request broke: reported for this piece, the rest abandoned.
+    Broken(String),
+}
+
+/// Fetches a run of consecutive pieces in one range request, verifying
+/// and writing each as it completes. Pieces the driver cancels are
+/// skipped: one cancelled before it starts narrows the request, one
+/// cancelled while it arrives ends the request and the rest is asked for
+/// again.
+async fn fetch_run(run: RunFetch) {
+    let base = run
+        .url
+        .find("://")
+        .and_then(|i| run.url[i + 3..].find('/').map(|j| &run.url[..i + 3 + j]))
+        .unwrap_or(&run.url)
+        .to_string();
+    let wanted = |i: u32| run.cancelled.load(Ordering::Acquire) & (1 << i) == 0;
+    let span_of = |i: u32| run.layout.piece_span(PieceIndex(run.first.0 + i));
+    let mut next = 0;
+    'requests: while next < run.count {
+        while next < run.count && !wanted(next) {
+            next += 1;
+        }
+        let Some(last) = (next..run.count).rev().find(|i| wanted(*i)) else {
+            return;
+        };
+        let (Some(from), Some(to)) = (span_of(next), span_of(last)) else {
+            return;
+        };
+        let piece = PieceIndex(run.first.0 + next);
+        let mut body =
+            match open_range(&run.client, &run.url, from.start(), to.end(), run.timeout).await {
+                Ok(body) => body,
+                Err(why) => {
+                    abandon_from(&run, next, Event::Failed(run.source, piece, why)).await;
+                    return;
                 }
-            } else {
-                // Only verified bytes reach the disk; what the disk holds is
-                // read back and verified again.
-                let kept = data.clone();
-                let written = tokio::task::spawn_blocking(move || {
-                    file.write_all_at(&data, start)?;
-                    let mut back = vec![0u8; data.len()];
-                    file.read_exact_at(&mut back, start)?;
-                    if !manifest.verify_known(piece, &back) {
-                        return Err(std::io::Error::other(format!(
-                            "piece {} reads back different from what was written",
-                            piece.0
-                        )));
+            };
+        for i in next..=last {
+            let piece = PieceIndex(run.first.0 + i);
+            let Some(span) = span_of(i) else { return };
+            if !wanted(i) {
+                // Skipping it would mean reading it: ask again after it.
+                next = i + 1;
+                continue 'requests;
+            }
+            let outcome = match receive_piece(&run, &mut body, i, span.len()).await {
+                Err(why) => PieceOutcome::Broken(why),
+                Ok(None) => PieceOutcome::Cancelled,
+                Ok(Some(data)) => PieceOutcome::Reported(
+                    verify_and_write(&run, piece, span.start(), data, &base).await,
+                ),
+            };
+            match outcome {
+                PieceOutcome::Reported(event) => {
+                    // A refused piece or a disk error ends the run (the
+                    // source is dropped, or the download stops).
+                    let go_on = matches!(event, Event::Piece(_, _, Some(_)));
+                    if !go_on {
+                        abandon_from(&run, i, event).await;
+                        return;
                     }
-                    Ok(())
-                })
-                .await;
-                match written {
-                    Ok(Ok(())) => Event::Piece(source, piece, Some(kept)),
-                    Ok(Err(error)) => Event::Disk(error),
-                    Err(join) => Event::Disk(std::io::Error::other(join.to_string())),
+                    let _ = run.events.send(event).await;
+                }
+                PieceOutcome::Cancelled => {
+                    next = i + 1;
+                    continue 'requests;
+                }
+                PieceOutcome::Broken(why) => {
+                    abandon_from(&run, i, Event::Failed(run.source, piece, why)).await;
+                    return;
                 }
             }
         }
-    };
-    let _ = events.send(event).await;
+        return;
+    }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn receive(
+/// Reports `event` for the run's piece `i` and gives back the pieces after
+/// it still wanted.
+async fn abandon_from(run: &RunFetch, i: u32, event: Event) {
+    let _ = run.events.send(event).await;
+    for later in i + 1..run.count {
+        if run.cancelled.load(Ordering::Acquire) & (1 << later) == 0 {
+            let piece = PieceIndex(run.first.0 + later);
+            let _ = run.events.send(Event::Abandoned(run.source, piece)).await;
+        }
+    }
+}
+
+/// A range request's body, read piece by piece.
+struct RangeBody {
+    response: reqwest::Response,
+    /// Bytes received past the piece being read.
+    leftover: Bytes,
+}
+
+/// Asks for bytes `start..end`; the answer must be exactly that range (or
+/// the whole object when that is what was asked).
+async fn open_range(
     client: &reqwest::Client,
     url: &str,
-    source: SourceId,
-    piece: PieceIndex,
     start: u64,
     end: u64,
-    events: &mpsc::Sender<Event>,
     timeout: Duration,
-) -> Result<Bytes, String> {
+) -> Result<RangeBody, String> {
     let expected = end - start;
     let request = client
         .get(url)
         .header(reqwest::header::RANGE, format!("bytes={start}-{}", end - 1));
-    let mut response = tokio::time::timeout(timeout, request.send())
+    let response = tokio::time::timeout(timeout, request.send())
         .await
         .map_err(|_| "no response".to_string())?
         .map_err(|e| error_chain(&e))?;
@@ -1357,33 +1467,108 @@ async fn receive(
         if !range.starts_with(&wanted) {
             return Err(format!("Content-Range `{range}`, expected `{wanted}…`"));
         }
+        if let Some(length) = response.content_length() {
+            if length != expected {
+                return Err(format!(
+                    "{length} bytes announced for a range of {expected}"
+                ));
+            }
+        }
     }
-    let mut data = bytes::BytesMut::with_capacity(expected as usize);
+    Ok(RangeBody {
+        response,
+        leftover: Bytes::new(),
+    })
+}
+
+/// Reads the run's piece `i` (`len` bytes) from the body, reporting
+/// progress; `None` if the driver cancelled it meanwhile.
+async fn receive_piece(
+    run: &RunFetch,
+    body: &mut RangeBody,
+    i: u32,
+    len: u64,
+) -> Result<Option<Bytes>, String> {
+    let piece = PieceIndex(run.first.0 + i);
+    let mut data = bytes::BytesMut::with_capacity(len as usize);
     let mut unreported = 0u64;
-    loop {
-        let chunk = tokio::time::timeout(timeout, response.chunk())
-            .await
-            .map_err(|_| "body stalled".to_string())?
-            .map_err(|e| error_chain(&e))?;
-        let Some(chunk) = chunk else { break };
-        if data.len() as u64 + chunk.len() as u64 > expected {
-            return Err("more bytes than the range".into());
+    while (data.len() as u64) < len {
+        if run.cancelled.load(Ordering::Acquire) & (1 << i) != 0 {
+            return Ok(None);
+        }
+        let mut chunk = if body.leftover.is_empty() {
+            let chunk = tokio::time::timeout(run.timeout, body.response.chunk())
+                .await
+                .map_err(|_| "body stalled".to_string())?
+                .map_err(|e| error_chain(&e))?;
+            match chunk {
+                Some(chunk) => chunk,
+                None => return Err(format!("{} of {len} bytes", data.len())),
+            }
+        } else {
+            std::mem::take(&mut body.leftover)
+        };
+        let room = (len - data.len() as u64) as usize;
+        if chunk.len() > room {
+            body.leftover = chunk.split_off(room);
         }
         let first = data.is_empty();
         data.extend_from_slice(&chunk);
         unreported += chunk.len() as u64;
         if first || unreported >= PROGRESS_BYTES {
-            let _ = events.send(Event::Bytes(source, piece, unreported)).await;
+            let _ = run
+                .events
+                .send(Event::Bytes(run.source, piece, unreported))
+                .await;
             unreported = 0;
         }
     }
     if unreported > 0 {
-        let _ = events.send(Event::Bytes(source, piece, unreported)).await;
+        let _ = run
+            .events
+            .send(Event::Bytes(run.source, piece, unreported))
+            .await;
     }
-    if data.len() as u64 != expected {
-        return Err(format!("{} of {expected} bytes", data.len()));
+    Ok(Some(data.freeze()))
+}
+
+/// Verifies a received piece and writes it at `offset`; what the disk
+/// holds is read back and verified again. The event to report.
+async fn verify_and_write(
+    run: &RunFetch,
+    piece: PieceIndex,
+    offset: u64,
+    data: Bytes,
+    base: &str,
+) -> Event {
+    let source = run.source;
+    if let Err(rejected) = run.manifest.verify(piece, &data, base).await {
+        return match rejected {
+            Rejected::Mismatch => Event::Piece(source, piece, None),
+            // Its hash never came: not the source's fault alone.
+            Rejected::Unknown => Event::Failed(source, piece, "no hash for this piece yet".into()),
+        };
     }
-    Ok(data.freeze())
+    let kept = data.clone();
+    let (file, manifest) = (run.file.clone(), run.manifest.clone());
+    let written = tokio::task::spawn_blocking(move || {
+        file.write_all_at(&data, offset)?;
+        let mut back = vec![0u8; data.len()];
+        file.read_exact_at(&mut back, offset)?;
+        if !manifest.verify_known(piece, &back) {
+            return Err(std::io::Error::other(format!(
+                "piece {} reads back different from what was written",
+                piece.0
+            )));
+        }
+        Ok(())
+    })
+    .await;
+    match written {
+        Ok(Ok(())) => Event::Piece(source, piece, Some(kept)),
+        Ok(Err(error)) => Event::Disk(error),
+        Err(join) => Event::Disk(std::io::Error::other(join.to_string())),
+    }
 }
 
 /// Whether a source's state is "dropped" (for displays).

@@ -66,6 +66,11 @@ pub struct GapConfig {
     /// A peer is on track for a piece if it would finish it this long
     /// before its deadline.
     pub margin_ms: u64,
+    /// Pieces per block ([`designation_block_pieces`]): pieces nobody holds
+    /// are designated a block at a time, and a stream gives the caches a
+    /// block at once when its first piece nears its deadline, so what a
+    /// cache is asked for is one contiguous range.
+    pub block_pieces: u32,
 }
 
 impl GapConfig {
@@ -77,6 +82,7 @@ impl GapConfig {
             lead_min_ms: 1_500,
             prefetch_ms: 10_000,
             margin_ms: 500,
+            block_pieces: designation_block_pieces(piece_bytes),
         }
     }
 }
@@ -197,7 +203,10 @@ pub fn decide(config: &GapConfig, input: &GapInput<'_>) -> GapDecision {
             let covered = u64::from(input.done.len())
                 + u64::from(input.at_caches.len())
                 + expected_from_peers;
-            let short = due.saturating_sub(covered);
+            // Whole blocks: the shortfall goes to a cache as ranges (at
+            // most a block ahead of the pace).
+            let block = u64::from(config.block_pieces.max(1));
+            let short = due.saturating_sub(covered).div_ceil(block) * block;
             fill(config, input, short, false, &mut decision);
             prefetch_designated(config, input, &mut decision);
         }
@@ -242,7 +251,11 @@ fn stream(
             continue;
         }
         let availability = input.availability.get(piece as usize).copied().unwrap_or(0);
-        let near = slack_ms <= lead as f64;
+        // Near when the first piece of its block is (from the playhead):
+        // the block goes to a cache as one range.
+        let block_first = (piece - piece % config.block_pieces.max(1)).max(from);
+        let block_due_ms = play_from_ms as f64 + f64::from(block_first) * piece_ms;
+        let near = block_due_ms - input.now_ms as f64 <= lead as f64;
         let fetching = peer_eta_ms(config, input, piece);
         let on_track = fetching
             .is_some_and(|eta| (eta.saturating_add(config.margin_ms)) as f64 <= slack_ms.max(0.0));
@@ -309,13 +322,28 @@ fn fill(
     }
     let held_back = candidates.len() < before;
     candidates.sort_unstable();
+    let eligible: std::collections::BTreeSet<u32> = candidates.iter().map(|c| c.2).collect();
+    let block = config.block_pieces.max(1);
     let mut left = count;
     for (_, _, piece) in candidates {
         if left == 0 {
             return;
         }
+        if decision.release.contains(&piece) {
+            continue;
+        }
         decision.release.push(piece);
         left -= 1;
+        // The eligible pieces after it in its block, while they run on:
+        // one contiguous range for a cache.
+        let block_end = (piece - piece % block).saturating_add(block);
+        for next in piece + 1..block_end.min(config.piece_count) {
+            if left == 0 || !eligible.contains(&next) || decision.release.contains(&next) {
+                break;
+            }
+            decision.release.push(next);
+            left -= 1;
+        }
     }
     if held_back {
         return;
@@ -371,10 +399,21 @@ fn prefetch_designated(config: &GapConfig, input: &GapInput<'_>, decision: &mut 
     }
 }
 
-/// Rendezvous: whether `me` beats every id in `others` for `piece` (the
-/// one of a neighbourhood that fetches a piece nobody holds).
-pub fn designated(me: u64, others: &[u64], piece: u32) -> bool {
-    let score = |id: u64| mix(id ^ u64::from(piece).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+/// Pieces nobody holds are designated in blocks of about this many bytes,
+/// so that what one node fetches for the swarm is a contiguous range.
+pub const DESIGNATION_BLOCK_BYTES: u64 = 1 << 20;
+
+/// How many pieces one designation block holds.
+pub fn designation_block_pieces(piece_bytes: u64) -> u32 {
+    DESIGNATION_BLOCK_BYTES.div_ceil(piece_bytes.max(1)).max(1) as u32
+}
+
+/// Rendezvous: whether `me` beats every id in `others` for `piece`'s block
+/// of `block_pieces` (the one of a neighbourhood that fetches pieces
+/// nobody holds there).
+pub fn designated(me: u64, others: &[u64], piece: u32, block_pieces: u32) -> bool {
+    let block = piece / block_pieces.max(1);
+    let score = |id: u64| mix(id ^ u64::from(block).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let mine = score(me);
     others.iter().all(|o| *o == me || score(*o) < mine)
 }

@@ -424,7 +424,8 @@ impl PeerSide {
             .collect();
         let others: Vec<u64> = self.net.peer_ids().map(crate::gap::peer_number).collect();
         let me = self.me;
-        let designated = |piece: u32| crate::gap::designated(me, &others, piece);
+        let block = self.gap.block_pieces;
+        let designated = |piece: u32| crate::gap::designated(me, &others, piece, block);
         let waiting = scheduler.released_waiting();
         crate::gap::decide(
             &self.gap,
@@ -457,6 +458,17 @@ impl PeerSide {
         self.peer_rate += alpha * (sample - self.peer_rate);
         self.last_peer_bytes = bytes;
         self.last_rate_ms = now;
+    }
+
+    /// Whether deliveries have a pace (a stream's bitrate or a target
+    /// rate), so the caches are given pieces by deadline.
+    pub(crate) fn paced(&self) -> bool {
+        !matches!(self.gap.pace, Pace::AsFastAsPossible)
+    }
+
+    /// Pieces per block of the gap (what one cache range covers).
+    pub(crate) fn block_pieces(&self) -> u32 {
+        self.gap.block_pieces
     }
 
     /// Goodput from peers now, bytes per second.

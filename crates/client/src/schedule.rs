@@ -42,6 +42,12 @@
 //!   them — the gap the peers leave, as `gap` decides — lowest first, and
 //!   duplicate only when every missing piece is released. Pieces that came
 //!   from peers are marked with [`Scheduler::done_elsewhere`].
+//! - **Runs.** With `run_pieces_max` above one, [`Scheduler::next_run`]
+//!   extends a source's next piece with the consecutive pieces after it
+//!   that it may also take (free slots, released when gated): the driver
+//!   asks for them in one contiguous range request. Each piece of a run
+//!   keeps its own slot, so verification, cancellation and stalls stay per
+//!   piece.
 
 use shoal_core::bitfield::PieceSet;
 use shoal_core::PieceIndex;
@@ -76,7 +82,18 @@ pub struct ScheduleConfig {
     /// Bytes in flight over all sources at most (each request holds its
     /// piece in memory until it verifies).
     pub in_flight_bytes_max: u64,
+    /// Most consecutive pieces one request may cover ([`Scheduler::next_run`]);
+    /// at most [`RUN_PIECES_LIMIT`].
+    pub run_pieces_max: u32,
+    /// A source with requests out asks again only when this many pieces
+    /// fit (one run arrives while the next is asked for), so its slots,
+    /// freed one piece at a time, do not turn a run into single pieces.
+    pub run_pieces_min: u32,
 }
+
+/// Runs never cover more pieces than this (the driver tracks a run's
+/// cancelled pieces in one 64-bit mask).
+pub const RUN_PIECES_LIMIT: u32 = 64;
 
 impl ScheduleConfig {
     pub fn new(piece_count: u32, piece_bytes: u64, object_seed: u64) -> Self {
@@ -93,6 +110,8 @@ impl ScheduleConfig {
             in_order: false,
             errors_max: 3,
             in_flight_bytes_max: 256 << 20,
+            run_pieces_max: 1,
+            run_pieces_min: 1,
         }
     }
 }
@@ -125,6 +144,8 @@ pub struct SourceReport {
     pub name: String,
     pub bytes: u64,
     pub pieces: u32,
+    /// Range requests made (a run of pieces is one).
+    pub requests: u32,
     pub health: String,
     /// Current short-term rate, bytes per second.
     pub rate_bps: f64,
@@ -176,9 +197,14 @@ struct Source {
     started_ms: Vec<u64>,
     /// Whether the request has seen its first byte (parallel).
     first_byte: Vec<bool>,
+    /// Whether the piece follows another in the same range request
+    /// (parallel): its first byte waits for the pieces before it, so it
+    /// says nothing about the source's time to first byte.
+    follows: Vec<bool>,
     stripe: std::collections::VecDeque<u32>,
     bytes: u64,
     pieces: u32,
+    requests: u32,
     errors_in_a_row: u32,
     errors: u32,
     stalls: u32,
@@ -256,6 +282,21 @@ impl Scheduler {
     /// From now on sources take only released pieces.
     pub fn gate(&mut self) {
         self.gate.get_or_insert_with(Default::default);
+    }
+
+    /// Requests may cover up to `most` consecutive pieces; a busy source
+    /// asks again when `least` fit, and may keep two such runs in flight
+    /// whatever its measured rate.
+    pub fn set_runs(&mut self, most: u32, least: u32) {
+        self.config.run_pieces_max = most.clamp(1, RUN_PIECES_LIMIT);
+        self.config.run_pieces_min = least.clamp(1, self.config.run_pieces_max);
+        if least > 1 {
+            self.config.in_flight_min = self
+                .config
+                .in_flight_min
+                .max(2 * self.config.run_pieces_min)
+                .min(self.config.in_flight_max.max(1));
+        }
     }
 
     pub fn is_gated(&self) -> bool {
@@ -373,9 +414,11 @@ impl Scheduler {
             last_progress_ms: now_ms,
             started_ms: Vec::new(),
             first_byte: Vec::new(),
+            follows: Vec::new(),
             stripe: Default::default(),
             bytes: 0,
             pieces: 0,
+            requests: 0,
             errors_in_a_row: 0,
             errors: 0,
             stalls: 0,
@@ -501,16 +544,47 @@ impl Scheduler {
                 }
             })
             .or_else(|| self.pick_duplicate(source, now_ms))?;
+        self.take(source, piece, false, now_ms);
+        Some(PieceIndex(piece))
+    }
+
+    /// The next pieces for `source`: a first one as [`Self::next_piece`]
+    /// picks it, then the consecutive pieces after it the source may also
+    /// take now, up to `run_pieces_max` (each marked requested). Returns
+    /// the first piece and how many.
+    pub fn next_run(&mut self, source: SourceId, now_ms: u64) -> Option<(PieceIndex, u32)> {
+        let s = self.sources.get(source.0 as usize)?;
+        let free = self.in_flight_limit(s).saturating_sub(s.in_flight.len());
+        if !s.in_flight.is_empty() && free < self.config.run_pieces_min as usize {
+            return None;
+        }
+        let first = self.next_piece(source, now_ms)?;
+        self.sources[source.0 as usize].requests += 1;
+        let most = self.config.run_pieces_max.clamp(1, RUN_PIECES_LIMIT);
+        let mut count = 1;
+        while count < most && self.wants_more(source) {
+            let next = first.0 + count;
+            if next >= self.config.piece_count || !self.assignable(next) {
+                break;
+            }
+            self.take(source, next, true, now_ms);
+            count += 1;
+        }
+        Some((first, count))
+    }
+
+    /// Marks `piece` requested from `source`.
+    fn take(&mut self, source: SourceId, piece: u32, follows: bool, now_ms: u64) {
         self.requested[piece as usize].push(source);
         let s = &mut self.sources[source.0 as usize];
         s.in_flight.push(piece);
         s.started_ms.push(now_ms);
         s.first_byte.push(false);
+        s.follows.push(follows);
         if s.in_flight.len() == 1 {
             // Idle until now: stall time counts from here.
             s.last_progress_ms = now_ms;
         }
-        Some(PieceIndex(piece))
     }
 
     fn pick_own_stripe(&mut self, source: SourceId) -> Option<u32> {
@@ -674,6 +748,7 @@ impl Scheduler {
             s.in_flight.swap_remove(slot);
             s.started_ms.swap_remove(slot);
             s.first_byte.swap_remove(slot);
+            s.follows.swap_remove(slot);
         }
         if let Some(list) = self.requested.get_mut(piece.0 as usize) {
             list.retain(|s| *s != source);
@@ -693,8 +768,9 @@ impl Scheduler {
             return;
         };
         let s = &mut self.sources[source.0 as usize];
-        if !s.first_byte[slot] {
-            s.first_byte[slot] = true;
+        // A piece following another in one request waited for the pieces
+        // before it: no time-to-first-byte sample.
+        if !s.first_byte[slot] && !s.follows[slot] {
             let ttfb = now_ms.saturating_sub(s.started_ms[slot]) as f64;
             if s.rtt_ms.primed {
                 s.rtt_ms.value = 0.7 * s.rtt_ms.value + 0.3 * ttfb;
@@ -703,6 +779,7 @@ impl Scheduler {
                 s.rtt_ms.primed = true;
             }
         }
+        s.first_byte[slot] = true;
         s.bytes_since_tick += bytes;
         s.bytes += bytes;
         s.last_progress_ms = now_ms;
@@ -760,6 +837,13 @@ impl Scheduler {
             return self.drop_source(source, reason);
         }
         Vec::new()
+    }
+
+    /// A range request ended before it reached `piece` (the error on an
+    /// earlier piece of its run was reported): the piece is free to be
+    /// assigned again, without counting as another error.
+    pub fn on_abandoned(&mut self, source: SourceId, piece: PieceIndex) {
+        self.release(source, piece);
     }
 
     /// Takes `source` out: its requests are cancelled and its stripe
@@ -878,6 +962,7 @@ impl Scheduler {
                 name: s.name.clone(),
                 bytes: s.bytes,
                 pieces: s.pieces,
+                requests: s.requests,
                 health: match &s.health {
                     Health::Active => "active".into(),
                     Health::Degraded => "degraded".into(),

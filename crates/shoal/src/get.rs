@@ -329,10 +329,11 @@ fn report(args: &GetArgs, summary: &shoal_client::Summary) -> anyhow::Result<()>
     );
     for source in &summary.sources {
         eprintln!(
-            "  {:<12} {:>9.1} MiB {:>5} pieces  {}{}",
+            "  {:<12} {:>9.1} MiB {:>5} pieces in {:>5} requests  {}{}",
             source.name,
             mib(source.bytes as f64),
             source.pieces,
+            source.requests,
             source.state,
             match source.joined {
                 "standby" => " (standby, brought on stream)",

@@ -115,6 +115,59 @@ fn peers_download_from_each_other_and_the_caches_fill_the_gap() {
 }
 
 #[test]
+fn a_paced_swarm_asks_the_caches_for_contiguous_ranges() {
+    let root = tempfile::tempdir().unwrap();
+    // 256 KiB pieces, so a 1 MiB block is four of them.
+    let size = 16 * MIB + 777;
+    let data = content(size, 11);
+    write_file(root.path(), "episode.bin", &data);
+    publish(root.path());
+    let origin = start_origin(root.path());
+    let dir = tempfile::tempdir().unwrap();
+    let caches = start_mesh(&origin.url, dir.path(), &[("c1", "eu")], &[]);
+    let selector = start_selector(dir.path(), &gossip_addr(&caches[0]), 8, "");
+    wait_for_selector(&selector, 1);
+    let url = format!("{}/episode.bin", selector.url);
+    // Held at 32 Mbit/s each: what peers do not bring by its deadline is
+    // the caches' share.
+    let peers: Vec<_> = (0..5)
+        .map(|n| {
+            let address = format!("127.0.0.{}", 60 + n);
+            start_peer(
+                &url,
+                dir.path(),
+                &address,
+                &[
+                    "--target-mbps",
+                    "32",
+                    "--seed-for",
+                    "2s",
+                    "--upload-mbps",
+                    "16",
+                ],
+            )
+        })
+        .collect();
+    let (mut pieces, mut requests) = (0, 0);
+    for (child, out) in peers {
+        let summary = finish_peer(child);
+        assert!(std::fs::read(&out).unwrap() == data, "byte-exact");
+        for source in summary["sources"].as_array().unwrap() {
+            pieces += source["pieces"].as_u64().unwrap();
+            requests += source["requests"].as_u64().unwrap();
+        }
+    }
+    let per_request = pieces as f64 / requests.max(1) as f64;
+    eprintln!("{pieces} pieces from the cache in {requests} requests");
+    assert!(pieces > 0, "the cache filled some of the gap");
+    // The gap goes to the cache in 1 MiB blocks, not a request per piece.
+    assert!(
+        per_request >= 2.5,
+        "{per_request:.2} pieces per cache request"
+    );
+}
+
+#[test]
 fn a_service_with_peer_to_peer_off_has_no_peer_traffic() {
     let root = tempfile::tempdir().unwrap();
     let data = content(3 * MIB + 5, 9);

@@ -214,20 +214,27 @@ fn nothing_goes_to_caches_when_none_is_usable() {
 fn each_piece_nobody_holds_has_exactly_one_designated_fetcher() {
     let ids: Vec<u64> = (0..20u8).map(|n| peer_number(&[n; 20])).collect();
     let mut per_peer = vec![0u32; ids.len()];
-    for piece in 0..2_000 {
+    let block = 4;
+    for piece in 0..8_000 {
         let fetchers: Vec<usize> = (0..ids.len())
-            .filter(|i| designated(ids[*i], &ids, piece))
+            .filter(|i| designated(ids[*i], &ids, piece, block))
             .collect();
         assert_eq!(fetchers.len(), 1, "piece {piece}");
         per_peer[fetchers[0]] += 1;
+        // Whole blocks: what one node fetches is a contiguous range.
+        let first_of_block = piece - piece % block;
+        assert!(designated(ids[fetchers[0]], &ids, first_of_block, block));
     }
-    // Spread evenly enough: 100 each on average.
+    // Spread evenly enough: 400 pieces (100 blocks) each on average.
     assert!(
-        per_peer.iter().all(|n| (50..160).contains(n)),
+        per_peer.iter().all(|n| (200..640).contains(n)),
         "{per_peer:?}"
     );
     // Alone, a node fetches everything nobody holds.
-    assert!(designated(ids[0], &[], 5));
+    assert!(designated(ids[0], &[], 5, block));
+    // Blocks of 1 MiB: four 256 KiB pieces, one 4 MiB piece.
+    assert_eq!(designation_block_pieces(256 << 10), 4);
+    assert_eq!(designation_block_pieces(4 << 20), 1);
 }
 
 #[test]
@@ -253,4 +260,70 @@ fn a_piece_is_judged_by_its_own_progress_once_it_has_some() {
     world.from_peers.insert(1, 0);
     world.from_peers_since_ms.insert(1, 200);
     assert_eq!(world.decide(&config, 2_300).take_over, vec![1]);
+}
+
+#[test]
+fn a_stream_gives_the_caches_a_block_at_once_when_its_first_piece_nears() {
+    // 256 KiB pieces in blocks of four (1 MiB): at 8 Mbit/s a piece plays
+    // for ~262 ms.
+    let mut config = GapConfig::new(
+        64,
+        256 << 10,
+        Pace::Stream {
+            bytes_per_s: 1e6,
+            play_from_ms: 10_000,
+        },
+    );
+    assert_eq!(config.block_pieces, 4);
+    config.lead_min_ms = 1_000;
+    let mut world = World::new(64);
+    world.cache_bytes_per_s = 1e9;
+    // Piece 8 (the first of block 2) is due at ~12.1 s: within the lead at
+    // 11.2 s, and its whole block goes, though piece 11 is due ~0.8 s
+    // later; a piece peers are on track for stays with them.
+    world.done = PieceSet::new(64);
+    for piece in 0..8 {
+        world.done.insert(PieceIndex(piece));
+    }
+    world.playhead = 8;
+    world.from_peers.insert(10, 200 << 10);
+    world.from_peers_since_ms.insert(10, 10_900);
+    let decision = world.decide(&config, 11_200);
+    assert_eq!(decision.release, vec![8, 9, 11]);
+    // Before it nears, nothing of the block goes.
+    assert!(world.decide(&config, 10_900).release.is_empty());
+}
+
+#[test]
+fn a_target_downloads_shortfall_goes_to_the_caches_in_whole_blocks() {
+    // 256 KiB pieces (blocks of four) at ~8 Mbit/s, peers bringing nothing.
+    let mut config = GapConfig::new(
+        64,
+        256 << 10,
+        Pace::Target {
+            bytes_per_s: 1e6,
+            start_ms: 0,
+            done_at_start: 0,
+        },
+    );
+    config.lead_min_ms = 1_000;
+    let mut world = World::new(64);
+    world.cache_bytes_per_s = 1e9;
+    // Rarest first would scatter: pieces 0, 5, 10, … are the rarest.
+    for (piece, held) in world.availability.iter_mut().enumerate() {
+        *held = (piece as u32 * 7 % 5) + 1;
+    }
+    // ~1 s of pace is due within the lead: four pieces, one block.
+    assert_eq!(world.decide(&config, 0).release, vec![0, 1, 2, 3]);
+    // ~2 s: eight pieces; each chosen piece takes the rest of its block
+    // with it, so eight pieces are three ranges.
+    assert_eq!(
+        world.decide(&config, 1_000).release,
+        vec![0, 1, 2, 3, 5, 6, 7, 10]
+    );
+    // Two pieces short: rounded up to a block's four.
+    for piece in 0..6 {
+        world.at_caches.insert(PieceIndex(piece));
+    }
+    assert_eq!(world.decide(&config, 1_000).release.len(), 4);
 }

@@ -455,3 +455,107 @@ fn a_cold_source_gets_longer_for_its_first_byte_than_a_warm_one_for_its_next() {
     let actions = s.tick(3_000);
     assert!(stalled(&actions, cold), "no first byte in 3 s: stalled");
 }
+
+#[test]
+fn a_gated_source_takes_consecutive_released_pieces_as_one_run() {
+    let pieces = 64;
+    let mut s = Scheduler::new(ScheduleConfig::new(pieces, MIB, 9), &PieceSet::new(pieces));
+    s.gate();
+    // Runs of up to eight; four must fit before a busy source asks again.
+    s.set_runs(8, 4);
+    let cache = s.add_source("cache", 1.0, 0);
+    for piece in (4..=12).chain([20]) {
+        s.release_to_sources(PieceIndex(piece));
+    }
+    // Eight released in a row, within the eight slots: one request.
+    assert_eq!(s.next_run(cache, 0), Some((PieceIndex(4), 8)));
+    assert_eq!(s.next_run(cache, 0), None, "every slot is taken");
+    // One piece in: a slot is free, too little for a run while the rest
+    // of the first is still coming.
+    s.on_bytes(cache, PieceIndex(4), MIB, 50);
+    assert!(s.on_piece(cache, PieceIndex(4), true, 60).is_empty());
+    assert_eq!(s.next_run(cache, 60), None);
+    for piece in 5..=7 {
+        s.on_piece(cache, PieceIndex(piece), true, 70);
+    }
+    // Room for four: the next released piece, alone (13 is not released).
+    assert_eq!(s.next_run(cache, 70), Some((PieceIndex(12), 1)));
+    assert_eq!(s.report()[0].requests, 2);
+    for piece in 8..=12 {
+        s.on_piece(cache, PieceIndex(piece), true, 80);
+    }
+    // Idle: whatever there is goes at once.
+    assert_eq!(s.next_run(cache, 80), Some((PieceIndex(20), 1)));
+    assert_eq!(s.next_run(cache, 80), None, "nothing else is released");
+}
+
+#[test]
+fn ungated_or_by_default_every_request_is_one_piece() {
+    let mut s = Scheduler::new(ScheduleConfig::new(16, MIB, 9), &PieceSet::new(16));
+    let cache = s.add_source("cache", 1.0, 0);
+    while let Some((_, count)) = s.next_run(cache, 0) {
+        assert_eq!(count, 1);
+    }
+}
+
+#[test]
+fn pieces_a_broken_run_never_reached_go_back_without_counting_as_errors() {
+    let mut s = Scheduler::new(ScheduleConfig::new(32, MIB, 9), &PieceSet::new(32));
+    s.set_runs(16, 16);
+    let cache = s.add_source("cache", 1.0, 0);
+    let other = s.add_source("other", 1.0, 0);
+    let (first, count) = s.next_run(cache, 0).unwrap();
+    assert!(count > 1, "consecutive pieces go out together");
+    // The request broke on its first piece: one error, the rest abandoned.
+    assert!(s.on_error(cache, first, "connection reset").is_empty());
+    for later in first.0 + 1..first.0 + count {
+        s.on_abandoned(cache, PieceIndex(later));
+    }
+    assert_eq!(s.health(cache), Some(&Health::Active));
+    assert_eq!(s.report()[0].errors, 1);
+    // Every piece of it is handed out again.
+    let mut taken = PieceSet::new(32);
+    for round in 0..4 {
+        let mut out = Vec::new();
+        for source in [other, cache] {
+            while let Some((start, n)) = s.next_run(source, 10 + round) {
+                for piece in start.0..start.0 + n {
+                    taken.insert(PieceIndex(piece));
+                    out.push((source, PieceIndex(piece)));
+                }
+            }
+        }
+        for (source, piece) in out {
+            s.on_piece(source, piece, true, 10 + round);
+        }
+    }
+    assert!(s.is_complete());
+    for piece in first.0..first.0 + count {
+        assert!(
+            taken.contains(PieceIndex(piece)),
+            "piece {piece} was never handed out again ({first:?}, {count})"
+        );
+    }
+}
+
+#[test]
+fn a_piece_later_in_a_run_is_no_sample_of_the_time_to_first_byte() {
+    let mut s = Scheduler::new(ScheduleConfig::new(64, MIB, 9), &PieceSet::new(64));
+    s.set_runs(2, 1);
+    let cache = s.add_source("cache", 1.0, 0);
+    let (first, count) = s.next_run(cache, 0).unwrap();
+    assert_eq!(count, 2);
+    // 10 ms to the first byte; the second piece's first byte comes 2 s
+    // later, behind the first.
+    s.tick(0);
+    s.on_bytes(cache, first, 4 * MIB, 10);
+    s.tick(1_000);
+    s.on_piece(cache, first, true, 1_000);
+    s.on_bytes(cache, PieceIndex(first.0 + 1), 4 * MIB, 2_000);
+    s.tick(2_000);
+    // 4 MiB/s over a 10 ms first byte covers well under a piece: the
+    // source keeps the floor of two slots (a 2 s sample would have made
+    // the time to first byte ~600 ms and the slots four).
+    s.on_piece(cache, PieceIndex(first.0 + 1), true, 2_000);
+    assert_eq!(s.free_slots(), 2);
+}
