@@ -1374,7 +1374,8 @@ async fn fetch_run(run: RunFetch) {
                     return;
                 }
             };
-        for i in next..=last {
+        let asked_from = next;
+        for i in asked_from..=last {
             let piece = PieceIndex(run.first.0 + i);
             let Some(span) = span_of(i) else { return };
             if !wanted(i) {
