@@ -79,6 +79,9 @@ pub enum FromPeer {
         writer: mpsc::Sender<Message>,
     },
     Message(PeerKey, Message),
+    /// So many blocks were written to the connection (the swarm reads the
+    /// peer's next requests).
+    Sent(PeerKey, u32),
     Closed(PeerKey),
 }
 
@@ -319,6 +322,7 @@ impl PeerNet {
             NetEvent::Peer(FromPeer::Message(key, message)) => {
                 swarm.handle_message(key, message, now_ms)
             }
+            NetEvent::Peer(FromPeer::Sent(key, blocks)) => swarm.handle_sent(key, blocks, now_ms),
             NetEvent::Peer(FromPeer::Closed(key)) => {
                 self.close(key);
                 swarm.remove_peer(key, now_ms);
@@ -421,10 +425,11 @@ impl PeerNet {
                 }
                 Action::Store(piece) => verified.push(piece),
                 Action::Read { peer, block } => {
-                    if let Some(data) = pieces.read(block.piece, block.begin, block.length) {
-                        if data.len() == block.length as usize {
-                            swarm.served(peer, block, data, now_ms);
+                    match pieces.read(block.piece, block.begin, block.length) {
+                        Some(data) if data.len() == block.length as usize => {
+                            swarm.served(peer, block, data, now_ms)
                         }
+                        _ => swarm.unserved(peer, block, now_ms),
                     }
                 }
                 Action::Banned(peer) => {
@@ -556,20 +561,26 @@ async fn run_connection(
         return;
     }
     let (mut read_half, mut write_half) = stream.into_split();
+    let sent_events = events.clone();
     let mut writing = tokio::spawn(async move {
         let mut out = BytesMut::new();
         while let Some(message) = queue.recv().await {
             out.clear();
+            let mut blocks = u32::from(matches!(message, Message::Piece { .. }));
             encode_capped(&message, &mut out, upload.as_deref()).await;
             // Whatever else is queued goes in the same write (up to a
             // bound, so a capped writer does not sit on a long batch).
             while out.len() < WRITE_BATCH_BYTES {
                 let Ok(more) = queue.try_recv() else { break };
+                blocks += u32::from(matches!(more, Message::Piece { .. }));
                 encode_capped(&more, &mut out, upload.as_deref()).await;
             }
             match tokio::time::timeout(WRITE_TIMEOUT, write_half.write_all(&out)).await {
                 Ok(Ok(())) => {}
                 _ => return,
+            }
+            if blocks > 0 && sent_events.send(FromPeer::Sent(key, blocks)).await.is_err() {
+                return;
             }
         }
     });

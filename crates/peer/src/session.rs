@@ -261,6 +261,12 @@ impl Session {
         self.send(Message::Have(piece));
     }
 
+    /// Whether the peer still asks for `block` (not cancelled, not dropped
+    /// by a choke).
+    pub fn peer_requested(&self, block: &BlockRef) -> bool {
+        self.peer_requests.contains(block)
+    }
+
     /// We read the block the peer asked for: it goes out if the request
     /// still stands (not cancelled, not dropped by a choke). True if sent.
     pub fn served(&mut self, block: &BlockRef, data: Bytes) -> bool {

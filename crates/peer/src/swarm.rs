@@ -69,6 +69,12 @@ impl SwarmKey {
 /// A free unchoke slot is filled this soon, not at the next round.
 const QUICK_RECHOKE_MS: u64 = 500;
 
+/// Blocks read for a peer and not yet written to its connection, at most.
+/// The rest of its requests wait here, where a cancel or a choke still
+/// withdraws them: behind an upload cap a deep send queue would send
+/// blocks long after the peer took the piece from someone else.
+pub const SERVE_PIPELINE_BLOCKS: u32 = 4;
+
 /// A swarm's limits.
 #[derive(Clone, Copy, Debug)]
 pub struct SwarmLimits {
@@ -142,6 +148,10 @@ struct Peer {
     sent: u64,
     download_bytes_per_s: u64,
     upload_bytes_per_s: u64,
+    /// Its requests we accepted and have not read yet, in order.
+    to_serve: VecDeque<BlockRef>,
+    /// Blocks read for it and not yet written ([`Swarm::handle_sent`]).
+    serving: u32,
 }
 
 /// One object's swarm.
@@ -307,6 +317,8 @@ impl Swarm {
                 sent: 0,
                 download_bytes_per_s: 0,
                 upload_bytes_per_s: 0,
+                to_serve: VecDeque::new(),
+                serving: 0,
             },
         );
         self.flush(peer, now_ms);
@@ -352,12 +364,55 @@ impl Swarm {
         };
         let bytes = data.len() as u64;
         // Counted only if it went out (the request may have been cancelled
-        // or dropped by a choke meanwhile).
+        // or dropped by a choke meanwhile); a block that did not go out
+        // frees its place in the pipeline at once.
         if p.session.served(&block, data) {
             p.sent += bytes;
             self.counters.bytes_to_peers += bytes;
+        } else {
+            p.serving = p.serving.saturating_sub(1);
         }
+        self.pump(peer);
         self.flush(peer, now_ms);
+    }
+
+    /// The block `peer` asked for could not be read: refused.
+    pub fn unserved(&mut self, peer: PeerKey, block: BlockRef, now_ms: u64) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        p.serving = p.serving.saturating_sub(1);
+        p.session.refuse(&block);
+        self.pump(peer);
+        self.flush(peer, now_ms);
+    }
+
+    /// `blocks` blocks for `peer` were written to its connection: as many
+    /// more of its requests are read.
+    pub fn handle_sent(&mut self, peer: PeerKey, blocks: u32, now_ms: u64) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        p.serving = p.serving.saturating_sub(blocks);
+        self.pump(peer);
+        self.flush(peer, now_ms);
+    }
+
+    /// Reads `peer`'s next requests while its pipeline has room, skipping
+    /// those it cancelled or a choke dropped.
+    fn pump(&mut self, peer: PeerKey) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        while p.serving < SERVE_PIPELINE_BLOCKS {
+            let Some(block) = p.to_serve.pop_front() else {
+                break;
+            };
+            if p.session.peer_requested(&block) {
+                p.serving += 1;
+                self.actions.push_back(Action::Read { peer, block });
+            }
+        }
     }
 
     /// A verified piece from elsewhere (a cache): stored by the caller;
@@ -487,12 +542,24 @@ impl Swarm {
             }
             Event::Block { block, data } => self.on_block(peer, block, data, now_ms),
             Event::PeerWants(block) => {
-                if self.have.contains(PieceIndex(block.piece)) {
-                    self.actions.push_back(Action::Read { peer, block });
-                } else if let Some(p) = self.peers.get_mut(&peer) {
+                let have = self.have.contains(PieceIndex(block.piece));
+                let Some(p) = self.peers.get_mut(&peer) else {
+                    return;
+                };
+                if !have {
                     // A piece we never announced: refused, not queued.
                     p.session.refuse(&block);
+                    return;
                 }
+                // Withdrawn requests linger here until their turn: drop
+                // them once they could outnumber the live ones.
+                let limit = self.limits.session.peer_requests_max.max(1) * 2;
+                if p.to_serve.len() >= limit {
+                    let session = &p.session;
+                    p.to_serve.retain(|b| session.peer_requested(b));
+                }
+                p.to_serve.push_back(block);
+                self.pump(peer);
             }
             Event::Misbehaved(reason) => self.close(peer, reason, now_ms),
             Event::TimedOut => self.close(peer, "silent too long", now_ms),

@@ -91,8 +91,12 @@ fn run(nodes: &mut [Node], data: &[u8], manifest: &Manifest, seconds_max: u64) -
                             decoder.feed(&bytes);
                             let decoded = decoder.message(&limits).unwrap().unwrap();
                             let to = peer as usize;
+                            let block = matches!(decoded, Message::Piece { .. });
                             if nodes[to].swarm.peers.contains_key(&(from as u64)) {
                                 nodes[to].swarm.handle_message(from as u64, decoded, now_ms);
+                            }
+                            if block {
+                                nodes[from].swarm.handle_sent(peer, 1, now_ms);
                             }
                         }
                         Action::Read { peer, block } => {
@@ -242,4 +246,51 @@ fn a_piece_every_holder_helped_spoil_is_taken_whole_from_one_and_completes() {
     let seconds = run(&mut nodes, &data, &manifest, 120);
     assert!(nodes[1].swarm.is_complete(), "stuck after {seconds} s");
     assert!(!nodes[1].swarm.is_banned(0), "the seed is honest");
+}
+
+#[test]
+fn a_peers_requests_are_read_a_few_at_a_time_and_a_cancel_still_withdraws_the_rest() {
+    let (data, manifest) = object();
+    let mut seed = node(&manifest, &data, true, false, 1).swarm;
+    assert!(seed.add_peer(7, true, 0));
+    seed.handle_message(7, Message::HaveNone, 0);
+    seed.handle_message(7, Message::Interested, 0);
+    seed.rechoke(0);
+    let block = |i: u32| BlockRef {
+        piece: i / 16,
+        begin: (i % 16) * crate::wire::BLOCK_BYTES,
+        length: crate::wire::BLOCK_BYTES,
+    };
+    for i in 0..12 {
+        seed.handle_message(7, Message::Request(block(i)), 1);
+    }
+    let reads = |swarm: &mut Swarm| {
+        std::iter::from_fn(|| swarm.poll_action())
+            .filter_map(|a| match a {
+                Action::Read { block, .. } => Some(block),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let first = reads(&mut seed);
+    assert_eq!(
+        first,
+        (0..SERVE_PIPELINE_BLOCKS).map(block).collect::<Vec<_>>()
+    );
+    // The peer takes block 5 elsewhere before its turn: never read, never
+    // sent.
+    seed.handle_message(7, Message::Cancel(block(5)), 2);
+    for b in &first {
+        let bytes = Bytes::from(vec![0u8; b.length as usize]);
+        seed.served(7, *b, bytes, 2);
+    }
+    assert!(
+        reads(&mut seed).is_empty(),
+        "nothing more until they are written"
+    );
+    seed.handle_sent(7, SERVE_PIPELINE_BLOCKS, 3);
+    assert_eq!(
+        reads(&mut seed),
+        vec![block(4), block(6), block(7), block(8)]
+    );
 }
