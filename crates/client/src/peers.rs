@@ -236,6 +236,9 @@ impl PeerSide {
             // Short downloads need the choker to react within seconds, and
             // a newcomer with nothing to give its optimistic turn soon.
             rechoke_every_ms: 3_000,
+            // A stream's next pieces are due within seconds: shallower
+            // queues at peers.
+            request_queue_ms: if start.stream.is_some() { 1_000 } else { 2_000 },
             choke: shoal_peer::choke::ChokeLimits {
                 optimistic_every_ms: 6_000,
                 ..Default::default()

@@ -75,7 +75,8 @@ pub enum FromPeer {
         key: PeerKey,
         ip: std::net::IpAddr,
         peer_id: [u8; 20],
-        fast: bool,
+        /// What both ends announced (fast, extension protocol).
+        extensions: Extensions,
         writer: mpsc::Sender<Message>,
     },
     Message(PeerKey, Message),
@@ -300,7 +301,7 @@ impl PeerNet {
                 key,
                 ip,
                 peer_id,
-                fast,
+                extensions,
                 writer,
             }) => {
                 if self.banned.contains(&ip) || !self.tasks.contains_key(&key) {
@@ -311,7 +312,7 @@ impl PeerNet {
                     self.close(key);
                     return;
                 }
-                if swarm.add_peer(key, fast, now_ms) {
+                if swarm.add_peer(key, extensions, now_ms) {
                     self.writers.insert(key, writer);
                     self.ips.insert(key, ip);
                     self.peer_ids.insert(key, peer_id);
@@ -552,7 +553,7 @@ async fn run_connection(
             key,
             ip: remote.ip(),
             peer_id: theirs.peer_id,
-            fast: extensions.fast,
+            extensions,
             writer,
         })
         .await

@@ -12,11 +12,16 @@
 //! the queue it was told are rejected, and a peer that stays silent past
 //! [`SessionLimits::idle_timeout_ms`] is dropped.
 
-use crate::wire::{BlockRef, Message, BLOCK_BYTES};
+use crate::extension::ExtensionHandshake;
+use crate::wire::{BlockRef, Extensions, Message, BLOCK_BYTES};
 use bytes::Bytes;
 use shoal_core::bitfield::PieceSet;
 use shoal_core::PieceIndex;
 use std::collections::VecDeque;
+
+/// Requests kept outstanding at a new peer until its rate is known (one
+/// 256 KiB piece).
+const REQUEST_DEPTH_START: usize = 16;
 
 /// The limits of one connection.
 #[derive(Clone, Copy, Debug)]
@@ -86,6 +91,10 @@ pub struct Session {
     peer_has: PieceSet,
     /// Pieces the peer serves even while choking us (BEP 6).
     allowed_fast: Vec<u32>,
+    /// Requests we keep outstanding at the peer now: what it delivers in
+    /// the swarm's queue time ([`Self::set_request_depth`]), within
+    /// `our_requests_max` and the queue the peer announced.
+    request_depth: usize,
     /// Blocks we asked for and have not received.
     our_requests: Vec<BlockRef>,
     /// When each of our requests went out (ms).
@@ -108,7 +117,13 @@ pub struct Session {
 impl Session {
     /// A connection after both handshakes, at `now_ms`. `fast`: both ends
     /// announced BEP 6. `ours`: the pieces we have, announced at once.
-    pub fn new(limits: SessionLimits, fast: bool, ours: &PieceSet, now_ms: u64) -> Self {
+    pub fn new(
+        limits: SessionLimits,
+        extensions: Extensions,
+        ours: &PieceSet,
+        now_ms: u64,
+    ) -> Self {
+        let fast = extensions.fast;
         let mut session = Session {
             limits,
             fast,
@@ -118,6 +133,7 @@ impl Session {
             peer_interested: false,
             peer_has: PieceSet::new(ours.piece_count()),
             allowed_fast: Vec::new(),
+            request_depth: limits.our_requests_max.min(REQUEST_DEPTH_START),
             our_requests: Vec::new(),
             requested_at: std::collections::HashMap::new(),
             peer_requests: Vec::new(),
@@ -139,7 +155,33 @@ impl Session {
             Message::Bitfield(Bytes::from(ours.encode().split_off(4)))
         };
         session.outbox.push_back(availability);
+        if extensions.extended {
+            // BEP 10: who we are and how many requests we queue (stock
+            // clients size their pipelines by `reqq`).
+            let ours = ExtensionHandshake {
+                client: Some(format!("shoal {}", env!("CARGO_PKG_VERSION"))),
+                request_queue: Some(limits.peer_requests_max as u32),
+                ..ExtensionHandshake::default()
+            };
+            session.outbox.push_back(Message::Extended {
+                id: 0,
+                payload: Bytes::from(ours.encode()),
+            });
+        }
         session
+    }
+
+    /// The peer's extension handshake: its `reqq` bounds our requests
+    /// there. One that does not parse is ignored (it costs nothing).
+    fn on_extension_handshake(&mut self, payload: &[u8]) {
+        let Ok(theirs) = ExtensionHandshake::decode(payload) else {
+            return;
+        };
+        if let Some(queue) = theirs.request_queue {
+            let queue = (queue as usize).max(1);
+            self.limits.our_requests_max = self.limits.our_requests_max.min(queue);
+            self.request_depth = self.request_depth.min(self.limits.our_requests_max);
+        }
     }
 
     pub fn peer_has(&self) -> &PieceSet {
@@ -169,9 +211,15 @@ impl Session {
         if self.peer_choking && self.allowed_fast.is_empty() {
             return 0;
         }
-        self.limits
-            .our_requests_max
-            .saturating_sub(self.our_requests.len())
+        self.request_depth.saturating_sub(self.our_requests.len())
+    }
+
+    /// Keep about `blocks` requests outstanding at the peer (at least
+    /// one, at most `our_requests_max`): a request waits at the peer about
+    /// as long as the queue time the swarm chose, so a piece that is due
+    /// soon is not queued behind seconds of others.
+    pub fn set_request_depth(&mut self, blocks: usize) {
+        self.request_depth = blocks.clamp(1, self.limits.our_requests_max.max(1));
     }
 
     /// May `block` be requested now (the peer has the piece, and serves
@@ -341,6 +389,7 @@ impl Session {
         }
         match message {
             Message::KeepAlive | Message::Port(_) | Message::Unknown { .. } => {}
+            Message::Extended { id: 0, payload } => self.on_extension_handshake(&payload),
             Message::Extended { .. } => {}
             Message::Choke => {
                 self.peer_choking = true;
@@ -491,6 +540,12 @@ impl Session {
 mod tests {
     use super::*;
 
+    /// The fast extension, not the extension protocol.
+    const FAST: Extensions = Extensions {
+        fast: true,
+        extended: false,
+    };
+
     const PIECES: u32 = 10;
 
     fn block(piece: u32, begin: u32) -> BlockRef {
@@ -519,12 +574,17 @@ mod tests {
 
     #[test]
     fn availability_goes_first_in_the_shortest_form() {
-        let mut empty = Session::new(SessionLimits::default(), true, &with_pieces(&[]), 0);
+        let mut empty = Session::new(SessionLimits::default(), FAST, &with_pieces(&[]), 0);
         assert_eq!(drain(&mut empty, 0), [Message::HaveNone]);
         let all: Vec<u32> = (0..PIECES).collect();
-        let mut seed = Session::new(SessionLimits::default(), true, &with_pieces(&all), 0);
+        let mut seed = Session::new(SessionLimits::default(), FAST, &with_pieces(&all), 0);
         assert_eq!(drain(&mut seed, 0), [Message::HaveAll]);
-        let mut old = Session::new(SessionLimits::default(), false, &with_pieces(&[0, 9]), 0);
+        let mut old = Session::new(
+            SessionLimits::default(),
+            Extensions::default(),
+            &with_pieces(&[0, 9]),
+            0,
+        );
         assert_eq!(
             drain(&mut old, 0),
             [Message::Bitfield(Bytes::from_static(&[0x80, 0x40]))]
@@ -533,7 +593,12 @@ mod tests {
 
     #[test]
     fn requests_go_only_to_an_unchoking_peer_that_has_the_piece() {
-        let mut s = Session::new(SessionLimits::default(), false, &with_pieces(&[]), 0);
+        let mut s = Session::new(
+            SessionLimits::default(),
+            Extensions::default(),
+            &with_pieces(&[]),
+            0,
+        );
         drain(&mut s, 0);
         s.handle_message(Message::Bitfield(Bytes::from_static(&[0xc0, 0x00])), 1);
         assert_eq!(events(&mut s), [Event::PeerHas(vec![0, 1])]);
@@ -557,7 +622,7 @@ mod tests {
             unrequested_blocks_max: 2,
             ..SessionLimits::default()
         };
-        let mut s = Session::new(limits, true, &with_pieces(&[]), 0);
+        let mut s = Session::new(limits, FAST, &with_pieces(&[]), 0);
         s.handle_message(Message::HaveAll, 1);
         s.handle_message(Message::Unchoke, 1);
         events(&mut s);
@@ -601,7 +666,7 @@ mod tests {
             ..SessionLimits::default()
         };
         let all: Vec<u32> = (0..PIECES).collect();
-        let mut s = Session::new(limits, true, &with_pieces(&all), 0);
+        let mut s = Session::new(limits, FAST, &with_pieces(&all), 0);
         drain(&mut s, 0);
         s.handle_message(Message::HaveNone, 1);
         s.handle_message(Message::Request(block(1, 0)), 1);
@@ -652,7 +717,7 @@ mod tests {
     #[test]
     fn silence_is_timed_out_and_keep_alives_go_out() {
         let limits = SessionLimits::default();
-        let mut s = Session::new(limits, true, &with_pieces(&[]), 0);
+        let mut s = Session::new(limits, FAST, &with_pieces(&[]), 0);
         drain(&mut s, 0);
         s.handle_timeout(limits.keep_alive_ms);
         assert_eq!(drain(&mut s, limits.keep_alive_ms), [Message::KeepAlive]);
@@ -663,7 +728,7 @@ mod tests {
 
     #[test]
     fn availability_may_follow_the_extension_handshake_as_libtorrent_sends_it() {
-        let mut s = Session::new(SessionLimits::default(), true, &with_pieces(&[]), 0);
+        let mut s = Session::new(SessionLimits::default(), FAST, &with_pieces(&[]), 0);
         s.handle_message(
             Message::Extended {
                 id: 0,
@@ -682,7 +747,7 @@ mod tests {
             unrequested_blocks_max: 0,
             ..SessionLimits::default()
         };
-        let mut s = Session::new(limits, true, &with_pieces(&[]), 0);
+        let mut s = Session::new(limits, FAST, &with_pieces(&[]), 0);
         s.handle_message(Message::HaveAll, 1);
         s.handle_message(Message::Unchoke, 1);
         s.request(block(0, 0), 0);
@@ -709,7 +774,7 @@ mod tests {
     #[test]
     fn a_request_left_unanswered_is_cancelled_and_handed_back() {
         let limits = SessionLimits::default();
-        let mut s = Session::new(limits, true, &with_pieces(&[]), 0);
+        let mut s = Session::new(limits, FAST, &with_pieces(&[]), 0);
         s.handle_message(Message::HaveAll, 1);
         s.handle_message(Message::Unchoke, 1);
         s.request(block(2, 0), 10);
@@ -725,7 +790,7 @@ mod tests {
 
     #[test]
     fn availability_may_not_be_restated_later() {
-        let mut s = Session::new(SessionLimits::default(), true, &with_pieces(&[]), 0);
+        let mut s = Session::new(SessionLimits::default(), FAST, &with_pieces(&[]), 0);
         s.handle_message(Message::Have(1), 1);
         s.handle_message(Message::HaveAll, 2);
         let got = events(&mut s);
@@ -733,5 +798,48 @@ mod tests {
             got.last(),
             Some(&Event::Misbehaved("have all/none after its first message"))
         );
+    }
+
+    #[test]
+    fn the_extension_handshake_goes_out_and_the_peers_queue_bounds_our_requests() {
+        let both = Extensions {
+            fast: true,
+            extended: true,
+        };
+        let mut s = Session::new(SessionLimits::default(), both, &with_pieces(&[]), 0);
+        let sent = drain(&mut s, 0);
+        assert!(matches!(sent[0], Message::HaveNone), "availability first");
+        let Message::Extended { id: 0, payload } = &sent[1] else {
+            panic!("no extension handshake: {sent:?}");
+        };
+        let ours = ExtensionHandshake::decode(payload).unwrap();
+        assert_eq!(ours.request_queue, Some(250));
+        assert!(ours.client.unwrap().starts_with("shoal"));
+        // A peer that queues only three requests is asked for three.
+        let theirs = ExtensionHandshake {
+            request_queue: Some(3),
+            ..ExtensionHandshake::default()
+        };
+        s.handle_message(
+            Message::Extended {
+                id: 0,
+                payload: Bytes::from(theirs.encode()),
+            },
+            1,
+        );
+        s.handle_message(Message::HaveAll, 1);
+        s.handle_message(Message::Unchoke, 1);
+        assert_eq!(s.request_room(), 3);
+        // Garbage in its place is ignored, not fatal.
+        s.handle_message(
+            Message::Extended {
+                id: 0,
+                payload: Bytes::from_static(b"not bencode"),
+            },
+            2,
+        );
+        assert!(events(&mut s)
+            .iter()
+            .all(|e| !matches!(e, Event::Misbehaved(_))));
     }
 }

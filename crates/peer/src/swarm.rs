@@ -21,7 +21,7 @@ use crate::assembly::{Added, Assembly, PeerKey, SmartBan, SmartBanLimits};
 use crate::choke::{Candidate, ChokeLimits, Choker};
 use crate::pick::{next_piece, PickContext};
 use crate::session::{Event, Session, SessionLimits};
-use crate::wire::{BlockRef, Message};
+use crate::wire::{BlockRef, Extensions, Message, BLOCK_BYTES};
 use bytes::Bytes;
 use shoal_core::bitfield::PieceSet;
 use shoal_core::{Manifest, ObjectId, PieceIndex, VerifiedPiece};
@@ -75,6 +75,11 @@ const QUICK_RECHOKE_MS: u64 = 500;
 /// blocks long after the peer took the piece from someone else.
 pub const SERVE_PIPELINE_BLOCKS: u32 = 4;
 
+/// How fast a peer's measured goodput follows what it sends.
+const DELIVERY_RATE_TAU_MS: f64 = 1_000.0;
+/// Requests kept at a peer whatever its measured rate.
+const REQUEST_DEPTH_MIN: usize = 4;
+
 /// A swarm's limits.
 #[derive(Clone, Copy, Debug)]
 pub struct SwarmLimits {
@@ -87,6 +92,11 @@ pub struct SwarmLimits {
     pub rechoke_every_ms: u64,
     /// Whether we upload at all (`--no-upload`: every peer stays choked).
     pub upload: bool,
+    /// Requests kept at each peer cover about this long of what it
+    /// delivers (libtorrent's `request_queue_time`): deep enough to keep
+    /// its uplink busy, shallow enough that a piece asked for now is not
+    /// queued behind seconds of others.
+    pub request_queue_ms: u64,
 }
 
 impl Default for SwarmLimits {
@@ -98,6 +108,7 @@ impl Default for SwarmLimits {
             peers_max: 50,
             rechoke_every_ms: 10_000,
             upload: true,
+            request_queue_ms: 2_000,
         }
     }
 }
@@ -152,6 +163,10 @@ struct Peer {
     to_serve: VecDeque<BlockRef>,
     /// Blocks read for it and not yet written ([`Swarm::handle_sent`]).
     serving: u32,
+    /// Block bytes it sent us since the last tick, and its goodput to us
+    /// (bytes per second, EWMA; `None` until first measured).
+    received_since_tick: u64,
+    delivery_bytes_per_s: Option<f64>,
 }
 
 /// One object's swarm.
@@ -174,6 +189,7 @@ pub struct Swarm {
     /// settles the blame comes from someone else).
     failed_from: HashMap<u32, HashSet<PeerKey>>,
     last_rechoke_ms: u64,
+    last_tick_ms: u64,
     actions: VecDeque<Action>,
     counters: SwarmCounters,
     /// This node's own number for spreading ties in the picker, so peers
@@ -207,6 +223,7 @@ impl Swarm {
             banned: HashSet::new(),
             failed_from: HashMap::new(),
             last_rechoke_ms: now_ms,
+            last_tick_ms: now_ms,
             actions: VecDeque::new(),
             counters: SwarmCounters::default(),
             salt: 0,
@@ -304,11 +321,11 @@ impl Swarm {
 
     /// A connection finished its handshakes. `false`: refused (banned, or
     /// the swarm is full); the driver closes it.
-    pub fn add_peer(&mut self, peer: PeerKey, fast: bool, now_ms: u64) -> bool {
+    pub fn add_peer(&mut self, peer: PeerKey, extensions: Extensions, now_ms: u64) -> bool {
         if self.banned.contains(&peer) || self.peers.len() >= self.limits.peers_max {
             return false;
         }
-        let session = Session::new(self.limits.session, fast, &self.have, now_ms);
+        let session = Session::new(self.limits.session, extensions, &self.have, now_ms);
         self.peers.insert(
             peer,
             Peer {
@@ -319,6 +336,8 @@ impl Swarm {
                 upload_bytes_per_s: 0,
                 to_serve: VecDeque::new(),
                 serving: 0,
+                received_since_tick: 0,
+                delivery_bytes_per_s: None,
             },
         );
         self.flush(peer, now_ms);
@@ -348,6 +367,7 @@ impl Swarm {
         if let Message::Piece { data, .. } = &message {
             if let Some(p) = self.peers.get_mut(&peer) {
                 p.received += data.len() as u64;
+                p.received_since_tick += data.len() as u64;
             }
         }
         let Some(p) = self.peers.get_mut(&peer) else {
@@ -435,9 +455,28 @@ impl Swarm {
         self.piece_started_ms.retain(|piece, _| {
             partial.contains(piece) || requested.keys().any(|b| b.piece == *piece)
         });
+        let dt_ms = now_ms.saturating_sub(self.last_tick_ms);
+        self.last_tick_ms = now_ms;
+        let queue_ms = self.limits.request_queue_ms;
         let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
         for peer in &keys {
             if let Some(p) = self.peers.get_mut(peer) {
+                if dt_ms > 0 {
+                    let sample = p.received_since_tick as f64 * 1000.0 / dt_ms as f64;
+                    p.received_since_tick = 0;
+                    let alpha = 1.0 - (-(dt_ms as f64) / DELIVERY_RATE_TAU_MS).exp();
+                    let rate = match p.delivery_bytes_per_s {
+                        Some(rate) => rate + alpha * (sample - rate),
+                        None if sample > 0.0 => sample,
+                        None => 0.0,
+                    };
+                    if sample > 0.0 || p.delivery_bytes_per_s.is_some() {
+                        p.delivery_bytes_per_s = Some(rate);
+                        let blocks = rate * queue_ms as f64 / 1000.0 / BLOCK_BYTES as f64;
+                        p.session
+                            .set_request_depth((blocks.ceil() as usize).max(REQUEST_DEPTH_MIN));
+                    }
+                }
                 p.session.handle_timeout(now_ms);
             }
             self.flush(*peer, now_ms);

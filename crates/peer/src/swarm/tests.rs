@@ -6,6 +6,12 @@ use crate::wire::{Decoder, Extensions, WireLimits};
 use bytes::BytesMut;
 use shoal_core::{PieceSize, Validators};
 
+/// Both ends announced the fast extension and the extension protocol.
+const BOTH: Extensions = Extensions {
+    fast: true,
+    extended: true,
+};
+
 #[test]
 fn each_object_has_its_own_stable_key() {
     let a = SwarmKey::for_object(&ObjectId([1; 32]));
@@ -55,7 +61,7 @@ fn run(nodes: &mut [Node], data: &[u8], manifest: &Manifest, seconds_max: u64) -
     for a in 0..nodes.len() {
         for b in 0..nodes.len() {
             if a != b {
-                assert!(nodes[a].swarm.add_peer(b as u64, true, 0));
+                assert!(nodes[a].swarm.add_peer(b as u64, BOTH, 0));
             }
         }
     }
@@ -252,7 +258,7 @@ fn a_piece_every_holder_helped_spoil_is_taken_whole_from_one_and_completes() {
 fn a_peers_requests_are_read_a_few_at_a_time_and_a_cancel_still_withdraws_the_rest() {
     let (data, manifest) = object();
     let mut seed = node(&manifest, &data, true, false, 1).swarm;
-    assert!(seed.add_peer(7, true, 0));
+    assert!(seed.add_peer(7, BOTH, 0));
     seed.handle_message(7, Message::HaveNone, 0);
     seed.handle_message(7, Message::Interested, 0);
     seed.rechoke(0);
