@@ -111,6 +111,8 @@ pub struct GapInput<'a> {
     /// Peers are connected (designation means something; alone, every
     /// piece is "ours" and nothing is fetched early on that account).
     pub peers_known: bool,
+    /// How many pieces the connected peers hold, on average.
+    pub peer_done_mean: f64,
     /// Streams: the reader's position (pieces before it are not wanted
     /// first).
     pub playhead: u32,
@@ -282,7 +284,11 @@ fn stream(
 /// holds are still to come from the nodes designated for them, the caches
 /// bring nothing twice — their uplink is what gets every piece into the
 /// swarm once (the `F/C` of the fluid bound); and pieces designated to
-/// others are left to them while peers deliver anything at all.
+/// others are left to them while peers deliver anything at all. A node
+/// ahead of its peers (more than a block above their mean) asks the caches
+/// only for the pieces it is designated for: the caches' uplink goes to
+/// those behind, and the swarm finishes together rather than the last
+/// ones late.
 fn fill(
     config: &GapConfig,
     input: &GapInput<'_>,
@@ -314,9 +320,12 @@ fn fill(
         // designated node's pace while cache slots sit idle).
         let peers_deliver = input.peer_bytes_per_s >= HOLD_BACK_PEER_BYTES_PER_S_MIN
             && input.peer_bytes_per_s >= 0.5 * input.cache_bytes_per_s;
+        let ahead = input.peers_known
+            && f64::from(input.done.len())
+                > input.peer_done_mean + f64::from(config.block_pieces.max(1));
         candidates.retain(|(tier, _, _)| match tier {
-            1 => !unheld_elsewhere,
-            2 => !peers_deliver,
+            1 => !unheld_elsewhere && !ahead,
+            2 => !peers_deliver && !ahead,
             _ => true,
         });
     }

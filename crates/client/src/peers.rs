@@ -444,6 +444,8 @@ impl PeerSide {
                 cache_slots_free: scheduler.free_slots().saturating_sub(waiting),
                 designated: &designated,
                 peers_known: !others.is_empty(),
+                peer_done_mean: self.swarm.availability().iter().map(|n| f64::from(*n)).sum::<f64>()
+                    / self.swarm.peer_count().max(1) as f64,
                 playhead,
                 caches_usable,
             },

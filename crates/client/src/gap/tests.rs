@@ -15,6 +15,7 @@ struct World {
     cache_slots_free: u32,
     mine: Vec<u32>,
     playhead: u32,
+    peer_done_mean: f64,
 }
 
 impl World {
@@ -30,6 +31,7 @@ impl World {
             cache_slots_free: 0,
             mine: Vec::new(),
             playhead: 0,
+            peer_done_mean: 0.0,
         }
     }
 
@@ -49,6 +51,7 @@ impl World {
                 cache_slots_free: self.cache_slots_free,
                 designated: &designated,
                 peers_known: true,
+                peer_done_mean: self.peer_done_mean,
                 playhead: self.playhead,
                 caches_usable: true,
             },
@@ -203,6 +206,7 @@ fn nothing_goes_to_caches_when_none_is_usable() {
             cache_slots_free: 4,
             designated: &designated,
             peers_known: true,
+            peer_done_mean: 0.0,
             playhead: 0,
             caches_usable: false,
         },
@@ -326,4 +330,30 @@ fn a_target_downloads_shortfall_goes_to_the_caches_in_whole_blocks() {
         world.at_caches.insert(PieceIndex(piece));
     }
     assert_eq!(world.decide(&config, 1_000).release.len(), 4);
+}
+
+#[test]
+fn a_node_ahead_of_its_peers_leaves_the_caches_to_those_behind() {
+    // As fast as possible, 1 MiB pieces (blocks of one), 40 pieces.
+    let config = GapConfig::new(40, PIECE, Pace::AsFastAsPossible);
+    let mut world = World::new(40);
+    world.cache_slots_free = 4;
+    world.cache_bytes_per_s = 1e7;
+    world.peer_bytes_per_s = 1e7;
+    // Peers hold pieces 10.. but choke us; piece 5 nobody holds and it is
+    // ours to bring.
+    world.availability[5] = 0;
+    world.mine = vec![5];
+    for piece in 0..5 {
+        world.done.insert(PieceIndex(piece));
+    }
+    // Level with the swarm: the caches bring the designated piece and
+    // what peers hold but do not give us.
+    world.peer_done_mean = 5.0;
+    let level = world.decide(&config, 1_000);
+    assert_eq!(level.release.len(), 4);
+    assert_eq!(level.release[0], 5);
+    // Two pieces ahead of the mean: only the designated piece.
+    world.peer_done_mean = 3.0;
+    assert_eq!(world.decide(&config, 1_000).release, vec![5]);
 }
