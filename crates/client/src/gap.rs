@@ -100,6 +100,8 @@ pub struct GapInput<'a> {
     pub from_peers: &'a BTreeMap<u32, u64>,
     /// When peers were first asked for each of those pieces.
     pub from_peers_since_ms: &'a BTreeMap<u32, u64>,
+    /// When a block of each of those last arrived.
+    pub from_peers_last_ms: &'a BTreeMap<u32, u64>,
     /// Recent goodput from peers and from the caches, bytes per second.
     pub peer_bytes_per_s: f64,
     pub cache_bytes_per_s: f64,
@@ -146,7 +148,8 @@ const HOLD_BACK_PEER_BYTES_PER_S_MIN: f64 = 64.0 * 1024.0;
 
 /// Below this age a piece's own progress says little.
 const PIECE_RATE_AFTER_MS: u64 = 300;
-/// A piece asked of peers this long ago with nothing here is stuck.
+/// A piece asked of peers this long ago with nothing here, or with no
+/// block for this long, is stuck.
 const PIECE_STUCK_MS: u64 = 2_000;
 
 /// How long peers need for what is left of `piece`, ms: from the piece's
@@ -155,6 +158,13 @@ const PIECE_STUCK_MS: u64 = 2_000;
 fn peer_eta_ms(config: &GapConfig, input: &GapInput<'_>, piece: u32) -> Option<u64> {
     let here = *input.from_peers.get(&piece)?;
     let left = config.piece_bytes.saturating_sub(here) as f64;
+    // Half here and silent since: stuck (its average rate would still
+    // call it on track).
+    if let Some(last) = input.from_peers_last_ms.get(&piece) {
+        if input.now_ms.saturating_sub(*last) >= PIECE_STUCK_MS {
+            return Some(u64::MAX);
+        }
+    }
     if let Some(since) = input.from_peers_since_ms.get(&piece) {
         let age = input.now_ms.saturating_sub(*since);
         if age >= PIECE_RATE_AFTER_MS && here > 0 {
@@ -271,6 +281,48 @@ fn stream(
         }
     }
 }
+
+/// Streams: the first piece worth asking peers for (from the playhead):
+/// one whose deadline leaves room for a cache's lead, the margin and a
+/// fresh piece's transfer from peers at the rate they give each piece now.
+/// Closer pieces go to the caches when near; started on peers, most would
+/// be taken over half-sent, and the blocks peers uploaded for them wasted.
+pub fn stream_peers_from(
+    config: &GapConfig,
+    now_ms: u64,
+    playhead: u32,
+    peer_bytes_per_s: f64,
+    pieces_from_peers: usize,
+) -> u32 {
+    let Pace::Stream {
+        bytes_per_s,
+        play_from_ms,
+    } = config.pace
+    else {
+        return playhead;
+    };
+    let per_piece = peer_bytes_per_s / pieces_from_peers.max(1) as f64;
+    let fresh_ms = if per_piece >= 1.0 {
+        (config.piece_bytes as f64 / per_piece * 1000.0).clamp(0.0, PEER_FRESH_PIECE_MS_MAX)
+    } else {
+        PEER_FRESH_PIECE_MS_MAX
+    };
+    let horizon_ms = (config.lead_min_ms + config.margin_ms) as f64 + fresh_ms;
+    let piece_ms = config.piece_bytes as f64 / bytes_per_s.max(1.0) * 1000.0;
+    // Piece p is due at play_from + p × piece_ms: the first with more
+    // than the horizon left.
+    let first = (now_ms as f64 + horizon_ms - play_from_ms as f64) / piece_ms;
+    let first = if first.is_finite() && first > 0.0 {
+        (first.floor() as u64 + 1).min(u64::from(config.piece_count)) as u32
+    } else {
+        0
+    };
+    first.max(playhead)
+}
+
+/// A fresh piece is assumed to take peers at most this long (the first
+/// seconds, before any rate is known).
+const PEER_FRESH_PIECE_MS_MAX: f64 = 3_000.0;
 
 /// Downloads: `count` more pieces for the caches, from those no peer is
 /// fetching: first the pieces nobody holds that this node is designated

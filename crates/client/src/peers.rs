@@ -383,9 +383,17 @@ impl PeerSide {
             }
         }
         if matches!(self.gap.pace, Pace::Stream { .. }) {
+            // Peers are asked only for pieces they can bring in time.
+            let from = crate::gap::stream_peers_from(
+                &self.gap,
+                now,
+                playhead,
+                self.peer_rate,
+                self.swarm.pieces_from_peers().len(),
+            );
             let window = self.stream_window_pieces();
             self.swarm
-                .set_playhead(Some((playhead, playhead.saturating_add(window))));
+                .set_playhead(Some((from, from.saturating_add(window))));
         }
         let decision = self.decide(scheduler, playhead, caches_usable, now);
         for piece in &decision.release {
@@ -425,6 +433,10 @@ impl PeerSide {
             .keys()
             .filter_map(|p| Some((*p, self.swarm.piece_started_ms(*p)?)))
             .collect();
+        let from_peers_last_ms: BTreeMap<u32, u64> = from_peers
+            .keys()
+            .filter_map(|p| Some((*p, self.swarm.piece_last_block_ms(*p)?)))
+            .collect();
         let others: Vec<u64> = self.net.peer_ids().map(crate::gap::peer_number).collect();
         let me = self.me;
         let block = self.gap.block_pieces;
@@ -439,12 +451,18 @@ impl PeerSide {
                 availability: self.swarm.availability(),
                 from_peers: &from_peers,
                 from_peers_since_ms: &from_peers_since_ms,
+                from_peers_last_ms: &from_peers_last_ms,
                 peer_bytes_per_s: self.peer_rate,
                 cache_bytes_per_s: scheduler.aggregate_rate_bps(),
                 cache_slots_free: scheduler.free_slots().saturating_sub(waiting),
                 designated: &designated,
                 peers_known: !others.is_empty(),
-                peer_done_mean: self.swarm.availability().iter().map(|n| f64::from(*n)).sum::<f64>()
+                peer_done_mean: self
+                    .swarm
+                    .availability()
+                    .iter()
+                    .map(|n| f64::from(*n))
+                    .sum::<f64>()
                     / self.swarm.peer_count().max(1) as f64,
                 playhead,
                 caches_usable,

@@ -9,7 +9,8 @@
 //! and gives peers something to trade. For a stream the pieces inside the
 //! playhead window go first, in order — a rare piece a minute ahead is
 //! worth less than the next second of video — and rarest-first applies
-//! beyond it.
+//! beyond it; pieces before the window are not asked of peers (too close
+//! to their deadline: a cache brings them).
 
 use shoal_core::bitfield::PieceSet;
 use shoal_core::PieceIndex;
@@ -23,8 +24,8 @@ pub struct PickContext<'a> {
     pub partial: &'a [u32],
     /// How many connected peers have each piece.
     pub availability: &'a [u32],
-    /// Stream mode: pieces from the playhead up to (not including) this
-    /// end are wanted in order first.
+    /// Stream mode: pieces from the window's start up to (not including)
+    /// its end are wanted in order first; none before its start.
     pub playhead: Option<(u32, u32)>,
     /// A number that differs per peer (its key), to spread ties.
     pub salt: u64,
@@ -38,7 +39,11 @@ pub fn next_piece(ctx: &PickContext<'_>, peer_has: &PieceSet) -> Option<u32> {
     if let Some(piece) = ctx.partial.iter().copied().find(|p| wanted(*p)) {
         return Some(piece);
     }
-    let fresh = |piece: u32| wanted(piece) && !ctx.in_flight.contains(PieceIndex(piece));
+    let fresh = |piece: u32| {
+        wanted(piece)
+            && !ctx.in_flight.contains(PieceIndex(piece))
+            && ctx.playhead.is_none_or(|(from, _)| piece >= from)
+    };
     if let Some((from, end)) = ctx.playhead {
         if let Some(piece) = (from..end.min(ctx.have.piece_count())).find(|p| fresh(*p)) {
             return Some(piece);
@@ -118,5 +123,20 @@ mod tests {
             ..ctx
         };
         assert_eq!(next_piece(&behind, &peer), Some(9), "beyond it: rarest");
+        let late = PickContext {
+            playhead: Some((9, 10)),
+            availability: &[1; 10],
+            ..ctx
+        };
+        assert_eq!(
+            next_piece(&late, &peer),
+            Some(9),
+            "nothing before the window"
+        );
+        let past = PickContext {
+            playhead: Some((10, 10)),
+            ..late
+        };
+        assert_eq!(next_piece(&past, &peer), None);
     }
 }

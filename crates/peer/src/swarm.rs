@@ -205,6 +205,8 @@ pub struct Swarm {
     /// When each piece being fetched from peers was first asked for (its
     /// own progress rate tells whether it will be in time).
     piece_started_ms: HashMap<u32, u64>,
+    /// When a block of each piece being fetched from peers last arrived.
+    piece_last_block_ms: HashMap<u32, u64>,
 }
 
 impl Swarm {
@@ -230,6 +232,7 @@ impl Swarm {
             reserved: PieceSet::new(count as u32),
             playhead: None,
             piece_started_ms: HashMap::new(),
+            piece_last_block_ms: HashMap::new(),
         }
     }
 
@@ -285,6 +288,12 @@ impl Swarm {
         self.piece_started_ms.get(&piece).copied()
     }
 
+    /// When the last block of `piece` arrived from a peer (while it is
+    /// being fetched): a piece half here and silent since is stuck.
+    pub fn piece_last_block_ms(&self, piece: u32) -> Option<u64> {
+        self.piece_last_block_ms.get(&piece).copied()
+    }
+
     /// A cache takes `piece` over: peers are no longer asked for it (what
     /// is asked now is cancelled, blocks here are dropped).
     pub fn reserve(&mut self, piece: u32, now_ms: u64) {
@@ -294,6 +303,7 @@ impl Swarm {
         }
         self.reserved.insert(index);
         self.piece_started_ms.remove(&piece);
+        self.piece_last_block_ms.remove(&piece);
         self.cancel_requests_for(piece);
         self.assembly.drop_piece(piece);
         let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
@@ -455,6 +465,9 @@ impl Swarm {
         self.piece_started_ms.retain(|piece, _| {
             partial.contains(piece) || requested.keys().any(|b| b.piece == *piece)
         });
+        let started = &self.piece_started_ms;
+        self.piece_last_block_ms
+            .retain(|piece, _| started.contains_key(piece));
         let dt_ms = now_ms.saturating_sub(self.last_tick_ms);
         self.last_tick_ms = now_ms;
         let queue_ms = self.limits.request_queue_ms;
@@ -610,6 +623,7 @@ impl Swarm {
         if self.have.contains(PieceIndex(block.piece)) {
             return;
         }
+        self.piece_last_block_ms.insert(block.piece, now_ms);
         let piece_bytes = self.manifest.layout().piece_len(PieceIndex(block.piece)) as u32;
         let Added::Complete {
             piece,
@@ -642,6 +656,7 @@ impl Swarm {
         self.have.insert(PieceIndex(piece));
         self.reserved.remove(PieceIndex(piece));
         self.piece_started_ms.remove(&piece);
+        self.piece_last_block_ms.remove(&piece);
         self.failed_from.remove(&piece);
         self.cancel_requests_for(piece);
         self.assembly.drop_piece(piece);

@@ -242,6 +242,22 @@ fn load_zones(config: &SelectorConfig) -> Result<Option<Zones>, SelectorError> {
     })?))
 }
 
+/// This machine's host name (Linux), for a default node id that differs
+/// between hosts; `localhost` if it cannot be read.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_string())
+        .filter(|name| {
+            !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        })
+        .unwrap_or_else(|| "localhost".into())
+}
+
 /// Joins the gossip as an observer (a selector serves no bytes) and sets
 /// up the directory that asks the caches about objects.
 async fn join_mesh(
@@ -252,7 +268,7 @@ async fn join_mesh(
     let node_id = mesh
         .node_id
         .clone()
-        .unwrap_or_else(|| format!("selector-{}", local_addr.port()));
+        .unwrap_or_else(|| format!("selector-{}-{}", host_name(), local_addr.port()));
     let key = shoal_core::auth::ClusterKey::from_secret(&mesh.cluster_secret)
         .map_err(|e| ConfigError(format!("mesh.cluster_secret: {e}")))?;
     let gossip = mesh

@@ -121,7 +121,8 @@ pub struct SelectorMesh {
     pub gossip_advertise: Option<SocketAddr>,
     pub seeds: Vec<String>,
     pub cluster_secret: String,
-    /// Name in the gossip (default: `selector-<port>`).
+    /// Name in the gossip (default: `selector-<host name>-<port>`, unique
+    /// across hosts: it also homes swarms in the tracker).
     pub node_id: Option<String>,
     /// HTTP address announced in the gossip (default: the listen address).
     pub http_advertise: Option<SocketAddr>,

@@ -10,6 +10,7 @@ struct World {
     availability: Vec<u32>,
     from_peers: BTreeMap<u32, u64>,
     from_peers_since_ms: BTreeMap<u32, u64>,
+    from_peers_last_ms: BTreeMap<u32, u64>,
     peer_bytes_per_s: f64,
     cache_bytes_per_s: f64,
     cache_slots_free: u32,
@@ -26,6 +27,7 @@ impl World {
             availability: vec![1; count as usize],
             from_peers: BTreeMap::new(),
             from_peers_since_ms: BTreeMap::new(),
+            from_peers_last_ms: BTreeMap::new(),
             peer_bytes_per_s: 0.0,
             cache_bytes_per_s: 0.0,
             cache_slots_free: 0,
@@ -46,6 +48,7 @@ impl World {
                 availability: &self.availability,
                 from_peers: &self.from_peers,
                 from_peers_since_ms: &self.from_peers_since_ms,
+                from_peers_last_ms: &self.from_peers_last_ms,
                 peer_bytes_per_s: self.peer_bytes_per_s,
                 cache_bytes_per_s: self.cache_bytes_per_s,
                 cache_slots_free: self.cache_slots_free,
@@ -201,6 +204,7 @@ fn nothing_goes_to_caches_when_none_is_usable() {
             availability: &world.availability,
             from_peers: &world.from_peers,
             from_peers_since_ms: &world.from_peers_since_ms,
+            from_peers_last_ms: &world.from_peers_last_ms,
             peer_bytes_per_s: 0.0,
             cache_bytes_per_s: 0.0,
             cache_slots_free: 4,
@@ -356,4 +360,50 @@ fn a_node_ahead_of_its_peers_leaves_the_caches_to_those_behind() {
     // Two pieces ahead of the mean: only the designated piece.
     world.peer_done_mean = 3.0;
     assert_eq!(world.decide(&config, 1_000).release, vec![5]);
+}
+
+#[test]
+fn a_stream_asks_peers_only_for_pieces_they_can_bring_in_time() {
+    // 1 MiB pieces at ~8 Mbit/s (~1.05 s each), piece 0 plays at 2 s; a
+    // cache's lead 1.5 s and the margin 0.5 s.
+    let config = stream_config(100);
+    // Peers give 1 MB/s over two pieces: a fresh piece takes ~2.1 s, so
+    // peers are asked from the piece due more than ~4.1 s from now.
+    let from = stream_peers_from(&config, 10_000, 7, 1e6, 2);
+    // Piece 12 is due at ~14.6 s, piece 11 at ~13.5 s.
+    assert_eq!(from, 12);
+    // Peers twice as fast: a piece sooner.
+    assert_eq!(stream_peers_from(&config, 10_000, 7, 2e6, 2), 11);
+    // Nothing known yet: the longest assumption (3 s).
+    assert_eq!(stream_peers_from(&config, 10_000, 7, 0.0, 0), 13);
+    // Never behind the reader; never past the end.
+    assert_eq!(stream_peers_from(&config, 0, 5, 1e6, 1), 5);
+    assert_eq!(stream_peers_from(&config, 1_000_000, 5, 1e6, 1), 100);
+    // Not a stream: the playhead.
+    let download = GapConfig::new(100, PIECE, Pace::AsFastAsPossible);
+    assert_eq!(stream_peers_from(&download, 10_000, 7, 1e6, 2), 7);
+}
+
+#[test]
+fn a_piece_mostly_here_and_silent_since_is_taken_over() {
+    let config = stream_config(100);
+    let mut world = World::new(100);
+    world.cache_bytes_per_s = 2e6;
+    world.peer_bytes_per_s = 1e6;
+    // Piece 2 is due at ~4.1 s; at 2.6 s it is near (a cache needs
+    // ~1.5 s). Fifteen of its sixteenths came from a peer since 0: by its
+    // average rate the rest takes ~0.2 s, on track.
+    world.from_peers.insert(2, PIECE / 16 * 15);
+    world.from_peers_since_ms.insert(2, 0);
+    world.done.insert(PieceIndex(0));
+    world.done.insert(PieceIndex(1));
+    world.playhead = 2;
+    world.from_peers_last_ms.insert(2, 2_000);
+    assert!(world.decide(&config, 2_600).release.is_empty(), "on track");
+    // The same, but its last block came at 0.5 s: the peer stopped (a
+    // choke, say); a cache takes it over.
+    world.from_peers_last_ms.insert(2, 500);
+    let decision = world.decide(&config, 2_600);
+    assert_eq!(decision.release, vec![2]);
+    assert_eq!(decision.take_over, vec![2]);
 }
