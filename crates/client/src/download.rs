@@ -526,15 +526,21 @@ impl Run {
         self.scheduler.gate();
         // The gap's shortfall goes to the caches as large ranges. With a
         // pace, the gap releases whole blocks as their deadlines near and
-        // a cache is asked for a block at a time, two in flight. As fast
-        // as possible, the caches' free slots decide how much is asked of
-        // them, and those stay as few as the measured rate needs:
+        // two blocks fit in flight at a cache; a target download waits for
+        // room for a block, a stream asks at once (what is due is due). As
+        // fast as possible, the caches' free slots decide how much is
+        // asked of them, and those stay as few as the measured rate needs:
         // committing deeper made the whole swarm slower (1.23x the
         // Kumar-Ross bound against 1.14x, scripts/bench-swarm --only 1).
         let piece_bytes = self.layout.piece_size().bytes();
-        let least = if side.paced() { side.block_pieces() } else { 1 };
-        self.scheduler
-            .set_runs((RUN_BYTES_MAX / piece_bytes).max(1) as u32, least);
+        let most = (RUN_BYTES_MAX / piece_bytes).max(1) as u32;
+        let block = side.block_pieces();
+        let (least, floor) = match (side.paced(), self.ready.is_some()) {
+            (true, false) => (block, 2 * block),
+            (true, true) => (1, 2 * block),
+            (false, _) => (1, 0),
+        };
+        self.scheduler.set_runs(most, least, floor);
         self.peers = Some(side);
         Ok(())
     }

@@ -337,10 +337,10 @@ const PEER_FRESH_PIECE_MS_MAX: f64 = 3_000.0;
 /// bring nothing twice — their uplink is what gets every piece into the
 /// swarm once (the `F/C` of the fluid bound); and pieces designated to
 /// others are left to them while peers deliver anything at all. A node
-/// ahead of its peers (more than a block above their mean) asks the caches
-/// only for the pieces it is designated for: the caches' uplink goes to
-/// those behind, and the swarm finishes together rather than the last
-/// ones late.
+/// ahead of its peers (more than a block above their mean) while peers
+/// deliver asks the caches only for the pieces it is designated for: the
+/// caches' uplink goes to those behind, and the swarm finishes together
+/// rather than the last ones late.
 fn fill(
     config: &GapConfig,
     input: &GapInput<'_>,
@@ -372,12 +372,13 @@ fn fill(
         // designated node's pace while cache slots sit idle).
         let peers_deliver = input.peer_bytes_per_s >= HOLD_BACK_PEER_BYTES_PER_S_MIN
             && input.peer_bytes_per_s >= 0.5 * input.cache_bytes_per_s;
-        let ahead = input.peers_known
+        let ahead = peers_deliver
+            && input.peers_known
             && f64::from(input.done.len())
                 > input.peer_done_mean + f64::from(config.block_pieces.max(1));
         candidates.retain(|(tier, _, _)| match tier {
             1 => !unheld_elsewhere && !ahead,
-            2 => !peers_deliver && !ahead,
+            2 => !peers_deliver,
             _ => true,
         });
     }

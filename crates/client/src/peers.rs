@@ -383,14 +383,20 @@ impl PeerSide {
             }
         }
         if matches!(self.gap.pace, Pace::Stream { .. }) {
-            // Peers are asked only for pieces they can bring in time.
-            let from = crate::gap::stream_peers_from(
-                &self.gap,
-                now,
-                playhead,
-                self.peer_rate,
-                self.swarm.pieces_from_peers().len(),
-            );
+            // Peers are asked only for pieces they can bring in time —
+            // while a cache can bring the others; without one, peers are
+            // asked for everything from the playhead.
+            let from = if caches_usable {
+                crate::gap::stream_peers_from(
+                    &self.gap,
+                    now,
+                    playhead,
+                    self.peer_rate,
+                    self.swarm.pieces_from_peers().len(),
+                )
+            } else {
+                playhead
+            };
             let window = self.stream_window_pieces();
             self.swarm
                 .set_playhead(Some((from, from.saturating_add(window))));

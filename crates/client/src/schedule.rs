@@ -144,7 +144,8 @@ pub struct SourceReport {
     pub name: String,
     pub bytes: u64,
     pub pieces: u32,
-    /// Range requests made (a run of pieces is one).
+    /// Runs handed out (one range request each; a run asked for again
+    /// after a piece in it was cancelled counts once).
     pub requests: u32,
     pub health: String,
     /// Current short-term rate, bytes per second.
@@ -285,18 +286,16 @@ impl Scheduler {
     }
 
     /// Requests may cover up to `most` consecutive pieces; a busy source
-    /// asks again when `least` fit, and may keep two such runs in flight
-    /// whatever its measured rate.
-    pub fn set_runs(&mut self, most: u32, least: u32) {
+    /// asks again when `least` fit; every source may keep `floor` pieces in
+    /// flight whatever its measured rate (room for runs).
+    pub fn set_runs(&mut self, most: u32, least: u32, floor: u32) {
         self.config.run_pieces_max = most.clamp(1, RUN_PIECES_LIMIT);
         self.config.run_pieces_min = least.clamp(1, self.config.run_pieces_max);
-        if least > 1 {
-            self.config.in_flight_min = self
-                .config
-                .in_flight_min
-                .max(2 * self.config.run_pieces_min)
-                .min(self.config.in_flight_max.max(1));
-        }
+        self.config.in_flight_min = self
+            .config
+            .in_flight_min
+            .max(floor)
+            .min(self.config.in_flight_max.max(1));
     }
 
     pub fn is_gated(&self) -> bool {

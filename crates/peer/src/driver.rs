@@ -148,6 +148,9 @@ const ACCEPTED_PENDING_MAX: usize = 256;
 /// A write to a peer that takes longer than this ends the connection (a
 /// peer that does not read must not hold a task and its buffers).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A writer retries reporting written blocks this often while the event
+/// channel is full.
+const SENT_RETRY: Duration = Duration::from_millis(10);
 /// The upload cap's burst: a few blocks.
 const UPLOAD_BURST_BYTES: u64 = 4 * crate::wire::BLOCK_BYTES as u64;
 
@@ -565,7 +568,26 @@ async fn run_connection(
     let sent_events = events.clone();
     let mut writing = tokio::spawn(async move {
         let mut out = BytesMut::new();
-        while let Some(message) = queue.recv().await {
+        // Blocks written and not yet reported. Reported without waiting:
+        // a writer blocked on the shared event channel would stop draining
+        // its queue and the peer would be dropped as one that does not
+        // read; what could not be reported is retried shortly.
+        let mut unreported: u32 = 0;
+        loop {
+            let message = if unreported > 0 {
+                tokio::select! {
+                    message = queue.recv() => message,
+                    _ = tokio::time::sleep(SENT_RETRY) => {
+                        if sent_events.try_send(FromPeer::Sent(key, unreported)).is_ok() {
+                            unreported = 0;
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                queue.recv().await
+            };
+            let Some(message) = message else { break };
             out.clear();
             let mut blocks = u32::from(matches!(message, Message::Piece { .. }));
             encode_capped(&message, &mut out, upload.as_deref()).await;
@@ -580,8 +602,13 @@ async fn run_connection(
                 Ok(Ok(())) => {}
                 _ => return,
             }
-            if blocks > 0 && sent_events.send(FromPeer::Sent(key, blocks)).await.is_err() {
-                return;
+            unreported += blocks;
+            if unreported > 0
+                && sent_events
+                    .try_send(FromPeer::Sent(key, unreported))
+                    .is_ok()
+            {
+                unreported = 0;
             }
         }
     });

@@ -282,7 +282,7 @@ fn start_liar(data: &[u8], object_id: &str, tracker: &str, address: &str, n: u8)
 /// 20 peers (4 of them poisoning), 2 caches, one cache killed mid-way:
 /// every honest download byte-exact, only liars banned.
 #[test]
-fn twenty_peers_with_liars_and_a_cache_killed_lose_nothing() {
+fn twenty_peers_with_liars_and_a_peer_and_a_cache_killed_lose_nothing() {
     let root = tempfile::tempdir().unwrap();
     let size = 16 * MIB + 777;
     let data = content(size, 11);
@@ -324,9 +324,12 @@ fn twenty_peers_with_liars_and_a_cache_killed_lose_nothing() {
             )
         })
         .collect();
-    // A cache dies mid-transfer.
+    // One more honest peer, which dies mid-transfer with a cache.
+    let (mut victim, _) = start_peer(&url, dir.path(), "127.0.0.99", &["--upload-mbps", "40"]);
     std::thread::sleep(std::time::Duration::from_millis(1500));
     caches[1].kill9();
+    let _ = victim.kill();
+    let _ = victim.wait();
     let (mut failed, mut banned_total) = (0, 0);
     for (child, out) in honest {
         let summary = finish_peer(child);

@@ -360,6 +360,10 @@ fn a_node_ahead_of_its_peers_leaves_the_caches_to_those_behind() {
     // Two pieces ahead of the mean: only the designated piece.
     world.peer_done_mean = 3.0;
     assert_eq!(world.decide(&config, 1_000).release, vec![5]);
+    // Ahead, but peers bring next to nothing (a slow paced swarm): the
+    // caches' free slots are used all the same.
+    world.peer_bytes_per_s = 1e3;
+    assert_eq!(world.decide(&config, 1_000).release.len(), 4);
 }
 
 #[test]

@@ -462,7 +462,7 @@ fn a_gated_source_takes_consecutive_released_pieces_as_one_run() {
     let mut s = Scheduler::new(ScheduleConfig::new(pieces, MIB, 9), &PieceSet::new(pieces));
     s.gate();
     // Runs of up to eight; four must fit before a busy source asks again.
-    s.set_runs(8, 4);
+    s.set_runs(8, 4, 8);
     let cache = s.add_source("cache", 1.0, 0);
     for piece in (4..=12).chain([20]) {
         s.release_to_sources(PieceIndex(piece));
@@ -490,7 +490,7 @@ fn a_gated_source_takes_consecutive_released_pieces_as_one_run() {
 }
 
 #[test]
-fn ungated_or_by_default_every_request_is_one_piece() {
+fn by_default_every_request_is_one_piece() {
     let mut s = Scheduler::new(ScheduleConfig::new(16, MIB, 9), &PieceSet::new(16));
     let cache = s.add_source("cache", 1.0, 0);
     while let Some((_, count)) = s.next_run(cache, 0) {
@@ -501,7 +501,7 @@ fn ungated_or_by_default_every_request_is_one_piece() {
 #[test]
 fn pieces_a_broken_run_never_reached_go_back_without_counting_as_errors() {
     let mut s = Scheduler::new(ScheduleConfig::new(32, MIB, 9), &PieceSet::new(32));
-    s.set_runs(16, 16);
+    s.set_runs(16, 16, 16);
     let cache = s.add_source("cache", 1.0, 0);
     let other = s.add_source("other", 1.0, 0);
     let (first, count) = s.next_run(cache, 0).unwrap();
@@ -541,7 +541,7 @@ fn pieces_a_broken_run_never_reached_go_back_without_counting_as_errors() {
 #[test]
 fn a_piece_later_in_a_run_is_no_sample_of_the_time_to_first_byte() {
     let mut s = Scheduler::new(ScheduleConfig::new(64, MIB, 9), &PieceSet::new(64));
-    s.set_runs(2, 1);
+    s.set_runs(2, 1, 2);
     let cache = s.add_source("cache", 1.0, 0);
     let (first, count) = s.next_run(cache, 0).unwrap();
     assert_eq!(count, 2);
