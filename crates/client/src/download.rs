@@ -400,6 +400,8 @@ struct Run {
     syncing: Arc<AtomicBool>,
     last_save_ms: u64,
     last_progress_ms: u64,
+    /// Which source [`Run::dispatch`] offers work to first next time.
+    dispatch_turn: usize,
     /// The viewers' swarm, when the plan names one and peers are on.
     peers: Option<crate::peers::PeerSide>,
 }
@@ -478,6 +480,7 @@ impl Run {
             syncing: Arc::new(AtomicBool::new(false)),
             last_save_ms: 0,
             last_progress_ms: 0,
+            dispatch_turn: 0,
             peers: None,
             manifest,
             layout,
@@ -698,16 +701,31 @@ impl Run {
     /// Gives every free request slot a piece: consecutive pieces for one
     /// source go out as one range request.
     fn dispatch(&mut self, now_ms: u64) {
-        for entry in &self.sources {
-            while let Some((first, count)) = self.scheduler.next_run(entry.id, now_ms) {
-                tracing::debug!(source = %entry.planned.name, first = first.0, count, "range request");
+        // One run per source per round, starting from a different source
+        // each time: a source with room for several runs must not take
+        // every released piece while the others (a plan's shares) idle.
+        let count = self.sources.len();
+        if count == 0 {
+            return;
+        }
+        let first_turn = self.dispatch_turn % count;
+        self.dispatch_turn = self.dispatch_turn.wrapping_add(1);
+        loop {
+            let mut handed_out = false;
+            for turn in 0..count {
+                let entry = &self.sources[(first_turn + turn) % count];
+                let Some((first, pieces)) = self.scheduler.next_run(entry.id, now_ms) else {
+                    continue;
+                };
+                handed_out = true;
+                tracing::debug!(source = %entry.planned.name, first = first.0, pieces, "range request");
                 let cancelled = Arc::new(AtomicU64::new(0));
                 let task = tokio::spawn(fetch_run(RunFetch {
                     client: self.client.clone(),
                     url: entry.planned.url.clone(),
                     source: entry.id,
                     first,
-                    count,
+                    count: pieces,
                     layout: self.layout,
                     manifest: self.manifest.clone(),
                     file: self.file.clone(),
@@ -716,7 +734,7 @@ impl Run {
                     cancelled: cancelled.clone(),
                 }))
                 .abort_handle();
-                for bit in 0..count {
+                for bit in 0..pieces {
                     self.tasks.0.insert(
                         (entry.id, first.0 + bit),
                         RunSlot {
@@ -726,6 +744,9 @@ impl Run {
                         },
                     );
                 }
+            }
+            if !handed_out {
+                return;
             }
         }
     }
