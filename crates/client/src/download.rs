@@ -1357,14 +1357,11 @@ struct RunFetch {
     cancelled: Arc<AtomicU64>,
 }
 
-/// How one piece of a run ended.
-enum PieceOutcome {
-    /// Verified and written, or refused: reported; on to the next.
-    Reported(Event),
-    /// Cancelled while it arrived: the rest is asked for anew.
-    Cancelled,
-    /// The request broke: reported for this piece, the rest abandoned.
-    Broken(String),
+impl RunFetch {
+    /// Whether the run's piece `i` is still wanted (not cancelled).
+    fn wanted(&self, i: u32) -> bool {
+        self.cancelled.load(Ordering::Acquire) & (1 << i) == 0
+    }
 }
 
 /// Fetches a run of consecutive pieces in one range request, verifying
@@ -1379,7 +1376,7 @@ async fn fetch_run(run: RunFetch) {
         .and_then(|i| run.url[i + 3..].find('/').map(|j| &run.url[..i + 3 + j]))
         .unwrap_or(&run.url)
         .to_string();
-    let wanted = |i: u32| run.cancelled.load(Ordering::Acquire) & (1 << i) == 0;
+    let wanted = |i: u32| run.wanted(i);
     let span_of = |i: u32| run.layout.piece_span(PieceIndex(run.first.0 + i));
     let mut next = 0;
     'requests: while next < run.count {
@@ -1410,29 +1407,23 @@ async fn fetch_run(run: RunFetch) {
                 next = i + 1;
                 continue 'requests;
             }
-            let outcome = match receive_piece(&run, &mut body, i, span.len()).await {
-                Err(why) => PieceOutcome::Broken(why),
-                Ok(None) => PieceOutcome::Cancelled,
-                Ok(Some(data)) => PieceOutcome::Reported(
-                    verify_and_write(&run, piece, span.start(), data, &base).await,
-                ),
-            };
-            match outcome {
-                PieceOutcome::Reported(event) => {
+            match receive_piece(&run, &mut body, i, span.len()).await {
+                Ok(Some(data)) => {
+                    let event = verify_and_write(&run, piece, span.start(), data, &base).await;
                     // A refused piece or a disk error ends the run (the
                     // source is dropped, or the download stops).
-                    let go_on = matches!(event, Event::Piece(_, _, Some(_)));
-                    if !go_on {
+                    if !matches!(event, Event::Piece(_, _, Some(_))) {
                         abandon_from(&run, i, event).await;
                         return;
                     }
                     let _ = run.events.send(event).await;
                 }
-                PieceOutcome::Cancelled => {
+                // Cancelled while it arrived: the rest is asked for anew.
+                Ok(None) => {
                     next = i + 1;
                     continue 'requests;
                 }
-                PieceOutcome::Broken(why) => {
+                Err(why) => {
                     abandon_from(&run, i, Event::Failed(run.source, piece, why)).await;
                     return;
                 }
@@ -1447,7 +1438,7 @@ async fn fetch_run(run: RunFetch) {
 async fn abandon_from(run: &RunFetch, i: u32, event: Event) {
     let _ = run.events.send(event).await;
     for later in i + 1..run.count {
-        if run.cancelled.load(Ordering::Acquire) & (1 << later) == 0 {
+        if run.wanted(later) {
             let piece = PieceIndex(run.first.0 + later);
             let _ = run.events.send(Event::Abandoned(run.source, piece)).await;
         }
@@ -1521,7 +1512,7 @@ async fn receive_piece(
     let mut data = bytes::BytesMut::with_capacity(len as usize);
     let mut unreported = 0u64;
     while (data.len() as u64) < len {
-        if run.cancelled.load(Ordering::Acquire) & (1 << i) != 0 {
+        if !run.wanted(i) {
             return Ok(None);
         }
         let mut chunk = if body.leftover.is_empty() {
