@@ -19,6 +19,7 @@
 //! | [`cache_control`] | shared-cache storability and freshness lifetime     |
 //! | [`path`]          | request path → safe, normalized object path         |
 //! | [`date`]          | HTTP-date parsing and formatting                    |
+//! | [`host`]          | `Host` lines → one valid host, or 400               |
 //!
 //! # Serving a GET
 //!
@@ -62,6 +63,7 @@ pub mod cache_control;
 pub mod conditional;
 pub mod content_range;
 pub mod date;
+pub mod host;
 pub mod multipart;
 pub mod path;
 pub mod range;
@@ -81,6 +83,7 @@ pub use content_range::{
     ContentRangeHeader,
 };
 pub use date::DateError;
+pub use host::{check_host_lines, parse_host, Host, HostError};
 pub use multipart::{boundary_from_seed, MultipartError, MultipartPlan, Segment};
 pub use path::{PathError, RequestPath};
 pub use range::{

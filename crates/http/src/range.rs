@@ -170,8 +170,6 @@ pub enum RangeError {
     /// `index` counts list elements from 0, empty ones included.
     #[error("range spec #{index} is malformed")]
     MalformedSpec { index: usize },
-    #[error("range spec #{index} has a number that does not fit in 64 bits")]
-    NumberOverflow { index: usize },
     #[error("range spec #{index} has first position {first} after last position {last}")]
     FirstAfterLast { index: usize, first: u64, last: u64 },
 }
@@ -222,11 +220,14 @@ fn parse_range_bytes(value: &[u8]) -> Result<RangeHeader, RangeError> {
 
 /// Parses one non-empty, trimmed `range-spec`: `first-[last]` or `-len`.
 fn parse_spec(element: &[u8], index: usize) -> Result<RangeSpec, RangeError> {
-    let number = |digits: &[u8]| {
-        parse_u64_digits(digits).map_err(|e| match e {
-            DigitsError::NotDigits => RangeError::MalformedSpec { index },
-            DigitsError::Overflow => RangeError::NumberOverflow { index },
-        })
+    // A position past 2^64 - 1 is past the end of any object: it saturates
+    // (RFC 9110 §14.1.1: a last position at or past the length means "to
+    // the end"; a first position there is unsatisfiable; a longer suffix
+    // than the object is the whole object).
+    let number = |digits: &[u8]| match parse_u64_digits(digits) {
+        Ok(value) => Ok(value),
+        Err(DigitsError::Overflow) => Ok(u64::MAX),
+        Err(DigitsError::NotDigits) => Err(RangeError::MalformedSpec { index }),
     };
     if element.iter().any(|&b| is_ows(b)) {
         return Err(RangeError::MalformedSpec { index });
@@ -430,14 +431,6 @@ mod tests {
                     last: 4,
                 },
             ),
-            (
-                b"bytes=18446744073709551616-",
-                RangeError::NumberOverflow { index: 0 },
-            ),
-            (
-                b"bytes=0-1,-99999999999999999999",
-                RangeError::NumberOverflow { index: 1 },
-            ),
         ];
         for (value, expected) in cases {
             assert_eq!(
@@ -632,6 +625,29 @@ mod tests {
         );
         assert_eq!(
             select_ranges(Some(b"bytes=0-9"), true, 0),
+            RangeResolution::Unsatisfiable
+        );
+    }
+
+    /// RFC 9110 §14.1.1: a last position past the end, even one past 2^64,
+    /// means "to the end"; a first position there is unsatisfiable.
+    #[test]
+    fn positions_past_64_bits_saturate() {
+        let size = 100;
+        assert_eq!(
+            select_ranges(Some(b"bytes=0-99999999999999999999999"), true, size),
+            RangeResolution::Single(span(0, 100))
+        );
+        assert_eq!(
+            select_ranges(Some(b"bytes=10-18446744073709551616"), true, size),
+            RangeResolution::Single(span(10, 100))
+        );
+        assert_eq!(
+            select_ranges(Some(b"bytes=-99999999999999999999999"), true, size),
+            RangeResolution::Single(span(0, 100))
+        );
+        assert_eq!(
+            select_ranges(Some(b"bytes=99999999999999999999999-"), true, size),
             RangeResolution::Unsatisfiable
         );
     }

@@ -31,6 +31,12 @@ impl Activity {
         self.last_ms.store(ms, Ordering::Relaxed);
     }
 
+    /// Milliseconds since a byte last moved (or since the connection
+    /// opened).
+    pub(crate) fn idle_ms(&self) -> u64 {
+        u64::try_from(self.last().elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
     fn last(&self) -> Instant {
         self.base + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
     }

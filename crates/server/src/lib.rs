@@ -11,8 +11,16 @@
 //! - **idle timeout**: a connection that neither reads nor writes a byte for
 //!   [`ServerLimits::idle_timeout_ms`] is closed, which defeats slow-loris
 //!   clients, clients that stop reading, and forgotten keep-alive sockets;
-//! - **connection count**: beyond [`ServerLimits::connections_max`] new
-//!   connections are closed right after `accept`;
+//! - **first request**: a connection that has not sent a whole request
+//!   head within [`ServerLimits::header_read_timeout_ms`] of `accept` is
+//!   closed, so silent sockets cannot hold slots;
+//! - **connection count**: at most
+//!   [`ServerLimits::connections_per_address_max`] per client address;
+//!   near [`ServerLimits::connections_max`] idle connections are closed to
+//!   make room, and beyond it new connections are closed right after
+//!   `accept`;
+//! - **`Host`**: an HTTP/1.1 request without exactly one valid `Host` gets
+//!   `400` (RFC 9112 §3.2);
 //! - **header size**: [`ServerLimits::header_bytes_max`] (hyper answers 431
 //!   or 400 itself on HTTP/1; HTTP/2 advertises it as
 //!   `SETTINGS_MAX_HEADER_LIST_SIZE`).
@@ -38,6 +46,7 @@
 //! server down. Accept errors (EMFILE and friends) are logged and retried
 //! after a short back-off.
 
+mod admission;
 mod body;
 mod io;
 mod limits;

@@ -13,10 +13,11 @@ pub const H1_BUF_BYTES_MIN: usize = 8192;
 #[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerLimits {
-    /// HTTP/1: the whole request head must arrive within this time, counted
-    /// from the first read of the head. On a keep-alive connection the clock
-    /// also runs while waiting for the next request, so it bounds keep-alive
-    /// idleness too. 0 disables it (not recommended).
+    /// The first request head must arrive in full within this time,
+    /// counted from `accept`: a connection that sends nothing is closed
+    /// then (HTTP/1 and HTTP/2). HTTP/1: each later request head must
+    /// arrive within this time of its first byte. 0 disables it (not
+    /// recommended).
     pub header_read_timeout_ms: u64,
     /// A connection that has neither read nor written a byte for this long
     /// is closed, whatever its state: a half-sent request head, a client
@@ -28,6 +29,12 @@ pub struct ServerLimits {
     /// after `accept`, counted in [`crate::ServerStats`] and logged (rate
     /// limited).
     pub connections_max: u64,
+    /// Open connections from one client address at most (0: no limit).
+    /// Beyond it a new connection from that address is closed right after
+    /// `accept`. From 90 % of `connections_max`, each new connection also
+    /// closes the longest-idle connection that is not in a request, so
+    /// idle and silent connections cannot lock clients out.
+    pub connections_per_address_max: u64,
     /// Largest request head accepted. HTTP/1: this is hyper's read buffer
     /// size (`max_buf_size`), which cannot go below
     /// [`H1_BUF_BYTES_MIN`] (8192), so smaller values act as 8192; a larger
@@ -52,6 +59,7 @@ impl Default for ServerLimits {
             header_read_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
             connections_max: 10_000,
+            connections_per_address_max: 1_000,
             header_bytes_max: 16 * 1024,
             h2_max_concurrent_streams: 256,
             shutdown_grace_ms: 10_000,

@@ -3,19 +3,26 @@
 //! # Connection lifecycle
 //!
 //! ```text
-//! accept ──over connections_max──▶ closed at once (counted, warned)
-//!    │
+//! accept ──over connections_per_address_max, or full with nothing to shed──▶ closed at once
+//!    │                                                   (counted, warned)
 //!    ▼
-//! serving ──idle_timeout──────────▶ dropped (counted)
+//! serving ──no request within header_read_timeout of accept──▶ dropped (counted)
+//!    │  ──idle_timeout──────────▶ dropped (counted)
+//!    │  ──shed (idle, not in a request, server near its cap)──▶ dropped (counted)
 //!    │  ──shutdown signal─────────▶ draining ──done / grace over──▶ closed
 //!    ▼
 //! done (client closed, hyper error such as a header timeout or a bad head)
 //! ```
 //!
+//! Admission (per-address limits, shedding) is in [`crate::admission`].
+//! Every HTTP/1.1 request must carry exactly one valid `Host` line (RFC 9112
+//! §3.2); any other gets `400` before the handler sees it.
+//!
 //! The accept loop never ends on an accept error: connection-level errors
 //! (reset, aborted) are skipped, resource errors (EMFILE, ENFILE, ENOBUFS)
 //! are logged at a rate-limited warn and retried after a short back-off.
 
+use crate::admission::{Admission, Registry, SlotHandle};
 use crate::body::{full, Body};
 use crate::io::{Activity, ActivityIo};
 use crate::limits::ServerLimits;
@@ -148,6 +155,7 @@ impl Server {
             refused_warn: RateLimitedWarn::default(),
             accept_warn: RateLimitedWarn::default(),
             next_id: 0,
+            registry: Arc::new(Registry::default()),
         };
         let mut tasks = JoinSet::new();
         tokio::pin!(shutdown);
@@ -187,6 +195,7 @@ struct Acceptor<H> {
     refused_warn: RateLimitedWarn,
     accept_warn: RateLimitedWarn,
     next_id: u64,
+    registry: Arc<Registry>,
 }
 
 impl<H, Fut> Acceptor<H>
@@ -194,23 +203,40 @@ where
     H: Fn(Request<Incoming>, ConnInfo) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
-    /// Takes an accepted connection: closed at once over `connections_max`
-    /// (counted, warned), else served by a task of its own in `tasks`.
+    /// Takes an accepted connection: closed at once when admission refuses
+    /// it (counted, warned), else served by a task of its own in `tasks`.
     fn admit(&mut self, stream: TcpStream, peer_addr: SocketAddr, tasks: &mut JoinSet<()>) {
         let counters = &self.counters;
         let limits = &self.limits;
-        if counters.active.load(Ordering::Relaxed) >= limits.connections_max {
-            counters.refused_over_limit.fetch_add(1, Ordering::Relaxed);
-            drop(stream);
-            self.refused_warn.warn(|suppressed| {
-                tracing::warn!(
-                    connections_max = limits.connections_max,
-                    refused_since_last_warning = suppressed,
-                    "refusing connection from {peer_addr}: connections_max reached"
-                );
-            });
-            return;
-        }
+        let activity = Arc::new(Activity::new());
+        let slot = match self.registry.admit(
+            self.next_id + 1,
+            peer_addr.ip(),
+            activity.clone(),
+            limits.connections_max,
+            limits.connections_per_address_max,
+        ) {
+            Ok((slot, _shed)) => slot,
+            Err(refusal) => {
+                let why = if refusal == Admission::RefusePerAddress {
+                    counters.refused_per_address.fetch_add(1, Ordering::Relaxed);
+                    "its address holds connections_per_address_max"
+                } else {
+                    counters.refused_over_limit.fetch_add(1, Ordering::Relaxed);
+                    "connections_max reached and no idle connection to close"
+                };
+                drop(stream);
+                self.refused_warn.warn(|suppressed| {
+                    tracing::warn!(
+                        connections_max = limits.connections_max,
+                        connections_per_address_max = limits.connections_per_address_max,
+                        refused_since_last_warning = suppressed,
+                        "refusing connection from {peer_addr}: {why}"
+                    );
+                });
+                return;
+            }
+        };
         let local_addr = match stream.local_addr() {
             Ok(addr) => addr,
             Err(error) => {
@@ -231,14 +257,18 @@ where
         let guard = ActiveGuard::new(counters.clone());
         tasks.spawn(serve_connection(
             self.builder.clone(),
-            stream,
-            info,
+            Connection {
+                stream,
+                info,
+                activity,
+                slot,
+                _active: guard,
+            },
             self.handler.clone(),
             limits.clone(),
             counters.clone(),
             self.egress.clone(),
             self.shutdown.clone(),
-            guard,
         ));
     }
 
@@ -314,30 +344,84 @@ fn connection_builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn serve_connection<H, Fut>(
-    builder: Arc<auto::Builder<TokioExecutor>>,
+/// An admitted connection and what lives as long as it does.
+struct Connection {
     stream: TcpStream,
     info: ConnInfo,
+    activity: Arc<Activity>,
+    /// Its place in the admission table (freed on drop).
+    slot: SlotHandle,
+    _active: ActiveGuard,
+}
+
+/// Counts a running handler for as long as it runs: a connection with one
+/// is never shed.
+struct HandlerRunning(Arc<std::sync::atomic::AtomicU64>);
+
+impl HandlerRunning {
+    fn start(count: &Arc<std::sync::atomic::AtomicU64>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count.clone())
+    }
+}
+
+impl Drop for HandlerRunning {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request needs exactly one valid `Host`;
+/// others may omit it but never repeat it or send an invalid one.
+fn check_host<B>(request: &Request<B>) -> Result<(), shoal_http::HostError> {
+    let required = request.version() == http::Version::HTTP_11;
+    let lines = request
+        .headers()
+        .get_all(http::header::HOST)
+        .iter()
+        .map(|v| v.as_bytes());
+    shoal_http::check_host_lines(lines, required).map(|_| ())
+}
+
+async fn serve_connection<H, Fut>(
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    connection: Connection,
     handler: H,
     limits: Arc<ServerLimits>,
     counters: Arc<Counters>,
     egress: Option<Arc<crate::io::Egress>>,
     mut shutdown: watch::Receiver<bool>,
-    _active: ActiveGuard,
 ) where
     H: Fn(Request<Incoming>, ConnInfo) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
-    let activity = Arc::new(Activity::new());
+    let Connection {
+        stream,
+        info,
+        activity,
+        slot,
+        _active,
+    } = connection;
     let io = TokioIo::new(ActivityIo::new(stream, activity.clone(), egress));
     let service_counters = counters.clone();
+    let handlers_running = slot.handlers_running.clone();
+    let requests_seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = requests_seen.clone();
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let handler = handler.clone();
         let counters = service_counters.clone();
         let method = request.method().clone();
         let uri = request.uri().clone();
+        let running = HandlerRunning::start(&handlers_running);
+        seen.store(true, Ordering::Relaxed);
         async move {
+            let _running = running;
+            if let Err(error) = check_host(&request) {
+                counters.bad_host.fetch_add(1, Ordering::Relaxed);
+                let mut response = Response::new(full(format!("bad request: {error}\n")));
+                *response.status_mut() = StatusCode::BAD_REQUEST;
+                return Ok::<_, Infallible>(response);
+            }
             let response = AssertUnwindSafe(async move { handler(request, info).await })
                 .catch_unwind()
                 .await;
@@ -357,6 +441,7 @@ async fn serve_connection<H, Fut>(
     });
     let connection = builder.serve_connection(io, service);
     tokio::pin!(connection);
+    // (`connection` now names the hyper connection.)
     let idle = async {
         match limits.idle_timeout() {
             Some(limit) => activity.idle_for(limit).await,
@@ -364,6 +449,20 @@ async fn serve_connection<H, Fut>(
         }
     };
     tokio::pin!(idle);
+    // The first request head is due within the header timeout of accept,
+    // whether or not a byte came: silent sockets must not hold a slot.
+    let first_request = async {
+        match limits.header_read_timeout() {
+            Some(limit) => {
+                tokio::time::sleep(limit).await;
+                if requests_seen.load(Ordering::Relaxed) {
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(first_request);
     let mut draining = false;
     loop {
         tokio::select! {
@@ -376,6 +475,16 @@ async fn serve_connection<H, Fut>(
             () = &mut idle => {
                 counters.idle_closed.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(conn = info.id, peer = %info.peer_addr, "closing idle connection");
+                return;
+            }
+            () = &mut first_request => {
+                counters.first_request_timeouts.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(conn = info.id, peer = %info.peer_addr, "no request within the header timeout of accept");
+                return;
+            }
+            () = slot.shed.notified() => {
+                counters.shed_idle.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(conn = info.id, peer = %info.peer_addr, "closing an idle connection to make room");
                 return;
             }
             _ = shutdown.changed(), if !draining => {

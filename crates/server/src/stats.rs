@@ -7,6 +7,10 @@ use std::sync::Arc;
 pub(crate) struct Counters {
     pub(crate) accepted: AtomicU64,
     pub(crate) refused_over_limit: AtomicU64,
+    pub(crate) refused_per_address: AtomicU64,
+    pub(crate) shed_idle: AtomicU64,
+    pub(crate) first_request_timeouts: AtomicU64,
+    pub(crate) bad_host: AtomicU64,
     pub(crate) idle_closed: AtomicU64,
     pub(crate) accept_errors: AtomicU64,
     pub(crate) handler_panics: AtomicU64,
@@ -28,6 +32,16 @@ pub struct ServerStatsSnapshot {
     /// Connections closed right after accept because `connections_max`
     /// were already open.
     pub connections_refused_over_limit: u64,
+    /// Connections closed right after accept because their address
+    /// already held `connections_per_address_max`.
+    pub connections_refused_per_address: u64,
+    /// Idle connections closed to make room near `connections_max`.
+    pub connections_shed_idle: u64,
+    /// Connections closed because no request arrived within
+    /// `header_read_timeout_ms` of accept.
+    pub connections_first_request_timeout: u64,
+    /// Requests answered 400 for a missing, repeated or invalid `Host`.
+    pub requests_bad_host: u64,
     /// Connections closed by the idle watchdog.
     pub connections_idle_closed: u64,
     /// Errors from `accept` itself (EMFILE, ENFILE, ...).
@@ -45,6 +59,22 @@ impl ServerStats {
 
     pub fn connections_refused_over_limit(&self) -> u64 {
         self.counters.refused_over_limit.load(Ordering::Relaxed)
+    }
+
+    pub fn connections_refused_per_address(&self) -> u64 {
+        self.counters.refused_per_address.load(Ordering::Relaxed)
+    }
+
+    pub fn connections_shed_idle(&self) -> u64 {
+        self.counters.shed_idle.load(Ordering::Relaxed)
+    }
+
+    pub fn connections_first_request_timeout(&self) -> u64 {
+        self.counters.first_request_timeouts.load(Ordering::Relaxed)
+    }
+
+    pub fn requests_bad_host(&self) -> u64 {
+        self.counters.bad_host.load(Ordering::Relaxed)
     }
 
     pub fn connections_idle_closed(&self) -> u64 {
@@ -67,6 +97,10 @@ impl ServerStats {
         ServerStatsSnapshot {
             connections_accepted: self.connections_accepted(),
             connections_refused_over_limit: self.connections_refused_over_limit(),
+            connections_refused_per_address: self.connections_refused_per_address(),
+            connections_shed_idle: self.connections_shed_idle(),
+            connections_first_request_timeout: self.connections_first_request_timeout(),
+            requests_bad_host: self.requests_bad_host(),
             connections_idle_closed: self.connections_idle_closed(),
             accept_errors: self.accept_errors(),
             handler_panics: self.handler_panics(),

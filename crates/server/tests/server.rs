@@ -11,6 +11,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use shoal_server::{bind, channel_body, full, Body, ConnInfo, Server, ServerLimits, ServerStats};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -83,6 +84,30 @@ async fn h1_client(
     JoinHandle<()>,
 ) {
     let stream = TcpStream::connect(addr).await.expect("connect");
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    let task = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    (sender, task)
+}
+
+/// An HTTP/1 client whose connection comes from `source` (a loopback
+/// address), as another client machine would.
+async fn h1_client_from(
+    addr: SocketAddr,
+    source: &str,
+) -> (
+    hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    JoinHandle<()>,
+) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    let source: std::net::IpAddr = source.parse().expect("address");
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .expect("bind the source address");
+    let stream = socket.connect(addr).await.expect("connect");
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .expect("handshake");
@@ -287,18 +312,31 @@ async fn client_that_stops_reading_is_closed() {
 }
 
 #[tokio::test]
-async fn connections_beyond_the_limit_are_refused() {
+async fn connections_beyond_the_limit_are_refused_when_none_is_idle() {
     let limits = ServerLimits {
         connections_max: 2,
         ..ServerLimits::default()
     };
-    let server = start(limits, echo).await;
-    let first = TcpStream::connect(server.addr).await.expect("connect");
-    let _second = TcpStream::connect(server.addr).await.expect("connect");
+    // Both connections are in a request: neither may be shed.
+    let release = Arc::new(tokio::sync::Notify::new());
+    let held = release.clone();
+    let server = start(limits, move |_request, _conn| {
+        let held = held.clone();
+        async move {
+            held.notified().await;
+            Response::new(full("released"))
+        }
+    })
+    .await;
+    let (mut first, _c1) = h1_client(server.addr).await;
+    let (mut second, _c2) = h1_client(server.addr).await;
+    let first_response = tokio::spawn(async move { first.send_request(get("/a")).await });
+    let second_response = tokio::spawn(async move { second.send_request(get("/b")).await });
     wait_for("two active connections", || {
         server.stats.connections_active() == 2
     })
     .await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
 
     let mut third = TcpStream::connect(server.addr)
         .await
@@ -312,12 +350,122 @@ async fn connections_beyond_the_limit_are_refused() {
     assert!(received.is_empty(), "a refused connection gets no response");
     assert_eq!(server.stats.connections_refused_over_limit(), 1);
     assert_eq!(server.stats.connections_accepted(), 2);
+    assert_eq!(server.stats.connections_shed_idle(), 0);
 
-    drop(first);
-    wait_for("a slot frees up", || server.stats.connections_active() == 1).await;
-    let (mut sender, _conn) = h1_client(server.addr).await;
-    let response = sender.send_request(get("/ok")).await.expect("served again");
+    release.notify_waiters();
+    for response in [first_response, second_response] {
+        let response = response.await.expect("task").expect("response");
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    server.shutdown().await;
+}
+
+/// Many silent connections from one address: a client elsewhere is still
+/// served at once (an idle one is shed for it), and every silent one is
+/// closed within the header timeout of its accept.
+#[tokio::test]
+async fn silent_connections_cannot_lock_clients_out() {
+    let limits = ServerLimits {
+        connections_max: 20,
+        connections_per_address_max: 0,
+        header_read_timeout_ms: 2_000,
+        ..ServerLimits::default()
+    };
+    let server = start(limits, echo).await;
+    let mut silent = Vec::new();
+    for _ in 0..60 {
+        silent.push(TcpStream::connect(server.addr).await.expect("connect"));
+    }
+    wait_for("the server full of silent connections", || {
+        server.stats.connections_active() == 20
+    })
+    .await;
+    // Idle long enough to be shed.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let started = Instant::now();
+    let (mut sender, _conn) = h1_client_from(server.addr, "127.0.0.2").await;
+    let response = tokio::time::timeout(Duration::from_secs(1), sender.send_request(get("/x")))
+        .await
+        .expect("served within a second")
+        .expect("response");
     assert_eq!(response.status(), StatusCode::OK);
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(server.stats.connections_shed_idle() >= 1);
+    // Every silent connection is closed by the first-request deadline (or
+    // was refused or shed): none outlives it by much.
+    for mut stream in silent {
+        tokio::time::timeout(Duration::from_secs(4), read_until_closed(&mut stream))
+            .await
+            .expect("a silent connection is closed within the header timeout");
+    }
+    assert!(server.stats.connections_first_request_timeout() >= 1);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn one_address_holds_at_most_its_share() {
+    let limits = ServerLimits {
+        connections_per_address_max: 5,
+        ..ServerLimits::default()
+    };
+    let server = start(limits, echo).await;
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(TcpStream::connect(server.addr).await.expect("connect"));
+    }
+    wait_for("five connections", || {
+        server.stats.connections_active() == 5
+    })
+    .await;
+    let mut sixth = TcpStream::connect(server.addr).await.expect("connect");
+    let _ = sixth
+        .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await;
+    let received = tokio::time::timeout(GENEROUS, read_until_closed(&mut sixth))
+        .await
+        .expect("closed");
+    assert!(received.is_empty(), "over its share: no response");
+    assert_eq!(server.stats.connections_refused_per_address(), 1);
+    let (mut sender, _conn) = h1_client_from(server.addr, "127.0.0.2").await;
+    let response = sender.send_request(get("/x")).await.expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+    server.shutdown().await;
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request without exactly one valid Host is
+/// answered 400; HTTP/1.0 may omit it.
+#[tokio::test]
+async fn host_lines_are_checked() {
+    let server = start(ServerLimits::default(), echo).await;
+    let cases: [(&[u8], &str); 6] = [
+        (b"GET / HTTP/1.1\r\n\r\n", "HTTP/1.1 400"),
+        (
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+        (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", "HTTP/1.1 400"),
+        (b"GET / HTTP/1.1\r\nHost: user@a\r\n\r\n", "HTTP/1.1 400"),
+        (
+            b"GET / HTTP/1.1\r\nHost: a.example:80\r\n\r\n",
+            "HTTP/1.1 200",
+        ),
+        (b"GET / HTTP/1.0\r\n\r\n", "HTTP/1.0 200"),
+    ];
+    for (request, expected) in cases {
+        let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+        stream.write_all(request).await.expect("write");
+        stream.shutdown().await.expect("half-close");
+        let received = tokio::time::timeout(GENEROUS, read_until_closed(&mut stream))
+            .await
+            .expect("answered");
+        let head = String::from_utf8_lossy(&received);
+        assert!(
+            head.starts_with(expected),
+            "{:?} → {head:?}",
+            String::from_utf8_lossy(request)
+        );
+    }
+    assert_eq!(server.stats.requests_bad_host(), 4);
     server.shutdown().await;
 }
 
