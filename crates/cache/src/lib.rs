@@ -11,6 +11,7 @@ pub mod local_state;
 pub mod object;
 pub mod origin_client;
 pub mod peer;
+pub mod proxy;
 pub use shoal_proto::peer_health;
 pub mod purge;
 pub mod resolve;
@@ -389,7 +390,9 @@ impl BoundCache {
         let _ = self.service.egress.set(server.egress());
         server
             .serve(
-                move |request, _conn| service.clone().handle(request),
+                move |request, conn: shoal_server::ConnInfo| {
+                    service.clone().handle(request, Some(conn.peer_addr.ip()))
+                },
                 shutdown,
             )
             .await;

@@ -393,6 +393,7 @@ mod tests {
             manifest_last_modified: None,
             manifest_validators_strong: false,
             origin_validators_strong: strong,
+            headers: Vec::new(),
         }
     }
 

@@ -67,12 +67,31 @@ impl OriginError {
     }
 }
 
-/// What a HEAD (or conditional HEAD) told us about the object.
+/// What a HEAD (or conditional HEAD) told us about the object: any
+/// status; `size` is its `Content-Length` if it sent one.
 #[derive(Clone, Debug)]
 pub struct OriginHead {
     pub status: StatusCode,
     pub size: Option<u64>,
     pub headers: HeaderMap,
+}
+
+impl OriginHead {
+    /// A `200` with a length: the one shape the piece path serves.
+    pub fn is_whole_file(&self) -> bool {
+        self.status == StatusCode::OK && self.size.is_some()
+    }
+}
+
+/// A request to pass on to the origin as it is (see [`OriginClient::forward`]).
+pub struct Forward {
+    pub method: http::Method,
+    /// Path and query, percent-encoded as the client sent them.
+    pub path_and_query: String,
+    /// End-to-end request headers (hop-by-hop ones already removed).
+    pub headers: HeaderMap,
+    /// The request body, streamed; `None` when it has none.
+    pub body: Option<reqwest::Body>,
 }
 
 pub struct OriginClient {
@@ -130,6 +149,7 @@ impl OriginClient {
     }
 
     /// HEAD the object, optionally conditional on validators we hold.
+    /// Any status is an answer: the resolver decides what it means.
     pub async fn head(
         &self,
         uri_path: &str,
@@ -141,14 +161,11 @@ impl OriginClient {
             .headers(conditional.clone());
         let response = self.send(request).await?;
         let status = response.status();
-        if !(status.is_success() || status == StatusCode::NOT_MODIFIED) {
-            return Err(OriginError::Status(status));
-        }
         let headers = response.headers().clone();
-        let size = if status == StatusCode::NOT_MODIFIED {
-            None
+        let size = if status == StatusCode::OK {
+            shoal_proto::body::content_length(&headers)
         } else {
-            Some(content_length(&headers)?)
+            None
         };
         Ok(OriginHead {
             status,
@@ -234,21 +251,19 @@ impl OriginClient {
         )?)
     }
 
-    /// Passes a request straight through (for responses that may not be
-    /// stored). Only the Range header of the client is forwarded.
-    pub async fn pass_through(
+    /// Passes a request on to the origin as it is: any method, the
+    /// client's end-to-end headers, its body streamed. The response comes
+    /// back whatever its status, its body read with the per-chunk timeout.
+    pub async fn forward(
         &self,
-        uri_path: &str,
-        head_only: bool,
-        range: Option<&http::HeaderValue>,
+        forward: Forward,
     ) -> Result<(StatusCode, HeaderMap, RangeBody), OriginError> {
-        let mut request = if head_only {
-            self.client.head(self.url_for(uri_path))
-        } else {
-            self.client.get(self.url_for(uri_path))
-        };
-        if let Some(range) = range {
-            request = request.header(http::header::RANGE, range);
+        let mut request = self
+            .client
+            .request(forward.method, self.url_for(&forward.path_and_query))
+            .headers(forward.headers);
+        if let Some(body) = forward.body {
+            request = request.body(body);
         }
         let response = self.send(request).await?;
         let status = response.status();

@@ -237,6 +237,21 @@ impl Resolver {
                     }
                 }
             }
+            if head.status.is_server_error() {
+                // The origin is failing now: its answer goes to the
+                // client as it is, and the stored version stays (stale,
+                // so the next request asks again).
+                tracing::warn!(path = %path.as_str(), status = %head.status, "the origin answered an error on revalidation: passing it through, keeping the stored version");
+                return Ok(Resolved::PassThrough);
+            }
+            if !head.is_whole_file() {
+                // Gone, moved, or no longer a plain file: the path is
+                // passed through from now on. The pieces stay for eviction
+                // to take: a file that comes back unchanged reuses them.
+                tracing::info!(path = %path.as_str(), status = %head.status, "the origin no longer serves this path as a file: passing it through");
+                self.forget_keeping_pieces(&old, true);
+                return Ok(Resolved::PassThrough);
+            }
             let fresh = self.probe(path, head).await?;
             let learnt = match &fresh {
                 Probe::Storable(record, _) => learnt_version(record)?,
@@ -534,13 +549,16 @@ impl Resolver {
     /// Builds the record of the version the origin serves now.
     async fn probe(&self, path: &RequestPath, head: OriginHead) -> Result<Probe, ResolveError> {
         let headers = &head.headers;
+        // Anything but a `200` with a length (a redirect, an error, a
+        // length the origin does not know, a HEAD it refuses) is passed
+        // through as the origin answers it.
+        let Some(size) = head.size.filter(|_| head.is_whole_file()) else {
+            return Ok(Probe::NotStorable);
+        };
         let cache_control = CacheControl::from_headers(headers);
         if !shoal_http::cache_control::is_storable(StatusCode::OK, &cache_control) {
             return Ok(Probe::NotStorable);
         }
-        let size = head
-            .size
-            .ok_or_else(|| OriginError::Protocol("no size on HEAD".into()))?;
         if size > self.object_bytes_max {
             tracing::warn!(path = %path.as_str(), size, limit = self.object_bytes_max, "object larger than object_bytes_max: passed through, not stored");
             return Ok(Probe::NotStorable);
@@ -595,6 +613,10 @@ impl Resolver {
             manifest_last_modified: None,
             manifest_validators_strong: false,
             origin_validators_strong: validators_strong(headers),
+            headers: shoal_http::forward::stored_fields(
+                headers,
+                &shoal_proto::record::computed_fields(),
+            ),
         };
         let mut record = record;
         if published {
@@ -810,6 +832,48 @@ impl Resolver {
     /// touched. Hard: every version of each matching path is dropped with
     /// its pieces (unless another path uses them). Soft: each matching
     /// path's version becomes stale (revalidated on the next request).
+    /// Marks the stored version of `path` stale (RFC 9111 §4.4, after an
+    /// unsafe request): the next request revalidates it. False when
+    /// nothing is stored for the path.
+    pub async fn invalidate(&self, path: &RequestPath) -> bool {
+        let key = path.as_str();
+        let _guard = self.lock_path(key).await;
+        let (entry, record) = self.known_record(key);
+        let Some(record) = record else {
+            return false;
+        };
+        self.mark_stale(key, entry, record);
+        true
+    }
+
+    /// The entry of `key` in memory, and its record (from memory, else
+    /// from the store).
+    fn known_record(&self, key: &str) -> (Option<Arc<ObjectEntry>>, Option<ObjectRecord>) {
+        let entry = lock(&self.objects).get(key).cloned();
+        let record = match &entry {
+            Some(entry) => Some(entry.record.clone()),
+            None => self
+                .store
+                .get_record(key)
+                .ok()
+                .flatten()
+                .and_then(|bytes| serde_json::from_slice::<ObjectRecord>(&bytes).ok()),
+        };
+        (entry, record)
+    }
+
+    /// Stores `record` of `key` as stale, in memory too when `entry` is
+    /// there: the next request revalidates.
+    fn mark_stale(&self, key: &str, entry: Option<Arc<ObjectEntry>>, mut record: ObjectRecord) {
+        record.fresh_until_unix_s = 0;
+        if let Ok(bytes) = serde_json::to_vec(&record) {
+            let _ = self.store.put_record(key, bytes);
+        }
+        if let Some(entry) = entry {
+            self.replace_record(entry, record);
+        }
+    }
+
     pub async fn apply_purge(&self, event: &crate::purge::PurgeEvent) -> usize {
         let mut paths: Vec<String> = self
             .store
@@ -827,28 +891,13 @@ impl Resolver {
         for path in &paths {
             // No resolution of the path runs while it is purged.
             let _guard = self.lock_path(path).await;
-            let entry = lock(&self.objects).get(path).cloned();
-            let record = match &entry {
-                Some(entry) => Some(entry.record.clone()),
-                None => self
-                    .store
-                    .get_record(path)
-                    .ok()
-                    .flatten()
-                    .and_then(|bytes| serde_json::from_slice::<ObjectRecord>(&bytes).ok()),
-            };
-            let Some(mut record) = record else {
+            let (entry, record) = self.known_record(path);
+            let Some(record) = record else {
                 let _ = self.store.remove_record(path);
                 continue;
             };
             if event.soft {
-                record.fresh_until_unix_s = 0;
-                if let Ok(bytes) = serde_json::to_vec(&record) {
-                    let _ = self.store.put_record(path, bytes);
-                }
-                if let Some(entry) = entry {
-                    self.replace_record(entry, record);
-                }
+                self.mark_stale(path, entry, record);
                 continue;
             }
             if let Some(entry) = &entry {
@@ -940,6 +989,11 @@ impl Resolver {
         {
             record.cache_control = Some(cc.to_string());
         }
+        record.headers = shoal_http::forward::update_stored_fields(
+            &record.headers,
+            not_modified_headers,
+            &shoal_proto::record::computed_fields(),
+        );
         let lifetime_s = self.lifetime_s(&headers, now);
         record.fresh_until_unix_s = now.saturating_add(lifetime_s);
         // A second on, the origin's validators may have become strong.

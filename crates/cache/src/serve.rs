@@ -8,7 +8,8 @@
 //! failure after the headers are out aborts the body: the client sees a
 //! truncated response, never wrong bytes.
 
-use crate::fault::Blame;
+use crate::fault::{Blame, Fault};
+use crate::proxy::{ForwardBody, PassReason};
 use crate::fill::{FillError, Filler, Want};
 use crate::object::ObjectEntry;
 use crate::origin_client::OriginClient;
@@ -35,7 +36,7 @@ use std::sync::Arc;
 // The wire names (defined once in shoal-proto), where the cache's code
 // and its users have always found them.
 pub use shoal_proto::{
-    CACHE_STATUS_HEADER, EGRESS_PATH, HASHES_PREFIX, INTERNAL_PREFIX, MANIFEST_KIND_HEADER,
+    CACHE_STATUS_HEADER, EGRESS_PATH, ERROR_HEADER, HASHES_PREFIX, INTERNAL_PREFIX, MANIFEST_KIND_HEADER,
     MANIFEST_PREFIX, OBJECT_ID_HEADER, PIN_PARAM, WARM_PREFIX,
 };
 
@@ -49,7 +50,7 @@ const PURGE_ASK_AGAIN: std::time::Duration = std::time::Duration::from_secs(5);
 const BAD_PIECE_RETRY_MS: u64 = 2_000;
 /// Chunks (pieces or parts of them) buffered between the piece reader and
 /// the socket, per response: enough to keep the socket busy, little memory.
-const BODY_CHUNKS_MAX: usize = 4;
+pub(crate) const BODY_CHUNKS_MAX: usize = 4;
 
 pub struct CacheService {
     pub(crate) resolver: Resolver,
@@ -183,7 +184,13 @@ impl CacheService {
         self.mesh.as_ref()
     }
 
-    pub async fn handle<B>(self: Arc<Self>, request: Request<B>) -> Response<Body> {
+    /// Answers one request; `client_ip` is the address it came from (for
+    /// `X-Forwarded-For` on what is passed to the origin).
+    pub async fn handle<B: ForwardBody>(
+        self: Arc<Self>,
+        request: Request<B>,
+        client_ip: Option<std::net::IpAddr>,
+    ) -> Response<Body> {
         // Client counters leave out what siblings and operators ask.
         let path = request.uri().path();
         let from_client = !(path.starts_with(PEER_PREFIX)
@@ -193,14 +200,18 @@ impl CacheService {
         if from_client {
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
         }
-        let response = self.route(request).await;
+        let response = self.route(request, client_ip).await;
         if from_client && response.status().is_client_error() {
             self.stats.client_errors.fetch_add(1, Ordering::Relaxed);
         }
         response
     }
 
-    async fn route<B>(self: &Arc<Self>, request: Request<B>) -> Response<Body> {
+    async fn route<B: ForwardBody>(
+        self: &Arc<Self>,
+        request: Request<B>,
+        client_ip: Option<std::net::IpAddr>,
+    ) -> Response<Body> {
         if request.uri().path() == EGRESS_PATH {
             return self.set_egress(&request);
         }
@@ -214,15 +225,23 @@ impl CacheService {
         let head_only = match *request.method() {
             Method::GET => false,
             Method::HEAD => true,
-            _ => {
+            // The cache's own namespace answers GET and HEAD only.
+            _ if request.uri().path().starts_with(INTERNAL_PREFIX) => {
                 let mut response = text_response(
                     StatusCode::METHOD_NOT_ALLOWED,
-                    "only GET and HEAD are supported\n",
+                    "this endpoint of the cache answers GET and HEAD only\n",
                 );
                 response
                     .headers_mut()
                     .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
                 return response;
+            }
+            // Every other method is the origin's to answer.
+            _ => {
+                let target = origin_target(request.uri());
+                return self
+                    .forward(request, target, client_ip, PassReason::Method)
+                    .await;
             }
         };
         let raw_path = request.uri().path();
@@ -242,13 +261,25 @@ impl CacheService {
         if let Some(endpoint) = raw_path.strip_prefix(INTERNAL_PREFIX) {
             return self.internal(endpoint, request.uri().query());
         }
+        // A query the store does not key, or a directory (`/`, `/docs/`):
+        // the origin answers it.
+        let target = origin_target(request.uri());
+        if target.contains('?') || is_directory_path(raw_path) {
+            return self
+                .forward(request, target, client_ip, PassReason::Target)
+                .await;
+        }
         let (path, resolved) = match self.parse_and_resolve_pinned(raw_path, pin).await {
             Ok(found) => found,
             Err(response) => return response,
         };
         let entry = match resolved {
             Resolved::Cached(entry) => entry,
-            Resolved::PassThrough => return self.pass_through(&path, head_only, &request).await,
+            Resolved::PassThrough => {
+                return self
+                    .forward(request, target, client_ip, PassReason::Response)
+                    .await
+            }
         };
         let response = self
             .serve_entry(entry.clone(), head_only, &request, Audience::Client, None)
@@ -266,7 +297,10 @@ impl CacheService {
                 self.serve_entry(now, head_only, &request, Audience::Client, None)
                     .await
             }
-            Ok(Resolved::PassThrough) => self.pass_through(&path, head_only, &request).await,
+            Ok(Resolved::PassThrough) => {
+                self.forward(request, target, client_ip, PassReason::Response)
+                    .await
+            }
             _ => response,
         }
     }
@@ -356,23 +390,12 @@ impl CacheService {
                     )
                 }
             };
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
         let self_id = self.mesh.as_ref().map(|m| m.self_id().to_string());
-        let seed = format!("{self_id:?} {now_ms} {:?}", std::time::Instant::now());
-        let id = u64::from_le_bytes(
-            blake3::hash(seed.as_bytes()).as_bytes()[..8]
-                .try_into()
-                .unwrap_or_default(),
-        );
-        let event = crate::purge::PurgeEvent {
-            id,
-            at_unix_ms: now_ms,
+        let event = crate::purge::PurgeEvent::new_now(
             target,
             soft,
-        };
+            self_id.as_deref().unwrap_or("standalone"),
+        );
         let mut caches = serde_json::Map::new();
         let said = |answer: Result<(), crate::peer::PeerError>| -> serde_json::Value {
             match answer {
@@ -668,19 +691,13 @@ impl CacheService {
                     hashes_hex: Vec::new(),
                 }),
                 Ok(None) => compact_json_response(&PeerObject::PassThrough),
-                Err(error) => text_response(
-                    error.client_status(),
-                    &format!("{}\n", shoal_proto::Chain(&error)),
-                ),
+                Err(error) => blamed(error.client_status(), &error),
             };
         }
         let local_only = mode.and_then(PeerMode::parse) == Some(PeerMode::Have);
         match self.resolver.describe_for_peer(&path, local_only).await {
             Ok(answer) => compact_json_response(&answer),
-            Err(error) => text_response(
-                error.client_status(),
-                &format!("{}\n", shoal_proto::Chain(&error)),
-            ),
+            Err(error) => blamed(error.client_status(), &error),
         }
     }
 
@@ -1065,10 +1082,7 @@ impl CacheService {
                 if status.is_server_error() {
                     tracing::warn!(path = %path.as_str(), error = %shoal_proto::Chain(&error), fault = error.fault().as_str(), retryable = error.retryable(), "could not resolve object");
                 }
-                Err(text_response(
-                    status,
-                    &format!("{}\n", shoal_proto::Chain(&error)),
-                ))
+                Err(blamed(status, &error))
             }
         }
     }
@@ -1100,10 +1114,7 @@ impl CacheService {
             Ok(resolved) => resolved,
             Err(error) => {
                 let status = error.client_status();
-                return Err(text_response(
-                    status,
-                    &format!("{}\n", shoal_proto::Chain(&error)),
-                ));
+                return Err(blamed(status, &error));
             }
         };
         if matches(&resolved) {
@@ -1269,6 +1280,8 @@ impl CacheService {
         range_allowed: bool,
     ) -> Result<(http::response::Builder, Vec<Segment>, u64), Response<Body>> {
         let size = entry.layout.object_size();
+        // RFC 9110 §14.2: a Range on a HEAD is ignored.
+        let range_allowed = range_allowed && request.method() != Method::HEAD;
         let range_header = request.headers().get(header::RANGE).map(|v| v.as_bytes());
         let resolution = select_ranges(range_header, range_allowed, size);
         let multipart = matches!(resolution, RangeResolution::Multi(_));
@@ -1353,10 +1366,7 @@ impl CacheService {
             }
             Err(error) => {
                 let status = error.client_status();
-                Err(text_response(
-                    status,
-                    &format!("{}\n", shoal_proto::Chain(&error)),
-                ))
+                Err(blamed(status, &error))
             }
         }
     }
@@ -1514,77 +1524,20 @@ impl CacheService {
                 headers.push((name, v));
             }
         }
+        for (name, value) in &entry.record.headers {
+            if let (Ok(name), Ok(value)) = (
+                header::HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                headers.push((name, value));
+            }
+        }
+        headers.push((
+            header::VIA,
+            // This hop (the origin spoke HTTP/1.1 to the mesh).
+            HeaderValue::from_static("1.1 shoal"),
+        ));
         headers
-    }
-
-    /// Proxies a response the origin forbids us to store.
-    async fn pass_through<B>(
-        &self,
-        path: &RequestPath,
-        head_only: bool,
-        request: &Request<B>,
-    ) -> Response<Body> {
-        self.stats
-            .pass_through_requests
-            .fetch_add(1, Ordering::Relaxed);
-        let (status, headers, mut body) = match self
-            .origin
-            .pass_through(
-                &path.to_uri_path(),
-                head_only,
-                request.headers().get(header::RANGE),
-            )
-            .await
-        {
-            Ok(parts) => parts,
-            Err(error) => {
-                return text_response(
-                    error.client_status(),
-                    &format!("{}\n", shoal_proto::Chain(&error)),
-                )
-            }
-        };
-        let mut builder = Response::builder().status(status);
-        for name in [
-            header::CONTENT_TYPE,
-            header::CONTENT_LENGTH,
-            header::CONTENT_RANGE,
-            header::ETAG,
-            header::LAST_MODIFIED,
-            header::CACHE_CONTROL,
-            header::ACCEPT_RANGES,
-        ] {
-            if let Some(value) = headers.get(&name) {
-                builder = builder.header(name, value);
-            }
-        }
-        if head_only {
-            return builder
-                .body(shoal_server::empty())
-                .unwrap_or_else(|_| internal_error());
-        }
-        let (sender, response_body) = shoal_server::channel_body(BODY_CHUNKS_MAX);
-        tokio::spawn(async move {
-            loop {
-                match body.chunk().await {
-                    Ok(Some(chunk)) => {
-                        if sender.send(Ok(chunk)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) => return,
-                    Err(error) => {
-                        let _ = sender
-                            .send(Err(std::io::Error::other(error.to_string())))
-                            .await;
-                        return;
-                    }
-                }
-            }
-        });
-        builder
-            .body(response_body)
-            .unwrap_or_else(|_| internal_error())
     }
 
     /// The stored object at `raw_path`, or the answer to give instead
@@ -1811,13 +1764,67 @@ fn json_response<T: serde::Serialize>(value: &T) -> Response<Body> {
         .unwrap_or_else(|_| internal_error())
 }
 
+/// A response the cache makes up itself. An error (4xx, 5xx) says so in
+/// `x-shoal-error`, naming whose fault it is: the client's for a 4xx, this
+/// cache's for a 5xx (see [`error_response`] to name the origin or a peer).
 fn text_response(status: StatusCode, text: &str) -> Response<Body> {
-    Response::builder()
+    let fault = if status.is_client_error() {
+        Fault::Client
+    } else {
+        Fault::Local
+    };
+    error_response(status, fault, text)
+}
+
+/// The answer to `error`: its chain of causes as text, its fault in
+/// `x-shoal-error`.
+fn blamed<E: Blame + std::error::Error>(status: StatusCode, error: &E) -> Response<Body> {
+    error_response(
+        status,
+        error.fault(),
+        &format!("{}\n", shoal_proto::Chain(error)),
+    )
+}
+
+/// [`text_response`] naming whose fault an error is.
+pub(crate) fn error_response(status: StatusCode, fault: Fault, text: &str) -> Response<Body> {
+    let mut builder = Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .header(header::CACHE_CONTROL, "no-store")
+        .header(header::CACHE_CONTROL, "no-store");
+    if status.is_client_error() || status.is_server_error() {
+        builder = builder.header(ERROR_HEADER, fault.as_str());
+    }
+    builder
         .body(shoal_server::full(Bytes::from(text.to_string())))
         .unwrap_or_else(|_| internal_error())
+}
+
+/// What to ask the origin for: the path as the client sent it, and its
+/// query less the version pin (which is shoal's, not the origin's).
+fn origin_target(uri: &http::Uri) -> String {
+    let path = uri.path();
+    let Some(query) = uri.query() else {
+        return path.to_string();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|kv| !kv.is_empty() && kv.split('=').next() != Some(PIN_PARAM))
+        .collect();
+    if kept.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    }
+}
+
+/// `/` or a path ending in `/` whose segments are otherwise valid: an
+/// index the origin answers (the store keys files only).
+fn is_directory_path(raw_path: &str) -> bool {
+    raw_path == "/"
+        || raw_path
+            .strip_suffix('/')
+            .is_some_and(|dir| RequestPath::parse(dir).is_ok())
 }
 
 fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -21,6 +21,9 @@ pub struct CacheStats {
     pub bytes_served_from_store: AtomicU64,
     pub revalidations: AtomicU64,
     pub pass_through_requests: AtomicU64,
+    /// Stored paths made stale by an unsafe request's answer (RFC 9111
+    /// §4.4).
+    pub invalidations: AtomicU64,
     /// Requests from sibling caches served (`/_shoal/peer/...`).
     pub peer_requests_served: AtomicU64,
     /// Bytes of piece data sent to sibling caches.
@@ -81,6 +84,7 @@ pub struct StatsSnapshot {
     pub byte_hit_ratio: f64,
     pub revalidations: u64,
     pub pass_through_requests: u64,
+    pub invalidations: u64,
     pub peer_requests_served: u64,
     pub peer_bytes_served: u64,
     pub peer_bytes_received: u64,
@@ -137,6 +141,7 @@ impl CacheStats {
             },
             revalidations: get(&self.revalidations),
             pass_through_requests: get(&self.pass_through_requests),
+            invalidations: get(&self.invalidations),
             peer_requests_served: get(&self.peer_requests_served),
             peer_bytes_served: get(&self.peer_bytes_served),
             peer_bytes_received: get(&self.peer_bytes_received),

@@ -60,6 +60,7 @@ pub fn kept_record(old: &ObjectRecord, fresh: &ObjectRecord) -> ObjectRecord {
     kept.manifest_validators_strong = fresh.manifest_validators_strong;
     kept.cache_control = fresh.cache_control.clone();
     kept.origin_validators_strong = fresh.origin_validators_strong;
+    kept.headers = fresh.headers.clone();
     kept
 }
 
@@ -104,6 +105,7 @@ mod tests {
             manifest_last_modified: None,
             manifest_validators_strong: false,
             origin_validators_strong: false,
+            headers: Vec::new(),
         }
     }
 

@@ -20,6 +20,7 @@
 //! | [`path`]          | request path → safe, normalized object path         |
 //! | [`date`]          | HTTP-date parsing and formatting                    |
 //! | [`host`]          | `Host` lines → one valid host, or 400               |
+//! | [`forward`]       | hop-by-hop fields removed, `Via` added, at a proxy  |
 //!
 //! # Serving a GET
 //!
@@ -63,6 +64,7 @@ pub mod cache_control;
 pub mod conditional;
 pub mod content_range;
 pub mod date;
+pub mod forward;
 pub mod host;
 pub mod multipart;
 pub mod path;

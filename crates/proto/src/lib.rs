@@ -116,6 +116,10 @@ pub const RECORD_MODE: &str = "record";
 /// Response header: `HIT` when the response began from stored pieces,
 /// `MISS` when its first piece had to be fetched.
 pub const CACHE_STATUS_HEADER: &str = "x-shoal-cache";
+/// Response header on an error the cache made up itself (never on an
+/// origin's error passed through): whose fault it is — `client`,
+/// `origin` (unreachable, too slow, unusable), `peer` or `local`.
+pub const ERROR_HEADER: &str = "x-shoal-error";
 /// Response header naming the object version a response came from.
 pub const OBJECT_ID_HEADER: &str = "x-shoal-object-id";
 /// Response header on a manifest: `published`, or `built` (from the pieces

@@ -83,6 +83,25 @@ pub fn parse_request(query: &str) -> Result<(PurgeTarget, bool), PurgeParseError
 }
 
 impl PurgeEvent {
+    /// A new event accepted now by `node`: its id is drawn from the node,
+    /// the time and a monotonic instant, so two caches never mint one id.
+    pub fn new_now(target: PurgeTarget, soft: bool, node: &str) -> Self {
+        let at_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let seed = format!("{node} {at_unix_ms} {:?}", std::time::Instant::now());
+        let digest = blake3::hash(seed.as_bytes());
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&digest.as_bytes()[..8]);
+        Self {
+            id: u64::from_le_bytes(id),
+            at_unix_ms,
+            target,
+            soft,
+        }
+    }
+
     /// The query a cache passes an event on with (`/_shoal/peer/purge?…`).
     pub fn to_query(&self) -> String {
         let mut query = form_urlencoded::Serializer::new(String::new());

@@ -40,6 +40,33 @@ pub struct ObjectRecord {
     /// them (its `Date` a second or more after `Last-Modified`).
     #[serde(default)]
     pub origin_validators_strong: bool,
+    /// The origin's other end-to-end fields (CORS, `Content-Disposition`,
+    /// `Vary`, `Link`, `X-…`), sent with every answer from the store; see
+    /// [`shoal_http::forward::stored_fields`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(String, String)>,
+}
+
+/// The fields a cache writes itself on an answer from its store, so a
+/// record never stores the origin's: lengths and ranges, the validators
+/// and policy kept in their own record fields, dates and ages, this hop's
+/// `Via`.
+pub fn computed_fields() -> [http::HeaderName; 12] {
+    use http::header;
+    [
+        header::CONTENT_LENGTH,
+        header::CONTENT_RANGE,
+        header::ACCEPT_RANGES,
+        header::ETAG,
+        header::LAST_MODIFIED,
+        header::CONTENT_TYPE,
+        header::CACHE_CONTROL,
+        header::DATE,
+        header::AGE,
+        header::VIA,
+        header::WARNING,
+        header::SERVER,
+    ]
 }
 
 /// The ETag every cache of a mesh (and its selectors) sends for this

@@ -5,6 +5,8 @@
 //! installs. Every process is killed when its handle drops.
 #![allow(dead_code)]
 
+pub mod any_origin;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,324 @@
+//! The transparent reverse proxy: whatever the cache does not serve from
+//! its store goes to the origin as the client sent it and comes back as
+//! the origin answered it.
+//!
+//! - **Any method**: its body streamed to the origin. A non-error answer
+//!   to an unsafe method invalidates the stored version of the target path
+//!   and of the paths its `Location` and `Content-Location` name (RFC 9111
+//!   §4.4) here and, through a soft purge, at the path's shield (whose
+//!   purge log the rest of the mesh follows).
+//! - **Any status**: `1xx` interim answers stay between the origin and us;
+//!   `204`, `304` and HEAD answers carry no body; every other body is
+//!   streamed, whether or not its length is known.
+//! - **Headers**: end-to-end fields pass both ways, hop-by-hop ones and
+//!   those `Connection` lists do not (RFC 9110 §7.6.1); this hop adds
+//!   itself to `Via`; the origin learns the client in `X-Forwarded-For`,
+//!   `X-Forwarded-Host` and `X-Forwarded-Proto`.
+//! - **Errors**: an answer the cache made up itself (the origin was
+//!   unreachable, too slow) carries `x-shoal-error`; the origin's own
+//!   errors come through with their bodies and without it.
+
+use crate::fault::Fault;
+use crate::origin_client::Forward;
+use crate::serve::{error_response, CacheService, BODY_CHUNKS_MAX};
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use shoal_http::path::RequestPath;
+use shoal_server::Body;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// This hop's name in `Via`.
+pub const VIA_PSEUDONYM: &str = "shoal";
+/// Response header value of [`crate::serve::CACHE_STATUS_HEADER`] on a
+/// response passed through from the origin.
+pub const PASS: &str = "PASS";
+
+/// Why a request is passed through, for the logs and counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PassReason {
+    /// A method the cache does not answer from its store.
+    Method,
+    /// A request target the store does not key (a query, a directory).
+    Target,
+    /// The origin's answer is not one the cache stores (its status, its
+    /// directives, an unknown length, an origin error).
+    Response,
+}
+
+/// A request body the proxy can stream on to the origin.
+pub trait ForwardBody:
+    http_body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<B> ForwardBody for B where
+    B: http_body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// Whether a method is safe (RFC 9110 §9.2.1): it cannot change what the
+/// origin stores, so its answer invalidates nothing.
+pub fn is_safe(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// The request headers the origin gets: the client's end-to-end fields,
+/// this hop in `Via`, the client in `X-Forwarded-*`. `Host` is the
+/// origin's own (from its URL).
+pub fn request_headers(
+    client_headers: &HeaderMap,
+    version: http::Version,
+    client_ip: Option<std::net::IpAddr>,
+) -> HeaderMap {
+    let mut headers = client_headers.clone();
+    shoal_http::forward::remove_hop_by_hop(&mut headers);
+    let client_host = headers.remove(header::HOST);
+    // The expectation was the client's of us; hyper answers it.
+    headers.remove(header::EXPECT);
+    if let Some(ip) = client_ip {
+        let forwarded_for = match headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(earlier) => format!("{earlier}, {ip}"),
+            None => ip.to_string(),
+        };
+        if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+            headers.insert("x-forwarded-for", value);
+        }
+    }
+    if let Some(host) = client_host {
+        if !headers.contains_key("x-forwarded-host") {
+            headers.insert("x-forwarded-host", host);
+        }
+    }
+    if !headers.contains_key("x-forwarded-proto") {
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
+    shoal_http::forward::append_via(&mut headers, version, VIA_PSEUDONYM);
+    headers
+}
+
+/// The response headers the client gets: the origin's end-to-end fields
+/// and this hop in `Via` (the origin spoke HTTP/1.1 to us).
+pub fn response_headers(origin_headers: &HeaderMap) -> HeaderMap {
+    let mut headers = origin_headers.clone();
+    shoal_http::forward::remove_hop_by_hop(&mut headers);
+    shoal_http::forward::append_via(&mut headers, http::Version::HTTP_11, VIA_PSEUDONYM);
+    headers
+}
+
+/// Whether a response to `method` with `status` carries a body.
+fn has_body(method: &Method, status: StatusCode) -> bool {
+    !(*method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED)
+}
+
+impl CacheService {
+    /// Passes `request` on to the origin and its answer back. `target` is
+    /// the path and query to ask for (percent-encoded).
+    pub(crate) async fn forward<B: ForwardBody>(
+        self: &Arc<Self>,
+        request: Request<B>,
+        target: String,
+        client_ip: Option<std::net::IpAddr>,
+        reason: PassReason,
+    ) -> Response<Body> {
+        self.stats
+            .pass_through_requests
+            .fetch_add(1, Ordering::Relaxed);
+        let (parts, body) = request.into_parts();
+        let method = parts.method.clone();
+        let headers = request_headers(&parts.headers, parts.version, client_ip);
+        let body = (!http_body::Body::is_end_stream(&body)).then(|| reqwest::Body::wrap(body));
+        tracing::debug!(%method, target = %target, ?reason, "passing through to the origin");
+        let forwarded = self
+            .origin
+            .forward(Forward {
+                method: method.clone(),
+                path_and_query: target.clone(),
+                headers,
+                body,
+            })
+            .await;
+        let (status, origin_headers, mut origin_body) = match forwarded {
+            Ok(parts) => parts,
+            Err(error) => {
+                tracing::warn!(%method, target = %target, error = %shoal_proto::Chain(&error), "the origin did not answer a passed-through request");
+                return error_response(
+                    error.client_status(),
+                    Fault::Origin,
+                    &format!("{}\n", shoal_proto::Chain(&error)),
+                );
+            }
+        };
+        if !is_safe(&method) && (status.is_success() || status.is_redirection()) {
+            self.invalidate_after_unsafe(&target, &origin_headers).await;
+        }
+        let mut response = Response::new(shoal_server::empty());
+        *response.status_mut() = status;
+        *response.headers_mut() = response_headers(&origin_headers);
+        response.headers_mut().insert(
+            crate::serve::CACHE_STATUS_HEADER,
+            HeaderValue::from_static(PASS),
+        );
+        if !has_body(&method, status) {
+            return response;
+        }
+        let (sender, response_body) = shoal_server::channel_body(BODY_CHUNKS_MAX);
+        tokio::spawn(async move {
+            loop {
+                match origin_body.chunk().await {
+                    Ok(Some(chunk)) => {
+                        if sender.send(Ok(chunk)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(error) => {
+                        // The client sees a cut response, never a
+                        // complete-looking wrong one.
+                        let _ = sender
+                            .send(Err(std::io::Error::other(error.to_string())))
+                            .await;
+                        return;
+                    }
+                }
+            }
+        });
+        *response.body_mut() = response_body;
+        response
+    }
+
+    /// RFC 9111 §4.4: after a non-error answer to an unsafe method, the
+    /// target path and the paths `Location` and `Content-Location` name
+    /// (on this host) are stale here and at their shield.
+    async fn invalidate_after_unsafe(self: &Arc<Self>, target: &str, headers: &HeaderMap) {
+        let mut paths = vec![target.to_string()];
+        for name in [header::LOCATION, header::CONTENT_LOCATION] {
+            if let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) {
+                if let Some(path) = same_origin_path(value, &self.origin.config().base_url) {
+                    paths.push(path);
+                }
+            }
+        }
+        for raw in paths {
+            let raw_path = raw.split(['?', '#']).next().unwrap_or_default();
+            let Ok(path) = RequestPath::parse(raw_path) else {
+                continue;
+            };
+            if self.resolver.invalidate(&path).await {
+                tracing::info!(path = %path.as_str(), "stored version invalidated by an unsafe request");
+                self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+                self.invalidate_at_shield(&path).await;
+            }
+        }
+    }
+
+    /// Sends a soft purge of `path` to its shield (when that is another
+    /// cache): the shield logs it, and the mesh follows its log.
+    async fn invalidate_at_shield(&self, path: &RequestPath) {
+        let Some(mesh) = &self.mesh else { return };
+        let view = mesh.node.view();
+        let Some(shield) = view
+            .shield(&shoal_mesh::shield_key(path.as_str()))
+            .filter(|m| m.node_id != view.self_id)
+            .cloned()
+        else {
+            return;
+        };
+        let event = crate::purge::PurgeEvent::new_now(
+            crate::purge::PurgeTarget::Path(path.as_str().to_string()),
+            true,
+            mesh.self_id(),
+        );
+        if let Err(error) = mesh.purge(&shield, &event).await {
+            tracing::warn!(path = %path.as_str(), shield = %shield.node_id, error = %shoal_proto::Chain(&error), "could not invalidate at the shield");
+        }
+    }
+}
+
+/// The path of `location` when it names the origin's own host (or is
+/// relative); `None` for another host (RFC 9111 §4.4: only same-origin
+/// URIs are invalidated).
+fn same_origin_path(location: &str, base_url: &str) -> Option<String> {
+    if location.starts_with('/') && !location.starts_with("//") {
+        return Some(location.to_string());
+    }
+    let uri: http::Uri = location.parse().ok()?;
+    let base: http::Uri = base_url.parse().ok()?;
+    (uri.authority()? == base.authority()?).then(|| uri.path().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_headers_keep_end_to_end_fields_and_name_the_client() {
+        let mut client = HeaderMap::new();
+        for (name, value) in [
+            ("host", "video.example"),
+            ("connection", "keep-alive, x-hop"),
+            ("x-hop", "1"),
+            ("authorization", "Bearer t"),
+            ("range", "bytes=0-1"),
+            ("origin", "https://player.example"),
+            ("expect", "100-continue"),
+            ("x-forwarded-for", "10.0.0.1"),
+        ] {
+            client.append(
+                http::HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        let ip = "192.0.2.7".parse().ok();
+        let out = request_headers(&client, http::Version::HTTP_11, ip);
+        assert_eq!(out.get("authorization").unwrap(), "Bearer t");
+        assert_eq!(out.get("range").unwrap(), "bytes=0-1");
+        assert_eq!(out.get("origin").unwrap(), "https://player.example");
+        assert_eq!(out.get("x-forwarded-for").unwrap(), "10.0.0.1, 192.0.2.7");
+        assert_eq!(out.get("x-forwarded-host").unwrap(), "video.example");
+        assert_eq!(out.get("x-forwarded-proto").unwrap(), "http");
+        assert_eq!(out.get("via").unwrap(), "1.1 shoal");
+        for gone in ["host", "connection", "x-hop", "expect"] {
+            assert!(!out.contains_key(gone), "{gone}");
+        }
+    }
+
+    #[test]
+    fn bodies_and_safety() {
+        assert!(!has_body(&Method::HEAD, StatusCode::OK));
+        assert!(!has_body(&Method::GET, StatusCode::NOT_MODIFIED));
+        assert!(!has_body(&Method::GET, StatusCode::NO_CONTENT));
+        assert!(has_body(&Method::GET, StatusCode::NOT_FOUND));
+        assert!(has_body(&Method::POST, StatusCode::MOVED_PERMANENTLY));
+        assert!(is_safe(&Method::OPTIONS));
+        assert!(!is_safe(&Method::POST));
+        assert!(!is_safe(&Method::from_bytes(b"PURGE").unwrap()));
+    }
+
+    #[test]
+    fn only_same_origin_locations_are_invalidated() {
+        let base = "http://127.0.0.1:8080";
+        assert_eq!(same_origin_path("/a/b", base).as_deref(), Some("/a/b"));
+        assert_eq!(
+            same_origin_path("http://127.0.0.1:8080/x", base).as_deref(),
+            Some("/x")
+        );
+        assert_eq!(same_origin_path("http://evil.example/x", base), None);
+        assert_eq!(same_origin_path("//evil.example/x", base), None);
+    }
+}

@@ -1,0 +1,228 @@
+//! Headers across a proxy (RFC 9110 §7.6): what is forwarded, what is not.
+//!
+//! A proxy forwards a message's *end-to-end* fields and drops the
+//! *hop-by-hop* ones: `Connection`, every field it lists, and the fields
+//! that are hop-by-hop by definition (`Keep-Alive`, `Proxy-Connection`,
+//! `TE`, `Transfer-Encoding`, `Upgrade`, `Trailer`; and, behind a reverse
+//! proxy that does the authenticating itself, `Proxy-Authenticate` and
+//! `Proxy-Authorization`). Each hop adds itself to `Via` (§7.6.3).
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// The fields that are hop-by-hop whatever `Connection` says.
+pub const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+    "trailer",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
+/// The most field names one message's `Connection` lines may list; more
+/// are ignored (each would cost a removal).
+pub const CONNECTION_TOKENS_MAX: usize = 64;
+
+/// Whether `name` is hop-by-hop by definition.
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(&name.as_str())
+}
+
+/// Removes the hop-by-hop fields of `headers`: those of [`HOP_BY_HOP`] and
+/// every field named in a `Connection` line (RFC 9110 §7.6.1).
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .take(CONNECTION_TOKENS_MAX)
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// The `Via` entry of one hop: the protocol version the message was
+/// received with and this hop's pseudonym, e.g. `1.1 shoal`.
+pub fn via_entry(version: http::Version, pseudonym: &str) -> String {
+    let protocol = match version {
+        http::Version::HTTP_09 => "0.9",
+        http::Version::HTTP_10 => "1.0",
+        http::Version::HTTP_2 => "2",
+        http::Version::HTTP_3 => "3",
+        _ => "1.1",
+    };
+    format!("{protocol} {pseudonym}")
+}
+
+/// Adds this hop to `Via`, after the entries of earlier hops.
+pub fn append_via(headers: &mut HeaderMap, version: http::Version, pseudonym: &str) {
+    if let Ok(value) = HeaderValue::from_str(&via_entry(version, pseudonym)) {
+        headers.append(header::VIA, value);
+    }
+}
+
+/// The most fields a stored response keeps of the origin's own.
+pub const STORED_FIELDS_MAX: usize = 64;
+/// The most bytes (names and values) a stored response keeps of them.
+pub const STORED_FIELD_BYTES_MAX: usize = 16 * 1024;
+
+/// The origin's end-to-end fields a cache stores with a response and
+/// sends with every answer from its store, in order, less the hop-by-hop
+/// ones and those in `computed` (which the cache writes itself: lengths,
+/// ranges, validators, dates). `Set-Cookie` is never stored: one client's
+/// cookie must not reach every other. Bounded by [`STORED_FIELDS_MAX`] and
+/// [`STORED_FIELD_BYTES_MAX`]; fields past either are left out.
+pub fn stored_fields(headers: &HeaderMap, computed: &[HeaderName]) -> Vec<(String, String)> {
+    let mut end_to_end = headers.clone();
+    remove_hop_by_hop(&mut end_to_end);
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    for (name, value) in &end_to_end {
+        if computed.contains(name) || *name == header::SET_COOKIE {
+            continue;
+        }
+        let Ok(value) = value.to_str() else { continue };
+        bytes += name.as_str().len() + value.len();
+        if out.len() == STORED_FIELDS_MAX || bytes > STORED_FIELD_BYTES_MAX {
+            break;
+        }
+        out.push((name.as_str().to_string(), value.to_string()));
+    }
+    out
+}
+
+/// RFC 9111 §4.3.4: the fields of a `304` replace every stored field of
+/// the same name; the others stay.
+pub fn update_stored_fields(
+    stored: &[(String, String)],
+    not_modified: &HeaderMap,
+    computed: &[HeaderName],
+) -> Vec<(String, String)> {
+    let fresh = stored_fields(not_modified, computed);
+    let mut out: Vec<(String, String)> = stored
+        .iter()
+        .filter(|(name, _)| !fresh.iter().any(|(n, _)| n == name))
+        .cloned()
+        .collect();
+    out.extend(fresh);
+    out.truncate(STORED_FIELDS_MAX);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_fields_and_connection_listed_ones_are_removed() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive, X-Secret , close"),
+            ("connection", "x-other"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("proxy-authorization", "Basic abc"),
+            ("x-secret", "1"),
+            ("x-other", "2"),
+            ("x-kept", "3"),
+            ("access-control-allow-origin", "*"),
+            ("content-disposition", "attachment"),
+            ("vary", "Accept-Encoding"),
+        ] {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        remove_hop_by_hop(&mut headers);
+        let mut left: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(
+            left,
+            [
+                "access-control-allow-origin",
+                "content-disposition",
+                "vary",
+                "x-kept"
+            ]
+        );
+    }
+
+    #[test]
+    fn stored_fields_leave_out_hop_by_hop_computed_and_cookies() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("content-length", "10"),
+            ("etag", "\"x\""),
+            ("set-cookie", "session=1"),
+            ("connection", "close"),
+            ("access-control-allow-origin", "*"),
+            ("vary", "Origin"),
+            ("x-custom", "a"),
+            ("x-custom", "b"),
+        ] {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        let computed = [header::CONTENT_LENGTH, header::ETAG];
+        let stored = stored_fields(&headers, &computed);
+        let pair = |n: &str, v: &str| (n.to_string(), v.to_string());
+        assert_eq!(
+            stored,
+            [
+                pair("access-control-allow-origin", "*"),
+                pair("vary", "Origin"),
+                pair("x-custom", "a"),
+                pair("x-custom", "b"),
+            ]
+        );
+        let mut not_modified = HeaderMap::new();
+        not_modified.append("x-custom", HeaderValue::from_static("c"));
+        not_modified.append("x-new", HeaderValue::from_static("d"));
+        let updated = update_stored_fields(&stored, &not_modified, &computed);
+        assert_eq!(
+            updated,
+            [
+                pair("access-control-allow-origin", "*"),
+                pair("vary", "Origin"),
+                pair("x-custom", "c"),
+                pair("x-new", "d"),
+            ]
+        );
+        let mut many = HeaderMap::new();
+        for i in 0..(STORED_FIELDS_MAX + 10) {
+            many.append(
+                HeaderName::from_bytes(format!("x-{i}").as_bytes()).unwrap(),
+                HeaderValue::from_static("v"),
+            );
+        }
+        assert_eq!(stored_fields(&many, &[]).len(), STORED_FIELDS_MAX);
+    }
+
+    #[test]
+    fn via_is_appended() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::VIA, HeaderValue::from_static("1.0 fred"));
+        append_via(&mut headers, http::Version::HTTP_11, "shoal");
+        let via: Vec<&str> = headers
+            .get_all(header::VIA)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        assert_eq!(via, ["1.0 fred", "1.1 shoal"]);
+        assert_eq!(via_entry(http::Version::HTTP_2, "x"), "2 x");
+    }
+}

@@ -1,0 +1,266 @@
+//! The cache as a transparent reverse proxy (RFC 9110 §7.6, §9, §15; RFC
+//! 9111 §4.4), against an origin that answers whatever a test asks
+//! (`support::any_origin`), with curl as the client. The rows of
+//! docs/conformance.md name these tests.
+
+mod support;
+
+use support::any_origin::AnyOrigin;
+use support::*;
+
+fn cache_for(origin: &AnyOrigin) -> (Proc, tempfile::TempDir) {
+    let data = tempfile::tempdir().unwrap();
+    let cache = start_cache(&origin.url, data.path(), "1GiB", &[]);
+    (cache, data)
+}
+
+/// Every status comes through with the origin's body and headers, and no
+/// `x-shoal-error` (that marks only the cache's own errors).
+#[test]
+fn any_status_passes_through_with_its_body_and_headers() {
+    let origin = AnyOrigin::start();
+    let (cache, _data) = cache_for(&origin);
+    // (path, query, expected status, expected body)
+    let rows: [(&str, &str, u16, &str); 8] = [
+        (
+            "/r/moved",
+            "status=301&h=Location:/r/new&body=moved+away",
+            301,
+            "moved away",
+        ),
+        (
+            "/r/found",
+            "status=302&h=Location:http://elsewhere.example/x&body=see+there",
+            302,
+            "see there",
+        ),
+        (
+            "/r/missing",
+            "status=404&body=the+origin+says+no",
+            404,
+            "the origin says no",
+        ),
+        ("/r/gone", "status=410&body=gone+for+good", 410, "gone for good"),
+        ("/r/forbidden", "status=403&body=nope", 403, "nope"),
+        ("/r/teapot", "status=418&body=short+and+stout", 418, "short and stout"),
+        (
+            "/r/broken",
+            "status=503&h=Retry-After:7&body=origin+overloaded",
+            503,
+            "origin overloaded",
+        ),
+        ("/r/empty", "status=204", 204, ""),
+    ];
+    for (path, query, status, body) in rows {
+        origin.set(path, query);
+        let got = curl(&format!("{}{path}", cache.url), &[]);
+        assert_eq!(got.status, status, "{path}");
+        assert_eq!(String::from_utf8_lossy(&got.body), body, "{path}");
+        assert_eq!(got.header("x-shoal-error"), None, "{path}: origin's own answer");
+        assert!(
+            got.header("via").is_some_and(|v| v.contains("shoal")),
+            "{path}: Via names this hop"
+        );
+    }
+    let moved = curl(&format!("{}/r/moved", cache.url), &[]);
+    assert_eq!(moved.header("location"), Some("/r/new"));
+    let broken = curl(&format!("{}/r/broken", cache.url), &[]);
+    assert_eq!(broken.header("retry-after"), Some("7"));
+}
+
+/// Bodies of unknown length (chunked, or ended by closing) stream through
+/// whole, for GET and for the cache's own probe.
+#[test]
+fn responses_of_unknown_length_stream_through() {
+    let origin = AnyOrigin::start();
+    let (cache, _data) = cache_for(&origin);
+    for (path, len) in [("/u/chunked.bin", "chunked"), ("/u/closed.bin", "close")] {
+        origin.set(path, &format!("size=300000&len={len}"));
+        let got = curl(&format!("{}{path}", cache.url), &[]);
+        assert_eq!(got.status, 200, "{path}");
+        assert!(got.body == content(300_000, 7), "{path}: bytes differ");
+        assert_eq!(got.header("x-shoal-cache"), Some("PASS"), "{path}");
+    }
+}
+
+/// End-to-end fields reach the client, on a stored object too (miss and
+/// hit); hop-by-hop ones and those `Connection` lists do not.
+#[test]
+fn end_to_end_headers_are_kept_and_hop_by_hop_ones_dropped() {
+    let origin = AnyOrigin::start();
+    let (cache, _data) = cache_for(&origin);
+    let fields = [
+        ("Access-Control-Allow-Origin", "https://player.example"),
+        ("Access-Control-Expose-Headers", "Content-Range"),
+        ("Content-Disposition", "attachment; filename=\"a.bin\""),
+        ("Vary", "Origin"),
+        ("X-Custom", "kept"),
+    ];
+    let mut query = String::from("size=600000&h=Connection:+x-hop&h=X-Hop:secret");
+    for (name, value) in fields {
+        query.push_str(&format!(
+            "&h={}",
+            percent_encoding::utf8_percent_encode(
+                &format!("{name}:{value}"),
+                percent_encoding::NON_ALPHANUMERIC
+            )
+        ));
+    }
+    origin.set("/e2e/a.bin", &query);
+    for round in ["MISS", "HIT"] {
+        let got = curl(&format!("{}/e2e/a.bin", cache.url), &[]);
+        assert_eq!(got.status, 200);
+        assert_eq!(got.header("x-shoal-cache"), Some(round));
+        assert!(got.body == content(600_000, 7));
+        for (name, value) in fields {
+            assert_eq!(got.header(name), Some(value), "{round}: {name}");
+        }
+        assert_eq!(got.header("x-hop"), None, "{round}: listed in Connection");
+    }
+    // Stored: the origin was asked for the bytes once.
+    assert_eq!(origin.count("HEAD", "/e2e/a.bin"), 1);
+}
+
+/// Every method reaches the origin with its body; a non-error answer to
+/// an unsafe one makes the stored path stale (RFC 9111 §4.4).
+#[test]
+fn any_method_is_forwarded_and_unsafe_ones_invalidate() {
+    let origin = AnyOrigin::start();
+    let (cache, _data) = cache_for(&origin);
+    origin.set("/m/doc.bin", "size=1000&h=Cache-Control:max-age%3D3600");
+    let url = format!("{}/m/doc.bin", cache.url);
+    assert_eq!(curl(&url, &[]).status, 200);
+    assert_eq!(curl(&url, &[]).header("x-shoal-cache"), Some("HIT"));
+    let heads_before = origin.count("HEAD", "/m/doc.bin");
+
+    for method in ["POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
+        let got = curl(
+            &format!("{url}?status=201&body=done+{method}"),
+            &["-X", method, "--data-binary", &format!("payload of {method}")],
+        );
+        assert_eq!(got.status, 201, "{method}");
+        assert_eq!(String::from_utf8_lossy(&got.body), format!("done {method}"));
+        let seen = origin
+            .seen()
+            .into_iter()
+            .rev()
+            .find(|s| s.method == method)
+            .unwrap_or_else(|| panic!("{method} reached the origin"));
+        assert_eq!(
+            String::from_utf8_lossy(&seen.body),
+            format!("payload of {method}")
+        );
+        assert!(seen.header("x-forwarded-for").is_some());
+        assert!(seen.header("via").is_some_and(|v| v.contains("shoal")));
+    }
+    // The stored version is stale now: the next GET asks the origin again.
+    let got = curl(&url, &[]);
+    assert_eq!(got.status, 200);
+    assert!(origin.count("HEAD", "/m/doc.bin") > heads_before);
+    assert!(stat(&cache.url, "invalidations") >= 1);
+}
+
+/// Queries and directory paths reach the origin as sent.
+#[test]
+fn queries_and_directory_paths_reach_the_origin() {
+    let origin = AnyOrigin::start();
+    let (cache, _data) = cache_for(&origin);
+    origin.set("/", "body=index+page");
+    origin.set("/docs/", "body=docs+index");
+    let root = curl(&format!("{}/", cache.url), &[]);
+    assert_eq!((root.status, root.body.as_slice()), (200, &b"index page"[..]));
+    let docs = curl(&format!("{}/docs/", cache.url), &[]);
+    assert_eq!((docs.status, docs.body.as_slice()), (200, &b"docs index"[..]));
+    let query = curl(
+        &format!("{}/search?q=big+buck&page=2&body=results", cache.url),
+        &[],
+    );
+    assert_eq!(query.status, 200);
+    assert!(origin
+        .seen()
+        .iter()
+        .any(|s| s.target == "/search?q=big+buck&page=2&body=results"));
+    // Still refused: paths that could name something else.
+    assert_eq!(curl(&format!("{}/a/../b", cache.url), &["--path-as-is"]).status, 400);
+}
+
+/// The cache's own errors say so; the origin's do not.
+#[test]
+fn cache_errors_are_marked_origin_errors_are_not() {
+    let port = free_port();
+    let data = tempfile::tempdir().unwrap();
+    let cache = start_cache(&format!("http://127.0.0.1:{port}"), data.path(), "1GiB", &[]);
+    let got = curl(&format!("{}/nothing/there", cache.url), &[]);
+    assert_eq!(got.status, 502);
+    assert_eq!(got.header("x-shoal-error"), Some("origin"));
+    let posted = curl(&format!("{}/form", cache.url), &["-d", "x=1"]);
+    assert_eq!(posted.status, 502);
+    assert_eq!(posted.header("x-shoal-error"), Some("origin"));
+    let bad = curl(&format!("{}/a//b", cache.url), &["--path-as-is"]);
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.header("x-shoal-error"), Some("client"));
+}
+
+/// RFC 9110 §14.2 (a Range on HEAD is ignored) and §14.1.1 (a last
+/// position past 2^64 means "to the end").
+#[test]
+fn head_ignores_range_and_huge_last_positions_mean_the_end() {
+    let origin = AnyOrigin::start();
+    let (cache, _data) = cache_for(&origin);
+    origin.set("/h/a.bin", "size=500000");
+    let url = format!("{}/h/a.bin", cache.url);
+    let head = curl(&url, &["-I", "-H", "Range: bytes=0-99"]);
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-range"), None);
+    assert_eq!(head.header("content-length"), Some("500000"));
+    let huge = curl(&url, &["-H", "Range: bytes=100-99999999999999999999999"]);
+    assert_eq!(huge.status, 206);
+    assert_eq!(huge.header("content-range"), Some("bytes 100-499999/500000"));
+    assert!(huge.body == content(500_000, 7)[100..]);
+}
+
+/// A response the origin forbids storing is fetched anew every time.
+#[test]
+fn no_store_responses_are_never_served_from_store() {
+    let origin = AnyOrigin::start();
+    let (cache, _data) = cache_for(&origin);
+    origin.set("/ns/a.bin", "size=1000&h=Cache-Control:no-store");
+    for _ in 0..3 {
+        let got = curl(&format!("{}/ns/a.bin", cache.url), &[]);
+        assert_eq!(got.status, 200);
+        assert_eq!(got.header("x-shoal-cache"), Some("PASS"));
+    }
+    assert_eq!(origin.count("GET", "/ns/a.bin"), 3);
+}
+
+/// RFC 9112 §3.2 through the cache: a request without Host is refused.
+#[test]
+fn requests_without_one_valid_host_are_refused() {
+    use std::io::{Read, Write};
+    let origin = AnyOrigin::start();
+    let (cache, _data) = cache_for(&origin);
+    let addr = cache.url.trim_start_matches("http://").to_string();
+    for request in [
+        "GET /x HTTP/1.1\r\n\r\n",
+        "GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        "GET /x HTTP/1.1\r\nHost: bad host\r\n\r\n",
+    ] {
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        // (No half-close: the server would take it for the client leaving.)
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{request:?} → {answer:?}");
+    }
+    assert_eq!(origin.count("GET", "/x") + origin.count("HEAD", "/x"), 0);
+}
