@@ -86,10 +86,7 @@ pub fn request_headers(
     // The expectation was the client's of us; hyper answers it.
     headers.remove(header::EXPECT);
     if let Some(ip) = client_ip {
-        let forwarded_for = match headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
+        let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
             Some(earlier) => format!("{earlier}, {ip}"),
             None => ip.to_string(),
         };

@@ -49,6 +49,17 @@ pub enum ResolveError {
 }
 
 impl ResolveError {
+    /// The 4xx the origin (or, for it, the shield) answered: a client's
+    /// request then goes to the origin for the origin's own answer.
+    pub fn origin_refusal(&self) -> Option<StatusCode> {
+        let status = match self {
+            ResolveError::Origin(OriginError::Status(status)) => *status,
+            ResolveError::Peer { status, .. } => *status,
+            _ => return None,
+        };
+        status.is_client_error().then_some(status)
+    }
+
     pub fn client_status(&self) -> StatusCode {
         match self {
             ResolveError::Origin(e) => e.client_status(),
@@ -237,6 +248,14 @@ impl Resolver {
                     }
                 }
             }
+            if head.status.is_client_error() {
+                // Gone or refused (404, 410, 403, a HEAD it does not
+                // allow): an error to whoever resolves (a sibling, a
+                // selector); a client's request is passed to the origin
+                // for its own answer. The pieces stay for eviction to
+                // take: a file that comes back unchanged reuses them.
+                return Err(OriginError::Status(head.status).into());
+            }
             if head.status.is_server_error() {
                 // The origin is failing now: its answer goes to the
                 // client as it is, and the stored version stays (stale,
@@ -245,9 +264,9 @@ impl Resolver {
                 return Ok(Resolved::PassThrough);
             }
             if !head.is_whole_file() {
-                // Gone, moved, or no longer a plain file: the path is
-                // passed through from now on. The pieces stay for eviction
-                // to take: a file that comes back unchanged reuses them.
+                // Moved, or no longer a plain file: the path is passed
+                // through from now on. The pieces stay for eviction to
+                // take: a file that comes back unchanged reuses them.
                 tracing::info!(path = %path.as_str(), status = %head.status, "the origin no longer serves this path as a file: passing it through");
                 self.forget_keeping_pieces(&old, true);
                 return Ok(Resolved::PassThrough);
@@ -277,6 +296,9 @@ impl Resolver {
             .origin
             .head(&path.to_uri_path(), &HeaderMap::new())
             .await?;
+        if head.status.is_client_error() {
+            return Err(OriginError::Status(head.status).into());
+        }
         match self.probe(path, head).await? {
             Probe::Storable(record, manifest) => self.install(path, record, manifest.map(|m| *m)),
             Probe::NotStorable => Ok(Resolved::PassThrough),
@@ -1045,6 +1067,8 @@ struct Retired {
     order: std::collections::VecDeque<ObjectId>,
 }
 
+// Built once per origin probe: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Probe {
     Storable(ObjectRecord, Option<Box<Manifest>>),
     NotStorable,

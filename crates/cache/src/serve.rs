@@ -9,7 +9,6 @@
 //! truncated response, never wrong bytes.
 
 use crate::fault::{Blame, Fault};
-use crate::proxy::{ForwardBody, PassReason};
 use crate::fill::{FillError, Filler, Want};
 use crate::object::ObjectEntry;
 use crate::origin_client::OriginClient;
@@ -17,6 +16,7 @@ use crate::peer::{
     MeshLink, PeerMode, PeerObject, MODE_HEADER, PEER_DATA_PREFIX, PEER_OBJECT_PREFIX,
     PEER_PIECES_PREFIX, PEER_PREFIX, RECORD_MODE,
 };
+use crate::proxy::{ForwardBody, PassReason};
 use crate::resolve::{Resolved, Resolver};
 use crate::stats::CacheStats;
 use bytes::Bytes;
@@ -36,8 +36,8 @@ use std::sync::Arc;
 // The wire names (defined once in shoal-proto), where the cache's code
 // and its users have always found them.
 pub use shoal_proto::{
-    CACHE_STATUS_HEADER, EGRESS_PATH, ERROR_HEADER, HASHES_PREFIX, INTERNAL_PREFIX, MANIFEST_KIND_HEADER,
-    MANIFEST_PREFIX, OBJECT_ID_HEADER, PIN_PARAM, WARM_PREFIX,
+    CACHE_STATUS_HEADER, EGRESS_PATH, ERROR_HEADER, HASHES_PREFIX, INTERNAL_PREFIX,
+    MANIFEST_KIND_HEADER, MANIFEST_PREFIX, OBJECT_ID_HEADER, PIN_PARAM, WARM_PREFIX,
 };
 
 /// Smallest egress cap a running cache accepts (1 Mbit/s): below it a
@@ -269,7 +269,7 @@ impl CacheService {
                 .forward(request, target, client_ip, PassReason::Target)
                 .await;
         }
-        let (path, resolved) = match self.parse_and_resolve_pinned(raw_path, pin).await {
+        let (path, resolved) = match self.parse_and_resolve_pinned(raw_path, pin, true).await {
             Ok(found) => found,
             Err(response) => return response,
         };
@@ -298,6 +298,10 @@ impl CacheService {
                     .await
             }
             Ok(Resolved::PassThrough) => {
+                self.forward(request, target, client_ip, PassReason::Response)
+                    .await
+            }
+            Err(error) if error.origin_refusal().is_some() => {
                 self.forward(request, target, client_ip, PassReason::Response)
                     .await
             }
@@ -1072,11 +1076,25 @@ impl CacheService {
         &self,
         raw_path: &str,
     ) -> Result<(RequestPath, Resolved), Response<Body>> {
+        self.parse_and_resolve_as(raw_path, false).await
+    }
+
+    /// [`Self::parse_and_resolve`]; with `pass_refusals`, a 4xx from the
+    /// origin (a path it does not have, or refuses) resolves to a pass
+    /// through, so a client gets the origin's own answer and body.
+    async fn parse_and_resolve_as(
+        &self,
+        raw_path: &str,
+        pass_refusals: bool,
+    ) -> Result<(RequestPath, Resolved), Response<Body>> {
         let path = RequestPath::parse(raw_path).map_err(|error| {
             text_response(StatusCode::BAD_REQUEST, &format!("bad path: {error}\n"))
         })?;
         match self.resolver.resolve(&path).await {
             Ok(resolved) => Ok((path, resolved)),
+            Err(error) if pass_refusals && error.origin_refusal().is_some() => {
+                Ok((path, Resolved::PassThrough))
+            }
             Err(error) => {
                 let status = error.client_status();
                 if status.is_server_error() {
@@ -1096,8 +1114,11 @@ impl CacheService {
         &self,
         raw_path: &str,
         pin: Option<ObjectId>,
+        pass_refusals: bool,
     ) -> Result<(RequestPath, Resolved), Response<Body>> {
-        let (path, resolved) = self.parse_and_resolve(raw_path).await?;
+        let (path, resolved) = self
+            .parse_and_resolve_as(raw_path, pass_refusals && pin.is_none())
+            .await?;
         let Some(pin) = pin else {
             return Ok((path, resolved));
         };
@@ -1548,7 +1569,7 @@ impl CacheService {
         raw_path: &str,
         pin: Option<ObjectId>,
     ) -> Result<Arc<ObjectEntry>, Response<Body>> {
-        match self.parse_and_resolve_pinned(raw_path, pin).await {
+        match self.parse_and_resolve_pinned(raw_path, pin, false).await {
             Ok((_, Resolved::Cached(entry))) => Ok(entry),
             Ok((_, Resolved::PassThrough)) => Err(text_response(
                 StatusCode::NOT_FOUND,

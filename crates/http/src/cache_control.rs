@@ -60,7 +60,33 @@ pub struct CacheControl {
     pub proxy_revalidate: bool,
     pub immutable: bool,
     pub public: bool,
+    /// `stale-while-revalidate` (RFC 5861 §3); `Some(0)` when invalid.
+    pub stale_while_revalidate_s: Option<u64>,
+    /// `stale-if-error` (RFC 5861 §4); `Some(0)` when invalid.
+    pub stale_if_error_s: Option<u64>,
 }
+
+/// The request directives a shared cache acts on (RFC 9111 §5.2.1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RequestCacheControl {
+    /// `max-age`: the client accepts nothing older; `Some(0)` when invalid.
+    pub max_age_s: Option<u64>,
+    /// `max-stale`: `Some(None)` without a value (any staleness),
+    /// `Some(Some(n))` with one. An invalid value counts as absent.
+    pub max_stale: Option<Option<u64>>,
+    /// `min-fresh`: the answer must stay fresh this much longer; `Some(0)`
+    /// when invalid.
+    pub min_fresh_s: Option<u64>,
+    pub no_cache: bool,
+    pub no_store: bool,
+    pub only_if_cached: bool,
+    /// `stale-if-error` on a request (RFC 5861 §4).
+    pub stale_if_error_s: Option<u64>,
+}
+
+/// The field a CDN reads instead of `Cache-Control` when present (RFC
+/// 9213).
+pub const CDN_CACHE_CONTROL: &str = "cdn-cache-control";
 
 /// One `max-age`-like directive while its occurrences are read.
 #[derive(Clone, Copy, Default)]
@@ -126,26 +152,20 @@ impl CacheControl {
         let mut cc = CacheControl::default();
         let mut max_age = DeltaDirective::default();
         let mut s_maxage = DeltaDirective::default();
-        let mut total_len: usize = 0;
-        let mut count: usize = 0;
-        for line in lines {
-            total_len = total_len.saturating_add(line.len());
-            if total_len > CACHE_CONTROL_LEN_MAX_BYTES {
-                return Self::not_understood();
-            }
-            let mut rest = line;
-            while let Some((name, argument, after)) = next_directive(rest) {
-                rest = after;
-                count += 1;
-                if count > CACHE_CONTROL_DIRECTIVE_COUNT_MAX {
-                    return Self::not_understood();
-                }
-                let is = |known: &str| eq_ignore_case(name, known.as_bytes());
-                let well_formed = argument == Argument::None;
+        let mut stale_while_revalidate = DeltaDirective::default();
+        let mut stale_if_error = DeltaDirective::default();
+        let understood = for_each_directive(lines, |name, argument| {
+            let is = |known: &str| eq_ignore_case(name, known.as_bytes());
+            let well_formed = argument == Argument::None;
+            {
                 if is("max-age") {
                     max_age.record(argument);
                 } else if is("s-maxage") {
                     s_maxage.record(argument);
+                } else if is("stale-while-revalidate") {
+                    stale_while_revalidate.record(argument);
+                } else if is("stale-if-error") {
+                    stale_if_error.record(argument);
                 } else if is("no-store") {
                     cc.no_store = true;
                 } else if is("no-cache") {
@@ -162,10 +182,27 @@ impl CacheControl {
                     cc.immutable |= well_formed;
                 }
             }
+        });
+        if !understood {
+            return Self::not_understood();
         }
         cc.max_age_s = max_age.finish();
         cc.s_maxage_s = s_maxage.finish();
+        cc.stale_while_revalidate_s = stale_while_revalidate.finish();
+        cc.stale_if_error_s = stale_if_error.finish();
         cc
+    }
+
+    /// The directives a CDN follows (RFC 9213): `CDN-Cache-Control` when
+    /// the response has it, else `Cache-Control`. (`Cache-Control` still
+    /// goes to clients as it is.)
+    pub fn for_cdn(headers: &HeaderMap) -> Self {
+        let mut cdn = headers.get_all(CDN_CACHE_CONTROL).iter().peekable();
+        if cdn.peek().is_some() {
+            Self::parse_lines(cdn.map(|v| v.as_bytes()))
+        } else {
+            Self::from_headers(headers)
+        }
     }
 
     /// What an unreadable field means: do not store.
@@ -181,6 +218,95 @@ impl CacheControl {
     /// `s-maxage`, which implies `proxy-revalidate` (RFC 9111 §5.2.2.10).
     pub fn revalidate_when_stale(&self) -> bool {
         self.must_revalidate || self.proxy_revalidate || self.s_maxage_s.is_some()
+    }
+}
+
+/// Calls `directive` with each directive of `lines`, in order; false if
+/// the field is too long or has too many directives to be understood
+/// ([`CACHE_CONTROL_LEN_MAX_BYTES`], [`CACHE_CONTROL_DIRECTIVE_COUNT_MAX`]).
+fn for_each_directive<'a, I>(lines: I, mut directive: impl FnMut(&[u8], Argument<'_>)) -> bool
+where
+    I: IntoIterator<Item = &'a [u8]>,
+{
+    let mut total_len: usize = 0;
+    let mut count: usize = 0;
+    for line in lines {
+        total_len = total_len.saturating_add(line.len());
+        if total_len > CACHE_CONTROL_LEN_MAX_BYTES {
+            return false;
+        }
+        let mut rest = line;
+        while let Some((name, argument, after)) = next_directive(rest) {
+            rest = after;
+            count += 1;
+            if count > CACHE_CONTROL_DIRECTIVE_COUNT_MAX {
+                return false;
+            }
+            directive(name, argument);
+        }
+    }
+    true
+}
+
+impl RequestCacheControl {
+    /// Parses every `Cache-Control` line of a request. A field too long to
+    /// be understood is ignored whole (the request is served as if it had
+    /// none).
+    pub fn from_headers(headers: &HeaderMap) -> Self {
+        Self::parse_lines(headers.get_all(CACHE_CONTROL).iter().map(|v| v.as_bytes()))
+    }
+
+    /// Parses one request `Cache-Control` value.
+    pub fn parse(value: impl AsRef<[u8]>) -> Self {
+        Self::parse_lines([value.as_ref()])
+    }
+
+    fn parse_lines<'a, I>(lines: I) -> Self
+    where
+        I: IntoIterator<Item = &'a [u8]>,
+    {
+        let mut cc = RequestCacheControl::default();
+        let mut max_age = DeltaDirective::default();
+        let mut min_fresh = DeltaDirective::default();
+        let mut stale_if_error = DeltaDirective::default();
+        let mut max_stale = DeltaDirective::default();
+        let mut max_stale_any = false;
+        let understood = for_each_directive(lines, |name, argument| {
+            let is = |known: &str| eq_ignore_case(name, known.as_bytes());
+            if is("max-age") {
+                max_age.record(argument);
+            } else if is("min-fresh") {
+                min_fresh.record(argument);
+            } else if is("stale-if-error") {
+                stale_if_error.record(argument);
+            } else if is("max-stale") {
+                if argument == Argument::None {
+                    max_stale_any = true;
+                } else {
+                    max_stale.record(argument);
+                }
+            } else if is("no-cache") {
+                cc.no_cache = true;
+            } else if is("no-store") {
+                cc.no_store = true;
+            } else if is("only-if-cached") {
+                cc.only_if_cached = true;
+            }
+        });
+        if !understood {
+            return Self::default();
+        }
+        cc.max_age_s = max_age.finish();
+        cc.min_fresh_s = min_fresh.finish();
+        cc.stale_if_error_s = stale_if_error.finish();
+        cc.max_stale = if max_stale_any {
+            Some(None)
+        } else if max_stale.invalid {
+            None
+        } else {
+            max_stale.first_s.map(Some)
+        };
+        cc
     }
 }
 
@@ -488,11 +614,52 @@ mod tests {
     }
 
     #[test]
+    fn rfc_5861_and_request_directives() {
+        let parsed = cc("max-age=60, stale-while-revalidate=30, stale-if-error=\"600\"");
+        assert_eq!(parsed.stale_while_revalidate_s, Some(30));
+        assert_eq!(parsed.stale_if_error_s, Some(600));
+        let request = RequestCacheControl::parse("max-age=5, min-fresh=2, max-stale, no-cache");
+        assert_eq!(request.max_age_s, Some(5));
+        assert_eq!(request.min_fresh_s, Some(2));
+        assert_eq!(request.max_stale, Some(None));
+        assert!(request.no_cache && !request.only_if_cached);
+        assert_eq!(
+            RequestCacheControl::parse("max-stale=30").max_stale,
+            Some(Some(30))
+        );
+        assert_eq!(RequestCacheControl::parse("max-stale=x").max_stale, None);
+        assert!(RequestCacheControl::parse("only-if-cached, no-store").only_if_cached);
+        assert!(RequestCacheControl::parse("only-if-cached, no-store").no_store);
+        let long = "a, ".repeat(CACHE_CONTROL_LEN_MAX_BYTES);
+        assert_eq!(
+            RequestCacheControl::parse(format!("no-cache, {long}")),
+            RequestCacheControl::default()
+        );
+    }
+
+    /// RFC 9213: `CDN-Cache-Control` replaces `Cache-Control` for the CDN.
+    #[test]
+    fn cdn_cache_control_takes_precedence() {
+        let mut headers = HeaderMap::new();
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        assert!(CacheControl::for_cdn(&headers).no_store);
+        headers.insert(
+            CDN_CACHE_CONTROL,
+            HeaderValue::from_static("max-age=600, stale-if-error=60"),
+        );
+        let cdn = CacheControl::for_cdn(&headers);
+        assert!(!cdn.no_store);
+        assert_eq!(cdn.max_age_s, Some(600));
+        assert_eq!(cdn.stale_if_error_s, Some(60));
+    }
+
+    #[test]
     fn unknown_directives_are_ignored() {
         assert_eq!(
             cc("stale-while-revalidate=30, foo, bar=\"baz\", max-age=3"),
             CacheControl {
                 max_age_s: Some(3),
+                stale_while_revalidate_s: Some(30),
                 ..CacheControl::default()
             }
         );

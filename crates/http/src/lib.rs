@@ -17,6 +17,7 @@
 //! | [`content_range`] | `Content-Range` parsing and formatting              |
 //! | [`multipart`]     | `multipart/byteranges` framing for streaming        |
 //! | [`cache_control`] | shared-cache storability and freshness lifetime     |
+//! | [`freshness`]     | age; may a stored response answer this request now  |
 //! | [`path`]          | request path → safe, normalized object path         |
 //! | [`date`]          | HTTP-date parsing and formatting                    |
 //! | [`host`]          | `Host` lines → one valid host, or 400               |
@@ -65,6 +66,7 @@ pub mod conditional;
 pub mod content_range;
 pub mod date;
 pub mod forward;
+pub mod freshness;
 pub mod host;
 pub mod multipart;
 pub mod path;
@@ -74,7 +76,7 @@ mod syntax;
 
 pub use cache_control::{
     freshness_lifetime_for_headers, freshness_lifetime_s, is_heuristically_cacheable, is_storable,
-    may_store_authorized, CacheControl, Expires,
+    may_store_authorized, CacheControl, Expires, RequestCacheControl,
 };
 pub use conditional::{
     evaluate_preconditions, parse_etag_lines, parse_etag_list, ConditionalHeaders, EntityTag,

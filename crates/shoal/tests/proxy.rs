@@ -40,9 +40,19 @@ fn any_status_passes_through_with_its_body_and_headers() {
             404,
             "the origin says no",
         ),
-        ("/r/gone", "status=410&body=gone+for+good", 410, "gone for good"),
+        (
+            "/r/gone",
+            "status=410&body=gone+for+good",
+            410,
+            "gone for good",
+        ),
         ("/r/forbidden", "status=403&body=nope", 403, "nope"),
-        ("/r/teapot", "status=418&body=short+and+stout", 418, "short and stout"),
+        (
+            "/r/teapot",
+            "status=418&body=short+and+stout",
+            418,
+            "short and stout",
+        ),
         (
             "/r/broken",
             "status=503&h=Retry-After:7&body=origin+overloaded",
@@ -56,7 +66,11 @@ fn any_status_passes_through_with_its_body_and_headers() {
         let got = curl(&format!("{}{path}", cache.url), &[]);
         assert_eq!(got.status, status, "{path}");
         assert_eq!(String::from_utf8_lossy(&got.body), body, "{path}");
-        assert_eq!(got.header("x-shoal-error"), None, "{path}: origin's own answer");
+        assert_eq!(
+            got.header("x-shoal-error"),
+            None,
+            "{path}: origin's own answer"
+        );
         assert!(
             got.header("via").is_some_and(|v| v.contains("shoal")),
             "{path}: Via names this hop"
@@ -136,7 +150,12 @@ fn any_method_is_forwarded_and_unsafe_ones_invalidate() {
     for method in ["POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
         let got = curl(
             &format!("{url}?status=201&body=done+{method}"),
-            &["-X", method, "--data-binary", &format!("payload of {method}")],
+            &[
+                "-X",
+                method,
+                "--data-binary",
+                &format!("payload of {method}"),
+            ],
         );
         assert_eq!(got.status, 201, "{method}");
         assert_eq!(String::from_utf8_lossy(&got.body), format!("done {method}"));
@@ -168,9 +187,15 @@ fn queries_and_directory_paths_reach_the_origin() {
     origin.set("/", "body=index+page");
     origin.set("/docs/", "body=docs+index");
     let root = curl(&format!("{}/", cache.url), &[]);
-    assert_eq!((root.status, root.body.as_slice()), (200, &b"index page"[..]));
+    assert_eq!(
+        (root.status, root.body.as_slice()),
+        (200, &b"index page"[..])
+    );
     let docs = curl(&format!("{}/docs/", cache.url), &[]);
-    assert_eq!((docs.status, docs.body.as_slice()), (200, &b"docs index"[..]));
+    assert_eq!(
+        (docs.status, docs.body.as_slice()),
+        (200, &b"docs index"[..])
+    );
     let query = curl(
         &format!("{}/search?q=big+buck&page=2&body=results", cache.url),
         &[],
@@ -181,7 +206,10 @@ fn queries_and_directory_paths_reach_the_origin() {
         .iter()
         .any(|s| s.target == "/search?q=big+buck&page=2&body=results"));
     // Still refused: paths that could name something else.
-    assert_eq!(curl(&format!("{}/a/../b", cache.url), &["--path-as-is"]).status, 400);
+    assert_eq!(
+        curl(&format!("{}/a/../b", cache.url), &["--path-as-is"]).status,
+        400
+    );
 }
 
 /// The cache's own errors say so; the origin's do not.
@@ -189,7 +217,12 @@ fn queries_and_directory_paths_reach_the_origin() {
 fn cache_errors_are_marked_origin_errors_are_not() {
     let port = free_port();
     let data = tempfile::tempdir().unwrap();
-    let cache = start_cache(&format!("http://127.0.0.1:{port}"), data.path(), "1GiB", &[]);
+    let cache = start_cache(
+        &format!("http://127.0.0.1:{port}"),
+        data.path(),
+        "1GiB",
+        &[],
+    );
     let got = curl(&format!("{}/nothing/there", cache.url), &[]);
     assert_eq!(got.status, 502);
     assert_eq!(got.header("x-shoal-error"), Some("origin"));
@@ -215,7 +248,10 @@ fn head_ignores_range_and_huge_last_positions_mean_the_end() {
     assert_eq!(head.header("content-length"), Some("500000"));
     let huge = curl(&url, &["-H", "Range: bytes=100-99999999999999999999999"]);
     assert_eq!(huge.status, 206);
-    assert_eq!(huge.header("content-range"), Some("bytes 100-499999/500000"));
+    assert_eq!(
+        huge.header("content-range"),
+        Some("bytes 100-499999/500000")
+    );
     assert!(huge.body == content(500_000, 7)[100..]);
 }
 
@@ -260,7 +296,10 @@ fn requests_without_one_valid_host_are_refused() {
             }
         }
         let answer = String::from_utf8_lossy(&answer);
-        assert!(answer.starts_with("HTTP/1.1 400"), "{request:?} → {answer:?}");
+        assert!(
+            answer.starts_with("HTTP/1.1 400"),
+            "{request:?} → {answer:?}"
+        );
     }
     assert_eq!(origin.count("GET", "/x") + origin.count("HEAD", "/x"), 0);
 }
