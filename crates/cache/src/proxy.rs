@@ -94,14 +94,16 @@ pub fn request_headers(
             headers.insert("x-forwarded-for", value);
         }
     }
-    if let Some(host) = client_host {
-        if !headers.contains_key("x-forwarded-host") {
+    // What this hop saw, whatever the client claims.
+    match client_host {
+        Some(host) => {
             headers.insert("x-forwarded-host", host);
         }
+        None => {
+            headers.remove("x-forwarded-host");
+        }
     }
-    if !headers.contains_key("x-forwarded-proto") {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
     shoal_http::forward::append_via(&mut headers, version, VIA_PSEUDONYM);
     headers
 }
@@ -111,8 +113,23 @@ pub fn request_headers(
 pub fn response_headers(origin_headers: &HeaderMap) -> HeaderMap {
     let mut headers = origin_headers.clone();
     shoal_http::forward::remove_hop_by_hop(&mut headers);
+    remove_shoal_fields(&mut headers);
     shoal_http::forward::append_via(&mut headers, http::Version::HTTP_11, VIA_PSEUDONYM);
     headers
+}
+
+/// Removes `x-shoal-*` fields from an upstream's answer: this cache's
+/// own (`x-shoal-cache`, `x-shoal-error`, …) mean what it says, not what
+/// an origin (or a shoal in front of another) said.
+pub fn remove_shoal_fields(headers: &mut HeaderMap) {
+    let names: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("x-shoal-"))
+        .cloned()
+        .collect();
+    for name in names {
+        headers.remove(name);
+    }
 }
 
 /// Whether a response to `method` with `status` carries a body.
@@ -162,7 +179,12 @@ impl CacheService {
             }
         };
         if !is_safe(&method) && (status.is_success() || status.is_redirection()) {
-            self.invalidate_after_unsafe(&target, &origin_headers).await;
+            // In the background: the client's answer waits for nothing.
+            let service = self.clone();
+            let headers = origin_headers.clone();
+            tokio::spawn(async move {
+                service.invalidate_after_unsafe(&target, &headers).await;
+            });
         }
         let mut response = Response::new(shoal_server::empty());
         *response.status_mut() = status;
@@ -288,6 +310,16 @@ mod tests {
         assert_eq!(out.get("origin").unwrap(), "https://player.example");
         assert_eq!(out.get("x-forwarded-for").unwrap(), "10.0.0.1, 192.0.2.7");
         assert_eq!(out.get("x-forwarded-host").unwrap(), "video.example");
+        let mut spoofed = client.clone();
+        spoofed.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        let out_spoofed = request_headers(&spoofed, http::Version::HTTP_11, ip);
+        assert_eq!(out_spoofed.get("x-forwarded-proto").unwrap(), "http");
+        let mut origin = HeaderMap::new();
+        origin.insert("x-shoal-error", HeaderValue::from_static("origin"));
+        origin.insert("x-kept", HeaderValue::from_static("1"));
+        let back = response_headers(&origin);
+        assert!(!back.contains_key("x-shoal-error"));
+        assert!(back.contains_key("x-kept"));
         assert_eq!(out.get("x-forwarded-proto").unwrap(), "http");
         assert_eq!(out.get("via").unwrap(), "1.1 shoal");
         for gone in ["host", "connection", "x-hop", "expect"] {

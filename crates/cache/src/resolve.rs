@@ -49,15 +49,20 @@ pub enum ResolveError {
 }
 
 impl ResolveError {
-    /// The 4xx the origin (or, for it, the shield) answered: a client's
-    /// request then goes to the origin for the origin's own answer.
-    pub fn origin_refusal(&self) -> Option<StatusCode> {
-        let status = match self {
-            ResolveError::Origin(OriginError::Status(status)) => *status,
-            ResolveError::Peer { status, .. } => *status,
-            _ => return None,
-        };
-        status.is_client_error().then_some(status)
+    /// The error status the origin answered (or, for it, the shield
+    /// reported): a client's request then goes to the origin for the
+    /// origin's own answer and body.
+    pub fn origin_answered(&self) -> Option<StatusCode> {
+        match self {
+            ResolveError::Origin(OriginError::Status(status)) => Some(*status),
+            ResolveError::Peer { status, .. } if status.is_client_error() => Some(*status),
+            // A shield reports an origin's 5xx as 502: it may be the
+            // shield's own trouble, but the origin is still asked.
+            ResolveError::Peer { status, .. } if *status == StatusCode::BAD_GATEWAY => {
+                Some(*status)
+            }
+            _ => None,
+        }
     }
 
     pub fn client_status(&self) -> StatusCode {
@@ -257,11 +262,12 @@ impl Resolver {
                 return Err(OriginError::Status(head.status).into());
             }
             if head.status.is_server_error() {
-                // The origin is failing now: its answer goes to the
-                // client as it is, and the stored version stays (stale,
-                // so the next request asks again).
-                tracing::warn!(path = %path.as_str(), status = %head.status, "the origin answered an error on revalidation: passing it through, keeping the stored version");
-                return Ok(Resolved::PassThrough);
+                // The origin is failing now: an error to siblings (who
+                // keep their versions too), the origin's own answer to a
+                // client; the stored version stays (stale, so the next
+                // request asks again).
+                tracing::warn!(path = %path.as_str(), status = %head.status, "the origin answered an error on revalidation: keeping the stored version");
+                return Err(OriginError::Status(head.status).into());
             }
             if !head.is_whole_file() {
                 // Moved, or no longer a plain file: the path is passed
@@ -638,7 +644,10 @@ impl Resolver {
             headers: shoal_http::forward::stored_fields(
                 headers,
                 &shoal_proto::record::computed_fields(),
-            ),
+            )
+            .into_iter()
+            .filter(|(name, _)| !name.starts_with("x-shoal-"))
+            .collect(),
         };
         let mut record = record;
         if published {
@@ -856,12 +865,14 @@ impl Resolver {
     /// path's version becomes stale (revalidated on the next request).
     /// Marks the stored version of `path` stale (RFC 9111 §4.4, after an
     /// unsafe request): the next request revalidates it. False when
-    /// nothing is stored for the path.
+    /// nothing fresh is stored for the path.
     pub async fn invalidate(&self, path: &RequestPath) -> bool {
         let key = path.as_str();
         let _guard = self.lock_path(key).await;
         let (entry, record) = self.known_record(key);
-        let Some(record) = record else {
+        // Already stale: nothing to do (and nothing to tell the mesh,
+        // however many unsafe requests come).
+        let Some(record) = record.filter(|r| r.fresh_until_unix_s > now_unix_s()) else {
             return false;
         };
         self.mark_stale(key, entry, record);

@@ -263,8 +263,9 @@ impl CacheService {
         }
         // A query the store does not key, or a directory (`/`, `/docs/`):
         // the origin answers it.
+        // (A pinned request is the selector's: always the stored version.)
         let target = origin_target(request.uri());
-        if target.contains('?') || is_directory_path(raw_path) {
+        if pin.is_none() && (target.contains('?') || is_directory_path(raw_path)) {
             return self
                 .forward(request, target, client_ip, PassReason::Target)
                 .await;
@@ -301,7 +302,7 @@ impl CacheService {
                 self.forward(request, target, client_ip, PassReason::Response)
                     .await
             }
-            Err(error) if error.origin_refusal().is_some() => {
+            Err(error) if error.origin_answered().is_some() => {
                 self.forward(request, target, client_ip, PassReason::Response)
                     .await
             }
@@ -1092,7 +1093,7 @@ impl CacheService {
         })?;
         match self.resolver.resolve(&path).await {
             Ok(resolved) => Ok((path, resolved)),
-            Err(error) if pass_refusals && error.origin_refusal().is_some() => {
+            Err(error) if pass_refusals && error.origin_answered().is_some() => {
                 Ok((path, Resolved::PassThrough))
             }
             Err(error) => {

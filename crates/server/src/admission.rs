@@ -9,7 +9,8 @@
 //! - **Shedding near the cap**: from [`SHED_START_PERCENT`] of
 //!   [`ServerLimits::connections_max`], each new connection asks the
 //!   longest-idle connection that is not in a request (no handler running
-//!   and no byte moved for [`SHED_IDLE_MS_MIN`]) to close. Closing an idle
+//!   and no byte moved for [`SHED_IDLE_MS_MIN`]) to close, gracefully: a
+//!   response still being written is finished first. Closing an idle
 //!   keep-alive connection is always allowed (RFC 9112 §9.6), and a client
 //!   that never sent a request loses nothing.
 //! - **At the cap** a new connection is admitted only if one was shed for

@@ -482,10 +482,13 @@ async fn serve_connection<H, Fut>(
                 tracing::debug!(conn = info.id, peer = %info.peer_addr, "no request within the header timeout of accept");
                 return;
             }
-            () = slot.shed.notified() => {
+            () = slot.shed.notified(), if !draining => {
+                // Gracefully: a response still streaming (its handler
+                // done, its client slow) is finished, not cut.
                 counters.shed_idle.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(conn = info.id, peer = %info.peer_addr, "closing an idle connection to make room");
-                return;
+                draining = true;
+                connection.as_mut().graceful_shutdown();
             }
             _ = shutdown.changed(), if !draining => {
                 draining = true;

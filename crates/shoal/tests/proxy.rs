@@ -303,3 +303,30 @@ fn requests_without_one_valid_host_are_refused() {
     }
     assert_eq!(origin.count("GET", "/x") + origin.count("HEAD", "/x"), 0);
 }
+
+/// A pinned request (the selector's URL) is served from the stored
+/// version whatever else its query holds: never passed to the origin,
+/// never another version.
+#[test]
+fn pinned_requests_with_other_query_parameters_stay_on_the_stored_version() {
+    let origin = AnyOrigin::start();
+    let (cache, _data) = cache_for(&origin);
+    origin.set("/p/a.bin", "size=400000");
+    let url = format!("{}/p/a.bin", cache.url);
+    let first = curl(&url, &[]);
+    assert_eq!(first.status, 200);
+    let id = first
+        .header("x-shoal-object-id")
+        .expect("an object id")
+        .to_string();
+    let gets_before = origin.count("GET", "/p/a.bin");
+    let pinned = curl(&format!("{url}?player=web&shoal-object={id}"), &[]);
+    assert_eq!(pinned.status, 200);
+    assert_eq!(pinned.header("x-shoal-cache"), Some("HIT"));
+    assert_eq!(pinned.header("x-shoal-object-id"), Some(id.as_str()));
+    assert!(pinned.body == content(400_000, 7));
+    assert_eq!(origin.count("GET", "/p/a.bin"), gets_before);
+    // Without the pin, the query is the origin's to answer.
+    let unpinned = curl(&format!("{url}?player=web"), &[]);
+    assert_eq!(unpinned.header("x-shoal-cache"), Some("PASS"));
+}
