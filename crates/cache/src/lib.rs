@@ -15,6 +15,7 @@ pub mod proxy;
 pub use shoal_proto::peer_health;
 pub mod purge;
 pub mod resolve;
+pub mod response;
 pub mod schedule;
 pub mod serve;
 pub mod stats;
@@ -58,6 +59,16 @@ pub struct CacheConfig {
     /// Larger objects are passed through from the origin, not stored (bounds
     /// the per-object bookkeeping a HEAD response can make us allocate).
     pub object_bytes_max: u64,
+    /// Largest response stored whole (statuses other than 200, bodies of
+    /// unknown length, requests with a query or for a directory); larger
+    /// ones are passed through.
+    pub response_bytes_max: u64,
+    /// Objects (200 with a length) smaller than this take the
+    /// whole-response path instead of the piece path: one GET on a miss
+    /// instead of a HEAD, a manifest and ranges, but no mesh sharing of
+    /// pieces. 0 (the default): every object with a length takes the
+    /// piece path.
+    pub small_object_bytes_max: u64,
     /// How long a path keeps its version without asking the origin when
     /// the origin sends no freshness (`Cache-Control: max-age`, `Expires`):
     /// the longest a republished file can go unseen. 0: ask every time.
@@ -152,6 +163,8 @@ impl Default for CacheConfig {
             fill_run_bytes_max: 16 << 20,
             readahead_bytes: 32 << 20,
             object_bytes_max: 1 << 40,
+            response_bytes_max: 8 << 20,
+            small_object_bytes_max: 0,
             freshness_default_s: 60,
             limits: ServerLimits::default(),
             mesh: MeshSettings::default(),
@@ -324,14 +337,23 @@ impl BoundCache {
             mesh.clone(),
         );
         let service = Arc::new(CacheService {
-            resolver: resolve::Resolver::new(
-                store,
-                origin.clone(),
-                stats.clone(),
-                config.object_bytes_max,
+            responses: response::ResponseStore::new(
+                store.clone(),
+                config.response_bytes_max,
                 config.freshness_default_s,
-                mesh.clone(),
             ),
+            resolver: {
+                let mut resolver = resolve::Resolver::new(
+                    store,
+                    origin.clone(),
+                    stats.clone(),
+                    config.object_bytes_max,
+                    config.freshness_default_s,
+                    mesh.clone(),
+                );
+                resolver.small_object_bytes_max = config.small_object_bytes_max;
+                resolver
+            },
             filler,
             origin,
             stats,

@@ -234,6 +234,9 @@ impl CacheService {
             }
         }
         for raw in paths {
+            // Whole responses stored for the exact target go at once.
+            self.responses
+                .remove(raw.split('#').next().unwrap_or_default());
             let raw_path = raw.split(['?', '#']).next().unwrap_or_default();
             let Ok(path) = RequestPath::parse(raw_path) else {
                 continue;

@@ -89,6 +89,9 @@ pub struct Resolver {
     entries_max: usize,
     /// Larger objects are passed through, not stored.
     object_bytes_max: u64,
+    /// Smaller objects take the whole-response path (`response`), not the
+    /// piece path. 0: every object with a length takes the piece path.
+    pub small_object_bytes_max: u64,
     /// How many paths' records name each object id.
     id_users: Mutex<HashMap<ObjectId, usize>>,
     /// The mesh, when this cache is part of one: non-shields ask the shield.
@@ -131,6 +134,7 @@ impl Resolver {
         Self {
             id_users: Mutex::new(id_users),
             object_bytes_max,
+            small_object_bytes_max: 0,
             store,
             origin,
             stats,
@@ -161,6 +165,20 @@ impl Resolver {
             Some(entry) => Ok(Resolved::Cached(entry)),
             None => self.resolve_locked(path).await,
         }
+    }
+
+    /// Resolves `path` asking the origin (or the shield) even when the
+    /// version known here is fresh: a client's `no-cache` or `max-age=0`
+    /// (RFC 9111 §5.2.1). Concurrent ones share one probe.
+    pub async fn revalidate(&self, path: &RequestPath) -> Result<Resolved, ResolveError> {
+        let _guard = self.lock_path(path.as_str()).await;
+        self.resolve_locked(path).await
+    }
+
+    /// Whether a fresh version of `path` is known here (for a client's
+    /// `only-if-cached`).
+    pub fn has_fresh(&self, path: &RequestPath) -> bool {
+        self.fresh_entry(path.as_str(), now_unix_s()).is_some()
     }
 
     /// Resolves `path` again for a request pinned to `pin`, a version this
@@ -585,6 +603,9 @@ impl Resolver {
         };
         let cache_control = CacheControl::from_headers(headers);
         if !shoal_http::cache_control::is_storable(StatusCode::OK, &cache_control) {
+            return Ok(Probe::NotStorable);
+        }
+        if size < self.small_object_bytes_max {
             return Ok(Probe::NotStorable);
         }
         if size > self.object_bytes_max {

@@ -54,6 +54,8 @@ pub(crate) const BODY_CHUNKS_MAX: usize = 4;
 
 pub struct CacheService {
     pub(crate) resolver: Resolver,
+    /// Whole responses (what the piece path does not take).
+    pub(crate) responses: crate::response::ResponseStore,
     pub(crate) filler: Arc<Filler>,
     pub(crate) origin: Arc<OriginClient>,
     pub(crate) stats: Arc<CacheStats>,
@@ -265,10 +267,32 @@ impl CacheService {
         // the origin answers it.
         // (A pinned request is the selector's: always the stored version.)
         let target = origin_target(request.uri());
-        if pin.is_none() && (target.contains('?') || is_directory_path(raw_path)) {
+        if pin.is_none()
+            && (target.contains('?') || is_directory_path(raw_path) || self.responses.has(&target))
+        {
+            let key = target.clone();
             return self
-                .forward(request, target, client_ip, PassReason::Target)
+                .respond_whole(request, key, target, client_ip, PassReason::Target)
                 .await;
+        }
+        // A client's `no-cache` / `max-age=0` (RFC 9111 §5.2.1): the piece
+        // path asks the origin (or the shield) before answering.
+        let request_cc =
+            shoal_http::cache_control::RequestCacheControl::from_headers(request.headers());
+        if pin.is_none() && request_cc.only_if_cached {
+            let fresh = RequestPath::parse(raw_path).is_ok_and(|p| self.resolver.has_fresh(&p));
+            if !fresh {
+                return error_response(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    Fault::Client,
+                    "only-if-cached: nothing stored answers this request\n",
+                );
+            }
+        }
+        if pin.is_none() && (request_cc.no_cache || request_cc.max_age_s == Some(0)) {
+            if let Ok(path) = RequestPath::parse(raw_path) {
+                let _ = self.resolver.revalidate(&path).await;
+            }
         }
         let (path, resolved) = match self.parse_and_resolve_pinned(raw_path, pin, true).await {
             Ok(found) => found,
@@ -277,9 +301,10 @@ impl CacheService {
         let entry = match resolved {
             Resolved::Cached(entry) => entry,
             Resolved::PassThrough => {
+                let key = target.clone();
                 return self
-                    .forward(request, target, client_ip, PassReason::Response)
-                    .await
+                    .respond_whole(request, key, target, client_ip, PassReason::Response)
+                    .await;
             }
         };
         let response = self
@@ -299,11 +324,13 @@ impl CacheService {
                     .await
             }
             Ok(Resolved::PassThrough) => {
-                self.forward(request, target, client_ip, PassReason::Response)
+                let key = target.clone();
+                self.respond_whole(request, key, target, client_ip, PassReason::Response)
                     .await
             }
             Err(error) if error.origin_answered().is_some() => {
-                self.forward(request, target, client_ip, PassReason::Response)
+                let key = target.clone();
+                self.respond_whole(request, key, target, client_ip, PassReason::Response)
                     .await
             }
             _ => response,
@@ -467,7 +494,7 @@ impl CacheService {
         if !new {
             return 0;
         }
-        let paths = self.resolver.apply_purge(event).await;
+        let paths = self.resolver.apply_purge(event).await + self.responses.apply_purge(event);
         self.stats.purges.fetch_add(1, Ordering::Relaxed);
         let log = lock(&self.purges).clone();
         if let (Some(mesh), Some(head)) = (&self.mesh, log.newest_id()) {

@@ -24,6 +24,9 @@ pub struct CacheStats {
     /// Stored paths made stale by an unsafe request's answer (RFC 9111
     /// §4.4).
     pub invalidations: AtomicU64,
+    /// Whole responses stored (statuses other than 200, unknown lengths,
+    /// queries; see `response`).
+    pub responses_stored: AtomicU64,
     /// Requests from sibling caches served (`/_shoal/peer/...`).
     pub peer_requests_served: AtomicU64,
     /// Bytes of piece data sent to sibling caches.
@@ -85,6 +88,7 @@ pub struct StatsSnapshot {
     pub revalidations: u64,
     pub pass_through_requests: u64,
     pub invalidations: u64,
+    pub responses_stored: u64,
     pub peer_requests_served: u64,
     pub peer_bytes_served: u64,
     pub peer_bytes_received: u64,
@@ -142,6 +146,7 @@ impl CacheStats {
             revalidations: get(&self.revalidations),
             pass_through_requests: get(&self.pass_through_requests),
             invalidations: get(&self.invalidations),
+            responses_stored: get(&self.responses_stored),
             peer_requests_served: get(&self.peer_requests_served),
             peer_bytes_served: get(&self.peer_bytes_served),
             peer_bytes_received: get(&self.peer_bytes_received),

@@ -18,6 +18,7 @@
 //! | [`multipart`]     | `multipart/byteranges` framing for streaming        |
 //! | [`cache_control`] | shared-cache storability and freshness lifetime     |
 //! | [`freshness`]     | age; may a stored response answer this request now  |
+//! | [`vary`]          | `Vary` fields and the secondary key of a request    |
 //! | [`path`]          | request path → safe, normalized object path         |
 //! | [`date`]          | HTTP-date parsing and formatting                    |
 //! | [`host`]          | `Host` lines → one valid host, or 400               |
@@ -71,6 +72,7 @@ pub mod host;
 pub mod multipart;
 pub mod path;
 pub mod range;
+pub mod vary;
 
 mod syntax;
 

@@ -14,6 +14,18 @@ fn cache_for(origin: &AnyOrigin) -> (Proc, tempfile::TempDir) {
     (cache, data)
 }
 
+/// A cache whose objects under 1 MiB take the whole-response path.
+fn cache_for_small(origin: &AnyOrigin) -> (Proc, tempfile::TempDir) {
+    let data = tempfile::tempdir().unwrap();
+    let cache = start_cache(
+        &origin.url,
+        data.path(),
+        "1GiB",
+        &[("SHOAL_CACHE_SMALL_OBJECT_BYTES_MAX", "1048576")],
+    );
+    (cache, data)
+}
+
 /// Every status comes through with the origin's body and headers, and no
 /// `x-shoal-error` (that marks only the cache's own errors).
 #[test]
@@ -93,7 +105,15 @@ fn responses_of_unknown_length_stream_through() {
         let got = curl(&format!("{}{path}", cache.url), &[]);
         assert_eq!(got.status, 200, "{path}");
         assert!(got.body == content(300_000, 7), "{path}: bytes differ");
-        assert_eq!(got.header("x-shoal-cache"), Some("PASS"), "{path}");
+        assert_eq!(got.header("x-shoal-cache"), Some("MISS"), "{path}");
+        // Stored whole once complete: the next answer is the store's.
+        let again = curl(&format!("{}{path}", cache.url), &[]);
+        assert_eq!(again.header("x-shoal-cache"), Some("HIT"), "{path}");
+        assert!(
+            again.body == content(300_000, 7),
+            "{path}: stored bytes differ"
+        );
+        assert_eq!(origin.count("GET", path), 1, "{path}");
     }
 }
 
@@ -328,5 +348,213 @@ fn pinned_requests_with_other_query_parameters_stay_on_the_stored_version() {
     assert_eq!(origin.count("GET", "/p/a.bin"), gets_before);
     // Without the pin, the query is the origin's to answer.
     let unpinned = curl(&format!("{url}?player=web"), &[]);
-    assert_eq!(unpinned.header("x-shoal-cache"), Some("PASS"));
+    assert_eq!(unpinned.header("x-shoal-cache"), Some("MISS"));
+    assert_eq!(origin.count("GET", "/p/a.bin"), gets_before + 1);
+}
+
+fn sleep_s(seconds: u64) {
+    std::thread::sleep(std::time::Duration::from_secs(seconds));
+}
+
+/// RFC 9111 §3, §4.2.2: a 404 and a 301 are stored (negative caching,
+/// heuristic freshness); a 503 and a 302 without freshness are not.
+#[test]
+fn errors_and_redirects_are_stored_by_their_rules() {
+    let origin = AnyOrigin::start();
+    let (cache, _data) = cache_for(&origin);
+    for (path, query, stored) in [
+        ("/s/missing", "status=404&body=not+here", true),
+        ("/s/moved", "status=301&h=Location:/s/new", true),
+        ("/s/found", "status=302&h=Location:/s/new", false),
+        (
+            "/s/found-60",
+            "status=302&h=Location:/s/new&h=Cache-Control:max-age%3D60",
+            true,
+        ),
+        ("/s/down", "status=503&body=later", false),
+    ] {
+        origin.set(path, query);
+        let first = curl(&format!("{}{path}", cache.url), &[]);
+        let second = curl(&format!("{}{path}", cache.url), &[]);
+        assert_eq!(first.status, second.status, "{path}");
+        assert_eq!(first.body, second.body, "{path}");
+        let expected = if stored { "HIT" } else { "PASS" };
+        assert_eq!(second.header("x-shoal-cache"), Some(expected), "{path}");
+        assert_eq!(
+            origin.count("GET", path),
+            if stored { 1 } else { 2 },
+            "{path}: origin GETs"
+        );
+        if stored {
+            assert!(
+                second.header("age").is_some(),
+                "{path}: Age on a stored answer"
+            );
+        }
+    }
+}
+
+/// The cache key holds the query; `Vary` keeps one variant per value of
+/// the fields it names; `Vary: *` is never stored.
+#[test]
+fn queries_and_vary_select_stored_responses() {
+    let origin = AnyOrigin::start();
+    let (cache, _data) = cache_for(&origin);
+    let get = |q: &str, args: &[&str]| curl(&format!("{}/k/page?{q}", cache.url), args);
+    assert_eq!(get("body=one", &[]).header("x-shoal-cache"), Some("MISS"));
+    assert_eq!(get("body=one", &[]).header("x-shoal-cache"), Some("HIT"));
+    let two = get("body=two", &[]);
+    assert_eq!(
+        (two.header("x-shoal-cache"), two.body.as_slice()),
+        (Some("MISS"), &b"two"[..])
+    );
+
+    let vary = "body=cors&h=Vary:Origin";
+    let a = ["-H", "Origin: https://a.example"];
+    let b = ["-H", "Origin: https://b.example"];
+    assert_eq!(get(vary, &a).header("x-shoal-cache"), Some("MISS"));
+    assert_eq!(get(vary, &a).header("x-shoal-cache"), Some("HIT"));
+    assert_eq!(get(vary, &b).header("x-shoal-cache"), Some("MISS"));
+    assert_eq!(get(vary, &b).header("x-shoal-cache"), Some("HIT"));
+    assert_eq!(get(vary, &a).header("x-shoal-cache"), Some("HIT"));
+
+    let star = "body=star&h=Vary:*";
+    get(star, &[]);
+    assert_eq!(get(star, &[]).header("x-shoal-cache"), Some("PASS"));
+}
+
+/// Revalidation (RFC 9111 §4.3): a stale response is asked about with its
+/// ETag, a 304 refreshes it; `stale-if-error` serves it when the origin
+/// fails, `stale-while-revalidate` serves it while asking (RFC 5861).
+#[test]
+fn stale_responses_revalidate_or_serve_stale_as_allowed() {
+    let origin = AnyOrigin::start();
+    let (cache, _data) = cache_for_small(&origin);
+    let url = |path: &str| format!("{}{path}", cache.url);
+
+    origin.set("/v/etag", "body=same&etag=v1&h=Cache-Control:max-age%3D1");
+    assert_eq!(
+        curl(&url("/v/etag"), &[]).header("x-shoal-cache"),
+        Some("MISS")
+    );
+    sleep_s(2);
+    let again = curl(&url("/v/etag"), &[]);
+    assert_eq!(again.header("x-shoal-cache"), Some("REVALIDATED"));
+    assert_eq!(again.body, b"same");
+    let asked = origin
+        .seen()
+        .into_iter()
+        .rev()
+        .find(|s| s.target == "/v/etag")
+        .unwrap();
+    assert_eq!(asked.header("if-none-match"), Some("\"v1\""));
+
+    origin.set(
+        "/v/sie",
+        "body=good&h=Cache-Control:max-age%3D1,+stale-if-error%3D60",
+    );
+    assert_eq!(curl(&url("/v/sie"), &[]).status, 200);
+    origin.set("/v/sie", "status=500&body=broken");
+    sleep_s(2);
+    let stale = curl(&url("/v/sie"), &[]);
+    assert_eq!((stale.status, stale.body.as_slice()), (200, &b"good"[..]));
+    assert_eq!(stale.header("x-shoal-cache"), Some("STALE"));
+    // Without stale-if-error the origin's error is what the client gets.
+    origin.set("/v/strict", "body=good&h=Cache-Control:max-age%3D1");
+    curl(&url("/v/strict"), &[]);
+    origin.set("/v/strict", "status=500&body=broken");
+    sleep_s(2);
+    let strict = curl(&url("/v/strict"), &[]);
+    assert_eq!(
+        (strict.status, strict.body.as_slice()),
+        (500, &b"broken"[..])
+    );
+
+    origin.set(
+        "/v/swr",
+        "body=old&h=Cache-Control:max-age%3D1,+stale-while-revalidate%3D60",
+    );
+    curl(&url("/v/swr"), &[]);
+    origin.set("/v/swr", "body=new&h=Cache-Control:max-age%3D60");
+    sleep_s(2);
+    let served = curl(&url("/v/swr"), &[]);
+    assert_eq!(
+        (served.header("x-shoal-cache"), served.body.as_slice()),
+        (Some("STALE"), &b"old"[..])
+    );
+    wait_until(
+        "the background revalidation",
+        std::time::Duration::from_secs(10),
+        || curl(&url("/v/swr"), &[]).body == b"new",
+    );
+}
+
+/// Request directives (RFC 9111 §5.2.1) and what is never stored.
+#[test]
+fn request_directives_and_private_answers() {
+    let origin = AnyOrigin::start();
+    let (cache, _data) = cache_for_small(&origin);
+    let url = |path: &str| format!("{}{path}", cache.url);
+    let only = ["-H", "Cache-Control: only-if-cached"];
+    let nothing = curl(&url("/d/cold?body=x"), &only);
+    assert_eq!(nothing.status, 504);
+    origin.set("/d/page", "body=page&h=Cache-Control:max-age%3D600");
+    curl(&url("/d/page"), &[]);
+    assert_eq!(
+        curl(&url("/d/page"), &only).header("x-shoal-cache"),
+        Some("HIT")
+    );
+    let gets = origin.count("GET", "/d/page");
+    let no_cache = curl(&url("/d/page"), &["-H", "Cache-Control: no-cache"]);
+    assert_eq!(no_cache.status, 200);
+    assert_eq!(
+        origin.count("GET", "/d/page"),
+        gets + 1,
+        "no-cache asks the origin"
+    );
+
+    for (path, query, args) in [
+        ("/d/cookie", "body=c&h=Set-Cookie:session%3D1", vec![]),
+        ("/d/auth", "body=a", vec!["-H", "Authorization: Bearer t"]),
+        ("/d/private", "body=p&h=Cache-Control:private", vec![]),
+    ] {
+        origin.set(path, query);
+        curl(&url(path), &args);
+        let second = curl(&url(path), &args);
+        assert_eq!(second.header("x-shoal-cache"), Some("PASS"), "{path}");
+    }
+    // RFC 9213: CDN-Cache-Control decides for the CDN.
+    origin.set(
+        "/d/cdn",
+        "body=c&h=Cache-Control:no-store&h=CDN-Cache-Control:max-age%3D60",
+    );
+    curl(&url("/d/cdn"), &[]);
+    let cdn = curl(&url("/d/cdn"), &[]);
+    assert_eq!(cdn.header("x-shoal-cache"), Some("HIT"));
+    assert_eq!(
+        cdn.header("cache-control"),
+        Some("no-store"),
+        "clients still get the origin's"
+    );
+
+    // The piece path honours them too.
+    let (pieces, _pieces_data) = cache_for(&origin);
+    origin.set("/d/big.bin", "size=600000&h=Cache-Control:max-age%3D600");
+    let big = format!("{}/d/big.bin", pieces.url);
+    assert_eq!(curl(&big, &only).status, 504);
+    curl(&big, &[]);
+    assert_eq!(curl(&big, &only).header("x-shoal-cache"), Some("HIT"));
+    let heads = origin.count("HEAD", "/d/big.bin");
+    assert_eq!(curl(&big, &["-H", "Cache-Control: no-cache"]).status, 200);
+    assert_eq!(
+        origin.count("HEAD", "/d/big.bin"),
+        heads + 1,
+        "no-cache revalidates"
+    );
+    curl(&big, &[]);
+    assert_eq!(
+        origin.count("HEAD", "/d/big.bin"),
+        heads + 1,
+        "then fresh again"
+    );
 }
