@@ -83,6 +83,9 @@ pub fn request_headers(
     let mut headers = client_headers.clone();
     shoal_http::forward::remove_hop_by_hop(&mut headers);
     let client_host = headers.remove(header::HOST);
+    // This hop says who the client is (below); what a client claims about
+    // earlier hops in `Forwarded` is not passed on as if it were ours.
+    headers.remove(header::FORWARDED);
     // The expectation was the client's of us; hyper answers it.
     headers.remove(header::EXPECT);
     if let Some(ip) = client_ip {
@@ -153,6 +156,7 @@ impl CacheService {
         self.stats
             .pass_through_requests
             .fetch_add(1, Ordering::Relaxed);
+        let host = crate::serve::request_host(&request);
         let (parts, body) = request.into_parts();
         let method = parts.method.clone();
         let headers = request_headers(&parts.headers, parts.version, client_ip);
@@ -183,7 +187,9 @@ impl CacheService {
             let service = self.clone();
             let headers = origin_headers.clone();
             tokio::spawn(async move {
-                service.invalidate_after_unsafe(&target, &headers).await;
+                service
+                    .invalidate_after_unsafe(&target, host.as_ref(), &headers)
+                    .await;
             });
         }
         let mut response = Response::new(shoal_server::empty());
@@ -224,7 +230,12 @@ impl CacheService {
     /// RFC 9111 §4.4: after a non-error answer to an unsafe method, the
     /// target path and the paths `Location` and `Content-Location` name
     /// (on this host) are stale here and at their shield.
-    async fn invalidate_after_unsafe(self: &Arc<Self>, target: &str, headers: &HeaderMap) {
+    async fn invalidate_after_unsafe(
+        self: &Arc<Self>,
+        target: &str,
+        host: Option<&HeaderValue>,
+        headers: &HeaderMap,
+    ) {
         let mut paths = vec![target.to_string()];
         for name in [header::LOCATION, header::CONTENT_LOCATION] {
             if let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) {
@@ -235,8 +246,9 @@ impl CacheService {
         }
         for raw in paths {
             // Whole responses stored for the exact target go at once.
+            let exact = raw.split('#').next().unwrap_or_default();
             self.responses
-                .remove(raw.split('#').next().unwrap_or_default());
+                .remove(&crate::response::cache_key(exact, host));
             let raw_path = raw.split(['?', '#']).next().unwrap_or_default();
             let Ok(path) = RequestPath::parse(raw_path) else {
                 continue;

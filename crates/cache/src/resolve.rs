@@ -169,7 +169,7 @@ impl Resolver {
 
     /// Resolves `path` asking the origin (or the shield) even when the
     /// version known here is fresh: a client's `no-cache` or `max-age=0`
-    /// (RFC 9111 §5.2.1). Concurrent ones share one probe.
+    /// (RFC 9111 §5.2.1). One at a time per path (the path lock).
     pub async fn revalidate(&self, path: &RequestPath) -> Result<Resolved, ResolveError> {
         let _guard = self.lock_path(path.as_str()).await;
         self.resolve_locked(path).await

@@ -57,6 +57,11 @@ pub const KEYS_IN_MEMORY_MAX: usize = 100_000;
 /// before it asks the origin itself.
 pub const MISS_WAIT_MS: u64 = 10_000;
 const RECORD_FORMAT: u32 = 1;
+/// Per-key locks kept before the idle ones are dropped.
+const FETCHING_TRACKED_MAX: usize = 1_024;
+/// Chunks of a response being stored that may wait for a slow client:
+/// the origin fetch (and the key's turn) does not go at its pace.
+const STORING_CHUNKS_MAX: usize = 512;
 
 /// One stored response.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -126,17 +131,30 @@ impl StoredVariant {
 /// The fields a stored response keeps: end-to-end, less what the cache
 /// writes itself (`Content-Length`, `Date`, `Age`, `Via`), `Set-Cookie`
 /// and `x-shoal-*`.
-fn kept_fields(headers: &HeaderMap) -> Vec<(String, String)> {
+/// `None` when a field would have to be left out (too many, too long,
+/// not text): the body must not be served without them.
+fn kept_fields(headers: &HeaderMap) -> Option<Vec<(String, String)>> {
     let computed = [
         header::CONTENT_LENGTH,
         header::DATE,
         header::AGE,
         header::VIA,
     ];
-    shoal_http::forward::stored_fields(headers, &computed)
+    let mut wanted = headers.clone();
+    shoal_http::forward::remove_hop_by_hop(&mut wanted);
+    let expected = wanted
+        .iter()
+        .filter(|(name, _)| {
+            !computed.contains(name)
+                && **name != header::SET_COOKIE
+                && !name.as_str().starts_with("x-shoal-")
+        })
+        .count();
+    let kept: Vec<(String, String)> = shoal_http::forward::stored_fields(headers, &computed)
         .into_iter()
         .filter(|(name, _)| !name.starts_with("x-shoal-"))
-        .collect()
+        .collect();
+    (kept.len() == expected).then_some(kept)
 }
 
 /// The directives the cache follows: `CDN-Cache-Control` if present
@@ -157,8 +175,15 @@ fn header_unix_s(headers: &HeaderMap, name: HeaderName) -> Option<u64> {
 /// (`CDN-Cache-Control`, else `Cache-Control`, else `Expires`), else the
 /// heuristic — 10 % of its age since `Last-Modified`, or, without one,
 /// `default_s` (the operator's `freshness_default_s`; RFC 9111 §4.2.2
-/// leaves the heuristic to the cache).
-pub fn lifetime_s(headers: &HeaderMap, now_unix_s: u64, default_s: u64) -> u64 {
+/// leaves the heuristic to the cache) for a negative answer or a
+/// permanent redirect, 0 for anything else (a page that says nothing
+/// about itself is asked about again every time).
+pub fn lifetime_s(status: StatusCode, headers: &HeaderMap, now_unix_s: u64, default_s: u64) -> u64 {
+    let negative_or_redirect = matches!(
+        status.as_u16(),
+        300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
+    );
+    let default_s = if negative_or_redirect { default_s } else { 0 };
     let cc = directives(headers);
     let expires = if headers.contains_key(CDN_CACHE_CONTROL) {
         None
@@ -182,12 +207,35 @@ pub fn lifetime_s(headers: &HeaderMap, now_unix_s: u64, default_s: u64) -> u64 {
 /// Why a response is not stored (for the logs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NotStored {
+    /// The response's directives (or its status) forbid it.
     Directives,
+    /// The request's `no-store`.
+    RequestNoStore,
     Authorization,
+    /// The request carried `Cookie` and the response has no explicit
+    /// freshness nor `public`: it may be one user's page.
+    Cookie,
     SetCookie,
     VaryAnything,
     Partial,
     TooLarge,
+    /// Fields the record cannot keep whole (too many, too long, not text).
+    Fields,
+}
+
+impl NotStored {
+    /// Whether the answer says something about the stored response (which
+    /// it then replaces), rather than about this one request.
+    pub fn replaces_stored(self) -> bool {
+        matches!(
+            self,
+            NotStored::Directives
+                | NotStored::SetCookie
+                | NotStored::VaryAnything
+                | NotStored::TooLarge
+                | NotStored::Fields
+        )
+    }
 }
 
 /// May the answer to a GET with `request` headers be stored (RFC 9111 §3)?
@@ -199,14 +247,27 @@ pub fn storable(
     bytes_max: u64,
 ) -> Result<Vary, NotStored> {
     let cc = directives(response);
-    if RequestCacheControl::from_headers(request).no_store || !is_storable(status, &cc) {
-        return Err(NotStored::Directives);
-    }
     if status == StatusCode::PARTIAL_CONTENT {
         return Err(NotStored::Partial);
     }
+    if !is_storable(status, &cc) {
+        return Err(NotStored::Directives);
+    }
+    if RequestCacheControl::from_headers(request).no_store {
+        return Err(NotStored::RequestNoStore);
+    }
     if request.contains_key(header::AUTHORIZATION) && !may_store_authorized(&cc) {
         return Err(NotStored::Authorization);
+    }
+    let explicit = cc.public
+        || cc.max_age_s.is_some()
+        || cc.s_maxage_s.is_some()
+        || response.contains_key(header::EXPIRES);
+    if request.contains_key(header::COOKIE) && !explicit {
+        return Err(NotStored::Cookie);
+    }
+    if kept_fields(response).is_none() {
+        return Err(NotStored::Fields);
     }
     if response.contains_key(header::SET_COOKIE) {
         return Err(NotStored::SetCookie);
@@ -224,7 +285,9 @@ pub fn storable(
 /// memory too) and the per-key locks that collapse concurrent misses.
 pub struct ResponseStore {
     store: Arc<Store>,
-    records: Mutex<HashMap<String, Arc<KeyRecord>>>,
+    /// `None`: removed (the store's index may not have committed it yet,
+    /// so the disk is not asked again).
+    records: Mutex<HashMap<String, Option<Arc<KeyRecord>>>>,
     fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Largest body stored.
     pub bytes_max: u64,
@@ -248,8 +311,8 @@ impl ResponseStore {
     }
 
     fn record(&self, key: &str) -> Option<Arc<KeyRecord>> {
-        if let Some(record) = lock(&self.records).get(key) {
-            return Some(record.clone());
+        if let Some(known) = lock(&self.records).get(key) {
+            return known.clone();
         }
         let bytes = self
             .store
@@ -261,14 +324,15 @@ impl ResponseStore {
             return None;
         }
         let record = Arc::new(record);
-        self.remember(key, record.clone());
+        self.remember(key, Some(record.clone()));
         Some(record)
     }
 
-    fn remember(&self, key: &str, record: Arc<KeyRecord>) {
+    fn remember(&self, key: &str, record: Option<Arc<KeyRecord>>) {
         let mut records = lock(&self.records);
         if records.len() >= KEYS_IN_MEMORY_MAX && !records.contains_key(key) {
-            // The store keeps them all; memory keeps what fits.
+            // The store keeps them all; memory keeps what fits (a removal
+            // is committed long before 100,000 other keys come by).
             if let Some(victim) = records.keys().next().cloned() {
                 records.remove(&victim);
             }
@@ -282,7 +346,7 @@ impl ResponseStore {
                 .store
                 .put_record(&format!("{RECORD_PREFIX}{key}"), bytes);
         }
-        self.remember(key, Arc::new(record));
+        self.remember(key, Some(Arc::new(record)));
     }
 
     /// Whether anything is stored for `key`.
@@ -292,17 +356,10 @@ impl ResponseStore {
 
     /// Forgets what is stored for `key` (its pieces go with eviction).
     pub fn remove(&self, key: &str) {
-        if !lock(&self.records).contains_key(key)
-            && self
-                .store
-                .get_record(&format!("{RECORD_PREFIX}{key}"))
-                .ok()
-                .flatten()
-                .is_none()
-        {
+        if self.record(key).is_none() {
             return;
         }
-        lock(&self.records).remove(key);
+        self.remember(key, None);
         let _ = self.store.remove_record(&format!("{RECORD_PREFIX}{key}"));
     }
 
@@ -381,14 +438,23 @@ impl ResponseStore {
 
     /// Drops every stored response whose key's path a purge names.
     pub fn apply_purge(&self, event: &crate::purge::PurgeEvent) -> usize {
-        let keys: Vec<String> = self
+        let mut keys: Vec<String> = self
             .store
             .all_records()
             .unwrap_or_default()
             .into_iter()
             .filter_map(|(key, _)| key.strip_prefix(RECORD_PREFIX).map(str::to_string))
-            .filter(|key| event.target.matches(key.split('?').next().unwrap_or(key)))
             .collect();
+        // Saved moments ago, maybe not committed yet.
+        keys.extend(
+            lock(&self.records)
+                .iter()
+                .filter(|(_, record)| record.is_some())
+                .map(|(key, _)| key.clone()),
+        );
+        keys.sort();
+        keys.dedup();
+        keys.retain(|key| event.target.matches(&purge_path(key)));
         for key in &keys {
             self.remove(key);
         }
@@ -409,11 +475,31 @@ impl ResponseStore {
         .await
         .ok();
         let mut fetching = lock(&self.fetching);
-        if fetching.len() > KEYS_IN_MEMORY_MAX {
+        if fetching.len() > FETCHING_TRACKED_MAX {
             fetching.retain(|_, l| Arc::strong_count(l) > 1);
         }
         guard
     }
+}
+
+/// The decoded path of a key (as purges name paths): `/a%20b?x#host` →
+/// `/a b`.
+fn purge_path(key: &str) -> String {
+    let path = key.split(['?', '#']).next().unwrap_or(key);
+    percent_encoding::percent_decode_str(path)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// The cache key of a request: its target (path and query as sent, less
+/// the pin) and its host, which the origin sees in `X-Forwarded-Host` and
+/// may build links from.
+pub fn cache_key(target: &str, host: Option<&HeaderValue>) -> String {
+    let host = host
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default();
+    format!("{target}#{host}")
 }
 
 /// Request fields that make a miss unfit for storing: a cache asks for
@@ -466,7 +552,12 @@ impl CacheService {
                     Use::Fresh | Use::StaleAccepted | Use::StaleWhileRevalidate => {
                         if let Some(body) = responses.body(&variant).await {
                             if use_now == Use::StaleWhileRevalidate {
-                                self.revalidate_in_background(&key, &variant, request.headers());
+                                self.revalidate_in_background(
+                                    &key,
+                                    &target,
+                                    &variant,
+                                    request.headers(),
+                                );
                             }
                             let status = if use_now == Use::Fresh {
                                 "HIT"
@@ -478,6 +569,15 @@ impl CacheService {
                         responses.remove(&key);
                     }
                     Use::GatewayTimeout => return only_if_cached(),
+                    Use::Revalidate { .. } if turn.is_none() => {
+                        // One revalidation per key at a time; look again
+                        // once it is this request's turn.
+                        turn = responses.turn(&key).await;
+                        if turn.is_some() {
+                            continue;
+                        }
+                        return self.forward(request, target, client_ip, reason).await;
+                    }
                     Use::Revalidate { stale_if_error } => {
                         return self
                             .revalidate(request, key, target, client_ip, variant, stale_if_error)
@@ -574,9 +674,20 @@ impl CacheService {
             self.responses.bytes_max,
         );
         if let Err(why) = may_store {
-            // Whatever was stored for the key is outdated by this answer.
             tracing::debug!(key = %key, ?why, "response not stored");
-            self.responses.remove(&key);
+            // A final answer the stored response may not be kept beside
+            // replaces it; one about this request alone (its Range, its
+            // preconditions, its credentials) does not.
+            let final_answer = !matches!(
+                status,
+                StatusCode::PARTIAL_CONTENT
+                    | StatusCode::NOT_MODIFIED
+                    | StatusCode::PRECONDITION_FAILED
+                    | StatusCode::RANGE_NOT_SATISFIABLE
+            );
+            if why.replaces_stored() && final_answer {
+                self.responses.remove(&key);
+            }
         }
         let vary = may_store.ok().and_then(|vary| {
             let selector = variant_key(vary.fields(), client_headers)?;
@@ -592,7 +703,12 @@ impl CacheService {
         let with_body = status != StatusCode::NO_CONTENT && status != StatusCode::NOT_MODIFIED;
         let sender = match request {
             Some(_) if with_body => {
-                let (sender, response_body) = shoal_server::channel_body(BODY_CHUNKS_MAX);
+                let chunks = if vary.is_some() {
+                    STORING_CHUNKS_MAX
+                } else {
+                    BODY_CHUNKS_MAX
+                };
+                let (sender, response_body) = shoal_server::channel_body(chunks);
                 *response.body_mut() = response_body;
                 Some(sender)
             }
@@ -613,7 +729,7 @@ impl CacheService {
         };
         let service = self.clone();
         tokio::spawn(async move {
-            let _turn = turn;
+            let mut turn = turn;
             let mut sender = sender;
             let mut buffer = BytesMut::new();
             let mut complete = true;
@@ -626,7 +742,9 @@ impl CacheService {
                             .origin_bytes
                             .fetch_add(chunk.len() as u64, Ordering::Relaxed);
                         if (buffer.len() + chunk.len()) as u64 > limit {
+                            // Not stored after all: the others need not wait.
                             complete = false;
+                            turn = None;
                         } else if complete {
                             buffer.extend_from_slice(&chunk);
                         }
@@ -665,7 +783,7 @@ impl CacheService {
             let variant = StoredVariant {
                 selector,
                 status: status.as_u16(),
-                headers: kept_fields(&origin_headers),
+                headers: kept_fields(&origin_headers).unwrap_or_default(),
                 id: String::new(),
                 size: 0,
                 piece_size_log2: 0,
@@ -677,7 +795,12 @@ impl CacheService {
                     .get(header::AGE)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.trim().parse().ok()),
-                lifetime_s: lifetime_s(&origin_headers, now, service.responses.freshness_default_s),
+                lifetime_s: lifetime_s(
+                    status,
+                    &origin_headers,
+                    now,
+                    service.responses.freshness_default_s,
+                ),
             };
             service
                 .responses
@@ -687,6 +810,7 @@ impl CacheService {
                 .stats
                 .responses_stored
                 .fetch_add(1, Ordering::Relaxed);
+            drop(turn);
         });
         response
     }
@@ -716,6 +840,17 @@ impl CacheService {
             )
             .await;
         match answer {
+            Ok((StatusCode::NOT_MODIFIED, headers, _))
+                if headers
+                    .get(header::ETAG)
+                    .is_some_and(|tag| variant.header_map().get(header::ETAG) != Some(tag)) =>
+            {
+                // A 304 about another representation than ours (RFC 9111
+                // §4.3.4): ours is not it; fetch it whole.
+                self.responses.remove(&key);
+                self.fetch_and_store(request, key, target, client_ip, None)
+                    .await
+            }
             Ok((StatusCode::NOT_MODIFIED, headers, _)) => {
                 let refreshed = self.refreshed(&key, &variant, &headers, request_unix_s);
                 match self.responses.body(&refreshed).await {
@@ -785,11 +920,13 @@ impl CacheService {
     fn revalidate_in_background(
         self: &Arc<Self>,
         key: &str,
+        target: &str,
         variant: &StoredVariant,
         client_headers: &HeaderMap,
     ) {
         let service = self.clone();
         let key = key.to_string();
+        let target = target.to_string();
         let variant = variant.clone();
         let client_headers = client_headers.clone();
         tokio::spawn(async move {
@@ -801,7 +938,6 @@ impl CacheService {
                 return;
             }
             let request_unix_s = shoal_core::now_unix_s();
-            let target = key.clone();
             let answer = service
                 .conditional_fetch(
                     &target,
@@ -842,6 +978,17 @@ impl CacheService {
         version: http::Version,
     ) -> Result<(StatusCode, HeaderMap, RangeBody), crate::origin_client::OriginError> {
         let mut headers = proxy::request_headers(client_headers, version, client_ip);
+        // The cache asks about its own copy, whole.
+        for name in [
+            header::RANGE,
+            header::IF_MATCH,
+            header::IF_NONE_MATCH,
+            header::IF_MODIFIED_SINCE,
+            header::IF_UNMODIFIED_SINCE,
+            header::IF_RANGE,
+        ] {
+            headers.remove(name);
+        }
         let stored = variant.header_map();
         if let Some(etag) = stored.get(header::ETAG) {
             headers.insert(header::IF_NONE_MATCH, etag.clone());
@@ -887,6 +1034,7 @@ impl CacheService {
         refreshed.date_unix_s = header_unix_s(not_modified, header::DATE);
         refreshed.age_s = None;
         refreshed.lifetime_s = lifetime_s(
+            StatusCode::from_u16(refreshed.status).unwrap_or(StatusCode::OK),
             &refreshed.header_map(),
             now,
             self.responses.freshness_default_s,
@@ -896,7 +1044,14 @@ impl CacheService {
             .record(key)
             .map(|r| r.vary.clone())
             .unwrap_or_default();
-        self.responses.set_variant(key, vary, refreshed.clone());
+        let status = StatusCode::from_u16(refreshed.status).unwrap_or(StatusCode::OK);
+        if is_storable(status, &directives(&refreshed.header_map())) {
+            self.responses.set_variant(key, vary, refreshed.clone());
+        } else {
+            // The 304 says it may no longer be stored: it answers this
+            // request and goes.
+            self.responses.remove(key);
+        }
         refreshed
     }
 }
@@ -983,10 +1138,13 @@ fn answer_stored<B>(
             _ => {}
         }
     }
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(slice.len()));
+    let no_content = status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    if !no_content {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(slice.len()));
+    }
     *response.status_mut() = out_status;
     *response.headers_mut() = headers;
-    let bodiless = head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let bodiless = head || no_content;
     if !bodiless {
         *response.body_mut() = shoal_server::full(slice);
     }
@@ -1063,32 +1221,58 @@ mod tests {
                 &none,
                 1000
             ),
-            Err(NotStored::Directives)
+            Err(NotStored::RequestNoStore)
         );
+    }
+
+    #[test]
+    fn cookies_and_incomplete_fields() {
+        let cookie = map(&[("cookie", "session=1")]);
+        assert_eq!(
+            storable(&cookie, StatusCode::OK, &map(&[]), 1000),
+            Err(NotStored::Cookie)
+        );
+        let explicit = map(&[("cache-control", "max-age=60")]);
+        assert!(storable(&cookie, StatusCode::OK, &explicit, 1000).is_ok());
+        let mut many = HeaderMap::new();
+        for i in 0..100 {
+            many.append(
+                HeaderName::from_bytes(format!("x-f{i}").as_bytes()).unwrap(),
+                HeaderValue::from_static("v"),
+            );
+        }
+        assert_eq!(
+            storable(&map(&[]), StatusCode::OK, &many, 1000),
+            Err(NotStored::Fields)
+        );
+        assert!(NotStored::Directives.replaces_stored());
+        assert!(!NotStored::Authorization.replaces_stored());
+        assert!(!NotStored::RequestNoStore.replaces_stored());
+    }
+
+    #[test]
+    fn purge_paths_and_keys() {
+        assert_eq!(purge_path("/a%20b?x=1#host"), "/a b");
+        assert_eq!(purge_path("/docs/#h"), "/docs/");
+        let host = HeaderValue::from_static("Video.Example");
+        assert_eq!(cache_key("/a?x", Some(&host)), "/a?x#video.example");
+        assert_eq!(cache_key("/a", None), "/a#");
     }
 
     #[test]
     fn lifetimes() {
         let now = 1_000_000;
-        assert_eq!(lifetime_s(&map(&[]), now, 60), 60);
-        assert_eq!(
-            lifetime_s(&map(&[("cache-control", "max-age=5")]), now, 60),
-            5
-        );
-        assert_eq!(
-            lifetime_s(
-                &map(&[
-                    ("cache-control", "max-age=5"),
-                    ("cdn-cache-control", "max-age=500")
-                ]),
-                now,
-                60
-            ),
-            500
-        );
-        assert_eq!(
-            lifetime_s(&map(&[("cache-control", "no-cache")]), now, 60),
-            0
-        );
+        let ok = StatusCode::OK;
+        assert_eq!(lifetime_s(StatusCode::NOT_FOUND, &map(&[]), now, 60), 60);
+        assert_eq!(lifetime_s(ok, &map(&[]), now, 60), 0);
+        let max_age = map(&[("cache-control", "max-age=5")]);
+        assert_eq!(lifetime_s(ok, &max_age, now, 60), 5);
+        let cdn = map(&[
+            ("cache-control", "max-age=5"),
+            ("cdn-cache-control", "max-age=500"),
+        ]);
+        assert_eq!(lifetime_s(ok, &cdn, now, 60), 500);
+        let no_cache = map(&[("cache-control", "no-cache")]);
+        assert_eq!(lifetime_s(ok, &no_cache, now, 60), 0);
     }
 }

@@ -267,10 +267,10 @@ impl CacheService {
         // the origin answers it.
         // (A pinned request is the selector's: always the stored version.)
         let target = origin_target(request.uri());
+        let key = crate::response::cache_key(&target, request_host(&request).as_ref());
         if pin.is_none()
-            && (target.contains('?') || is_directory_path(raw_path) || self.responses.has(&target))
+            && (target.contains('?') || is_directory_path(raw_path) || self.responses.has(&key))
         {
-            let key = target.clone();
             return self
                 .respond_whole(request, key, target, client_ip, PassReason::Target)
                 .await;
@@ -301,7 +301,6 @@ impl CacheService {
         let entry = match resolved {
             Resolved::Cached(entry) => entry,
             Resolved::PassThrough => {
-                let key = target.clone();
                 return self
                     .respond_whole(request, key, target, client_ip, PassReason::Response)
                     .await;
@@ -324,12 +323,10 @@ impl CacheService {
                     .await
             }
             Ok(Resolved::PassThrough) => {
-                let key = target.clone();
                 self.respond_whole(request, key, target, client_ip, PassReason::Response)
                     .await
             }
             Err(error) if error.origin_answered().is_some() => {
-                let key = target.clone();
                 self.respond_whole(request, key, target, client_ip, PassReason::Response)
                     .await
             }
@@ -1865,6 +1862,17 @@ fn origin_target(uri: &http::Uri) -> String {
     } else {
         format!("{path}?{}", kept.join("&"))
     }
+}
+
+/// The host a request names: `Host`, or the authority of an HTTP/2
+/// request.
+pub(crate) fn request_host<B>(request: &Request<B>) -> Option<HeaderValue> {
+    request.headers().get(header::HOST).cloned().or_else(|| {
+        request
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    })
 }
 
 /// `/` or a path ending in `/` whose segments are otherwise valid: an

@@ -101,7 +101,10 @@ fn responses_of_unknown_length_stream_through() {
     let origin = AnyOrigin::start();
     let (cache, _data) = cache_for(&origin);
     for (path, len) in [("/u/chunked.bin", "chunked"), ("/u/closed.bin", "close")] {
-        origin.set(path, &format!("size=300000&len={len}"));
+        origin.set(
+            path,
+            &format!("size=300000&len={len}&h=Cache-Control:max-age%3D60"),
+        );
         let got = curl(&format!("{}{path}", cache.url), &[]);
         assert_eq!(got.status, 200, "{path}");
         assert!(got.body == content(300_000, 7), "{path}: bytes differ");
@@ -401,15 +404,21 @@ fn queries_and_vary_select_stored_responses() {
     let origin = AnyOrigin::start();
     let (cache, _data) = cache_for(&origin);
     let get = |q: &str, args: &[&str]| curl(&format!("{}/k/page?{q}", cache.url), args);
-    assert_eq!(get("body=one", &[]).header("x-shoal-cache"), Some("MISS"));
-    assert_eq!(get("body=one", &[]).header("x-shoal-cache"), Some("HIT"));
-    let two = get("body=two", &[]);
+    assert_eq!(
+        get("body=one&h=Cache-Control:max-age%3D60", &[]).header("x-shoal-cache"),
+        Some("MISS")
+    );
+    assert_eq!(
+        get("body=one&h=Cache-Control:max-age%3D60", &[]).header("x-shoal-cache"),
+        Some("HIT")
+    );
+    let two = get("body=two&h=Cache-Control:max-age%3D60", &[]);
     assert_eq!(
         (two.header("x-shoal-cache"), two.body.as_slice()),
         (Some("MISS"), &b"two"[..])
     );
 
-    let vary = "body=cors&h=Vary:Origin";
+    let vary = "body=cors&h=Vary:Origin&h=Cache-Control:max-age%3D60";
     let a = ["-H", "Origin: https://a.example"];
     let b = ["-H", "Origin: https://b.example"];
     assert_eq!(get(vary, &a).header("x-shoal-cache"), Some("MISS"));
@@ -418,7 +427,7 @@ fn queries_and_vary_select_stored_responses() {
     assert_eq!(get(vary, &b).header("x-shoal-cache"), Some("HIT"));
     assert_eq!(get(vary, &a).header("x-shoal-cache"), Some("HIT"));
 
-    let star = "body=star&h=Vary:*";
+    let star = "body=star&h=Vary:*&h=Cache-Control:max-age%3D60";
     get(star, &[]);
     assert_eq!(get(star, &[]).header("x-shoal-cache"), Some("PASS"));
 }
@@ -522,6 +531,10 @@ fn request_directives_and_private_answers() {
         curl(&url(path), &args);
         let second = curl(&url(path), &args);
         assert_eq!(second.header("x-shoal-cache"), Some("PASS"), "{path}");
+        // Nor does another client get it.
+        let gets = origin.count("GET", path);
+        curl(&url(path), &[]);
+        assert_eq!(origin.count("GET", path), gets + 1, "{path}: not shared");
     }
     // RFC 9213: CDN-Cache-Control decides for the CDN.
     origin.set(
@@ -556,5 +569,60 @@ fn request_directives_and_private_answers() {
         origin.count("HEAD", "/d/big.bin"),
         heads + 1,
         "then fresh again"
+    );
+}
+
+/// A stored whole response answers HEAD, a single range (206), an
+/// unsatisfiable one (416) and a matching If-None-Match (304) itself.
+#[test]
+fn stored_whole_responses_answer_head_ranges_and_conditionals() {
+    let origin = AnyOrigin::start();
+    let (cache, _data) = cache_for_small(&origin);
+    origin.set(
+        "/w/a.bin",
+        "size=1000&etag=e1&h=Cache-Control:max-age%3D600",
+    );
+    let url = format!("{}/w/a.bin", cache.url);
+    assert_eq!(curl(&url, &[]).header("x-shoal-cache"), Some("MISS"));
+    let head = curl(&url, &["-I"]);
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length"), Some("1000"));
+    let part = curl(&url, &["-r", "10-19"]);
+    assert_eq!(part.status, 206);
+    assert_eq!(part.header("content-range"), Some("bytes 10-19/1000"));
+    assert!(part.body == content(1000, 7)[10..20]);
+    assert_eq!(curl(&url, &["-r", "5000-"]).status, 416);
+    assert_eq!(curl(&url, &["-H", "If-None-Match: \"e1\""]).status, 304);
+    assert_eq!(
+        origin.count("GET", "/w/a.bin"),
+        1,
+        "all answered from the store"
+    );
+}
+
+/// The host is part of the key: a client naming another host cannot plant
+/// an answer (built from `X-Forwarded-Host`) for everyone else. An unsafe
+/// request drops the stored response of its target (RFC 9111 §4.4).
+#[test]
+fn keys_hold_the_host_and_unsafe_requests_drop_whole_responses() {
+    let origin = AnyOrigin::start();
+    let (cache, _data) = cache_for(&origin);
+    let url = format!(
+        "{}/h/page?x=1&body=hello&h=Cache-Control:max-age%3D60",
+        cache.url
+    );
+    let evil = curl(&url, &["-H", "Host: evil.example"]);
+    assert_eq!(evil.header("x-shoal-cache"), Some("MISS"));
+    let seen = origin.seen().into_iter().last().unwrap();
+    assert_eq!(seen.header("x-forwarded-host"), Some("evil.example"));
+    assert_eq!(curl(&url, &[]).header("x-shoal-cache"), Some("MISS"));
+    assert_eq!(curl(&url, &[]).header("x-shoal-cache"), Some("HIT"));
+
+    let posted = curl(&url, &["-X", "POST", "--data-binary", "x"]);
+    assert_eq!(posted.status, 200);
+    wait_until(
+        "the stored answer dropped",
+        std::time::Duration::from_secs(5),
+        || curl(&url, &[]).header("x-shoal-cache") == Some("MISS"),
     );
 }
