@@ -48,6 +48,9 @@ pub struct CacheConfig {
     pub memory_capacity: ByteSize,
     /// `s3fifo` (default) or `lru`.
     pub eviction: String,
+    /// Certificates (PEM) trusted for an `https://` origin besides the
+    /// system's roots (a private CA).
+    pub origin_ca_file: Option<PathBuf>,
     pub origin_connect_timeout_ms: u64,
     /// Longest wait for origin response headers and for each body chunk.
     pub origin_read_timeout_ms: u64,
@@ -157,6 +160,7 @@ impl Default for CacheConfig {
             capacity: ByteSize(10 << 30),
             memory_capacity: ByteSize(512 << 20),
             eviction: "s3fifo".into(),
+            origin_ca_file: None,
             origin_connect_timeout_ms: 3_000,
             origin_read_timeout_ms: 15_000,
             manifest_bytes_max: 16 << 20,
@@ -196,10 +200,18 @@ impl CacheConfig {
                 "an origin URL is required (--origin http://HOST:PORT)".into(),
             ));
         }
-        if !origin.starts_with("http://") {
+        if !(origin.starts_with("http://") || origin.starts_with("https://")) {
             return Err(CacheError::Config(format!(
-                "origin `{origin}` must be an http:// URL"
+                "origin `{origin}` must be an http:// or https:// URL"
             )));
+        }
+        if let Some(path) = &self.origin_ca_file {
+            if std::fs::metadata(path).is_err() {
+                return Err(CacheError::Config(format!(
+                    "origin_ca_file {} cannot be read",
+                    path.display()
+                )));
+            }
         }
         if reqwest::Url::parse(origin).is_err() {
             return Err(CacheError::Config(format!(
@@ -307,6 +319,7 @@ impl BoundCache {
                 connect_timeout_ms: config.origin_connect_timeout_ms,
                 read_timeout_ms: config.origin_read_timeout_ms,
                 manifest_bytes_max: config.manifest_bytes_max,
+                ca_file: config.origin_ca_file.clone(),
             })
             .map_err(|e| CacheError::Config(e.to_string()))?,
         );

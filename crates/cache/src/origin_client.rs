@@ -22,6 +22,9 @@ pub struct OriginClientConfig {
     pub read_timeout_ms: u64,
     /// Manifests larger than this are refused.
     pub manifest_bytes_max: u64,
+    /// Certificates (PEM) trusted for an `https://` origin besides the
+    /// system's roots: a private CA.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// Why talking to the origin failed.
@@ -110,7 +113,26 @@ pub enum SmallDocument {
 
 impl OriginClient {
     pub fn new(config: OriginClientConfig) -> Result<Self, OriginError> {
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(path) = &config.ca_file {
+            let pem = std::fs::read(path).map_err(|e| {
+                OriginError::Protocol(format!("cannot read the CA file {}: {e}", path.display()))
+            })?;
+            let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                OriginError::Protocol(format!("the CA file {} is not PEM: {e}", path.display()))
+            })?;
+            if certificates.is_empty() {
+                return Err(OriginError::Protocol(format!(
+                    "the CA file {} holds no certificate",
+                    path.display()
+                )));
+            }
+            for certificate in certificates {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        let client = builder
+            .use_rustls_tls()
             .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
             .tcp_nodelay(true)
             .pool_max_idle_per_host(64)

@@ -626,3 +626,105 @@ fn keys_hold_the_host_and_unsafe_requests_drop_whole_responses() {
         || curl(&url, &[]).header("x-shoal-cache") == Some("MISS"),
     );
 }
+
+/// HTTPS origins (rustls): the system's roots plus a private CA named by
+/// `origin_ca_file`; without it the origin's certificate is refused, and
+/// the client is told it is the origin's fault.
+#[test]
+fn https_origins_are_verified_against_the_configured_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new(find_tool("openssl"))
+            .args(args)
+            .current_dir(d)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=shoal test CA",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "origin.key",
+        "-out",
+        "origin.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        d.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "origin.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "origin.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.ext",
+    ]);
+    let root = tempfile::tempdir().unwrap();
+    let data = content(3 * PIECE + 5, 21);
+    write_file(root.path(), "tls/a.bin", &data);
+    let port = free_port();
+    let extra = format!(
+        "listen 127.0.0.1:{port} ssl; ssl_certificate {}; ssl_certificate_key {};",
+        d.join("origin.pem").display(),
+        d.join("origin.key").display()
+    );
+    let (_nginx, _conf) = start_nginx(root.path(), &extra);
+    wait_for_port(format!("127.0.0.1:{port}").parse().unwrap());
+    let https = format!("https://127.0.0.1:{port}");
+
+    let store = tempfile::tempdir().unwrap();
+    let ca = d.join("ca.pem");
+    let cache = start_cache(
+        &https,
+        store.path(),
+        "1GiB",
+        &[("SHOAL_CACHE_ORIGIN_CA_FILE", ca.to_str().unwrap())],
+    );
+    let got = curl(&format!("{}/tls/a.bin", cache.url), &[]);
+    assert_eq!(got.status, 200);
+    assert!(got.body == data, "bytes through TLS differ");
+    let again = curl(&format!("{}/tls/a.bin", cache.url), &["-r", "100-199"]);
+    assert_eq!(again.body, data[100..200]);
+
+    let other_store = tempfile::tempdir().unwrap();
+    let untrusting = start_cache(&https, other_store.path(), "1GiB", &[]);
+    let refused = curl(&format!("{}/tls/a.bin", untrusting.url), &[]);
+    assert_eq!(refused.status, 502);
+    assert_eq!(refused.header("x-shoal-error"), Some("origin"));
+}
