@@ -56,7 +56,12 @@ pub struct AnyOrigin {
 
 impl AnyOrigin {
     pub fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        Self::start_on("127.0.0.1")
+    }
+
+    /// Listens on `ip` (another loopback address stands for another host).
+    pub fn start_on(ip: &str) -> Self {
+        let listener = TcpListener::bind((ip, 0)).expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let state = Arc::new(Mutex::new(State::default()));
         let shared = state.clone();
