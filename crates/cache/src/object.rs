@@ -394,6 +394,7 @@ mod tests {
             manifest_validators_strong: false,
             origin_validators_strong: strong,
             headers: Vec::new(),
+            validated_unix_s: 0,
         }
     }
 

@@ -93,8 +93,41 @@ pub struct Forward {
     pub path_and_query: String,
     /// End-to-end request headers (hop-by-hop ones already removed).
     pub headers: HeaderMap,
-    /// The request body, streamed; `None` when it has none.
-    pub body: Option<reqwest::Body>,
+    /// The request body, streamed, and its progress; `None` when it has
+    /// none.
+    pub body: Option<(reqwest::Body, Arc<UploadProgress>)>,
+}
+
+/// How far a streamed request body has gone: an upload may take as long
+/// as it keeps moving; only a pause longer than the read timeout (or a
+/// response that does not come within it of the body's end) fails it.
+#[derive(Debug)]
+pub struct UploadProgress {
+    started: std::time::Instant,
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Default for UploadProgress {
+    fn default() -> Self {
+        Self {
+            started: std::time::Instant::now(),
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl UploadProgress {
+    /// A chunk went out.
+    pub fn touch(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long since the last chunk (or the start).
+    fn idle(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(std::sync::atomic::Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(last)
+    }
 }
 
 pub struct OriginClient {
@@ -167,6 +200,33 @@ impl OriginClient {
             }
             Ok(Err(error)) => Err(OriginError::Unreachable(Arc::new(error))),
             Err(_) => Err(OriginError::Timeout(self.config.read_timeout_ms)),
+        }
+    }
+
+    /// [`Self::send`] for a request whose body is streamed: the timeout
+    /// counts from the body's last chunk, not from the start.
+    async fn send_uploading(
+        &self,
+        request: reqwest::RequestBuilder,
+        progress: &UploadProgress,
+    ) -> Result<reqwest::Response, OriginError> {
+        let limit = self.read_timeout();
+        let send = request.send();
+        tokio::pin!(send);
+        loop {
+            let idle = progress.idle();
+            if idle >= limit {
+                return Err(OriginError::Timeout(self.config.read_timeout_ms));
+            }
+            match tokio::time::timeout(limit - idle, &mut send).await {
+                Ok(Ok(response)) => return Ok(response),
+                Ok(Err(error)) if error.is_timeout() => {
+                    return Err(OriginError::Timeout(self.config.read_timeout_ms))
+                }
+                Ok(Err(error)) => return Err(OriginError::Unreachable(Arc::new(error))),
+                // Look at the progress again.
+                Err(_) => continue,
+            }
         }
     }
 
@@ -280,14 +340,14 @@ impl OriginClient {
         &self,
         forward: Forward,
     ) -> Result<(StatusCode, HeaderMap, RangeBody), OriginError> {
-        let mut request = self
+        let request = self
             .client
             .request(forward.method, self.url_for(&forward.path_and_query))
             .headers(forward.headers);
-        if let Some(body) = forward.body {
-            request = request.body(body);
-        }
-        let response = self.send(request).await?;
+        let response = match forward.body {
+            None => self.send(request).await?,
+            Some((body, progress)) => self.send_uploading(request.body(body), &progress).await?,
+        };
         let status = response.status();
         let headers = response.headers().clone();
         Ok((

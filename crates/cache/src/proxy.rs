@@ -19,7 +19,7 @@
 //!   errors come through with their bodies and without it.
 
 use crate::fault::Fault;
-use crate::origin_client::Forward;
+use crate::origin_client::{Forward, UploadProgress};
 use crate::serve::{error_response, CacheService, BODY_CHUNKS_MAX};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
@@ -61,6 +61,37 @@ impl<B> ForwardBody for B where
         + Sync
         + 'static
 {
+}
+
+/// A client's request body on its way to the origin, each chunk counted
+/// as progress (see [`UploadProgress`]).
+struct CountedBody<B> {
+    inner: std::pin::Pin<Box<B>>,
+    progress: Arc<UploadProgress>,
+}
+
+impl<B: ForwardBody> http_body::Body for CountedBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, B::Error>>> {
+        let polled = self.inner.as_mut().poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(_))) = &polled {
+            self.progress.touch();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Whether a method is safe (RFC 9110 §9.2.1): it cannot change what the
@@ -160,7 +191,14 @@ impl CacheService {
         let (parts, body) = request.into_parts();
         let method = parts.method.clone();
         let headers = request_headers(&parts.headers, parts.version, client_ip);
-        let body = (!http_body::Body::is_end_stream(&body)).then(|| reqwest::Body::wrap(body));
+        let body = (!http_body::Body::is_end_stream(&body)).then(|| {
+            let progress = Arc::new(UploadProgress::default());
+            let counted = CountedBody {
+                inner: Box::pin(body),
+                progress: progress.clone(),
+            };
+            (reqwest::Body::wrap(counted), progress)
+        });
         tracing::debug!(%method, target = %target, ?reason, "passing through to the origin");
         let forwarded = self
             .origin

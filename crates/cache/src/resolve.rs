@@ -601,7 +601,8 @@ impl Resolver {
         let Some(size) = head.size.filter(|_| head.is_whole_file()) else {
             return Ok(Probe::NotStorable);
         };
-        let cache_control = CacheControl::from_headers(headers);
+        // RFC 9213: `CDN-Cache-Control`, when present, decides for us.
+        let cache_control = CacheControl::for_cdn(headers);
         if !shoal_http::cache_control::is_storable(StatusCode::OK, &cache_control) {
             return Ok(Probe::NotStorable);
         }
@@ -662,6 +663,7 @@ impl Resolver {
             manifest_last_modified: None,
             manifest_validators_strong: false,
             origin_validators_strong: validators_strong(headers),
+            validated_unix_s: now,
             headers: shoal_http::forward::stored_fields(
                 headers,
                 &shoal_proto::record::computed_fields(),
@@ -699,11 +701,12 @@ impl Resolver {
     /// How long a response with these headers stays fresh here: what the
     /// origin says (`Cache-Control`, `Expires`), else the configured default.
     fn lifetime_s(&self, headers: &HeaderMap, now_unix_s: u64) -> u64 {
-        let cache_control = CacheControl::from_headers(headers);
+        let cache_control = CacheControl::for_cdn(headers);
         let explicit = cache_control.max_age_s.is_some()
             || cache_control.s_maxage_s.is_some()
             || cache_control.no_cache
-            || headers.contains_key(header::EXPIRES);
+            || (headers.contains_key(header::EXPIRES)
+                && !headers.contains_key(shoal_http::cache_control::CDN_CACHE_CONTROL));
         if explicit {
             freshness_lifetime_s(headers, now_unix_s)
         } else {
@@ -1024,6 +1027,16 @@ impl Resolver {
         let mut record = old.record.clone();
         manifest_validators.apply(&mut record);
         let mut headers = HeaderMap::new();
+        // The stored fields (`CDN-Cache-Control` among them), then what
+        // the record keeps apart, then the 304's.
+        for (name, value) in &record.headers {
+            if let (Ok(name), Ok(value)) = (
+                header::HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                headers.insert(name, value);
+            }
+        }
         if let Some(cc) = &record.cache_control {
             if let Ok(v) = HeaderValue::from_str(cc) {
                 headers.insert(header::CACHE_CONTROL, v);
@@ -1048,6 +1061,7 @@ impl Resolver {
             not_modified_headers,
             &shoal_proto::record::computed_fields(),
         );
+        record.validated_unix_s = now;
         let lifetime_s = self.lifetime_s(&headers, now);
         record.fresh_until_unix_s = now.saturating_add(lifetime_s);
         // A second on, the origin's validators may have become strong.
@@ -1223,8 +1237,13 @@ pub fn shoal_origin_manifest_path(path: &RequestPath) -> String {
 
 /// How long a response with these headers stays fresh in a shared cache.
 fn freshness_lifetime_s(headers: &HeaderMap, now_unix_s: u64) -> u64 {
-    let cache_control = CacheControl::from_headers(headers);
-    let expires = shoal_http::cache_control::Expires::from_headers(headers);
+    // RFC 9213: `CDN-Cache-Control` replaces `Cache-Control` and `Expires`.
+    let cache_control = CacheControl::for_cdn(headers);
+    let expires = if headers.contains_key(shoal_http::cache_control::CDN_CACHE_CONTROL) {
+        None
+    } else {
+        shoal_http::cache_control::Expires::from_headers(headers)
+    };
     let date = header_unix_s(headers, header::DATE);
     let last_modified = header_unix_s(headers, header::LAST_MODIFIED);
     shoal_http::cache_control::freshness_lifetime_s(

@@ -1583,6 +1583,10 @@ impl CacheService {
             // This hop (the origin spoke HTTP/1.1 to the mesh).
             HeaderValue::from_static("1.1 shoal"),
         ));
+        if entry.record.validated_unix_s > 0 {
+            let age_s = shoal_core::now_unix_s().saturating_sub(entry.record.validated_unix_s);
+            headers.push((header::AGE, HeaderValue::from(age_s)));
+        }
         headers
     }
 

@@ -61,6 +61,7 @@ pub fn kept_record(old: &ObjectRecord, fresh: &ObjectRecord) -> ObjectRecord {
     kept.cache_control = fresh.cache_control.clone();
     kept.origin_validators_strong = fresh.origin_validators_strong;
     kept.headers = fresh.headers.clone();
+    kept.validated_unix_s = fresh.validated_unix_s;
     kept
 }
 
@@ -106,6 +107,7 @@ mod tests {
             manifest_validators_strong: false,
             origin_validators_strong: false,
             headers: Vec::new(),
+            validated_unix_s: 0,
         }
     }
 

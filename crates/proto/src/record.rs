@@ -45,6 +45,11 @@ pub struct ObjectRecord {
     /// [`shoal_http::forward::stored_fields`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<(String, String)>,
+    /// When the shield last heard from the origin that this version is
+    /// current (Unix seconds; 0: unknown, from an older record): `Age` on
+    /// answers from the store is counted from it (RFC 9111 §4.2.3).
+    #[serde(default)]
+    pub validated_unix_s: u64,
 }
 
 /// The fields a cache writes itself on an answer from its store, so a

@@ -71,7 +71,7 @@ fn bad_settings_are_refused_with_a_clear_message() {
     cache_fails_with(
         &["--origin", "ftp://example", "--data-dir", data],
         &[],
-        "must be an http:// URL",
+        "must be an http:// or https:// URL",
     );
     cache_fails_with(
         &["--origin", "http://127.0.0.1:1", "--data-dir", data],

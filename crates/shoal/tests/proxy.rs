@@ -153,6 +153,7 @@ fn end_to_end_headers_are_kept_and_hop_by_hop_ones_dropped() {
             assert_eq!(got.header(name), Some(value), "{round}: {name}");
         }
         assert_eq!(got.header("x-hop"), None, "{round}: listed in Connection");
+        assert!(got.header("age").is_some(), "{round}: Age (RFC 9111 §5.1)");
     }
     // Stored: the origin was asked for the bytes once.
     assert_eq!(origin.count("HEAD", "/e2e/a.bin"), 1);
@@ -727,4 +728,38 @@ fn https_origins_are_verified_against_the_configured_ca() {
     let refused = curl(&format!("{}/tls/a.bin", untrusting.url), &[]);
     assert_eq!(refused.status, 502);
     assert_eq!(refused.header("x-shoal-error"), Some("origin"));
+}
+
+/// An upload may take longer than the origin read timeout as long as it
+/// keeps moving (a PUT of a large file from a slow client).
+#[test]
+fn slow_uploads_are_not_cut_by_the_read_timeout() {
+    let origin = AnyOrigin::start();
+    let data = tempfile::tempdir().unwrap();
+    let cache = start_cache(
+        &origin.url,
+        data.path(),
+        "1GiB",
+        &[("SHOAL_CACHE_ORIGIN_READ_TIMEOUT_MS", "2000")],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let upload = write_file(dir.path(), "upload.bin", &content(400_000, 3));
+    let got = curl(
+        &format!("{}/u/put?status=201&body=stored", cache.url),
+        &[
+            "-X",
+            "PUT",
+            "--limit-rate",
+            "100K",
+            "--data-binary",
+            &format!("@{}", upload.display()),
+        ],
+    );
+    assert_eq!(got.status, 201, "a 4 s upload with a 2 s read timeout");
+    let seen = origin
+        .seen()
+        .into_iter()
+        .find(|s| s.method == "PUT")
+        .expect("the PUT reached the origin");
+    assert!(seen.body == content(400_000, 3), "the whole body arrived");
 }
