@@ -72,6 +72,11 @@ pub struct CacheConfig {
     /// pieces. 0 (the default): every object with a length takes the
     /// piece path.
     pub small_object_bytes_max: u64,
+    /// Query parameters left out of the cache key (still sent to the
+    /// origin): signatures, session ids, tracking (`utm_*`: a trailing `*`
+    /// matches a prefix). A query left with none of its parameters keys
+    /// like the bare path.
+    pub ignored_query_params: Vec<String>,
     /// How long a path keeps its version without asking the origin when
     /// the origin sends no freshness (`Cache-Control: max-age`, `Expires`):
     /// the longest a republished file can go unseen. 0: ask every time.
@@ -169,6 +174,7 @@ impl Default for CacheConfig {
             object_bytes_max: 1 << 40,
             response_bytes_max: 8 << 20,
             small_object_bytes_max: 0,
+            ignored_query_params: Vec::new(),
             freshness_default_s: 60,
             limits: ServerLimits::default(),
             mesh: MeshSettings::default(),
@@ -194,6 +200,14 @@ pub enum CacheError {
 impl CacheConfig {
     /// Checks what the type system cannot.
     pub fn validate(&self) -> Result<(), CacheError> {
+        for name in &self.ignored_query_params {
+            let bare = name.strip_suffix('*').unwrap_or(name);
+            if bare.is_empty() || bare.contains(['&', '=', '*', '?', '#']) {
+                return Err(CacheError::Config(format!(
+                    "ignored_query_params: `{name}` is not a parameter name (or a prefix ending in `*`)"
+                )));
+            }
+        }
         let origin = self.origin.trim();
         if origin.is_empty() {
             return Err(CacheError::Config(
@@ -371,6 +385,7 @@ impl BoundCache {
             origin,
             stats,
             readahead_bytes: config.readahead_bytes,
+            ignored_query_params: config.ignored_query_params.clone(),
             mesh,
             egress: std::sync::OnceLock::new(),
             purges: std::sync::Mutex::new(purge::PurgeLog::load(&config.data_dir)),

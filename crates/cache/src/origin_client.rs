@@ -340,9 +340,25 @@ impl OriginClient {
         &self,
         forward: Forward,
     ) -> Result<(StatusCode, HeaderMap, RangeBody), OriginError> {
+        let base_url = self.config.base_url.clone();
+        self.forward_to(&base_url, forward).await
+    }
+
+    /// [`Self::forward`] to another upstream than the origin: a shield
+    /// cache asked as if it were the origin.
+    pub async fn forward_to(
+        &self,
+        base_url: &str,
+        forward: Forward,
+    ) -> Result<(StatusCode, HeaderMap, RangeBody), OriginError> {
+        let url = format!(
+            "{}{}",
+            base_url.trim_end_matches('/'),
+            forward.path_and_query
+        );
         let request = self
             .client
-            .request(forward.method, self.url_for(&forward.path_and_query))
+            .request(forward.method, url)
             .headers(forward.headers);
         let response = match forward.body {
             None => self.send(request).await?,

@@ -113,6 +113,8 @@ pub fn request_headers(
 ) -> HeaderMap {
     let mut headers = client_headers.clone();
     shoal_http::forward::remove_hop_by_hop(&mut headers);
+    // shoal's own fields are between shoal's hops, never a client's say.
+    remove_shoal_fields(&mut headers);
     let client_host = headers.remove(header::HOST);
     // This hop says who the client is (below); what a client claims about
     // earlier hops in `Forwarded` is not passed on as if it were ours.

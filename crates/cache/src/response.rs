@@ -40,6 +40,7 @@ use shoal_http::cache_control::{
 };
 use shoal_http::freshness::{current_age_s, decide, StoredTimes, Use};
 use shoal_http::vary::{variant_key, Vary};
+use shoal_proto::TIER_HEADER;
 use shoal_server::Body;
 use shoal_store::{PieceKey, Store};
 use std::collections::HashMap;
@@ -619,13 +620,16 @@ impl CacheService {
         let client_headers = request.headers().clone();
         let headers = proxy::request_headers(&client_headers, request.version(), client_ip);
         let fetched = self
-            .origin
-            .forward(Forward {
-                method: Method::GET,
-                path_and_query: target.clone(),
-                headers,
-                body: None,
-            })
+            .upstream(
+                Forward {
+                    method: Method::GET,
+                    path_and_query: target.clone(),
+                    headers,
+                    body: None,
+                },
+                &target,
+                &client_headers,
+            )
             .await;
         let (status, origin_headers, body) = match fetched {
             Ok(parts) => parts,
@@ -996,14 +1000,62 @@ impl CacheService {
         if let Some(modified) = stored.get(header::LAST_MODIFIED) {
             headers.insert(header::IF_MODIFIED_SINCE, modified.clone());
         }
-        self.origin
-            .forward(Forward {
+        self.upstream(
+            Forward {
                 method: Method::GET,
                 path_and_query: target.to_string(),
                 headers,
                 body: None,
-            })
-            .await
+            },
+            target,
+            client_headers,
+        )
+        .await
+    }
+
+    /// Where a whole response comes from: in a mesh, the path's shield
+    /// when that is another cache (so one cache per path asks the
+    /// origin), asked like an origin with [`TIER_HEADER`]; the origin when
+    /// this cache is the shield, when the request came from a cache, or
+    /// when the shield cannot be reached.
+    async fn upstream(
+        &self,
+        mut forward: Forward,
+        target: &str,
+        client_headers: &HeaderMap,
+    ) -> Result<(StatusCode, HeaderMap, RangeBody), crate::origin_client::OriginError> {
+        let from_a_cache = client_headers.contains_key(TIER_HEADER);
+        let shield = self
+            .mesh
+            .as_ref()
+            .filter(|_| !from_a_cache)
+            .and_then(|mesh| {
+                let view = mesh.node.view();
+                view.shield(&shoal_mesh::shield_key(&purge_path(target)))
+                    .filter(|m| m.node_id != view.self_id && mesh.usable(&m.node_id))
+                    .cloned()
+                    .map(|member| (mesh, member))
+            });
+        if let Some((mesh, shield)) = shield {
+            let mut tiered = Forward {
+                method: forward.method.clone(),
+                path_and_query: forward.path_and_query.clone(),
+                headers: forward.headers.clone(),
+                body: None,
+            };
+            tiered
+                .headers
+                .insert(TIER_HEADER, HeaderValue::from_static("1"));
+            match self.origin.forward_to(&shield.base_url(), tiered).await {
+                Ok(answer) => return Ok(answer),
+                Err(error) => {
+                    tracing::warn!(shield = %shield.node_id, target = %target, error = %shoal_proto::Chain(&error), "the shield did not answer: asking the origin");
+                    mesh.suspect(&shield.node_id);
+                }
+            }
+        }
+        forward.headers.remove(TIER_HEADER);
+        self.origin.forward(forward).await
     }
 
     /// The stored variant refreshed by a 304 (RFC 9111 §4.3.4): its fields

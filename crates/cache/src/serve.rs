@@ -61,6 +61,8 @@ pub struct CacheService {
     pub(crate) stats: Arc<CacheStats>,
     /// How far ahead of a reader pieces are fetched.
     pub(crate) readahead_bytes: u64,
+    /// Query parameters left out of the cache key.
+    pub(crate) ignored_query_params: Vec<String>,
     /// The mesh, when this cache is part of one.
     pub(crate) mesh: Option<Arc<MeshLink>>,
     /// The server's egress cap, once it serves.
@@ -266,10 +268,14 @@ impl CacheService {
         // A query the store does not key, or a directory (`/`, `/docs/`):
         // the origin answers it.
         // (A pinned request is the selector's: always the stored version.)
+        // The origin gets the query as sent; the key leaves out the
+        // parameters the operator listed (a query of only those keys like
+        // the bare path, and takes the piece path).
         let target = origin_target(request.uri());
-        let key = crate::response::cache_key(&target, request_host(&request).as_ref());
+        let keyed = key_target(&target, &self.ignored_query_params);
+        let key = crate::response::cache_key(&keyed, request_host(&request).as_ref());
         if pin.is_none()
-            && (target.contains('?') || is_directory_path(raw_path) || self.responses.has(&key))
+            && (keyed.contains('?') || is_directory_path(raw_path) || self.responses.has(&key))
         {
             return self
                 .respond_whole(request, key, target, client_ip, PassReason::Target)
@@ -1879,6 +1885,32 @@ pub(crate) fn request_host<B>(request: &Request<B>) -> Option<HeaderValue> {
     })
 }
 
+/// `target` less the query parameters `ignored` names (a name, or a
+/// prefix ending in `*`), as the cache keys it.
+pub fn key_target(target: &str, ignored: &[String]) -> String {
+    let Some((path, query)) = target.split_once('?') else {
+        return target.to_string();
+    };
+    if ignored.is_empty() {
+        return target.to_string();
+    }
+    let is_ignored = |name: &str| {
+        ignored.iter().any(|rule| match rule.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => name == rule,
+        })
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|kv| !kv.is_empty() && !is_ignored(kv.split('=').next().unwrap_or(kv)))
+        .collect();
+    if kept.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    }
+}
+
 /// `/` or a path ending in `/` whose segments are otherwise valid: an
 /// index the origin answers (the store keys files only).
 fn is_directory_path(raw_path: &str) -> bool {
@@ -1901,6 +1933,16 @@ fn internal_error() -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ignored_query_parameters_leave_the_key() {
+        let ignored = vec!["token".to_string(), "utm_*".to_string()];
+        assert_eq!(key_target("/a?token=1&v=2", &ignored), "/a?v=2");
+        assert_eq!(key_target("/a?utm_source=x&utm_medium=y", &ignored), "/a");
+        assert_eq!(key_target("/a?tokens=1", &ignored), "/a?tokens=1");
+        assert_eq!(key_target("/a", &ignored), "/a");
+        assert_eq!(key_target("/a?token=1", &[]), "/a?token=1");
+    }
 
     #[test]
     fn a_pin_is_one_object_id_or_a_400() {

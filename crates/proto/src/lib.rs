@@ -116,6 +116,10 @@ pub const RECORD_MODE: &str = "record";
 /// Response header: `HIT` when the response began from stored pieces,
 /// `MISS` when its first piece had to be fetched.
 pub const CACHE_STATUS_HEADER: &str = "x-shoal-cache";
+/// Request header (`1`) on a whole-response fetch a cache sends to the
+/// path's shield instead of the origin: the shield asks the origin itself
+/// (never another cache), so views that disagree cannot make a loop.
+pub const TIER_HEADER: &str = "x-shoal-tier";
 /// Response header on an error the cache made up itself (never on an
 /// origin's error passed through): whose fault it is — `client`,
 /// `origin` (unreachable, too slow, unusable), `peer` or `local`.

@@ -4,8 +4,9 @@
 //! together with the first-request deadline in `serve`:
 //!
 //! - **Per address**: one client address holds at most
-//!   [`ServerLimits::connections_per_address_max`] connections; more are
-//!   closed right after `accept`.
+//!   [`ServerLimits::connections_per_address_max`] connections; beyond it a
+//!   new one is admitted only in exchange for one of that address's idle
+//!   connections (many users behind one NAT), else closed after `accept`.
 //! - **Shedding near the cap**: from [`SHED_START_PERCENT`] of
 //!   [`ServerLimits::connections_max`], each new connection asks the
 //!   longest-idle connection that is not in a request (no handler running
@@ -70,21 +71,29 @@ pub(crate) fn choose_shed(candidates: &[Candidate], count: usize) -> Vec<u64> {
 }
 
 /// The admission rule: per-address share, then shedding near the cap.
+/// `candidates(true)` lists the new connection's address's connections
+/// only; `candidates(false)` every connection.
 pub(crate) fn admit(
     open: u64,
     open_from_address: u64,
     connections_max: u64,
     per_address_max: u64,
-    candidates: impl FnOnce() -> Vec<Candidate>,
+    candidates: impl Fn(bool) -> Vec<Candidate>,
 ) -> Admission {
     if per_address_max > 0 && open_from_address >= per_address_max {
-        return Admission::RefusePerAddress;
+        // The address's own idle connections make room for it (many
+        // users behind one NAT), else it has its share.
+        let shed = choose_shed(&candidates(true), 1);
+        if shed.is_empty() {
+            return Admission::RefusePerAddress;
+        }
+        return Admission::Accept { shed };
     }
     let shed_start = connections_max.saturating_mul(SHED_START_PERCENT) / 100;
     if open < shed_start {
         return Admission::Accept { shed: Vec::new() };
     }
-    let shed = choose_shed(&candidates(), 1);
+    let shed = choose_shed(&candidates(false), 1);
     if open >= connections_max && shed.is_empty() {
         return Admission::RefuseFull;
     }
@@ -154,18 +163,24 @@ impl Registry {
         let mut table = self.lock();
         let open = table.slots.len() as u64;
         let from_address = table.per_address.get(&ip).copied().unwrap_or(0);
-        let decision = admit(open, from_address, connections_max, per_address_max, || {
-            table
-                .slots
-                .iter()
-                .filter(|(_, slot)| !slot.shedding)
-                .map(|(&id, slot)| Candidate {
-                    id,
-                    idle_ms: slot.activity.idle_ms(),
-                    busy: slot.handlers_running.load(Ordering::Relaxed) > 0,
-                })
-                .collect()
-        });
+        let decision = admit(
+            open,
+            from_address,
+            connections_max,
+            per_address_max,
+            |same| {
+                table
+                    .slots
+                    .iter()
+                    .filter(|(_, slot)| !slot.shedding && (!same || slot.ip == ip))
+                    .map(|(&id, slot)| Candidate {
+                        id,
+                        idle_ms: slot.activity.idle_ms(),
+                        busy: slot.handlers_running.load(Ordering::Relaxed) > 0,
+                    })
+                    .collect()
+            },
+        );
         let Admission::Accept { shed } = decision else {
             return Err(decision);
         };
@@ -218,17 +233,26 @@ mod tests {
 
     #[test]
     fn admission_rules() {
-        let none = Vec::new;
+        let none = |_| Vec::new();
         // Below the shedding threshold: accepted, nothing shed.
         assert_eq!(
             admit(10, 0, 100, 0, none),
             Admission::Accept { shed: vec![] }
         );
-        // Per-address share reached.
+        // Per-address share reached: one of its own idle connections
+        // makes room, else it is refused.
         assert_eq!(admit(10, 5, 100, 5, none), Admission::RefusePerAddress);
+        assert_eq!(
+            admit(10, 5, 100, 5, |same| if same {
+                vec![candidate(3, 900, false)]
+            } else {
+                vec![]
+            }),
+            Admission::Accept { shed: vec![3] }
+        );
         // Near the cap: one idle connection is shed, the new one accepted.
         assert_eq!(
-            admit(95, 0, 100, 0, || vec![candidate(7, 1_000, false)]),
+            admit(95, 0, 100, 0, |_| vec![candidate(7, 1_000, false)]),
             Admission::Accept { shed: vec![7] }
         );
         // Near the cap with nothing idle: still accepted.
@@ -239,11 +263,11 @@ mod tests {
         // At the cap: accepted only in exchange for a shed one.
         assert_eq!(admit(100, 0, 100, 0, none), Admission::RefuseFull);
         assert_eq!(
-            admit(100, 0, 100, 0, || vec![candidate(7, 1_000, true)]),
+            admit(100, 0, 100, 0, |_| vec![candidate(7, 1_000, true)]),
             Admission::RefuseFull
         );
         assert_eq!(
-            admit(100, 0, 100, 0, || vec![candidate(8, 600, false)]),
+            admit(100, 0, 100, 0, |_| vec![candidate(8, 600, false)]),
             Admission::Accept { shed: vec![8] }
         );
     }

@@ -429,6 +429,13 @@ async fn one_address_holds_at_most_its_share() {
     let (mut sender, _conn) = h1_client_from(server.addr, "127.0.0.2").await;
     let response = sender.send_request(get("/x")).await.expect("response");
     assert_eq!(response.status(), StatusCode::OK);
+    // Once its connections sit idle, the address's own idle connection
+    // makes room for a new one (a NAT's other user).
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (mut sender, _conn) = h1_client(server.addr).await;
+    let response = sender.send_request(get("/y")).await.expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(server.stats.connections_shed_idle() >= 1);
     server.shutdown().await;
 }
 

@@ -763,3 +763,90 @@ fn slow_uploads_are_not_cut_by_the_read_timeout() {
         .expect("the PUT reached the origin");
     assert!(seen.body == content(400_000, 3), "the whole body arrived");
 }
+
+/// Parameters the operator lists leave the key (the origin still gets
+/// them): a signature or a tracking tag does not make a new entry.
+#[test]
+fn ignored_query_parameters_do_not_split_the_cache() {
+    let origin = AnyOrigin::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cache.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\norigin = \"{}\"\ndata_dir = \"{}\"\ncapacity = \"1GiB\"\nignored_query_params = [\"token\", \"utm_*\"]\n",
+            origin.url,
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let cache = start_shoal(&["cache", "--config", config.to_str().unwrap()], &[]);
+    let get = |q: &str| {
+        curl(
+            &format!("{}/q/app.css?{q}&h=Cache-Control:max-age%3D60", cache.url),
+            &[],
+        )
+    };
+    assert_eq!(get("token=abc&v=2").header("x-shoal-cache"), Some("MISS"));
+    assert_eq!(get("token=xyz&v=2").header("x-shoal-cache"), Some("HIT"));
+    assert_eq!(
+        get("utm_source=news&v=2").header("x-shoal-cache"),
+        Some("HIT")
+    );
+    assert_eq!(get("v=3").header("x-shoal-cache"), Some("MISS"));
+    assert!(origin.seen().iter().any(|s| s.target.contains("token=abc")));
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        format!(
+            "origin = \"{}\"\nignored_query_params = [\"a=b\"]\n",
+            origin.url
+        ),
+    )
+    .unwrap();
+    let output = std::process::Command::new(shoal_bin())
+        .args(["cache", "--config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("ignored_query_params"));
+}
+
+/// In a mesh, whole responses come through the path's shield: however
+/// many caches are asked, the origin answers one request.
+#[test]
+fn whole_responses_come_through_the_paths_shield() {
+    let origin = AnyOrigin::start();
+    let dir = tempfile::tempdir().unwrap();
+    let names = ["t1", "t2", "t3"];
+    let caches = start_mesh(
+        &origin.url,
+        dir.path(),
+        &[("t1", "eu"), ("t2", "eu"), ("t3", "eu")],
+        &[],
+    );
+    let path = "/t/page";
+    let shield = shield_of(path, &names);
+    let query = "?body=tiered&h=Cache-Control:max-age%3D60";
+    for cache in caches.iter().filter(|c| c.name != shield) {
+        let got = curl(&format!("{}{path}{query}", cache.url), &[]);
+        assert_eq!((got.status, got.body.as_slice()), (200, &b"tiered"[..]));
+    }
+    let at_shield = caches
+        .iter()
+        .find(|c| c.name == shield)
+        .map(|c| curl(&format!("{}{path}{query}", c.url), &[]))
+        .unwrap();
+    assert_eq!(at_shield.header("x-shoal-cache"), Some("HIT"));
+    assert_eq!(origin.count("GET", path), 1, "one cache asked the origin");
+    let asked = origin
+        .seen()
+        .into_iter()
+        .find(|s| s.method == "GET")
+        .unwrap();
+    assert_eq!(
+        asked.header("x-shoal-tier"),
+        None,
+        "shoal's fields stay in the mesh"
+    );
+}
