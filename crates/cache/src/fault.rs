@@ -51,7 +51,7 @@ impl Blame for OriginError {
         match self {
             OriginError::Unreachable(_) | OriginError::Timeout(_) => true,
             OriginError::Status(status) => server_side(*status),
-            OriginError::Protocol(_) => false,
+            OriginError::Protocol(_) | OriginError::Setup(_) => false,
         }
     }
 }

@@ -73,9 +73,10 @@ pub struct CacheConfig {
     /// piece path.
     pub small_object_bytes_max: u64,
     /// Query parameters left out of the cache key (still sent to the
-    /// origin): signatures, session ids, tracking (`utm_*`: a trailing `*`
-    /// matches a prefix). A query left with none of its parameters keys
-    /// like the bare path.
+    /// origin): tracking tags (`utm_*`: a trailing `*` matches a prefix),
+    /// cache busters. Never one that selects content (a session id, a user):
+    /// its responses would be shared. A query left with none of its
+    /// parameters keys like the bare path.
     pub ignored_query_params: Vec<String>,
     /// How long a path keeps its version without asking the origin when
     /// the origin sends no freshness (`Cache-Control: max-age`, `Expires`):
@@ -335,7 +336,7 @@ impl BoundCache {
                 manifest_bytes_max: config.manifest_bytes_max,
                 ca_file: config.origin_ca_file.clone(),
             })
-            .map_err(|e| CacheError::Config(e.to_string()))?,
+            .map_err(|e| CacheError::Config(shoal_proto::Chain(&e).to_string()))?,
         );
         let stats = Arc::new(stats::CacheStats::default());
         let listener = tokio::net::TcpListener::bind(config.listen)

@@ -38,6 +38,10 @@ pub enum OriginError {
     Status(StatusCode),
     #[error("origin response is unusable: {0}")]
     Protocol(String),
+    /// The client for the origin could not be set up (its TLS roots, a
+    /// CA file): the operator's to fix.
+    #[error("cannot set up the origin client: {0}")]
+    Setup(String),
 }
 
 impl From<BodyError> for OriginError {
@@ -149,13 +153,13 @@ impl OriginClient {
         let mut builder = reqwest::Client::builder();
         if let Some(path) = &config.ca_file {
             let pem = std::fs::read(path).map_err(|e| {
-                OriginError::Protocol(format!("cannot read the CA file {}: {e}", path.display()))
+                OriginError::Setup(format!("cannot read the CA file {}: {e}", path.display()))
             })?;
             let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                OriginError::Protocol(format!("the CA file {} is not PEM: {e}", path.display()))
+                OriginError::Setup(format!("the CA file {} is not PEM: {e}", path.display()))
             })?;
             if certificates.is_empty() {
-                return Err(OriginError::Protocol(format!(
+                return Err(OriginError::Setup(format!(
                     "the CA file {} holds no certificate",
                     path.display()
                 )));
@@ -173,7 +177,7 @@ impl OriginClient {
             // decompression (not compiled in anyway) and no redirects.
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| OriginError::Unreachable(Arc::new(e)))?;
+            .map_err(|e| OriginError::Setup(shoal_proto::Chain(&e).to_string()))?;
         Ok(Self { client, config })
     }
 
@@ -193,13 +197,20 @@ impl OriginClient {
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, OriginError> {
-        match tokio::time::timeout(self.read_timeout(), request.send()).await {
+        self.send_within(request, self.read_timeout()).await
+    }
+
+    async fn send_within(
+        &self,
+        request: reqwest::RequestBuilder,
+        wait: Duration,
+    ) -> Result<reqwest::Response, OriginError> {
+        let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        match tokio::time::timeout(wait, request.send()).await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) if error.is_timeout() => {
-                Err(OriginError::Timeout(self.config.read_timeout_ms))
-            }
+            Ok(Err(error)) if error.is_timeout() => Err(OriginError::Timeout(wait_ms)),
             Ok(Err(error)) => Err(OriginError::Unreachable(Arc::new(error))),
-            Err(_) => Err(OriginError::Timeout(self.config.read_timeout_ms)),
+            Err(_) => Err(OriginError::Timeout(wait_ms)),
         }
     }
 
@@ -351,6 +362,18 @@ impl OriginClient {
         base_url: &str,
         forward: Forward,
     ) -> Result<(StatusCode, HeaderMap, RangeBody), OriginError> {
+        self.forward_within(base_url, forward, self.read_timeout())
+            .await
+    }
+
+    /// [`Self::forward_to`] waiting at most `wait` for the answer's head
+    /// (a shield may itself wait for the origin).
+    pub async fn forward_within(
+        &self,
+        base_url: &str,
+        forward: Forward,
+        wait: Duration,
+    ) -> Result<(StatusCode, HeaderMap, RangeBody), OriginError> {
         let url = format!(
             "{}{}",
             base_url.trim_end_matches('/'),
@@ -361,7 +384,7 @@ impl OriginClient {
             .request(forward.method, url)
             .headers(forward.headers);
         let response = match forward.body {
-            None => self.send(request).await?,
+            None => self.send_within(request, wait).await?,
             Some((body, progress)) => self.send_uploading(request.body(body), &progress).await?,
         };
         let status = response.status();

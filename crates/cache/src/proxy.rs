@@ -115,7 +115,13 @@ pub fn request_headers(
     shoal_http::forward::remove_hop_by_hop(&mut headers);
     // shoal's own fields are between shoal's hops, never a client's say.
     remove_shoal_fields(&mut headers);
-    let client_host = headers.remove(header::HOST);
+    let host = headers.remove(header::HOST);
+    // A cache asking its shield passes on the host its client named.
+    let client_host = if client_headers.contains_key(shoal_proto::TIER_HEADER) {
+        headers.get("x-forwarded-host").cloned().or(host)
+    } else {
+        host
+    };
     // This hop says who the client is (below); what a client claims about
     // earlier hops in `Forwarded` is not passed on as if it were ours.
     headers.remove(header::FORWARDED);
@@ -287,8 +293,9 @@ impl CacheService {
         for raw in paths {
             // Whole responses stored for the exact target go at once.
             let exact = raw.split('#').next().unwrap_or_default();
+            let keyed = crate::serve::key_target(exact, &self.ignored_query_params);
             self.responses
-                .remove(&crate::response::cache_key(exact, host));
+                .remove(&crate::response::cache_key(&keyed, host));
             let raw_path = raw.split(['?', '#']).next().unwrap_or_default();
             let Ok(path) = RequestPath::parse(raw_path) else {
                 continue;

@@ -1034,7 +1034,7 @@ impl Resolver {
                 header::HeaderName::from_bytes(name.as_bytes()),
                 HeaderValue::from_str(value),
             ) {
-                headers.insert(name, value);
+                headers.append(name, value);
             }
         }
         if let Some(cc) = &record.cache_control {

@@ -1046,12 +1046,26 @@ impl CacheService {
             tiered
                 .headers
                 .insert(TIER_HEADER, HeaderValue::from_static("1"));
-            match self.origin.forward_to(&shield.base_url(), tiered).await {
-                Ok(answer) => return Ok(answer),
-                Err(error) => {
-                    tracing::warn!(shield = %shield.node_id, target = %target, error = %shoal_proto::Chain(&error), "the shield did not answer: asking the origin");
+            // The shield may wait for another request's fetch, then for
+            // the origin: it gets both waits.
+            let wait = std::time::Duration::from_millis(
+                self.origin
+                    .config()
+                    .read_timeout_ms
+                    .saturating_add(MISS_WAIT_MS),
+            );
+            match self
+                .origin
+                .forward_within(&shield.base_url(), tiered, wait)
+                .await
+            {
+                // Only a shield that cannot be reached is passed over: a
+                // slow one is slow because the origin is.
+                Err(crate::origin_client::OriginError::Unreachable(cause)) => {
+                    tracing::warn!(shield = %shield.node_id, target = %target, error = %shoal_proto::Chain(&*cause), "the shield cannot be reached: asking the origin");
                     mesh.suspect(&shield.node_id);
                 }
+                answer => return answer,
             }
         }
         forward.headers.remove(TIER_HEADER);

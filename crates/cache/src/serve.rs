@@ -1877,6 +1877,13 @@ fn origin_target(uri: &http::Uri) -> String {
 /// The host a request names: `Host`, or the authority of an HTTP/2
 /// request.
 pub(crate) fn request_host<B>(request: &Request<B>) -> Option<HeaderValue> {
+    // A cache asking its shield names its client's host (the key must be
+    // the host the origin is told, see `proxy::request_headers`).
+    if request.headers().contains_key(shoal_proto::TIER_HEADER) {
+        if let Some(host) = request.headers().get("x-forwarded-host") {
+            return Some(host.clone());
+        }
+    }
     request.headers().get(header::HOST).cloned().or_else(|| {
         request
             .uri()
@@ -1900,9 +1907,13 @@ pub fn key_target(target: &str, ignored: &[String]) -> String {
             None => name == rule,
         })
     };
+    // A pair holding `;` is never ignored: origins that split on `;` would
+    // see a parameter the key does not (parameter cloaking).
     let kept: Vec<&str> = query
         .split('&')
-        .filter(|kv| !kv.is_empty() && !is_ignored(kv.split('=').next().unwrap_or(kv)))
+        .filter(|kv| {
+            !kv.is_empty() && (kv.contains(';') || !is_ignored(kv.split('=').next().unwrap_or(kv)))
+        })
         .collect();
     if kept.is_empty() {
         path.to_string()
@@ -1942,6 +1953,10 @@ mod tests {
         assert_eq!(key_target("/a?tokens=1", &ignored), "/a?tokens=1");
         assert_eq!(key_target("/a", &ignored), "/a");
         assert_eq!(key_target("/a?token=1", &[]), "/a?token=1");
+        assert_eq!(
+            key_target("/a?token=1;v=evil", &ignored),
+            "/a?token=1;v=evil"
+        );
     }
 
     #[test]

@@ -163,12 +163,18 @@ impl Registry {
         let mut table = self.lock();
         let open = table.slots.len() as u64;
         let from_address = table.per_address.get(&ip).copied().unwrap_or(0);
+        // An address swaps one of its idle connections for a new one at a
+        // time: while one is on its way out, it is at its share.
+        let address_shedding = table.slots.values().any(|s| s.ip == ip && s.shedding);
         let decision = admit(
             open,
             from_address,
             connections_max,
             per_address_max,
             |same| {
+                if same && address_shedding {
+                    return Vec::new();
+                }
                 table
                     .slots
                     .iter()

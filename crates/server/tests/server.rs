@@ -408,15 +408,36 @@ async fn one_address_holds_at_most_its_share() {
         connections_per_address_max: 5,
         ..ServerLimits::default()
     };
-    let server = start(limits, echo).await;
+    // `/hold` stays in its handler until released: a connection in a
+    // request is never shed, so the share is full whatever the timing.
+    let release = Arc::new(tokio::sync::Notify::new());
+    let held_up = release.clone();
+    let server = start(limits, move |request: Request<Incoming>, _conn| {
+        let held_up = held_up.clone();
+        async move {
+            if request.uri().path() == "/hold" {
+                held_up.notified().await;
+            }
+            Response::new(full("ok"))
+        }
+    })
+    .await;
     let mut held = Vec::new();
     for _ in 0..5 {
-        held.push(TcpStream::connect(server.addr).await.expect("connect"));
+        let (mut sender, conn) = h1_client(server.addr).await;
+        held.push((
+            tokio::spawn(async move {
+                let response = sender.send_request(get("/hold")).await;
+                (sender, response)
+            }),
+            conn,
+        ));
     }
     wait_for("five connections", || {
         server.stats.connections_active() == 5
     })
     .await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
     let mut sixth = TcpStream::connect(server.addr).await.expect("connect");
     let _ = sixth
         .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
@@ -431,6 +452,14 @@ async fn one_address_holds_at_most_its_share() {
     assert_eq!(response.status(), StatusCode::OK);
     // Once its connections sit idle, the address's own idle connection
     // makes room for a new one (a NAT's other user).
+    release.notify_waiters();
+    // The five stay open, idle (their senders kept).
+    let mut idle = Vec::new();
+    for (answered, conn) in held {
+        let (sender, response) = answered.await.expect("task");
+        assert_eq!(response.expect("response").status(), StatusCode::OK);
+        idle.push((sender, conn));
+    }
     tokio::time::sleep(Duration::from_millis(700)).await;
     let (mut sender, _conn) = h1_client(server.addr).await;
     let response = sender.send_request(get("/y")).await.expect("response");

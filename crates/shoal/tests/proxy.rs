@@ -828,14 +828,16 @@ fn whole_responses_come_through_the_paths_shield() {
     let path = "/t/page";
     let shield = shield_of(path, &names);
     let query = "?body=tiered&h=Cache-Control:max-age%3D60";
+    // Every cache is reached under the site's one name, as in production.
+    let host = ["-H", "Host: video.example"];
     for cache in caches.iter().filter(|c| c.name != shield) {
-        let got = curl(&format!("{}{path}{query}", cache.url), &[]);
+        let got = curl(&format!("{}{path}{query}", cache.url), &host);
         assert_eq!((got.status, got.body.as_slice()), (200, &b"tiered"[..]));
     }
     let at_shield = caches
         .iter()
         .find(|c| c.name == shield)
-        .map(|c| curl(&format!("{}{path}{query}", c.url), &[]))
+        .map(|c| curl(&format!("{}{path}{query}", c.url), &host))
         .unwrap();
     assert_eq!(at_shield.header("x-shoal-cache"), Some("HIT"));
     assert_eq!(origin.count("GET", path), 1, "one cache asked the origin");
@@ -849,4 +851,22 @@ fn whole_responses_come_through_the_paths_shield() {
         None,
         "shoal's fields stay in the mesh"
     );
+    assert_eq!(
+        asked.header("x-forwarded-host"),
+        Some("video.example"),
+        "the origin is told the client's host, not the shield's address"
+    );
+    // Another site's name is another entry, at the shield too.
+    let other = caches
+        .iter()
+        .find(|c| c.name != shield)
+        .map(|c| {
+            curl(
+                &format!("{}{path}{query}", c.url),
+                &["-H", "Host: other.example"],
+            )
+        })
+        .unwrap();
+    assert_eq!(other.header("x-shoal-cache"), Some("MISS"));
+    assert_eq!(origin.count("GET", path), 2);
 }
