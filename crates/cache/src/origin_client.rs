@@ -173,6 +173,7 @@ impl OriginClient {
             .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
             .tcp_nodelay(true)
             .pool_max_idle_per_host(64)
+            .pool_idle_timeout(Duration::from_millis(shoal_proto::POOL_IDLE_MS))
             // Ranges must arrive as the origin sent them: no transparent
             // decompression (not compiled in anyway) and no redirects.
             .redirect(reqwest::redirect::Policy::none())

@@ -1127,6 +1127,7 @@ fn http_client(options: &GetOptions) -> Result<reqwest::Client, GetError> {
         .tcp_nodelay(true)
         .redirect(reqwest::redirect::Policy::none())
         .pool_max_idle_per_host(32)
+        .pool_idle_timeout(Duration::from_millis(shoal_proto::POOL_IDLE_MS))
         .local_address(options.local_address)
         .build()
         .map_err(|e| GetError::Failed(error_chain(&e)))

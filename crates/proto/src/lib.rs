@@ -116,6 +116,11 @@ pub const RECORD_MODE: &str = "record";
 /// Response header: `HIT` when the response began from stored pieces,
 /// `MISS` when its first piece had to be fetched.
 pub const CACHE_STATUS_HEADER: &str = "x-shoal-cache";
+/// How long a client keeps an idle pooled connection to a shoal server:
+/// below the server's keep-alive limit (its `header_read_timeout_ms`,
+/// 10 s by default), so a connection is never reused just as the server
+/// closes it ("connection closed before message completed").
+pub const POOL_IDLE_MS: u64 = 4_000;
 /// Request header (`1`) on a whole-response fetch a cache sends to the
 /// path's shield instead of the origin: the shield asks the origin itself
 /// (never another cache), so views that disagree cannot make a loop.

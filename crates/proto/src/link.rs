@@ -249,6 +249,7 @@ impl MeshLink {
             .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
             .tcp_nodelay(true)
             .pool_max_idle_per_host(32)
+            .pool_idle_timeout(Duration::from_millis(crate::POOL_IDLE_MS))
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| e.to_string())?;
