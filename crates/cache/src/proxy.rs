@@ -127,6 +127,17 @@ pub fn request_headers(
     headers.remove(header::FORWARDED);
     // The expectation was the client's of us; hyper answers it.
     headers.remove(header::EXPECT);
+    // RFC 9110 §7.6.2: one hop less on the way (0 was answered here).
+    if let Some(hops) = headers
+        .get(header::MAX_FORWARDS)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u32>().ok())
+    {
+        headers.insert(
+            header::MAX_FORWARDS,
+            HeaderValue::from(hops.saturating_sub(1)),
+        );
+    }
     if let Some(ip) = client_ip {
         let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
             Some(earlier) => format!("{earlier}, {ip}"),

@@ -240,6 +240,33 @@ impl CacheService {
                     .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
                 return response;
             }
+            // A tunnel or a loop-back of the request (cross-site tracing)
+            // is never the origin's business through a cache.
+            Method::CONNECT | Method::TRACE => {
+                let mut response = text_response(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "CONNECT and TRACE are not passed on by this cache\n",
+                );
+                response.headers_mut().insert(
+                    header::ALLOW,
+                    HeaderValue::from_static("GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE"),
+                );
+                return response;
+            }
+            // RFC 9110 §7.6.2: `Max-Forwards: 0` on OPTIONS is for this hop.
+            Method::OPTIONS
+                if request
+                    .headers()
+                    .get(header::MAX_FORWARDS)
+                    .is_some_and(|v| v.as_bytes() == b"0") =>
+            {
+                let mut response = Response::new(shoal_server::empty());
+                response.headers_mut().insert(
+                    header::ALLOW,
+                    HeaderValue::from_static("GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE"),
+                );
+                return response;
+            }
             // Every other method is the origin's to answer.
             _ => {
                 let target = origin_target(request.uri());

@@ -870,3 +870,34 @@ fn whole_responses_come_through_the_paths_shield() {
     assert_eq!(other.header("x-shoal-cache"), Some("MISS"));
     assert_eq!(origin.count("GET", path), 2);
 }
+
+/// RFC 9110 §7.6.2, §9.3.6, §9.3.8: CONNECT and TRACE are refused;
+/// `Max-Forwards: 0` on OPTIONS is answered by the cache, a larger one is
+/// passed on one lower.
+#[test]
+fn connect_trace_and_max_forwards() {
+    let origin = AnyOrigin::start();
+    let (cache, _data) = cache_for(&origin);
+    let url = format!("{}/mf/x", cache.url);
+    for method in ["TRACE", "CONNECT"] {
+        let got = curl(&url, &["-X", method]);
+        assert_eq!(got.status, 405, "{method}");
+        assert_eq!(got.header("x-shoal-error"), Some("client"), "{method}");
+    }
+    let here = curl(&url, &["-X", "OPTIONS", "-H", "Max-Forwards: 0"]);
+    assert_eq!(here.status, 200);
+    assert!(here.header("allow").is_some());
+    assert_eq!(origin.count("OPTIONS", "/mf/x"), 0, "answered by the cache");
+    let on = curl(&url, &["-X", "OPTIONS", "-H", "Max-Forwards: 3"]);
+    assert_eq!(on.status, 200);
+    let seen = origin
+        .seen()
+        .into_iter()
+        .find(|s| s.method == "OPTIONS")
+        .unwrap();
+    assert_eq!(seen.header("max-forwards"), Some("2"));
+    assert_eq!(
+        origin.count("TRACE", "/mf/x") + origin.count("CONNECT", "/mf/x"),
+        0
+    );
+}
