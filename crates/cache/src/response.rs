@@ -164,13 +164,7 @@ fn directives(headers: &HeaderMap) -> CacheControl {
     CacheControl::for_cdn(headers)
 }
 
-fn header_unix_s(headers: &HeaderMap, name: HeaderName) -> Option<u64> {
-    let mut lines = headers.get_all(name).iter();
-    match (lines.next(), lines.next()) {
-        (Some(value), None) => shoal_http::date::parse_http_date_unix_s(value).ok(),
-        _ => None,
-    }
-}
+use shoal_http::date::header_date_unix_s as header_unix_s;
 
 /// How long a response stays fresh here: its explicit lifetime
 /// (`CDN-Cache-Control`, else `Cache-Control`, else `Expires`), else the
@@ -503,19 +497,24 @@ pub fn cache_key(target: &str, host: Option<&HeaderValue>) -> String {
     format!("{target}#{host}")
 }
 
+/// The request fields that ask for part of a representation or set a
+/// precondition: the client's own, never the cache's when it asks for its
+/// copy.
+const PART_AND_CONDITION_FIELDS: [HeaderName; 6] = [
+    header::RANGE,
+    header::IF_MATCH,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_UNMODIFIED_SINCE,
+    header::IF_RANGE,
+];
+
 /// Request fields that make a miss unfit for storing: a cache asks for
 /// the whole representation on its own behalf.
 fn asks_for_part_or_condition(headers: &HeaderMap) -> bool {
-    [
-        header::RANGE,
-        header::IF_MATCH,
-        header::IF_NONE_MATCH,
-        header::IF_MODIFIED_SINCE,
-        header::IF_UNMODIFIED_SINCE,
-        header::IF_RANGE,
-    ]
-    .iter()
-    .any(|name| headers.contains_key(name))
+    PART_AND_CONDITION_FIELDS
+        .iter()
+        .any(|name| headers.contains_key(name))
 }
 
 /// Whether the stored variant may answer a request carrying
@@ -983,14 +982,7 @@ impl CacheService {
     ) -> Result<(StatusCode, HeaderMap, RangeBody), crate::origin_client::OriginError> {
         let mut headers = proxy::request_headers(client_headers, version, client_ip);
         // The cache asks about its own copy, whole.
-        for name in [
-            header::RANGE,
-            header::IF_MATCH,
-            header::IF_NONE_MATCH,
-            header::IF_MODIFIED_SINCE,
-            header::IF_UNMODIFIED_SINCE,
-            header::IF_RANGE,
-        ] {
+        for name in PART_AND_CONDITION_FIELDS {
             headers.remove(name);
         }
         let stored = variant.header_map();

@@ -496,13 +496,7 @@ pub fn freshness_lifetime_s(
 /// `Last-Modified`. A `Date` or `Last-Modified` that is invalid or sent on
 /// more than one line counts as absent.
 pub fn freshness_lifetime_for_headers(headers: &HeaderMap, now_unix_s: u64) -> u64 {
-    let date = |name: HeaderName| {
-        let mut lines = headers.get_all(name).iter();
-        match (lines.next(), lines.next()) {
-            (Some(value), None) => parse_http_date_unix_s(value).ok(),
-            _ => None,
-        }
-    };
+    let date = |name: HeaderName| crate::date::header_date_unix_s(headers, name);
     freshness_lifetime_s(
         &CacheControl::from_headers(headers),
         Expires::from_headers(headers),

@@ -34,6 +34,16 @@ pub fn parse_http_date(value: impl AsRef<[u8]>) -> Result<SystemTime, DateError>
 }
 
 /// Like [`parse_http_date`], in seconds since the Unix epoch.
+/// The date in a response field sent on exactly one line (`Date`,
+/// `Last-Modified`); `None` when absent, repeated or invalid.
+pub fn header_date_unix_s(headers: &http::HeaderMap, name: http::HeaderName) -> Option<u64> {
+    let mut lines = headers.get_all(name).iter();
+    match (lines.next(), lines.next()) {
+        (Some(value), None) => parse_http_date_unix_s(value).ok(),
+        _ => None,
+    }
+}
+
 pub fn parse_http_date_unix_s(value: impl AsRef<[u8]>) -> Result<u64, DateError> {
     let value = value.as_ref();
     if value.len() > HTTP_DATE_LEN_MAX_BYTES {
