@@ -7,6 +7,7 @@
 
 pub mod fault;
 pub mod fill;
+pub mod first_contact;
 pub mod local_state;
 pub mod object;
 pub mod origin_client;
@@ -392,6 +393,7 @@ impl BoundCache {
             purges: std::sync::Mutex::new(purge::PurgeLog::load(&config.data_dir)),
             data_dir: config.data_dir.clone(),
             relays: serve::RelayState::default(),
+            pass_verdicts: first_contact::PassVerdicts::default(),
         });
         Ok(Self {
             local_addr,

@@ -175,6 +175,28 @@ impl Resolver {
         self.resolve_locked(path).await
     }
 
+    /// Takes on `path` from the head of the whole file the origin described
+    /// when it answered a client's first GET (`first_contact`): the HEAD a
+    /// cold resolution sends is saved. A version another request resolved
+    /// meanwhile stands.
+    pub async fn install_probed(
+        &self,
+        path: &RequestPath,
+        head: OriginHead,
+    ) -> Result<Resolved, ResolveError> {
+        let _guard = self.lock_path(path.as_str()).await;
+        if let Some(entry) = self.fresh_entry(path.as_str(), now_unix_s()) {
+            return Ok(Resolved::Cached(entry));
+        }
+        if lock(&self.objects).contains_key(path.as_str()) || self.load_entry(path)?.is_some() {
+            return self.resolve_locked(path).await;
+        }
+        match self.probe(path, head).await? {
+            Probe::Storable(record, manifest) => self.install(path, record, manifest.map(|m| *m)),
+            Probe::NotStorable => Ok(Resolved::PassThrough),
+        }
+    }
+
     /// Whether a fresh version of `path` is known here (for a client's
     /// `only-if-cached`).
     pub fn has_fresh(&self, path: &RequestPath) -> bool {
@@ -603,7 +625,7 @@ impl Resolver {
         };
         // RFC 9213: `CDN-Cache-Control`, when present, decides for us.
         let cache_control = CacheControl::for_cdn(headers);
-        if !shoal_http::cache_control::is_storable(StatusCode::OK, &cache_control) {
+        if !shoal_http::cache_control::is_storable(StatusCode::OK, &cache_control, false) {
             return Ok(Probe::NotStorable);
         }
         if size < self.small_object_bytes_max {

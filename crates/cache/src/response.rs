@@ -199,6 +199,12 @@ pub fn lifetime_s(status: StatusCode, headers: &HeaderMap, now_unix_s: u64, defa
     )
 }
 
+/// Whether `Expires` counts for the cache: not when `CDN-Cache-Control`
+/// speaks for it (RFC 9213).
+fn has_expires(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::EXPIRES) && !headers.contains_key(CDN_CACHE_CONTROL)
+}
+
 /// Why a response is not stored (for the logs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NotStored {
@@ -245,7 +251,7 @@ pub fn storable(
     if status == StatusCode::PARTIAL_CONTENT {
         return Err(NotStored::Partial);
     }
-    if !is_storable(status, &cc) {
+    if !is_storable(status, &cc, has_expires(response)) {
         return Err(NotStored::Directives);
     }
     if RequestCacheControl::from_headers(request).no_store {
@@ -458,7 +464,7 @@ impl ResponseStore {
 
     /// Waits for the key's fetch by another request, if any, and takes the
     /// key's turn (released when the guard drops).
-    async fn turn(&self, key: &str) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+    pub(crate) async fn turn(&self, key: &str) -> Option<tokio::sync::OwnedMutexGuard<()>> {
         let key_lock = lock(&self.fetching)
             .entry(key.to_string())
             .or_default()
@@ -511,7 +517,7 @@ const PART_AND_CONDITION_FIELDS: [HeaderName; 6] = [
 
 /// Request fields that make a miss unfit for storing: a cache asks for
 /// the whole representation on its own behalf.
-fn asks_for_part_or_condition(headers: &HeaderMap) -> bool {
+pub(crate) fn asks_for_part_or_condition(headers: &HeaderMap) -> bool {
     PART_AND_CONDITION_FIELDS
         .iter()
         .any(|name| headers.contains_key(name))
@@ -659,7 +665,7 @@ impl CacheService {
     /// Streams an origin answer to the client (when there is one) and
     /// stores it once complete if it may be stored.
     #[allow(clippy::too_many_arguments)]
-    fn store_and_answer<B>(
+    pub(crate) fn store_and_answer<B>(
         self: &Arc<Self>,
         request: Option<&Request<B>>,
         client_headers: &HeaderMap,
@@ -794,10 +800,7 @@ impl CacheService {
                 request_unix_s,
                 response_unix_s: now,
                 date_unix_s: header_unix_s(&origin_headers, header::DATE),
-                age_s: origin_headers
-                    .get(header::AGE)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse().ok()),
+                age_s: shoal_http::freshness::age_field_s(&origin_headers),
                 lifetime_s: lifetime_s(
                     status,
                     &origin_headers,
@@ -1010,24 +1013,28 @@ impl CacheService {
     /// origin), asked like an origin with [`TIER_HEADER`]; the origin when
     /// this cache is the shield, when the request came from a cache, or
     /// when the shield cannot be reached.
-    async fn upstream(
+    /// The cache `target`'s whole responses come through: the path's
+    /// shield when it is another (usable) member of the mesh.
+    pub(crate) fn tier_shield(
+        &self,
+        target: &str,
+    ) -> Option<(&Arc<crate::peer::MeshLink>, shoal_mesh::Member)> {
+        let mesh = self.mesh.as_ref()?;
+        let view = mesh.node.view();
+        view.shield(&shoal_mesh::shield_key(&purge_path(target)))
+            .filter(|m| m.node_id != view.self_id && mesh.usable(&m.node_id))
+            .cloned()
+            .map(|member| (mesh, member))
+    }
+
+    pub(crate) async fn upstream(
         &self,
         mut forward: Forward,
         target: &str,
         client_headers: &HeaderMap,
     ) -> Result<(StatusCode, HeaderMap, RangeBody), crate::origin_client::OriginError> {
         let from_a_cache = client_headers.contains_key(TIER_HEADER);
-        let shield = self
-            .mesh
-            .as_ref()
-            .filter(|_| !from_a_cache)
-            .and_then(|mesh| {
-                let view = mesh.node.view();
-                view.shield(&shoal_mesh::shield_key(&purge_path(target)))
-                    .filter(|m| m.node_id != view.self_id && mesh.usable(&m.node_id))
-                    .cloned()
-                    .map(|member| (mesh, member))
-            });
+        let shield = self.tier_shield(target).filter(|_| !from_a_cache);
         if let Some((mesh, shield)) = shield {
             let mut tiered = Forward {
                 method: forward.method.clone(),
@@ -1079,7 +1086,10 @@ impl CacheService {
             header::DATE,
             header::AGE,
             header::VIA,
+            // What the stored body is: a 304 does not change it.
             header::CONTENT_ENCODING,
+            header::CONTENT_RANGE,
+            HeaderName::from_static("content-md5"),
         ];
         let mut refreshed = variant.clone();
         refreshed.headers =
@@ -1090,7 +1100,7 @@ impl CacheService {
         refreshed.request_unix_s = request_unix_s;
         refreshed.response_unix_s = now;
         refreshed.date_unix_s = header_unix_s(not_modified, header::DATE);
-        refreshed.age_s = None;
+        refreshed.age_s = shoal_http::freshness::age_field_s(not_modified);
         refreshed.lifetime_s = lifetime_s(
             StatusCode::from_u16(refreshed.status).unwrap_or(StatusCode::OK),
             &refreshed.header_map(),
@@ -1103,7 +1113,8 @@ impl CacheService {
             .map(|r| r.vary.clone())
             .unwrap_or_default();
         let status = StatusCode::from_u16(refreshed.status).unwrap_or(StatusCode::OK);
-        if is_storable(status, &directives(&refreshed.header_map())) {
+        let fields = refreshed.header_map();
+        if is_storable(status, &directives(&fields), has_expires(&fields)) {
             self.responses.set_variant(key, vary, refreshed.clone());
         } else {
             // The 304 says it may no longer be stored: it answers this
@@ -1124,7 +1135,11 @@ fn only_if_cached() -> Response<Body> {
     )
 }
 
-/// An answer from a stored response: its status and fields, `Age`, `Via`;
+/// The largest `Age` sent (RFC 9111 §5.1: 2^31 stands for any larger age).
+pub const AGE_SENT_MAX_S: u64 = 2_147_483_648;
+
+/// An answer from a stored response: its status and fields, `Date`, `Age`,
+/// `Via`;
 /// for a `200`, the request's preconditions and a single range are
 /// honoured (several ranges get the whole body, which RFC 9110 §14.2
 /// allows).
@@ -1141,7 +1156,13 @@ fn answer_stored<B>(
     use shoal_http::range::{select_ranges, RangeResolution};
     let stored = variant.header_map();
     let mut headers = proxy::response_headers(&stored);
-    headers.insert(header::AGE, HeaderValue::from(age_s));
+    headers.insert(header::AGE, HeaderValue::from(age_s.min(AGE_SENT_MAX_S)));
+    // The origin's `Date` stays: `Age` says how old it is (RFC 9110 §6.6.1).
+    if let Some(date) = variant.date_unix_s {
+        if let Ok(value) = HeaderValue::from_str(&shoal_http::date::format_http_date_unix_s(date)) {
+            headers.insert(header::DATE, value);
+        }
+    }
     headers.insert(CACHE_STATUS_HEADER, HeaderValue::from_static(cache_status));
     let head = *request.method() == Method::HEAD;
     let status = StatusCode::from_u16(variant.status).unwrap_or(StatusCode::OK);

@@ -72,6 +72,9 @@ pub struct CacheService {
     pub(crate) data_dir: std::path::PathBuf,
     /// As shield: who fetches what from us, for flash-crowd relaying.
     pub(crate) relays: RelayState,
+    /// Large files the origin forbids storing: passed through for a while
+    /// without a probe.
+    pub(crate) pass_verdicts: crate::first_contact::PassVerdicts,
 }
 
 /// A shield's side of flash-crowd relaying: the relay desk (see
@@ -322,7 +325,32 @@ impl CacheService {
                 );
             }
         }
-        if pin.is_none() && (request_cc.no_cache || request_cc.max_age_s == Some(0)) {
+        // The first GET of a path known nowhere here: one origin request
+        // answers it and tells whether the path takes the piece path.
+        let mut just_probed = false;
+        let request = match RequestPath::parse(raw_path) {
+            Ok(path)
+                if pin.is_none()
+                    && !head_only
+                    && !crate::response::asks_for_part_or_condition(request.headers())
+                    && self.resolver.local_entry(&path).is_none() =>
+            {
+                match self
+                    .first_contact(request, &path, key.clone(), target.clone(), client_ip)
+                    .await
+                {
+                    crate::first_contact::FirstContact::Answered(response) => return response,
+                    crate::first_contact::FirstContact::PiecePath(request) => {
+                        just_probed = true;
+                        request
+                    }
+                }
+            }
+            _ => request,
+        };
+        let raw_path = request.uri().path();
+        if pin.is_none() && !just_probed && (request_cc.no_cache || request_cc.max_age_s == Some(0))
+        {
             if let Ok(path) = RequestPath::parse(raw_path) {
                 let _ = self.resolver.revalidate(&path).await;
             }
@@ -524,6 +552,7 @@ impl CacheService {
         if !new {
             return 0;
         }
+        self.pass_verdicts.clear();
         let paths = self.resolver.apply_purge(event).await + self.responses.apply_purge(event);
         self.stats.purges.fetch_add(1, Ordering::Relaxed);
         let log = lock(&self.purges).clone();
@@ -1617,7 +1646,15 @@ impl CacheService {
             HeaderValue::from_static("1.1 shoal"),
         ));
         if entry.record.validated_unix_s > 0 {
-            let age_s = shoal_core::now_unix_s().saturating_sub(entry.record.validated_unix_s);
+            // `Date` is when the origin last vouched for this version, and
+            // `Age` how long ago that was (RFC 9110 §6.6.1, RFC 9111 §5.1).
+            let validated = entry.record.validated_unix_s;
+            let age_s = shoal_core::now_unix_s().saturating_sub(validated);
+            if let Ok(date) =
+                HeaderValue::from_str(&shoal_http::date::format_http_date_unix_s(validated))
+            {
+                headers.push((header::DATE, date));
+            }
             headers.push((header::AGE, HeaderValue::from(age_s)));
         }
         headers

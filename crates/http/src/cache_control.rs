@@ -60,6 +60,9 @@ pub struct CacheControl {
     pub proxy_revalidate: bool,
     pub immutable: bool,
     pub public: bool,
+    /// `must-understand` (RFC 9111 §5.2.2.3): store only a status whose
+    /// caching rules the cache knows, and then `no-store` does not apply.
+    pub must_understand: bool,
     /// `stale-while-revalidate` (RFC 5861 §3); `Some(0)` when invalid.
     pub stale_while_revalidate_s: Option<u64>,
     /// `stale-if-error` (RFC 5861 §4); `Some(0)` when invalid.
@@ -176,6 +179,8 @@ impl CacheControl {
                     cc.must_revalidate = true;
                 } else if is("proxy-revalidate") {
                     cc.proxy_revalidate = true;
+                } else if is("must-understand") {
+                    cc.must_understand = true;
                 } else if is("public") {
                     cc.public |= well_formed;
                 } else if is("immutable") {
@@ -514,26 +519,47 @@ pub fn is_heuristically_cacheable(status: StatusCode) -> bool {
     )
 }
 
+/// Status codes whose caching rules this cache implements, for
+/// `must-understand` (RFC 9111 §5.2.2.3): the heuristically cacheable
+/// ones, the other redirects, and the errors RFC 9110 defines.
+pub fn understands_status(status: StatusCode) -> bool {
+    is_heuristically_cacheable(status)
+        || matches!(
+            status.as_u16(),
+            302 | 303 | 307 | 400 | 401 | 403 | 406..=409 | 411..=413 | 415..=418 | 421..=426
+                | 428 | 429 | 431 | 451 | 500 | 502..=505
+        )
+}
+
 /// May a **shared** cache store this response (RFC 9111 §3)?
 ///
-/// Not when `no-store` or `private` is present, nor for an interim (1xx)
+/// Not when `no-store` (unless `must-understand` and a status this cache
+/// understands) or `private` is present, nor with `must-understand` and a
+/// status it does not understand, nor for an interim (1xx)
 /// or `304` response (which only refreshes what is stored). Otherwise yes
 /// for heuristically cacheable status codes (`206` included: shoal caches
 /// understand partial content), and for other final codes only with
-/// explicit freshness (`max-age`, `s-maxage`) or `public`. (A response
-/// whose only explicit freshness is `Expires` is therefore not stored when
-/// its status is not heuristically cacheable: a conservative simplification.)
+/// explicit freshness (`max-age`, `s-maxage`, or `Expires` when
+/// `has_expires`: the caller knows whether it counts) or `public`.
 ///
 /// The request side (method, `Authorization`) is the caller's: see
 /// [`may_store_authorized`].
-pub fn is_storable(status: StatusCode, cc: &CacheControl) -> bool {
-    if cc.no_store || cc.private {
+pub fn is_storable(status: StatusCode, cc: &CacheControl, has_expires: bool) -> bool {
+    if cc.must_understand {
+        if !understands_status(status) {
+            return false;
+        }
+    } else if cc.no_store {
+        return false;
+    }
+    if cc.private {
         return false;
     }
     if status.is_informational() || status == StatusCode::NOT_MODIFIED {
         return false;
     }
     is_heuristically_cacheable(status)
+        || has_expires
         || cc.public
         || cc.max_age_s.is_some()
         || cc.s_maxage_s.is_some()
@@ -811,22 +837,52 @@ mod tests {
 
     #[test]
     fn storability() {
-        assert!(is_storable(StatusCode::OK, &cc("")));
-        assert!(is_storable(StatusCode::PARTIAL_CONTENT, &cc("max-age=5")));
-        assert!(is_storable(StatusCode::NOT_FOUND, &cc("")));
-        assert!(is_storable(StatusCode::OK, &cc("no-cache")));
-        assert!(!is_storable(StatusCode::OK, &cc("no-store")));
-        assert!(!is_storable(StatusCode::OK, &cc("private")));
-        assert!(!is_storable(StatusCode::OK, &cc("public, private")));
-        assert!(!is_storable(StatusCode::NOT_MODIFIED, &cc("max-age=5")));
-        assert!(!is_storable(StatusCode::CONTINUE, &cc("max-age=5")));
-        assert!(!is_storable(StatusCode::FOUND, &cc("")));
-        assert!(is_storable(StatusCode::FOUND, &cc("max-age=5")));
+        assert!(is_storable(StatusCode::OK, &cc(""), false));
+        assert!(is_storable(
+            StatusCode::PARTIAL_CONTENT,
+            &cc("max-age=5"),
+            false
+        ));
+        assert!(is_storable(StatusCode::NOT_FOUND, &cc(""), false));
+        assert!(!is_storable(StatusCode::FOUND, &cc(""), false));
+        assert!(is_storable(StatusCode::FOUND, &cc(""), true));
+        assert!(is_storable(StatusCode::FOUND, &cc("max-age=5"), false));
+        assert!(is_storable(StatusCode::OK, &cc("no-cache"), false));
+        assert!(!is_storable(StatusCode::OK, &cc("no-store"), false));
+        assert!(!is_storable(StatusCode::OK, &cc("private"), false));
+        assert!(!is_storable(StatusCode::OK, &cc("public, private"), false));
+        assert!(!is_storable(
+            StatusCode::NOT_MODIFIED,
+            &cc("max-age=5"),
+            false
+        ));
+        assert!(!is_storable(StatusCode::CONTINUE, &cc("max-age=5"), false));
+        assert!(!is_storable(StatusCode::FOUND, &cc(""), false));
+        assert!(is_storable(StatusCode::FOUND, &cc("max-age=5"), false));
         assert!(is_storable(
             StatusCode::INTERNAL_SERVER_ERROR,
-            &cc("public")
+            &cc("public"),
+            false
         ));
-        assert!(!is_storable(StatusCode::INTERNAL_SERVER_ERROR, &cc("")));
+        assert!(!is_storable(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &cc(""),
+            false
+        ));
+        // RFC 9111 §5.2.2.3.
+        let status_599 = StatusCode::from_u16(599).unwrap();
+        assert!(is_storable(status_599, &cc("max-age=60"), false));
+        assert!(!is_storable(
+            status_599,
+            &cc("max-age=60, must-understand"),
+            false
+        ));
+        assert!(is_storable(
+            StatusCode::OK,
+            &cc("no-store, must-understand"),
+            false
+        ));
+        assert!(!is_storable(StatusCode::OK, &cc("no-store"), false));
         assert!(may_store_authorized(&cc("s-maxage=1")));
         assert!(may_store_authorized(&cc("must-revalidate")));
         assert!(!may_store_authorized(&cc("max-age=100")));

@@ -39,6 +39,26 @@ pub struct StoredTimes {
     pub age_s: Option<u64>,
 }
 
+/// The `Age` a response carries (RFC 9111 §5.1), in seconds; `None` when
+/// it has none. A value that is not exactly one line of digits (a sign, a
+/// fraction, a list, a second line) makes the response count as stale: it
+/// reads as the largest age. Digits beyond 64 bits saturate.
+pub fn age_field_s(headers: &http::HeaderMap) -> Option<u64> {
+    let mut lines = headers.get_all(http::header::AGE).iter();
+    let first = lines.next()?;
+    if lines.next().is_some() {
+        return Some(u64::MAX);
+    }
+    let digits = crate::syntax::trim_ows(first.as_bytes());
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return Some(u64::MAX);
+    }
+    Some(digits.iter().fold(0u64, |age, digit| {
+        age.saturating_mul(10)
+            .saturating_add(u64::from(digit - b'0'))
+    }))
+}
+
 /// The current age of a stored response (RFC 9111 §4.2.3): how long ago
 /// the origin made it, counting the time upstream caches held it and the
 /// time the request was in flight.
@@ -132,6 +152,27 @@ pub fn may_serve_stale_on_error(use_was: Use) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn invalid_age_fields_read_as_stale() {
+        let age = |lines: &[&str]| {
+            let mut headers = http::HeaderMap::new();
+            for line in lines {
+                headers.append(http::header::AGE, line.parse().unwrap());
+            }
+            age_field_s(&headers)
+        };
+        assert_eq!(age(&[]), None);
+        assert_eq!(age(&["0"]), Some(0));
+        assert_eq!(age(&[" 7200 "]), Some(7200));
+        assert_eq!(age(&["99999999999999999999999"]), Some(u64::MAX));
+        for bad in [
+            "abc", "-7200", "7200.0", "7200,0", "0, 7200", "7200;a=b", "",
+        ] {
+            assert_eq!(age(&[bad]), Some(u64::MAX), "{bad:?}");
+        }
+        assert_eq!(age(&["0", "7200"]), Some(u64::MAX));
+    }
+
     use super::*;
 
     fn response(value: &str) -> CacheControl {

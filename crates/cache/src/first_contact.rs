@@ -1,0 +1,265 @@
+//! The first GET of a path this cache knows nothing about: one origin
+//! request that both answers the client and tells which path the object
+//! takes.
+//!
+//! The client's GET goes on (to the path's shield in a mesh, else to the
+//! origin) with a probe range added, `bytes=0-S` where S is
+//! `small_object_bytes_max` (so `bytes=0-0` when every file with a length
+//! takes the piece path):
+//!
+//! - a `206` whose complete length exceeds S is a file for the piece path:
+//!   the part is dropped (at most S + 1 bytes) and its fields, made into
+//!   the head of the whole file, install the version — as a `HEAD` would
+//!   have, which is therefore not sent;
+//! - a `206` that holds the whole representation is that representation
+//!   (a `200`), stored whole when it may be;
+//! - a `200` (the origin ignores ranges here: a page, a dynamic answer)
+//!   and every other status are the answer to the client's own request,
+//!   stored whole by RFC 9111's rules or passed through;
+//! - a `416` (an empty file) or a `206` the cache cannot read is asked for
+//!   again without the range.
+//!
+//! So a page, a redirect or an error costs the origin exactly one request,
+//! as it would without a cache; a large file costs what it did with a
+//! `HEAD` first. A large file the piece path may not keep (`no-store`,
+//! over `object_bytes_max`) costs a second request, and its path is then
+//! passed through without a probe for [`PASS_VERDICT_MS`]. Concurrent
+//! first GETs of one key wait for the first.
+
+use crate::fault::Fault;
+use crate::origin_client::{Forward, OriginHead};
+use crate::proxy::{self, ForwardBody, PassReason};
+use crate::resolve::Resolved;
+use crate::serve::{error_response, CacheService};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use shoal_http::content_range::{parse_content_range, ContentRangeHeader};
+use shoal_http::path::RequestPath;
+use shoal_server::Body;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a path found not to be for the piece path is passed through
+/// without a probe: short, so a republished file is soon taken up.
+pub const PASS_VERDICT_MS: u64 = 10_000;
+/// Paths whose verdict is remembered (older ones are forgotten first).
+const PASS_VERDICTS_MAX: usize = 4_096;
+
+/// Paths recently found not to be for the piece path, and when.
+#[derive(Default)]
+pub(crate) struct PassVerdicts(Mutex<HashMap<String, Instant>>);
+
+impl PassVerdicts {
+    fn note(&self, path: &str) {
+        let mut verdicts = lock(&self.0);
+        if verdicts.len() >= PASS_VERDICTS_MAX {
+            let window = Duration::from_millis(PASS_VERDICT_MS);
+            verdicts.retain(|_, at| at.elapsed() < window);
+            if verdicts.len() >= PASS_VERDICTS_MAX {
+                verdicts.clear();
+            }
+        }
+        verdicts.insert(path.to_string(), Instant::now());
+    }
+
+    fn holds(&self, path: &str) -> bool {
+        let mut verdicts = lock(&self.0);
+        match verdicts.get(path) {
+            Some(at) if at.elapsed() < Duration::from_millis(PASS_VERDICT_MS) => true,
+            Some(_) => {
+                verdicts.remove(path);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Forgets every verdict (a purge: what was purged is probed afresh).
+    pub(crate) fn clear(&self) {
+        lock(&self.0).clear();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What the first contact decided.
+pub(crate) enum FirstContact<B> {
+    /// The client has its answer (from the origin, stored whole or not).
+    Answered(Response<Body>),
+    /// The path is a file for the piece path (its version installed, or
+    /// for the shield to describe): serve the request from pieces.
+    PiecePath(Request<B>),
+}
+
+impl CacheService {
+    /// Sends a client's GET of an unknown path on with the probe range and
+    /// decides from the answer (see the module doc).
+    pub(crate) async fn first_contact<B: ForwardBody>(
+        self: &Arc<Self>,
+        request: Request<B>,
+        path: &RequestPath,
+        key: String,
+        target: String,
+        client_ip: Option<std::net::IpAddr>,
+    ) -> FirstContact<B> {
+        if self.pass_verdicts.holds(path.as_str()) {
+            return FirstContact::Answered(
+                self.forward(request, target, client_ip, PassReason::Response)
+                    .await,
+            );
+        }
+        let turn = self.responses.turn(&key).await;
+        // Another request may have settled the path while this one waited.
+        if self.resolver.local_entry(path).is_some() {
+            return FirstContact::PiecePath(request);
+        }
+        if self.responses.has(&key) || turn.is_none() {
+            drop(turn);
+            return FirstContact::Answered(
+                self.respond_whole(request, key, target, client_ip, PassReason::Response)
+                    .await,
+            );
+        }
+        let request_unix_s = shoal_core::now_unix_s();
+        let client_headers = request.headers().clone();
+        let mut headers = proxy::request_headers(&client_headers, request.version(), client_ip);
+        let probe_last = self.resolver.small_object_bytes_max;
+        headers.insert(
+            header::RANGE,
+            HeaderValue::from_str(&format!("bytes=0-{probe_last}"))
+                .unwrap_or(HeaderValue::from_static("bytes=0-0")),
+        );
+        let fetched = self
+            .upstream(
+                Forward {
+                    method: Method::GET,
+                    path_and_query: target.clone(),
+                    headers,
+                    body: None,
+                },
+                &target,
+                &client_headers,
+            )
+            .await;
+        let (mut status, mut origin_headers, body) = match fetched {
+            Ok(parts) => parts,
+            Err(error) => {
+                tracing::warn!(target = %target, error = %shoal_proto::Chain(&error), "the origin did not answer");
+                return FirstContact::Answered(error_response(
+                    error.client_status(),
+                    Fault::Origin,
+                    &format!("{}\n", shoal_proto::Chain(&error)),
+                ));
+            }
+        };
+        if status == StatusCode::PARTIAL_CONTENT {
+            let range = origin_headers
+                .get(header::CONTENT_RANGE)
+                .and_then(|v| parse_content_range(v.as_bytes()).ok());
+            let complete = match range {
+                Some(ContentRangeHeader::Range(range)) if range.span().start() == 0 => {
+                    Some((range.span().len(), range.complete_length()))
+                }
+                _ => None,
+            };
+            match complete {
+                Some((part, length)) if part == length => {
+                    // The whole representation: its own `200`.
+                    status = StatusCode::OK;
+                    origin_headers.remove(header::CONTENT_RANGE);
+                    origin_headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+                }
+                Some((_, length)) => {
+                    drop(body);
+                    drop(turn);
+                    return self
+                        .piece_path_from_probe(
+                            request,
+                            path,
+                            &target,
+                            client_ip,
+                            length,
+                            origin_headers,
+                        )
+                        .await;
+                }
+                None => {
+                    drop(body);
+                    drop(turn);
+                    return FirstContact::Answered(
+                        self.forward(request, target, client_ip, PassReason::Response)
+                            .await,
+                    );
+                }
+            }
+        } else if status == StatusCode::RANGE_NOT_SATISFIABLE {
+            drop(body);
+            drop(turn);
+            return FirstContact::Answered(
+                self.respond_whole(request, key, target, client_ip, PassReason::Response)
+                    .await,
+            );
+        }
+        self.stats
+            .pass_through_requests
+            .fetch_add(1, Ordering::Relaxed);
+        FirstContact::Answered(self.store_and_answer(
+            Some(&request),
+            &client_headers,
+            key,
+            request_unix_s,
+            status,
+            origin_headers,
+            body,
+            turn,
+        ))
+    }
+
+    /// A probe showed a file of `length` bytes: install its version from
+    /// the probe's fields (or, below a shield, let the shield describe it)
+    /// and serve the request from pieces; a file the piece path may not
+    /// keep is asked for whole.
+    async fn piece_path_from_probe<B: ForwardBody>(
+        self: &Arc<Self>,
+        request: Request<B>,
+        path: &RequestPath,
+        target: &str,
+        client_ip: Option<std::net::IpAddr>,
+        length: u64,
+        mut headers: http::HeaderMap,
+    ) -> FirstContact<B> {
+        if self.tier_shield(target).is_some() {
+            // The shield answered: the resolver asks it for the version.
+            return FirstContact::PiecePath(request);
+        }
+        headers.remove(header::CONTENT_RANGE);
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        let head = OriginHead {
+            status: StatusCode::OK,
+            size: Some(length),
+            headers,
+        };
+        match self.resolver.install_probed(path, head).await {
+            Ok(Resolved::Cached(_)) => FirstContact::PiecePath(request),
+            // Not for the piece path after all (its directives, its size):
+            // the client's own request goes to the origin.
+            Ok(Resolved::PassThrough) => {
+                self.pass_verdicts.note(path.as_str());
+                FirstContact::Answered(
+                    self.forward(request, target.to_string(), client_ip, PassReason::Response)
+                        .await,
+                )
+            }
+            Err(error) => {
+                tracing::warn!(path = %path.as_str(), error = %shoal_proto::Chain(&error), "could not take on the version the origin described: passing the request through");
+                FirstContact::Answered(
+                    self.forward(request, target.to_string(), client_ip, PassReason::Response)
+                        .await,
+                )
+            }
+        }
+    }
+}
