@@ -3,16 +3,16 @@
 //! takes.
 //!
 //! The client's GET goes on (to the path's shield in a mesh, else to the
-//! origin) with a probe range added, `bytes=0-S` where S is
-//! `small_object_bytes_max` (so `bytes=0-0` when every file with a length
-//! takes the piece path):
+//! origin) with a probe range added for the first S bytes, S being
+//! `small_object_bytes_max` (`bytes=0-0` when it is 0: every file with a
+//! length takes the piece path):
 //!
-//! - a `206` whose complete length exceeds S is a file for the piece path:
-//!   the part is dropped (at most S + 1 bytes) and its fields, made into
+//! - a `206` whose complete length is at least S is a file for the piece
+//!   path: the part is dropped (at most S bytes) and its fields, made into
 //!   the head of the whole file, install the version — as a `HEAD` would
 //!   have, which is therefore not sent;
-//! - a `206` that holds the whole representation is that representation
-//!   (a `200`), stored whole when it may be;
+//! - a `206` of a smaller file holds the whole representation: it is that
+//!   representation (a `200`), stored whole when it may be;
 //! - a `200` (the origin ignores ranges here: a page, a dynamic answer)
 //!   and every other status are the answer to the client's own request,
 //!   stored whole by RFC 9111's rules or passed through;
@@ -105,18 +105,24 @@ impl CacheService {
         target: String,
         client_ip: Option<std::net::IpAddr>,
     ) -> FirstContact<B> {
-        if self.pass_verdicts.holds(path.as_str()) {
-            return FirstContact::Answered(
-                self.forward(request, target, client_ip, PassReason::Response)
-                    .await,
-            );
-        }
         let turn = self.responses.turn(&key).await;
         // Another request may have settled the path while this one waited.
         if self.resolver.local_entry(path).is_some() {
             return FirstContact::PiecePath(request);
         }
-        if self.responses.has(&key) || turn.is_none() {
+        if turn.is_none() {
+            // The first probe is slow (the origin is): the path lock of
+            // the piece path collapses what waits now.
+            return FirstContact::PiecePath(request);
+        }
+        if self.pass_verdicts.holds(path.as_str()) {
+            drop(turn);
+            return FirstContact::Answered(
+                self.forward(request, target, client_ip, PassReason::Response)
+                    .await,
+            );
+        }
+        if self.responses.has(&key) {
             drop(turn);
             return FirstContact::Answered(
                 self.respond_whole(request, key, target, client_ip, PassReason::Response)
@@ -126,7 +132,8 @@ impl CacheService {
         let request_unix_s = shoal_core::now_unix_s();
         let client_headers = request.headers().clone();
         let mut headers = proxy::request_headers(&client_headers, request.version(), client_ip);
-        let probe_last = self.resolver.small_object_bytes_max;
+        let small_bytes_max = self.resolver.small_object_bytes_max;
+        let probe_last = small_bytes_max.saturating_sub(1);
         headers.insert(
             header::RANGE,
             HeaderValue::from_str(&format!("bytes=0-{probe_last}"))
@@ -166,25 +173,36 @@ impl CacheService {
                 _ => None,
             };
             match complete {
-                Some((part, length)) if part == length => {
+                Some((part, length)) if part == length && length < small_bytes_max => {
                     // The whole representation: its own `200`.
                     status = StatusCode::OK;
                     origin_headers.remove(header::CONTENT_RANGE);
                     origin_headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
                 }
-                Some((_, length)) => {
+                Some((part, length)) => {
+                    // The part is dropped unread, but the origin sent it.
                     drop(body);
-                    drop(turn);
-                    return self
+                    self.stats.origin_bytes.fetch_add(part, Ordering::Relaxed);
+                    self.stats.probe_bytes.fetch_add(part, Ordering::Relaxed);
+                    // The others wait until the version is installed, then
+                    // find it.
+                    let decided = self
                         .piece_path_from_probe(
-                            request,
                             path,
                             &target,
-                            client_ip,
+                            &client_headers,
                             length,
                             origin_headers,
                         )
                         .await;
+                    drop(turn);
+                    return match decided {
+                        Some(()) => FirstContact::PiecePath(request),
+                        None => FirstContact::Answered(
+                            self.forward(request, target, client_ip, PassReason::Response)
+                                .await,
+                        ),
+                    };
                 }
                 None => {
                     drop(body);
@@ -220,20 +238,40 @@ impl CacheService {
 
     /// A probe showed a file of `length` bytes: install its version from
     /// the probe's fields (or, below a shield, let the shield describe it)
-    /// and serve the request from pieces; a file the piece path may not
-    /// keep is asked for whole.
-    async fn piece_path_from_probe<B: ForwardBody>(
+    /// for the request to be served from pieces. `None`: the piece path may
+    /// not keep it, so the request is to be passed through.
+    async fn piece_path_from_probe(
         self: &Arc<Self>,
-        request: Request<B>,
         path: &RequestPath,
         target: &str,
-        client_ip: Option<std::net::IpAddr>,
+        client_headers: &http::HeaderMap,
         length: u64,
         mut headers: http::HeaderMap,
-    ) -> FirstContact<B> {
+    ) -> Option<()> {
         if self.tier_shield(target).is_some() {
-            // The shield answered: the resolver asks it for the version.
-            return FirstContact::PiecePath(request);
+            // The shield answered: the version is the shield's to describe
+            // (asked now, so the requests waiting find it). An error is
+            // left for the piece path to report.
+            return match self.resolver.resolve(path).await {
+                Ok(Resolved::PassThrough) => None,
+                Ok(Resolved::Cached(_)) | Err(_) => Some(()),
+            };
+        }
+        // The piece path fetches ranges without the client's fields: an
+        // answer shaped by them (a content coding, credentials, a cookie)
+        // may not be the file those fetches get. The resolver asks for
+        // that itself (a HEAD). (`Vary` alone does not change the bytes:
+        // the piece path keeps one variant's fields, docs/conformance.md.)
+        let shaped_by_client = headers
+            .get(header::CONTENT_ENCODING)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+            || client_headers.contains_key(header::AUTHORIZATION)
+            || client_headers.contains_key(header::COOKIE);
+        if shaped_by_client {
+            return match self.resolver.resolve(path).await {
+                Ok(Resolved::PassThrough) => None,
+                Ok(Resolved::Cached(_)) | Err(_) => Some(()),
+            };
         }
         headers.remove(header::CONTENT_RANGE);
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
@@ -243,22 +281,15 @@ impl CacheService {
             headers,
         };
         match self.resolver.install_probed(path, head).await {
-            Ok(Resolved::Cached(_)) => FirstContact::PiecePath(request),
-            // Not for the piece path after all (its directives, its size):
-            // the client's own request goes to the origin.
+            Ok(Resolved::Cached(_)) => Some(()),
+            // Not for the piece path after all (its directives, its size).
             Ok(Resolved::PassThrough) => {
                 self.pass_verdicts.note(path.as_str());
-                FirstContact::Answered(
-                    self.forward(request, target.to_string(), client_ip, PassReason::Response)
-                        .await,
-                )
+                None
             }
             Err(error) => {
                 tracing::warn!(path = %path.as_str(), error = %shoal_proto::Chain(&error), "could not take on the version the origin described: passing the request through");
-                FirstContact::Answered(
-                    self.forward(request, target.to_string(), client_ip, PassReason::Response)
-                        .await,
-                )
+                None
             }
         }
     }

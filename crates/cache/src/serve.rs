@@ -333,6 +333,8 @@ impl CacheService {
                 if pin.is_none()
                     && !head_only
                     && !crate::response::asks_for_part_or_condition(request.headers())
+                    // Below a shield the path is the shield's to describe.
+                    && self.tier_shield(&target).is_none()
                     && self.resolver.local_entry(&path).is_none() =>
             {
                 match self

@@ -9,6 +9,10 @@ pub struct CacheStats {
     pub client_errors: AtomicU64,
     pub origin_requests: AtomicU64,
     pub origin_bytes: AtomicU64,
+    /// Of `origin_bytes`: the parts of first-GET probes dropped because
+    /// the file took the piece path (at most `small_object_bytes_max`, or
+    /// one byte, per file).
+    pub probe_bytes: AtomicU64,
     pub origin_errors: AtomicU64,
     /// Pieces refused because they did not match their hash.
     pub corrupt_pieces: AtomicU64,
@@ -79,6 +83,7 @@ pub struct StatsSnapshot {
     pub client_errors: u64,
     pub origin_requests: u64,
     pub origin_bytes: u64,
+    pub probe_bytes: u64,
     pub origin_errors: u64,
     pub corrupt_pieces: u64,
     pub coalesced_waits: u64,
@@ -133,6 +138,7 @@ impl CacheStats {
             client_errors: get(&self.client_errors),
             origin_requests: get(&self.origin_requests),
             origin_bytes: get(&self.origin_bytes),
+            probe_bytes: get(&self.probe_bytes),
             origin_errors: get(&self.origin_errors),
             corrupt_pieces: get(&self.corrupt_pieces),
             coalesced_waits: get(&self.coalesced_waits),

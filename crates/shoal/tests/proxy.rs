@@ -919,3 +919,67 @@ fn connect_trace_and_max_forwards() {
         0
     );
 }
+
+/// The first GET of an unknown path is the client's own request with a
+/// probe range: a file under `small_object_bytes_max` arrives whole in
+/// that one answer and is stored; a larger one installs the piece path
+/// from the probe's fields (no HEAD); a page from an origin that ignores
+/// ranges is one request; concurrent first GETs of one path send the
+/// origin one probe.
+#[test]
+fn the_first_get_of_a_path_is_one_origin_request() {
+    let origin = AnyOrigin::start();
+    let (cache, _data) = cache_for_small(&origin);
+    origin.set("/fc/small.bin", "size=1000&h=Cache-Control:max-age=60");
+    origin.set("/fc/large.bin", "size=3000000&h=Cache-Control:max-age=60");
+    origin.set("/fc/page", "size=5000&ranges=0&h=Cache-Control:max-age=60");
+    for round in ["MISS", "HIT"] {
+        let small = curl(&format!("{}/fc/small.bin", cache.url), &[]);
+        assert_eq!(small.status, 200, "{round}");
+        assert_eq!(small.header("content-range"), None, "{round}");
+        assert!(small.body == content(1000, 7), "{round}");
+        assert_eq!(small.header("x-shoal-cache"), Some(round));
+        let page = curl(&format!("{}/fc/page", cache.url), &[]);
+        assert_eq!(page.status, 200, "{round}");
+        assert!(page.body == content(5000, 7), "{round}");
+        assert_eq!(page.header("x-shoal-cache"), Some(round));
+    }
+    assert_eq!(origin.count("GET", "/fc/small.bin"), 1);
+    assert_eq!(origin.count("GET", "/fc/page"), 1);
+    // The probe asked for the first 1 MiB; the client did not see a range.
+    let probe = origin
+        .seen()
+        .into_iter()
+        .find(|s| s.target.starts_with("/fc/small.bin"))
+        .unwrap();
+    assert_eq!(probe.header("range"), Some("bytes=0-1048575"));
+
+    // Eight clients at once on a large file: one probe, then ranges.
+    let url = format!("{}/fc/large.bin", cache.url);
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || curl(&url, &[]))
+        })
+        .collect();
+    for client in clients {
+        let got = client.join().unwrap();
+        assert_eq!(got.status, 200);
+        assert_eq!(got.header("content-range"), None);
+        assert!(got.body == content(3_000_000, 7));
+    }
+    let probes = origin
+        .seen()
+        .into_iter()
+        .filter(|s| {
+            // A client's request carries X-Forwarded-For; the cache's own
+            // piece fetches do not.
+            s.target.starts_with("/fc/large.bin") && s.header("x-forwarded-for").is_some()
+        })
+        .count();
+    assert_eq!(probes, 1, "concurrent first GETs share one probe");
+    assert_eq!(origin.count("HEAD", "/fc/large.bin"), 0);
+    let again = curl(&url, &[]);
+    assert_eq!(again.header("x-shoal-cache"), Some("HIT"));
+    assert!(again.body == content(3_000_000, 7));
+}
