@@ -182,7 +182,6 @@ impl CacheService {
                 Some((part, length)) => {
                     // The part is dropped unread, but the origin sent it.
                     drop(body);
-                    self.stats.origin_bytes.fetch_add(part, Ordering::Relaxed);
                     self.stats.probe_bytes.fetch_add(part, Ordering::Relaxed);
                     // The others wait until the version is installed, then
                     // find it.

@@ -6,7 +6,7 @@
 //! was too slow), and so nothing from a failed exchange is ever stored.
 
 use bytes::Bytes;
-use http::{HeaderMap, StatusCode};
+use http::{header, HeaderMap, HeaderValue, StatusCode};
 use shoal_core::ByteSpan;
 pub use shoal_proto::body::{check_range_response, BodyError, RangeBody, RangeError};
 use shoal_proto::Cause;
@@ -389,7 +389,19 @@ impl OriginClient {
             Some((body, progress)) => self.send_uploading(request.body(body), &progress).await?,
         };
         let status = response.status();
-        let headers = response.headers().clone();
+        let mut headers = response.headers().clone();
+        // A redirect to the upstream's own address would send the client
+        // around the cache: it becomes relative to the client's host.
+        for name in [header::LOCATION, header::CONTENT_LOCATION] {
+            let local = headers
+                .get(&name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| shoal_http::forward::upstream_reference_as_local(v, base_url))
+                .and_then(|v| HeaderValue::from_str(&v).ok());
+            if let Some(local) = local {
+                headers.insert(name, local);
+            }
+        }
         Ok((
             status,
             headers,

@@ -9,9 +9,10 @@ pub struct CacheStats {
     pub client_errors: AtomicU64,
     pub origin_requests: AtomicU64,
     pub origin_bytes: AtomicU64,
-    /// Of `origin_bytes`: the parts of first-GET probes dropped because
-    /// the file took the piece path (at most `small_object_bytes_max`, or
-    /// one byte, per file).
+    /// Besides `origin_bytes` (what was fetched to store or serve): the
+    /// parts of first-GET probes the origin sent and the cache dropped
+    /// because the file took the piece path (at most
+    /// `small_object_bytes_max`, or one byte, per file).
     pub probe_bytes: AtomicU64,
     pub origin_errors: AtomicU64,
     /// Pieces refused because they did not match their hash.

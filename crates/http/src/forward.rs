@@ -100,6 +100,45 @@ pub fn stored_fields(headers: &HeaderMap, computed: &[HeaderName]) -> Vec<(Strin
     out
 }
 
+/// A `Location` or `Content-Location` that points into the upstream at
+/// `base_url` (`scheme://authority[/prefix]`), as this hop's clients must
+/// see it: a reference relative to their own host (`http://origin:8080/
+/// prefix/x?q` → `/x?q`), so a redirect never sends them around the
+/// cache, nor tells them where the origin is. `None` when it points
+/// elsewhere (another host or scheme, outside the prefix) or is not an
+/// absolute URL.
+pub fn upstream_reference_as_local(value: &str, base_url: &str) -> Option<String> {
+    let (base_scheme, base_rest) = base_url.split_once("://")?;
+    let (scheme, rest) = value.split_once("://")?;
+    if !scheme.eq_ignore_ascii_case(base_scheme) {
+        return None;
+    }
+    let split = |text: &str| -> (String, String) {
+        let end = text.find(['/', '?', '#']).unwrap_or(text.len());
+        (text[..end].to_ascii_lowercase(), text[end..].to_string())
+    };
+    let default_port = if scheme.eq_ignore_ascii_case("https") {
+        ":443"
+    } else {
+        ":80"
+    };
+    let (base_authority, base_path) = split(base_rest);
+    let (authority, path) = split(rest);
+    let strip_port = |a: &str| a.strip_suffix(default_port).unwrap_or(a).to_string();
+    if strip_port(&authority) != strip_port(&base_authority) {
+        return None;
+    }
+    let prefix = base_path.trim_end_matches('/');
+    let local = path.strip_prefix(prefix)?;
+    match local.chars().next() {
+        None => Some("/".to_string()),
+        Some('/') => Some(local.to_string()),
+        Some('?' | '#') => Some(format!("/{local}")),
+        // `/prefixed` is not under `/prefix`.
+        Some(_) => None,
+    }
+}
+
 /// RFC 9111 §4.3.4: the fields of a `304` replace every stored field of
 /// the same name; the others stay.
 pub fn update_stored_fields(
@@ -121,6 +160,46 @@ pub fn update_stored_fields(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upstream_references_become_local() {
+        let local = |value, base| upstream_reference_as_local(value, base);
+        let base = "http://127.0.0.1:8080";
+        assert_eq!(
+            local("http://127.0.0.1:8080/docs/", base).as_deref(),
+            Some("/docs/")
+        );
+        assert_eq!(local("HTTP://127.0.0.1:8080", base).as_deref(), Some("/"));
+        assert_eq!(
+            local("http://127.0.0.1:8080?a=1", base).as_deref(),
+            Some("/?a=1")
+        );
+        assert_eq!(local("http://127.0.0.1:8081/docs/", base), None);
+        assert_eq!(local("https://127.0.0.1:8080/docs/", base), None);
+        assert_eq!(local("http://elsewhere.example/x", base), None);
+        assert_eq!(local("/docs/", base), None);
+        // Default ports and case in the host.
+        assert_eq!(
+            local("http://Origin.example/a", "http://origin.example:80").as_deref(),
+            Some("/a")
+        );
+        assert_eq!(
+            local("https://origin.example:443/a", "https://origin.example").as_deref(),
+            Some("/a")
+        );
+        // A base with a path prefix: only what is under it.
+        let prefixed = "http://origin.example/media/";
+        assert_eq!(
+            local("http://origin.example/media/a/b?x", prefixed).as_deref(),
+            Some("/a/b?x")
+        );
+        assert_eq!(
+            local("http://origin.example/media", prefixed).as_deref(),
+            Some("/")
+        );
+        assert_eq!(local("http://origin.example/mediathek", prefixed), None);
+        assert_eq!(local("http://origin.example/other", prefixed), None);
+    }
 
     #[test]
     fn hop_by_hop_fields_and_connection_listed_ones_are_removed() {

@@ -983,3 +983,42 @@ fn the_first_get_of_a_path_is_one_origin_request() {
     assert_eq!(again.header("x-shoal-cache"), Some("HIT"));
     assert!(again.body == content(3_000_000, 7));
 }
+
+/// A redirect to the origin's own address (nginx builds absolute ones
+/// from its own host and port) would send clients around the cache and
+/// tell them where the origin is: it reaches them relative to the cache.
+/// Other hosts' URLs are left alone.
+#[test]
+fn redirects_to_the_origins_own_address_stay_on_the_cache() {
+    let origin = AnyOrigin::start();
+    let (cache, _data) = cache_for(&origin);
+    let encode = |v: &str| {
+        percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    origin.set(
+        "/old",
+        &format!(
+            "status=301&h={}",
+            encode(&format!("Location:{}/docs/?a=1", origin.url))
+        ),
+    );
+    origin.set(
+        "/away",
+        &format!(
+            "status=302&h={}",
+            encode("Location:http://elsewhere.example/x")
+        ),
+    );
+    for round in ["MISS", "HIT"] {
+        let old = curl(&format!("{}/old", cache.url), &[]);
+        assert_eq!(old.status, 301, "{round}");
+        assert_eq!(old.header("location"), Some("/docs/?a=1"), "{round}");
+        assert_eq!(old.header("x-shoal-cache"), Some(round));
+    }
+    let away = curl(&format!("{}/away", cache.url), &[]);
+    assert_eq!(away.status, 302);
+    assert_eq!(away.header("location"), Some("http://elsewhere.example/x"));
+    // A POST's redirect too (passed through).
+    let post = curl(&format!("{}/old", cache.url), &["-X", "POST", "-d", "x"]);
+    assert_eq!(post.header("location"), Some("/docs/?a=1"));
+}
