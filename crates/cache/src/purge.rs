@@ -182,6 +182,13 @@ mod tests {
         );
         assert!(parse_request("prefix=v/").is_err());
         assert!(parse_request("path=/../etc").is_err());
+        // Directories are paths (their whole responses); `//` is not.
+        let dir = |q| parse_request(q).map(|(t, _)| t);
+        assert_eq!(dir("path=/docs/"), Ok(PurgeTarget::Path("/docs/".into())));
+        assert_eq!(dir("path=/"), Ok(PurgeTarget::Path("/".into())));
+        assert_eq!(dir("path=/a%20b/"), Ok(PurgeTarget::Path("/a b/".into())));
+        assert!(parse_request("path=/docs//").is_err());
+        assert!(parse_request("path=//").is_err());
         assert!(parse_request("nope=1").is_err());
         assert!(PurgeEvent::from_query("path=/a").is_err());
     }

@@ -60,9 +60,22 @@ pub fn parse_request(query: &str) -> Result<(PurgeTarget, bool), PurgeParseError
         match name.as_ref() {
             "path" | "prefix" if target.is_some() => return Err(PurgeParseError::NoTarget),
             "path" => {
-                let path = shoal_http::path::RequestPath::parse(&value)
-                    .map_err(|e| PurgeParseError::BadPath(e.to_string()))?;
-                target = Some(PurgeTarget::Path(path.as_str().to_string()));
+                // A directory (`/docs/`, `/`) is a path too: its whole
+                // responses are stored under it.
+                let directory = value.strip_suffix('/').filter(|d| !d.ends_with('/'));
+                let path = match directory {
+                    Some("") => "/".to_string(),
+                    Some(parent) => {
+                        let parent = shoal_http::path::RequestPath::parse(parent)
+                            .map_err(|e| PurgeParseError::BadPath(e.to_string()))?;
+                        format!("{}/", parent.as_str())
+                    }
+                    None => shoal_http::path::RequestPath::parse(&value)
+                        .map_err(|e| PurgeParseError::BadPath(e.to_string()))?
+                        .as_str()
+                        .to_string(),
+                };
+                target = Some(PurgeTarget::Path(path));
             }
             "prefix" => {
                 let ok = value.starts_with('/')

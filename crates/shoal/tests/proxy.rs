@@ -1022,3 +1022,71 @@ fn redirects_to_the_origins_own_address_stay_on_the_cache() {
     let post = curl(&format!("{}/old", cache.url), &["-X", "POST", "-d", "x"]);
     assert_eq!(post.header("location"), Some("/docs/?a=1"));
 }
+
+/// Concurrent misses of one whole response (a slow origin page) send the
+/// origin one request; the others are answered from what it stored.
+#[test]
+fn concurrent_misses_of_a_whole_response_send_one_request() {
+    let origin = AnyOrigin::start();
+    let (cache, _data) = cache_for(&origin);
+    let url = format!(
+        "{}/slow/page?body=made-once&delay_ms=700&h=Cache-Control:max-age%3D60",
+        cache.url
+    );
+    let clients: Vec<_> = (0..6)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || curl(&url, &[]))
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for client in clients {
+        let got = client.join().unwrap();
+        assert_eq!((got.status, got.body.as_slice()), (200, &b"made-once"[..]));
+        statuses.push(got.header("x-shoal-cache").unwrap_or("").to_string());
+    }
+    assert_eq!(origin.count("GET", "/slow/page"), 1, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| *s == "MISS").count(),
+        1,
+        "{statuses:?}"
+    );
+}
+
+/// An origin's 5xx when a stale piece-path file is revalidated reaches the
+/// client as the origin sent it; the stored version is kept, so once the
+/// origin is back the file is served from its pieces, not fetched again.
+#[test]
+fn a_5xx_on_revalidation_keeps_the_stored_version() {
+    let origin = AnyOrigin::start();
+    let (cache, _data) = cache_for(&origin);
+    let good = "size=400000&etag=v1&h=Cache-Control:max-age%3D1";
+    origin.set("/rv/a.bin", good);
+    let url = format!("{}/rv/a.bin", cache.url);
+    let first = curl(&url, &[]);
+    assert!(first.body == content(400_000, 7));
+    let fetched = stable_stat(&cache.url, "origin_bytes");
+    std::thread::sleep(std::time::Duration::from_millis(2_100));
+    origin.set(
+        "/rv/a.bin",
+        "status=503&body=down+for+maintenance&h=Retry-After:5",
+    );
+    let failed = curl(&url, &[]);
+    assert_eq!(failed.status, 503);
+    assert_eq!(failed.body, b"down for maintenance");
+    assert_eq!(failed.header("retry-after"), Some("5"));
+    assert_eq!(
+        failed.header("x-shoal-error"),
+        None,
+        "the origin's own error"
+    );
+    origin.set("/rv/a.bin", good);
+    let back = curl(&url, &[]);
+    assert_eq!(back.status, 200);
+    assert!(back.body == content(400_000, 7));
+    assert_eq!(
+        stat(&cache.url, "origin_bytes"),
+        fetched,
+        "served from the pieces kept"
+    );
+}

@@ -727,3 +727,32 @@ fn an_origin_file_caught_empty_mid_rewrite_is_not_served_past_its_freshness() {
         );
     }
 }
+
+/// A purge through one cache drops the path's whole responses (a page, a
+/// directory index) on every cache of the mesh, not only its pieces: each
+/// serves the origin's new answer at once, long before the old one would
+/// have gone stale.
+#[test]
+fn a_purge_drops_whole_responses_on_every_cache() {
+    let origin = support::any_origin::AnyOrigin::start();
+    let dir = tempfile::tempdir().unwrap();
+    let caches = start_three(&origin.url, dir.path(), &[]);
+    let path = "/site/";
+    origin.set(path, "body=before&h=Cache-Control:max-age%3D600");
+    for round in ["first", "stored"] {
+        for cache in &caches {
+            let got = curl(&format!("{}{path}", cache.url), &[]);
+            assert_eq!(got.body, b"before", "{round} at {}", cache.name);
+        }
+    }
+    let asked_before = origin.count("GET", path);
+    assert!(asked_before <= 3, "stored: {asked_before} origin requests");
+    origin.set(path, "body=after&h=Cache-Control:max-age%3D600");
+    let answer = shoal_command(&["purge", "--cache", &caches[0].url, "--path", path]);
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["caches"].as_object().unwrap().len(), 3, "{answer}");
+    for cache in &caches {
+        let got = curl(&format!("{}{path}", cache.url), &[]);
+        assert_eq!(got.body, b"after", "purged at {}", cache.name);
+    }
+}

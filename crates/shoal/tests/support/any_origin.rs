@@ -12,6 +12,7 @@
 //! | `len=fixed\|chunked\|close` | `Content-Length`, chunked, or ended by closing the connection | fixed |
 //! | `etag=TAG` | sends `ETag: "TAG"` and answers a matching `If-None-Match` with 304 | |
 //! | `ranges=0` | ignores `Range` (a page made on request) | single ranges answered |
+//! | `delay_ms=N` | waits N ms before answering (a slow origin) | 0 |
 //!
 //! The same parameters can be set per path with [`AnyOrigin::set`], for
 //! requests that arrive without them (the cache's own HEAD probe, range
@@ -207,6 +208,9 @@ fn respond(writer: &mut TcpStream, seen: &Seen, path: &str, query: &str) -> bool
             "len" => len = value,
             "etag" => etag = Some(format!("\"{value}\"")),
             "ranges" => ranges = value != "0",
+            "delay_ms" => {
+                std::thread::sleep(std::time::Duration::from_millis(value.parse().unwrap_or(0)))
+            }
             _ => {}
         }
     }
