@@ -197,12 +197,6 @@ impl Resolver {
         }
     }
 
-    /// Whether a fresh version of `path` is known here (for a client's
-    /// `only-if-cached`).
-    pub fn has_fresh(&self, path: &RequestPath) -> bool {
-        self.fresh_entry(path.as_str(), now_unix_s()).is_some()
-    }
-
     /// Resolves `path` again for a request pinned to `pin`, a version this
     /// cache does not serve: someone (a selector, from the shield) knows a
     /// newer one. At most once per [`PIN_RECHECK_MS`] per path, so pinned

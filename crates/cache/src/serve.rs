@@ -20,12 +20,14 @@ use crate::proxy::{ForwardBody, PassReason};
 use crate::resolve::{Resolved, Resolver};
 use crate::stats::CacheStats;
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use shoal_core::bitfield::PieceSet;
 use shoal_core::{ByteSpan, ObjectId, PieceIndex, VerifiedPiece};
+use shoal_http::cache_control::{CacheControl, RequestCacheControl};
 use shoal_http::conditional::{
     evaluate_preconditions, ConditionalHeaders, EntityValidators, Precondition,
 };
+use shoal_http::freshness::{decide, Use};
 use shoal_http::multipart::{MultipartPlan, Segment};
 use shoal_http::path::RequestPath;
 use shoal_http::range::{select_ranges, RangeResolution};
@@ -316,8 +318,14 @@ impl CacheService {
         let request_cc =
             shoal_http::cache_control::RequestCacheControl::from_headers(request.headers());
         if pin.is_none() && request_cc.only_if_cached {
-            let fresh = RequestPath::parse(raw_path).is_ok_and(|p| self.resolver.has_fresh(&p));
-            if !fresh {
+            // (What a known version may answer is `freshness::decide`'s,
+            // below; a path known nowhere here has nothing to answer.)
+            let known = RequestPath::parse(raw_path).is_ok_and(|p| {
+                self.resolver
+                    .local_entry(&p)
+                    .is_some_and(|e| !e.is_invalidated())
+            });
+            if !known {
                 return error_response(
                     StatusCode::GATEWAY_TIMEOUT,
                     Fault::Client,
@@ -351,10 +359,49 @@ impl CacheService {
             _ => request,
         };
         let raw_path = request.uri().path();
-        if pin.is_none() && !just_probed && (request_cc.no_cache || request_cc.max_age_s == Some(0))
-        {
-            if let Ok(path) = RequestPath::parse(raw_path) {
-                let _ = self.resolver.revalidate(&path).await;
+        // RFC 9111 §5.2.1 and RFC 5861 on the piece path: what the client's
+        // directives and the stored version's allow (`freshness::decide`,
+        // as for whole responses).
+        let known = RequestPath::parse(raw_path).ok().and_then(|path| {
+            let entry = self.resolver.local_entry(&path)?;
+            (pin.is_none() && !just_probed && !entry.is_invalidated()).then_some((path, entry))
+        });
+        if let Some((path, known)) = known {
+            match piece_path_use(&known, &request_cc, shoal_core::now_unix_s()) {
+                Use::Fresh => {}
+                Use::StaleAccepted => {
+                    return self.serve_stale(known, head_only, &request).await;
+                }
+                Use::StaleWhileRevalidate => {
+                    let service = self.clone();
+                    let stale_path = path.clone();
+                    tokio::spawn(async move {
+                        let _ = service.resolver.resolve(&stale_path).await;
+                    });
+                    return self.serve_stale(known, head_only, &request).await;
+                }
+                Use::GatewayTimeout => {
+                    return error_response(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        Fault::Client,
+                        "only-if-cached: the stored version would need the origin\n",
+                    );
+                }
+                Use::Revalidate { stale_if_error } => {
+                    // A fresh version the client wants checked is asked
+                    // about now; a stale one as any stale path is (one
+                    // revalidation for all who wait).
+                    let fresh = shoal_core::now_unix_s() < known.record.fresh_until_unix_s;
+                    let answer = if fresh {
+                        self.resolver.revalidate(&path).await
+                    } else {
+                        self.resolver.resolve(&path).await
+                    };
+                    if stale_if_error && answer.is_err() {
+                        tracing::warn!(path = %path.as_str(), "the origin failed: serving the stored version stale (stale-if-error)");
+                        return self.serve_stale(known, head_only, &request).await;
+                    }
+                }
             }
         }
         let (path, resolved) = match self.parse_and_resolve_pinned(raw_path, pin, true).await {
@@ -395,6 +442,25 @@ impl CacheService {
             }
             _ => response,
         }
+    }
+
+    /// Serves a stored version past its freshness, as the directives
+    /// allowed (`x-shoal-cache: STALE`).
+    async fn serve_stale<B>(
+        self: &Arc<Self>,
+        entry: Arc<ObjectEntry>,
+        head_only: bool,
+        request: &Request<B>,
+    ) -> Response<Body> {
+        let mut response = self
+            .serve_entry(entry, head_only, request, Audience::Client, None)
+            .await;
+        if response.status().is_success() || response.status() == StatusCode::NOT_MODIFIED {
+            response
+                .headers_mut()
+                .insert(CACHE_STATUS_HEADER, HeaderValue::from_static("STALE"));
+        }
+        response
     }
 
     /// `POST /_shoal/warm/<path>`: fills the whole object here (caches
@@ -1816,6 +1882,32 @@ fn relay_want(entry: &ObjectEntry, segments: &[Segment], audience: Audience) -> 
         relaying: true,
         end,
     }
+}
+
+/// How a stored piece-path version may answer a request now: its
+/// lifetime and age run from when the origin last vouched for it, its
+/// directives are the origin's (`CDN-Cache-Control` first).
+fn piece_path_use(entry: &ObjectEntry, request: &RequestCacheControl, now_unix_s: u64) -> Use {
+    let record = &entry.record;
+    let lifetime_s = record
+        .fresh_until_unix_s
+        .saturating_sub(record.validated_unix_s);
+    let age_s = now_unix_s.saturating_sub(record.validated_unix_s);
+    let mut fields = HeaderMap::new();
+    let stored = record
+        .cache_control
+        .iter()
+        .map(|v| ("cache-control", v.as_str()));
+    for (name, value) in stored.chain(record.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+    {
+        if let (Ok(name), Ok(value)) = (
+            header::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            fields.append(name, value);
+        }
+    }
+    decide(lifetime_s, age_s, &CacheControl::for_cdn(&fields), request)
 }
 
 fn post_only(text: &str) -> Response<Body> {

@@ -1090,3 +1090,85 @@ fn a_5xx_on_revalidation_keeps_the_stored_version() {
         "served from the pieces kept"
     );
 }
+
+/// RFC 9111 §5.2.1 and RFC 5861 on the piece path: a client's `max-stale`
+/// and `min-fresh`, the origin's `stale-while-revalidate` and
+/// `stale-if-error`, and `only-if-cached` on a stale file.
+#[test]
+fn request_and_stale_directives_on_the_piece_path() {
+    let origin = AnyOrigin::start();
+    let (cache, _data) = cache_for(&origin);
+    let size = 300_000;
+    let files = [
+        ("/ps/swr.bin", "max-age=1, stale-while-revalidate=30"),
+        ("/ps/sie.bin", "max-age=1, stale-if-error=60"),
+        ("/ps/plain.bin", "max-age=1"),
+        ("/ps/long.bin", "max-age=600"),
+    ];
+    let good = |cc: &str| {
+        format!(
+            "size={size}&etag=v1&h=Cache-Control:{}",
+            percent_encoding::utf8_percent_encode(cc, percent_encoding::NON_ALPHANUMERIC)
+        )
+    };
+    for (path, cc) in files {
+        origin.set(path, &good(cc));
+        let got = curl(&format!("{}{path}", cache.url), &[]);
+        assert!(got.body == content(size, 7), "{path}");
+    }
+    // min-fresh: a file fresh for 600 s more is not fresh enough for a
+    // client that wants 1,000 s: the origin is asked first.
+    let asked = origin.seen().len();
+    let long = curl(
+        &format!("{}/ps/long.bin", cache.url),
+        &["-H", "Cache-Control: min-fresh=1000"],
+    );
+    assert_eq!(long.status, 200);
+    assert!(
+        origin.seen().len() > asked,
+        "min-fresh: the origin was asked"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(2_100));
+    for (path, _) in files.iter().take(3) {
+        origin.set(path, "status=503&body=down");
+    }
+    let asked = origin.seen().len();
+    // max-stale: a stale file, and the client accepts it: no origin.
+    let plain = format!("{}/ps/plain.bin", cache.url);
+    let accepted = curl(&plain, &["-H", "Cache-Control: max-stale=60"]);
+    assert_eq!(accepted.status, 200);
+    assert_eq!(accepted.header("x-shoal-cache"), Some("STALE"));
+    assert!(accepted.body == content(size, 7));
+    assert_eq!(
+        origin.seen().len(),
+        asked,
+        "max-stale: the origin was not asked"
+    );
+    // only-if-cached: stale needs the origin (504), unless max-stale.
+    let only = curl(&plain, &["-H", "Cache-Control: only-if-cached"]);
+    assert_eq!(only.status, 504);
+    let only_stale = curl(&plain, &["-H", "Cache-Control: only-if-cached, max-stale"]);
+    assert_eq!(only_stale.status, 200);
+    // Without any of that, the origin's 503 reaches the client.
+    assert_eq!(curl(&plain, &[]).status, 503);
+    // stale-if-error: the origin fails, the stored file answers.
+    let sie = curl(&format!("{}/ps/sie.bin", cache.url), &[]);
+    assert_eq!(sie.status, 200);
+    assert_eq!(sie.header("x-shoal-cache"), Some("STALE"));
+    assert!(sie.body == content(size, 7));
+    // stale-while-revalidate: answered at once from the store, the origin
+    // asked in the background.
+    let before = origin.count("HEAD", "/ps/swr.bin") + origin.count("GET", "/ps/swr.bin");
+    let swr = curl(&format!("{}/ps/swr.bin", cache.url), &[]);
+    assert_eq!(swr.status, 200);
+    assert_eq!(swr.header("x-shoal-cache"), Some("STALE"));
+    assert!(swr.body == content(size, 7));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while origin.count("HEAD", "/ps/swr.bin") + origin.count("GET", "/ps/swr.bin") == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no background revalidation"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
