@@ -8,6 +8,7 @@
 pub mod fault;
 pub mod fill;
 pub mod first_contact;
+pub mod key_policy;
 pub mod local_state;
 pub mod object;
 pub mod origin_client;
@@ -79,6 +80,10 @@ pub struct CacheConfig {
     /// its responses would be shared. A query left with none of its
     /// parameters keys like the bare path.
     pub ignored_query_params: Vec<String>,
+    /// Delivery services with their own `ignored_query_params` (see
+    /// [`key_policy`]), as `[[service]]` tables.
+    #[serde(rename = "service")]
+    pub services: Vec<key_policy::ServiceKeyRules>,
     /// How long a path keeps its version without asking the origin when
     /// the origin sends no freshness (`Cache-Control: max-age`, `Expires`):
     /// the longest a republished file can go unseen. 0: ask every time.
@@ -177,6 +182,7 @@ impl Default for CacheConfig {
             response_bytes_max: 8 << 20,
             small_object_bytes_max: 0,
             ignored_query_params: Vec::new(),
+            services: Vec::new(),
             freshness_default_s: 60,
             limits: ServerLimits::default(),
             mesh: MeshSettings::default(),
@@ -202,14 +208,9 @@ pub enum CacheError {
 impl CacheConfig {
     /// Checks what the type system cannot.
     pub fn validate(&self) -> Result<(), CacheError> {
-        for name in &self.ignored_query_params {
-            let bare = name.strip_suffix('*').unwrap_or(name);
-            if bare.is_empty() || bare.contains(['&', '=', '*', '?', '#']) {
-                return Err(CacheError::Config(format!(
-                    "ignored_query_params: `{name}` is not a parameter name (or a prefix ending in `*`)"
-                )));
-            }
-        }
+        key_policy::check_params("ignored_query_params", &self.ignored_query_params)
+            .map_err(CacheError::Config)?;
+        key_policy::check_services(&self.services).map_err(CacheError::Config)?;
         let origin = self.origin.trim();
         if origin.is_empty() {
             return Err(CacheError::Config(
@@ -387,7 +388,10 @@ impl BoundCache {
             origin,
             stats,
             readahead_bytes: config.readahead_bytes,
-            ignored_query_params: config.ignored_query_params.clone(),
+            key_policy: key_policy::KeyPolicy::new(
+                config.ignored_query_params.clone(),
+                config.services.clone(),
+            ),
             mesh,
             egress: std::sync::OnceLock::new(),
             purges: std::sync::Mutex::new(purge::PurgeLog::load(&config.data_dir)),

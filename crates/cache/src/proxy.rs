@@ -304,7 +304,11 @@ impl CacheService {
         for raw in paths {
             // Whole responses stored for the exact target go at once.
             let exact = raw.split('#').next().unwrap_or_default();
-            let keyed = crate::serve::key_target(exact, &self.ignored_query_params);
+            let ignored = self.key_policy.ignored(
+                host.and_then(|h| h.to_str().ok()),
+                exact.split('?').next().unwrap_or_default(),
+            );
+            let keyed = crate::serve::key_target(exact, ignored);
             self.responses
                 .remove(&crate::response::cache_key(&keyed, host));
             let raw_path = raw.split(['?', '#']).next().unwrap_or_default();

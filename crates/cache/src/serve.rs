@@ -63,8 +63,8 @@ pub struct CacheService {
     pub(crate) stats: Arc<CacheStats>,
     /// How far ahead of a reader pieces are fetched.
     pub(crate) readahead_bytes: u64,
-    /// Query parameters left out of the cache key.
-    pub(crate) ignored_query_params: Vec<String>,
+    /// Query parameters left out of the cache key, per delivery service.
+    pub(crate) key_policy: crate::key_policy::KeyPolicy,
     /// The mesh, when this cache is part of one.
     pub(crate) mesh: Option<Arc<MeshLink>>,
     /// The server's egress cap, once it serves.
@@ -304,8 +304,13 @@ impl CacheService {
         // parameters the operator listed (a query of only those keys like
         // the bare path, and takes the piece path).
         let target = origin_target(request.uri());
-        let keyed = key_target(&target, &self.ignored_query_params);
-        let key = crate::response::cache_key(&keyed, request_host(&request).as_ref());
+        let host = request_host(&request);
+        let ignored = self.key_policy.ignored(
+            host.as_ref().and_then(|h| h.to_str().ok()),
+            request.uri().path(),
+        );
+        let keyed = key_target(&target, ignored);
+        let key = crate::response::cache_key(&keyed, host.as_ref());
         if pin.is_none()
             && (keyed.contains('?') || is_directory_path(raw_path) || self.responses.has(&key))
         {

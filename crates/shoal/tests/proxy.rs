@@ -792,7 +792,14 @@ fn ignored_query_parameters_do_not_split_the_cache() {
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:0\"\norigin = \"{}\"\ndata_dir = \"{}\"\ncapacity = \"1GiB\"\nignored_query_params = [\"token\", \"utm_*\"]\n",
+            concat!(
+                "listen = \"127.0.0.1:0\"\norigin = \"{}\"\ndata_dir = \"{}\"\ncapacity = \"1GiB\"\n",
+                "ignored_query_params = [\"token\", \"utm_*\"]\n",
+                // A delivery service with its own rules: signatures are
+                // not content, but `token` is (a different rule).
+                "[[service]]\nname = \"video\"\nhosts = [\"video.example\"]\n",
+                "path_prefix = \"/v/\"\nignored_query_params = [\"sig\", \"exp\"]\n",
+            ),
             origin.url,
             dir.path().join("data").display()
         ),
@@ -813,6 +820,38 @@ fn ignored_query_parameters_do_not_split_the_cache() {
     );
     assert_eq!(get("v=3").header("x-shoal-cache"), Some("MISS"));
     assert!(origin.seen().iter().any(|s| s.target.contains("token=abc")));
+    // The service's rules for its host and prefix; the cache-wide ones
+    // elsewhere.
+    let video = |q: &str, host: &str| {
+        curl(
+            &format!("{}/v/page?{q}&h=Cache-Control:max-age%3D60", cache.url),
+            &["-H", &format!("Host: {host}")],
+        )
+        .header("x-shoal-cache")
+        .map(str::to_string)
+    };
+    assert_eq!(
+        video("sig=1&exp=9&token=a", "video.example").as_deref(),
+        Some("MISS")
+    );
+    assert_eq!(
+        video("sig=2&exp=8&token=a", "video.example").as_deref(),
+        Some("HIT")
+    );
+    assert_eq!(
+        video("sig=2&exp=8&token=b", "video.example").as_deref(),
+        Some("MISS"),
+        "token is content here"
+    );
+    assert_eq!(
+        video("sig=1&exp=9&token=a", "other.example").as_deref(),
+        Some("MISS")
+    );
+    assert_eq!(
+        video("sig=2&exp=9&token=c", "other.example").as_deref(),
+        Some("MISS"),
+        "sig is content elsewhere"
+    );
     let bad = dir.path().join("bad.toml");
     std::fs::write(
         &bad,
@@ -828,6 +867,24 @@ fn ignored_query_parameters_do_not_split_the_cache() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("ignored_query_params"));
+    std::fs::write(
+        &bad,
+        format!(
+            "origin = \"{}\"\n[[service]]\nname = \"video\"\npath_prefix = \"v/\"\n",
+            origin.url
+        ),
+    )
+    .unwrap();
+    let output = std::process::Command::new(shoal_bin())
+        .args(["cache", "--config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("service `video`") && stderr.contains("path_prefix"),
+        "{stderr}"
+    );
 }
 
 /// In a mesh, whole responses come through the path's shield: however
