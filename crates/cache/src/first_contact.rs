@@ -279,7 +279,11 @@ impl CacheService {
             size: Some(length),
             headers,
         };
-        match self.resolver.install_probed(path, head).await {
+        match self
+            .resolver
+            .install_probed(path, head, client_headers)
+            .await
+        {
             Ok(Resolved::Cached(_)) => Some(()),
             // Not for the piece path after all (its directives, its size).
             Ok(Resolved::PassThrough) => {

@@ -22,6 +22,7 @@ pub mod schedule;
 pub mod serve;
 pub mod stats;
 pub mod transition;
+pub mod variants;
 pub mod warm;
 
 use serde::{Deserialize, Serialize};

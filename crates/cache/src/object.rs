@@ -47,6 +47,9 @@ struct LearntHashes {
     known: usize,
 }
 
+/// The stored fields of one `Vary` variant (name, value), shared.
+pub type VariantFields = Arc<Vec<(String, String)>>;
+
 /// The version that replaced a retired one.
 struct Successor {
     entry: Arc<ObjectEntry>,
@@ -100,6 +103,9 @@ pub struct ObjectEntry {
     /// Bumped when relays are given up: relay responses being served end,
     /// so no cache keeps waiting on a relay whose shield is gone.
     relay_epoch: tokio::sync::watch::Sender<u64>,
+    /// The fields of other `Vary` variants than the record's, by secondary
+    /// key (see [`crate::variants`]).
+    variants: Mutex<std::collections::HashMap<String, VariantFields>>,
 }
 
 impl ObjectEntry {
@@ -141,7 +147,23 @@ impl ObjectEntry {
             carried: Mutex::default(),
             relays_lost_at_ms: std::sync::atomic::AtomicU64::new(0),
             relay_epoch: tokio::sync::watch::Sender::new(0),
+            variants: Mutex::default(),
         })
+    }
+
+    /// The fields of the variant with secondary key `key`, if learnt.
+    pub fn variant(&self, key: &str) -> Option<VariantFields> {
+        lock(&self.variants).get(key).cloned()
+    }
+
+    /// Keeps a variant's fields, up to
+    /// [`crate::variants::VARIANTS_PER_OBJECT_MAX`] (beyond, they serve the
+    /// request that asked and are asked again next time).
+    pub fn remember_variant(&self, key: String, fields: VariantFields) {
+        let mut variants = lock(&self.variants);
+        if variants.len() < crate::variants::VARIANTS_PER_OBJECT_MAX {
+            variants.insert(key, fields);
+        }
     }
 
     /// The same entry, able to copy these pieces from an earlier version.
@@ -395,6 +417,7 @@ mod tests {
             origin_validators_strong: strong,
             headers: Vec::new(),
             validated_unix_s: 0,
+            variant_key: None,
         }
     }
 

@@ -183,6 +183,7 @@ impl Resolver {
         &self,
         path: &RequestPath,
         head: OriginHead,
+        client: &HeaderMap,
     ) -> Result<Resolved, ResolveError> {
         let _guard = self.lock_path(path.as_str()).await;
         if let Some(entry) = self.fresh_entry(path.as_str(), now_unix_s()) {
@@ -192,7 +193,13 @@ impl Resolver {
             return self.resolve_locked(path).await;
         }
         match self.probe(path, head).await? {
-            Probe::Storable(record, manifest) => self.install(path, record, manifest.map(|m| *m)),
+            Probe::Storable(mut record, manifest) => {
+                // The fields came with the client's request: its variant.
+                let vary = shoal_http::vary::Vary::from_headers(&record_fields(&record));
+                record.variant_key = shoal_http::vary::variant_key(vary.fields(), client)
+                    .filter(|_| !vary.fields().is_empty());
+                self.install(path, record, manifest.map(|m| *m))
+            }
             Probe::NotStorable => Ok(Resolved::PassThrough),
         }
     }
@@ -625,6 +632,10 @@ impl Resolver {
         if size < self.small_object_bytes_max {
             return Ok(Probe::NotStorable);
         }
+        // RFC 9111 §4.1: `Vary: *` never answers from a store.
+        if shoal_http::vary::Vary::from_headers(headers) == shoal_http::vary::Vary::Anything {
+            return Ok(Probe::NotStorable);
+        }
         if size > self.object_bytes_max {
             tracing::warn!(path = %path.as_str(), size, limit = self.object_bytes_max, "object larger than object_bytes_max: passed through, not stored");
             return Ok(Probe::NotStorable);
@@ -680,6 +691,7 @@ impl Resolver {
             manifest_validators_strong: false,
             origin_validators_strong: validators_strong(headers),
             validated_unix_s: now,
+            variant_key: None,
             headers: shoal_http::forward::stored_fields(
                 headers,
                 &shoal_proto::record::computed_fields(),
@@ -1279,4 +1291,18 @@ fn header_unix_s(headers: &HeaderMap, name: header::HeaderName) -> Option<u64> {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A record's stored end-to-end fields as a header map.
+pub fn record_fields(record: &ObjectRecord) -> HeaderMap {
+    let mut fields = HeaderMap::new();
+    for (name, value) in &record.headers {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            fields.append(name, value);
+        }
+    }
+    fields
 }

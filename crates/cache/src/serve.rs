@@ -375,7 +375,13 @@ impl CacheService {
             match piece_path_use(&known, &request_cc, shoal_core::now_unix_s()) {
                 Use::Fresh => {}
                 Use::StaleAccepted => {
-                    return self.serve_stale(known, head_only, &request).await;
+                    return match self.serve_client(known, head_only, &request, true).await {
+                        Some(response) => response,
+                        None => {
+                            self.forward(request, target, client_ip, PassReason::Response)
+                                .await
+                        }
+                    };
                 }
                 Use::StaleWhileRevalidate => {
                     let service = self.clone();
@@ -383,7 +389,13 @@ impl CacheService {
                     tokio::spawn(async move {
                         let _ = service.resolver.resolve(&stale_path).await;
                     });
-                    return self.serve_stale(known, head_only, &request).await;
+                    return match self.serve_client(known, head_only, &request, true).await {
+                        Some(response) => response,
+                        None => {
+                            self.forward(request, target, client_ip, PassReason::Response)
+                                .await
+                        }
+                    };
                 }
                 Use::GatewayTimeout => {
                     return error_response(
@@ -404,7 +416,11 @@ impl CacheService {
                     };
                     if stale_if_error && answer.is_err() {
                         tracing::warn!(path = %path.as_str(), "the origin failed: serving the stored version stale (stale-if-error)");
-                        return self.serve_stale(known, head_only, &request).await;
+                        if let Some(response) =
+                            self.serve_client(known, head_only, &request, true).await
+                        {
+                            return response;
+                        }
                     }
                 }
             }
@@ -421,9 +437,14 @@ impl CacheService {
                     .await;
             }
         };
-        let response = self
-            .serve_entry(entry.clone(), head_only, &request, Audience::Client, None)
-            .await;
+        let Some(response) = self
+            .serve_client(entry.clone(), head_only, &request, false)
+            .await
+        else {
+            return self
+                .forward(request, target, client_ip, PassReason::Response)
+                .await;
+        };
         // The first piece showed the version is gone at the origin (it
         // changed there, or stopped matching its manifest): before any
         // header went out, resolve the path again, once, and serve what
@@ -434,8 +455,13 @@ impl CacheService {
         match self.resolver.resolve(&path).await {
             Ok(Resolved::Cached(now)) if now.id != entry.id => {
                 tracing::info!(path = %path.as_str(), "serving the version the origin has now");
-                self.serve_entry(now, head_only, &request, Audience::Client, None)
-                    .await
+                match self.serve_client(now, head_only, &request, false).await {
+                    Some(response) => response,
+                    None => {
+                        self.forward(request, target, client_ip, PassReason::Response)
+                            .await
+                    }
+                }
             }
             Ok(Resolved::PassThrough) => {
                 self.respond_whole(request, key, target, client_ip, PassReason::Response)
@@ -449,23 +475,38 @@ impl CacheService {
         }
     }
 
-    /// Serves a stored version past its freshness, as the directives
-    /// allowed (`x-shoal-cache: STALE`).
-    async fn serve_stale<B>(
+    /// Serves a stored version to a client with the fields of the client's
+    /// `Vary` variant (RFC 9111 §4.1; see [`crate::variants`]); `stale`:
+    /// past its freshness, as the directives allowed (`x-shoal-cache:
+    /// STALE`). `None`: the client's variant is another representation
+    /// (another encoding, another length): its request is to be passed
+    /// through.
+    async fn serve_client<B>(
         self: &Arc<Self>,
         entry: Arc<ObjectEntry>,
         head_only: bool,
         request: &Request<B>,
-    ) -> Response<Body> {
+        stale: bool,
+    ) -> Option<Response<Body>> {
+        let variant = match self.variant_for(&entry, request.headers()).await {
+            crate::variants::Variant::Record => None,
+            crate::variants::Variant::Own(fields) => Some(fields),
+            crate::variants::Variant::Other => return None,
+        };
         let mut response = self
-            .serve_entry(entry, head_only, request, Audience::Client, None)
+            .serve_entry(entry.clone(), head_only, request, Audience::Client, None)
             .await;
-        if response.status().is_success() || response.status() == StatusCode::NOT_MODIFIED {
+        if let Some(fields) = variant {
+            crate::variants::apply(response.headers_mut(), &entry.record.headers, &fields);
+        }
+        let served =
+            response.status().is_success() || response.status() == StatusCode::NOT_MODIFIED;
+        if stale && served {
             response
                 .headers_mut()
                 .insert(CACHE_STATUS_HEADER, HeaderValue::from_static("STALE"));
         }
-        response
+        Some(response)
     }
 
     /// `POST /_shoal/warm/<path>`: fills the whole object here (caches

@@ -61,6 +61,7 @@ pub fn kept_record(old: &ObjectRecord, fresh: &ObjectRecord) -> ObjectRecord {
     kept.cache_control = fresh.cache_control.clone();
     kept.origin_validators_strong = fresh.origin_validators_strong;
     kept.headers = fresh.headers.clone();
+    kept.variant_key = fresh.variant_key.clone();
     kept.validated_unix_s = fresh.validated_unix_s;
     kept
 }
@@ -108,6 +109,7 @@ mod tests {
             origin_validators_strong: false,
             headers: Vec::new(),
             validated_unix_s: 0,
+            variant_key: None,
         }
     }
 

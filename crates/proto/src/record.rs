@@ -50,6 +50,11 @@ pub struct ObjectRecord {
     /// answers from the store is counted from it (RFC 9111 §4.2.3).
     #[serde(default)]
     pub validated_unix_s: u64,
+    /// When `headers` hold a `Vary`: the secondary key (RFC 9111 §4.1) of
+    /// the request they answered (`shoal_http::vary::variant_key`). `None`:
+    /// a request without any of the fields (the cache's own HEAD).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant_key: Option<String>,
 }
 
 /// The fields a cache writes itself on an answer from its store, so a

@@ -1229,3 +1229,73 @@ fn request_and_stale_directives_on_the_piece_path() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// `Vary` on the piece path: an origin that echoes each page's `Origin`
+/// into `Access-Control-Allow-Origin` (S3's CORS rules) gets each
+/// variant's fields served from the one stored body; `Vary: *` is never
+/// served from the store.
+#[test]
+fn vary_variants_on_the_piece_path() {
+    let origin = AnyOrigin::start();
+    let (cache, _data) = cache_for(&origin);
+    let size = 2_000_000;
+    origin.set(
+        "/va/film.mp4",
+        &format!("size={size}&etag=f1&echo_origin=1&h=Cache-Control:max-age%3D600"),
+    );
+    let url = format!("{}/va/film.mp4", cache.url);
+    let from = |page: Option<&str>| {
+        let header = page.map(|p| format!("Origin: {p}"));
+        let args: Vec<&str> = match &header {
+            Some(h) => vec!["-H", h.as_str()],
+            None => vec![],
+        };
+        curl(&url, &args)
+    };
+    let a = from(Some("https://a.example"));
+    assert_eq!(a.status, 200);
+    assert!(a.body == content(size, 7));
+    assert_eq!(
+        a.header("access-control-allow-origin"),
+        Some("https://a.example")
+    );
+    let fetched = stable_stat(&cache.url, "origin_bytes");
+    for _ in 0..2 {
+        let b = from(Some("https://b.example"));
+        assert!(b.body == content(size, 7));
+        assert_eq!(
+            b.header("access-control-allow-origin"),
+            Some("https://b.example")
+        );
+        assert_eq!(b.header("vary"), Some("Origin"));
+        let none = from(None);
+        assert!(none.body == content(size, 7));
+        assert_eq!(none.header("access-control-allow-origin"), None);
+        let a = from(Some("https://a.example"));
+        assert_eq!(
+            a.header("access-control-allow-origin"),
+            Some("https://a.example")
+        );
+        // A range of a variant: its fields too.
+        let part = curl(&url, &["-H", "Origin: https://b.example", "-r", "10-19"]);
+        assert_eq!(part.status, 206);
+        assert_eq!(
+            part.header("access-control-allow-origin"),
+            Some("https://b.example")
+        );
+    }
+    assert_eq!(
+        stat(&cache.url, "origin_bytes"),
+        fetched,
+        "one body for every variant"
+    );
+    // Each new variant was asked about once (a HEAD), then remembered.
+    assert_eq!(origin.count("HEAD", "/va/film.mp4"), 2);
+
+    origin.set("/va/any.bin", "size=300000&h=Vary:*");
+    for _ in 0..2 {
+        let got = curl(&format!("{}/va/any.bin", cache.url), &[]);
+        assert_eq!(got.header("x-shoal-cache"), Some("PASS"));
+        assert!(got.body == content(300_000, 7));
+    }
+}

@@ -13,6 +13,7 @@
 //! | `etag=TAG` | sends `ETag: "TAG"` and answers a matching `If-None-Match` with 304 | |
 //! | `ranges=0` | ignores `Range` (a page made on request) | single ranges answered |
 //! | `delay_ms=N` | waits N ms before answering (a slow origin) | 0 |
+//! | `echo_origin=1` | `Vary: Origin`, and the request's `Origin` echoed in `Access-Control-Allow-Origin` (S3's CORS) | |
 //!
 //! The same parameters can be set per path with [`AnyOrigin::set`], for
 //! requests that arrive without them (the cache's own HEAD probe, range
@@ -208,6 +209,12 @@ fn respond(writer: &mut TcpStream, seen: &Seen, path: &str, query: &str) -> bool
             "len" => len = value,
             "etag" => etag = Some(format!("\"{value}\"")),
             "ranges" => ranges = value != "0",
+            "echo_origin" => {
+                fields.push(("Vary".into(), "Origin".into()));
+                if let Some(origin) = seen.header("origin") {
+                    fields.push(("Access-Control-Allow-Origin".into(), origin.to_string()));
+                }
+            }
             "delay_ms" => {
                 std::thread::sleep(std::time::Duration::from_millis(value.parse().unwrap_or(0)))
             }
