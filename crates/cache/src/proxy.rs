@@ -127,6 +127,18 @@ pub fn request_headers(
     headers.remove(header::FORWARDED);
     // The expectation was the client's of us; hyper answers it.
     headers.remove(header::EXPECT);
+    // HTTP/2 clients split `Cookie` into one field per pair (RFC 9113
+    // §8.2.3); an HTTP/1.1 origin expects one line, `; `-joined.
+    let cookies: Vec<&[u8]> = client_headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    if cookies.len() > 1 {
+        if let Ok(joined) = HeaderValue::from_bytes(&cookies.join(&b"; "[..])) {
+            headers.insert(header::COOKIE, joined);
+        }
+    }
     // RFC 9110 §7.6.2: one hop less on the way (0 was answered here).
     if let Some(hops) = headers
         .get(header::MAX_FORWARDS)
@@ -240,14 +252,20 @@ impl CacheService {
             }
         };
         if !is_safe(&method) && (status.is_success() || status.is_redirection()) {
-            // In the background: the client's answer waits for nothing.
-            let service = self.clone();
-            let headers = origin_headers.clone();
-            tokio::spawn(async move {
-                service
-                    .invalidate_after_unsafe(&target, host.as_ref(), &headers)
-                    .await;
-            });
+            // Here, before the client has its answer (its next request
+            // must not get what it just changed); at the shield in the
+            // background.
+            let invalidated = self
+                .invalidate_after_unsafe(&target, host.as_ref(), &origin_headers)
+                .await;
+            if !invalidated.is_empty() {
+                let service = self.clone();
+                tokio::spawn(async move {
+                    for path in invalidated {
+                        service.invalidate_at_shield(&path).await;
+                    }
+                });
+            }
         }
         let mut response = Response::new(shoal_server::empty());
         *response.status_mut() = status;
@@ -286,13 +304,15 @@ impl CacheService {
 
     /// RFC 9111 §4.4: after a non-error answer to an unsafe method, the
     /// target path and the paths `Location` and `Content-Location` name
-    /// (on this host) are stale here and at their shield.
+    /// (on this host) are stale here; the piece-path versions it made
+    /// stale are returned, for their shield to hear of.
     async fn invalidate_after_unsafe(
         self: &Arc<Self>,
         target: &str,
         host: Option<&HeaderValue>,
         headers: &HeaderMap,
-    ) {
+    ) -> Vec<RequestPath> {
+        let mut invalidated = Vec::new();
         let mut paths = vec![target.to_string()];
         for name in [header::LOCATION, header::CONTENT_LOCATION] {
             if let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) {
@@ -318,9 +338,10 @@ impl CacheService {
             if self.resolver.invalidate(&path).await {
                 tracing::info!(path = %path.as_str(), "stored version invalidated by an unsafe request");
                 self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
-                self.invalidate_at_shield(&path).await;
+                invalidated.push(path);
             }
         }
+        invalidated
     }
 
     /// Sends a soft purge of `path` to its shield (when that is another
@@ -361,6 +382,22 @@ fn same_origin_path(location: &str, base_url: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_cookie_fields_are_joined_for_the_origin() {
+        let mut client = HeaderMap::new();
+        client.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        client.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        let sent = request_headers(&client, http::Version::HTTP_2, None);
+        let cookies: Vec<_> = sent.get_all(header::COOKIE).iter().collect();
+        assert_eq!(cookies, ["a=1; b=2"]);
+        let mut one = HeaderMap::new();
+        one.append(header::COOKIE, HeaderValue::from_static("a=1; b=2"));
+        assert_eq!(
+            request_headers(&one, http::Version::HTTP_11, None)[header::COOKIE],
+            "a=1; b=2"
+        );
+    }
 
     #[test]
     fn request_headers_keep_end_to_end_fields_and_name_the_client() {
