@@ -414,13 +414,28 @@ impl CacheService {
                     } else {
                         self.resolver.resolve(&path).await
                     };
-                    if stale_if_error && answer.is_err() {
-                        tracing::warn!(path = %path.as_str(), "the origin failed: serving the stored version stale (stale-if-error)");
-                        if let Some(response) =
-                            self.serve_client(known, head_only, &request, true).await
-                        {
-                            return response;
+                    if let Err(error) = answer {
+                        if stale_if_error {
+                            tracing::warn!(path = %path.as_str(), "the origin failed: serving the stored version stale (stale-if-error)");
+                            if let Some(response) =
+                                self.serve_client(known, head_only, &request, true).await
+                            {
+                                return response;
+                            }
                         }
+                        // Answered now, not resolved a second time below.
+                        if error.origin_answered().is_some() {
+                            return self
+                                .respond_whole(
+                                    request,
+                                    key,
+                                    target,
+                                    client_ip,
+                                    PassReason::Response,
+                                )
+                                .await;
+                        }
+                        return blamed(error.client_status(), &error);
                     }
                 }
             }

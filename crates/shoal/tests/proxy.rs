@@ -1128,7 +1128,10 @@ fn a_5xx_on_revalidation_keeps_the_stored_version() {
         "/rv/a.bin",
         "status=503&body=down+for+maintenance&h=Retry-After:5",
     );
+    let asked = origin.seen().len();
     let failed = curl(&url, &[]);
+    // The revalidation and the client's own request, nothing more.
+    assert_eq!(origin.seen().len() - asked, 2);
     assert_eq!(failed.status, 503);
     assert_eq!(failed.body, b"down for maintenance");
     assert_eq!(failed.header("retry-after"), Some("5"));
