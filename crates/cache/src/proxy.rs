@@ -46,6 +46,10 @@ pub enum PassReason {
     Response,
 }
 
+/// Longest an unsafe request's answer waits for the shield to hear that a
+/// path it changed is stale.
+pub const SHIELD_INVALIDATION_WAIT_MS: u64 = 2_000;
+
 /// A request body the proxy can stream on to the origin.
 pub trait ForwardBody:
     http_body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
@@ -252,19 +256,16 @@ impl CacheService {
             }
         };
         if !is_safe(&method) && (status.is_success() || status.is_redirection()) {
-            // Here, before the client has its answer (its next request
-            // must not get what it just changed); at the shield in the
-            // background.
+            // Before the client has its answer (its next request must not
+            // get what it just changed): here, and at the shield, whose
+            // record this cache would otherwise adopt again — waiting for
+            // the shield at most `SHIELD_INVALIDATION_WAIT_MS`.
             let invalidated = self
                 .invalidate_after_unsafe(&target, host.as_ref(), &origin_headers)
                 .await;
-            if !invalidated.is_empty() {
-                let service = self.clone();
-                tokio::spawn(async move {
-                    for path in invalidated {
-                        service.invalidate_at_shield(&path).await;
-                    }
-                });
+            for path in invalidated {
+                let wait = std::time::Duration::from_millis(SHIELD_INVALIDATION_WAIT_MS);
+                let _ = tokio::time::timeout(wait, self.invalidate_at_shield(&path)).await;
             }
         }
         let mut response = Response::new(shoal_server::empty());

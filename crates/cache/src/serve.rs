@@ -367,15 +367,24 @@ impl CacheService {
         // RFC 9111 §5.2.1 and RFC 5861 on the piece path: what the client's
         // directives and the stored version's allow (`freshness::decide`,
         // as for whole responses).
+        // (A version made stale by an unsafe request or a purge, whose
+        // freshness is 0, is asked about before anything: never served
+        // stale.)
         let known = RequestPath::parse(raw_path).ok().and_then(|path| {
             let entry = self.resolver.local_entry(&path)?;
-            (pin.is_none() && !just_probed && !entry.is_invalidated()).then_some((path, entry))
+            let usable = !entry.is_invalidated() && entry.record.fresh_until_unix_s > 0;
+            (pin.is_none() && !just_probed && usable).then_some((path, entry))
         });
+        let only_if_cached = request_cc.only_if_cached;
+        let mut decided = None;
         if let Some((path, known)) = known {
             match piece_path_use(&known, &request_cc, shoal_core::now_unix_s()) {
                 Use::Fresh => {}
                 Use::StaleAccepted => {
-                    return match self.serve_client(known, head_only, &request, true).await {
+                    return match self
+                        .serve_client(known, head_only, &request, true, only_if_cached)
+                        .await
+                    {
                         Some(response) => response,
                         None => {
                             self.forward(request, target, client_ip, PassReason::Response)
@@ -389,7 +398,10 @@ impl CacheService {
                     tokio::spawn(async move {
                         let _ = service.resolver.resolve(&stale_path).await;
                     });
-                    return match self.serve_client(known, head_only, &request, true).await {
+                    return match self
+                        .serve_client(known, head_only, &request, true, only_if_cached)
+                        .await
+                    {
                         Some(response) => response,
                         None => {
                             self.forward(request, target, client_ip, PassReason::Response)
@@ -414,11 +426,25 @@ impl CacheService {
                     } else {
                         self.resolver.resolve(&path).await
                     };
-                    if let Err(error) = answer {
-                        if stale_if_error {
+                    let error = match answer {
+                        // Served below without resolving a second time.
+                        Ok(resolved) => {
+                            decided = Some((path.clone(), resolved));
+                            None
+                        }
+                        Err(error) => Some(error),
+                    };
+                    if let Some(error) = error {
+                        // RFC 5861 §4: an error is a 5xx or no answer; a
+                        // 404 says the file is gone.
+                        let origin_failed = error
+                            .origin_answered()
+                            .is_none_or(|status| status.is_server_error());
+                        if stale_if_error && origin_failed {
                             tracing::warn!(path = %path.as_str(), "the origin failed: serving the stored version stale (stale-if-error)");
-                            if let Some(response) =
-                                self.serve_client(known, head_only, &request, true).await
+                            if let Some(response) = self
+                                .serve_client(known, head_only, &request, true, only_if_cached)
+                                .await
                             {
                                 return response;
                             }
@@ -440,9 +466,12 @@ impl CacheService {
                 }
             }
         }
-        let (path, resolved) = match self.parse_and_resolve_pinned(raw_path, pin, true).await {
-            Ok(found) => found,
-            Err(response) => return response,
+        let (path, resolved) = match decided {
+            Some(found) => found,
+            None => match self.parse_and_resolve_pinned(raw_path, pin, true).await {
+                Ok(found) => found,
+                Err(response) => return response,
+            },
         };
         let entry = match resolved {
             Resolved::Cached(entry) => entry,
@@ -453,7 +482,7 @@ impl CacheService {
             }
         };
         let Some(response) = self
-            .serve_client(entry.clone(), head_only, &request, false)
+            .serve_client(entry.clone(), head_only, &request, false, only_if_cached)
             .await
         else {
             return self
@@ -470,7 +499,10 @@ impl CacheService {
         match self.resolver.resolve(&path).await {
             Ok(Resolved::Cached(now)) if now.id != entry.id => {
                 tracing::info!(path = %path.as_str(), "serving the version the origin has now");
-                match self.serve_client(now, head_only, &request, false).await {
+                match self
+                    .serve_client(now, head_only, &request, false, only_if_cached)
+                    .await
+                {
                     Some(response) => response,
                     None => {
                         self.forward(request, target, client_ip, PassReason::Response)
@@ -502,20 +534,38 @@ impl CacheService {
         head_only: bool,
         request: &Request<B>,
         stale: bool,
+        only_if_cached: bool,
     ) -> Option<Response<Body>> {
-        let variant = match self.variant_for(&entry, request.headers()).await {
+        // A pinned request wants these bytes: it gets them with the
+        // record's fields rather than another version passed through.
+        let pinned = pinned_version(request.uri().query())
+            .ok()
+            .flatten()
+            .is_some();
+        let variant = match self
+            .variant_for(&entry, request.headers(), !only_if_cached)
+            .await
+        {
             crate::variants::Variant::Record => None,
             crate::variants::Variant::Own(fields) => Some(fields),
+            crate::variants::Variant::Other if pinned => None,
+            crate::variants::Variant::Other if only_if_cached => {
+                return Some(error_response(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    Fault::Client,
+                    "only-if-cached: this variant is not stored\n",
+                ));
+            }
             crate::variants::Variant::Other => return None,
         };
         let mut response = self
             .serve_entry(entry.clone(), head_only, request, Audience::Client, None)
             .await;
-        if let Some(fields) = variant {
-            crate::variants::apply(response.headers_mut(), &entry.record.headers, &fields);
-        }
         let served =
             response.status().is_success() || response.status() == StatusCode::NOT_MODIFIED;
+        if let Some(fields) = variant.filter(|_| served) {
+            crate::variants::apply(response.headers_mut(), &entry.record.headers, &fields);
+        }
         if stale && served {
             response
                 .headers_mut()

@@ -73,8 +73,14 @@ pub fn same_representation(record: &ObjectRecord, status: StatusCode, head: &Hea
 
 impl CacheService {
     /// The fields `request`'s variant of `entry` is served with; asks the
-    /// origin (a HEAD) the first time a variant is seen.
-    pub(crate) async fn variant_for(&self, entry: &ObjectEntry, request: &HeaderMap) -> Variant {
+    /// origin (a HEAD) the first time a variant is seen, if `may_ask`
+    /// (else an unknown variant is `Other`).
+    pub(crate) async fn variant_for(
+        &self,
+        entry: &ObjectEntry,
+        request: &HeaderMap,
+        may_ask: bool,
+    ) -> Variant {
         let stored = crate::resolve::record_fields(&entry.record);
         let fields = match Vary::from_headers(&stored) {
             Vary::Nothing => return Variant::Record,
@@ -94,6 +100,9 @@ impl CacheService {
         }
         if let Some(known) = entry.variant(&key) {
             return Variant::Own(known);
+        }
+        if !may_ask {
+            return Variant::Other;
         }
         let mut ask = HeaderMap::new();
         for name in &fields {

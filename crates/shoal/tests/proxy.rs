@@ -1231,6 +1231,15 @@ fn request_and_stale_directives_on_the_piece_path() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    // A version an unsafe request made stale is never served stale, even
+    // to a client that accepts staleness (RFC 9111 §4.4).
+    let long = format!("{}/ps/long.bin", cache.url);
+    assert_eq!(curl(&long, &["-X", "POST", "-d", "x"]).status, 200);
+    let asked = origin.seen().len();
+    let after = curl(&long, &["-H", "Cache-Control: max-stale=100000"]);
+    assert_eq!(after.status, 200);
+    assert_ne!(after.header("x-shoal-cache"), Some("STALE"));
+    assert!(origin.seen().len() > asked, "revalidated after the POST");
 }
 
 /// `Vary` on the piece path: an origin that echoes each page's `Origin`
