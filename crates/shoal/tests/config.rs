@@ -137,3 +137,32 @@ fn bad_mesh_settings_are_refused_with_a_clear_message() {
         "invalid socket address",
     );
 }
+
+/// A log written to a file (not a terminal) carries no ANSI colour codes.
+#[test]
+fn logs_to_a_file_have_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("cache.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let data = dir.path().join("data");
+    // Nothing listens on port 9: every origin request fails and is logged.
+    let cache = start_shoal_with_stderr(
+        &[
+            "cache",
+            "--listen",
+            "127.0.0.1:0",
+            "--origin",
+            "http://127.0.0.1:9",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[],
+        Stdio::from(log),
+    );
+    let got = curl(&format!("{}/nowhere.bin", cache.url), &[]);
+    assert_eq!(got.status, 502);
+    drop(cache);
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    assert!(text.contains("WARN"), "a warning was logged: {text}");
+    assert!(!text.contains('\u{1b}'), "colour codes in a file: {text:?}");
+}

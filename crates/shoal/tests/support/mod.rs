@@ -43,11 +43,16 @@ impl Drop for Proc {
 
 /// Starts `shoal ARGS...` and waits for its "listening on http://..." line.
 pub fn start_shoal(args: &[&str], env: &[(&str, &str)]) -> Proc {
+    start_shoal_with_stderr(args, env, Stdio::inherit())
+}
+
+/// [`start_shoal`], its log (stderr) going to `stderr`.
+pub fn start_shoal_with_stderr(args: &[&str], env: &[(&str, &str)], stderr: Stdio) -> Proc {
     let mut command = Command::new(shoal_bin());
     command
         .args(args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .stdin(Stdio::null());
     for (k, v) in env {
         command.env(k, v);
