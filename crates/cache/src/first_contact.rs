@@ -26,12 +26,11 @@
 //! passed through without a probe for [`PASS_VERDICT_MS`]. Concurrent
 //! first GETs of one key wait for the first.
 
-use crate::fault::Fault;
-use crate::origin_client::{Forward, OriginHead};
+use crate::origin_client::OriginHead;
 use crate::proxy::{self, ForwardBody, PassReason};
 use crate::resolve::Resolved;
-use crate::serve::{error_response, CacheService};
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use crate::serve::CacheService;
+use http::{header, HeaderValue, Request, Response, StatusCode};
 use shoal_http::content_range::{parse_content_range, ContentRangeHeader};
 use shoal_http::path::RequestPath;
 use shoal_server::Body;
@@ -139,29 +138,11 @@ impl CacheService {
             HeaderValue::from_str(&format!("bytes=0-{probe_last}"))
                 .unwrap_or(HeaderValue::from_static("bytes=0-0")),
         );
-        let fetched = self
-            .upstream(
-                Forward {
-                    method: Method::GET,
-                    path_and_query: target.clone(),
-                    headers,
-                    body: None,
-                },
-                &target,
-                &client_headers,
-            )
-            .await;
-        let (mut status, mut origin_headers, body) = match fetched {
-            Ok(parts) => parts,
-            Err(error) => {
-                tracing::warn!(target = %target, error = %shoal_proto::Chain(&error), "the origin did not answer");
-                return FirstContact::Answered(error_response(
-                    error.client_status(),
-                    Fault::Origin,
-                    &format!("{}\n", shoal_proto::Chain(&error)),
-                ));
-            }
-        };
+        let (mut status, mut origin_headers, body) =
+            match self.get_upstream(&target, headers, &client_headers).await {
+                Ok(parts) => parts,
+                Err(response) => return FirstContact::Answered(response),
+            };
         if status == StatusCode::PARTIAL_CONTENT {
             let range = origin_headers
                 .get(header::CONTENT_RANGE)

@@ -624,29 +624,11 @@ impl CacheService {
         let request_unix_s = shoal_core::now_unix_s();
         let client_headers = request.headers().clone();
         let headers = proxy::request_headers(&client_headers, request.version(), client_ip);
-        let fetched = self
-            .upstream(
-                Forward {
-                    method: Method::GET,
-                    path_and_query: target.clone(),
-                    headers,
-                    body: None,
-                },
-                &target,
-                &client_headers,
-            )
-            .await;
-        let (status, origin_headers, body) = match fetched {
-            Ok(parts) => parts,
-            Err(error) => {
-                tracing::warn!(target = %target, error = %shoal_proto::Chain(&error), "the origin did not answer");
-                return error_response(
-                    error.client_status(),
-                    Fault::Origin,
-                    &format!("{}\n", shoal_proto::Chain(&error)),
-                );
-            }
-        };
+        let (status, origin_headers, body) =
+            match self.get_upstream(&target, headers, &client_headers).await {
+                Ok(parts) => parts,
+                Err(response) => return response,
+            };
         self.stats
             .pass_through_requests
             .fetch_add(1, Ordering::Relaxed);
@@ -1013,6 +995,32 @@ impl CacheService {
     /// origin), asked like an origin with [`TIER_HEADER`]; the origin when
     /// this cache is the shield, when the request came from a cache, or
     /// when the shield cannot be reached.
+    /// GETs `target` upstream (see [`Self::upstream`]) with `headers`; the
+    /// cache's own error answer (logged) when nothing answered.
+    pub(crate) async fn get_upstream(
+        &self,
+        target: &str,
+        headers: HeaderMap,
+        client_headers: &HeaderMap,
+    ) -> Result<(StatusCode, HeaderMap, RangeBody), Response<Body>> {
+        let forward = Forward {
+            method: Method::GET,
+            path_and_query: target.to_string(),
+            headers,
+            body: None,
+        };
+        self.upstream(forward, target, client_headers)
+            .await
+            .map_err(|error| {
+                tracing::warn!(target = %target, error = %shoal_proto::Chain(&error), "the origin did not answer");
+                error_response(
+                    error.client_status(),
+                    Fault::Origin,
+                    &format!("{}\n", shoal_proto::Chain(&error)),
+                )
+            })
+    }
+
     /// The cache `target`'s whole responses come through: the path's
     /// shield when it is another (usable) member of the mesh.
     pub(crate) fn tier_shield(

@@ -20,7 +20,7 @@ use crate::proxy::{ForwardBody, PassReason};
 use crate::resolve::{Resolved, Resolver};
 use crate::stats::CacheStats;
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use shoal_core::bitfield::PieceSet;
 use shoal_core::{ByteSpan, ObjectId, PieceIndex, VerifiedPiece};
 use shoal_http::cache_control::{CacheControl, RequestCacheControl};
@@ -380,24 +380,14 @@ impl CacheService {
         if let Some((path, known)) = known {
             match piece_path_use(&known, &request_cc, shoal_core::now_unix_s()) {
                 Use::Fresh => {}
-                Use::StaleAccepted => {
-                    return match self
-                        .serve_client(known, head_only, &request, true, only_if_cached)
-                        .await
-                    {
-                        Some(response) => response,
-                        None => {
-                            self.forward(request, target, client_ip, PassReason::Response)
-                                .await
-                        }
-                    };
-                }
-                Use::StaleWhileRevalidate => {
-                    let service = self.clone();
-                    let stale_path = path.clone();
-                    tokio::spawn(async move {
-                        let _ = service.resolver.resolve(&stale_path).await;
-                    });
+                stale @ (Use::StaleAccepted | Use::StaleWhileRevalidate) => {
+                    if stale == Use::StaleWhileRevalidate {
+                        let service = self.clone();
+                        let stale_path = path.clone();
+                        tokio::spawn(async move {
+                            let _ = service.resolver.resolve(&stale_path).await;
+                        });
+                    }
                     return match self
                         .serve_client(known, head_only, &request, true, only_if_cached)
                         .await
@@ -2004,19 +1994,13 @@ fn piece_path_use(entry: &ObjectEntry, request: &RequestCacheControl, now_unix_s
         .fresh_until_unix_s
         .saturating_sub(record.validated_unix_s);
     let age_s = now_unix_s.saturating_sub(record.validated_unix_s);
-    let mut fields = HeaderMap::new();
-    let stored = record
+    let mut fields = crate::resolve::record_fields(record);
+    if let Some(value) = record
         .cache_control
-        .iter()
-        .map(|v| ("cache-control", v.as_str()));
-    for (name, value) in stored.chain(record.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+        .as_deref()
+        .and_then(|v| HeaderValue::from_str(v).ok())
     {
-        if let (Ok(name), Ok(value)) = (
-            header::HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            fields.append(name, value);
-        }
+        fields.append(header::CACHE_CONTROL, value);
     }
     decide(lifetime_s, age_s, &CacheControl::for_cdn(&fields), request)
 }
