@@ -869,8 +869,15 @@ impl Filler {
             None => self.record_sources(entry, claim, &source),
             Some(_) => None,
         };
+        let asked = std::time::Instant::now();
         let body = match &source {
-            RunSource::Origin => self.open_origin(entry, span).await?,
+            RunSource::Origin => {
+                let body = self.open_origin(entry, span).await?;
+                self.stats
+                    .fill_latency_origin
+                    .observe(asked.elapsed().as_secs_f64());
+                body
+            }
             RunSource::Peer {
                 member,
                 mode,
@@ -902,7 +909,12 @@ impl Filler {
                     )
                     .await;
                 match opened {
-                    Ok(body) => body,
+                    Ok(body) => {
+                        self.stats
+                            .fill_latency_peer
+                            .observe(asked.elapsed().as_secs_f64());
+                        body
+                    }
                     // A switch that did not happen changes nothing: the
                     // run carries on with its source.
                     Err(error) if switch_from_eta_ms.is_some() => {

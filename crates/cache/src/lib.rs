@@ -10,6 +10,7 @@ pub mod fill;
 pub mod first_contact;
 pub mod key_policy;
 pub mod local_state;
+pub(crate) mod metrics;
 pub mod object;
 pub mod origin_client;
 pub mod peer;
@@ -90,6 +91,9 @@ pub struct CacheConfig {
     /// the longest a republished file can go unseen. 0: ask every time.
     pub freshness_default_s: u64,
     pub limits: ServerLimits,
+    /// One line per request (`[access_log]`: `format` combined, json or
+    /// off; `path`, standard output when unset).
+    pub access_log: shoal_server::AccessLogConfig,
     /// Joining a mesh of caches (off unless `mesh.gossip` is set).
     pub mesh: MeshSettings,
 }
@@ -186,6 +190,7 @@ impl Default for CacheConfig {
             services: Vec::new(),
             freshness_default_s: 60,
             limits: ServerLimits::default(),
+            access_log: Default::default(),
             mesh: MeshSettings::default(),
         }
     }
@@ -311,7 +316,15 @@ pub struct BoundCache {
     pub service: Arc<CacheService>,
     listener: tokio::net::TcpListener,
     limits: ServerLimits,
+    /// Whether the mesh was given seeds to join through.
+    seeded: bool,
+    force_stop: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
 }
+
+/// In a mesh with seeds, a starting cache is ready once it hears another
+/// member, or after this long alone (the others may all be down: it then
+/// serves as its own shield).
+pub const MESH_JOIN_WAIT_MS: u64 = 10_000;
 
 impl BoundCache {
     pub async fn bind(config: CacheConfig) -> Result<Self, CacheError> {
@@ -399,16 +412,37 @@ impl BoundCache {
             data_dir: config.data_dir.clone(),
             relays: serve::RelayState::default(),
             pass_verdicts: first_contact::PassVerdicts::default(),
+            lifecycle: shoal_server::Lifecycle::new(),
+            server_stats: std::sync::OnceLock::new(),
+            started_unix_s: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+            store_capacity_bytes: config.capacity.0,
+            access_log: shoal_server::AccessLog::start(&config.access_log)
+                .map_err(|e| CacheError::Config(e.to_string()))?,
         });
         Ok(Self {
             local_addr,
             service,
             listener,
+            seeded: !config.mesh.seeds.is_empty(),
             limits: config.limits,
+            force_stop: None,
         })
     }
 
-    /// Serves until `shutdown` resolves, then flushes the index.
+    /// Ends a drain at once when `stop` resolves (a second SIGTERM).
+    pub fn with_force_stop(
+        mut self,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Self {
+        self.force_stop = Some(Box::pin(stop));
+        self
+    }
+
+    /// Serves until `shutdown` resolves, then drains (see
+    /// [`shoal_server::Server::serve`]: `/readyz` turns 503, the mesh
+    /// hears it, transfers in flight finish) and flushes the index.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
         // What this cache stored before may have been purged while it was
         // down: learn that from a live member before serving any of it.
@@ -435,17 +469,30 @@ impl BoundCache {
             }
         }
         let follower = tokio::spawn(self.service.clone().follow_purges());
+        let readiness = tokio::spawn(self.service.clone().become_ready(self.seeded));
         let service = self.service.clone();
         let mesh = self.service.mesh.clone();
-        // Peers hear we are draining while we still serve, then we stop.
+        let lifecycle = self.service.lifecycle.clone();
+        // Load balancers (`/readyz`) and peers (gossip) hear we are
+        // draining while we still serve; the server then waits for what
+        // is in flight.
         let shutdown = async move {
             shutdown.await;
+            lifecycle.begin_drain();
             if let Some(mesh) = mesh {
                 mesh.node.drain().await;
             }
         };
-        let server = shoal_server::Server::new(self.listener, self.limits);
+        let mut server = shoal_server::Server::new(self.listener, self.limits)
+            .with_lifecycle(self.service.lifecycle.clone());
+        if let Some(stop) = self.force_stop {
+            server = server.with_force_stop(stop);
+        }
+        if let Some(log) = &self.service.access_log {
+            server = server.with_observer(log.observer());
+        }
         let _ = self.service.egress.set(server.egress());
+        let _ = self.service.server_stats.set(server.stats());
         server
             .serve(
                 move |request, conn: shoal_server::ConnInfo| {
@@ -455,6 +502,7 @@ impl BoundCache {
             )
             .await;
         follower.abort();
+        readiness.abort();
         if let Some(mesh) = &self.service.mesh {
             mesh.node.leave().await;
         }

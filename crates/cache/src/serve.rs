@@ -77,6 +77,15 @@ pub struct CacheService {
     /// Large files the origin forbids storing: passed through for a while
     /// without a probe.
     pub(crate) pass_verdicts: crate::first_contact::PassVerdicts,
+    /// Starting, ready or draining: what `/readyz` says.
+    pub(crate) lifecycle: shoal_server::Lifecycle,
+    /// The HTTP server's counters, once it serves.
+    pub(crate) server_stats: std::sync::OnceLock<shoal_server::ServerStats>,
+    /// When this cache started (Unix seconds), for `/metrics`.
+    pub(crate) started_unix_s: f64,
+    /// The disk store's budget, for `/metrics`.
+    pub(crate) store_capacity_bytes: u64,
+    pub(crate) access_log: Option<Arc<shoal_server::AccessLog>>,
 }
 
 /// A shield's side of flash-crowd relaying: the relay desk (see
@@ -164,6 +173,14 @@ impl FillHeaders {
     }
 }
 
+/// Liveness for load balancers and supervisors: `200` while the process
+/// answers.
+pub const LIVEZ_PATH: &str = "/livez";
+/// Readiness: `503` while starting or draining.
+pub const READYZ_PATH: &str = "/readyz";
+/// Prometheus metrics.
+pub const METRICS_PATH: &str = "/metrics";
+
 /// A shield serves a crowd directly while what it promised to send is
 /// under this many milliseconds of its egress cap.
 const DIRECT_HORIZON_MS: u64 = 500;
@@ -193,6 +210,60 @@ impl CacheService {
         self.mesh.as_ref()
     }
 
+    /// Starting, ready or draining (shared with the server).
+    pub fn lifecycle(&self) -> &shoal_server::Lifecycle {
+        &self.lifecycle
+    }
+
+    /// The access log, when one is configured (reopened on SIGHUP).
+    pub fn access_log(&self) -> Option<&Arc<shoal_server::AccessLog>> {
+        self.access_log.as_ref()
+    }
+
+    /// Marks the cache ready: at once, or in a mesh joined through seeds
+    /// once another member is heard (at most [`crate::MESH_JOIN_WAIT_MS`]).
+    pub(crate) async fn become_ready(self: Arc<Self>, seeded: bool) {
+        if let (Some(mesh), true) = (&self.mesh, seeded) {
+            let started = std::time::Instant::now();
+            let wait = std::time::Duration::from_millis(crate::MESH_JOIN_WAIT_MS);
+            loop {
+                let others = mesh
+                    .node
+                    .view()
+                    .members
+                    .iter()
+                    .filter(|m| m.node_id != mesh.self_id())
+                    .count();
+                if others > 0 {
+                    tracing::info!(others, "joined the mesh: ready");
+                    break;
+                }
+                if started.elapsed() >= wait {
+                    tracing::warn!(
+                        "no other mesh member heard within {} ms (are the seeds right, and the cluster secret?): ready, serving as the only cache",
+                        crate::MESH_JOIN_WAIT_MS
+                    );
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+        self.lifecycle.set_ready();
+    }
+
+    /// `/readyz`: ready once serving (and, in a mesh, once it has heard
+    /// from another member or waited long enough); never while draining.
+    fn readyz(&self) -> Response<Body> {
+        let refusal = match self.lifecycle.phase() {
+            shoal_server::Phase::Starting => Some(match &self.mesh {
+                Some(_) => "joining the mesh: no other member heard yet".to_string(),
+                None => "not serving yet".to_string(),
+            }),
+            _ => None,
+        };
+        self.lifecycle.readyz(refusal)
+    }
+
     /// Answers one request; `client_ip` is the address it came from (for
     /// `X-Forwarded-For` on what is passed to the origin).
     pub async fn handle<B: ForwardBody>(
@@ -203,6 +274,9 @@ impl CacheService {
         // Client counters leave out what siblings and operators ask.
         let path = request.uri().path();
         let from_client = !(path.starts_with(PEER_PREFIX)
+            || path == LIVEZ_PATH
+            || path == READYZ_PATH
+            || path == METRICS_PATH
             || path.starts_with(WARM_PREFIX)
             || path == EGRESS_PATH
             || path == crate::purge::PURGE_PATH);
@@ -221,6 +295,16 @@ impl CacheService {
         request: Request<B>,
         client_ip: Option<std::net::IpAddr>,
     ) -> Response<Body> {
+        // For load balancers and Prometheus: these three paths are the
+        // cache's own, never passed to the origin.
+        if matches!(*request.method(), Method::GET | Method::HEAD) {
+            match request.uri().path() {
+                LIVEZ_PATH => return shoal_server::livez(),
+                READYZ_PATH => return self.readyz(),
+                METRICS_PATH => return crate::metrics::page(self).into_response(),
+                _ => {}
+            }
+        }
         if request.uri().path() == EGRESS_PATH {
             return self.set_egress(&request);
         }

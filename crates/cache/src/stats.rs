@@ -75,6 +75,10 @@ pub struct CacheStats {
     pub pieces_carried_over: AtomicU64,
     /// Purge events applied here.
     pub purges: AtomicU64,
+    /// Time from asking the origin for a run of pieces to its response head.
+    pub fill_latency_origin: shoal_server::metrics::Histogram,
+    /// The same for sibling caches.
+    pub fill_latency_peer: shoal_server::metrics::Histogram,
 }
 
 /// A point-in-time copy, serialisable.

@@ -36,6 +36,10 @@ pub struct OriginConfig {
     /// `public, max-age=86400`. None by default.
     #[serde(default)]
     pub cache_control: Option<String>,
+    /// One line per request (`format` combined, json or off; `path`,
+    /// standard output when unset).
+    #[serde(default)]
+    pub access_log: shoal_server::AccessLogConfig,
 }
 
 fn default_read_chunk_bytes() -> u64 {
@@ -53,6 +57,7 @@ impl OriginConfig {
             read_chunk_bytes: READ_CHUNK_BYTES_DEFAULT,
             serve_hidden: false,
             cache_control: None,
+            access_log: Default::default(),
         }
     }
 }

@@ -1,8 +1,12 @@
-//! Running an origin: bind, serve until shutdown.
+//! Running an origin: bind, serve until shutdown, then drain.
+//!
+//! Besides files, the origin answers `GET /livez`, `/readyz` (503 while
+//! draining) and `/metrics` (Prometheus): those three root paths are the
+//! server's own.
 
 use crate::config::{OriginConfig, OriginError};
 use crate::handler::Origin;
-use shoal_server::{ConnInfo, Server, ServerStats};
+use shoal_server::{ConnInfo, Lifecycle, Server, ServerStats};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +17,7 @@ pub struct OriginServer {
     server: Server,
     origin: Arc<Origin>,
     local_addr: SocketAddr,
+    access_log: Option<Arc<shoal_server::AccessLog>>,
 }
 
 impl OriginServer {
@@ -20,12 +25,29 @@ impl OriginServer {
     pub async fn bind(config: OriginConfig) -> Result<Self, OriginError> {
         let origin = Arc::new(Origin::new(&config)?);
         let (listener, local_addr) = shoal_server::bind(config.listen).await?;
-        let server = Server::new(listener, config.limits.clone());
+        let access_log = shoal_server::AccessLog::start(&config.access_log)
+            .map_err(|e| OriginError::Config(e.to_string()))?;
+        let mut server = Server::new(listener, config.limits.clone());
+        if let Some(log) = &access_log {
+            server = server.with_observer(log.observer());
+        }
         Ok(Self {
             server,
             origin,
             local_addr,
+            access_log,
         })
+    }
+
+    /// Ends a drain at once when `stop` resolves (a second SIGTERM).
+    pub fn with_force_stop(mut self, stop: impl Future<Output = ()> + Send + 'static) -> Self {
+        self.server = self.server.with_force_stop(stop);
+        self
+    }
+
+    /// The access log, when one is configured (reopened on SIGHUP).
+    pub fn access_log(&self) -> Option<&Arc<shoal_server::AccessLog>> {
+        self.access_log.as_ref()
     }
 
     /// The address really bound.
@@ -43,10 +65,18 @@ impl OriginServer {
         self.origin.clone()
     }
 
-    /// Serves until `shutdown` resolves, then drains connections (bounded
-    /// by `limits.shutdown_grace_ms`).
+    /// Serves until `shutdown` resolves, then drains connections (see
+    /// [`Server::serve`]: `/readyz` turns 503 first; bounded by
+    /// `limits.shutdown_grace_ms`).
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         let origin = self.origin;
+        let lifecycle: Lifecycle = self.server.lifecycle();
+        lifecycle.set_ready();
+        let stats = self.server.stats();
+        let started_unix_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let access_log = self.access_log.clone();
         tracing::info!(
             "origin serving {} on http://{}",
             origin.root().display(),
@@ -54,7 +84,31 @@ impl OriginServer {
         );
         let handler = move |request: http::Request<hyper::body::Incoming>, conn: ConnInfo| {
             let origin = origin.clone();
+            let lifecycle = lifecycle.clone();
+            let stats = stats.clone();
+            let access_log = access_log.clone();
             async move {
+                if matches!(*request.method(), http::Method::GET | http::Method::HEAD) {
+                    match request.uri().path() {
+                        "/livez" => return shoal_server::livez(),
+                        "/readyz" => return lifecycle.readyz(None),
+                        "/metrics" => {
+                            let mut page = shoal_server::metrics::MetricsPage::new();
+                            shoal_server::metrics::write_common(
+                                &mut page,
+                                "origin",
+                                lifecycle.phase(),
+                                started_unix_s,
+                                &stats.snapshot(),
+                            );
+                            if let Some(log) = &access_log {
+                                shoal_server::metrics::write_access_log(&mut page, log);
+                            }
+                            return page.into_response();
+                        }
+                        _ => {}
+                    }
+                }
                 let method = request.method().clone();
                 let path = request.uri().path().to_owned();
                 let response = origin.handle(request).await;

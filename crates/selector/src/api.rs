@@ -52,9 +52,11 @@ pub enum SelectorError {
     },
     #[error(transparent)]
     Mesh(#[from] shoal_mesh::MeshError),
+    #[error("{0}")]
+    AccessLog(String),
 }
 
-/// Counters shown by `/_shoal/health`.
+/// Counters shown by `/_shoal/health` and `/metrics`.
 #[derive(Default, Debug)]
 pub struct SelectorStats {
     pub plans: AtomicU64,
@@ -63,6 +65,9 @@ pub struct SelectorStats {
     pub shortfalls: AtomicU64,
     /// Tracker announces answered (refusals included).
     pub announces: AtomicU64,
+    /// Decisions per delivery service (configured names only: bounded).
+    pub per_service:
+        std::sync::Mutex<std::collections::BTreeMap<String, crate::metrics::ServiceTally>>,
 }
 
 /// What this selector planned on each cache recently, decaying as the
@@ -153,7 +158,7 @@ pub struct Selector {
     purges_seen: std::sync::atomic::AtomicU64,
     services: ServiceTable,
     zones: Option<Zones>,
-    node: Arc<MeshNode>,
+    pub(crate) node: Arc<MeshNode>,
     directory: Directory,
     settings: PlanSettings,
     pub stats: SelectorStats,
@@ -164,6 +169,13 @@ pub struct Selector {
     link: Arc<MeshLink>,
     /// The tracker's clock.
     started: std::time::Instant,
+    /// Starting, ready or draining: what `/readyz` says.
+    pub(crate) lifecycle: shoal_server::Lifecycle,
+    /// The HTTP server's counters, once it serves.
+    pub(crate) server_stats: std::sync::OnceLock<shoal_server::ServerStats>,
+    /// When this selector started (Unix seconds), for `/metrics`.
+    pub(crate) started_unix_s: f64,
+    pub(crate) access_log: Option<Arc<shoal_server::AccessLog>>,
 }
 
 /// A selector with its port bound and the gossip joined, ready to serve.
@@ -172,6 +184,7 @@ pub struct BoundSelector {
     pub selector: Arc<Selector>,
     listener: tokio::net::TcpListener,
     limits: ServerLimits,
+    force_stop: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
 }
 
 impl BoundSelector {
@@ -192,33 +205,56 @@ impl BoundSelector {
                 addr: config.listen,
                 source,
             })?;
+        let access_log = shoal_server::AccessLog::start(&config.access_log)
+            .map_err(|e| SelectorError::AccessLog(e.to_string()))?;
         let (node, directory, link) = join_mesh(&config, local_addr).await?;
-        let selector = Arc::new(Selector::new(&config, zones, node, directory, link));
+        let mut selector = Selector::new(&config, zones, node, directory, link);
+        selector.access_log = access_log;
         Ok(Self {
             local_addr,
-            selector,
+            selector: Arc::new(selector),
             listener,
             limits: config.limits,
+            force_stop: None,
         })
+    }
+
+    /// Ends a drain at once when `stop` resolves (a second SIGTERM).
+    pub fn with_force_stop(
+        mut self,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Self {
+        self.force_stop = Some(Box::pin(stop));
+        self
     }
 
     pub fn gossip_addr(&self) -> SocketAddr {
         self.selector.node.gossip_addr()
     }
 
-    /// Serves until `shutdown` resolves, then leaves the gossip.
+    /// Serves until `shutdown` resolves, then drains (`/readyz` turns
+    /// 503; see [`shoal_server::Server::serve`]) and leaves the gossip.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
         let selector = self.selector.clone();
-        shoal_server::serve(
-            self.listener,
-            self.limits,
-            move |request, conn| {
-                let selector = selector.clone();
-                async move { selector.handle(request, conn).await }
-            },
-            shutdown,
-        )
-        .await;
+        let mut server = shoal_server::Server::new(self.listener, self.limits)
+            .with_lifecycle(self.selector.lifecycle.clone());
+        if let Some(stop) = self.force_stop {
+            server = server.with_force_stop(stop);
+        }
+        if let Some(log) = &self.selector.access_log {
+            server = server.with_observer(log.observer());
+        }
+        let _ = self.selector.server_stats.set(server.stats());
+        self.selector.lifecycle.set_ready();
+        server
+            .serve(
+                move |request, conn| {
+                    let selector = selector.clone();
+                    async move { selector.handle(request, conn).await }
+                },
+                shutdown,
+            )
+            .await;
         self.selector.node.leave().await;
     }
 }
@@ -558,6 +594,21 @@ struct PlanAnswer<'a> {
     decision: &'a Decision,
 }
 
+/// The swarms of one delivery service homed at this selector.
+#[derive(serde::Serialize, Default)]
+pub(crate) struct ServiceSwarms {
+    pub swarms: u64,
+    pub peers: u64,
+    pub seeds: u64,
+    pub completed: u64,
+    pub bytes_from_peers: u64,
+    pub bytes_from_caches: u64,
+    /// Bytes from peers / all bytes reported.
+    pub peer_efficiency: f64,
+    /// What the caches did not have to send: the bytes from peers.
+    pub bytes_saved: u64,
+}
+
 #[derive(Serialize)]
 struct MeshMember {
     node: String,
@@ -607,6 +658,12 @@ impl Selector {
                 shoal_peer::tracker::TrackerLimits::default(),
             )),
             started: std::time::Instant::now(),
+            lifecycle: shoal_server::Lifecycle::new(),
+            server_stats: std::sync::OnceLock::new(),
+            started_unix_s: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+            access_log: None,
         }
     }
 
@@ -744,19 +801,20 @@ impl Selector {
     /// and what their peers reported — bytes from peers and from caches,
     /// peer efficiency, bytes the caches were spared.
     fn swarms(&self) -> Response<Body> {
-        #[derive(serde::Serialize, Default)]
-        struct ServiceSwarms {
-            swarms: u64,
-            peers: u64,
-            seeds: u64,
-            completed: u64,
-            bytes_from_peers: u64,
-            bytes_from_caches: u64,
-            /// Bytes from peers / all bytes reported.
-            peer_efficiency: f64,
-            /// What the caches did not have to send: the bytes from peers.
-            bytes_saved: u64,
+        #[derive(serde::Serialize)]
+        struct Answer<'a> {
+            /// This selector's node id (each swarm is homed at one).
+            selector: &'a str,
+            services: std::collections::BTreeMap<String, ServiceSwarms>,
         }
+        json(&Answer {
+            selector: self.link.self_id(),
+            services: self.service_swarms(),
+        })
+    }
+
+    /// The swarms homed here, summed per delivery service.
+    pub(crate) fn service_swarms(&self) -> std::collections::BTreeMap<String, ServiceSwarms> {
         let mut services: std::collections::BTreeMap<String, ServiceSwarms> = Default::default();
         for report in lock(&self.tracker).reports() {
             let name = report.label.unwrap_or_else(|| "(unnamed)".to_string());
@@ -782,16 +840,7 @@ impl Selector {
             };
             entry.bytes_saved = entry.bytes_from_peers;
         }
-        #[derive(serde::Serialize)]
-        struct Answer<'a> {
-            /// This selector's node id (each swarm is homed at one).
-            selector: &'a str,
-            services: std::collections::BTreeMap<String, ServiceSwarms>,
-        }
-        json(&Answer {
-            selector: self.link.self_id(),
-            services,
-        })
+        services
     }
 
     /// `GET /scrape?info_hash=…`: the swarms' counts.
@@ -836,6 +885,9 @@ impl Selector {
             "/announce" => self.announce(query, client, request.headers()).await,
             "/scrape" => self.scrape(query),
             "/_shoal/health" => self.health(),
+            "/livez" => shoal_server::livez(),
+            "/readyz" => self.readyz(),
+            "/metrics" => crate::metrics::page(&self).into_response(),
             "/_shoal/mesh" => self.mesh(),
             "/_shoal/swarms" => self.swarms(),
             "/" => text(
@@ -905,6 +957,26 @@ impl Selector {
             },
             Err(refusal) => self.refuse(refusal),
         }
+    }
+
+    /// The access log, when one is configured (reopened on SIGHUP).
+    pub fn access_log(&self) -> Option<&Arc<shoal_server::AccessLog>> {
+        self.access_log.as_ref()
+    }
+
+    /// `/readyz`: `503` while draining or with no cache in view (every
+    /// plan would be refused).
+    fn readyz(&self) -> Response<Body> {
+        let in_view = self
+            .node
+            .view()
+            .members
+            .iter()
+            .filter(|m| m.health != shoal_mesh::Health::Draining)
+            .count();
+        let refusal = (in_view == 0)
+            .then(|| "no cache in view (check the seeds and the cluster secret)".to_string());
+        self.lifecycle.readyz(refusal)
     }
 
     /// `/_shoal/health`: alive, with the caches in view and the counters.
@@ -1162,6 +1234,7 @@ impl Selector {
         if decision.shortfall_mbps > 0.0 {
             self.stats.shortfalls.fetch_add(1, Ordering::Relaxed);
         }
+        crate::metrics::tally(&self.stats, &decision);
         Ok(decision)
     }
 

@@ -81,6 +81,9 @@ pub struct SelectorConfig {
     /// holding what their summary says).
     pub piece_probe_timeout_ms: u64,
     pub limits: ServerLimits,
+    /// One line per request (`format` combined, json or off; `path`,
+    /// standard output when unset).
+    pub access_log: shoal_server::AccessLogConfig,
     pub mesh: SelectorMesh,
     /// Delivery services; none configured means one catch-all service
     /// (`default_service`).
@@ -106,6 +109,7 @@ impl Default for SelectorConfig {
             lookup_timeout_ms: 5_000,
             piece_probe_timeout_ms: 250,
             limits: ServerLimits::default(),
+            access_log: Default::default(),
             mesh: SelectorMesh::default(),
             services: Vec::new(),
         }

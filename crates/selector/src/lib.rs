@@ -20,13 +20,15 @@
 //! - [`affinity`]: a client that keeps asking keeps the version it was
 //!   first sent (soft, bounded);
 //! - [`api`]: the HTTP endpoints (`/plan`, `/explain`, redirect with
-//!   `Link: rel=duplicate`).
+//!   `Link: rel=duplicate`, `/livez`, `/readyz`);
+//! - `metrics`: the `/metrics` page and the per-service decision tally.
 
 pub mod affinity;
 pub mod api;
 pub mod config;
 pub mod decide;
 pub mod lookup;
+pub(crate) mod metrics;
 pub mod services;
 
 pub use api::{BoundSelector, SelectorError};

@@ -46,15 +46,22 @@
 //! server down. Accept errors (EMFILE and friends) are logged and retried
 //! after a short back-off.
 
+pub mod access_log;
 mod admission;
 mod body;
+pub mod exchange;
 mod io;
+pub mod lifecycle;
 mod limits;
+pub mod metrics;
 mod serve;
 mod stats;
 
+pub use access_log::{AccessLog, AccessLogConfig, AccessLogFormat};
 pub use body::{channel_body, empty, full, Body, BodySender};
+pub use exchange::{Exchange, ExchangeNote, Observer, Outcome};
 pub use io::Egress;
+pub use lifecycle::{livez, Lifecycle, Phase};
 pub use limits::{ServerLimits, H1_BUF_BYTES_MIN};
 pub use serve::{bind, serve, ConnInfo, Server, ServerError};
 pub use stats::{ServerStats, ServerStatsSnapshot};

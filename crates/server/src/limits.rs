@@ -44,9 +44,16 @@ pub struct ServerLimits {
     pub header_bytes_max: u64,
     /// HTTP/2: concurrent streams per connection.
     pub h2_max_concurrent_streams: u32,
-    /// On shutdown, in-flight connections get this long to finish before
-    /// they are dropped.
+    /// On shutdown, after [`Self::drain_delay_ms`], transfers in flight get
+    /// this long to finish before their connections are dropped. The
+    /// default (15 min) lets a multi-gigabyte download at ~10 MB/s end;
+    /// a second SIGTERM or Ctrl-C stops at once.
     pub shutdown_grace_ms: u64,
+    /// On shutdown, the server first says it is draining (`/readyz`
+    /// answers 503, the mesh hears it) and keeps taking new connections
+    /// this long, so load balancers and selectors move clients away
+    /// before the port closes. 0: close the port at once.
+    pub drain_delay_ms: u64,
     /// Egress cap of the whole server (all connections together), in bytes
     /// per second, enforced by a token bucket; 0 means no cap. Lets tests
     /// and benchmarks model servers of different sizes on one machine.
@@ -62,7 +69,8 @@ impl Default for ServerLimits {
             connections_per_address_max: 1_000,
             header_bytes_max: 16 * 1024,
             h2_max_concurrent_streams: 256,
-            shutdown_grace_ms: 10_000,
+            shutdown_grace_ms: 900_000,
+            drain_delay_ms: 5_000,
             egress_bytes_per_s: 0,
         }
     }
@@ -80,6 +88,10 @@ impl ServerLimits {
 
     pub(crate) fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    pub(crate) fn drain_delay(&self) -> Duration {
+        Duration::from_millis(self.drain_delay_ms)
     }
 
     /// hyper's HTTP/1 read buffer size for these limits.

@@ -9,10 +9,21 @@
 //! serving ──no request within header_read_timeout of accept──▶ dropped (counted)
 //!    │  ──idle_timeout──────────▶ dropped (counted)
 //!    │  ──shed (idle, not in a request, server near its cap)──▶ dropped (counted)
-//!    │  ──shutdown signal─────────▶ draining ──done / grace over──▶ closed
+//!    │  ──shutdown signal─────────▶ draining ──done / grace over / forced──▶ closed
 //!    ▼
 //! done (client closed, hyper error such as a header timeout or a bad head)
 //! ```
+//!
+//! # Server drain
+//!
+//! ```text
+//! shutdown resolves ─▶ Lifecycle = Draining (/readyz 503), still accepting
+//!   ──drain_delay_ms──▶ listener closed; every connection asked to finish
+//!   ──all done, or shutdown_grace_ms over, or the force-stop future──▶ return
+//! ```
+//!
+//! The delay lets load balancers see `503` before the port goes away; the
+//! grace lets a multi-gigabyte transfer in flight finish.
 //!
 //! Admission (per-address limits, shedding) is in [`crate::admission`].
 //! Every HTTP/1.1 request must carry exactly one valid `Host` line (RFC 9112
@@ -24,7 +35,9 @@
 
 use crate::admission::{Admission, Registry, SlotHandle};
 use crate::body::{full, Body};
+use crate::exchange::{Observer, RequestFacts, TrackedBody};
 use crate::io::{Activity, ActivityIo};
+use crate::lifecycle::Lifecycle;
 use crate::limits::ServerLimits;
 use crate::stats::{ActiveGuard, Counters, ServerStats};
 use futures_util::FutureExt;
@@ -38,6 +51,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +64,11 @@ use tokio::time::Instant;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// At most one warning of each kind per this period.
 const WARN_PERIOD: Duration = Duration::from_secs(1);
+/// How often a drain says what it still waits for.
+const DRAIN_REPORT_PERIOD: Duration = Duration::from_secs(10);
+
+/// A future that ends a drain at once (a second Ctrl-C).
+type ForceStop = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Errors from setting a server up. Serving itself does not fail: errors on
 /// one connection end that connection only.
@@ -92,6 +111,9 @@ pub struct Server {
     limits: ServerLimits,
     stats: ServerStats,
     egress: Arc<crate::io::Egress>,
+    lifecycle: Lifecycle,
+    force_stop: Option<ForceStop>,
+    observer: Option<Observer>,
 }
 
 impl Server {
@@ -101,7 +123,36 @@ impl Server {
             listener,
             limits,
             stats: ServerStats::default(),
+            lifecycle: Lifecycle::new(),
+            force_stop: None,
+            observer: None,
         }
+    }
+
+    /// Hands every finished request to `observer` (an access log). It runs
+    /// on a connection's task: it must not block.
+    pub fn with_observer(mut self, observer: Observer) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// Reports this server's phase through `lifecycle` (which the role's
+    /// `/readyz` reads) instead of a lifecycle of its own.
+    pub fn with_lifecycle(mut self, lifecycle: Lifecycle) -> Self {
+        self.lifecycle = lifecycle;
+        self
+    }
+
+    /// Ends a drain at once when `stop` resolves (connections still open
+    /// are dropped): an operator's second Ctrl-C.
+    pub fn with_force_stop(mut self, stop: impl Future<Output = ()> + Send + 'static) -> Self {
+        self.force_stop = Some(Box::pin(stop));
+        self
+    }
+
+    /// This server's phase (shared with whoever holds a clone).
+    pub fn lifecycle(&self) -> Lifecycle {
+        self.lifecycle.clone()
     }
 
     /// The server-wide egress cap, adjustable while it serves.
@@ -123,10 +174,13 @@ impl Server {
         &self.limits
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting, asks every
-    /// connection to finish (HTTP/1 closes after the response in flight,
-    /// HTTP/2 sends GOAWAY) and waits at most
-    /// [`ServerLimits::shutdown_grace_ms`] before dropping the rest.
+    /// Serves until `shutdown` resolves; then drains: the lifecycle turns
+    /// to draining, new connections are still taken for
+    /// [`ServerLimits::drain_delay_ms`], then the listener closes, every
+    /// connection is asked to finish (HTTP/1 closes after the response in
+    /// flight, HTTP/2 sends GOAWAY) and the server waits at most
+    /// [`ServerLimits::shutdown_grace_ms`] (or until the force-stop future)
+    /// before dropping the rest.
     ///
     /// The handler is any `Fn(Request<Incoming>, ConnInfo) -> impl Future`
     /// that is `Clone + Send + Sync + 'static`; it is cloned once per
@@ -141,8 +195,13 @@ impl Server {
             limits,
             stats,
             egress,
+            lifecycle,
+            force_stop,
+            observer,
         } = self;
+        let mut force_stop = force_stop.unwrap_or_else(|| Box::pin(std::future::pending()));
         let counters = stats.counters;
+        let counters_for_drain = counters.clone();
         let limits = Arc::new(limits);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let mut acceptor = Acceptor {
@@ -156,14 +215,37 @@ impl Server {
             accept_warn: RateLimitedWarn::default(),
             next_id: 0,
             registry: Arc::new(Registry::default()),
+            observer,
         };
         let mut tasks = JoinSet::new();
         tokio::pin!(shutdown);
+        // Until shutdown: never; then the end of the drain delay.
+        let accept_until = tokio::time::sleep(Duration::MAX / 4);
+        tokio::pin!(accept_until);
+        let mut draining = false;
 
         loop {
             tokio::select! {
                 biased;
-                () = &mut shutdown => break,
+                () = &mut shutdown, if !draining => {
+                    draining = true;
+                    lifecycle.begin_drain();
+                    let delay = limits.drain_delay();
+                    tracing::info!(
+                        connections = tasks.len(),
+                        "draining: /readyz answers 503; new connections are taken for {} ms more, \
+                         then transfers in flight get up to {} s to finish",
+                        delay.as_millis(),
+                        limits.shutdown_grace().as_secs()
+                    );
+                    accept_until.as_mut().reset(Instant::now() + delay);
+                }
+                () = &mut accept_until => break,
+                () = &mut force_stop => {
+                    // (A finished future must not be polled again.)
+                    force_stop = Box::pin(std::future::ready(()));
+                    break;
+                }
                 Some(joined) = tasks.join_next() => {
                     if let Err(error) = joined {
                         if error.is_panic() {
@@ -179,7 +261,15 @@ impl Server {
         }
 
         drop(listener);
-        drain(&mut tasks, &shutdown_tx, limits.shutdown_grace()).await;
+        lifecycle.begin_drain();
+        drain(
+            &mut tasks,
+            &shutdown_tx,
+            limits.shutdown_grace(),
+            &counters_for_drain,
+            force_stop,
+        )
+        .await;
     }
 }
 
@@ -196,6 +286,7 @@ struct Acceptor<H> {
     accept_warn: RateLimitedWarn,
     next_id: u64,
     registry: Arc<Registry>,
+    observer: Option<Observer>,
 }
 
 impl<H, Fut> Acceptor<H>
@@ -263,6 +354,7 @@ where
                 activity,
                 slot,
                 _active: guard,
+                observer: self.observer.clone(),
             },
             self.handler.clone(),
             limits.clone(),
@@ -292,25 +384,55 @@ where
 }
 
 /// Asks every connection in `tasks` to finish and waits for them, at most
-/// `grace`; the rest are dropped.
-async fn drain(tasks: &mut JoinSet<()>, shutdown_tx: &watch::Sender<bool>, grace: Duration) {
+/// `grace` or until `force_stop`; the rest are dropped. Says every
+/// [`DRAIN_REPORT_PERIOD`] what it still waits for.
+async fn drain(
+    tasks: &mut JoinSet<()>,
+    shutdown_tx: &watch::Sender<bool>,
+    grace: Duration,
+    counters: &Counters,
+    mut force_stop: ForceStop,
+) {
     // Receivers are held by the connection tasks; none left is fine.
     let _ = shutdown_tx.send(true);
     let open = tasks.len();
     if open > 0 {
-        tracing::info!("shutting down: draining {open} connections");
+        tracing::info!(
+            "stopped accepting: waiting for {open} connection(s), {} request(s) in flight, at most {} s",
+            counters.requests_in_flight.load(Ordering::Relaxed),
+            grace.as_secs()
+        );
     }
+    let started = Instant::now();
     let grace = tokio::time::sleep(grace);
     tokio::pin!(grace);
+    let mut report = tokio::time::interval_at(started + DRAIN_REPORT_PERIOD, DRAIN_REPORT_PERIOD);
     loop {
         tokio::select! {
             joined = tasks.join_next() => if joined.is_none() { break },
+            _ = report.tick() => {
+                let left = grace.deadline().saturating_duration_since(Instant::now());
+                tracing::info!(
+                    "draining: {} connection(s), {} request(s) still in flight; {} s of the grace left (send the signal again to stop now)",
+                    tasks.len(),
+                    counters.requests_in_flight.load(Ordering::Relaxed),
+                    left.as_secs()
+                );
+            }
             () = &mut grace => {
-                tracing::warn!("shutdown grace period over: dropping {} connections", tasks.len());
+                tracing::warn!("shutdown grace period over: dropping {} connection(s)", tasks.len());
+                tasks.shutdown().await;
+                break;
+            }
+            () = &mut force_stop => {
+                tracing::warn!("stopping now: dropping {} connection(s)", tasks.len());
                 tasks.shutdown().await;
                 break;
             }
         }
+    }
+    if open > 0 {
+        tracing::info!("drained in {} ms", started.elapsed().as_millis());
     }
 }
 
@@ -352,6 +474,8 @@ struct Connection {
     /// Its place in the admission table (freed on drop).
     slot: SlotHandle,
     _active: ActiveGuard,
+    /// Who hears of each finished request (the access log).
+    observer: Option<Observer>,
 }
 
 /// Counts a running handler for as long as it runs: a connection with one
@@ -401,6 +525,7 @@ async fn serve_connection<H, Fut>(
         activity,
         slot,
         _active,
+        observer,
     } = connection;
     let io = TokioIo::new(ActivityIo::new(stream, activity.clone(), egress));
     let service_counters = counters.clone();
@@ -410,22 +535,33 @@ async fn serve_connection<H, Fut>(
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let handler = handler.clone();
         let counters = service_counters.clone();
+        let observer = observer.clone();
         let method = request.method().clone();
         let uri = request.uri().clone();
         let running = HandlerRunning::start(&handlers_running);
         seen.store(true, Ordering::Relaxed);
+        counters.requests_in_flight.fetch_add(1, Ordering::Relaxed);
+        let facts = RequestFacts::of(&request, info);
         async move {
             let _running = running;
+            let track = |response| {
+                Ok::<_, Infallible>(TrackedBody::wrap(
+                    response,
+                    facts,
+                    counters.clone(),
+                    observer,
+                ))
+            };
             if let Err(error) = check_host(&request) {
                 counters.bad_host.fetch_add(1, Ordering::Relaxed);
                 let mut response = Response::new(full(format!("bad request: {error}\n")));
                 *response.status_mut() = StatusCode::BAD_REQUEST;
-                return Ok::<_, Infallible>(response);
+                return track(response);
             }
             let response = AssertUnwindSafe(async move { handler(request, info).await })
                 .catch_unwind()
                 .await;
-            Ok::<_, Infallible>(match response {
+            track(match response {
                 Ok(response) => response,
                 Err(panic) => {
                     counters.handler_panics.fetch_add(1, Ordering::Relaxed);

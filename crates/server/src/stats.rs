@@ -15,6 +15,14 @@ pub(crate) struct Counters {
     pub(crate) accept_errors: AtomicU64,
     pub(crate) handler_panics: AtomicU64,
     pub(crate) active: AtomicU64,
+    /// Requests from head to the end (or abandonment) of their response.
+    pub(crate) requests_in_flight: AtomicU64,
+    /// Finished requests by status class: 1xx … 5xx.
+    pub(crate) requests_by_class: [AtomicU64; 5],
+    /// Response body bytes handed to connections.
+    pub(crate) response_body_bytes: AtomicU64,
+    /// Responses whose body did not go out in full (aborted, client gone).
+    pub(crate) responses_incomplete: AtomicU64,
 }
 
 /// A cheap, cloneable handle on a server's counters. Counters only grow,
@@ -50,6 +58,14 @@ pub struct ServerStatsSnapshot {
     pub handler_panics: u64,
     /// Connections open now.
     pub connections_active: u64,
+    /// Requests whose response has not ended yet.
+    pub requests_in_flight: u64,
+    /// Finished requests by status class (index 0: 1xx … 4: 5xx).
+    pub requests_by_class: [u64; 5],
+    /// Response body bytes handed to connections.
+    pub response_body_bytes: u64,
+    /// Responses whose body did not go out in full.
+    pub responses_incomplete: u64,
 }
 
 impl ServerStats {
@@ -105,6 +121,12 @@ impl ServerStats {
             accept_errors: self.accept_errors(),
             handler_panics: self.handler_panics(),
             connections_active: self.connections_active(),
+            requests_in_flight: self.counters.requests_in_flight.load(Ordering::Relaxed),
+            requests_by_class: std::array::from_fn(|i| {
+                self.counters.requests_by_class[i].load(Ordering::Relaxed)
+            }),
+            response_body_bytes: self.counters.response_body_bytes.load(Ordering::Relaxed),
+            responses_incomplete: self.counters.responses_incomplete.load(Ordering::Relaxed),
         }
     }
 }

@@ -45,7 +45,15 @@ where
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     let (listener, addr) = bind("127.0.0.1:0").await.expect("bind");
-    let server = Server::new(listener, limits);
+    // Nothing balances load over these servers: close at once on stop
+    // (the delay has a test of its own).
+    let server = Server::new(
+        listener,
+        ServerLimits {
+            drain_delay_ms: 0,
+            ..limits
+        },
+    );
     let stats = server.stats();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(server.serve(handler, async move {
@@ -688,4 +696,63 @@ async fn egress_cap_limits_all_connections_together() {
         "4 MiB went out in {elapsed:.2} s, faster than the cap allows"
     );
     running.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_drain_says_so_keeps_accepting_for_its_delay_then_closes() {
+    let (listener, addr) = bind("127.0.0.1:0").await.expect("bind");
+    let limits = ServerLimits {
+        drain_delay_ms: 700,
+        ..ServerLimits::default()
+    };
+    let lifecycle = shoal_server::Lifecycle::new();
+    lifecycle.set_ready();
+    let exchanges = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = exchanges.clone();
+    let server = Server::new(listener, limits)
+        .with_lifecycle(lifecycle.clone())
+        .with_observer(Arc::new(move |exchange| {
+            seen.lock().unwrap().push(exchange)
+        }));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.serve(echo, async move {
+        let _ = stopped.await;
+    }));
+    let (mut sender, _conn) = h1_client(addr).await;
+    let response = sender.send_request(get("/before")).await.expect("response");
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+
+    let _ = stop.send(());
+    wait_for("draining", || lifecycle.is_draining()).await;
+    assert_eq!(
+        lifecycle.readyz(None).status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    // Within the delay a new client still gets an answer.
+    let (mut late, _late_conn) = h1_client(addr).await;
+    let response = late.send_request(get("/during")).await.expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+    tokio::time::timeout(GENEROUS, task)
+        .await
+        .expect("server stops")
+        .expect("server task");
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "closed after the delay"
+    );
+
+    let exchanges = exchanges.lock().unwrap();
+    let first = exchanges
+        .iter()
+        .find(|e| e.target == "/before")
+        .expect("recorded");
+    assert_eq!(first.status, 200);
+    assert_eq!(first.body_bytes_sent, body.len() as u64);
+    assert_eq!(first.outcome, shoal_server::Outcome::Complete);
+    assert_eq!(first.method, http::Method::GET);
 }

@@ -37,12 +37,11 @@ pub async fn run(video_size: ByteSize, once: bool, cache_port: u16) -> anyhow::R
     let samples = samples(video_size);
     generate_and_publish(&root, &samples)?;
 
-    let origin = shoal_origin::OriginServer::bind(shoal_origin::OriginConfig::new(
-        root.clone(),
-        "127.0.0.1:0".parse()?,
-    ))
-    .await
-    .context("starting the origin")?;
+    let mut origin_config = shoal_origin::OriginConfig::new(root.clone(), "127.0.0.1:0".parse()?);
+    quiet_and_quick(&mut origin_config.limits, &mut origin_config.access_log);
+    let origin = shoal_origin::OriginServer::bind(origin_config)
+        .await
+        .context("starting the origin")?;
     let origin_url = format!("http://{}", origin.local_addr());
     let (stop_sender, stop) = tokio::sync::watch::channel(false);
     let origin_task = tokio::spawn(origin.serve(until_stopped(stop.clone())));
@@ -99,6 +98,16 @@ pub async fn run(video_size: ByteSize, once: bool, cache_port: u16) -> anyhow::R
     }
     let _ = origin_task.await;
     Ok(())
+}
+
+/// The demo's servers write no access log (standard output is the demo's
+/// story) and stop at once when it ends (nobody balances load over them).
+fn quiet_and_quick(
+    limits: &mut shoal_server::ServerLimits,
+    access_log: &mut shoal_server::AccessLogConfig,
+) {
+    limits.drain_delay_ms = 0;
+    access_log.format = shoal_server::AccessLogFormat::Off;
 }
 
 /// The sample content: a large "video" of `video_size`, a download left
@@ -192,6 +201,7 @@ async fn start_caches(
             ..Default::default()
         };
         config.limits.egress_bytes_per_s = mbps * 125_000;
+        quiet_and_quick(&mut config.limits, &mut config.access_log);
         config.mesh = shoal_cache::MeshSettings {
             gossip: Some("127.0.0.1:0".parse()?),
             seeds: seed.iter().cloned().collect(),
@@ -482,6 +492,8 @@ async fn start_selector(
         ],
         ..Default::default()
     };
+    let mut config = config;
+    quiet_and_quick(&mut config.limits, &mut config.access_log);
     let selector = shoal_selector::BoundSelector::bind(config).await?;
     let url = format!("http://{}", selector.local_addr);
     let mut stop = stop.clone();

@@ -174,6 +174,55 @@ fn init_tracing() {
         .init();
 }
 
+/// SIGTERM and Ctrl-C as a long-running role hears them: the first starts
+/// a drain, the second stops at once. SIGHUP reopens the access log.
+#[derive(Clone)]
+struct Signals {
+    count: tokio::sync::watch::Receiver<u32>,
+}
+
+impl Signals {
+    /// Starts listening (inside the runtime).
+    fn install(access_log: Option<std::sync::Arc<shoal_server::AccessLog>>) -> Self {
+        let (sender, count) = tokio::sync::watch::channel(0u32);
+        tokio::spawn(async move {
+            loop {
+                shutdown_signal().await;
+                let n = *sender.borrow() + 1;
+                if n == 1 {
+                    tracing::info!("stop signal: draining (send it again to stop at once)");
+                } else {
+                    tracing::warn!("second stop signal: stopping now");
+                }
+                if sender.send(n).is_err() {
+                    return;
+                }
+            }
+        });
+        if let Some(log) = access_log {
+            tokio::spawn(async move {
+                use tokio::signal::unix::{signal, SignalKind};
+                let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+                    return;
+                };
+                while hangup.recv().await.is_some() {
+                    tracing::info!("SIGHUP: reopening the access log");
+                    log.reopen();
+                }
+            });
+        }
+        Self { count }
+    }
+
+    /// Resolves at the `n`th stop signal.
+    fn nth(&self, n: u32) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut count = self.count.clone();
+        async move {
+            let _ = count.wait_for(|c| *c >= n).await;
+        }
+    }
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
@@ -195,9 +244,13 @@ async fn run_origin(args: config::OriginArgs) -> anyhow::Result<()> {
     let server = shoal_origin::OriginServer::bind(config)
         .await
         .context("starting the origin")?;
+    let signals = Signals::install(server.access_log().cloned());
     // Tests and scripts read this line to learn the port.
     println!("shoal origin listening on http://{}", server.local_addr());
-    server.serve(shutdown_signal()).await;
+    server
+        .with_force_stop(signals.nth(2))
+        .serve(signals.nth(1))
+        .await;
     Ok(())
 }
 
@@ -220,7 +273,11 @@ async fn run_cache(args: config::CacheArgs) -> anyhow::Result<()> {
             cache.local_addr
         ),
     }
-    cache.run(shutdown_signal()).await;
+    let signals = Signals::install(cache.service.access_log().cloned());
+    cache
+        .with_force_stop(signals.nth(2))
+        .run(signals.nth(1))
+        .await;
     Ok(())
 }
 
@@ -248,7 +305,11 @@ async fn run_selector(args: config::SelectorArgs) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(",")
     );
-    selector.run(shutdown_signal()).await;
+    let signals = Signals::install(selector.selector.access_log().cloned());
+    selector
+        .with_force_stop(signals.nth(2))
+        .run(signals.nth(1))
+        .await;
     Ok(())
 }
 

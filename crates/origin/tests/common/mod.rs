@@ -34,7 +34,11 @@ impl RunningOrigin {
         .await
     }
 
-    pub async fn start_with(config: OriginConfig) -> Self {
+    pub async fn start_with(mut config: OriginConfig) -> Self {
+        // In-process: no access lines in the test output, and no load
+        // balancer to wait for on stop.
+        config.access_log.format = shoal_server::AccessLogFormat::Off;
+        config.limits.drain_delay_ms = 0;
         let server = OriginServer::bind(config).await.expect("bind origin");
         let addr = server.local_addr();
         let (stop, stopped) = oneshot::channel::<()>();
