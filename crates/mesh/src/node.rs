@@ -397,12 +397,21 @@ async fn spawn_view_builder(
     let mut watcher = chitchat.lock().await.live_nodes_watcher();
     tokio::spawn(async move {
         let mut summaries: HashMap<String, (u64, Option<Arc<ObjectSummary>>)> = HashMap::new();
+        let mut before = Arc::new(MeshView::default());
         loop {
             let next = {
                 let live = watcher.borrow_and_update();
-                build_view(&self_id, &live, &mut summaries)
+                Arc::new(build_view(&self_id, &live, &mut summaries))
             };
-            if view_sender.send(Arc::new(next)).is_err() {
+            for change in next.changes_since(&before) {
+                // (This node "joining" its own view is not news.)
+                if !matches!(&change, crate::view::MemberChange::Joined { node_id, .. } if *node_id == self_id)
+                {
+                    change.log(&self_id);
+                }
+            }
+            before = next.clone();
+            if view_sender.send(next).is_err() {
                 return;
             }
             if watcher.changed().await.is_err() {

@@ -163,6 +163,59 @@ pub struct MeshView {
     pub selectors: Vec<SelectorNode>,
 }
 
+/// How a member changed between two views (for the logs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemberChange {
+    Joined {
+        node_id: String,
+        region: String,
+        url: String,
+    },
+    /// Left the gossip, or stopped answering it.
+    Left { node_id: String },
+    Health {
+        node_id: String,
+        from: Health,
+        to: Health,
+    },
+}
+
+impl MemberChange {
+    /// Logs the change: joins and recoveries at `info`, the rest at
+    /// `warn`. Every join or leave moves the shields of some paths.
+    pub fn log(&self, self_id: &str) {
+        match self {
+            MemberChange::Joined {
+                node_id,
+                region,
+                url,
+            } => tracing::info!(
+                member = %node_id,
+                %region,
+                %url,
+                "mesh: {node_id} joined; the paths it now ranks first for move their shield to it"
+            ),
+            MemberChange::Left { node_id } => tracing::warn!(
+                member = %node_id,
+                "mesh: {node_id} left or stopped answering gossip; the paths it shielded move to their next cache"
+            ),
+            MemberChange::Health { node_id, from, to } if *to == Health::Ok => tracing::info!(
+                member = %node_id,
+                "mesh: {node_id} is {} again (was {})",
+                to.as_str(),
+                from.as_str()
+            ),
+            MemberChange::Health { node_id, from, to } => tracing::warn!(
+                member = %node_id,
+                "mesh: {node_id} is {} (was {}){}",
+                to.as_str(),
+                from.as_str(),
+                if node_id == self_id { " (this node)" } else { "" }
+            ),
+        }
+    }
+}
+
 /// A live selector: its node id and HTTP address.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SelectorNode {
@@ -171,6 +224,35 @@ pub struct SelectorNode {
 }
 
 impl MeshView {
+    /// What changed among the members from `before` to this view, by node
+    /// id (both lists are sorted).
+    pub fn changes_since(&self, before: &MeshView) -> Vec<MemberChange> {
+        let mut changes = Vec::new();
+        for member in &self.members {
+            match before.member(&member.node_id) {
+                None => changes.push(MemberChange::Joined {
+                    node_id: member.node_id.clone(),
+                    region: member.region.clone(),
+                    url: member.base_url(),
+                }),
+                Some(old) if old.health != member.health => changes.push(MemberChange::Health {
+                    node_id: member.node_id.clone(),
+                    from: old.health,
+                    to: member.health,
+                }),
+                Some(_) => {}
+            }
+        }
+        for old in &before.members {
+            if self.member(&old.node_id).is_none() {
+                changes.push(MemberChange::Left {
+                    node_id: old.node_id.clone(),
+                });
+            }
+        }
+        changes
+    }
+
     pub fn new(self_id: String, mut members: Vec<Member>, malformed_members: usize) -> Self {
         members.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         members.dedup_by(|a, b| a.node_id == b.node_id);
@@ -400,5 +482,34 @@ mod tests {
             .map(|m| m.node_id.as_str())
             .collect();
         assert_eq!(order, ["c1", "c4", "c3"]);
+    }
+
+    #[test]
+    fn changes_between_views_name_joins_leaves_and_health() {
+        let before = MeshView::new(
+            "a".into(),
+            vec![member("a", "eu", Health::Ok), member("b", "eu", Health::Ok)],
+            0,
+        );
+        let after = MeshView::new(
+            "a".into(),
+            vec![
+                member("a", "eu", Health::Draining),
+                member("c", "us", Health::Ok),
+            ],
+            0,
+        );
+        let changes = after.changes_since(&before);
+        assert_eq!(changes.len(), 3, "{changes:?}");
+        assert!(changes.contains(&MemberChange::Health {
+            node_id: "a".into(),
+            from: Health::Ok,
+            to: Health::Draining
+        }));
+        assert!(changes.iter().any(|c| matches!(c, MemberChange::Joined { node_id, region, .. } if node_id == "c" && region == "us")));
+        assert!(changes.contains(&MemberChange::Left {
+            node_id: "b".into()
+        }));
+        assert!(after.changes_since(&after).is_empty());
     }
 }

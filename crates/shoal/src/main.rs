@@ -20,8 +20,26 @@ use std::path::PathBuf;
     about = "A hybrid peer-to-peer CDN for large assets"
 )]
 struct Cli {
+    /// How log lines (standard error) are written: `text` for people,
+    /// `json` (one object a line) for log shippers. `SHOAL_LOG` sets the
+    /// level filter (default `info`); `NO_COLOR` turns colour off.
+    #[arg(
+        long,
+        global = true,
+        env = "SHOAL_LOG_FORMAT",
+        default_value = "text",
+        value_enum
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// See [`Cli::log_format`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -85,8 +103,8 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    init_tracing();
     let cli = Cli::parse();
+    init_tracing(cli.log_format);
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
@@ -159,7 +177,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     })
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,hyper=warn,reqwest=warn"));
     // Colour only for a person at a terminal: never in a log file or a
@@ -167,11 +185,17 @@ fn init_tracing() {
     use std::io::IsTerminal;
     let colour = std::io::stderr().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(colour)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(colour).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
 }
 
 /// SIGTERM and Ctrl-C as a long-running role hears them: the first starts

@@ -474,3 +474,77 @@ fn start_shoal_failing(args: &[&str], env: &[(&str, &str)]) -> String {
     assert!(!output.status.success());
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
+
+#[test]
+fn json_logs_name_members_joining_and_leaving() {
+    let root = tempfile::tempdir().unwrap();
+    write_file(root.path(), "a.txt", b"a\n");
+    let origin = start_origin(root.path());
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("first.log");
+    let first = start_shoal_with_stderr(
+        &[
+            "--log-format",
+            "json",
+            "cache",
+            "--listen",
+            "127.0.0.1:0",
+            "--origin",
+            &origin.url,
+            "--data-dir",
+            dir.path().join("first").to_str().unwrap(),
+            "--gossip",
+            "127.0.0.1:0",
+            "--node-id",
+            "first",
+            "--region",
+            "eu",
+        ],
+        &[
+            ("SHOAL_CACHE_MESH__CLUSTER_SECRET", CLUSTER_SECRET),
+            ("SHOAL_CACHE_MESH__GOSSIP_INTERVAL_MS", "200"),
+        ],
+        std::process::Stdio::from(std::fs::File::create(&log_path).unwrap()),
+    );
+    let second = start_mesh_cache(
+        &origin.url,
+        &dir.path().join("second"),
+        "second",
+        "us",
+        &[gossip_addr(&first)],
+        None,
+        &[],
+    );
+    let lines = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&log_path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    };
+    let said = |level: &str, words: &str| {
+        lines().iter().any(|v| {
+            v["level"] == level && v["message"].as_str().is_some_and(|m| m.contains(words))
+        })
+    };
+    wait_until("the join is logged", Duration::from_secs(15), || {
+        said("INFO", "second joined")
+    });
+    let joined = lines()
+        .into_iter()
+        .find(|v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("second joined"))
+        })
+        .unwrap();
+    assert_eq!(joined["member"], "second");
+    assert_eq!(joined["region"], "us");
+    drop(second);
+    wait_until("the leave is logged", Duration::from_secs(30), || {
+        said("WARN", "second left or stopped answering")
+    });
+    assert!(!std::fs::read_to_string(&log_path)
+        .unwrap()
+        .contains('\u{1b}'));
+}
