@@ -45,6 +45,11 @@ impl OriginServer {
         self
     }
 
+    /// Starting, ready or draining (what `/readyz` says).
+    pub fn lifecycle(&self) -> Lifecycle {
+        self.server.lifecycle()
+    }
+
     /// The access log, when one is configured (reopened on SIGHUP).
     pub fn access_log(&self) -> Option<&Arc<shoal_server::AccessLog>> {
         self.access_log.as_ref()

@@ -959,6 +959,11 @@ impl Selector {
         }
     }
 
+    /// Starting, ready or draining (what `/readyz` says).
+    pub fn lifecycle(&self) -> &shoal_server::Lifecycle {
+        &self.lifecycle
+    }
+
     /// The access log, when one is configured (reopened on SIGHUP).
     pub fn access_log(&self) -> Option<&Arc<shoal_server::AccessLog>> {
         self.access_log.as_ref()

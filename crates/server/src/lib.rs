@@ -54,6 +54,7 @@ mod io;
 pub mod lifecycle;
 mod limits;
 pub mod metrics;
+pub mod notify;
 mod serve;
 mod stats;
 

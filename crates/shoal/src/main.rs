@@ -89,6 +89,16 @@ enum Command {
     /// viewers everywhere, a warm-up, the selector's choices, a republish,
     /// a swarm of viewers sharing pieces while the caches fill the gap),
     /// print what moved where and keep serving until Ctrl-C.
+    /// Print a shell completion script: `shoal completions bash >
+    /// /etc/bash_completion.d/shoal` (also zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Write manual pages (shoal.1, shoal-cache.1, …) into a directory:
+    /// `shoal man /usr/local/share/man/man1`.
+    Man {
+        /// Directory to write the pages to (created if missing).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
     Demo {
         /// Size of the sample video file (the swarm's episode is 64 MiB).
         #[arg(long, default_value = "256MiB")]
@@ -173,6 +183,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 once,
                 cache_port,
             } => demo::run(size, once, cache_port).await,
+            Command::Completions { shell } => {
+                use clap::CommandFactory;
+                clap_complete::generate(shell, &mut Cli::command(), "shoal", &mut std::io::stdout());
+                Ok(())
+            }
+            Command::Man { dir } => {
+                use clap::CommandFactory;
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                clap_mangen::generate_to(Cli::command(), &dir)
+                    .with_context(|| format!("writing manual pages to {}", dir.display()))?;
+                println!("manual pages written to {}", dir.display());
+                Ok(())
+            }
         }
     })
 }
@@ -215,6 +239,7 @@ impl Signals {
                 let n = *sender.borrow() + 1;
                 if n == 1 {
                     tracing::info!("stop signal: draining (send it again to stop at once)");
+                    shoal_server::notify::stopping();
                 } else {
                     tracing::warn!("second stop signal: stopping now");
                 }
@@ -269,6 +294,7 @@ async fn run_origin(args: config::OriginArgs) -> anyhow::Result<()> {
         .await
         .context("starting the origin")?;
     let signals = Signals::install(server.access_log().cloned());
+    tokio::spawn(shoal_server::notify::follow(server.lifecycle()));
     // Tests and scripts read this line to learn the port.
     println!("shoal origin listening on http://{}", server.local_addr());
     server
@@ -298,6 +324,9 @@ async fn run_cache(args: config::CacheArgs) -> anyhow::Result<()> {
         ),
     }
     let signals = Signals::install(cache.service.access_log().cloned());
+    tokio::spawn(shoal_server::notify::follow(
+        cache.service.lifecycle().clone(),
+    ));
     cache
         .with_force_stop(signals.nth(2))
         .run(signals.nth(1))
@@ -330,6 +359,9 @@ async fn run_selector(args: config::SelectorArgs) -> anyhow::Result<()> {
             .join(",")
     );
     let signals = Signals::install(selector.selector.access_log().cloned());
+    tokio::spawn(shoal_server::notify::follow(
+        selector.selector.lifecycle().clone(),
+    ));
     selector
         .with_force_stop(signals.nth(2))
         .run(signals.nth(1))

@@ -548,3 +548,110 @@ fn json_logs_name_members_joining_and_leaving() {
         .unwrap()
         .contains('\u{1b}'));
 }
+
+/// The repository's `deploy/` directory.
+fn deploy_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy")
+}
+
+#[test]
+fn systemd_units_verify_with_the_generated_manual_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let man = dir.path().join("man");
+    let made = Command::new(shoal_bin())
+        .arg("man")
+        .arg(man.join("man1"))
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    for page in [
+        "shoal.1",
+        "shoal-cache.1",
+        "shoal-selector.1",
+        "shoal-origin.1",
+        "shoal-get.1",
+    ] {
+        let text = std::fs::read_to_string(man.join("man1").join(page)).unwrap();
+        assert!(text.contains(".TH"), "{page} is a manual page");
+    }
+    assert!(std::fs::read_to_string(man.join("man1/shoal-cache.1"))
+        .unwrap()
+        .contains("listen"));
+
+    let mut units = Vec::new();
+    for name in [
+        "shoal-cache.service",
+        "shoal-selector.service",
+        "shoal-origin.service",
+    ] {
+        // The units name /usr/local/bin/shoal; verify checks it exists.
+        let text = std::fs::read_to_string(deploy_dir().join(name))
+            .unwrap()
+            .replace("/usr/local/bin/shoal", shoal_bin());
+        assert!(text.contains("Type=notify"), "{name}");
+        std::fs::write(dir.path().join(name), text).unwrap();
+        units.push(dir.path().join(name));
+    }
+    let verified = Command::new(find_tool("systemd-analyze"))
+        .arg("verify")
+        .args(&units)
+        .env("MANPATH", &man)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&verified.stdout),
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    assert!(
+        verified.status.success() && said.trim().is_empty(),
+        "{said}"
+    );
+
+    // Completions are a script bash accepts.
+    let script = Command::new(shoal_bin())
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(script.status.success());
+    let path = dir.path().join("shoal.bash");
+    std::fs::write(&path, &script.stdout).unwrap();
+    let checked = Command::new("bash").arg("-n").arg(&path).status().unwrap();
+    assert!(checked.success());
+    assert!(String::from_utf8_lossy(&script.stdout).contains("complete -F"));
+}
+
+#[test]
+fn a_cache_tells_systemd_when_it_is_ready_and_when_it_stops() {
+    let root = tempfile::tempdir().unwrap();
+    write_file(root.path(), "a.txt", b"a\n");
+    let origin = start_origin(root.path());
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let cache = start_cache(
+        &origin.url,
+        &dir.path().join("data"),
+        "64MiB",
+        &[
+            ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+            ("SHOAL_CACHE_LIMITS__DRAIN_DELAY_MS", "0"),
+        ],
+    );
+    let mut buffer = [0u8; 512];
+    let n = socket.recv(&mut buffer).expect("READY=1 within 15 s");
+    let said = String::from_utf8_lossy(&buffer[..n]).into_owned();
+    assert!(said.lines().any(|l| l == "READY=1"), "{said}");
+    assert_eq!(curl(&format!("{}/readyz", cache.url), &[]).status, 200);
+    signal(&cache, "TERM");
+    let n = socket.recv(&mut buffer).expect("STOPPING=1 within 15 s");
+    let said = String::from_utf8_lossy(&buffer[..n]).into_owned();
+    assert!(said.lines().any(|l| l == "STOPPING=1"), "{said}");
+}
