@@ -420,6 +420,7 @@ impl BoundCache {
             store_capacity_bytes: config.capacity.0,
             access_log: shoal_server::AccessLog::start(&config.access_log)
                 .map_err(|e| CacheError::Config(e.to_string()))?,
+            replays: Default::default(),
         });
         Ok(Self {
             local_addr,

@@ -86,6 +86,8 @@ pub struct CacheService {
     /// The disk store's budget, for `/metrics`.
     pub(crate) store_capacity_bytes: u64,
     pub(crate) access_log: Option<Arc<shoal_server::AccessLog>>,
+    /// Nonces of operator requests already taken (no replays).
+    pub(crate) replays: std::sync::Mutex<shoal_core::auth::ReplayGuard>,
 }
 
 /// A shield's side of flash-crowd relaying: the relay desk (see
@@ -655,7 +657,7 @@ impl CacheService {
         if request.method() != Method::POST {
             return post_only("warm-up is a POST\n");
         }
-        if let Err(response) = self.authorize(request) {
+        if let Err(response) = self.authorize_operator(request) {
             return response;
         }
         let entry = match self.parse_and_resolve(raw_path).await {
@@ -682,7 +684,7 @@ impl CacheService {
         if request.method() != Method::POST {
             return post_only("setting the egress cap is a POST\n");
         }
-        if let Err(response) = self.authorize(request) {
+        if let Err(response) = self.authorize_operator(request) {
             return response;
         }
         let Some(bytes_per_s) = request
@@ -720,7 +722,7 @@ impl CacheService {
         if request.method() != Method::POST {
             return post_only("a purge is a POST\n");
         }
-        if let Err(response) = self.authorize(request) {
+        if let Err(response) = self.authorize_operator(request) {
             return response;
         }
         let (target, soft) =
@@ -953,6 +955,38 @@ impl CacheService {
             ));
         }
         Ok(node)
+    }
+
+    /// Checks an operator request (set-egress, warm, purge): a valid token,
+    /// and a nonce never seen while such a token could verify, so a
+    /// captured request cannot be sent again.
+    #[allow(clippy::result_large_err)]
+    fn authorize_operator<B>(&self, request: &Request<B>) -> Result<String, Response<Body>> {
+        let node = self.authorize(request)?;
+        let ttl_max_s = self.mesh.as_ref().map_or(0, |m| m.auth_ttl_max_s());
+        let now = crate::resolve::now_unix_s();
+        let admitted = self
+            .replays
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .admit(
+                shoal_core::auth::nonce_of(request.uri().query()),
+                // (+1: a token expiring this second still verifies.)
+                now.saturating_add(ttl_max_s).saturating_add(1),
+                now,
+            );
+        match admitted {
+            Ok(()) => Ok(node),
+            Err(refusal) => {
+                self.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%node, "operator request refused: {refusal}");
+                let status = match refusal {
+                    shoal_core::auth::ReplayError::Full => StatusCode::SERVICE_UNAVAILABLE,
+                    _ => StatusCode::FORBIDDEN,
+                };
+                Err(text_response(status, &format!("forbidden: {refusal}\n")))
+            }
+        }
     }
 
     /// The inter-cache endpoints (see [`crate::peer`]): 403 without a

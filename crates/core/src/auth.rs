@@ -14,6 +14,12 @@
 //! than it allows (so a leaked token is short-lived). Anyone without the
 //! secret cannot forge one; a token is bound to one method and one path.
 //! Pure functions: the caller passes the time.
+//!
+//! **Operator requests** (set an egress cap, warm, purge) change state, so
+//! a captured one must not work twice: their query carries a `nonce`
+//! (covered by the MAC), and the receiving cache remembers each nonce in a
+//! [`ReplayGuard`] until no token could still be valid. Error texts never
+//! show the receiver's clock.
 
 use std::fmt;
 
@@ -48,9 +54,11 @@ pub enum AuthError {
     Malformed,
     #[error("{AUTH_HEADER} version is not supported")]
     UnsupportedVersion,
-    #[error("token expired {0} s ago")]
+    /// (The seconds stay out of the text: it would tell anyone the
+    /// receiver's clock.)
+    #[error("token expired (or the clocks of signer and receiver disagree: check NTP)")]
     Expired(u64),
-    #[error("token lives {0} s, longer than allowed")]
+    #[error("token lives longer than this receiver allows (or the clocks disagree: check NTP)")]
     TooLongLived(u64),
     #[error("token signature does not match")]
     BadSignature,
@@ -130,6 +138,102 @@ impl ClusterKey {
         } else {
             Err(AuthError::BadSignature)
         }
+    }
+}
+
+/// The query parameter that carries an operator request's nonce.
+pub const NONCE_PARAM: &str = "nonce";
+/// Shortest nonce accepted (hex digits: 64 bits).
+pub const NONCE_LEN_MIN: usize = 16;
+/// Longest nonce accepted.
+pub const NONCE_LEN_MAX: usize = 64;
+/// Nonces a [`ReplayGuard`] holds at most by default.
+pub const REPLAY_ENTRIES_MAX: usize = 100_000;
+
+/// Why an operator request was refused before its effect.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ReplayError {
+    #[error("an operator request needs a `nonce` ({NONCE_LEN_MIN}-{NONCE_LEN_MAX} hex digits) in its signed query")]
+    MissingNonce,
+    #[error("this signed request was already used (a replay): sign a new one")]
+    Replayed,
+    #[error("too many operator requests in the token lifetime: try again shortly")]
+    Full,
+}
+
+/// The nonce in `query`, if it has exactly one well-formed one.
+pub fn nonce_of(query: Option<&str>) -> Option<&str> {
+    let mut found = query?
+        .split('&')
+        .filter_map(|kv| kv.strip_prefix(NONCE_PARAM)?.strip_prefix('='));
+    let nonce = found.next()?;
+    let well_formed = (NONCE_LEN_MIN..=NONCE_LEN_MAX).contains(&nonce.len())
+        && nonce.bytes().all(|b| b.is_ascii_hexdigit());
+    (well_formed && found.next().is_none()).then_some(nonce)
+}
+
+/// A fresh nonce: 32 hex digits, unique per call (it need not be secret:
+/// the MAC covers it).
+pub fn fresh_nonce() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&nanos.to_le_bytes());
+    hasher.update(&std::process::id().to_le_bytes());
+    hasher.update(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    hasher.finalize().to_hex()[..32].to_string()
+}
+
+/// The nonces seen recently, each until `forget_at_unix_s` (when no token
+/// carrying it can still verify). Pure: the caller passes the time.
+#[derive(Debug)]
+pub struct ReplayGuard {
+    seen: std::collections::HashMap<String, u64>,
+    entries_max: usize,
+}
+
+impl Default for ReplayGuard {
+    fn default() -> Self {
+        Self::new(REPLAY_ENTRIES_MAX)
+    }
+}
+
+impl ReplayGuard {
+    pub fn new(entries_max: usize) -> Self {
+        Self {
+            seen: std::collections::HashMap::new(),
+            entries_max,
+        }
+    }
+
+    /// Takes `nonce` once: `Ok` the first time, `Replayed` after that
+    /// until `forget_at_unix_s`; `Full` when too many live nonces are held
+    /// (refusing is safer than forgetting one that may come back).
+    pub fn admit(
+        &mut self,
+        nonce: Option<&str>,
+        forget_at_unix_s: u64,
+        now_unix_s: u64,
+    ) -> Result<(), ReplayError> {
+        let nonce = nonce.ok_or(ReplayError::MissingNonce)?.to_ascii_lowercase();
+        if self
+            .seen
+            .get(&nonce)
+            .is_some_and(|until| *until >= now_unix_s)
+        {
+            return Err(ReplayError::Replayed);
+        }
+        if self.seen.len() >= self.entries_max {
+            self.seen.retain(|_, until| *until >= now_unix_s);
+            if self.seen.len() >= self.entries_max {
+                return Err(ReplayError::Full);
+            }
+        }
+        self.seen.insert(nonce, forget_at_unix_s);
+        Ok(())
     }
 }
 
@@ -288,5 +392,46 @@ mod tests {
                 prop_assert!(key().verify(Some(&changed), "GET", "/p", 400, 3600).is_err());
             }
         }
+    }
+
+    #[test]
+    fn a_nonce_is_taken_once_until_it_is_forgotten() {
+        let mut guard = ReplayGuard::new(2);
+        let a = "0123456789abcdef0123456789abcdef";
+        let b = "fedcba9876543210fedcba9876543210";
+        assert_eq!(guard.admit(None, 100, 10), Err(ReplayError::MissingNonce));
+        assert_eq!(guard.admit(Some(a), 100, 10), Ok(()));
+        assert_eq!(guard.admit(Some(a), 100, 50), Err(ReplayError::Replayed));
+        assert_eq!(
+            guard.admit(Some(&a.to_uppercase()), 100, 50),
+            Err(ReplayError::Replayed)
+        );
+        assert_eq!(guard.admit(Some(b), 20, 10), Ok(()));
+        // Full with two live nonces; once b is forgotten there is room.
+        assert_eq!(
+            guard.admit(Some("1111111111111111"), 100, 15),
+            Err(ReplayError::Full)
+        );
+        assert_eq!(guard.admit(Some("1111111111111111"), 100, 21), Ok(()));
+        // a's time is over: taken again (its token cannot verify anyway).
+        assert_eq!(guard.admit(Some(a), 200, 101), Ok(()));
+    }
+
+    #[test]
+    fn nonces_are_read_strictly_from_the_query() {
+        let good = "0123456789abcdef0123456789abcdef";
+        assert_eq!(nonce_of(Some(&format!("x=1&nonce={good}"))), Some(good));
+        assert_eq!(nonce_of(Some("nonce=short")), None);
+        assert_eq!(nonce_of(Some("nonce=zzzzzzzzzzzzzzzzzzzz")), None);
+        assert_eq!(nonce_of(Some(&format!("nonce={good}&nonce={good}"))), None);
+        assert_eq!(nonce_of(None), None);
+        assert_ne!(fresh_nonce(), fresh_nonce());
+        assert!(nonce_of(Some(&format!("nonce={}", fresh_nonce()))).is_some());
+    }
+
+    #[test]
+    fn refusals_do_not_show_the_clock() {
+        assert!(!AuthError::Expired(1234).to_string().contains("1234"));
+        assert!(!AuthError::TooLongLived(9876).to_string().contains("9876"));
     }
 }

@@ -276,6 +276,11 @@ impl MeshLink {
         &self.self_id
     }
 
+    /// The longest lifetime a token may claim here.
+    pub fn auth_ttl_max_s(&self) -> u64 {
+        self.settings.auth_ttl_max_s
+    }
+
     /// Checks the token of an inter-cache request; the caller answers 403
     /// on error.
     pub fn authenticate(

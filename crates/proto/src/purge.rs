@@ -88,7 +88,7 @@ pub fn parse_request(query: &str) -> Result<(PurgeTarget, bool), PurgeParseError
             }
             "soft" => soft = value == "1" || value == "true",
             // Signed-request bookkeeping, not ours.
-            "to" => {}
+            "to" | shoal_core::auth::NONCE_PARAM => {}
             other => return Err(PurgeParseError::Unknown(other.chars().take(64).collect())),
         }
     }

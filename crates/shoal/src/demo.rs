@@ -341,8 +341,8 @@ async fn warm_release(
     write_sample(root, &release)?;
     let warm_started = Instant::now();
     let key = shoal_core::auth::ClusterKey::from_secret(secret)?;
-    let target = format!("/_shoal/warm/{}", release.path);
     let warms = caches.iter().map(|c| {
+        let target = crate::warm::with_nonce(&format!("/_shoal/warm/{}", release.path));
         let token = key.sign(
             "demo",
             shoal_cache::resolve::now_unix_s() + 60,

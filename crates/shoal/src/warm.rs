@@ -231,6 +231,17 @@ fn percent_decode(text: &str) -> String {
         .into_owned()
 }
 
+/// `target` with a fresh `nonce` in its query: a cache takes each signed
+/// operator request once.
+pub fn with_nonce(target: &str) -> String {
+    let separator = if target.contains('?') { '&' } else { '?' };
+    format!(
+        "{target}{separator}{}={}",
+        shoal_core::auth::NONCE_PARAM,
+        shoal_core::auth::fresh_nonce()
+    )
+}
+
 /// POSTs `target` to the cache at `base` with an operator token signed by
 /// the cluster key; the answer's body, or an error naming the URL.
 async fn signed_post(
@@ -239,6 +250,7 @@ async fn signed_post(
     base: &str,
     target: &str,
 ) -> anyhow::Result<String> {
+    let target = &with_nonce(target);
     let expires = shoal_cache::resolve::now_unix_s() + 60;
     let token = key
         .sign("operator", expires, "POST", target)

@@ -655,3 +655,68 @@ fn a_cache_tells_systemd_when_it_is_ready_and_when_it_stops() {
     let said = String::from_utf8_lossy(&buffer[..n]).into_owned();
     assert!(said.lines().any(|l| l == "STOPPING=1"), "{said}");
 }
+
+#[test]
+fn a_captured_operator_request_cannot_be_replayed() {
+    let root = tempfile::tempdir().unwrap();
+    write_file(root.path(), "a.txt", b"a\n");
+    let origin = start_origin(root.path());
+    let dir = tempfile::tempdir().unwrap();
+    let caches = start_mesh(&origin.url, dir.path(), &[("op-a", "eu")], &[]);
+    let cache = &caches[0].url;
+    let key = shoal_core::auth::ClusterKey::from_secret(CLUSTER_SECRET).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let post = |target: &str, expires: u64| {
+        let token = key.sign("operator", expires, "POST", target).unwrap();
+        curl(
+            &format!("{cache}{target}"),
+            &["-X", "POST", "-H", &format!("x-shoal-auth: {token}")],
+        )
+    };
+    let target = format!(
+        "/_shoal/egress?bytes_per_s=2500000&nonce={}",
+        shoal_core::auth::fresh_nonce()
+    );
+    assert_eq!(post(&target, now + 60).status, 200);
+    // The very same request, captured and sent again.
+    let again = post(&target, now + 60);
+    assert_eq!(again.status, 403);
+    assert!(String::from_utf8_lossy(&again.body).contains("already used"));
+    // Without a nonce: refused, saying what is missing.
+    let bare = post("/_shoal/egress?bytes_per_s=2500000", now + 60);
+    assert_eq!(bare.status, 403);
+    assert!(String::from_utf8_lossy(&bare.body).contains("nonce"));
+    // An expired token: refused without telling the cache's clock.
+    let late = format!(
+        "/_shoal/egress?bytes_per_s=2500000&nonce={}",
+        shoal_core::auth::fresh_nonce()
+    );
+    let expired = post(&late, now - 30);
+    assert_eq!(expired.status, 403);
+    let text = String::from_utf8_lossy(&expired.body).into_owned();
+    assert!(
+        text.contains("expired") && !text.chars().any(|c| c.is_ascii_digit()),
+        "{text}"
+    );
+
+    // The command line signs a fresh request each time.
+    for mbps in ["30", "40"] {
+        let output = Command::new(shoal_bin())
+            .args(["set-egress", "--cache", cache, "--mbps", mbps])
+            .env("SHOAL_CACHE_MESH__CLUSTER_SECRET", CLUSTER_SECRET)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    assert_eq!(
+        sample(&metrics(cache), "shoal_cache_egress_cap_bytes_per_second"),
+        5_000_000.0
+    );
+}
