@@ -55,9 +55,12 @@ pub struct MemberReport {
     pub http: String,
     pub region: String,
     pub health: &'static str,
-    pub egress_cap_bps: u64,
-    pub egress_bps: u64,
-    pub cost_per_gb_microusd: u64,
+    /// Its egress cap, Mbit/s (0: none), as every operator-facing rate.
+    pub egress_cap_mbps: f64,
+    /// Its recent egress, Mbit/s.
+    pub egress_mbps: f64,
+    /// Its price, USD per GB sent.
+    pub cost_per_gb: f64,
     pub has_summary: bool,
     /// Measured from this cache; absent until a request went there.
     pub rtt_ms: Option<f64>,
@@ -81,9 +84,9 @@ impl MeshReport {
                     http: m.base_url(),
                     region: m.region.clone(),
                     health: m.health.as_str(),
-                    egress_cap_bps: m.egress_cap_bps,
-                    egress_bps: m.egress_bps,
-                    cost_per_gb_microusd: m.cost_per_gb_microusd,
+                    egress_cap_mbps: m.egress_cap_bps as f64 / 1e6,
+                    egress_mbps: m.egress_bps as f64 / 1e6,
+                    cost_per_gb: m.cost_per_gb_microusd as f64 / 1e6,
                     has_summary: m.summary.is_some(),
                     rtt_ms: link.rtt_ms(&m.node_id),
                 })

@@ -710,7 +710,12 @@ impl CacheService {
         if let Some(mesh) = &self.mesh {
             mesh.node.set_egress_cap_bps(bytes_per_s.saturating_mul(8));
         }
-        tracing::info!(old, new = bytes_per_s, "egress cap changed");
+        tracing::info!(
+            old_bytes_per_s = old,
+            new_bytes_per_s = bytes_per_s,
+            "egress cap changed to {} Mbit/s by an operator (runtime only: a restart takes the configured cap again)",
+            bytes_per_s as f64 / 125_000.0
+        );
         json_response(&serde_json::json!({ "old_bytes_per_s": old, "bytes_per_s": bytes_per_s }))
     }
 

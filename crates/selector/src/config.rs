@@ -314,6 +314,13 @@ impl SelectorConfig {
                     .into(),
             );
         }
+        if self.mesh.cluster_secret.len() < shoal_core::auth::CLUSTER_SECRET_LEN_MIN_BYTES {
+            return bad(format!(
+                "mesh.cluster_secret is {}: set the mesh's secret (at least {} bytes) in SHOAL_SELECTOR_MESH__CLUSTER_SECRET, --cluster-secret or [mesh] cluster_secret",
+                if self.mesh.cluster_secret.is_empty() { "not set" } else { "too short" },
+                shoal_core::auth::CLUSTER_SECRET_LEN_MIN_BYTES
+            ));
+        }
         Ok(())
     }
 

@@ -1,7 +1,24 @@
 //! Configuration: defaults < TOML file (`--config`) < environment < flags.
 //!
-//! Environment variables are `SHOAL_CACHE_<KEY>` / `SHOAL_ORIGIN_<KEY>`, with
-//! `__` for nesting (`SHOAL_CACHE_LIMITS__IDLE_TIMEOUT_MS=30000`).
+//! Environment variables are `SHOAL_CACHE_<KEY>` / `SHOAL_SELECTOR_<KEY>` /
+//! `SHOAL_ORIGIN_<KEY>`, with `__` for nesting
+//! (`SHOAL_CACHE_LIMITS__IDLE_TIMEOUT_MS=30000`). A list takes plain commas
+//! (`SHOAL_CACHE_MESH__SEEDS=10.0.0.5:7946,10.0.0.6:7946`) or TOML syntax.
+//! Errors name where the bad value came from: the file and key, the
+//! variable, or the flag. `--print-config` shows the merged result (the
+//! secret hidden) and exits.
+
+/// How much the runtime's egress flags may say: Mbit/s with decimals, to
+/// bytes per second (the unit of `limits.egress_bytes_per_s`).
+pub fn mbps_to_bytes_per_s(mbps: f64, flag: &str) -> anyhow::Result<u64> {
+    anyhow::ensure!(
+        mbps.is_finite() && mbps >= 0.0,
+        "{flag} {mbps}: expected Mbit/s, a number ≥ 0 (decimals allowed, e.g. 12.5)"
+    );
+    let bytes = (mbps * 125_000.0).round();
+    anyhow::ensure!(bytes < 1e18, "{flag} {mbps}: too large");
+    Ok(bytes as u64)
+}
 
 use anyhow::Context;
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -48,11 +65,16 @@ pub struct CacheArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub freshness_default_s: Option<u64>,
-    /// Egress cap of this cache in megabits per second (all clients
-    /// together); sets limits.egress_bytes_per_s.
+    /// Egress cap of this cache in Mbit/s, decimals allowed (all clients
+    /// together); sets limits.egress_bytes_per_s (= Mbit/s × 125,000).
     #[arg(long)]
     #[serde(skip)]
-    pub egress_mbps: Option<u64>,
+    pub egress_mbps: Option<f64>,
+    /// Print the configuration as merged from defaults, the file, the
+    /// environment and the flags (as TOML, the secret hidden), and exit.
+    #[arg(long)]
+    #[serde(skip)]
+    pub print_config: bool,
     #[command(flatten)]
     pub mesh: MeshArgs,
 }
@@ -111,6 +133,10 @@ pub struct SelectorArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub zones_file: Option<PathBuf>,
+    /// Print the merged configuration (as TOML, the secret hidden) and exit.
+    #[arg(long)]
+    #[serde(skip)]
+    pub print_config: bool,
     #[command(flatten)]
     pub mesh: SelectorMeshArgs,
 }
@@ -141,15 +167,22 @@ pub struct SelectorMeshArgs {
     pub gossip_advertise: Option<SocketAddr>,
 }
 
+/// Settings that are lists: plain commas are accepted for them in the
+/// environment.
+const CACHE_LISTS: &[&str] = &["mesh.seeds", "ignored_query_params"];
+const SELECTOR_LISTS: &[&str] = &["mesh.seeds", "trusted_proxies"];
+
 pub fn selector_config(args: SelectorArgs) -> anyhow::Result<shoal_selector::SelectorConfig> {
+    let prefix = "SHOAL_SELECTOR_";
     let config: shoal_selector::SelectorConfig = layered(
         shoal_selector::SelectorConfig::default(),
         args.config.as_ref(),
-        "SHOAL_SELECTOR_",
+        prefix,
+        SELECTOR_LISTS,
         &args,
     )?
     .extract()
-    .context("selector configuration")?;
+    .map_err(|error| config_error(error, prefix, "selector"))?;
     config.validate()?;
     Ok(config)
 }
@@ -167,17 +200,22 @@ pub struct OriginArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
-    /// Egress cap of this origin in megabits per second (all clients
-    /// together); sets limits.egress_bytes_per_s.
+    /// Egress cap of this origin in Mbit/s, decimals allowed (all clients
+    /// together); sets limits.egress_bytes_per_s (= Mbit/s × 125,000).
     #[arg(long)]
     #[serde(skip)]
-    pub egress_mbps: Option<u64>,
+    pub egress_mbps: Option<f64>,
+    /// Print the merged configuration (as TOML) and exit.
+    #[arg(long)]
+    #[serde(skip)]
+    pub print_config: bool,
 }
 
 fn layered<T: Serialize, A: Serialize>(
     defaults: T,
     file: Option<&PathBuf>,
     env_prefix: &str,
+    lists: &[&str],
     args: &A,
 ) -> anyhow::Result<Figment> {
     let mut figment = Figment::from(Serialized::defaults(defaults));
@@ -189,45 +227,184 @@ fn layered<T: Serialize, A: Serialize>(
         );
         figment = figment.merge(Toml::file(path));
     }
-    Ok(figment
-        .merge(Env::prefixed(env_prefix).split("__"))
-        .merge(Serialized::defaults(args)))
+    // Lists given with plain commas are read here; the rest (and lists in
+    // TOML syntax, `[...]`) by figment.
+    let mut comma_lists = Vec::new();
+    for key in lists {
+        let variable = env_variable(env_prefix, key);
+        if let Ok(value) = std::env::var(&variable) {
+            if !value.trim_start().starts_with('[') {
+                let items: Vec<String> = value
+                    .split(',')
+                    .map(|item| item.trim().to_string())
+                    .filter(|item| !item.is_empty())
+                    .collect();
+                comma_lists.push((key.to_string(), items));
+            }
+        }
+    }
+    let skipped: Vec<String> = comma_lists
+        .iter()
+        .map(|(key, _)| key.replace('.', "__"))
+        .collect();
+    figment = figment.merge(
+        Env::prefixed(env_prefix)
+            .filter(move |name| {
+                !skipped
+                    .iter()
+                    .any(|s| name.as_str().eq_ignore_ascii_case(s))
+            })
+            .split("__"),
+    );
+    for (key, items) in comma_lists {
+        figment = figment.merge(Serialized::default(&key, items));
+    }
+    Ok(figment.merge(Serialized::defaults(args)))
+}
+
+/// The environment variable of a dotted key: `mesh.seeds` →
+/// `SHOAL_CACHE_MESH__SEEDS`.
+fn env_variable(prefix: &str, key: &str) -> String {
+    format!("{prefix}{}", key.replace('.', "__").to_ascii_uppercase())
+}
+
+/// A figment error as an operator reads it: for each bad value, where it
+/// came from (the file and key, the environment variable, or the flag)
+/// and what is wrong, with the nearest known key for a misspelt one.
+fn config_error(error: figment::Error, env_prefix: &str, role: &str) -> anyhow::Error {
+    let lines: Vec<String> = error
+        .into_iter()
+        .map(|error| {
+            let key = error.path.join(".");
+            let wrong = match &error.kind {
+                figment::error::Kind::UnknownField(found, expected) => {
+                    let near = nearest(found, expected)
+                        .map(|n| format!(" (did you mean `{n}`?)"))
+                        .unwrap_or_default();
+                    format!("unknown setting `{found}`{near}")
+                }
+                kind => kind.to_string(),
+            };
+            let unknown = matches!(error.kind, figment::error::Kind::UnknownField(..));
+            // For an unknown field the path already ends in its name.
+            let key = if unknown {
+                error.path[..error.path.len().saturating_sub(1)].join(".")
+            } else {
+                key
+            };
+            let place = match (
+                error.metadata.as_ref(),
+                error.metadata.as_ref().and_then(|m| m.source.as_ref()),
+            ) {
+                (_, Some(figment::Source::File(path))) => match key.as_str() {
+                    "" => format!("{}", path.display()),
+                    key => format!("{}, key `{key}`", path.display()),
+                },
+                (Some(meta), _) if meta.name.contains("environment") => {
+                    let full = if unknown {
+                        error.path.join(".")
+                    } else {
+                        key.clone()
+                    };
+                    format!("environment variable {}", env_variable(env_prefix, &full))
+                }
+                (Some(meta), _) if meta.name.contains("Serialized") && !key.is_empty() => {
+                    let last = error.path.last().map(String::as_str).unwrap_or("");
+                    format!("flag --{}", last.replace('_', "-"))
+                }
+                _ if key.is_empty() => "the configuration".to_string(),
+                _ => format!("setting `{key}`"),
+            };
+            format!("{place}: {wrong}")
+        })
+        .collect();
+    anyhow::anyhow!("{role} configuration: {}", lines.join("; "))
+}
+
+/// The expected name closest to `found` (at most two edits away).
+fn nearest<'a>(found: &str, expected: &'a [&'a str]) -> Option<&'a str> {
+    expected
+        .iter()
+        .map(|candidate| (edit_distance(found, candidate), *candidate))
+        .filter(|(distance, _)| *distance <= 2)
+        .min()
+        .map(|(_, candidate)| candidate)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous + usize::from(ca != *cb);
+            previous = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
 }
 
 pub fn cache_config(args: CacheArgs) -> anyhow::Result<shoal_cache::CacheConfig> {
+    let prefix = "SHOAL_CACHE_";
     let config: shoal_cache::CacheConfig = layered(
         shoal_cache::CacheConfig::default(),
         args.config.as_ref(),
-        "SHOAL_CACHE_",
+        prefix,
+        CACHE_LISTS,
         &args,
     )?
     .extract()
-    .context("cache configuration")?;
+    .map_err(|error| config_error(error, prefix, "cache"))?;
     let mut config = config;
     if let Some(mbps) = args.egress_mbps {
-        config.limits.egress_bytes_per_s = mbps_to_bytes_per_s(mbps)?;
+        config.limits.egress_bytes_per_s = positive_cap(mbps, "--egress-mbps")?;
     }
     config.validate()?;
     Ok(config)
 }
 
-fn mbps_to_bytes_per_s(mbps: u64) -> anyhow::Result<u64> {
-    anyhow::ensure!(
-        mbps > 0,
-        "--egress-mbps must be positive (omit it for no cap)"
-    );
-    mbps.checked_mul(125_000)
-        .context("--egress-mbps is too large")
+/// A flag's egress cap: positive (no flag at all means no cap).
+fn positive_cap(mbps: f64, flag: &str) -> anyhow::Result<u64> {
+    let bytes = mbps_to_bytes_per_s(mbps, flag)?;
+    anyhow::ensure!(bytes > 0, "{flag} must be positive (omit it for no cap)");
+    Ok(bytes)
+}
+
+/// The merged configuration as TOML, with `secret` keys hidden.
+pub fn printable<T: Serialize>(config: &T) -> anyhow::Result<String> {
+    let mut value = toml::Value::try_from(config).context("configuration as TOML")?;
+    hide_secrets(&mut value);
+    toml::to_string_pretty(&value).context("configuration as TOML")
+}
+
+fn hide_secrets(value: &mut toml::Value) {
+    if let toml::Value::Table(table) = value {
+        for (key, item) in table.iter_mut() {
+            match item {
+                toml::Value::String(text) if key.contains("secret") => {
+                    *text = if text.is_empty() {
+                        "(not set)".into()
+                    } else {
+                        "(set, hidden)".into()
+                    };
+                }
+                other => hide_secrets(other),
+            }
+        }
+    }
 }
 
 pub fn origin_config(args: OriginArgs) -> anyhow::Result<shoal_origin::OriginConfig> {
     let defaults = shoal_origin::OriginConfig::new("", SocketAddr::from(([127, 0, 0, 1], 8080)));
+    let prefix = "SHOAL_ORIGIN_";
     let mut config: shoal_origin::OriginConfig =
-        layered(defaults, args.config.as_ref(), "SHOAL_ORIGIN_", &args)?
+        layered(defaults, args.config.as_ref(), prefix, &[], &args)?
             .extract()
-            .context("origin configuration")?;
+            .map_err(|error| config_error(error, prefix, "origin"))?;
     if let Some(mbps) = args.egress_mbps {
-        config.limits.egress_bytes_per_s = mbps_to_bytes_per_s(mbps)?;
+        config.limits.egress_bytes_per_s = positive_cap(mbps, "--egress-mbps")?;
     }
     anyhow::ensure!(
         !config.root.as_os_str().is_empty(),

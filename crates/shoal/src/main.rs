@@ -289,7 +289,12 @@ pub async fn shutdown_signal() {
 }
 
 async fn run_origin(args: config::OriginArgs) -> anyhow::Result<()> {
+    let print = args.print_config;
     let config = config::origin_config(args)?;
+    if print {
+        print!("{}", config::printable(&config)?);
+        return Ok(());
+    }
     let server = shoal_origin::OriginServer::bind(config)
         .await
         .context("starting the origin")?;
@@ -305,7 +310,12 @@ async fn run_origin(args: config::OriginArgs) -> anyhow::Result<()> {
 }
 
 async fn run_cache(args: config::CacheArgs) -> anyhow::Result<()> {
+    let print = args.print_config;
     let config = config::cache_config(args)?;
+    if print {
+        print!("{}", config::printable(&config)?);
+        return Ok(());
+    }
     let origin = config.origin.clone();
     let cache = shoal_cache::BoundCache::bind(config)
         .await
@@ -335,7 +345,12 @@ async fn run_cache(args: config::CacheArgs) -> anyhow::Result<()> {
 }
 
 async fn run_selector(args: config::SelectorArgs) -> anyhow::Result<()> {
+    let print = args.print_config;
     let config = config::selector_config(args)?;
+    if print {
+        print!("{}", config::printable(&config)?);
+        return Ok(());
+    }
     let services = config.effective_services();
     let selector = shoal_selector::BoundSelector::bind(config)
         .await

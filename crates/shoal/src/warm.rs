@@ -94,9 +94,9 @@ pub struct SetEgressArgs {
     /// Base URL of a cache (repeat for several).
     #[arg(long = "cache", required = true)]
     pub caches: Vec<String>,
-    /// The new cap, Mbit/s (0: no cap).
+    /// The new cap in Mbit/s, decimals allowed (0: no cap).
     #[arg(long)]
-    pub mbps: u64,
+    pub mbps: f64,
     /// The mesh's cluster secret.
     #[arg(long, env = "SHOAL_CACHE_MESH__CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: String,
@@ -105,20 +105,50 @@ pub struct SetEgressArgs {
 pub async fn set_egress(args: SetEgressArgs) -> anyhow::Result<()> {
     let key = shoal_core::auth::ClusterKey::from_secret(&args.cluster_secret)
         .context("--cluster-secret")?;
-    let bytes_per_s = args
-        .mbps
-        .checked_mul(125_000)
-        .context("--mbps is too large")?;
+    let bytes_per_s = crate::config::mbps_to_bytes_per_s(args.mbps, "--mbps")?;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
         .context("building the HTTP client")?;
+    // Every cache is tried: one that does not answer must not keep the
+    // others at their old cap.
+    let target = format!("/_shoal/egress?bytes_per_s={bytes_per_s}");
+    let mut failed = Vec::new();
     for cache in &args.caches {
         let base = cache.trim_end_matches('/');
-        let target = format!("/_shoal/egress?bytes_per_s={bytes_per_s}");
-        signed_post(&client, &key, base, &target).await?;
-        println!("{base}: egress cap {} Mbit/s", args.mbps);
+        match signed_post(&client, &key, base, &target).await {
+            Ok(answer) => {
+                let old = serde_json::from_str::<serde_json::Value>(&answer)
+                    .ok()
+                    .and_then(|v| v["old_bytes_per_s"].as_u64());
+                let was = match old {
+                    Some(0) => " (was: no cap)".to_string(),
+                    Some(old) => format!(" (was {} Mbit/s)", old as f64 / 125_000.0),
+                    None => String::new(),
+                };
+                let now = if bytes_per_s == 0 {
+                    "no cap".to_string()
+                } else {
+                    format!("{} Mbit/s", bytes_per_s as f64 / 125_000.0)
+                };
+                println!("{base}: egress cap {now}{was}");
+            }
+            Err(error) => {
+                eprintln!("shoal set-egress: {error:#}");
+                failed.push(base.to_string());
+            }
+        }
     }
+    println!(
+        "runtime only: a restarted cache takes its configured cap again (set --egress-mbps or limits.egress_bytes_per_s to keep this one)"
+    );
+    anyhow::ensure!(
+        failed.is_empty(),
+        "{} of {} cache(s) not changed: {}",
+        failed.len(),
+        args.caches.len(),
+        failed.join(", ")
+    );
     Ok(())
 }
 
