@@ -94,6 +94,8 @@ pub struct CacheConfig {
     /// One line per request (`[access_log]`: `format` combined, json or
     /// off; `path`, standard output when unset).
     pub access_log: shoal_server::AccessLogConfig,
+    /// An HTTPS listener beside the plain one (`[tls]`).
+    pub tls: shoal_server::tls::TlsConfig,
     /// Joining a mesh of caches (off unless `mesh.gossip` is set).
     pub mesh: MeshSettings,
 }
@@ -191,6 +193,7 @@ impl Default for CacheConfig {
             freshness_default_s: 60,
             limits: ServerLimits::default(),
             access_log: Default::default(),
+            tls: Default::default(),
             mesh: MeshSettings::default(),
         }
     }
@@ -318,6 +321,8 @@ pub struct BoundCache {
     limits: ServerLimits,
     /// Whether the mesh was given seeds to join through.
     seeded: bool,
+    /// The HTTPS listener, when `[tls]` sets one.
+    tls: Option<shoal_server::tls::BoundTls>,
     force_stop: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
 }
 
@@ -355,6 +360,9 @@ impl BoundCache {
             .map_err(|e| CacheError::Config(shoal_proto::Chain(&e).to_string()))?,
         );
         let stats = Arc::new(stats::CacheStats::default());
+        let tls = shoal_server::tls::BoundTls::bind(&config.tls)
+            .await
+            .map_err(|e| CacheError::Config(e.to_string()))?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| CacheError::Listen {
@@ -427,9 +435,20 @@ impl BoundCache {
             service,
             listener,
             seeded: !config.mesh.seeds.is_empty(),
+            tls,
             limits: config.limits,
             force_stop: None,
         })
+    }
+
+    /// The HTTPS address, when `[tls]` sets one.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().map(|t| t.local_addr)
+    }
+
+    /// The TLS identity (reloaded on SIGHUP), when `[tls]` sets one.
+    pub fn tls_identity(&self) -> Option<Arc<shoal_server::tls::TlsIdentity>> {
+        self.tls.as_ref().map(|t| t.identity.clone())
     }
 
     /// Ends a drain at once when `stop` resolves (a second SIGTERM).
@@ -491,6 +510,9 @@ impl BoundCache {
         }
         if let Some(log) = &self.service.access_log {
             server = server.with_observer(log.observer());
+        }
+        if let Some(tls) = self.tls {
+            server = server.with_tls(tls.listener, tls.identity);
         }
         let _ = self.service.egress.set(server.egress());
         let _ = self.service.server_stats.set(server.stats());

@@ -41,9 +41,11 @@ pub struct ObjectUrl {
 impl ObjectUrl {
     pub fn parse(url: &str) -> Result<Self, GetError> {
         let bad = |why: &str| GetError::BadUrl(format!("`{url}`: {why}"));
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| bad("only http:// URLs are supported"))?;
+        let (scheme, rest) = match url.split_once("://") {
+            Some(("http", rest)) => ("http", rest),
+            Some(("https", rest)) => ("https", rest),
+            _ => return Err(bad("only http:// and https:// URLs are supported")),
+        };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => return Err(bad("no object path after the host")),
@@ -80,7 +82,7 @@ impl ObjectUrl {
         };
         let path = RequestPath::parse(path).map_err(|e| bad(&e.to_string()))?;
         Ok(Self {
-            base: format!("http://{authority}"),
+            base: format!("{scheme}://{authority}"),
             path,
             pin,
         })

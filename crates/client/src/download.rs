@@ -81,6 +81,9 @@ pub struct GetOptions {
     pub buffer_ms: u64,
     /// Connect from this local address.
     pub local_address: Option<std::net::IpAddr>,
+    /// Certificates (PEM) trusted for `https://` besides the system's
+    /// roots (a private CA).
+    pub ca_file: Option<PathBuf>,
     /// Taking part in the viewers' swarm a plan names.
     pub peers: crate::peers::PeerOptions,
 }
@@ -98,6 +101,7 @@ impl GetOptions {
             stream: None,
             buffer_ms: 2_000,
             local_address: None,
+            ca_file: None,
             peers: crate::peers::PeerOptions::default(),
         }
     }
@@ -1122,7 +1126,24 @@ fn check_timeouts(options: &GetOptions) -> Result<(), GetError> {
 /// The HTTP client of a download: no redirects, many idle connections
 /// per source, from `options.local_address` if set.
 fn http_client(options: &GetOptions) -> Result<reqwest::Client, GetError> {
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder();
+    if let Some(path) = &options.ca_file {
+        let pem = std::fs::read(path)
+            .map_err(|e| GetError::Failed(format!("--ca-file {}: {e}", path.display())))?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            GetError::Failed(format!("--ca-file {}: {}", path.display(), error_chain(&e)))
+        })?;
+        if certificates.is_empty() {
+            return Err(GetError::Failed(format!(
+                "--ca-file {}: no certificate in it",
+                path.display()
+            )));
+        }
+        for certificate in certificates {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    builder
         .connect_timeout(Duration::from_millis(options.connect_timeout_ms))
         .tcp_nodelay(true)
         .redirect(reqwest::redirect::Policy::none())

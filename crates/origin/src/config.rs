@@ -40,6 +40,9 @@ pub struct OriginConfig {
     /// standard output when unset).
     #[serde(default)]
     pub access_log: shoal_server::AccessLogConfig,
+    /// An HTTPS listener beside the plain one (`[tls]`).
+    #[serde(default)]
+    pub tls: shoal_server::tls::TlsConfig,
 }
 
 fn default_read_chunk_bytes() -> u64 {
@@ -58,6 +61,7 @@ impl OriginConfig {
             serve_hidden: false,
             cache_control: None,
             access_log: Default::default(),
+            tls: Default::default(),
         }
     }
 }

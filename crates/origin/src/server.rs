@@ -18,6 +18,8 @@ pub struct OriginServer {
     origin: Arc<Origin>,
     local_addr: SocketAddr,
     access_log: Option<Arc<shoal_server::AccessLog>>,
+    tls_addr: Option<SocketAddr>,
+    tls_identity: Option<Arc<shoal_server::tls::TlsIdentity>>,
 }
 
 impl OriginServer {
@@ -31,12 +33,35 @@ impl OriginServer {
         if let Some(log) = &access_log {
             server = server.with_observer(log.observer());
         }
+        let tls = shoal_server::tls::BoundTls::bind(&config.tls)
+            .await
+            .map_err(|e| OriginError::Config(e.to_string()))?;
+        let (tls_addr, tls_identity) = match tls {
+            Some(tls) => {
+                let out = (Some(tls.local_addr), Some(tls.identity.clone()));
+                server = server.with_tls(tls.listener, tls.identity);
+                out
+            }
+            None => (None, None),
+        };
         Ok(Self {
             server,
             origin,
             local_addr,
             access_log,
+            tls_addr,
+            tls_identity,
         })
+    }
+
+    /// The HTTPS address, when `[tls]` sets one.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// The TLS identity (reloaded on SIGHUP), when `[tls]` sets one.
+    pub fn tls_identity(&self) -> Option<Arc<shoal_server::tls::TlsIdentity>> {
+        self.tls_identity.clone()
     }
 
     /// Ends a drain at once when `stop` resolves (a second SIGTERM).

@@ -52,6 +52,7 @@ pub enum SelectorError {
     },
     #[error(transparent)]
     Mesh(#[from] shoal_mesh::MeshError),
+    /// The access log or the TLS listener could not be set up.
     #[error("{0}")]
     AccessLog(String),
 }
@@ -185,6 +186,8 @@ pub struct BoundSelector {
     listener: tokio::net::TcpListener,
     limits: ServerLimits,
     force_stop: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+    /// The HTTPS listener, when `[tls]` sets one.
+    tls: Option<shoal_server::tls::BoundTls>,
 }
 
 impl BoundSelector {
@@ -207,6 +210,9 @@ impl BoundSelector {
             })?;
         let access_log = shoal_server::AccessLog::start(&config.access_log)
             .map_err(|e| SelectorError::AccessLog(e.to_string()))?;
+        let tls = shoal_server::tls::BoundTls::bind(&config.tls)
+            .await
+            .map_err(|e| SelectorError::AccessLog(e.to_string()))?;
         let (node, directory, link) = join_mesh(&config, local_addr).await?;
         let mut selector = Selector::new(&config, zones, node, directory, link);
         selector.access_log = access_log;
@@ -216,7 +222,18 @@ impl BoundSelector {
             listener,
             limits: config.limits,
             force_stop: None,
+            tls,
         })
+    }
+
+    /// The HTTPS address, when `[tls]` sets one.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().map(|t| t.local_addr)
+    }
+
+    /// The TLS identity (reloaded on SIGHUP), when `[tls]` sets one.
+    pub fn tls_identity(&self) -> Option<Arc<shoal_server::tls::TlsIdentity>> {
+        self.tls.as_ref().map(|t| t.identity.clone())
     }
 
     /// Ends a drain at once when `stop` resolves (a second SIGTERM).
@@ -243,6 +260,9 @@ impl BoundSelector {
         }
         if let Some(log) = &self.selector.access_log {
             server = server.with_observer(log.observer());
+        }
+        if let Some(tls) = self.tls {
+            server = server.with_tls(tls.listener, tls.identity);
         }
         let _ = self.selector.server_stats.set(server.stats());
         self.selector.lifecycle.set_ready();

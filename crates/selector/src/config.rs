@@ -84,6 +84,8 @@ pub struct SelectorConfig {
     /// One line per request (`format` combined, json or off; `path`,
     /// standard output when unset).
     pub access_log: shoal_server::AccessLogConfig,
+    /// An HTTPS listener beside the plain one (`[tls]`).
+    pub tls: shoal_server::tls::TlsConfig,
     pub mesh: SelectorMesh,
     /// Delivery services; none configured means one catch-all service
     /// (`default_service`).
@@ -110,6 +112,7 @@ impl Default for SelectorConfig {
             piece_probe_timeout_ms: 250,
             limits: ServerLimits::default(),
             access_log: Default::default(),
+            tls: Default::default(),
             mesh: SelectorMesh::default(),
             services: Vec::new(),
         }

@@ -57,6 +57,7 @@ pub mod metrics;
 pub mod notify;
 mod serve;
 mod stats;
+pub mod tls;
 
 pub use access_log::{AccessLog, AccessLogConfig, AccessLogFormat};
 pub use body::{channel_body, empty, full, Body, BodySender};

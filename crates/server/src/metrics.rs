@@ -340,6 +340,11 @@ pub fn write_common(
         ],
     );
     page.counter1(
+        "shoal_http_tls_handshake_failures_total",
+        "TLS handshakes on the HTTPS listener that failed or timed out.",
+        server.tls_handshake_failures,
+    );
+    page.counter1(
         "shoal_http_handler_panics_total",
         "Requests whose handler panicked (each answered 500): a bug to report.",
         server.handler_panics,

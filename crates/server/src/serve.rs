@@ -114,6 +114,8 @@ pub struct Server {
     lifecycle: Lifecycle,
     force_stop: Option<ForceStop>,
     observer: Option<Observer>,
+    /// An HTTPS listener served beside the plain one.
+    tls: Option<(TcpListener, Arc<crate::tls::TlsIdentity>)>,
 }
 
 impl Server {
@@ -126,7 +128,19 @@ impl Server {
             lifecycle: Lifecycle::new(),
             force_stop: None,
             observer: None,
+            tls: None,
         }
+    }
+
+    /// Also serves HTTPS on `listener` with `identity` (same handler,
+    /// limits, counters and drain).
+    pub fn with_tls(
+        mut self,
+        listener: TcpListener,
+        identity: Arc<crate::tls::TlsIdentity>,
+    ) -> Self {
+        self.tls = Some((listener, identity));
+        self
     }
 
     /// Hands every finished request to `observer` (an access log). It runs
@@ -198,6 +212,7 @@ impl Server {
             lifecycle,
             force_stop,
             observer,
+            tls,
         } = self;
         let mut force_stop = force_stop.unwrap_or_else(|| Box::pin(std::future::pending()));
         let counters = stats.counters;
@@ -254,13 +269,20 @@ impl Server {
                     }
                 }
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, peer_addr)) => acceptor.admit(stream, peer_addr, &mut tasks),
+                    Ok((stream, peer_addr)) => acceptor.admit(stream, peer_addr, None, &mut tasks),
+                    Err(error) => acceptor.accept_failed(error).await,
+                },
+                accepted = accept_tls(&tls) => match accepted {
+                    Ok((stream, peer_addr, identity)) => {
+                        acceptor.admit(stream, peer_addr, Some(identity.acceptor()), &mut tasks);
+                    }
                     Err(error) => acceptor.accept_failed(error).await,
                 },
             }
         }
 
         drop(listener);
+        drop(tls);
         lifecycle.begin_drain();
         drain(
             &mut tasks,
@@ -296,7 +318,13 @@ where
 {
     /// Takes an accepted connection: closed at once when admission refuses
     /// it (counted, warned), else served by a task of its own in `tasks`.
-    fn admit(&mut self, stream: TcpStream, peer_addr: SocketAddr, tasks: &mut JoinSet<()>) {
+    fn admit(
+        &mut self,
+        stream: TcpStream,
+        peer_addr: SocketAddr,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        tasks: &mut JoinSet<()>,
+    ) {
         let counters = &self.counters;
         let limits = &self.limits;
         let activity = Arc::new(Activity::new());
@@ -355,6 +383,7 @@ where
                 slot,
                 _active: guard,
                 observer: self.observer.clone(),
+                tls,
             },
             self.handler.clone(),
             limits.clone(),
@@ -380,6 +409,20 @@ where
             );
         });
         tokio::time::sleep(ACCEPT_BACKOFF).await;
+    }
+}
+
+/// The next connection on the HTTPS listener, if there is one (else
+/// never).
+async fn accept_tls(
+    tls: &Option<(TcpListener, Arc<crate::tls::TlsIdentity>)>,
+) -> io::Result<(TcpStream, SocketAddr, &crate::tls::TlsIdentity)> {
+    match tls {
+        Some((listener, identity)) => {
+            let (stream, peer_addr) = listener.accept().await?;
+            Ok((stream, peer_addr, identity))
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -476,6 +519,8 @@ struct Connection {
     _active: ActiveGuard,
     /// Who hears of each finished request (the access log).
     observer: Option<Observer>,
+    /// Set for a connection to the HTTPS listener: the handshake to do.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Counts a running handler for as long as it runs: a connection with one
@@ -526,7 +571,34 @@ async fn serve_connection<H, Fut>(
         slot,
         _active,
         observer,
+        tls,
     } = connection;
+    let stream = match tls {
+        None => crate::tls::Stream::Plain(stream),
+        Some(acceptor) => {
+            // The handshake counts against the first-request deadline.
+            let limit = limits
+                .header_read_timeout()
+                .unwrap_or(Duration::from_secs(60));
+            match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => crate::tls::Stream::Tls(Box::new(stream)),
+                Ok(Err(error)) => {
+                    counters
+                        .tls_handshake_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(conn = info.id, peer = %info.peer_addr, "TLS handshake failed: {error}");
+                    return;
+                }
+                Err(_) => {
+                    counters
+                        .tls_handshake_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(conn = info.id, peer = %info.peer_addr, "TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+    };
     let io = TokioIo::new(ActivityIo::new(stream, activity.clone(), egress));
     let service_counters = counters.clone();
     let handlers_running = slot.handlers_running.clone();

@@ -23,6 +23,8 @@ pub(crate) struct Counters {
     pub(crate) response_body_bytes: AtomicU64,
     /// Responses whose body did not go out in full (aborted, client gone).
     pub(crate) responses_incomplete: AtomicU64,
+    /// TLS handshakes that failed or timed out.
+    pub(crate) tls_handshake_failures: AtomicU64,
 }
 
 /// A cheap, cloneable handle on a server's counters. Counters only grow,
@@ -66,6 +68,8 @@ pub struct ServerStatsSnapshot {
     pub response_body_bytes: u64,
     /// Responses whose body did not go out in full.
     pub responses_incomplete: u64,
+    /// TLS handshakes that failed or timed out.
+    pub tls_handshake_failures: u64,
 }
 
 impl ServerStats {
@@ -127,6 +131,7 @@ impl ServerStats {
             }),
             response_body_bytes: self.counters.response_body_bytes.load(Ordering::Relaxed),
             responses_incomplete: self.counters.responses_incomplete.load(Ordering::Relaxed),
+            tls_handshake_failures: self.counters.tls_handshake_failures.load(Ordering::Relaxed),
         }
     }
 }

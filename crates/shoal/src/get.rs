@@ -47,6 +47,10 @@ pub struct GetArgs {
     /// Connect from this local address (a host with several).
     #[arg(long)]
     pub local_address: Option<std::net::IpAddr>,
+    /// Certificates (PEM) to trust for https:// besides the system's roots
+    /// (a private CA).
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
     /// Do not join the viewers' swarm (caches only).
     #[arg(long)]
     pub no_peers: bool,
@@ -204,6 +208,7 @@ fn get_options(
     options.read_timeout_ms = args.read_timeout_ms;
     options.buffer_ms = (args.buffer_s * 1000.0) as u64;
     options.local_address = args.local_address;
+    options.ca_file = args.ca_file.clone();
     options.peers = shoal_client::peers::PeerOptions {
         enabled: !args.no_peers,
         listen: args.peer_listen,

@@ -230,8 +230,12 @@ struct Signals {
 }
 
 impl Signals {
-    /// Starts listening (inside the runtime).
-    fn install(access_log: Option<std::sync::Arc<shoal_server::AccessLog>>) -> Self {
+    /// Starts listening (inside the runtime). SIGHUP reopens `access_log`
+    /// and reloads `tls`.
+    fn install(
+        access_log: Option<std::sync::Arc<shoal_server::AccessLog>>,
+        tls: Option<std::sync::Arc<shoal_server::tls::TlsIdentity>>,
+    ) -> Self {
         let (sender, count) = tokio::sync::watch::channel(0u32);
         tokio::spawn(async move {
             loop {
@@ -248,18 +252,21 @@ impl Signals {
                 }
             }
         });
-        if let Some(log) = access_log {
-            tokio::spawn(async move {
-                use tokio::signal::unix::{signal, SignalKind};
-                let Ok(mut hangup) = signal(SignalKind::hangup()) else {
-                    return;
-                };
-                while hangup.recv().await.is_some() {
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            while hangup.recv().await.is_some() {
+                if let Some(log) = &access_log {
                     tracing::info!("SIGHUP: reopening the access log");
                     log.reopen();
                 }
-            });
-        }
+                if let Some(tls) = &tls {
+                    tls.reload_logged("SIGHUP");
+                }
+            }
+        });
         Self { count }
     }
 
@@ -270,6 +277,12 @@ impl Signals {
             let _ = count.wait_for(|c| *c >= n).await;
         }
     }
+}
+
+/// ` tls=https://ADDR` for a banner, when a role serves HTTPS too.
+fn https_note(addr: Option<std::net::SocketAddr>) -> String {
+    addr.map(|a| format!(" tls=https://{a}"))
+        .unwrap_or_default()
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -298,10 +311,14 @@ async fn run_origin(args: config::OriginArgs) -> anyhow::Result<()> {
     let server = shoal_origin::OriginServer::bind(config)
         .await
         .context("starting the origin")?;
-    let signals = Signals::install(server.access_log().cloned());
+    let signals = Signals::install(server.access_log().cloned(), server.tls_identity());
     tokio::spawn(shoal_server::notify::follow(server.lifecycle()));
     // Tests and scripts read this line to learn the port.
-    println!("shoal origin listening on http://{}", server.local_addr());
+    println!(
+        "shoal origin listening on http://{}{}",
+        server.local_addr(),
+        https_note(server.tls_addr())
+    );
     server
         .with_force_stop(signals.nth(2))
         .serve(signals.nth(1))
@@ -323,17 +340,19 @@ async fn run_cache(args: config::CacheArgs) -> anyhow::Result<()> {
     // Tests and scripts read this line to learn the ports.
     match cache.service.mesh() {
         Some(mesh) => println!(
-            "shoal cache listening on http://{} (origin {origin}) node={} gossip={}",
+            "shoal cache listening on http://{} (origin {origin}) node={} gossip={}{}",
             cache.local_addr,
             mesh.self_id(),
-            mesh.node.gossip_addr()
+            mesh.node.gossip_addr(),
+            https_note(cache.tls_addr())
         ),
         None => println!(
-            "shoal cache listening on http://{} (origin {origin})",
-            cache.local_addr
+            "shoal cache listening on http://{} (origin {origin}){}",
+            cache.local_addr,
+            https_note(cache.tls_addr())
         ),
     }
-    let signals = Signals::install(cache.service.access_log().cloned());
+    let signals = Signals::install(cache.service.access_log().cloned(), cache.tls_identity());
     tokio::spawn(shoal_server::notify::follow(
         cache.service.lifecycle().clone(),
     ));
@@ -357,9 +376,10 @@ async fn run_selector(args: config::SelectorArgs) -> anyhow::Result<()> {
         .context("starting the selector")?;
     // Tests and scripts read this line to learn the ports.
     println!(
-        "shoal selector listening on http://{} gossip={} services={}",
+        "shoal selector listening on http://{} gossip={}{} services={}",
         selector.local_addr,
         selector.gossip_addr(),
+        https_note(selector.tls_addr()),
         services
             .iter()
             .map(|s| format!(
@@ -373,7 +393,10 @@ async fn run_selector(args: config::SelectorArgs) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(",")
     );
-    let signals = Signals::install(selector.selector.access_log().cloned());
+    let signals = Signals::install(
+        selector.selector.access_log().cloned(),
+        selector.tls_identity(),
+    );
     tokio::spawn(shoal_server::notify::follow(
         selector.selector.lifecycle().clone(),
     ));

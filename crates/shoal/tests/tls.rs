@@ -1,0 +1,337 @@
+//! HTTPS on every role with a certificate authority the test makes itself
+//! (openssl): curl over HTTP/2 and HTTP/1.1, `shoal get`, a cache filling
+//! from an https origin, and certificates replaced under running servers
+//! (SIGHUP, a file change, a broken renewal that must not take a server
+//! off the air).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use support::*;
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let output = Command::new(find_tool("openssl"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl");
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A CA named `name` and a certificate for 127.0.0.1 signed by it:
+/// (ca.pem, leaf.pem, leaf.key) in `dir`.
+fn make_ca_and_leaf(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_key = format!("{name}-ca.key");
+    let ca = format!("{name}-ca.pem");
+    let key = format!("{name}-leaf.key");
+    let csr = format!("{name}-leaf.csr");
+    let leaf = format!("{name}-leaf.pem");
+    let ext = format!("{name}.ext");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &ca_key,
+            "-out",
+            &ca,
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN=shoal test CA {name}"),
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    std::fs::write(
+        dir.join(&ext),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &leaf,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ],
+    );
+    (dir.join(ca), dir.join(leaf), dir.join(key))
+}
+
+/// The `tls=https://…` address a role printed.
+fn https_url(proc: &Proc) -> String {
+    proc.banner
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("tls="))
+        .unwrap_or_else(|| panic!("no tls= in `{}`", proc.banner))
+        .to_string()
+}
+
+fn tls_env<'a>(prefix: &str, cert: &'a Path, key: &'a Path) -> Vec<(String, String)> {
+    vec![
+        (format!("{prefix}TLS__LISTEN"), "127.0.0.1:0".into()),
+        (
+            format!("{prefix}TLS__CERT_FILE"),
+            cert.display().to_string(),
+        ),
+        (format!("{prefix}TLS__KEY_FILE"), key.display().to_string()),
+        (format!("{prefix}TLS__RELOAD_CHECK_MS"), "200".into()),
+    ]
+}
+
+fn as_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+fn signal(proc: &Proc, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &proc.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn https_everywhere_with_a_private_ca_and_certificates_replaced_live() {
+    let pki = tempfile::tempdir().unwrap();
+    let (ca, leaf, key) = make_ca_and_leaf(pki.path(), "one");
+    // The servers read these two paths; the test replaces their contents.
+    let cert_file = pki.path().join("server.pem");
+    let key_file = pki.path().join("server.key");
+    std::fs::copy(&leaf, &cert_file).unwrap();
+    std::fs::copy(&key, &key_file).unwrap();
+
+    let root = tempfile::tempdir().unwrap();
+    let data = content(5 * 1024 * 1024 + 123, 9);
+    write_file(root.path(), "v/film.bin", &data);
+    let origin_env = tls_env("SHOAL_ORIGIN_", &cert_file, &key_file);
+    let origin = start_shoal(
+        &[
+            "origin",
+            "--root",
+            root.path().to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &as_refs(&origin_env),
+    );
+    let origin_https = https_url(&origin);
+
+    // The cache fills from the origin over https (trusting the test CA)
+    // and serves https itself.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cache_env = tls_env("SHOAL_CACHE_", &cert_file, &key_file);
+    cache_env.push((
+        "SHOAL_CACHE_ORIGIN_CA_FILE".into(),
+        ca.display().to_string(),
+    ));
+    let cache = start_shoal(
+        &[
+            "cache",
+            "--listen",
+            "127.0.0.1:0",
+            "--origin",
+            &origin_https,
+            "--data-dir",
+            dir.path().join("data").to_str().unwrap(),
+        ],
+        &as_refs(&cache_env),
+    );
+    let cache_https = https_url(&cache);
+    let ca_arg = ca.to_str().unwrap();
+
+    let h2 = curl(
+        &format!("{cache_https}/v/film.bin"),
+        &["--cacert", ca_arg, "-w", "%{http_version}", "--http2"],
+    );
+    assert_eq!(h2.status, 200);
+    assert_eq!(h2.body.len(), data.len());
+    assert!(h2.body == data, "bytes differ over h2");
+    let h1 = curl(
+        &format!("{cache_https}/v/film.bin"),
+        &["--cacert", ca_arg, "--http1.1", "-r", "100-199"],
+    );
+    assert_eq!(h1.status, 206);
+    assert_eq!(h1.body, &data[100..200]);
+    // The ALPN choice: HTTP/2 when offered.
+    let version = Command::new(find_tool("curl"))
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version}",
+            "--cacert",
+            ca_arg,
+        ])
+        .arg(format!("{cache_https}/readyz"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&version.stdout), "2");
+    // Not trusted without the CA; plain HTTP on the TLS port is refused.
+    assert_ne!(curl(&format!("{cache_https}/livez"), &[]).exit_code, 0);
+
+    // `shoal get` over https.
+    let out = dir.path().join("got.bin");
+    let got = Command::new(shoal_bin())
+        .args([
+            "get",
+            &format!("{cache_https}/v/film.bin"),
+            "--no-peers",
+            "--quiet",
+            "--ca-file",
+            ca_arg,
+            "-o",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        got.status.success(),
+        "shoal get: {}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    assert!(std::fs::read(&out).unwrap() == data);
+    let untrusted = Command::new(shoal_bin())
+        .args([
+            "get",
+            &format!("{cache_https}/v/film.bin"),
+            "--no-peers",
+            "--quiet",
+            "-o",
+        ])
+        .arg(dir.path().join("untrusted.bin"))
+        .output()
+        .unwrap();
+    assert!(!untrusted.status.success());
+
+    // Renewal: a certificate from another CA replaces the files; SIGHUP
+    // makes the cache use it, the origin notices the change itself.
+    let (ca2, leaf2, key2) = make_ca_and_leaf(pki.path(), "two");
+    std::fs::copy(&key2, &key_file).unwrap();
+    std::fs::copy(&leaf2, &cert_file).unwrap();
+    signal(&cache, "HUP");
+    let ca2_arg = ca2.to_str().unwrap();
+    wait_until(
+        "the cache serves the new certificate",
+        Duration::from_secs(10),
+        || curl(&format!("{cache_https}/livez"), &["--cacert", ca2_arg]).status == 200,
+    );
+    assert_ne!(
+        curl(&format!("{cache_https}/livez"), &["--cacert", ca_arg]).exit_code,
+        0
+    );
+    wait_until(
+        "the origin notices the new files",
+        Duration::from_secs(10),
+        || {
+            curl(
+                &format!("{origin_https}/v/film.bin"),
+                &["--cacert", ca2_arg, "-r", "0-9"],
+            )
+            .status
+                == 206
+        },
+    );
+
+    // A broken renewal (a key that is not the certificate's) is refused:
+    // the server keeps the identity it has.
+    std::fs::copy(&key, &key_file).unwrap();
+    signal(&cache, "HUP");
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        curl(&format!("{cache_https}/livez"), &["--cacert", ca2_arg]).status,
+        200,
+        "a bad renewal took the cache's TLS down"
+    );
+    assert_eq!(
+        curl(&format!("{origin_https}/livez"), &["--cacert", ca2_arg]).status,
+        200,
+        "a bad renewal took the origin's TLS down"
+    );
+
+    let metrics = String::from_utf8(curl(&format!("{}/metrics", cache.url), &[]).body).unwrap();
+    let failures: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("shoal_http_tls_handshake_failures_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        failures >= 2.0,
+        "untrusted handshakes are counted: {failures}"
+    );
+}
+
+#[test]
+fn tls_settings_errors_name_the_setting_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_str().unwrap();
+    let run = |env: &[(&str, &str)]| {
+        let output = Command::new(shoal_bin())
+            .args(["origin", "--root", root, "--listen", "127.0.0.1:0"])
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let text = run(&[("SHOAL_ORIGIN_TLS__LISTEN", "127.0.0.1:0")]);
+    assert!(text.contains("tls.cert_file and tls.key_file"), "{text}");
+    let text = run(&[
+        ("SHOAL_ORIGIN_TLS__LISTEN", "127.0.0.1:0"),
+        ("SHOAL_ORIGIN_TLS__CERT_FILE", "/nonexistent/cert.pem"),
+        ("SHOAL_ORIGIN_TLS__KEY_FILE", "/nonexistent/key.pem"),
+    ]);
+    assert!(
+        text.contains("tls.cert_file /nonexistent/cert.pem"),
+        "{text}"
+    );
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate\n").unwrap();
+    let text = run(&[
+        ("SHOAL_ORIGIN_TLS__LISTEN", "127.0.0.1:0"),
+        ("SHOAL_ORIGIN_TLS__CERT_FILE", junk.to_str().unwrap()),
+        ("SHOAL_ORIGIN_TLS__KEY_FILE", junk.to_str().unwrap()),
+    ]);
+    assert!(
+        text.contains(&format!("tls.cert_file {}", junk.display())),
+        "{text}"
+    );
+}
