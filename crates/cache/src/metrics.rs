@@ -57,7 +57,7 @@ pub(crate) fn page(service: &CacheService) -> MetricsPage {
             (&[("from", "store")], s.bytes_served_from_store as f64),
             (
                 &[("from", "fill")],
-                s.bytes_served.saturating_sub(s.bytes_served_from_store) as f64,
+                stats.bytes_served_filled.load(Ordering::Relaxed) as f64,
             ),
         ],
     );

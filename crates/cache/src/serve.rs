@@ -968,6 +968,20 @@ impl CacheService {
     #[allow(clippy::result_large_err)]
     fn authorize_operator<B>(&self, request: &Request<B>) -> Result<String, Response<Body>> {
         let node = self.authorize(request)?;
+        // Addressed to this cache by name (`authorize` refused another's),
+        // so a request captured on its way to one cache does nothing at
+        // the others.
+        let addressed = request
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("to=")));
+        if !addressed {
+            self.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
+            return Err(text_response(
+                StatusCode::FORBIDDEN,
+                "forbidden: an operator request must name its cache (`to=<node id>` in its signed query)\n",
+            ));
+        }
         let ttl_max_s = self.mesh.as_ref().map_or(0, |m| m.auth_ttl_max_s());
         let now = crate::resolve::now_unix_s();
         let admitted = self
@@ -1903,6 +1917,10 @@ impl CacheService {
                 if held_at_start.contains(PieceIndex(index)) {
                     self.stats
                         .bytes_served_from_store
+                        .fetch_add(len, Ordering::Relaxed);
+                } else {
+                    self.stats
+                        .bytes_served_filled
                         .fetch_add(len, Ordering::Relaxed);
                 }
             }

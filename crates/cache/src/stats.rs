@@ -24,6 +24,9 @@ pub struct CacheStats {
     /// began (not those fetched meanwhile, by this response's read-ahead
     /// or anyone else, from a sibling or the origin).
     pub bytes_served_from_store: AtomicU64,
+    /// The rest of `bytes_served`: pieces fetched while the response ran
+    /// (its own counter, so that `/metrics` never sees it go down).
+    pub bytes_served_filled: AtomicU64,
     pub revalidations: AtomicU64,
     pub pass_through_requests: AtomicU64,
     /// Stored paths made stale by an unsafe request's answer (RFC 9111

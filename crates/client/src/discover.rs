@@ -722,8 +722,9 @@ mod tests {
         assert_eq!(url.base, "http://127.0.0.1:8070");
         assert_eq!(url.path.as_str(), "/video/a b.mp4");
         assert_eq!(url.url(), "http://127.0.0.1:8070/video/a%20b.mp4");
+        let tls = ObjectUrl::parse("https://cdn.example:8443/v/a.mp4").unwrap();
+        assert_eq!(tls.base, "https://cdn.example:8443");
         for bad in [
-            "https://x/a",
             "http://x",
             "http:///a",
             "http://user@x/a",

@@ -172,21 +172,6 @@ pub fn nonce_of(query: Option<&str>) -> Option<&str> {
     (well_formed && found.next().is_none()).then_some(nonce)
 }
 
-/// A fresh nonce: 32 hex digits, unique per call (it need not be secret:
-/// the MAC covers it).
-pub fn fresh_nonce() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(&nanos.to_le_bytes());
-    hasher.update(&std::process::id().to_le_bytes());
-    hasher.update(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
-    hasher.finalize().to_hex()[..32].to_string()
-}
-
 /// The nonces seen recently, each until `forget_at_unix_s` (when no token
 /// carrying it can still verify). Pure: the caller passes the time.
 #[derive(Debug)]
@@ -425,8 +410,6 @@ mod tests {
         assert_eq!(nonce_of(Some("nonce=zzzzzzzzzzzzzzzzzzzz")), None);
         assert_eq!(nonce_of(Some(&format!("nonce={good}&nonce={good}"))), None);
         assert_eq!(nonce_of(None), None);
-        assert_ne!(fresh_nonce(), fresh_nonce());
-        assert!(nonce_of(Some(&format!("nonce={}", fresh_nonce()))).is_some());
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use crate::exchange::{Exchange, Observer, Outcome};
 use std::io::{self, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -42,7 +42,10 @@ pub struct AccessLogConfig {
 
 enum Message {
     Line(String),
-    Reopen,
+    /// Wakes the writer (a reopen was asked).
+    Wake,
+    /// Flush and end (the process is stopping).
+    Stop,
 }
 
 /// A running access log.
@@ -52,6 +55,10 @@ pub struct AccessLog {
     dropped: AtomicU64,
     /// Unix second of the last "lines dropped" warning.
     last_warning_s: AtomicU64,
+    /// Set by SIGHUP, taken by the writer after its next line or wake-up
+    /// (a flag, so that a full queue cannot lose it).
+    reopen: Arc<AtomicBool>,
+    writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl AccessLog {
@@ -63,9 +70,11 @@ impl AccessLog {
         }
         let sink = Sink::open(config.path.clone())?;
         let (queue, lines) = sync_channel(QUEUE_LINES_MAX);
-        std::thread::Builder::new()
+        let reopen = Arc::new(AtomicBool::new(false));
+        let flag = reopen.clone();
+        let writer = std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || write_lines(sink, lines))
+            .spawn(move || write_lines(sink, lines, &flag))
             .map_err(|source| AccessLogError {
                 path: "(writer thread)".into(),
                 source,
@@ -75,6 +84,8 @@ impl AccessLog {
             queue,
             dropped: AtomicU64::new(0),
             last_warning_s: AtomicU64::new(0),
+            reopen,
+            writer: std::sync::Mutex::new(Some(writer)),
         })))
     }
 
@@ -114,7 +125,19 @@ impl AccessLog {
 
     /// Reopens the file (after logrotate moved it away).
     pub fn reopen(&self) {
-        let _ = self.queue.try_send(Message::Reopen);
+        self.reopen.store(true, Ordering::Relaxed);
+        // A full queue needs no wake-up: the writer is busy with it.
+        let _ = self.queue.try_send(Message::Wake);
+    }
+
+    /// Writes out every queued line and stops the writer (at exit: the
+    /// last transfers of a drain are logged too). Later lines are dropped.
+    pub fn close(&self) {
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(writer) = writer {
+            let _ = self.queue.send(Message::Stop);
+            let _ = writer.join();
+        }
     }
 
     /// Lines dropped because the writer was behind.
@@ -159,20 +182,25 @@ impl Sink {
     }
 }
 
-fn write_lines(mut sink: Sink, lines: Receiver<Message>) {
+fn write_lines(mut sink: Sink, lines: Receiver<Message>, reopen: &AtomicBool) {
     while let Ok(first) = lines.recv() {
         let mut next = Some(first);
         while let Some(message) = next.take() {
+            if reopen.swap(false, Ordering::Relaxed) {
+                let _ = sink.out.flush();
+                match Sink::open(sink.path.clone()) {
+                    Ok(fresh) => sink = fresh,
+                    Err(error) => tracing::warn!("cannot reopen the access log: {error}"),
+                }
+            }
             match message {
                 Message::Line(line) => {
                     let _ = sink.out.write_all(line.as_bytes());
                 }
-                Message::Reopen => {
+                Message::Wake => {}
+                Message::Stop => {
                     let _ = sink.out.flush();
-                    match Sink::open(sink.path.clone()) {
-                        Ok(fresh) => sink = fresh,
-                        Err(error) => tracing::warn!("cannot reopen the access log: {error}"),
-                    }
+                    return;
                 }
             }
             next = lines.try_recv().ok();

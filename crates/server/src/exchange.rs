@@ -78,6 +78,24 @@ pub struct Exchange {
 /// must not block).
 pub type Observer = Arc<dyn Fn(Exchange) + Send + Sync>;
 
+/// Counts one request in flight for as long as it lives: dropped with the
+/// response body, or with the handler's future when that is dropped first
+/// (an HTTP/2 reset, a connection closed while the handler waits).
+pub(crate) struct InFlight(Arc<Counters>);
+
+impl InFlight {
+    pub(crate) fn start(counters: &Arc<Counters>) -> Self {
+        counters.requests_in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(counters.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.requests_in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The request half of an exchange, taken before the handler runs.
 pub(crate) struct RequestFacts {
     conn: ConnInfo,
@@ -89,10 +107,15 @@ pub(crate) struct RequestFacts {
     user_agent: Option<String>,
     started: SystemTime,
     clock: Instant,
+    _in_flight: InFlight,
 }
 
 impl RequestFacts {
-    pub(crate) fn of<B>(request: &http::Request<B>, conn: ConnInfo) -> Self {
+    pub(crate) fn of<B>(
+        request: &http::Request<B>,
+        conn: ConnInfo,
+        counters: &Arc<Counters>,
+    ) -> Self {
         let header = |name: http::header::HeaderName| {
             request
                 .headers()
@@ -114,6 +137,7 @@ impl RequestFacts {
             user_agent: header(http::header::USER_AGENT),
             started: SystemTime::now(),
             clock: Instant::now(),
+            _in_flight: InFlight::start(counters),
         }
     }
 }
@@ -234,7 +258,6 @@ impl Drop for TrackedBody {
             None => Outcome::ClientGone,
         };
         let counters = &pending.counters;
-        counters.requests_in_flight.fetch_sub(1, Ordering::Relaxed);
         counters.requests_by_class[status_class_index(pending.status)]
             .fetch_add(1, Ordering::Relaxed);
         counters

@@ -573,6 +573,7 @@ async fn serve_connection<H, Fut>(
         observer,
         tls,
     } = connection;
+    let accepted_at = Instant::now();
     let stream = match tls {
         None => crate::tls::Stream::Plain(stream),
         Some(acceptor) => {
@@ -580,7 +581,7 @@ async fn serve_connection<H, Fut>(
             let limit = limits
                 .header_read_timeout()
                 .unwrap_or(Duration::from_secs(60));
-            match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+            match tokio::time::timeout_at(accepted_at + limit, acceptor.accept(stream)).await {
                 Ok(Ok(stream)) => crate::tls::Stream::Tls(Box::new(stream)),
                 Ok(Err(error)) => {
                     counters
@@ -612,8 +613,7 @@ async fn serve_connection<H, Fut>(
         let uri = request.uri().clone();
         let running = HandlerRunning::start(&handlers_running);
         seen.store(true, Ordering::Relaxed);
-        counters.requests_in_flight.fetch_add(1, Ordering::Relaxed);
-        let facts = RequestFacts::of(&request, info);
+        let facts = RequestFacts::of(&request, info, &counters);
         async move {
             let _running = running;
             let track = |response| {
@@ -662,7 +662,8 @@ async fn serve_connection<H, Fut>(
     let first_request = async {
         match limits.header_read_timeout() {
             Some(limit) => {
-                tokio::time::sleep(limit).await;
+                // From accept: a TLS handshake has used part of it.
+                tokio::time::sleep_until(accepted_at + limit).await;
                 if requests_seen.load(Ordering::Relaxed) {
                     std::future::pending::<()>().await;
                 }

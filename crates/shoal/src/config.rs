@@ -182,7 +182,7 @@ pub fn selector_config(args: SelectorArgs) -> anyhow::Result<shoal_selector::Sel
         &args,
     )?
     .extract()
-    .map_err(|error| config_error(error, prefix, "selector"))?;
+    .map_err(|error| config_error::<SelectorArgs>(error, prefix, "selector"))?;
     config.validate()?;
     Ok(config)
 }
@@ -271,7 +271,9 @@ fn env_variable(prefix: &str, key: &str) -> String {
 /// A figment error as an operator reads it: for each bad value, where it
 /// came from (the file and key, the environment variable, or the flag)
 /// and what is wrong, with the nearest known key for a misspelt one.
-fn config_error(error: figment::Error, env_prefix: &str, role: &str) -> anyhow::Error {
+fn config_error<A>(error: figment::Error, env_prefix: &str, role: &str) -> anyhow::Error {
+    // Figment names a serialized provider by its type: the flags' struct.
+    let flags = std::any::type_name::<A>();
     let lines: Vec<String> = error
         .into_iter()
         .map(|error| {
@@ -308,7 +310,7 @@ fn config_error(error: figment::Error, env_prefix: &str, role: &str) -> anyhow::
                     };
                     format!("environment variable {}", env_variable(env_prefix, &full))
                 }
-                (Some(meta), _) if meta.name.contains("Serialized") && !key.is_empty() => {
+                (Some(meta), _) if meta.name.contains(flags) && !key.is_empty() => {
                     let last = error.path.last().map(String::as_str).unwrap_or("");
                     format!("flag --{}", last.replace('_', "-"))
                 }
@@ -356,7 +358,7 @@ pub fn cache_config(args: CacheArgs) -> anyhow::Result<shoal_cache::CacheConfig>
         &args,
     )?
     .extract()
-    .map_err(|error| config_error(error, prefix, "cache"))?;
+    .map_err(|error| config_error::<CacheArgs>(error, prefix, "cache"))?;
     let mut config = config;
     if let Some(mbps) = args.egress_mbps {
         config.limits.egress_bytes_per_s = positive_cap(mbps, "--egress-mbps")?;
@@ -402,7 +404,7 @@ pub fn origin_config(args: OriginArgs) -> anyhow::Result<shoal_origin::OriginCon
     let mut config: shoal_origin::OriginConfig =
         layered(defaults, args.config.as_ref(), prefix, &[], &args)?
             .extract()
-            .map_err(|error| config_error(error, prefix, "origin"))?;
+            .map_err(|error| config_error::<OriginArgs>(error, prefix, "origin"))?;
     if let Some(mbps) = args.egress_mbps {
         config.limits.egress_bytes_per_s = positive_cap(mbps, "--egress-mbps")?;
     }

@@ -342,7 +342,8 @@ async fn warm_release(
     let warm_started = Instant::now();
     let key = shoal_core::auth::ClusterKey::from_secret(secret)?;
     let warms = caches.iter().map(|c| {
-        let target = crate::warm::with_nonce(&format!("/_shoal/warm/{}", release.path));
+        let target =
+            crate::warm::operator_target(&format!("/_shoal/warm/{}", release.path), c.name);
         let token = key.sign(
             "demo",
             shoal_cache::resolve::now_unix_s() + 60,

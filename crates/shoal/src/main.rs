@@ -319,10 +319,14 @@ async fn run_origin(args: config::OriginArgs) -> anyhow::Result<()> {
         server.local_addr(),
         https_note(server.tls_addr())
     );
+    let access_log = server.access_log().cloned();
     server
         .with_force_stop(signals.nth(2))
         .serve(signals.nth(1))
         .await;
+    if let Some(log) = access_log {
+        log.close();
+    }
     Ok(())
 }
 
@@ -356,10 +360,14 @@ async fn run_cache(args: config::CacheArgs) -> anyhow::Result<()> {
     tokio::spawn(shoal_server::notify::follow(
         cache.service.lifecycle().clone(),
     ));
+    let access_log = cache.service.access_log().cloned();
     cache
         .with_force_stop(signals.nth(2))
         .run(signals.nth(1))
         .await;
+    if let Some(log) = access_log {
+        log.close();
+    }
     Ok(())
 }
 
@@ -400,10 +408,14 @@ async fn run_selector(args: config::SelectorArgs) -> anyhow::Result<()> {
     tokio::spawn(shoal_server::notify::follow(
         selector.selector.lifecycle().clone(),
     ));
+    let access_log = selector.selector.access_log().cloned();
     selector
         .with_force_stop(signals.nth(2))
         .run(signals.nth(1))
         .await;
+    if let Some(log) = access_log {
+        log.close();
+    }
     Ok(())
 }
 

@@ -261,15 +261,49 @@ fn percent_decode(text: &str) -> String {
         .into_owned()
 }
 
-/// `target` with a fresh `nonce` in its query: a cache takes each signed
-/// operator request once.
-pub fn with_nonce(target: &str) -> String {
+/// `target` for the cache named `node`, with a fresh `nonce`: a cache
+/// takes each signed operator request once, and only when it is for it.
+pub fn operator_target(target: &str, node: &str) -> String {
     let separator = if target.contains('?') { '&' } else { '?' };
     format!(
-        "{target}{separator}{}={}",
+        "{target}{separator}to={node}&{}={}",
         shoal_core::auth::NONCE_PARAM,
-        shoal_core::auth::fresh_nonce()
+        fresh_nonce()
     )
+}
+
+/// The node id of the cache at `base` (its `/_shoal/mesh` report).
+async fn node_id_of(client: &reqwest::Client, base: &str) -> anyhow::Result<String> {
+    let url = format!("{base}/_shoal/mesh");
+    let response = client.get(&url).send().await.with_context(|| url.clone())?;
+    let status = response.status();
+    anyhow::ensure!(
+        status.is_success(),
+        "{url}: {status}: is it a cache in a mesh (with a cluster secret)?"
+    );
+    let body = response.bytes().await.with_context(|| url.clone())?;
+    let report: serde_json::Value =
+        serde_json::from_slice(&body).with_context(|| format!("{url}: not JSON"))?;
+    let id = report["self_id"]
+        .as_str()
+        .filter(|id| shoal_core::auth::valid_node_name(id))
+        .with_context(|| format!("{url}: no valid self_id in the answer"))?;
+    Ok(id.to_string())
+}
+
+/// 32 hex digits, unique per call (the time, the process, a counter):
+/// a nonce need not be secret, the MAC covers it.
+fn fresh_nonce() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&nanos.to_le_bytes());
+    hasher.update(&std::process::id().to_le_bytes());
+    hasher.update(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    hasher.finalize().to_hex()[..32].to_string()
 }
 
 /// POSTs `target` to the cache at `base` with an operator token signed by
@@ -280,7 +314,8 @@ async fn signed_post(
     base: &str,
     target: &str,
 ) -> anyhow::Result<String> {
-    let target = &with_nonce(target);
+    let node = node_id_of(client, base).await?;
+    let target = &operator_target(target, &node);
     let expires = shoal_cache::resolve::now_unix_s() + 60;
     let token = key
         .sign("operator", expires, "POST", target)

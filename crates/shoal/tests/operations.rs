@@ -662,7 +662,12 @@ fn a_captured_operator_request_cannot_be_replayed() {
     write_file(root.path(), "a.txt", b"a\n");
     let origin = start_origin(root.path());
     let dir = tempfile::tempdir().unwrap();
-    let caches = start_mesh(&origin.url, dir.path(), &[("op-a", "eu")], &[]);
+    let caches = start_mesh(
+        &origin.url,
+        dir.path(),
+        &[("op-a", "eu"), ("op-b", "eu")],
+        &[],
+    );
     let cache = &caches[0].url;
     let key = shoal_core::auth::ClusterKey::from_secret(CLUSTER_SECRET).unwrap();
     let now = std::time::SystemTime::now()
@@ -677,22 +682,38 @@ fn a_captured_operator_request_cannot_be_replayed() {
         )
     };
     let target = format!(
-        "/_shoal/egress?bytes_per_s=2500000&nonce={}",
-        shoal_core::auth::fresh_nonce()
+        "/_shoal/egress?bytes_per_s=2500000&to=op-a&nonce={}",
+        test_nonce()
     );
     assert_eq!(post(&target, now + 60).status, 200);
+    // Captured on its way to op-a and sent to op-b: not for it.
+    let elsewhere = {
+        let token = key.sign("operator", now + 60, "POST", &target).unwrap();
+        curl(
+            &format!("{}{target}", caches[1].url),
+            &["-X", "POST", "-H", &format!("x-shoal-auth: {token}")],
+        )
+    };
+    assert_eq!(elsewhere.status, 421);
+    // Without naming its cache at all: refused.
+    let unaddressed = post(
+        &format!("/_shoal/egress?bytes_per_s=2500000&nonce={}", test_nonce()),
+        now + 60,
+    );
+    assert_eq!(unaddressed.status, 403);
+    assert!(String::from_utf8_lossy(&unaddressed.body).contains("to=<node id>"));
     // The very same request, captured and sent again.
     let again = post(&target, now + 60);
     assert_eq!(again.status, 403);
     assert!(String::from_utf8_lossy(&again.body).contains("already used"));
     // Without a nonce: refused, saying what is missing.
-    let bare = post("/_shoal/egress?bytes_per_s=2500000", now + 60);
+    let bare = post("/_shoal/egress?bytes_per_s=2500000&to=op-a", now + 60);
     assert_eq!(bare.status, 403);
     assert!(String::from_utf8_lossy(&bare.body).contains("nonce"));
     // An expired token: refused without telling the cache's clock.
     let late = format!(
-        "/_shoal/egress?bytes_per_s=2500000&nonce={}",
-        shoal_core::auth::fresh_nonce()
+        "/_shoal/egress?bytes_per_s=2500000&to=op-a&nonce={}",
+        test_nonce()
     );
     let expired = post(&late, now - 30);
     assert_eq!(expired.status, 403);
@@ -719,4 +740,16 @@ fn a_captured_operator_request_cannot_be_replayed() {
         sample(&metrics(cache), "shoal_cache_egress_cap_bytes_per_second"),
         5_000_000.0
     );
+}
+
+/// A nonce no other request of this test run uses.
+fn test_nonce() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let seed = format!(
+        "{:?}{}",
+        Instant::now(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    blake3::hash(seed.as_bytes()).to_hex()[..32].to_string()
 }
