@@ -19,6 +19,18 @@
 //!
 //! Every cache of a mesh needs the same rules: the key decides which
 //! stored response answers.
+//!
+//! A service may also require **signed URLs** (`[service.signing]`, see
+//! `shoal_core::url_sign`): every request it claims must carry a valid
+//! signature, whose parameters never reach the key or the origin.
+//!
+//! ```toml
+//! [[service]]
+//! name = "paid"
+//! path_prefix = "/paid/"
+//! [service.signing]
+//! keys = { k2 = "the new secret, 16+ bytes", k1 = "the old one, until its URLs expire" }
+//! ```
 
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +54,42 @@ pub struct ServiceKeyRules {
     /// Parameters left out of the key of this service's requests (names,
     /// or prefixes ending in `*`).
     pub ignored_query_params: Vec<String>,
+    /// Signed URLs required for this service's requests.
+    pub signing: Option<SigningSettings>,
+}
+
+/// `[service.signing]`: the key ids and secrets signed URLs may use.
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SigningSettings {
+    /// Key id → secret (at least 16 bytes). Several at once for rotation.
+    pub keys: std::collections::BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for SigningSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key ids only: never the secrets.
+        f.debug_struct("SigningSettings")
+            .field("key_ids", &self.keys.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl SigningSettings {
+    /// The checked key set; the error names `service`.
+    pub fn keys(&self, service: &str) -> Result<shoal_core::url_sign::SigningKeys, String> {
+        if self.keys.is_empty() {
+            return Err(format!(
+                "{service}: signing.keys is empty (name at least one key id and secret)"
+            ));
+        }
+        shoal_core::url_sign::SigningKeys::new(
+            self.keys
+                .iter()
+                .map(|(id, secret)| (id.as_str(), secret.as_str())),
+        )
+        .map_err(|e| format!("{service}: signing.keys: {e}"))
+    }
 }
 
 /// The cache-wide list and the services', ready to be asked per request.
@@ -49,6 +97,8 @@ pub struct ServiceKeyRules {
 pub struct KeyPolicy {
     default: Vec<String>,
     services: Vec<ServiceKeyRules>,
+    /// Each service's signing keys (`None`: no signature required).
+    signing: Vec<Option<shoal_core::url_sign::SigningKeys>>,
 }
 
 impl KeyPolicy {
@@ -56,20 +106,54 @@ impl KeyPolicy {
     pub fn new(default: Vec<String>, services: Vec<ServiceKeyRules>) -> Self {
         let services = services
             .into_iter()
-            .map(|mut s| {
+            .map(|mut s: ServiceKeyRules| {
                 s.hosts.iter_mut().for_each(|h| h.make_ascii_lowercase());
                 s
             })
+            .collect::<Vec<_>>();
+        // (Checked by `check_services` at start-up: a bad set is dropped
+        // here only if that was skipped, and then nothing is served.)
+        let signing = services
+            .iter()
+            .map(|s| {
+                s.signing
+                    .as_ref()
+                    .map(|settings| settings.keys(&s.name).unwrap_or_default())
+            })
             .collect();
-        Self { default, services }
+        Self {
+            default,
+            services,
+            signing,
+        }
     }
 
     /// The parameters to leave out of the key of a request for `path` to
     /// `host` (the `Host` field; any port is ignored).
     pub fn ignored(&self, host: Option<&str>, path: &str) -> &[String] {
+        match self.service_index(host, path) {
+            Some(index) => &self.services[index].ignored_query_params,
+            None => &self.default,
+        }
+    }
+
+    /// The signing keys of the service claiming a request, with its name,
+    /// when it requires signed URLs.
+    pub fn signing(
+        &self,
+        host: Option<&str>,
+        path: &str,
+    ) -> Option<(&str, &shoal_core::url_sign::SigningKeys)> {
+        let index = self.service_index(host, path)?;
+        let keys = self.signing[index].as_ref()?;
+        Some((&self.services[index].name, keys))
+    }
+
+    /// The service claiming a request for `path` to `host`.
+    fn service_index(&self, host: Option<&str>, path: &str) -> Option<usize> {
         let host = host.map(|h| host_without_port(h).to_ascii_lowercase());
-        let mut best: Option<(&ServiceKeyRules, (bool, usize))> = None;
-        for service in &self.services {
+        let mut best: Option<(usize, (bool, usize))> = None;
+        for (index, service) in self.services.iter().enumerate() {
             if !path.starts_with(&service.path_prefix) {
                 continue;
             }
@@ -79,13 +163,10 @@ impl KeyPolicy {
             }
             let rank = (names_host, service.path_prefix.len());
             if best.is_none_or(|(_, best_rank)| rank > best_rank) {
-                best = Some((service, rank));
+                best = Some((index, rank));
             }
         }
-        match best {
-            Some((service, _)) => &service.ignored_query_params,
-            None => &self.default,
-        }
+        best.map(|(index, _)| index)
     }
 }
 
@@ -142,6 +223,9 @@ pub fn check_services(services: &[ServiceKeyRules]) -> Result<(), String> {
             &format!("{name}: ignored_query_params"),
             &service.ignored_query_params,
         )?;
+        if let Some(signing) = &service.signing {
+            signing.keys(&name)?;
+        }
     }
     Ok(())
 }
@@ -156,6 +240,7 @@ mod tests {
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
             path_prefix: prefix.into(),
             ignored_query_params: params.iter().map(|p| p.to_string()).collect(),
+            signing: None,
         }
     }
 

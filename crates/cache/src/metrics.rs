@@ -120,6 +120,11 @@ pub(crate) fn page(service: &CacheService) -> MetricsPage {
         s.peer_requests_served,
     );
     page.counter1(
+        "shoal_cache_signed_url_refusals_total",
+        "Client requests refused for a missing, expired, tampered or foreign signed URL.",
+        stats.signature_refusals.load(Ordering::Relaxed),
+    );
+    page.counter1(
         "shoal_cache_auth_failures_total",
         "Inter-cache or operator requests refused for a missing or bad token.",
         s.auth_failures,

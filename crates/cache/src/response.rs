@@ -1053,6 +1053,15 @@ impl CacheService {
             tiered
                 .headers
                 .insert(TIER_HEADER, HeaderValue::from_static("1"));
+            // Signed: the shield then knows a sibling asks (one that has
+            // checked the client's signed URL, if the path needs one).
+            if let Some(token) = mesh
+                .token_for(forward.method.as_str(), &forward.path_and_query)
+                .ok()
+                .and_then(|t| HeaderValue::from_str(&t).ok())
+            {
+                tiered.headers.insert(shoal_core::auth::AUTH_HEADER, token);
+            }
             // The shield may wait for another request's fetch, then for
             // the origin: it gets both waits.
             let wait = std::time::Duration::from_millis(

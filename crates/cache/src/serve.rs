@@ -222,6 +222,75 @@ impl CacheService {
         self.access_log.as_ref()
     }
 
+    /// A request of a service that requires signed URLs: refused (403,
+    /// saying why) unless its signature holds; then its signature
+    /// parameters are taken off the request, so that neither the cache
+    /// key nor the origin sees them. A sibling's tiered request (signed
+    /// with the cluster key) was checked by that sibling.
+    #[allow(clippy::result_large_err)]
+    fn check_signed_url<B>(
+        &self,
+        request: &mut Request<B>,
+        client_ip: Option<std::net::IpAddr>,
+    ) -> Result<(), Response<Body>> {
+        let host = request_host(request);
+        let raw_path = request.uri().path().to_string();
+        let Some((service, keys)) = self
+            .key_policy
+            .signing(host.as_ref().and_then(|h| h.to_str().ok()), &raw_path)
+        else {
+            return Ok(());
+        };
+        let from_sibling = request.headers().contains_key(shoal_proto::TIER_HEADER)
+            && self.mesh.as_ref().is_some_and(|mesh| {
+                let target = request
+                    .uri()
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/");
+                mesh.authenticate(
+                    request.headers().get(shoal_core::auth::AUTH_HEADER),
+                    request.method().as_str(),
+                    target,
+                )
+                .is_ok()
+            });
+        if from_sibling {
+            return Ok(());
+        }
+        let Ok(path) = RequestPath::parse(&raw_path) else {
+            return Err(text_response(StatusCode::BAD_REQUEST, "bad request path\n"));
+        };
+        let client = client_ip.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        let verdict = keys.verify(
+            path.as_str(),
+            request.uri().query(),
+            client,
+            crate::resolve::now_unix_s(),
+        );
+        if let Err(refusal) = verdict {
+            self.stats
+                .signature_refusals
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%service, path = %path.as_str(), %client, "signed URL refused: {refusal}");
+            return Err(error_response(
+                StatusCode::FORBIDDEN,
+                Fault::Client,
+                &format!("forbidden: {refusal}\n"),
+            ));
+        }
+        let stripped = match shoal_core::url_sign::strip(request.uri().query()) {
+            Some(query) => format!("{raw_path}?{query}"),
+            None => raw_path,
+        };
+        let mut parts = request.uri().clone().into_parts();
+        parts.path_and_query = stripped.parse().ok();
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *request.uri_mut() = uri;
+        }
+        Ok(())
+    }
+
     /// Marks the cache ready: at once, or in a mesh joined through seeds
     /// once another member is heard (at most [`crate::MESH_JOIN_WAIT_MS`]).
     pub(crate) async fn become_ready(self: Arc<Self>, seeded: bool) {
@@ -294,7 +363,7 @@ impl CacheService {
 
     async fn route<B: ForwardBody>(
         self: &Arc<Self>,
-        request: Request<B>,
+        mut request: Request<B>,
         client_ip: Option<std::net::IpAddr>,
     ) -> Response<Body> {
         // For load balancers and Prometheus: these three paths are the
@@ -305,6 +374,11 @@ impl CacheService {
                 READYZ_PATH => return self.readyz(),
                 METRICS_PATH => return crate::metrics::page(self).into_response(),
                 _ => {}
+            }
+        }
+        if !request.uri().path().starts_with(INTERNAL_PREFIX) {
+            if let Err(refusal) = self.check_signed_url(&mut request, client_ip) {
+                return refusal;
             }
         }
         if request.uri().path() == EGRESS_PATH {

@@ -78,6 +78,8 @@ pub struct CacheStats {
     pub pieces_carried_over: AtomicU64,
     /// Purge events applied here.
     pub purges: AtomicU64,
+    /// Requests refused for a missing, expired or bad signed URL.
+    pub signature_refusals: AtomicU64,
     /// Time from asking the origin for a run of pieces to its response head.
     pub fill_latency_origin: shoal_server::metrics::Histogram,
     /// The same for sibling caches.

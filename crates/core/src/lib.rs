@@ -13,6 +13,7 @@ pub mod rate;
 pub mod rendezvous;
 pub mod span;
 pub mod units;
+pub mod url_sign;
 pub mod verified;
 
 pub use manifest::{Manifest, ManifestError, ObjectId, PieceHash, Validators, VerifyError};

@@ -276,6 +276,16 @@ impl MeshLink {
         &self.self_id
     }
 
+    /// A token for a request this node sends (`x-shoal-auth`).
+    pub fn token_for(&self, method: &str, path_and_query: &str) -> Result<String, AuthError> {
+        self.key.sign(
+            &self.self_id,
+            now_unix_s() + TOKEN_LIFETIME_S,
+            method,
+            path_and_query,
+        )
+    }
+
     /// The longest lifetime a token may claim here.
     pub fn auth_ttl_max_s(&self) -> u64 {
         self.settings.auth_ttl_max_s

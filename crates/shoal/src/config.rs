@@ -385,6 +385,12 @@ fn hide_secrets(value: &mut toml::Value) {
     if let toml::Value::Table(table) = value {
         for (key, item) in table.iter_mut() {
             match item {
+                // `[service.signing] keys`: key id → secret.
+                toml::Value::Table(keys) if key == "keys" => {
+                    for (_, secret) in keys.iter_mut() {
+                        *secret = toml::Value::String("(set, hidden)".into());
+                    }
+                }
                 toml::Value::String(text) if key.contains("secret") => {
                     *text = if text.is_empty() {
                         "(not set)".into()
@@ -392,6 +398,7 @@ fn hide_secrets(value: &mut toml::Value) {
                         "(set, hidden)".into()
                     };
                 }
+                toml::Value::Array(items) => items.iter_mut().for_each(hide_secrets),
                 other => hide_secrets(other),
             }
         }

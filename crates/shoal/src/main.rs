@@ -6,6 +6,7 @@
 mod config;
 mod demo;
 mod get;
+mod sign;
 mod warm;
 
 use anyhow::Context;
@@ -89,6 +90,10 @@ enum Command {
     /// viewers everywhere, a warm-up, the selector's choices, a republish,
     /// a swarm of viewers sharing pieces while the caches fill the gap),
     /// print what moved where and keep serving until Ctrl-C.
+    /// Print a signed URL for a delivery service that requires them
+    /// (HMAC-SHA256 with a key id, an expiry, optionally a path prefix and
+    /// a client address).
+    Sign(sign::SignArgs),
     /// Print a shell completion script: `shoal completions bash >
     /// /etc/bash_completion.d/shoal` (also zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
@@ -183,6 +188,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 once,
                 cache_port,
             } => demo::run(size, once, cache_port).await,
+            Command::Sign(args) => sign::run(args),
             Command::Completions { shell } => {
                 use clap::CommandFactory;
                 clap_complete::generate(shell, &mut Cli::command(), "shoal", &mut std::io::stdout());
