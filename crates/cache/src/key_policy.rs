@@ -58,39 +58,7 @@ pub struct ServiceKeyRules {
     pub signing: Option<SigningSettings>,
 }
 
-/// `[service.signing]`: the key ids and secrets signed URLs may use.
-#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(default, deny_unknown_fields)]
-pub struct SigningSettings {
-    /// Key id → secret (at least 16 bytes). Several at once for rotation.
-    pub keys: std::collections::BTreeMap<String, String>,
-}
-
-impl std::fmt::Debug for SigningSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The key ids only: never the secrets.
-        f.debug_struct("SigningSettings")
-            .field("key_ids", &self.keys.keys().collect::<Vec<_>>())
-            .finish()
-    }
-}
-
-impl SigningSettings {
-    /// The checked key set; the error names `service`.
-    pub fn keys(&self, service: &str) -> Result<shoal_core::url_sign::SigningKeys, String> {
-        if self.keys.is_empty() {
-            return Err(format!(
-                "{service}: signing.keys is empty (name at least one key id and secret)"
-            ));
-        }
-        shoal_core::url_sign::SigningKeys::new(
-            self.keys
-                .iter()
-                .map(|(id, secret)| (id.as_str(), secret.as_str())),
-        )
-        .map_err(|e| format!("{service}: signing.keys: {e}"))
-    }
-}
+pub use shoal_core::url_sign::SigningSettings;
 
 /// The cache-wide list and the services', ready to be asked per request.
 #[derive(Clone, Debug, Default)]

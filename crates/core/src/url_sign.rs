@@ -71,6 +71,40 @@ pub enum KeyError {
     ShortSecret(String),
 }
 
+/// `[service.signing]`: the key ids and secrets signed URLs may use.
+#[derive(Clone, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SigningSettings {
+    /// Key id → secret (at least 16 bytes). Several at once for rotation.
+    pub keys: std::collections::BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for SigningSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key ids only: never the secrets.
+        f.debug_struct("SigningSettings")
+            .field("key_ids", &self.keys.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl SigningSettings {
+    /// The checked key set; the error names `service`.
+    pub fn keys(&self, service: &str) -> Result<SigningKeys, String> {
+        if self.keys.is_empty() {
+            return Err(format!(
+                "{service}: signing.keys is empty (name at least one key id and secret)"
+            ));
+        }
+        SigningKeys::new(
+            self.keys
+                .iter()
+                .map(|(id, secret)| (id.as_str(), secret.as_str())),
+        )
+        .map_err(|e| format!("{service}: signing.keys: {e}"))
+    }
+}
+
 /// What a signature vouches for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claims {

@@ -14,6 +14,10 @@
 //! - `GET /_shoal/health`, `GET /_shoal/mesh`: liveness and the mesh as the
 //!   selector sees it.
 //!
+//! A delivery service with `[service.signing]` needs a signed URL: its
+//! `shoal-*` parameters come with the path (`/x?shoal-exp=…`, or beside
+//! `path=` in `/plan`), are checked here and travel on in the cache URLs.
+//!
 //! Every parameter is parsed into a typed value first; anything malformed
 //! is a 400 that says which parameter, an unknown service or object a 404.
 
@@ -66,6 +70,8 @@ pub struct SelectorStats {
     pub shortfalls: AtomicU64,
     /// Tracker announces answered (refusals included).
     pub announces: AtomicU64,
+    /// Requests refused for a missing or bad signed URL.
+    pub signature_refusals: AtomicU64,
     /// Decisions per delivery service (configured names only: bounded).
     pub per_service:
         std::sync::Mutex<std::collections::BTreeMap<String, crate::metrics::ServiceTally>>,
@@ -170,6 +176,8 @@ pub struct Selector {
     link: Arc<MeshLink>,
     /// The tracker's clock.
     started: std::time::Instant,
+    /// Signing keys of the services that require signed URLs, by name.
+    signing: HashMap<String, shoal_core::url_sign::SigningKeys>,
     /// Starting, ready or draining: what `/readyz` says.
     pub(crate) lifecycle: shoal_server::Lifecycle,
     /// The HTTP server's counters, once it serves.
@@ -475,7 +483,18 @@ pub fn parse_query(query: &str, conn_client: IpAddr, host: Option<&str>) -> Resu
     let mut host = host.map(str::to_string);
     let mut exclude = Vec::new();
     let mut reserve = false;
+    // A signed URL's parameters, given beside `path` (they belong to the
+    // object's URL; inside `path=` their `&` would split the plan's query).
+    let mut signature: Vec<&str> = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let name = pair.split('=').next().unwrap_or("");
+        if shoal_core::url_sign::PARAMS.contains(&name) {
+            if !pair.bytes().all(|b| b.is_ascii_graphic() && b != b'#') {
+                return Err(bad(format!("{name}: characters a URL cannot carry")));
+            }
+            signature.push(pair);
+            continue;
+        }
         // `path` is taken as it would appear in a URL and decoded once,
         // by `RequestPath::parse`; the other values are form-decoded.
         if let Some(raw) = pair.strip_prefix("path=") {
@@ -534,6 +553,7 @@ pub fn parse_query(query: &str, conn_client: IpAddr, host: Option<&str>) -> Resu
         .into_iter()
         .flat_map(|q| q.split('&'))
         .filter(|pair| !pair.is_empty() && !is_pin(pair))
+        .chain(signature)
         .collect();
     Ok(Ask {
         path,
@@ -678,6 +698,15 @@ impl Selector {
                 shoal_peer::tracker::TrackerLimits::default(),
             )),
             started: std::time::Instant::now(),
+            // (Checked by `validate` at start-up.)
+            signing: config
+                .effective_services()
+                .iter()
+                .filter_map(|s| {
+                    let keys = s.signing.as_ref()?.keys(&s.name).ok()?;
+                    Some((s.name.clone(), keys))
+                })
+                .collect(),
             lifecycle: shoal_server::Lifecycle::new(),
             server_stats: std::sync::OnceLock::new(),
             started_unix_s: std::time::SystemTime::now()
@@ -1193,6 +1222,21 @@ impl Selector {
     /// shows them.
     async fn decide(&self, ask: &Ask, reserve: Reserve) -> Result<Decision, Refusal> {
         let service = self.service_for(ask)?;
+        if let Some(keys) = self.signing.get(&service.name) {
+            let query = ask.query_suffix.strip_prefix('?');
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            if let Err(refusal) = keys.verify(ask.path.as_str(), query, ask.client, now) {
+                self.stats
+                    .signature_refusals
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(Refusal(
+                    StatusCode::FORBIDDEN,
+                    format!("forbidden: {refusal}"),
+                ));
+            }
+        }
         let view = self.node.view();
         self.forget_lookups_after_purges(&view);
         let uri_path = ask.path.to_uri_path();

@@ -204,6 +204,10 @@ pub struct DeliveryService {
     /// what peers leave (their `--target-mbps` wins; unset: as fast as
     /// every source allows).
     pub p2p_target_mbps: Option<f64>,
+    /// Signed URLs required (`[service.signing]`, as at the caches): the
+    /// selector refuses an unsigned or badly signed request itself, and
+    /// its redirects and plans carry the signature on to the caches.
+    pub signing: Option<shoal_core::url_sign::SigningSettings>,
 }
 
 /// See [`DeliveryService::when_saturated`].
@@ -233,6 +237,7 @@ impl Default for DeliveryService {
             p2p_upload_mbps: None,
             p2p_peers_max: 50,
             p2p_target_mbps: None,
+            signing: None,
         }
     }
 }
@@ -411,6 +416,11 @@ impl DeliveryService {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let name = &self.name;
         let bad = |what: String| Err(ConfigError(format!("delivery service `{name}`: {what}")));
+        if let Some(signing) = &self.signing {
+            signing
+                .keys(&format!("delivery service `{name}`"))
+                .map_err(ConfigError)?;
+        }
         if !shoal_core::auth::valid_node_name(name) {
             return Err(ConfigError(format!(
                 "delivery service name `{name}` must be 1-64 characters of A-Z a-z 0-9 - _"

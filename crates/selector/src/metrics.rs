@@ -120,6 +120,11 @@ pub(crate) fn page(selector: &Selector) -> MetricsPage {
         stats.bad_requests.load(Ordering::Relaxed),
     );
     page.counter1(
+        "shoal_selector_signed_url_refusals_total",
+        "Requests refused for a missing, expired or bad signed URL.",
+        stats.signature_refusals.load(Ordering::Relaxed),
+    );
+    page.counter1(
         "shoal_selector_announces_total",
         "Tracker announces answered (refusals included).",
         stats.announces.load(Ordering::Relaxed),

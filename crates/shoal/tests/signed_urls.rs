@@ -279,6 +279,53 @@ fn in_a_mesh_the_signature_is_checked_once_at_the_edge() {
         &["-H", "x-shoal-tier: 1"],
     );
     assert_eq!(got.status, 403);
+    // A selector of the same service checks the signature itself and
+    // carries it in its redirect and its plan.
+    origin.set("/paid/film.bin", "size=2000000&etag=film");
+    let selector = start_selector_service(
+        dir.path(),
+        &gossip_addr(&caches[0]),
+        8,
+        "",
+        &format!("[service.signing]\nkeys = {{ k2 = \"{NEW_SECRET}\" }}"),
+    );
+    wait_for_selector(&selector, 2);
+    let signed = sign(
+        &format!("{}/paid/film.bin", selector.url),
+        "k2",
+        NEW_SECRET,
+        &[],
+    );
+    let redirect = curl(&signed, &[]);
+    assert_eq!(
+        redirect.status,
+        302,
+        "{}",
+        String::from_utf8_lossy(&redirect.body)
+    );
+    let location = redirect.header("location").unwrap().to_string();
+    assert!(location.contains("shoal-sig="), "{location}");
+    let followed = curl(&signed, &["-L"]);
+    assert_eq!(followed.status, 200);
+    assert_eq!(followed.body.len(), 2_000_000);
+    let unsigned = curl(&format!("{}/paid/film.bin", selector.url), &[]);
+    assert_eq!(unsigned.status, 403);
+    assert!(String::from_utf8_lossy(&unsigned.body).contains("needs a signed URL"));
+    let query = signed.split_once('?').unwrap().1;
+    let plan = curl(
+        &format!("{}/plan?path=/paid/film.bin&{query}", selector.url),
+        &[],
+    );
+    assert_eq!(plan.status, 200, "{}", String::from_utf8_lossy(&plan.body));
+    let plan: serde_json::Value = serde_json::from_slice(&plan.body).unwrap();
+    let source = plan["sources"][0]["url"].as_str().unwrap();
+    assert!(source.contains("shoal-sig="), "{source}");
+    assert_eq!(curl(source, &["-r", "0-9"]).status, 206);
+    assert_eq!(
+        curl(&format!("{}/plan?path=/paid/film.bin", selector.url), &[]).status,
+        403
+    );
+
     for seen in origin.seen() {
         assert!(
             !seen.target.contains("shoal-"),
