@@ -503,17 +503,12 @@ impl BoundCache {
                 mesh.node.drain().await;
             }
         };
-        let mut server = shoal_server::Server::new(self.listener, self.limits)
-            .with_lifecycle(self.service.lifecycle.clone());
-        if let Some(stop) = self.force_stop {
-            server = server.with_force_stop(stop);
-        }
-        if let Some(log) = &self.service.access_log {
-            server = server.with_observer(log.observer());
-        }
-        if let Some(tls) = self.tls {
-            server = server.with_tls(tls.listener, tls.identity);
-        }
+        let server = shoal_server::Server::new(self.listener, self.limits).with_role(
+            self.service.lifecycle.clone(),
+            self.force_stop,
+            self.service.access_log.as_ref(),
+            self.tls,
+        );
         let _ = self.service.egress.set(server.egress());
         let _ = self.service.server_stats.set(server.stats());
         server

@@ -10,18 +10,11 @@ use std::sync::atomic::Ordering;
 
 /// The whole page for `service` as it is now.
 pub(crate) fn page(service: &CacheService) -> MetricsPage {
-    let mut page = MetricsPage::new();
-    let server = service
-        .server_stats
-        .get()
-        .map(|s| s.snapshot())
-        .unwrap_or_default();
-    shoal_server::metrics::write_common(
-        &mut page,
+    let mut page = shoal_server::metrics::role_page(
         "cache",
         service.lifecycle.phase(),
         service.started_unix_s,
-        &server,
+        service.server_stats.get(),
     );
     let s = service.stats_snapshot();
     let stats = &service.stats;

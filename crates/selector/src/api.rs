@@ -261,17 +261,12 @@ impl BoundSelector {
     /// 503; see [`shoal_server::Server::serve`]) and leaves the gossip.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
         let selector = self.selector.clone();
-        let mut server = shoal_server::Server::new(self.listener, self.limits)
-            .with_lifecycle(self.selector.lifecycle.clone());
-        if let Some(stop) = self.force_stop {
-            server = server.with_force_stop(stop);
-        }
-        if let Some(log) = &self.selector.access_log {
-            server = server.with_observer(log.observer());
-        }
-        if let Some(tls) = self.tls {
-            server = server.with_tls(tls.listener, tls.identity);
-        }
+        let server = shoal_server::Server::new(self.listener, self.limits).with_role(
+            self.selector.lifecycle.clone(),
+            self.force_stop,
+            self.selector.access_log.as_ref(),
+            self.tls,
+        );
         let _ = self.selector.server_stats.set(server.stats());
         self.selector.lifecycle.set_ready();
         server

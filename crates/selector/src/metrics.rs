@@ -42,18 +42,11 @@ pub(crate) fn tally(stats: &SelectorStats, decision: &Decision) {
 
 /// The whole page for `selector` as it is now.
 pub(crate) fn page(selector: &Selector) -> MetricsPage {
-    let mut page = MetricsPage::new();
-    let server = selector
-        .server_stats
-        .get()
-        .map(|s| s.snapshot())
-        .unwrap_or_default();
-    shoal_server::metrics::write_common(
-        &mut page,
+    let mut page = shoal_server::metrics::role_page(
         "selector",
         selector.lifecycle.phase(),
         selector.started_unix_s,
-        &server,
+        selector.server_stats.get(),
     );
     let stats = &selector.stats;
     let services = stats
@@ -241,17 +234,23 @@ fn labelled_counter(
     key: &str,
     rows: &[(String, f64)],
 ) {
-    let labels: Vec<[(&str, &str); 1]> = rows.iter().map(|(v, _)| [(key, v.as_str())]).collect();
-    let samples: Vec<_> = labels
-        .iter()
-        .zip(rows)
-        .map(|(l, (_, v))| (&l[..], *v))
-        .collect();
-    page.counter(name, help, &samples);
+    labelled(page, true, name, help, key, rows);
 }
 
 fn labelled_gauge(
     page: &mut MetricsPage,
+    name: &str,
+    help: &str,
+    key: &str,
+    rows: &[(String, f64)],
+) {
+    labelled(page, false, name, help, key, rows);
+}
+
+/// A family with one label, `key`, a sample per row.
+fn labelled(
+    page: &mut MetricsPage,
+    counter: bool,
     name: &str,
     help: &str,
     key: &str,
@@ -263,5 +262,9 @@ fn labelled_gauge(
         .zip(rows)
         .map(|(l, (_, v))| (&l[..], *v))
         .collect();
-    page.gauge(name, help, &samples);
+    if counter {
+        page.counter(name, help, &samples);
+    } else {
+        page.gauge(name, help, &samples);
+    }
 }

@@ -65,5 +65,5 @@ pub use exchange::{Exchange, ExchangeNote, Observer, Outcome};
 pub use io::Egress;
 pub use lifecycle::{livez, Lifecycle, Phase};
 pub use limits::{ServerLimits, H1_BUF_BYTES_MIN};
-pub use serve::{bind, serve, ConnInfo, Server, ServerError};
+pub use serve::{bind, serve, ConnInfo, ForceStop, Server, ServerError};
 pub use stats::{ServerStats, ServerStatsSnapshot};

@@ -240,6 +240,20 @@ impl HistogramSnapshot {
     }
 }
 
+/// A page that starts with what every role exposes (see
+/// [`write_common`]); `server` is `None` before the role serves.
+pub fn role_page(
+    role: &str,
+    phase: crate::Phase,
+    started_unix_s: f64,
+    server: Option<&crate::ServerStats>,
+) -> MetricsPage {
+    let mut page = MetricsPage::new();
+    let snapshot = server.map(|s| s.snapshot()).unwrap_or_default();
+    write_common(&mut page, role, phase, started_unix_s, &snapshot);
+    page
+}
+
 /// What every role exposes: its build, its phase, its HTTP server.
 pub fn write_common(
     page: &mut MetricsPage,

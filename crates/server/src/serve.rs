@@ -68,7 +68,7 @@ const WARN_PERIOD: Duration = Duration::from_secs(1);
 const DRAIN_REPORT_PERIOD: Duration = Duration::from_secs(10);
 
 /// A future that ends a drain at once (a second Ctrl-C).
-type ForceStop = Pin<Box<dyn Future<Output = ()> + Send>>;
+pub type ForceStop = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Errors from setting a server up. Serving itself does not fail: errors on
 /// one connection end that connection only.
@@ -161,6 +161,26 @@ impl Server {
     /// are dropped): an operator's second Ctrl-C.
     pub fn with_force_stop(mut self, stop: impl Future<Output = ()> + Send + 'static) -> Self {
         self.force_stop = Some(Box::pin(stop));
+        self
+    }
+
+    /// A long-running role's parts in one call: its phase, a force-stop
+    /// (a second SIGTERM), its access log and its HTTPS listener.
+    pub fn with_role(
+        mut self,
+        lifecycle: Lifecycle,
+        force_stop: Option<ForceStop>,
+        access_log: Option<&Arc<crate::AccessLog>>,
+        tls: Option<crate::tls::BoundTls>,
+    ) -> Self {
+        self = self.with_lifecycle(lifecycle);
+        self.force_stop = force_stop.or(self.force_stop);
+        if let Some(log) = access_log {
+            self = self.with_observer(log.observer());
+        }
+        if let Some(tls) = tls {
+            self = self.with_tls(tls.listener, tls.identity);
+        }
         self
     }
 
