@@ -199,19 +199,24 @@ impl MemberChange {
                 member = %node_id,
                 "mesh: {node_id} left or stopped answering gossip; the paths it shielded move to their next cache"
             ),
-            MemberChange::Health { node_id, from, to } if *to == Health::Ok => tracing::info!(
-                member = %node_id,
-                "mesh: {node_id} is {} again (was {})",
-                to.as_str(),
-                from.as_str()
-            ),
-            MemberChange::Health { node_id, from, to } => tracing::warn!(
-                member = %node_id,
-                "mesh: {node_id} is {} (was {}){}",
-                to.as_str(),
-                from.as_str(),
-                if node_id == self_id { " (this node)" } else { "" }
-            ),
+            MemberChange::Health { node_id, from, to } => {
+                let text = format!(
+                    "mesh: {node_id} is {} (was {}){}",
+                    to.as_str(),
+                    from.as_str(),
+                    if node_id == self_id {
+                        " (this node)"
+                    } else {
+                        ""
+                    }
+                );
+                // Back to normal, or a planned stop: news, not a warning.
+                if matches!(to, Health::Ok | Health::Draining) {
+                    tracing::info!(member = %node_id, "{text}");
+                } else {
+                    tracing::warn!(member = %node_id, "{text}");
+                }
+            }
         }
     }
 }
