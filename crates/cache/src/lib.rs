@@ -120,6 +120,10 @@ pub struct MeshSettings {
     pub cost_per_gb: f64,
     /// HTTP address peers should use (default: the listen address).
     pub http_advertise: Option<SocketAddr>,
+    /// HTTPS address selectors send HTTPS clients to (default: the `[tls]`
+    /// listen address; its port on the `http_advertise` host when that
+    /// address is unspecified).
+    pub https_advertise: Option<SocketAddr>,
     pub gossip_interval_ms: u64,
     pub phi_threshold: f64,
     pub peer_connect_timeout_ms: u64,
@@ -142,6 +146,7 @@ impl Default for MeshSettings {
             region: "default".into(),
             cost_per_gb: 0.0,
             http_advertise: None,
+            https_advertise: None,
             gossip_interval_ms: 500,
             phi_threshold: 8.0,
             peer_connect_timeout_ms: 1_000,
@@ -360,6 +365,7 @@ impl BoundCache {
             .map_err(|e| CacheError::Config(shoal_proto::Chain(&e).to_string()))?,
         );
         let stats = Arc::new(stats::CacheStats::default());
+        let server_stats = Arc::new(std::sync::OnceLock::new());
         let tls = shoal_server::tls::BoundTls::bind(&config.tls)
             .await
             .map_err(|e| CacheError::Config(e.to_string()))?;
@@ -375,7 +381,13 @@ impl BoundCache {
         })?;
         let mesh = match config.mesh.gossip {
             Some(gossip) => {
-                Some(join_mesh(&config, gossip, local_addr, store.clone(), stats.clone()).await?)
+                let https = tls.as_ref().map(|t| t.local_addr);
+                let local = Arc::new(local_state::CacheLocalState::new(
+                    store.clone(),
+                    stats.clone(),
+                    server_stats.clone(),
+                ));
+                Some(join_mesh(&config, gossip, local_addr, https, local, stats.clone()).await?)
             }
             None => None,
         };
@@ -421,7 +433,7 @@ impl BoundCache {
             relays: serve::RelayState::default(),
             pass_verdicts: first_contact::PassVerdicts::default(),
             lifecycle: shoal_server::Lifecycle::new(),
-            server_stats: std::sync::OnceLock::new(),
+            server_stats,
             started_unix_s: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
@@ -534,7 +546,8 @@ async fn join_mesh(
     config: &CacheConfig,
     gossip: SocketAddr,
     listen: SocketAddr,
-    store: Arc<Store>,
+    https_listen: Option<SocketAddr>,
+    local: Arc<local_state::CacheLocalState>,
     stats: Arc<stats::CacheStats>,
 ) -> Result<Arc<peer::MeshLink>, CacheError> {
     let settings = &config.mesh;
@@ -550,7 +563,6 @@ async fn join_mesh(
         .unwrap_or_else(|| default_node_id(http_advertise));
     let key = shoal_core::auth::ClusterKey::from_secret(&settings.cluster_secret)
         .map_err(|e| CacheError::Config(e.to_string()))?;
-    let local = Arc::new(local_state::CacheLocalState::new(store, stats.clone()));
     let node = shoal_mesh::MeshNode::start(
         shoal_mesh::MeshConfig {
             role: shoal_mesh::MeshRole::Cache,
@@ -561,6 +573,12 @@ async fn join_mesh(
             cluster_secret: settings.cluster_secret.clone(),
             region: settings.region.clone(),
             http_advertise,
+            https_advertise: settings.https_advertise.or_else(|| {
+                https_listen.map(|https| match https.ip().is_unspecified() {
+                    true => SocketAddr::new(http_advertise.ip(), https.port()),
+                    false => https,
+                })
+            }),
             egress_cap_bps: config.limits.egress_bytes_per_s.saturating_mul(8),
             cost_per_gb_microusd: (settings.cost_per_gb * 1e6).round() as u64,
             gossip_interval_ms: settings.gossip_interval_ms,

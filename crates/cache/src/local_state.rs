@@ -1,9 +1,10 @@
 //! What this cache tells the mesh about itself: recent egress (an EWMA of
-//! bytes sent to clients and peers), the objects it holds, its health.
+//! bytes sent to clients and peers), the objects it holds, its health, and
+//! its traffic totals (for the selector's dashboard).
 
 use crate::stats::CacheStats;
 use shoal_core::ObjectId;
-use shoal_mesh::{Health, LocalState};
+use shoal_mesh::{Health, LocalState, Traffic};
 use shoal_store::Store;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -15,6 +16,8 @@ const EGRESS_EWMA_TAU_S: f64 = 1.0;
 pub struct CacheLocalState {
     store: Arc<Store>,
     stats: Arc<CacheStats>,
+    /// The HTTP server's counters, once it runs (requests in flight).
+    server_stats: Arc<std::sync::OnceLock<shoal_server::ServerStats>>,
     egress: Mutex<EgressAverage>,
 }
 
@@ -25,10 +28,15 @@ struct EgressAverage {
 }
 
 impl CacheLocalState {
-    pub fn new(store: Arc<Store>, stats: Arc<CacheStats>) -> Self {
+    pub fn new(
+        store: Arc<Store>,
+        stats: Arc<CacheStats>,
+        server_stats: Arc<std::sync::OnceLock<shoal_server::ServerStats>>,
+    ) -> Self {
         Self {
             store,
             stats,
+            server_stats,
             egress: Mutex::new(EgressAverage {
                 at: Instant::now(),
                 bytes: 0,
@@ -61,6 +69,22 @@ impl LocalState for CacheLocalState {
             .into_iter()
             .map(|(id, _)| id)
             .collect()
+    }
+
+    fn traffic(&self) -> Option<Traffic> {
+        let get = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+        let stats = &self.stats;
+        Some(Traffic {
+            client_bytes: get(&stats.bytes_served),
+            client_store_bytes: get(&stats.bytes_served_from_store),
+            peer_cache_bytes: get(&stats.peer_bytes_served),
+            origin_bytes: get(&stats.origin_bytes),
+            sibling_bytes: get(&stats.peer_bytes_received),
+            requests_in_flight: self
+                .server_stats
+                .get()
+                .map_or(0, |s| s.requests_in_flight()),
+        })
     }
 
     /// Degraded while the store cannot write (a full disk): the cache

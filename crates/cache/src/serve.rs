@@ -80,7 +80,7 @@ pub struct CacheService {
     /// Starting, ready or draining: what `/readyz` says.
     pub(crate) lifecycle: shoal_server::Lifecycle,
     /// The HTTP server's counters, once it serves.
-    pub(crate) server_stats: std::sync::OnceLock<shoal_server::ServerStats>,
+    pub(crate) server_stats: Arc<std::sync::OnceLock<shoal_server::ServerStats>>,
     /// When this cache started (Unix seconds), for `/metrics`.
     pub(crate) started_unix_s: f64,
     /// The disk store's budget, for `/metrics`.

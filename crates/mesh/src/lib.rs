@@ -19,4 +19,4 @@ pub mod view;
 
 pub use node::{LocalState, MeshConfig, MeshError, MeshNode, MeshRole, ObserverState};
 pub use summary::ObjectSummary;
-pub use view::{shield_key, Health, Member, MeshView, SelectorNode};
+pub use view::{shield_key, Health, Member, MeshView, SelectorNode, Traffic};

@@ -5,7 +5,9 @@
 
 use crate::summary::{ObjectSummary, SUMMARY_OBJECTS_MAX};
 use crate::transport::{gossip_key, MacTransport};
-use crate::view::{keys, Health, Member, MeshView, ROLE_CACHE, ROLE_SELECTOR, SCHEMA_VERSION};
+use crate::view::{
+    keys, Health, Member, MeshView, Traffic, ROLE_CACHE, ROLE_SELECTOR, SCHEMA_VERSION,
+};
 use chitchat::{
     spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig,
     ProtocolVersion,
@@ -22,6 +24,8 @@ use tokio::sync::watch;
 const CLUSTER_ID: &str = "shoal";
 /// How often the object summary is recomputed.
 const SUMMARY_INTERVAL_MS: u64 = 2_000;
+/// How often the traffic totals are published (dashboards sample them).
+const TRAFFIC_INTERVAL_MS: u64 = 2_000;
 /// How often load and health are published.
 const STATE_INTERVAL_MS: u64 = 1_000;
 
@@ -51,6 +55,9 @@ pub struct MeshConfig {
     pub region: String,
     /// Where peers reach our HTTP service.
     pub http_advertise: SocketAddr,
+    /// Where clients reach our HTTPS service, if we have one (selectors
+    /// send HTTPS clients there).
+    pub https_advertise: Option<SocketAddr>,
     /// 0 means uncapped.
     pub egress_cap_bps: u64,
     pub cost_per_gb_microusd: u64,
@@ -123,6 +130,10 @@ pub trait LocalState: Send + Sync + 'static {
     /// Ids of objects held, most bytes first, at most `max`.
     fn held_objects(&self, max: usize) -> Vec<ObjectId>;
     fn health(&self) -> Health;
+    /// Totals since start, for dashboards (`None`: not gossiped).
+    fn traffic(&self) -> Option<Traffic> {
+        None
+    }
 }
 
 /// The [`LocalState`] of an observer: it holds nothing and sends nothing.
@@ -366,6 +377,9 @@ fn initial_state(config: &MeshConfig, observer: bool) -> Vec<(String, String)> {
     ];
     if !observer {
         initial.extend(cache_keys);
+        if let Some(https) = config.https_advertise {
+            initial.push((keys::HTTPS.to_string(), format!("https://{https}")));
+        }
     }
     initial
 }
@@ -375,6 +389,7 @@ fn self_member(config: &MeshConfig) -> Member {
     Member {
         node_id: config.node_id.clone(),
         http_addr: config.http_advertise,
+        https_addr: config.https_advertise,
         region: config.region.clone(),
         egress_cap_bps: config.egress_cap_bps,
         egress_bps: 0,
@@ -383,6 +398,7 @@ fn self_member(config: &MeshConfig) -> Member {
         summary: None,
         purge_head: None,
         generation: 0,
+        traffic: None,
     }
 }
 
@@ -497,6 +513,7 @@ async fn publish_state(
     let mut tick = tokio::time::interval(Duration::from_millis(STATE_INTERVAL_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let summary_every = (SUMMARY_INTERVAL_MS / STATE_INTERVAL_MS).max(1);
+    let traffic_every = (TRAFFIC_INTERVAL_MS / STATE_INTERVAL_MS).max(1);
     let mut round: u64 = 0;
     loop {
         tick.tick().await;
@@ -510,6 +527,10 @@ async fn publish_state(
         } else {
             local.health()
         };
+        let traffic = round
+            .is_multiple_of(traffic_every)
+            .then(|| local.traffic())
+            .flatten();
         let summary = if round.is_multiple_of(summary_every) {
             let local = local.clone();
             tokio::task::spawn_blocking(move || {
@@ -527,6 +548,9 @@ async fn publish_state(
         me.set(keys::EGRESS_BPS, egress);
         me.set(keys::EGRESS_CAP_BPS, cap);
         me.set(keys::HEALTH, health.as_str());
+        if let Some(traffic) = traffic {
+            me.set(keys::TRAFFIC, traffic.encode());
+        }
         let purge = purge_head.load(Ordering::Relaxed);
         if purge != 0 {
             me.set(keys::PURGE_HEAD, format!("{purge:016x}"));

@@ -28,6 +28,11 @@ pub mod keys {
     /// The id (16 hex digits) of the newest purge a cache has applied: a
     /// member that sees one it does not know catches up from its peer.
     pub const PURGE_HEAD: &str = "purge";
+    /// `https://ADDR` when the cache also serves HTTPS (optional).
+    pub const HTTPS: &str = "https";
+    /// What the cache has carried since it started ([`super::Traffic`],
+    /// optional): dashboards take rates from its changes.
+    pub const TRAFFIC: &str = "traffic";
 }
 
 /// Values of [`keys::ROLE`].
@@ -75,6 +80,8 @@ pub struct Member {
     /// Where its HTTP service listens (an address, never a URL a peer could
     /// point anywhere).
     pub http_addr: SocketAddr,
+    /// Where its HTTPS listener is, when it has one.
+    pub https_addr: Option<SocketAddr>,
     pub region: String,
     pub egress_cap_bps: u64,
     pub egress_bps: u64,
@@ -86,12 +93,91 @@ pub struct Member {
     /// Its process's generation in gossip (a restart makes a new one;
     /// 0 when not from gossip).
     pub generation: u64,
+    /// Its totals since it started, when it gossips them.
+    pub traffic: Option<Traffic>,
+}
+
+/// What a cache has carried since it started, gossiped every few seconds.
+/// Counters only grow within one process generation; a restart starts them
+/// again from zero.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Object bytes sent to clients.
+    pub client_bytes: u64,
+    /// Of those, bytes whose pieces were already stored (hits).
+    pub client_store_bytes: u64,
+    /// Object bytes sent to sibling caches.
+    pub peer_cache_bytes: u64,
+    /// Object bytes fetched from the origin.
+    pub origin_bytes: u64,
+    /// Object bytes received from sibling caches.
+    pub sibling_bytes: u64,
+    /// HTTP requests being answered right now.
+    pub requests_in_flight: u64,
+}
+
+/// Longest [`keys::TRAFFIC`] value a member may gossip.
+const TRAFFIC_LEN_MAX_BYTES: usize = 256;
+
+impl Traffic {
+    /// `c=… s=… p=… o=… m=… a=…`: short, since it travels in deltas.
+    pub fn encode(&self) -> String {
+        format!(
+            "c={} s={} p={} o={} m={} a={}",
+            self.client_bytes,
+            self.client_store_bytes,
+            self.peer_cache_bytes,
+            self.origin_bytes,
+            self.sibling_bytes,
+            self.requests_in_flight
+        )
+    }
+
+    /// The inverse of [`Traffic::encode`]; `None` if a field is missing,
+    /// repeated or not a number. Unknown fields are skipped (a newer
+    /// cache may add some).
+    pub fn parse(text: &str) -> Option<Self> {
+        if text.len() > TRAFFIC_LEN_MAX_BYTES {
+            return None;
+        }
+        let mut fields: [Option<u64>; 6] = [None; 6];
+        for pair in text.split(' ').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=')?;
+            let slot = match key {
+                "c" => 0,
+                "s" => 1,
+                "p" => 2,
+                "o" => 3,
+                "m" => 4,
+                "a" => 5,
+                _ => continue,
+            };
+            if fields[slot].is_some() {
+                return None;
+            }
+            fields[slot] = Some(value.parse().ok()?);
+        }
+        let [c, s, p, o, m, a] = fields;
+        Some(Traffic {
+            client_bytes: c?,
+            client_store_bytes: s?,
+            peer_cache_bytes: p?,
+            origin_bytes: o?,
+            sibling_bytes: m?,
+            requests_in_flight: a?,
+        })
+    }
 }
 
 impl Member {
     /// `http://ADDR`, the base of its URLs.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.http_addr)
+    }
+
+    /// `https://ADDR` when it serves HTTPS.
+    pub fn https_base_url(&self) -> Option<String> {
+        self.https_addr.map(|addr| format!("https://{addr}"))
     }
 
     /// Fraction of its egress capacity not in use, 0..=1 (1 when uncapped).
@@ -117,6 +203,10 @@ impl Member {
             return None;
         }
         let http_addr: SocketAddr = get(keys::HTTP)?.strip_prefix("http://")?.parse().ok()?;
+        // Optional: a malformed one is ignored, not fatal.
+        let https_addr = get(keys::HTTPS)
+            .and_then(|v| v.strip_prefix("https://"))
+            .and_then(|v| v.parse().ok());
         let region = get(keys::REGION)?;
         if region.is_empty() || region.len() > REGION_LEN_MAX_BYTES {
             return None;
@@ -125,6 +215,7 @@ impl Member {
         Some(Member {
             node_id: node_id.to_string(),
             http_addr,
+            https_addr,
             region: region.to_string(),
             egress_cap_bps: number(keys::EGRESS_CAP_BPS)?,
             egress_bps: number(keys::EGRESS_BPS).unwrap_or(0),
@@ -134,6 +225,7 @@ impl Member {
             // Optional: a malformed one is ignored, not fatal.
             purge_head: get(keys::PURGE_HEAD).and_then(|v| u64::from_str_radix(v, 16).ok()),
             generation: 0,
+            traffic: get(keys::TRAFFIC).and_then(Traffic::parse),
         })
     }
 }
@@ -353,6 +445,7 @@ mod tests {
         Member {
             node_id: id.into(),
             http_addr: "127.0.0.1:1".parse().unwrap(),
+            https_addr: None,
             region: region.into(),
             egress_cap_bps: 1000,
             egress_bps: 0,
@@ -361,6 +454,7 @@ mod tests {
             summary: None,
             purge_head: None,
             generation: 0,
+            traffic: None,
         }
     }
 
@@ -398,6 +492,57 @@ mod tests {
         kv.remove("region");
         assert!(parse(&kv).is_none());
         assert!(Member::from_key_values("bad name!", |_| Some("1"), None).is_none());
+    }
+
+    #[test]
+    fn optional_keys_parse_or_are_left_out_without_dropping_the_member() {
+        let mut kv: HashMap<&str, &str> = [
+            ("v", "1"),
+            ("http", "http://127.0.0.1:8081"),
+            ("region", "eu"),
+            ("egress_cap_bps", "0"),
+            ("cost_per_gb_microusd", "0"),
+            ("health", "ok"),
+            ("https", "https://127.0.0.1:8443"),
+            ("traffic", "c=10 s=4 p=3 o=6 m=1 a=2"),
+        ]
+        .into_iter()
+        .collect();
+        let parse = |kv: &HashMap<&str, &'static str>| {
+            Member::from_key_values("a", |k| kv.get(k).copied(), None).unwrap()
+        };
+        let m = parse(&kv);
+        assert_eq!(
+            m.https_base_url().as_deref(),
+            Some("https://127.0.0.1:8443")
+        );
+        let traffic = Traffic {
+            client_bytes: 10,
+            client_store_bytes: 4,
+            peer_cache_bytes: 3,
+            origin_bytes: 6,
+            sibling_bytes: 1,
+            requests_in_flight: 2,
+        };
+        assert_eq!(m.traffic, Some(traffic));
+        assert_eq!(Traffic::parse(&traffic.encode()), Some(traffic));
+        // A newer cache's extra field is skipped.
+        assert_eq!(
+            Traffic::parse("c=10 s=4 p=3 o=6 m=1 a=2 z=9"),
+            Some(traffic)
+        );
+        for bad in [
+            "c=1",
+            "c=1 c=1 s=1 p=1 o=1 m=1 a=1",
+            "c=-1 s=1 p=1 o=1 m=1 a=1",
+            "nonsense",
+        ] {
+            assert_eq!(Traffic::parse(bad), None, "{bad}");
+        }
+        kv.insert("https", "http://127.0.0.1:8443");
+        kv.insert("traffic", "c=x");
+        let m = parse(&kv);
+        assert_eq!((m.https_addr, m.traffic), (None, None));
     }
 
     #[test]

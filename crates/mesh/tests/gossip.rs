@@ -30,6 +30,7 @@ fn config(name: &str, secret: &str, seeds: Vec<String>) -> MeshConfig {
         cluster_secret: secret.into(),
         region: if name.ends_with('0') { "eu" } else { "us" }.into(),
         http_advertise: "127.0.0.1:9".parse().unwrap(),
+        https_advertise: None,
         egress_cap_bps: 1_000_000_000,
         cost_per_gb_microusd: 5_000,
         gossip_interval_ms: 200,

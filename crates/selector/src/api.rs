@@ -185,6 +185,9 @@ pub struct Selector {
     /// When this selector started (Unix seconds), for `/metrics`.
     pub(crate) started_unix_s: f64,
     pub(crate) access_log: Option<Arc<shoal_server::AccessLog>>,
+    dashboard_settings: crate::config::DashboardSettings,
+    /// The fleet sampled for the dashboard's charts.
+    dashboard: std::sync::Mutex<crate::dashboard::History>,
 }
 
 /// A selector with its port bound and the gossip joined, ready to serve.
@@ -268,6 +271,11 @@ impl BoundSelector {
             self.tls,
         );
         let _ = self.selector.server_stats.set(server.stats());
+        let sampler = self
+            .selector
+            .dashboard_settings
+            .enabled
+            .then(|| tokio::spawn(sample_dashboard(self.selector.clone())));
         self.selector.lifecycle.set_ready();
         server
             .serve(
@@ -278,8 +286,29 @@ impl BoundSelector {
                 shutdown,
             )
             .await;
+        if let Some(sampler) = sampler {
+            sampler.abort();
+        }
         self.selector.node.leave().await;
     }
+}
+
+/// Records the fleet for the dashboard every `dashboard.sample_ms`.
+async fn sample_dashboard(selector: Arc<Selector>) {
+    let every = std::time::Duration::from_millis(selector.dashboard_settings.sample_ms);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let sample = selector.fleet_sample(unix_ms());
+        lock(&selector.dashboard).record(sample);
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The coverage zones from `config.zones_file` (`None`: no file, every
@@ -343,6 +372,7 @@ async fn join_mesh(
             cluster_secret: mesh.cluster_secret.clone(),
             region: String::new(),
             http_advertise: mesh.http_advertise.unwrap_or(local_addr),
+            https_advertise: None,
             egress_cap_bps: 0,
             cost_per_gb_microusd: 0,
             gossip_interval_ms: mesh.gossip_interval_ms,
@@ -604,6 +634,22 @@ fn json<T: Serialize>(value: &T) -> Response<Body> {
         .unwrap_or_else(|_| internal_error())
 }
 
+/// `GET /dashboard`: the page; its script only talks to this selector and
+/// puts gossiped names in the page as text, never as markup.
+fn dashboard_page() -> Response<Body> {
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+        .header(header::CACHE_CONTROL, "no-store")
+        .header(
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; \
+             frame-ancestors 'none'",
+        )
+        .body(shoal_server::full(crate::dashboard::PAGE_HTML))
+        .unwrap_or_else(|_| internal_error())
+}
+
 /// 405 for anything but GET and HEAD, naming those.
 fn method_not_allowed() -> Response<Body> {
     let mut response = text(
@@ -708,6 +754,10 @@ impl Selector {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
             access_log: None,
+            dashboard_settings: config.dashboard.clone(),
+            dashboard: std::sync::Mutex::new(crate::dashboard::History::new(
+                config.dashboard.points_max(),
+            )),
         }
     }
 
@@ -934,6 +984,12 @@ impl Selector {
             "/metrics" => crate::metrics::page(&self).into_response(),
             "/_shoal/mesh" => self.mesh(),
             "/_shoal/swarms" => self.swarms(),
+            "/dashboard" | "/_shoal/dashboard" if !self.dashboard_settings.enabled => text(
+                StatusCode::NOT_FOUND,
+                "the dashboard is off here (dashboard.enabled = false)",
+            ),
+            "/dashboard" => dashboard_page(),
+            "/_shoal/dashboard" => self.dashboard(),
             "/" => text(
                 StatusCode::OK,
                 "shoal selector: GET /plan?path=/x (JSON), GET /explain?path=/x (text), \
@@ -1040,6 +1096,77 @@ impl Selector {
                 self.stats.redirects.load(Ordering::Relaxed)
             ),
         )
+    }
+
+    /// The fleet now, for the dashboard's history.
+    fn fleet_sample(&self, at_ms: u64) -> crate::dashboard::FleetSample {
+        let view = self.node.view();
+        let swarms = self.service_swarms();
+        let services = lock(&self.stats.per_service);
+        crate::dashboard::FleetSample {
+            at_ms,
+            caches: view
+                .members
+                .iter()
+                .map(crate::dashboard::CacheSample::of)
+                .collect(),
+            swarm_bytes_from_peers: swarms.values().map(|s| s.bytes_from_peers).sum(),
+            swarm_bytes_from_caches: swarms.values().map(|s| s.bytes_from_caches).sum(),
+            swarm_downloaders: swarms.values().map(|s| s.peers - s.seeds).sum(),
+            decisions: services.values().map(|t| t.decisions).sum(),
+            decisions_bitrate_met: services.values().map(|t| t.bitrate_met).sum(),
+        }
+    }
+
+    /// `GET /_shoal/dashboard`: what the dashboard page draws, as JSON.
+    fn dashboard(&self) -> Response<Body> {
+        let view = self.node.view();
+        let swarms = self.service_swarms();
+        let tallies = lock(&self.stats.per_service).clone();
+        // Every configured service, then any other name decided or swarmed.
+        let mut names: Vec<String> = self.services.all().iter().map(|s| s.name.clone()).collect();
+        for name in tallies.keys().chain(swarms.keys()) {
+            if !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
+        let services = names
+            .into_iter()
+            .map(|name| {
+                let tally = tallies.get(&name).cloned().unwrap_or_default();
+                let swarm = swarms.get(&name);
+                let mean = |sum: f64| (tally.decisions > 0).then(|| sum / tally.decisions as f64);
+                crate::dashboard::ServiceRow {
+                    decisions: tally.decisions,
+                    bitrate_met_ratio: mean(tally.bitrate_met as f64),
+                    shortfalls: tally.shortfalls,
+                    usd_per_gb_mean: mean(tally.usd_per_gb_sum),
+                    committed_mbps_mean: mean(tally.committed_mbps_sum),
+                    swarms: swarm.map_or(0, |s| s.swarms),
+                    viewers: swarm.map_or(0, |s| s.peers),
+                    seeds: swarm.map_or(0, |s| s.seeds),
+                    peer_efficiency: swarm
+                        .filter(|s| s.bytes_from_peers + s.bytes_from_caches > 0)
+                        .map(|s| s.peer_efficiency),
+                    name,
+                }
+            })
+            .collect();
+        let answer = crate::dashboard::dashboard(
+            view.self_id.clone(),
+            unix_ms(),
+            self.dashboard_settings.sample_ms,
+            &view.members,
+            services,
+            &lock(&self.dashboard),
+        );
+        // Compact: the page polls it every couple of seconds.
+        let body = serde_json::to_vec(&answer).unwrap_or_default();
+        Response::builder()
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CACHE_CONTROL, "no-store")
+            .body(shoal_server::full(body))
+            .unwrap_or_else(|_| internal_error())
     }
 
     /// `/_shoal/mesh`: the mesh as this selector sees it, as JSON.

@@ -86,6 +86,8 @@ pub struct SelectorConfig {
     pub access_log: shoal_server::AccessLogConfig,
     /// An HTTPS listener beside the plain one (`[tls]`).
     pub tls: shoal_server::tls::TlsConfig,
+    /// The live dashboard at `/dashboard` (`[dashboard]`).
+    pub dashboard: DashboardSettings,
     pub mesh: SelectorMesh,
     /// Delivery services; none configured means one catch-all service
     /// (`default_service`).
@@ -113,9 +115,44 @@ impl Default for SelectorConfig {
             limits: ServerLimits::default(),
             access_log: Default::default(),
             tls: Default::default(),
+            dashboard: DashboardSettings::default(),
             mesh: SelectorMesh::default(),
             services: Vec::new(),
         }
+    }
+}
+
+/// The live dashboard (`[dashboard]` in TOML).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DashboardSettings {
+    /// Serve `/dashboard` and `/_shoal/dashboard` (false: both answer 404).
+    pub enabled: bool,
+    /// How often the fleet is sampled for the charts, ms.
+    pub sample_ms: u64,
+    /// How far back the charts reach, s.
+    pub history_s: u64,
+}
+
+impl Default for DashboardSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            sample_ms: 2_000,
+            history_s: 600,
+        }
+    }
+}
+
+/// Fastest dashboard sampling, ms.
+pub const DASHBOARD_SAMPLE_MS_MIN: u64 = 250;
+
+impl DashboardSettings {
+    /// Samples kept for `history_s`.
+    pub fn points_max(&self) -> usize {
+        usize::try_from(self.history_s.saturating_mul(1_000) / self.sample_ms.max(1))
+            .unwrap_or(usize::MAX)
+            .clamp(1, crate::dashboard::HISTORY_POINTS_MAX)
     }
 }
 
@@ -282,6 +319,13 @@ impl SelectorConfig {
                 10,
                 60_000,
             ),
+            (
+                "dashboard.sample_ms",
+                self.dashboard.sample_ms,
+                DASHBOARD_SAMPLE_MS_MIN,
+                60_000,
+            ),
+            ("dashboard.history_s", self.dashboard.history_s, 10, 86_400),
         ] {
             if !(low..=high).contains(&value) {
                 return bad(format!("{name} must be within {low}..={high}"));

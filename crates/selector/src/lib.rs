@@ -21,11 +21,14 @@
 //!   first sent (soft, bounded);
 //! - [`api`]: the HTTP endpoints (`/plan`, `/explain`, redirect with
 //!   `Link: rel=duplicate`, `/livez`, `/readyz`);
-//! - `metrics`: the `/metrics` page and the per-service decision tally.
+//! - `metrics`: the `/metrics` page and the per-service decision tally;
+//! - [`dashboard`]: the live dashboard at `/dashboard` (the fleet sampled
+//!   into a bounded history; rates from differences of samples).
 
 pub mod affinity;
 pub mod api;
 pub mod config;
+pub mod dashboard;
 pub mod decide;
 pub mod lookup;
 pub(crate) mod metrics;

@@ -113,6 +113,10 @@ impl ServerStats {
         self.counters.active.load(Ordering::Relaxed)
     }
 
+    pub fn requests_in_flight(&self) -> u64 {
+        self.counters.requests_in_flight.load(Ordering::Relaxed)
+    }
+
     pub fn snapshot(&self) -> ServerStatsSnapshot {
         ServerStatsSnapshot {
             connections_accepted: self.connections_accepted(),
@@ -125,7 +129,7 @@ impl ServerStats {
             accept_errors: self.accept_errors(),
             handler_panics: self.handler_panics(),
             connections_active: self.connections_active(),
-            requests_in_flight: self.counters.requests_in_flight.load(Ordering::Relaxed),
+            requests_in_flight: self.requests_in_flight(),
             requests_by_class: std::array::from_fn(|i| {
                 self.counters.requests_by_class[i].load(Ordering::Relaxed)
             }),

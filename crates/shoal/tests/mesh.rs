@@ -338,6 +338,7 @@ fn start_evil_peer(seed: &str, objects: Vec<shoal_core::ObjectId>, object_size: 
                 cluster_secret: CLUSTER_SECRET.into(),
                 region: "near".into(),
                 http_advertise: http,
+                https_advertise: None,
                 egress_cap_bps: 0,
                 cost_per_gb_microusd: 0,
                 gossip_interval_ms: 200,

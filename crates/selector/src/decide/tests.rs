@@ -8,6 +8,7 @@ fn member(id: &str, port: u16, region: &str, cost_microusd: u64) -> Member {
     Member {
         node_id: id.into(),
         http_addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        https_addr: None,
         region: region.into(),
         egress_cap_bps: 1_000_000_000,
         egress_bps: 0,
@@ -16,6 +17,7 @@ fn member(id: &str, port: u16, region: &str, cost_microusd: u64) -> Member {
         summary: None::<std::sync::Arc<ObjectSummary>>,
         purge_head: None,
         generation: 0,
+        traffic: None,
     }
 }
 

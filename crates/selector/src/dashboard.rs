@@ -1,0 +1,553 @@
+//! The selector's live dashboard: `GET /dashboard` is one self-contained
+//! page (no outside scripts, fonts or images) that polls
+//! `GET /_shoal/dashboard` for JSON every couple of seconds and draws it.
+//!
+//! A sampler task records the fleet every `dashboard.sample_ms` into a
+//! bounded [`History`]. Rates are differences between consecutive
+//! samples, computed here by pure functions of the samples (no clock, no
+//! I/O), so tests drive the same code the page shows. Polling rather than
+//! a stream: it passes any proxy, and an open dashboard never holds a
+//! drain open.
+
+use serde::Serialize;
+use shoal_mesh::{Health, Member, Traffic};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+/// The page, served as is.
+pub const PAGE_HTML: &str = include_str!("dashboard.html");
+
+/// Most samples kept (a day at one a second; bounded whatever the
+/// settings say).
+pub const HISTORY_POINTS_MAX: usize = 86_400;
+
+/// One cache as the gossip showed it at a sample.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CacheSample {
+    pub node_id: String,
+    /// Its process's generation: counters start again when it changes.
+    pub generation: u64,
+    pub region: String,
+    pub egress_bps: u64,
+    pub egress_cap_bps: u64,
+    pub traffic: Option<Traffic>,
+}
+
+impl CacheSample {
+    pub fn of(member: &Member) -> Self {
+        CacheSample {
+            node_id: member.node_id.clone(),
+            generation: member.generation,
+            region: member.region.clone(),
+            egress_bps: member.egress_bps,
+            egress_cap_bps: member.egress_cap_bps,
+            traffic: member.traffic,
+        }
+    }
+}
+
+/// The fleet at one instant, as this selector sees it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FleetSample {
+    /// Unix time, ms.
+    pub at_ms: u64,
+    pub caches: Vec<CacheSample>,
+    /// What the viewers of the swarms homed here reported, summed (falls
+    /// when a swarm ends).
+    pub swarm_bytes_from_peers: u64,
+    pub swarm_bytes_from_caches: u64,
+    /// Viewers in those swarms still downloading.
+    pub swarm_downloaders: u64,
+    /// This selector's decisions so far, and those that met the
+    /// committed bitrate.
+    pub decisions: u64,
+    pub decisions_bitrate_met: u64,
+}
+
+/// What happened between two samples, as the charts draw it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Point {
+    /// End of the interval, Unix ms.
+    pub at_ms: u64,
+    /// Bytes viewers received from other viewers, Mbit/s.
+    pub peers_mbps: f64,
+    /// Bytes caches sent to clients that they did not fetch from the
+    /// origin for it (stored pieces or sibling caches), Mbit/s.
+    pub caches_mbps: f64,
+    /// Bytes caches fetched from the origin, Mbit/s.
+    pub origin_mbps: f64,
+    /// Egress each region's caches gossip (about a second old), Mbit/s.
+    pub region_egress_mbps: BTreeMap<String, f64>,
+    /// Share of the interval's client bytes served from stored pieces
+    /// (`None`: no client bytes).
+    pub hit_ratio: Option<f64>,
+    /// Share of the interval's decisions that met the committed bitrate
+    /// (`None`: no decision).
+    pub bitrate_met_ratio: Option<f64>,
+    /// Requests in flight at the caches plus viewers still downloading.
+    pub active_downloads: u64,
+}
+
+/// The last samples turned into points, oldest first.
+#[derive(Debug)]
+pub struct History {
+    previous: Option<FleetSample>,
+    points: VecDeque<Point>,
+    points_max: usize,
+}
+
+impl History {
+    pub fn new(points_max: usize) -> Self {
+        History {
+            previous: None,
+            points: VecDeque::new(),
+            points_max: points_max.clamp(1, HISTORY_POINTS_MAX),
+        }
+    }
+
+    /// Adds `sample`: the interval since the previous one becomes a point.
+    /// A sample not later than the previous one is ignored (the clock
+    /// stepped back).
+    pub fn record(&mut self, sample: FleetSample) {
+        if let Some(previous) = &self.previous {
+            if sample.at_ms <= previous.at_ms {
+                return;
+            }
+            let point = interval(previous, &sample);
+            if self.points.len() == self.points_max {
+                self.points.pop_front();
+            }
+            self.points.push_back(point);
+        }
+        self.previous = Some(sample);
+    }
+
+    pub fn points(&self) -> impl Iterator<Item = &Point> {
+        self.points.iter()
+    }
+
+    /// The newest sample (the tables show it).
+    pub fn latest(&self) -> Option<&FleetSample> {
+        self.previous.as_ref()
+    }
+}
+
+/// How much a counter grew from `before` to `now`. A cache seen for the
+/// first time adds nothing (its totals span an unknown time); one that
+/// restarted adds what it counted since (most of it in this interval); a
+/// counter that went down (a swarm ended) adds nothing.
+fn grown(before: Option<(u64, u64)>, now: (u64, u64)) -> u64 {
+    let (generation, value) = now;
+    match before {
+        None => 0,
+        Some((old_generation, _)) if old_generation != generation => value,
+        Some((_, old)) => value.saturating_sub(old),
+    }
+}
+
+fn mbps(bytes: u64, elapsed_ms: u64) -> f64 {
+    bytes as f64 * 8.0 / 1e6 / (elapsed_ms as f64 / 1e3)
+}
+
+fn share(part: u64, whole: u64) -> Option<f64> {
+    (whole > 0).then(|| (part.min(whole)) as f64 / whole as f64)
+}
+
+/// The point for the interval `before` → `now`.
+pub fn interval(before: &FleetSample, now: &FleetSample) -> Point {
+    let elapsed_ms = now.at_ms.saturating_sub(before.at_ms).max(1);
+    let earlier: HashMap<&str, &CacheSample> = before
+        .caches
+        .iter()
+        .map(|c| (c.node_id.as_str(), c))
+        .collect();
+    let (mut client, mut stored, mut origin, mut in_flight) = (0u64, 0u64, 0u64, 0u64);
+    let mut region_egress_mbps = BTreeMap::new();
+    for cache in &now.caches {
+        *region_egress_mbps
+            .entry(cache.region.clone())
+            .or_insert(0.0) += cache.egress_bps as f64 / 1e6;
+        let Some(traffic) = cache.traffic else {
+            continue;
+        };
+        in_flight += traffic.requests_in_flight;
+        let old = earlier
+            .get(cache.node_id.as_str())
+            .and_then(|c| Some((c.generation, c.traffic?)));
+        let delta = |field: fn(&Traffic) -> u64| {
+            grown(
+                old.map(|(g, t)| (g, field(&t))),
+                (cache.generation, field(&traffic)),
+            )
+        };
+        client += delta(|t| t.client_bytes);
+        stored += delta(|t| t.client_store_bytes);
+        origin += delta(|t| t.origin_bytes);
+    }
+    let peers = grown(
+        Some((0, before.swarm_bytes_from_peers)),
+        (0, now.swarm_bytes_from_peers),
+    );
+    let decisions = now.decisions.saturating_sub(before.decisions);
+    let met = now
+        .decisions_bitrate_met
+        .saturating_sub(before.decisions_bitrate_met);
+    Point {
+        at_ms: now.at_ms,
+        peers_mbps: mbps(peers, elapsed_ms),
+        // The origin's bytes reach clients through the caches: the part
+        // the caches carried themselves is what is left.
+        caches_mbps: mbps(client.saturating_sub(origin), elapsed_ms),
+        origin_mbps: mbps(origin, elapsed_ms),
+        region_egress_mbps,
+        hit_ratio: share(stored, client),
+        bitrate_met_ratio: share(met, decisions),
+        active_downloads: in_flight + now.swarm_downloaders,
+    }
+}
+
+/// One cache's row.
+#[derive(Debug, Serialize)]
+pub struct CacheRow {
+    pub node: String,
+    pub region: String,
+    pub health: &'static str,
+    pub url: String,
+    pub https_url: Option<String>,
+    pub egress_mbps: f64,
+    /// 0: uncapped.
+    pub egress_cap_mbps: f64,
+    pub usd_per_gb: f64,
+    /// Share of its client bytes served from stored pieces, since it
+    /// started (`None`: none sent, or it gossips no totals).
+    pub hit_ratio: Option<f64>,
+    pub client_gb: Option<f64>,
+    pub origin_gb: Option<f64>,
+    pub requests_in_flight: Option<u64>,
+}
+
+impl CacheRow {
+    pub fn of(member: &Member) -> Self {
+        let traffic = member.traffic;
+        CacheRow {
+            node: member.node_id.clone(),
+            region: member.region.clone(),
+            health: member.health.as_str(),
+            url: member.base_url(),
+            https_url: member.https_base_url(),
+            egress_mbps: member.egress_bps as f64 / 1e6,
+            egress_cap_mbps: member.egress_cap_bps as f64 / 1e6,
+            usd_per_gb: member.cost_per_gb_microusd as f64 / 1e6,
+            hit_ratio: traffic.and_then(|t| share(t.client_store_bytes, t.client_bytes)),
+            client_gb: traffic.map(|t| t.client_bytes as f64 / 1e9),
+            origin_gb: traffic.map(|t| t.origin_bytes as f64 / 1e9),
+            requests_in_flight: traffic.map(|t| t.requests_in_flight),
+        }
+    }
+}
+
+/// A region's caches summed.
+#[derive(Debug, Default, Serialize)]
+pub struct RegionRow {
+    pub region: String,
+    pub caches: usize,
+    pub serving: usize,
+    pub egress_mbps: f64,
+    /// Sum of the caps of its capped caches (`uncapped` counts the rest).
+    pub egress_cap_mbps: f64,
+    pub uncapped: usize,
+    /// Cheapest and dearest cost among its caches, USD per GB.
+    pub usd_per_gb_min: f64,
+    pub usd_per_gb_max: f64,
+}
+
+/// Caches by region, regions by name.
+pub fn regions(members: &[Member]) -> Vec<RegionRow> {
+    let mut rows: BTreeMap<&str, RegionRow> = BTreeMap::new();
+    for member in members {
+        let cost = member.cost_per_gb_microusd as f64 / 1e6;
+        let row = rows.entry(&member.region).or_insert_with(|| RegionRow {
+            region: member.region.clone(),
+            usd_per_gb_min: cost,
+            usd_per_gb_max: cost,
+            ..Default::default()
+        });
+        row.caches += 1;
+        if member.health != Health::Draining {
+            row.serving += 1;
+        }
+        row.egress_mbps += member.egress_bps as f64 / 1e6;
+        if member.egress_cap_bps == 0 {
+            row.uncapped += 1;
+        } else {
+            row.egress_cap_mbps += member.egress_cap_bps as f64 / 1e6;
+        }
+        row.usd_per_gb_min = row.usd_per_gb_min.min(cost);
+        row.usd_per_gb_max = row.usd_per_gb_max.max(cost);
+    }
+    rows.into_values().collect()
+}
+
+/// One delivery service's row.
+#[derive(Debug, Default, Serialize)]
+pub struct ServiceRow {
+    pub name: String,
+    pub decisions: u64,
+    pub bitrate_met_ratio: Option<f64>,
+    pub shortfalls: u64,
+    /// Mean expected price of its plans, USD per GB.
+    pub usd_per_gb_mean: Option<f64>,
+    pub committed_mbps_mean: Option<f64>,
+    pub swarms: u64,
+    pub viewers: u64,
+    pub seeds: u64,
+    pub peer_efficiency: Option<f64>,
+}
+
+/// The headline figures.
+#[derive(Debug, Default, Serialize)]
+pub struct Totals {
+    pub caches: usize,
+    pub caches_ok: usize,
+    pub caches_degraded: usize,
+    pub caches_draining: usize,
+    pub egress_mbps: f64,
+    pub egress_cap_mbps: f64,
+    /// Viewers' bytes per second in the last interval, by source.
+    pub peers_mbps: f64,
+    pub caches_mbps: f64,
+    pub origin_mbps: f64,
+    /// Share of the last intervals' viewer bytes not fetched from the
+    /// origin (`None`: nothing delivered lately).
+    pub offload_ratio: Option<f64>,
+    /// Share of all swarm bytes that came from peers since the swarms began.
+    pub peer_efficiency: Option<f64>,
+    /// Share of this selector's decisions, since it started, that met the
+    /// committed bitrate.
+    pub bitrate_met_ratio: Option<f64>,
+    pub decisions: u64,
+    pub active_downloads: u64,
+}
+
+/// The whole `/_shoal/dashboard` answer.
+#[derive(Debug, Serialize)]
+pub struct Dashboard {
+    pub selector: String,
+    pub now_ms: u64,
+    pub sample_ms: u64,
+    pub totals: Totals,
+    pub regions: Vec<RegionRow>,
+    pub caches: Vec<CacheRow>,
+    pub services: Vec<ServiceRow>,
+    pub points: Vec<Point>,
+}
+
+/// How many of the newest points the headline rates average over (a
+/// single interval jumps as pieces land).
+const HEADLINE_POINTS: usize = 3;
+
+/// Builds the answer from what the selector sees now.
+pub fn dashboard(
+    selector: String,
+    now_ms: u64,
+    sample_ms: u64,
+    members: &[Member],
+    services: Vec<ServiceRow>,
+    history: &History,
+) -> Dashboard {
+    let mut totals = Totals {
+        caches: members.len(),
+        ..Default::default()
+    };
+    for member in members {
+        match member.health {
+            Health::Ok => totals.caches_ok += 1,
+            Health::Degraded => totals.caches_degraded += 1,
+            Health::Draining => totals.caches_draining += 1,
+        }
+        totals.egress_mbps += member.egress_bps as f64 / 1e6;
+        totals.egress_cap_mbps += member.egress_cap_bps as f64 / 1e6;
+    }
+    let points: Vec<Point> = history.points().cloned().collect();
+    let recent = &points[points.len().saturating_sub(HEADLINE_POINTS)..];
+    if !recent.is_empty() {
+        let mean =
+            |value: fn(&Point) -> f64| recent.iter().map(value).sum::<f64>() / recent.len() as f64;
+        totals.peers_mbps = mean(|p| p.peers_mbps);
+        totals.caches_mbps = mean(|p| p.caches_mbps);
+        totals.origin_mbps = mean(|p| p.origin_mbps);
+        let delivered = totals.peers_mbps + totals.caches_mbps + totals.origin_mbps;
+        totals.offload_ratio =
+            (delivered > 0.0).then(|| (totals.peers_mbps + totals.caches_mbps) / delivered);
+    }
+    totals.active_downloads = points.last().map_or(0, |p| p.active_downloads);
+    let (mut peer_bytes, mut all_bytes) = (0.0, 0.0);
+    if let Some(latest) = history.latest() {
+        peer_bytes = latest.swarm_bytes_from_peers as f64;
+        all_bytes = peer_bytes + latest.swarm_bytes_from_caches as f64;
+        totals.decisions = latest.decisions;
+        totals.bitrate_met_ratio = share(latest.decisions_bitrate_met, latest.decisions);
+    }
+    totals.peer_efficiency = (all_bytes > 0.0).then(|| peer_bytes / all_bytes);
+    Dashboard {
+        selector,
+        now_ms,
+        sample_ms,
+        totals,
+        regions: regions(members),
+        caches: members.iter().map(CacheRow::of).collect(),
+        services,
+        points,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn traffic(client: u64, stored: u64, origin: u64, in_flight: u64) -> Option<Traffic> {
+        Some(Traffic {
+            client_bytes: client,
+            client_store_bytes: stored,
+            origin_bytes: origin,
+            requests_in_flight: in_flight,
+            ..Default::default()
+        })
+    }
+
+    fn cache(node: &str, generation: u64, traffic: Option<Traffic>) -> CacheSample {
+        CacheSample {
+            node_id: node.into(),
+            generation,
+            region: if node.starts_with('e') { "eu" } else { "us" }.into(),
+            egress_bps: 8_000_000,
+            egress_cap_bps: 100_000_000,
+            traffic,
+        }
+    }
+
+    fn sample(at_ms: u64, caches: Vec<CacheSample>, peers: u64) -> FleetSample {
+        FleetSample {
+            at_ms,
+            caches,
+            swarm_bytes_from_peers: peers,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn rates_are_differences_over_the_interval() {
+        let before = sample(1_000, vec![cache("eu1", 1, traffic(0, 0, 0, 0))], 0);
+        let mut now = sample(
+            3_000,
+            vec![cache("eu1", 1, traffic(2_000_000, 500_000, 500_000, 3))],
+            1_000_000,
+        );
+        now.swarm_downloaders = 2;
+        now.decisions = 4;
+        now.decisions_bitrate_met = 3;
+        let point = interval(&before, &now);
+        // 2 MB in 2 s = 8 Mbit/s from the caches, of which 2 Mbit/s came
+        // from the origin; 1 MB from peers = 4 Mbit/s.
+        assert_eq!(point.caches_mbps, 6.0);
+        assert_eq!(point.origin_mbps, 2.0);
+        assert_eq!(point.peers_mbps, 4.0);
+        assert_eq!(point.hit_ratio, Some(0.25));
+        assert_eq!(point.bitrate_met_ratio, Some(0.75));
+        assert_eq!(point.active_downloads, 5);
+        assert_eq!(point.region_egress_mbps["eu"], 8.0);
+    }
+
+    #[test]
+    fn restarts_new_caches_and_ended_swarms_never_count_backwards() {
+        let before = sample(
+            0,
+            vec![cache("eu1", 1, traffic(9_000_000, 0, 0, 0))],
+            5_000_000,
+        );
+        let now = sample(
+            1_000,
+            vec![
+                // Restarted: its 1 MB since then counts.
+                cache("eu1", 2, traffic(1_000_000, 0, 0, 0)),
+                // New to this selector: its totals span an unknown time.
+                cache("us1", 1, traffic(7_000_000, 0, 0, 0)),
+            ],
+            // A swarm ended: its bytes left the sum.
+            1_000_000,
+        );
+        let point = interval(&before, &now);
+        assert_eq!(point.caches_mbps, 8.0);
+        assert_eq!(point.peers_mbps, 0.0);
+        assert_eq!(point.bitrate_met_ratio, None);
+    }
+
+    #[test]
+    fn history_is_bounded_and_ignores_a_clock_stepping_back() {
+        let mut history = History::new(3);
+        for at in [0, 1_000, 2_000, 1_500, 3_000, 4_000] {
+            history.record(sample(at, Vec::new(), 0));
+        }
+        let ends: Vec<u64> = history.points().map(|p| p.at_ms).collect();
+        assert_eq!(ends, [2_000, 3_000, 4_000]);
+        assert_eq!(History::new(usize::MAX).points_max, HISTORY_POINTS_MAX);
+    }
+
+    #[test]
+    fn regions_sum_their_caches_and_headlines_average_the_newest_points() {
+        let member = |id: &str, region: &str, health, cap, cost| Member {
+            node_id: id.into(),
+            http_addr: "127.0.0.1:1".parse().unwrap(),
+            https_addr: None,
+            region: region.into(),
+            egress_cap_bps: cap,
+            egress_bps: 10_000_000,
+            cost_per_gb_microusd: cost,
+            health,
+            summary: None,
+            purge_head: None,
+            generation: 1,
+            traffic: traffic(100, 25, 0, 1),
+        };
+        let members = [
+            member("a", "eu", Health::Ok, 100_000_000, 10_000),
+            member("b", "eu", Health::Draining, 0, 30_000),
+            member("c", "us", Health::Degraded, 50_000_000, 20_000),
+        ];
+        let rows = regions(&members);
+        assert_eq!(rows.len(), 2);
+        let eu = &rows[0];
+        assert_eq!((eu.caches, eu.serving, eu.uncapped), (2, 1, 1));
+        assert_eq!((eu.egress_mbps, eu.egress_cap_mbps), (20.0, 100.0));
+        assert_eq!((eu.usd_per_gb_min, eu.usd_per_gb_max), (0.01, 0.03));
+
+        let mut history = History::new(10);
+        for (at, client, origin) in [
+            (0, 0, 0),
+            (1_000, 1_000_000, 0),
+            (2_000, 2_000_000, 1_000_000),
+        ] {
+            history.record(sample(
+                at,
+                vec![cache("eu1", 1, traffic(client, 0, origin, 0))],
+                0,
+            ));
+        }
+        let answer = dashboard("s".into(), 2_000, 1_000, &members, Vec::new(), &history);
+        let totals = &answer.totals;
+        assert_eq!(
+            (
+                totals.caches_ok,
+                totals.caches_degraded,
+                totals.caches_draining
+            ),
+            (1, 1, 1)
+        );
+        // Two points: 8 Mbit/s from the caches, then 8 from the origin.
+        assert_eq!((totals.caches_mbps, totals.origin_mbps), (4.0, 4.0));
+        assert_eq!(totals.offload_ratio, Some(0.5));
+        assert_eq!(answer.caches[0].hit_ratio, Some(0.25));
+        let json = serde_json::to_value(&answer).unwrap();
+        assert_eq!(json["points"].as_array().unwrap().len(), 2);
+        assert_eq!(json["caches"][1]["health"], "draining");
+    }
+}
