@@ -25,7 +25,7 @@ const CLUSTER_ID: &str = "shoal";
 /// How often the object summary is recomputed.
 const SUMMARY_INTERVAL_MS: u64 = 2_000;
 /// How often the traffic totals are published (dashboards sample them).
-const TRAFFIC_INTERVAL_MS: u64 = 2_000;
+const TRAFFIC_INTERVAL_MS: u64 = 1_000;
 /// How often load and health are published.
 const STATE_INTERVAL_MS: u64 = 1_000;
 

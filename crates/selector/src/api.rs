@@ -757,6 +757,7 @@ impl Selector {
             dashboard_settings: config.dashboard.clone(),
             dashboard: std::sync::Mutex::new(crate::dashboard::History::new(
                 config.dashboard.points_max(),
+                crate::dashboard::RATE_WINDOW_MS.max(2 * config.dashboard.sample_ms),
             )),
         }
     }
@@ -1111,7 +1112,6 @@ impl Selector {
                 .map(crate::dashboard::CacheSample::of)
                 .collect(),
             swarm_bytes_from_peers: swarms.values().map(|s| s.bytes_from_peers).sum(),
-            swarm_bytes_from_caches: swarms.values().map(|s| s.bytes_from_caches).sum(),
             swarm_downloaders: swarms.values().map(|s| s.peers - s.seeds).sum(),
             decisions: services.values().map(|t| t.decisions).sum(),
             decisions_bitrate_met: services.values().map(|t| t.bitrate_met).sum(),
@@ -1148,6 +1148,8 @@ impl Selector {
                     peer_efficiency: swarm
                         .filter(|s| s.bytes_from_peers + s.bytes_from_caches > 0)
                         .map(|s| s.peer_efficiency),
+                    bytes_from_peers: swarm.map_or(0, |s| s.bytes_from_peers),
+                    bytes_from_caches: swarm.map_or(0, |s| s.bytes_from_caches),
                     name,
                 }
             })

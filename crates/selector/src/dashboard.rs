@@ -51,10 +51,9 @@ pub struct FleetSample {
     /// Unix time, ms.
     pub at_ms: u64,
     pub caches: Vec<CacheSample>,
-    /// What the viewers of the swarms homed here reported, summed (falls
-    /// when a swarm ends).
+    /// What the viewers of the swarms homed here reported receiving from
+    /// each other, summed (falls when a swarm ends).
     pub swarm_bytes_from_peers: u64,
-    pub swarm_bytes_from_caches: u64,
     /// Viewers in those swarms still downloading.
     pub swarm_downloaders: u64,
     /// This selector's decisions so far, and those that met the
@@ -87,47 +86,66 @@ pub struct Point {
     pub active_downloads: u64,
 }
 
+/// The shortest span a point's rates are taken over, ms. Caches publish
+/// their totals every second or so and gossip adds its own delay, so the
+/// difference between two samples taken closer than that swings between
+/// nothing and double; over a few seconds it settles.
+pub const RATE_WINDOW_MS: u64 = 5_000;
+
 /// The last samples turned into points, oldest first.
 #[derive(Debug)]
 pub struct History {
-    previous: Option<FleetSample>,
+    /// The samples since the newest one at least `window_ms` old.
+    recent: VecDeque<FleetSample>,
+    window_ms: u64,
     points: VecDeque<Point>,
     points_max: usize,
 }
 
 impl History {
-    pub fn new(points_max: usize) -> Self {
+    /// Keeps `points_max` points, each over the last `window_ms` (or the
+    /// samples there are, at first).
+    pub fn new(points_max: usize, window_ms: u64) -> Self {
         History {
-            previous: None,
+            recent: VecDeque::new(),
+            window_ms,
             points: VecDeque::new(),
             points_max: points_max.clamp(1, HISTORY_POINTS_MAX),
         }
     }
 
-    /// Adds `sample`: the interval since the previous one becomes a point.
-    /// A sample not later than the previous one is ignored (the clock
-    /// stepped back).
+    /// Adds `sample`: what changed since the newest sample at least a
+    /// window older becomes a point. A sample not later than the last one
+    /// is ignored (the clock stepped back).
     pub fn record(&mut self, sample: FleetSample) {
-        if let Some(previous) = &self.previous {
-            if sample.at_ms <= previous.at_ms {
-                return;
-            }
-            let point = interval(previous, &sample);
+        if self
+            .recent
+            .back()
+            .is_some_and(|last| sample.at_ms <= last.at_ms)
+        {
+            return;
+        }
+        let window_start = sample.at_ms.saturating_sub(self.window_ms);
+        // Drop samples older than needed: keep one at or before the start.
+        while self
+            .recent
+            .get(1)
+            .is_some_and(|second| second.at_ms <= window_start)
+        {
+            self.recent.pop_front();
+        }
+        if let Some(base) = self.recent.front() {
+            let point = interval(base, &sample);
             if self.points.len() == self.points_max {
                 self.points.pop_front();
             }
             self.points.push_back(point);
         }
-        self.previous = Some(sample);
+        self.recent.push_back(sample);
     }
 
     pub fn points(&self) -> impl Iterator<Item = &Point> {
         self.points.iter()
-    }
-
-    /// The newest sample (the tables show it).
-    pub fn latest(&self) -> Option<&FleetSample> {
-        self.previous.as_ref()
     }
 }
 
@@ -301,6 +319,9 @@ pub struct ServiceRow {
     pub viewers: u64,
     pub seeds: u64,
     pub peer_efficiency: Option<f64>,
+    /// What its swarms' viewers reported receiving, by source.
+    pub bytes_from_peers: u64,
+    pub bytes_from_caches: u64,
 }
 
 /// The headline figures.
@@ -380,14 +401,19 @@ pub fn dashboard(
             (delivered > 0.0).then(|| (totals.peers_mbps + totals.caches_mbps) / delivered);
     }
     totals.active_downloads = points.last().map_or(0, |p| p.active_downloads);
-    let (mut peer_bytes, mut all_bytes) = (0.0, 0.0);
-    if let Some(latest) = history.latest() {
-        peer_bytes = latest.swarm_bytes_from_peers as f64;
-        all_bytes = peer_bytes + latest.swarm_bytes_from_caches as f64;
-        totals.decisions = latest.decisions;
-        totals.bitrate_met_ratio = share(latest.decisions_bitrate_met, latest.decisions);
-    }
-    totals.peer_efficiency = (all_bytes > 0.0).then(|| peer_bytes / all_bytes);
+    // From the service rows (now), not the last sample, so the headline
+    // and the table agree.
+    let peer_bytes: f64 = services.iter().map(|s| s.bytes_from_peers as f64).sum();
+    let cache_bytes: f64 = services.iter().map(|s| s.bytes_from_caches as f64).sum();
+    totals.peer_efficiency =
+        (peer_bytes + cache_bytes > 0.0).then(|| peer_bytes / (peer_bytes + cache_bytes));
+    totals.decisions = services.iter().map(|s| s.decisions).sum();
+    let met: f64 = services
+        .iter()
+        .map(|s| s.bitrate_met_ratio.unwrap_or(0.0) * s.decisions as f64)
+        .sum();
+    totals.bitrate_met_ratio =
+        (totals.decisions > 0).then(|| met / totals.decisions as f64);
     Dashboard {
         selector,
         now_ms,
@@ -483,13 +509,38 @@ mod tests {
 
     #[test]
     fn history_is_bounded_and_ignores_a_clock_stepping_back() {
-        let mut history = History::new(3);
+        let mut history = History::new(3, 0);
         for at in [0, 1_000, 2_000, 1_500, 3_000, 4_000] {
             history.record(sample(at, Vec::new(), 0));
         }
         let ends: Vec<u64> = history.points().map(|p| p.at_ms).collect();
         assert_eq!(ends, [2_000, 3_000, 4_000]);
-        assert_eq!(History::new(usize::MAX).points_max, HISTORY_POINTS_MAX);
+        assert_eq!(History::new(usize::MAX, 0).points_max, HISTORY_POINTS_MAX);
+    }
+
+    #[test]
+    fn rates_are_taken_over_the_window_so_bursty_gossip_reads_steady() {
+        // A cache sending 1 MB/s whose totals reach the selector every
+        // other sample (1 s apart): consecutive differences would read
+        // 16, 0, 16, 0 Mbit/s; over a 4 s window every point reads 8.
+        let mut history = History::new(100, 4_000);
+        for at_s in 0..12u64 {
+            let published_s = at_s - at_s % 2;
+            let bytes = published_s * 1_000_000;
+            history.record(sample(
+                at_s * 1_000,
+                vec![cache("eu1", 1, traffic(bytes, 0, 0, 0))],
+                0,
+            ));
+        }
+        let rates: Vec<f64> = history.points().map(|p| p.caches_mbps).collect();
+        // The first points span less than the window (and read high or
+        // low); once the window is full they settle.
+        assert!(
+            rates[4..].iter().all(|r| (6.0..=10.0).contains(r)),
+            "{rates:?}"
+        );
+        assert_eq!(history.recent.len(), 5, "only the window is kept");
     }
 
     #[test]
@@ -520,7 +571,7 @@ mod tests {
         assert_eq!((eu.egress_mbps, eu.egress_cap_mbps), (20.0, 100.0));
         assert_eq!((eu.usd_per_gb_min, eu.usd_per_gb_max), (0.01, 0.03));
 
-        let mut history = History::new(10);
+        let mut history = History::new(10, 0);
         for (at, client, origin) in [
             (0, 0, 0),
             (1_000, 1_000_000, 0),
@@ -532,7 +583,19 @@ mod tests {
                 0,
             ));
         }
-        let answer = dashboard("s".into(), 2_000, 1_000, &members, Vec::new(), &history);
+        let service = |name: &str, decisions, met, peers, caches| ServiceRow {
+            name: name.into(),
+            decisions,
+            bitrate_met_ratio: Some(met),
+            bytes_from_peers: peers,
+            bytes_from_caches: caches,
+            ..Default::default()
+        };
+        let services = vec![
+            service("video", 3, 1.0, 300, 100),
+            service("dl", 1, 0.0, 0, 600),
+        ];
+        let answer = dashboard("s".into(), 2_000, 1_000, &members, services, &history);
         let totals = &answer.totals;
         assert_eq!(
             (
@@ -545,6 +608,8 @@ mod tests {
         // Two points: 8 Mbit/s from the caches, then 8 from the origin.
         assert_eq!((totals.caches_mbps, totals.origin_mbps), (4.0, 4.0));
         assert_eq!(totals.offload_ratio, Some(0.5));
+        assert_eq!(totals.peer_efficiency, Some(0.3));
+        assert_eq!((totals.decisions, totals.bitrate_met_ratio), (4, Some(0.75)));
         assert_eq!(answer.caches[0].hit_ratio, Some(0.25));
         let json = serde_json::to_value(&answer).unwrap();
         assert_eq!(json["points"].as_array().unwrap().len(), 2);

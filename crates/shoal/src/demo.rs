@@ -1,7 +1,7 @@
-//! `shoal demo`: an origin and a mesh of four caches in two regions on
-//! loopback, with sample content.
+//! `shoal demo`: an origin, a mesh of four caches in two regions and a
+//! selector on loopback, with sample content.
 //!
-//! It generates a few files (a large "video", small and edge-sized files, one
+//! It opens with the selector's live dashboard URL, then generates a few files (a large "video", small and edge-sized files, one
 //! left unpublished so both integrity modes show), publishes manifests,
 //! starts the origin and four caches (different uplinks and prices, found
 //! by gossip) in this process, downloads through them — one viewer, then
@@ -15,7 +15,10 @@
 //! piece fetched again; then a swarm of viewers downloading the video at
 //! once, sharing pieces with each other while the caches fill only the
 //! gap, with the peer efficiency reached; and keeps serving so a person
-//! can try the URLs with curl.
+//! can try the URLs with curl, with a steady workload ([`workload`]) that
+//! keeps the dashboard moving.
+
+mod workload;
 
 use anyhow::{ensure, Context};
 use shoal_core::ByteSize;
@@ -28,14 +31,20 @@ struct Sample {
     publish: bool,
 }
 
-pub async fn run(video_size: ByteSize, once: bool, cache_port: u16) -> anyhow::Result<()> {
+/// Where the demo listens (0: a free port).
+pub struct DemoPorts {
+    pub cache: u16,
+    pub selector: u16,
+}
+
+pub async fn run(video_size: ByteSize, once: bool, ports: DemoPorts) -> anyhow::Result<()> {
     let workdir = tempfile::Builder::new()
         .prefix("shoal-demo-")
         .tempdir()
         .context("creating a work directory")?;
     let root = workdir.path().join("origin");
+    std::fs::create_dir_all(&root).context("creating the origin's directory")?;
     let samples = samples(video_size);
-    generate_and_publish(&root, &samples)?;
 
     let mut origin_config = shoal_origin::OriginConfig::new(root.clone(), "127.0.0.1:0".parse()?);
     quiet_and_quick(&mut origin_config.limits, &mut origin_config.access_log);
@@ -48,7 +57,21 @@ pub async fn run(video_size: ByteSize, once: bool, cache_port: u16) -> anyhow::R
 
     let secret = format!("demo secret {:032x}", rand_u128());
     let (caches, seed) =
-        start_caches(workdir.path(), &origin_url, &secret, cache_port, &stop).await?;
+        start_caches(workdir.path(), &origin_url, &secret, ports.cache, &stop).await?;
+    let selector_url = start_selector(
+        workdir.path(),
+        &origin_url,
+        seed.as_deref(),
+        &secret,
+        ports.selector,
+        &stop,
+    )
+    .await
+    .context("starting the selector")?;
+    println!("shoal demo\n");
+    println!("  dashboard: {selector_url}/dashboard");
+    println!("             open it now: everything below shows there live\n");
+    generate_and_publish(&root, &samples)?;
     println!("  origin: {origin_url}");
     wait_for_mesh(&caches).await?;
     print_caches(&caches);
@@ -64,9 +87,6 @@ pub async fn run(video_size: ByteSize, once: bool, cache_port: u16) -> anyhow::R
     let release = warm_release(&client, &caches, &root, &secret).await?;
 
     // 5. The selector: which caches each viewer is sent to, and why.
-    let selector_url = start_selector(workdir.path(), &origin_url, seed.as_deref(), &secret, &stop)
-        .await
-        .context("starting the selector")?;
     show_selector_choices(
         &client,
         &selector_url,
@@ -88,11 +108,28 @@ pub async fn run(video_size: ByteSize, once: bool, cache_port: u16) -> anyhow::R
     show_swarm(&client, &selector_url, &root, &samples[5]).await?;
 
     print_things_to_try(&caches[0].url, &selector_url);
+    let mut steady = None;
     if !once {
+        println!(
+            "\ndashboard: {selector_url}/dashboard\n  {}",
+            workload::describe()
+        );
+        steady = Some(tokio::spawn(workload::run(
+            workload::Workload {
+                selector_url: selector_url.clone(),
+                root: root.clone(),
+                feature: (video.clone(), samples[0].size),
+                episode: format!("/{}", samples[5].path),
+            },
+            stop.clone(),
+        )));
         println!("\nserving until Ctrl-C");
         crate::shutdown_signal().await;
     }
     let _ = stop_sender.send(true);
+    if let Some(steady) = steady {
+        let _ = steady.await;
+    }
     for c in caches {
         let _ = c.task.await;
     }
@@ -153,7 +190,7 @@ fn samples(video_size: ByteSize) -> [Sample; 6] {
 /// unpublished).
 fn generate_and_publish(root: &Path, samples: &[Sample]) -> anyhow::Result<()> {
     println!(
-        "shoal demo: generating sample content in {}",
+        "  generating sample content in {}",
         root.display()
     );
     for sample in samples.iter().filter(|s| s.publish) {
@@ -437,18 +474,20 @@ fn print_things_to_try(first: &str, selector_url: &str) {
 }
 
 /// Coverage zones of the demo: viewers in 10.1/16 are near eu-west, in
-/// 10.2/16 near us-east; loopback (a person trying curl) is near both.
+/// 10.2/16 near us-east; so are the steady workload's viewers on
+/// 127.1/16 and 127.2/16; the rest of loopback (a person trying curl) is
+/// near both.
 const DEMO_ZONES: &str = r#"
 fallback = "loopback"
 
 [[zone]]
 name = "eu-viewers"
-cidrs = ["10.1.0.0/16"]
+cidrs = ["10.1.0.0/16", "127.1.0.0/16"]
 regions = { eu-west = { rtt_ms = 12, transit_usd_per_gb = 0.0 }, us-east = { rtt_ms = 85, transit_usd_per_gb = 0.01 } }
 
 [[zone]]
 name = "us-viewers"
-cidrs = ["10.2.0.0/16"]
+cidrs = ["10.2.0.0/16", "127.2.0.0/16"]
 regions = { us-east = { rtt_ms = 10, transit_usd_per_gb = 0.0 }, eu-west = { rtt_ms = 85, transit_usd_per_gb = 0.01 } }
 
 [[zone]]
@@ -463,6 +502,7 @@ async fn start_selector(
     origin_url: &str,
     seed: Option<&str>,
     secret: &str,
+    port: u16,
     stop: &tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<String> {
     let zones = workdir.join("zones.toml");
@@ -477,7 +517,7 @@ async fn start_selector(
             ..Default::default()
         };
     let config = shoal_selector::SelectorConfig {
-        listen: "127.0.0.1:0".parse()?,
+        listen: ([127, 0, 0, 1], port).into(),
         zones_file: Some(zones),
         mesh: shoal_selector::SelectorMesh {
             gossip: Some("127.0.0.1:0".parse()?),

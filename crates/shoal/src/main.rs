@@ -104,6 +104,13 @@ enum Command {
         #[arg(default_value = ".")]
         dir: PathBuf,
     },
+    /// Everything on loopback: an origin, four caches in two regions and a
+    /// selector. Prints the selector's live dashboard URL first, then
+    /// downloads through the caches (one viewer, viewers everywhere, a
+    /// warmed release), shows the selector's choices, a multi-source get,
+    /// a republish and a swarm of viewers sharing pieces — every byte
+    /// checked — and then keeps a steady workload running (a live channel,
+    /// paced viewers, a swarm every minute) until Ctrl-C.
     Demo {
         /// Size of the sample video file (the swarm's episode is 64 MiB).
         #[arg(long, default_value = "256MiB")]
@@ -114,6 +121,9 @@ enum Command {
         /// Port for the first cache (0 picks a free one).
         #[arg(long, default_value_t = 0)]
         cache_port: u16,
+        /// Port for the selector and its dashboard (0 picks a free one).
+        #[arg(long, default_value_t = 0)]
+        selector_port: u16,
     },
 }
 
@@ -187,7 +197,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 size,
                 once,
                 cache_port,
-            } => demo::run(size, once, cache_port).await,
+                selector_port,
+            } => {
+                let ports = demo::DemoPorts {
+                    cache: cache_port,
+                    selector: selector_port,
+                };
+                demo::run(size, once, ports).await
+            }
             Command::Sign(args) => sign::run(args),
             Command::Completions { shell } => {
                 use clap::CommandFactory;

@@ -61,23 +61,7 @@ const sum = (buffer) => new Uint8Array(buffer).reduce((a, b) => a + b, 0);
         ),
     );
 
-    let chromium = find_tool("chromium");
-    let profile = tempfile::tempdir().unwrap();
-    let output = std::process::Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--no-first-run",
-            "--virtual-time-budget=20000",
-            &format!("--user-data-dir={}", profile.path().display()),
-            "--dump-dom",
-            &format!("{page_origin}/player.html"),
-        ])
-        .output()
-        .expect("run chromium");
-    let dom = String::from_utf8_lossy(&output.stdout);
+    let (dom, log) = chromium(&format!("{page_origin}/player.html"), 20_000, &["--dump-dom"]);
     let title = dom
         .split("<title>")
         .nth(1)
@@ -86,8 +70,7 @@ const sum = (buffer) => new Uint8Array(buffer).reduce((a, b) => a + b, 0);
         .to_string();
     assert!(
         title.starts_with("done|"),
-        "the page says {title:?}; chromium: {}",
-        String::from_utf8_lossy(&output.stderr)
+        "the page says {title:?}; chromium: {log}"
     );
     let fields: Vec<&str> = title.split('|').collect();
     assert_eq!(fields[1], "200", "{title}");

@@ -3,51 +3,9 @@
 
 mod support;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
 use support::*;
 
 const MIB: u64 = 1 << 20;
-
-/// Starts `shoal get` from `address` (`extra` flags added); returns the
-/// child and where it writes.
-fn start_peer(
-    url: &str,
-    dir: &Path,
-    address: &str,
-    extra: &[&str],
-) -> (std::process::Child, std::path::PathBuf) {
-    let out = dir.join(format!("peer-{address}.bin"));
-    let mut args = vec![
-        "get",
-        url,
-        "-o",
-        out.to_str().unwrap(),
-        "--json",
-        "--quiet",
-        "--local-address",
-        address,
-    ];
-    args.extend_from_slice(extra);
-    let child = Command::new(shoal_bin())
-        .args(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn shoal get");
-    (child, out)
-}
-
-/// Waits for a peer; its JSON summary (panics with its stderr if it failed).
-fn finish_peer(child: std::process::Child) -> serde_json::Value {
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "shoal get failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("summary JSON")
-}
 
 #[test]
 fn peers_download_from_each_other_and_the_caches_fill_the_gap() {

@@ -179,6 +179,36 @@ pub fn find_tool(name: &str) -> PathBuf {
     panic!("{name} is not installed: run scripts/install-test-deps (the test script does)");
 }
 
+/// Headless Chromium (Debian's `chromium`) with a fresh profile: loads
+/// `url`, lets its scripts run for `virtual_ms` of virtual time (timers
+/// jump ahead; network waits are real), then does what `action` says
+/// (`--dump-dom`, `--screenshot=FILE`, …). Returns its standard output
+/// (the DOM for `--dump-dom`) and its log.
+pub fn chromium(url: &str, virtual_ms: u64, action: &[&str]) -> (String, String) {
+    let profile = tempfile::tempdir().unwrap();
+    let output = Command::new(find_tool("chromium"))
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            &format!("--virtual-time-budget={virtual_ms}"),
+            &format!("--user-data-dir={}", profile.path().display()),
+        ])
+        .args(action)
+        .arg(url)
+        .output()
+        .expect("run chromium");
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// nginx serving `root` on an ephemeral port, with `extra` inside `server {}`.
 pub fn start_nginx(root: &Path, extra: &str) -> (Proc, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -593,4 +623,44 @@ pub fn start_mesh(
 pub fn start_eu_mesh(origin_url: &str, dir: &Path, names: &[&str], extra: &[&str]) -> Vec<Proc> {
     let named: Vec<(&str, &str)> = names.iter().map(|n| (*n, "eu")).collect();
     start_mesh(origin_url, dir, &named, extra)
+}
+
+/// Starts `shoal get` from `address` (`extra` flags added); returns the
+/// child and where it writes.
+pub fn start_peer(
+    url: &str,
+    dir: &Path,
+    address: &str,
+    extra: &[&str],
+) -> (std::process::Child, std::path::PathBuf) {
+    let out = dir.join(format!("peer-{address}.bin"));
+    let mut args = vec![
+        "get",
+        url,
+        "-o",
+        out.to_str().unwrap(),
+        "--json",
+        "--quiet",
+        "--local-address",
+        address,
+    ];
+    args.extend_from_slice(extra);
+    let child = Command::new(shoal_bin())
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn shoal get");
+    (child, out)
+}
+
+/// Waits for a peer; its JSON summary (panics with its stderr if it failed).
+pub fn finish_peer(child: std::process::Child) -> serde_json::Value {
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "shoal get failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("summary JSON")
 }
