@@ -2,6 +2,12 @@
 //! plans (or, for a plain URL, the server itself and any mirrors); the
 //! manifest, checked against the object id.
 //!
+//! A signed URL (`shoal_core::url_sign`: `shoal-exp`, `shoal-kid`,
+//! `shoal-scope`, `shoal-ip`, `shoal-sig`) keeps its signature, as given,
+//! on every request made for it: the object and its ranges, the cache's
+//! manifest and hashes, and the selector's `/plan` (beside `path=`). The
+//! URLs a selector plans carry their own signature.
+//!
 //! Everything a server sends here is a stranger's input: plans are parsed
 //! into typed values with bounded sizes, URLs must be `http://` with a
 //! host, and a manifest is accepted only if its hash is the id the server
@@ -24,10 +30,15 @@ pub const MANIFEST_BYTES_MAX: usize = 64 << 20;
 // The names a cache and a selector use on the wire (shoal-proto).
 pub use shoal_proto::{CACHE_STATUS_HEADER, MANIFEST_KIND_HEADER, OBJECT_ID_HEADER, PIN_PARAM};
 
+/// A signed URL's query parameters (`shoal_core::url_sign`).
+pub use shoal_core::url_sign::PARAMS as SIGNATURE_PARAMS;
+
 /// Most sources taken from one plan.
 pub const PLAN_SOURCES_MAX: usize = 16;
 
-/// `http://host[:port]/path[?shoal-object=ID]`, split.
+/// `http://host[:port]/path[?query]`, split. The query may hold only a
+/// selector's version pin (`shoal-object=ID`) and a signed URL's
+/// parameters ([`SIGNATURE_PARAMS`]), in any order.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ObjectUrl {
     /// `http://host:port`
@@ -36,6 +47,10 @@ pub struct ObjectUrl {
     /// The version a selector pinned this URL to: the cache serves exactly
     /// it or refuses.
     pub pin: Option<ObjectId>,
+    /// A signed URL's parameters (`shoal-exp=…&…&shoal-sig=…`, without
+    /// `?`), in the order and encoding they came in: they go with every
+    /// request for the object.
+    pub signature: Option<String>,
 }
 
 impl ObjectUrl {
@@ -65,42 +80,71 @@ impl ObjectUrl {
         if path.contains('#') || query.is_some_and(|q| q.contains('#')) {
             return Err(bad("fragments are not supported"));
         }
-        let pin = match query {
-            None => None,
-            Some(query) => {
-                let hex = query
-                    .strip_prefix(PIN_PARAM)
-                    .and_then(|rest| rest.strip_prefix('='))
-                    .ok_or_else(|| {
-                        bad("query strings are not supported (only a selector's version pin)")
-                    })?;
-                Some(
-                    ObjectId::from_hex(hex)
-                        .ok_or_else(|| bad("the version pin is not an object id"))?,
-                )
+        let mut pin = None;
+        let mut signature: Vec<&str> = Vec::new();
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            if name == PIN_PARAM {
+                let id = ObjectId::from_hex(value)
+                    .ok_or_else(|| bad("the version pin is not an object id"))?;
+                if pin.replace(id).is_some() {
+                    return Err(bad("the version pin appears twice"));
+                }
+            } else if SIGNATURE_PARAMS.contains(&name) {
+                if signature.iter().any(|p| p.split('=').next() == Some(name)) {
+                    return Err(bad(&format!("signed URL: `{name}` appears twice")));
+                }
+                // Sent as it came: it must be plain URI characters.
+                if !pair.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(bad(&format!(
+                        "signed URL: `{name}` has characters a URL cannot carry"
+                    )));
+                }
+                signature.push(pair);
+            } else {
+                return Err(bad(&format!(
+                    "query parameter `{}` is not supported (only a selector's version pin, {PIN_PARAM}, and a signed URL's {})",
+                    name.chars().take(64).collect::<String>(),
+                    SIGNATURE_PARAMS.join(", ")
+                )));
             }
-        };
+        }
         let path = RequestPath::parse(path).map_err(|e| bad(&e.to_string()))?;
         Ok(Self {
             base: format!("{scheme}://{authority}"),
             path,
             pin,
+            signature: (!signature.is_empty()).then(|| signature.join("&")),
         })
     }
 
+    /// The object's URL: its path, then the pin and the signature.
     pub fn url(&self) -> String {
-        format!(
-            "{}{}{}",
-            self.base,
-            self.path.to_uri_path(),
-            self.pin_query()
-        )
+        format!("{}{}{}", self.base, self.path.to_uri_path(), self.query())
     }
 
-    /// `?shoal-object=ID` when pinned, else nothing.
-    pub fn pin_query(&self) -> String {
-        self.pin
-            .map(|id| format!("?{PIN_PARAM}={}", id.to_hex()))
+    /// `?shoal-object=ID` when pinned, then the signature's parameters
+    /// when signed (`&`-joined), else nothing: the query of every request
+    /// for this version of the object (its ranges, manifest, hashes).
+    pub fn query(&self) -> String {
+        let pin = self.pin.map(|id| format!("{PIN_PARAM}={}", id.to_hex()));
+        let pairs: Vec<&str> = pin
+            .as_deref()
+            .into_iter()
+            .chain(self.signature.as_deref())
+            .collect();
+        if pairs.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", pairs.join("&"))
+        }
+    }
+
+    /// `?` and the signature's parameters when signed, else nothing.
+    pub fn signature_query(&self) -> String {
+        self.signature
+            .as_deref()
+            .map(|s| format!("?{s}"))
             .unwrap_or_default()
     }
 }
@@ -337,7 +381,7 @@ pub async fn discover(
     let status = response.status();
     if status.is_redirection() {
         // A selector: its plan has the shares; its redirect the same URLs.
-        if let Ok(plan) = fetch_plan(client, &url.base, &url.path, &[], true, timeout).await {
+        if let Ok(plan) = fetch_plan(client, &url.base, url, &[], true, timeout).await {
             if !plan.sources.is_empty() {
                 return Ok((Origin::Selector(url.base.clone()), plan));
             }
@@ -376,8 +420,11 @@ pub async fn discover(
         return Err(GetError::NotFound(target));
     }
     if !status.is_success() {
+        // A HEAD answer has no body: a GET asks for the reason (a 403's
+        // says what is wrong with a signed URL).
+        let why = refusal_reason(client, &target, timeout).await;
         return Err(GetError::Failed(format!(
-            "{target}: the server answered {status}"
+            "{target}: the server answered {status}{why}"
         )));
     }
     Ok((
@@ -395,30 +442,78 @@ pub async fn discover(
     ))
 }
 
-/// Asks a selector for a plan, leaving out `exclude` (caches reported
-/// degraded); `reserve`: the shares will be drawn now.
+/// Asks a selector for a plan for `object` (its path, and its signature
+/// if signed), leaving out `exclude` (caches reported degraded);
+/// `reserve`: the shares will be drawn now.
 pub async fn fetch_plan(
     client: &reqwest::Client,
     selector: &str,
-    path: &RequestPath,
+    object: &ObjectUrl,
     exclude: &[String],
     reserve: bool,
     timeout: Duration,
 ) -> Result<Plan, GetError> {
+    let url = plan_url(selector, object, exclude, reserve);
+    let body = get_small(client, &url, PLAN_BYTES_MAX, timeout).await?;
+    parse_plan(&body, &object.path).map_err(GetError::Failed)
+}
+
+/// The selector's `/plan` URL for `object` (see [`fetch_plan`]).
+fn plan_url(selector: &str, object: &ObjectUrl, exclude: &[String], reserve: bool) -> String {
     // A client about to download asks the selector to count its shares
     // against the caches (monitoring, and a plan kept only as standby,
     // do not).
     let mut url = format!(
         "{selector}/plan?path={}&reserve={}",
-        path.to_uri_path(),
+        object.path.to_uri_path(),
         u8::from(reserve)
     );
     if !exclude.is_empty() {
         url.push_str("&exclude=");
         url.push_str(&exclude.join(","));
     }
-    let body = get_small(client, &url, PLAN_BYTES_MAX, timeout).await?;
-    parse_plan(&body, path).map_err(GetError::Failed)
+    // Beside `path=` (inside it, their `&` would split the plan's query):
+    // the selector checks them and puts them in its source URLs.
+    if let Some(signature) = &object.signature {
+        url.push('&');
+        url.push_str(signature);
+    }
+    url
+}
+
+/// `": "` and the start of what a GET of `url` answers when it is refused
+/// (within `timeout`), else nothing.
+async fn refusal_reason(client: &reqwest::Client, url: &str, timeout: Duration) -> String {
+    let ask = async {
+        // One byte, should it be served after all.
+        let mut response = client
+            .get(url)
+            .header(reqwest::header::RANGE, "bytes=0-0")
+            .send()
+            .await
+            .ok()?;
+        if response.status().is_success() {
+            return None;
+        }
+        Some(start_of_body(&mut response).await)
+    };
+    match tokio::time::timeout(timeout, ask).await {
+        Ok(Some(text)) if !text.is_empty() => format!(": {text}"),
+        _ => String::new(),
+    }
+}
+
+/// The first line or so of a refusal's body (no more is read).
+async fn start_of_body(response: &mut reqwest::Response) -> String {
+    let mut text = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        text.extend_from_slice(&chunk);
+        if text.len() >= 4096 {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&text);
+    text.trim().chars().take(300).collect()
 }
 
 /// GETs a small body (at most `limit` bytes) within `timeout`.
@@ -442,19 +537,9 @@ async fn get_small(
             return Err(GetError::NotFound(url.to_string()));
         }
         if !status.is_success() {
-            // The start of the body says why; no more is read.
-            let mut text = Vec::new();
-            while let Ok(Some(chunk)) = response.chunk().await {
-                text.extend_from_slice(&chunk);
-                if text.len() >= 4096 {
-                    break;
-                }
-            }
-            let text = String::from_utf8_lossy(&text);
-            return Err(GetError::Failed(format!(
-                "{url}: {status}: {}",
-                text.trim().chars().take(300).collect::<String>()
-            )));
+            // The start of the body says why.
+            let text = start_of_body(&mut response).await;
+            return Err(GetError::Failed(format!("{url}: {status}: {text}")));
         }
         read_limited(&mut response, limit)
             .await
@@ -538,16 +623,20 @@ fn manifest_places<'a>(sources: &'a [PlannedSource], path: &RequestPath) -> Vec<
     // `/.shoal/manifests/<path>.shoalmf` (`shoal publish`).
     // The first place is a cache's (`names_id`); the second a publisher's
     // file, which a cache serves as an object with an id of its own.
+    // A cache's manifest takes the source's pin and signature; the file
+    // is another path, which the object's signature does not cover (and
+    // a cache passes the query of a path no signature guards on to the
+    // origin): it goes unsigned.
     sources
         .iter()
         .filter_map(|source| {
             let parsed = ObjectUrl::parse(&source.url).ok()?;
-            Some((parsed.base.clone(), parsed.pin_query(), source))
+            Some((parsed.base.clone(), parsed.query(), source))
         })
-        .flat_map(|(base, pin, source)| {
+        .flat_map(|(base, query, source)| {
             [
                 ManifestPlace {
-                    url: format!("{base}/_shoal/manifest{}{pin}", path.to_uri_path()),
+                    url: format!("{base}/_shoal/manifest{}{query}", path.to_uri_path()),
                     source,
                     names_id: true,
                 },
@@ -674,13 +763,15 @@ async fn hash_list_reference(
         "{}/_shoal/hashes{}{}",
         parsed.base,
         path.to_uri_path(),
-        parsed.pin_query()
+        parsed.query()
     );
     let list = match crate::reference::fetch_hash_list(client, &url, timeout).await {
         Ok(list) => list,
         Err(error) => return Attempt::Failed(format!("{url}: {error}")),
     };
-    let reference = match Reference::from_hash_list(&list, client.clone(), path.to_uri_path()) {
+    // Asked again later (of whichever cache sent a piece): signed too.
+    let again = format!("{}{}", path.to_uri_path(), parsed.signature_query());
+    let reference = match Reference::from_hash_list(&list, client.clone(), again) {
         Ok(reference) => reference,
         Err(error) => return Attempt::Failed(format!("{url}: {error}")),
     };
@@ -735,6 +826,120 @@ mod tests {
         ] {
             assert!(ObjectUrl::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    /// A signature's parameters as `shoal sign` writes them (a scope
+    /// percent-encoded), and an object id.
+    fn signed() -> (String, String) {
+        let signature = format!(
+            "shoal-exp=1800000000&shoal-kid=k2&shoal-scope=/paid/a%20b/&shoal-sig={}",
+            "0f".repeat(32)
+        );
+        (signature, "ab".repeat(32))
+    }
+
+    #[test]
+    fn signed_urls_keep_their_signature_beside_the_pin() {
+        let (signature, id) = signed();
+        let canonical = format!("http://127.0.0.1:8070/paid/a.mp4?shoal-object={id}&{signature}");
+        // The pin after the signature (as a selector's URLs have it), or
+        // before it.
+        for query in [
+            format!("{signature}&shoal-object={id}"),
+            format!("shoal-object={id}&{signature}"),
+        ] {
+            let url =
+                ObjectUrl::parse(&format!("http://127.0.0.1:8070/paid/a.mp4?{query}")).unwrap();
+            assert_eq!(url.pin, ObjectId::from_hex(&id));
+            assert_eq!(url.signature.as_deref(), Some(signature.as_str()));
+            assert_eq!(url.url(), canonical);
+            assert_eq!(ObjectUrl::parse(&url.url()).unwrap(), url);
+            assert_eq!(url.signature_query(), format!("?{signature}"));
+        }
+        // Signed, not pinned: the parameters in the order they came.
+        let reordered = format!(
+            "shoal-sig={}&shoal-ip=192.0.2.7&shoal-kid=k1&shoal-exp=1",
+            "AB".repeat(32)
+        );
+        let given = format!("https://cdn.example/v/a%20b.mp4?{reordered}");
+        let url = ObjectUrl::parse(&given).unwrap();
+        assert_eq!(url.pin, None);
+        assert_eq!(url.url(), given);
+        assert_eq!(url.query(), format!("?{reordered}"));
+        // Neither: no query at all.
+        let plain = ObjectUrl::parse("http://x/v/a.mp4").unwrap();
+        assert_eq!(
+            (plain.query(), plain.signature_query()),
+            (String::new(), String::new())
+        );
+        assert_eq!(plain.url(), "http://x/v/a.mp4");
+    }
+
+    #[test]
+    fn other_query_parameters_are_refused_by_name() {
+        let (signature, id) = signed();
+        for (query, named) in [
+            ("b=1".to_string(), "`b`"),
+            (format!("{signature}&token=x"), "`token`"),
+            (format!("shoal-objectx=1&{signature}"), "`shoal-objectx`"),
+            (
+                format!("{signature}&shoal-kid=k3"),
+                "`shoal-kid` appears twice",
+            ),
+            (
+                format!("shoal-object={id}&shoal-object={id}"),
+                "pin appears twice",
+            ),
+            ("shoal-object=12".to_string(), "not an object id"),
+            (
+                "shoal-sig=a\u{1}b".to_string(),
+                "`shoal-sig` has characters",
+            ),
+        ] {
+            let error = ObjectUrl::parse(&format!("http://x/v/a.mp4?{query}"))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(named), "{query}: {error}");
+        }
+    }
+
+    #[test]
+    fn every_request_for_a_signed_object_carries_its_signature() {
+        let (signature, id) = signed();
+        let object = ObjectUrl::parse(&format!("http://sel:8070/paid/a.mp4?{signature}")).unwrap();
+        // The selector's plan: the signature beside `path=`.
+        assert_eq!(
+            plan_url("http://sel:8070", &object, &["c1".into()], true),
+            format!("http://sel:8070/plan?path=/paid/a.mp4&reserve=1&exclude=c1&{signature}")
+        );
+        let plain = ObjectUrl::parse("http://sel:8070/paid/a.mp4").unwrap();
+        assert_eq!(
+            plan_url("http://sel:8070", &plain, &[], false),
+            "http://sel:8070/plan?path=/paid/a.mp4&reserve=0"
+        );
+        // The plan's sources are signed already: taken as they are, the
+        // signature not doubled.
+        let body = format!(
+            r#"{{"sources":[{{"node":"c1","url":"http://127.0.0.1:1/paid/a.mp4?{signature}&shoal-object={id}","share":1}}]}}"#
+        );
+        let plan = parse_plan(body.as_bytes(), &object.path).unwrap();
+        let source = &plan.sources[0].url;
+        assert_eq!(
+            source,
+            &format!("http://127.0.0.1:1/paid/a.mp4?shoal-object={id}&{signature}")
+        );
+        assert_eq!(source.matches("shoal-sig=").count(), 1);
+        // The cache's manifest: pinned and signed like the source; the
+        // publisher's file (another path) unsigned.
+        let places = manifest_places(&plan.sources, &object.path);
+        assert_eq!(
+            places[0].url,
+            format!("http://127.0.0.1:1/_shoal/manifest/paid/a.mp4?shoal-object={id}&{signature}")
+        );
+        assert_eq!(
+            places[1].url,
+            "http://127.0.0.1:1/.shoal/manifests/paid/a.mp4.shoalmf"
+        );
     }
 
     #[test]

@@ -805,7 +805,7 @@ impl Run {
             spawn_replan(
                 &self.client,
                 selector,
-                &self.url.path,
+                &self.url,
                 &self.reported,
                 reserve,
                 &self.events,
@@ -1227,14 +1227,19 @@ fn virtual_player(
     }
 }
 
-/// `--mirror` URLs join the plan as sources (same path only).
+/// `--mirror` URLs join the plan as sources (same path only); a mirror
+/// without a signature of its own takes `url`'s (a signature is for the
+/// path, whichever cache serves it).
 fn add_mirrors(
     plan: &mut discover::Plan,
     url: &ObjectUrl,
     mirrors: &[String],
 ) -> Result<(), GetError> {
     for mirror in mirrors {
-        let parsed = ObjectUrl::parse(mirror)?;
+        let mut parsed = ObjectUrl::parse(mirror)?;
+        if parsed.signature.is_none() {
+            parsed.signature.clone_from(&url.signature);
+        }
         if parsed.path != url.path {
             return Err(GetError::BadUrl(format!(
                 "mirror {mirror} names another path than {}",
@@ -1309,27 +1314,27 @@ fn start_stream(
     }
 }
 
-/// Asks the selector for a plan without the `exclude`d caches; the answer
-/// comes back as an [`Event::Plan`].
+/// Asks the selector for a plan for `object` without the `exclude`d
+/// caches; the answer comes back as an [`Event::Plan`].
 fn spawn_replan(
     client: &reqwest::Client,
     selector: &str,
-    path: &shoal_http::path::RequestPath,
+    object: &ObjectUrl,
     exclude: &[String],
     reserve: bool,
     events: &mpsc::Sender<Event>,
     timeout: Duration,
 ) {
-    let (client, selector, path, exclude, events) = (
+    let (client, selector, object, exclude, events) = (
         client.clone(),
         selector.to_string(),
-        path.clone(),
+        object.clone(),
         exclude.to_vec(),
         events.clone(),
     );
     tokio::spawn(async move {
         let plan =
-            discover::fetch_plan(&client, &selector, &path, &exclude, reserve, timeout).await;
+            discover::fetch_plan(&client, &selector, &object, &exclude, reserve, timeout).await;
         let _ = events.send(Event::Plan(plan)).await;
     });
 }

@@ -4,8 +4,9 @@
 //!   without I/O (shares follow measured speed, sticky stripes, stall and
 //!   degradation detection, endgame), driven by tokio here and by a fluid
 //!   simulator in its tests.
-//! - [`discover`]: the URL, the selector's plan (or a plain server and its
-//!   mirrors), the manifest checked against the object id.
+//! - [`discover`]: the URL (a signed one keeps its signature on every
+//!   request), the selector's plan (or a plain server and its mirrors),
+//!   the manifest checked against the object id.
 //! - [`reference`]: what pieces are checked against: the manifest, or the
 //!   hashes caches learnt for an unpublished object.
 //! - [`download`]: the tokio driver: one task per piece request, every

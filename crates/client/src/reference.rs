@@ -96,8 +96,8 @@ impl Reference {
         }
     }
 
-    /// From a cache's hash list (`uri_path`: the object's path, for asking
-    /// again).
+    /// From a cache's hash list (`uri_path`: the object's path, with its
+    /// signed URL's query if any, for asking again).
     pub fn from_hash_list(
         list: &HashList,
         client: reqwest::Client,

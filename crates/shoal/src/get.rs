@@ -9,12 +9,14 @@ use std::path::PathBuf;
 #[derive(clap::Args)]
 pub struct GetArgs {
     /// The object's URL on a selector (or on a cache, or any HTTP server
-    /// with shoal manifests), e.g. http://selector:8070/video/film.mp4.
+    /// with shoal manifests), e.g. http://selector:8070/video/film.mp4;
+    /// a signed URL (`shoal sign`) keeps its signature on every request.
     pub url: String,
     /// Where to write it (default: the last path segment, here).
     #[arg(short, long)]
     pub output: Option<PathBuf>,
-    /// Another URL of the same object to pull from (repeat for several).
+    /// Another URL of the same object to pull from (repeat for several);
+    /// one without a signature takes URL's.
     #[arg(long = "mirror")]
     pub mirrors: Vec<String>,
     /// Committed bitrate to hold, Mbit/s (default: the delivery service's);

@@ -2,6 +2,8 @@
 //! serves only requests whose signature holds (the battery: missing,
 //! expired, unknown key, tampered path, another client, scope, rotation),
 //! and its signature parameters reach neither the cache key nor the origin.
+//! `shoal get` of a signed URL (from a cache, and through a selector)
+//! downloads the object; of an unsigned one, fails saying why.
 
 mod support;
 
@@ -47,6 +49,48 @@ fn start_signing_cache(origin: &str, dir: &std::path::Path, keys: &str) -> Proc 
     )
     .unwrap();
     start_shoal(&["cache", "--config", config.to_str().unwrap()], &[])
+}
+
+/// `shoal get URL -o OUT --json --quiet`.
+fn shoal_get(url: &str, out: &std::path::Path) -> std::process::Output {
+    Command::new(shoal_bin())
+        .args(["get", url, "-o", out.to_str().unwrap(), "--json", "--quiet"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// `shoal get` succeeded and wrote exactly `data`; its JSON summary.
+fn got_exactly(
+    output: &std::process::Output,
+    out: &std::path::Path,
+    data: &[u8],
+) -> serde_json::Value {
+    assert!(
+        output.status.success(),
+        "shoal get failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let written = std::fs::read(out).unwrap();
+    assert_eq!(written.len(), data.len());
+    assert_eq!(
+        blake3::hash(&written),
+        blake3::hash(data),
+        "the file differs"
+    );
+    serde_json::from_slice(&output.stdout).expect("summary JSON")
+}
+
+/// `shoal get` failed naming the 403 and `words`, and wrote nothing.
+fn get_refused(output: &std::process::Output, out: &std::path::Path, words: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "shoal get succeeded: {stderr}");
+    assert!(
+        stderr.contains("403") && stderr.contains(words),
+        "`{stderr}` should name the 403 and say `{words}`"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!out.exists());
 }
 
 fn refused(url: &str, words: &str) {
@@ -154,6 +198,84 @@ fn a_signed_service_serves_only_good_signatures_and_keeps_them_from_the_key_and_
     let film = format!("{}/paid/film.bin", cache.url);
     refused(&sign(&film, "k1", OLD_SECRET, &[]), "`k1`");
     assert_eq!(curl(&sign(&film, "k2", NEW_SECRET, &[]), &[]).status, 200);
+}
+
+#[test]
+fn shoal_get_downloads_a_signed_url_and_says_why_an_unsigned_one_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    // Several pieces, published: the manifest comes from the cache.
+    let data = content((3 << 20) + 4_321, 61);
+    write_file(root.path(), "paid/film.bin", &data);
+    publish(root.path());
+    let origin = start_origin(root.path());
+    let dir = tempfile::tempdir().unwrap();
+    let cache = start_signing_cache(&origin.url, dir.path(), &format!("k2 = \"{NEW_SECRET}\""));
+    let film = format!("{}/paid/film.bin", cache.url);
+
+    let out = dir.path().join("film.bin");
+    let summary = got_exactly(
+        &shoal_get(&sign(&film, "k2", NEW_SECRET, &[]), &out),
+        &out,
+        &data,
+    );
+    assert_eq!(summary["bytes"], data.len() as u64, "{summary}");
+    // A scoped signature works the same.
+    let scoped = dir.path().join("scoped.bin");
+    got_exactly(
+        &shoal_get(
+            &sign(&film, "k2", NEW_SECRET, &["--scope", "/paid/"]),
+            &scoped,
+        ),
+        &scoped,
+        &data,
+    );
+
+    // An unsigned mirror (another signing cache) takes the URL's signature.
+    let dir2 = tempfile::tempdir().unwrap();
+    let cache2 = start_signing_cache(&origin.url, dir2.path(), &format!("k2 = \"{NEW_SECRET}\""));
+    let mirrored = dir.path().join("mirrored.bin");
+    let summary = got_exactly(
+        &Command::new(shoal_bin())
+            .args(["get", &sign(&film, "k2", NEW_SECRET, &[])])
+            .args(["--mirror", &format!("{}/paid/film.bin", cache2.url)])
+            .args(["-o", mirrored.to_str().unwrap(), "--json", "--quiet"])
+            .output()
+            .unwrap(),
+        &mirrored,
+        &data,
+    );
+    let mirror = summary["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["url"].as_str().unwrap().starts_with(&cache2.url))
+        .unwrap_or_else(|| panic!("no mirror source: {summary}"));
+    assert!(
+        mirror["url"].as_str().unwrap().contains("shoal-sig=")
+            && !mirror["state"].as_str().unwrap().starts_with("dropped"),
+        "{summary}"
+    );
+
+    // Unsigned or tampered with: the cache's reason, not just its status.
+    let refused_out = dir.path().join("refused.bin");
+    get_refused(
+        &shoal_get(&film, &refused_out),
+        &refused_out,
+        "needs a signed URL",
+    );
+    get_refused(
+        &shoal_get(
+            &sign(&film, "k2", "not the service's secret!!", &[]),
+            &refused_out,
+        ),
+        &refused_out,
+        "does not match",
+    );
+    // Any other query is refused before anything is asked.
+    let output = shoal_get(&format!("{film}?token=x"), &refused_out);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("`token`"), "{stderr}");
 }
 
 #[test]
@@ -324,6 +446,25 @@ fn in_a_mesh_the_signature_is_checked_once_at_the_edge() {
     assert_eq!(
         curl(&format!("{}/plan?path=/paid/film.bin", selector.url), &[]).status,
         403
+    );
+    // `shoal get` of the signed selector URL: the plan is asked with the
+    // signature (its sources are the caches by name, not the redirect's
+    // URL), and every piece comes through them signed.
+    let out = dir.path().join("film.bin");
+    let summary = got_exactly(&shoal_get(&signed, &out), &out, &content(2_000_000, 7));
+    let sources = summary["sources"].as_array().unwrap();
+    assert!(
+        !sources.is_empty()
+            && sources
+                .iter()
+                .all(|s| ["sa", "sb"].contains(&s["name"].as_str().unwrap())),
+        "{summary}"
+    );
+    let refused_out = dir.path().join("refused.bin");
+    get_refused(
+        &shoal_get(&format!("{}/paid/film.bin", selector.url), &refused_out),
+        &refused_out,
+        "needs a signed URL",
     );
 
     for seen in origin.seen() {
