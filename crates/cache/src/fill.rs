@@ -1282,6 +1282,9 @@ impl Filler {
 }
 
 /// Where a run of pieces is fetched from.
+// One per run of pieces in flight, never stored in bulk: boxing the
+// member would cost an allocation per run for no memory saved.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 enum RunSource {
     Origin,

@@ -90,6 +90,7 @@ fn main() {
             zone: "z",
             reach: &reach,
             exclude: &[],
+            https: false,
             reserved_mbps: &HashMap::new(),
             standby_reserved_mbps: &HashMap::new(),
             unresponsive: &[],

@@ -485,6 +485,9 @@ pub struct Ask {
     /// count against the caches until gossip shows them. Plans made for
     /// anything else (monitoring, a look) reserve nothing.
     pub reserve: bool,
+    /// Asked over HTTPS: sent only to caches that serve HTTPS, at their
+    /// HTTPS address (never downgraded to plain HTTP).
+    pub https: bool,
 }
 
 /// A refusal: status and one line for the person who sent it.
@@ -591,6 +594,7 @@ pub fn parse_query(query: &str, conn_client: IpAddr, host: Option<&str>) -> Resu
         client,
         exclude,
         reserve,
+        https: false,
     })
 }
 
@@ -972,7 +976,7 @@ impl Selector {
         );
         let response = match path {
             "/plan" | "/explain" => {
-                self.plan_or_explain(path, query, client, host.as_deref())
+                self.plan_or_explain(path, query, client, host.as_deref(), conn.tls)
                     .await
             }
             // The tracker (these two paths are not objects here;
@@ -1004,7 +1008,7 @@ impl Selector {
                 match self.not_modified(path, request.headers()).await {
                     Some(response) => response,
                     None => {
-                        self.redirect(path, query, host.as_deref(), client, reserve)
+                        self.redirect(path, query, host.as_deref(), client, reserve, conn.tls)
                             .await
                     }
                 }
@@ -1025,8 +1029,9 @@ impl Selector {
         query: &str,
         client: IpAddr,
         host: Option<&str>,
+        https: bool,
     ) -> Response<Body> {
-        match parse_query(query, client, host) {
+        match parse_query(query, client, host).map(|ask| Ask { https, ..ask }) {
             Ok(ask) => match self
                 .decide(&ask, (path == "/plan" && ask.reserve).into())
                 .await
@@ -1043,8 +1048,9 @@ impl Selector {
                         (Some(swarm), Some(host)) => {
                             // The service rides along so the swarm's home
                             // selector can count peer efficiency per service.
+                            let scheme = if https { "https" } else { "http" };
                             swarm.tracker =
-                                format!("http://{host}/announce?service={}", decision.service);
+                                format!("{scheme}://{host}/announce?service={}", decision.service);
                         }
                         _ => decision.swarm = None,
                     }
@@ -1279,6 +1285,7 @@ impl Selector {
         host: Option<&str>,
         client: IpAddr,
         reserve: bool,
+        https: bool,
     ) -> Response<Body> {
         let path = match RequestPath::parse(raw_path) {
             Ok(path) => path,
@@ -1305,6 +1312,7 @@ impl Selector {
             client,
             exclude: Vec::new(),
             reserve,
+            https,
         };
         // A plain client never sees the standby: only its shares count.
         let reserve = if reserve {
@@ -1397,6 +1405,7 @@ impl Selector {
             zone: &zone,
             reach: &reach,
             exclude: &ask.exclude,
+            https: ask.https,
             reserved_mbps: &reserved,
             standby_reserved_mbps: &standby_reserved,
             unresponsive: &unresponsive,

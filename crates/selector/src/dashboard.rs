@@ -412,8 +412,7 @@ pub fn dashboard(
         .iter()
         .map(|s| s.bitrate_met_ratio.unwrap_or(0.0) * s.decisions as f64)
         .sum();
-    totals.bitrate_met_ratio =
-        (totals.decisions > 0).then(|| met / totals.decisions as f64);
+    totals.bitrate_met_ratio = (totals.decisions > 0).then(|| met / totals.decisions as f64);
     Dashboard {
         selector,
         now_ms,
@@ -609,7 +608,10 @@ mod tests {
         assert_eq!((totals.caches_mbps, totals.origin_mbps), (4.0, 4.0));
         assert_eq!(totals.offload_ratio, Some(0.5));
         assert_eq!(totals.peer_efficiency, Some(0.3));
-        assert_eq!((totals.decisions, totals.bitrate_met_ratio), (4, Some(0.75)));
+        assert_eq!(
+            (totals.decisions, totals.bitrate_met_ratio),
+            (4, Some(0.75))
+        );
         assert_eq!(answer.caches[0].hit_ratio, Some(0.25));
         let json = serde_json::to_value(&answer).unwrap();
         assert_eq!(json["points"].as_array().unwrap().len(), 2);

@@ -59,6 +59,9 @@ pub struct Inputs<'a> {
     pub reach: &'a dyn Fn(&str) -> Option<Reach>,
     /// Node ids the client reported degraded.
     pub exclude: &'a [String],
+    /// The client came over HTTPS: only caches with an HTTPS listener
+    /// qualify, and their URLs are `https://`.
+    pub https: bool,
     /// Rate this selector planned on each cache recently, Mbit/s, that the
     /// cache's gossiped load may not show yet (see `api::Reservations`).
     pub reserved_mbps: &'a HashMap<String, f64>,
@@ -314,6 +317,12 @@ fn eligible_reach(inputs: &Inputs, member: &Member, left_out: &mut LeftOutList) 
         left_out.add("draining", node, || "draining".into());
         return None;
     }
+    if inputs.https && member.https_addr.is_none() {
+        left_out.add("no HTTPS listener", node, || {
+            "serves plain HTTP only and the client asked over HTTPS".into()
+        });
+        return None;
+    }
     if inputs.unresponsive.iter().any(|u| u == node) {
         left_out.add("not answering", node, || {
             "alive in gossip but not answering the selector's requests".into()
@@ -503,12 +512,11 @@ impl SourceDescriber<'_> {
                 format!("{:.0} Mbit/s spare", candidate.spare_mbps)
             },
         );
-        let url = format!(
-            "{}{}{}",
-            member.base_url(),
-            self.inputs.uri_path_and_query,
-            self.pin
-        );
+        let base = match (self.inputs.https, member.https_base_url()) {
+            (true, Some(https)) => https,
+            _ => member.base_url(),
+        };
+        let url = format!("{base}{}{}", self.inputs.uri_path_and_query, self.pin);
         Some(Described {
             url,
             region: member.region.clone(),

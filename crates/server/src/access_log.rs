@@ -334,6 +334,7 @@ mod tests {
                 id: 7,
                 peer_addr: "127.0.0.9:4000".parse().unwrap(),
                 local_addr: "127.0.0.1:80".parse().unwrap(),
+                tls: false,
             },
             method: http::Method::GET,
             target: "/videos/a \"b\".mp4?x=1".into(),

@@ -103,6 +103,9 @@ pub struct ConnInfo {
     pub id: u64,
     pub peer_addr: SocketAddr,
     pub local_addr: SocketAddr,
+    /// Came on the HTTPS listener (links made for the client keep to
+    /// https).
+    pub tls: bool,
 }
 
 /// A listener with its limits and counters, ready to serve.
@@ -392,6 +395,7 @@ where
             id: self.next_id,
             peer_addr,
             local_addr,
+            tls: tls.is_some(),
         };
         let guard = ActiveGuard::new(counters.clone());
         tasks.spawn(serve_connection(

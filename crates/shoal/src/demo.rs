@@ -189,10 +189,7 @@ fn samples(video_size: ByteSize) -> [Sample; 6] {
 /// marked `publish` (the others are written after, so they stay
 /// unpublished).
 fn generate_and_publish(root: &Path, samples: &[Sample]) -> anyhow::Result<()> {
-    println!(
-        "  generating sample content in {}",
-        root.display()
-    );
+    println!("  generating sample content in {}", root.display());
     for sample in samples.iter().filter(|s| s.publish) {
         write_sample(root, sample)?;
     }

@@ -61,7 +61,11 @@ const sum = (buffer) => new Uint8Array(buffer).reduce((a, b) => a + b, 0);
         ),
     );
 
-    let (dom, log) = chromium(&format!("{page_origin}/player.html"), 20_000, &["--dump-dom"]);
+    let (dom, log) = chromium(
+        &format!("{page_origin}/player.html"),
+        20_000,
+        &["--dump-dom"],
+    );
     let title = dom
         .split("<title>")
         .nth(1)

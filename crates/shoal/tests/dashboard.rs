@@ -18,7 +18,12 @@ const MARKUP_REGION: &str = "<i id=\"injected\">us</i>";
 
 fn dashboard_json(selector: &str) -> serde_json::Value {
     let answer = curl(&format!("{selector}/_shoal/dashboard"), &[]);
-    assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
     serde_json::from_slice(&answer.body).expect("dashboard JSON")
 }
 
@@ -77,7 +82,10 @@ fn the_dashboard_shows_the_fleet_live_in_a_browser() {
     // selector.
     let page = curl(&format!("{}/dashboard", selector.url), &[]);
     assert_eq!(page.status, 200);
-    assert!(page.header("content-type").unwrap().starts_with("text/html"));
+    assert!(page
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/html"));
     let policy = page.header("content-security-policy").unwrap_or_default();
     assert!(policy.contains("connect-src 'self'"), "{policy}");
 
@@ -141,7 +149,10 @@ fn the_dashboard_shows_the_fleet_live_in_a_browser() {
             .fold(0.0, f64::max)
     };
     assert!(most("caches_mbps") > 0.0, "cache bytes charted");
-    assert!(most("origin_mbps") > 0.0, "the first fill came from the origin");
+    assert!(
+        most("origin_mbps") > 0.0,
+        "the first fill came from the origin"
+    );
     let service = &d["services"][0];
     assert_eq!(service["name"], "all");
     assert!(service["decisions"].as_u64().unwrap() >= 7, "{service}");
@@ -194,7 +205,10 @@ fn the_dashboard_shows_the_fleet_live_in_a_browser() {
         ],
     );
     let png = std::fs::read(&shot).unwrap_or_else(|_| panic!("no screenshot: {log}"));
-    assert!(png.starts_with(b"\x89PNG") && png.len() > 20_000, "a real picture");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 20_000,
+        "a real picture"
+    );
     eprintln!("dashboard screenshot: {}", shot.display());
 
     // It follows the fleet: a cache killed leaves the page.

@@ -300,6 +300,104 @@ fn https_everywhere_with_a_private_ca_and_certificates_replaced_live() {
 }
 
 #[test]
+fn a_selector_reached_over_https_sends_clients_to_https_caches_only() {
+    let pki = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_ca_and_leaf(pki.path(), "mesh");
+    let ca_arg = ca.to_str().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let data = content(3 * 1024 * 1024 + 17, 4);
+    write_file(root.path(), "v/film.bin", &data);
+    publish(root.path());
+    let origin = start_origin(root.path());
+    let dir = tempfile::tempdir().unwrap();
+    // "secure" serves https too (and gossips that address); "plain" is
+    // cheaper but serves plain HTTP only.
+    let secure_env = tls_env("SHOAL_CACHE_", &cert, &key);
+    let secure = start_mesh_cache_env(
+        &origin.url,
+        &dir.path().join("secure"),
+        "secure",
+        "eu",
+        &[],
+        None,
+        &["--cost-per-gb", "0.05"],
+        &as_refs(&secure_env),
+    );
+    let secure_https = https_url(&secure);
+    let plain = start_mesh_cache(
+        &origin.url,
+        &dir.path().join("plain"),
+        "plain",
+        "eu",
+        &[gossip_addr(&secure)],
+        None,
+        &["--cost-per-gb", "0.01"],
+    );
+    wait_for_mesh(&[&secure.url, &plain.url], 2);
+    let selector = start_selector(
+        dir.path(),
+        &gossip_addr(&secure),
+        8,
+        &format!(
+            "[tls]\nlisten = \"127.0.0.1:0\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+    );
+    wait_for_selector(&selector, 2);
+    let selector_https = https_url(&selector);
+
+    // Over https: a redirect to the secure cache's https address, and
+    // every duplicate link https too.
+    let answer = curl(
+        &format!("{selector_https}/v/film.bin"),
+        &["--cacert", ca_arg],
+    );
+    assert_eq!(answer.status, 302);
+    let location = answer.header("location").unwrap();
+    assert!(
+        location.starts_with(&format!("{secure_https}/v/film.bin?shoal-object=")),
+        "{location}"
+    );
+    if let Some(links) = answer.header("link") {
+        assert!(!links.contains("http://"), "no plain duplicate: {links}");
+    }
+    let followed = curl(
+        &format!("{selector_https}/v/film.bin"),
+        &["--cacert", ca_arg, "-L"],
+    );
+    assert_eq!(followed.status, 200);
+    assert!(followed.body == data, "byte-exact over https");
+    // The plan says why the cheaper cache was left out.
+    let plan = curl(
+        &format!("{selector_https}/plan?path=/v/film.bin"),
+        &["--cacert", ca_arg],
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&plan.body).unwrap();
+    assert!(
+        plan["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["url"].as_str().unwrap().starts_with("https://")),
+        "{plan}"
+    );
+    assert!(plan.to_string().contains("HTTPS"), "{plan}");
+
+    // Over plain HTTP the cheaper plain cache serves, at its http address.
+    let answer = curl(&format!("{}/v/film.bin", selector.url), &[]);
+    assert_eq!(answer.status, 302);
+    assert!(
+        answer
+            .header("location")
+            .unwrap()
+            .starts_with(&format!("{}/v/film.bin", plain.url)),
+        "{:?}",
+        answer.header("location")
+    );
+}
+
+#[test]
 fn tls_settings_errors_name_the_setting_and_file() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_str().unwrap();

@@ -71,6 +71,18 @@ fn run_reserved(
     service: &DeliveryService,
     reserved: &HashMap<String, f64>,
 ) -> Decision {
+    run_over(members, held, exclude, service, reserved, false)
+}
+
+/// A decision for a client that asked over HTTPS (`https`) or not.
+fn run_over(
+    members: &[Member],
+    held: &HashMap<String, f64>,
+    exclude: &[String],
+    service: &DeliveryService,
+    reserved: &HashMap<String, f64>,
+    https: bool,
+) -> Decision {
     let object = ObjectFacts {
         id: Some("ab".repeat(32)),
         size_bytes: Some(2_000_000_000),
@@ -87,12 +99,54 @@ fn run_reserved(
         zone: "eu-clients",
         reach: &near_and_far,
         exclude,
+        https,
         reserved_mbps: reserved,
         standby_reserved_mbps: &HashMap::new(),
         unresponsive: &[],
         settings: &settings,
     })
     .unwrap()
+}
+
+#[test]
+fn a_client_over_https_is_sent_only_to_caches_that_serve_https() {
+    let mut members = vec![
+        member("plain", 1001, "eu", 1_000),
+        member("secure", 1002, "eu", 20_000),
+        member("secure2", 1003, "eu", 30_000),
+    ];
+    members[1].https_addr = Some("127.0.0.9:8443".parse().unwrap());
+    members[2].https_addr = Some("127.0.0.10:8443".parse().unwrap());
+    let service = service();
+    let none = HashMap::new();
+    let plain = run_over(&members, &none, &[], &service, &none, false);
+    assert!(plain.sources.iter().all(|s| s.url.starts_with("http://")));
+    assert!(
+        plain.sources.iter().any(|s| s.node == "plain"),
+        "the cheaper one"
+    );
+    let secure = run_over(&members, &none, &[], &service, &none, true);
+    let urls: Vec<&str> = secure.sources.iter().map(|s| s.url.as_str()).collect();
+    assert_eq!(urls.len(), 2, "{urls:?}");
+    assert!(
+        urls.contains(
+            &format!(
+                "https://127.0.0.9:8443/video/a.mp4?shoal-object={}",
+                "ab".repeat(32)
+            )
+            .as_str()
+        ),
+        "{urls:?}"
+    );
+    assert!(urls.iter().all(|u| u.starts_with("https://")), "{urls:?}");
+    assert!(
+        secure
+            .left_out
+            .iter()
+            .any(|l| l.node == "plain" && l.why.contains("HTTPS")),
+        "{:?}",
+        secure.left_out
+    );
 }
 
 #[test]

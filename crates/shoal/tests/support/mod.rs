@@ -422,6 +422,30 @@ pub fn start_mesh_cache(
     gossip: Option<&str>,
     extra: &[&str],
 ) -> Proc {
+    start_mesh_cache_env(
+        origin_url,
+        data_dir,
+        node_id,
+        region,
+        seeds,
+        gossip,
+        extra,
+        &[],
+    )
+}
+
+/// [`start_mesh_cache`] with more environment (`SHOAL_CACHE_…` settings).
+#[allow(clippy::too_many_arguments)]
+pub fn start_mesh_cache_env(
+    origin_url: &str,
+    data_dir: &Path,
+    node_id: &str,
+    region: &str,
+    seeds: &[String],
+    gossip: Option<&str>,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Proc {
     // `extra` may name the listen address (a restart on the same port).
     let listen = extra
         .iter()
@@ -461,14 +485,13 @@ pub fn start_mesh_cache(
     }
     args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut proc = start_shoal(
-        &args,
-        &[
-            ("SHOAL_CACHE_MESH__CLUSTER_SECRET", CLUSTER_SECRET),
-            // Fast failure detection for tests: dead within ~1-2 s.
-            ("SHOAL_CACHE_MESH__GOSSIP_INTERVAL_MS", "200"),
-        ],
-    );
+    let mut all_env = vec![
+        ("SHOAL_CACHE_MESH__CLUSTER_SECRET", CLUSTER_SECRET),
+        // Fast failure detection for tests: dead within ~1-2 s.
+        ("SHOAL_CACHE_MESH__GOSSIP_INTERVAL_MS", "200"),
+    ];
+    all_env.extend_from_slice(env);
+    let mut proc = start_shoal(&args, &all_env);
     proc.name = node_id.to_string();
     proc
 }
