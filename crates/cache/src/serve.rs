@@ -222,22 +222,25 @@ impl CacheService {
         self.access_log.as_ref()
     }
 
-    /// A request of a service that requires signed URLs: refused (403,
-    /// saying why) unless its signature holds; then its signature
-    /// parameters are taken off the request, so that neither the cache
-    /// key nor the origin sees them. A sibling's tiered request (signed
-    /// with the cluster key) was checked by that sibling.
+    /// A request of a service that requires signed URLs (for the object
+    /// at `object_path`: the request's own path, or the path its manifest
+    /// or hashes are asked for): refused (403, saying why) unless its
+    /// signature holds; then its signature parameters are taken off the
+    /// request, so that neither the cache key nor the origin sees them. A
+    /// sibling's tiered request (signed with the cluster key) was checked
+    /// by that sibling.
     #[allow(clippy::result_large_err)]
     fn check_signed_url<B>(
         &self,
         request: &mut Request<B>,
+        object_path: &str,
         client_ip: Option<std::net::IpAddr>,
     ) -> Result<(), Response<Body>> {
         let host = request_host(request);
         let raw_path = request.uri().path().to_string();
         let Some((service, keys)) = self
             .key_policy
-            .signing(host.as_ref().and_then(|h| h.to_str().ok()), &raw_path)
+            .signing(host.as_ref().and_then(|h| h.to_str().ok()), object_path)
         else {
             return Ok(());
         };
@@ -258,7 +261,7 @@ impl CacheService {
         if from_sibling {
             return Ok(());
         }
-        let Ok(path) = RequestPath::parse(&raw_path) else {
+        let Ok(path) = RequestPath::parse(object_path) else {
             return Err(text_response(StatusCode::BAD_REQUEST, "bad request path\n"));
         };
         let client = client_ip.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
@@ -376,8 +379,18 @@ impl CacheService {
                 _ => {}
             }
         }
-        if !request.uri().path().starts_with(INTERNAL_PREFIX) {
-            if let Err(refusal) = self.check_signed_url(&mut request, client_ip) {
+        // An object's manifest and hashes are guarded like the object.
+        let path = request.uri().path();
+        let object_path = match [MANIFEST_PREFIX, HASHES_PREFIX]
+            .iter()
+            .find_map(|prefix| path.strip_prefix(prefix))
+        {
+            Some(rest) => Some(format!("/{rest}")),
+            None if path.starts_with(INTERNAL_PREFIX) => None,
+            None => Some(path.to_string()),
+        };
+        if let Some(object_path) = object_path {
+            if let Err(refusal) = self.check_signed_url(&mut request, &object_path, client_ip) {
                 return refusal;
             }
         }

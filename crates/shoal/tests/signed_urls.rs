@@ -219,6 +219,28 @@ fn shoal_get_downloads_a_signed_url_and_says_why_an_unsigned_one_is_refused() {
         &data,
     );
     assert_eq!(summary["bytes"], data.len() as u64, "{summary}");
+    // The object's manifest and piece hashes are guarded like the object:
+    // the signature for the object's path opens them.
+    for endpoint in ["manifest", "hashes"] {
+        let guarded = format!("{}/_shoal/{endpoint}/paid/film.bin", cache.url);
+        refused(&guarded, "needs a signed URL");
+        let signed = sign(&film, "k2", NEW_SECRET, &[]).replace(
+            "/paid/film.bin",
+            &format!("/_shoal/{endpoint}/paid/film.bin"),
+        );
+        let answer = curl(&signed, &[]);
+        assert_ne!(
+            answer.status,
+            403,
+            "{endpoint}: {}",
+            String::from_utf8_lossy(&answer.body)
+        );
+    }
+    assert_ne!(
+        curl(&format!("{}/_shoal/manifest/free/x.bin", cache.url), &[]).status,
+        403,
+        "paths outside the signed service stay open"
+    );
     // A scoped signature works the same.
     let scoped = dir.path().join("scoped.bin");
     got_exactly(
