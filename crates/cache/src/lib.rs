@@ -120,10 +120,10 @@ pub struct MeshSettings {
     pub cost_per_gb: f64,
     /// HTTP address peers should use (default: the listen address).
     pub http_advertise: Option<SocketAddr>,
-    /// HTTPS address selectors send HTTPS clients to (default: the `[tls]`
-    /// listen address; its port on the `http_advertise` host when that
-    /// address is unspecified).
-    pub https_advertise: Option<SocketAddr>,
+    /// `host:port` selectors send HTTPS clients to: a name the certificate
+    /// covers (default: the `[tls]` listen address; its port on the
+    /// `http_advertise` host when that address is unspecified).
+    pub https_advertise: Option<String>,
     pub gossip_interval_ms: u64,
     pub phi_threshold: f64,
     pub peer_connect_timeout_ms: u64,
@@ -573,10 +573,10 @@ async fn join_mesh(
             cluster_secret: settings.cluster_secret.clone(),
             region: settings.region.clone(),
             http_advertise,
-            https_advertise: settings.https_advertise.or_else(|| {
+            https_advertise: settings.https_advertise.clone().or_else(|| {
                 https_listen.map(|https| match https.ip().is_unspecified() {
-                    true => SocketAddr::new(http_advertise.ip(), https.port()),
-                    false => https,
+                    true => SocketAddr::new(http_advertise.ip(), https.port()).to_string(),
+                    false => https.to_string(),
                 })
             }),
             egress_cap_bps: config.limits.egress_bytes_per_s.saturating_mul(8),

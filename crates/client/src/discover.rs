@@ -231,16 +231,20 @@ fn planned_swarm(
         }
         None => (info.tracker.as_str(), None),
     };
-    let host = url
-        .strip_prefix("http://")
+    // A selector reached over HTTPS names an https tracker.
+    let (scheme, rest) = match url.strip_prefix("https://") {
+        Some(rest) => ("https", Some(rest)),
+        None => ("http", url.strip_prefix("http://")),
+    };
+    let host = rest
         .and_then(|rest| rest.strip_suffix("/announce"))
         .filter(|host| {
             !host.is_empty() && host.len() <= 255 && !host.contains(['/', '?', '#', '@'])
         })
         .ok_or_else(refused)?;
     let tracker = match service {
-        Some(name) => format!("http://{host}/announce?service={name}"),
-        None => format!("http://{host}/announce"),
+        Some(name) => format!("{scheme}://{host}/announce?service={name}"),
+        None => format!("{scheme}://{host}/announce"),
     };
     let rate = |mbps: Option<f64>| mbps.filter(|m| m.is_finite() && *m > 0.0 && *m <= 1e6);
     Ok(Some(PlannedSwarm {

@@ -57,7 +57,7 @@ pub struct MeshConfig {
     pub http_advertise: SocketAddr,
     /// Where clients reach our HTTPS service, if we have one (selectors
     /// send HTTPS clients there).
-    pub https_advertise: Option<SocketAddr>,
+    pub https_advertise: Option<String>,
     /// 0 means uncapped.
     pub egress_cap_bps: u64,
     pub cost_per_gb_microusd: u64,
@@ -87,6 +87,13 @@ impl MeshConfig {
             && (self.region.is_empty() || self.region.len() > crate::view::REGION_LEN_MAX_BYTES)
         {
             return bad("region must be 1-64 characters".into());
+        }
+        if let Some(https) = &self.https_advertise {
+            if !crate::view::valid_authority(https) {
+                return bad(format!(
+                    "https_advertise `{https}` must be host:port (a DNS name or an address, and a port)"
+                ));
+            }
         }
         if self.gossip_listen.ip().is_unspecified() && self.gossip_advertise.is_none() {
             return bad(format!(
@@ -377,7 +384,7 @@ fn initial_state(config: &MeshConfig, observer: bool) -> Vec<(String, String)> {
     ];
     if !observer {
         initial.extend(cache_keys);
-        if let Some(https) = config.https_advertise {
+        if let Some(https) = &config.https_advertise {
             initial.push((keys::HTTPS.to_string(), format!("https://{https}")));
         }
     }
@@ -389,7 +396,7 @@ fn self_member(config: &MeshConfig) -> Member {
     Member {
         node_id: config.node_id.clone(),
         http_addr: config.http_advertise,
-        https_addr: config.https_advertise,
+        https_authority: config.https_advertise.clone(),
         region: config.region.clone(),
         egress_cap_bps: config.egress_cap_bps,
         egress_bps: 0,

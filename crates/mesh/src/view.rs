@@ -80,8 +80,9 @@ pub struct Member {
     /// Where its HTTP service listens (an address, never a URL a peer could
     /// point anywhere).
     pub http_addr: SocketAddr,
-    /// Where its HTTPS listener is, when it has one.
-    pub https_addr: Option<SocketAddr>,
+    /// `host:port` of its HTTPS listener as clients should name it (a DNS
+    /// name its certificate covers, or an address), when it has one.
+    pub https_authority: Option<String>,
     pub region: String,
     pub egress_cap_bps: u64,
     pub egress_bps: u64,
@@ -97,7 +98,7 @@ pub struct Member {
     pub traffic: Option<Traffic>,
 }
 
-/// What a cache has carried since it started, gossiped every few seconds.
+/// What a cache has carried since it started, gossiped every second.
 /// Counters only grow within one process generation; a restart starts them
 /// again from zero.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -177,7 +178,9 @@ impl Member {
 
     /// `https://ADDR` when it serves HTTPS.
     pub fn https_base_url(&self) -> Option<String> {
-        self.https_addr.map(|addr| format!("https://{addr}"))
+        self.https_authority
+            .as_ref()
+            .map(|authority| format!("https://{authority}"))
     }
 
     /// Fraction of its egress capacity not in use, 0..=1 (1 when uncapped).
@@ -204,9 +207,10 @@ impl Member {
         }
         let http_addr: SocketAddr = get(keys::HTTP)?.strip_prefix("http://")?.parse().ok()?;
         // Optional: a malformed one is ignored, not fatal.
-        let https_addr = get(keys::HTTPS)
+        let https_authority = get(keys::HTTPS)
             .and_then(|v| v.strip_prefix("https://"))
-            .and_then(|v| v.parse().ok());
+            .filter(|v| valid_authority(v))
+            .map(str::to_string);
         let region = get(keys::REGION)?;
         if region.is_empty() || region.len() > REGION_LEN_MAX_BYTES {
             return None;
@@ -215,7 +219,7 @@ impl Member {
         Some(Member {
             node_id: node_id.to_string(),
             http_addr,
-            https_addr,
+            https_authority,
             region: region.to_string(),
             egress_cap_bps: number(keys::EGRESS_CAP_BPS)?,
             egress_bps: number(keys::EGRESS_BPS).unwrap_or(0),
@@ -228,6 +232,39 @@ impl Member {
             traffic: get(keys::TRAFFIC).and_then(Traffic::parse),
         })
     }
+}
+
+/// Longest `host:port` a member may gossip for its HTTPS listener.
+pub const AUTHORITY_LEN_MAX_BYTES: usize = 260;
+
+/// Whether `text` is `host:port` with a DNS name (letters, digits, `-`,
+/// dots), an IPv4 address or a bracketed IPv6 address, and a port 1-65535:
+/// what may follow `https://` in a URL the selector hands out.
+pub fn valid_authority(text: &str) -> bool {
+    if text.len() > AUTHORITY_LEN_MAX_BYTES {
+        return false;
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return false;
+    };
+    let port_ok = port.parse::<u16>().is_ok_and(|p| p > 0) && !port.starts_with('+');
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && host.len() <= 253
+                && host.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && !label.starts_with('-')
+                        && !label.ends_with('-')
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                })
+        }
+    };
+    port_ok && host_ok
 }
 
 /// The rendezvous key of a request path: every cache computes the same
@@ -445,7 +482,7 @@ mod tests {
         Member {
             node_id: id.into(),
             http_addr: "127.0.0.1:1".parse().unwrap(),
-            https_addr: None,
+            https_authority: None,
             region: region.into(),
             egress_cap_bps: 1000,
             egress_bps: 0,
@@ -516,6 +553,11 @@ mod tests {
             m.https_base_url().as_deref(),
             Some("https://127.0.0.1:8443")
         );
+        kv.insert("https", "https://cache-1.example.com:443");
+        assert_eq!(
+            parse(&kv).https_base_url().as_deref(),
+            Some("https://cache-1.example.com:443")
+        );
         let traffic = Traffic {
             client_bytes: 10,
             client_store_bytes: 4,
@@ -542,7 +584,28 @@ mod tests {
         kv.insert("https", "http://127.0.0.1:8443");
         kv.insert("traffic", "c=x");
         let m = parse(&kv);
-        assert_eq!((m.https_addr, m.traffic), (None, None));
+        assert_eq!((m.https_authority, m.traffic), (None, None));
+        for good in [
+            "cache-1.example.com:443",
+            "10.0.0.5:8443",
+            "[::1]:8443",
+            "localhost:1",
+        ] {
+            assert!(valid_authority(good), "{good}");
+        }
+        for bad in [
+            "cache.example.com",
+            "cache.example.com:0",
+            "cache.example.com:99999",
+            "evil.com/x:443",
+            "a@b:443",
+            "-x.com:443",
+            "[::1:443",
+            ":443",
+            "a..b:443",
+        ] {
+            assert!(!valid_authority(bad), "{bad}");
+        }
     }
 
     #[test]

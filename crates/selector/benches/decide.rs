@@ -32,7 +32,7 @@ fn main() {
         .map(|i| Member {
             node_id: format!("cache-{i}"),
             http_addr: format!("127.0.0.1:{}", 10_000 + i).parse().unwrap(),
-            https_addr: None,
+            https_authority: None,
             region: format!("r{}", i % REGIONS),
             egress_cap_bps: 10_000_000_000,
             egress_bps: next() % 9_000_000_000,

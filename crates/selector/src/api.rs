@@ -275,7 +275,7 @@ impl BoundSelector {
             .selector
             .dashboard_settings
             .enabled
-            .then(|| tokio::spawn(sample_dashboard(self.selector.clone())));
+            .then(|| tokio::spawn(sample_dashboard(Arc::downgrade(&self.selector))));
         self.selector.lifecycle.set_ready();
         server
             .serve(
@@ -293,22 +293,26 @@ impl BoundSelector {
     }
 }
 
-/// Records the fleet for the dashboard every `dashboard.sample_ms`.
-async fn sample_dashboard(selector: Arc<Selector>) {
-    let every = std::time::Duration::from_millis(selector.dashboard_settings.sample_ms);
-    let mut tick = tokio::time::interval(every);
+/// Records the fleet for the dashboard every `dashboard.sample_ms`, for
+/// as long as the selector exists (it holds no strong reference).
+async fn sample_dashboard(selector: std::sync::Weak<Selector>) {
+    let Some(sample_ms) = selector.upgrade().map(|s| s.dashboard_settings.sample_ms) else {
+        return;
+    };
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(sample_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let sample = selector.fleet_sample(unix_ms());
+        let Some(selector) = selector.upgrade() else {
+            return;
+        };
+        let sample = selector.fleet_sample(selector.dashboard_clock_ms());
         lock(&selector.dashboard).record(sample);
     }
 }
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+fn saturating_sum(values: impl Iterator<Item = u64>) -> u64 {
+    values.fold(0, u64::saturating_add)
 }
 
 /// The coverage zones from `config.zones_file` (`None`: no file, every
@@ -470,6 +474,27 @@ pub fn client_address(
         }
     }
     client
+}
+
+/// Whether the client asked over HTTPS: on our HTTPS listener, or (from a
+/// trusted proxy that terminated TLS) with `X-Forwarded-Proto: https` —
+/// the last value, the one that proxy set.
+pub fn client_used_https(
+    conn_tls: bool,
+    peer: IpAddr,
+    forwarded_proto: Option<&HeaderValue>,
+    trusted: &[shoal_select::zones::Cidr],
+) -> bool {
+    if conn_tls {
+        return true;
+    }
+    if !trusted.iter().any(|c| c.contains(peer)) {
+        return false;
+    }
+    forwarded_proto
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .is_some_and(|proto| proto.trim().eq_ignore_ascii_case("https"))
 }
 
 /// A request's parameters, parsed.
@@ -974,9 +999,15 @@ impl Selector {
             request.headers().get("x-forwarded-for"),
             &self.trusted_proxies,
         );
+        let https = client_used_https(
+            conn.tls,
+            conn.peer_addr.ip(),
+            request.headers().get("x-forwarded-proto"),
+            &self.trusted_proxies,
+        );
         let response = match path {
             "/plan" | "/explain" => {
-                self.plan_or_explain(path, query, client, host.as_deref(), conn.tls)
+                self.plan_or_explain(path, query, client, host.as_deref(), https)
                     .await
             }
             // The tracker (these two paths are not objects here;
@@ -1008,7 +1039,7 @@ impl Selector {
                 match self.not_modified(path, request.headers()).await {
                     Some(response) => response,
                     None => {
-                        self.redirect(path, query, host.as_deref(), client, reserve, conn.tls)
+                        self.redirect(path, query, host.as_deref(), client, reserve, https)
                             .await
                     }
                 }
@@ -1105,6 +1136,13 @@ impl Selector {
         )
     }
 
+    /// Unix ms that never step back: the start time plus monotonic uptime
+    /// (a wall clock stepped back would freeze the dashboard's history).
+    fn dashboard_clock_ms(&self) -> u64 {
+        let uptime_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        ((self.started_unix_s * 1e3) as u64).saturating_add(uptime_ms)
+    }
+
     /// The fleet now, for the dashboard's history.
     fn fleet_sample(&self, at_ms: u64) -> crate::dashboard::FleetSample {
         let view = self.node.view();
@@ -1117,10 +1155,13 @@ impl Selector {
                 .iter()
                 .map(crate::dashboard::CacheSample::of)
                 .collect(),
-            swarm_bytes_from_peers: swarms.values().map(|s| s.bytes_from_peers).sum(),
-            swarm_downloaders: swarms.values().map(|s| s.peers - s.seeds).sum(),
-            decisions: services.values().map(|t| t.decisions).sum(),
-            decisions_bitrate_met: services.values().map(|t| t.bitrate_met).sum(),
+            // Saturating: viewers' byte counts are what they claimed.
+            swarm_bytes_from_peers: saturating_sum(swarms.values().map(|s| s.bytes_from_peers)),
+            swarm_downloaders: saturating_sum(
+                swarms.values().map(|s| s.peers.saturating_sub(s.seeds)),
+            ),
+            decisions: saturating_sum(services.values().map(|t| t.decisions)),
+            decisions_bitrate_met: saturating_sum(services.values().map(|t| t.bitrate_met)),
         }
     }
 
@@ -1152,7 +1193,7 @@ impl Selector {
                     viewers: swarm.map_or(0, |s| s.peers),
                     seeds: swarm.map_or(0, |s| s.seeds),
                     peer_efficiency: swarm
-                        .filter(|s| s.bytes_from_peers + s.bytes_from_caches > 0)
+                        .filter(|s| s.bytes_from_peers.saturating_add(s.bytes_from_caches) > 0)
                         .map(|s| s.peer_efficiency),
                     bytes_from_peers: swarm.map_or(0, |s| s.bytes_from_peers),
                     bytes_from_caches: swarm.map_or(0, |s| s.bytes_from_caches),
@@ -1162,7 +1203,7 @@ impl Selector {
             .collect();
         let answer = crate::dashboard::dashboard(
             view.self_id.clone(),
-            unix_ms(),
+            self.dashboard_clock_ms(),
             self.dashboard_settings.sample_ms,
             &view.members,
             services,
@@ -1611,6 +1652,21 @@ mod tests {
             "10.2.2.2".parse::<IpAddr>().unwrap()
         );
         assert_eq!(client_address(proxy, None, &trusted), proxy);
+    }
+
+    #[test]
+    fn https_is_believed_from_the_connection_or_a_trusted_proxy_only() {
+        let trusted = [shoal_select::zones::Cidr::parse("10.0.0.0/8").unwrap()];
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let stranger: IpAddr = "192.0.2.7".parse().unwrap();
+        let https = HeaderValue::from_static("https");
+        assert!(client_used_https(true, stranger, None, &trusted));
+        assert!(client_used_https(false, proxy, Some(&https), &trusted));
+        assert!(!client_used_https(false, stranger, Some(&https), &trusted));
+        assert!(!client_used_https(false, proxy, None, &trusted));
+        // The proxy's own value is the last one.
+        let chained = HeaderValue::from_static("https, http");
+        assert!(!client_used_https(false, proxy, Some(&chained), &trusted));
     }
 
     #[test]

@@ -11,7 +11,7 @@
 
 use serde::Serialize;
 use shoal_mesh::{Health, Member, Traffic};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 /// The page, served as is.
 pub const PAGE_HTML: &str = include_str!("dashboard.html");
@@ -48,7 +48,8 @@ impl CacheSample {
 /// The fleet at one instant, as this selector sees it.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct FleetSample {
-    /// Unix time, ms.
+    /// Unix time, ms, on a clock that never steps back (the selector's
+    /// start plus its monotonic uptime).
     pub at_ms: u64,
     pub caches: Vec<CacheSample>,
     /// What the viewers of the swarms homed here reported receiving from
@@ -134,8 +135,9 @@ impl History {
         {
             self.recent.pop_front();
         }
-        if let Some(base) = self.recent.front() {
-            let point = interval(base, &sample);
+        if !self.recent.is_empty() {
+            let earlier: Vec<&FleetSample> = self.recent.iter().collect();
+            let point = interval(&earlier, &sample);
             if self.points.len() == self.points_max {
                 self.points.pop_front();
             }
@@ -149,36 +151,44 @@ impl History {
     }
 }
 
-/// How much a counter grew from `before` to `now`. A cache seen for the
-/// first time adds nothing (its totals span an unknown time); one that
-/// restarted adds what it counted since (most of it in this interval); a
-/// counter that went down (a swarm ended) adds nothing.
-fn grown(before: Option<(u64, u64)>, now: (u64, u64)) -> u64 {
-    let (generation, value) = now;
-    match before {
-        None => 0,
-        Some((old_generation, _)) if old_generation != generation => value,
-        Some((_, old)) => value.saturating_sub(old),
-    }
-}
-
 fn mbps(bytes: u64, elapsed_ms: u64) -> f64 {
-    bytes as f64 * 8.0 / 1e6 / (elapsed_ms as f64 / 1e3)
+    bytes as f64 * 8.0 / 1e6 / (elapsed_ms.max(1) as f64 / 1e3)
 }
 
 fn share(part: u64, whole: u64) -> Option<f64> {
     (whole > 0).then(|| (part.min(whole)) as f64 / whole as f64)
 }
 
-/// The point for the interval `before` → `now`.
-pub fn interval(before: &FleetSample, now: &FleetSample) -> Point {
-    let elapsed_ms = now.at_ms.saturating_sub(before.at_ms).max(1);
-    let earlier: HashMap<&str, &CacheSample> = before
-        .caches
-        .iter()
-        .map(|c| (c.node_id.as_str(), c))
-        .collect();
-    let (mut client, mut stored, mut origin, mut in_flight) = (0u64, 0u64, 0u64, 0u64);
+/// Where a cache's counting starts within the window: the oldest earlier
+/// sample with its totals from this same process; for a cache that
+/// restarted within the window, zero at the last sample of its previous
+/// process. `None` for a cache first seen now (its totals span an unknown
+/// time, so it adds nothing yet).
+fn baseline(earlier: &[&FleetSample], cache: &CacheSample) -> Option<(u64, Traffic)> {
+    let mut restarted_after = None;
+    for sample in earlier {
+        let Some(seen) = sample.caches.iter().find(|c| c.node_id == cache.node_id) else {
+            continue;
+        };
+        let Some(traffic) = seen.traffic else {
+            continue;
+        };
+        if seen.generation == cache.generation {
+            return Some((sample.at_ms, traffic));
+        }
+        restarted_after = Some((sample.at_ms, Traffic::default()));
+    }
+    restarted_after
+}
+
+/// The point for `now` over the window `earlier` (oldest first, not
+/// empty): each cache's rates from its own baseline (see [`baseline`]),
+/// the swarms' and decisions from the oldest sample. Counters that went
+/// down (a swarm ended) count nothing, never a negative rate.
+pub fn interval(earlier: &[&FleetSample], now: &FleetSample) -> Point {
+    let oldest_ms = earlier.first().map_or(now.at_ms, |s| s.at_ms);
+    let (mut client_mbps, mut origin_mbps) = (0.0, 0.0);
+    let (mut client, mut stored, mut in_flight) = (0u64, 0u64, 0u64);
     let mut region_egress_mbps = BTreeMap::new();
     for cache in &now.caches {
         *region_egress_mbps
@@ -187,39 +197,40 @@ pub fn interval(before: &FleetSample, now: &FleetSample) -> Point {
         let Some(traffic) = cache.traffic else {
             continue;
         };
-        in_flight += traffic.requests_in_flight;
-        let old = earlier
-            .get(cache.node_id.as_str())
-            .and_then(|c| Some((c.generation, c.traffic?)));
-        let delta = |field: fn(&Traffic) -> u64| {
-            grown(
-                old.map(|(g, t)| (g, field(&t))),
-                (cache.generation, field(&traffic)),
-            )
+        in_flight = in_flight.saturating_add(traffic.requests_in_flight);
+        let Some((from_ms, base)) = baseline(earlier, cache) else {
+            continue;
         };
-        client += delta(|t| t.client_bytes);
-        stored += delta(|t| t.client_store_bytes);
-        origin += delta(|t| t.origin_bytes);
+        let elapsed_ms = now.at_ms.saturating_sub(from_ms);
+        let grown = |field: fn(&Traffic) -> u64| field(&traffic).saturating_sub(field(&base));
+        client_mbps += mbps(grown(|t| t.client_bytes), elapsed_ms);
+        origin_mbps += mbps(grown(|t| t.origin_bytes), elapsed_ms);
+        // Saturating: these are what members claim.
+        client = client.saturating_add(grown(|t| t.client_bytes));
+        stored = stored.saturating_add(grown(|t| t.client_store_bytes));
     }
-    let peers = grown(
-        Some((0, before.swarm_bytes_from_peers)),
-        (0, now.swarm_bytes_from_peers),
-    );
-    let decisions = now.decisions.saturating_sub(before.decisions);
-    let met = now
-        .decisions_bitrate_met
-        .saturating_sub(before.decisions_bitrate_met);
+    let elapsed_ms = now.at_ms.saturating_sub(oldest_ms);
+    let (peers, decisions, met) = match earlier.first() {
+        Some(oldest) => (
+            now.swarm_bytes_from_peers
+                .saturating_sub(oldest.swarm_bytes_from_peers),
+            now.decisions.saturating_sub(oldest.decisions),
+            now.decisions_bitrate_met
+                .saturating_sub(oldest.decisions_bitrate_met),
+        ),
+        None => (0, 0, 0),
+    };
     Point {
         at_ms: now.at_ms,
         peers_mbps: mbps(peers, elapsed_ms),
         // The origin's bytes reach clients through the caches: the part
         // the caches carried themselves is what is left.
-        caches_mbps: mbps(client.saturating_sub(origin), elapsed_ms),
-        origin_mbps: mbps(origin, elapsed_ms),
+        caches_mbps: (client_mbps - origin_mbps).max(0.0),
+        origin_mbps,
         region_egress_mbps,
         hit_ratio: share(stored, client),
         bitrate_met_ratio: share(met, decisions),
-        active_downloads: in_flight + now.swarm_downloaders,
+        active_downloads: in_flight.saturating_add(now.swarm_downloaders),
     }
 }
 
@@ -270,6 +281,8 @@ pub struct RegionRow {
     pub caches: usize,
     pub serving: usize,
     pub egress_mbps: f64,
+    /// Of that, the egress of its capped caches (to set against the caps).
+    pub egress_capped_mbps: f64,
     /// Sum of the caps of its capped caches (`uncapped` counts the rest).
     pub egress_cap_mbps: f64,
     pub uncapped: usize,
@@ -297,6 +310,7 @@ pub fn regions(members: &[Member]) -> Vec<RegionRow> {
         if member.egress_cap_bps == 0 {
             row.uncapped += 1;
         } else {
+            row.egress_capped_mbps += member.egress_bps as f64 / 1e6;
             row.egress_cap_mbps += member.egress_cap_bps as f64 / 1e6;
         }
         row.usd_per_gb_min = row.usd_per_gb_min.min(cost);
@@ -332,6 +346,8 @@ pub struct Totals {
     pub caches_degraded: usize,
     pub caches_draining: usize,
     pub egress_mbps: f64,
+    /// Of that, the egress of capped caches, and the sum of their caps.
+    pub egress_capped_mbps: f64,
     pub egress_cap_mbps: f64,
     /// Viewers' bytes per second in the last interval, by source.
     pub peers_mbps: f64,
@@ -386,10 +402,16 @@ pub fn dashboard(
             Health::Draining => totals.caches_draining += 1,
         }
         totals.egress_mbps += member.egress_bps as f64 / 1e6;
-        totals.egress_cap_mbps += member.egress_cap_bps as f64 / 1e6;
+        if member.egress_cap_bps > 0 {
+            totals.egress_capped_mbps += member.egress_bps as f64 / 1e6;
+            totals.egress_cap_mbps += member.egress_cap_bps as f64 / 1e6;
+        }
     }
-    let points: Vec<Point> = history.points().cloned().collect();
-    let recent = &points[points.len().saturating_sub(HEADLINE_POINTS)..];
+    let all: Vec<&Point> = history.points().collect();
+    let recent: Vec<Point> = all[all.len().saturating_sub(HEADLINE_POINTS)..]
+        .iter()
+        .map(|p| (*p).clone())
+        .collect();
     if !recent.is_empty() {
         let mean =
             |value: fn(&Point) -> f64| recent.iter().map(value).sum::<f64>() / recent.len() as f64;
@@ -400,7 +422,7 @@ pub fn dashboard(
         totals.offload_ratio =
             (delivered > 0.0).then(|| (totals.peers_mbps + totals.caches_mbps) / delivered);
     }
-    totals.active_downloads = points.last().map_or(0, |p| p.active_downloads);
+    totals.active_downloads = recent.last().map_or(0, |p| p.active_downloads);
     // From the service rows (now), not the last sample, so the headline
     // and the table agree.
     let peer_bytes: f64 = services.iter().map(|s| s.bytes_from_peers as f64).sum();
@@ -421,8 +443,51 @@ pub fn dashboard(
         regions: regions(members),
         caches: members.iter().map(CacheRow::of).collect(),
         services,
-        points,
+        points: thinned(&all, POINTS_SENT_MAX),
     }
+}
+
+/// Most points one answer carries: a long history is averaged down to
+/// this many, so a poll stays small whatever `history_s` says.
+pub const POINTS_SENT_MAX: usize = 600;
+
+/// `points` averaged in consecutive groups down to at most `max` (each
+/// group ends at its last point's time; ratios are averaged over the
+/// points that had one).
+pub fn thinned(points: &[&Point], max: usize) -> Vec<Point> {
+    let max = max.max(1);
+    if points.len() <= max {
+        return points.iter().map(|p| (*p).clone()).collect();
+    }
+    let group = points.len().div_ceil(max);
+    points
+        .chunks(group)
+        .map(|chunk| {
+            let n = chunk.len() as f64;
+            let mean = |value: fn(&Point) -> f64| chunk.iter().map(|p| value(p)).sum::<f64>() / n;
+            let mean_of = |value: fn(&Point) -> Option<f64>| {
+                let known: Vec<f64> = chunk.iter().filter_map(|p| value(p)).collect();
+                (!known.is_empty()).then(|| known.iter().sum::<f64>() / known.len() as f64)
+            };
+            let mut regions: BTreeMap<String, f64> = BTreeMap::new();
+            for point in chunk {
+                for (region, mbps) in &point.region_egress_mbps {
+                    *regions.entry(region.clone()).or_insert(0.0) += mbps / n;
+                }
+            }
+            let last = chunk[chunk.len() - 1];
+            Point {
+                at_ms: last.at_ms,
+                peers_mbps: mean(|p| p.peers_mbps),
+                caches_mbps: mean(|p| p.caches_mbps),
+                origin_mbps: mean(|p| p.origin_mbps),
+                region_egress_mbps: regions,
+                hit_ratio: mean_of(|p| p.hit_ratio),
+                bitrate_met_ratio: mean_of(|p| p.bitrate_met_ratio),
+                active_downloads: last.active_downloads,
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -470,7 +535,7 @@ mod tests {
         now.swarm_downloaders = 2;
         now.decisions = 4;
         now.decisions_bitrate_met = 3;
-        let point = interval(&before, &now);
+        let point = interval(&[&before], &now);
         // 2 MB in 2 s = 8 Mbit/s from the caches, of which 2 Mbit/s came
         // from the origin; 1 MB from peers = 4 Mbit/s.
         assert_eq!(point.caches_mbps, 6.0);
@@ -500,10 +565,27 @@ mod tests {
             // A swarm ended: its bytes left the sum.
             1_000_000,
         );
-        let point = interval(&before, &now);
+        let point = interval(&[&before], &now);
         assert_eq!(point.caches_mbps, 8.0);
         assert_eq!(point.peers_mbps, 0.0);
         assert_eq!(point.bitrate_met_ratio, None);
+    }
+
+    #[test]
+    fn a_cache_first_seen_inside_the_window_counts_from_its_first_sample() {
+        // The selector's first sample came before the cache's totals did
+        // (gossip lag); the burst after them must still show.
+        let mut history = History::new(100, 5_000);
+        history.record(sample(0, vec![cache("eu1", 1, None)], 0));
+        history.record(sample(1_000, vec![cache("eu1", 1, traffic(0, 0, 0, 0))], 0));
+        history.record(sample(
+            2_000,
+            vec![cache("eu1", 1, traffic(2_000_000, 0, 0, 0))],
+            0,
+        ));
+        let last = history.points().last().unwrap();
+        // 2 MB over the 1 s since its first totals: 16 Mbit/s.
+        assert_eq!(last.caches_mbps, 16.0);
     }
 
     #[test]
@@ -515,6 +597,29 @@ mod tests {
         let ends: Vec<u64> = history.points().map(|p| p.at_ms).collect();
         assert_eq!(ends, [2_000, 3_000, 4_000]);
         assert_eq!(History::new(usize::MAX, 0).points_max, HISTORY_POINTS_MAX);
+    }
+
+    #[test]
+    fn a_long_history_is_averaged_down_for_the_page() {
+        let points: Vec<Point> = (0..1_000u64)
+            .map(|i| Point {
+                at_ms: i * 1_000,
+                caches_mbps: (i % 2) as f64 * 10.0,
+                hit_ratio: (i % 4 == 0).then_some(1.0),
+                region_egress_mbps: [("eu".to_string(), 4.0)].into(),
+                ..Default::default()
+            })
+            .collect();
+        let refs: Vec<&Point> = points.iter().collect();
+        let thin = thinned(&refs, 300);
+        assert!(thin.len() <= 300, "{}", thin.len());
+        assert_eq!(thin.last().unwrap().at_ms, 999_000);
+        assert!(thin.iter().all(|p| (p.caches_mbps - 5.0).abs() < 1e-9));
+        assert!(thin.iter().all(|p| p.hit_ratio == Some(1.0)));
+        assert!(thin
+            .iter()
+            .all(|p| (p.region_egress_mbps["eu"] - 4.0).abs() < 1e-9));
+        assert_eq!(thinned(&refs[..5], 300).len(), 5);
     }
 
     #[test]
@@ -547,7 +652,7 @@ mod tests {
         let member = |id: &str, region: &str, health, cap, cost| Member {
             node_id: id.into(),
             http_addr: "127.0.0.1:1".parse().unwrap(),
-            https_addr: None,
+            https_authority: None,
             region: region.into(),
             egress_cap_bps: cap,
             egress_bps: 10_000_000,
@@ -615,6 +720,12 @@ mod tests {
         assert_eq!(answer.caches[0].hit_ratio, Some(0.25));
         let json = serde_json::to_value(&answer).unwrap();
         assert_eq!(json["points"].as_array().unwrap().len(), 2);
+        // Capped egress is set against the caps (b is uncapped).
+        assert_eq!(
+            (totals.egress_capped_mbps, totals.egress_cap_mbps),
+            (20.0, 150.0)
+        );
+        assert_eq!(rows[0].egress_capped_mbps, 10.0);
         assert_eq!(json["caches"][1]["health"], "draining");
     }
 }

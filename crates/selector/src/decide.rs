@@ -317,7 +317,7 @@ fn eligible_reach(inputs: &Inputs, member: &Member, left_out: &mut LeftOutList) 
         left_out.add("draining", node, || "draining".into());
         return None;
     }
-    if inputs.https && member.https_addr.is_none() {
+    if inputs.https && member.https_authority.is_none() {
         left_out.add("no HTTPS listener", node, || {
             "serves plain HTTP only and the client asked over HTTPS".into()
         });
@@ -673,6 +673,14 @@ fn origin_fallback(
         return None;
     }
     let url = inputs.service.origin_url(inputs.uri_path_and_query);
+    // Never from HTTPS down to a plain origin.
+    if inputs.https && url.as_deref().is_some_and(|u| !u.starts_with("https://")) {
+        reasons.push(
+            "no cache can serve over HTTPS and the origin is plain HTTP: no fallback for a client that asked over HTTPS"
+                .into(),
+        );
+        return None;
+    }
     reasons.push(match &url {
         Some(_) => "no cache can serve: sending the client to the origin".into(),
         None => "no cache can serve and the origin fallback is off".into(),

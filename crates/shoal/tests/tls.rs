@@ -383,6 +383,35 @@ fn a_selector_reached_over_https_sends_clients_to_https_caches_only() {
         "{plan}"
     );
     assert!(plan.to_string().contains("HTTPS"), "{plan}");
+    // `shoal get` through the https selector: its plan (with an https
+    // tracker) is taken, and only the https cache serves.
+    let out = dir.path().join("film-get.bin");
+    let output = Command::new(shoal_bin())
+        .args(["get", &format!("{selector_https}/v/film.bin")])
+        .args([
+            "--ca-file",
+            ca_arg,
+            "-o",
+            out.to_str().unwrap(),
+            "--json",
+            "--quiet",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "shoal get over https: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(std::fs::read(&out).unwrap() == data, "byte-exact");
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let names: Vec<&str> = summary["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["secure"], "{summary}");
 
     // Over plain HTTP the cheaper plain cache serves, at its http address.
     let answer = curl(&format!("{}/v/film.bin", selector.url), &[]);

@@ -8,7 +8,7 @@ fn member(id: &str, port: u16, region: &str, cost_microusd: u64) -> Member {
     Member {
         node_id: id.into(),
         http_addr: format!("127.0.0.1:{port}").parse().unwrap(),
-        https_addr: None,
+        https_authority: None,
         region: region.into(),
         egress_cap_bps: 1_000_000_000,
         egress_bps: 0,
@@ -115,8 +115,8 @@ fn a_client_over_https_is_sent_only_to_caches_that_serve_https() {
         member("secure", 1002, "eu", 20_000),
         member("secure2", 1003, "eu", 30_000),
     ];
-    members[1].https_addr = Some("127.0.0.9:8443".parse().unwrap());
-    members[2].https_addr = Some("127.0.0.10:8443".parse().unwrap());
+    members[1].https_authority = Some("127.0.0.9:8443".into());
+    members[2].https_authority = Some("cache-2.example.com:443".into());
     let service = service();
     let none = HashMap::new();
     let plain = run_over(&members, &none, &[], &service, &none, false);
@@ -147,6 +147,14 @@ fn a_client_over_https_is_sent_only_to_caches_that_serve_https() {
         "{:?}",
         secure.left_out
     );
+    // With no HTTPS cache left, a plain-HTTP origin is no fallback.
+    let plain_only = &members[..1];
+    let stranded = run_over(plain_only, &none, &[], &service, &none, true);
+    assert!(stranded.sources.is_empty());
+    assert_eq!(stranded.origin_fallback, None, "{stranded:?}");
+    assert!(stranded.reasons.iter().any(|r| r.contains("plain HTTP")));
+    let over_http = run_over(plain_only, &none, &[], &service, &none, false);
+    assert!(!over_http.sources.is_empty());
 }
 
 #[test]

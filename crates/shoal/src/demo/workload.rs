@@ -119,7 +119,11 @@ async fn live_channel(workload: std::sync::Arc<Workload>, mut stop: watch::Recei
         }
         let url = format!("{}/videos/live/{name}", workload.selector_url);
         let fetches = clients.iter().map(|client| fetch_all(client, &url));
-        for result in futures_util::future::join_all(fetches).await {
+        let results = tokio::select! {
+            results = futures_util::future::join_all(fetches) => results,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        for result in results {
             if let Err(error) = result {
                 eprintln!("workload: live viewer: {error:#}");
             }
@@ -164,6 +168,9 @@ async fn vod_viewer(
     mut stop: watch::Receiver<bool>,
 ) {
     let (path, size) = &workload.feature;
+    if *size == 0 {
+        return;
+    }
     let url = format!("{}{path}", workload.selector_url);
     let ranges = (size / VOD_RANGE_BYTES).max(1);
     // Viewers start at different places and move on through the file.
