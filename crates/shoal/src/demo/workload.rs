@@ -200,14 +200,15 @@ async fn vod_viewer(
             anyhow::Ok(())
         }
         .await;
+        if *stop.borrow() {
+            // The caches stop too: a cut transfer is no error then.
+            return;
+        }
         if let Err(error) = result {
             eprintln!("workload: viewer {viewer}: {error:#}");
             if !pause(&mut stop, Duration::from_secs(2)).await {
                 return;
             }
-        }
-        if *stop.borrow() {
-            return;
         }
         range += 1;
     }
@@ -232,13 +233,13 @@ async fn swarms(workload: std::sync::Arc<Workload>, mut stop: watch::Receiver<bo
             options.peers.seed_for = Duration::from_secs(5);
             let mut stop = stop.clone();
             viewers.push(tokio::spawn(async move {
-                tokio::select! {
-                    result = shoal_client::get(options, |_| {}) => {
-                        if let Err(error) = result {
-                            eprintln!("workload: swarm viewer {n}: {error:#}");
-                        }
-                    }
-                    _ = stop.wait_for(|s| *s) => {}
+                let result = tokio::select! {
+                    result = shoal_client::get(options, |_| {}) => Some(result),
+                    _ = stop.wait_for(|s| *s) => None,
+                };
+                // Cut short by the demo stopping is no error.
+                if let (Some(Err(error)), false) = (result, *stop.borrow()) {
+                    eprintln!("workload: swarm viewer {n}: {error:#}");
                 }
                 let _ = std::fs::remove_file(out);
             }));
