@@ -357,9 +357,26 @@ impl CacheService {
         if from_client {
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
         }
-        let response = self.route(request, client_ip).await;
+        let mut response = self.route(request, client_ip).await;
         if from_client && response.status().is_client_error() {
             self.stats.client_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        // The access log's `note`: how the cache answered.
+        let note = match response
+            .headers()
+            .get(CACHE_STATUS_HEADER)
+            .map(|v| v.as_bytes())
+        {
+            Some(b"HIT") => Some("hit"),
+            Some(b"MISS") => Some("miss"),
+            Some(b"STALE") => Some("stale"),
+            Some(b"PASS") => Some("pass"),
+            _ => None,
+        };
+        if let Some(note) = note {
+            response
+                .extensions_mut()
+                .insert(shoal_server::ExchangeNote(note));
         }
         response
     }

@@ -182,6 +182,12 @@ impl Sink {
     }
 }
 
+/// How long the writer lets lines gather between batches. While it
+/// sleeps, a request's line is a queue push that wakes nothing; then one
+/// write(2) takes the batch (the queue holds 16,384 lines: enough for
+/// ~160,000 requests a second).
+const BATCH_INTERVAL_MS: u64 = 100;
+
 fn write_lines(mut sink: Sink, lines: Receiver<Message>, reopen: &AtomicBool) {
     while let Ok(first) = lines.recv() {
         let mut next = Some(first);
@@ -205,8 +211,10 @@ fn write_lines(mut sink: Sink, lines: Receiver<Message>, reopen: &AtomicBool) {
             }
             next = lines.try_recv().ok();
         }
-        // Nothing more queued: push what is buffered out.
+        // Nothing more queued: push what is buffered out, then let the
+        // next batch gather.
         let _ = sink.out.flush();
+        std::thread::sleep(std::time::Duration::from_millis(BATCH_INTERVAL_MS));
     }
     let _ = sink.out.flush();
 }
@@ -230,29 +238,51 @@ pub fn combined_line(exchange: &Exchange) -> String {
     )
 }
 
+/// One JSON access-log line (serialized straight from borrowed fields:
+/// no intermediate map per request).
+#[derive(serde::Serialize)]
+struct JsonLine<'a> {
+    time: String,
+    remote_addr: std::net::IpAddr,
+    remote_port: u16,
+    method: &'a str,
+    target: &'a str,
+    protocol: String,
+    host: &'a Option<String>,
+    status: u16,
+    body_bytes_sent: u64,
+    duration_ms: f64,
+    outcome: &'static str,
+    complete: bool,
+    referer: &'a Option<String>,
+    user_agent: &'a Option<String>,
+    note: Option<&'static str>,
+    connection: u64,
+}
+
 /// One JSON object with every field of `exchange`.
 pub fn json_line(exchange: &Exchange) -> String {
-    let value = serde_json::json!({
-        "time": rfc3339_ms(exchange.started),
-        "remote_addr": exchange.conn.peer_addr.ip().to_string(),
-        "remote_port": exchange.conn.peer_addr.port(),
-        "method": exchange.method.as_str(),
-        "target": exchange.target,
-        "protocol": format!("{:?}", exchange.version),
-        "host": exchange.host,
-        "status": exchange.status,
-        "body_bytes_sent": exchange.body_bytes_sent,
-        "duration_ms": (exchange.duration.as_secs_f64() * 1e6).round() / 1e3,
-        "outcome": exchange.outcome.as_str(),
-        "complete": exchange.outcome == Outcome::Complete,
-        "referer": exchange.referer,
-        "user_agent": exchange.user_agent,
-        "note": exchange.note,
-        "connection": exchange.conn.id,
-    });
-    let mut line = value.to_string();
-    line.push('\n');
-    line
+    let line = JsonLine {
+        time: rfc3339_ms(exchange.started),
+        remote_addr: exchange.conn.peer_addr.ip(),
+        remote_port: exchange.conn.peer_addr.port(),
+        method: exchange.method.as_str(),
+        target: &exchange.target,
+        protocol: format!("{:?}", exchange.version),
+        host: &exchange.host,
+        status: exchange.status,
+        body_bytes_sent: exchange.body_bytes_sent,
+        duration_ms: (exchange.duration.as_secs_f64() * 1e6).round() / 1e3,
+        outcome: exchange.outcome.as_str(),
+        complete: exchange.outcome == Outcome::Complete,
+        referer: &exchange.referer,
+        user_agent: &exchange.user_agent,
+        note: exchange.note,
+        connection: exchange.conn.id,
+    };
+    let mut text = serde_json::to_string(&line).unwrap_or_default();
+    text.push('\n');
+    text
 }
 
 /// `"` and `\` and control or non-ASCII bytes as `\xHH`, as nginx does.

@@ -352,6 +352,8 @@ fn a_drain_finishes_a_1gib_download_in_flight() {
     assert_eq!(line["status"], 200);
     assert_eq!(line["body_bytes_sent"], SIZE);
     assert_eq!(line["outcome"], "complete");
+    // How the cache answered: the first download was a miss.
+    assert_eq!(line["note"], "miss", "{line}");
     assert!(line["duration_ms"].as_f64().unwrap() > 3000.0, "{line}");
 }
 
