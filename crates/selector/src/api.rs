@@ -671,9 +671,7 @@ fn dashboard_page() -> Response<Body> {
         .header(header::CACHE_CONTROL, "no-store")
         .header(
             header::CONTENT_SECURITY_POLICY,
-            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
-             connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; \
-             frame-ancestors 'none'",
+            crate::dashboard::page_policy(),
         )
         .body(shoal_server::full(crate::dashboard::PAGE_HTML))
         .unwrap_or_else(|_| internal_error())

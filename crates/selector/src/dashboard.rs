@@ -16,6 +16,30 @@ use std::collections::{BTreeMap, VecDeque};
 /// The page, served as is.
 pub const PAGE_HTML: &str = include_str!("dashboard.html");
 
+/// The page's `Content-Security-Policy`: nothing from elsewhere, requests
+/// only to this selector, and of scripts only the page's own (allowed by
+/// its SHA-256, so an injected one would not run).
+pub fn page_policy() -> &'static str {
+    static POLICY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    POLICY.get_or_init(|| {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(inline_script(PAGE_HTML).as_bytes());
+        format!(
+            "default-src 'none'; script-src 'sha256-{}'; style-src 'unsafe-inline'; \
+             connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            base64::engine::general_purpose::STANDARD.encode(digest)
+        )
+    })
+}
+
+/// The text of the page's one `<script>` element.
+fn inline_script(page: &str) -> &str {
+    page.split_once("<script>")
+        .and_then(|(_, rest)| rest.split_once("</script>"))
+        .map_or("", |(script, _)| script)
+}
+
 /// Most samples kept (a day at one a second; bounded whatever the
 /// settings say).
 pub const HISTORY_POINTS_MAX: usize = 86_400;
@@ -597,6 +621,20 @@ mod tests {
         let ends: Vec<u64> = history.points().map(|p| p.at_ms).collect();
         assert_eq!(ends, [2_000, 3_000, 4_000]);
         assert_eq!(History::new(usize::MAX, 0).points_max, HISTORY_POINTS_MAX);
+    }
+
+    #[test]
+    fn the_policy_allows_exactly_the_pages_one_script() {
+        assert_eq!(PAGE_HTML.matches("<script").count(), 1);
+        let script = inline_script(PAGE_HTML);
+        assert!(script.contains("function poll()"));
+        let policy = page_policy();
+        assert!(policy.contains("script-src 'sha256-"), "{policy}");
+        let scripts = policy
+            .split(';')
+            .find(|d| d.trim().starts_with("script-src"))
+            .unwrap();
+        assert!(!scripts.contains("unsafe"), "{scripts}");
     }
 
     #[test]
