@@ -244,21 +244,7 @@ impl CacheService {
         else {
             return Ok(());
         };
-        let from_sibling = request.headers().contains_key(shoal_proto::TIER_HEADER)
-            && self.mesh.as_ref().is_some_and(|mesh| {
-                let target = request
-                    .uri()
-                    .path_and_query()
-                    .map(|p| p.as_str())
-                    .unwrap_or("/");
-                mesh.authenticate(
-                    request.headers().get(shoal_core::auth::AUTH_HEADER),
-                    request.method().as_str(),
-                    target,
-                )
-                .is_ok()
-            });
-        if from_sibling {
+        if self.asked_by_sibling(request) {
             return Ok(());
         }
         let Ok(path) = RequestPath::parse(object_path) else {
@@ -292,6 +278,25 @@ impl CacheService {
             *request.uri_mut() = uri;
         }
         Ok(())
+    }
+
+    /// Whether `request` is a sibling cache's tiered request: the tier
+    /// header with a valid cluster token for this very request.
+    fn asked_by_sibling<B>(&self, request: &Request<B>) -> bool {
+        request.headers().contains_key(shoal_proto::TIER_HEADER)
+            && self.mesh.as_ref().is_some_and(|mesh| {
+                let target = request
+                    .uri()
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/");
+                mesh.authenticate(
+                    request.headers().get(shoal_core::auth::AUTH_HEADER),
+                    request.method().as_str(),
+                    target,
+                )
+                .is_ok()
+            })
     }
 
     /// Marks the cache ready: at once, or in a mesh joined through seeds
@@ -395,6 +400,13 @@ impl CacheService {
                 METRICS_PATH => return crate::metrics::page(self).into_response(),
                 _ => {}
             }
+        }
+        // The tier header says "a sibling asks" (skip the shield, trust its
+        // forwarded host): believed only with the cluster token.
+        if request.headers().contains_key(shoal_proto::TIER_HEADER)
+            && !self.asked_by_sibling(&request)
+        {
+            request.headers_mut().remove(shoal_proto::TIER_HEADER);
         }
         // An object's manifest and hashes are guarded like the object.
         let path = request.uri().path();

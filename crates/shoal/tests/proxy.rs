@@ -944,6 +944,28 @@ fn whole_responses_come_through_the_paths_shield() {
         .unwrap();
     assert_eq!(other.header("x-shoal-cache"), Some("MISS"));
     assert_eq!(origin.count("GET", path), 2);
+
+    // A stranger's tier header (no cluster token) is not believed: the
+    // cache still asks the path's shield, which then holds it.
+    let stranger_path = "/t/stranger";
+    let stranger_shield = shield_of(stranger_path, &names);
+    let edge = caches.iter().find(|c| c.name != stranger_shield).unwrap();
+    let got = curl(
+        &format!("{}{stranger_path}{query}", edge.url),
+        &["-H", "Host: video.example", "-H", "x-shoal-tier: 1"],
+    );
+    assert_eq!(got.status, 200);
+    let at_shield = caches
+        .iter()
+        .find(|c| c.name == stranger_shield)
+        .map(|c| curl(&format!("{}{stranger_path}{query}", c.url), &host))
+        .unwrap();
+    assert_eq!(
+        at_shield.header("x-shoal-cache"),
+        Some("HIT"),
+        "the shield was asked"
+    );
+    assert_eq!(origin.count("GET", stranger_path), 1);
 }
 
 /// RFC 9110 §7.6.2, §9.3.6, §9.3.8: CONNECT and TRACE are refused;
